@@ -1,0 +1,144 @@
+//! One module per group of subcommands; shared helpers here.
+
+mod keys;
+mod measure;
+mod proof;
+mod record;
+mod show;
+
+use std::path::Path;
+
+use anyhow::{Context as _, bail};
+use vmattest_core::alg::HashAlg;
+use vmattest_core::tree::TreeParams;
+
+use crate::args::{Cli, Command, TreeArgs};
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let json = cli.json;
+    match cli.command {
+        Command::Measure {
+            images,
+            tree,
+            hash_device,
+        } => measure::run(&images, &tree, hash_device.as_deref(), json),
+        Command::Keygen { alg, out } => keys::keygen(&alg, &out, json),
+        Command::Pubkey { key, out } => keys::pubkey(&key, out.as_deref(), json),
+        Command::Sign {
+            images,
+            keys,
+            out,
+            tree,
+            nonce,
+        } => record::sign(&images, &keys, &out, &tree, &nonce, json),
+        Command::Verify {
+            record,
+            pubkeys,
+            check_images,
+            max_age,
+            nonce,
+        } => record::verify(
+            &record,
+            &pubkeys,
+            check_images,
+            max_age,
+            nonce.as_deref(),
+            json,
+        ),
+        Command::Prove {
+            image,
+            page,
+            count,
+            out,
+            tree,
+        } => proof::prove(&image, page, count, &out, &tree, json),
+        Command::VerifyProof {
+            proof,
+            root,
+            record,
+            pubkeys,
+            extract,
+        } => proof::verify(
+            &proof,
+            root.as_deref(),
+            record.as_deref(),
+            &pubkeys,
+            extract.as_deref(),
+            json,
+        ),
+        Command::Show { file } => show::run(&file, json),
+    }
+}
+
+pub fn tree_params(args: &TreeArgs) -> anyhow::Result<TreeParams> {
+    let Some(alg) = HashAlg::from_name(&args.alg) else {
+        bail!(
+            "--alg {:?}: unknown hash algorithm, expected blake3, sha256 or sha384",
+            args.alg
+        );
+    };
+    let salt_text = if args.salt == "-" {
+        ""
+    } else {
+        args.salt.as_str()
+    };
+    let salt = parse_hex("--salt", salt_text)?;
+    Ok(TreeParams::new(alg, &salt).context("--salt")?)
+}
+
+pub fn parse_hex(what: &str, text: &str) -> anyhow::Result<Vec<u8>> {
+    hex::decode(text)
+        .map_err(|_| anyhow::anyhow!("{what} {text:?}: expected an even number of hex digits"))
+}
+
+/// Reads a vmattest file, refusing anything larger than `max` bytes before reading it.
+pub fn read_capped(path: &Path, max: usize, what: &str) -> anyhow::Result<Vec<u8>> {
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("{}: cannot read {what}", path.display()))?;
+    if meta.is_dir() {
+        bail!("{}: is a directory, expected a {what}", path.display());
+    }
+    if meta.len() > max as u64 {
+        bail!(
+            "{}: {} bytes, expected a {what} of at most {max} bytes",
+            path.display(),
+            meta.len()
+        );
+    }
+    std::fs::read(path).with_context(|| format!("{}: cannot read {what}", path.display()))
+}
+
+/// Writes `bytes` to `path` atomically: temp file in the same directory, fsync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        anyhow::Error::new(e).context(format!("{}: cannot write", path.display()))
+    })
+}
+
+pub fn now() -> vmattest_core::record::UnixTime {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    vmattest_core::record::UnixTime {
+        secs: d.as_secs(),
+        nanos: d.subsec_nanos(),
+    }
+}

@@ -1,0 +1,143 @@
+//! Shared helpers for the CLI tests: run the built binary, make VM-like images, call oracles.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const PAGE: usize = 4096;
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub fn vmattest<I, S>(args: I) -> Run
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = Command::new(env!("CARGO_BIN_EXE_vmattest"))
+        .args(args)
+        .output()
+        .expect("run vmattest");
+    to_run(out)
+}
+
+fn to_run(out: Output) -> Run {
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+impl Run {
+    pub fn ok(self) -> Run {
+        assert_eq!(self.code, 0, "expected success, stderr: {}", self.stderr);
+        self
+    }
+
+    /// Asserts the exit code and a single-line error that mentions `needle`.
+    pub fn fails(self, code: i32, needle: &str) -> Run {
+        assert_eq!(
+            self.code, code,
+            "stderr: {} stdout: {}",
+            self.stderr, self.stdout
+        );
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "expected one error line, got: {:?}",
+            self.stderr
+        );
+        assert!(lines[0].starts_with("vmattest: "), "{}", lines[0]);
+        assert!(
+            self.stderr.contains(needle),
+            "expected {needle:?} in {:?}",
+            self.stderr
+        );
+        assert!(!self.stderr.contains("panicked"), "{}", self.stderr);
+        self
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.stdout.trim())
+            .unwrap_or_else(|e| panic!("bad JSON {e}: {}", self.stdout))
+    }
+}
+
+/// Deterministic VM-like image: zero pages, random pages and low-entropy (text-like) pages.
+pub fn vm_like(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut out = vec![0u8; len];
+    for (i, page) in out.chunks_mut(PAGE).enumerate() {
+        match next() % 4 {
+            0 => {}
+            1 => page.iter_mut().for_each(|b| *b = next() as u8),
+            _ => {
+                let base = (next() % 26) as u8 + b'a';
+                for (j, b) in page.iter_mut().enumerate() {
+                    *b = base + ((j + i) % 7) as u8;
+                }
+            }
+        }
+    }
+    out
+}
+
+pub fn write(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, data).unwrap();
+    p
+}
+
+/// Runs an oracle tool; a missing tool fails the test with the install hint.
+pub fn oracle(tool: &str, args: &[&str]) -> String {
+    let out = Command::new(tool).args(args).output().unwrap_or_else(|e| {
+        panic!("oracle {tool} not runnable ({e}); run scripts/install-deps.sh as root")
+    });
+    assert!(
+        out.status.success(),
+        "{tool} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn b3sum(path: &Path) -> String {
+    oracle("b3sum", &["--no-names", path.to_str().unwrap()])
+        .trim()
+        .to_owned()
+}
+
+/// Root hash printed by `veritysetup format`; `salt` is hex or "-".
+pub fn veritysetup_root(data: &Path, hash_dev: &Path, alg: &str, salt: &str) -> String {
+    let out = oracle(
+        "veritysetup",
+        &[
+            "format",
+            "--hash",
+            alg,
+            "--salt",
+            salt,
+            "--data-block-size",
+            "4096",
+            "--hash-block-size",
+            "4096",
+            data.to_str().unwrap(),
+            hash_dev.to_str().unwrap(),
+        ],
+    );
+    out.lines()
+        .find_map(|l| l.strip_prefix("Root hash:"))
+        .map(|s| s.trim().to_owned())
+        .expect("veritysetup printed no root hash")
+}

@@ -1,0 +1,11 @@
+//! vmattest core: digests, image trees, inclusion proofs and canonical signed records.
+//!
+//! Everything here works on byte slices; no module touches the file system, the network or
+//! a clock. Adapters (image, sign, cli) do the I/O.
+#![forbid(unsafe_code)]
+
+pub mod alg;
+pub mod record;
+pub mod sig;
+pub mod tree;
+pub mod wire;

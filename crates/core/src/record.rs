@@ -1,0 +1,303 @@
+//! Measurement records and their signed envelope.
+//!
+//! A signature covers `SIGNATURE_DOMAIN || record object`, where the record object is the
+//! full canonical encoding (magic, kind, version, length, body; see `wire`). The domain tag
+//! keeps these signatures from being valid for any other protocol, and the kind and version
+//! inside the object keep them from being valid for any other vmattest object.
+
+use core::fmt;
+
+use crate::alg::{Digest, page_count};
+use crate::sig::{KeyId, SigAlg};
+use crate::tree::{MAX_SALT_LEN, TreeParams};
+use crate::wire::{Kind, WireError, Writer};
+
+/// Prefix of every signed message.
+pub const SIGNATURE_DOMAIN: &[u8] = b"vmattest signature v1\0";
+pub const MAX_IMAGES: usize = 4096;
+pub const MAX_PATH_LEN: usize = 4096;
+pub const MAX_NONCE_LEN: usize = 64;
+pub const MAX_SIGNATURES: usize = 8;
+pub const MAX_SIGNATURE_LEN: usize = 8192;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RecordError {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("{what}: {found} entries, expected 1 to {max}")]
+    Count {
+        what: &'static str,
+        max: usize,
+        found: usize,
+    },
+    #[error(
+        "signature {index} is by key {found}, which the record does not name; it names {expected}"
+    )]
+    UnnamedSigner {
+        index: usize,
+        expected: String,
+        found: KeyId,
+    },
+}
+
+/// Wall-clock time, supplied by the caller (the core has no clock).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct UnixTime {
+    pub secs: u64,
+    pub nanos: u32,
+}
+
+impl fmt::Display for UnixTime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{:09}", self.secs, self.nanos)
+    }
+}
+
+/// One measured image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageMeasurement {
+    /// The name the image was measured under (as given on the command line).
+    pub path: String,
+    pub params: TreeParams,
+    pub len: u64,
+    pub root: Digest,
+}
+
+impl ImageMeasurement {
+    pub fn pages(&self) -> u64 {
+        page_count(self.len)
+    }
+}
+
+/// Image roots at one instant, named signers, optional verifier nonce.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MeasurementRecord {
+    pub time: UnixTime,
+    pub nonce: Vec<u8>,
+    pub key_ids: Vec<KeyId>,
+    pub images: Vec<ImageMeasurement>,
+}
+
+fn count(what: &'static str, n: usize, max: usize) -> Result<(), RecordError> {
+    if n == 0 || n > max {
+        return Err(RecordError::Count {
+            what,
+            max,
+            found: n,
+        });
+    }
+    Ok(())
+}
+
+impl MeasurementRecord {
+    pub fn encode(&self) -> Result<Vec<u8>, RecordError> {
+        count("images", self.images.len(), MAX_IMAGES)?;
+        count("key ids", self.key_ids.len(), MAX_SIGNATURES)?;
+        if self.nonce.len() > MAX_NONCE_LEN {
+            return Err(RecordError::Count {
+                what: "nonce bytes",
+                max: MAX_NONCE_LEN,
+                found: self.nonce.len(),
+            });
+        }
+        let mut w = Writer::new();
+        w.u64(self.time.secs)
+            .u32(self.time.nanos)
+            .bytes(&self.nonce);
+        w.u8(self.key_ids.len() as u8);
+        for k in &self.key_ids {
+            w.raw(&k.0);
+        }
+        w.u32(self.images.len() as u32);
+        for im in &self.images {
+            if im.path.len() > MAX_PATH_LEN {
+                return Err(RecordError::Count {
+                    what: "path bytes",
+                    max: MAX_PATH_LEN,
+                    found: im.path.len(),
+                });
+            }
+            w.bytes(im.path.as_bytes())
+                .u8(im.params.alg().id())
+                .bytes(im.params.salt())
+                .u64(im.len)
+                .raw(im.root.as_bytes());
+        }
+        Ok(w.envelope(Kind::MeasurementRecord))
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<MeasurementRecord, RecordError> {
+        let mut r = crate::wire::open(bytes, Kind::MeasurementRecord)?;
+        let secs = r.u64("time seconds")?;
+        let at = r.offset();
+        let nanos = r.u32("time nanoseconds")?;
+        if nanos >= 1_000_000_000 {
+            return Err(r
+                .bad("time nanoseconds", at, "expected below 1000000000", nanos)
+                .into());
+        }
+        let nonce = r.bytes("nonce", MAX_NONCE_LEN)?.to_vec();
+        let at = r.offset();
+        let nkeys = usize::from(r.u8("key id count")?);
+        if nkeys == 0 || nkeys > MAX_SIGNATURES {
+            return Err(r.bad("key id count", at, "expected 1 to 8", nkeys).into());
+        }
+        let mut key_ids = Vec::with_capacity(nkeys);
+        for _ in 0..nkeys {
+            let mut k = [0u8; 32];
+            k.copy_from_slice(r.take("key id", 32)?);
+            key_ids.push(KeyId(k));
+        }
+        let n = r.len32("image count", MAX_IMAGES)?;
+        if n == 0 {
+            return Err(RecordError::Count {
+                what: "images",
+                max: MAX_IMAGES,
+                found: 0,
+            });
+        }
+        let mut images = Vec::with_capacity(n);
+        for _ in 0..n {
+            let path = r.string("image path", MAX_PATH_LEN)?.to_owned();
+            let alg = crate::tree::read_alg(&mut r)?;
+            let at = r.offset();
+            let salt = r.bytes("salt", MAX_SALT_LEN)?;
+            let params = TreeParams::new(alg, salt)
+                .map_err(|e| r.bad("salt", at, "expected no salt for blake3", e))?;
+            let len = r.u64("image length")?;
+            let at = r.offset();
+            let root = Digest::new(alg, r.take("image root", alg.digest_len())?)
+                .ok_or_else(|| r.bad("image root", at, "expected a digest", "short"))?;
+            images.push(ImageMeasurement {
+                path,
+                params,
+                len,
+                root,
+            });
+        }
+        r.finish(Kind::MeasurementRecord)?;
+        Ok(MeasurementRecord {
+            time: UnixTime { secs, nanos },
+            nonce,
+            key_ids,
+            images,
+        })
+    }
+}
+
+/// One signature over a record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignatureEntry {
+    pub alg: SigAlg,
+    pub key_id: KeyId,
+    pub signature: Vec<u8>,
+}
+
+/// A record object plus its signatures.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedRecord {
+    /// The record exactly as signed.
+    record_bytes: Vec<u8>,
+    record: MeasurementRecord,
+    pub signatures: Vec<SignatureEntry>,
+}
+
+/// The message a signer signs for `object` (a complete canonical object).
+pub fn signing_message(object: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(SIGNATURE_DOMAIN.len() + object.len());
+    m.extend_from_slice(SIGNATURE_DOMAIN);
+    m.extend_from_slice(object);
+    m
+}
+
+impl SignedRecord {
+    /// Starts an envelope for `record`; add one signature per named key.
+    pub fn new(record: MeasurementRecord) -> Result<SignedRecord, RecordError> {
+        let record_bytes = record.encode()?;
+        Ok(SignedRecord {
+            record_bytes,
+            record,
+            signatures: Vec::new(),
+        })
+    }
+
+    pub fn record(&self) -> &MeasurementRecord {
+        &self.record
+    }
+
+    /// What every signature covers.
+    pub fn message(&self) -> Vec<u8> {
+        signing_message(&self.record_bytes)
+    }
+
+    pub fn encode(&self) -> Result<Vec<u8>, RecordError> {
+        self.check_signers()?;
+        let mut w = Writer::new();
+        w.bytes(&self.record_bytes).u8(self.signatures.len() as u8);
+        for s in &self.signatures {
+            w.u8(s.alg.id()).raw(&s.key_id.0).bytes(&s.signature);
+        }
+        Ok(w.envelope(Kind::SignedRecord))
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<SignedRecord, RecordError> {
+        let mut r = crate::wire::open(bytes, Kind::SignedRecord)?;
+        let record_bytes = r
+            .bytes(
+                "record",
+                Kind::MeasurementRecord.max_body() + crate::wire::HEADER_LEN,
+            )?
+            .to_vec();
+        let record = MeasurementRecord::decode(&record_bytes)?;
+        let at = r.offset();
+        let n = usize::from(r.u8("signature count")?);
+        if n == 0 || n > MAX_SIGNATURES {
+            return Err(r.bad("signature count", at, "expected 1 to 8", n).into());
+        }
+        let mut signatures = Vec::with_capacity(n);
+        for _ in 0..n {
+            let at = r.offset();
+            let id = r.u8("signature algorithm")?;
+            let alg = SigAlg::from_id(id)
+                .ok_or_else(|| r.bad("signature algorithm", at, "expected 1 to 4", id))?;
+            let mut k = [0u8; 32];
+            k.copy_from_slice(r.take("signer key id", 32)?);
+            let signature = r.bytes("signature", MAX_SIGNATURE_LEN)?.to_vec();
+            signatures.push(SignatureEntry {
+                alg,
+                key_id: KeyId(k),
+                signature,
+            });
+        }
+        r.finish(Kind::SignedRecord)?;
+        let out = SignedRecord {
+            record_bytes,
+            record,
+            signatures,
+        };
+        out.check_signers()?;
+        Ok(out)
+    }
+
+    /// Signatures must come from exactly the keys the record names, in that order.
+    fn check_signers(&self) -> Result<(), RecordError> {
+        count("signatures", self.signatures.len(), MAX_SIGNATURES)?;
+        if self.signatures.len() != self.record.key_ids.len() {
+            return Err(RecordError::Count {
+                what: "signatures (one per named key)",
+                max: self.record.key_ids.len(),
+                found: self.signatures.len(),
+            });
+        }
+        for (i, (s, k)) in self.signatures.iter().zip(&self.record.key_ids).enumerate() {
+            if s.key_id != *k {
+                return Err(RecordError::UnnamedSigner {
+                    index: i,
+                    expected: k.to_hex(),
+                    found: s.key_id,
+                });
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,402 @@
+//! Image trees over 4 KiB pages.
+//!
+//! * BLAKE3: BLAKE3's own tree, so the root is `b3sum IMAGE`. Pages are subtrees at their
+//!   offsets; above them the tree pairs nodes level by level and carries a lone last node up
+//!   unchanged, which is exactly BLAKE3's left-balanced shape. The final pair is merged with
+//!   the root flag. An image of at most one page has the plain BLAKE3 hash as its root.
+//! * SHA-256/SHA-384: the dm-verity format 1 tree, so the root is what
+//!   `veritysetup format --hash ALG --salt HEX --data-block-size 4096 --hash-block-size 4096`
+//!   prints. A single-page image's root is its leaf digest (veritysetup's rule).
+//!
+//! Edge rules: an image whose length is not a multiple of 4096 has a partial last page.
+//! BLAKE3 hashes the bytes as they are; dm-verity hashes the last page zero-padded (veritysetup
+//! itself would silently ignore the tail, which an attestation must not). The exact length is
+//! part of every record. An empty image has the BLAKE3 root of the empty input; dm-verity has
+//! no tree for zero blocks, so it is refused.
+
+mod blake3;
+mod proof;
+mod verity;
+
+#[cfg(test)]
+mod tests;
+
+use rayon::prelude::*;
+
+pub use proof::{MAX_PROOF_PAGES, PageProof, ProofError, read_alg};
+
+use crate::alg::{Digest, HashAlg, PAGE_SIZE, PageIndex, page_count};
+
+/// Longest salt dm-verity accepts.
+pub const MAX_SALT_LEN: usize = 256;
+
+/// Pages handed to one worker at a time.
+const PAGES_PER_TASK: usize = 64;
+
+/// Errors building or updating a tree.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TreeError {
+    #[error("empty image: a dm-verity tree ({alg}) needs at least one 4096-byte block")]
+    EmptyImage { alg: HashAlg },
+    #[error("salt of {found} bytes: expected at most {MAX_SALT_LEN}")]
+    SaltTooLong { found: usize },
+    #[error("a salt was given for {alg}, which takes none")]
+    SaltNotAllowed { alg: HashAlg },
+    #[error("image is {found} bytes: expected {expected} bytes, the size the tree was built for")]
+    LengthChanged { expected: u64, found: u64 },
+    #[error("page {page} is outside the image of {pages} pages")]
+    PageOutOfRange { page: PageIndex, pages: u64 },
+}
+
+/// Receives progress reports (bytes hashed) from worker threads.
+pub trait Progress: Sync {
+    fn advance(&self, bytes: u64);
+}
+
+/// A [`Progress`] that reports nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn advance(&self, _bytes: u64) {}
+}
+
+/// Tree parameters: algorithm and (dm-verity only) salt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeParams {
+    alg: HashAlg,
+    salt: Vec<u8>,
+}
+
+impl TreeParams {
+    pub fn new(alg: HashAlg, salt: &[u8]) -> Result<TreeParams, TreeError> {
+        if salt.len() > MAX_SALT_LEN {
+            return Err(TreeError::SaltTooLong { found: salt.len() });
+        }
+        if !salt.is_empty() && !alg.takes_salt() {
+            return Err(TreeError::SaltNotAllowed { alg });
+        }
+        Ok(TreeParams {
+            alg,
+            salt: salt.to_vec(),
+        })
+    }
+
+    pub fn alg(&self) -> HashAlg {
+        self.alg
+    }
+
+    pub fn salt(&self) -> &[u8] {
+        &self.salt
+    }
+
+    /// Children per parent: 2 for BLAKE3, 128 (SHA-256) or 64 (SHA-384) for dm-verity.
+    fn arity(&self) -> usize {
+        match self.alg {
+            HashAlg::Blake3 => 2,
+            alg => verity::arity(alg),
+        }
+    }
+
+    /// Node counts per level for `pages` leaves, from the leaves up to the single root.
+    fn level_lens(&self, pages: u64) -> Vec<u64> {
+        let mut lens = vec![pages];
+        let mut n = pages;
+        while n > 1 {
+            n = n.div_ceil(self.arity() as u64);
+            lens.push(n);
+        }
+        lens
+    }
+
+    /// Digest of one page; `data` may be shorter than a page only for the last one.
+    fn leaf(&self, index: u64, data: &[u8], out: &mut [u8]) {
+        match self.alg {
+            HashAlg::Blake3 => {
+                out.copy_from_slice(&blake3::page_cv(blake3::PageAt { index, data }))
+            }
+            alg => verity::hash_block(alg, &self.salt, data, out),
+        }
+    }
+
+    /// Parent of one group of children (flat digests); `root` marks the final step.
+    fn combine(&self, group: &[u8], root: bool, out: &mut [u8]) {
+        match self.alg {
+            HashAlg::Blake3 => {
+                if group.len() == 32 {
+                    out.copy_from_slice(group);
+                } else {
+                    out.copy_from_slice(&blake3::merge(&group[..32], &group[32..], root));
+                }
+            }
+            alg => verity::hash_group(alg, &self.salt, group, out),
+        }
+    }
+
+    /// Root of an image of at most one page, from its bytes.
+    fn small_root(&self, data: &[u8]) -> Result<Digest, TreeError> {
+        let alg = self.alg;
+        let mut out = [0u8; crate::alg::MAX_DIGEST_LEN];
+        let out = &mut out[..alg.digest_len()];
+        match alg {
+            HashAlg::Blake3 => out.copy_from_slice(&blake3::small_root(data)),
+            _ if data.is_empty() => return Err(TreeError::EmptyImage { alg }),
+            _ => self.leaf(0, data, out),
+        }
+        Ok(digest(alg, out))
+    }
+}
+
+fn digest(alg: HashAlg, bytes: &[u8]) -> Digest {
+    // The callers size `bytes` from `alg`, so this cannot fail.
+    Digest::new(alg, bytes).unwrap_or_else(|| unreachable!("digest length is fixed by alg"))
+}
+
+/// A measured image: every page digest and every interior node, plus the root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageTree {
+    params: TreeParams,
+    len: u64,
+    /// `levels[0]` holds the page digests; each level is flat, one digest after another.
+    /// The root is kept apart because BLAKE3's root is a hash, not a chaining value.
+    levels: Vec<Vec<u8>>,
+    root: Digest,
+}
+
+impl ImageTree {
+    /// Measures `image` on the rayon pool.
+    pub fn build(
+        params: &TreeParams,
+        image: &[u8],
+        progress: &dyn Progress,
+    ) -> Result<ImageTree, TreeError> {
+        let len = image.len() as u64;
+        let pages = page_count(len);
+        let dlen = params.alg.digest_len();
+        let mut leaves = vec![0u8; usize_of(pages) * dlen];
+        hash_leaves(params, image, &mut leaves, progress);
+        let mut tree = ImageTree {
+            params: params.clone(),
+            len,
+            levels: vec![leaves],
+            root: digest(params.alg, &[0u8; 48][..dlen]),
+        };
+        if pages <= 1 {
+            tree.root = params.small_root(image)?;
+            return Ok(tree);
+        }
+        let lens = params.level_lens(pages);
+        for k in 1..lens.len() {
+            let next = hash_level(params, &tree.levels[k - 1], k + 1 == lens.len());
+            tree.levels.push(next);
+        }
+        if let Some(top) = tree.levels.pop() {
+            tree.root = digest(params.alg, &top);
+        }
+        Ok(tree)
+    }
+
+    pub fn params(&self) -> &TreeParams {
+        &self.params
+    }
+
+    pub fn alg(&self) -> HashAlg {
+        self.params.alg
+    }
+
+    pub fn root(&self) -> Digest {
+        self.root
+    }
+
+    /// Image length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn pages(&self) -> u64 {
+        page_count(self.len)
+    }
+
+    /// Digest of page `index`: a BLAKE3 chaining value or a dm-verity data-block hash.
+    pub fn page_digest(&self, index: PageIndex) -> Option<Digest> {
+        let dlen = self.alg().digest_len();
+        let start = usize::try_from(index.0).ok()?.checked_mul(dlen)?;
+        let bytes = self.levels.first()?.get(start..start + dlen)?;
+        Digest::new(self.alg(), bytes)
+    }
+
+    /// Every page digest, flat.
+    pub fn page_digests(&self) -> &[u8] {
+        self.levels.first().map_or(&[], Vec::as_slice)
+    }
+
+    /// Rehashes the listed pages of `image` (same length as before) and only the nodes above
+    /// them. Returns the new root.
+    pub fn update_pages(
+        &mut self,
+        image: &[u8],
+        changed: &[PageIndex],
+    ) -> Result<Digest, TreeError> {
+        let found = image.len() as u64;
+        if found != self.len {
+            return Err(TreeError::LengthChanged {
+                expected: self.len,
+                found,
+            });
+        }
+        let pages = self.pages();
+        let mut dirty: Vec<u64> = changed.iter().map(|p| p.0).collect();
+        dirty.sort_unstable();
+        dirty.dedup();
+        if let Some(&bad) = dirty.iter().find(|&&p| p >= pages) {
+            return Err(TreeError::PageOutOfRange {
+                page: PageIndex(bad),
+                pages,
+            });
+        }
+        let dlen = self.alg().digest_len();
+        let params = self.params.clone();
+        let fresh: Vec<(u64, Vec<u8>)> = dirty
+            .par_iter()
+            .map(|&p| {
+                let mut d = vec![0u8; dlen];
+                params.leaf(p, page_slice(image, p), &mut d);
+                (p, d)
+            })
+            .collect();
+        for (p, d) in &fresh {
+            let at = usize_of(*p) * dlen;
+            self.levels[0][at..at + dlen].copy_from_slice(d);
+        }
+        if pages <= 1 {
+            self.root = params.small_root(image)?;
+            return Ok(self.root);
+        }
+        let arity = params.arity() as u64;
+        let lens = params.level_lens(pages);
+        let mut buf = vec![0u8; dlen];
+        for k in 1..lens.len() {
+            dirty = dirty.iter().map(|p| p / arity).collect();
+            dirty.dedup();
+            let is_root = k + 1 == lens.len();
+            for &parent in &dirty {
+                let lo = usize_of(parent * arity) * dlen;
+                let hi = (usize_of((parent + 1) * arity) * dlen).min(self.levels[k - 1].len());
+                params.combine(&self.levels[k - 1][lo..hi], is_root, &mut buf);
+                if is_root {
+                    self.root = digest(params.alg, &buf);
+                } else {
+                    let at = usize_of(parent) * dlen;
+                    self.levels[k][at..at + dlen].copy_from_slice(&buf);
+                }
+            }
+        }
+        Ok(self.root)
+    }
+
+    /// Proof that pages `first .. first + count` of `image` belong under the root.
+    pub fn prove(
+        &self,
+        image: &[u8],
+        first: PageIndex,
+        count: u64,
+    ) -> Result<PageProof, ProofError> {
+        proof::prove(self, image, first, count)
+    }
+
+    /// The dm-verity hash device (superblock and hash blocks) for `veritysetup verify`;
+    /// `None` for BLAKE3 trees.
+    pub fn verity_hash_device(&self, uuid: [u8; 16]) -> Option<Vec<u8>> {
+        if !self.alg().takes_salt() {
+            return None;
+        }
+        // A one-block image has no hash blocks: its root is the block's own digest.
+        let hashed: Vec<&[u8]> = match self.pages() {
+            0 | 1 => Vec::new(),
+            _ => self.levels.iter().rev().map(Vec::as_slice).collect(),
+        };
+        Some(verity::hash_device(
+            self.alg(),
+            self.salt(),
+            self.pages(),
+            &hashed,
+            uuid,
+        ))
+    }
+
+    fn salt(&self) -> &[u8] {
+        &self.params.salt
+    }
+
+    fn level(&self, k: usize) -> &[u8] {
+        self.levels.get(k).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// Bytes of page `p` (the last page may be short).
+fn page_slice(image: &[u8], p: u64) -> &[u8] {
+    let start = usize_of(p) * PAGE_SIZE;
+    &image[start..(start + PAGE_SIZE).min(image.len())]
+}
+
+/// `u64` counts of things that live in memory always fit a `usize` on 64-bit hosts.
+fn usize_of(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+fn hash_leaves(params: &TreeParams, image: &[u8], out: &mut [u8], progress: &dyn Progress) {
+    let dlen = params.alg.digest_len();
+    let task_bytes = PAGES_PER_TASK * PAGE_SIZE;
+    image
+        .par_chunks(task_bytes)
+        .zip(out.par_chunks_mut(PAGES_PER_TASK * dlen))
+        .enumerate()
+        .for_each(|(t, (data, out))| {
+            let first = (t * PAGES_PER_TASK) as u64;
+            let full = data.len() / PAGE_SIZE * PAGE_SIZE;
+            if params.alg == HashAlg::Blake3 {
+                blake3::full_pages_cv(first, &data[..full], &mut out[..full / PAGE_SIZE * 32]);
+                if full < data.len() {
+                    params.leaf(
+                        first + (full / PAGE_SIZE) as u64,
+                        &data[full..],
+                        &mut out[full / PAGE_SIZE * 32..],
+                    );
+                }
+            } else {
+                for (i, (page, d)) in data.chunks(PAGE_SIZE).zip(out.chunks_mut(dlen)).enumerate() {
+                    params.leaf(first + i as u64, page, d);
+                }
+            }
+            progress.advance(data.len() as u64);
+        });
+}
+
+/// Next level up; when `root` is set the result is the single root.
+fn hash_level(params: &TreeParams, level: &[u8], root: bool) -> Vec<u8> {
+    let dlen = params.alg.digest_len();
+    let group = params.arity() * dlen;
+    let n_parents = level.len().div_ceil(group);
+    let mut out = vec![0u8; n_parents * dlen];
+    if params.alg == HashAlg::Blake3 && !root {
+        // Full pairs go through the wide kernel; a lone last node is carried up.
+        const TASK: usize = 4096;
+        let pairs = level.len() / 64;
+        let (paired, lone) = level.split_at(pairs * 64);
+        paired
+            .par_chunks(TASK * 64)
+            .zip(out[..pairs * 32].par_chunks_mut(TASK * 32))
+            .for_each(|(src, dst)| blake3::parents_into(blake3::platform(), src, dst));
+        out[pairs * 32..].copy_from_slice(lone);
+        return out;
+    }
+    level
+        .par_chunks(group)
+        .zip(out.par_chunks_mut(dlen))
+        .for_each(|(g, d)| params.combine(g, root, d));
+    out
+}

@@ -1,0 +1,137 @@
+//! File-backed images: opened read-only and memory-mapped, never copied, then measured by
+//! the core.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use vmattest_core::tree::{ImageTree, Progress, TreeError, TreeParams};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("{path}: no such file")]
+    NotFound { path: PathBuf },
+    #[error("{path}: is a directory, expected an image file")]
+    IsDirectory { path: PathBuf },
+    #[error("{path}: not a regular file or block device")]
+    NotRegular { path: PathBuf },
+    #[error("{path}: cannot read")]
+    Unreadable { path: PathBuf, source: io::Error },
+    #[error("{path}: cannot map into memory")]
+    Map { path: PathBuf, source: io::Error },
+    #[error("{path}")]
+    Tree { path: PathBuf, source: TreeError },
+}
+
+/// A read-only view of an image file.
+#[derive(Debug)]
+pub struct MappedImage {
+    path: PathBuf,
+    map: Option<Mmap>,
+}
+
+impl MappedImage {
+    pub fn open(path: &Path) -> Result<MappedImage, ImageError> {
+        let owned = || path.to_path_buf();
+        let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => ImageError::NotFound { path: owned() },
+            _ => ImageError::Unreadable {
+                path: owned(),
+                source: e,
+            },
+        })?;
+        if meta.is_dir() {
+            return Err(ImageError::IsDirectory { path: owned() });
+        }
+        let file = File::open(path).map_err(|e| ImageError::Unreadable {
+            path: owned(),
+            source: e,
+        })?;
+        let len = file_len(&file).map_err(|e| ImageError::Unreadable {
+            path: owned(),
+            source: e,
+        })?;
+        if !meta.is_file() && len == 0 {
+            return Err(ImageError::NotRegular { path: owned() });
+        }
+        if len == 0 {
+            return Ok(MappedImage {
+                path: owned(),
+                map: None,
+            });
+        }
+        // SAFETY: the map is read-only and private to this process. Its contents stay valid
+        // as long as no one truncates the file while it is mapped; vmattest measures images of
+        // stopped VMs and files it owns, and a concurrent truncation would raise SIGBUS rather
+        // than yield wrong bytes silently.
+        #[allow(unsafe_code)]
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| ImageError::Map {
+            path: owned(),
+            source: e,
+        })?;
+        Ok(MappedImage {
+            path: owned(),
+            map: Some(map),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        self.map.as_deref().unwrap_or(&[])
+    }
+
+    /// Builds the image tree over the mapped bytes.
+    pub fn measure(
+        &self,
+        params: &TreeParams,
+        progress: &dyn Progress,
+    ) -> Result<ImageTree, ImageError> {
+        ImageTree::build(params, self.bytes(), progress).map_err(|source| ImageError::Tree {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+/// Length of a regular file or block device.
+fn file_len(file: &File) -> io::Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = file;
+    let len = f.seek(SeekFrom::End(0))?;
+    f.seek(SeekFrom::Start(0))?;
+    Ok(len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmattest_core::alg::HashAlg;
+    use vmattest_core::tree::NoProgress;
+
+    #[test]
+    fn open_errors_are_distinct() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            MappedImage::open(dir.path()),
+            Err(ImageError::IsDirectory { .. })
+        ));
+        let missing = dir.path().join("nope");
+        assert!(matches!(
+            MappedImage::open(&missing),
+            Err(ImageError::NotFound { .. })
+        ));
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, b"").unwrap();
+        let img = MappedImage::open(&empty).unwrap();
+        assert!(img.bytes().is_empty());
+        let params = TreeParams::new(HashAlg::Sha256, &[]).unwrap();
+        assert!(matches!(
+            img.measure(&params, &NoProgress),
+            Err(ImageError::Tree { .. })
+        ));
+    }
+}

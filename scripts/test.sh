@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The whole test suite: dependencies, formatting, lints, every test (with the real oracles).
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+ensure_deps
+cd "$ROOT"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+cargo test --workspace --release
