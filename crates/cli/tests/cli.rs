@@ -1,5 +1,10 @@
 //! End-to-end CLI behaviour: keys, signed records, proofs, tampering and bad input.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cast_possible_truncation
+)]
 
 mod common;
 

@@ -1,5 +1,10 @@
 //! Golden vectors against tools nobody here wrote: `b3sum` and `veritysetup`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cast_possible_truncation
+)]
 
 mod common;
 

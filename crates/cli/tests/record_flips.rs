@@ -1,5 +1,10 @@
 //! Property: any flipped bit in a signed record, its signature or the signed bytes fails.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cast_possible_truncation
+)]
 
 use vmattest_core::alg::HashAlg;
 use vmattest_core::record::{

@@ -104,11 +104,11 @@ impl MeasurementRecord {
         w.u64(self.time.secs)
             .u32(self.time.nanos)
             .bytes(&self.nonce);
-        w.u8(self.key_ids.len() as u8);
+        w.u8(u8::try_from(self.key_ids.len()).unwrap_or(u8::MAX));
         for k in &self.key_ids {
             w.raw(&k.0);
         }
-        w.u32(self.images.len() as u32);
+        w.u32(u32::try_from(self.images.len()).unwrap_or(u32::MAX));
         for im in &self.images {
             if im.path.len() > MAX_PATH_LEN {
                 return Err(RecordError::Count {
@@ -233,7 +233,8 @@ impl SignedRecord {
     pub fn encode(&self) -> Result<Vec<u8>, RecordError> {
         self.check_signers()?;
         let mut w = Writer::new();
-        w.bytes(&self.record_bytes).u8(self.signatures.len() as u8);
+        w.bytes(&self.record_bytes)
+            .u8(u8::try_from(self.signatures.len()).unwrap_or(u8::MAX));
         for s in &self.signatures {
             w.u8(s.alg.id()).raw(&s.key_id.0).bytes(&s.signature);
         }
@@ -299,5 +300,108 @@ impl SignedRecord {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alg::HashAlg;
+
+    fn sample() -> Vec<u8> {
+        let params = TreeParams::new(HashAlg::Blake3, &[]).unwrap();
+        let root = Digest::new(HashAlg::Blake3, &[3; 32]).unwrap();
+        let record = MeasurementRecord {
+            time: UnixTime { secs: 1, nanos: 2 },
+            nonce: vec![],
+            key_ids: vec![KeyId([5; 32])],
+            images: vec![ImageMeasurement {
+                path: "m".into(),
+                params,
+                len: 4096,
+                root,
+            }],
+        };
+        let mut s = SignedRecord::new(record).unwrap();
+        s.signatures.push(SignatureEntry {
+            alg: SigAlg::Ed25519,
+            key_id: KeyId([5; 32]),
+            signature: vec![1; 64],
+        });
+        s.encode().unwrap()
+    }
+
+    fn err(bytes: &[u8]) -> RecordError {
+        SignedRecord::decode(bytes).unwrap_err()
+    }
+
+    #[test]
+    fn one_test_per_corruption_kind() {
+        let good = sample();
+        assert!(SignedRecord::decode(&good).is_ok());
+
+        let mut b = good.clone();
+        b[0] = b'X';
+        assert!(matches!(
+            err(&b),
+            RecordError::Wire(WireError::BadMagic { .. })
+        ));
+
+        let mut b = good.clone();
+        b[11] = 2;
+        assert!(matches!(
+            err(&b),
+            RecordError::Wire(WireError::BadVersion { found: 2, .. })
+        ));
+
+        let mut b = good.clone();
+        b[9] = Kind::PageProof.id() as u8;
+        assert!(matches!(
+            err(&b),
+            RecordError::Wire(WireError::WrongKind { found: 3, .. })
+        ));
+
+        for cut in [0, 5, 16, good.len() / 2, good.len() - 1] {
+            assert!(
+                matches!(
+                    err(&good[..cut]),
+                    RecordError::Wire(WireError::Truncated { .. })
+                ),
+                "cut {cut}"
+            );
+        }
+
+        let mut b = good.clone();
+        b.extend_from_slice(&[0; 3]);
+        assert!(matches!(
+            err(&b),
+            RecordError::Wire(WireError::Trailing { count: 3, .. })
+        ));
+
+        let big = vec![0u8; Kind::SignedRecord.max_body() + 17];
+        assert!(matches!(
+            err(&big),
+            RecordError::Wire(WireError::Oversize { .. })
+        ));
+
+        // The signature's key id no longer names the record's signer.
+        let mut b = good.clone();
+        let at = b.len() - 64 - 4 - 1;
+        b[at] ^= 1;
+        assert!(matches!(
+            err(&b),
+            RecordError::UnnamedSigner { index: 0, .. }
+        ));
+    }
+
+    #[test]
+    fn unknown_algorithm_ids_are_named() {
+        let good = sample();
+        // The signature algorithm byte sits before the 32-byte key id, 4-byte length and 64 bytes.
+        let mut b = good.clone();
+        let at = b.len() - 64 - 4 - 32 - 1;
+        b[at] = 77;
+        let e = err(&b).to_string();
+        assert!(e.contains("signature algorithm") && e.contains("77"), "{e}");
     }
 }

@@ -83,7 +83,7 @@ pub fn tree_params(args: &TreeArgs) -> anyhow::Result<TreeParams> {
         args.salt.as_str()
     };
     let salt = parse_hex("--salt", salt_text)?;
-    Ok(TreeParams::new(alg, &salt).context("--salt")?)
+    TreeParams::new(alg, &salt).context("--salt")
 }
 
 pub fn parse_hex(what: &str, text: &str) -> anyhow::Result<Vec<u8>> {

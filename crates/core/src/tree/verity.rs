@@ -79,10 +79,10 @@ pub(crate) fn hash_device(
     out[12..16].copy_from_slice(&1u32.to_le_bytes());
     out[16..32].copy_from_slice(&uuid);
     out[32..32 + alg.name().len()].copy_from_slice(alg.name().as_bytes());
-    out[64..68].copy_from_slice(&(PAGE_SIZE as u32).to_le_bytes());
-    out[68..72].copy_from_slice(&(PAGE_SIZE as u32).to_le_bytes());
+    out[64..68].copy_from_slice(&4096u32.to_le_bytes());
+    out[68..72].copy_from_slice(&4096u32.to_le_bytes());
     out[72..80].copy_from_slice(&pages.to_le_bytes());
-    out[80..82].copy_from_slice(&(salt.len() as u16).to_le_bytes());
+    out[80..82].copy_from_slice(&u16::try_from(salt.len()).unwrap_or(u16::MAX).to_le_bytes());
     out[88..88 + salt.len()].copy_from_slice(salt);
     let dlen = alg.digest_len();
     let slot = slot_len(alg);
