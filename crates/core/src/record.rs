@@ -355,7 +355,7 @@ mod tests {
         ));
 
         let mut b = good.clone();
-        b[9] = Kind::PageProof.id() as u8;
+        b[8..10].copy_from_slice(&Kind::PageProof.id().to_be_bytes());
         assert!(matches!(
             err(&b),
             RecordError::Wire(WireError::WrongKind { found: 3, .. })

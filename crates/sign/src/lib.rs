@@ -11,6 +11,7 @@ pub mod hybrid;
 pub mod keyfile;
 mod ml_dsa_65;
 mod pem;
+pub mod record;
 
 use std::fmt;
 

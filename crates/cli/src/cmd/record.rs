@@ -4,6 +4,7 @@ use anyhow::{Context as _, bail};
 use serde::Serialize;
 use vmattest_core::record::{MAX_NONCE_LEN, MeasurementRecord, SignatureEntry, SignedRecord};
 use vmattest_core::wire::{HEADER_LEN, Kind};
+use vmattest_sign::record::{RecordSigError, verify_signed_record};
 use vmattest_sign::{PublicKey, Signer as _, keyfile};
 
 use super::measure::measure_one;
@@ -115,37 +116,13 @@ pub fn check_signatures(
         .iter()
         .map(|k| keyfile::read_public_key(k))
         .collect::<Result<Vec<PublicKey>, _>>()?;
-    let message = signed.message();
-    for (i, s) in signed.signatures.iter().enumerate() {
-        let Some(key) = keys.iter().find(|k| k.key_id() == s.key_id) else {
-            let given: Vec<String> = keys.iter().map(|k| k.key_id().to_hex()).collect();
-            bail!(
-                "{}: signature {i} is by key {}, expected one of the given public keys ({})",
-                path.display(),
-                s.key_id,
-                given.join(", ")
-            );
-        };
-        if key.alg() != s.alg {
-            return Err(VerificationFailed(format!(
-                "{}: signature {i} claims {} but key {} is {}",
-                path.display(),
-                s.alg,
-                s.key_id,
-                key.alg()
-            ))
-            .into());
+    match verify_signed_record(signed, &keys) {
+        Ok(()) => Ok(()),
+        Err(e @ RecordSigError::UnknownSigner { .. }) => {
+            Err(anyhow::Error::new(e).context(path.display().to_string()))
         }
-        if let Err(e) = key.verify(&message, &s.signature) {
-            return Err(VerificationFailed(format!(
-                "{}: signature {i} by key {}: {e}",
-                path.display(),
-                s.key_id
-            ))
-            .into());
-        }
+        Err(e) => Err(VerificationFailed(format!("{}: {e}", path.display())).into()),
     }
-    Ok(())
 }
 
 pub fn verify(

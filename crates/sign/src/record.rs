@@ -1,0 +1,56 @@
+//! Checking the signatures of a signed record against pinned public keys.
+
+use vmattest_core::record::SignedRecord;
+
+use crate::{KeyId, PublicKey, SigAlg, SignError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordSigError {
+    /// The signer is not among the pinned keys: the caller gave the wrong keys.
+    #[error(
+        "signature {index} is by key {key_id}, expected one of the given public keys ({given})"
+    )]
+    UnknownSigner {
+        index: usize,
+        key_id: KeyId,
+        given: String,
+    },
+    #[error("signature {index} claims {claimed} but key {key_id} is {actual}")]
+    AlgorithmMismatch {
+        index: usize,
+        key_id: KeyId,
+        claimed: SigAlg,
+        actual: SigAlg,
+    },
+    #[error("signature {index}: {reason}")]
+    Invalid { index: usize, reason: SignError },
+}
+
+/// Every signature must come from one of `keys`, under the algorithm of that key, and verify.
+pub fn verify_signed_record(
+    signed: &SignedRecord,
+    keys: &[PublicKey],
+) -> Result<(), RecordSigError> {
+    let message = signed.message();
+    for (index, s) in signed.signatures.iter().enumerate() {
+        let Some(key) = keys.iter().find(|k| k.key_id() == s.key_id) else {
+            let given: Vec<String> = keys.iter().map(|k| k.key_id().to_hex()).collect();
+            return Err(RecordSigError::UnknownSigner {
+                index,
+                key_id: s.key_id,
+                given: given.join(", "),
+            });
+        };
+        if key.alg() != s.alg {
+            return Err(RecordSigError::AlgorithmMismatch {
+                index,
+                key_id: s.key_id,
+                claimed: s.alg,
+                actual: key.alg(),
+            });
+        }
+        key.verify(&message, &s.signature)
+            .map_err(|reason| RecordSigError::Invalid { index, reason })?;
+    }
+    Ok(())
+}
