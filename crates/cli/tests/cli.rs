@@ -261,7 +261,7 @@ fn bad_input_gets_one_line_and_exit_2() {
     vmattest(["verify", "--pubkey", s(&other_pub), s(&rec)])
         .fails(2, "expected one of the given public keys");
     // A proof where a record is expected, and the reverse.
-    vmattest(["verify", "--pubkey", s(&pubkey), s(&proof)]).fails(2, "expected a signed record");
+    vmattest(["verify", "--pubkey", s(&pubkey), s(&proof)]).fails(2, "expected a signed object");
     vmattest(["verify-proof", "--root", "00", s(&rec)]).fails(2, "expected a page proof");
     // Oversize input is refused before it is read.
     let big = d.join("big.rec");
@@ -291,6 +291,6 @@ fn show_describes_files() {
     let rec = dir.path().join("r");
     vmattest(["sign", "--key", s(&k), "--out", s(&rec), s(&img)]).ok();
     let j = vmattest(["show", "--json", s(&rec)]).ok().json();
-    assert_eq!(j["kind"], "signed record");
+    assert_eq!(j["kind"], "signed object");
     assert_eq!(j["images"][0]["pages"], 2);
 }

@@ -12,7 +12,7 @@ use vmattest_core::record::{
 };
 use vmattest_core::sig::SigAlg;
 use vmattest_core::tree::{ImageTree, NoProgress, TreeParams};
-use vmattest_sign::record::verify_signed_record;
+use vmattest_sign::record::verify_signed;
 use vmattest_sign::{PublicKey, SecretKey, Signer as _};
 
 fn signed(alg: SigAlg) -> (Vec<u8>, PublicKey) {
@@ -47,7 +47,7 @@ fn accepts(bytes: &[u8], key: &PublicKey) -> bool {
     let Ok(s) = SignedRecord::decode(bytes) else {
         return false;
     };
-    verify_signed_record(&s, std::slice::from_ref(key)).is_ok()
+    verify_signed(&s, std::slice::from_ref(key)).is_ok()
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! Measurement records and their signed envelope.
+//! Measurement records and the signed envelope shared by every signed object.
 //!
 //! A signature covers `SIGNATURE_DOMAIN || record object`, where the record object is the
 //! full canonical encoding (magic, kind, version, length, body; see `wire`). The domain tag
@@ -185,7 +185,7 @@ impl MeasurementRecord {
     }
 }
 
-/// One signature over a record.
+/// One signature over a signed object.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SignatureEntry {
     pub alg: SigAlg,
@@ -193,14 +193,38 @@ pub struct SignatureEntry {
     pub signature: Vec<u8>,
 }
 
-/// A record object plus its signatures.
+/// An object that can be signed: it has a canonical encoding and names its signers.
+pub trait Signable: Sized {
+    const KIND: Kind;
+    fn encode(&self) -> Result<Vec<u8>, RecordError>;
+    fn decode(bytes: &[u8]) -> Result<Self, RecordError>;
+    fn key_ids(&self) -> &[KeyId];
+}
+
+impl Signable for MeasurementRecord {
+    const KIND: Kind = Kind::MeasurementRecord;
+    fn encode(&self) -> Result<Vec<u8>, RecordError> {
+        MeasurementRecord::encode(self)
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
+        MeasurementRecord::decode(bytes)
+    }
+    fn key_ids(&self) -> &[KeyId] {
+        &self.key_ids
+    }
+}
+
+/// A canonical object plus one signature per key it names.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SignedRecord {
-    /// The record exactly as signed.
-    record_bytes: Vec<u8>,
-    record: MeasurementRecord,
+pub struct Signed<T> {
+    /// The object exactly as signed.
+    object_bytes: Vec<u8>,
+    value: T,
     pub signatures: Vec<SignatureEntry>,
 }
+
+/// A signed measurement record.
+pub type SignedRecord = Signed<MeasurementRecord>;
 
 /// The message a signer signs for `object` (a complete canonical object).
 pub fn signing_message(object: &[u8]) -> Vec<u8> {
@@ -210,46 +234,51 @@ pub fn signing_message(object: &[u8]) -> Vec<u8> {
     m
 }
 
-impl SignedRecord {
-    /// Starts an envelope for `record`; add one signature per named key.
-    pub fn new(record: MeasurementRecord) -> Result<SignedRecord, RecordError> {
-        let record_bytes = record.encode()?;
-        Ok(SignedRecord {
-            record_bytes,
-            record,
+impl<T: Signable> Signed<T> {
+    /// Starts an envelope for `value`; add one signature per named key.
+    pub fn new(value: T) -> Result<Signed<T>, RecordError> {
+        let object_bytes = value.encode()?;
+        Ok(Signed {
+            object_bytes,
+            value,
             signatures: Vec::new(),
         })
     }
 
-    pub fn record(&self) -> &MeasurementRecord {
-        &self.record
+    pub fn value(&self) -> &T {
+        &self.value
+    }
+
+    /// The signed object's canonical bytes.
+    pub fn object_bytes(&self) -> &[u8] {
+        &self.object_bytes
     }
 
     /// What every signature covers.
     pub fn message(&self) -> Vec<u8> {
-        signing_message(&self.record_bytes)
+        signing_message(&self.object_bytes)
     }
 
     pub fn encode(&self) -> Result<Vec<u8>, RecordError> {
         self.check_signers()?;
         let mut w = Writer::new();
-        w.bytes(&self.record_bytes)
+        w.bytes(&self.object_bytes)
             .u8(u8::try_from(self.signatures.len()).unwrap_or(u8::MAX));
         for s in &self.signatures {
             w.u8(s.alg.id()).raw(&s.key_id.0).bytes(&s.signature);
         }
-        Ok(w.envelope(Kind::SignedRecord))
+        Ok(w.envelope(Kind::Signed))
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<SignedRecord, RecordError> {
-        let mut r = crate::wire::open(bytes, Kind::SignedRecord)?;
-        let record_bytes = r
+    pub fn decode(bytes: &[u8]) -> Result<Signed<T>, RecordError> {
+        let mut r = crate::wire::open(bytes, Kind::Signed)?;
+        let object_bytes = r
             .bytes(
-                "record",
-                Kind::MeasurementRecord.max_body() + crate::wire::HEADER_LEN,
+                "signed object",
+                T::KIND.max_body() + crate::wire::HEADER_LEN,
             )?
             .to_vec();
-        let record = MeasurementRecord::decode(&record_bytes)?;
+        let value = T::decode(&object_bytes)?;
         let at = r.offset();
         let n = usize::from(r.u8("signature count")?);
         if n == 0 || n > MAX_SIGNATURES {
@@ -270,27 +299,28 @@ impl SignedRecord {
                 signature,
             });
         }
-        r.finish(Kind::SignedRecord)?;
-        let out = SignedRecord {
-            record_bytes,
-            record,
+        r.finish(Kind::Signed)?;
+        let out = Signed {
+            object_bytes,
+            value,
             signatures,
         };
         out.check_signers()?;
         Ok(out)
     }
 
-    /// Signatures must come from exactly the keys the record names, in that order.
+    /// Signatures must come from exactly the keys the object names, in that order.
     fn check_signers(&self) -> Result<(), RecordError> {
+        let named = self.value.key_ids();
         count("signatures", self.signatures.len(), MAX_SIGNATURES)?;
-        if self.signatures.len() != self.record.key_ids.len() {
+        if self.signatures.len() != named.len() {
             return Err(RecordError::Count {
                 what: "signatures (one per named key)",
-                max: self.record.key_ids.len(),
+                max: named.len(),
                 found: self.signatures.len(),
             });
         }
-        for (i, (s, k)) in self.signatures.iter().zip(&self.record.key_ids).enumerate() {
+        for (i, (s, k)) in self.signatures.iter().zip(named).enumerate() {
             if s.key_id != *k {
                 return Err(RecordError::UnnamedSigner {
                     index: i,
@@ -378,7 +408,7 @@ mod tests {
             RecordError::Wire(WireError::Trailing { count: 3, .. })
         ));
 
-        let big = vec![0u8; Kind::SignedRecord.max_body() + 17];
+        let big = vec![0u8; Kind::Signed.max_body() + 17];
         assert!(matches!(
             err(&big),
             RecordError::Wire(WireError::Oversize { .. })

@@ -21,17 +21,17 @@ pub const HEADER_LEN: usize = 16;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     MeasurementRecord,
-    SignedRecord,
+    Signed,
     PageProof,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::MeasurementRecord, Kind::SignedRecord, Kind::PageProof];
+    pub const ALL: [Kind; 3] = [Kind::MeasurementRecord, Kind::Signed, Kind::PageProof];
 
     pub fn id(self) -> u16 {
         match self {
             Kind::MeasurementRecord => 1,
-            Kind::SignedRecord => 2,
+            Kind::Signed => 2,
             Kind::PageProof => 3,
         }
     }
@@ -45,7 +45,7 @@ impl Kind {
     pub fn max_body(self) -> usize {
         match self {
             Kind::MeasurementRecord => 4 << 20,
-            Kind::SignedRecord => 5 << 20,
+            Kind::Signed => 5 << 20,
             Kind::PageProof => 20 << 20,
         }
     }
@@ -53,7 +53,7 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::MeasurementRecord => "measurement record",
-            Kind::SignedRecord => "signed record",
+            Kind::Signed => "signed object",
             Kind::PageProof => "page proof",
         }
     }

@@ -1,6 +1,6 @@
-//! Checking the signatures of a signed record against pinned public keys.
+//! Checking the signatures of a signed object against pinned public keys.
 
-use vmattest_core::record::SignedRecord;
+use vmattest_core::record::{Signable, Signed};
 
 use crate::{KeyId, PublicKey, SigAlg, SignError};
 
@@ -27,8 +27,8 @@ pub enum RecordSigError {
 }
 
 /// Every signature must come from one of `keys`, under the algorithm of that key, and verify.
-pub fn verify_signed_record(
-    signed: &SignedRecord,
+pub fn verify_signed<T: Signable>(
+    signed: &Signed<T>,
     keys: &[PublicKey],
 ) -> Result<(), RecordSigError> {
     let message = signed.message();

@@ -115,7 +115,7 @@ fn check(
         (None, Some(rec)) => {
             let signed = super::record::load(rec)?;
             super::record::check_signatures(rec, &signed, pubkeys)?;
-            let matching = signed.record().images.iter().find(|m| {
+            let matching = signed.value().images.iter().find(|m| {
                 m.root.as_bytes() == proof.root.as_bytes()
                     && m.params == proof.params
                     && m.len == proof.image_len

@@ -4,7 +4,7 @@ use anyhow::{Context as _, bail};
 use serde::Serialize;
 use vmattest_core::record::{MAX_NONCE_LEN, MeasurementRecord, SignatureEntry, SignedRecord};
 use vmattest_core::wire::{HEADER_LEN, Kind};
-use vmattest_sign::record::{RecordSigError, verify_signed_record};
+use vmattest_sign::record::{RecordSigError, verify_signed};
 use vmattest_sign::{PublicKey, Signer as _, keyfile};
 
 use super::measure::measure_one;
@@ -82,9 +82,9 @@ pub fn sign(
     }
     write_atomic(out, &signed.encode()?)?;
     if json {
-        output::print(&record_json(out, signed.record()))
+        output::print(&record_json(out, signed.value()))
     } else {
-        for m in &signed.record().images {
+        for m in &signed.value().images {
             println!("{}  {}  {}", m.root, m.params.alg(), m.path);
         }
         println!(
@@ -98,11 +98,7 @@ pub fn sign(
 
 /// Reads and decodes a signed record; a damaged file is an input error.
 pub fn load(path: &Path) -> anyhow::Result<SignedRecord> {
-    let bytes = read_capped(
-        path,
-        Kind::SignedRecord.max_body() + HEADER_LEN,
-        "signed record",
-    )?;
+    let bytes = read_capped(path, Kind::Signed.max_body() + HEADER_LEN, "signed record")?;
     SignedRecord::decode(&bytes).with_context(|| format!("{}", path.display()))
 }
 
@@ -116,7 +112,7 @@ pub fn check_signatures(
         .iter()
         .map(|k| keyfile::read_public_key(k))
         .collect::<Result<Vec<PublicKey>, _>>()?;
-    match verify_signed_record(signed, &keys) {
+    match verify_signed(signed, &keys) {
         Ok(()) => Ok(()),
         Err(e @ RecordSigError::UnknownSigner { .. }) => {
             Err(anyhow::Error::new(e).context(path.display().to_string()))
@@ -138,7 +134,7 @@ pub fn verify(
     if json {
         let out = VerifyJson {
             ok: result.is_ok(),
-            record: record_json(path, signed.record()),
+            record: record_json(path, signed.value()),
             images_checked: check_images,
         };
         output::print(&out)?;
@@ -146,7 +142,7 @@ pub fn verify(
         println!(
             "OK: {} signature(s) verify; {} image(s){}",
             signed.signatures.len(),
-            signed.record().images.len(),
+            signed.value().images.len(),
             if check_images {
                 " match their recorded roots"
             } else {
@@ -167,7 +163,7 @@ fn verify_loaded(
     json: bool,
 ) -> anyhow::Result<()> {
     check_signatures(path, signed, pubkeys)?;
-    let record = signed.record();
+    let record = signed.value();
     if let Some(max) = max_age {
         let age = now().secs.saturating_sub(record.time.secs);
         if age > max {

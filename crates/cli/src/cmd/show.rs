@@ -46,9 +46,9 @@ pub fn run(path: &Path, json: bool) -> anyhow::Result<()> {
     };
     match kind {
         Some(Kind::MeasurementRecord) => fill(&mut out, &MeasurementRecord::decode(&bytes)?),
-        Some(Kind::SignedRecord) => {
+        Some(Kind::Signed) => {
             let s = SignedRecord::decode(&bytes)?;
-            fill(&mut out, s.record());
+            fill(&mut out, s.value());
             out.signatures = s
                 .signatures
                 .iter()
