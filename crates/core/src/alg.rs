@@ -128,3 +128,37 @@ pub const PAGE_SIZE: usize = 4096;
 pub fn page_count(len: u64) -> u64 {
     len.div_ceil(PAGE_SIZE as u64)
 }
+
+impl HashAlg {
+    /// Plain hash of the concatenation of `parts` (chain digests, not image trees).
+    pub fn hash(self, parts: &[&[u8]]) -> Digest {
+        use sha2::Digest as _;
+        let mut buf = [0u8; MAX_DIGEST_LEN];
+        let n = self.digest_len();
+        match self {
+            HashAlg::Blake3 => {
+                let mut h = blake3::Hasher::new();
+                parts.iter().for_each(|p| {
+                    h.update(p);
+                });
+                buf[..n].copy_from_slice(h.finalize().as_bytes());
+            }
+            HashAlg::Sha256 => {
+                let mut h = sha2::Sha256::new();
+                parts.iter().for_each(|p| h.update(p));
+                buf[..n].copy_from_slice(&h.finalize());
+            }
+            HashAlg::Sha384 => {
+                let mut h = sha2::Sha384::new();
+                parts.iter().for_each(|p| h.update(p));
+                buf[..n].copy_from_slice(&h.finalize());
+            }
+        }
+        Digest { alg: self, buf }
+    }
+
+    /// The all-zero digest, standing for "no previous link".
+    pub fn zero_digest(self) -> Digest {
+        Digest { alg: self, buf: [0; MAX_DIGEST_LEN] }
+    }
+}

@@ -23,16 +23,20 @@ pub enum Kind {
     MeasurementRecord,
     Signed,
     PageProof,
+    Manifest,
+    Link,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::MeasurementRecord, Kind::Signed, Kind::PageProof];
+    pub const ALL: [Kind; 5] = [Kind::MeasurementRecord, Kind::Signed, Kind::PageProof, Kind::Manifest, Kind::Link];
 
     pub fn id(self) -> u16 {
         match self {
             Kind::MeasurementRecord => 1,
             Kind::Signed => 2,
             Kind::PageProof => 3,
+            Kind::Manifest => 4,
+            Kind::Link => 5,
         }
     }
 
@@ -47,6 +51,8 @@ impl Kind {
             Kind::MeasurementRecord => 4 << 20,
             Kind::Signed => 5 << 20,
             Kind::PageProof => 20 << 20,
+            Kind::Manifest => 1 << 30,
+            Kind::Link => 4096,
         }
     }
 
@@ -55,6 +61,8 @@ impl Kind {
             Kind::MeasurementRecord => "measurement record",
             Kind::Signed => "signed object",
             Kind::PageProof => "page proof",
+            Kind::Manifest => "manifest",
+            Kind::Link => "chain link",
         }
     }
 }

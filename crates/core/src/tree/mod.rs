@@ -175,14 +175,30 @@ impl ImageTree {
         let dlen = params.alg.digest_len();
         let mut leaves = vec![0u8; usize_of(pages) * dlen];
         hash_leaves(params, image, &mut leaves, progress);
+        ImageTree::from_page_digests(params, len, leaves, image)
+    }
+
+    /// Rebuilds a tree from stored page digests (as returned by [`ImageTree::page_digests`]).
+    /// `image` is needed only for images of at most one page, whose root is a plain hash.
+    pub fn from_page_digests(
+        params: &TreeParams,
+        len: u64,
+        leaves: Vec<u8>,
+        small_image: &[u8],
+    ) -> Result<ImageTree, TreeError> {
+        let pages = page_count(len);
+        let dlen = params.alg.digest_len();
+        if leaves.len() as u64 != pages * dlen as u64 {
+            return Err(TreeError::LengthChanged { expected: pages * dlen as u64, found: leaves.len() as u64 });
+        }
         let mut tree = ImageTree {
             params: params.clone(),
             len,
             levels: vec![leaves],
-            root: digest(params.alg, &[0u8; 48][..dlen]),
+            root: params.alg.zero_digest(),
         };
         if pages <= 1 {
-            tree.root = params.small_root(image)?;
+            tree.root = params.small_root(small_image)?;
             return Ok(tree);
         }
         let lens = params.level_lens(pages);
@@ -276,8 +292,16 @@ impl ImageTree {
             self.root = params.small_root(image)?;
             return Ok(self.root);
         }
+        self.rehash_above(dirty);
+        Ok(self.root)
+    }
+
+    /// Recomputes every node above the sorted, unique leaf indices `dirty`.
+    fn rehash_above(&mut self, mut dirty: Vec<u64>) {
+        let params = self.params.clone();
+        let dlen = params.alg.digest_len();
         let arity = params.arity() as u64;
-        let lens = params.level_lens(pages);
+        let lens = params.level_lens(self.pages());
         let mut buf = vec![0u8; dlen];
         for k in 1..lens.len() {
             dirty = dirty.iter().map(|p| p / arity).collect();
@@ -295,6 +319,30 @@ impl ImageTree {
                 }
             }
         }
+    }
+
+    /// Sets page digests directly (no hashing of page bytes) and recomputes the nodes above
+    /// them. `image` is consulted only for images of at most one page, whose root is a plain
+    /// hash of the bytes.
+    pub fn set_page_digests(&mut self, updates: &[(PageIndex, Digest)], image: &[u8]) -> Result<Digest, TreeError> {
+        let pages = self.pages();
+        let dlen = self.alg().digest_len();
+        let mut dirty = Vec::with_capacity(updates.len());
+        for (p, d) in updates {
+            if p.0 >= pages {
+                return Err(TreeError::PageOutOfRange { page: *p, pages });
+            }
+            let at = usize_of(p.0) * dlen;
+            self.levels[0][at..at + dlen].copy_from_slice(d.as_bytes());
+            dirty.push(p.0);
+        }
+        if pages <= 1 {
+            self.root = self.params.small_root(image)?;
+            return Ok(self.root);
+        }
+        dirty.sort_unstable();
+        dirty.dedup();
+        self.rehash_above(dirty);
         Ok(self.root)
     }
 

@@ -271,3 +271,19 @@ fn truncated_and_foreign_proofs_are_refused() {
 }
 
 use crate::wire::WireError;
+
+#[test]
+fn set_page_digests_equals_update_pages() {
+    for alg in HashAlg::ALL {
+        for pages in [1usize, 2, 5, 300] {
+            let mut data = image(pages * PAGE_SIZE, 11);
+            let old = build(alg, &[], &data);
+            data[(pages - 1) * PAGE_SIZE + 3] ^= 0xff;
+            let fresh = build(alg, &[], &data);
+            let last = PageIndex(pages as u64 - 1);
+            let mut t = old.clone();
+            t.set_page_digests(&[(last, fresh.page_digest(last).unwrap())], &data).unwrap();
+            assert_eq!(t, fresh, "{alg} {pages}");
+        }
+    }
+}

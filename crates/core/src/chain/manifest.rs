@@ -1,0 +1,156 @@
+//! Manifests: which pages changed at a seq, their new digests, and where their bytes are.
+//!
+//! Entries are sorted by (component, page) and unique. A `Data` entry's bytes are stored, XORed
+//! with the page's previous content (all zeros before the baseline), in the batch objects listed
+//! in order: batch 0 holds the first `pages` data entries, batch 1 the next, and so on. A `Zero`
+//! entry means the page is now all zeros and costs no storage.
+
+use rayon::prelude::*;
+
+use super::{ComponentRoot, ObjectId, StateMeta, read_components, read_digest, write_components};
+use crate::alg::{Digest, HashAlg, PageIndex, page_count};
+use crate::record::RecordError;
+use crate::wire::{Kind, Writer};
+
+/// Most entries one manifest may list (a 64 GiB component's pages).
+pub const MAX_ENTRIES: usize = 1 << 24;
+pub const MAX_BATCHES: usize = 1 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageChange {
+    /// The page is now all zeros; nothing is stored.
+    Zero,
+    /// The page's new bytes XOR its previous bytes are stored in a batch.
+    Data,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeltaEntry {
+    pub component: u16,
+    pub page: PageIndex,
+    pub change: PageChange,
+    /// The page's new digest in its component's tree.
+    pub digest: Digest,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchRef {
+    pub object: ObjectId,
+    /// Number of `Data` entries whose bytes this batch holds.
+    pub pages: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Manifest {
+    pub meta: StateMeta,
+    pub components: Vec<ComponentRoot>,
+    pub entries: Vec<DeltaEntry>,
+    pub batches: Vec<BatchRef>,
+}
+
+const LEAF: u8 = 0;
+const NODE: u8 = 1;
+const EMPTY_DELTA: &[u8] = b"vmattest empty delta v1\0";
+
+/// Merkle root over (component, page, new digest) entries: leaves `H(0 || comp || page ||
+/// digest)`, parents `H(1 || left || right)`, a lone last node carried up.
+pub fn delta_digest(alg: HashAlg, entries: &[DeltaEntry]) -> Digest {
+    if entries.is_empty() {
+        return alg.hash(&[EMPTY_DELTA]);
+    }
+    let mut level: Vec<Digest> = entries
+        .par_iter()
+        .map(|e| alg.hash(&[&[LEAF], &e.component.to_be_bytes(), &e.page.0.to_be_bytes(), e.digest.as_bytes()]))
+        .collect();
+    while level.len() > 1 {
+        level = level
+            .par_chunks(2)
+            .map(|pair| match pair {
+                [l, r] => alg.hash(&[&[NODE], l.as_bytes(), r.as_bytes()]),
+                [one] => *one,
+                _ => alg.zero_digest(),
+            })
+            .collect();
+    }
+    level[0]
+}
+
+impl Manifest {
+    pub fn data_pages(&self) -> usize {
+        self.entries.iter().filter(|e| e.change == PageChange::Data).count()
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        self.meta.write(&mut w);
+        write_components(&mut w, &self.components);
+        w.u32(u32::try_from(self.entries.len()).unwrap_or(u32::MAX));
+        for e in &self.entries {
+            let change = match e.change {
+                PageChange::Zero => 0,
+                PageChange::Data => 1,
+            };
+            w.u16(e.component).u64(e.page.0).u8(change).raw(e.digest.as_bytes());
+        }
+        w.u32(u32::try_from(self.batches.len()).unwrap_or(u32::MAX));
+        for b in &self.batches {
+            w.raw(&b.object.0).u32(b.pages);
+        }
+        w.envelope(Kind::Manifest)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Manifest, RecordError> {
+        let mut r = crate::wire::open(bytes, Kind::Manifest)?;
+        let meta = StateMeta::read(&mut r)?;
+        let alg = meta.params.alg();
+        let components = read_components(&mut r, alg)?;
+        let n = r.len32("entry count", MAX_ENTRIES)?;
+        let mut entries: Vec<DeltaEntry> = Vec::with_capacity(n.min(1 << 16));
+        for _ in 0..n {
+            let at = r.offset();
+            let component = r.u16("entry component")?;
+            let page = PageIndex(r.u64("entry page")?);
+            let change = match r.u8("entry change")? {
+                0 => PageChange::Zero,
+                1 => PageChange::Data,
+                other => return Err(r.bad("entry change", at + 10, "expected 0 (zero) or 1 (data)", other).into()),
+            };
+            let digest = read_digest(&mut r, alg, "entry digest")?;
+            let Some(c) = components.get(usize::from(component)) else {
+                return Err(r.bad("entry component", at, "an index into the component list", component).into());
+            };
+            if page.0 >= page_count(c.len) {
+                return Err(r.bad("entry page", at + 2, "a page inside its component", page).into());
+            }
+            if let Some(prev) = entries.last()
+                && (prev.component, prev.page) >= (component, page)
+            {
+                return Err(r.bad("entry page", at, "entries sorted by component and page, no repeats", page).into());
+            }
+            entries.push(DeltaEntry { component, page, change, digest });
+        }
+        let nb = r.len32("batch count", MAX_BATCHES)?;
+        let mut batches = Vec::with_capacity(nb.min(1 << 16));
+        let mut covered = 0u64;
+        for _ in 0..nb {
+            let mut id = [0u8; 32];
+            id.copy_from_slice(r.take("batch id", 32)?);
+            let pages = r.u32("batch pages")?;
+            covered += u64::from(pages);
+            batches.push(BatchRef { object: ObjectId(id), pages });
+        }
+        let at = r.offset();
+        r.finish(Kind::Manifest)?;
+        let m = Manifest { meta, components, entries, batches };
+        if covered != m.data_pages() as u64 {
+            return Err(crate::wire::WireError::BadValue {
+                field: "batch pages",
+                offset: at,
+                expected: "batches covering every data entry",
+                found: format!("{covered} pages for {} data entries", m.data_pages()),
+            }
+            .into());
+        }
+        Ok(m)
+    }
+}

@@ -1,0 +1,277 @@
+//! The snapshot chain model: component roots, state roots, deltas and signed links.
+//!
+//! A VM state at sequence number `seq` is a list of named components (memory images, disks,
+//! device state, configuration), each measured as an image tree, plus metadata. The state root
+//! commits to all of it. A link commits to the previous link, the delta (which pages changed,
+//! and their new digests), the state root and the manifest that says where the pages are stored.
+//! Seq 0 (the baseline) is a delta from all-zero images of the same sizes.
+
+mod manifest;
+
+#[cfg(test)]
+mod tests;
+
+use core::fmt;
+
+pub use manifest::{BatchRef, DeltaEntry, Manifest, PageChange, delta_digest};
+
+use crate::alg::{Digest, HashAlg};
+use crate::record::{RecordError, Signable, Signed, UnixTime};
+use crate::sig::KeyId;
+use crate::tree::{MAX_SALT_LEN, TreeParams, read_alg};
+use crate::wire::{Kind, Reader, WireError, Writer};
+
+pub const MAX_COMPONENTS: usize = 64;
+pub const MAX_NAME_LEN: usize = 255;
+
+/// Position of a link in its chain; the baseline is 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeqNo(pub u64);
+
+impl fmt::Display for SeqNo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Content address of a stored object: BLAKE3 of its bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectId(pub [u8; 32]);
+
+impl ObjectId {
+    pub fn of(bytes: &[u8]) -> ObjectId {
+        ObjectId(*blake3::hash(bytes).as_bytes())
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl fmt::Display for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ObjectId({})", self.to_hex())
+    }
+}
+
+/// What a component holds; stable ids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ComponentKind {
+    Memory,
+    Disk,
+    DeviceState,
+    Config,
+}
+
+impl ComponentKind {
+    pub const ALL: [ComponentKind; 4] =
+        [ComponentKind::Memory, ComponentKind::Disk, ComponentKind::DeviceState, ComponentKind::Config];
+
+    pub fn id(self) -> u8 {
+        match self {
+            ComponentKind::Memory => 1,
+            ComponentKind::Disk => 2,
+            ComponentKind::DeviceState => 3,
+            ComponentKind::Config => 4,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ComponentKind::Memory => "memory",
+            ComponentKind::Disk => "disk",
+            ComponentKind::DeviceState => "device-state",
+            ComponentKind::Config => "config",
+        }
+    }
+
+    fn from_id(id: u8) -> Option<ComponentKind> {
+        ComponentKind::ALL.into_iter().find(|k| k.id() == id)
+    }
+}
+
+/// One component's measured root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ComponentRoot {
+    pub name: String,
+    pub kind: ComponentKind,
+    pub len: u64,
+    pub root: Digest,
+}
+
+/// Metadata every state commits to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateMeta {
+    pub vm_id: String,
+    pub seq: SeqNo,
+    pub time: UnixTime,
+    pub params: TreeParams,
+    pub policy_id: String,
+    pub version: String,
+}
+
+impl StateMeta {
+    fn write(&self, w: &mut Writer) {
+        w.bytes(self.vm_id.as_bytes())
+            .u64(self.seq.0)
+            .u64(self.time.secs)
+            .u32(self.time.nanos)
+            .u8(self.params.alg().id())
+            .bytes(self.params.salt())
+            .bytes(self.policy_id.as_bytes())
+            .bytes(self.version.as_bytes());
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<StateMeta, WireError> {
+        let vm_id = r.string("vm id", MAX_NAME_LEN)?.to_owned();
+        let seq = SeqNo(r.u64("seq")?);
+        let secs = r.u64("time seconds")?;
+        let nanos = r.u32("time nanoseconds")?;
+        let alg = read_alg(r)?;
+        let at = r.offset();
+        let salt = r.bytes("salt", MAX_SALT_LEN)?;
+        let params = TreeParams::new(alg, salt).map_err(|e| r.bad("salt", at, "a salt the algorithm takes", e))?;
+        let policy_id = r.string("policy id", MAX_NAME_LEN)?.to_owned();
+        let version = r.string("vmattest version", MAX_NAME_LEN)?.to_owned();
+        Ok(StateMeta { vm_id, seq, time: UnixTime { secs, nanos }, params, policy_id, version })
+    }
+}
+
+fn write_components(w: &mut Writer, comps: &[ComponentRoot]) {
+    w.u32(u32::try_from(comps.len()).unwrap_or(u32::MAX));
+    for c in comps {
+        w.bytes(c.name.as_bytes()).u8(c.kind.id()).u64(c.len).raw(c.root.as_bytes());
+    }
+}
+
+fn read_components(r: &mut Reader<'_>, alg: HashAlg) -> Result<Vec<ComponentRoot>, WireError> {
+    let n = r.len32("component count", MAX_COMPONENTS)?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let name = r.string("component name", MAX_NAME_LEN)?.to_owned();
+        let at = r.offset();
+        let id = r.u8("component kind")?;
+        let kind = ComponentKind::from_id(id).ok_or_else(|| r.bad("component kind", at, "expected 1 to 4", id))?;
+        let len = r.u64("component length")?;
+        let root = read_digest(r, alg, "component root")?;
+        out.push(ComponentRoot { name, kind, len, root });
+    }
+    Ok(out)
+}
+
+pub(crate) fn read_digest(r: &mut Reader<'_>, alg: HashAlg, field: &'static str) -> Result<Digest, WireError> {
+    let at = r.offset();
+    let bytes = r.take(field, alg.digest_len())?;
+    Digest::new(alg, bytes).ok_or_else(|| r.bad(field, at, "a digest", "short"))
+}
+
+/// Domain tag of state roots.
+pub const STATE_DOMAIN: &[u8] = b"vmattest state v1\0";
+/// Domain tag of link digests.
+pub const LINK_DOMAIN: &[u8] = b"vmattest link v1\0";
+
+/// The state root: a hash over the metadata and every component root, canonically encoded.
+pub fn state_root(meta: &StateMeta, comps: &[ComponentRoot]) -> Digest {
+    let mut w = Writer::new();
+    meta.write(&mut w);
+    write_components(&mut w, comps);
+    meta.params.alg().hash(&[STATE_DOMAIN, &w.finish()])
+}
+
+/// One link of the chain (signed as a [`Signed<Link>`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub seq: SeqNo,
+    /// Digest of the previous link; all zeros for the baseline.
+    pub prev: Digest,
+    pub delta: Digest,
+    pub state_root: Digest,
+    pub manifest: ObjectId,
+    pub time: UnixTime,
+    pub key_ids: Vec<KeyId>,
+}
+
+pub type SignedLink = Signed<Link>;
+
+impl Link {
+    pub fn alg(&self) -> HashAlg {
+        self.state_root.alg()
+    }
+}
+
+/// Digest of a signed link's object bytes, which the next link names as `prev`.
+pub fn link_digest(link: &SignedLink) -> Digest {
+    link.value().alg().hash(&[LINK_DOMAIN, link.object_bytes()])
+}
+
+impl Signable for Link {
+    const KIND: Kind = Kind::Link;
+
+    fn encode(&self) -> Result<Vec<u8>, RecordError> {
+        if self.key_ids.is_empty() || self.key_ids.len() > crate::record::MAX_SIGNATURES {
+            return Err(RecordError::Count {
+                what: "key ids",
+                max: crate::record::MAX_SIGNATURES,
+                found: self.key_ids.len(),
+            });
+        }
+        let mut w = Writer::new();
+        w.u8(self.alg().id())
+            .u64(self.seq.0)
+            .raw(self.prev.as_bytes())
+            .raw(self.delta.as_bytes())
+            .raw(self.state_root.as_bytes())
+            .raw(&self.manifest.0)
+            .u64(self.time.secs)
+            .u32(self.time.nanos)
+            .u8(u8::try_from(self.key_ids.len()).unwrap_or(u8::MAX));
+        for k in &self.key_ids {
+            w.raw(&k.0);
+        }
+        Ok(w.envelope(Kind::Link))
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Link, RecordError> {
+        let mut r = crate::wire::open(bytes, Kind::Link)?;
+        let alg = read_alg(&mut r)?;
+        let seq = SeqNo(r.u64("seq")?);
+        let prev = read_digest(&mut r, alg, "previous link digest")?;
+        let delta = read_digest(&mut r, alg, "delta digest")?;
+        let state_root = read_digest(&mut r, alg, "state root")?;
+        let mut m = [0u8; 32];
+        m.copy_from_slice(r.take("manifest id", 32)?);
+        let secs = r.u64("time seconds")?;
+        let nanos = r.u32("time nanoseconds")?;
+        let at = r.offset();
+        let n = usize::from(r.u8("key id count")?);
+        if n == 0 || n > crate::record::MAX_SIGNATURES {
+            return Err(r.bad("key id count", at, "expected 1 to 8", n).into());
+        }
+        let mut key_ids = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut k = [0u8; 32];
+            k.copy_from_slice(r.take("key id", 32)?);
+            key_ids.push(KeyId(k));
+        }
+        r.finish(Kind::Link)?;
+        Ok(Link {
+            seq,
+            prev,
+            delta,
+            state_root,
+            manifest: ObjectId(m),
+            time: UnixTime { secs, nanos },
+            key_ids,
+        })
+    }
+
+    fn key_ids(&self) -> &[KeyId] {
+        &self.key_ids
+    }
+}
