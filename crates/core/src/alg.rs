@@ -159,6 +159,9 @@ impl HashAlg {
 
     /// The all-zero digest, standing for "no previous link".
     pub fn zero_digest(self) -> Digest {
-        Digest { alg: self, buf: [0; MAX_DIGEST_LEN] }
+        Digest {
+            alg: self,
+            buf: [0; MAX_DIGEST_LEN],
+        }
     }
 }

@@ -25,10 +25,20 @@ pub enum Kind {
     PageProof,
     Manifest,
     Link,
+    Batch,
+    Bundle,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [Kind::MeasurementRecord, Kind::Signed, Kind::PageProof, Kind::Manifest, Kind::Link];
+    pub const ALL: [Kind; 7] = [
+        Kind::MeasurementRecord,
+        Kind::Signed,
+        Kind::PageProof,
+        Kind::Manifest,
+        Kind::Link,
+        Kind::Batch,
+        Kind::Bundle,
+    ];
 
     pub fn id(self) -> u16 {
         match self {
@@ -37,6 +47,8 @@ impl Kind {
             Kind::PageProof => 3,
             Kind::Manifest => 4,
             Kind::Link => 5,
+            Kind::Batch => 6,
+            Kind::Bundle => 7,
         }
     }
 
@@ -46,13 +58,15 @@ impl Kind {
     }
 
     /// Largest body accepted for this kind.
-    pub fn max_body(self) -> usize {
+    pub const fn max_body(self) -> usize {
         match self {
             Kind::MeasurementRecord => 4 << 20,
             Kind::Signed => 5 << 20,
             Kind::PageProof => 20 << 20,
             Kind::Manifest => 1 << 30,
             Kind::Link => 4096,
+            Kind::Batch => 2 << 20,
+            Kind::Bundle => 64 * 1024,
         }
     }
 
@@ -63,6 +77,8 @@ impl Kind {
             Kind::PageProof => "page proof",
             Kind::Manifest => "manifest",
             Kind::Link => "chain link",
+            Kind::Batch => "page batch",
+            Kind::Bundle => "bundle",
         }
     }
 }

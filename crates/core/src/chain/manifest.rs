@@ -60,7 +60,14 @@ pub fn delta_digest(alg: HashAlg, entries: &[DeltaEntry]) -> Digest {
     }
     let mut level: Vec<Digest> = entries
         .par_iter()
-        .map(|e| alg.hash(&[&[LEAF], &e.component.to_be_bytes(), &e.page.0.to_be_bytes(), e.digest.as_bytes()]))
+        .map(|e| {
+            alg.hash(&[
+                &[LEAF],
+                &e.component.to_be_bytes(),
+                &e.page.0.to_be_bytes(),
+                e.digest.as_bytes(),
+            ])
+        })
         .collect();
     while level.len() > 1 {
         level = level
@@ -77,7 +84,10 @@ pub fn delta_digest(alg: HashAlg, entries: &[DeltaEntry]) -> Digest {
 
 impl Manifest {
     pub fn data_pages(&self) -> usize {
-        self.entries.iter().filter(|e| e.change == PageChange::Data).count()
+        self.entries
+            .iter()
+            .filter(|e| e.change == PageChange::Data)
+            .count()
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -90,7 +100,10 @@ impl Manifest {
                 PageChange::Zero => 0,
                 PageChange::Data => 1,
             };
-            w.u16(e.component).u64(e.page.0).u8(change).raw(e.digest.as_bytes());
+            w.u16(e.component)
+                .u64(e.page.0)
+                .u8(change)
+                .raw(e.digest.as_bytes());
         }
         w.u32(u32::try_from(self.batches.len()).unwrap_or(u32::MAX));
         for b in &self.batches {
@@ -113,21 +126,51 @@ impl Manifest {
             let change = match r.u8("entry change")? {
                 0 => PageChange::Zero,
                 1 => PageChange::Data,
-                other => return Err(r.bad("entry change", at + 10, "expected 0 (zero) or 1 (data)", other).into()),
+                other => {
+                    return Err(r
+                        .bad(
+                            "entry change",
+                            at + 10,
+                            "expected 0 (zero) or 1 (data)",
+                            other,
+                        )
+                        .into());
+                }
             };
             let digest = read_digest(&mut r, alg, "entry digest")?;
             let Some(c) = components.get(usize::from(component)) else {
-                return Err(r.bad("entry component", at, "an index into the component list", component).into());
+                return Err(r
+                    .bad(
+                        "entry component",
+                        at,
+                        "an index into the component list",
+                        component,
+                    )
+                    .into());
             };
             if page.0 >= page_count(c.len) {
-                return Err(r.bad("entry page", at + 2, "a page inside its component", page).into());
+                return Err(r
+                    .bad("entry page", at + 2, "a page inside its component", page)
+                    .into());
             }
             if let Some(prev) = entries.last()
                 && (prev.component, prev.page) >= (component, page)
             {
-                return Err(r.bad("entry page", at, "entries sorted by component and page, no repeats", page).into());
+                return Err(r
+                    .bad(
+                        "entry page",
+                        at,
+                        "entries sorted by component and page, no repeats",
+                        page,
+                    )
+                    .into());
             }
-            entries.push(DeltaEntry { component, page, change, digest });
+            entries.push(DeltaEntry {
+                component,
+                page,
+                change,
+                digest,
+            });
         }
         let nb = r.len32("batch count", MAX_BATCHES)?;
         let mut batches = Vec::with_capacity(nb.min(1 << 16));
@@ -137,11 +180,19 @@ impl Manifest {
             id.copy_from_slice(r.take("batch id", 32)?);
             let pages = r.u32("batch pages")?;
             covered += u64::from(pages);
-            batches.push(BatchRef { object: ObjectId(id), pages });
+            batches.push(BatchRef {
+                object: ObjectId(id),
+                pages,
+            });
         }
         let at = r.offset();
         r.finish(Kind::Manifest)?;
-        let m = Manifest { meta, components, entries, batches };
+        let m = Manifest {
+            meta,
+            components,
+            entries,
+            batches,
+        };
         if covered != m.data_pages() as u64 {
             return Err(crate::wire::WireError::BadValue {
                 field: "batch pages",

@@ -70,8 +70,12 @@ pub enum ComponentKind {
 }
 
 impl ComponentKind {
-    pub const ALL: [ComponentKind; 4] =
-        [ComponentKind::Memory, ComponentKind::Disk, ComponentKind::DeviceState, ComponentKind::Config];
+    pub const ALL: [ComponentKind; 4] = [
+        ComponentKind::Memory,
+        ComponentKind::Disk,
+        ComponentKind::DeviceState,
+        ComponentKind::Config,
+    ];
 
     pub fn id(self) -> u8 {
         match self {
@@ -136,17 +140,28 @@ impl StateMeta {
         let alg = read_alg(r)?;
         let at = r.offset();
         let salt = r.bytes("salt", MAX_SALT_LEN)?;
-        let params = TreeParams::new(alg, salt).map_err(|e| r.bad("salt", at, "a salt the algorithm takes", e))?;
+        let params = TreeParams::new(alg, salt)
+            .map_err(|e| r.bad("salt", at, "a salt the algorithm takes", e))?;
         let policy_id = r.string("policy id", MAX_NAME_LEN)?.to_owned();
         let version = r.string("vmattest version", MAX_NAME_LEN)?.to_owned();
-        Ok(StateMeta { vm_id, seq, time: UnixTime { secs, nanos }, params, policy_id, version })
+        Ok(StateMeta {
+            vm_id,
+            seq,
+            time: UnixTime { secs, nanos },
+            params,
+            policy_id,
+            version,
+        })
     }
 }
 
 fn write_components(w: &mut Writer, comps: &[ComponentRoot]) {
     w.u32(u32::try_from(comps.len()).unwrap_or(u32::MAX));
     for c in comps {
-        w.bytes(c.name.as_bytes()).u8(c.kind.id()).u64(c.len).raw(c.root.as_bytes());
+        w.bytes(c.name.as_bytes())
+            .u8(c.kind.id())
+            .u64(c.len)
+            .raw(c.root.as_bytes());
     }
 }
 
@@ -157,15 +172,25 @@ fn read_components(r: &mut Reader<'_>, alg: HashAlg) -> Result<Vec<ComponentRoot
         let name = r.string("component name", MAX_NAME_LEN)?.to_owned();
         let at = r.offset();
         let id = r.u8("component kind")?;
-        let kind = ComponentKind::from_id(id).ok_or_else(|| r.bad("component kind", at, "expected 1 to 4", id))?;
+        let kind = ComponentKind::from_id(id)
+            .ok_or_else(|| r.bad("component kind", at, "expected 1 to 4", id))?;
         let len = r.u64("component length")?;
         let root = read_digest(r, alg, "component root")?;
-        out.push(ComponentRoot { name, kind, len, root });
+        out.push(ComponentRoot {
+            name,
+            kind,
+            len,
+            root,
+        });
     }
     Ok(out)
 }
 
-pub(crate) fn read_digest(r: &mut Reader<'_>, alg: HashAlg, field: &'static str) -> Result<Digest, WireError> {
+pub(crate) fn read_digest(
+    r: &mut Reader<'_>,
+    alg: HashAlg,
+    field: &'static str,
+) -> Result<Digest, WireError> {
     let at = r.offset();
     let bytes = r.take(field, alg.digest_len())?;
     Digest::new(alg, bytes).ok_or_else(|| r.bad(field, at, "a digest", "short"))

@@ -6,7 +6,10 @@ fn meta(seq: u64) -> StateMeta {
     StateMeta {
         vm_id: "vm-1".into(),
         seq: SeqNo(seq),
-        time: UnixTime { secs: 100 + seq, nanos: 0 },
+        time: UnixTime {
+            secs: 100 + seq,
+            nanos: 0,
+        },
         params: TreeParams::new(HashAlg::Blake3, &[]).unwrap(),
         policy_id: "default".into(),
         version: "0.1.0".into(),
@@ -21,15 +24,43 @@ fn manifest() -> Manifest {
     Manifest {
         meta: meta(3),
         components: vec![
-            ComponentRoot { name: "mem".into(), kind: ComponentKind::Memory, len: 8192 * 4, root: d(1) },
-            ComponentRoot { name: "disk".into(), kind: ComponentKind::Disk, len: 4096, root: d(2) },
+            ComponentRoot {
+                name: "mem".into(),
+                kind: ComponentKind::Memory,
+                len: 8192 * 4,
+                root: d(1),
+            },
+            ComponentRoot {
+                name: "disk".into(),
+                kind: ComponentKind::Disk,
+                len: 4096,
+                root: d(2),
+            },
         ],
         entries: vec![
-            DeltaEntry { component: 0, page: PageIndex(1), change: PageChange::Data, digest: d(3) },
-            DeltaEntry { component: 0, page: PageIndex(5), change: PageChange::Zero, digest: d(4) },
-            DeltaEntry { component: 1, page: PageIndex(0), change: PageChange::Data, digest: d(5) },
+            DeltaEntry {
+                component: 0,
+                page: PageIndex(1),
+                change: PageChange::Data,
+                digest: d(3),
+            },
+            DeltaEntry {
+                component: 0,
+                page: PageIndex(5),
+                change: PageChange::Zero,
+                digest: d(4),
+            },
+            DeltaEntry {
+                component: 1,
+                page: PageIndex(0),
+                change: PageChange::Data,
+                digest: d(5),
+            },
         ],
-        batches: vec![BatchRef { object: ObjectId([7; 32]), pages: 2 }],
+        batches: vec![BatchRef {
+            object: ObjectId([7; 32]),
+            pages: 2,
+        }],
     }
 }
 
@@ -41,15 +72,30 @@ fn manifest_round_trip_and_checks() {
 
     let mut unsorted = m.clone();
     unsorted.entries.swap(0, 1);
-    assert!(Manifest::decode(&unsorted.encode()).unwrap_err().to_string().contains("sorted"));
+    assert!(
+        Manifest::decode(&unsorted.encode())
+            .unwrap_err()
+            .to_string()
+            .contains("sorted")
+    );
 
     let mut outside = m.clone();
     outside.entries[2].page = PageIndex(1);
-    assert!(Manifest::decode(&outside.encode()).unwrap_err().to_string().contains("inside its component"));
+    assert!(
+        Manifest::decode(&outside.encode())
+            .unwrap_err()
+            .to_string()
+            .contains("inside its component")
+    );
 
     let mut short = m.clone();
     short.batches[0].pages = 1;
-    assert!(Manifest::decode(&short.encode()).unwrap_err().to_string().contains("covering every data entry"));
+    assert!(
+        Manifest::decode(&short.encode())
+            .unwrap_err()
+            .to_string()
+            .contains("covering every data entry")
+    );
 
     for cut in [0, 10, enc.len() / 2, enc.len() - 1] {
         assert!(Manifest::decode(&enc[..cut]).is_err());
@@ -114,5 +160,10 @@ fn link_round_trip_and_digest() {
     assert_ne!(link_digest(&s), link_digest(&Signed::new(other).unwrap()));
     let mut bad = enc.clone();
     bad[16] = 9;
-    assert!(Link::decode(&bad).unwrap_err().to_string().contains("hash algorithm"));
+    assert!(
+        Link::decode(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("hash algorithm")
+    );
 }

@@ -189,7 +189,10 @@ impl ImageTree {
         let pages = page_count(len);
         let dlen = params.alg.digest_len();
         if leaves.len() as u64 != pages * dlen as u64 {
-            return Err(TreeError::LengthChanged { expected: pages * dlen as u64, found: leaves.len() as u64 });
+            return Err(TreeError::LengthChanged {
+                expected: pages * dlen as u64,
+                found: leaves.len() as u64,
+            });
         }
         let mut tree = ImageTree {
             params: params.clone(),
@@ -324,7 +327,11 @@ impl ImageTree {
     /// Sets page digests directly (no hashing of page bytes) and recomputes the nodes above
     /// them. `image` is consulted only for images of at most one page, whose root is a plain
     /// hash of the bytes.
-    pub fn set_page_digests(&mut self, updates: &[(PageIndex, Digest)], image: &[u8]) -> Result<Digest, TreeError> {
+    pub fn set_page_digests(
+        &mut self,
+        updates: &[(PageIndex, Digest)],
+        image: &[u8],
+    ) -> Result<Digest, TreeError> {
         let pages = self.pages();
         let dlen = self.alg().digest_len();
         let mut dirty = Vec::with_capacity(updates.len());

@@ -282,7 +282,8 @@ fn set_page_digests_equals_update_pages() {
             let fresh = build(alg, &[], &data);
             let last = PageIndex(pages as u64 - 1);
             let mut t = old.clone();
-            t.set_page_digests(&[(last, fresh.page_digest(last).unwrap())], &data).unwrap();
+            t.set_page_digests(&[(last, fresh.page_digest(last).unwrap())], &data)
+                .unwrap();
             assert_eq!(t, fresh, "{alg} {pages}");
         }
     }

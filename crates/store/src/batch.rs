@@ -1,0 +1,74 @@
+//! Page batch objects: the XOR deltas of up to [`BATCH_PAGES`] pages, zstd-compressed, and
+//! sealed when the store is encrypted.
+//!
+//! ```text
+//! envelope kind 6 (page batch), version 1, body:
+//!   sealed   u8        0 plain, 1 ChaCha20-Poly1305
+//!   nonce    [12]      only when sealed
+//!   raw_len  u64       length after decompression (<= BATCH_PAGES * 4096)
+//!   payload  rest      zstd frame (or its ciphertext and 16-byte tag)
+//! ```
+
+use vmattest_core::wire::{Kind, Writer};
+
+use crate::StoreError;
+use crate::crypt::{NONCE_LEN, PageKey};
+
+/// Pages per batch: 1 MiB of raw page data.
+pub const BATCH_PAGES: usize = 256;
+const ZSTD_LEVEL: i32 = 3;
+const AAD: &[u8] = b"vmattest page batch v1\0";
+
+pub(crate) fn encode(raw: &[u8], key: Option<&PageKey>) -> Result<Vec<u8>, StoreError> {
+    let compressed = zstd::bulk::compress(raw, ZSTD_LEVEL)
+        .map_err(|e| StoreError::Input(format!("zstd compression failed: {e}")))?;
+    let mut w = Writer::new();
+    match key {
+        None => {
+            w.u8(0).u64(raw.len() as u64).raw(&compressed);
+        }
+        Some(k) => {
+            let (nonce, ct) = k.seal(&compressed, AAD)?;
+            w.u8(1).raw(&nonce).u64(raw.len() as u64).raw(&ct);
+        }
+    }
+    Ok(w.envelope(Kind::Batch))
+}
+
+/// Decodes a batch whose raw length must be `expect_len`.
+pub(crate) fn decode(
+    bytes: &[u8],
+    expect_len: usize,
+    key: Option<&PageKey>,
+) -> Result<Vec<u8>, String> {
+    let mut r = vmattest_core::wire::open(bytes, Kind::Batch).map_err(|e| e.to_string())?;
+    let sealed = r.u8("sealed flag").map_err(|e| e.to_string())?;
+    let nonce = match sealed {
+        0 => None,
+        1 => Some(r.take("nonce", NONCE_LEN).map_err(|e| e.to_string())?),
+        other => return Err(format!("sealed flag {other}, expected 0 or 1")),
+    };
+    let raw_len = r.u64("raw length").map_err(|e| e.to_string())?;
+    if raw_len != expect_len as u64 {
+        return Err(format!(
+            "holds {raw_len} bytes of pages, the manifest expects {expect_len}"
+        ));
+    }
+    let rest = bytes.len() - r.offset();
+    let payload = r.take("payload", rest).map_err(|e| e.to_string())?;
+    let compressed = match (nonce, key) {
+        (None, _) => payload.to_vec(),
+        (Some(n), Some(k)) => k
+            .open(n, payload, AAD)
+            .ok_or("decryption failed (wrong secret or altered bytes)")?,
+        (Some(_), None) => return Err("batch is encrypted; a secret is needed".into()),
+    };
+    let raw = zstd::bulk::decompress(&compressed, expect_len).map_err(|e| format!("zstd: {e}"))?;
+    if raw.len() != expect_len {
+        return Err(format!(
+            "decompresses to {} bytes, expected {expect_len}",
+            raw.len()
+        ));
+    }
+    Ok(raw)
+}

@@ -1,0 +1,87 @@
+//! Crash-safe file writes and capped reads.
+
+use std::fs::File;
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+
+use crate::StoreError;
+
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + use<> {
+    let path = path.to_path_buf();
+    move |error| StoreError::Io { path, error }
+}
+
+/// Temp file in the same directory, fsync, rename, fsync the directory.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    result.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        StoreError::Io {
+            path: path.to_path_buf(),
+            error: e,
+        }
+    })
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir).and_then(|f| f.sync_all()).map_err(io(dir))
+}
+
+/// Reads a whole file, refusing it above `max` bytes before reading.
+pub(crate) fn read_capped(path: &Path, max: usize) -> Result<Vec<u8>, StoreError> {
+    let f = File::open(path).map_err(io(path))?;
+    let len = f.metadata().map_err(io(path))?.len();
+    if len > max as u64 {
+        return Err(StoreError::TooLarge {
+            path: path.to_path_buf(),
+            max: max as u64,
+            found: len,
+        });
+    }
+    let mut out = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    f.take(max as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(io(path))?;
+    Ok(out)
+}
+
+/// A scratch directory removed on drop.
+#[derive(Debug)]
+pub(crate) struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(parent: &Path, label: &str) -> Result<TempDir, StoreError> {
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+        let mut rnd = [0u8; 8];
+        getrandom::fill(&mut rnd).map_err(|e| StoreError::Input(format!("OS randomness: {e}")))?;
+        let path = parent.join(format!(
+            "{label}-{}-{}",
+            std::process::id(),
+            hex::encode(rnd)
+        ));
+        std::fs::create_dir(&path).map_err(io(&path))?;
+        Ok(TempDir(path))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,0 +1,290 @@
+//! The snapshot store on a local file system.
+//!
+//! ```text
+//! STORE/store.json            format, VM id, tree algorithm and salt, policy id, encryption
+//! STORE/LOCK                  exclusive lock held by every writer (take, import, repair)
+//! STORE/HEAD                  {"seq": N, "link": "<link digest>"}: the commit point
+//! STORE/links/<seq>.link      signed links, seq zero-padded to 20 digits
+//! STORE/objects/ab/cdef...    content-addressed objects (manifests, page batches)
+//! STORE/head/                 derived cache of the head state, rebuilt from the chain if stale
+//! STORE/tmp/                  scratch space for imports and verification
+//! ```
+//!
+//! Every file is written to a temporary name, fsynced, renamed into place and its directory
+//! fsynced. A take or import becomes visible only when HEAD is replaced, so a crash at any
+//! point leaves the previous head intact; leftovers are unreferenced objects that `fsck`
+//! reports and `fsck --repair` removes.
+
+mod batch;
+mod bundle;
+mod cache;
+mod crypt;
+mod error;
+mod fsck;
+mod fsio;
+mod replay;
+mod take;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use vmattest_core::alg::{Digest, HashAlg};
+use vmattest_core::chain::{Link, Manifest, ObjectId, SeqNo, SignedLink, link_digest};
+use vmattest_core::record::Signed;
+use vmattest_core::tree::TreeParams;
+use vmattest_core::wire::{HEADER_LEN, Kind};
+
+pub use bundle::ImportSummary;
+pub use crypt::StoreSecret;
+pub use error::StoreError;
+pub use fsck::FsckReport;
+pub use replay::{ReplayOptions, Verified};
+pub use take::{ComponentInput, TakeOptions, TakeSummary};
+
+/// Version of the store layout.
+pub const STORE_FORMAT: u32 = 1;
+
+/// What `store.json` holds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoreMeta {
+    pub format: u32,
+    pub vm_id: String,
+    pub alg: String,
+    pub salt: String,
+    pub policy_id: String,
+    pub encrypted: bool,
+}
+
+impl StoreMeta {
+    pub fn params(&self) -> Result<TreeParams, StoreError> {
+        let bad = |what: &str| StoreError::Corrupt {
+            file: "store.json".into(),
+            detail: what.to_owned(),
+        };
+        let alg = HashAlg::from_name(&self.alg).ok_or_else(|| bad("unknown tree algorithm"))?;
+        let salt = hex::decode(&self.salt).map_err(|_| bad("salt is not hex"))?;
+        TreeParams::new(alg, &salt).map_err(|e| bad(&e.to_string()))
+    }
+}
+
+/// The commit point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    pub seq: SeqNo,
+    pub link: Digest,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct HeadJson {
+    seq: u64,
+    link: String,
+}
+
+/// An open store. Writers hold the lock for the lifetime of the value.
+#[derive(Debug)]
+pub struct Store {
+    root: PathBuf,
+    meta: StoreMeta,
+    params: TreeParams,
+    _lock: Option<File>,
+}
+
+impl Store {
+    /// Creates an empty store at `root` (which must not exist or be empty).
+    pub fn init(root: &Path, meta: StoreMeta) -> Result<Store, StoreError> {
+        let params = meta.params()?;
+        if root.exists()
+            && std::fs::read_dir(root)
+                .map_err(fsio::io(root))?
+                .next()
+                .is_some()
+        {
+            return Err(StoreError::NotEmpty {
+                path: root.to_path_buf(),
+            });
+        }
+        for d in ["links", "objects", "head", "tmp"] {
+            std::fs::create_dir_all(root.join(d)).map_err(fsio::io(root))?;
+        }
+        let json = serde_json::to_vec_pretty(&meta).map_err(|e| StoreError::Corrupt {
+            file: "store.json".into(),
+            detail: e.to_string(),
+        })?;
+        fsio::write_atomic(&root.join("store.json"), &json)?;
+        Ok(Store {
+            root: root.to_path_buf(),
+            meta,
+            params,
+            _lock: None,
+        })
+    }
+
+    /// Opens a store for reading (no lock).
+    pub fn open(root: &Path) -> Result<Store, StoreError> {
+        let path = root.join("store.json");
+        if !path.exists() {
+            return Err(StoreError::NotAStore {
+                path: root.to_path_buf(),
+            });
+        }
+        let bytes = fsio::read_capped(&path, 64 * 1024)?;
+        let meta: StoreMeta = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+            file: path.clone(),
+            detail: e.to_string(),
+        })?;
+        if meta.format != STORE_FORMAT {
+            return Err(StoreError::Corrupt {
+                file: path,
+                detail: format!("store format {}, expected {STORE_FORMAT}", meta.format),
+            });
+        }
+        let params = meta.params()?;
+        Ok(Store {
+            root: root.to_path_buf(),
+            meta,
+            params,
+            _lock: None,
+        })
+    }
+
+    /// Opens a store for writing: waits for no one, fails if another writer holds the lock.
+    pub fn open_writer(root: &Path) -> Result<Store, StoreError> {
+        let mut store = Store::open(root)?;
+        let lock_path = root.join("LOCK");
+        let f = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(fsio::io(&lock_path))?;
+        match f.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Locked { path: lock_path });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(fsio::io(&lock_path)(e)),
+        }
+        store._lock = Some(f);
+        Ok(store)
+    }
+
+    pub fn meta(&self) -> &StoreMeta {
+        &self.meta
+    }
+
+    pub fn params(&self) -> &TreeParams {
+        &self.params
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn head(&self) -> Result<Option<Head>, StoreError> {
+        let path = self.root.join("HEAD");
+        if !path.exists() {
+            return Ok(None);
+        }
+        let bytes = fsio::read_capped(&path, 4096)?;
+        let bad = |detail: String| StoreError::Corrupt {
+            file: path.clone(),
+            detail,
+        };
+        let h: HeadJson = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+        let raw = hex::decode(&h.link).map_err(|_| bad("link digest is not hex".into()))?;
+        let link = Digest::new(self.params.alg(), &raw)
+            .ok_or_else(|| bad("link digest has the wrong length".into()))?;
+        Ok(Some(Head {
+            seq: SeqNo(h.seq),
+            link,
+        }))
+    }
+
+    fn set_head(&self, head: Head) -> Result<(), StoreError> {
+        let json = serde_json::to_vec(&HeadJson {
+            seq: head.seq.0,
+            link: head.link.to_hex(),
+        })
+        .map_err(|e| StoreError::Corrupt {
+            file: "HEAD".into(),
+            detail: e.to_string(),
+        })?;
+        fsio::write_atomic(&self.root.join("HEAD"), &json)
+    }
+
+    fn link_path(&self, seq: SeqNo) -> PathBuf {
+        self.root.join("links").join(format!("{:020}.link", seq.0))
+    }
+
+    fn object_path(&self, id: &ObjectId) -> PathBuf {
+        let hex = id.to_hex();
+        self.root.join("objects").join(&hex[..2]).join(&hex[2..])
+    }
+
+    /// Reads and decodes the signed link at `seq` (no signature check).
+    pub fn read_link(&self, seq: SeqNo) -> Result<SignedLink, StoreError> {
+        let path = self.link_path(seq);
+        let bytes = fsio::read_capped(&path, Kind::Signed.max_body() + HEADER_LEN).map_err(
+            |e| match e {
+                StoreError::Io { .. } if !path.exists() => StoreError::MissingLink { seq },
+                other => other,
+            },
+        )?;
+        Signed::<Link>::decode(&bytes).map_err(|e| StoreError::BadLink {
+            seq,
+            detail: e.to_string(),
+        })
+    }
+
+    /// Reads an object and checks that its bytes hash to its id.
+    pub fn read_object(&self, id: &ObjectId, max: usize) -> Result<Vec<u8>, StoreError> {
+        let path = self.object_path(id);
+        if !path.exists() {
+            return Err(StoreError::MissingObject { id: *id });
+        }
+        let bytes = fsio::read_capped(&path, max)?;
+        if ObjectId::of(&bytes) != *id {
+            return Err(StoreError::ObjectDigest { id: *id, path });
+        }
+        Ok(bytes)
+    }
+
+    /// Writes an object under its content address (no-op if present).
+    fn write_object(&self, bytes: &[u8]) -> Result<ObjectId, StoreError> {
+        let id = ObjectId::of(bytes);
+        let path = self.object_path(&id);
+        if !path.exists() {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(fsio::io(dir))?;
+            }
+            fsio::write_atomic(&path, bytes)?;
+        }
+        Ok(id)
+    }
+
+    pub fn read_manifest(&self, link: &Link) -> Result<Manifest, StoreError> {
+        let bytes = self.read_object(&link.manifest, Kind::Manifest.max_body() + HEADER_LEN)?;
+        Manifest::decode(&bytes).map_err(|e| StoreError::BadManifest {
+            seq: link.seq,
+            detail: e.to_string(),
+        })
+    }
+
+    /// The links from 0 to the head, decoded but not verified.
+    pub fn log(&self) -> Result<Vec<SignedLink>, StoreError> {
+        let Some(head) = self.head()? else {
+            return Ok(Vec::new());
+        };
+        (0..=head.seq.0).map(|s| self.read_link(SeqNo(s))).collect()
+    }
+
+    /// Digest of the link at `seq` as stored.
+    pub fn link_digest_at(&self, seq: SeqNo) -> Result<Digest, StoreError> {
+        Ok(link_digest(&self.read_link(seq)?))
+    }
+
+    fn tmp_dir(&self, label: &str) -> Result<fsio::TempDir, StoreError> {
+        fsio::TempDir::new(&self.root.join("tmp"), label)
+    }
+}

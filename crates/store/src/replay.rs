@@ -1,0 +1,469 @@
+//! Verified reconstruction: check every link up to a seq (signature, previous digest, time,
+//! manifest, delta digest, state root), rebuild every component from the page batches, and
+//! check the rebuilt bytes against the page digests the links commit to.
+
+use std::path::Path;
+
+use memmap2::MmapMut;
+use rayon::prelude::*;
+use vmattest_core::alg::{Digest, PAGE_SIZE, PageIndex};
+use vmattest_core::chain::{
+    ComponentRoot, Manifest, ObjectId, PageChange, SeqNo, SignedLink, delta_digest, link_digest,
+    state_root,
+};
+use vmattest_core::record::UnixTime;
+use vmattest_core::tree::{ImageTree, NoProgress};
+use vmattest_core::wire::{HEADER_LEN, Kind};
+use vmattest_sign::PublicKey;
+use vmattest_sign::record::verify_signed;
+
+use crate::crypt::{PageKey, StoreSecret};
+use crate::{Store, StoreError, batch, fsio};
+
+/// How far and how strictly to replay.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReplayOptions<'a> {
+    /// Last seq to rebuild; the head when `None`.
+    pub upto: Option<SeqNo>,
+    /// Pinned public keys; `None` skips signatures (the store's own cache rebuild, which is
+    /// still bound to HEAD by link digests and content addresses).
+    pub keys: Option<&'a [PublicKey]>,
+    pub secret: Option<&'a StoreSecret>,
+    /// Refuse a last link older than `secs` seconds before `now`.
+    pub max_age: Option<(UnixTime, u64)>,
+}
+
+/// The verified end state.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub seq: SeqNo,
+    pub link: Digest,
+    pub state_root: Digest,
+    pub time: UnixTime,
+    pub components: Vec<ComponentRoot>,
+}
+
+/// Reads an object by id, refusing it above a size.
+pub(crate) type ObjectFn<'a> = dyn Fn(&ObjectId, usize) -> Result<Vec<u8>, StoreError> + Sync + 'a;
+
+/// Where links and objects come from: the store itself, or a store plus a staged import.
+pub(crate) struct Source<'a> {
+    pub links: Vec<SignedLink>,
+    pub object: &'a ObjectFn<'a>,
+}
+
+type NameFn<'a> = dyn Fn(usize, &ComponentRoot) -> String + 'a;
+
+impl Store {
+    /// Verifies the chain up to `opts.upto` without keeping the rebuilt images.
+    pub fn verify(&self, opts: &ReplayOptions<'_>) -> Result<Verified, StoreError> {
+        let tmp = self.tmp_dir("verify")?;
+        Ok(self
+            .replay_into(opts, tmp.path(), &|i, _| format!("{i}.img"))?
+            .0)
+    }
+
+    /// Verifies and writes every component at `opts.upto` into `out` (created; must not
+    /// exist), named after the components. Nothing is left in `out` if verification fails.
+    pub fn restore(&self, opts: &ReplayOptions<'_>, out: &Path) -> Result<Verified, StoreError> {
+        if out.exists() {
+            return Err(StoreError::Input(format!(
+                "{}: already exists; restore writes a new directory",
+                out.display()
+            )));
+        }
+        let parent = out
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let staging = fsio::TempDir::new(parent, ".vmattest-restore")?;
+        let (v, _) = self.replay_into(opts, staging.path(), &|_, c| c.name.clone())?;
+        std::fs::rename(staging.path(), out).map_err(fsio::io(out))?;
+        fsio::sync_dir(parent)?;
+        Ok(v)
+    }
+
+    pub(crate) fn replay_into(
+        &self,
+        opts: &ReplayOptions<'_>,
+        dir: &Path,
+        name: &NameFn<'_>,
+    ) -> Result<(Verified, Vec<ImageTree>), StoreError> {
+        let head = self
+            .head()?
+            .ok_or_else(|| StoreError::Input("the store has no snapshots yet".into()))?;
+        let upto = opts.upto.unwrap_or(head.seq);
+        if upto > head.seq {
+            return Err(StoreError::Input(format!(
+                "seq {upto}: the head is seq {}",
+                head.seq
+            )));
+        }
+        let links = (0..=upto.0)
+            .map(|s| self.read_link(SeqNo(s)))
+            .collect::<Result<Vec<_>, _>>()?;
+        if upto == head.seq && link_digest(&links[links.len() - 1]) != head.link {
+            return Err(StoreError::Verification {
+                seq: upto,
+                detail: "link does not match the digest in HEAD".into(),
+            });
+        }
+        let object = |id: &ObjectId, max: usize| self.read_object(id, max);
+        self.replay_source(
+            &Source {
+                links,
+                object: &object,
+            },
+            opts,
+            dir,
+            name,
+        )
+    }
+
+    pub(crate) fn replay_source(
+        &self,
+        src: &Source<'_>,
+        opts: &ReplayOptions<'_>,
+        dir: &Path,
+        name: &NameFn<'_>,
+    ) -> Result<(Verified, Vec<ImageTree>), StoreError> {
+        let manifests = self.check_links(src, opts)?;
+        let last = &src.links[src.links.len() - 1];
+        let key = match (self.meta.encrypted, opts.secret) {
+            (false, _) => None,
+            (true, None) => {
+                return Err(StoreError::Secret("pass the secret file (--secret)".into()));
+            }
+            (true, Some(s)) => {
+                Some(s.page_key(src.links[0].value().state_root.as_bytes(), &self.meta.vm_id))
+            }
+        };
+        let comps = &manifests[0].components;
+        let mut maps = Vec::with_capacity(comps.len());
+        for (i, c) in comps.iter().enumerate() {
+            let path = dir.join(name(i, c));
+            let f = std::fs::File::options()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .map_err(fsio::io(&path))?;
+            f.set_len(c.len).map_err(fsio::io(&path))?;
+            maps.push(if c.len == 0 {
+                None
+            } else {
+                // SAFETY: the file was just created (truncated) by this process inside a
+                // directory it owns, and nothing else writes it while the map lives.
+                #[allow(unsafe_code)]
+                let m = unsafe { MmapMut::map_mut(&f) }.map_err(fsio::io(&path))?;
+                Some(m)
+            });
+        }
+        let mut trees: Vec<ImageTree> = Vec::new();
+        for (k, m) in manifests.iter().enumerate() {
+            let seq = SeqNo(k as u64);
+            self.apply(seq, m, &mut maps, key.as_ref(), src.object)?;
+            let bytes = |i: usize| maps[i].as_deref().unwrap_or(&[]);
+            if k == 0 {
+                trees = (0..comps.len())
+                    .map(|i| ImageTree::build(&self.params, bytes(i), &NoProgress))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| StoreError::Verification {
+                        seq,
+                        detail: e.to_string(),
+                    })?;
+                check_pages(seq, m, &trees)?;
+            } else {
+                for (i, t) in trees.iter_mut().enumerate() {
+                    let updates: Vec<(PageIndex, Digest)> = m
+                        .entries
+                        .iter()
+                        .filter(|e| usize::from(e.component) == i)
+                        .map(|e| (e.page, e.digest))
+                        .collect();
+                    if !updates.is_empty() {
+                        t.set_page_digests(&updates, bytes(i)).map_err(|e| {
+                            StoreError::Verification {
+                                seq,
+                                detail: e.to_string(),
+                            }
+                        })?;
+                    }
+                }
+            }
+            for (t, c) in trees.iter().zip(&m.components) {
+                if t.root() != c.root {
+                    return Err(StoreError::Verification {
+                        seq,
+                        detail: format!(
+                            "component {}: pages give root {}, the link says {}",
+                            c.name,
+                            t.root(),
+                            c.root
+                        ),
+                    });
+                }
+            }
+        }
+        if manifests.len() > 1 {
+            // Digests were checked link by link; now check the rebuilt bytes against them.
+            let rebuilt = (0..comps.len())
+                .map(|i| {
+                    ImageTree::build(&self.params, maps[i].as_deref().unwrap_or(&[]), &NoProgress)
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| StoreError::Verification {
+                    seq: last.value().seq,
+                    detail: e.to_string(),
+                })?;
+            for (i, (got, want)) in rebuilt.iter().zip(&trees).enumerate() {
+                if got.page_digests() != want.page_digests() || got.root() != want.root() {
+                    return Err(first_bad_page(i, got, want, &manifests));
+                }
+            }
+            trees = rebuilt;
+        }
+        for m in maps.iter().flatten() {
+            m.flush().map_err(fsio::io(dir))?;
+        }
+        let l = last.value();
+        Ok((
+            Verified {
+                seq: l.seq,
+                link: link_digest(last),
+                state_root: l.state_root,
+                time: l.time,
+                components: manifests[manifests.len() - 1].components.clone(),
+            },
+            trees,
+        ))
+    }
+
+    /// Link-level checks; returns the manifests in seq order.
+    fn check_links(
+        &self,
+        src: &Source<'_>,
+        opts: &ReplayOptions<'_>,
+    ) -> Result<Vec<Manifest>, StoreError> {
+        let alg = self.params.alg();
+        let mut prev = alg.zero_digest();
+        let mut prev_time = UnixTime { secs: 0, nanos: 0 };
+        let mut out: Vec<Manifest> = Vec::with_capacity(src.links.len());
+        for (k, signed) in src.links.iter().enumerate() {
+            let seq = SeqNo(k as u64);
+            let bad = |detail: String| StoreError::Verification { seq, detail };
+            let l = signed.value();
+            if l.seq != seq {
+                return Err(bad(format!("link says seq {}", l.seq)));
+            }
+            if let Some(keys) = opts.keys {
+                verify_signed(signed, keys).map_err(|e| bad(format!("link {e}")))?;
+            }
+            if l.prev != prev {
+                return Err(bad(format!(
+                    "previous link digest {}, expected {prev}",
+                    l.prev
+                )));
+            }
+            if l.time < prev_time {
+                return Err(bad(format!(
+                    "time {} is before the previous link's {prev_time}",
+                    l.time
+                )));
+            }
+            let bytes = (src.object)(&l.manifest, Kind::Manifest.max_body() + HEADER_LEN)
+                .map_err(|e| bad(format!("manifest: {e}")))?;
+            let m = Manifest::decode(&bytes).map_err(|e| bad(format!("manifest: {e}")))?;
+            if m.meta.seq != seq || m.meta.time != l.time {
+                return Err(bad("manifest seq or time differs from its link".into()));
+            }
+            if m.meta.vm_id != self.meta.vm_id
+                || m.meta.params != self.params
+                || m.meta.policy_id != self.meta.policy_id
+            {
+                return Err(bad(format!(
+                    "manifest is for VM {:?}, this store holds {:?}",
+                    m.meta.vm_id, self.meta.vm_id
+                )));
+            }
+            if let Some(first) = out.first() {
+                let same = first.components.len() == m.components.len()
+                    && first
+                        .components
+                        .iter()
+                        .zip(&m.components)
+                        .all(|(a, b)| a.name == b.name && a.kind == b.kind && a.len == b.len);
+                if !same {
+                    return Err(bad("components differ from the baseline's".into()));
+                }
+            }
+            if delta_digest(alg, &m.entries) != l.delta {
+                return Err(bad(
+                    "delta digest: the manifest's page entries do not hash to the link's".into(),
+                ));
+            }
+            if state_root(&m.meta, &m.components) != l.state_root {
+                return Err(bad(
+                    "state root: the manifest's components do not hash to the link's".into(),
+                ));
+            }
+            prev = link_digest(signed);
+            prev_time = l.time;
+            out.push(m);
+        }
+        if let (Some((now, max)), Some(last)) = (opts.max_age, src.links.last()) {
+            let age = now.secs.saturating_sub(last.value().time.secs);
+            if age > max {
+                return Err(StoreError::Verification {
+                    seq: last.value().seq,
+                    detail: format!("head is {age} s old, expected at most {max} s"),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Applies one seq's pages: XOR data pages, zero the zero pages.
+    fn apply(
+        &self,
+        seq: SeqNo,
+        m: &Manifest,
+        maps: &mut [Option<MmapMut>],
+        key: Option<&PageKey>,
+        object: &ObjectFn<'_>,
+    ) -> Result<(), StoreError> {
+        let data: Vec<_> = m
+            .entries
+            .iter()
+            .filter(|e| e.change == PageChange::Data)
+            .collect();
+        let page_len = |c: u16, p: u64| {
+            let len = m.components[usize::from(c)].len;
+            idx((len - p * PAGE_SIZE as u64).min(PAGE_SIZE as u64))
+        };
+        let mut runs = Vec::with_capacity(m.batches.len());
+        let mut at = 0usize;
+        for b in &m.batches {
+            let n = b.pages as usize;
+            runs.push((b, &data[at..at + n]));
+            at += n;
+        }
+        // Decode in parallel a window at a time, apply serially (pages are disjoint).
+        for window in runs.chunks(64) {
+            let decoded: Vec<Result<Vec<u8>, StoreError>> = window
+                .par_iter()
+                .map(|(b, es)| {
+                    let expect: usize = es.iter().map(|e| page_len(e.component, e.page.0)).sum();
+                    let where_ = || {
+                        let first = es.first();
+                        let comp = first.map_or("?", |e| {
+                            m.components[usize::from(e.component)].name.as_str()
+                        });
+                        format!(
+                            "component {comp}, pages from {}: batch {}",
+                            first.map_or(0, |e| e.page.0),
+                            b.object
+                        )
+                    };
+                    let bytes =
+                        object(&b.object, Kind::Batch.max_body() + HEADER_LEN).map_err(|e| {
+                            StoreError::Verification {
+                                seq,
+                                detail: format!("{}: {e}", where_()),
+                            }
+                        })?;
+                    batch::decode(&bytes, expect, key).map_err(|e| StoreError::Verification {
+                        seq,
+                        detail: format!("{}: {e}", where_()),
+                    })
+                })
+                .collect();
+            for ((_, es), raw) in window.iter().zip(decoded) {
+                let raw = raw?;
+                let mut off = 0;
+                for e in *es {
+                    let n = page_len(e.component, e.page.0);
+                    if let Some(map) = maps[usize::from(e.component)].as_mut() {
+                        let start = idx(e.page.0) * PAGE_SIZE;
+                        map[start..start + n]
+                            .iter_mut()
+                            .zip(&raw[off..off + n])
+                            .for_each(|(d, s)| *d ^= s);
+                    }
+                    off += n;
+                }
+            }
+        }
+        for e in m.entries.iter().filter(|e| e.change == PageChange::Zero) {
+            let n = page_len(e.component, e.page.0);
+            if let Some(map) = maps[usize::from(e.component)].as_mut() {
+                let start = idx(e.page.0) * PAGE_SIZE;
+                map[start..start + n].fill(0);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Baseline: every listed page's digest must match the rebuilt page.
+fn check_pages(seq: SeqNo, m: &Manifest, trees: &[ImageTree]) -> Result<(), StoreError> {
+    for e in &m.entries {
+        let got = trees[usize::from(e.component)].page_digest(e.page);
+        if got != Some(e.digest) {
+            return Err(StoreError::PageMismatch {
+                seq,
+                component: m.components[usize::from(e.component)].name.clone(),
+                page: e.page.0,
+                detail: format!(
+                    "rebuilt page hashes to {}, the link says {}",
+                    got.map_or_else(String::new, |d| d.to_hex()),
+                    e.digest
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Names the seq that last wrote the first page whose rebuilt bytes disagree.
+fn first_bad_page(
+    i: usize,
+    got: &ImageTree,
+    want: &ImageTree,
+    manifests: &[Manifest],
+) -> StoreError {
+    let dlen = got.alg().digest_len();
+    let page = got
+        .page_digests()
+        .chunks(dlen)
+        .zip(want.page_digests().chunks(dlen))
+        .position(|(a, b)| a != b)
+        .unwrap_or(0) as u64;
+    let comp = u16::try_from(i).unwrap_or(u16::MAX);
+    let seq = manifests
+        .iter()
+        .rposition(|m| {
+            m.entries
+                .iter()
+                .any(|e| e.component == comp && e.page.0 == page)
+        })
+        .unwrap_or(0);
+    StoreError::PageMismatch {
+        seq: SeqNo(seq as u64),
+        component: manifests[0].components[i].name.clone(),
+        page,
+        detail: format!(
+            "rebuilt page hashes to {}, the chain says {}",
+            got.page_digest(PageIndex(page))
+                .map_or_else(String::new, |d| d.to_hex()),
+            want.page_digest(PageIndex(page))
+                .map_or_else(String::new, |d| d.to_hex())
+        ),
+    }
+}
+
+/// In-memory sizes and indices always fit `usize` on the 64-bit hosts vmattest supports.
+fn idx(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}

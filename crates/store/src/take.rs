@@ -1,0 +1,485 @@
+//! Taking a snapshot: measure every component, find the changed pages, store their XOR deltas,
+//! sign a link, and move HEAD.
+
+use std::path::PathBuf;
+
+use rayon::prelude::*;
+use vmattest_core::alg::{PAGE_SIZE, PageIndex};
+use vmattest_core::chain::{
+    BatchRef, ComponentKind, ComponentRoot, DeltaEntry, Link, MAX_COMPONENTS, MAX_NAME_LEN,
+    Manifest, PageChange, SeqNo, StateMeta, delta_digest, link_digest, state_root,
+};
+use vmattest_core::record::{SignatureEntry, Signed, UnixTime};
+use vmattest_core::tree::{ImageTree, Progress};
+use vmattest_image::MappedImage;
+use vmattest_sign::Signer;
+
+use crate::batch::{self, BATCH_PAGES};
+use crate::crypt::{PageKey, StoreSecret};
+use crate::replay::ReplayOptions;
+use crate::{Head, Store, StoreError, fsio};
+
+/// One component to capture.
+#[derive(Debug, Clone)]
+pub struct ComponentInput {
+    pub name: String,
+    pub kind: ComponentKind,
+    pub path: PathBuf,
+    /// Pages the caller knows may have changed; `None` means compare every page.
+    pub dirty: Option<Vec<PageIndex>>,
+}
+
+pub struct TakeOptions<'a> {
+    pub signers: &'a [&'a dyn Signer],
+    pub time: UnixTime,
+    pub secret: Option<&'a StoreSecret>,
+    pub progress: &'a dyn Progress,
+}
+
+impl std::fmt::Debug for TakeOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TakeOptions")
+            .field("time", &self.time)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a take produced.
+#[derive(Debug, Clone)]
+pub struct TakeSummary {
+    pub seq: SeqNo,
+    pub link: vmattest_core::alg::Digest,
+    pub state_root: vmattest_core::alg::Digest,
+    pub components: Vec<ComponentRoot>,
+    pub changed_pages: u64,
+    pub zero_pages: u64,
+    pub total_pages: u64,
+    /// Bytes of new batch objects (compressed page deltas).
+    pub stored_bytes: u64,
+    pub batches: usize,
+}
+
+/// A component name is also a file name on restore.
+pub fn check_name(name: &str) -> Result<(), StoreError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Input(format!(
+            "component name {name:?}: expected 1 to {MAX_NAME_LEN} characters of A-Z a-z 0-9 . _ -, not starting with '.'"
+        )))
+    }
+}
+
+fn is_zero(page: &[u8]) -> bool {
+    page.iter().all(|&b| b == 0)
+}
+
+impl Store {
+    /// Captures the components as the next link. Needs the writer lock.
+    pub fn take(
+        &self,
+        inputs: &[ComponentInput],
+        opts: &TakeOptions<'_>,
+    ) -> Result<TakeSummary, StoreError> {
+        if self._lock.is_none() {
+            return Err(StoreError::Input(
+                "take needs the store opened for writing".into(),
+            ));
+        }
+        if inputs.is_empty() || inputs.len() > MAX_COMPONENTS {
+            return Err(StoreError::Input(format!(
+                "{} components: expected 1 to {MAX_COMPONENTS}",
+                inputs.len()
+            )));
+        }
+        if opts.signers.is_empty() || opts.signers.len() > 8 {
+            return Err(StoreError::Input("expected 1 to 8 signing keys".into()));
+        }
+        for (i, c) in inputs.iter().enumerate() {
+            check_name(&c.name)?;
+            if inputs[..i].iter().any(|o| o.name == c.name) {
+                return Err(StoreError::Input(format!(
+                    "component {}: named twice",
+                    c.name
+                )));
+            }
+        }
+        let head = self.head()?;
+        let prev = match head {
+            Some(h) => {
+                let link = self.read_link(h.seq)?;
+                let manifest = self.read_manifest(link.value())?;
+                Some((h, link, manifest))
+            }
+            None => None,
+        };
+        let images = inputs
+            .iter()
+            .map(|c| {
+                MappedImage::open(&c.path).map_err(|e| StoreError::Image {
+                    what: format!("component {}", c.name),
+                    detail: e.to_string(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some((_, _, m)) = &prev {
+            check_same_shape(inputs, &images, &m.components)?;
+        }
+        let key = self.page_key_for_take(opts.secret, prev.is_none())?;
+
+        // The previous state: cached images and trees (rebuilt from the chain when stale).
+        let old = match &prev {
+            Some((h, _, m)) => Some(self.load_head_cache(h, m, opts.secret)?),
+            None => None,
+        };
+        let old_maps = match &old {
+            Some(_) => (0..inputs.len())
+                .map(|i| {
+                    MappedImage::open(&self.cache_image(i)).map_err(|e| StoreError::Corrupt {
+                        file: self.cache_image(i),
+                        detail: e.to_string(),
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            None => Vec::new(),
+        };
+
+        let mut trees = Vec::with_capacity(inputs.len());
+        let mut entries = Vec::new();
+        for (i, (input, image)) in inputs.iter().zip(&images).enumerate() {
+            let bytes = image.bytes();
+            let old_tree = old.as_ref().map(|t| &t[i]);
+            let tree = match (&input.dirty, old_tree) {
+                (Some(dirty), Some(t)) => {
+                    let mut t = t.clone();
+                    t.update_pages(bytes, dirty)
+                        .map_err(|e| StoreError::Input(format!("component {}: {e}", input.name)))?;
+                    t
+                }
+                _ => ImageTree::build(&self.params, bytes, opts.progress).map_err(|e| {
+                    StoreError::Image {
+                        what: format!("component {}", input.name),
+                        detail: e.to_string(),
+                    }
+                })?,
+            };
+            let component = u16::try_from(i).unwrap_or(u16::MAX);
+            entries.extend(
+                changed_pages(&tree, old_tree, bytes)
+                    .into_iter()
+                    .map(|(p, zero)| DeltaEntry {
+                        component,
+                        page: PageIndex(p),
+                        change: if zero {
+                            PageChange::Zero
+                        } else {
+                            PageChange::Data
+                        },
+                        digest: tree
+                            .page_digest(PageIndex(p))
+                            .unwrap_or_else(|| self.params.alg().zero_digest()),
+                    }),
+            );
+            trees.push(tree);
+        }
+
+        let seq = SeqNo(head.map_or(0, |h| h.seq.0 + 1));
+        if let Some((_, link, _)) = &prev
+            && opts.time < link.value().time
+        {
+            return Err(StoreError::Input(format!(
+                "time {} is before the head's time {}; a chain's time never goes backwards",
+                opts.time,
+                link.value().time
+            )));
+        }
+        let meta = StateMeta {
+            vm_id: self.meta.vm_id.clone(),
+            seq,
+            time: opts.time,
+            params: self.params.clone(),
+            policy_id: self.meta.policy_id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        };
+        let components: Vec<ComponentRoot> = inputs
+            .iter()
+            .zip(&trees)
+            .map(|(c, t)| ComponentRoot {
+                name: c.name.clone(),
+                kind: c.kind,
+                len: t.len(),
+                root: t.root(),
+            })
+            .collect();
+        let root = state_root(&meta, &components);
+        let key = match (key, seq.0) {
+            (Some(k), 0) => Some(k.page_key(root.as_bytes(), &self.meta.vm_id)),
+            (Some(k), _) => Some(k.page_key(
+                self.read_link(SeqNo(0))?.value().state_root.as_bytes(),
+                &self.meta.vm_id,
+            )),
+            (None, _) => None,
+        };
+
+        let (batches, stored_bytes) =
+            self.write_batches(&entries, &images, &old_maps, key.as_ref())?;
+        let manifest = Manifest {
+            meta,
+            components: components.clone(),
+            entries,
+            batches,
+        };
+        let manifest_id = self.write_object(&manifest.encode())?;
+        let link = Link {
+            seq,
+            prev: head.map_or(self.params.alg().zero_digest(), |h| h.link),
+            delta: delta_digest(self.params.alg(), &manifest.entries),
+            state_root: root,
+            manifest: manifest_id,
+            time: opts.time,
+            key_ids: opts.signers.iter().map(|s| s.key_id()).collect(),
+        };
+        let mut signed = Signed::new(link).map_err(|e| StoreError::Input(e.to_string()))?;
+        let message = signed.message();
+        for s in opts.signers {
+            let signature = s
+                .sign(&message)
+                .map_err(|e| StoreError::Input(format!("signing: {e}")))?;
+            signed.signatures.push(SignatureEntry {
+                alg: s.alg(),
+                key_id: s.key_id(),
+                signature,
+            });
+        }
+        let bytes = signed
+            .encode()
+            .map_err(|e| StoreError::Input(e.to_string()))?;
+        fsio::write_atomic(&self.link_path(seq), &bytes)?;
+        let new_head = Head {
+            seq,
+            link: link_digest(&signed),
+        };
+        fail_point("before-head");
+        self.set_head(new_head)?;
+        fail_point("after-head");
+
+        self.cache_invalidate()?;
+        self.update_head_cache(&manifest, &images, old.is_some())?;
+        fail_point("before-stamp");
+        self.cache_commit(&new_head, &trees)?;
+
+        let zero_pages = manifest
+            .entries
+            .iter()
+            .filter(|e| e.change == PageChange::Zero)
+            .count() as u64;
+        Ok(TakeSummary {
+            seq,
+            link: new_head.link,
+            state_root: root,
+            components,
+            changed_pages: manifest.entries.len() as u64,
+            zero_pages,
+            total_pages: trees.iter().map(ImageTree::pages).sum(),
+            stored_bytes,
+            batches: manifest.batches.len(),
+        })
+    }
+
+    fn page_key_for_take<'s>(
+        &self,
+        secret: Option<&'s StoreSecret>,
+        _baseline: bool,
+    ) -> Result<Option<&'s StoreSecret>, StoreError> {
+        match (self.meta.encrypted, secret) {
+            (true, None) => Err(StoreError::Secret("pass the secret file (--secret)".into())),
+            (true, Some(s)) => Ok(Some(s)),
+            (false, _) => Ok(None),
+        }
+    }
+
+    /// Ensures the head cache matches `head` and returns its trees.
+    fn load_head_cache(
+        &self,
+        head: &Head,
+        m: &Manifest,
+        secret: Option<&StoreSecret>,
+    ) -> Result<Vec<ImageTree>, StoreError> {
+        let lens: Vec<u64> = m.components.iter().map(|c| c.len).collect();
+        if !self.cache_matches(head) {
+            self.cache_invalidate()?;
+            let opts = ReplayOptions {
+                upto: Some(head.seq),
+                keys: None,
+                secret,
+                max_age: None,
+            };
+            let cache_dir = self.root.join("head");
+            let (_, trees) = self.replay_into(&opts, &cache_dir, &|i, _| format!("{i}.img"))?;
+            self.cache_commit(head, &trees)?;
+        }
+        self.cache_trees(&lens)
+    }
+
+    /// XOR-delta batches of the data entries, compressed (and sealed) in parallel.
+    fn write_batches(
+        &self,
+        entries: &[DeltaEntry],
+        images: &[MappedImage],
+        old: &[MappedImage],
+        key: Option<&PageKey>,
+    ) -> Result<(Vec<BatchRef>, u64), StoreError> {
+        let data: Vec<&DeltaEntry> = entries
+            .iter()
+            .filter(|e| e.change == PageChange::Data)
+            .collect();
+        // Runs of at most BATCH_PAGES pages that stay within one component.
+        let mut runs: Vec<&[&DeltaEntry]> = Vec::new();
+        let mut start = 0;
+        for i in 1..=data.len() {
+            if i == data.len()
+                || i - start == BATCH_PAGES
+                || data[i].component != data[start].component
+            {
+                runs.push(&data[start..i]);
+                start = i;
+            }
+        }
+        let results: Vec<Result<(BatchRef, u64), StoreError>> = runs
+            .par_iter()
+            .map(|run| {
+                let mut raw = Vec::with_capacity(run.len() * PAGE_SIZE);
+                for e in *run {
+                    let c = usize::from(e.component);
+                    let new = page_of(images[c].bytes(), e.page.0);
+                    match old.get(c) {
+                        Some(o) => raw.extend(
+                            new.iter()
+                                .zip(page_of(o.bytes(), e.page.0))
+                                .map(|(a, b)| a ^ b),
+                        ),
+                        None => raw.extend_from_slice(new),
+                    }
+                }
+                let bytes = batch::encode(&raw, key)?;
+                let object = self.write_object(&bytes)?;
+                let pages = u32::try_from(run.len()).unwrap_or(u32::MAX);
+                Ok((BatchRef { object, pages }, bytes.len() as u64))
+            })
+            .collect();
+        let mut refs = Vec::with_capacity(results.len());
+        let mut total = 0;
+        for r in results {
+            let (b, n) = r?;
+            refs.push(b);
+            total += n;
+        }
+        Ok((refs, total))
+    }
+
+    /// Brings the cached images to the new state.
+    fn update_head_cache(
+        &self,
+        m: &Manifest,
+        images: &[MappedImage],
+        had_cache: bool,
+    ) -> Result<(), StoreError> {
+        use std::os::unix::fs::FileExt as _;
+        for (i, image) in images.iter().enumerate() {
+            let path = self.cache_image(i);
+            if !had_cache {
+                fsio::write_atomic(&path, image.bytes())?;
+                continue;
+            }
+            let f = std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .map_err(fsio::io(&path))?;
+            let component = u16::try_from(i).unwrap_or(u16::MAX);
+            for e in m.entries.iter().filter(|e| e.component == component) {
+                let page = page_of(image.bytes(), e.page.0);
+                f.write_all_at(page, e.page.0 * PAGE_SIZE as u64)
+                    .map_err(fsio::io(&path))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn page_of(bytes: &[u8], page: u64) -> &[u8] {
+    let start = usize::try_from(page)
+        .unwrap_or(usize::MAX)
+        .saturating_mul(PAGE_SIZE)
+        .min(bytes.len());
+    &bytes[start..(start + PAGE_SIZE).min(bytes.len())]
+}
+
+/// Changed pages with whether each is now all zeros. Without a previous tree, every non-zero
+/// page counts as changed (the baseline is a delta from zeros).
+fn changed_pages(tree: &ImageTree, old: Option<&ImageTree>, bytes: &[u8]) -> Vec<(u64, bool)> {
+    let dlen = tree.alg().digest_len();
+    let pages = tree.pages();
+    const CHUNK: u64 = 4096;
+    (0..pages.div_ceil(CHUNK))
+        .into_par_iter()
+        .flat_map_iter(|c| {
+            let lo = c * CHUNK;
+            let hi = (lo + CHUNK).min(pages);
+            (lo..hi).filter_map(move |p| {
+                let zero = is_zero(page_of(bytes, p));
+                let changed = match old {
+                    Some(o) => {
+                        let at = usize::try_from(p).unwrap_or(usize::MAX) * dlen;
+                        tree.page_digests().get(at..at + dlen)
+                            != o.page_digests().get(at..at + dlen)
+                    }
+                    None => !zero,
+                };
+                changed.then_some((p, zero))
+            })
+        })
+        .collect()
+}
+
+fn check_same_shape(
+    inputs: &[ComponentInput],
+    images: &[MappedImage],
+    prev: &[ComponentRoot],
+) -> Result<(), StoreError> {
+    let names = |v: Vec<&str>| v.join(", ");
+    if inputs.len() != prev.len()
+        || inputs
+            .iter()
+            .zip(prev)
+            .any(|(a, b)| a.name != b.name || a.kind != b.kind)
+    {
+        return Err(StoreError::Input(format!(
+            "components [{}]: the chain has [{}]; components are fixed at the baseline",
+            names(inputs.iter().map(|c| c.name.as_str()).collect()),
+            names(prev.iter().map(|c| c.name.as_str()).collect()),
+        )));
+    }
+    for ((c, img), p) in inputs.iter().zip(images).zip(prev) {
+        let len = img.bytes().len() as u64;
+        if len != p.len {
+            return Err(StoreError::Input(format!(
+                "component {}: {len} bytes, the chain has {}; a component's size is fixed at the baseline",
+                c.name, p.len
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Test hook: `VMATTEST_FAIL_AT=<point>` aborts the process there, as a crash would.
+fn fail_point(point: &str) {
+    if std::env::var("VMATTEST_FAIL_AT").is_ok_and(|v| v == point) {
+        std::process::abort();
+    }
+}
