@@ -114,4 +114,146 @@ pub enum Command {
     },
     /// Describe a vmattest file (record, signed record, proof) as text or JSON.
     Show { file: PathBuf },
+    /// Snapshot chains: incremental, signed, verifiable, portable.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct StoreArg {
+    /// Snapshot store directory.
+    #[arg(long)]
+    pub store: PathBuf,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct VerifyArgs {
+    /// Pinned public key; every link must be signed by these.
+    #[arg(long = "pubkey", required = true)]
+    pub pubkeys: Vec<PathBuf>,
+    /// Secret file of an encrypted store.
+    #[arg(long)]
+    pub secret: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ComponentArgs {
+    /// Guest memory image, `PATH` or `NAME=PATH`; repeatable.
+    #[arg(long = "memory")]
+    pub memory: Vec<String>,
+    /// Disk image (raw), `PATH` or `NAME=PATH`; repeatable.
+    #[arg(long = "disk")]
+    pub disk: Vec<String>,
+    /// Device and CPU state blob, `PATH` or `NAME=PATH`.
+    #[arg(long = "device-state")]
+    pub device_state: Vec<String>,
+    /// VM configuration blob, `PATH` or `NAME=PATH`.
+    #[arg(long = "config")]
+    pub config: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Create an empty store for one VM.
+    Init {
+        #[command(flatten)]
+        store: StoreArg,
+        #[arg(long)]
+        vm_id: String,
+        #[command(flatten)]
+        tree: TreeArgs,
+        #[arg(long, default_value = "default")]
+        policy: String,
+        /// Encrypt page batches at rest with keys derived from this secret file (created,
+        /// mode 0600, when it does not exist).
+        #[arg(long)]
+        encrypt_with: Option<PathBuf>,
+    },
+    /// Capture the components as the next link (the first take is the baseline).
+    Take {
+        #[command(flatten)]
+        store: StoreArg,
+        #[command(flatten)]
+        components: ComponentArgs,
+        /// Private key; repeat to co-sign.
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+        /// `NAME=FILE`: FILE lists the page indices (one per line) that may have changed.
+        #[arg(long = "dirty")]
+        dirty: Vec<String>,
+        #[arg(long)]
+        secret: Option<PathBuf>,
+    },
+    /// List the links.
+    Log {
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Verify the chain link by link, rebuilding every page.
+    Verify {
+        #[command(flatten)]
+        store: StoreArg,
+        #[command(flatten)]
+        verify: VerifyArgs,
+        /// Verify only the prefix up to this seq.
+        #[arg(long)]
+        upto: Option<u64>,
+        /// Refuse a head older than this many seconds.
+        #[arg(long)]
+        max_age: Option<u64>,
+    },
+    /// Verify and write every component at a seq into a new directory.
+    Restore {
+        #[command(flatten)]
+        store: StoreArg,
+        #[command(flatten)]
+        verify: VerifyArgs,
+        #[arg(long)]
+        seq: Option<u64>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Write links and the pages they need to one bundle file.
+    Export {
+        #[command(flatten)]
+        store: StoreArg,
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        #[arg(long)]
+        to: Option<u64>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Verify a bundle completely against pinned keys, then add it to the store.
+    Import {
+        #[command(flatten)]
+        store: StoreArg,
+        #[command(flatten)]
+        verify: VerifyArgs,
+        bundle: PathBuf,
+    },
+    /// Check the store's files; `--repair` removes leftovers of interrupted writes.
+    Fsck {
+        #[command(flatten)]
+        store: StoreArg,
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Prove one page of a component at a seq (verifies the chain up to that seq first).
+    Prove {
+        #[command(flatten)]
+        store: StoreArg,
+        #[command(flatten)]
+        verify: VerifyArgs,
+        #[arg(long)]
+        seq: Option<u64>,
+        #[arg(long)]
+        component: String,
+        #[arg(long)]
+        page: u64,
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }

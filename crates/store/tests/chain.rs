@@ -1,5 +1,10 @@
 //! Chains of snapshots: every seq restores byte-identical, verification names what broke.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::cast_possible_truncation)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cast_possible_truncation
+)]
 
 mod common;
 
@@ -9,7 +14,12 @@ use vmattest_store::Store;
 
 #[test]
 fn every_seq_restores_byte_identical() {
-    for (alg, encrypted) in [("blake3", false), ("sha256", false), ("blake3", true), ("sha384", false)] {
+    for (alg, encrypted) in [
+        ("blake3", false),
+        ("sha256", false),
+        ("blake3", true),
+        ("sha384", false),
+    ] {
         let mut fx = Fixture::new(alg, encrypted);
         let mem_path = fx.path("mem.img");
         let disk_path = fx.path("disk.img");
@@ -37,11 +47,25 @@ fn every_seq_restores_byte_identical() {
         let keys = fx.public();
         for (seq, (m, d, v)) in history.iter().enumerate() {
             let out = fx.path(&format!("out-{seq}"));
-            let verified = store.restore(&fx.opts(&keys, Some(seq as u64)), &out).unwrap();
+            let verified = store
+                .restore(&fx.opts(&keys, Some(seq as u64)), &out)
+                .unwrap();
             assert_eq!(verified.seq, SeqNo(seq as u64));
-            assert_eq!(&std::fs::read(out.join("mem")).unwrap(), m, "{alg} seq {seq} mem");
-            assert_eq!(&std::fs::read(out.join("disk")).unwrap(), d, "{alg} seq {seq} disk");
-            assert_eq!(&std::fs::read(out.join("dev")).unwrap(), v, "{alg} seq {seq} dev");
+            assert_eq!(
+                &std::fs::read(out.join("mem")).unwrap(),
+                m,
+                "{alg} seq {seq} mem"
+            );
+            assert_eq!(
+                &std::fs::read(out.join("disk")).unwrap(),
+                d,
+                "{alg} seq {seq} disk"
+            );
+            assert_eq!(
+                &std::fs::read(out.join("dev")).unwrap(),
+                v,
+                "{alg} seq {seq} dev"
+            );
         }
         let report = store.fsck(false).unwrap();
         assert!(report.is_clean(), "{:?}", report.errors);

@@ -5,6 +5,7 @@ mod measure;
 mod proof;
 mod record;
 mod show;
+mod snapshot;
 
 use std::path::Path;
 
@@ -67,6 +68,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             json,
         ),
         Command::Show { file } => show::run(&file, json),
+        Command::Snapshot(cmd) => snapshot::run(cmd, json),
     }
 }
 

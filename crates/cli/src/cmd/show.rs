@@ -2,7 +2,8 @@ use std::path::Path;
 
 use anyhow::bail;
 use serde::Serialize;
-use vmattest_core::record::{MeasurementRecord, SignedRecord};
+use vmattest_core::chain::Link;
+use vmattest_core::record::{MeasurementRecord, Signed, SignedRecord};
 use vmattest_core::tree::PageProof;
 use vmattest_core::wire::{HEADER_LEN, Kind, MAGIC};
 
@@ -22,7 +23,7 @@ struct ShowJson {
 }
 
 pub fn run(path: &Path, json: bool) -> anyhow::Result<()> {
-    let max = Kind::ALL.iter().map(|k| k.max_body()).max().unwrap_or(0) + HEADER_LEN;
+    let max = Kind::PageProof.max_body() + HEADER_LEN;
     let bytes = read_capped(path, max, "vmattest file")?;
     let kind = bytes.get(..10).filter(|h| h[..8] == MAGIC).and_then(|h| {
         Kind::ALL
@@ -46,15 +47,28 @@ pub fn run(path: &Path, json: bool) -> anyhow::Result<()> {
     };
     match kind {
         Some(Kind::MeasurementRecord) => fill(&mut out, &MeasurementRecord::decode(&bytes)?),
-        Some(Kind::Signed) => {
-            let s = SignedRecord::decode(&bytes)?;
-            fill(&mut out, s.value());
-            out.signatures = s
-                .signatures
-                .iter()
-                .map(|e| format!("{} by {}", e.alg, e.key_id))
-                .collect();
-        }
+        Some(Kind::Signed) => match SignedRecord::decode(&bytes) {
+            Ok(s) => {
+                fill(&mut out, s.value());
+                out.signatures = s
+                    .signatures
+                    .iter()
+                    .map(|e| format!("{} by {}", e.alg, e.key_id))
+                    .collect();
+            }
+            Err(_) => {
+                let l = Signed::<Link>::decode(&bytes)?;
+                out.time = Some(l.value().time.to_string());
+                out.key_ids = l.value().key_ids.iter().map(|k| k.to_hex()).collect();
+                out.root = Some(l.value().state_root.to_hex());
+                out.signatures = l
+                    .signatures
+                    .iter()
+                    .map(|e| format!("{} by {}", e.alg, e.key_id))
+                    .collect();
+            }
+        },
+        Some(Kind::Manifest | Kind::Link | Kind::Batch | Kind::Bundle) => {}
         Some(Kind::PageProof) => {
             let p = PageProof::decode(&bytes)?;
             out.root = Some(p.root.to_hex());

@@ -1,4 +1,10 @@
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::cast_possible_truncation)]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cast_possible_truncation
+)]
 
 use std::path::{Path, PathBuf};
 
@@ -7,7 +13,9 @@ use vmattest_core::record::UnixTime;
 use vmattest_core::sig::SigAlg;
 use vmattest_core::tree::NoProgress;
 use vmattest_sign::{PublicKey, SecretKey, Signer};
-use vmattest_store::{ComponentInput, ReplayOptions, Store, StoreMeta, StoreSecret, TakeOptions, TakeSummary};
+use vmattest_store::{
+    ComponentInput, ReplayOptions, Store, StoreMeta, StoreSecret, TakeOptions, TakeSummary,
+};
 
 pub const PAGE: usize = 4096;
 
@@ -27,13 +35,23 @@ impl Fixture {
             format: 1,
             vm_id: "vm-test".into(),
             alg: alg.into(),
-            salt: if alg == "blake3" { String::new() } else { "a1b2".into() },
+            salt: if alg == "blake3" {
+                String::new()
+            } else {
+                "a1b2".into()
+            },
             policy_id: "default".into(),
             encrypted,
         };
         Store::init(&store, meta).unwrap();
         let secret = encrypted.then(|| StoreSecret::generate(&dir.path().join("secret")).unwrap());
-        Fixture { dir, store, key: SecretKey::generate(SigAlg::Ed25519).unwrap(), secret, time: 1_800_000_000 }
+        Fixture {
+            dir,
+            store,
+            key: SecretKey::generate(SigAlg::Ed25519).unwrap(),
+            secret,
+            time: 1_800_000_000,
+        }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -48,17 +66,28 @@ impl Fixture {
         self.try_take(comps).unwrap()
     }
 
-    pub fn try_take(&mut self, comps: &[(&str, ComponentKind, &Path)]) -> Result<TakeSummary, vmattest_store::StoreError> {
+    pub fn try_take(
+        &mut self,
+        comps: &[(&str, ComponentKind, &Path)],
+    ) -> Result<TakeSummary, vmattest_store::StoreError> {
         self.time += 5;
         let inputs: Vec<ComponentInput> = comps
             .iter()
-            .map(|(n, k, p)| ComponentInput { name: (*n).into(), kind: *k, path: p.to_path_buf(), dirty: None })
+            .map(|(n, k, p)| ComponentInput {
+                name: (*n).into(),
+                kind: *k,
+                path: p.to_path_buf(),
+                dirty: None,
+            })
             .collect();
         let store = Store::open_writer(&self.store)?;
         let signers: [&dyn Signer; 1] = [&self.key];
         let opts = TakeOptions {
             signers: &signers,
-            time: UnixTime { secs: self.time, nanos: 0 },
+            time: UnixTime {
+                secs: self.time,
+                nanos: 0,
+            },
             secret: self.secret.as_ref(),
             progress: &NoProgress,
         };
@@ -89,7 +118,10 @@ pub fn vm_like(len: usize, seed: u64) -> Vec<u8> {
         match next() % 3 {
             0 => {}
             1 => page.iter_mut().for_each(|b| *b = next() as u8),
-            _ => page.iter_mut().enumerate().for_each(|(j, b)| *b = b'a' + ((i + j) % 23) as u8),
+            _ => page
+                .iter_mut()
+                .enumerate()
+                .for_each(|(j, b)| *b = b'a' + ((i + j) % 23) as u8),
         }
     }
     out
@@ -100,13 +132,18 @@ pub fn mutate(data: &mut [u8], n: usize, seed: u64) {
     let pages = data.len().div_ceil(PAGE);
     let mut x = seed | 1;
     for i in 0..n {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let p = (x >> 33) as usize % pages;
         let start = p * PAGE;
         let end = (start + PAGE).min(data.len());
         match i % 3 {
             0 => data[start + (x as usize % (end - start))] ^= 0x5a,
-            1 => data[start..end].iter_mut().enumerate().for_each(|(j, b)| *b = (x >> (j % 57)) as u8),
+            1 => data[start..end]
+                .iter_mut()
+                .enumerate()
+                .for_each(|(j, b)| *b = (x >> (j % 57)) as u8),
             _ => data[start..end].fill(0),
         }
     }
