@@ -87,6 +87,35 @@ impl StoreSecret {
 
 pub(crate) struct PageKey(Zeroizing<[u8; 32]>);
 
+/// Encrypts the head cache page by page: XChaCha20 with nonce (page index, seq that last
+/// wrote the page), so a page is never encrypted twice under one nonce.
+pub(crate) struct CacheKey(Zeroizing<[u8; 32]>);
+
+pub const CACHE_KEY_INFO: &[u8] = b"vmattest head cache key v1\0";
+
+impl StoreSecret {
+    pub(crate) fn cache_key(&self, baseline_root: &[u8], vm_id: &str) -> CacheKey {
+        let hk = Hkdf::<Sha256>::new(Some(baseline_root), self.0.as_ref());
+        let mut key = Zeroizing::new([0u8; 32]);
+        let info = [CACHE_KEY_INFO, vm_id.as_bytes()].concat();
+        let _ = hk.expand(&info, key.as_mut());
+        CacheKey(key)
+    }
+}
+
+impl CacheKey {
+    /// En- or decrypts one page in place (the keystream XOR is its own inverse).
+    pub fn apply(&self, page: u64, version: u64, buf: &mut [u8]) {
+        use chacha20::XChaCha20;
+        use chacha20::cipher::{KeyIvInit as _, StreamCipher as _};
+        let mut nonce = [0u8; 24];
+        nonce[..8].copy_from_slice(&page.to_be_bytes());
+        nonce[8..16].copy_from_slice(&version.to_be_bytes());
+        let mut c = XChaCha20::new(self.0.as_ref().into(), &nonce.into());
+        c.apply_keystream(buf);
+    }
+}
+
 impl PageKey {
     pub fn seal(&self, plain: &[u8], aad: &[u8]) -> Result<([u8; NONCE_LEN], Vec<u8>), StoreError> {
         let mut nonce = [0u8; NONCE_LEN];

@@ -134,6 +134,8 @@ impl Store {
                 .push(entry.map_err(crate::fsio::io(&self.root))?.path());
         }
         if repair {
+            // The head cache is derived; discarding it makes the next take rebuild it.
+            self.cache_invalidate()?;
             for p in &rep.leftovers {
                 let _ = if p.is_dir() {
                     std::fs::remove_dir_all(p)

@@ -15,8 +15,8 @@ use vmattest_image::MappedImage;
 use vmattest_sign::Signer;
 
 use crate::batch::{self, BATCH_PAGES};
+use crate::cache::HeadPages;
 use crate::crypt::{PageKey, StoreSecret};
-use crate::replay::ReplayOptions;
 use crate::{Head, Store, StoreError, fsio};
 
 /// One component to capture.
@@ -131,21 +131,31 @@ impl Store {
         if let Some((_, _, m)) = &prev {
             check_same_shape(inputs, &images, &m.components)?;
         }
-        let key = self.page_key_for_take(opts.secret, prev.is_none())?;
+        let secret = match (self.meta.encrypted, opts.secret) {
+            (true, None) => {
+                return Err(StoreError::Secret("pass the secret file (--secret)".into()));
+            }
+            (true, Some(s)) => Some(s),
+            (false, _) => None,
+        };
+        // Keys hang off the baseline's state root, known here unless this is the baseline.
+        let baseline_root = match &prev {
+            Some(_) => Some(self.read_link(SeqNo(0))?.value().state_root),
+            None => None,
+        };
+        let cache_key = match (secret, baseline_root) {
+            (Some(s), Some(r)) => Some(s.cache_key(r.as_bytes(), &self.meta.vm_id)),
+            _ => None,
+        };
 
         // The previous state: cached images and trees (rebuilt from the chain when stale).
         let old = match &prev {
-            Some((h, _, m)) => Some(self.load_head_cache(h, m, opts.secret)?),
+            Some((h, _, m)) => Some(self.load_head_cache(h, m, secret, cache_key.as_ref())?),
             None => None,
         };
-        let old_maps = match &old {
+        let old_pages = match &old {
             Some(_) => (0..inputs.len())
-                .map(|i| {
-                    MappedImage::open(&self.cache_image(i)).map_err(|e| StoreError::Corrupt {
-                        file: self.cache_image(i),
-                        detail: e.to_string(),
-                    })
-                })
+                .map(|i| self.open_head_pages(i, cache_key.as_ref()))
                 .collect::<Result<Vec<_>, _>>()?,
             None => Vec::new(),
         };
@@ -218,17 +228,17 @@ impl Store {
             })
             .collect();
         let root = state_root(&meta, &components);
-        let key = match (key, seq.0) {
-            (Some(k), 0) => Some(k.page_key(root.as_bytes(), &self.meta.vm_id)),
-            (Some(k), _) => Some(k.page_key(
-                self.read_link(SeqNo(0))?.value().state_root.as_bytes(),
-                &self.meta.vm_id,
-            )),
-            (None, _) => None,
-        };
+        let baseline_root = baseline_root.unwrap_or(root);
+        let key = secret.map(|s| s.page_key(baseline_root.as_bytes(), &self.meta.vm_id));
+        let cache_key = secret.map(|s| s.cache_key(baseline_root.as_bytes(), &self.meta.vm_id));
 
-        let (batches, stored_bytes) =
-            self.write_batches(&entries, &images, &old_maps, key.as_ref())?;
+        let (batches, stored_bytes) = self.write_batches(
+            &entries,
+            &images,
+            &old_pages,
+            old.as_deref().unwrap_or(&[]),
+            key.as_ref(),
+        )?;
         let manifest = Manifest {
             meta,
             components: components.clone(),
@@ -270,7 +280,7 @@ impl Store {
         fail_point("after-head");
 
         self.cache_invalidate()?;
-        self.update_head_cache(&manifest, &images, old.is_some())?;
+        self.update_head_cache(&manifest, &images, old.is_some(), cache_key.as_ref())?;
         fail_point("before-stamp");
         self.cache_commit(&new_head, &trees)?;
 
@@ -292,47 +302,13 @@ impl Store {
         })
     }
 
-    fn page_key_for_take<'s>(
-        &self,
-        secret: Option<&'s StoreSecret>,
-        _baseline: bool,
-    ) -> Result<Option<&'s StoreSecret>, StoreError> {
-        match (self.meta.encrypted, secret) {
-            (true, None) => Err(StoreError::Secret("pass the secret file (--secret)".into())),
-            (true, Some(s)) => Ok(Some(s)),
-            (false, _) => Ok(None),
-        }
-    }
-
-    /// Ensures the head cache matches `head` and returns its trees.
-    fn load_head_cache(
-        &self,
-        head: &Head,
-        m: &Manifest,
-        secret: Option<&StoreSecret>,
-    ) -> Result<Vec<ImageTree>, StoreError> {
-        let lens: Vec<u64> = m.components.iter().map(|c| c.len).collect();
-        if !self.cache_matches(head) {
-            self.cache_invalidate()?;
-            let opts = ReplayOptions {
-                upto: Some(head.seq),
-                keys: None,
-                secret,
-                max_age: None,
-            };
-            let cache_dir = self.root.join("head");
-            let (_, trees) = self.replay_into(&opts, &cache_dir, &|i, _| format!("{i}.img"))?;
-            self.cache_commit(head, &trees)?;
-        }
-        self.cache_trees(&lens)
-    }
-
     /// XOR-delta batches of the data entries, compressed (and sealed) in parallel.
     fn write_batches(
         &self,
         entries: &[DeltaEntry],
         images: &[MappedImage],
-        old: &[MappedImage],
+        old: &[HeadPages<'_>],
+        old_trees: &[ImageTree],
         key: Option<&PageKey>,
     ) -> Result<(Vec<BatchRef>, u64), StoreError> {
         let data: Vec<&DeltaEntry> = entries
@@ -359,11 +335,18 @@ impl Store {
                     let c = usize::from(e.component);
                     let new = page_of(images[c].bytes(), e.page.0);
                     match old.get(c) {
-                        Some(o) => raw.extend(
-                            new.iter()
-                                .zip(page_of(o.bytes(), e.page.0))
-                                .map(|(a, b)| a ^ b),
-                        ),
+                        Some(o) => {
+                            let prev = o.page(e.page.0);
+                            // The cache is derived data: check it against its digests before use.
+                            let want = old_trees.get(c).and_then(|t| t.page_digest(e.page));
+                            if want != Some(self.params.page_digest(e.page, &prev)) {
+                                return Err(StoreError::Corrupt {
+                                    file: self.cache_image(c),
+                                    detail: format!("page {} does not match its digest; `snapshot fsck --repair` discards the cache", e.page),
+                                });
+                            }
+                            raw.extend(new.iter().zip(prev.iter()).map(|(a, b)| a ^ b));
+                        }
                         None => raw.extend_from_slice(new),
                     }
                 }
@@ -381,34 +364,6 @@ impl Store {
             total += n;
         }
         Ok((refs, total))
-    }
-
-    /// Brings the cached images to the new state.
-    fn update_head_cache(
-        &self,
-        m: &Manifest,
-        images: &[MappedImage],
-        had_cache: bool,
-    ) -> Result<(), StoreError> {
-        use std::os::unix::fs::FileExt as _;
-        for (i, image) in images.iter().enumerate() {
-            let path = self.cache_image(i);
-            if !had_cache {
-                fsio::write_atomic(&path, image.bytes())?;
-                continue;
-            }
-            let f = std::fs::File::options()
-                .write(true)
-                .open(&path)
-                .map_err(fsio::io(&path))?;
-            let component = u16::try_from(i).unwrap_or(u16::MAX);
-            for e in m.entries.iter().filter(|e| e.component == component) {
-                let page = page_of(image.bytes(), e.page.0);
-                f.write_all_at(page, e.page.0 * PAGE_SIZE as u64)
-                    .map_err(fsio::io(&path))?;
-            }
-        }
-        Ok(())
     }
 }
 

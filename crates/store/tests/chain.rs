@@ -72,3 +72,52 @@ fn every_seq_restores_byte_identical() {
         assert!(report.leftovers.is_empty(), "{:?}", report.leftovers);
     }
 }
+
+#[test]
+fn encrypted_store_holds_no_plaintext_pages() {
+    let mut fx = Fixture::new("blake3", true);
+    let mem_path = fx.path("mem.img");
+    let mut mem = vm_like(64 * PAGE, 5);
+    // A recognisable, incompressible-looking marker in one page.
+    let marker: Vec<u8> = (0..PAGE).map(|i| (i * 131 % 251) as u8).collect();
+    mem[3 * PAGE..4 * PAGE].copy_from_slice(&marker);
+    std::fs::write(&mem_path, &mem).unwrap();
+    fx.take(&[("mem", ComponentKind::Memory, &mem_path)]);
+    mutate(&mut mem, 5, 9);
+    std::fs::write(&mem_path, &mem).unwrap();
+    fx.take(&[("mem", ComponentKind::Memory, &mem_path)]);
+    let needle = &marker[..64];
+    for entry in walk(&fx.store) {
+        let bytes = std::fs::read(&entry).unwrap();
+        assert!(
+            !bytes.windows(64).any(|w| w == needle),
+            "plaintext page found in {}",
+            entry.display()
+        );
+    }
+    // Without the secret nothing can be restored.
+    let store = Store::open(&fx.store).unwrap();
+    let keys = fx.public();
+    let mut opts = fx.opts(&keys, None);
+    opts.secret = None;
+    assert!(
+        store
+            .verify(&opts)
+            .unwrap_err()
+            .to_string()
+            .contains("secret")
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p))
+        } else {
+            out.push(p)
+        }
+    }
+    out
+}

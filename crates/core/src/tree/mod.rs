@@ -90,6 +90,14 @@ impl TreeParams {
         &self.salt
     }
 
+    /// Digest of page `index` with bytes `data` (a full page, or the image's short last one).
+    pub fn page_digest(&self, index: PageIndex, data: &[u8]) -> Digest {
+        let mut out = [0u8; crate::alg::MAX_DIGEST_LEN];
+        let n = self.alg.digest_len();
+        self.leaf(index.0, data, &mut out[..n]);
+        digest(self.alg, &out[..n])
+    }
+
     /// Children per parent: 2 for BLAKE3, 128 (SHA-256) or 64 (SHA-384) for dm-verity.
     fn arity(&self) -> usize {
         match self.alg {
