@@ -355,27 +355,24 @@ impl Store {
                 .par_iter()
                 .map(|(b, es)| {
                     let expect: usize = es.iter().map(|e| page_len(e.component, e.page.0)).sum();
-                    let where_ = || {
-                        let first = es.first();
-                        let comp = first.map_or("?", |e| {
-                            m.components[usize::from(e.component)].name.as_str()
-                        });
-                        format!(
-                            "component {comp}, pages from {}: batch {}",
-                            first.map_or(0, |e| e.page.0),
-                            b.object
-                        )
-                    };
+                    let first = es.first();
+                    let comp = first.map_or("?", |e| {
+                        m.components[usize::from(e.component)].name.as_str()
+                    });
+                    let page = first.map_or(0, |e| e.page.0);
                     let bytes =
                         object(&b.object, Kind::Batch.max_body() + HEADER_LEN).map_err(|e| {
                             StoreError::Verification {
                                 seq,
-                                detail: format!("{}: {e}", where_()),
+                                detail: format!("component {comp}, pages from {page}: {e}"),
                             }
                         })?;
                     batch::decode(&bytes, expect, key).map_err(|e| StoreError::Verification {
                         seq,
-                        detail: format!("{}: {e}", where_()),
+                        detail: format!(
+                            "component {comp}, pages from {page}: batch {}: {e}",
+                            b.object
+                        ),
                     })
                 })
                 .collect();
