@@ -8,7 +8,7 @@ use vmattest_core::tree::Progress;
 /// Inputs below this size finish too fast to need a bar.
 const MIN_BYTES: u64 = 64 << 20;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Bar(ProgressBar);
 
 impl Bar {
@@ -30,6 +30,11 @@ impl Bar {
         Bar(bar)
     }
 
+    /// A bar whose total is announced later through [`Progress::set_total`].
+    pub fn later(label: &str, json: bool) -> Bar {
+        Bar::new(if json { 0 } else { MIN_BYTES }, label, json)
+    }
+
     pub fn finish(&self) {
         self.0.finish_and_clear();
     }
@@ -38,5 +43,9 @@ impl Bar {
 impl Progress for Bar {
     fn advance(&self, bytes: u64) {
         self.0.inc(bytes);
+    }
+
+    fn set_total(&self, bytes: u64) {
+        self.0.set_length(bytes);
     }
 }

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use vmattest_core::alg::{Digest, HashAlg};
 use vmattest_core::chain::{Link, Manifest, ObjectId, SeqNo, SignedLink, link_digest};
 use vmattest_core::record::Signed;
-use vmattest_core::tree::TreeParams;
+use vmattest_core::tree::{NoProgress, Progress, TreeParams};
 use vmattest_core::wire::{HEADER_LEN, Kind};
 
 pub use bundle::ImportSummary;
@@ -88,6 +88,22 @@ pub struct Store {
     meta: StoreMeta,
     params: TreeParams,
     _lock: Option<File>,
+    progress: Reporter,
+}
+
+/// Where long operations report progress (nowhere by default).
+pub struct Reporter(Box<dyn Progress + Send>);
+
+impl std::fmt::Debug for Reporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reporter")
+    }
+}
+
+impl Default for Reporter {
+    fn default() -> Reporter {
+        Reporter(Box::new(NoProgress))
+    }
 }
 
 impl Store {
@@ -117,6 +133,7 @@ impl Store {
             meta,
             params,
             _lock: None,
+            progress: Reporter::default(),
         })
     }
 
@@ -145,6 +162,7 @@ impl Store {
             meta,
             params,
             _lock: None,
+            progress: Reporter::default(),
         })
     }
 
@@ -167,6 +185,15 @@ impl Store {
         }
         store._lock = Some(f);
         Ok(store)
+    }
+
+    /// Reports progress of replays (verify, restore, import, cache rebuilds) to `p`.
+    pub fn set_progress(&mut self, p: Box<dyn Progress + Send>) {
+        self.progress = Reporter(p);
+    }
+
+    pub(crate) fn progress(&self) -> &dyn Progress {
+        self.progress.0.as_ref()
     }
 
     pub fn meta(&self) -> &StoreMeta {

@@ -12,7 +12,7 @@ use vmattest_core::chain::{
     state_root,
 };
 use vmattest_core::record::UnixTime;
-use vmattest_core::tree::{ImageTree, NoProgress};
+use vmattest_core::tree::ImageTree;
 use vmattest_core::wire::{HEADER_LEN, Kind};
 use vmattest_sign::PublicKey;
 use vmattest_sign::record::verify_signed;
@@ -139,6 +139,14 @@ impl Store {
             }
         };
         let comps = &manifests[0].components;
+        let image_bytes: u64 = comps.iter().map(|c| c.len).sum();
+        let delta_bytes: u64 = manifests
+            .iter()
+            .map(|m| m.data_pages() as u64 * PAGE_SIZE as u64)
+            .sum();
+        let hashes = if manifests.len() > 1 { 2 } else { 1 };
+        self.progress()
+            .set_total(delta_bytes + hashes * image_bytes);
         let mut maps = Vec::with_capacity(comps.len());
         for (i, c) in comps.iter().enumerate() {
             let path = dir.join(name(i, c));
@@ -167,7 +175,7 @@ impl Store {
             let bytes = |i: usize| maps[i].as_deref().unwrap_or(&[]);
             if k == 0 {
                 trees = (0..comps.len())
-                    .map(|i| ImageTree::build(&self.params, bytes(i), &NoProgress))
+                    .map(|i| ImageTree::build(&self.params, bytes(i), self.progress()))
                     .collect::<Result<_, _>>()
                     .map_err(|e| StoreError::Verification {
                         seq,
@@ -210,7 +218,11 @@ impl Store {
             // Digests were checked link by link; now check the rebuilt bytes against them.
             let rebuilt = (0..comps.len())
                 .map(|i| {
-                    ImageTree::build(&self.params, maps[i].as_deref().unwrap_or(&[]), &NoProgress)
+                    ImageTree::build(
+                        &self.params,
+                        maps[i].as_deref().unwrap_or(&[]),
+                        self.progress(),
+                    )
                 })
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| StoreError::Verification {
@@ -390,6 +402,7 @@ impl Store {
                     }
                     off += n;
                 }
+                self.progress().advance(raw.len() as u64);
             }
         }
         for e in m.entries.iter().filter(|e| e.change == PageChange::Zero) {

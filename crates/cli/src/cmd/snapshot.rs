@@ -130,14 +130,18 @@ pub fn run(cmd: SnapshotCommand, json: bool) -> anyhow::Result<()> {
             max_age,
         } => {
             let (keys, secret) = load_verify(&verify)?;
-            let s = Store::open(&store.store).map_err(err)?;
+            let mut s = Store::open(&store.store).map_err(err)?;
+            let bar = Bar::later("verifying", json);
+            s.set_progress(Box::new(bar.clone()));
             let opts = ReplayOptions {
                 upto: upto.map(SeqNo),
                 keys: Some(&keys),
                 secret: secret.as_ref(),
                 max_age: max_age.map(|m| (now(), m)),
             };
-            let v = s.verify(&opts).map_err(err)?;
+            let v = s.verify(&opts);
+            bar.finish();
+            let v = v.map_err(err)?;
             if json {
                 output::print(&verified_json(&v, None))
             } else {

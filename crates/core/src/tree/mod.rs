@@ -51,6 +51,8 @@ pub enum TreeError {
 /// Receives progress reports (bytes hashed) from worker threads.
 pub trait Progress: Sync {
     fn advance(&self, bytes: u64);
+    /// Announces (or corrects) the total amount of work, when it is known only later.
+    fn set_total(&self, _bytes: u64) {}
 }
 
 /// A [`Progress`] that reports nothing.
