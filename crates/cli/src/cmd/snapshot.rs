@@ -159,7 +159,9 @@ pub fn run(cmd: SnapshotCommand, json: bool) -> anyhow::Result<()> {
             out,
         } => {
             let (keys, secret) = load_verify(&verify)?;
-            let s = Store::open(&store.store).map_err(err)?;
+            let mut s = Store::open(&store.store).map_err(err)?;
+            let bar = Bar::later("restoring", json);
+            s.set_progress(Box::new(bar.clone()));
             let opts = ReplayOptions {
                 upto: seq.map(SeqNo),
                 keys: Some(&keys),
@@ -167,7 +169,9 @@ pub fn run(cmd: SnapshotCommand, json: bool) -> anyhow::Result<()> {
                 max_age: None,
             };
             let t = Instant::now();
-            let v = s.restore(&opts, &out).map_err(err)?;
+            let v = s.restore(&opts, &out);
+            bar.finish();
+            let v = v.map_err(err)?;
             if json {
                 output::print(&verified_json(&v, Some(&out)))
             } else {
