@@ -148,6 +148,30 @@ impl Store {
         bundle: &Path,
         opts: &ReplayOptions<'_>,
     ) -> Result<ImportSummary, StoreError> {
+        let new_dir = !root.exists();
+        let new_store = !root.join("store.json").exists();
+        let result = Store::import_checked(root, bundle, opts);
+        if result.is_err() && new_store {
+            // A refused bundle leaves nothing behind, not even the store it would have created.
+            if new_dir {
+                let _ = std::fs::remove_dir_all(root);
+            } else {
+                for name in ["store.json", "LOCK", "HEAD"] {
+                    let _ = std::fs::remove_file(root.join(name));
+                }
+                for name in ["links", "objects", "head", "tmp"] {
+                    let _ = std::fs::remove_dir_all(root.join(name));
+                }
+            }
+        }
+        result
+    }
+
+    fn import_checked(
+        root: &Path,
+        bundle: &Path,
+        opts: &ReplayOptions<'_>,
+    ) -> Result<ImportSummary, StoreError> {
         let bad = |detail: String| StoreError::Bundle {
             path: bundle.to_path_buf(),
             detail,
@@ -385,7 +409,17 @@ fn move_objects(staged: &Path, objects: &Path) -> Result<(), StoreError> {
         for f in std::fs::read_dir(&d).map_err(fsio::io(&d))? {
             let f = f.map_err(fsio::io(&d))?.path();
             let target = target_dir.join(f.file_name().unwrap_or_default());
-            if !target.exists() {
+            // An existing copy is kept only if it is intact; the staged one was verified.
+            let intact = || {
+                let name = format!(
+                    "{}{}",
+                    target_dir.file_name()?.to_str()?,
+                    target.file_name()?.to_str()?
+                );
+                let bytes = std::fs::read(&target).ok()?;
+                Some(ObjectId::of(&bytes).to_hex() == name)
+            };
+            if !target.exists() || intact() != Some(true) {
                 std::fs::File::open(&f)
                     .and_then(|h| h.sync_all())
                     .map_err(fsio::io(&f))?;

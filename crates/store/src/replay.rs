@@ -290,13 +290,25 @@ impl Store {
             if m.meta.seq != seq || m.meta.time != l.time {
                 return Err(bad("manifest seq or time differs from its link".into()));
             }
-            if m.meta.vm_id != self.meta.vm_id
-                || m.meta.params != self.params
-                || m.meta.policy_id != self.meta.policy_id
-            {
+            if m.meta.vm_id != self.meta.vm_id {
                 return Err(bad(format!(
                     "manifest is for VM {:?}, this store holds {:?}",
                     m.meta.vm_id, self.meta.vm_id
+                )));
+            }
+            if m.meta.params != self.params {
+                return Err(bad(format!(
+                    "manifest uses tree {} with salt {:?}, this store uses {} with salt {:?}",
+                    m.meta.params.alg(),
+                    hex::encode(m.meta.params.salt()),
+                    self.params.alg(),
+                    hex::encode(self.params.salt())
+                )));
+            }
+            if m.meta.policy_id != self.meta.policy_id {
+                return Err(bad(format!(
+                    "manifest has policy {:?}, this store has {:?}",
+                    m.meta.policy_id, self.meta.policy_id
                 )));
             }
             if let Some(first) = out.first() {
