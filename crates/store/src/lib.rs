@@ -22,12 +22,14 @@ mod crypt;
 mod error;
 mod fsck;
 mod fsio;
+mod rebuild;
 mod replay;
 mod take;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use vmattest_core::alg::{Digest, HashAlg};
 use vmattest_core::chain::{Link, Manifest, ObjectId, SeqNo, SignedLink, link_digest};
@@ -277,7 +279,9 @@ impl Store {
         Ok(bytes)
     }
 
-    /// Writes an object under its content address (no-op if present).
+    /// Writes an object under its content address (no-op if present). The file is durable on
+    /// return; its directory entry is made durable by [`Store::sync_object_dirs`], which every
+    /// writer calls before it refers to the object from anything committed.
     fn write_object(&self, bytes: &[u8]) -> Result<ObjectId, StoreError> {
         let id = ObjectId::of(bytes);
         let path = self.object_path(&id);
@@ -285,9 +289,27 @@ impl Store {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(fsio::io(dir))?;
             }
-            fsio::write_atomic(&path, bytes)?;
+            fsio::write_durable_file(&path, bytes)?;
         }
         Ok(id)
+    }
+
+    fn sync_object_dir(&self, id: &ObjectId) -> Result<(), StoreError> {
+        match self.object_path(id).parent() {
+            Some(dir) => fsio::sync_dir(dir),
+            None => Ok(()),
+        }
+    }
+
+    /// fsyncs every object directory (256 at most): one pass instead of one per object.
+    fn sync_object_dirs(&self) -> Result<(), StoreError> {
+        let objects = self.root.join("objects");
+        let dirs: Vec<PathBuf> = std::fs::read_dir(&objects)
+            .map_err(fsio::io(&objects))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        dirs.par_iter().try_for_each(|d| fsio::sync_dir(d))?;
+        fsio::sync_dir(&objects)
     }
 
     pub fn read_manifest(&self, link: &Link) -> Result<Manifest, StoreError> {

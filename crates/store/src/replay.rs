@@ -4,12 +4,10 @@
 
 use std::path::Path;
 
-use memmap2::MmapMut;
 use rayon::prelude::*;
-use vmattest_core::alg::{Digest, PAGE_SIZE, PageIndex};
+use vmattest_core::alg::{Digest, PAGE_SIZE, PageIndex, page_count};
 use vmattest_core::chain::{
-    ComponentRoot, Manifest, ObjectId, PageChange, SeqNo, SignedLink, delta_digest, link_digest,
-    state_root,
+    ComponentRoot, Manifest, ObjectId, SeqNo, SignedLink, delta_digest, link_digest, state_root,
 };
 use vmattest_core::record::UnixTime;
 use vmattest_core::tree::ImageTree;
@@ -17,8 +15,9 @@ use vmattest_core::wire::{HEADER_LEN, Kind};
 use vmattest_sign::PublicKey;
 use vmattest_sign::record::verify_signed;
 
-use crate::crypt::{PageKey, StoreSecret};
-use crate::{Store, StoreError, batch, fsio};
+use crate::crypt::StoreSecret;
+use crate::rebuild::{REGION_PAGES, Rebuild};
+use crate::{Store, StoreError, fsio};
 
 /// How far and how strictly to replay.
 #[derive(Debug, Clone, Copy, Default)]
@@ -144,100 +143,87 @@ impl Store {
             .iter()
             .map(|m| m.data_pages() as u64 * PAGE_SIZE as u64)
             .sum();
-        let hashes = if manifests.len() > 1 { 2 } else { 1 };
-        self.progress()
-            .set_total(delta_bytes + hashes * image_bytes);
-        let mut maps = Vec::with_capacity(comps.len());
+        self.progress().set_total(delta_bytes + image_bytes);
+        let rb = Rebuild::new(self, &manifests, key.as_ref(), src.object);
+
+        // Link by link, from the signed page digests: every component root at every seq.
+        let mut trees: Vec<ImageTree> = Vec::with_capacity(comps.len());
+        let mut small: Vec<Vec<u8>> = comps.iter().map(|_| Vec::new()).collect();
+        for (k, m) in manifests.iter().enumerate() {
+            let seq = SeqNo(k as u64);
+            for (i, c) in comps.iter().enumerate() {
+                let listed: Vec<(PageIndex, Digest)> = m
+                    .entries
+                    .iter()
+                    .filter(|e| usize::from(e.component) == i)
+                    .map(|e| (e.page, e.digest))
+                    .collect();
+                if c.len <= PAGE_SIZE as u64 {
+                    // A root of at most one page is a plain hash of its bytes: rebuild them.
+                    if k == 0 {
+                        small[i] = vec![0u8; idx(c.len)];
+                    }
+                    rb.apply_region(seq, i, 0, &mut small[i])?;
+                }
+                let verr = |e: vmattest_core::tree::TreeError| StoreError::Verification {
+                    seq,
+                    detail: e.to_string(),
+                };
+                if k == 0 {
+                    trees.push(
+                        ImageTree::from_sparse_page_digests(
+                            &self.params,
+                            c.len,
+                            &listed,
+                            &small[i],
+                        )
+                        .map_err(verr)?,
+                    );
+                } else if !listed.is_empty() {
+                    trees[i]
+                        .set_page_digests(&listed, &small[i])
+                        .map_err(verr)?;
+                }
+                if trees[i].root() != m.components[i].root {
+                    return Err(StoreError::Verification {
+                        seq,
+                        detail: format!(
+                            "component {}: page digests give root {}, the link says {}",
+                            c.name,
+                            trees[i].root(),
+                            m.components[i].root
+                        ),
+                    });
+                }
+            }
+        }
+
+        // The bytes at the last seq, region by region, checked against those digests.
+        let mut files = Vec::with_capacity(comps.len());
         for (i, c) in comps.iter().enumerate() {
             let path = dir.join(name(i, c));
             let f = std::fs::File::options()
-                .read(true)
                 .write(true)
                 .create(true)
                 .truncate(true)
                 .open(&path)
                 .map_err(fsio::io(&path))?;
             f.set_len(c.len).map_err(fsio::io(&path))?;
-            maps.push(if c.len == 0 {
-                None
-            } else {
-                // SAFETY: the file was just created (truncated) by this process inside a
-                // directory it owns, and nothing else writes it while the map lives.
-                #[allow(unsafe_code)]
-                let m = unsafe { MmapMut::map_mut(&f) }.map_err(fsio::io(&path))?;
-                Some(m)
-            });
+            files.push((f, path));
         }
-        let mut trees: Vec<ImageTree> = Vec::new();
-        for (k, m) in manifests.iter().enumerate() {
-            let seq = SeqNo(k as u64);
-            self.apply(seq, m, &mut maps, key.as_ref(), src.object)?;
-            let bytes = |i: usize| maps[i].as_deref().unwrap_or(&[]);
-            if k == 0 {
-                trees = (0..comps.len())
-                    .map(|i| ImageTree::build(&self.params, bytes(i), self.progress()))
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| StoreError::Verification {
-                        seq,
-                        detail: e.to_string(),
-                    })?;
-                check_pages(seq, m, &trees)?;
-            } else {
-                for (i, t) in trees.iter_mut().enumerate() {
-                    let updates: Vec<(PageIndex, Digest)> = m
-                        .entries
-                        .iter()
-                        .filter(|e| usize::from(e.component) == i)
-                        .map(|e| (e.page, e.digest))
-                        .collect();
-                    if !updates.is_empty() {
-                        t.set_page_digests(&updates, bytes(i)).map_err(|e| {
-                            StoreError::Verification {
-                                seq,
-                                detail: e.to_string(),
-                            }
-                        })?;
-                    }
-                }
-            }
-            for (t, c) in trees.iter().zip(&m.components) {
-                if t.root() != c.root {
-                    return Err(StoreError::Verification {
-                        seq,
-                        detail: format!(
-                            "component {}: pages give root {}, the link says {}",
-                            c.name,
-                            t.root(),
-                            c.root
-                        ),
-                    });
-                }
-            }
-        }
-        if manifests.len() > 1 {
-            // Digests were checked link by link; now check the rebuilt bytes against them.
-            let rebuilt = (0..comps.len())
-                .map(|i| {
-                    ImageTree::build(
-                        &self.params,
-                        maps[i].as_deref().unwrap_or(&[]),
-                        self.progress(),
-                    )
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| StoreError::Verification {
-                    seq: last.value().seq,
-                    detail: e.to_string(),
-                })?;
-            for (i, (got, want)) in rebuilt.iter().zip(&trees).enumerate() {
-                if got.page_digests() != want.page_digests() || got.root() != want.root() {
-                    return Err(first_bad_page(i, got, want, &manifests));
-                }
-            }
-            trees = rebuilt;
-        }
-        for m in maps.iter().flatten() {
-            m.flush().map_err(fsio::io(dir))?;
+        let regions: Vec<(usize, u64)> = comps
+            .iter()
+            .enumerate()
+            .flat_map(|(i, c)| {
+                (0..page_count(c.len).div_ceil(REGION_PAGES)).map(move |r| (i, r * REGION_PAGES))
+            })
+            .collect();
+        regions.par_iter().try_for_each(|&(i, first)| {
+            let (f, path) = &files[i];
+            rb.rebuild_region(i, first, &trees[i], f, path)
+        })?;
+        for (f, path) in &files {
+            f.sync_all().map_err(fsio::io(path))?;
         }
         let l = last.value();
         Ok((
@@ -347,145 +333,9 @@ impl Store {
         }
         Ok(out)
     }
-
-    /// Applies one seq's pages: XOR data pages, zero the zero pages.
-    fn apply(
-        &self,
-        seq: SeqNo,
-        m: &Manifest,
-        maps: &mut [Option<MmapMut>],
-        key: Option<&PageKey>,
-        object: &ObjectFn<'_>,
-    ) -> Result<(), StoreError> {
-        let data: Vec<_> = m
-            .entries
-            .iter()
-            .filter(|e| e.change == PageChange::Data)
-            .collect();
-        let page_len = |c: u16, p: u64| {
-            let len = m.components[usize::from(c)].len;
-            idx((len - p * PAGE_SIZE as u64).min(PAGE_SIZE as u64))
-        };
-        let mut runs = Vec::with_capacity(m.batches.len());
-        let mut at = 0usize;
-        for b in &m.batches {
-            let n = b.pages as usize;
-            runs.push((b, &data[at..at + n]));
-            at += n;
-        }
-        // Decode in parallel a window at a time, apply serially (pages are disjoint).
-        for window in runs.chunks(64) {
-            let decoded: Vec<Result<Vec<u8>, StoreError>> = window
-                .par_iter()
-                .map(|(b, es)| {
-                    let expect: usize = es.iter().map(|e| page_len(e.component, e.page.0)).sum();
-                    let first = es.first();
-                    let comp = first.map_or("?", |e| {
-                        m.components[usize::from(e.component)].name.as_str()
-                    });
-                    let page = first.map_or(0, |e| e.page.0);
-                    let bytes =
-                        object(&b.object, Kind::Batch.max_body() + HEADER_LEN).map_err(|e| {
-                            StoreError::Verification {
-                                seq,
-                                detail: format!("component {comp}, pages from {page}: {e}"),
-                            }
-                        })?;
-                    batch::decode(&bytes, expect, key).map_err(|e| StoreError::Verification {
-                        seq,
-                        detail: format!(
-                            "component {comp}, pages from {page}: batch {}: {e}",
-                            b.object
-                        ),
-                    })
-                })
-                .collect();
-            for ((_, es), raw) in window.iter().zip(decoded) {
-                let raw = raw?;
-                let mut off = 0;
-                for e in *es {
-                    let n = page_len(e.component, e.page.0);
-                    if let Some(map) = maps[usize::from(e.component)].as_mut() {
-                        let start = idx(e.page.0) * PAGE_SIZE;
-                        map[start..start + n]
-                            .iter_mut()
-                            .zip(&raw[off..off + n])
-                            .for_each(|(d, s)| *d ^= s);
-                    }
-                    off += n;
-                }
-                self.progress().advance(raw.len() as u64);
-            }
-        }
-        for e in m.entries.iter().filter(|e| e.change == PageChange::Zero) {
-            let n = page_len(e.component, e.page.0);
-            if let Some(map) = maps[usize::from(e.component)].as_mut() {
-                let start = idx(e.page.0) * PAGE_SIZE;
-                map[start..start + n].fill(0);
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Baseline: every listed page's digest must match the rebuilt page.
-fn check_pages(seq: SeqNo, m: &Manifest, trees: &[ImageTree]) -> Result<(), StoreError> {
-    for e in &m.entries {
-        let got = trees[usize::from(e.component)].page_digest(e.page);
-        if got != Some(e.digest) {
-            return Err(StoreError::PageMismatch {
-                seq,
-                component: m.components[usize::from(e.component)].name.clone(),
-                page: e.page.0,
-                detail: format!(
-                    "rebuilt page hashes to {}, the link says {}",
-                    got.map_or_else(String::new, |d| d.to_hex()),
-                    e.digest
-                ),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// Names the seq that last wrote the first page whose rebuilt bytes disagree.
-fn first_bad_page(
-    i: usize,
-    got: &ImageTree,
-    want: &ImageTree,
-    manifests: &[Manifest],
-) -> StoreError {
-    let dlen = got.alg().digest_len();
-    let page = got
-        .page_digests()
-        .chunks(dlen)
-        .zip(want.page_digests().chunks(dlen))
-        .position(|(a, b)| a != b)
-        .unwrap_or(0) as u64;
-    let comp = u16::try_from(i).unwrap_or(u16::MAX);
-    let seq = manifests
-        .iter()
-        .rposition(|m| {
-            m.entries
-                .iter()
-                .any(|e| e.component == comp && e.page.0 == page)
-        })
-        .unwrap_or(0);
-    StoreError::PageMismatch {
-        seq: SeqNo(seq as u64),
-        component: manifests[0].components[i].name.clone(),
-        page,
-        detail: format!(
-            "rebuilt page hashes to {}, the chain says {}",
-            got.page_digest(PageIndex(page))
-                .map_or_else(String::new, |d| d.to_hex()),
-            want.page_digest(PageIndex(page))
-                .map_or_else(String::new, |d| d.to_hex())
-        ),
-    }
 }
 
 /// In-memory sizes and indices always fit `usize` on the 64-bit hosts vmattest supports.
-fn idx(n: u64) -> usize {
+pub(crate) fn idx(n: u64) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
 }

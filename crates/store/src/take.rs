@@ -77,7 +77,9 @@ pub fn check_name(name: &str) -> Result<(), StoreError> {
 }
 
 fn is_zero(page: &[u8]) -> bool {
-    page.iter().all(|&b| b == 0)
+    // OR-folding fixed-size chunks vectorises; bail out at the first non-zero chunk.
+    page.chunks(64)
+        .all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0)
 }
 
 impl Store {
@@ -161,7 +163,7 @@ impl Store {
         };
 
         let mut trees = Vec::with_capacity(inputs.len());
-        let mut entries = Vec::new();
+        let mut entries: Vec<DeltaEntry> = Vec::new();
         for (i, (input, image)) in inputs.iter().zip(&images).enumerate() {
             let bytes = image.bytes();
             let old_tree = old.as_ref().map(|t| &t[i]);
@@ -233,7 +235,7 @@ impl Store {
         let cache_key = secret.map(|s| s.cache_key(baseline_root.as_bytes(), &self.meta.vm_id));
 
         let (batches, stored_bytes) = self.write_batches(
-            &entries,
+            &mut entries,
             &images,
             &old_pages,
             old.as_deref().unwrap_or(&[]),
@@ -246,6 +248,7 @@ impl Store {
             batches,
         };
         let manifest_id = self.write_object(&manifest.encode())?;
+        self.sync_object_dir(&manifest_id)?;
         let link = Link {
             seq,
             prev: head.map_or(self.params.alg().zero_digest(), |h| h.link),
@@ -305,66 +308,112 @@ impl Store {
     /// XOR-delta batches of the data entries, compressed (and sealed) in parallel.
     fn write_batches(
         &self,
-        entries: &[DeltaEntry],
+        entries: &mut [DeltaEntry],
         images: &[MappedImage],
         old: &[HeadPages<'_>],
         old_trees: &[ImageTree],
         key: Option<&PageKey>,
     ) -> Result<(Vec<BatchRef>, u64), StoreError> {
-        let data: Vec<&DeltaEntry> = entries
-            .iter()
-            .filter(|e| e.change == PageChange::Data)
+        let stored: Vec<usize> = (0..entries.len())
+            .filter(|&i| entries[i].change.stored())
             .collect();
         // Runs of at most BATCH_PAGES pages that stay within one component.
-        let mut runs: Vec<&[&DeltaEntry]> = Vec::new();
+        let mut runs: Vec<&[usize]> = Vec::new();
         let mut start = 0;
-        for i in 1..=data.len() {
-            if i == data.len()
+        for i in 1..=stored.len() {
+            if i == stored.len()
                 || i - start == BATCH_PAGES
-                || data[i].component != data[start].component
+                || entries[stored[i]].component != entries[stored[start]].component
             {
-                runs.push(&data[start..i]);
+                runs.push(&stored[start..i]);
                 start = i;
             }
         }
-        let results: Vec<Result<(BatchRef, u64), StoreError>> = runs
+        let view: &[DeltaEntry] = entries;
+        let results: Vec<Result<WrittenBatch, StoreError>> = runs
             .par_iter()
             .map(|run| {
                 let mut raw = Vec::with_capacity(run.len() * PAGE_SIZE);
-                for e in *run {
+                let mut literal = Vec::with_capacity(run.len());
+                for &i in *run {
+                    let e = &view[i];
                     let c = usize::from(e.component);
                     let new = page_of(images[c].bytes(), e.page.0);
-                    match old.get(c) {
-                        Some(o) => {
-                            let prev = o.page(e.page.0);
-                            // The cache is derived data: check it against its digests before use.
-                            let want = old_trees.get(c).and_then(|t| t.page_digest(e.page));
-                            if want != Some(self.params.page_digest(e.page, &prev)) {
-                                return Err(StoreError::Corrupt {
-                                    file: self.cache_image(c),
-                                    detail: format!("page {} does not match its digest; `snapshot fsck --repair` discards the cache", e.page),
-                                });
-                            }
-                            raw.extend(new.iter().zip(prev.iter()).map(|(a, b)| a ^ b));
-                        }
-                        None => raw.extend_from_slice(new),
+                    let Some(o) = old.get(c) else {
+                        raw.extend_from_slice(new);
+                        literal.push(true);
+                        continue;
+                    };
+                    let prev = o.page(e.page.0);
+                    // The cache is derived data: check it against its digests before use.
+                    let want = old_trees.get(c).and_then(|t| t.page_digest(e.page));
+                    if want != Some(self.params.page_digest(e.page, &prev)) {
+                        return Err(StoreError::Corrupt {
+                            file: self.cache_image(c),
+                            detail: format!(
+                                "page {} does not match its digest; `snapshot fsck --repair` discards the cache",
+                                e.page
+                            ),
+                        });
                     }
+                    let xor: Vec<u8> = new.iter().zip(prev.iter()).map(|(a, b)| a ^ b).collect();
+                    let lit = prefer_literal(new, &xor);
+                    raw.extend_from_slice(if lit { new } else { &xor });
+                    literal.push(lit);
                 }
                 let bytes = batch::encode(&raw, key)?;
                 let object = self.write_object(&bytes)?;
                 let pages = u32::try_from(run.len()).unwrap_or(u32::MAX);
-                Ok((BatchRef { object, pages }, bytes.len() as u64))
+                Ok((BatchRef { object, pages }, bytes.len() as u64, literal))
             })
             .collect();
         let mut refs = Vec::with_capacity(results.len());
         let mut total = 0;
-        for r in results {
-            let (b, n) = r?;
+        for (run, r) in runs.iter().zip(results) {
+            let (b, n, literal) = r?;
+            for (&i, lit) in run.iter().zip(literal) {
+                entries[i].change = if lit {
+                    PageChange::Literal
+                } else {
+                    PageChange::Data
+                };
+            }
             refs.push(b);
             total += n;
         }
+        self.sync_object_dirs()?;
         Ok((refs, total))
     }
+}
+
+/// A written batch, its size, and which of its pages were stored literally.
+type WrittenBatch = (BatchRef, u64, Vec<bool>);
+
+/// Whether a changed page compresses better as its new bytes than as the XOR with its old
+/// bytes: an XOR that is mostly zeros (a small change) always wins; otherwise the lower
+/// order-0 entropy decides (a page rewritten with unrelated, compressible content).
+fn prefer_literal(new: &[u8], xor: &[u8]) -> bool {
+    let zeros = xor.iter().filter(|&&b| b == 0).count();
+    if zeros * 2 >= xor.len() {
+        return false;
+    }
+    entropy(new) < entropy(xor)
+}
+
+/// Order-0 entropy in bits per byte.
+fn entropy(bytes: &[u8]) -> f64 {
+    let mut hist = [0u32; 256];
+    for &b in bytes {
+        hist[usize::from(b)] += 1;
+    }
+    let n = bytes.len().max(1) as f64;
+    hist.iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = f64::from(c) / n;
+            -p * p.log2()
+        })
+        .sum()
 }
 
 pub(crate) fn page_of(bytes: &[u8], page: u64) -> &[u8] {
@@ -387,16 +436,19 @@ fn changed_pages(tree: &ImageTree, old: Option<&ImageTree>, bytes: &[u8]) -> Vec
             let lo = c * CHUNK;
             let hi = (lo + CHUNK).min(pages);
             (lo..hi).filter_map(move |p| {
-                let zero = is_zero(page_of(bytes, p));
                 let changed = match old {
                     Some(o) => {
                         let at = usize::try_from(p).unwrap_or(usize::MAX) * dlen;
                         tree.page_digests().get(at..at + dlen)
                             != o.page_digests().get(at..at + dlen)
                     }
-                    None => !zero,
+                    None => true,
                 };
-                changed.then_some((p, zero))
+                if !changed {
+                    return None;
+                }
+                let zero = is_zero(page_of(bytes, p));
+                (old.is_some() || !zero).then_some((p, zero))
             })
         })
         .collect()

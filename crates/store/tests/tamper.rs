@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use vmattest_core::chain::{ComponentKind, Link, ObjectId, PageChange, SeqNo, link_digest};
+use vmattest_core::chain::{ComponentKind, Link, ObjectId, SeqNo, link_digest};
 use vmattest_core::record::{SignatureEntry, Signed};
 use vmattest_core::sig::SigAlg;
 use vmattest_core::wire::{Kind, Writer};
@@ -321,11 +321,7 @@ fn forge_head_batch(root: &Path, key: &SecretKey) -> u64 {
     let head = store.head().unwrap().unwrap();
     let signed = store.read_link(head.seq).unwrap();
     let mut manifest = store.read_manifest(signed.value()).unwrap();
-    let first = manifest
-        .entries
-        .iter()
-        .find(|e| e.change == PageChange::Data)
-        .unwrap();
+    let first = manifest.entries.iter().find(|e| e.change.stored()).unwrap();
     assert_eq!(first.component, 0, "the first batch holds mem pages");
     let page = first.page.0;
     let old = store

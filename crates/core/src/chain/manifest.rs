@@ -1,9 +1,9 @@
 //! Manifests: which pages changed at a seq, their new digests, and where their bytes are.
 //!
-//! Entries are sorted by (component, page) and unique. A `Data` entry's bytes are stored, XORed
-//! with the page's previous content (all zeros before the baseline), in the batch objects listed
-//! in order: batch 0 holds the first `pages` data entries, batch 1 the next, and so on. A `Zero`
-//! entry means the page is now all zeros and costs no storage.
+//! Entries are sorted by (component, page) and unique. A `Data` entry's bytes are stored XORed
+//! with the page's previous content, a `Literal` entry's as they are, in the batch objects listed
+//! in order: batch 0 holds the first `pages` stored entries, batch 1 the next, and so on. A
+//! `Zero` entry means the page is now all zeros and costs no storage.
 
 use rayon::prelude::*;
 
@@ -22,6 +22,16 @@ pub enum PageChange {
     Zero,
     /// The page's new bytes XOR its previous bytes are stored in a batch.
     Data,
+    /// The page's new bytes are stored as they are (chosen when they compress better than the
+    /// XOR, e.g. a page rewritten with unrelated content).
+    Literal,
+}
+
+impl PageChange {
+    /// Whether the page has bytes in a batch.
+    pub fn stored(self) -> bool {
+        !matches!(self, PageChange::Zero)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,10 +94,7 @@ pub fn delta_digest(alg: HashAlg, entries: &[DeltaEntry]) -> Digest {
 
 impl Manifest {
     pub fn data_pages(&self) -> usize {
-        self.entries
-            .iter()
-            .filter(|e| e.change == PageChange::Data)
-            .count()
+        self.entries.iter().filter(|e| e.change.stored()).count()
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -99,6 +106,7 @@ impl Manifest {
             let change = match e.change {
                 PageChange::Zero => 0,
                 PageChange::Data => 1,
+                PageChange::Literal => 2,
             };
             w.u16(e.component)
                 .u64(e.page.0)
@@ -126,12 +134,13 @@ impl Manifest {
             let change = match r.u8("entry change")? {
                 0 => PageChange::Zero,
                 1 => PageChange::Data,
+                2 => PageChange::Literal,
                 other => {
                     return Err(r
                         .bad(
                             "entry change",
                             at + 10,
-                            "expected 0 (zero) or 1 (data)",
+                            "expected 0 (zero), 1 (xor) or 2 (literal)",
                             other,
                         )
                         .into());

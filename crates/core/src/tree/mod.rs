@@ -92,6 +92,12 @@ impl TreeParams {
         &self.salt
     }
 
+    /// Digests of consecutive pages `data` starting at page `first`, written flat to `out`
+    /// (`digest_len` bytes per page; only the last page may be short).
+    pub fn hash_pages(&self, first: PageIndex, data: &[u8], out: &mut [u8]) {
+        hash_leaves_at(self, first.0, data, out, &NoProgress);
+    }
+
     /// Digest of page `index` with bytes `data` (a full page, or the image's short last one).
     pub fn page_digest(&self, index: PageIndex, data: &[u8]) -> Digest {
         let mut out = [0u8; crate::alg::MAX_DIGEST_LEN];
@@ -186,6 +192,62 @@ impl ImageTree {
         let mut leaves = vec![0u8; usize_of(pages) * dlen];
         hash_leaves(params, image, &mut leaves, progress);
         ImageTree::from_page_digests(params, len, leaves, image)
+    }
+
+    /// A tree whose listed pages have the given digests and every other page is zeros (the
+    /// zero pages are hashed here). `small_image` is needed only for images of at most one page.
+    pub fn from_sparse_page_digests(
+        params: &TreeParams,
+        len: u64,
+        listed: &[(PageIndex, Digest)],
+        small_image: &[u8],
+    ) -> Result<ImageTree, TreeError> {
+        static ZEROS: [u8; PAGES_PER_TASK * PAGE_SIZE] = [0; PAGES_PER_TASK * PAGE_SIZE];
+        let pages = page_count(len);
+        let dlen = params.alg.digest_len();
+        let mut leaves = vec![0u8; usize_of(pages) * dlen];
+        let mut is_listed = vec![false; usize_of(pages)];
+        for (p, d) in listed {
+            let i = usize_of(p.0);
+            if i >= is_listed.len() {
+                return Err(TreeError::PageOutOfRange { page: *p, pages });
+            }
+            is_listed[i] = true;
+            leaves[i * dlen..(i + 1) * dlen].copy_from_slice(d.as_bytes());
+        }
+        // Zero pages in runs of up to PAGES_PER_TASK, hashed in parallel.
+        let task = PAGES_PER_TASK;
+        leaves
+            .par_chunks_mut(task * dlen)
+            .zip(is_listed.par_chunks(task))
+            .enumerate()
+            .for_each(|(t, (out, listed))| {
+                let base = (t * task) as u64;
+                let mut i = 0;
+                while i < listed.len() {
+                    if listed[i] {
+                        i += 1;
+                        continue;
+                    }
+                    let start = i;
+                    while i < listed.len() && !listed[i] {
+                        i += 1;
+                    }
+                    let first = base + start as u64;
+                    let last_len = usize_of(
+                        (len - (base + i as u64 - 1) * PAGE_SIZE as u64).min(PAGE_SIZE as u64),
+                    );
+                    let bytes = (i - start - 1) * PAGE_SIZE + last_len;
+                    hash_leaves_at(
+                        params,
+                        first,
+                        &ZEROS[..bytes],
+                        &mut out[start * dlen..i * dlen],
+                        &NoProgress,
+                    );
+                }
+            });
+        ImageTree::from_page_digests(params, len, leaves, small_image)
     }
 
     /// Rebuilds a tree from stored page digests (as returned by [`ImageTree::page_digests`]).
@@ -414,6 +476,18 @@ fn usize_of(n: u64) -> usize {
 }
 
 fn hash_leaves(params: &TreeParams, image: &[u8], out: &mut [u8], progress: &dyn Progress) {
+    hash_leaves_at(params, 0, image, out, progress);
+}
+
+/// Page digests of `image`, whose first page is page `first` of a larger image.
+fn hash_leaves_at(
+    params: &TreeParams,
+    first: u64,
+    image: &[u8],
+    out: &mut [u8],
+    progress: &dyn Progress,
+) {
+    let base = first;
     let dlen = params.alg.digest_len();
     let task_bytes = PAGES_PER_TASK * PAGE_SIZE;
     image
@@ -421,7 +495,7 @@ fn hash_leaves(params: &TreeParams, image: &[u8], out: &mut [u8], progress: &dyn
         .zip(out.par_chunks_mut(PAGES_PER_TASK * dlen))
         .enumerate()
         .for_each(|(t, (data, out))| {
-            let first = (t * PAGES_PER_TASK) as u64;
+            let first = base + (t * PAGES_PER_TASK) as u64;
             let full = data.len() / PAGE_SIZE * PAGE_SIZE;
             if params.alg == HashAlg::Blake3 {
                 blake3::full_pages_cv(first, &data[..full], &mut out[..full / PAGE_SIZE * 32]);

@@ -3,7 +3,7 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::alg::MAX_DIGEST_LEN;
+use crate::alg::{Digest, MAX_DIGEST_LEN};
 
 /// Straightforward reference: recursive BLAKE3 over whole subtrees through the public API.
 fn blake3_reference(data: &[u8]) -> Vec<u8> {
@@ -285,6 +285,42 @@ fn set_page_digests_equals_update_pages() {
             t.set_page_digests(&[(last, fresh.page_digest(last).unwrap())], &data)
                 .unwrap();
             assert_eq!(t, fresh, "{alg} {pages}");
+        }
+    }
+}
+
+#[test]
+fn sparse_digests_equal_a_full_build() {
+    for alg in HashAlg::ALL {
+        for len in [
+            PAGE_SIZE,
+            3 * PAGE_SIZE + 9,
+            200 * PAGE_SIZE,
+            130 * PAGE_SIZE - 1,
+        ] {
+            let mut data = vec![0u8; len];
+            let listed_pages = [0usize, 1, 64, 65, 127];
+            for &p in listed_pages.iter().filter(|&&p| p * PAGE_SIZE < len) {
+                data[p * PAGE_SIZE] = 7;
+            }
+            let full = build(alg, &[], &data);
+            let listed: Vec<(PageIndex, Digest)> = listed_pages
+                .iter()
+                .filter(|&&p| p * PAGE_SIZE < len)
+                .map(|&p| {
+                    (
+                        PageIndex(p as u64),
+                        full.page_digest(PageIndex(p as u64)).unwrap(),
+                    )
+                })
+                .collect();
+            let params = TreeParams::new(alg, &[]).unwrap();
+            let sparse =
+                ImageTree::from_sparse_page_digests(&params, len as u64, &listed, &data).unwrap();
+            assert_eq!(sparse, full, "{alg} {len}");
+            let mut hashed = vec![0u8; full.page_digests().len()];
+            params.hash_pages(PageIndex(0), &data, &mut hashed);
+            assert_eq!(hashed, full.page_digests());
         }
     }
 }

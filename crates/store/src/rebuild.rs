@@ -1,0 +1,255 @@
+//! Rebuilding component bytes from page batches, one region at a time: bounded memory, regions
+//! in parallel, large writes, zero pages left as holes in the output file.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt as _;
+use std::path::Path;
+
+use vmattest_core::alg::{PAGE_SIZE, PageIndex};
+use vmattest_core::chain::{Manifest, PageChange, SeqNo};
+use vmattest_core::tree::ImageTree;
+use vmattest_core::wire::{HEADER_LEN, Kind};
+
+use crate::crypt::PageKey;
+use crate::replay::{ObjectFn, idx};
+use crate::{Store, StoreError, batch, fsio};
+
+/// Pages per region: 128 MiB of buffer per worker.
+pub(crate) const REGION_PAGES: u64 = 32768;
+
+pub(crate) struct Rebuild<'a> {
+    store: &'a Store,
+    manifests: &'a [Manifest],
+    key: Option<&'a PageKey>,
+    object: &'a ObjectFn<'a>,
+    /// Per manifest: for each entry, its batch and offset (stored entries only).
+    locs: Vec<Vec<(usize, usize)>>,
+    /// Per manifest: each batch's raw length.
+    batch_lens: Vec<Vec<usize>>,
+}
+
+impl<'a> Rebuild<'a> {
+    pub fn new(
+        store: &'a Store,
+        manifests: &'a [Manifest],
+        key: Option<&'a PageKey>,
+        object: &'a ObjectFn<'a>,
+    ) -> Self {
+        let locs: Vec<Vec<(usize, usize)>> = manifests.iter().map(locations).collect();
+        let batch_lens = manifests
+            .iter()
+            .zip(&locs)
+            .map(|(m, l)| {
+                let mut lens = vec![0usize; m.batches.len()];
+                for (e, &(b, _)) in m.entries.iter().zip(l) {
+                    if let Some(x) = lens.get_mut(b) {
+                        *x += page_len(m, e.component, e.page.0);
+                    }
+                }
+                lens
+            })
+            .collect();
+        Rebuild {
+            store,
+            manifests,
+            key,
+            object,
+            locs,
+            batch_lens,
+        }
+    }
+}
+
+/// Where a stored entry's bytes are: batch index and byte offset in the batch.
+fn locations(m: &Manifest) -> Vec<(usize, usize)> {
+    let mut out = vec![(usize::MAX, 0); m.entries.len()];
+    let (mut batch, mut left, mut off) = (0usize, m.batches.first().map_or(0, |b| b.pages), 0usize);
+    for (i, e) in m.entries.iter().enumerate() {
+        if !e.change.stored() {
+            continue;
+        }
+        while left == 0 && batch + 1 < m.batches.len() {
+            batch += 1;
+            left = m.batches[batch].pages;
+            off = 0;
+        }
+        out[i] = (batch, off);
+        off += page_len(m, e.component, e.page.0);
+        left = left.saturating_sub(1);
+    }
+    out
+}
+
+fn page_len(m: &Manifest, component: u16, page: u64) -> usize {
+    let len = m.components[usize::from(component)].len;
+    idx(len
+        .saturating_sub(page * PAGE_SIZE as u64)
+        .min(PAGE_SIZE as u64))
+}
+
+impl Rebuild<'_> {
+    /// Applies seq `seq`'s changes to `buf`, which holds component `comp` from page `first`.
+    pub fn apply_region(
+        &self,
+        seq: SeqNo,
+        comp: usize,
+        first: u64,
+        buf: &mut [u8],
+    ) -> Result<(), StoreError> {
+        let m = &self.manifests[idx(seq.0)];
+        let c = u16::try_from(comp).unwrap_or(u16::MAX);
+        let end = first + buf.len().div_ceil(PAGE_SIZE) as u64;
+        let lo = m
+            .entries
+            .partition_point(|e| (e.component, e.page.0) < (c, first));
+        let hi = m
+            .entries
+            .partition_point(|e| (e.component, e.page.0) < (c, end));
+        if lo == hi {
+            return Ok(());
+        }
+        let locs = &self.locs[idx(seq.0)];
+        let name = &m.components[comp].name;
+        let mut current: Option<(usize, Vec<u8>)> = None;
+        for (e, &(b, off)) in m.entries[lo..hi].iter().zip(&locs[lo..hi]) {
+            let at = idx(e.page.0 - first) * PAGE_SIZE;
+            let n = page_len(m, e.component, e.page.0);
+            let page = &mut buf[at..at + n];
+            if e.change == PageChange::Zero {
+                page.fill(0);
+                continue;
+            }
+            if current.as_ref().is_none_or(|(cb, _)| *cb != b) {
+                current = Some((b, self.decode(seq, name, e.page.0, b)?));
+            }
+            let Some((_, raw)) = &current else { continue };
+            let src = raw
+                .get(off..off + n)
+                .ok_or_else(|| StoreError::Verification {
+                    seq,
+                    detail: format!(
+                        "component {name}, page {}: batch holds too few bytes",
+                        e.page
+                    ),
+                })?;
+            if e.change == PageChange::Literal {
+                page.copy_from_slice(src);
+            } else {
+                page.iter_mut().zip(src).for_each(|(d, s)| *d ^= s);
+            }
+        }
+        Ok(())
+    }
+
+    fn decode(&self, seq: SeqNo, comp: &str, page: u64, b: usize) -> Result<Vec<u8>, StoreError> {
+        let m = &self.manifests[idx(seq.0)];
+        let bref = &m.batches[b];
+        let expect = self.batch_lens[idx(seq.0)][b];
+        let bytes =
+            (self.object)(&bref.object, Kind::Batch.max_body() + HEADER_LEN).map_err(|e| {
+                StoreError::Verification {
+                    seq,
+                    detail: format!("component {comp}, pages from {page}: {e}"),
+                }
+            })?;
+        batch::decode(&bytes, expect, self.key).map_err(|e| StoreError::Verification {
+            seq,
+            detail: format!(
+                "component {comp}, pages from {page}: batch {}: {e}",
+                bref.object
+            ),
+        })
+    }
+
+    /// Rebuilds one region at the last seq, checks it against `tree`, writes it to `file`.
+    pub fn rebuild_region(
+        &self,
+        comp: usize,
+        first: u64,
+        tree: &ImageTree,
+        file: &File,
+        path: &Path,
+    ) -> Result<(), StoreError> {
+        let len = tree.len();
+        let start = first * PAGE_SIZE as u64;
+        let bytes = (len - start).min(REGION_PAGES * PAGE_SIZE as u64);
+        let mut buf = vec![0u8; idx(bytes)];
+        for k in 0..self.manifests.len() {
+            self.apply_region(SeqNo(k as u64), comp, first, &mut buf)?;
+        }
+        let dlen = tree.alg().digest_len();
+        let pages = buf.len().div_ceil(PAGE_SIZE);
+        let mut leaves = vec![0u8; pages * dlen];
+        self.store
+            .params
+            .hash_pages(PageIndex(first), &buf, &mut leaves);
+        let want = &tree.page_digests()[idx(first) * dlen..(idx(first) + pages) * dlen];
+        if leaves != want {
+            let bad = leaves
+                .chunks(dlen)
+                .zip(want.chunks(dlen))
+                .position(|(a, b)| a != b)
+                .unwrap_or(0);
+            return Err(self.mismatch(
+                comp,
+                first + bad as u64,
+                &leaves[bad * dlen..(bad + 1) * dlen],
+            ));
+        }
+        // Write runs of non-zero pages; zero pages stay holes of the sparse file.
+        let mut p = 0;
+        while p < pages {
+            if is_zero(page(&buf, p)) {
+                p += 1;
+                continue;
+            }
+            let run = p;
+            while p < pages && !is_zero(page(&buf, p)) {
+                p += 1;
+            }
+            let chunk = &buf[run * PAGE_SIZE..(p * PAGE_SIZE).min(buf.len())];
+            file.write_all_at(chunk, start + (run * PAGE_SIZE) as u64)
+                .map_err(fsio::io(path))?;
+        }
+        self.store.progress().advance(bytes);
+        Ok(())
+    }
+
+    /// Names the seq that last wrote `page`, whose rebuilt bytes disagree with the chain.
+    fn mismatch(&self, comp: usize, page: u64, got: &[u8]) -> StoreError {
+        let c = u16::try_from(comp).unwrap_or(u16::MAX);
+        let seq = self
+            .manifests
+            .iter()
+            .rposition(|m| {
+                m.entries
+                    .binary_search_by(|e| (e.component, e.page.0).cmp(&(c, page)))
+                    .is_ok()
+            })
+            .unwrap_or(0);
+        let m = &self.manifests[seq];
+        let want = m
+            .entries
+            .iter()
+            .find(|e| e.component == c && e.page.0 == page)
+            .map_or_else(|| "a zero page".to_owned(), |e| e.digest.to_hex());
+        StoreError::PageMismatch {
+            seq: SeqNo(seq as u64),
+            component: m.components[comp].name.clone(),
+            page,
+            detail: format!(
+                "rebuilt page hashes to {}, the chain says {want}",
+                hex::encode(got)
+            ),
+        }
+    }
+}
+
+fn page(buf: &[u8], p: usize) -> &[u8] {
+    &buf[p * PAGE_SIZE..((p + 1) * PAGE_SIZE).min(buf.len())]
+}
+
+fn is_zero(page: &[u8]) -> bool {
+    page.chunks(64)
+        .all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0)
+}
