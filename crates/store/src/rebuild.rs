@@ -14,8 +14,12 @@ use crate::crypt::PageKey;
 use crate::replay::{ObjectFn, idx};
 use crate::{Store, StoreError, batch, fsio};
 
-/// Pages per region: 128 MiB of buffer per worker.
-pub(crate) const REGION_PAGES: u64 = 32768;
+/// Pages per region: 256 MiB of buffer per worker. Larger regions decode fewer batches twice
+/// (a batch whose pages straddle two regions is decoded by both).
+pub(crate) const REGION_PAGES: u64 = 65536;
+
+/// Shortest run of zero pages left as a hole instead of written.
+const HOLE_PAGES: usize = 16;
 
 pub(crate) struct Rebuild<'a> {
     store: &'a Store,
@@ -169,13 +173,15 @@ impl Rebuild<'_> {
         tree: &ImageTree,
         file: &File,
         path: &Path,
+        buf: &mut Vec<u8>,
     ) -> Result<(), StoreError> {
         let len = tree.len();
         let start = first * PAGE_SIZE as u64;
         let bytes = (len - start).min(REGION_PAGES * PAGE_SIZE as u64);
-        let mut buf = vec![0u8; idx(bytes)];
+        buf.clear();
+        buf.resize(idx(bytes), 0);
         for k in 0..self.manifests.len() {
-            self.apply_region(SeqNo(k as u64), comp, first, &mut buf)?;
+            self.apply_region(SeqNo(k as u64), comp, first, buf)?;
         }
         let dlen = tree.alg().digest_len();
         let pages = buf.len().div_ceil(PAGE_SIZE);
@@ -196,20 +202,28 @@ impl Rebuild<'_> {
                 &leaves[bad * dlen..(bad + 1) * dlen],
             ));
         }
-        // Write runs of non-zero pages; zero pages stay holes of the sparse file.
+        // Zero stretches of at least HOLE_PAGES stay holes in the sparse file; shorter ones are
+        // written with their neighbours, so the number of writes stays small.
         let mut p = 0;
         while p < pages {
-            if is_zero(page(&buf, p)) {
+            if is_zero(page(buf, p)) {
                 p += 1;
                 continue;
             }
             let run = p;
-            while p < pages && !is_zero(page(&buf, p)) {
-                p += 1;
+            let mut end = p;
+            while p < pages {
+                if !is_zero(page(buf, p)) {
+                    p += 1;
+                    end = p;
+                } else if p - end < HOLE_PAGES {
+                    p += 1;
+                } else {
+                    break;
+                }
             }
-            let chunk = &buf[run * PAGE_SIZE..(p * PAGE_SIZE).min(buf.len())];
-            file.write_all_at(chunk, start + (run * PAGE_SIZE) as u64)
-                .map_err(fsio::io(path))?;
+            let chunk = &buf[run * PAGE_SIZE..(end * PAGE_SIZE).min(buf.len())];
+            file.write_all_at(chunk, start + (run * PAGE_SIZE) as u64).map_err(fsio::io(path))?;
         }
         self.store.progress().advance(bytes);
         Ok(())

@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# Benchmark: snapshot chains on a 2 GiB VM-like image, against xdelta3, zstd and cp in the same run.
+#   scripts/bench-chain.sh [SIZE_MIB] [DELTAS]     (defaults 2048, 100)
+# 1. Delta take: 2% of the pages of a copy of the image are mutated (scripts/mutate.py); the
+#    delta `snapshot take` of the copy is timed against `xdelta3 -e -s ORIG COPY` (default
+#    options) and `zstd -3 -T0` of the whole copy. Each take run re-creates the store and takes
+#    the baseline untimed. The delta's size is the bytes of the new files under objects/ and
+#    links/ (page batches + manifest + signed link); `stored_bytes` (batches only) is shown too.
+# 2. Restore: a chain of a baseline and DELTAS deltas (each after mutating 2% of the pages with
+#    another seed) is built untimed; `snapshot restore --seq DELTAS` is timed against `cp` of the
+#    full image, and the restored image must be byte-identical to the final mutated image.
+# Every tool reads a warm page cache; neither restore nor cp fsyncs the image it writes. The best
+# of 3 runs is reported for each (each run starts after a `sync`), and the ratios compare those
+# bests. Prints a table and writes target/bench/chain.json.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+MIB=${1:-2048}
+DELTAS=${2:-100}
+RUNS=3
+PERCENT=2
+[ "$DELTAS" -ge 1 ] || { echo "DELTAS must be at least 1" >&2; exit 2; }
+for tool in xdelta3 zstd bc cmp python3; do
+  command -v "$tool" >/dev/null || { echo "bench-chain: $tool not found; install it with scripts/install-deps.sh" >&2; exit 2; }
+done
+VM=$(build_release)
+mkdir -p "$CACHE/bench" "$ROOT/target/bench"
+IMG=$CACHE/bench/vm-$MIB.img
+[ -s "$IMG" ] || python3 "$ROOT/scripts/mkimage.py" "$IMG" "$MIB"
+WORK=$(mktemp -d "$CACHE/bench/chain.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+MUT=$WORK/mutated.img
+STORE=$WORK/store
+"$VM" keygen --alg ed25519 --out "$WORK/key" > /dev/null
+
+now() { date +%s.%N; }
+sub() { printf '%.6f' "$(echo "$1 - $2" | bc -l)"; }
+# Best wall time in seconds of RUNS runs of a command. PRE and POST are shell snippets run
+# untimed before and after each run; every run starts after a `sync`, so no writeback of an
+# earlier step's files competes with it. The last run's stdout is kept in $WORK/last.out.
+best() {
+  local pre=$1 post=$2 b=999999 t0 t1 t
+  shift 2
+  for _ in $(seq "$RUNS"); do
+    eval "$pre"
+    sync
+    t0=$(now)
+    "$@" > "$WORK/last.out" 2> "$WORK/last.err" || { echo "benchmark command failed: $*" >&2; cat "$WORK/last.err" >&2; exit 1; }
+    t1=$(now)
+    eval "$post"
+    t=$(sub "$t1" "$t0")
+    b=$(echo "if ($t < $b) $t else $b" | bc -l)
+  done
+  printf '%.6f\n' "$b"
+}
+store_bytes() { # apparent bytes of everything a chain keeps: objects/ and links/ (not the head cache)
+  find "$1/objects" "$1/links" -type f -printf '%s\n' | awk '{s += $1} END {printf "%.0f\n", s}'
+}
+json_field() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$@"; }
+new_store() { # a fresh store holding the baseline of the original image
+  rm -rf "$STORE"
+  "$VM" snapshot init --store "$STORE" --vm-id bench > /dev/null
+  "$VM" snapshot take --store "$STORE" --key "$WORK/key" --memory "$IMG" --json > "$WORK/base.json"
+}
+
+# --- 1. one delta: vmattest take vs xdelta3 vs zstd -------------------------------------------
+cp "$IMG" "$MUT"
+python3 "$ROOT/scripts/mutate.py" "$MUT" 1 "$PERCENT" 2> /dev/null
+cat "$IMG" "$MUT" > /dev/null
+t_take=$(best 'new_store; store_bytes "$STORE" > "$WORK/base.bytes"' ':' \
+  "$VM" snapshot take --store "$STORE" --key "$WORK/key" --memory "$MUT" --json)
+cp "$WORK/last.out" "$WORK/take.json"
+changed=$(json_field "$WORK/take.json" changed_pages)
+total_pages=$(json_field "$WORK/take.json" total_pages)
+batch_bytes=$(json_field "$WORK/take.json" stored_bytes)
+delta_bytes=$(( $(store_bytes "$STORE") - $(cat "$WORK/base.bytes") ))
+base_bytes=$(json_field "$WORK/base.json" stored_bytes)
+rm -rf "$STORE"
+t_xd=$(best 'rm -f "$WORK/x.vcdiff"' ':' xdelta3 -e -s "$IMG" "$MUT" "$WORK/x.vcdiff")
+xd_bytes=$(stat -c %s "$WORK/x.vcdiff")
+rm -f "$WORK/x.vcdiff"
+t_zstd=$(best 'rm -f "$WORK/m.zst"' ':' zstd -3 -T0 -q "$MUT" -o "$WORK/m.zst")
+zstd_bytes=$(stat -c %s "$WORK/m.zst")
+rm -f "$WORK/m.zst"
+
+# --- 2. a DELTAS-delta chain: restore at seq DELTAS vs cp ---------------------------------------
+cp "$IMG" "$MUT"
+t0=$(now)
+new_store
+t_mutate=0
+for seq in $(seq "$DELTAS"); do
+  m0=$(now)
+  python3 "$ROOT/scripts/mutate.py" "$MUT" "$seq" "$PERCENT" 2> /dev/null
+  t_mutate=$(printf '%.6f' "$(echo "$t_mutate + $(sub "$(now)" "$m0")" | bc -l)")
+  "$VM" snapshot take --store "$STORE" --key "$WORK/key" --memory "$MUT" --json > /dev/null
+done
+t_build=$(sub "$(now)" "$t0")
+chain_bytes=$(store_bytes "$STORE")
+OUT=$WORK/restored
+cat "$MUT" > /dev/null
+"$VM" snapshot restore --store "$STORE" --pubkey "$WORK/key.pub" --seq "$DELTAS" --out "$OUT" --json > /dev/null
+cmp "$OUT/memory" "$MUT" || { echo "bench-chain: the image restored at seq $DELTAS differs from the final mutated image" >&2; exit 1; }
+rm -rf "$OUT"
+t_restore=$(best 'rm -rf "$OUT"' 'rm -rf "$OUT"' \
+  "$VM" snapshot restore --store "$STORE" --pubkey "$WORK/key.pub" --seq "$DELTAS" --out "$OUT" --json)
+t_restore0=$(best 'rm -rf "$OUT"' 'rm -rf "$OUT"' \
+  "$VM" snapshot restore --store "$STORE" --pubkey "$WORK/key.pub" --seq 0 --out "$OUT" --json)
+t_cp=$(best 'rm -f "$WORK/copy.img"' 'rm -f "$WORK/copy.img"' cp "$MUT" "$WORK/copy.img")
+
+# --- 3. report ----------------------------------------------------------------------------------
+num() { printf "%.${2:-2}f" "$(echo "$1" | bc -l)"; } # always a valid JSON number
+ratio() { num "$1 / $2" "${3:-2}"; }
+gbs() { num "$MIB / 1024 / $1"; }
+mib() { num "$1 / 1048576"; }
+verdict() { if [ "$(echo "$1" | bc -l)" -eq 1 ]; then echo met; else echo MISSED; fi; }
+threads=$(nproc)
+r_speed=$(ratio "$t_xd" "$t_take")
+r_size=$(ratio "$delta_bytes" "$xd_bytes" 3)
+r_zstd_speed=$(ratio "$t_zstd" "$t_take")
+r_zstd_size=$(ratio "$delta_bytes" "$zstd_bytes" 4)
+r_restore=$(ratio "$t_restore" "$t_cp")
+per_take=$(num "$t_build / ($DELTAS + 1)" 3)
+
+echo "image $MIB MiB ($total_pages pages), $threads threads, $PERCENT% of pages mutated per delta ($changed changed), best of $RUNS"
+printf '%-44s %9s %8s %12s\n' "" "seconds" "GB/s" "MiB"
+printf '%-44s %9.3f %8s %12s\n' "vmattest snapshot take (delta)" "$t_take" "$(gbs "$t_take")" "$(mib "$delta_bytes")"
+printf '%-44s %9s %8s %12s\n' "  of which page batches (stored_bytes)" "" "" "$(mib "$batch_bytes")"
+printf '%-44s %9.3f %8s %12s\n' "xdelta3 -e -s (default options)" "$t_xd" "$(gbs "$t_xd")" "$(mib "$xd_bytes")"
+printf '%-44s %9.3f %8s %12s\n' "zstd -3 -T0 (full image)" "$t_zstd" "$(gbs "$t_zstd")" "$(mib "$zstd_bytes")"
+printf '%-44s %9.3f %8s %12s\n' "chain build: baseline + $DELTAS deltas (once)" "$t_build" "" "$(mib "$chain_bytes")"
+printf '%-44s %9.3f\n' "  of which mutate.py" "$t_mutate"
+printf '%-44s %9.3f %8s %12s\n' "  baseline take alone (stored_bytes)" "$(json_field "$WORK/base.json" seconds)" "" "$(mib "$base_bytes")"
+printf '%-44s %9.3f %8s\n' "vmattest snapshot restore --seq $DELTAS" "$t_restore" "$(gbs "$t_restore")"
+printf '%-44s %9.3f %8s\n' "  restore --seq 0 (baseline only)" "$t_restore0" "$(gbs "$t_restore0")"
+printf '%-44s %9.3f %8s\n' "cp (full image)" "$t_cp" "$(gbs "$t_cp")"
+line() { printf '%-34s %-8s %-18s %s\n' "$@" | sed 's/ *$//'; }
+line "take speed / xdelta3:" "${r_speed}x" "(target >= 10x)" "$(verdict "$r_speed >= 10")"
+line "delta size / xdelta3 size:" "$r_size" "(target <= 1.05)" "$(verdict "$r_size <= 1.05")"
+line "take speed / zstd:" "${r_zstd_speed}x"
+line "delta size / zstd size:" "$r_zstd_size"
+line "restore seq $DELTAS time / cp time:" "${r_restore}x" "(target <= 2x)" "$(verdict "$r_restore <= 2")"
+echo "restored image at seq $DELTAS: byte-identical to the final mutated image"
+cat > "$ROOT/target/bench/chain.json" <<JSON
+{"image_mib": $MIB, "total_pages": $total_pages, "threads": $threads, "runs": $RUNS, "deltas": $DELTAS,
+ "mutate_percent": $PERCENT, "changed_pages": $changed,
+ "seconds": {"take_delta": $t_take, "xdelta3": $t_xd, "zstd_3": $t_zstd, "restore": $t_restore, "restore_seq0": $t_restore0, "cp": $t_cp,
+             "baseline_take": $(json_field "$WORK/base.json" seconds), "chain_build": $t_build, "chain_build_mutate": $t_mutate, "chain_build_per_take": $per_take},
+ "bytes": {"delta": $delta_bytes, "delta_batches": $batch_bytes, "xdelta3": $xd_bytes, "zstd_3": $zstd_bytes,
+           "baseline_batches": $base_bytes, "chain": $chain_bytes},
+ "ratio_take_speed_vs_xdelta3": $r_speed, "ratio_delta_size_vs_xdelta3": $r_size,
+ "ratio_take_speed_vs_zstd": $r_zstd_speed, "ratio_delta_size_vs_zstd": $r_zstd_size,
+ "ratio_restore_vs_cp": $r_restore, "restore_identical": true}
+JSON
