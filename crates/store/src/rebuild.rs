@@ -188,7 +188,7 @@ impl Rebuild<'_> {
         let mut leaves = vec![0u8; pages * dlen];
         self.store
             .params
-            .hash_pages(PageIndex(first), &buf, &mut leaves);
+            .hash_pages(PageIndex(first), buf, &mut leaves);
         let want = &tree.page_digests()[idx(first) * dlen..(idx(first) + pages) * dlen];
         if leaves != want {
             let bad = leaves
