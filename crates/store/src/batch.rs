@@ -35,12 +35,15 @@ pub(crate) fn encode(raw: &[u8], key: Option<&PageKey>) -> Result<Vec<u8>, Store
     Ok(w.envelope(Kind::Batch))
 }
 
-/// Decodes a batch whose raw length must be `expect_len`.
-pub(crate) fn decode(
+/// Decodes a batch whose raw length must be `expect_len` into `out`, reusing the caller's
+/// decompression context and buffer (restores decode thousands of batches).
+pub(crate) fn decode_into(
     bytes: &[u8],
     expect_len: usize,
     key: Option<&PageKey>,
-) -> Result<Vec<u8>, String> {
+    dctx: &mut zstd::bulk::Decompressor<'static>,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
     let mut r = vmattest_core::wire::open(bytes, Kind::Batch).map_err(|e| e.to_string())?;
     let sealed = r.u8("sealed flag").map_err(|e| e.to_string())?;
     let nonce = match sealed {
@@ -56,19 +59,24 @@ pub(crate) fn decode(
     }
     let rest = bytes.len() - r.offset();
     let payload = r.take("payload", rest).map_err(|e| e.to_string())?;
+    let opened;
     let compressed = match (nonce, key) {
-        (None, _) => payload.to_vec(),
-        (Some(n), Some(k)) => k
-            .open(n, payload, AAD)
-            .ok_or("decryption failed (wrong secret or altered bytes)")?,
+        (None, _) => payload,
+        (Some(n), Some(k)) => {
+            opened = k
+                .open(n, payload, AAD)
+                .ok_or("decryption failed (wrong secret or altered bytes)")?;
+            opened.as_slice()
+        }
         (Some(_), None) => return Err("batch is encrypted; a secret is needed".into()),
     };
-    let raw = zstd::bulk::decompress(&compressed, expect_len).map_err(|e| format!("zstd: {e}"))?;
-    if raw.len() != expect_len {
-        return Err(format!(
-            "decompresses to {} bytes, expected {expect_len}",
-            raw.len()
-        ));
+    out.clear();
+    out.reserve(expect_len);
+    let n = dctx
+        .decompress_to_buffer(compressed, out)
+        .map_err(|e| format!("zstd: {e}"))?;
+    if n != expect_len {
+        return Err(format!("decompresses to {n} bytes, expected {expect_len}"));
     }
-    Ok(raw)
+    Ok(())
 }

@@ -18,8 +18,30 @@ use crate::{Store, StoreError, batch, fsio};
 /// (a batch whose pages straddle two regions is decoded by both).
 pub(crate) const REGION_PAGES: u64 = 65536;
 
+static WRITE_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+const WRITE_CHUNK: usize = 1 << 20;
+
 /// Shortest run of zero pages left as a hole instead of written.
 const HOLE_PAGES: usize = 16;
+
+/// Per-worker decoding state, reused across batches and regions.
+pub(crate) struct Scratch {
+    dctx: zstd::bulk::Decompressor<'static>,
+    raw: Vec<u8>,
+    buf: Vec<u8>,
+}
+
+impl Scratch {
+    pub fn new() -> Result<Scratch, StoreError> {
+        let dctx =
+            zstd::bulk::Decompressor::new().map_err(|e| StoreError::Input(format!("zstd: {e}")))?;
+        Ok(Scratch {
+            dctx,
+            raw: Vec::new(),
+            buf: Vec::new(),
+        })
+    }
+}
 
 pub(crate) struct Rebuild<'a> {
     store: &'a Store,
@@ -99,6 +121,7 @@ impl Rebuild<'_> {
         comp: usize,
         first: u64,
         buf: &mut [u8],
+        scratch: &mut Scratch,
     ) -> Result<(), StoreError> {
         let m = &self.manifests[idx(seq.0)];
         let c = u16::try_from(comp).unwrap_or(u16::MAX);
@@ -114,7 +137,7 @@ impl Rebuild<'_> {
         }
         let locs = &self.locs[idx(seq.0)];
         let name = &m.components[comp].name;
-        let mut current: Option<(usize, Vec<u8>)> = None;
+        let mut current: Option<usize> = None;
         for (e, &(b, off)) in m.entries[lo..hi].iter().zip(&locs[lo..hi]) {
             let at = idx(e.page.0 - first) * PAGE_SIZE;
             let n = page_len(m, e.component, e.page.0);
@@ -123,11 +146,12 @@ impl Rebuild<'_> {
                 page.fill(0);
                 continue;
             }
-            if current.as_ref().is_none_or(|(cb, _)| *cb != b) {
-                current = Some((b, self.decode(seq, name, e.page.0, b)?));
+            if current != Some(b) {
+                self.decode(seq, name, e.page.0, b, scratch)?;
+                current = Some(b);
             }
-            let Some((_, raw)) = &current else { continue };
-            let src = raw
+            let src = scratch
+                .raw
                 .get(off..off + n)
                 .ok_or_else(|| StoreError::Verification {
                     seq,
@@ -145,7 +169,14 @@ impl Rebuild<'_> {
         Ok(())
     }
 
-    fn decode(&self, seq: SeqNo, comp: &str, page: u64, b: usize) -> Result<Vec<u8>, StoreError> {
+    fn decode(
+        &self,
+        seq: SeqNo,
+        comp: &str,
+        page: u64,
+        b: usize,
+        scratch: &mut Scratch,
+    ) -> Result<(), StoreError> {
         let m = &self.manifests[idx(seq.0)];
         let bref = &m.batches[b];
         let expect = self.batch_lens[idx(seq.0)][b];
@@ -156,7 +187,14 @@ impl Rebuild<'_> {
                     detail: format!("component {comp}, pages from {page}: {e}"),
                 }
             })?;
-        batch::decode(&bytes, expect, self.key).map_err(|e| StoreError::Verification {
+        batch::decode_into(
+            &bytes,
+            expect,
+            self.key,
+            &mut scratch.dctx,
+            &mut scratch.raw,
+        )
+        .map_err(|e| StoreError::Verification {
             seq,
             detail: format!(
                 "component {comp}, pages from {page}: batch {}: {e}",
@@ -173,7 +211,24 @@ impl Rebuild<'_> {
         tree: &ImageTree,
         file: &File,
         path: &Path,
+        scratch: &mut Scratch,
+    ) -> Result<(), StoreError> {
+        let mut buf = std::mem::take(&mut scratch.buf);
+        let result = self.rebuild_region_in(comp, first, tree, file, path, &mut buf, scratch);
+        scratch.buf = buf;
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rebuild_region_in(
+        &self,
+        comp: usize,
+        first: u64,
+        tree: &ImageTree,
+        file: &File,
+        path: &Path,
         buf: &mut Vec<u8>,
+        scratch: &mut Scratch,
     ) -> Result<(), StoreError> {
         let len = tree.len();
         let start = first * PAGE_SIZE as u64;
@@ -181,7 +236,7 @@ impl Rebuild<'_> {
         buf.clear();
         buf.resize(idx(bytes), 0);
         for k in 0..self.manifests.len() {
-            self.apply_region(SeqNo(k as u64), comp, first, buf)?;
+            self.apply_region(SeqNo(k as u64), comp, first, buf, scratch)?;
         }
         let dlen = tree.alg().digest_len();
         let pages = buf.len().div_ceil(PAGE_SIZE);
@@ -223,7 +278,16 @@ impl Rebuild<'_> {
                 }
             }
             let chunk = &buf[run * PAGE_SIZE..(end * PAGE_SIZE).min(buf.len())];
-            file.write_all_at(chunk, start + (run * PAGE_SIZE) as u64).map_err(fsio::io(path))?;
+            // Buffered writes to one file serialise on its inode lock anyway; taking turns
+            // keeps the other worker hashing instead of spinning on that lock. Writes of 1 MiB
+            // measure several times faster here than writes of the whole region.
+            let _turn = WRITE_TURN
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (j, piece) in chunk.chunks(WRITE_CHUNK).enumerate() {
+                let at = start + (run * PAGE_SIZE + j * WRITE_CHUNK) as u64;
+                file.write_all_at(piece, at).map_err(fsio::io(path))?;
+            }
         }
         self.store.progress().advance(bytes);
         Ok(())

@@ -16,7 +16,7 @@ use vmattest_sign::PublicKey;
 use vmattest_sign::record::verify_signed;
 
 use crate::crypt::StoreSecret;
-use crate::rebuild::{REGION_PAGES, Rebuild};
+use crate::rebuild::{REGION_PAGES, Rebuild, Scratch};
 use crate::{Store, StoreError, fsio};
 
 /// How far and how strictly to replay.
@@ -149,6 +149,7 @@ impl Store {
         // Link by link, from the signed page digests: every component root at every seq.
         let mut trees: Vec<ImageTree> = Vec::with_capacity(comps.len());
         let mut small: Vec<Vec<u8>> = comps.iter().map(|_| Vec::new()).collect();
+        let mut scratch = Scratch::new()?;
         for (k, m) in manifests.iter().enumerate() {
             let seq = SeqNo(k as u64);
             for (i, c) in comps.iter().enumerate() {
@@ -163,7 +164,7 @@ impl Store {
                     if k == 0 {
                         small[i] = vec![0u8; idx(c.len)];
                     }
-                    rb.apply_region(seq, i, 0, &mut small[i])?;
+                    rb.apply_region(seq, i, 0, &mut small[i], &mut scratch)?;
                 }
                 let verr = |e: vmattest_core::tree::TreeError| StoreError::Verification {
                     seq,
@@ -218,13 +219,24 @@ impl Store {
                 (0..page_count(c.len).div_ceil(REGION_PAGES)).map(move |r| (i, r * REGION_PAGES))
             })
             .collect();
-        // One reused buffer per worker: no page faults after the first region.
-        regions
-            .par_iter()
-            .try_for_each_init(Vec::new, |buf, &(i, first)| {
-                let (f, path) = &files[i];
-                rb.rebuild_region(i, first, &trees[i], f, path, buf)
-            })?;
+        // A pool of one scratch per worker: buffers are faulted in once, then reused.
+        let pool = std::sync::Mutex::new(Vec::<Scratch>::new());
+        regions.par_iter().try_for_each(|&(i, first)| {
+            let taken = pool
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .pop();
+            let mut scratch = match taken {
+                Some(s) => s,
+                None => Scratch::new()?,
+            };
+            let (f, path) = &files[i];
+            let r = rb.rebuild_region(i, first, &trees[i], f, path, &mut scratch);
+            pool.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(scratch);
+            r
+        })?;
         let l = last.value();
         Ok((
             Verified {
