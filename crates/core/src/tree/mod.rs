@@ -377,21 +377,60 @@ impl ImageTree {
         let dlen = params.alg.digest_len();
         let arity = params.arity() as u64;
         let lens = params.level_lens(self.pages());
-        let mut buf = vec![0u8; dlen];
         for k in 1..lens.len() {
             dirty = dirty.iter().map(|p| p / arity).collect();
             dirty.dedup();
-            let is_root = k + 1 == lens.len();
-            for &parent in &dirty {
-                let lo = usize_of(parent * arity) * dlen;
-                let hi = (usize_of((parent + 1) * arity) * dlen).min(self.levels[k - 1].len());
-                params.combine(&self.levels[k - 1][lo..hi], is_root, &mut buf);
-                if is_root {
-                    self.root = digest(params.alg, &buf);
-                } else {
-                    let at = usize_of(parent) * dlen;
-                    self.levels[k][at..at + dlen].copy_from_slice(&buf);
+            let below = &self.levels[k - 1];
+            let group = |p: u64| {
+                let lo = usize_of(p * arity) * dlen;
+                &below[lo..(usize_of((p + 1) * arity) * dlen).min(below.len())]
+            };
+            if k + 1 == lens.len() {
+                let mut buf = [0u8; crate::alg::MAX_DIGEST_LEN];
+                params.combine(group(0), true, &mut buf[..dlen]);
+                self.root = digest(params.alg, &buf[..dlen]);
+                break;
+            }
+            let fresh: Vec<u8> = if params.alg == HashAlg::Blake3 {
+                // Gather the dirty pairs and merge them through the wide kernel.
+                let mut pairs = Vec::with_capacity(dirty.len() * 64);
+                let mut lone = Vec::new();
+                for (i, &p) in dirty.iter().enumerate() {
+                    match group(p) {
+                        g if g.len() == 64 => pairs.extend_from_slice(g),
+                        g => lone.push((i, g)),
+                    }
                 }
+                let mut merged = vec![0u8; pairs.len() / 2];
+                merged
+                    .par_chunks_mut(32 * 1024)
+                    .zip(pairs.par_chunks(64 * 1024))
+                    .for_each(|(out, src)| blake3::parents_into(blake3::platform(), src, out));
+                let mut out = Vec::with_capacity(dirty.len() * 32);
+                let (mut m, mut l) = (merged.chunks(32), lone.into_iter().peekable());
+                for i in 0..dirty.len() {
+                    match l.peek() {
+                        Some((li, g)) if *li == i => {
+                            out.extend_from_slice(g);
+                            l.next();
+                        }
+                        _ => out.extend_from_slice(m.next().unwrap_or(&[0; 32])),
+                    }
+                }
+                out
+            } else {
+                dirty
+                    .par_iter()
+                    .flat_map_iter(|&p| {
+                        let mut buf = [0u8; crate::alg::MAX_DIGEST_LEN];
+                        params.combine(group(p), false, &mut buf[..dlen]);
+                        buf[..dlen].to_vec()
+                    })
+                    .collect()
+            };
+            for (&p, d) in dirty.iter().zip(fresh.chunks(dlen)) {
+                let at = usize_of(p) * dlen;
+                self.levels[k][at..at + dlen].copy_from_slice(d);
             }
         }
     }
