@@ -111,7 +111,7 @@ impl Default for Reporter {
 impl Store {
     /// Creates an empty store at `root` (which must not exist or be empty).
     pub fn init(root: &Path, meta: StoreMeta) -> Result<Store, StoreError> {
-        let params = meta.params()?;
+        meta.params()?;
         if root.exists()
             && std::fs::read_dir(root)
                 .map_err(fsio::io(root))?
@@ -130,13 +130,7 @@ impl Store {
             detail: e.to_string(),
         })?;
         fsio::write_atomic(&root.join("store.json"), &json)?;
-        Ok(Store {
-            root: root.to_path_buf(),
-            meta,
-            params,
-            _lock: None,
-            progress: Reporter::default(),
-        })
+        Store::open(root)
     }
 
     /// Opens a store for reading (no lock).

@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use common::*;
@@ -19,24 +18,6 @@ use vmattest_core::sig::SigAlg;
 use vmattest_core::tree::NoProgress;
 use vmattest_sign::{SecretKey, Signer};
 use vmattest_store::{ComponentInput, ReplayOptions, Store, StoreError, StoreSecret, TakeOptions};
-
-/// Every file under `root` with its bytes.
-fn files(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                walk(root, &p, out);
-            } else {
-                let rel = p.strip_prefix(root).unwrap().to_path_buf();
-                out.insert(rel, std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(root, root, &mut out);
-    out
-}
 
 /// A chain of 4 links of a 40-page memory image and a 9-byte device blob.
 fn chain(encrypted: bool) -> Fixture {

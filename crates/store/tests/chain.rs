@@ -87,8 +87,7 @@ fn encrypted_store_holds_no_plaintext_pages() {
     std::fs::write(&mem_path, &mem).unwrap();
     fx.take(&[("mem", ComponentKind::Memory, &mem_path)]);
     let needle = &marker[..64];
-    for entry in walk(&fx.store) {
-        let bytes = std::fs::read(&entry).unwrap();
+    for (entry, bytes) in files(&fx.store) {
         assert!(
             !bytes.windows(64).any(|w| w == needle),
             "plaintext page found in {}",
@@ -107,17 +106,4 @@ fn encrypted_store_holds_no_plaintext_pages() {
             .to_string()
             .contains("secret")
     );
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p))
-        } else {
-            out.push(p)
-        }
-    }
-    out
 }

@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier};
 
@@ -21,26 +20,6 @@ use vmattest_core::record::UnixTime;
 use vmattest_core::tree::NoProgress;
 use vmattest_sign::{SecretKey, Signer};
 use vmattest_store::{ComponentInput, Store, StoreError, TakeOptions, TakeSummary};
-
-/// Every file under `root` with its bytes.
-fn snapshot(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                walk(root, &p, out);
-            } else {
-                out.insert(
-                    p.strip_prefix(root).unwrap().to_path_buf(),
-                    std::fs::read(&p).unwrap(),
-                );
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(root, root, &mut out);
-    out
-}
 
 fn input(name: &str, kind: ComponentKind, path: &Path, dirty: Option<Vec<u64>>) -> ComponentInput {
     ComponentInput {
@@ -189,7 +168,7 @@ fn refused_takes_leave_the_store_unchanged() {
         ("dev", ComponentKind::DeviceState, &vp),
     ]);
     let t0 = fx.time;
-    let before = snapshot(&fx.store);
+    let before = files(&fx.store);
     let head_before = std::fs::read(fx.store.join("HEAD")).unwrap();
 
     // A component of another size.
@@ -221,7 +200,7 @@ fn refused_takes_leave_the_store_unchanged() {
     take_at(&fx.store, &fx.key, t0 + 5, &bad).unwrap_err();
 
     assert_eq!(std::fs::read(fx.store.join("HEAD")).unwrap(), head_before);
-    let after = snapshot(&fx.store);
+    let after = files(&fx.store);
     assert_eq!(
         before.keys().collect::<Vec<_>>(),
         after.keys().collect::<Vec<_>>()

@@ -6,6 +6,7 @@
     clippy::cast_possible_truncation
 )]
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use vmattest_core::chain::ComponentKind;
@@ -147,4 +148,24 @@ pub fn mutate(data: &mut [u8], n: usize, seed: u64) {
             _ => data[start..end].fill(0),
         }
     }
+}
+
+/// Every file under `root` with its bytes, keyed by relative path.
+pub fn files(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                out.insert(
+                    p.strip_prefix(root).unwrap().to_path_buf(),
+                    std::fs::read(&p).unwrap(),
+                );
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
 }
