@@ -208,13 +208,13 @@ impl Rebuild<'_> {
         &self,
         comp: usize,
         first: u64,
-        tree: &ImageTree,
+        len: u64,
         file: &File,
         path: &Path,
         scratch: &mut Scratch,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<u8>, StoreError> {
         let mut buf = std::mem::take(&mut scratch.buf);
-        let result = self.rebuild_region_in(comp, first, tree, file, path, &mut buf, scratch);
+        let result = self.rebuild_region_in(comp, first, len, file, path, &mut buf, scratch);
         scratch.buf = buf;
         result
     }
@@ -224,13 +224,12 @@ impl Rebuild<'_> {
         &self,
         comp: usize,
         first: u64,
-        tree: &ImageTree,
+        len: u64,
         file: &File,
         path: &Path,
         buf: &mut Vec<u8>,
         scratch: &mut Scratch,
-    ) -> Result<(), StoreError> {
-        let len = tree.len();
+    ) -> Result<Vec<u8>, StoreError> {
         let start = first * PAGE_SIZE as u64;
         let bytes = (len - start).min(REGION_PAGES * PAGE_SIZE as u64);
         buf.clear();
@@ -238,25 +237,12 @@ impl Rebuild<'_> {
         for k in 0..self.manifests.len() {
             self.apply_region(SeqNo(k as u64), comp, first, buf, scratch)?;
         }
-        let dlen = tree.alg().digest_len();
+        let dlen = self.store.params.alg().digest_len();
         let pages = buf.len().div_ceil(PAGE_SIZE);
         let mut leaves = vec![0u8; pages * dlen];
         self.store
             .params
             .hash_pages(PageIndex(first), buf, &mut leaves);
-        let want = &tree.page_digests()[idx(first) * dlen..(idx(first) + pages) * dlen];
-        if leaves != want {
-            let bad = leaves
-                .chunks(dlen)
-                .zip(want.chunks(dlen))
-                .position(|(a, b)| a != b)
-                .unwrap_or(0);
-            return Err(self.mismatch(
-                comp,
-                first + bad as u64,
-                &leaves[bad * dlen..(bad + 1) * dlen],
-            ));
-        }
         // Zero stretches of at least HOLE_PAGES stay holes in the sparse file; shorter ones are
         // written with their neighbours, so the number of writes stays small.
         let mut p = 0;
@@ -290,7 +276,33 @@ impl Rebuild<'_> {
             }
         }
         self.store.progress().advance(bytes);
-        Ok(())
+        Ok(leaves)
+    }
+
+    /// Compares a region's rebuilt page digests with the chain's.
+    pub fn check_region(
+        &self,
+        comp: usize,
+        first: u64,
+        leaves: &[u8],
+        tree: &ImageTree,
+    ) -> Result<(), StoreError> {
+        let dlen = tree.alg().digest_len();
+        let pages = leaves.len() / dlen;
+        let want = &tree.page_digests()[idx(first) * dlen..(idx(first) + pages) * dlen];
+        if leaves == want {
+            return Ok(());
+        }
+        let bad = leaves
+            .chunks(dlen)
+            .zip(want.chunks(dlen))
+            .position(|(a, b)| a != b)
+            .unwrap_or(0);
+        Err(self.mismatch(
+            comp,
+            first + bad as u64,
+            &leaves[bad * dlen..(bad + 1) * dlen],
+        ))
     }
 
     /// Names the seq that last wrote `page`, whose rebuilt bytes disagree with the chain.

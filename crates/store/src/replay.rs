@@ -146,7 +146,49 @@ impl Store {
         self.progress().set_total(delta_bytes + image_bytes);
         let rb = Rebuild::new(self, &manifests, key.as_ref(), src.object);
 
-        // Link by link, from the signed page digests: every component root at every seq.
+        let mut files = Vec::with_capacity(comps.len());
+        for (i, c) in comps.iter().enumerate() {
+            let path = dir.join(name(i, c));
+            let f = std::fs::File::options()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .map_err(fsio::io(&path))?;
+            f.set_len(c.len).map_err(fsio::io(&path))?;
+            files.push((f, path));
+        }
+        // The two halves are independent until the end, so they run side by side: the roots
+        // at every seq from the signed digests, and the bytes at the last seq.
+        let (trees, regions) = rayon::join(
+            || self.digest_trees(&rb, &manifests),
+            || rebuild_all(&rb, comps, &files),
+        );
+        let trees = trees?;
+        for (i, first, leaves) in regions? {
+            rb.check_region(i, first, &leaves, &trees[i])?;
+        }
+        let l = last.value();
+        Ok((
+            Verified {
+                seq: l.seq,
+                link: link_digest(last),
+                state_root: l.state_root,
+                time: l.time,
+                components: manifests[manifests.len() - 1].components.clone(),
+            },
+            trees,
+        ))
+    }
+
+    /// Every component's tree at every seq from the signed page digests; each root must match
+    /// its manifest. Returns the trees at the last seq.
+    fn digest_trees(
+        &self,
+        rb: &Rebuild<'_>,
+        manifests: &[Manifest],
+    ) -> Result<Vec<ImageTree>, StoreError> {
+        let comps = &manifests[0].components;
         let mut trees: Vec<ImageTree> = Vec::with_capacity(comps.len());
         let mut small: Vec<Vec<u8>> = comps.iter().map(|_| Vec::new()).collect();
         let mut scratch = Scratch::new()?;
@@ -198,56 +240,7 @@ impl Store {
                 }
             }
         }
-
-        // The bytes at the last seq, region by region, checked against those digests.
-        let mut files = Vec::with_capacity(comps.len());
-        for (i, c) in comps.iter().enumerate() {
-            let path = dir.join(name(i, c));
-            let f = std::fs::File::options()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&path)
-                .map_err(fsio::io(&path))?;
-            f.set_len(c.len).map_err(fsio::io(&path))?;
-            files.push((f, path));
-        }
-        let regions: Vec<(usize, u64)> = comps
-            .iter()
-            .enumerate()
-            .flat_map(|(i, c)| {
-                (0..page_count(c.len).div_ceil(REGION_PAGES)).map(move |r| (i, r * REGION_PAGES))
-            })
-            .collect();
-        // A pool of one scratch per worker: buffers are faulted in once, then reused.
-        let pool = std::sync::Mutex::new(Vec::<Scratch>::new());
-        regions.par_iter().try_for_each(|&(i, first)| {
-            let taken = pool
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .pop();
-            let mut scratch = match taken {
-                Some(s) => s,
-                None => Scratch::new()?,
-            };
-            let (f, path) = &files[i];
-            let r = rb.rebuild_region(i, first, &trees[i], f, path, &mut scratch);
-            pool.lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .push(scratch);
-            r
-        })?;
-        let l = last.value();
-        Ok((
-            Verified {
-                seq: l.seq,
-                link: link_digest(last),
-                state_root: l.state_root,
-                time: l.time,
-                components: manifests[manifests.len() - 1].components.clone(),
-            },
-            trees,
-        ))
+        Ok(trees)
     }
 
     /// Link-level checks; returns the manifests in seq order.
@@ -345,6 +338,43 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Rebuilds every region of every component at the last seq and writes it; returns each
+/// region's page digests for the caller to check.
+fn rebuild_all(
+    rb: &Rebuild<'_>,
+    comps: &[ComponentRoot],
+    files: &[(std::fs::File, std::path::PathBuf)],
+) -> Result<Vec<(usize, u64, Vec<u8>)>, StoreError> {
+    let regions: Vec<(usize, u64)> = comps
+        .iter()
+        .enumerate()
+        .flat_map(|(i, c)| {
+            (0..page_count(c.len).div_ceil(REGION_PAGES)).map(move |r| (i, r * REGION_PAGES))
+        })
+        .collect();
+    // A pool of one scratch per worker: buffers are faulted in once, then reused.
+    let pool = std::sync::Mutex::new(Vec::<Scratch>::new());
+    regions
+        .par_iter()
+        .map(|&(i, first)| {
+            let taken = pool
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .pop();
+            let mut scratch = match taken {
+                Some(s) => s,
+                None => Scratch::new()?,
+            };
+            let (f, path) = &files[i];
+            let r = rb.rebuild_region(i, first, comps[i].len, f, path, &mut scratch);
+            pool.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(scratch);
+            r.map(|leaves| (i, first, leaves))
+        })
+        .collect()
 }
 
 /// In-memory sizes and indices always fit `usize` on the 64-bit hosts vmattest supports.
