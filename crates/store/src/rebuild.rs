@@ -24,20 +24,33 @@ const WRITE_CHUNK: usize = 1 << 20;
 /// Shortest run of zero pages left as a hole instead of written.
 const HOLE_PAGES: usize = 16;
 
-/// Per-worker decoding state, reused across batches and regions.
-pub(crate) struct Scratch {
+/// Batch decoding state, reused across batches.
+pub(crate) struct Decoder {
     dctx: zstd::bulk::Decompressor<'static>,
     raw: Vec<u8>,
+}
+
+impl Decoder {
+    pub fn new() -> Result<Decoder, StoreError> {
+        let dctx =
+            zstd::bulk::Decompressor::new().map_err(|e| StoreError::Input(format!("zstd: {e}")))?;
+        Ok(Decoder {
+            dctx,
+            raw: Vec::new(),
+        })
+    }
+}
+
+/// Per-worker state: a decoder and the region buffer, reused across regions.
+pub(crate) struct Scratch {
+    dec: Decoder,
     buf: Vec<u8>,
 }
 
 impl Scratch {
     pub fn new() -> Result<Scratch, StoreError> {
-        let dctx =
-            zstd::bulk::Decompressor::new().map_err(|e| StoreError::Input(format!("zstd: {e}")))?;
         Ok(Scratch {
-            dctx,
-            raw: Vec::new(),
+            dec: Decoder::new()?,
             buf: Vec::new(),
         })
     }
@@ -121,7 +134,7 @@ impl Rebuild<'_> {
         comp: usize,
         first: u64,
         buf: &mut [u8],
-        scratch: &mut Scratch,
+        dec: &mut Decoder,
     ) -> Result<(), StoreError> {
         let m = &self.manifests[idx(seq.0)];
         let c = u16::try_from(comp).unwrap_or(u16::MAX);
@@ -147,10 +160,10 @@ impl Rebuild<'_> {
                 continue;
             }
             if current != Some(b) {
-                self.decode(seq, name, e.page.0, b, scratch)?;
+                self.decode(seq, name, e.page.0, b, dec)?;
                 current = Some(b);
             }
-            let src = scratch
+            let src = dec
                 .raw
                 .get(off..off + n)
                 .ok_or_else(|| StoreError::Verification {
@@ -175,7 +188,7 @@ impl Rebuild<'_> {
         comp: &str,
         page: u64,
         b: usize,
-        scratch: &mut Scratch,
+        dec: &mut Decoder,
     ) -> Result<(), StoreError> {
         let m = &self.manifests[idx(seq.0)];
         let bref = &m.batches[b];
@@ -187,23 +200,18 @@ impl Rebuild<'_> {
                     detail: format!("component {comp}, pages from {page}: {e}"),
                 }
             })?;
-        batch::decode_into(
-            &bytes,
-            expect,
-            self.key,
-            &mut scratch.dctx,
-            &mut scratch.raw,
-        )
-        .map_err(|e| StoreError::Verification {
-            seq,
-            detail: format!(
-                "component {comp}, pages from {page}: batch {}: {e}",
-                bref.object
-            ),
+        batch::decode_into(&bytes, expect, self.key, &mut dec.dctx, &mut dec.raw).map_err(|e| {
+            StoreError::Verification {
+                seq,
+                detail: format!(
+                    "component {comp}, pages from {page}: batch {}: {e}",
+                    bref.object
+                ),
+            }
         })
     }
 
-    /// Rebuilds one region at the last seq, checks it against `tree`, writes it to `file`.
+    /// Rebuilds one region at the last seq and writes it to `file`; returns its page digests.
     pub fn rebuild_region(
         &self,
         comp: usize,
@@ -213,29 +221,13 @@ impl Rebuild<'_> {
         path: &Path,
         scratch: &mut Scratch,
     ) -> Result<Vec<u8>, StoreError> {
-        let mut buf = std::mem::take(&mut scratch.buf);
-        let result = self.rebuild_region_in(comp, first, len, file, path, &mut buf, scratch);
-        scratch.buf = buf;
-        result
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn rebuild_region_in(
-        &self,
-        comp: usize,
-        first: u64,
-        len: u64,
-        file: &File,
-        path: &Path,
-        buf: &mut Vec<u8>,
-        scratch: &mut Scratch,
-    ) -> Result<Vec<u8>, StoreError> {
+        let Scratch { dec, buf } = scratch;
         let start = first * PAGE_SIZE as u64;
         let bytes = (len - start).min(REGION_PAGES * PAGE_SIZE as u64);
         buf.clear();
         buf.resize(idx(bytes), 0);
         for k in 0..self.manifests.len() {
-            self.apply_region(SeqNo(k as u64), comp, first, buf, scratch)?;
+            self.apply_region(SeqNo(k as u64), comp, first, buf, dec)?;
         }
         let dlen = self.store.params.alg().digest_len();
         let pages = buf.len().div_ceil(PAGE_SIZE);

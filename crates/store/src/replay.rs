@@ -16,7 +16,7 @@ use vmattest_sign::PublicKey;
 use vmattest_sign::record::verify_signed;
 
 use crate::crypt::StoreSecret;
-use crate::rebuild::{REGION_PAGES, Rebuild, Scratch};
+use crate::rebuild::{Decoder, REGION_PAGES, Rebuild, Scratch};
 use crate::{Store, StoreError, fsio};
 
 /// How far and how strictly to replay.
@@ -191,7 +191,7 @@ impl Store {
         let comps = &manifests[0].components;
         let mut trees: Vec<ImageTree> = Vec::with_capacity(comps.len());
         let mut small: Vec<Vec<u8>> = comps.iter().map(|_| Vec::new()).collect();
-        let mut scratch = Scratch::new()?;
+        let mut dec = Decoder::new()?;
         for (k, m) in manifests.iter().enumerate() {
             let seq = SeqNo(k as u64);
             for (i, c) in comps.iter().enumerate() {
@@ -206,7 +206,7 @@ impl Store {
                     if k == 0 {
                         small[i] = vec![0u8; idx(c.len)];
                     }
-                    rb.apply_region(seq, i, 0, &mut small[i], &mut scratch)?;
+                    rb.apply_region(seq, i, 0, &mut small[i], &mut dec)?;
                 }
                 let verr = |e: vmattest_core::tree::TreeError| StoreError::Verification {
                     seq,
