@@ -12,7 +12,7 @@ pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + use
 }
 
 /// Temp file in the same directory, fsync, rename, fsync the directory.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     write_durable_file(path, bytes)?;
     sync_dir(path.parent().unwrap_or(Path::new(".")))
 }

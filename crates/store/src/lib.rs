@@ -41,6 +41,7 @@ pub use bundle::ImportSummary;
 pub use crypt::StoreSecret;
 pub use error::StoreError;
 pub use fsck::FsckReport;
+pub use fsio::write_atomic;
 pub use replay::{ReplayOptions, Verified};
 pub use take::{ComponentInput, TakeOptions, TakeSummary};
 
@@ -129,7 +130,7 @@ impl Store {
             file: "store.json".into(),
             detail: e.to_string(),
         })?;
-        fsio::write_atomic(&root.join("store.json"), &json)?;
+        write_atomic(&root.join("store.json"), &json)?;
         Store::open(root)
     }
 
@@ -233,7 +234,7 @@ impl Store {
             file: "HEAD".into(),
             detail: e.to_string(),
         })?;
-        fsio::write_atomic(&self.root.join("HEAD"), &json)
+        write_atomic(&self.root.join("HEAD"), &json)
     }
 
     fn link_path(&self, seq: SeqNo) -> PathBuf {
