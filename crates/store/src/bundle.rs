@@ -112,8 +112,9 @@ impl Store {
                 frame(&mut w, TAG_OBJECT, &manifest_bytes).map_err(wio)?;
                 objects += 1;
                 for b in &manifest.batches {
-                    frame(&mut w, TAG_OBJECT, &self.read_object(&b.object, MAX_FRAME)?)
-                        .map_err(wio)?;
+                    let bytes = self.read_object(&b.object, MAX_FRAME)?;
+                    frame(&mut w, TAG_OBJECT, &bytes).map_err(wio)?;
+                    self.progress().advance(bytes.len() as u64);
                     objects += 1;
                 }
             }
@@ -148,9 +149,24 @@ impl Store {
         bundle: &Path,
         opts: &ReplayOptions<'_>,
     ) -> Result<ImportSummary, StoreError> {
+        Store::import_reporting(
+            root,
+            bundle,
+            opts,
+            Box::new(vmattest_core::tree::NoProgress),
+        )
+    }
+
+    /// [`Store::import`], reporting the verification's progress to `progress`.
+    pub fn import_reporting(
+        root: &Path,
+        bundle: &Path,
+        opts: &ReplayOptions<'_>,
+        progress: Box<dyn vmattest_core::tree::Progress + Send>,
+    ) -> Result<ImportSummary, StoreError> {
         let new_dir = !root.exists();
         let new_store = !root.join("store.json").exists();
-        let result = Store::import_checked(root, bundle, opts);
+        let result = Store::import_checked(root, bundle, opts, progress);
         if result.is_err() && new_store {
             // A refused bundle leaves nothing behind, not even the store it would have created.
             if new_dir {
@@ -171,6 +187,7 @@ impl Store {
         root: &Path,
         bundle: &Path,
         opts: &ReplayOptions<'_>,
+        progress: Box<dyn vmattest_core::tree::Progress + Send>,
     ) -> Result<ImportSummary, StoreError> {
         let bad = |detail: String| StoreError::Bundle {
             path: bundle.to_path_buf(),
@@ -219,7 +236,8 @@ impl Store {
             }
             Store::init(root, meta.clone())?;
         }
-        let store = Store::open_writer(root)?;
+        let mut store = Store::open_writer(root)?;
+        store.set_progress(progress);
         if store.meta != meta {
             return Err(bad(format!(
                 "is for VM {:?} ({}), this store holds {:?} ({})",

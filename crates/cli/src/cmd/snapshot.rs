@@ -193,8 +193,12 @@ pub fn run(cmd: SnapshotCommand, json: bool) -> anyhow::Result<()> {
             to,
             out,
         } => {
-            let s = Store::open(&store.store).map_err(err)?;
-            let (links, objects) = s.export(SeqNo(from), to.map(SeqNo), &out).map_err(err)?;
+            let mut s = Store::open(&store.store).map_err(err)?;
+            let bar = Bar::later("exporting", json);
+            s.set_progress(Box::new(bar.clone()));
+            let r = s.export(SeqNo(from), to.map(SeqNo), &out);
+            bar.finish();
+            let (links, objects) = r.map_err(err)?;
             let bytes = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
             if json {
                 output::print(
@@ -220,7 +224,10 @@ pub fn run(cmd: SnapshotCommand, json: bool) -> anyhow::Result<()> {
                 secret: secret.as_ref(),
                 max_age: None,
             };
-            let r = Store::import(&store.store, &bundle, &opts).map_err(err)?;
+            let bar = Bar::later("verifying bundle", json);
+            let r = Store::import_reporting(&store.store, &bundle, &opts, Box::new(bar.clone()));
+            bar.finish();
+            let r = r.map_err(err)?;
             if json {
                 output::print(&serde_json::json!({
                     "first": r.first.0, "last": r.last.0, "new_links": r.new_links, "objects": r.objects,
