@@ -294,3 +294,22 @@ fn show_describes_files() {
     assert_eq!(j["kind"], "signed object");
     assert_eq!(j["images"][0]["pages"], 2);
 }
+
+/// Regression: an output named without a directory ("rec", not "./rec") failed to sync ".".
+#[test]
+fn bare_file_names_are_written_in_the_current_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "a.img", &vm_like(2 * PAGE, 8));
+    let (key, _) = keygen(dir.path(), "ed25519");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vmattest"))
+        .current_dir(dir.path())
+        .args(["sign", "--key", s(&key), "--out", "rec", "a.img"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("rec").exists());
+}

@@ -14,7 +14,15 @@ pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + use
 /// Temp file in the same directory, fsync, rename, fsync the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     write_durable_file(path, bytes)?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
+    sync_dir(parent_dir(path))
+}
+
+/// The directory holding `path`; "." for a bare file name.
+pub(crate) fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
 }
 
 /// Like [`write_atomic`] but leaves the directory fsync to the caller, who batches them.
@@ -22,7 +30,7 @@ pub(crate) fn write_durable_file(path: &Path, bytes: &[u8]) -> Result<(), StoreE
     use std::sync::atomic::{AtomicU64, Ordering};
     // Unique per call: parallel writers may produce the same object at the same moment.
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = parent_dir(path);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
