@@ -6,7 +6,7 @@ use vmattest_core::sig::SigAlg;
 use zeroize::Zeroizing;
 
 use crate::SignError;
-use crate::pem::{secret_der, spki_bits};
+use crate::pem::{secret_der, unparameterised_raw};
 
 pub(crate) const PUBLIC_LEN: usize = 32;
 pub(crate) const SIG_LEN: usize = 64;
@@ -91,18 +91,11 @@ pub(crate) fn raw_from_spki(
     spki: SubjectPublicKeyInfoRef<'_>,
     origin: &str,
 ) -> Result<Vec<u8>, SignError> {
-    let invalid = |expected| SignError::InvalidKey {
-        origin: origin.to_owned(),
-        alg: SigAlg::Ed25519,
-        kind: "public key",
-        expected,
-    };
-    if spki.algorithm.parameters.is_some() {
-        return Err(invalid("no algorithm parameters"));
-    }
-    let bits = spki_bits(&spki, SigAlg::Ed25519, origin)?;
-    check_public(bits).map_err(|_| invalid("a 32-byte valid curve point of large order"))?;
-    Ok(bits.to_vec())
+    unparameterised_raw(&spki, SigAlg::Ed25519, origin, |bits| {
+        check_public(bits)
+            .map(|_| ())
+            .map_err(|_| "a 32-byte valid curve point of large order")
+    })
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use vmattest_core::sig::SigAlg;
 use zeroize::Zeroizing;
 
 use crate::SignError;
-use crate::pem::{secret_der, spki_bits};
+use crate::pem::{secret_der, unparameterised_raw};
 
 pub(crate) const PUBLIC_LEN: usize = 1952;
 pub(crate) const SIG_LEN: usize = 3309;
@@ -112,20 +112,13 @@ pub(crate) fn raw_from_spki(
     spki: SubjectPublicKeyInfoRef<'_>,
     origin: &str,
 ) -> Result<Vec<u8>, SignError> {
-    let invalid = |expected| SignError::InvalidKey {
-        origin: origin.to_owned(),
-        alg: SigAlg::MlDsa65,
-        kind: "public key",
-        expected,
-    };
-    if spki.algorithm.parameters.is_some() {
-        return Err(invalid("no algorithm parameters"));
-    }
-    let bits = spki_bits(&spki, SigAlg::MlDsa65, origin)?;
-    if bits.len() != PUBLIC_LEN {
-        return Err(invalid("a 1952-byte public key"));
-    }
-    Ok(bits.to_vec())
+    unparameterised_raw(&spki, SigAlg::MlDsa65, origin, |bits| {
+        if bits.len() == PUBLIC_LEN {
+            Ok(())
+        } else {
+            Err("a 1952-byte public key")
+        }
+    })
 }
 
 #[cfg(test)]

@@ -294,6 +294,28 @@ pub(crate) fn spki_bits<'a>(
         })
 }
 
+/// The raw key of an SPKI whose algorithm takes no parameters, after `check` accepts it
+/// (`check` returns what was expected when it refuses).
+pub(crate) fn unparameterised_raw(
+    spki: &SubjectPublicKeyInfoRef<'_>,
+    alg: SigAlg,
+    origin: &str,
+    check: impl FnOnce(&[u8]) -> Result<(), &'static str>,
+) -> Result<Vec<u8>, SignError> {
+    let invalid = |expected| SignError::InvalidKey {
+        origin: origin.to_owned(),
+        alg,
+        kind: "public key",
+        expected,
+    };
+    if spki.algorithm.parameters.is_some() {
+        return Err(invalid("no algorithm parameters"));
+    }
+    let bits = spki_bits(spki, alg, origin)?;
+    check(bits).map_err(invalid)?;
+    Ok(bits.to_vec())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,7 @@
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use vmattest_core::chain::{Link, ObjectId, SeqNo, SignedLink, link_digest};
+use vmattest_core::chain::{Link, Manifest, ObjectId, SeqNo, SignedLink, link_digest};
 use vmattest_core::record::Signed;
 use vmattest_core::wire::{HEADER_LEN, Kind, Writer};
 
@@ -108,7 +108,11 @@ impl Store {
                 .map_err(wio)?;
                 links += 1;
                 let manifest_bytes = self.read_object(&link.value().manifest, MAX_FRAME)?;
-                let manifest = self.read_manifest(link.value())?;
+                let manifest =
+                    Manifest::decode(&manifest_bytes).map_err(|e| StoreError::BadManifest {
+                        seq: link.value().seq,
+                        detail: e.to_string(),
+                    })?;
                 frame(&mut w, TAG_OBJECT, &manifest_bytes).map_err(wio)?;
                 objects += 1;
                 for b in &manifest.batches {

@@ -12,6 +12,7 @@ use vmattest_core::wire::{HEADER_LEN, Kind};
 
 use crate::crypt::PageKey;
 use crate::replay::{ObjectFn, idx};
+use crate::take::{is_zero, page_of};
 use crate::{Store, StoreError, batch, fsio};
 
 /// Pages per region: 256 MiB of buffer per worker. Larger regions decode fewer batches twice
@@ -239,14 +240,14 @@ impl Rebuild<'_> {
         // written with their neighbours, so the number of writes stays small.
         let mut p = 0;
         while p < pages {
-            if is_zero(page(buf, p)) {
+            if zero_page(buf, p) {
                 p += 1;
                 continue;
             }
             let run = p;
             let mut end = p;
             while p < pages {
-                if !is_zero(page(buf, p)) {
+                if !zero_page(buf, p) {
                     p += 1;
                     end = p;
                 } else if p - end < HOLE_PAGES {
@@ -327,11 +328,6 @@ impl Rebuild<'_> {
     }
 }
 
-fn page(buf: &[u8], p: usize) -> &[u8] {
-    &buf[p * PAGE_SIZE..((p + 1) * PAGE_SIZE).min(buf.len())]
-}
-
-fn is_zero(page: &[u8]) -> bool {
-    page.chunks(64)
-        .all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0)
+fn zero_page(buf: &[u8], p: usize) -> bool {
+    is_zero(page_of(buf, p as u64))
 }

@@ -76,7 +76,7 @@ pub fn check_name(name: &str) -> Result<(), StoreError> {
     }
 }
 
-fn is_zero(page: &[u8]) -> bool {
+pub(crate) fn is_zero(page: &[u8]) -> bool {
     // OR-folding fixed-size chunks vectorises; bail out at the first non-zero chunk.
     page.chunks(64)
         .all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0)

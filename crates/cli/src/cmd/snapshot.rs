@@ -130,9 +130,7 @@ pub fn run(cmd: SnapshotCommand, json: bool) -> anyhow::Result<()> {
             max_age,
         } => {
             let (keys, secret) = load_verify(&verify)?;
-            let mut s = Store::open(&store.store).map_err(err)?;
-            let bar = Bar::later("verifying", json);
-            s.set_progress(Box::new(bar.clone()));
+            let (s, bar) = open_reporting(&store.store, "verifying", json)?;
             let opts = ReplayOptions {
                 upto: upto.map(SeqNo),
                 keys: Some(&keys),
@@ -159,9 +157,7 @@ pub fn run(cmd: SnapshotCommand, json: bool) -> anyhow::Result<()> {
             out,
         } => {
             let (keys, secret) = load_verify(&verify)?;
-            let mut s = Store::open(&store.store).map_err(err)?;
-            let bar = Bar::later("restoring", json);
-            s.set_progress(Box::new(bar.clone()));
+            let (s, bar) = open_reporting(&store.store, "restoring", json)?;
             let opts = ReplayOptions {
                 upto: seq.map(SeqNo),
                 keys: Some(&keys),
@@ -193,9 +189,7 @@ pub fn run(cmd: SnapshotCommand, json: bool) -> anyhow::Result<()> {
             to,
             out,
         } => {
-            let mut s = Store::open(&store.store).map_err(err)?;
-            let bar = Bar::later("exporting", json);
-            s.set_progress(Box::new(bar.clone()));
+            let (s, bar) = open_reporting(&store.store, "exporting", json)?;
             let r = s.export(SeqNo(from), to.map(SeqNo), &out);
             bar.finish();
             let (links, objects) = r.map_err(err)?;
@@ -337,6 +331,14 @@ pub fn run(cmd: SnapshotCommand, json: bool) -> anyhow::Result<()> {
             result
         }
     }
+}
+
+/// Opens a store whose long work reports to a progress bar labelled `label`.
+fn open_reporting(root: &Path, label: &str, json: bool) -> anyhow::Result<(Store, Bar)> {
+    let mut s = Store::open(root).map_err(err)?;
+    let bar = Bar::later(label, json);
+    s.set_progress(Box::new(bar.clone()));
+    Ok((s, bar))
 }
 
 fn tempdir_near(store: &Path) -> anyhow::Result<PathBuf> {
