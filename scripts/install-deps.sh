@@ -4,19 +4,36 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
-PKGS=(b3sum cryptsetup-bin xdelta3 zstd openssl pkg-config python3 python3-venv bc)
+PKGS=(b3sum cryptsetup-bin xdelta3 zstd openssl pkg-config python3 python3-venv bc
+      busybox-static cpio)
+# QEMU 10 (mapped-ram, file: migration URIs) comes from bookworm-backports; bookworm's own 7.2
+# conflicts with the qemu-utils 10 some hosts already carry.
+BPO_PKGS=(qemu-system-x86 qemu-utils)
 
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 missing=()
-for p in "${PKGS[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+for p in "${PKGS[@]}"; do installed "$p" || missing+=("$p"); done
+bpo_missing=()
+for p in "${BPO_PKGS[@]}"; do
+  installed "$p" && [[ $(dpkg-query -W -f='${Version}' "$p") == *bpo12* ]] || bpo_missing+=("$p")
 done
-if [ ${#missing[@]} -gt 0 ]; then
+if [ ${#missing[@]} -gt 0 ] || [ ${#bpo_missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
-    echo "install-deps: need root to install: ${missing[*]}" >&2
+    echo "install-deps: need root to install: ${missing[*]} ${bpo_missing[*]}" >&2
     exit 2
   fi
+  if [ ${#bpo_missing[@]} -gt 0 ] && ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    # Reuse the mirror apt is already configured with.
+    mirror=$(sed -n 's/^URIs: //p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -1)
+    [ -n "$mirror" ] || mirror=$(awk '/^deb /{print $2; exit}' /etc/apt/sources.list 2>/dev/null)
+    [ -n "$mirror" ] || { echo "install-deps: no Debian mirror configured for apt" >&2; exit 2; }
+    printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+      "$mirror" > /etc/apt/sources.list.d/vmattest-backports.sources
+  fi
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  [ ${#missing[@]} -eq 0 ] || apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  [ ${#bpo_missing[@]} -eq 0 ] ||
+    apt-get install -y -qq --no-install-recommends -t bookworm-backports "${bpo_missing[@]}" >/dev/null
 fi
 
 # An independent ML-DSA implementation, used only as a test oracle.

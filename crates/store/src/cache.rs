@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use vmattest_core::alg::PAGE_SIZE;
-use vmattest_core::chain::{Manifest, SeqNo};
+use vmattest_core::chain::{DeltaEntry, Manifest, SeqNo};
 use vmattest_core::tree::ImageTree;
 use vmattest_image::MappedImage;
 
@@ -216,18 +216,19 @@ impl Store {
         fsio::write_atomic(&path, &enc)
     }
 
-    /// Brings the cached images to the state of `m` (seq `m.meta.seq`).
-    pub(crate) fn update_head_cache(
+    /// Brings the cached images to the state of `m` (seq `m.meta.seq`): `page(i, entry)` gives
+    /// the new bytes of entry `i`; `full[c]` is the whole image when there is no cache yet.
+    pub(crate) fn update_head_cache<'s>(
         &self,
         m: &Manifest,
-        images: &[MappedImage],
-        had_cache: bool,
+        page: &dyn Fn(usize, &DeltaEntry) -> &'s [u8],
+        full: &[Option<Cow<'_, [u8]>>],
         key: Option<&CacheKey>,
     ) -> Result<(), StoreError> {
         let seq = m.meta.seq;
-        for (i, image) in images.iter().enumerate() {
-            if !had_cache {
-                self.write_full_cache_image(i, image.bytes(), seq, key)?;
+        for (i, image) in full.iter().enumerate() {
+            if let Some(image) = image {
+                self.write_full_cache_image(i, image, seq, key)?;
                 continue;
             }
             let path = self.cache_image(i);
@@ -240,19 +241,22 @@ impl Store {
                 None => Vec::new(),
             };
             let component = u16::try_from(i).unwrap_or(u16::MAX);
-            for e in m.entries.iter().filter(|e| e.component == component) {
-                let mut page = Cow::Borrowed(page_of(image.bytes(), e.page.0));
+            for (n, e) in m.entries.iter().enumerate() {
+                if e.component != component {
+                    continue;
+                }
+                let mut bytes = Cow::Borrowed(page(n, e));
                 if let Some(k) = key {
-                    let mut buf = page.into_owned();
+                    let mut buf = bytes.into_owned();
                     k.apply(e.page.0, seq.0, &mut buf);
                     if let Some(v) =
                         versions.get_mut(usize::try_from(e.page.0).unwrap_or(usize::MAX))
                     {
                         *v = seq.0;
                     }
-                    page = Cow::Owned(buf);
+                    bytes = Cow::Owned(buf);
                 }
-                f.write_all_at(&page, e.page.0 * PAGE_SIZE as u64)
+                f.write_all_at(&bytes, e.page.0 * PAGE_SIZE as u64)
                     .map_err(fsio::io(&path))?;
             }
             if key.is_some() {

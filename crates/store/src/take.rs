@@ -10,7 +10,7 @@ use vmattest_core::chain::{
     Manifest, PageChange, SeqNo, StateMeta, delta_digest, link_digest, state_root,
 };
 use vmattest_core::record::{SignatureEntry, Signed, UnixTime};
-use vmattest_core::tree::{ImageTree, Progress};
+use vmattest_core::tree::ImageTree;
 use vmattest_image::MappedImage;
 use vmattest_sign::Signer;
 
@@ -33,7 +33,6 @@ pub struct TakeOptions<'a> {
     pub signers: &'a [&'a dyn Signer],
     pub time: UnixTime,
     pub secret: Option<&'a StoreSecret>,
-    pub progress: &'a dyn Progress,
 }
 
 impl std::fmt::Debug for TakeOptions<'_> {
@@ -82,6 +81,90 @@ pub(crate) fn is_zero(page: &[u8]) -> bool {
         .all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0)
 }
 
+/// Where the bytes of the captured pages live between [`Store::freeze`] and [`Store::commit`].
+#[derive(Debug)]
+enum Source {
+    /// The component files themselves, which must not change until the commit.
+    Mapped(Vec<MappedImage>),
+    /// The changed pages, copied out so that the files (a running VM's RAM) may change.
+    Copied {
+        lens: Vec<u64>,
+        data: Vec<u8>,
+        /// Byte range in `data` of each entry's page; empty for zero pages.
+        spans: Vec<(usize, usize)>,
+    },
+}
+
+static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
+
+impl Source {
+    fn len(&self, c: usize) -> u64 {
+        match self {
+            Source::Mapped(images) => images.get(c).map_or(0, |i| i.bytes().len() as u64),
+            Source::Copied { lens, .. } => lens.get(c).copied().unwrap_or(0),
+        }
+    }
+
+    /// The new bytes of entry `i` (a full page, or the short last page).
+    fn page(&self, i: usize, e: &DeltaEntry) -> &[u8] {
+        let c = usize::from(e.component);
+        match self {
+            Source::Mapped(images) => images
+                .get(c)
+                .map_or(&[][..], |m| page_of(m.bytes(), e.page.0)),
+            Source::Copied { data, spans, .. } => match spans.get(i) {
+                Some(&(a, b)) if b > a => &data[a..b],
+                _ => {
+                    let left = self.len(c).saturating_sub(e.page.0 * PAGE_SIZE as u64);
+                    &ZERO_PAGE[..usize::try_from(left).unwrap_or(PAGE_SIZE).min(PAGE_SIZE)]
+                }
+            },
+        }
+    }
+
+    /// The whole image of component `c`; materialised from the pages when they were copied.
+    fn image(&self, c: usize, entries: &[DeltaEntry]) -> std::borrow::Cow<'_, [u8]> {
+        match self {
+            Source::Mapped(images) => {
+                std::borrow::Cow::Borrowed(images.get(c).map_or(&[][..], MappedImage::bytes))
+            }
+            Source::Copied { .. } => {
+                let len = usize::try_from(self.len(c)).unwrap_or(usize::MAX);
+                // calloc'd: untouched zero pages cost no memory.
+                let mut out = vec![0u8; len];
+                let component = u16::try_from(c).unwrap_or(u16::MAX);
+                for (i, e) in entries.iter().enumerate() {
+                    if e.component == component {
+                        let page = self.page(i, e);
+                        let at = usize::try_from(e.page.0).unwrap_or(usize::MAX) * PAGE_SIZE;
+                        out[at..at + page.len()].copy_from_slice(page);
+                    }
+                }
+                std::borrow::Cow::Owned(out)
+            }
+        }
+    }
+}
+
+/// A measured state waiting to be committed as the next link: trees, changed pages and their
+/// bytes. Splitting a take in two lets a VM run again as soon as its pages are copied out.
+#[derive(Debug)]
+pub struct Frozen {
+    head: Option<Head>,
+    components: Vec<(String, ComponentKind)>,
+    old_trees: Option<Vec<ImageTree>>,
+    trees: Vec<ImageTree>,
+    entries: Vec<DeltaEntry>,
+    source: Source,
+}
+
+impl Frozen {
+    /// Pages that differ from the head (all non-zero pages for a baseline).
+    pub fn changed_pages(&self) -> u64 {
+        self.entries.len() as u64
+    }
+}
+
 impl Store {
     /// Captures the components as the next link. Needs the writer lock.
     pub fn take(
@@ -89,6 +172,19 @@ impl Store {
         inputs: &[ComponentInput],
         opts: &TakeOptions<'_>,
     ) -> Result<TakeSummary, StoreError> {
+        let frozen = self.freeze(inputs, opts.secret, false)?;
+        self.commit(frozen, opts)
+    }
+
+    /// Measures the components against the head and finds the changed pages. With `copy`,
+    /// their bytes are copied out so that the files may change before [`Store::commit`];
+    /// otherwise the files must stay as they are until then.
+    pub fn freeze(
+        &self,
+        inputs: &[ComponentInput],
+        secret: Option<&StoreSecret>,
+        copy: bool,
+    ) -> Result<Frozen, StoreError> {
         if self._lock.is_none() {
             return Err(StoreError::Input(
                 "take needs the store opened for writing".into(),
@@ -99,9 +195,6 @@ impl Store {
                 "{} components: expected 1 to {MAX_COMPONENTS}",
                 inputs.len()
             )));
-        }
-        if opts.signers.is_empty() || opts.signers.len() > 8 {
-            return Err(StoreError::Input("expected 1 to 8 signing keys".into()));
         }
         for (i, c) in inputs.iter().enumerate() {
             check_name(&c.name)?;
@@ -114,11 +207,7 @@ impl Store {
         }
         let head = self.head()?;
         let prev = match head {
-            Some(h) => {
-                let link = self.read_link(h.seq)?;
-                let manifest = self.read_manifest(link.value())?;
-                Some((h, link, manifest))
-            }
+            Some(h) => Some((h, self.read_manifest(self.read_link(h.seq)?.value())?)),
             None => None,
         };
         let images = inputs
@@ -130,43 +219,28 @@ impl Store {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        if let Some((_, _, m)) = &prev {
+        if let Some((_, m)) = &prev {
             check_same_shape(inputs, &images, &m.components)?;
         }
-        let secret = match (self.meta.encrypted, opts.secret) {
-            (true, None) => {
-                return Err(StoreError::Secret("pass the secret file (--secret)".into()));
+        let secret = self.secret_for(secret)?;
+        let cache_key = match (secret, &prev) {
+            (Some(s), Some(_)) => {
+                let baseline = self.read_link(SeqNo(0))?.value().state_root;
+                Some(s.cache_key(baseline.as_bytes(), &self.meta.vm_id))
             }
-            (true, Some(s)) => Some(s),
-            (false, _) => None,
-        };
-        // Keys hang off the baseline's state root, known here unless this is the baseline.
-        let baseline_root = match &prev {
-            Some(_) => Some(self.read_link(SeqNo(0))?.value().state_root),
-            None => None,
-        };
-        let cache_key = match (secret, baseline_root) {
-            (Some(s), Some(r)) => Some(s.cache_key(r.as_bytes(), &self.meta.vm_id)),
             _ => None,
         };
-
-        // The previous state: cached images and trees (rebuilt from the chain when stale).
-        let old = match &prev {
-            Some((h, _, m)) => Some(self.load_head_cache(h, m, secret, cache_key.as_ref())?),
+        // The previous state's trees (its cache is rebuilt from the chain when stale).
+        let old_trees = match &prev {
+            Some((h, m)) => Some(self.load_head_cache(h, m, secret, cache_key.as_ref())?),
             None => None,
-        };
-        let old_pages = match &old {
-            Some(_) => (0..inputs.len())
-                .map(|i| self.open_head_pages(i, cache_key.as_ref()))
-                .collect::<Result<Vec<_>, _>>()?,
-            None => Vec::new(),
         };
 
         let mut trees = Vec::with_capacity(inputs.len());
         let mut entries: Vec<DeltaEntry> = Vec::new();
         for (i, (input, image)) in inputs.iter().zip(&images).enumerate() {
             let bytes = image.bytes();
-            let old_tree = old.as_ref().map(|t| &t[i]);
+            let old_tree = old_trees.as_ref().map(|t| &t[i]);
             let tree = match (&input.dirty, old_tree) {
                 (Some(dirty), Some(t)) => {
                     let mut t = t.clone();
@@ -174,7 +248,7 @@ impl Store {
                         .map_err(|e| StoreError::Input(format!("component {}: {e}", input.name)))?;
                     t
                 }
-                _ => ImageTree::build(&self.params, bytes, opts.progress).map_err(|e| {
+                _ => ImageTree::build(&self.params, bytes, self.progress()).map_err(|e| {
                     StoreError::Image {
                         what: format!("component {}", input.name),
                         detail: e.to_string(),
@@ -200,9 +274,61 @@ impl Store {
             );
             trees.push(tree);
         }
+        let source = if copy {
+            copy_pages(&images, &entries)
+        } else {
+            Source::Mapped(images)
+        };
+        Ok(Frozen {
+            head,
+            components: inputs.iter().map(|c| (c.name.clone(), c.kind)).collect(),
+            old_trees,
+            trees,
+            entries,
+            source,
+        })
+    }
 
+    fn secret_for<'s>(
+        &self,
+        secret: Option<&'s StoreSecret>,
+    ) -> Result<Option<&'s StoreSecret>, StoreError> {
+        match (self.meta.encrypted, secret) {
+            (true, None) => Err(StoreError::Secret("pass the secret file (--secret)".into())),
+            (true, Some(s)) => Ok(Some(s)),
+            (false, _) => Ok(None),
+        }
+    }
+
+    /// Stores a frozen state's pages, signs its link and moves HEAD to it.
+    pub fn commit(
+        &self,
+        frozen: Frozen,
+        opts: &TakeOptions<'_>,
+    ) -> Result<TakeSummary, StoreError> {
+        let Frozen {
+            head,
+            components: names,
+            old_trees,
+            trees,
+            mut entries,
+            source,
+        } = frozen;
+        if opts.signers.is_empty() || opts.signers.len() > 8 {
+            return Err(StoreError::Input("expected 1 to 8 signing keys".into()));
+        }
+        if self.head()? != head {
+            return Err(StoreError::Input(
+                "the head moved since the state was measured".into(),
+            ));
+        }
+        let secret = self.secret_for(opts.secret)?;
+        let prev_link = match head {
+            Some(h) => Some(self.read_link(h.seq)?),
+            None => None,
+        };
         let seq = SeqNo(head.map_or(0, |h| h.seq.0 + 1));
-        if let Some((_, link, _)) = &prev
+        if let Some(link) = &prev_link
             && opts.time < link.value().time
         {
             return Err(StoreError::Input(format!(
@@ -219,26 +345,35 @@ impl Store {
             policy_id: self.meta.policy_id.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
         };
-        let components: Vec<ComponentRoot> = inputs
+        let components: Vec<ComponentRoot> = names
             .iter()
             .zip(&trees)
-            .map(|(c, t)| ComponentRoot {
-                name: c.name.clone(),
-                kind: c.kind,
+            .map(|((name, kind), t)| ComponentRoot {
+                name: name.clone(),
+                kind: *kind,
                 len: t.len(),
                 root: t.root(),
             })
             .collect();
         let root = state_root(&meta, &components);
-        let baseline_root = baseline_root.unwrap_or(root);
+        let baseline_root = match head {
+            Some(_) => self.read_link(SeqNo(0))?.value().state_root,
+            None => root,
+        };
         let key = secret.map(|s| s.page_key(baseline_root.as_bytes(), &self.meta.vm_id));
         let cache_key = secret.map(|s| s.cache_key(baseline_root.as_bytes(), &self.meta.vm_id));
+        let old_pages = match &old_trees {
+            Some(t) => (0..t.len())
+                .map(|i| self.open_head_pages(i, cache_key.as_ref()))
+                .collect::<Result<Vec<_>, _>>()?,
+            None => Vec::new(),
+        };
 
         let (batches, stored_bytes) = self.write_batches(
             &mut entries,
-            &images,
+            &source,
             &old_pages,
-            old.as_deref().unwrap_or(&[]),
+            old_trees.as_deref().unwrap_or(&[]),
             key.as_ref(),
         )?;
         let manifest = Manifest {
@@ -282,8 +417,20 @@ impl Store {
         self.set_head(new_head)?;
         fail_point("after-head");
 
+        drop(old_pages);
         self.cache_invalidate()?;
-        self.update_head_cache(&manifest, &images, old.is_some(), cache_key.as_ref())?;
+        let images: Vec<_> = (0..trees.len())
+            .map(|c| match &old_trees {
+                Some(_) => None,
+                None => Some(source.image(c, &manifest.entries)),
+            })
+            .collect();
+        self.update_head_cache(
+            &manifest,
+            &|i, e| source.page(i, e),
+            &images,
+            cache_key.as_ref(),
+        )?;
         fail_point("before-stamp");
         self.cache_commit(&new_head, &trees)?;
 
@@ -309,7 +456,7 @@ impl Store {
     fn write_batches(
         &self,
         entries: &mut [DeltaEntry],
-        images: &[MappedImage],
+        source: &Source,
         old: &[HeadPages<'_>],
         old_trees: &[ImageTree],
         key: Option<&PageKey>,
@@ -338,7 +485,7 @@ impl Store {
                 for &i in *run {
                     let e = &view[i];
                     let c = usize::from(e.component);
-                    let new = page_of(images[c].bytes(), e.page.0);
+                    let new = source.page(i, e);
                     let Some(o) = old.get(c) else {
                         raw.extend_from_slice(new);
                         literal.push(true);
@@ -452,6 +599,36 @@ fn changed_pages(tree: &ImageTree, old: Option<&ImageTree>, bytes: &[u8]) -> Vec
             })
         })
         .collect()
+}
+
+/// Copies the bytes of every changed non-zero page, in entry order.
+fn copy_pages(images: &[MappedImage], entries: &[DeltaEntry]) -> Source {
+    let mut data = Vec::with_capacity(
+        entries
+            .iter()
+            .filter(|e| e.change != PageChange::Zero)
+            .count()
+            * PAGE_SIZE,
+    );
+    let spans = entries
+        .iter()
+        .map(|e| {
+            if e.change == PageChange::Zero {
+                return (0, 0);
+            }
+            let page = images
+                .get(usize::from(e.component))
+                .map_or(&[][..], |m| page_of(m.bytes(), e.page.0));
+            let at = data.len();
+            data.extend_from_slice(page);
+            (at, data.len())
+        })
+        .collect();
+    Source::Copied {
+        lens: images.iter().map(|m| m.bytes().len() as u64).collect(),
+        data,
+        spans,
+    }
 }
 
 fn check_same_shape(

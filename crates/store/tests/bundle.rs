@@ -15,7 +15,6 @@ use common::*;
 use vmattest_core::chain::{ComponentKind, SeqNo};
 use vmattest_core::record::UnixTime;
 use vmattest_core::sig::SigAlg;
-use vmattest_core::tree::NoProgress;
 use vmattest_sign::{SecretKey, Signer};
 use vmattest_store::{ComponentInput, ReplayOptions, Store, StoreError, StoreSecret, TakeOptions};
 
@@ -133,7 +132,6 @@ fn damaged_foreign_stale_and_forked_bundles_change_nothing() {
                 nanos: 0,
             },
             secret: None,
-            progress: &NoProgress,
         };
         store.take(&inputs, &opts).unwrap();
     }

@@ -142,3 +142,51 @@ proptest::proptest! {
         }
     }
 }
+
+/// A capture whose pages were copied out at `freeze` commits that instant, even though the
+/// files (a running VM's RAM) change before `commit`; the next take then sees the change.
+#[test]
+fn frozen_copy_commits_the_frozen_instant() {
+    for encrypted in [false, true] {
+        let mut fx = Fixture::new("blake3", encrypted);
+        let mem_path = fx.path("mem.img");
+        let mut frozen_states = Vec::new();
+        let mut mem = vm_like(200 * PAGE + 100, 9);
+        for round in 0..4u64 {
+            std::fs::write(&mem_path, &mem).unwrap();
+            let store = Store::open_writer(&fx.store).unwrap();
+            let inputs = [vmattest_store::ComponentInput {
+                name: "mem".into(),
+                kind: ComponentKind::Memory,
+                path: mem_path.clone(),
+                dirty: None,
+            }];
+            let frozen = store.freeze(&inputs, fx.secret.as_ref(), true).unwrap();
+            frozen_states.push(mem.clone());
+            // The "VM" runs on before the commit.
+            mutate(&mut mem, 9, round * 7 + 5);
+            std::fs::write(&mem_path, &mem).unwrap();
+            fx.time += 5;
+            let signers: [&dyn vmattest_sign::Signer; 1] = [&fx.key];
+            let opts = vmattest_store::TakeOptions {
+                signers: &signers,
+                time: vmattest_core::record::UnixTime {
+                    secs: fx.time,
+                    nanos: 0,
+                },
+                secret: fx.secret.as_ref(),
+            };
+            store.commit(frozen, &opts).unwrap();
+        }
+        let store = Store::open(&fx.store).unwrap();
+        let keys = fx.public();
+        for (seq, want) in frozen_states.iter().enumerate() {
+            let out = fx.path(&format!("out-{seq}"));
+            store
+                .restore(&fx.opts(&keys, Some(seq as u64)), &out)
+                .unwrap();
+            assert_eq!(&std::fs::read(out.join("mem")).unwrap(), want, "seq {seq}");
+        }
+        assert!(store.fsck(false).unwrap().is_clean());
+    }
+}

@@ -17,7 +17,6 @@ use common::*;
 use vmattest_core::alg::PageIndex;
 use vmattest_core::chain::{ComponentKind, SeqNo};
 use vmattest_core::record::UnixTime;
-use vmattest_core::tree::NoProgress;
 use vmattest_sign::{SecretKey, Signer};
 use vmattest_store::{ComponentInput, Store, StoreError, TakeOptions, TakeSummary};
 
@@ -44,7 +43,6 @@ fn take_at(
             signers: &signers,
             time: UnixTime { secs, nanos: 0 },
             secret: None,
-            progress: &NoProgress,
         },
     )
 }
@@ -80,7 +78,6 @@ fn second_writer_is_locked_out_until_the_first_is_dropped() {
         signers: &signers,
         time: UnixTime { secs: 1, nanos: 0 },
         secret: None,
-        progress: &NoProgress,
     };
     let inputs = [input("mem", ComponentKind::Memory, &mp, None)];
     assert!(matches!(

@@ -452,19 +452,19 @@ fn take(
         .collect::<Result<_, _>>()?;
     let signer_refs: Vec<&dyn Signer> = signers.iter().map(|s| s as &dyn Signer).collect();
     let secret = secret.map(StoreSecret::load).transpose().map_err(err)?;
-    let store = Store::open_writer(root).map_err(err)?;
+    let mut store = Store::open_writer(root).map_err(err)?;
     let total: u64 = inputs
         .iter()
         .filter_map(|c| std::fs::metadata(&c.path).ok())
         .map(|m| m.len())
         .sum();
     let bar = Bar::new(total, "hashing", json);
+    store.set_progress(Box::new(bar.clone()));
     let t = Instant::now();
     let opts = TakeOptions {
         signers: &signer_refs,
         time: now(),
         secret: secret.as_ref(),
-        progress: &bar,
     };
     let s = store.take(&inputs, &opts).map_err(err)?;
     bar.finish();

@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use vmattest_core::chain::ComponentKind;
 use vmattest_core::record::UnixTime;
 use vmattest_core::sig::SigAlg;
-use vmattest_core::tree::NoProgress;
 use vmattest_sign::{PublicKey, SecretKey, Signer};
 use vmattest_store::{
     ComponentInput, ReplayOptions, Store, StoreMeta, StoreSecret, TakeOptions, TakeSummary,
@@ -90,7 +89,6 @@ impl Fixture {
                 nanos: 0,
             },
             secret: self.secret.as_ref(),
-            progress: &NoProgress,
         };
         store.take(&inputs, &opts)
     }
