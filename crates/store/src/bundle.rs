@@ -370,6 +370,7 @@ impl Store {
             &Source {
                 links: all.clone(),
                 object: &object,
+                from_cache: false,
             },
             opts,
             check.path(),

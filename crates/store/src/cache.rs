@@ -157,14 +157,19 @@ impl Store {
             };
             let trees = match key {
                 None => {
-                    self.replay_into(&opts, &self.root.join("head"), &|i, _| format!("{i}.img"))?
-                        .1
+                    self.replay_into(
+                        &opts,
+                        &self.root.join("head"),
+                        &|i, _| format!("{i}.img"),
+                        false,
+                    )?
+                    .1
                 }
                 Some(_) => {
                     // Rebuild in scratch space, then encrypt into place.
                     let tmp = self.tmp_dir("cache")?;
                     let (_, trees) =
-                        self.replay_into(&opts, tmp.path(), &|i, _| format!("{i}.img"))?;
+                        self.replay_into(&opts, tmp.path(), &|i, _| format!("{i}.img"), false)?;
                     for i in 0..trees.len() {
                         let plain = MappedImage::open(&tmp.path().join(format!("{i}.img")))
                             .map_err(|e| StoreError::Input(e.to_string()))?;

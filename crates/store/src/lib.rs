@@ -43,7 +43,7 @@ pub use error::StoreError;
 pub use fsck::FsckReport;
 pub use fsio::write_atomic;
 pub use replay::{ReplayOptions, Verified};
-pub use take::{ComponentInput, TakeOptions, TakeSummary};
+pub use take::{ComponentInput, Frozen, TakeOptions, TakeSummary};
 
 /// Version of the store layout.
 pub const STORE_FORMAT: u32 = 1;

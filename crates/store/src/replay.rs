@@ -17,6 +17,8 @@ use vmattest_sign::record::verify_signed;
 
 use crate::crypt::StoreSecret;
 use crate::rebuild::{Decoder, REGION_PAGES, Rebuild, Scratch};
+use vmattest_image::MappedImage;
+
 use crate::{Store, StoreError, fsio};
 
 /// How far and how strictly to replay.
@@ -49,6 +51,9 @@ pub(crate) type ObjectFn<'a> = dyn Fn(&ObjectId, usize) -> Result<Vec<u8>, Store
 pub(crate) struct Source<'a> {
     pub links: Vec<SignedLink>,
     pub object: &'a ObjectFn<'a>,
+    /// Copy the last seq's bytes from the head cache instead of decoding the chain. They are
+    /// hashed after the copy like rebuilt bytes, and rebuilt when they do not match.
+    pub from_cache: bool,
 }
 
 type NameFn<'a> = dyn Fn(usize, &ComponentRoot) -> String + 'a;
@@ -58,7 +63,7 @@ impl Store {
     pub fn verify(&self, opts: &ReplayOptions<'_>) -> Result<Verified, StoreError> {
         let tmp = self.tmp_dir("verify")?;
         Ok(self
-            .replay_into(opts, tmp.path(), &|i, _| format!("{i}.img"))?
+            .replay_into(opts, tmp.path(), &|i, _| format!("{i}.img"), false)?
             .0)
     }
 
@@ -76,7 +81,7 @@ impl Store {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         let staging = fsio::TempDir::new(parent, ".vmattest-restore")?;
-        let (v, _) = self.replay_into(opts, staging.path(), &|_, c| c.name.clone())?;
+        let (v, _) = self.replay_into(opts, staging.path(), &|_, c| c.name.clone(), true)?;
         std::fs::rename(staging.path(), out).map_err(fsio::io(out))?;
         fsio::sync_dir(parent)?;
         Ok(v)
@@ -87,6 +92,7 @@ impl Store {
         opts: &ReplayOptions<'_>,
         dir: &Path,
         name: &NameFn<'_>,
+        use_cache: bool,
     ) -> Result<(Verified, Vec<ImageTree>), StoreError> {
         let head = self
             .head()?
@@ -108,10 +114,14 @@ impl Store {
             });
         }
         let object = |id: &ObjectId, max: usize| self.read_object(id, max);
+        // The head's bytes are already in the head cache (plain in an unencrypted store).
+        let from_cache =
+            use_cache && upto == head.seq && !self.meta.encrypted && self.cache_matches(&head);
         self.replay_source(
             &Source {
                 links,
                 object: &object,
+                from_cache,
             },
             opts,
             dir,
@@ -150,6 +160,7 @@ impl Store {
         for (i, c) in comps.iter().enumerate() {
             let path = dir.join(name(i, c));
             let f = std::fs::File::options()
+                .read(true)
                 .write(true)
                 .create(true)
                 .truncate(true)
@@ -162,10 +173,22 @@ impl Store {
         // at every seq from the signed digests, and the bytes at the last seq.
         let (trees, regions) = rayon::join(
             || self.digest_trees(&rb, &manifests),
-            || rebuild_all(&rb, comps, &files),
+            || match src.from_cache {
+                true => self.copy_head(comps, &files),
+                false => rebuild_all(&rb, comps, &files),
+            },
         );
         let trees = trees?;
-        for (i, first, leaves) in regions? {
+        let mut regions = regions?;
+        if src.from_cache {
+            let stale = regions
+                .iter()
+                .any(|(i, first, leaves)| rb.check_region(*i, *first, leaves, &trees[*i]).is_err());
+            if stale {
+                regions = rebuild_all(&rb, comps, &files)?;
+            }
+        }
+        for (i, first, leaves) in regions {
             rb.check_region(i, first, &leaves, &trees[i])?;
         }
         let l = last.value();
@@ -375,6 +398,91 @@ fn rebuild_all(
             r.map(|leaves| (i, first, leaves))
         })
         .collect()
+}
+
+impl Store {
+    /// Copies the cached head images into `files` inside the kernel and hashes the copies
+    /// (never the cache, which a writer may change meanwhile). One thread copies chunk after
+    /// chunk (parallel writes to one file serialise in the kernel anyway) while the others
+    /// hash the chunks already copied.
+    fn copy_head(
+        &self,
+        comps: &[ComponentRoot],
+        files: &[(std::fs::File, std::path::PathBuf)],
+    ) -> Result<Vec<(usize, u64, Vec<u8>)>, StoreError> {
+        let maps = comps
+            .iter()
+            .zip(files)
+            .map(|(c, (_, path))| {
+                MappedImage::open(path).map_err(|e| StoreError::Image {
+                    what: format!("component {}", c.name),
+                    detail: e.to_string(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let chunks: Vec<(usize, u64)> = comps
+            .iter()
+            .enumerate()
+            .flat_map(|(i, c)| {
+                (0..page_count(c.len).div_ceil(HASH_PAGES)).map(move |r| (i, r * HASH_PAGES))
+            })
+            .collect();
+        let (tx, rx) = std::sync::mpsc::channel::<(usize, u64)>();
+        let copier = || -> Result<(), StoreError> {
+            let mut src: Option<(usize, std::fs::File)> = None;
+            for &(i, first) in &chunks {
+                if src.as_ref().is_none_or(|(j, _)| *j != i) {
+                    let p = self.cache_image(i);
+                    src = Some((i, std::fs::File::open(&p).map_err(fsio::io(&p))?));
+                }
+                let Some((_, from)) = &src else { continue };
+                let (out, path) = &files[i];
+                let start = first * PAGE_SIZE as u64;
+                let len = (comps[i].len - start).min(HASH_PAGES * PAGE_SIZE as u64);
+                copy_range(from, out, start, len).map_err(fsio::io(path))?;
+                if tx.send((i, first)).is_err() {
+                    break;
+                }
+            }
+            drop(tx);
+            Ok(())
+        };
+        let dlen = self.params.alg().digest_len();
+        let hash = |(i, first): (usize, u64)| {
+            let bytes = maps[i].bytes();
+            let start = idx(first) * PAGE_SIZE;
+            let end = (start + idx(HASH_PAGES) * PAGE_SIZE).min(bytes.len());
+            let mut leaves = vec![0u8; idx(page_count((end - start) as u64)) * dlen];
+            self.params
+                .hash_pages(PageIndex(first), &bytes[start..end], &mut leaves);
+            self.progress().advance((end - start) as u64);
+            (i, first, leaves)
+        };
+        let (copied, hashed) = rayon::join(copier, || {
+            rx.into_iter().par_bridge().map(hash).collect::<Vec<_>>()
+        });
+        copied?;
+        Ok(hashed)
+    }
+}
+
+/// Pages per copy-and-hash chunk of a head restore.
+const HASH_PAGES: u64 = 8192;
+
+/// `len` bytes at `off` from one file to the same offset of another, inside the kernel.
+fn copy_range(from: &std::fs::File, to: &std::fs::File, off: u64, len: u64) -> std::io::Result<()> {
+    let (mut a, mut b, mut left) = (off, off, idx(len));
+    while left > 0 {
+        let n = rustix::fs::copy_file_range(from, Some(&mut a), to, Some(&mut b), left)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the head cache is shorter than its component",
+            ));
+        }
+        left -= n;
+    }
+    Ok(())
 }
 
 /// In-memory sizes and indices always fit `usize` on the 64-bit hosts vmattest supports.

@@ -190,3 +190,32 @@ fn frozen_copy_commits_the_frozen_instant() {
         assert!(store.fsck(false).unwrap().is_clean());
     }
 }
+
+/// Restoring the head copies the head cache; a damaged cache is noticed by the hash of the copy
+/// and the head is rebuilt from the chain instead.
+#[test]
+fn head_restore_survives_a_damaged_cache() {
+    let mut fx = Fixture::new("sha256", false);
+    let mem_path = fx.path("mem.img");
+    let mut mem = vm_like(3000 * PAGE, 4);
+    for round in 0..3u64 {
+        std::fs::write(&mem_path, &mem).unwrap();
+        fx.take(&[("mem", ComponentKind::Memory, &mem_path)]);
+        if round < 2 {
+            mutate(&mut mem, 40, round + 11);
+        }
+    }
+    let store = Store::open(&fx.store).unwrap();
+    let keys = fx.public();
+    let out = fx.path("clean");
+    store.restore(&fx.opts(&keys, None), &out).unwrap();
+    assert_eq!(std::fs::read(out.join("mem")).unwrap(), mem);
+
+    let cache = fx.store.join("head").join("0.img");
+    let mut bytes = std::fs::read(&cache).unwrap();
+    bytes[2000 * PAGE + 7] ^= 1;
+    std::fs::write(&cache, &bytes).unwrap();
+    let out = fx.path("damaged");
+    store.restore(&fx.opts(&keys, None), &out).unwrap();
+    assert_eq!(std::fs::read(out.join("mem")).unwrap(), mem);
+}
