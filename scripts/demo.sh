@@ -1,91 +1,113 @@
 #!/usr/bin/env bash
-# The end-to-end demo: measure images, sign, verify, tamper, detect, prove one page.
+# The end-to-end demo on a real QEMU guest: boot, baseline, deltas, verify, tamper and detect,
+# roll back (the guest continues from the captured counter), migrate to another store and QEMU,
+# and prove one page of guest memory to someone who never sees it.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 ensure_deps
 VM=$(build_release)
-W=$(mktemp -d)
-trap 'rm -rf "$W"' EXIT
+"$ROOT/scripts/build-guest.sh" >/dev/null
+GUEST=$CACHE/guest
+W=$(mktemp -d "${TMPDIR:-/tmp}/vmattest-demo.XXXXXX")
+cleanup() {
+  "$VM" vm stop --vm "$W/demo.toml" >/dev/null 2>&1 || true
+  "$VM" vm stop --vm "$W/host-b.toml" >/dev/null 2>&1 || true
+  rm -rf "$W"
+}
+trap cleanup EXIT
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*" | sed "s|$W/||g; s|$VM|vmattest|g"; "$@"; }
+ticks() { { grep -a -o 'tick [0-9]*' "$1" 2>/dev/null || true; } | awk '{print $2}'; }
+last_tick() { ticks "$1" | awk 'END {print $1}'; }
+first_tick() { ticks "$1" | awk 'NR == 1 {print $1}'; }
+wait_tick() { # wait for a tick newer than $2 in console $1
+  for _ in $(seq 600); do t=$(last_tick "$1"); [ -n "$t" ] && [ "$t" -gt "${2:-0}" ] && { echo "$t"; return; }; sleep 0.05; done
+  echo "no new tick in $1" >&2; exit 1
+}
+spec() { # name run_dir disk
+  cat <<TOML
+name = "$1"
+memory_mib = 256
+vcpus = 1
+accel = "auto"
+run_dir = "$2"
 
-say "a VM-like memory image (64 MiB) and a disk image (16 MiB)"
-python3 - "$W" <<'PY'
-import os, sys
-w = sys.argv[1]
-for name, pages in (("mem.img", 16384), ("disk.img", 4096)):
-    with open(os.path.join(w, name), "wb") as f:
-        for i in range(pages):
-            k = i % 4
-            f.write(bytes(4096) if k == 0 else os.urandom(4096) if k == 1 else (b"vmattest %08d " % i) * 227 + bytes(4096 - 227 * 18))
-PY
+[boot]
+kernel = "$GUEST/vmlinuz"
+initrd = "$GUEST/initramfs.cpio.gz"
+cmdline = "console=ttyS0 quiet panic=-1"
+
+[[disk]]
+name = "disk0"
+path = "$3"
+format = "raw"
+TOML
+}
 cd "$W"
+truncate -s 16M disk0.raw
+spec demo run-demo disk0.raw > demo.toml
+CONSOLE=$W/run-demo/console.log
 
-say "measure: the BLAKE3 root is b3sum's, the SHA-256 root is veritysetup's"
-run "$VM" measure mem.img disk.img
-run b3sum mem.img
-run "$VM" measure --alg sha256 --salt 5eed disk.img
-veritysetup format --hash sha256 --salt 5eed disk.img disk.hash | grep 'Root hash'
-
-say "a hybrid Ed25519 + ML-DSA-65 key; sign a record of both images"
+say "a guest: Debian kernel + busybox; it prints 'tick N' each second and writes block N%256 of its disk"
+cat demo.toml
+run "$VM" vm start --vm demo.toml --wait-for READY
 run "$VM" keygen --alg hybrid --out host.key
-run "$VM" sign --key host.key --out snap.rec mem.img disk.img
-run "$VM" verify --check-images --pubkey host.key.pub snap.rec
+run "$VM" snapshot init --store chain --vm-id demo
 
-say "prove one page of memory to someone who never sees the image"
-run "$VM" prove --page 4242 --out page.proof mem.img
-run "$VM" verify-proof --record snap.rec --pubkey host.key.pub page.proof
-
-say "a snapshot chain: baseline, then two deltas of a changing guest"
-run "$VM" snapshot init --store chain --vm-id demo-vm
-run "$VM" snapshot take --store chain --key host.key --memory mem.img --disk disk.img
-python3 - <<'PY'
-import mmap, os
-with open("mem.img", "r+b") as f, mmap.mmap(f.fileno(), 0) as m:
-    for p in range(0, 16384, 97):          # about 1% of the pages
-        m[p * 4096 + 100:p * 4096 + 108] = os.urandom(8)
-PY
-run "$VM" snapshot take --store chain --key host.key --memory mem.img --disk disk.img
-cp mem.img mem-seq1.img
-printf 'guest wrote this' | dd of=disk.img bs=1 seek=8192 conv=notrunc status=none
-run "$VM" snapshot take --store chain --key host.key --memory mem.img --disk disk.img
+say "baseline and three deltas while the guest runs (RAM hashed in place, device state via QMP)"
+declare -a AT
+for seq in 0 1 2 3; do
+  AT[$seq]=$(wait_tick "$CONSOLE" "$(last_tick "$CONSOLE")")
+  run "$VM" snapshot take --store chain --vm demo.toml --key host.key
+  echo "(seq $seq captured at guest tick ${AT[$seq]})"
+  sleep 1
+done
 run "$VM" snapshot log --store chain
 run "$VM" snapshot verify --store chain --pubkey host.key.pub
 
-say "roll back: restore seq 1, byte for byte"
-run "$VM" snapshot restore --store chain --pubkey host.key.pub --seq 1 --out at-seq1
-run cmp at-seq1/memory mem-seq1.img && echo "(seq 1 memory is byte-identical)"
+say "roll back to seq 1: verify, replace RAM, disk and device state, resume in a new QEMU"
+run "$VM" snapshot restore --store chain --pubkey host.key.pub --seq 1 --vm demo.toml
+wait_tick "$CONSOLE" 0 >/dev/null; first=$(first_tick "$CONSOLE")
+echo "(captured at tick ${AT[1]}; the restored guest's first tick is $first)"
+[ "$first" -eq $((AT[1] + 1)) ] || { echo "the guest did not continue from seq 1" >&2; exit 1; }
 
-say "migrate: export a bundle, import it on 'another host' (a second store), verify there"
+say "tamper with a stored page batch of the baseline: the rollback is refused, the guest runs on"
+pid=$("$VM" --json vm status --vm demo.toml | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
+victim=$(python3 - chain <<'PY'
+import os, sys
+objs = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(sys.argv[1], "objects")) for f in fs]
+batches = [p for p in objs if open(p, "rb").read(10)[8:10] == b"\0\6"]
+print(min(batches, key=os.path.getmtime))
+PY
+)
+cp "$victim" victim.orig
+python3 -c "import sys; p=sys.argv[1]; b=bytearray(open(p,'rb').read()); b[len(b)//2]^=1; open(p,'wb').write(b)" "$victim"
+set +e
+run "$VM" snapshot restore --store chain --pubkey host.key.pub --seq 2 --vm demo.toml
+rc=$?
+set -e
+[ "$rc" -eq 1 ] || { echo "expected exit 1 for a tampered chain, got $rc" >&2; exit 1; }
+now=$("$VM" --json vm status --vm demo.toml | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
+[ "$now" = "$pid" ] || { echo "the running VM was touched" >&2; exit 1; }
+echo "(exit $rc: tampering detected; QEMU pid $pid untouched, guest at tick $(wait_tick "$CONSOLE" "$(last_tick "$CONSOLE")"))"
+cp victim.orig "$victim"
+
+say "migrate: export a bundle, import it on 'host B' (another store), resume it under a new QEMU"
 run "$VM" snapshot export --store chain --out chain.bundle
-run "$VM" snapshot import --store other-host --pubkey host.key.pub chain.bundle
-run "$VM" snapshot verify --store other-host --pubkey host.key.pub
+run "$VM" snapshot import --store host-b --pubkey host.key.pub chain.bundle
+truncate -s 16M disk-b.raw
+spec host-b run-b disk-b.raw > host-b.toml
+run "$VM" snapshot restore --store host-b --pubkey host.key.pub --seq 3 --vm host-b.toml
+wait_tick "$W/run-b/console.log" 0 >/dev/null
+first=$(first_tick "$W/run-b/console.log")
+echo "(seq 3 was captured at tick ${AT[3]}; on host B the guest's first tick is $first)"
+[ "$first" -eq $((AT[3] + 1)) ] || { echo "the migrated guest did not continue" >&2; exit 1; }
 
-say "tamper with a stored page batch: verification names seq, component and pages"
-victim=$(ls -S chain/objects/*/* | tail -1)
-python3 -c "import sys; p=sys.argv[1]; b=bytearray(open(p,'rb').read()); b[-5]^=1; open(p,'wb').write(b)" "$victim"
-set +e
-run "$VM" snapshot verify --store chain --pubkey host.key.pub
-rc=$?
-set -e
-[ "$rc" -eq 1 ] || { echo "expected exit 1 for a tampered store, got $rc" >&2; exit 1; }
-echo "(exit $rc: tampering detected)"
-
-say "tamper: flip one byte of guest memory"
-printf '\xff' | dd of=mem.img bs=1 seek=$((4242 * 4096 + 7)) conv=notrunc status=none
-set +e
-run "$VM" verify --check-images --pubkey host.key.pub snap.rec
-rc=$?
-set -e
-[ "$rc" -eq 1 ] || { echo "expected exit 1 for a tampered image, got $rc" >&2; exit 1; }
-echo "(exit $rc: tampering detected)"
-
-say "tamper: flip one byte of the signed record"
-python3 -c "import sys; b=bytearray(open('snap.rec','rb').read()); b[-20]^=1; open('snap.rec','wb').write(b)"
-set +e
-run "$VM" verify --pubkey host.key.pub snap.rec
-rc=$?
-set -e
-[ "$rc" -ne 0 ] || { echo "expected a failure for a tampered record" >&2; exit 1; }
-echo "(exit $rc: tampering detected)"
+say "prove one page of guest RAM at seq 3 without revealing the rest"
+run "$VM" snapshot prove --store chain --pubkey host.key.pub --seq 3 --component ram --page 256 --out page.proof
+root=$("$VM" --json show page.proof | python3 -c 'import json,sys; print(json.load(sys.stdin)["root"])')
+run "$VM" verify-proof page.proof --root "$root" --extract page.bin
+echo "(the verifier learns 4096 bytes of guest RAM and that they belong to the signed seq 3 state)"
+run "$VM" vm stop --vm demo.toml
+run "$VM" vm stop --vm host-b.toml
 say "demo complete"

@@ -3,6 +3,7 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 ensure_deps
+"$ROOT/scripts/build-guest.sh" >/dev/null
 cd "$ROOT"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings

@@ -117,6 +117,41 @@ pub enum Command {
     /// Snapshot chains: incremental, signed, verifiable, portable.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// QEMU virtual machines described by a spec file.
+    #[command(subcommand)]
+    Vm(VmCommand),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct VmArg {
+    /// VM spec file, or NAME for `$VMATTEST_VMS/NAME.toml` (default directory `vms`).
+    #[arg(long)]
+    pub vm: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// Start the VM (its RAM lives in a shared file under the spec's run_dir).
+    Start {
+        #[command(flatten)]
+        vm: VmArg,
+        /// Wait until the serial console prints a line containing this text.
+        #[arg(long)]
+        wait_for: Option<String>,
+        /// Seconds to wait for `--wait-for`.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
+    /// Stop the VM: QMP quit, then SIGTERM and SIGKILL to its recorded PID.
+    Stop {
+        #[command(flatten)]
+        vm: VmArg,
+    },
+    /// Whether the VM runs, its PID and QEMU's run state.
+    Status {
+        #[command(flatten)]
+        vm: VmArg,
+    },
 }
 
 #[derive(Debug, Args, Clone)]
@@ -175,6 +210,9 @@ pub enum SnapshotCommand {
         store: StoreArg,
         #[command(flatten)]
         components: ComponentArgs,
+        /// Capture this running QEMU VM (spec file or NAME) instead of files.
+        #[arg(long, conflicts_with_all = ["memory", "disk", "device_state", "config", "dirty"])]
+        vm: Option<String>,
         /// Private key; repeat to co-sign.
         #[arg(long = "key", required = true)]
         keys: Vec<PathBuf>,
@@ -210,8 +248,13 @@ pub enum SnapshotCommand {
         verify: VerifyArgs,
         #[arg(long)]
         seq: Option<u64>,
+        /// New directory for the components.
+        #[arg(long, required_unless_present = "vm", conflicts_with = "vm")]
+        out: Option<PathBuf>,
+        /// Roll this QEMU VM (spec file or NAME) back to the seq: its QEMU is replaced by one
+        /// that continues from the restored state.
         #[arg(long)]
-        out: PathBuf,
+        vm: Option<String>,
     },
     /// Write links and the pages they need to one bundle file.
     Export {

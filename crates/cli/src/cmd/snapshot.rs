@@ -20,7 +20,7 @@ use crate::output;
 use crate::progress::Bar;
 
 /// Store errors that mean "the data does not match its signed commitments" exit 1.
-fn err(e: StoreError) -> anyhow::Error {
+pub(super) fn err(e: StoreError) -> anyhow::Error {
     if e.is_verification() {
         VerificationFailed(e.to_string()).into()
     } else {
@@ -29,14 +29,14 @@ fn err(e: StoreError) -> anyhow::Error {
 }
 
 #[derive(Debug, Serialize)]
-struct ComponentJson {
+pub(super) struct ComponentJson {
     name: String,
     kind: &'static str,
     bytes: u64,
     root: String,
 }
 
-fn components_json(c: &[ComponentRoot]) -> Vec<ComponentJson> {
+pub(super) fn components_json(c: &[ComponentRoot]) -> Vec<ComponentJson> {
     c.iter()
         .map(|c| ComponentJson {
             name: c.name.clone(),
@@ -48,7 +48,7 @@ fn components_json(c: &[ComponentRoot]) -> Vec<ComponentJson> {
 }
 
 #[derive(Debug, Serialize)]
-struct VerifiedJson {
+pub(super) struct VerifiedJson {
     ok: bool,
     seq: u64,
     link: String,
@@ -58,7 +58,7 @@ struct VerifiedJson {
     out: Option<String>,
 }
 
-fn verified_json(v: &Verified, out: Option<&Path>) -> VerifiedJson {
+pub(super) fn verified_json(v: &Verified, out: Option<&Path>) -> VerifiedJson {
     VerifiedJson {
         ok: true,
         seq: v.seq.0,
@@ -110,10 +110,18 @@ pub fn run(cmd: SnapshotCommand, json: bool) -> anyhow::Result<()> {
         }
         SnapshotCommand::Take {
             store,
+            vm: Some(vm),
+            keys,
+            secret,
+            ..
+        } => super::vm::take(&store.store, &vm, &keys, secret.as_deref(), json),
+        SnapshotCommand::Take {
+            store,
             components,
             keys,
             dirty,
             secret,
+            vm: None,
         } => take(
             &store.store,
             &components,
@@ -154,8 +162,17 @@ pub fn run(cmd: SnapshotCommand, json: bool) -> anyhow::Result<()> {
             store,
             verify,
             seq,
+            vm: Some(vm),
+            ..
+        } => super::vm::restore(&store.store, &verify, seq, &vm, json),
+        SnapshotCommand::Restore {
+            store,
+            verify,
+            seq,
             out,
+            vm: None,
         } => {
+            let out = out.context("--out or --vm is required")?;
             let (keys, secret) = load_verify(&verify)?;
             let (s, bar) = open_reporting(&store.store, "restoring", json)?;
             let opts = ReplayOptions {
@@ -334,7 +351,7 @@ pub fn run(cmd: SnapshotCommand, json: bool) -> anyhow::Result<()> {
 }
 
 /// Opens a store whose long work reports to a progress bar labelled `label`.
-fn open_reporting(root: &Path, label: &str, json: bool) -> anyhow::Result<(Store, Bar)> {
+pub(super) fn open_reporting(root: &Path, label: &str, json: bool) -> anyhow::Result<(Store, Bar)> {
     let mut s = Store::open(root).map_err(err)?;
     let bar = Bar::later(label, json);
     s.set_progress(Box::new(bar.clone()));
@@ -351,7 +368,7 @@ fn tempdir_near(store: &Path) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-fn load_verify(v: &VerifyArgs) -> anyhow::Result<(Vec<PublicKey>, Option<StoreSecret>)> {
+pub(super) fn load_verify(v: &VerifyArgs) -> anyhow::Result<(Vec<PublicKey>, Option<StoreSecret>)> {
     let keys = v
         .pubkeys
         .iter()

@@ -1,0 +1,235 @@
+//! `vmattest vm ...` and the `--vm` forms of `snapshot take` and `snapshot restore`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde::Serialize;
+use vmattest_core::chain::SeqNo;
+use vmattest_qemu::capture::{self, CaptureError};
+use vmattest_qemu::{VmSpec, restore, vm};
+use vmattest_sign::{SecretKey, Signer, keyfile};
+use vmattest_store::{ReplayOptions, Store, StoreSecret, TakeOptions};
+
+use super::now;
+use super::snapshot::{components_json, err, load_verify, verified_json};
+use crate::VerificationFailed;
+use crate::args::{VerifyArgs, VmCommand};
+use crate::output;
+use crate::progress::Bar;
+
+/// A spec file path, or NAME for `$VMATTEST_VMS/NAME.toml`.
+pub fn load_spec(arg: &str) -> anyhow::Result<VmSpec> {
+    let direct = Path::new(arg);
+    let path = if direct.is_file() || arg.contains('/') || arg.ends_with(".toml") {
+        direct.to_path_buf()
+    } else {
+        let dir =
+            std::env::var_os("VMATTEST_VMS").map_or_else(|| PathBuf::from("vms"), PathBuf::from);
+        dir.join(format!("{arg}.toml"))
+    };
+    Ok(VmSpec::load(&path)?)
+}
+
+fn capture_err(e: CaptureError) -> anyhow::Error {
+    if e.is_verification() {
+        VerificationFailed(e.to_string()).into()
+    } else {
+        anyhow::Error::new(e)
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct StatusJson {
+    vm: String,
+    running: bool,
+    pid: Option<i32>,
+    qemu_status: Option<String>,
+}
+
+pub fn run(cmd: VmCommand, json: bool) -> anyhow::Result<()> {
+    match cmd {
+        VmCommand::Start {
+            vm,
+            wait_for,
+            timeout,
+        } => {
+            let spec = load_spec(&vm.vm)?;
+            let t = Instant::now();
+            let running = vm::start(&spec, false)?;
+            let pid = running.pid;
+            drop(running);
+            if let Some(needle) = &wait_for {
+                vm::wait_console(&spec, needle, Duration::from_secs(timeout))?;
+            }
+            let seconds = t.elapsed().as_secs_f64();
+            if json {
+                output::print(&serde_json::json!({
+                    "vm": spec.name(), "pid": pid, "accel": spec.effective_accel(), "seconds": seconds,
+                }))
+            } else {
+                println!(
+                    "started {} (pid {pid}, {}) in {seconds:.2} s; console {}",
+                    spec.name(),
+                    spec.effective_accel(),
+                    spec.console_path().display()
+                );
+                Ok(())
+            }
+        }
+        VmCommand::Stop { vm } => {
+            let spec = load_spec(&vm.vm)?;
+            vm::stop(&spec)?;
+            if json {
+                output::print(&serde_json::json!({"vm": spec.name(), "running": false}))
+            } else {
+                println!("stopped {}", spec.name());
+                Ok(())
+            }
+        }
+        VmCommand::Status { vm } => {
+            let spec = load_spec(&vm.vm)?;
+            let s = vm::status(&spec);
+            let out = StatusJson {
+                vm: spec.name().to_owned(),
+                running: s.running,
+                pid: s.pid,
+                qemu_status: s.qemu_status,
+            };
+            if json {
+                output::print(&out)
+            } else {
+                match (out.running, out.pid) {
+                    (true, Some(pid)) => println!(
+                        "{}: running, pid {pid}, QEMU status {}",
+                        out.vm,
+                        out.qemu_status.as_deref().unwrap_or("unknown")
+                    ),
+                    _ => println!("{}: not running", out.vm),
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct CaptureJson {
+    vm: String,
+    seq: u64,
+    link: String,
+    state_root: String,
+    changed_pages: u64,
+    zero_pages: u64,
+    total_pages: u64,
+    stored_bytes: u64,
+    device_state_bytes: u64,
+    downtime_ms: f64,
+    device_state_ms: f64,
+    measure_ms: f64,
+    commit_ms: f64,
+    components: Vec<super::snapshot::ComponentJson>,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// `snapshot take --vm`: pause, measure, resume, then store and sign.
+pub fn take(
+    root: &Path,
+    spec: &str,
+    keys: &[PathBuf],
+    secret: Option<&Path>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let spec = load_spec(spec)?;
+    let signers: Vec<SecretKey> = keys
+        .iter()
+        .map(|k| keyfile::read_secret_key(k))
+        .collect::<Result<_, _>>()?;
+    let signer_refs: Vec<&dyn Signer> = signers.iter().map(|s| s as &dyn Signer).collect();
+    let secret = secret.map(StoreSecret::load).transpose().map_err(err)?;
+    let store = Store::open_writer(root).map_err(err)?;
+    let opts = TakeOptions {
+        signers: &signer_refs,
+        time: now(),
+        secret: secret.as_ref(),
+    };
+    let r = capture::capture(&spec, &store, &opts).map_err(capture_err)?;
+    let s = &r.summary;
+    if json {
+        return output::print(&CaptureJson {
+            vm: spec.name().to_owned(),
+            seq: s.seq.0,
+            link: s.link.to_hex(),
+            state_root: s.state_root.to_hex(),
+            changed_pages: s.changed_pages,
+            zero_pages: s.zero_pages,
+            total_pages: s.total_pages,
+            stored_bytes: s.stored_bytes,
+            device_state_bytes: r.device_state_bytes,
+            downtime_ms: ms(r.downtime),
+            device_state_ms: ms(r.device_state),
+            measure_ms: ms(r.measure),
+            commit_ms: ms(r.commit),
+            components: components_json(&s.components),
+        });
+    }
+    println!(
+        "{} seq {}: downtime {:.1} ms (device state {:.1} ms, {} bytes; measure {:.1} ms); {} of {} pages changed, {} bytes stored; commit {:.1} ms",
+        spec.name(),
+        s.seq,
+        ms(r.downtime),
+        ms(r.device_state),
+        r.device_state_bytes,
+        ms(r.measure),
+        s.changed_pages,
+        s.total_pages,
+        s.stored_bytes,
+        ms(r.commit)
+    );
+    println!("  link {}\n  state root {}", s.link, s.state_root);
+    Ok(())
+}
+
+/// `snapshot restore --vm`: verify, then replace the VM's state and resume it.
+pub fn restore(
+    root: &Path,
+    verify: &VerifyArgs,
+    seq: Option<u64>,
+    spec: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    let spec = load_spec(spec)?;
+    let (keys, secret) = load_verify(verify)?;
+    let mut store = Store::open(root).map_err(err)?;
+    let bar = Bar::later("verifying", json);
+    store.set_progress(Box::new(bar.clone()));
+    let opts = ReplayOptions {
+        upto: seq.map(SeqNo),
+        keys: Some(&keys),
+        secret: secret.as_ref(),
+        max_age: None,
+    };
+    let r = restore::restore(&spec, &store, &opts);
+    bar.finish();
+    let r = r.map_err(capture_err)?;
+    if json {
+        let mut v = serde_json::to_value(verified_json(&r.verified, None))
+            .context("encoding the result")?;
+        v["vm"] = spec.name().into();
+        v["rebuild_ms"] = ms(r.rebuild).into();
+        v["switch_ms"] = ms(r.switch).into();
+        return output::print(&v);
+    }
+    println!(
+        "{} rolled back to seq {} (verified links 0..={}; rebuild {:.0} ms, QEMU switch {:.0} ms); the guest runs on",
+        spec.name(),
+        r.verified.seq,
+        r.verified.seq,
+        ms(r.rebuild),
+        ms(r.switch)
+    );
+    Ok(())
+}

@@ -1,0 +1,214 @@
+//! Capturing a running VM into its snapshot chain.
+//!
+//! The VM is paused only while its state is measured: device and CPU state leaves through a
+//! migration with `x-ignore-shared` (RAM stays behind in its shared file), RAM and raw disks are
+//! hashed in place through a memory map, and only the pages that changed are copied out. The
+//! VM then runs again while the pages are compressed, stored and the link signed.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use vmattest_core::chain::ComponentKind;
+use vmattest_store::{ComponentInput, Store, StoreError, TakeOptions, TakeSummary};
+
+use crate::qmp::{Qmp, QmpError};
+use crate::spec::{DiskFormat, VmSpec};
+
+/// Component names a VM's chain uses besides its disks' names.
+pub const RAM: &str = "ram";
+pub const DEVICE_STATE: &str = "device-state";
+pub const CONFIG: &str = "config";
+
+/// How long QEMU may take to write its device state.
+const MIGRATE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Capture and restore errors.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("vm {vm}: {detail}")]
+    Vm { vm: String, detail: String },
+    #[error("vm {vm}: {source}")]
+    Qmp {
+        vm: String,
+        #[source]
+        source: QmpError,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{path}: {error}")]
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+}
+
+impl CaptureError {
+    /// True when stored data does not match its signed commitments.
+    pub fn is_verification(&self) -> bool {
+        matches!(self, CaptureError::Store(e) if e.is_verification())
+    }
+}
+
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CaptureError + use<> {
+    let path = path.to_path_buf();
+    move |error| CaptureError::Io { path, error }
+}
+
+/// What a capture measured, with its timings.
+#[derive(Debug, Clone)]
+pub struct CaptureReport {
+    pub summary: TakeSummary,
+    /// From `stop` to `cont`: the time the guest did not run.
+    pub downtime: Duration,
+    /// Within the downtime: writing the device state.
+    pub device_state: Duration,
+    /// Within the downtime: hashing and copying out the changed pages.
+    pub measure: Duration,
+    /// After `cont`: compressing, storing and signing.
+    pub commit: Duration,
+    pub device_state_bytes: u64,
+}
+
+/// Test hook: `VMATTEST_KILL_QEMU_AT=<point>` kills the VM's QEMU there, as a crash would.
+fn kill_point(spec: &VmSpec, point: &str) {
+    if std::env::var("VMATTEST_KILL_QEMU_AT").is_ok_and(|v| v == point) {
+        crate::vm::kill_now(spec);
+    }
+}
+
+/// Captures the running (or paused) VM as the next link of `store`.
+pub fn capture(
+    spec: &VmSpec,
+    store: &Store,
+    opts: &TakeOptions<'_>,
+) -> Result<CaptureReport, CaptureError> {
+    let vm = || spec.name().to_owned();
+    let qmp_err = |source| CaptureError::Qmp { vm: vm(), source };
+    let mut qmp = crate::vm::connect(spec).map_err(qmp_err)?;
+    let status = qmp.query_status().map_err(qmp_err)?;
+    let was_running = match status.as_str() {
+        "running" => true,
+        "paused" | "postmigrate" => false,
+        other => {
+            return Err(CaptureError::Vm {
+                vm: vm(),
+                detail: format!("status {other}: expected running or paused"),
+            });
+        }
+    };
+    // Settings first, so that the pause covers only the capture itself.
+    qmp.set_capabilities(&[("x-ignore-shared", true)])
+        .map_err(qmp_err)?;
+    qmp.set_max_bandwidth(u64::MAX >> 2).map_err(qmp_err)?;
+    let work = tempfile_dir(spec)?;
+    let dev_path = work.join(DEVICE_STATE);
+    let config_path = work.join(CONFIG);
+    std::fs::write(&config_path, spec.config_bytes()).map_err(io(&config_path))?;
+
+    let t0 = Instant::now();
+    if was_running {
+        qmp.stop().map_err(qmp_err)?;
+    }
+    let paused = measure(spec, store, opts, &mut qmp, &work, &dev_path, &config_path);
+    // Whatever happened, the guest runs on as it was.
+    let resumed = if was_running {
+        qmp.cont().map_err(qmp_err)
+    } else {
+        Ok(())
+    };
+    let downtime = t0.elapsed();
+    let (frozen, device_state, measure_time, device_state_bytes) = match (paused, resumed) {
+        (Ok(p), Ok(())) => p,
+        (Err(e), _) | (Ok(_), Err(e)) => {
+            let _ = std::fs::remove_dir_all(&work);
+            return Err(e);
+        }
+    };
+    let t1 = Instant::now();
+    let summary = store.commit(frozen, opts);
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(CaptureReport {
+        summary: summary?,
+        downtime,
+        device_state,
+        measure: measure_time,
+        commit: t1.elapsed(),
+        device_state_bytes,
+    })
+}
+
+type Measured = (vmattest_store::Frozen, Duration, Duration, u64);
+
+/// The paused part of a capture.
+fn measure(
+    spec: &VmSpec,
+    store: &Store,
+    opts: &TakeOptions<'_>,
+    qmp: &mut Qmp,
+    work: &Path,
+    dev_path: &Path,
+    config_path: &Path,
+) -> Result<Measured, CaptureError> {
+    let qmp_err = |source| CaptureError::Qmp {
+        vm: spec.name().to_owned(),
+        source,
+    };
+    kill_point(spec, "after-stop");
+    let t = Instant::now();
+    qmp.migrate_to_file(dev_path).map_err(qmp_err)?;
+    qmp.wait_migration(MIGRATE_TIMEOUT).map_err(qmp_err)?;
+    let device_state = t.elapsed();
+    kill_point(spec, "after-migrate");
+    let device_state_bytes = std::fs::metadata(dev_path).map_err(io(dev_path))?.len();
+
+    let t = Instant::now();
+    let mut inputs = vec![ComponentInput {
+        name: RAM.into(),
+        kind: ComponentKind::Memory,
+        path: spec.ram_path(),
+        dirty: None,
+    }];
+    for d in spec.disks() {
+        let path = match d.format {
+            DiskFormat::Raw => d.path.clone(),
+            // The guest's view of a qcow2 disk, read while nothing writes to it.
+            DiskFormat::Qcow2 => {
+                let raw = work.join(format!("{}.raw", d.name));
+                crate::img::to_raw(&d.path, &raw).map_err(|detail| CaptureError::Vm {
+                    vm: spec.name().to_owned(),
+                    detail: format!("disk {}: {detail}", d.name),
+                })?;
+                raw
+            }
+        };
+        inputs.push(ComponentInput {
+            name: d.name.clone(),
+            kind: ComponentKind::Disk,
+            path,
+            dirty: None,
+        });
+    }
+    for (name, kind, path) in [
+        (DEVICE_STATE, ComponentKind::DeviceState, dev_path),
+        (CONFIG, ComponentKind::Config, config_path),
+    ] {
+        inputs.push(ComponentInput {
+            name: name.into(),
+            kind,
+            path: path.to_path_buf(),
+            dirty: None,
+        });
+    }
+    let frozen = store.freeze(&inputs, opts.secret, true)?;
+    Ok((frozen, device_state, t.elapsed(), device_state_bytes))
+}
+
+/// Scratch space next to the VM's RAM file, removed after the capture.
+fn tempfile_dir(spec: &VmSpec) -> Result<PathBuf, CaptureError> {
+    let dir = spec
+        .run_dir()
+        .join(format!(".capture.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    Ok(dir)
+}

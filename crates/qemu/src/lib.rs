@@ -1,0 +1,12 @@
+//! QEMU adapter: VM specs, a QMP client and the lifecycle of one QEMU process per VM.
+
+pub mod capture;
+mod img;
+pub mod qmp;
+pub mod restore;
+pub mod spec;
+pub mod vm;
+
+pub use qmp::{Qmp, QmpError};
+pub use spec::{Accel, Boot, Disk, DiskFormat, Nic, SpecError, VmSpec};
+pub use vm::{Running, Status, VmError};

@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# Builds the tiny Linux test guest used by the QEMU tests, into $VMATTEST_CACHE/guest/:
+#   vmlinuz            the Debian kernel that linux-image-amd64 depends on (downloaded, never installed)
+#   initramfs.cpio.gz  busybox-static, the virtio modules and an /init that prints READY and then
+#                      "tick N" on ttyS0 once a second
+# Idempotent and fast on reruns: the kernel is fetched once, the initramfs is rebuilt only when its
+# inputs change. Needs busybox-static and cpio (scripts/install-deps.sh); root only for apt-get update.
+set -euo pipefail
+
+CACHE=${VMATTEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vmattest}
+OUT=$CACHE/guest
+BUSYBOX=/bin/busybox
+MODULES=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk)
+APPLETS=(sh mount insmod sleep cat dd echo printf)
+
+die() { echo "build-guest: $*" >&2; exit 1; }
+
+for tool in cpio gzip sha256sum apt-get apt-cache dpkg; do
+  command -v "$tool" >/dev/null || die "$tool not found (run scripts/install-deps.sh)"
+done
+[ -x "$BUSYBOX" ] || die "$BUSYBOX not found: install busybox-static (scripts/install-deps.sh)"
+# The dynamic busybox package would not run inside the initramfs, which has no libc.
+if ldd "$BUSYBOX" >/dev/null 2>&1; then
+  die "$BUSYBOX is dynamically linked: install busybox-static"
+fi
+
+mkdir -p "$OUT"
+exec 9>"$OUT/.lock"
+flock 9  # concurrent runs (parallel CI jobs sharing a cache) wait for each other
+
+# ---- kernel and modules: fetched once ----
+have_kernel() {
+  [ -s "$OUT/vmlinuz" ] || return 1
+  for m in "${MODULES[@]}"; do
+    [ -f "$OUT/modules/$m.ko" ] || [ -f "$OUT/modules/$m.builtin" ] || return 1
+  done
+}
+
+kernel_package() {
+  apt-cache depends linux-image-amd64 2>/dev/null |
+    awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ { print $2; exit }'
+}
+
+fetch_kernel() {
+  local pkg work kver dir m found
+  pkg=$(kernel_package)
+  if [ -z "$pkg" ]; then
+    [ "$(id -u)" -eq 0 ] ||
+      die "apt knows no linux-image-amd64: run 'apt-get update' as root, then rerun"
+    apt-get update -qq
+    pkg=$(kernel_package)
+    [ -n "$pkg" ] || die "apt-cache finds no kernel package behind linux-image-amd64"
+  fi
+  work=$(mktemp -d "$OUT/.kernel.XXXXXX")
+  # shellcheck disable=SC2064  # expand now: $work is local
+  trap "rm -rf '$work'" EXIT
+  (cd "$work" && apt-get download "$pkg" >download.log 2>&1) ||
+    { cat "$work/download.log" >&2; die "apt-get download $pkg failed"; }
+  dpkg -x "$work"/*.deb "$work/root"
+  kver=$(ls "$work/root/lib/modules")
+  dir=$work/root/lib/modules/$kver
+  rm -rf "$OUT/modules.new" && mkdir "$OUT/modules.new"
+  for m in "${MODULES[@]}"; do
+    found=$(find "$dir/kernel" -name "$m.ko*" | head -1)
+    if [ -z "$found" ]; then
+      grep -q "/$m.ko\$" "$dir/modules.builtin" 2>/dev/null || die "$pkg has no module $m"
+      : >"$OUT/modules.new/$m.builtin"  # compiled into the kernel: nothing to load
+      continue
+    fi
+    case $found in
+      *.ko) cp "$found" "$OUT/modules.new/$m.ko" ;;
+      *.ko.xz) xz -dc "$found" >"$OUT/modules.new/$m.ko" ;;
+      *.ko.zst) zstd -qdc "$found" >"$OUT/modules.new/$m.ko" ;;
+      *.ko.gz) gzip -dc "$found" >"$OUT/modules.new/$m.ko" ;;
+      *) die "unexpected module file $found" ;;
+    esac
+  done
+  cp "$work"/root/boot/vmlinuz-* "$OUT/vmlinuz.new"
+  rm -rf "$OUT/modules" && mv "$OUT/modules.new" "$OUT/modules"
+  mv "$OUT/vmlinuz.new" "$OUT/vmlinuz"
+  echo "$pkg $kver" >"$OUT/kernel.version"
+  rm -rf "$work"
+  trap - EXIT
+}
+
+have_kernel || fetch_kernel
+
+# ---- initramfs: rebuilt when /init, busybox or the modules change ----
+read -r -d '' INIT <<'EOF' || true
+#!/bin/sh
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /run
+for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk; do
+  [ -f /lib/modules/$m.ko ] && insmod /lib/modules/$m.ko
+done
+# snapdirty=N on the kernel command line: rewrite N KiB of tmpfs every tick.
+dirty=0
+for word in $(cat /proc/cmdline); do
+  case $word in snapdirty=*) dirty=${word#snapdirty=} ;; esac
+done
+case $dirty in '' | *[!0-9]*) dirty=0 ;; esac
+echo READY >/dev/ttyS0
+i=0
+while :; do
+  i=$((i + 1))
+  echo "tick $i" >/dev/ttyS0
+  if [ -b /dev/vda ]; then
+    printf 'disk tick %d\n' "$i" |
+      dd of=/dev/vda bs=4096 count=1 seek=$((i % 256)) conv=sync,notrunc,fsync 2>/dev/null
+  fi
+  if [ "$dirty" -gt 0 ]; then
+    dd if=/dev/urandom of=/run/dirty bs=1024 count="$dirty" 2>/dev/null
+  fi
+  sleep 1
+done
+EOF
+
+stamp=$(
+  {
+    printf '%s\n' "$INIT" "${APPLETS[*]}"
+    sha256sum "$BUSYBOX" "$OUT"/modules/* | awk '{ print $1 }'
+  } | sha256sum | awk '{ print $1 }'
+)
+if [ ! -s "$OUT/initramfs.cpio.gz" ] || [ "$(cat "$OUT/initramfs.stamp" 2>/dev/null)" != "$stamp" ]; then
+  root=$(mktemp -d "$OUT/.initramfs.XXXXXX")
+  # shellcheck disable=SC2064
+  trap "rm -rf '$root'" EXIT
+  mkdir -p "$root"/{bin,dev,proc,sys,run,lib/modules}
+  cp "$BUSYBOX" "$root/bin/busybox"
+  for a in "${APPLETS[@]}"; do ln -s busybox "$root/bin/$a"; done
+  find "$OUT/modules" -name '*.ko' -exec cp {} "$root/lib/modules/" \;
+  printf '%s\n' "$INIT" >"$root/init"
+  chmod 755 "$root/init"
+  (cd "$root" && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0) |
+    gzip -9n >"$OUT/initramfs.cpio.gz.new"
+  mv "$OUT/initramfs.cpio.gz.new" "$OUT/initramfs.cpio.gz"
+  echo "$stamp" >"$OUT/initramfs.stamp"
+  rm -rf "$root"
+  trap - EXIT
+fi
+
+echo "$OUT/vmlinuz"
+echo "$OUT/initramfs.cpio.gz"
