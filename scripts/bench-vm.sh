@@ -3,7 +3,11 @@
 # migrate-to-file of the same guest, in the same run, for 256 MiB and 1 GiB of guest RAM; and
 # bytes stored per idle delta against a full capture.
 #
-#   scripts/bench-vm.sh            (MEMS="256 1024" DELTAS=5 GAP=2 to change)
+#   scripts/bench-vm.sh            (MEMS="256 1024" ALGS="sha256 blake3" DELTAS=5 GAP=2 to change)
+#
+# The store's tree algorithm matters for capture: a dm-verity (sha256) leaf does not depend on
+# the page's position, so zero pages share one digest and are never hashed; BLAKE3 (b3sum) leaves
+# do, so every page is hashed.
 #
 # Each guest: kernel + busybox initramfs, a 64 MiB raw data disk the guest writes to every second,
 # and a 64 MiB qcow2 disk that holds QEMU's internal snapshots (snapshot-save needs one; vmattest
@@ -17,6 +21,7 @@ VM=$(build_release)
 "$ROOT/scripts/build-guest.sh" >/dev/null
 GUEST=$CACHE/guest
 MEMS=${MEMS:-256 1024}
+ALGS=${ALGS:-sha256 blake3}
 DELTAS=${DELTAS:-5}
 GAP=${GAP:-2}
 W=$(mktemp -d "${TMPDIR:-/tmp}/vmattest-bench-vm.XXXXXX")
@@ -32,12 +37,13 @@ field() { python3 -c 'import json,sys; print(json.loads(sys.stdin.readline())[sy
 median() { python3 -c 'import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
 
 results=()
+for ALG in $ALGS; do
 for MEM in $MEMS; do
-  D=$W/m$MEM; mkdir -p "$D"
+  D=$W/$ALG-m$MEM; mkdir -p "$D"
   truncate -s 64M "$D/data.raw"
   qemu-img create -q -f qcow2 "$D/state.qcow2" 64M
   cat > "$D/vm.toml" <<TOML
-name = "bench-$MEM"
+name = "bench-$ALG-$MEM"
 memory_mib = $MEM
 vcpus = 1
 accel = "auto"
@@ -59,7 +65,7 @@ path = "state.qcow2"
 format = "qcow2"
 TOML
   SPECS+=("$D/vm.toml")
-  "$VM" snapshot init --store "$D/store" --vm-id "bench-$MEM" >/dev/null
+  "$VM" snapshot init --store "$D/store" --vm-id "bench-$MEM" --alg "$ALG" >/dev/null
   "$VM" vm start --vm "$D/vm.toml" --wait-for READY >/dev/null
   sleep "$GAP"
   take() { "$VM" --json snapshot take --store "$D/store" --vm "$D/vm.toml" --key "$W/key"; }
@@ -86,11 +92,11 @@ TOML
   done
   save=$(median "${saves[@]}"); mig=$(median "${migs[@]}")
   "$VM" vm stop --vm "$D/vm.toml" >/dev/null
-  python3 - "$MEM" "$ours" "$base_down" "$save" "$mig" "$delta_bytes" "$base_bytes" > "$D/result.json" <<'PY'
+  python3 - "$ALG" "$MEM" "$ours" "$base_down" "$save" "$mig" "$delta_bytes" "$base_bytes" > "$D/result.json" <<'PY'
 import json, sys
-mem, ours, base, save, mig, dbytes, bbytes = sys.argv[1:]
+alg, mem, ours, base, save, mig, dbytes, bbytes = sys.argv[1:]
 ours, base, save, mig = float(ours) / 1000, float(base) / 1000, float(save), float(mig)
-print(json.dumps({"memory_mib": int(mem), "vmattest_delta_downtime_s": round(ours, 4),
+print(json.dumps({"alg": alg, "memory_mib": int(mem), "vmattest_delta_downtime_s": round(ours, 4),
   "vmattest_baseline_downtime_s": round(base, 4), "qemu_snapshot_save_s": round(save, 4),
   "qemu_migrate_file_s": round(mig, 4), "ratio_downtime_vs_snapshot_save": round(ours / save, 3),
   "ratio_downtime_vs_migrate": round(ours / mig, 3), "idle_delta_bytes": int(float(dbytes)),
@@ -98,13 +104,14 @@ print(json.dumps({"memory_mib": int(mem), "vmattest_delta_downtime_s": round(our
 PY
   results+=("$(cat "$D/result.json")")
 done
+done
 
 echo "capture downtime (median of $DELTAS idle deltas, ${GAP}s apart) vs QEMU on the same guest, accel $(grep -q kvm_pvm /proc/modules 2>/dev/null && echo tcg || echo auto)"
-printf '%-6s %10s %10s %14s %10s %9s %9s %12s %12s %8s\n' MiB "delta s" "base s" "snapshot-save" "migrate" "/save" "/migrate" "delta B" "full B" "ratio"
+printf '%-7s %-6s %10s %10s %14s %10s %9s %9s %12s %12s %8s\n' alg MiB "delta s" "base s" "snapshot-save" "migrate" "/save" "/migrate" "delta B" "full B" "ratio"
 for r in "${results[@]}"; do
   echo "$r" | python3 -c 'import json,sys
 r = json.load(sys.stdin)
-print("%-6d %10.3f %10.3f %14.3f %10.3f %9.3f %9.3f %12d %12d %8.4f" % (r["memory_mib"], r["vmattest_delta_downtime_s"],
+print("%-7s %-6d %10.3f %10.3f %14.3f %10.3f %9.3f %9.3f %12d %12d %8.4f" % (r["alg"], r["memory_mib"], r["vmattest_delta_downtime_s"],
   r["vmattest_baseline_downtime_s"], r["qemu_snapshot_save_s"], r["qemu_migrate_file_s"],
   r["ratio_downtime_vs_snapshot_save"], r["ratio_downtime_vs_migrate"], r["idle_delta_bytes"],
   r["full_capture_bytes"], r["ratio_delta_vs_full"]))'

@@ -403,3 +403,45 @@ fn qemu_killed_mid_capture_leaves_the_store_intact() {
         .json();
     assert_eq!(s["running"], false);
 }
+
+/// A chain of another guest never reaches QEMU: component names and the guest-visible config
+/// must match the spec. These chains are built from files, so no QEMU is involved.
+#[test]
+fn restore_refuses_a_chain_of_another_guest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let g = Guest::new(dir, "vm-x");
+    let p = |n: &str| dir.join(n).to_str().unwrap().to_owned();
+    std::fs::write(dir.join("ram"), vec![1u8; 128 << 20]).unwrap();
+    std::fs::write(dir.join("dev"), b"device state").unwrap();
+    for (name, config, needle) in [
+        ("other-config", "{\"memory_mib\":512}", "guest config"),
+        ("other-components", "", "components"),
+    ] {
+        let c = chain(dir, name);
+        std::fs::write(dir.join("config"), config).unwrap();
+        let mut args = vec![
+            "snapshot".to_owned(),
+            "take".into(),
+            "--store".into(),
+            c.s().into(),
+            "--key".into(),
+            p("key"),
+            "--memory".into(),
+            format!("ram={}", p("ram")),
+            "--disk".into(),
+            format!("disk0={}", p("vm-x-disk0.raw")),
+            "--device-state".into(),
+            format!("device-state={}", p("dev")),
+        ];
+        if !config.is_empty() {
+            args.extend(["--config".into(), format!("config={}", p("config"))]);
+        }
+        vmattest(&args).ok();
+        c.restore_vm(&g, 0).fails(2, needle);
+        let s = vmattest(["--json", "vm", "status", "--vm", g.arg()])
+            .ok()
+            .json();
+        assert_eq!(s["running"], false, "no QEMU may be started");
+    }
+}

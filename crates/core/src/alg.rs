@@ -124,6 +124,14 @@ impl fmt::Display for PageIndex {
 /// Page size of every image tree.
 pub const PAGE_SIZE: usize = 4096;
 
+/// Whether every byte is zero. OR-folding fixed-size chunks vectorises, and the scan stops at
+/// the first non-zero chunk.
+pub fn is_zero(bytes: &[u8]) -> bool {
+    bytes
+        .chunks(64)
+        .all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0)
+}
+
 /// Number of pages covering `len` bytes (the last one may be partial).
 pub fn page_count(len: u64) -> u64 {
     len.div_ceil(PAGE_SIZE as u64)

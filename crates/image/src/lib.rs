@@ -29,6 +29,7 @@ pub enum ImageError {
 pub struct MappedImage {
     path: PathBuf,
     map: Option<Mmap>,
+    file: Option<File>,
 }
 
 impl MappedImage {
@@ -59,6 +60,7 @@ impl MappedImage {
             return Ok(MappedImage {
                 path: owned(),
                 map: None,
+                file: None,
             });
         }
         // SAFETY: the map is read-only and private to this process. Its contents stay valid
@@ -73,7 +75,38 @@ impl MappedImage {
         Ok(MappedImage {
             path: owned(),
             map: Some(map),
+            file: Some(file),
         })
+    }
+
+    /// Page ranges `[first, end)` that lie wholly in holes of a sparse file: they read as zeros
+    /// and need not be touched (a guest's untouched RAM, a disk's unwritten blocks). Empty when
+    /// the file system cannot tell.
+    pub fn holes(&self) -> Vec<PageRange> {
+        use rustix::fs::{SeekFrom, seek};
+        let (Some(file), len) = (&self.file, self.bytes().len() as u64) else {
+            return Vec::new();
+        };
+        let page = vmattest_core::alg::PAGE_SIZE as u64;
+        let mut out = Vec::new();
+        let mut at = 0u64;
+        while at < len {
+            let Ok(hole) = seek(file, SeekFrom::Hole(at)) else {
+                break;
+            };
+            if hole >= len {
+                break;
+            }
+            // No data after the hole: it runs to the end of the file.
+            let data = seek(file, SeekFrom::Data(hole)).unwrap_or(len).min(len);
+            let (first, end) = (hole.div_ceil(page), data / page);
+            let end = if data == len { len.div_ceil(page) } else { end };
+            if end > first {
+                out.push(PageRange { first, end });
+            }
+            at = data.max(hole + 1);
+        }
+        out
     }
 
     pub fn path(&self) -> &Path {
@@ -95,6 +128,13 @@ impl MappedImage {
             source,
         })
     }
+}
+
+/// Pages `[first, end)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRange {
+    pub first: u64,
+    pub end: u64,
 }
 
 /// Length of a regular file or block device.
@@ -133,5 +173,28 @@ mod tests {
             img.measure(&params, &NoProgress),
             Err(ImageError::Tree { .. })
         ));
+    }
+
+    #[test]
+    #[allow(clippy::cast_possible_truncation)]
+    fn holes_are_whole_zero_pages_of_sparse_files() {
+        use std::os::unix::fs::FileExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sparse");
+        let f = File::create(&path).unwrap();
+        f.set_len(4 << 20).unwrap();
+        f.write_all_at(b"data", 1 << 20).unwrap();
+        f.sync_all().unwrap();
+        let img = MappedImage::open(&path).unwrap();
+        let holes = img.holes();
+        let pages = 1024u64;
+        // Every hole page reads as zeros, and the written page is in no hole.
+        for r in &holes {
+            assert!(r.first < r.end && r.end <= pages, "{r:?}");
+            let bytes = &img.bytes()[r.first as usize * 4096..(r.end as usize * 4096).min(4 << 20)];
+            assert!(bytes.iter().all(|&b| b == 0));
+            assert!(!(r.first..r.end).contains(&256), "{r:?}");
+        }
+        assert!(holes.iter().map(|r| r.end - r.first).sum::<u64>() >= pages - 16);
     }
 }

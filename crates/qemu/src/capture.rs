@@ -154,10 +154,29 @@ fn measure(
         source,
     };
     kill_point(spec, "after-stop");
+    // qcow2 disks are converted by qemu-img while QEMU writes its device state.
+    let mut converting = Vec::new();
+    for d in spec.disks() {
+        if d.format == DiskFormat::Qcow2 {
+            let raw = work.join(format!("{}.raw", d.name));
+            let child = crate::img::spawn_to_raw(&d.path, &raw)
+                .map_err(|detail| disk_err(spec, &d.name, detail))?;
+            converting.push((d.name.clone(), child));
+        }
+    }
     let t = Instant::now();
-    qmp.migrate_to_file(dev_path).map_err(qmp_err)?;
-    qmp.wait_migration(MIGRATE_TIMEOUT).map_err(qmp_err)?;
+    let migrated = qmp
+        .migrate_to_file(dev_path)
+        .and_then(|()| qmp.wait_migration(MIGRATE_TIMEOUT).map(drop));
     let device_state = t.elapsed();
+    let mut converted = Ok(());
+    for (name, child) in converting {
+        if let Err(detail) = crate::img::wait(child) {
+            converted = converted.and(Err(disk_err(spec, &name, detail)));
+        }
+    }
+    migrated.map_err(qmp_err)?;
+    converted?;
     kill_point(spec, "after-migrate");
     let device_state_bytes = std::fs::metadata(dev_path).map_err(io(dev_path))?.len();
 
@@ -169,22 +188,13 @@ fn measure(
         dirty: None,
     }];
     for d in spec.disks() {
-        let path = match d.format {
-            DiskFormat::Raw => d.path.clone(),
-            // The guest's view of a qcow2 disk, read while nothing writes to it.
-            DiskFormat::Qcow2 => {
-                let raw = work.join(format!("{}.raw", d.name));
-                crate::img::to_raw(&d.path, &raw).map_err(|detail| CaptureError::Vm {
-                    vm: spec.name().to_owned(),
-                    detail: format!("disk {}: {detail}", d.name),
-                })?;
-                raw
-            }
-        };
         inputs.push(ComponentInput {
             name: d.name.clone(),
             kind: ComponentKind::Disk,
-            path,
+            path: match d.format {
+                DiskFormat::Raw => d.path.clone(),
+                DiskFormat::Qcow2 => work.join(format!("{}.raw", d.name)),
+            },
             dirty: None,
         });
     }
@@ -201,6 +211,13 @@ fn measure(
     }
     let frozen = store.freeze(&inputs, opts.secret, true)?;
     Ok((frozen, device_state, t.elapsed(), device_state_bytes))
+}
+
+fn disk_err(spec: &VmSpec, disk: &str, detail: String) -> CaptureError {
+    CaptureError::Vm {
+        vm: spec.name().to_owned(),
+        detail: format!("disk {disk}: {detail}"),
+    }
 }
 
 /// Scratch space next to the VM's RAM file, removed after the capture.

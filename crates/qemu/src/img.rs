@@ -2,12 +2,26 @@
 //! view of a disk (raw bytes), whatever its container format.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 
 fn run(args: &[&std::ffi::OsStr]) -> Result<(), String> {
-    let out = Command::new("qemu-img")
+    wait(spawn(args)?)
+}
+
+fn spawn(args: &[&std::ffi::OsStr]) -> Result<Child, String> {
+    Command::new("qemu-img")
         .args(args)
-        .output()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("qemu-img: {e}"))
+}
+
+/// Waits for a conversion started by [`spawn_to_raw`].
+pub(crate) fn wait(child: Child) -> Result<(), String> {
+    let out = child
+        .wait_with_output()
         .map_err(|e| format!("qemu-img: {e}"))?;
     if out.status.success() {
         return Ok(());
@@ -19,10 +33,10 @@ fn run(args: &[&std::ffi::OsStr]) -> Result<(), String> {
     ))
 }
 
-/// Writes the guest-visible bytes of a qcow2 image to `raw`. `-U`: QEMU holds the image's
-/// lock, and the VM is paused with its writes flushed.
-pub(crate) fn to_raw(qcow2: &Path, raw: &Path) -> Result<(), String> {
-    run(&[
+/// Starts writing the guest-visible bytes of a qcow2 image to `raw`. `-U`: QEMU holds the
+/// image's lock, and the VM is paused with its writes flushed.
+pub(crate) fn spawn_to_raw(qcow2: &Path, raw: &Path) -> Result<Child, String> {
+    spawn(&[
         "convert".as_ref(),
         "-U".as_ref(),
         "-f".as_ref(),

@@ -190,12 +190,25 @@ impl Store {
                 } else {
                     Vec::new()
                 };
-                ImageTree::from_page_digests(&self.params, c.len, digests, &small).map_err(|e| {
-                    StoreError::Corrupt {
+                let tree = ImageTree::from_page_digests(&self.params, c.len, digests, &small)
+                    .map_err(|e| StoreError::Corrupt {
                         file: self.cache_digests(i),
                         detail: e.to_string(),
-                    }
-                })
+                    })?;
+                // Digests reused for unchanged pages end up in the next signed root: they must
+                // be the head's.
+                if tree.root() != c.root {
+                    return Err(StoreError::Corrupt {
+                        file: self.cache_digests(i),
+                        detail: format!(
+                            "the digests give root {}, the head's component {} has {}; `snapshot fsck --repair` discards the cache",
+                            tree.root(),
+                            c.name,
+                            c.root
+                        ),
+                    });
+                }
+                Ok(tree)
             })
             .collect()
     }

@@ -75,11 +75,7 @@ pub fn check_name(name: &str) -> Result<(), StoreError> {
     }
 }
 
-pub(crate) fn is_zero(page: &[u8]) -> bool {
-    // OR-folding fixed-size chunks vectorises; bail out at the first non-zero chunk.
-    page.chunks(64)
-        .all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0)
-}
+pub(crate) use vmattest_core::alg::is_zero;
 
 /// Where the bytes of the captured pages live between [`Store::freeze`] and [`Store::commit`].
 #[derive(Debug)]
@@ -92,6 +88,8 @@ enum Source {
         data: Vec<u8>,
         /// Byte range in `data` of each entry's page; empty for zero pages.
         spans: Vec<(usize, usize)>,
+        /// Kept only so that unmapping (milliseconds for guest RAM) waits for the commit.
+        _maps: Vec<MappedImage>,
     },
 }
 
@@ -240,6 +238,10 @@ impl Store {
         let mut entries: Vec<DeltaEntry> = Vec::new();
         for (i, (input, image)) in inputs.iter().zip(&images).enumerate() {
             let bytes = image.bytes();
+            // Holes of sparse files read as zeros: they are hashed and scanned without faulting
+            // a page in (a guest's untouched RAM, a disk's unwritten blocks).
+            let holes: Vec<std::ops::Range<u64>> =
+                image.holes().into_iter().map(|r| r.first..r.end).collect();
             let old_tree = old_trees.as_ref().map(|t| &t[i]);
             let tree = match (&input.dirty, old_tree) {
                 (Some(dirty), Some(t)) => {
@@ -248,16 +250,15 @@ impl Store {
                         .map_err(|e| StoreError::Input(format!("component {}: {e}", input.name)))?;
                     t
                 }
-                _ => ImageTree::build(&self.params, bytes, self.progress()).map_err(|e| {
-                    StoreError::Image {
+                _ => ImageTree::build_with_holes(&self.params, bytes, &holes, self.progress())
+                    .map_err(|e| StoreError::Image {
                         what: format!("component {}", input.name),
                         detail: e.to_string(),
-                    }
-                })?,
+                    })?,
             };
             let component = u16::try_from(i).unwrap_or(u16::MAX);
             entries.extend(
-                changed_pages(&tree, old_tree, bytes)
+                changed_pages(&tree, old_tree, bytes, &holes)
                     .into_iter()
                     .map(|(p, zero)| DeltaEntry {
                         component,
@@ -275,7 +276,7 @@ impl Store {
             trees.push(tree);
         }
         let source = if copy {
-            copy_pages(&images, &entries)
+            copy_pages(images, &entries)
         } else {
             Source::Mapped(images)
         };
@@ -573,7 +574,12 @@ pub(crate) fn page_of(bytes: &[u8], page: u64) -> &[u8] {
 
 /// Changed pages with whether each is now all zeros. Without a previous tree, every non-zero
 /// page counts as changed (the baseline is a delta from zeros).
-fn changed_pages(tree: &ImageTree, old: Option<&ImageTree>, bytes: &[u8]) -> Vec<(u64, bool)> {
+fn changed_pages(
+    tree: &ImageTree,
+    old: Option<&ImageTree>,
+    bytes: &[u8],
+    holes: &[std::ops::Range<u64>],
+) -> Vec<(u64, bool)> {
     let dlen = tree.alg().digest_len();
     let pages = tree.pages();
     const CHUNK: u64 = 4096;
@@ -594,7 +600,11 @@ fn changed_pages(tree: &ImageTree, old: Option<&ImageTree>, bytes: &[u8]) -> Vec
                 if !changed {
                     return None;
                 }
-                let zero = is_zero(page_of(bytes, p));
+                let hole = {
+                    let i = holes.partition_point(|r| r.start <= p);
+                    i > 0 && holes[i - 1].end > p
+                };
+                let zero = hole || is_zero(page_of(bytes, p));
                 (old.is_some() || !zero).then_some((p, zero))
             })
         })
@@ -602,7 +612,7 @@ fn changed_pages(tree: &ImageTree, old: Option<&ImageTree>, bytes: &[u8]) -> Vec
 }
 
 /// Copies the bytes of every changed non-zero page, in entry order.
-fn copy_pages(images: &[MappedImage], entries: &[DeltaEntry]) -> Source {
+fn copy_pages(images: Vec<MappedImage>, entries: &[DeltaEntry]) -> Source {
     let mut data = Vec::with_capacity(
         entries
             .iter()
@@ -628,6 +638,7 @@ fn copy_pages(images: &[MappedImage], entries: &[DeltaEntry]) -> Source {
         lens: images.iter().map(|m| m.bytes().len() as u64).collect(),
         data,
         spans,
+        _maps: images,
     }
 }
 

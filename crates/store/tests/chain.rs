@@ -219,3 +219,34 @@ fn head_restore_survives_a_damaged_cache() {
     store.restore(&fx.opts(&keys, None), &out).unwrap();
     assert_eq!(std::fs::read(out.join("mem")).unwrap(), mem);
 }
+
+/// Cached page digests are reused for unchanged pages, so they must give the head's roots: a
+/// damaged digests file stops the take instead of ending up in a signed link.
+#[test]
+fn damaged_cached_digests_never_reach_a_signed_link() {
+    let mut fx = Fixture::new("blake3", false);
+    let mem_path = fx.path("mem.img");
+    let mut mem = vm_like(64 * PAGE, 5);
+    std::fs::write(&mem_path, &mem).unwrap();
+    fx.take(&[("mem", ComponentKind::Memory, &mem_path)]);
+    let digests = fx.store.join("head").join("0.digests");
+    let mut d = std::fs::read(&digests).unwrap();
+    d[3 * 32 + 1] ^= 1;
+    std::fs::write(&digests, &d).unwrap();
+    mutate(&mut mem, 2, 99);
+    std::fs::write(&mem_path, &mem).unwrap();
+    let e = fx
+        .try_take(&[("mem", ComponentKind::Memory, &mem_path)])
+        .unwrap_err();
+    assert!(e.to_string().contains("fsck --repair"), "{e}");
+    let store = Store::open_writer(&fx.store).unwrap();
+    store.fsck(true).unwrap();
+    drop(store);
+    fx.take(&[("mem", ComponentKind::Memory, &mem_path)]);
+    let out = fx.path("out");
+    Store::open(&fx.store)
+        .unwrap()
+        .restore(&fx.opts(&fx.public(), None), &out)
+        .unwrap();
+    assert_eq!(std::fs::read(out.join("mem")).unwrap(), mem);
+}

@@ -95,7 +95,7 @@ impl TreeParams {
     /// Digests of consecutive pages `data` starting at page `first`, written flat to `out`
     /// (`digest_len` bytes per page; only the last page may be short).
     pub fn hash_pages(&self, first: PageIndex, data: &[u8], out: &mut [u8]) {
-        hash_leaves_at(self, first.0, data, out, &NoProgress);
+        hash_leaves_at(self, first.0, data, out, &NoProgress, &[]);
     }
 
     /// Digest of page `index` with bytes `data` (a full page, or the image's short last one).
@@ -194,6 +194,22 @@ impl ImageTree {
         ImageTree::from_page_digests(params, len, leaves, image)
     }
 
+    /// Like [`ImageTree::build`] for an image whose pages in `holes` (sorted page ranges) are
+    /// known to be zero, as a sparse file's holes are: those pages are never read.
+    pub fn build_with_holes(
+        params: &TreeParams,
+        image: &[u8],
+        holes: &[std::ops::Range<u64>],
+        progress: &dyn Progress,
+    ) -> Result<ImageTree, TreeError> {
+        let len = image.len() as u64;
+        let pages = page_count(len);
+        let dlen = params.alg.digest_len();
+        let mut leaves = vec![0u8; usize_of(pages) * dlen];
+        hash_leaves_at(params, 0, image, &mut leaves, progress, holes);
+        ImageTree::from_page_digests(params, len, leaves, image)
+    }
+
     /// A tree whose listed pages have the given digests and every other page is zeros (the
     /// zero pages are hashed here). `small_image` is needed only for images of at most one page.
     pub fn from_sparse_page_digests(
@@ -202,7 +218,6 @@ impl ImageTree {
         listed: &[(PageIndex, Digest)],
         small_image: &[u8],
     ) -> Result<ImageTree, TreeError> {
-        static ZEROS: [u8; PAGES_PER_TASK * PAGE_SIZE] = [0; PAGES_PER_TASK * PAGE_SIZE];
         let pages = page_count(len);
         let dlen = params.alg.digest_len();
         let mut leaves = vec![0u8; usize_of(pages) * dlen];
@@ -241,9 +256,10 @@ impl ImageTree {
                     hash_leaves_at(
                         params,
                         first,
-                        &ZEROS[..bytes],
+                        &ZERO_TASK[..bytes],
                         &mut out[start * dlen..i * dlen],
                         &NoProgress,
+                        &[],
                     );
                 }
             });
@@ -515,7 +531,22 @@ fn usize_of(n: u64) -> usize {
 }
 
 fn hash_leaves(params: &TreeParams, image: &[u8], out: &mut [u8], progress: &dyn Progress) {
-    hash_leaves_at(params, 0, image, out, progress);
+    hash_leaves_at(params, 0, image, out, progress, &[]);
+}
+
+/// A page range of zeros for any task, so that hole pages are hashed without being read.
+static ZERO_TASK: [u8; PAGES_PER_TASK * PAGE_SIZE] = [0; PAGES_PER_TASK * PAGE_SIZE];
+
+/// Whether any page of `[first, first + n)` lies in one of the sorted `holes`.
+fn touches_hole(holes: &[std::ops::Range<u64>], first: u64, n: u64) -> bool {
+    let i = holes.partition_point(|r| r.end <= first);
+    holes.get(i).is_some_and(|r| r.start < first + n)
+}
+
+/// Whether pages `[first, first + n)` lie in one of the sorted `holes`.
+fn in_hole(holes: &[std::ops::Range<u64>], first: u64, n: u64) -> bool {
+    let i = holes.partition_point(|r| r.start <= first);
+    i > 0 && holes[i - 1].end >= first + n
 }
 
 /// Page digests of `image`, whose first page is page `first` of a larger image.
@@ -525,6 +556,7 @@ fn hash_leaves_at(
     image: &[u8],
     out: &mut [u8],
     progress: &dyn Progress,
+    holes: &[std::ops::Range<u64>],
 ) {
     let base = first;
     let dlen = params.alg.digest_len();
@@ -535,6 +567,27 @@ fn hash_leaves_at(
         .enumerate()
         .for_each(|(t, (data, out))| {
             let first = base + (t * PAGES_PER_TASK) as u64;
+            let n = data.len().div_ceil(PAGE_SIZE) as u64;
+            let mixed;
+            let data = if in_hole(holes, first, n) {
+                &ZERO_TASK[..data.len()]
+            } else if touches_hole(holes, first, n) {
+                // Part hole: a copy of the task with the hole pages left zero.
+                let mut buf = vec![0u8; data.len()];
+                for (i, (page, b)) in data
+                    .chunks(PAGE_SIZE)
+                    .zip(buf.chunks_mut(PAGE_SIZE))
+                    .enumerate()
+                {
+                    if !in_hole(holes, first + i as u64, 1) {
+                        b.copy_from_slice(page);
+                    }
+                }
+                mixed = buf;
+                &mixed[..]
+            } else {
+                data
+            };
             let full = data.len() / PAGE_SIZE * PAGE_SIZE;
             if params.alg == HashAlg::Blake3 {
                 blake3::full_pages_cv(first, &data[..full], &mut out[..full / PAGE_SIZE * 32]);
@@ -546,8 +599,21 @@ fn hash_leaves_at(
                     );
                 }
             } else {
+                // A verity leaf does not depend on its position (a short page is zero-padded),
+                // so every zero page has one digest: hash it once, copy it for the others.
+                // Guest RAM and disks are mostly zero pages.
+                let mut zero: Option<[u8; crate::alg::MAX_DIGEST_LEN]> = None;
                 for (i, (page, d)) in data.chunks(PAGE_SIZE).zip(out.chunks_mut(dlen)).enumerate() {
-                    params.leaf(first + i as u64, page, d);
+                    if crate::alg::is_zero(page) {
+                        let z = zero.get_or_insert_with(|| {
+                            let mut z = [0u8; crate::alg::MAX_DIGEST_LEN];
+                            params.leaf(0, &[0u8; PAGE_SIZE], &mut z[..dlen]);
+                            z
+                        });
+                        d.copy_from_slice(&z[..dlen]);
+                    } else {
+                        params.leaf(first + i as u64, page, d);
+                    }
                 }
             }
             progress.advance(data.len() as u64);

@@ -324,3 +324,24 @@ fn sparse_digests_equal_a_full_build() {
         }
     }
 }
+
+#[test]
+fn holes_give_the_same_tree_without_being_read() {
+    for alg in [HashAlg::Blake3, HashAlg::Sha256, HashAlg::Sha384] {
+        let salt: &[u8] = if alg == HashAlg::Blake3 { b"" } else { b"salt" };
+        let params = TreeParams::new(alg, salt).unwrap();
+        // 300 pages plus a short tail; zero runs at the start, the middle and the end.
+        // Bytes inside the holes are deliberately not zero: the tree must not read them.
+        let unread = image(300 * PAGE_SIZE + 100, 3);
+        let mut zeroed = unread.clone();
+        for r in [0..70usize, 128..260, 290..301] {
+            let end = (r.end * PAGE_SIZE).min(zeroed.len());
+            zeroed[r.start * PAGE_SIZE..end].fill(0);
+        }
+        let full = ImageTree::build(&params, &zeroed, &NoProgress).unwrap();
+        let holes = [0..70u64, 128..260, 290..301];
+        let sparse = ImageTree::build_with_holes(&params, &unread, &holes, &NoProgress).unwrap();
+        assert_eq!(sparse.root(), full.root(), "{alg:?}");
+        assert_eq!(sparse.page_digests(), full.page_digests(), "{alg:?}");
+    }
+}
