@@ -52,7 +52,7 @@ say "a guest: Debian kernel + busybox; it prints 'tick N' each second and writes
 cat demo.toml
 run "$VM" vm start --vm demo.toml --wait-for READY
 run "$VM" keygen --alg hybrid --out host.key
-run "$VM" snapshot init --store chain --vm-id demo
+run "$VM" snapshot init --store chain --vm-id demo --alg sha256   # dm-verity trees: zero pages are free to capture
 
 say "baseline and three deltas while the guest runs (RAM hashed in place, device state via QMP)"
 declare -a AT

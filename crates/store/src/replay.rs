@@ -136,7 +136,6 @@ impl Store {
         dir: &Path,
         name: &NameFn<'_>,
     ) -> Result<(Verified, Vec<ImageTree>), StoreError> {
-        let manifests = self.check_links(src, opts)?;
         let last = &src.links[src.links.len() - 1];
         let key = match (self.meta.encrypted, opts.secret) {
             (false, _) => None,
@@ -147,6 +146,25 @@ impl Store {
                 Some(s.page_key(src.links[0].value().state_root.as_bytes(), &self.meta.vm_id))
             }
         };
+        // A head restore copies bytes that do not depend on the links, so the copy starts at
+        // once, beside the link checks; a decoding replay needs the checked manifests first.
+        let (manifests, early) = if src.from_cache {
+            let comps = self.last_components(src)?;
+            let files = self.create_outputs(dir, name, &comps)?;
+            let (checked, copied) = rayon::join(
+                || -> Result<_, StoreError> {
+                    let m = self.check_links(src, opts)?;
+                    let rb = Rebuild::new(self, &m, key.as_ref(), src.object);
+                    let trees = self.digest_trees(&rb, &m)?;
+                    Ok((m, trees))
+                },
+                || self.copy_head(&comps, &files),
+            );
+            let (manifests, trees) = checked?;
+            (manifests, Some((comps, files, copied?, trees)))
+        } else {
+            (self.check_links(src, opts)?, None)
+        };
         let comps = &manifests[0].components;
         let image_bytes: u64 = comps.iter().map(|c| c.len).sum();
         let delta_bytes: u64 = manifests
@@ -156,38 +174,36 @@ impl Store {
         self.progress().set_total(delta_bytes + image_bytes);
         let rb = Rebuild::new(self, &manifests, key.as_ref(), src.object);
 
-        let mut files = Vec::with_capacity(comps.len());
-        for (i, c) in comps.iter().enumerate() {
-            let path = dir.join(name(i, c));
-            let f = std::fs::File::options()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&path)
-                .map_err(fsio::io(&path))?;
-            f.set_len(c.len).map_err(fsio::io(&path))?;
-            files.push((f, path));
-        }
-        // The two halves are independent until the end, so they run side by side: the roots
-        // at every seq from the signed digests, and the bytes at the last seq.
-        let (trees, regions) = rayon::join(
-            || self.digest_trees(&rb, &manifests),
-            || match src.from_cache {
-                true => self.copy_head(comps, &files),
-                false => rebuild_all(&rb, comps, &files),
-            },
-        );
-        let trees = trees?;
-        let mut regions = regions?;
-        if src.from_cache {
-            let stale = regions
-                .iter()
-                .any(|(i, first, leaves)| rb.check_region(*i, *first, leaves, &trees[*i]).is_err());
-            if stale {
-                regions = rebuild_all(&rb, comps, &files)?;
+        let (trees, files, regions) = match early {
+            Some((copied_comps, files, regions, trees)) => {
+                if copied_comps != manifests[manifests.len() - 1].components {
+                    return Err(StoreError::Verification {
+                        seq: last.value().seq,
+                        detail: "the head manifest changed while it was read".into(),
+                    });
+                }
+                // A stale or damaged cache is not the chain's fault: decode instead.
+                let stale = regions.iter().any(|(i, first, leaves)| {
+                    rb.check_region(*i, *first, leaves, &trees[*i]).is_err()
+                });
+                let regions = match stale {
+                    true => rebuild_all(&rb, comps, &files)?,
+                    false => regions,
+                };
+                (trees, files, regions)
             }
-        }
+            None => {
+                let files = self.create_outputs(dir, name, comps)?;
+                // The two halves are independent until the end, so they run side by side: the
+                // roots at every seq from the signed digests, and the bytes at the last seq.
+                let (trees, regions) = rayon::join(
+                    || self.digest_trees(&rb, &manifests),
+                    || rebuild_all(&rb, comps, &files),
+                );
+                (trees?, files, regions?)
+            }
+        };
+        drop(files);
         for (i, first, leaves) in regions {
             rb.check_region(i, first, &leaves, &trees[i])?;
         }
@@ -202,6 +218,43 @@ impl Store {
             },
             trees,
         ))
+    }
+
+    /// The components of the last link's manifest, read ahead of the link checks (which
+    /// read it again and compare it with the baseline's).
+    fn last_components(&self, src: &Source<'_>) -> Result<Vec<ComponentRoot>, StoreError> {
+        let l = src.links[src.links.len() - 1].value();
+        let bad = |detail: String| StoreError::Verification { seq: l.seq, detail };
+        let bytes = (src.object)(&l.manifest, Kind::Manifest.max_body() + HEADER_LEN)
+            .map_err(|e| bad(format!("manifest: {e}")))?;
+        Ok(Manifest::decode(&bytes)
+            .map_err(|e| bad(format!("manifest: {e}")))?
+            .components)
+    }
+
+    /// Creates (or truncates) one output file per component, at its final length.
+    fn create_outputs(
+        &self,
+        dir: &Path,
+        name: &NameFn<'_>,
+        comps: &[ComponentRoot],
+    ) -> Result<Vec<(std::fs::File, std::path::PathBuf)>, StoreError> {
+        comps
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let path = dir.join(name(i, c));
+                let f = std::fs::File::options()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&path)
+                    .map_err(fsio::io(&path))?;
+                f.set_len(c.len).map_err(fsio::io(&path))?;
+                Ok((f, path))
+            })
+            .collect()
     }
 
     /// Every component's tree at every seq from the signed page digests; each root must match
@@ -276,16 +329,38 @@ impl Store {
         let mut prev = alg.zero_digest();
         let mut prev_time = UnixTime { secs: 0, nanos: 0 };
         let mut out: Vec<Manifest> = Vec::with_capacity(src.links.len());
-        for (k, signed) in src.links.iter().enumerate() {
+        // Signatures, manifests and delta digests of all links at once; the checks below
+        // still run, and fail, in seq order.
+        let heavy: Vec<LinkWork> = src
+            .links
+            .par_iter()
+            .map(|signed| {
+                let l = signed.value();
+                let signature = match opts.keys {
+                    Some(keys) => verify_signed(signed, keys).map_err(|e| format!("link {e}")),
+                    None => Ok(()),
+                };
+                let manifest = (src.object)(&l.manifest, Kind::Manifest.max_body() + HEADER_LEN)
+                    .map_err(|e| format!("manifest: {e}"))
+                    .and_then(|b| Manifest::decode(&b).map_err(|e| format!("manifest: {e}")))
+                    .map(|m| {
+                        let d = delta_digest(alg, &m.entries);
+                        (m, d)
+                    });
+                LinkWork {
+                    signature,
+                    manifest,
+                }
+            })
+            .collect();
+        for ((k, signed), work) in src.links.iter().enumerate().zip(heavy) {
             let seq = SeqNo(k as u64);
             let bad = |detail: String| StoreError::Verification { seq, detail };
             let l = signed.value();
             if l.seq != seq {
                 return Err(bad(format!("link says seq {}", l.seq)));
             }
-            if let Some(keys) = opts.keys {
-                verify_signed(signed, keys).map_err(|e| bad(format!("link {e}")))?;
-            }
+            work.signature.map_err(bad)?;
             if l.prev != prev {
                 return Err(bad(format!(
                     "previous link digest {}, expected {prev}",
@@ -298,9 +373,7 @@ impl Store {
                     l.time
                 )));
             }
-            let bytes = (src.object)(&l.manifest, Kind::Manifest.max_body() + HEADER_LEN)
-                .map_err(|e| bad(format!("manifest: {e}")))?;
-            let m = Manifest::decode(&bytes).map_err(|e| bad(format!("manifest: {e}")))?;
+            let (m, delta) = work.manifest.map_err(bad)?;
             if m.meta.seq != seq || m.meta.time != l.time {
                 return Err(bad("manifest seq or time differs from its link".into()));
             }
@@ -336,7 +409,7 @@ impl Store {
                     return Err(bad("components differ from the baseline's".into()));
                 }
             }
-            if delta_digest(alg, &m.entries) != l.delta {
+            if delta != l.delta {
                 return Err(bad(
                     "delta digest: the manifest's page entries do not hash to the link's".into(),
                 ));
@@ -361,6 +434,12 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// What [`Store::check_links`] computes for each link in parallel.
+struct LinkWork {
+    signature: Result<(), String>,
+    manifest: Result<(Manifest, Digest), String>,
 }
 
 /// Rebuilds every region of every component at the last seq and writes it; returns each

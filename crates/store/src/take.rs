@@ -10,7 +10,7 @@ use vmattest_core::chain::{
     Manifest, PageChange, SeqNo, StateMeta, delta_digest, link_digest, state_root,
 };
 use vmattest_core::record::{SignatureEntry, Signed, UnixTime};
-use vmattest_core::tree::ImageTree;
+use vmattest_core::tree::{ImageTree, in_hole};
 use vmattest_image::MappedImage;
 use vmattest_sign::Signer;
 
@@ -600,11 +600,7 @@ fn changed_pages(
                 if !changed {
                     return None;
                 }
-                let hole = {
-                    let i = holes.partition_point(|r| r.start <= p);
-                    i > 0 && holes[i - 1].end > p
-                };
-                let zero = hole || is_zero(page_of(bytes, p));
+                let zero = in_hole(holes, p, 1) || is_zero(page_of(bytes, p));
                 (old.is_some() || !zero).then_some((p, zero))
             })
         })

@@ -544,7 +544,7 @@ fn touches_hole(holes: &[std::ops::Range<u64>], first: u64, n: u64) -> bool {
 }
 
 /// Whether pages `[first, first + n)` lie in one of the sorted `holes`.
-fn in_hole(holes: &[std::ops::Range<u64>], first: u64, n: u64) -> bool {
+pub fn in_hole(holes: &[std::ops::Range<u64>], first: u64, n: u64) -> bool {
     let i = holes.partition_point(|r| r.start <= first);
     i > 0 && holes[i - 1].end >= first + n
 }
