@@ -7,4 +7,7 @@ ensure_deps
 cd "$ROOT"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+# The TPM backend links libtss2 only with its feature; check and test both builds.
+cargo clippy -p vmattest-tpm --all-targets --features tpm --quiet -- -D warnings
 cargo test --workspace --release
+cargo test -p vmattest-tpm --release --features tpm

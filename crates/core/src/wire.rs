@@ -260,8 +260,19 @@ pub struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    /// Reads big-endian fields of `buf` from its start, without an envelope (for other
+    /// canonical encodings, such as the TPM's).
+    pub fn new(buf: &'a [u8]) -> Reader<'a> {
+        Reader { buf, pos: 0 }
+    }
+
     pub fn offset(&self) -> usize {
         self.pos
+    }
+
+    /// Bytes not read yet.
+    pub fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
     }
 
     pub fn take(&mut self, field: &'static str, n: usize) -> Result<&'a [u8], WireError> {

@@ -1,0 +1,148 @@
+//! Test harness shared by the workspace's tests (a dev-dependency only): a private software
+//! TPM per test. TCP server on a free port P, control channel on P + 1, state in a temporary
+//! directory; stopped by PID on drop (SIGTERM, then SIGKILL).
+
+// Test support: failing loudly is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Signal, kill_process};
+use tempfile::TempDir;
+
+/// Ports handed out by this test process, so parallel tests never pick the same pair.
+static TAKEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+const TERM_GRACE: Duration = Duration::from_secs(3);
+
+#[derive(Debug)]
+pub struct Swtpm {
+    child: Child,
+    port: u16,
+    _state: TempDir,
+}
+
+/// A port P with P and P + 1 both free right now.
+fn free_port_pair() -> u16 {
+    let mut taken = TAKEN.lock().unwrap();
+    let taken = taken.get_or_insert_with(HashSet::new);
+    for _ in 0..100 {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let Some(ctrl) = port.checked_add(1) else {
+            continue;
+        };
+        if taken.contains(&port) || taken.contains(&ctrl) {
+            continue;
+        }
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, ctrl)).is_ok() {
+            taken.insert(port);
+            taken.insert(ctrl);
+            return port;
+        }
+    }
+    panic!("no free pair of TCP ports found");
+}
+
+impl Swtpm {
+    pub fn start() -> Swtpm {
+        let mut last = String::new();
+        // Another process may grab a port between the probe and swtpm's bind: retry.
+        for _ in 0..5 {
+            match Self::try_start() {
+                Ok(tpm) => return tpm,
+                Err(e) => last = e,
+            }
+        }
+        panic!("swtpm did not start: {last}");
+    }
+
+    fn try_start() -> Result<Swtpm, String> {
+        let state = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let port = free_port_pair();
+        let ctrl = port + 1;
+        let child = Command::new("swtpm")
+            .arg("socket")
+            .arg("--tpm2")
+            .arg("--server")
+            .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+            .arg("--ctrl")
+            .arg(format!("type=tcp,port={ctrl},bindaddr=127.0.0.1"))
+            .arg("--flags")
+            .arg("not-need-init,startup-clear")
+            .arg("--tpmstate")
+            .arg(format!("dir={}", state.path().display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run swtpm: {e}"))?;
+        let mut tpm = Swtpm {
+            child,
+            port,
+            _state: state,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = tpm.child.try_wait().map_err(|e| e.to_string())? {
+                let mut err = String::new();
+                if let Some(mut stderr) = tpm.child.stderr.take() {
+                    std::io::Read::read_to_string(&mut stderr, &mut err).ok();
+                }
+                return Err(format!("swtpm exited ({status}): {}", err.trim()));
+            }
+            // The probe connection is closed at once; swtpm then waits for the next client.
+            if TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
+                return Ok(tpm);
+            }
+            if Instant::now() > deadline {
+                return Err(format!("port {port} not accepting after {START_TIMEOUT:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn tcti(&self) -> String {
+        format!("swtpm:host=127.0.0.1,port={}", self.port)
+    }
+
+    fn wait_exit(&mut self, grace: Duration) -> bool {
+        let deadline = Instant::now() + grace;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) | Err(_) => return true,
+                Ok(None) if Instant::now() > deadline => return false,
+                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    }
+}
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        // The child is not reaped before this, so its pid cannot have been recycled.
+        let Some(pid) = i32::try_from(self.child.id()).ok().and_then(Pid::from_raw) else {
+            return;
+        };
+        kill_process(pid, Signal::TERM).ok();
+        if !self.wait_exit(TERM_GRACE) {
+            kill_process(pid, Signal::KILL).ok();
+            self.wait_exit(TERM_GRACE);
+        }
+        if let Ok(mut taken) = TAKEN.lock()
+            && let Some(taken) = taken.as_mut()
+        {
+            taken.remove(&self.port);
+            taken.remove(&(self.port + 1));
+        }
+    }
+}

@@ -1,0 +1,399 @@
+//! TPM 2.0 backend for vmattest: a TPM-held ECDSA P-256 signing key, a restricted attestation
+//! key (AK) for quotes and certifications, PCR access, and secrets sealed to PCR values.
+//!
+//! Keys are never stored in the TPM: each call re-creates them with `TPM2_CreatePrimary` from a
+//! fixed template under the owner hierarchy, which yields the same key every time for the same
+//! owner seed. Every transient handle a call creates is flushed before it returns, so the crate
+//! also works against a TPM without a resource manager (swtpm has three transient slots).
+//!
+//! The TPM code is behind the `tpm` Cargo feature (it links libtss2 through `tss-esapi`). Without
+//! the feature the public API is the same, and [`Tpm::open`] fails with [`TpmError::NotBuilt`].
+
+mod blob;
+mod config;
+#[cfg(feature = "tpm")]
+mod esapi;
+#[cfg(not(feature = "tpm"))]
+mod stub;
+
+use std::fmt;
+
+use sha2::{Digest as _, Sha256};
+use zeroize::Zeroizing;
+
+pub use crate::blob::{BlobError, SealedBlob};
+pub use crate::config::{ConfigError, TCTI_ENV, TpmConfig, TpmTarget};
+#[cfg(feature = "tpm")]
+use crate::esapi::Backend;
+#[cfg(not(feature = "tpm"))]
+use crate::stub::Backend;
+
+/// Largest secret [`Tpm::seal`] accepts (the TPM's `MAX_SYM_DATA`).
+pub const MAX_SEAL_LEN: usize = 128;
+/// Largest qualifying data (nonce) a quote or certification carries (`TPM2B_DATA`).
+pub const MAX_QUALIFYING_LEN: usize = 64;
+/// Highest PCR index accepted (a PC-client TPM has PCRs 0 to 23).
+pub const MAX_PCR: u32 = 23;
+/// The persistent handle a provisioned vmattest key would live at; [`TpmInfo`] reports whether
+/// it is occupied. This crate never writes it.
+pub const PERSISTENT_KEY_HANDLE: u32 = 0x8101_0a77;
+/// The TPM algorithm id of SHA-256, the first two bytes of every name this crate computes.
+pub const TPM_ALG_SHA256: u16 = 0x000b;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TpmError {
+    #[error("built without TPM support (enable the `tpm` feature)")]
+    NotBuilt,
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+    #[error("cannot open TPM {target}: {detail}")]
+    Open { target: String, detail: String },
+    #[error("TPM {op} failed: {detail}")]
+    Command { op: &'static str, detail: String },
+    #[error("TPM {op}: unexpected answer: {detail}")]
+    Unexpected { op: &'static str, detail: String },
+    #[error("invalid {what}: {detail}")]
+    Input { what: &'static str, detail: String },
+    #[error("unseal refused: {}", describe_pcrs(.pcrs))]
+    PcrMismatch { pcrs: Vec<u32> },
+}
+
+fn describe_pcrs(pcrs: &[u32]) -> String {
+    let list = pcrs
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if pcrs.len() == 1 {
+        format!("PCR {list} differs from its value at seal time")
+    } else {
+        format!("PCRs {list} differ from their values at seal time")
+    }
+}
+
+/// A PCR bank. Only SHA-256 is used by vmattest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PcrBank {
+    Sha256,
+}
+
+/// What [`Tpm::info`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TpmInfo {
+    /// `TPM2_PT_MANUFACTURER` as its four ASCII characters, trailing spaces and NULs removed
+    /// (e.g. "IBM" for swtpm).
+    pub manufacturer: String,
+    /// `TPM2_PT_MANUFACTURER` as the raw value.
+    pub manufacturer_id: u32,
+    /// `TPM2_PT_FIRMWARE_VERSION_1` in the high and `_2` in the low 32 bits.
+    pub firmware_version: u64,
+    /// Banks with at least one PCR allocated, by name ("sha1", "sha256", ...).
+    pub pcr_banks: Vec<String>,
+    /// Whether [`PERSISTENT_KEY_HANDLE`] holds an object.
+    pub persistent_key_present: bool,
+}
+
+/// The public half of a TPM key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyPublic {
+    /// Uncompressed SEC1 point: `0x04 || X || Y`, 65 bytes.
+    pub sec1: [u8; 65],
+    /// The marshalled `TPMT_PUBLIC`.
+    pub tpmt_public: Vec<u8>,
+    /// The TPM name: `nameAlg` (SHA-256, `00 0b`) then SHA-256 of `tpmt_public`; 34 bytes.
+    pub name: Vec<u8>,
+}
+
+impl KeyPublic {
+    #[cfg_attr(not(feature = "tpm"), allow(dead_code))]
+    pub(crate) fn new(sec1: [u8; 65], tpmt_public: Vec<u8>) -> Self {
+        let name = name_of(&tpmt_public);
+        KeyPublic {
+            sec1,
+            tpmt_public,
+            name,
+        }
+    }
+}
+
+impl fmt::Debug for KeyPublic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyPublic")
+            .field("name", &hex_string(&self.name))
+            .finish()
+    }
+}
+
+/// `00 0b || SHA-256(tpmt_public)`: the TPM name of an object with nameAlg SHA-256.
+pub fn name_of(tpmt_public: &[u8]) -> Vec<u8> {
+    let mut name = TPM_ALG_SHA256.to_be_bytes().to_vec();
+    name.extend_from_slice(&Sha256::digest(tpmt_public));
+    name
+}
+
+/// An ECDSA P-256 signature as two 32-byte big-endian integers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EcdsaSignature {
+    pub r: [u8; 32],
+    pub s: [u8; 32],
+}
+
+impl EcdsaSignature {
+    /// `r || s`, 64 bytes.
+    pub fn to_bytes(&self) -> [u8; 64] {
+        let mut out = [0u8; 64];
+        out[..32].copy_from_slice(&self.r);
+        out[32..].copy_from_slice(&self.s);
+        out
+    }
+}
+
+/// A `TPM2_Certify` of the signing key by the attestation key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Certification {
+    /// The marshalled `TPMS_ATTEST` (type `TPM_ST_ATTEST_CERTIFY`), the signed message.
+    pub attest: Vec<u8>,
+    /// ECDSA-SHA256 by the AK over `attest`.
+    pub signature: EcdsaSignature,
+}
+
+/// A `TPM2_Quote` over SHA-256 PCRs by the attestation key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quote {
+    /// The marshalled `TPMS_ATTEST` (type `TPM_ST_ATTEST_QUOTE`), the signed message.
+    pub attest: Vec<u8>,
+    /// ECDSA-SHA256 by the AK over `attest`.
+    pub signature: EcdsaSignature,
+    /// The quoted PCR indices, ascending.
+    pub pcrs: Vec<u32>,
+    /// The SHA-256 values of `pcrs`, read right after the quote, in the same order.
+    pub pcr_values: Vec<[u8; 32]>,
+}
+
+/// A connection to one TPM.
+pub struct Tpm {
+    backend: Backend,
+}
+
+impl fmt::Debug for Tpm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tpm").finish_non_exhaustive()
+    }
+}
+
+impl Tpm {
+    /// Connects to the TPM `config` names. Fails with [`TpmError::NotBuilt`] without the `tpm`
+    /// feature.
+    pub fn open(config: &TpmConfig) -> Result<Self, TpmError> {
+        Ok(Tpm {
+            backend: Backend::open(config)?,
+        })
+    }
+
+    pub fn info(&mut self) -> Result<TpmInfo, TpmError> {
+        self.backend.info()
+    }
+
+    /// The unrestricted ECDSA P-256 (SHA-256) signing key, non-exportable.
+    pub fn signing_key(&mut self) -> Result<KeyPublic, TpmError> {
+        self.backend.signing_key()
+    }
+
+    /// The restricted ECDSA P-256 (SHA-256) attestation key used by [`Tpm::quote`] and
+    /// [`Tpm::certify`].
+    pub fn attestation_key(&mut self) -> Result<KeyPublic, TpmError> {
+        self.backend.attestation_key()
+    }
+
+    /// Signs a SHA-256 digest computed outside the TPM with the signing key.
+    pub fn sign_digest(&mut self, digest: &[u8; 32]) -> Result<EcdsaSignature, TpmError> {
+        self.backend.sign_digest(digest)
+    }
+
+    /// `TPM2_Certify` of the signing key by the attestation key, with `nonce` as qualifying
+    /// data (at most [`MAX_QUALIFYING_LEN`] bytes).
+    pub fn certify(&mut self, nonce: &[u8]) -> Result<Certification, TpmError> {
+        check_qualifying(nonce)?;
+        self.backend.certify(nonce)
+    }
+
+    /// The ECC P-256 endorsement key from the TCG default template, as an uncompressed SEC1
+    /// point.
+    pub fn ek_public(&mut self) -> Result<[u8; 65], TpmError> {
+        self.backend.ek_public()
+    }
+
+    /// Reads PCRs of `bank`. The values come back in ascending PCR order (duplicates removed).
+    pub fn pcr_read(&mut self, bank: PcrBank, pcrs: &[u32]) -> Result<Vec<[u8; 32]>, TpmError> {
+        let PcrBank::Sha256 = bank;
+        let pcrs = normalize_pcrs(pcrs)?;
+        self.backend.pcr_read(&pcrs)
+    }
+
+    /// Extends the SHA-256 bank of PCR `index` with `digest` (other banks are not touched).
+    pub fn pcr_extend(&mut self, index: u32, digest: &[u8; 32]) -> Result<(), TpmError> {
+        normalize_pcrs(&[index])?;
+        self.backend.pcr_extend(index, digest)
+    }
+
+    /// Resets a resettable PCR (16, the debug PCR, or 23 at locality 0).
+    pub fn pcr_reset(&mut self, index: u32) -> Result<(), TpmError> {
+        normalize_pcrs(&[index])?;
+        self.backend.pcr_reset(index)
+    }
+
+    /// Quotes the SHA-256 values of `pcrs` with the attestation key; `qualifying` (at most
+    /// [`MAX_QUALIFYING_LEN`] bytes) lands in the attest's `extraData`.
+    pub fn quote(&mut self, pcrs: &[u32], qualifying: &[u8]) -> Result<Quote, TpmError> {
+        check_qualifying(qualifying)?;
+        let pcrs = normalize_pcrs(pcrs)?;
+        self.backend.quote(&pcrs, qualifying)
+    }
+
+    /// Seals `secret` (1 to [`MAX_SEAL_LEN`] bytes) under the storage primary, to the current
+    /// SHA-256 values of `pcrs` (TPM2_PolicyPCR).
+    pub fn seal(&mut self, secret: &[u8], pcrs: &[u32]) -> Result<SealedBlob, TpmError> {
+        if secret.is_empty() || secret.len() > MAX_SEAL_LEN {
+            return Err(TpmError::Input {
+                what: "secret",
+                detail: format!("expected 1 to {MAX_SEAL_LEN} bytes, found {}", secret.len()),
+            });
+        }
+        let pcrs = normalize_pcrs(pcrs)?;
+        self.backend.seal(secret, &pcrs)
+    }
+
+    /// Unseals a blob made by [`Tpm::seal`]. When the PCR policy is not met, fails with
+    /// [`TpmError::PcrMismatch`] naming the PCRs whose value changed since sealing.
+    pub fn unseal(&mut self, blob: &SealedBlob) -> Result<Zeroizing<Vec<u8>>, TpmError> {
+        self.backend.unseal(blob)
+    }
+}
+
+/// The TPM signing key behind the same small interface as the workspace's signers: `sign`
+/// signs SHA-256 of the message and returns `r || s` (64 bytes).
+///
+/// It does not implement `vmattest_sign::Signer`: that trait needs a `SigAlg` for ECDSA P-256
+/// with SHA-256, which does not exist yet, and `Send + Sync`.
+#[derive(Debug)]
+pub struct TpmSigner {
+    tpm: Tpm,
+    public: KeyPublic,
+}
+
+impl TpmSigner {
+    pub fn new(mut tpm: Tpm) -> Result<Self, TpmError> {
+        let public = tpm.signing_key()?;
+        Ok(TpmSigner { tpm, public })
+    }
+
+    pub fn public_key(&self) -> &KeyPublic {
+        &self.public
+    }
+
+    pub fn sign(&mut self, message: &[u8]) -> Result<Vec<u8>, TpmError> {
+        let digest: [u8; 32] = Sha256::digest(message).into();
+        Ok(self.tpm.sign_digest(&digest)?.to_bytes().to_vec())
+    }
+
+    pub fn into_inner(self) -> Tpm {
+        self.tpm
+    }
+}
+
+fn check_qualifying(data: &[u8]) -> Result<(), TpmError> {
+    if data.len() > MAX_QUALIFYING_LEN {
+        return Err(TpmError::Input {
+            what: "qualifying data",
+            detail: format!(
+                "expected at most {MAX_QUALIFYING_LEN} bytes, found {}",
+                data.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Sorted, without duplicates, each at most [`MAX_PCR`], and not empty.
+fn normalize_pcrs(pcrs: &[u32]) -> Result<Vec<u32>, TpmError> {
+    if let Some(bad) = pcrs.iter().find(|&&p| p > MAX_PCR) {
+        return Err(TpmError::Input {
+            what: "PCR index",
+            detail: format!("expected 0 to {MAX_PCR}, found {bad}"),
+        });
+    }
+    if pcrs.is_empty() {
+        return Err(TpmError::Input {
+            what: "PCR selection",
+            detail: "expected at least one PCR, found none".to_owned(),
+        });
+    }
+    let mut out = pcrs.to_vec();
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+pub(crate) fn hex_string(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::cast_possible_truncation
+    )]
+
+    use super::*;
+
+    #[cfg(not(feature = "tpm"))]
+    #[test]
+    fn without_feature_open_is_not_built() {
+        let config = TpmConfig::tcti("swtpm:host=127.0.0.1,port=2321");
+        let err = Tpm::open(&config).unwrap_err();
+        assert!(matches!(err, TpmError::NotBuilt));
+        assert_eq!(
+            err.to_string(),
+            "built without TPM support (enable the `tpm` feature)"
+        );
+    }
+
+    #[test]
+    fn pcr_mismatch_message() {
+        let one = TpmError::PcrMismatch { pcrs: vec![16] };
+        assert_eq!(
+            one.to_string(),
+            "unseal refused: PCR 16 differs from its value at seal time"
+        );
+        let two = TpmError::PcrMismatch { pcrs: vec![7, 16] };
+        assert_eq!(
+            two.to_string(),
+            "unseal refused: PCRs 7, 16 differ from their values at seal time"
+        );
+    }
+
+    #[test]
+    fn pcr_selection_is_checked_and_sorted() {
+        assert_eq!(normalize_pcrs(&[16, 0, 16]).unwrap(), vec![0, 16]);
+        assert!(normalize_pcrs(&[]).is_err());
+        let err = normalize_pcrs(&[24]).unwrap_err().to_string();
+        assert!(err.contains("expected 0 to 23, found 24"), "{err}");
+    }
+
+    #[test]
+    fn name_is_alg_then_sha256() {
+        let name = name_of(b"abc");
+        assert_eq!(name.len(), 34);
+        assert_eq!(&name[..2], &[0x00, 0x0b]);
+        assert_eq!(
+            hex_string(&name[2..]),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}
