@@ -8,6 +8,7 @@ cd "$ROOT"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 # The TPM backend links libtss2 only with its feature; check and test both builds.
-cargo clippy -p vmattest-tpm --all-targets --features tpm --quiet -- -D warnings
+cargo clippy -p vmattest-tpm -p vmattest-cli --all-targets --features vmattest-tpm/tpm,vmattest-cli/tpm --quiet -- -D warnings
 cargo test --workspace --release
 cargo test -p vmattest-tpm --release --features tpm
+cargo test -p vmattest-cli --release --features tpm --test tpm

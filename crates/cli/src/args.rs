@@ -120,6 +120,69 @@ pub enum Command {
     /// QEMU virtual machines described by a spec file.
     #[command(subcommand)]
     Vm(VmCommand),
+    /// The host's TPM 2.0 (`/dev/tpmrm0`, or the TCTI in `$VMATTEST_TPM_TCTI`).
+    #[command(subcommand)]
+    Tpm(TpmCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TpmCommand {
+    /// Manufacturer, firmware and PCR banks.
+    Info,
+    /// Write the public key of the TPM-resident signing key (ECDSA P-384; it never leaves the
+    /// TPM) for `--pubkey`; `snapshot take --signer tpm` signs with it.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Write the attestation key's public area (TPMT_PUBLIC) for verifiers to pin.
+    Ak {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Extend a SHA-256 PCR with the SHA-256 of a file (a hypervisor binary, a config).
+    Extend {
+        #[arg(long)]
+        pcr: u32,
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Quote SHA-256 PCRs with the attestation key over a verifier's nonce.
+    Quote {
+        /// Comma-separated PCR indices, e.g. 0,7,16.
+        #[arg(long)]
+        pcr: String,
+        /// The verifier's nonce, hex.
+        #[arg(long)]
+        nonce: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Verify a quote against a pinned attestation key and the nonce, without a TPM.
+    VerifyQuote {
+        quote: PathBuf,
+        /// The attestation key's public area, as written by `tpm ak`.
+        #[arg(long)]
+        ak: PathBuf,
+        #[arg(long)]
+        nonce: String,
+    },
+    /// Seal a secret file to the current values of SHA-256 PCRs.
+    Seal {
+        #[arg(long)]
+        pcr: String,
+        #[arg(long = "in")]
+        input: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Unseal a sealed blob; refused, naming the PCR, when a selected PCR changed.
+    Unseal {
+        blob: PathBuf,
+        /// Written with mode 0600.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Args, Clone)]
@@ -214,8 +277,12 @@ pub enum SnapshotCommand {
         #[arg(long, conflicts_with_all = ["memory", "disk", "device_state", "config", "dirty"])]
         vm: Option<String>,
         /// Private key; repeat to co-sign.
-        #[arg(long = "key", required = true)]
+        #[arg(long = "key", required_unless_present = "signer")]
         keys: Vec<PathBuf>,
+        /// `tpm`: (also) sign with the host TPM's resident key; `tpm keygen` exports its
+        /// public key for verifiers.
+        #[arg(long, value_parser = ["tpm"])]
+        signer: Option<String>,
         /// `NAME=FILE`: FILE lists the page indices (one per line) that may have changed.
         #[arg(long = "dirty")]
         dirty: Vec<String>,

@@ -15,6 +15,16 @@ use clap::Parser as _;
 pub struct VerificationFailed(pub String);
 
 fn main() -> ExitCode {
+    if std::env::var_os("TSS2_LOG").is_none() {
+        // The TPM stack logs refused commands (an unseal under changed PCRs) to stderr itself;
+        // vmattest reports them as its one-line error instead.
+        // SAFETY: first statement of main, before any thread exists, so no other thread can
+        // read the environment concurrently.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var("TSS2_LOG", "all+none");
+        }
+    }
     let cli = args::Cli::parse();
     match cmd::run(cli) {
         Ok(()) => ExitCode::SUCCESS,

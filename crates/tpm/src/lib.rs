@@ -1,5 +1,7 @@
-//! TPM 2.0 backend for vmattest: a TPM-held ECDSA P-256 signing key, a restricted attestation
-//! key (AK) for quotes and certifications, PCR access, and secrets sealed to PCR values.
+//! TPM 2.0 backend for vmattest: a TPM-held ECDSA P-384 signing key (usable as a chain signer
+//! through [`TpmSigner`], which implements [`vmattest_sign::Signer`]), a restricted ECDSA P-256
+//! attestation key (AK) for quotes and certifications, PCR access, and secrets sealed to PCR
+//! values.
 //!
 //! Keys are never stored in the TPM: each call re-creates them with `TPM2_CreatePrimary` from a
 //! fixed template under the owner hierarchy, which yields the same key every time for the same
@@ -17,8 +19,10 @@ mod esapi;
 mod stub;
 
 use std::fmt;
+use std::sync::{Mutex, MutexGuard};
 
-use sha2::{Digest as _, Sha256};
+use sha2::{Digest as _, Sha256, Sha384};
+use vmattest_sign::{PublicKey, SigAlg, SignError, Signer};
 use zeroize::Zeroizing;
 
 pub use crate::blob::{BlobError, SealedBlob};
@@ -99,8 +103,9 @@ pub struct TpmInfo {
 /// The public half of a TPM key.
 #[derive(Clone, PartialEq, Eq)]
 pub struct KeyPublic {
-    /// Uncompressed SEC1 point: `0x04 || X || Y`, 65 bytes.
-    pub sec1: [u8; 65],
+    /// Uncompressed SEC1 point `0x04 || X || Y`, each coordinate left-padded to the curve size:
+    /// 97 bytes for the P-384 signing key, 65 for the P-256 attestation key.
+    pub sec1: Vec<u8>,
     /// The marshalled `TPMT_PUBLIC`.
     pub tpmt_public: Vec<u8>,
     /// The TPM name: `nameAlg` (SHA-256, `00 0b`) then SHA-256 of `tpmt_public`; 34 bytes.
@@ -109,7 +114,7 @@ pub struct KeyPublic {
 
 impl KeyPublic {
     #[cfg_attr(not(feature = "tpm"), allow(dead_code))]
-    pub(crate) fn new(sec1: [u8; 65], tpmt_public: Vec<u8>) -> Self {
+    pub(crate) fn new(sec1: Vec<u8>, tpmt_public: Vec<u8>) -> Self {
         let name = name_of(&tpmt_public);
         KeyPublic {
             sec1,
@@ -134,7 +139,7 @@ pub fn name_of(tpmt_public: &[u8]) -> Vec<u8> {
     name
 }
 
-/// An ECDSA P-256 signature as two 32-byte big-endian integers.
+/// An ECDSA P-256 signature (by the attestation key) as two 32-byte big-endian integers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EcdsaSignature {
     pub r: [u8; 32],
@@ -147,6 +152,23 @@ impl EcdsaSignature {
         let mut out = [0u8; 64];
         out[..32].copy_from_slice(&self.r);
         out[32..].copy_from_slice(&self.s);
+        out
+    }
+}
+
+/// An ECDSA P-384 signature (by the signing key) as two 48-byte big-endian integers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EcdsaP384Signature {
+    pub r: [u8; 48],
+    pub s: [u8; 48],
+}
+
+impl EcdsaP384Signature {
+    /// `r || s`, 96 bytes: the raw form `vmattest_sign` uses for [`SigAlg::EcdsaP384`].
+    pub fn to_bytes(&self) -> [u8; 96] {
+        let mut out = [0u8; 96];
+        out[..48].copy_from_slice(&self.r);
+        out[48..].copy_from_slice(&self.s);
         out
     }
 }
@@ -197,7 +219,7 @@ impl Tpm {
         self.backend.info()
     }
 
-    /// The unrestricted ECDSA P-256 (SHA-256) signing key, non-exportable.
+    /// The unrestricted ECDSA P-384 (SHA-384) signing key, non-exportable.
     pub fn signing_key(&mut self) -> Result<KeyPublic, TpmError> {
         self.backend.signing_key()
     }
@@ -208,9 +230,27 @@ impl Tpm {
         self.backend.attestation_key()
     }
 
-    /// Signs a SHA-256 digest computed outside the TPM with the signing key.
-    pub fn sign_digest(&mut self, digest: &[u8; 32]) -> Result<EcdsaSignature, TpmError> {
-        self.backend.sign_digest(digest)
+    /// Signs a SHA-384 digest computed outside the TPM with the signing key.
+    pub fn sign_digest(&mut self, digest: &[u8; 48]) -> Result<EcdsaP384Signature, TpmError> {
+        Ok(self.backend.sign_digest(digest)?.0)
+    }
+
+    /// [`Tpm::sign_digest`], failing unless the key that signed has the SEC1 point `expected`.
+    fn sign_digest_by(
+        &mut self,
+        digest: &[u8; 48],
+        expected: &[u8],
+    ) -> Result<EcdsaP384Signature, TpmError> {
+        let (sig, sec1) = self.backend.sign_digest(digest)?;
+        if sec1 != expected {
+            return Err(TpmError::Unexpected {
+                op: "Sign",
+                detail: "the signing key differs from the one opened (was the owner hierarchy \
+                         cleared?)"
+                    .to_owned(),
+            });
+        }
+        Ok(sig)
     }
 
     /// `TPM2_Certify` of the signing key by the attestation key, with `nonce` as qualifying
@@ -273,34 +313,97 @@ impl Tpm {
     }
 }
 
-/// The TPM signing key behind the same small interface as the workspace's signers: `sign`
-/// signs SHA-256 of the message and returns `r || s` (64 bytes).
+/// The TPM signing key as a workspace [`Signer`] ([`SigAlg::EcdsaP384`]): `sign` hashes the
+/// message with SHA-384, has the TPM sign the digest, and returns `r || s` (96 bytes), which
+/// [`PublicKey::verify`] accepts with the public key alone.
 ///
-/// It does not implement `vmattest_sign::Signer`: that trait needs a `SigAlg` for ECDSA P-256
-/// with SHA-256, which does not exist yet, and `Send + Sync`.
+/// The [`Tpm`] is held in a [`Mutex`] (its commands need `&mut`), so one `TpmSigner` can be
+/// shared between threads; their signatures are serialized. Each signature re-creates the key
+/// from the owner seed and checks that it is still the key [`TpmSigner::new`] read.
 #[derive(Debug)]
 pub struct TpmSigner {
-    tpm: Tpm,
+    tpm: Mutex<Tpm>,
     public: KeyPublic,
+    key: PublicKey,
 }
 
 impl TpmSigner {
-    pub fn new(mut tpm: Tpm) -> Result<Self, TpmError> {
-        let public = tpm.signing_key()?;
-        Ok(TpmSigner { tpm, public })
+    /// Opens the TPM `config` names and reads its signing key. Fails with
+    /// [`TpmError::NotBuilt`] without the `tpm` feature.
+    pub fn open(config: &TpmConfig) -> Result<Self, TpmError> {
+        Self::new(Tpm::open(config)?)
     }
 
-    pub fn public_key(&self) -> &KeyPublic {
+    /// Reads the signing key of an open TPM.
+    pub fn new(mut tpm: Tpm) -> Result<Self, TpmError> {
+        let public = tpm.signing_key()?;
+        let key = PublicKey::from_raw(SigAlg::EcdsaP384, &public.sec1).map_err(|e| {
+            TpmError::Unexpected {
+                op: "CreatePrimary (signing key)",
+                detail: format!("the signing key is not a usable P-384 key: {e}"),
+            }
+        })?;
+        Ok(TpmSigner {
+            tpm: Mutex::new(tpm),
+            public,
+            key,
+        })
+    }
+
+    /// The signing key as the TPM describes it (SEC1 point, `TPMT_PUBLIC` and name), e.g. to
+    /// match against a [`Certification`].
+    pub fn tpm_public(&self) -> &KeyPublic {
         &self.public
     }
 
-    pub fn sign(&mut self, message: &[u8]) -> Result<Vec<u8>, TpmError> {
-        let digest: [u8; 32] = Sha256::digest(message).into();
-        Ok(self.tpm.sign_digest(&digest)?.to_bytes().to_vec())
+    /// Like [`Signer::sign`] but with the TPM's own error, which [`Signer::sign`] can only
+    /// report as [`SignError::SigningFailed`].
+    pub fn sign_message(&self, message: &[u8]) -> Result<EcdsaP384Signature, TpmError> {
+        let digest: [u8; 48] = Sha384::digest(message).into();
+        self.lock().sign_digest_by(&digest, &self.public.sec1)
+    }
+
+    /// [`Tpm::certify`] of this signing key by the attestation key.
+    pub fn certify(&self, nonce: &[u8]) -> Result<Certification, TpmError> {
+        self.lock().certify(nonce)
     }
 
     pub fn into_inner(self) -> Tpm {
         self.tpm
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A panic cannot happen while the lock is held in this crate; if a caller's did, the TPM
+    /// is still usable (every command flushes what it created), so poisoning is ignored.
+    fn lock(&self) -> MutexGuard<'_, Tpm> {
+        self.tpm
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Signer for TpmSigner {
+    fn alg(&self) -> SigAlg {
+        SigAlg::EcdsaP384
+    }
+
+    fn public_key(&self) -> PublicKey {
+        self.key.clone()
+    }
+
+    fn key_id(&self) -> vmattest_sign::KeyId {
+        self.key.key_id()
+    }
+
+    /// TPM failures become [`SignError::SigningFailed`]; [`TpmSigner::sign_message`] keeps
+    /// the detail.
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, SignError> {
+        self.sign_message(msg)
+            .map(|sig| sig.to_bytes().to_vec())
+            .map_err(|_| SignError::SigningFailed {
+                alg: SigAlg::EcdsaP384,
+            })
     }
 }
 
@@ -356,12 +459,32 @@ mod tests {
     #[test]
     fn without_feature_open_is_not_built() {
         let config = TpmConfig::tcti("swtpm:host=127.0.0.1,port=2321");
+        let err = TpmSigner::open(&config).unwrap_err();
+        assert!(matches!(err, TpmError::NotBuilt));
         let err = Tpm::open(&config).unwrap_err();
         assert!(matches!(err, TpmError::NotBuilt));
         assert_eq!(
             err.to_string(),
             "built without TPM support (enable the `tpm` feature)"
         );
+    }
+
+    #[test]
+    fn tpm_signer_is_a_workspace_signer() {
+        fn signer<T: Signer>() {}
+        signer::<TpmSigner>();
+    }
+
+    #[test]
+    fn p384_signature_bytes_are_r_then_s() {
+        let sig = EcdsaP384Signature {
+            r: [1; 48],
+            s: [2; 48],
+        };
+        let bytes = sig.to_bytes();
+        assert_eq!(bytes.len(), vmattest_sign::signature_len(SigAlg::EcdsaP384));
+        assert_eq!(&bytes[..48], &[1; 48]);
+        assert_eq!(&bytes[48..], &[2; 48]);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use zeroize::Zeroizing;
 
 use crate::{
-    Certification, EcdsaSignature, KeyPublic, Quote, SealedBlob, TpmConfig, TpmError, TpmInfo,
+    Certification, EcdsaP384Signature, KeyPublic, Quote, SealedBlob, TpmConfig, TpmError, TpmInfo,
 };
 
 /// Uninhabited: [`Backend::open`] always fails.
@@ -27,7 +27,10 @@ impl Backend {
         match *self {}
     }
 
-    pub(crate) fn sign_digest(&mut self, _digest: &[u8; 32]) -> Result<EcdsaSignature, TpmError> {
+    pub(crate) fn sign_digest(
+        &mut self,
+        _digest: &[u8; 48],
+    ) -> Result<(EcdsaP384Signature, Vec<u8>), TpmError> {
         match *self {}
     }
 

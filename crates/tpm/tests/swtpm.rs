@@ -1,4 +1,5 @@
-//! Against a private swtpm per test; oracles: the `p256` crate, `openssl`, `tpm2_checkquote`.
+//! Against a private swtpm per test; oracles: the `p256` and `p384` crates, `vmattest_sign`,
+//! `openssl`, `tpm2_checkquote`.
 #![cfg(feature = "tpm")]
 #![allow(
     clippy::unwrap_used,
@@ -10,16 +11,54 @@
 mod common;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use common::{Swtpm, SwtpmExt as _, run};
 use p256::ecdsa::signature::hazmat::PrehashVerifier;
 use p256::ecdsa::{Signature, VerifyingKey};
 use p256::pkcs8::{EncodePublicKey, LineEnding};
-use sha2::{Digest as _, Sha256};
-use vmattest_tpm::{EcdsaSignature, KeyPublic, PcrBank, SealedBlob, TpmError, TpmSigner, name_of};
+use p384::ecdsa::signature::hazmat::PrehashVerifier as _;
+use p384::pkcs8::EncodePublicKey as _;
+use sha2::{Digest as _, Sha256, Sha384};
+use vmattest_sign::{PublicKey, SigAlg, SignError, Signer};
+use vmattest_tpm::{
+    EcdsaP384Signature, EcdsaSignature, KeyPublic, PcrBank, SealedBlob, TpmError, TpmSigner,
+    name_of,
+};
 
 fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
+}
+
+fn sha384(data: &[u8]) -> [u8; 48] {
+    Sha384::digest(data).into()
+}
+
+/// The P-384 signing key as a `p384` verifying key.
+fn p384_key(key: &KeyPublic) -> p384::ecdsa::VerifyingKey {
+    p384::ecdsa::VerifyingKey::from_sec1_bytes(&key.sec1).unwrap()
+}
+
+fn p384_sig(sig: &EcdsaP384Signature) -> p384::ecdsa::Signature {
+    p384::ecdsa::Signature::from_scalars(sig.r, sig.s).unwrap()
+}
+
+/// `TpmSigner::new` over `SwtpmExt::open` (which retries while swtpm closes the last client).
+fn open_signer(swtpm: &Swtpm) -> TpmSigner {
+    TpmSigner::new(swtpm.open()).unwrap()
+}
+
+/// `TpmSigner::open` against `swtpm`, retried like `SwtpmExt::open`.
+fn open_signer_by_config(swtpm: &Swtpm) -> TpmSigner {
+    let mut last = None;
+    for _ in 0..40 {
+        match TpmSigner::open(&swtpm.config()) {
+            Ok(signer) => return signer,
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("cannot open swtpm: {last:?}");
 }
 
 fn verifying_key(key: &KeyPublic) -> VerifyingKey {
@@ -96,15 +135,31 @@ fn keys_are_deterministic_across_opens() {
     assert_eq!(sk1, sk2);
     assert_eq!(ak1, ak2);
     assert_ne!(sk1.sec1, ak1.sec1);
+    assert_eq!(sk1.sec1.len(), 97, "P-384 signing key");
+    assert_eq!(ak1.sec1.len(), 65, "P-256 attestation key");
     for key in [&sk1, &ak1] {
-        assert_eq!(key.sec1.len(), 65);
         assert_eq!(key.sec1[0], 0x04);
         assert_eq!(key.name.len(), 34);
         assert_eq!(key.name, name_of(&key.tpmt_public));
-        verifying_key(key);
     }
+    p384_key(&sk1);
+    verifying_key(&ak1);
     // TPMT_PUBLIC starts with type ECC (0x0023) and nameAlg SHA-256; the AK is restricted.
     assert_eq!(&sk1.tpmt_public[..4], &[0x00, 0x23, 0x00, 0x0b]);
+    assert_eq!(&ak1.tpmt_public[..4], &[0x00, 0x23, 0x00, 0x0b]);
+    // After the attributes and an empty authPolicy: symmetric NULL, scheme ECDSA (0x0018) with
+    // its hash, the curve, and KDF NULL.
+    let params = |k: &KeyPublic| k.tpmt_public[10..20].to_vec();
+    assert_eq!(
+        params(&sk1),
+        [0x00, 0x10, 0x00, 0x18, 0x00, 0x0c, 0x00, 0x04, 0x00, 0x10],
+        "ECDSA-SHA384 on NIST P-384"
+    );
+    assert_eq!(
+        params(&ak1),
+        [0x00, 0x10, 0x00, 0x18, 0x00, 0x0b, 0x00, 0x03, 0x00, 0x10],
+        "ECDSA-SHA256 on NIST P-256"
+    );
     let attrs = |k: &KeyPublic| u32::from_be_bytes(k.tpmt_public[4..8].try_into().unwrap());
     // fixedTPM 1<<1, fixedParent 1<<4, sensitiveDataOrigin 1<<5, userWithAuth 1<<6,
     // restricted 1<<16, sign 1<<18.
@@ -122,41 +177,77 @@ fn keys_are_deterministic_across_opens() {
 }
 
 #[test]
-fn signatures_verify_with_p256_and_openssl() {
+fn sign_digest_verifies_with_p384() {
     let swtpm = Swtpm::start();
     let mut tpm = swtpm.open();
-    let key = tpm.signing_key().unwrap();
-    let vk = verifying_key(&key);
-
-    let digest = sha256(b"a snapshot root");
+    let vk = p384_key(&tpm.signing_key().unwrap());
+    let digest = sha384(b"a snapshot root");
     let sig = tpm.sign_digest(&digest).unwrap();
-    vk.verify_prehash(&digest, &p256_sig(&sig)).unwrap();
+    vk.verify_prehash(&digest, &p384_sig(&sig)).unwrap();
     let mut other = digest;
     other[0] ^= 1;
-    assert!(vk.verify_prehash(&other, &p256_sig(&sig)).is_err());
+    assert!(vk.verify_prehash(&other, &p384_sig(&sig)).is_err());
+}
 
-    let mut signer = TpmSigner::new(tpm).unwrap();
-    assert_eq!(signer.public_key(), &key);
+#[test]
+fn tpm_signer_verifies_with_vmattest_sign_and_openssl() {
+    let swtpm = Swtpm::start();
+    let signer = open_signer(&swtpm);
+    let key = signer.tpm_public().clone();
+    assert_eq!(signer.alg(), SigAlg::EcdsaP384);
+    let public = signer.public_key();
+    assert_eq!(public.alg(), SigAlg::EcdsaP384);
+    assert_eq!(public.raw(), key.sec1.as_slice());
+    assert_eq!(signer.key_id(), public.key_id());
+
+    // A verifier holds only public data: the raw key (or its PEM) and the signature.
+    let verifier = PublicKey::from_raw(SigAlg::EcdsaP384, &key.sec1).unwrap();
+    let verifier_from_pem = PublicKey::from_pem(&public.to_pem()).unwrap();
+    assert_eq!(verifier_from_pem, verifier);
     let message = b"vmattest manifest bytes".repeat(100);
     let raw = signer.sign(&message).unwrap();
-    assert_eq!(raw.len(), 64);
-    let sig = Signature::from_slice(&raw).unwrap();
+    assert_eq!(raw.len(), vmattest_sign::signature_len(SigAlg::EcdsaP384));
+    verifier.verify(&message, &raw).unwrap();
+    p384_key(&key)
+        .verify_prehash(
+            &sha384(&message),
+            &p384::ecdsa::Signature::from_slice(&raw).unwrap(),
+        )
+        .unwrap();
 
+    let mut flipped = message.clone();
+    flipped[7] ^= 0x01;
+    assert!(matches!(
+        verifier.verify(&flipped, &raw),
+        Err(SignError::BadSignature { .. })
+    ));
+    let mut bad_sig = raw.clone();
+    bad_sig[95] ^= 0x01;
+    assert!(verifier.verify(&message, &bad_sig).is_err());
+
+    // openssl, with the SPKI PEM built by `p384` from the SEC1 point and a DER signature.
     let dir = tempfile::tempdir().unwrap();
     let pem = dir.path().join("key.pem");
     let sig_der = dir.path().join("sig.der");
     let msg = dir.path().join("msg.bin");
     let bad_msg = dir.path().join("bad.bin");
-    write_pem(&key, &pem);
+    let spki_pem = p384_key(&key).to_public_key_pem(LineEnding::LF).unwrap();
+    assert_eq!(
+        spki_pem,
+        public.to_pem(),
+        "p384 and vmattest_sign agree on the SPKI"
+    );
+    std::fs::write(&pem, spki_pem).unwrap();
+    let sig = p384::ecdsa::Signature::from_slice(&raw).unwrap();
     std::fs::write(&sig_der, sig.to_der().as_bytes()).unwrap();
     std::fs::write(&msg, &message).unwrap();
-    std::fs::write(&bad_msg, b"another message").unwrap();
+    std::fs::write(&bad_msg, &flipped).unwrap();
     let verify = |m: &Path| {
         run(
             "openssl",
             &[
                 "dgst",
-                "-sha256",
+                "-sha384",
                 "-verify",
                 pem.to_str().unwrap(),
                 "-signature",
@@ -171,8 +262,74 @@ fn signatures_verify_with_p256_and_openssl() {
     let (ok, out) = verify(&bad_msg);
     assert!(
         !ok,
-        "openssl accepted a signature over another message: {out}"
+        "openssl accepted a signature over a flipped message: {out}"
     );
+}
+
+#[test]
+fn tpm_signer_key_id_is_stable_across_opens() {
+    let swtpm = Swtpm::start();
+    let (id1, public1) = {
+        let signer = open_signer(&swtpm);
+        (signer.key_id(), signer.public_key())
+    };
+    // The first connection is closed above: swtpm serves one client at a time.
+    let signer = open_signer_by_config(&swtpm);
+    assert_eq!(signer.key_id(), id1);
+    assert_eq!(signer.public_key(), public1);
+    assert_eq!(id1, public1.key_id());
+    // A signature made through the second connection verifies under the first key.
+    let sig = signer.sign(b"link").unwrap();
+    public1.verify(b"link", &sig).unwrap();
+    // And the plain `Tpm` reports the same key.
+    let mut tpm = signer.into_inner();
+    assert_eq!(tpm.signing_key().unwrap().sec1, public1.raw());
+}
+
+#[test]
+fn tpm_signer_is_shared_between_threads() {
+    let swtpm = Swtpm::start();
+    let signer: Arc<dyn Signer> = Arc::new(open_signer(&swtpm));
+    let public = signer.public_key();
+    let threads: Vec<_> = (0..4u8)
+        .map(|i| {
+            let signer = Arc::clone(&signer);
+            std::thread::spawn(move || {
+                (0..5u8)
+                    .map(|j| {
+                        let msg = vec![i, j];
+                        let sig = signer.sign(&msg).unwrap();
+                        (msg, sig)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for t in threads {
+        for (msg, sig) in t.join().unwrap() {
+            public.verify(&msg, &sig).unwrap();
+        }
+    }
+}
+
+#[test]
+fn tpm_signer_pads_short_r_and_s() {
+    // r or s below 2^376 (a leading zero byte) happens once in 128 signatures on average: in
+    // 600 signatures at least one is short with probability above 99%. Every one must still
+    // be 96 bytes and verify.
+    let swtpm = Swtpm::start();
+    let signer = open_signer(&swtpm);
+    let public = signer.public_key();
+    let mut short = 0;
+    for i in 0..600u32 {
+        let msg = i.to_be_bytes();
+        let sig = signer.sign_message(&msg).unwrap();
+        if sig.r[0] == 0 || sig.s[0] == 0 {
+            short += 1;
+        }
+        public.verify(&msg, &sig.to_bytes()).unwrap();
+    }
+    assert!(short > 0, "no short r or s in 600 signatures");
 }
 
 #[test]
@@ -254,7 +411,13 @@ fn certify_names_the_signing_key() {
     let mut at = 0;
     let name = tpm2b(parsed.attested, &mut at);
     let signing = tpm.signing_key().unwrap();
+    assert_eq!(
+        signing.sec1.len(),
+        97,
+        "the certified key is the P-384 signing key"
+    );
     assert_eq!(name, signing.name);
+    assert_eq!(name, name_of(&signing.tpmt_public));
 
     let ak = tpm.attestation_key().unwrap();
     let vk = verifying_key(&ak);
@@ -267,6 +430,17 @@ fn certify_names_the_signing_key() {
         vk.verify_prehash(&sha256(&tampered), &p256_sig(&cert.signature))
             .is_err()
     );
+
+    // Through the chain signer: the certified name is that of the key whose public part
+    // `Signer::public_key` returns.
+    let signer = TpmSigner::new(tpm).unwrap();
+    let cert = signer.certify(b"signer nonce").unwrap();
+    let parsed = parse_attest(&cert.attest);
+    let mut at = 0;
+    assert_eq!(tpm2b(parsed.attested, &mut at), signer.tpm_public().name);
+    assert_eq!(signer.tpm_public().sec1, signer.public_key().raw());
+    vk.verify_prehash(&sha256(&cert.attest), &p256_sig(&cert.signature))
+        .unwrap();
 }
 
 #[test]
@@ -316,7 +490,7 @@ fn no_transient_slot_leaks() {
     for _ in 0..5 {
         tpm.signing_key().unwrap();
         tpm.attestation_key().unwrap();
-        tpm.sign_digest(&[7; 32]).unwrap();
+        tpm.sign_digest(&[7; 48]).unwrap();
         tpm.certify(b"n").unwrap();
         tpm.quote(&[16], b"q").unwrap();
         tpm.ek_public().unwrap();
@@ -332,7 +506,7 @@ fn no_transient_slot_leaks() {
             Err(TpmError::PcrMismatch { .. })
         ));
     }
-    tpm.sign_digest(&[7; 32]).unwrap();
+    tpm.sign_digest(&[7; 48]).unwrap();
 }
 
 #[test]

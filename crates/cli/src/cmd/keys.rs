@@ -3,7 +3,7 @@ use std::path::{Path, PathBuf};
 use anyhow::bail;
 use serde::Serialize;
 use vmattest_core::sig::SigAlg;
-use vmattest_sign::{PublicKey, SecretKey, Signer as _, keyfile};
+use vmattest_sign::{PublicKey, SecretKey, Signer, keyfile};
 
 use crate::output;
 
@@ -75,4 +75,16 @@ pub fn pubkey(key: &Path, out: Option<&Path>, json: bool) -> anyhow::Result<()> 
         }
         Ok(())
     }
+}
+
+/// The signers of a take: key files, plus the TPM-resident key with `tpm`.
+pub fn load_signers(keys: &[PathBuf], tpm: bool) -> anyhow::Result<Vec<Box<dyn Signer>>> {
+    let mut out: Vec<Box<dyn Signer>> = Vec::with_capacity(keys.len() + 1);
+    for k in keys {
+        out.push(Box::new(keyfile::read_secret_key(k)?));
+    }
+    if tpm {
+        out.push(Box::new(super::tpm::signer()?));
+    }
+    Ok(out)
 }

@@ -6,6 +6,7 @@ mod proof;
 mod record;
 mod show;
 mod snapshot;
+mod tpm;
 mod vm;
 
 use std::path::Path;
@@ -71,6 +72,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Show { file } => show::run(&file, json),
         Command::Snapshot(cmd) => snapshot::run(cmd, json),
         Command::Vm(cmd) => vm::run(cmd, json),
+        Command::Tpm(cmd) => tpm::run(cmd, json),
     }
 }
 

@@ -8,7 +8,7 @@ use serde::Serialize;
 use vmattest_core::alg::PageIndex;
 use vmattest_core::chain::{ComponentKind, ComponentRoot, SeqNo};
 use vmattest_core::tree::ImageTree;
-use vmattest_sign::{PublicKey, SecretKey, Signer, keyfile};
+use vmattest_sign::{PublicKey, Signer, keyfile};
 use vmattest_store::{
     ComponentInput, ReplayOptions, Store, StoreError, StoreMeta, StoreSecret, TakeOptions, Verified,
 };
@@ -112,24 +112,32 @@ pub fn run(cmd: SnapshotCommand, json: bool) -> anyhow::Result<()> {
             store,
             vm: Some(vm),
             keys,
+            signer,
             secret,
             ..
-        } => super::vm::take(&store.store, &vm, &keys, secret.as_deref(), json),
+        } => {
+            let signers = super::keys::load_signers(&keys, signer.is_some())?;
+            super::vm::take(&store.store, &vm, &signers, secret.as_deref(), json)
+        }
         SnapshotCommand::Take {
             store,
             components,
             keys,
+            signer,
             dirty,
             secret,
             vm: None,
-        } => take(
-            &store.store,
-            &components,
-            &keys,
-            &dirty,
-            secret.as_deref(),
-            json,
-        ),
+        } => {
+            let signers = super::keys::load_signers(&keys, signer.is_some())?;
+            take(
+                &store.store,
+                &components,
+                &signers,
+                &dirty,
+                secret.as_deref(),
+                json,
+            )
+        }
         SnapshotCommand::Log { store } => log(&store.store, json),
         SnapshotCommand::Verify {
             store,
@@ -456,18 +464,14 @@ struct TakeJson {
 fn take(
     root: &Path,
     comps: &ComponentArgs,
-    keys: &[PathBuf],
+    signers: &[Box<dyn Signer>],
     dirty: &[String],
     secret: Option<&Path>,
     json: bool,
 ) -> anyhow::Result<()> {
     let mut inputs = components(comps)?;
     apply_dirty(&mut inputs, dirty)?;
-    let signers: Vec<SecretKey> = keys
-        .iter()
-        .map(|k| keyfile::read_secret_key(k))
-        .collect::<Result<_, _>>()?;
-    let signer_refs: Vec<&dyn Signer> = signers.iter().map(|s| s as &dyn Signer).collect();
+    let signer_refs: Vec<&dyn Signer> = signers.iter().map(AsRef::as_ref).collect();
     let secret = secret.map(StoreSecret::load).transpose().map_err(err)?;
     let mut store = Store::open_writer(root).map_err(err)?;
     let total: u64 = inputs

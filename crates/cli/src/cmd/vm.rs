@@ -8,7 +8,7 @@ use serde::Serialize;
 use vmattest_core::chain::SeqNo;
 use vmattest_qemu::capture::{self, CaptureError};
 use vmattest_qemu::{VmSpec, restore, vm};
-use vmattest_sign::{SecretKey, Signer, keyfile};
+use vmattest_sign::Signer;
 use vmattest_store::{ReplayOptions, Store, StoreSecret, TakeOptions};
 
 use super::now;
@@ -139,16 +139,12 @@ fn ms(d: Duration) -> f64 {
 pub fn take(
     root: &Path,
     spec: &str,
-    keys: &[PathBuf],
+    signers: &[Box<dyn Signer>],
     secret: Option<&Path>,
     json: bool,
 ) -> anyhow::Result<()> {
     let spec = load_spec(spec)?;
-    let signers: Vec<SecretKey> = keys
-        .iter()
-        .map(|k| keyfile::read_secret_key(k))
-        .collect::<Result<_, _>>()?;
-    let signer_refs: Vec<&dyn Signer> = signers.iter().map(|s| s as &dyn Signer).collect();
+    let signer_refs: Vec<&dyn Signer> = signers.iter().map(AsRef::as_ref).collect();
     let secret = secret.map(StoreSecret::load).transpose().map_err(err)?;
     let store = Store::open_writer(root).map_err(err)?;
     let opts = TakeOptions {

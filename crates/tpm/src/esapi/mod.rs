@@ -31,8 +31,8 @@ use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
 use zeroize::Zeroizing;
 
 use crate::{
-    Certification, EcdsaSignature, KeyPublic, PERSISTENT_KEY_HANDLE, Quote, SealedBlob, TpmConfig,
-    TpmError, TpmInfo, TpmTarget,
+    Certification, EcdsaP384Signature, EcdsaSignature, KeyPublic, PERSISTENT_KEY_HANDLE, Quote,
+    SealedBlob, TpmConfig, TpmError, TpmInfo, TpmTarget,
 };
 
 /// TPM2_PCR_Read answers at most 8 digests per call.
@@ -97,27 +97,66 @@ fn with_primary<T>(
     flushing(ctx, handle.into(), |c| f(c, handle, &public))
 }
 
-/// Left-pads a big-endian ECC parameter to 32 bytes.
-fn be32(op: &'static str, what: &str, bytes: &[u8]) -> Result<[u8; 32], TpmError> {
-    let mut out = [0u8; 32];
-    let Some(start) = 32usize.checked_sub(bytes.len()) else {
+/// Left-pads a big-endian ECC parameter to `N` bytes.
+fn be_padded<const N: usize>(
+    op: &'static str,
+    what: &str,
+    bytes: &[u8],
+) -> Result<[u8; N], TpmError> {
+    let mut out = [0u8; N];
+    let Some(start) = N.checked_sub(bytes.len()) else {
         return Err(unexpected(
             op,
-            format!("{what} is {} bytes, expected at most 32", bytes.len()),
+            format!("{what} is {} bytes, expected at most {N}", bytes.len()),
         ));
     };
     out[start..].copy_from_slice(bytes);
     Ok(out)
 }
 
-fn sec1_of(op: &'static str, public: &Public) -> Result<[u8; 65], TpmError> {
-    let Public::Ecc { unique, .. } = public else {
+/// The size in bytes of a coordinate (and of a signature's r and s) on `curve`.
+fn coordinate_len(op: &'static str, curve: EccCurve) -> Result<usize, TpmError> {
+    match curve {
+        EccCurve::NistP256 => Ok(32),
+        EccCurve::NistP384 => Ok(48),
+        other => Err(unexpected(
+            op,
+            format!("the key is on {other:?}, expected NIST P-256 or P-384"),
+        )),
+    }
+}
+
+/// Left-pads a big-endian coordinate to `len` bytes.
+fn pad_coordinate(
+    op: &'static str,
+    what: &str,
+    bytes: &[u8],
+    len: usize,
+) -> Result<Vec<u8>, TpmError> {
+    let Some(start) = len.checked_sub(bytes.len()) else {
+        return Err(unexpected(
+            op,
+            format!("{what} is {} bytes, expected at most {len}", bytes.len()),
+        ));
+    };
+    let mut out = vec![0u8; len];
+    out[start..].copy_from_slice(bytes);
+    Ok(out)
+}
+
+/// The uncompressed SEC1 point `0x04 || X || Y` of an ECC key: 65 bytes on P-256, 97 on P-384.
+fn sec1_of(op: &'static str, public: &Public) -> Result<Vec<u8>, TpmError> {
+    let Public::Ecc {
+        parameters, unique, ..
+    } = public
+    else {
         return Err(unexpected(op, "the key is not an ECC key"));
     };
-    let mut out = [0u8; 65];
-    out[0] = 0x04;
-    out[1..33].copy_from_slice(&be32(op, "X", unique.x().value())?);
-    out[33..].copy_from_slice(&be32(op, "Y", unique.y().value())?);
+    let len = coordinate_len(op, parameters.ecc_curve())?;
+    let mut out = Vec::with_capacity(1 + 2 * len);
+    out.push(0x04);
+    out.extend_from_slice(&pad_coordinate(op, "X", unique.x().value(), len)?);
+    out.extend_from_slice(&pad_coordinate(op, "Y", unique.y().value(), len)?);
     Ok(out)
 }
 
@@ -127,26 +166,43 @@ fn key_public(op: &'static str, public: &Public) -> Result<KeyPublic, TpmError> 
     Ok(KeyPublic::new(sec1, tpmt))
 }
 
-fn ecdsa_of(op: &'static str, signature: &Signature) -> Result<EcdsaSignature, TpmError> {
+/// `r` and `s` of an ECDSA signature with hash `hash`, each left-padded to `N` bytes.
+fn ecdsa_parts<const N: usize>(
+    op: &'static str,
+    signature: &Signature,
+    hash: HashingAlgorithm,
+) -> Result<([u8; N], [u8; N]), TpmError> {
     let Signature::EcDsa(sig) = signature else {
         return Err(unexpected(
             op,
             format!("signature is {:?}, expected ECDSA", signature.algorithm()),
         ));
     };
-    if sig.hashing_algorithm() != HashingAlgorithm::Sha256 {
+    if sig.hashing_algorithm() != hash {
         return Err(unexpected(
             op,
             format!(
-                "signature hash is {:?}, expected SHA-256",
+                "signature hash is {:?}, expected {hash:?}",
                 sig.hashing_algorithm()
             ),
         ));
     }
-    Ok(EcdsaSignature {
-        r: be32(op, "r", sig.signature_r().value())?,
-        s: be32(op, "s", sig.signature_s().value())?,
-    })
+    Ok((
+        be_padded(op, "r", sig.signature_r().value())?,
+        be_padded(op, "s", sig.signature_s().value())?,
+    ))
+}
+
+/// An ECDSA-SHA256 signature by the P-256 attestation key.
+fn ecdsa_of(op: &'static str, signature: &Signature) -> Result<EcdsaSignature, TpmError> {
+    let (r, s) = ecdsa_parts(op, signature, HashingAlgorithm::Sha256)?;
+    Ok(EcdsaSignature { r, s })
+}
+
+/// An ECDSA-SHA384 signature by the P-384 signing key.
+fn ecdsa_p384_of(op: &'static str, signature: &Signature) -> Result<EcdsaP384Signature, TpmError> {
+    let (r, s) = ecdsa_parts(op, signature, HashingAlgorithm::Sha384)?;
+    Ok(EcdsaP384Signature { r, s })
 }
 
 fn sha256_selection(pcrs: &[u32]) -> Result<PcrSelectionList, TpmError> {
@@ -350,18 +406,28 @@ impl Backend {
         )
     }
 
-    pub(crate) fn sign_digest(&mut self, digest: &[u8; 32]) -> Result<EcdsaSignature, TpmError> {
+    /// Also returns the SEC1 point of the key that signed, as the TPM reported it when
+    /// re-creating the key for this signature.
+    pub(crate) fn sign_digest(
+        &mut self,
+        digest: &[u8; 48],
+    ) -> Result<(EcdsaP384Signature, Vec<u8>), TpmError> {
         const OP: &str = "Sign";
         let digest = Digest::try_from(digest.to_vec()).map_err(cmd(OP))?;
         let ticket = null_ticket()?;
-        with_primary(&mut self.ctx, templates::signing_key(), |ctx, key, _| {
-            let sig = ctx
-                .execute_with_session(Some(AuthSession::Password), |c| {
-                    c.sign(key, digest, SignatureScheme::Null, ticket)
-                })
-                .map_err(cmd(OP))?;
-            ecdsa_of(OP, &sig)
-        })
+        with_primary(
+            &mut self.ctx,
+            templates::signing_key(),
+            |ctx, key, public| {
+                let sec1 = sec1_of("CreatePrimary (signing key)", public)?;
+                let sig = ctx
+                    .execute_with_session(Some(AuthSession::Password), |c| {
+                        c.sign(key, digest, SignatureScheme::Null, ticket)
+                    })
+                    .map_err(cmd(OP))?;
+                Ok((ecdsa_p384_of(OP, &sig)?, sec1))
+            },
+        )
     }
 
     pub(crate) fn certify(&mut self, nonce: &[u8]) -> Result<Certification, TpmError> {
@@ -399,11 +465,18 @@ impl Backend {
             None,
         )
         .map_err(cmd(OP))?;
-        flushing(ctx, ek.into(), |c| {
+        let sec1 = flushing(ctx, ek.into(), |c| {
             let (public, _, _) = c
                 .execute_without_session(|c| c.read_public(ek))
                 .map_err(cmd("ReadPublic"))?;
             sec1_of(OP, &public)
+        })?;
+        let found = sec1.len();
+        <[u8; 65]>::try_from(sec1).map_err(|_| {
+            unexpected(
+                OP,
+                format!("EK point of {found} bytes, expected 65 (P-256)"),
+            )
         })
     }
 

@@ -43,8 +43,8 @@ fn ecc_public(
         .build()
 }
 
-fn ecdsa_sha256() -> EccScheme {
-    EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256))
+fn ecdsa(hash: HashingAlgorithm) -> EccScheme {
+    EccScheme::EcDsa(HashScheme::new(hash))
 }
 
 /// Restricted ECC P-256 decryption key (AES-128-CFB): the parent of sealed objects.
@@ -63,14 +63,14 @@ pub(crate) fn storage_primary() -> Result<Public, Error> {
     )
 }
 
-/// Unrestricted ECDSA P-256 / SHA-256 signing key:
+/// Unrestricted ECDSA P-384 / SHA-384 signing key (nameAlg SHA-256):
 /// fixedTPM | fixedParent | sensitiveDataOrigin | userWithAuth | sign.
 pub(crate) fn signing_key() -> Result<Public, Error> {
     ecc_public(
         key_attributes().with_sign_encrypt(true).build()?,
         PublicEccParametersBuilder::new_unrestricted_signing_key(
-            ecdsa_sha256(),
-            EccCurve::NistP256,
+            ecdsa(HashingAlgorithm::Sha384),
+            EccCurve::NistP384,
         ),
         "signing key",
     )
@@ -85,7 +85,7 @@ pub(crate) fn attestation_key() -> Result<Public, Error> {
             .with_restricted(true)
             .build()?,
         PublicEccParametersBuilder::new()
-            .with_ecc_scheme(ecdsa_sha256())
+            .with_ecc_scheme(ecdsa(HashingAlgorithm::Sha256))
             .with_curve(EccCurve::NistP256)
             .with_is_signing_key(true)
             .with_is_decryption_key(false)

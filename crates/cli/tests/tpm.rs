@@ -1,0 +1,238 @@
+//! `vmattest tpm ...` against a private swtpm per test (feature `tpm`), and the clear error
+//! without a TPM (any build).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cast_possible_truncation
+)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::Run;
+
+fn vmattest_env(tcti: Option<&str>, args: &[&str]) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmattest"));
+    cmd.args(args).env_remove("VMATTEST_TPM_TCTI");
+    if let Some(t) = tcti {
+        cmd.env("VMATTEST_TPM_TCTI", t);
+    }
+    let out = cmd.output().unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn no_tpm_is_a_clear_error() {
+    if Path::new("/dev/tpmrm0").exists() {
+        return;
+    }
+    let r = vmattest_env(None, &["tpm", "info"]);
+    let needle = if cfg!(feature = "tpm") {
+        "VMATTEST_TPM_TCTI"
+    } else {
+        "built without TPM support"
+    };
+    r.fails(2, needle);
+}
+
+#[cfg(feature = "tpm")]
+mod with_swtpm {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use vmattest_testkit::Swtpm;
+
+    use super::*;
+
+    #[test]
+    fn quote_verifies_with_the_pinned_ak_only() {
+        let tpm = Swtpm::start();
+        let t = Some(tpm.tcti());
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n).to_str().unwrap().to_owned();
+        vmattest_env(t.as_deref(), &["tpm", "ak", "--out", &p("ak")]).ok();
+        std::fs::write(p("hv"), b"qemu-system-x86_64 build").unwrap();
+        vmattest_env(
+            t.as_deref(),
+            &["tpm", "extend", "--pcr", "16", "--file", &p("hv")],
+        )
+        .ok();
+        vmattest_env(
+            t.as_deref(),
+            &[
+                "tpm",
+                "quote",
+                "--pcr",
+                "0,16",
+                "--nonce",
+                "c0ffee",
+                "--out",
+                &p("q"),
+            ],
+        )
+        .ok();
+        // Verification needs no TPM.
+        let ok = vmattest_env(
+            None,
+            &[
+                "--json",
+                "tpm",
+                "verify-quote",
+                &p("q"),
+                "--ak",
+                &p("ak"),
+                "--nonce",
+                "c0ffee",
+            ],
+        )
+        .ok();
+        assert_eq!(ok.json()["pcrs"], serde_json::json!([0, 16]));
+        vmattest_env(
+            None,
+            &[
+                "tpm",
+                "verify-quote",
+                &p("q"),
+                "--ak",
+                &p("ak"),
+                "--nonce",
+                "c0ffef",
+            ],
+        )
+        .fails(1, "nonce");
+        // A changed PCR value in the file no longer matches the signed digest.
+        let text = std::fs::read_to_string(p("q")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let pcr16 = v["pcrs"][1]["sha256"].as_str().unwrap().to_owned();
+        let forged = text.replace(&pcr16, &"11".repeat(32));
+        std::fs::write(p("forged"), forged).unwrap();
+        vmattest_env(
+            None,
+            &[
+                "tpm",
+                "verify-quote",
+                &p("forged"),
+                "--ak",
+                &p("ak"),
+                "--nonce",
+                "c0ffee",
+            ],
+        )
+        .fails(1, "PCR digest");
+    }
+
+    #[test]
+    fn unseal_follows_the_pcrs() {
+        let tpm = Swtpm::start();
+        let t = Some(tpm.tcti());
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n).to_str().unwrap().to_owned();
+        std::fs::write(p("secret"), [7u8; 32]).unwrap();
+        std::fs::write(p("hv"), b"hypervisor").unwrap();
+        vmattest_env(
+            t.as_deref(),
+            &[
+                "tpm",
+                "seal",
+                "--pcr",
+                "16",
+                "--in",
+                &p("secret"),
+                "--out",
+                &p("blob"),
+            ],
+        )
+        .ok();
+        vmattest_env(
+            t.as_deref(),
+            &["tpm", "unseal", &p("blob"), "--out", &p("out")],
+        )
+        .ok();
+        assert_eq!(std::fs::read(p("out")).unwrap(), [7u8; 32]);
+        let mode = std::fs::metadata(p("out")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        vmattest_env(
+            t.as_deref(),
+            &["tpm", "extend", "--pcr", "16", "--file", &p("hv")],
+        )
+        .ok();
+        vmattest_env(
+            t.as_deref(),
+            &["tpm", "unseal", &p("blob"), "--out", &p("out2")],
+        )
+        .fails(1, "PCR 16 differs");
+        assert!(!Path::new(&p("out2")).exists());
+    }
+
+    /// A chain signed by the TPM-resident key verifies with its exported public key alone.
+    #[test]
+    fn tpm_signed_chain_verifies_with_public_data_only() {
+        let tpm = Swtpm::start();
+        let t = Some(tpm.tcti());
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n).to_str().unwrap().to_owned();
+        let k = vmattest_env(
+            t.as_deref(),
+            &["--json", "tpm", "keygen", "--out", &p("tpm.pub")],
+        )
+        .ok();
+        assert_eq!(k.json()["alg"], "p384");
+        vmattest_env(
+            None,
+            &["snapshot", "init", "--store", &p("s"), "--vm-id", "t"],
+        )
+        .ok();
+        let mut mem = common::vm_like(64 * common::PAGE, 1);
+        for round in 0..3u8 {
+            mem[round as usize * 4096] ^= 0xff;
+            std::fs::write(p("mem"), &mem).unwrap();
+            vmattest_env(
+                t.as_deref(),
+                &[
+                    "snapshot",
+                    "take",
+                    "--store",
+                    &p("s"),
+                    "--signer",
+                    "tpm",
+                    "--memory",
+                    &p("mem"),
+                ],
+            )
+            .ok();
+        }
+        drop(tpm);
+        // No TPM from here on.
+        vmattest_env(
+            None,
+            &[
+                "snapshot",
+                "verify",
+                "--store",
+                &p("s"),
+                "--pubkey",
+                &p("tpm.pub"),
+            ],
+        )
+        .ok();
+        vmattest_env(None, &["keygen", "--alg", "p384", "--out", &p("other")]).ok();
+        vmattest_env(
+            None,
+            &[
+                "snapshot",
+                "verify",
+                "--store",
+                &p("s"),
+                "--pubkey",
+                &p("other.pub"),
+            ],
+        )
+        .fails(1, "seq 0");
+    }
+}
