@@ -130,10 +130,22 @@ pub enum TpmCommand {
     /// Manufacturer, firmware and PCR banks.
     Info,
     /// Write the public key of the TPM-resident signing key (ECDSA P-384; it never leaves the
-    /// TPM) for `--pubkey`; `snapshot take --signer tpm` signs with it.
+    /// TPM) for `--pubkey`, and OUT.certify: the attestation key's certification that the key
+    /// lives in this TPM. `snapshot take --signer tpm` signs with it.
     Keygen {
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Check, without a TPM, that a public key is certified by a pinned attestation key as a
+    /// non-exportable TPM key.
+    VerifyKey {
+        pubkey: PathBuf,
+        /// The attestation key's public area, as written by `tpm ak`.
+        #[arg(long)]
+        ak: PathBuf,
+        /// The certification written by `tpm keygen` (default PUBKEY.certify).
+        #[arg(long)]
+        certify: Option<PathBuf>,
     },
     /// Write the attestation key's public area (TPMT_PUBLIC) for verifiers to pin.
     Ak {

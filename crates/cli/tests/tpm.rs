@@ -207,8 +207,42 @@ mod with_swtpm {
             )
             .ok();
         }
+        vmattest_env(t.as_deref(), &["tpm", "ak", "--out", &p("ak")]).ok();
         drop(tpm);
-        // No TPM from here on.
+        // No TPM from here on. The key is certified by the pinned AK as a TPM-resident key.
+        vmattest_env(
+            None,
+            &["tpm", "verify-key", &p("tpm.pub"), "--ak", &p("ak")],
+        )
+        .ok();
+        let other_tpm = Swtpm::start();
+        vmattest_env(
+            Some(&other_tpm.tcti()),
+            &["tpm", "ak", "--out", &p("other-ak")],
+        )
+        .ok();
+        vmattest_env(
+            None,
+            &["tpm", "verify-key", &p("tpm.pub"), "--ak", &p("other-ak")],
+        )
+        .fails(1, "certification");
+        let cert = std::fs::read_to_string(p("tpm.pub.certify")).unwrap();
+        let mut v: serde_json::Value = serde_json::from_str(&cert).unwrap();
+        v["nonce"] = "00".repeat(32).into();
+        std::fs::write(p("bad.certify"), v.to_string()).unwrap();
+        vmattest_env(
+            None,
+            &[
+                "tpm",
+                "verify-key",
+                &p("tpm.pub"),
+                "--ak",
+                &p("ak"),
+                "--certify",
+                &p("bad.certify"),
+            ],
+        )
+        .fails(1, "nonce");
         vmattest_env(
             None,
             &[

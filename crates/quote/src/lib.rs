@@ -24,6 +24,8 @@ pub use marshal::{
     ParseError, TPM_ALG_ECC, TPM_ALG_ECDSA, TPM_ALG_NULL, TPM_ALG_SHA256, TPM_ECC_NIST_P256,
     TPM_GENERATED_VALUE, TPM_ST_ATTEST_CERTIFY, TPM_ST_ATTEST_QUOTE, alg_name,
 };
-pub use public::{MAX_TPMT_PUBLIC_LEN, PublicKey, attributes, parse_public_ecc_p256};
+pub use public::{
+    EccPublic, MAX_TPMT_PUBLIC_LEN, PublicKey, attributes, parse_ecc_public, parse_public_ecc_p256,
+};
 pub use signature::{MAX_SIGNATURE_LEN, Signature, parse_signature};
 pub use verify::{Certification, Quote, QuoteError, verify_certify, verify_quote};

@@ -27,6 +27,10 @@ pub const TPM_ALG_ECDSA: u16 = 0x0018;
 pub const TPM_ALG_ECC: u16 = 0x0023;
 /// `TPM_ECC_NIST_P256`.
 pub const TPM_ECC_NIST_P256: u16 = 0x0003;
+/// `TPM_ECC_NIST_P384`.
+pub const TPM_ECC_NIST_P384: u16 = 0x0004;
+/// `TPM_ALG_SHA384`.
+pub const TPM_ALG_SHA384: u16 = 0x000c;
 
 /// `sizeof(TPMU_NAME)` = `sizeof(TPMT_HA)` with SHA-512: 2 + 64.
 pub const MAX_NAME: usize = 66;
@@ -36,6 +40,8 @@ pub const MAX_DATA: usize = 66;
 pub const MAX_DIGEST: usize = 64;
 /// Largest `TPM2B_ECC_PARAMETER` for NIST P-256.
 pub const P256_BYTES: usize = 32;
+/// Size of a P-384 coordinate.
+pub const P384_BYTES: usize = 48;
 /// Largest `sizeofSelect` accepted in a `TPMS_PCR_SELECTION` (64 PCRs; TPMs have 24).
 pub const MAX_PCR_SELECT: usize = 8;
 /// Largest `TPML_PCR_SELECTION.count` accepted (one entry per PCR bank).

@@ -5,10 +5,10 @@ use p256::pkcs8::DecodePublicKey;
 use sha2::{Digest, Sha256};
 
 use crate::marshal::{
-    MAX_DIGEST, P256_BYTES, ParseError, Reader, TPM_ALG_AES, TPM_ALG_ECC, TPM_ALG_ECDSA,
-    TPM_ALG_NULL, TPM_ALG_SHA256, TPM_ECC_NIST_P256, alg_display,
+    MAX_DIGEST, P256_BYTES, P384_BYTES, ParseError, Reader, TPM_ALG_AES, TPM_ALG_ECC,
+    TPM_ALG_ECDSA, TPM_ALG_NULL, TPM_ALG_SHA256, TPM_ALG_SHA384, TPM_ECC_NIST_P256,
+    TPM_ECC_NIST_P384, alg_display,
 };
-use crate::signature::left_pad;
 
 /// `TPMA_OBJECT` bits.
 pub mod attributes {
@@ -27,7 +27,7 @@ pub mod attributes {
 
 /// Largest ECC `TPMT_PUBLIC` accepted: every field at its maximum for a P-256 key.
 pub const MAX_TPMT_PUBLIC_LEN: usize =
-    2 + 2 + 4 + (2 + MAX_DIGEST) + 6 + 4 + 2 + 4 + 2 * (2 + P256_BYTES);
+    2 + 2 + 4 + (2 + MAX_DIGEST) + 6 + 4 + 2 + 4 + 2 * (2 + P384_BYTES);
 
 /// Largest PEM text accepted by [`PublicKey::from_spki_pem`].
 pub const MAX_PEM_LEN: usize = 4096;
@@ -132,9 +132,52 @@ impl PublicKey {
     }
 }
 
+/// An ECC key's `TPMT_PUBLIC`, parsed: NIST P-256 with ECDSA-SHA256 or NIST P-384 with
+/// ECDSA-SHA384 (or no scheme).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EccPublic {
+    /// `TPM_ECC_NIST_P256` or `TPM_ECC_NIST_P384`.
+    pub curve: u16,
+    /// Uncompressed SEC1 point `04 || x || y`; not yet checked to lie on the curve.
+    pub sec1: Vec<u8>,
+    pub object_attributes: u32,
+    pub auth_policy: Vec<u8>,
+    /// `nameAlg || SHA-256(TPMT_PUBLIC)`.
+    pub name: Vec<u8>,
+}
+
 /// Parses a `TPMT_PUBLIC` for an ECC NIST P-256 key (as written by
 /// `tpm2_readpublic -f tpmt`), checks the point is on the curve and computes its name.
 pub fn parse_public_ecc_p256(bytes: &[u8]) -> Result<PublicKey, ParseError> {
+    let e = parse_ecc_public(bytes)?;
+    if e.curve != TPM_ECC_NIST_P256 {
+        return Err(ParseError::BadValue {
+            structure: STRUCTURE,
+            field: "parameters.curveID",
+            offset: 0,
+            expected: "TPM_ECC_NIST_P256 (0x0003)",
+            found: format!("{:#06x}", e.curve),
+        });
+    }
+    let key = VerifyingKey::from_sec1_bytes(&e.sec1).map_err(|_| ParseError::BadValue {
+        structure: STRUCTURE,
+        field: "unique",
+        offset: 0,
+        expected: "a point on NIST P-256",
+        found: hex::encode(&e.sec1),
+    })?;
+    Ok(PublicKey {
+        key,
+        tpm: Some(TpmInfo {
+            object_attributes: e.object_attributes,
+            auth_policy: e.auth_policy,
+            name: e.name,
+        }),
+    })
+}
+
+/// Parses an ECC key's `TPMT_PUBLIC` (P-256 or P-384) and computes its name.
+pub fn parse_ecc_public(bytes: &[u8]) -> Result<EccPublic, ParseError> {
     let mut r = Reader::new(bytes, STRUCTURE, MAX_TPMT_PUBLIC_LEN)?;
     r.expect_alg("type", TPM_ALG_ECC, "TPM_ALG_ECC (0x0023)")?;
     r.expect_alg("nameAlg", TPM_ALG_SHA256, "TPM_ALG_SHA256 (0x000b)")?;
@@ -185,15 +228,22 @@ pub fn parse_public_ecc_p256(bytes: &[u8]) -> Result<PublicKey, ParseError> {
         }
     }
     // TPMT_ECC_SCHEME
+    let mut scheme_hash = None;
     let offset = r.pos();
     match r.u16("parameters.scheme.scheme")? {
         TPM_ALG_NULL => {}
         TPM_ALG_ECDSA => {
-            r.expect_alg(
-                "parameters.scheme.hashAlg",
-                TPM_ALG_SHA256,
-                "TPM_ALG_SHA256 (0x000b)",
-            )?;
+            let offset = r.pos();
+            let hash = r.u16("parameters.scheme.hashAlg")?;
+            if !matches!(hash, TPM_ALG_SHA256 | TPM_ALG_SHA384) {
+                return Err(r.bad(
+                    "parameters.scheme.hashAlg",
+                    offset,
+                    "TPM_ALG_SHA256 (0x000b) or TPM_ALG_SHA384 (0x000c)",
+                    alg_display(hash),
+                ));
+            }
+            scheme_hash = Some(hash);
         }
         other => {
             return Err(r.bad(
@@ -206,12 +256,27 @@ pub fn parse_public_ecc_p256(bytes: &[u8]) -> Result<PublicKey, ParseError> {
     }
     let offset = r.pos();
     let curve = r.u16("parameters.curveID")?;
-    if curve != TPM_ECC_NIST_P256 {
+    let (coord, hash) = match curve {
+        TPM_ECC_NIST_P256 => (P256_BYTES, TPM_ALG_SHA256),
+        TPM_ECC_NIST_P384 => (P384_BYTES, TPM_ALG_SHA384),
+        _ => {
+            return Err(r.bad(
+                "parameters.curveID",
+                offset,
+                "TPM_ECC_NIST_P256 (0x0003) or TPM_ECC_NIST_P384 (0x0004)",
+                format!("{curve:#06x}"),
+            ));
+        }
+    };
+    if scheme_hash.is_some_and(|h| h != hash) {
         return Err(r.bad(
             "parameters.curveID",
             offset,
-            "TPM_ECC_NIST_P256 (0x0003)",
-            format!("{curve:#06x}"),
+            "the scheme's curve (P-256 with SHA-256, P-384 with SHA-384)",
+            format!(
+                "{curve:#06x} with {}",
+                alg_display(scheme_hash.unwrap_or(0))
+            ),
         ));
     }
     r.expect_alg(
@@ -219,32 +284,21 @@ pub fn parse_public_ecc_p256(bytes: &[u8]) -> Result<PublicKey, ParseError> {
         TPM_ALG_NULL,
         "TPM_ALG_NULL (0x0010)",
     )?;
-    let offset = r.pos();
-    let x = left_pad(r.tpm2b("unique.x", P256_BYTES)?);
-    let y = left_pad(r.tpm2b("unique.y", P256_BYTES)?);
-    r.finish()?;
-
-    let mut sec1 = [0u8; 65];
+    let x = r.tpm2b("unique.x", coord)?;
+    let y = r.tpm2b("unique.y", coord)?;
+    let mut sec1 = vec![0u8; 1 + 2 * coord];
     sec1[0] = 0x04;
-    sec1[1..33].copy_from_slice(&x);
-    sec1[33..].copy_from_slice(&y);
-    let key = VerifyingKey::from_sec1_bytes(&sec1).map_err(|_| ParseError::BadValue {
-        structure: STRUCTURE,
-        field: "unique",
-        offset,
-        expected: "a point on NIST P-256",
-        found: format!("x={} y={}", hex::encode(x), hex::encode(y)),
-    })?;
-
+    sec1[1 + coord - x.len()..1 + coord].copy_from_slice(x);
+    sec1[1 + 2 * coord - y.len()..].copy_from_slice(y);
+    r.finish()?;
     let mut name = Vec::with_capacity(34);
     name.extend_from_slice(&TPM_ALG_SHA256.to_be_bytes());
     name.extend_from_slice(&Sha256::digest(bytes));
-    Ok(PublicKey {
-        key,
-        tpm: Some(TpmInfo {
-            object_attributes,
-            auth_policy,
-            name,
-        }),
+    Ok(EccPublic {
+        curve,
+        sec1,
+        object_attributes,
+        auth_policy,
+        name,
     })
 }

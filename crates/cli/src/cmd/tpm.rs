@@ -97,6 +97,93 @@ struct PcrValue {
 
 const QUOTE_FORMAT: &str = "vmattest-tpm-quote/1";
 
+/// The certification of the signing key (`tpm keygen`), JSON with hex fields.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CertifyFile {
+    format: String,
+    /// The certified key's TPMT_PUBLIC.
+    key: String,
+    /// TPMS_ATTEST of TPM2_Certify.
+    attest: String,
+    /// The attestation key's ECDSA P-256 r || s.
+    signature: String,
+    nonce: String,
+}
+
+const CERTIFY_FORMAT: &str = "vmattest-tpm-certify/1";
+
+fn certify_path(pubkey: &Path) -> std::path::PathBuf {
+    let mut p = pubkey.as_os_str().to_owned();
+    p.push(".certify");
+    p.into()
+}
+
+fn verify_key(pubkey: &Path, ak: &Path, certify: &Path, json: bool) -> anyhow::Result<()> {
+    use vmattest_quote::attributes::{FIXED_PARENT, FIXED_TPM, RESTRICTED, SIGN_ENCRYPT};
+    let key = vmattest_sign::keyfile::read_public_key(pubkey)?;
+    let ak_bytes = read_capped(ak, 4096, "attestation key")?;
+    let ak_key = vmattest_quote::parse_public_ecc_p256(&ak_bytes)
+        .with_context(|| format!("attestation key {}", ak.display()))?;
+    if !ak_key.is_restricted_signing_key() {
+        bail!(
+            "attestation key {}: expected a restricted, fixedTPM signing key",
+            ak.display()
+        );
+    }
+    let text = read_capped(certify, MAX_QUOTE_FILE, "certification")?;
+    let c: CertifyFile = serde_json::from_slice(&text)
+        .with_context(|| format!("certification {}", certify.display()))?;
+    if c.format != CERTIFY_FORMAT {
+        bail!(
+            "certification {}: format {:?}, expected {CERTIFY_FORMAT:?}",
+            certify.display(),
+            c.format
+        );
+    }
+    let field = |name: &str, hexed: &str| {
+        hex::decode(hexed)
+            .with_context(|| format!("certification {}: {name} is not hex", certify.display()))
+    };
+    let tpmt = field("key", &c.key)?;
+    let fail = |detail: String| VerificationFailed(format!("{}: {detail}", pubkey.display()));
+    let certified = vmattest_quote::parse_ecc_public(&tpmt)
+        .with_context(|| format!("certification {}: key", certify.display()))?;
+    if certified.sec1 != key.raw() {
+        return Err(fail("the certified TPM key is not this public key".into()).into());
+    }
+    let want = FIXED_TPM | FIXED_PARENT | SIGN_ENCRYPT;
+    if certified.object_attributes & want != want || certified.object_attributes & RESTRICTED != 0 {
+        return Err(fail(format!(
+            "TPM key attributes {:#010x}: expected fixedTPM | fixedParent | sign, unrestricted",
+            certified.object_attributes
+        ))
+        .into());
+    }
+    let signature = vmattest_quote::Signature::from_raw(&field("signature", &c.signature)?)
+        .with_context(|| format!("certification {}: signature", certify.display()))?;
+    vmattest_quote::verify_certify(
+        &ak_key,
+        &field("attest", &c.attest)?,
+        &signature,
+        &field("nonce", &c.nonce)?,
+        &certified.name,
+    )
+    .map_err(|e| fail(format!("certification: {e}")))?;
+    if json {
+        return output::print(&serde_json::json!({
+            "ok": true, "key_id": key.key_id().to_hex(), "tpm_name": hex::encode(&certified.name),
+        }));
+    }
+    println!(
+        "OK: {} ({}) is a non-exportable key of the TPM whose attestation key is pinned; name {}",
+        key.key_id().to_hex(),
+        key.alg().name(),
+        hex::encode(&certified.name)
+    );
+    Ok(())
+}
+
 pub fn run(cmd: TpmCommand, json: bool) -> anyhow::Result<()> {
     match cmd {
         TpmCommand::Info => {
@@ -118,8 +205,20 @@ pub fn run(cmd: TpmCommand, json: bool) -> anyhow::Result<()> {
         }
         TpmCommand::Keygen { out } => {
             use vmattest_sign::Signer as _;
-            let key = signer()?.public_key();
+            let signer = signer()?;
+            let key = signer.public_key();
+            let mut nonce = [0u8; 32];
+            getrandom::fill(&mut nonce).map_err(|e| anyhow::anyhow!("OS randomness: {e}"))?;
+            let c = signer.certify(&nonce)?;
+            let cert = CertifyFile {
+                format: CERTIFY_FORMAT.into(),
+                key: hex::encode(&signer.tpm_public().tpmt_public),
+                attest: hex::encode(&c.attest),
+                signature: hex::encode(c.signature.to_bytes()),
+                nonce: hex::encode(nonce),
+            };
             vmattest_sign::keyfile::write_public_key(&out, &key)?;
+            write_atomic(&certify_path(&out), &serde_json::to_vec_pretty(&cert)?)?;
             if json {
                 output::print(&serde_json::json!({
                     "out": out.display().to_string(), "alg": key.alg().name(), "key_id": key.key_id().to_hex(),
@@ -190,6 +289,14 @@ pub fn run(cmd: TpmCommand, json: bool) -> anyhow::Result<()> {
                 println!("quote of sha256:{pcr} -> {}", out.display());
                 Ok(())
             }
+        }
+        TpmCommand::VerifyKey {
+            pubkey,
+            ak,
+            certify,
+        } => {
+            let certify = certify.unwrap_or_else(|| certify_path(&pubkey));
+            verify_key(&pubkey, &ak, &certify, json)
         }
         TpmCommand::VerifyQuote {
             quote,
