@@ -269,4 +269,96 @@ mod with_swtpm {
         )
         .fails(1, "seq 0");
     }
+
+    /// An encrypted chain whose secret is sealed to PCR 16 restores on this host until PCR 16
+    /// changes; then the restore is refused and names the PCR.
+    #[test]
+    fn sealed_store_secret_binds_restores_to_the_pcrs() {
+        let tpm = Swtpm::start();
+        let t = Some(tpm.tcti());
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n).to_str().unwrap().to_owned();
+        vmattest_env(None, &["keygen", "--alg", "ed25519", "--out", &p("k")]).ok();
+        vmattest_env(
+            None,
+            &[
+                "snapshot",
+                "init",
+                "--store",
+                &p("s"),
+                "--vm-id",
+                "t",
+                "--encrypt-with",
+                &p("secret"),
+            ],
+        )
+        .ok();
+        let mem = common::vm_like(32 * common::PAGE, 3);
+        std::fs::write(p("mem"), &mem).unwrap();
+        vmattest_env(
+            t.as_deref(),
+            &[
+                "tpm",
+                "seal",
+                "--pcr",
+                "16",
+                "--in",
+                &p("secret"),
+                "--out",
+                &p("sealed"),
+            ],
+        )
+        .ok();
+        std::fs::remove_file(p("secret")).unwrap();
+        let take = |seq: &str| {
+            vmattest_env(
+                t.as_deref(),
+                &[
+                    "snapshot",
+                    "take",
+                    "--store",
+                    &p("s"),
+                    "--key",
+                    &p("k"),
+                    "--memory",
+                    &p("mem"),
+                    "--secret",
+                    &p("sealed"),
+                ],
+            )
+            .ok();
+            seq.to_owned()
+        };
+        take("0");
+        let restore = |out: &str| {
+            vmattest_env(
+                t.as_deref(),
+                &[
+                    "snapshot",
+                    "restore",
+                    "--store",
+                    &p("s"),
+                    "--pubkey",
+                    &p("k.pub"),
+                    "--secret",
+                    &p("sealed"),
+                    "--out",
+                    &p(out),
+                ],
+            )
+        };
+        restore("ok").ok();
+        assert_eq!(
+            std::fs::read(dir.path().join("ok").join("memory")).unwrap(),
+            mem
+        );
+        std::fs::write(p("hv"), b"another hypervisor").unwrap();
+        vmattest_env(
+            t.as_deref(),
+            &["tpm", "extend", "--pcr", "16", "--file", &p("hv")],
+        )
+        .ok();
+        restore("refused").fails(1, "PCR 16 differs");
+        assert!(!dir.path().join("refused").exists());
+    }
 }

@@ -63,14 +63,15 @@ impl StoreSecret {
             )));
         }
         let text = Zeroizing::new(fsio::read_capped(path, 1024)?);
-        let trimmed = std::str::from_utf8(&text).map(str::trim).unwrap_or("");
+        StoreSecret::parse(&text, &format!("secret file {}", path.display()))
+    }
+
+    /// A secret from the text of a secret file (64 hex digits), e.g. as unsealed by a TPM.
+    pub fn parse(text: &[u8], origin: &str) -> Result<StoreSecret, StoreError> {
+        let trimmed = std::str::from_utf8(text).map(str::trim).unwrap_or("");
         let mut raw = Zeroizing::new([0u8; 32]);
-        hex::decode_to_slice(trimmed, raw.as_mut()).map_err(|_| {
-            StoreError::Secret(format!(
-                "secret file {}: expected 64 hex digits",
-                path.display()
-            ))
-        })?;
+        hex::decode_to_slice(trimmed, raw.as_mut())
+            .map_err(|_| StoreError::Secret(format!("{origin}: expected 64 hex digits")))?;
         Ok(StoreSecret(raw))
     }
 

@@ -25,7 +25,7 @@ use sha2::{Digest as _, Sha256, Sha384};
 use vmattest_sign::{PublicKey, SigAlg, SignError, Signer};
 use zeroize::Zeroizing;
 
-pub use crate::blob::{BlobError, SealedBlob};
+pub use crate::blob::{BlobError, MAGIC as SEALED_MAGIC, SealedBlob};
 pub use crate::config::{ConfigError, TCTI_ENV, TpmConfig, TpmTarget};
 #[cfg(feature = "tpm")]
 use crate::esapi::Backend;

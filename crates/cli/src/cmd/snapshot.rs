@@ -82,7 +82,7 @@ pub fn run(cmd: SnapshotCommand, json: bool) -> anyhow::Result<()> {
             let params = tree_params(&tree)?;
             if let Some(path) = &encrypt_with {
                 if path.exists() {
-                    StoreSecret::load(path).map_err(err)?;
+                    super::tpm::load_secret(path)?;
                 } else {
                     StoreSecret::generate(path).map_err(err)?;
                 }
@@ -385,9 +385,8 @@ pub(super) fn load_verify(v: &VerifyArgs) -> anyhow::Result<(Vec<PublicKey>, Opt
     let secret = v
         .secret
         .as_deref()
-        .map(StoreSecret::load)
-        .transpose()
-        .map_err(err)?;
+        .map(super::tpm::load_secret)
+        .transpose()?;
     Ok((keys, secret))
 }
 
@@ -472,7 +471,7 @@ fn take(
     let mut inputs = components(comps)?;
     apply_dirty(&mut inputs, dirty)?;
     let signer_refs: Vec<&dyn Signer> = signers.iter().map(AsRef::as_ref).collect();
-    let secret = secret.map(StoreSecret::load).transpose().map_err(err)?;
+    let secret = secret.map(super::tpm::load_secret).transpose()?;
     let mut store = Store::open_writer(root).map_err(err)?;
     let total: u64 = inputs
         .iter()

@@ -25,6 +25,26 @@ fn open() -> anyhow::Result<Tpm> {
     Ok(Tpm::open(&config)?)
 }
 
+/// A store secret from a secret file, or from a blob sealed by `tpm seal` (unsealed by this
+/// host's TPM: refused, naming the PCR, when the host's state differs from sealing time).
+pub fn load_secret(path: &Path) -> anyhow::Result<vmattest_store::StoreSecret> {
+    let mut head = [0u8; 8];
+    let sealed = std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+        .is_ok()
+        && &head == vmattest_tpm::SEALED_MAGIC;
+    if !sealed {
+        return Ok(vmattest_store::StoreSecret::load(path)?);
+    }
+    let bytes = read_capped(path, 64 * 1024, "sealed secret")?;
+    let blob = SealedBlob::from_bytes(&bytes)?;
+    let text = open()?.unseal(&blob).map_err(tpm_err)?;
+    Ok(vmattest_store::StoreSecret::parse(
+        &text,
+        &format!("sealed secret {}", path.display()),
+    )?)
+}
+
 /// The TPM-resident signing key as a chain signer.
 pub fn signer() -> anyhow::Result<vmattest_tpm::TpmSigner> {
     let tpm = open()?;
@@ -109,6 +129,8 @@ struct CertifyFile {
     /// The attestation key's ECDSA P-256 r || s.
     signature: String,
     nonce: String,
+    /// The TPM's endorsement key (ECC P-256, SEC1), recorded for the verifier's inventory.
+    ek: String,
 }
 
 const CERTIFY_FORMAT: &str = "vmattest-tpm-certify/1";
@@ -187,15 +209,17 @@ fn verify_key(pubkey: &Path, ak: &Path, certify: &Path, json: bool) -> anyhow::R
 pub fn run(cmd: TpmCommand, json: bool) -> anyhow::Result<()> {
     match cmd {
         TpmCommand::Info => {
-            let info = open()?.info()?;
+            let mut tpm = open()?;
+            let info = tpm.info()?;
+            let ek = hex::encode(tpm.ek_public()?);
             if json {
                 output::print(&serde_json::json!({
                     "manufacturer": info.manufacturer, "firmware_version": info.firmware_version,
-                    "pcr_banks": info.pcr_banks,
+                    "pcr_banks": info.pcr_banks, "ek_public": ek,
                 }))
             } else {
                 println!(
-                    "TPM {} firmware {:#x}, PCR banks {}",
+                    "TPM {} firmware {:#x}, PCR banks {}\n  EK (ECC P-256) {ek}",
                     info.manufacturer,
                     info.firmware_version,
                     info.pcr_banks.join(", ")
@@ -205,6 +229,8 @@ pub fn run(cmd: TpmCommand, json: bool) -> anyhow::Result<()> {
         }
         TpmCommand::Keygen { out } => {
             use vmattest_sign::Signer as _;
+            // One connection at a time: the EK first, then the signer's own.
+            let ek = hex::encode(open()?.ek_public()?);
             let signer = signer()?;
             let key = signer.public_key();
             let mut nonce = [0u8; 32];
@@ -216,6 +242,7 @@ pub fn run(cmd: TpmCommand, json: bool) -> anyhow::Result<()> {
                 attest: hex::encode(&c.attest),
                 signature: hex::encode(c.signature.to_bytes()),
                 nonce: hex::encode(nonce),
+                ek,
             };
             vmattest_sign::keyfile::write_public_key(&out, &key)?;
             write_atomic(&certify_path(&out), &serde_json::to_vec_pretty(&cert)?)?;

@@ -9,7 +9,7 @@ use vmattest_core::chain::SeqNo;
 use vmattest_qemu::capture::{self, CaptureError};
 use vmattest_qemu::{VmSpec, restore, vm};
 use vmattest_sign::Signer;
-use vmattest_store::{ReplayOptions, Store, StoreSecret, TakeOptions};
+use vmattest_store::{ReplayOptions, Store, TakeOptions};
 
 use super::now;
 use super::snapshot::{components_json, err, load_verify, verified_json};
@@ -145,7 +145,7 @@ pub fn take(
 ) -> anyhow::Result<()> {
     let spec = load_spec(spec)?;
     let signer_refs: Vec<&dyn Signer> = signers.iter().map(AsRef::as_ref).collect();
-    let secret = secret.map(StoreSecret::load).transpose().map_err(err)?;
+    let secret = secret.map(super::tpm::load_secret).transpose()?;
     let store = Store::open_writer(root).map_err(err)?;
     let opts = TakeOptions {
         signers: &signer_refs,
