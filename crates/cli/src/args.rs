@@ -295,6 +295,11 @@ pub enum SnapshotCommand {
         /// public key for verifiers.
         #[arg(long, value_parser = ["tpm"])]
         signer: Option<String>,
+        /// With `--signer tpm`: measure vmattest, the hypervisor and the VM config into this
+        /// PCR (16-23, with a replayable event log) and save a TPM quote of PCRs 0-7 and it over
+        /// the new link's digest in STORE/quotes/.
+        #[arg(long, requires = "signer")]
+        bind_pcr: Option<u32>,
         /// `NAME=FILE`: FILE lists the page indices (one per line) that may have changed.
         #[arg(long = "dirty")]
         dirty: Vec<String>,

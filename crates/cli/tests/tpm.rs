@@ -15,11 +15,16 @@ use std::process::Command;
 use common::Run;
 
 fn vmattest_env(tcti: Option<&str>, args: &[&str]) -> Run {
+    vmattest_with(tcti, &[], args)
+}
+
+fn vmattest_with(tcti: Option<&str>, env: &[(&str, &str)], args: &[&str]) -> Run {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmattest"));
     cmd.args(args).env_remove("VMATTEST_TPM_TCTI");
     if let Some(t) = tcti {
         cmd.env("VMATTEST_TPM_TCTI", t);
     }
+    cmd.envs(env.iter().copied());
     let out = cmd.output().unwrap();
     Run {
         code: out.status.code().unwrap_or(-1),
@@ -360,5 +365,115 @@ mod with_swtpm {
         .ok();
         restore("refused").fails(1, "PCR 16 differs");
         assert!(!dir.path().join("refused").exists());
+    }
+
+    /// `--bind-pcr`: vmattest and the VM config are measured into PCR 23 once, and each link
+    /// gets a quote over its digest whose events replay to the quoted PCR 23.
+    #[test]
+    fn links_are_bound_to_measured_pcrs() {
+        let tpm = Swtpm::start();
+        let t = Some(tpm.tcti());
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n).to_str().unwrap().to_owned();
+        let log = p("events.jsonl");
+        let env = [("VMATTEST_EVENT_LOG", log.as_str())];
+        vmattest_env(t.as_deref(), &["tpm", "ak", "--out", &p("ak")]).ok();
+        vmattest_env(
+            None,
+            &["snapshot", "init", "--store", &p("s"), "--vm-id", "t"],
+        )
+        .ok();
+        std::fs::write(p("mem"), common::vm_like(16 * common::PAGE, 2)).unwrap();
+        std::fs::write(p("cfg"), b"{\"memory_mib\":256}").unwrap();
+        let mut quotes = Vec::new();
+        for _ in 0..2 {
+            let r = vmattest_with(
+                t.as_deref(),
+                &env,
+                &[
+                    "--json",
+                    "snapshot",
+                    "take",
+                    "--store",
+                    &p("s"),
+                    "--signer",
+                    "tpm",
+                    "--bind-pcr",
+                    "23",
+                    "--memory",
+                    &p("mem"),
+                    "--config",
+                    &format!("config={}", p("cfg")),
+                ],
+            )
+            .ok();
+            let lines: Vec<serde_json::Value> = r
+                .stdout
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            let link = lines[0]["link"].as_str().unwrap().to_owned();
+            quotes.push((lines[1]["quote"].as_str().unwrap().to_owned(), link));
+        }
+        // Measured once: both quotes carry the same two events and the same PCR 23.
+        let logged = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(logged.lines().count(), 2, "{logged}");
+        for (quote, link) in &quotes {
+            let v = vmattest_env(
+                None,
+                &[
+                    "--json",
+                    "tpm",
+                    "verify-quote",
+                    quote,
+                    "--ak",
+                    &p("ak"),
+                    "--nonce",
+                    link,
+                ],
+            )
+            .ok()
+            .json();
+            let kinds: Vec<&str> = v["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["kind"].as_str().unwrap())
+                .collect();
+            assert_eq!(kinds, ["vmattest", "config"]);
+        }
+        // The quote is bound to its own link only.
+        vmattest_env(
+            None,
+            &[
+                "tpm",
+                "verify-quote",
+                &quotes[0].0,
+                "--ak",
+                &p("ak"),
+                "--nonce",
+                &quotes[1].1,
+            ],
+        )
+        .fails(1, "nonce");
+        // An edited event no longer replays to the quoted PCR 23.
+        let text = std::fs::read_to_string(&quotes[1].0).unwrap();
+        let forged = text
+            .replace("memory", "memorx")
+            .replace(&env!("CARGO_PKG_VERSION").to_string(), "9.9.9");
+        std::fs::write(p("forged"), forged).unwrap();
+        vmattest_env(
+            None,
+            &[
+                "tpm",
+                "verify-quote",
+                &p("forged"),
+                "--ak",
+                &p("ak"),
+                "--nonce",
+                &quotes[1].1,
+            ],
+        )
+        .fails(1, "event");
     }
 }

@@ -1,5 +1,6 @@
 //! One module per group of subcommands; shared helpers here.
 
+mod bind;
 mod keys;
 mod measure;
 mod proof;

@@ -10,7 +10,8 @@ use vmattest_core::chain::{ComponentKind, ComponentRoot, SeqNo};
 use vmattest_core::tree::ImageTree;
 use vmattest_sign::{PublicKey, Signer, keyfile};
 use vmattest_store::{
-    ComponentInput, ReplayOptions, Store, StoreError, StoreMeta, StoreSecret, TakeOptions, Verified,
+    ComponentInput, ReplayOptions, Store, StoreError, StoreMeta, StoreSecret, TakeOptions,
+    TakeSummary, Verified,
 };
 
 use super::{now, tree_params, write_atomic};
@@ -114,10 +115,15 @@ pub fn run(cmd: SnapshotCommand, json: bool) -> anyhow::Result<()> {
             keys,
             signer,
             secret,
+            bind_pcr,
             ..
         } => {
             let signers = super::keys::load_signers(&keys, signer.is_some())?;
-            super::vm::take(&store.store, &vm, &signers, secret.as_deref(), json)
+            let (s, hypervisor) =
+                super::vm::take(&store.store, &vm, &signers, secret.as_deref(), json)?;
+            // The TPM serves one session at a time: the signer's ends first.
+            drop(signers);
+            bind_take(&store.store, &s, hypervisor.as_deref(), bind_pcr, json)
         }
         SnapshotCommand::Take {
             store,
@@ -126,17 +132,20 @@ pub fn run(cmd: SnapshotCommand, json: bool) -> anyhow::Result<()> {
             signer,
             dirty,
             secret,
+            bind_pcr,
             vm: None,
         } => {
             let signers = super::keys::load_signers(&keys, signer.is_some())?;
-            take(
+            let s = take(
                 &store.store,
                 &components,
                 &signers,
                 &dirty,
                 secret.as_deref(),
                 json,
-            )
+            )?;
+            drop(signers);
+            bind_take(&store.store, &s, None, bind_pcr, json)
         }
         SnapshotCommand::Log { store } => log(&store.store, json),
         SnapshotCommand::Verify {
@@ -467,7 +476,7 @@ fn take(
     dirty: &[String],
     secret: Option<&Path>,
     json: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<TakeSummary> {
     let mut inputs = components(comps)?;
     apply_dirty(&mut inputs, dirty)?;
     let signer_refs: Vec<&dyn Signer> = signers.iter().map(AsRef::as_ref).collect();
@@ -490,7 +499,7 @@ fn take(
     bar.finish();
     let seconds = t.elapsed().as_secs_f64();
     if json {
-        return output::print(&TakeJson {
+        output::print(&TakeJson {
             seq: s.seq.0,
             link: s.link.to_hex(),
             state_root: s.state_root.to_hex(),
@@ -501,14 +510,38 @@ fn take(
             batches: s.batches,
             seconds,
             components: components_json(&s.components),
-        });
+        })?;
+        return Ok(s);
     }
     println!(
         "seq {}: {} of {} pages changed ({} now zero), {} bytes stored in {} batch(es), {:.2} s",
         s.seq, s.changed_pages, s.total_pages, s.zero_pages, s.stored_bytes, s.batches, seconds
     );
     println!("  link {}\n  state root {}", s.link, s.state_root);
-    Ok(())
+    Ok(s)
+}
+
+/// `--bind-pcr`: measure and quote over the new link (after the signer's TPM session ended).
+fn bind_take(
+    root: &Path,
+    s: &TakeSummary,
+    hypervisor: Option<&Path>,
+    pcr: Option<u32>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let Some(pcr) = pcr else { return Ok(()) };
+    let out = super::bind::bind(root, s.seq, &s.link, &s.components, hypervisor, pcr)?;
+    if json {
+        output::print(
+            &serde_json::json!({"seq": s.seq.0, "quote": out.display().to_string(), "pcr": pcr}),
+        )
+    } else {
+        println!(
+            "  quote of PCRs 0-7 and {pcr} over the link -> {}",
+            out.display()
+        );
+        Ok(())
+    }
 }
 
 fn log(root: &Path, json: bool) -> anyhow::Result<()> {

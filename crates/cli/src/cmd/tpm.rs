@@ -17,7 +17,7 @@ const MAX_QUOTE_FILE: u64 = 64 * 1024;
 /// Largest secret that fits a TPM sealed object.
 const MAX_SECRET: u64 = 128;
 
-fn open() -> anyhow::Result<Tpm> {
+pub(super) fn open() -> anyhow::Result<Tpm> {
     if !cfg!(feature = "tpm") {
         return Err(TpmError::NotBuilt.into());
     }
@@ -106,6 +106,10 @@ struct QuoteFile {
     /// ECDSA P-256 r || s.
     signature: String,
     pcrs: Vec<PcrValue>,
+    /// Measurements into one of the quoted PCRs that a verifier replays (`snapshot take
+    /// --bind-pcr`); absent for plain `tpm quote`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    events: Vec<super::bind::Event>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -293,21 +297,7 @@ pub fn run(cmd: TpmCommand, json: bool) -> anyhow::Result<()> {
         TpmCommand::Quote { pcr, nonce: n, out } => {
             let pcrs = pcr_list(&pcr)?;
             let q = open()?.quote(&pcrs, &nonce(&n)?)?;
-            let file = QuoteFile {
-                format: QUOTE_FORMAT.into(),
-                attest: hex::encode(&q.attest),
-                signature: hex::encode(q.signature.to_bytes()),
-                pcrs: q
-                    .pcrs
-                    .iter()
-                    .zip(&q.pcr_values)
-                    .map(|(&index, v)| PcrValue {
-                        index,
-                        sha256: hex::encode(v),
-                    })
-                    .collect(),
-            };
-            write_atomic(&out, &serde_json::to_vec_pretty(&file)?)?;
+            write_quote(&out, &q, Vec::new())?;
             if json {
                 output::print(
                     &serde_json::json!({"out": out.display().to_string(), "pcrs": q.pcrs}),
@@ -357,6 +347,30 @@ pub fn run(cmd: TpmCommand, json: bool) -> anyhow::Result<()> {
     }
 }
 
+/// Writes a quote file (docs/FORMAT.md).
+pub(super) fn write_quote(
+    out: &Path,
+    q: &vmattest_tpm::Quote,
+    events: Vec<super::bind::Event>,
+) -> anyhow::Result<()> {
+    let file = QuoteFile {
+        format: QUOTE_FORMAT.into(),
+        attest: hex::encode(&q.attest),
+        signature: hex::encode(q.signature.to_bytes()),
+        pcrs: q
+            .pcrs
+            .iter()
+            .zip(&q.pcr_values)
+            .map(|(&index, v)| PcrValue {
+                index,
+                sha256: hex::encode(v),
+            })
+            .collect(),
+        events,
+    };
+    write_atomic(out, &serde_json::to_vec_pretty(&file)?)
+}
+
 fn verify_quote(quote: &Path, ak: &Path, nonce: &[u8], json: bool) -> anyhow::Result<()> {
     let ak_bytes = read_capped(ak, 4096, "attestation key")?;
     let ak = vmattest_quote::parse_public_ecc_p256(&ak_bytes)
@@ -393,9 +407,28 @@ fn verify_quote(quote: &Path, ak: &Path, nonce: &[u8], json: bool) -> anyhow::Re
     }
     let q = vmattest_quote::verify_quote(&ak, &attest, &signature, nonce, &pcrs)
         .map_err(|e| VerificationFailed(format!("quote {}: {e}", quote.display())))?;
+    // The events must replay to the quoted value of their PCR.
+    let mut bound: Vec<u32> = file.events.iter().map(|e| e.pcr).collect();
+    bound.dedup();
+    for pcr in bound {
+        let want = super::bind::replay(&file.events, pcr)
+            .map_err(|e| VerificationFailed(format!("quote {}: {e:#}", quote.display())))?;
+        let quoted = pcrs.iter().find(|(i, _)| *i == pcr).map(|(_, v)| *v);
+        if quoted != Some(want) {
+            return Err(VerificationFailed(format!(
+                "quote {}: the events of PCR {pcr} replay to {}, the quoted value is {}",
+                quote.display(),
+                hex::encode(want),
+                quoted
+                    .map(hex::encode)
+                    .unwrap_or_else(|| "not quoted".into())
+            ))
+            .into());
+        }
+    }
     if json {
         return output::print(&serde_json::json!({
-            "ok": true, "pcrs": q.pcr_indices, "pcr_digest": hex::encode(q.pcr_digest),
+            "ok": true, "pcrs": q.pcr_indices, "pcr_digest": hex::encode(q.pcr_digest), "events": file.events,
             "values": file.pcrs.iter().map(|p| (p.index.to_string(), p.sha256.clone())).collect::<std::collections::BTreeMap<_, _>>(),
         }));
     }
@@ -409,6 +442,9 @@ fn verify_quote(quote: &Path, ak: &Path, nonce: &[u8], json: bool) -> anyhow::Re
     );
     for p in &file.pcrs {
         println!("  PCR {:>2} {}", p.index, p.sha256);
+    }
+    for e in &file.events {
+        println!("  PCR {:>2} event {} {}", e.pcr, e.kind, e.value);
     }
     Ok(())
 }

@@ -142,8 +142,9 @@ pub fn take(
     signers: &[Box<dyn Signer>],
     secret: Option<&Path>,
     json: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<(vmattest_store::TakeSummary, Option<PathBuf>)> {
     let spec = load_spec(spec)?;
+    let hypervisor = super::bind::which(spec.qemu());
     let signer_refs: Vec<&dyn Signer> = signers.iter().map(AsRef::as_ref).collect();
     let secret = secret.map(super::tpm::load_secret).transpose()?;
     let store = Store::open_writer(root).map_err(err)?;
@@ -155,7 +156,7 @@ pub fn take(
     let r = capture::capture(&spec, &store, &opts).map_err(capture_err)?;
     let s = &r.summary;
     if json {
-        return output::print(&CaptureJson {
+        output::print(&CaptureJson {
             vm: spec.name().to_owned(),
             seq: s.seq.0,
             link: s.link.to_hex(),
@@ -170,7 +171,8 @@ pub fn take(
             measure_ms: ms(r.measure),
             commit_ms: ms(r.commit),
             components: components_json(&s.components),
-        });
+        })?;
+        return Ok((r.summary, hypervisor));
     }
     println!(
         "{} seq {}: downtime {:.1} ms (device state {:.1} ms, {} bytes; measure {:.1} ms); {} of {} pages changed, {} bytes stored; commit {:.1} ms",
@@ -186,7 +188,7 @@ pub fn take(
         ms(r.commit)
     );
     println!("  link {}\n  state root {}", s.link, s.state_root);
-    Ok(())
+    Ok((r.summary, hypervisor))
 }
 
 /// `snapshot restore --vm`: verify, then replace the VM's state and resume it.
