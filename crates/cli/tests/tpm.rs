@@ -476,4 +476,103 @@ mod with_swtpm {
         )
         .fails(1, "event");
     }
+
+    /// A VM capture with `--bind-pcr` measures the QEMU binary it ran with.
+    #[test]
+    fn vm_capture_measures_the_hypervisor() {
+        let tpm = Swtpm::start();
+        let t = Some(tpm.tcti());
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n).to_str().unwrap().to_owned();
+        let log = p("events.jsonl");
+        let env = [("VMATTEST_EVENT_LOG", log.as_str())];
+        let g = common::guest::Guest::new(dir.path(), "vm-tpm");
+        g.start();
+        vmattest_env(t.as_deref(), &["tpm", "ak", "--out", &p("ak")]).ok();
+        vmattest_env(
+            None,
+            &["snapshot", "init", "--store", &p("s"), "--vm-id", "vm-tpm"],
+        )
+        .ok();
+        let r = vmattest_with(
+            t.as_deref(),
+            &env,
+            &[
+                "--json",
+                "snapshot",
+                "take",
+                "--store",
+                &p("s"),
+                "--vm",
+                g.arg(),
+                "--signer",
+                "tpm",
+                "--bind-pcr",
+                "23",
+            ],
+        )
+        .ok();
+        let lines: Vec<serde_json::Value> = r
+            .stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let link = lines[0]["link"].as_str().unwrap();
+        let quote = lines[1]["quote"].as_str().unwrap();
+        let v = vmattest_env(
+            None,
+            &[
+                "--json",
+                "tpm",
+                "verify-quote",
+                quote,
+                "--ak",
+                &p("ak"),
+                "--nonce",
+                link,
+            ],
+        )
+        .ok()
+        .json();
+        let events = v["events"].as_array().unwrap();
+        let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+        assert_eq!(kinds, ["vmattest", "hypervisor", "config"]);
+        let qemu = common::oracle(
+            "sh",
+            &["-c", "sha256sum \"$(command -v qemu-system-x86_64)\""],
+        );
+        let want = qemu.split_whitespace().next().unwrap();
+        let hv = events[1]["value"].as_str().unwrap();
+        assert!(hv.ends_with(&format!("sha256:{want}")), "{hv} vs {want}");
+    }
+
+    /// A TPM manufactured with an EK certificate: `tpm info` and the key certification record
+    /// it (DER, as provisioned); a TPM without one says so.
+    #[test]
+    fn ek_certificate_is_recorded_when_provisioned() {
+        let tpm = Swtpm::start_with_ek_certificate();
+        let t = Some(tpm.tcti());
+        let info = vmattest_env(t.as_deref(), &["--json", "tpm", "info"])
+            .ok()
+            .json();
+        let cert = info["ek_certificate"].as_str().expect("an EK certificate");
+        // DER: a SEQUENCE.
+        assert!(cert.starts_with("30"), "{cert}");
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("tpm.pub");
+        vmattest_env(
+            t.as_deref(),
+            &["tpm", "keygen", "--out", out.to_str().unwrap()],
+        )
+        .ok();
+        let c: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("tpm.pub.certify")).unwrap())
+                .unwrap();
+        assert_eq!(c["ek_certificate"].as_str(), Some(cert));
+        let bare = Swtpm::start();
+        let info = vmattest_env(Some(&bare.tcti()), &["--json", "tpm", "info"])
+            .ok()
+            .json();
+        assert!(info["ek_certificate"].is_null());
+    }
 }

@@ -50,23 +50,55 @@ fn free_port_pair() -> u16 {
 }
 
 impl Swtpm {
+    /// A swtpm manufactured like a real one: an EK certificate (from swtpm's local CA) in NV.
+    pub fn start_with_ek_certificate() -> Swtpm {
+        let state = tempfile::tempdir().unwrap();
+        let out = Command::new("swtpm_setup")
+            .args([
+                "--tpm2",
+                "--ecc",
+                "--create-ek-cert",
+                "--overwrite",
+                "--tpmstate",
+            ])
+            .arg(state.path())
+            .output()
+            .expect("run swtpm_setup (apt-get install swtpm-tools)");
+        assert!(
+            out.status.success(),
+            "swtpm_setup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self::start_in(state)
+    }
+
     pub fn start() -> Swtpm {
+        Self::start_in(tempfile::tempdir().unwrap())
+    }
+
+    /// Starts swtpm on the TPM state in `state`.
+    fn start_in(state: TempDir) -> Swtpm {
         let mut last = String::new();
         // Another process may grab a port between the probe and swtpm's bind: retry.
         for _ in 0..5 {
-            match Self::try_start() {
-                Ok(tpm) => return tpm,
+            match Self::try_start(state.path()) {
+                Ok((child, port)) => {
+                    return Swtpm {
+                        child,
+                        port,
+                        _state: state,
+                    };
+                }
                 Err(e) => last = e,
             }
         }
         panic!("swtpm did not start: {last}");
     }
 
-    fn try_start() -> Result<Swtpm, String> {
-        let state = tempfile::tempdir().map_err(|e| e.to_string())?;
+    fn try_start(state: &std::path::Path) -> Result<(Child, u16), String> {
         let port = free_port_pair();
         let ctrl = port + 1;
-        let child = Command::new("swtpm")
+        let mut child = Command::new("swtpm")
             .arg("socket")
             .arg("--tpm2")
             .arg("--server")
@@ -76,31 +108,30 @@ impl Swtpm {
             .arg("--flags")
             .arg("not-need-init,startup-clear")
             .arg("--tpmstate")
-            .arg(format!("dir={}", state.path().display()))
+            .arg(format!("dir={}", state.display()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| format!("cannot run swtpm: {e}"))?;
-        let mut tpm = Swtpm {
-            child,
-            port,
-            _state: state,
-        };
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if let Some(status) = tpm.child.try_wait().map_err(|e| e.to_string())? {
+            if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
                 let mut err = String::new();
-                if let Some(mut stderr) = tpm.child.stderr.take() {
+                if let Some(mut stderr) = child.stderr.take() {
                     std::io::Read::read_to_string(&mut stderr, &mut err).ok();
                 }
+                release(port);
                 return Err(format!("swtpm exited ({status}): {}", err.trim()));
             }
             // The probe connection is closed at once; swtpm then waits for the next client.
             if TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
-                return Ok(tpm);
+                return Ok((child, port));
             }
             if Instant::now() > deadline {
+                child.kill().ok();
+                child.wait().ok();
+                release(port);
                 return Err(format!("port {port} not accepting after {START_TIMEOUT:?}"));
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -138,11 +169,16 @@ impl Drop for Swtpm {
             kill_process(pid, Signal::KILL).ok();
             self.wait_exit(TERM_GRACE);
         }
-        if let Ok(mut taken) = TAKEN.lock()
-            && let Some(taken) = taken.as_mut()
-        {
-            taken.remove(&self.port);
-            taken.remove(&(self.port + 1));
-        }
+        release(self.port);
+    }
+}
+
+/// Returns a port pair to the pool.
+fn release(port: u16) {
+    if let Ok(mut taken) = TAKEN.lock()
+        && let Some(taken) = taken.as_mut()
+    {
+        taken.remove(&port);
+        taken.remove(&(port + 1));
     }
 }

@@ -266,6 +266,11 @@ impl Tpm {
         self.backend.ek_public()
     }
 
+    /// The EK certificate (DER) the manufacturer provisioned in NV, if any.
+    pub fn ek_certificate(&mut self) -> Option<Vec<u8>> {
+        self.backend.ek_certificate()
+    }
+
     /// Reads PCRs of `bank`. The values come back in ascending PCR order (duplicates removed).
     pub fn pcr_read(&mut self, bank: PcrBank, pcrs: &[u32]) -> Result<Vec<[u8; 32]>, TpmError> {
         let PcrBank::Sha256 = bank;

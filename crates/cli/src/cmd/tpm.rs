@@ -135,6 +135,9 @@ struct CertifyFile {
     nonce: String,
     /// The TPM's endorsement key (ECC P-256, SEC1), recorded for the verifier's inventory.
     ek: String,
+    /// The manufacturer's EK certificate (DER), when the TPM has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ek_certificate: Option<String>,
 }
 
 const CERTIFY_FORMAT: &str = "vmattest-tpm-certify/1";
@@ -216,17 +219,23 @@ pub fn run(cmd: TpmCommand, json: bool) -> anyhow::Result<()> {
             let mut tpm = open()?;
             let info = tpm.info()?;
             let ek = hex::encode(tpm.ek_public()?);
+            let cert = tpm.ek_certificate().map(hex::encode);
             if json {
                 output::print(&serde_json::json!({
                     "manufacturer": info.manufacturer, "firmware_version": info.firmware_version,
-                    "pcr_banks": info.pcr_banks, "ek_public": ek,
+                    "pcr_banks": info.pcr_banks, "ek_public": ek, "ek_certificate": cert,
                 }))
             } else {
                 println!(
-                    "TPM {} firmware {:#x}, PCR banks {}\n  EK (ECC P-256) {ek}",
+                    "TPM {} firmware {:#x}, PCR banks {}\n  EK (ECC P-256) {ek}\n  EK certificate: {}",
                     info.manufacturer,
                     info.firmware_version,
-                    info.pcr_banks.join(", ")
+                    info.pcr_banks.join(", "),
+                    cert.as_ref()
+                        .map_or("none provisioned".to_owned(), |c| format!(
+                            "{} bytes (DER)",
+                            c.len() / 2
+                        ))
                 );
                 Ok(())
             }
@@ -234,7 +243,13 @@ pub fn run(cmd: TpmCommand, json: bool) -> anyhow::Result<()> {
         TpmCommand::Keygen { out } => {
             use vmattest_sign::Signer as _;
             // One connection at a time: the EK first, then the signer's own.
-            let ek = hex::encode(open()?.ek_public()?);
+            let (ek, ek_certificate) = {
+                let mut tpm = open()?;
+                (
+                    hex::encode(tpm.ek_public()?),
+                    tpm.ek_certificate().map(hex::encode),
+                )
+            };
             let signer = signer()?;
             let key = signer.public_key();
             let mut nonce = [0u8; 32];
@@ -247,6 +262,7 @@ pub fn run(cmd: TpmCommand, json: bool) -> anyhow::Result<()> {
                 signature: hex::encode(c.signature.to_bytes()),
                 nonce: hex::encode(nonce),
                 ek,
+                ek_certificate,
             };
             vmattest_sign::keyfile::write_public_key(&out, &key)?;
             write_atomic(&certify_path(&out), &serde_json::to_vec_pretty(&cert)?)?;

@@ -7,6 +7,8 @@
     clippy::cast_possible_truncation
 )]
 
+pub mod guest;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -480,6 +480,20 @@ impl Backend {
         })
     }
 
+    /// The manufacturer's EK certificate (DER) from its standard NV index, if provisioned:
+    /// ECC P-384, ECC P-256, then RSA 2048.
+    pub(crate) fn ek_certificate(&mut self) -> Option<Vec<u8>> {
+        use tss_esapi::interface_types::key_bits::RsaKeyBits;
+        [
+            AsymmetricAlgorithmSelection::Ecc(EccCurve::NistP384),
+            AsymmetricAlgorithmSelection::Ecc(EccCurve::NistP256),
+            AsymmetricAlgorithmSelection::Rsa(RsaKeyBits::Rsa2048),
+        ]
+        .into_iter()
+        .find_map(|alg| tss_esapi::abstraction::ek::retrieve_ek_pubcert(&mut self.ctx, alg).ok())
+        .filter(|c| !c.is_empty())
+    }
+
     pub(crate) fn pcr_read(&mut self, pcrs: &[u32]) -> Result<Vec<[u8; 32]>, TpmError> {
         read_pcrs(&mut self.ctx, pcrs)
     }

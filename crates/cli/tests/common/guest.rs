@@ -1,0 +1,117 @@
+//! A real test guest (kernel + busybox, from `scripts/build-guest.sh`) under QEMU, driven
+//! through the `vmattest` binary.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::vmattest;
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+pub fn guest_dir() -> PathBuf {
+    let dir = std::env::var_os("VMATTEST_GUEST_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("VMATTEST_CACHE").map(|c| PathBuf::from(c).join("guest")))
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").expect("HOME");
+            PathBuf::from(home).join(".cache/vmattest/guest")
+        });
+    assert!(
+        dir.join("vmlinuz").is_file() && dir.join("initramfs.cpio.gz").is_file(),
+        "no test guest in {}: run scripts/build-guest.sh",
+        dir.display()
+    );
+    dir
+}
+
+/// One VM under a temp dir: spec, disk, run dir. Dropping it stops its QEMU.
+pub struct Guest {
+    pub spec: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl Guest {
+    pub fn new(dir: &Path, name: &str) -> Guest {
+        let g = guest_dir();
+        let disk = dir.join(format!("{name}-disk0.raw"));
+        std::fs::write(&disk, vec![0u8; 4 << 20]).unwrap();
+        let spec = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &spec,
+            format!(
+                r#"name = "{name}"
+memory_mib = 128
+vcpus = 1
+accel = "tcg"
+run_dir = "run-{name}"
+
+[boot]
+kernel = "{kernel}"
+initrd = "{initrd}"
+cmdline = "console=ttyS0 quiet panic=-1"
+
+[[disk]]
+name = "disk0"
+path = "{name}-disk0.raw"
+format = "raw"
+"#,
+                kernel = g.join("vmlinuz").display(),
+                initrd = g.join("initramfs.cpio.gz").display(),
+            ),
+        )
+        .unwrap();
+        Guest {
+            spec,
+            dir: dir.join(format!("run-{name}")),
+        }
+    }
+
+    pub fn arg(&self) -> &str {
+        self.spec.to_str().unwrap()
+    }
+
+    pub fn console(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(self.dir.join("console.log")).unwrap_or_default())
+            .into_owned()
+    }
+
+    pub fn ticks(&self) -> Vec<u64> {
+        self.console()
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("tick "))
+            .filter_map(|n| n.trim().parse().ok())
+            .collect()
+    }
+
+    /// Waits for a tick newer than `after` and returns it.
+    pub fn next_tick(&self, after: Option<u64>) -> u64 {
+        let t = Instant::now();
+        loop {
+            if let Some(&last) = self.ticks().last()
+                && after.is_none_or(|a| last > a)
+            {
+                return last;
+            }
+            assert!(t.elapsed() < TIMEOUT, "no new tick: {}", self.console());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> Option<i32> {
+        vmattest(["--json", "vm", "status", "--vm", self.arg()])
+            .ok()
+            .json()["pid"]
+            .as_i64()
+            .map(|p| p as i32)
+    }
+
+    pub fn start(&self) {
+        vmattest(["vm", "start", "--vm", self.arg(), "--wait-for", "READY"]).ok();
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = vmattest(["vm", "stop", "--vm", self.arg()]);
+    }
+}
