@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use vmattest_core::alg::PAGE_SIZE;
-use vmattest_core::chain::{DeltaEntry, Manifest, SeqNo};
+use vmattest_core::chain::{ComponentRoot, DeltaEntry, Manifest, SeqNo};
 use vmattest_core::tree::ImageTree;
 use vmattest_image::MappedImage;
 
@@ -69,6 +69,30 @@ impl Store {
 
     fn cache_digests(&self, i: usize) -> PathBuf {
         self.root.join("head").join(format!("{i}.digests"))
+    }
+
+    fn cache_base_digests(&self, i: usize) -> PathBuf {
+        self.root.join("head").join(format!("{i}.base-digests"))
+    }
+
+    /// Keeps the baseline's page digests, so that replays need not hash the baseline's zero
+    /// pages again (half of a typical guest's pages, every offset hashing differently).
+    pub(crate) fn keep_base_digests(&self, trees: &[ImageTree]) -> Result<(), StoreError> {
+        for (i, t) in trees.iter().enumerate() {
+            fsio::write_atomic(&self.cache_base_digests(i), t.page_digests())?;
+        }
+        Ok(())
+    }
+
+    /// The baseline tree of component `i` from the kept digests, when they give the signed
+    /// root (derived data: anything else is ignored and the tree is recomputed).
+    pub(crate) fn cached_base_tree(&self, i: usize, c: &ComponentRoot) -> Option<ImageTree> {
+        if c.len <= PAGE_SIZE as u64 {
+            return None;
+        }
+        let digests = fsio::read_capped(&self.cache_base_digests(i), 1 << 30).ok()?;
+        let tree = ImageTree::from_page_digests(&self.params, c.len, digests, &[]).ok()?;
+        (tree.root() == c.root).then_some(tree)
     }
 
     fn cache_versions(&self, i: usize) -> PathBuf {

@@ -289,15 +289,17 @@ impl Store {
                     detail: e.to_string(),
                 };
                 if k == 0 {
-                    trees.push(
-                        ImageTree::from_sparse_page_digests(
+                    let tree = match self.cached_base_tree(i, c) {
+                        Some(t) => t,
+                        None => ImageTree::from_sparse_page_digests(
                             &self.params,
                             c.len,
                             &listed,
                             &small[i],
                         )
                         .map_err(verr)?,
-                    );
+                    };
+                    trees.push(tree);
                 } else if !listed.is_empty() {
                     trees[i]
                         .set_page_digests(&listed, &small[i])

@@ -434,6 +434,9 @@ impl Store {
         )?;
         fail_point("before-stamp");
         self.cache_commit(&new_head, &trees)?;
+        if seq == SeqNo(0) {
+            self.keep_base_digests(&trees)?;
+        }
 
         let zero_pages = manifest
             .entries

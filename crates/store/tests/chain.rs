@@ -215,6 +215,11 @@ fn head_restore_survives_a_damaged_cache() {
     let mut bytes = std::fs::read(&cache).unwrap();
     bytes[2000 * PAGE + 7] ^= 1;
     std::fs::write(&cache, &bytes).unwrap();
+    // The kept baseline digests are derived data too: damaged, they are recomputed.
+    let base = fx.store.join("head").join("0.base-digests");
+    let mut d = std::fs::read(&base).unwrap();
+    d[100] ^= 1;
+    std::fs::write(&base, &d).unwrap();
     let out = fx.path("damaged");
     store.restore(&fx.opts(&keys, None), &out).unwrap();
     assert_eq!(std::fs::read(out.join("mem")).unwrap(), mem);
