@@ -55,6 +55,23 @@ mod with_swtpm {
 
     use super::*;
 
+    /// `tpm verify-quote`, which needs no TPM.
+    fn verify_quote(quote: &str, ak: &str, nonce: &str) -> Run {
+        vmattest_env(
+            None,
+            &[
+                "--json",
+                "tpm",
+                "verify-quote",
+                quote,
+                "--ak",
+                ak,
+                "--nonce",
+                nonce,
+            ],
+        )
+    }
+
     #[test]
     fn quote_verifies_with_the_pinned_ak_only() {
         let tpm = Swtpm::start();
@@ -83,53 +100,16 @@ mod with_swtpm {
         )
         .ok();
         // Verification needs no TPM.
-        let ok = vmattest_env(
-            None,
-            &[
-                "--json",
-                "tpm",
-                "verify-quote",
-                &p("q"),
-                "--ak",
-                &p("ak"),
-                "--nonce",
-                "c0ffee",
-            ],
-        )
-        .ok();
+        let ok = verify_quote(&p("q"), &p("ak"), "c0ffee").ok();
         assert_eq!(ok.json()["pcrs"], serde_json::json!([0, 16]));
-        vmattest_env(
-            None,
-            &[
-                "tpm",
-                "verify-quote",
-                &p("q"),
-                "--ak",
-                &p("ak"),
-                "--nonce",
-                "c0ffef",
-            ],
-        )
-        .fails(1, "nonce");
+        verify_quote(&p("q"), &p("ak"), "c0ffef").fails(1, "nonce");
         // A changed PCR value in the file no longer matches the signed digest.
         let text = std::fs::read_to_string(p("q")).unwrap();
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         let pcr16 = v["pcrs"][1]["sha256"].as_str().unwrap().to_owned();
         let forged = text.replace(&pcr16, &"11".repeat(32));
         std::fs::write(p("forged"), forged).unwrap();
-        vmattest_env(
-            None,
-            &[
-                "tpm",
-                "verify-quote",
-                &p("forged"),
-                "--ak",
-                &p("ak"),
-                "--nonce",
-                "c0ffee",
-            ],
-        )
-        .fails(1, "PCR digest");
+        verify_quote(&p("forged"), &p("ak"), "c0ffee").fails(1, "PCR digest");
     }
 
     #[test]
@@ -419,21 +399,7 @@ mod with_swtpm {
         let logged = std::fs::read_to_string(&log).unwrap();
         assert_eq!(logged.lines().count(), 2, "{logged}");
         for (quote, link) in &quotes {
-            let v = vmattest_env(
-                None,
-                &[
-                    "--json",
-                    "tpm",
-                    "verify-quote",
-                    quote,
-                    "--ak",
-                    &p("ak"),
-                    "--nonce",
-                    link,
-                ],
-            )
-            .ok()
-            .json();
+            let v = verify_quote(quote, &p("ak"), link).ok().json();
             let kinds: Vec<&str> = v["events"]
                 .as_array()
                 .unwrap()
@@ -443,38 +409,14 @@ mod with_swtpm {
             assert_eq!(kinds, ["vmattest", "config"]);
         }
         // The quote is bound to its own link only.
-        vmattest_env(
-            None,
-            &[
-                "tpm",
-                "verify-quote",
-                &quotes[0].0,
-                "--ak",
-                &p("ak"),
-                "--nonce",
-                &quotes[1].1,
-            ],
-        )
-        .fails(1, "nonce");
+        verify_quote(&quotes[0].0, &p("ak"), &quotes[1].1).fails(1, "nonce");
         // An edited event no longer replays to the quoted PCR 23.
         let text = std::fs::read_to_string(&quotes[1].0).unwrap();
         let forged = text
             .replace("memory", "memorx")
             .replace(&env!("CARGO_PKG_VERSION").to_string(), "9.9.9");
         std::fs::write(p("forged"), forged).unwrap();
-        vmattest_env(
-            None,
-            &[
-                "tpm",
-                "verify-quote",
-                &p("forged"),
-                "--ak",
-                &p("ak"),
-                "--nonce",
-                &quotes[1].1,
-            ],
-        )
-        .fails(1, "event");
+        verify_quote(&p("forged"), &p("ak"), &quotes[1].1).fails(1, "event");
     }
 
     /// A VM capture with `--bind-pcr` measures the QEMU binary it ran with.
@@ -519,21 +461,7 @@ mod with_swtpm {
             .collect();
         let link = lines[0]["link"].as_str().unwrap();
         let quote = lines[1]["quote"].as_str().unwrap();
-        let v = vmattest_env(
-            None,
-            &[
-                "--json",
-                "tpm",
-                "verify-quote",
-                quote,
-                "--ak",
-                &p("ak"),
-                "--nonce",
-                link,
-            ],
-        )
-        .ok()
-        .json();
+        let v = verify_quote(quote, &p("ak"), link).ok().json();
         let events = v["events"].as_array().unwrap();
         let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
         assert_eq!(kinds, ["vmattest", "hypervisor", "config"]);

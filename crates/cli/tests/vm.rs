@@ -66,6 +66,17 @@ impl Chain {
         (tick, r.json())
     }
 
+    fn verify(&self) -> Run {
+        vmattest([
+            "snapshot",
+            "verify",
+            "--store",
+            self.s(),
+            "--pubkey",
+            self.pubkey.to_str().unwrap(),
+        ])
+    }
+
     fn restore_vm(&self, g: &Guest, seq: u64) -> Run {
         vmattest([
             "--json",
@@ -161,15 +172,7 @@ fn capture_deltas_roll_back_and_migrate() {
         assert_eq!(block(&disk, tick), format!("disk tick {tick}"), "seq {seq}");
         assert_ne!(block(&disk, tick + 1), format!("disk tick {}", tick + 1));
     }
-    vmattest([
-        "snapshot",
-        "verify",
-        "--store",
-        c.s(),
-        "--pubkey",
-        c.pubkey.to_str().unwrap(),
-    ])
-    .ok();
+    c.verify().ok();
 
     // Roll back to seq 1, then to seq 3: the guest continues from each captured counter.
     for seq in [1u64, 3] {
@@ -279,15 +282,7 @@ fn qemu_killed_mid_capture_leaves_the_store_intact() {
     assert_eq!(log(), log_before, "the chain must be unchanged");
     assert_eq!(head(), head_before);
     vmattest(["snapshot", "fsck", "--store", c.s()]).ok();
-    vmattest([
-        "snapshot",
-        "verify",
-        "--store",
-        c.s(),
-        "--pubkey",
-        c.pubkey.to_str().unwrap(),
-    ])
-    .ok();
+    c.verify().ok();
     let s = vmattest(["--json", "vm", "status", "--vm", g.arg()])
         .ok()
         .json();

@@ -7,7 +7,7 @@ use rayon::prelude::*;
 use vmattest_core::alg::{PAGE_SIZE, PageIndex};
 use vmattest_core::chain::{
     BatchRef, ComponentKind, ComponentRoot, DeltaEntry, Link, MAX_COMPONENTS, MAX_NAME_LEN,
-    Manifest, PageChange, SeqNo, StateMeta, delta_digest, link_digest, state_root,
+    Manifest, PageChange, SeqNo, StateMeta, delta_digest, is_valid_name, link_digest, state_root,
 };
 use vmattest_core::record::{SignatureEntry, Signed, UnixTime};
 use vmattest_core::tree::{ImageTree, in_hole};
@@ -60,13 +60,7 @@ pub struct TakeSummary {
 
 /// A component name is also a file name on restore.
 pub fn check_name(name: &str) -> Result<(), StoreError> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_NAME_LEN
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-    if ok {
+    if is_valid_name(name, MAX_NAME_LEN) {
         Ok(())
     } else {
         Err(StoreError::Input(format!(

@@ -30,14 +30,14 @@ pub(super) fn err(e: StoreError) -> anyhow::Error {
 }
 
 #[derive(Debug, Serialize)]
-pub(super) struct ComponentJson {
+struct ComponentJson {
     name: String,
     kind: &'static str,
     bytes: u64,
     root: String,
 }
 
-pub(super) fn components_json(c: &[ComponentRoot]) -> Vec<ComponentJson> {
+fn components_json(c: &[ComponentRoot]) -> Vec<ComponentJson> {
     c.iter()
         .map(|c| ComponentJson {
             name: c.name.clone(),
@@ -123,7 +123,7 @@ pub fn run(cmd: SnapshotCommand, json: bool) -> anyhow::Result<()> {
                 super::vm::take(&store.store, &vm, &signers, secret.as_deref(), json)?;
             // The TPM serves one session at a time: the signer's ends first.
             drop(signers);
-            bind_take(&store.store, &s, hypervisor.as_deref(), bind_pcr, json)
+            bind_take(&store.store, &s, Some(&hypervisor), bind_pcr, json)
         }
         SnapshotCommand::Take {
             store,
@@ -457,6 +457,15 @@ fn apply_dirty(inputs: &mut [ComponentInput], dirty: &[String]) -> anyhow::Resul
 
 #[derive(Debug, Serialize)]
 struct TakeJson {
+    #[serde(flatten)]
+    summary: SummaryJson,
+    batches: usize,
+    seconds: f64,
+}
+
+/// The fields every take reports, from files or from a VM.
+#[derive(Debug, Serialize)]
+pub(super) struct SummaryJson {
     seq: u64,
     link: String,
     state_root: String,
@@ -464,9 +473,22 @@ struct TakeJson {
     zero_pages: u64,
     total_pages: u64,
     stored_bytes: u64,
-    batches: usize,
-    seconds: f64,
     components: Vec<ComponentJson>,
+}
+
+impl From<&TakeSummary> for SummaryJson {
+    fn from(s: &TakeSummary) -> SummaryJson {
+        SummaryJson {
+            seq: s.seq.0,
+            link: s.link.to_hex(),
+            state_root: s.state_root.to_hex(),
+            changed_pages: s.changed_pages,
+            zero_pages: s.zero_pages,
+            total_pages: s.total_pages,
+            stored_bytes: s.stored_bytes,
+            components: components_json(&s.components),
+        }
+    }
 }
 
 fn take(
@@ -500,16 +522,9 @@ fn take(
     let seconds = t.elapsed().as_secs_f64();
     if json {
         output::print(&TakeJson {
-            seq: s.seq.0,
-            link: s.link.to_hex(),
-            state_root: s.state_root.to_hex(),
-            changed_pages: s.changed_pages,
-            zero_pages: s.zero_pages,
-            total_pages: s.total_pages,
-            stored_bytes: s.stored_bytes,
+            summary: (&s).into(),
             batches: s.batches,
             seconds,
-            components: components_json(&s.components),
         })?;
         return Ok(s);
     }
@@ -525,12 +540,20 @@ fn take(
 fn bind_take(
     root: &Path,
     s: &TakeSummary,
-    hypervisor: Option<&Path>,
+    hypervisor: Option<&str>,
     pcr: Option<u32>,
     json: bool,
 ) -> anyhow::Result<()> {
     let Some(pcr) = pcr else { return Ok(()) };
-    let out = super::bind::bind(root, s.seq, &s.link, &s.components, hypervisor, pcr)?;
+    let hypervisor = hypervisor.and_then(super::bind::which);
+    let out = super::bind::bind(
+        root,
+        s.seq,
+        &s.link,
+        &s.components,
+        hypervisor.as_deref(),
+        pcr,
+    )?;
     if json {
         output::print(
             &serde_json::json!({"seq": s.seq.0, "quote": out.display().to_string(), "pcr": pcr}),

@@ -12,7 +12,7 @@ use vmattest_sign::Signer;
 use vmattest_store::{ReplayOptions, Store, TakeOptions};
 
 use super::now;
-use super::snapshot::{components_json, err, load_verify, verified_json};
+use super::snapshot::{err, load_verify, verified_json};
 use crate::VerificationFailed;
 use crate::args::{VerifyArgs, VmCommand};
 use crate::output;
@@ -116,19 +116,13 @@ pub fn run(cmd: VmCommand, json: bool) -> anyhow::Result<()> {
 #[derive(Debug, Serialize)]
 struct CaptureJson {
     vm: String,
-    seq: u64,
-    link: String,
-    state_root: String,
-    changed_pages: u64,
-    zero_pages: u64,
-    total_pages: u64,
-    stored_bytes: u64,
+    #[serde(flatten)]
+    summary: super::snapshot::SummaryJson,
     device_state_bytes: u64,
     downtime_ms: f64,
     device_state_ms: f64,
     measure_ms: f64,
     commit_ms: f64,
-    components: Vec<super::snapshot::ComponentJson>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -142,9 +136,10 @@ pub fn take(
     signers: &[Box<dyn Signer>],
     secret: Option<&Path>,
     json: bool,
-) -> anyhow::Result<(vmattest_store::TakeSummary, Option<PathBuf>)> {
+) -> anyhow::Result<(vmattest_store::TakeSummary, String)> {
     let spec = load_spec(spec)?;
-    let hypervisor = super::bind::which(spec.qemu());
+    // The QEMU program, for `--bind-pcr` to measure.
+    let hypervisor = spec.qemu().to_owned();
     let signer_refs: Vec<&dyn Signer> = signers.iter().map(AsRef::as_ref).collect();
     let secret = secret.map(super::tpm::load_secret).transpose()?;
     let store = Store::open_writer(root).map_err(err)?;
@@ -158,19 +153,12 @@ pub fn take(
     if json {
         output::print(&CaptureJson {
             vm: spec.name().to_owned(),
-            seq: s.seq.0,
-            link: s.link.to_hex(),
-            state_root: s.state_root.to_hex(),
-            changed_pages: s.changed_pages,
-            zero_pages: s.zero_pages,
-            total_pages: s.total_pages,
-            stored_bytes: s.stored_bytes,
+            summary: s.into(),
             device_state_bytes: r.device_state_bytes,
             downtime_ms: ms(r.downtime),
             device_state_ms: ms(r.device_state),
             measure_ms: ms(r.measure),
             commit_ms: ms(r.commit),
-            components: components_json(&s.components),
         })?;
         return Ok((r.summary, hypervisor));
     }

@@ -24,6 +24,17 @@ use crate::wire::{Kind, Reader, WireError, Writer};
 pub const MAX_COMPONENTS: usize = 64;
 pub const MAX_NAME_LEN: usize = 255;
 
+/// The name rule shared by components, VMs and disks (names become file names): 1 to `max`
+/// characters of `[A-Za-z0-9._-]`, not starting with '.'.
+pub fn is_valid_name(name: &str, max: usize) -> bool {
+    !name.is_empty()
+        && name.len() <= max
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+}
+
 /// Position of a link in its chain; the baseline is 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SeqNo(pub u64);

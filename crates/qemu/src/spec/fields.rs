@@ -5,12 +5,7 @@ use std::path::Path;
 use super::SpecError;
 
 pub(super) fn check_name(name: &str) -> Result<(), String> {
-    let ok = (1..=64).contains(&name.len())
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-    if ok {
+    if vmattest_core::chain::is_valid_name(name, 64) {
         Ok(())
     } else {
         Err(format!(
