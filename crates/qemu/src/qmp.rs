@@ -199,11 +199,6 @@ impl Qmp {
         }
     }
 
-    /// Events received so far and not yet consumed, oldest first.
-    pub fn take_events(&mut self) -> Vec<QmpEvent> {
-        self.events.drain(..).collect()
-    }
-
     pub fn query_status(&mut self) -> Result<String, QmpError> {
         let r = self.execute("query-status", Value::Null)?;
         r.get("status")

@@ -150,13 +150,6 @@ pub struct Frozen {
     source: Source,
 }
 
-impl Frozen {
-    /// Pages that differ from the head (all non-zero pages for a baseline).
-    pub fn changed_pages(&self) -> u64 {
-        self.entries.len() as u64
-    }
-}
-
 impl Store {
     /// Captures the components as the next link. Needs the writer lock.
     pub fn take(
