@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod alg;
+pub mod attest;
 pub mod chain;
 pub mod record;
 pub mod sig;

@@ -333,6 +333,43 @@ impl<T: Signable> Signed<T> {
     }
 }
 
+/// Writes a key id list (count byte, then ids); encoders check the count first.
+pub(crate) fn write_key_ids(w: &mut Writer, ids: &[KeyId]) {
+    w.u8(u8::try_from(ids.len()).unwrap_or(u8::MAX));
+    for k in ids {
+        w.raw(&k.0);
+    }
+}
+
+pub(crate) fn check_key_ids(ids: &[KeyId]) -> Result<(), RecordError> {
+    count("key ids", ids.len(), MAX_SIGNATURES)
+}
+
+pub(crate) fn read_key_ids(r: &mut crate::wire::Reader<'_>) -> Result<Vec<KeyId>, WireError> {
+    let at = r.offset();
+    let n = usize::from(r.u8("key id count")?);
+    if n == 0 || n > MAX_SIGNATURES {
+        return Err(r.bad("key id count", at, "expected 1 to 8", n));
+    }
+    let mut ids = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut k = [0u8; 32];
+        k.copy_from_slice(r.take("key id", 32)?);
+        ids.push(KeyId(k));
+    }
+    Ok(ids)
+}
+
+pub(crate) fn read_time(r: &mut crate::wire::Reader<'_>) -> Result<UnixTime, WireError> {
+    let secs = r.u64("time seconds")?;
+    let at = r.offset();
+    let nanos = r.u32("time nanoseconds")?;
+    if nanos >= 1_000_000_000 {
+        return Err(r.bad("time nanoseconds", at, "expected below 1000000000", nanos));
+    }
+    Ok(UnixTime { secs, nanos })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,10 +27,12 @@ pub enum Kind {
     Link,
     Batch,
     Bundle,
+    Evidence,
+    SnapshotReport,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 9] = [
         Kind::MeasurementRecord,
         Kind::Signed,
         Kind::PageProof,
@@ -38,6 +40,8 @@ impl Kind {
         Kind::Link,
         Kind::Batch,
         Kind::Bundle,
+        Kind::Evidence,
+        Kind::SnapshotReport,
     ];
 
     pub fn id(self) -> u16 {
@@ -49,6 +53,8 @@ impl Kind {
             Kind::Link => 5,
             Kind::Batch => 6,
             Kind::Bundle => 7,
+            Kind::Evidence => 8,
+            Kind::SnapshotReport => 9,
         }
     }
 
@@ -67,6 +73,8 @@ impl Kind {
             Kind::Link => 4096,
             Kind::Batch => 2 << 20,
             Kind::Bundle => 64 * 1024,
+            Kind::Evidence => 64 * 1024,
+            Kind::SnapshotReport => 64 * 1024,
         }
     }
 
@@ -79,6 +87,8 @@ impl Kind {
             Kind::Link => "chain link",
             Kind::Batch => "page batch",
             Kind::Bundle => "bundle",
+            Kind::Evidence => "runtime evidence",
+            Kind::SnapshotReport => "snapshot report",
         }
     }
 }

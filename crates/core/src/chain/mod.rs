@@ -284,17 +284,7 @@ impl Signable for Link {
         m.copy_from_slice(r.take("manifest id", 32)?);
         let secs = r.u64("time seconds")?;
         let nanos = r.u32("time nanoseconds")?;
-        let at = r.offset();
-        let n = usize::from(r.u8("key id count")?);
-        if n == 0 || n > crate::record::MAX_SIGNATURES {
-            return Err(r.bad("key id count", at, "expected 1 to 8", n).into());
-        }
-        let mut key_ids = Vec::with_capacity(n);
-        for _ in 0..n {
-            let mut k = [0u8; 32];
-            k.copy_from_slice(r.take("key id", 32)?);
-            key_ids.push(KeyId(k));
-        }
+        let key_ids = crate::record::read_key_ids(&mut r)?;
         r.finish(Kind::Link)?;
         Ok(Link {
             seq,

@@ -1,0 +1,221 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use super::*;
+use crate::alg::{HashAlg, PageIndex};
+use crate::record::{Signable, UnixTime};
+use crate::sig::KeyId;
+
+const MAP: &str = "ffffffff81000000 T _text\nffffffff81001000 T _stext\nffffffff81a00123 T _etext\nffffffff82000000 D sys_call_table\n";
+
+const POLICY: &str = r#"
+name = "kernel"
+hash = "sha256"
+schedule_secs = 30
+kernel_load = 0x1000000
+
+[[region]]
+name = "text"
+symbols = ["_stext", "_etext"]
+weight = 10
+critical = true
+kernel_code = true
+
+[[region]]
+name = "low"
+start = 0x1000
+len = 0x3000
+sample = 2
+
+[[subset]]
+id = "code"
+regions = ["text"]
+"#;
+
+fn policy() -> Policy {
+    Policy::parse(POLICY, Some(&SystemMap::parse(MAP).unwrap())).unwrap()
+}
+
+#[test]
+fn symbols_resolve_to_whole_physical_pages() {
+    let p = policy();
+    let text = p.region("text").unwrap();
+    assert_eq!(text.start, GuestAddr(0x1001000));
+    // _etext at +0xa00123 rounds up to the next page.
+    assert_eq!(text.end(), 0x1a01000);
+    assert_eq!(p.region("low").unwrap().pages, 3);
+    assert_eq!(p.subset("code").unwrap().regions, vec!["text".to_string()]);
+    assert_eq!(p.subset("all").unwrap().regions.len(), 2);
+}
+
+#[test]
+fn resolved_policy_round_trips_through_toml_with_the_same_id() {
+    let p = policy();
+    let again = Policy::parse(&p.to_toml(), None).unwrap();
+    assert_eq!(again, p);
+    assert_eq!(again.id(), p.id());
+}
+
+#[test]
+fn policy_errors_name_the_field() {
+    let e = Policy::parse(POLICY, None).unwrap_err().to_string();
+    assert!(
+        e.contains("region text.symbols") && e.contains("System.map"),
+        "{e}"
+    );
+    let e = Policy::parse(&POLICY.replace("sha256", "md5"), None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("hash") && e.contains("md5"), "{e}");
+    let e = Policy::parse(
+        &POLICY.replace("sample = 2", "sample = 9"),
+        Some(&SystemMap::parse(MAP).unwrap()),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("region low.sample") && e.contains("9"), "{e}");
+    let e = Policy::parse("name = \"x\"\nbogus = 1\n", None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("bogus"), "{e}");
+    let big = "#".repeat(policy::MAX_POLICY_BYTES + 1);
+    assert!(Policy::parse(&big, None).is_err());
+}
+
+#[test]
+fn system_map_errors_name_the_line() {
+    let e = SystemMap::parse("ffff T _text\nzz T x\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("line 2"), "{e}");
+    let e = SystemMap::parse("ffff T other\n").unwrap_err().to_string();
+    assert!(e.contains("_text"), "{e}");
+    let e = PolicyFile::parse(&POLICY.replace("_etext", "_nope"))
+        .unwrap()
+        .resolve(Some(&SystemMap::parse(MAP).unwrap()))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("_nope"), "{e}");
+}
+
+#[test]
+fn sampling_is_deterministic_distinct_and_nonce_dependent() {
+    let p = policy();
+    let low = p.region("low").unwrap();
+    let a = sample_pages(&[1; 32], low);
+    assert_eq!(a, sample_pages(&[1; 32], low));
+    assert_eq!(a.len(), 2);
+    assert!(a[0] < a[1] && a[1].0 < 3);
+    let text = p.region("text").unwrap();
+    assert_eq!(sample_pages(&[1; 32], text).len() as u64, text.pages);
+    let mut big = low.clone();
+    big.pages = 1 << 18;
+    big.sample = 64;
+    assert_ne!(sample_pages(&[1; 32], &big), sample_pages(&[2; 32], &big));
+}
+
+#[test]
+fn region_digest_binds_name_index_and_content() {
+    let d = |b: u8| page_digest(HashAlg::Sha256, &[b; 4096]);
+    let base = region_digest(HashAlg::Sha256, "r", &[(PageIndex(0), d(1))]);
+    assert_ne!(
+        base,
+        region_digest(HashAlg::Sha256, "s", &[(PageIndex(0), d(1))])
+    );
+    assert_ne!(
+        base,
+        region_digest(HashAlg::Sha256, "r", &[(PageIndex(1), d(1))])
+    );
+    assert_ne!(
+        base,
+        region_digest(HashAlg::Sha256, "r", &[(PageIndex(0), d(2))])
+    );
+}
+
+fn evidence() -> Evidence {
+    let p = policy();
+    Evidence {
+        vm: "vm1".into(),
+        time: UnixTime { secs: 7, nanos: 9 },
+        nonce: vec![5; 32],
+        alg: p.alg,
+        policy_id: p.id(),
+        subset: "all".into(),
+        regions: vec![RegionDigest {
+            name: "text".into(),
+            pages: 2560,
+            digest: HashAlg::Sha256.hash(&[b"x"]),
+        }],
+        kernel_code: Some(HashAlg::Sha256.hash(&[b"k"])),
+        agent_version: "0.1.0".into(),
+        key_ids: vec![KeyId([3; 32])],
+    }
+}
+
+#[test]
+fn evidence_round_trips_and_every_truncation_is_refused() {
+    let e = evidence();
+    let bytes = e.encode().unwrap();
+    assert_eq!(Evidence::decode(&bytes).unwrap(), e);
+    for n in 0..bytes.len() {
+        assert!(Evidence::decode(&bytes[..n]).is_err(), "prefix {n}");
+    }
+    let mut short = e.clone();
+    short.nonce = vec![1; 8];
+    assert!(short.encode().is_err());
+}
+
+#[test]
+fn snapshot_report_verdict_byte_must_agree() {
+    let d = HashAlg::Sha256.hash(&[b"a"]);
+    let r = SnapshotReport {
+        vm: "vm1".into(),
+        time: UnixTime { secs: 1, nanos: 0 },
+        nonce: vec![],
+        seq: crate::chain::SeqNo(3),
+        link: d,
+        components: vec![ComponentCheck {
+            name: "ram".into(),
+            expected: d,
+            found: d,
+        }],
+        key_ids: vec![KeyId([3; 32])],
+    };
+    assert!(r.matches());
+    let mut bytes = r.encode().unwrap();
+    assert_eq!(SnapshotReport::decode(&bytes).unwrap(), r);
+    // The verdict byte sits right before the component count.
+    let at = bytes.len() - 1 - 32 - 4 - (4 + 3 + 32 + 32) - 1;
+    assert_eq!(bytes[at], 1);
+    bytes[at] = 0;
+    let e = SnapshotReport::decode(&bytes).unwrap_err().to_string();
+    assert!(e.contains("verdict"), "{e}");
+}
+
+#[test]
+fn appraisal_scores_by_weight_and_zeroes_on_critical_miss() {
+    let o = |name: &str, weight, critical, kernel_code, matched| RegionOutcome {
+        name: name.into(),
+        weight,
+        critical,
+        kernel_code,
+        matched,
+    };
+    let all = appraise(
+        &[o("t", 10, true, true, true), o("d", 1, false, false, true)],
+        false,
+    );
+    assert_eq!((all.score, all.status), (100, Status::Affirming));
+    let warn = appraise(
+        &[o("t", 3, true, true, true), o("d", 1, false, false, false)],
+        false,
+    );
+    assert_eq!((warn.score, warn.status), (75, Status::Warning));
+    assert_eq!(warn.vector.configuration, score::code::UNSAFE_CONFIG);
+    let bad = appraise(
+        &[o("t", 10, true, true, false), o("d", 1, false, false, true)],
+        true,
+    );
+    assert_eq!((bad.score, bad.status), (0, Status::Contraindicated));
+    assert_eq!(bad.vector.executables, score::code::CONTRAINDICATED_RUNTIME);
+    assert_eq!(bad.vector.hardware, score::code::GENUINE_HARDWARE);
+}
