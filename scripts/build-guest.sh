@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the tiny Linux test guest used by the QEMU tests, into $VMATTEST_CACHE/guest/:
 #   vmlinuz            the Debian kernel that linux-image-amd64 depends on (downloaded, never installed)
-#   initramfs.cpio.gz  busybox-static, the virtio modules and an /init that prints READY and then
+#   initramfs.cpio.gz  busybox-static, the virtio modules and an /init that prints its kernel
+#                      symbols ("ksym ADDR T NAME", "kcode PHYS-RANGE"), READY, and then
 #                      "tick N" on ttyS0 once a second
 # Idempotent and fast on reruns: the kernel is fetched once, the initramfs is rebuilt only when its
 # inputs change. Needs busybox-static and cpio (scripts/install-deps.sh); root only for apt-get update.
@@ -11,7 +12,7 @@ CACHE=${VMATTEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vmattest}
 OUT=$CACHE/guest
 BUSYBOX=/bin/busybox
 MODULES=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk)
-APPLETS=(sh mount insmod sleep cat dd echo printf)
+APPLETS=(sh mount insmod sleep cat dd echo printf grep)
 
 die() { echo "build-guest: $*" >&2; exit 1; }
 
@@ -102,6 +103,11 @@ for word in $(cat /proc/cmdline); do
   case $word in snapdirty=*) dirty=${word#snapdirty=} ;; esac
 done
 case $dirty in '' | *[!0-9]*) dirty=0 ;; esac
+# Kernel symbols and the physical load address, for region policies: Debian ships only a
+# placeholder System.map, so the guest reports its own.
+grep -E ' (_text|_stext|_etext|__start_rodata|__end_rodata)$' /proc/kallsyms |
+  while read -r a t n; do echo "ksym $a $t $n"; done >/dev/ttyS0
+grep 'Kernel code' /proc/iomem | while read -r range rest; do echo "kcode $range"; done >/dev/ttyS0
 echo READY >/dev/ttyS0
 i=0
 while :; do

@@ -123,6 +123,19 @@ pub enum Command {
     /// The host's TPM 2.0 (`/dev/tpmrm0`, or the TCTI in `$VMATTEST_TPM_TCTI`).
     #[command(subcommand)]
     Tpm(TpmCommand),
+    /// Region policies: resolve kernel symbols into guest-physical ranges, print the policy id.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Attest a running VM to the server: answer its challenges with signed evidence of the
+    /// guest's memory, on the policy's schedule.
+    Agent(AgentArgs),
+    /// Compare a running VM with an attested snapshot of its chain.
+    #[command(subcommand)]
+    Attest(AttestCommand),
+    /// Administer and audit an attestation server (`--server URL --token-file F`).
+    Remote(RemoteArgs),
+    /// Run the attestation server (docs/API.md): SQLite in the state dir unless --db says otherwise.
+    Serve(crate::cmd::serve::ServeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -382,5 +395,239 @@ pub enum SnapshotCommand {
         count: u64,
         #[arg(long)]
         out: PathBuf,
+    },
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct PolicyArgs {
+    /// Policy TOML (docs/POLICY.md).
+    #[arg(long)]
+    pub policy: PathBuf,
+    /// The guest kernel's System.map, for regions given by symbols.
+    #[arg(long)]
+    pub system_map: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Print the resolved policy (ranges only) as TOML, for `remote policy add`.
+    Resolve {
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
+    /// Print the id (SHA-256 of the canonical resolved policy) that servers and agents use.
+    Id {
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ServerArgs {
+    /// The attestation server, `http://HOST:PORT` or `https://HOST:PORT`.
+    #[arg(long, global = true)]
+    pub server: Option<String>,
+    /// File holding the bearer token (`remote token` prints one).
+    #[arg(long, global = true)]
+    pub token_file: Option<PathBuf>,
+    /// Trust only this CA certificate (PEM) for the server's TLS certificate.
+    #[arg(long, global = true)]
+    pub ca_cert: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The attestation server, `http://HOST:PORT` or `https://HOST:PORT`.
+    #[arg(long)]
+    pub server: String,
+    /// File holding this host's agent token.
+    #[arg(long)]
+    pub token_file: PathBuf,
+    /// Trust only this CA certificate (PEM) for the server's TLS certificate.
+    #[arg(long)]
+    pub ca_cert: Option<PathBuf>,
+    /// The host's evidence-signing private key (its public key is registered with the host).
+    #[arg(long)]
+    pub key: PathBuf,
+    #[command(flatten)]
+    pub vm: VmArg,
+    /// The VM's name on the server (default: the spec's name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Attest once and exit: 0 when the result raised no alert, 1 when it did.
+    #[arg(long, conflicts_with_all = ["count", "interval"])]
+    pub once: bool,
+    /// Stop after N rounds.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Seconds between rounds (default: the policy's schedule_secs).
+    #[arg(long)]
+    pub interval: Option<u64>,
+    /// Pause the guest while its memory is read, so that the digests are of one instant.
+    #[arg(long)]
+    pub paused: bool,
+    /// The VM's snapshot store: roll the VM back when a result asks for it.
+    #[arg(long, requires = "pubkeys")]
+    pub store: Option<PathBuf>,
+    /// Pinned public key of the store's chain; repeatable.
+    #[arg(long = "pubkey", requires = "store")]
+    pub pubkeys: Vec<PathBuf>,
+    /// Secret file of an encrypted store.
+    #[arg(long, requires = "store")]
+    pub secret: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AttestCommand {
+    /// Verify the chain up to a seq, then compare the running VM's RAM, raw disks and config
+    /// with that snapshot (guest paused while hashed) and sign the report. Exit 1 on mismatch.
+    Snapshot {
+        #[command(flatten)]
+        store: StoreArg,
+        #[command(flatten)]
+        verify: VerifyArgs,
+        #[arg(long)]
+        seq: u64,
+        #[command(flatten)]
+        vm: VmArg,
+        /// Private key that signs the report.
+        #[arg(long)]
+        key: PathBuf,
+        /// The requester's nonce (hex, at most 64 bytes).
+        #[arg(long, default_value = "")]
+        nonce: String,
+        /// Also write the signed report here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Also post the report to this server.
+        #[arg(long, requires = "token_file")]
+        server: Option<String>,
+        #[arg(long, requires = "server")]
+        token_file: Option<PathBuf>,
+        #[arg(long, requires = "server")]
+        ca_cert: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RemoteArgs {
+    #[command(flatten)]
+    pub conn: ServerArgs,
+    #[command(subcommand)]
+    pub command: RemoteCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RemoteCommand {
+    /// The server's status (public).
+    Health,
+    /// Issue a token (admin); it is printed once.
+    Token {
+        /// admin, agent or auditor.
+        #[arg(long)]
+        role: String,
+        /// The host an agent token acts for.
+        #[arg(long)]
+        host: Option<String>,
+    },
+    /// Hosts and their evidence-signing keys.
+    #[command(subcommand)]
+    Host(RemoteHostCommand),
+    /// Resolved region policies.
+    #[command(subcommand)]
+    Policy(RemotePolicyCommand),
+    /// Registered VMs.
+    #[command(subcommand)]
+    Vm(RemoteVmCommand),
+    /// Compute a VM's golden baseline from a snapshot whose chain verifies against pinned keys,
+    /// and register it.
+    Baseline {
+        #[arg(long)]
+        vm: String,
+        #[command(flatten)]
+        store: StoreArg,
+        #[command(flatten)]
+        verify: VerifyArgs,
+        #[arg(long)]
+        seq: u64,
+        /// The resolved policy (as `policy resolve` prints it).
+        #[arg(long)]
+        policy: PathBuf,
+        /// The snapshot component holding guest RAM.
+        #[arg(long, default_value = "ram")]
+        component: String,
+    },
+    /// A VM's attestation results, newest first.
+    Results {
+        #[arg(long)]
+        vm: String,
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// Alerts, newest first.
+    Alerts {
+        #[arg(long)]
+        vm: Option<String>,
+    },
+    /// A VM's snapshot reports.
+    Reports {
+        #[arg(long)]
+        vm: String,
+    },
+    /// The public key that signs EARs and webhooks (public).
+    EarKey,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RemoteHostCommand {
+    /// Register a host and its agent's evidence-signing public key.
+    Add {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        pubkey: PathBuf,
+    },
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RemotePolicyCommand {
+    /// Register a resolved policy.
+    Add {
+        #[arg(long)]
+        policy: PathBuf,
+    },
+    Show {
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RemoteVmCommand {
+    /// Register a VM on a host under a policy.
+    Add {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        host: String,
+        #[arg(long)]
+        policy_id: String,
+        /// Subset id the VM may be challenged with; repeatable.
+        #[arg(long = "subset", required = true)]
+        subsets: Vec<String>,
+        /// Scores below this (0-100) raise an alert.
+        #[arg(long)]
+        threshold: u8,
+        #[arg(long, requires = "webhook_secret_file")]
+        webhook_url: Option<String>,
+        /// File holding the webhook's HMAC key (at least 16 bytes).
+        #[arg(long, requires = "webhook_url")]
+        webhook_secret_file: Option<PathBuf>,
+        /// `rollback`: the agent rolls the VM back to its baseline's snapshot on an alert.
+        #[arg(long, value_parser = ["none", "rollback"], default_value = "none")]
+        on_alert: String,
+    },
+    Show {
+        name: String,
     },
 }

@@ -11,6 +11,7 @@
 //! field and offset of the first problem.
 
 mod attest;
+mod keycert;
 mod marshal;
 mod public;
 mod signature;
@@ -20,6 +21,7 @@ pub use attest::{
     Attest, AttestType, Attested, ClockInfo, MAX_ATTEST_LEN, PcrSelection, format_selection,
     parse_attest,
 };
+pub use keycert::{KeyCertError, KeyCertification, check_key_certification};
 pub use marshal::{
     ParseError, TPM_ALG_ECC, TPM_ALG_ECDSA, TPM_ALG_NULL, TPM_ALG_SHA256, TPM_ECC_NIST_P256,
     TPM_GENERATED_VALUE, TPM_ST_ATTEST_CERTIFY, TPM_ST_ATTEST_QUOTE, alg_name,

@@ -1,6 +1,7 @@
 //! Test harness shared by the workspace's tests (a dev-dependency only): a private software
 //! TPM per test. TCP server on a free port P, control channel on P + 1, state in a temporary
-//! directory; stopped by PID on drop (SIGTERM, then SIGKILL).
+//! directory; stopped by PID on drop (SIGTERM, then SIGKILL). Also a private PostgreSQL
+//! cluster per test ([`Postgres`]).
 
 // Test support: failing loudly is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -13,6 +14,9 @@ use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal, kill_process};
 use tempfile::TempDir;
+
+mod postgres;
+pub use postgres::{PG_BIN_ENV, PG_DATABASE, PG_USER, Postgres};
 
 /// Ports handed out by this test process, so parallel tests never pick the same pair.
 static TAKEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);

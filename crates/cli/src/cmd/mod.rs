@@ -1,10 +1,14 @@
 //! One module per group of subcommands; shared helpers here.
 
+mod agent;
 mod bind;
 mod keys;
 mod measure;
+mod policy;
 mod proof;
 mod record;
+mod remote;
+pub mod serve;
 mod show;
 mod snapshot;
 mod tpm;
@@ -74,6 +78,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Snapshot(cmd) => snapshot::run(cmd, json),
         Command::Vm(cmd) => vm::run(cmd, json),
         Command::Tpm(cmd) => tpm::run(cmd, json),
+        Command::Policy(cmd) => policy::run(cmd, json),
+        Command::Agent(args) => agent::run(args, json),
+        Command::Attest(cmd) => agent::attest(cmd, json),
+        Command::Remote(args) => remote::run(args, json),
+        Command::Serve(args) => serve::run(args, json),
     }
 }
 

@@ -68,7 +68,14 @@ pub fn run(path: &Path, json: bool) -> anyhow::Result<()> {
                     .collect();
             }
         },
-        Some(Kind::Manifest | Kind::Link | Kind::Batch | Kind::Bundle) => {}
+        Some(
+            Kind::Manifest
+            | Kind::Link
+            | Kind::Batch
+            | Kind::Bundle
+            | Kind::Evidence
+            | Kind::SnapshotReport,
+        ) => {}
         Some(Kind::PageProof) => {
             let p = PageProof::decode(&bytes)?;
             out.root = Some(p.root.to_hex());

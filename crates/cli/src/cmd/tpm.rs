@@ -5,6 +5,8 @@ use std::path::Path;
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
+use vmattest_api::{CERTIFY_FORMAT, CertifyDoc};
+use vmattest_quote::KeyCertError;
 use vmattest_tpm::{SealedBlob, Tpm, TpmConfig, TpmError};
 
 use super::write_atomic;
@@ -121,27 +123,6 @@ struct PcrValue {
 
 const QUOTE_FORMAT: &str = "vmattest-tpm-quote/1";
 
-/// The certification of the signing key (`tpm keygen`), JSON with hex fields.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CertifyFile {
-    format: String,
-    /// The certified key's TPMT_PUBLIC.
-    key: String,
-    /// TPMS_ATTEST of TPM2_Certify.
-    attest: String,
-    /// The attestation key's ECDSA P-256 r || s.
-    signature: String,
-    nonce: String,
-    /// The TPM's endorsement key (ECC P-256, SEC1), recorded for the verifier's inventory.
-    ek: String,
-    /// The manufacturer's EK certificate (DER), when the TPM has one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    ek_certificate: Option<String>,
-}
-
-const CERTIFY_FORMAT: &str = "vmattest-tpm-certify/1";
-
 fn certify_path(pubkey: &Path) -> std::path::PathBuf {
     let mut p = pubkey.as_os_str().to_owned();
     p.push(".certify");
@@ -149,66 +130,42 @@ fn certify_path(pubkey: &Path) -> std::path::PathBuf {
 }
 
 fn verify_key(pubkey: &Path, ak: &Path, certify: &Path, json: bool) -> anyhow::Result<()> {
-    use vmattest_quote::attributes::{FIXED_PARENT, FIXED_TPM, RESTRICTED, SIGN_ENCRYPT};
     let key = vmattest_sign::keyfile::read_public_key(pubkey)?;
     let ak_bytes = read_capped(ak, 4096, "attestation key")?;
-    let ak_key = vmattest_quote::parse_public_ecc_p256(&ak_bytes)
-        .with_context(|| format!("attestation key {}", ak.display()))?;
-    if !ak_key.is_restricted_signing_key() {
-        bail!(
-            "attestation key {}: expected a restricted, fixedTPM signing key",
-            ak.display()
-        );
-    }
     let text = read_capped(certify, MAX_QUOTE_FILE, "certification")?;
-    let c: CertifyFile = serde_json::from_slice(&text)
+    let c: CertifyDoc = serde_json::from_slice(&text)
         .with_context(|| format!("certification {}", certify.display()))?;
-    if c.format != CERTIFY_FORMAT {
-        bail!(
-            "certification {}: format {:?}, expected {CERTIFY_FORMAT:?}",
-            certify.display(),
-            c.format
-        );
-    }
-    let field = |name: &str, hexed: &str| {
-        hex::decode(hexed)
-            .with_context(|| format!("certification {}: {name} is not hex", certify.display()))
+    let [tpmt, attest, signature, nonce] = c
+        .decode()
+        .map_err(|e| anyhow::anyhow!("certification {}: {e}", certify.display()))?;
+    let cert = vmattest_quote::KeyCertification {
+        key: &tpmt,
+        attest: &attest,
+        signature: &signature,
+        nonce: &nonce,
     };
-    let tpmt = field("key", &c.key)?;
-    let fail = |detail: String| VerificationFailed(format!("{}: {detail}", pubkey.display()));
-    let certified = vmattest_quote::parse_ecc_public(&tpmt)
-        .with_context(|| format!("certification {}: key", certify.display()))?;
-    if certified.sec1 != key.raw() {
-        return Err(fail("the certified TPM key is not this public key".into()).into());
-    }
-    let want = FIXED_TPM | FIXED_PARENT | SIGN_ENCRYPT;
-    if certified.object_attributes & want != want || certified.object_attributes & RESTRICTED != 0 {
-        return Err(fail(format!(
-            "TPM key attributes {:#010x}: expected fixedTPM | fixedParent | sign, unrestricted",
-            certified.object_attributes
-        ))
-        .into());
-    }
-    let signature = vmattest_quote::Signature::from_raw(&field("signature", &c.signature)?)
-        .with_context(|| format!("certification {}: signature", certify.display()))?;
-    vmattest_quote::verify_certify(
-        &ak_key,
-        &field("attest", &c.attest)?,
-        &signature,
-        &field("nonce", &c.nonce)?,
-        &certified.name,
-    )
-    .map_err(|e| fail(format!("certification: {e}")))?;
+    let name = vmattest_quote::check_key_certification(key.raw(), &ak_bytes, &cert).map_err(
+        |e| match e {
+            KeyCertError::Ak(_) | KeyCertError::AkNotRestricted => {
+                anyhow::anyhow!("attestation key {}: {e}", ak.display())
+            }
+            KeyCertError::Key(_) | KeyCertError::Signature(_) => {
+                anyhow::anyhow!("certification {}: {e}", certify.display())
+            }
+            other => VerificationFailed(format!("{}: {other}", pubkey.display())).into(),
+        },
+    )?;
+    let certified_name = name;
     if json {
         return output::print(&serde_json::json!({
-            "ok": true, "key_id": key.key_id().to_hex(), "tpm_name": hex::encode(&certified.name),
+            "ok": true, "key_id": key.key_id().to_hex(), "tpm_name": hex::encode(&certified_name),
         }));
     }
     println!(
         "OK: {} ({}) is a non-exportable key of the TPM whose attestation key is pinned; name {}",
         key.key_id().to_hex(),
         key.alg().name(),
-        hex::encode(&certified.name)
+        hex::encode(&certified_name)
     );
     Ok(())
 }
@@ -255,7 +212,7 @@ pub fn run(cmd: TpmCommand, json: bool) -> anyhow::Result<()> {
             let mut nonce = [0u8; 32];
             getrandom::fill(&mut nonce).map_err(|e| anyhow::anyhow!("OS randomness: {e}"))?;
             let c = signer.certify(&nonce)?;
-            let cert = CertifyFile {
+            let cert = CertifyDoc {
                 format: CERTIFY_FORMAT.into(),
                 key: hex::encode(&signer.tpm_public().tpmt_public),
                 attest: hex::encode(&c.attest),

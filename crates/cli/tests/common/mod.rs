@@ -8,6 +8,7 @@
 )]
 
 pub mod guest;
+pub mod server;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

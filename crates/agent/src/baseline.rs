@@ -1,0 +1,130 @@
+//! Golden baselines: one page digest per page of every region of a policy, taken from a
+//! snapshot whose chain verified against pinned keys, with the snapshot's provenance.
+
+use std::path::Path;
+
+use vmattest_api::{NewBaseline, Provenance, RegionPages};
+use vmattest_core::alg::PAGE_SIZE;
+use vmattest_core::attest::{Policy, page_digest};
+use vmattest_core::chain::SeqNo;
+use vmattest_image::{ImageError, MappedImage};
+use vmattest_sign::PublicKey;
+use vmattest_store::{ReplayOptions, Store, StoreError, StoreSecret};
+
+use crate::measure::{MeasureError, region_bytes};
+
+/// The component a VM capture stores guest RAM under.
+pub const DEFAULT_COMPONENT: &str = vmattest_qemu::capture::RAM;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BaselineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("component {name:?}: not in the snapshot at seq {seq} (it has {known})")]
+    NoComponent {
+        name: String,
+        seq: u64,
+        known: String,
+    },
+    #[error("scratch directory in {dir}: {source}")]
+    Scratch {
+        dir: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("rebuilt component: {0}")]
+    Image(#[from] ImageError),
+    #[error("component {component}: {source}")]
+    Region {
+        component: String,
+        #[source]
+        source: MeasureError,
+    },
+}
+
+impl BaselineError {
+    /// True when the chain does not match its signed commitments.
+    pub fn is_verification(&self) -> bool {
+        matches!(self, BaselineError::Store(e) if e.is_verification())
+    }
+}
+
+/// One hex page digest per page of every region of `policy`, read from `memory` (a guest RAM
+/// image: guest-physical address = offset).
+pub fn region_pages(memory: &[u8], policy: &Policy) -> Result<Vec<RegionPages>, MeasureError> {
+    let mut out = Vec::with_capacity(policy.regions.len());
+    for region in &policy.regions {
+        let bytes = region_bytes(memory, region)?;
+        out.push(RegionPages {
+            name: region.name.clone(),
+            pages: bytes
+                .chunks(PAGE_SIZE)
+                .map(|p| page_digest(policy.alg, p).to_hex())
+                .collect(),
+        });
+    }
+    Ok(out)
+}
+
+/// Verifies the chain of the store at `store_dir` up to `seq` against `keys`, rebuilds the
+/// snapshot in a scratch directory under the store's `tmp/` (removed afterwards) and computes
+/// the baseline of `policy` from its `component` (see [`DEFAULT_COMPONENT`]).
+pub fn baseline_from_store(
+    store_dir: &Path,
+    seq: u64,
+    keys: &[PublicKey],
+    secret: Option<&StoreSecret>,
+    policy: &Policy,
+    component: &str,
+) -> Result<NewBaseline, BaselineError> {
+    let store = Store::open(store_dir)?;
+    let tmp = store.root().join("tmp");
+    let scratch_err = |source| BaselineError::Scratch {
+        dir: tmp.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(&tmp).map_err(scratch_err)?;
+    let scratch = tempfile::Builder::new()
+        .prefix("baseline-")
+        .tempdir_in(&tmp)
+        .map_err(scratch_err)?;
+    let out = scratch.path().join("state");
+    let opts = ReplayOptions {
+        upto: Some(SeqNo(seq)),
+        keys: Some(keys),
+        secret,
+        max_age: None,
+    };
+    let verified = store.restore(&opts, &out)?;
+    if !verified.components.iter().any(|c| c.name == component) {
+        return Err(BaselineError::NoComponent {
+            name: component.to_owned(),
+            seq,
+            known: verified
+                .components
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    let image = MappedImage::open(&out.join(component))?;
+    let regions = region_pages(image.bytes(), policy).map_err(|source| BaselineError::Region {
+        component: component.to_owned(),
+        source,
+    })?;
+    let link = store.read_link(verified.seq)?;
+    Ok(NewBaseline {
+        policy_id: policy.id().to_hex(),
+        regions,
+        provenance: Provenance {
+            store_vm_id: store.meta().vm_id.clone(),
+            seq: verified.seq.0,
+            link_digest: verified.link.to_hex(),
+            state_root: verified.state_root.to_hex(),
+            signer_key_ids: link.value().key_ids.iter().map(|k| k.to_hex()).collect(),
+            snapshot_time: verified.time.secs,
+            component: component.to_owned(),
+        },
+    })
+}

@@ -1,0 +1,398 @@
+//! A small blocking client for the attestation server's HTTP API (docs/API.md).
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use vmattest_api::{
+    API_PREFIX, Alert, AttestationResult, BaselineInfo, Challenge, EarKey, ErrorBody, Health, Host,
+    NewBaseline, NewHost, NewPolicy, NewToken, NewVm, PolicyInfo, ReportReceipt, StoredReport,
+    TokenIssued, Vm,
+};
+
+/// Largest response body read.
+pub const MAX_RESPONSE_BYTES: u64 = 16 << 20;
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("server refused ({status} {code}): {message}")]
+    Refused {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("{url}: {detail}")]
+    Transport { url: String, detail: String },
+    #[error("{url}: response: {detail}")]
+    Decode { url: String, detail: String },
+    #[error("{what} {value:?}: expected 1-64 of [A-Za-z0-9._-]")]
+    BadName { what: &'static str, value: String },
+    #[error("server URL {0:?}: expected http://HOST[:PORT] or https://HOST[:PORT]")]
+    BadUrl(String),
+    #[error("CA certificate: {0}")]
+    Ca(String),
+}
+
+impl ClientError {
+    /// The server's error code, when the server refused the request.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Refused { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+/// A connection to one server, with an optional bearer token.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+fn config() -> ureq::config::ConfigBuilder<ureq::typestate::AgentScope> {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(TIMEOUT))
+        .user_agent(concat!("vmattest-agent/", env!("CARGO_PKG_VERSION")))
+}
+
+/// A path segment: a VM or host name, or a policy id.
+fn seg<'a>(what: &'static str, value: &'a str) -> Result<&'a str, ClientError> {
+    let ok = !value.is_empty()
+        && value.len() <= 128
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && value != "."
+        && value != "..";
+    if ok {
+        Ok(value)
+    } else {
+        Err(ClientError::BadName {
+            what,
+            value: value.to_owned(),
+        })
+    }
+}
+
+impl Client {
+    /// A client for the server at `base` (`http://host:port` or `https://...`), trusting the
+    /// web PKI roots for TLS.
+    pub fn new(base: &str, token: Option<String>) -> Result<Client, ClientError> {
+        Client::build(base, token, config().build())
+    }
+
+    /// Like [`Client::new`], trusting only the CA certificates in `ca_pem` for TLS.
+    pub fn with_ca(
+        base: &str,
+        token: Option<String>,
+        ca_pem: &[u8],
+    ) -> Result<Client, ClientError> {
+        let certs = ureq::tls::parse_pem(ca_pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+                Ok(_) => None,
+                Err(e) => Some(Err(ClientError::Ca(e.to_string()))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if certs.is_empty() {
+            return Err(ClientError::Ca("no CERTIFICATE in the PEM file".into()));
+        }
+        let tls = ureq::tls::TlsConfig::builder()
+            .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+            .build();
+        Client::build(base, token, config().tls_config(tls).build())
+    }
+
+    fn build(
+        base: &str,
+        token: Option<String>,
+        config: ureq::config::Config,
+    ) -> Result<Client, ClientError> {
+        let base = base.trim_end_matches('/');
+        let rest = base
+            .strip_prefix("http://")
+            .or_else(|| base.strip_prefix("https://"))
+            .ok_or_else(|| ClientError::BadUrl(base.to_owned()))?;
+        if rest.is_empty() || rest.contains(['?', '#', ' ']) {
+            return Err(ClientError::BadUrl(base.to_owned()));
+        }
+        Ok(Client {
+            base: base.to_owned(),
+            token,
+            agent: ureq::Agent::new_with_config(config),
+        })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        // Prometheus scrapes the conventional path, outside the versioned API.
+        if path == "/metrics" {
+            format!("{}{path}", self.base)
+        } else {
+            format!("{}{API_PREFIX}{path}", self.base)
+        }
+    }
+
+    /// Sends one request; `body` is `(content type, bytes)`.
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&str, &[u8])>,
+    ) -> Result<Vec<u8>, ClientError> {
+        let url = self.url(path);
+        let transport = |e: ureq::Error| ClientError::Transport {
+            url: url.clone(),
+            detail: e.to_string(),
+        };
+        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let response = if method == "GET" {
+            let mut req = self.agent.get(&url).header("Accept", "application/json");
+            if let Some(a) = &auth {
+                req = req.header("Authorization", a);
+            }
+            req.call()
+        } else {
+            let mut req = self.agent.post(&url).header("Accept", "application/json");
+            if let Some(a) = &auth {
+                req = req.header("Authorization", a);
+            }
+            match body {
+                Some((ct, bytes)) => req.header("Content-Type", ct).send(bytes),
+                None => req.send_empty(),
+            }
+        }
+        .map_err(transport)?;
+        let status = response.status().as_u16();
+        let bytes = response
+            .into_body()
+            .with_config()
+            .limit(MAX_RESPONSE_BYTES)
+            .read_to_vec()
+            .map_err(transport)?;
+        if (200..300).contains(&status) {
+            return Ok(bytes);
+        }
+        Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(e) => ClientError::Refused {
+                status,
+                code: e.code,
+                message: one_line(&e.error),
+            },
+            Err(_) => ClientError::Refused {
+                status,
+                code: "http".into(),
+                message: one_line(&String::from_utf8_lossy(&bytes[..bytes.len().min(200)])),
+            },
+        })
+    }
+
+    fn decode<T: DeserializeOwned>(&self, path: &str, bytes: &[u8]) -> Result<T, ClientError> {
+        serde_json::from_slice(bytes).map_err(|e| ClientError::Decode {
+            url: self.url(path),
+            detail: e.to_string(),
+        })
+    }
+
+    fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let bytes = self.request("GET", path, None)?;
+        self.decode(path, &bytes)
+    }
+
+    fn post_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let json = serde_json::to_vec(body).map_err(|e| ClientError::Decode {
+            url: self.url(path),
+            detail: format!("encoding the request: {e}"),
+        })?;
+        let bytes = self.request("POST", path, Some(("application/json", &json)))?;
+        self.decode(path, &bytes)
+    }
+
+    fn post_bytes<T: DeserializeOwned>(&self, path: &str, body: &[u8]) -> Result<T, ClientError> {
+        let bytes = self.request("POST", path, Some(("application/octet-stream", body)))?;
+        self.decode(path, &bytes)
+    }
+
+    pub fn health(&self) -> Result<Health, ClientError> {
+        self.get("/health")
+    }
+
+    pub fn ear_key(&self) -> Result<EarKey, ClientError> {
+        self.get("/ear-key")
+    }
+
+    /// The OpenAPI document, as JSON.
+    pub fn openapi(&self) -> Result<serde_json::Value, ClientError> {
+        self.get("/openapi.json")
+    }
+
+    /// Prometheus text.
+    pub fn metrics(&self) -> Result<String, ClientError> {
+        let bytes = self.request("GET", "/metrics", None)?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    pub fn create_token(&self, req: &NewToken) -> Result<TokenIssued, ClientError> {
+        self.post_json("/tokens", req)
+    }
+
+    pub fn add_host(&self, req: &NewHost) -> Result<Host, ClientError> {
+        self.post_json("/hosts", req)
+    }
+
+    pub fn hosts(&self) -> Result<Vec<Host>, ClientError> {
+        self.get("/hosts")
+    }
+
+    pub fn add_policy(&self, req: &NewPolicy) -> Result<PolicyInfo, ClientError> {
+        self.post_json("/policies", req)
+    }
+
+    pub fn policy(&self, id: &str) -> Result<PolicyInfo, ClientError> {
+        self.get(&format!("/policies/{}", seg("policy id", id)?))
+    }
+
+    pub fn add_vm(&self, req: &NewVm) -> Result<Vm, ClientError> {
+        self.post_json("/vms", req)
+    }
+
+    pub fn vm(&self, name: &str) -> Result<Vm, ClientError> {
+        self.get(&format!("/vms/{}", seg("vm", name)?))
+    }
+
+    pub fn set_baseline(&self, vm: &str, req: &NewBaseline) -> Result<BaselineInfo, ClientError> {
+        self.post_json(&format!("/vms/{}/baseline", seg("vm", vm)?), req)
+    }
+
+    pub fn challenge(&self, vm: &str) -> Result<Challenge, ClientError> {
+        let path = format!("/vms/{}/challenge", seg("vm", vm)?);
+        let bytes = self.request("POST", &path, None)?;
+        self.decode(&path, &bytes)
+    }
+
+    /// Posts signed evidence (its canonical bytes).
+    pub fn evidence(&self, signed: &[u8]) -> Result<AttestationResult, ClientError> {
+        self.post_bytes("/evidence", signed)
+    }
+
+    /// Newest first; at most `limit` when given.
+    pub fn results(
+        &self,
+        vm: &str,
+        limit: Option<u32>,
+    ) -> Result<Vec<AttestationResult>, ClientError> {
+        let mut path = format!("/vms/{}/results", seg("vm", vm)?);
+        if let Some(n) = limit {
+            path.push_str(&format!("?limit={n}"));
+        }
+        self.get(&path)
+    }
+
+    pub fn result(&self, id: i64) -> Result<AttestationResult, ClientError> {
+        self.get(&format!("/results/{id}"))
+    }
+
+    /// Newest first, of one VM or of all.
+    pub fn alerts(&self, vm: Option<&str>) -> Result<Vec<Alert>, ClientError> {
+        match vm {
+            Some(vm) => self.get(&format!("/alerts?vm={}", seg("vm", vm)?)),
+            None => self.get("/alerts"),
+        }
+    }
+
+    /// Posts a signed snapshot report (its canonical bytes).
+    pub fn post_report(&self, vm: &str, signed: &[u8]) -> Result<ReportReceipt, ClientError> {
+        self.post_bytes(&format!("/vms/{}/reports", seg("vm", vm)?), signed)
+    }
+
+    pub fn reports(&self, vm: &str) -> Result<Vec<StoredReport>, ClientError> {
+        self.get(&format!("/vms/{}/reports", seg("vm", vm)?))
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    #[test]
+    fn urls_and_names() {
+        let c = Client::new("http://127.0.0.1:8080/", None).unwrap();
+        assert_eq!(c.url("/health"), "http://127.0.0.1:8080/v1/health");
+        assert_eq!(c.url("/metrics"), "http://127.0.0.1:8080/metrics");
+        assert!(Client::new("ftp://x", None).is_err());
+        assert!(Client::new("http://", None).is_err());
+        assert!(c.vm("../tokens").is_err());
+        assert!(c.vm("a/b").is_err());
+    }
+
+    /// A one-shot HTTP server that answers every request with `status` and `body`.
+    fn serve_once(status: u16, body: &'static str) -> String {
+        use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream);
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+                if line == "\r\n" || line.is_empty() {
+                    break;
+                }
+            }
+            let mut body_in = vec![0u8; len];
+            reader.read_exact(&mut body_in).unwrap();
+            let mut stream = reader.into_inner();
+            write!(
+                stream,
+                "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
+        });
+        format!("http://{addr}")
+    }
+
+    #[test]
+    fn a_refusal_carries_status_and_code_on_one_line() {
+        let url = serve_once(
+            400,
+            r#"{"code":"replayed_nonce","error":"nonce was\nalready used"}"#,
+        );
+        let c = Client::new(&url, Some("t".into())).unwrap();
+        let e = c.evidence(b"xx").unwrap_err();
+        assert_eq!(e.code(), Some("replayed_nonce"));
+        assert_eq!(
+            e.to_string(),
+            "server refused (400 replayed_nonce): nonce was already used"
+        );
+    }
+
+    #[test]
+    fn a_success_decodes() {
+        let url = serve_once(200, r#"{"status":"ok","version":"0.1.0","database":"ok"}"#);
+        let h = Client::new(&url, None).unwrap().health().unwrap();
+        assert_eq!(h.status, "ok");
+    }
+}

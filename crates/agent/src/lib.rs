@@ -1,0 +1,24 @@
+//! The vmattest agent: runs beside a VM's QEMU on its host, answers the attestation server's
+//! challenges with signed evidence of the guest's memory, computes golden baselines from
+//! verified snapshots, and reports whether a running VM still matches an attested snapshot.
+//!
+//! - [`measure`]: map guest RAM read-only and digest a policy's regions for a nonce.
+//! - [`evidence`]: build and sign evidence.
+//! - [`baseline`]: page digests of every policy region from a verified snapshot.
+//! - [`report`]: compare a running VM with a verified snapshot and sign the report.
+//! - [`client`]: a blocking HTTP client for the server's API.
+//! - [`run`]: the challenge-measure-submit loop.
+
+pub mod baseline;
+pub mod client;
+pub mod evidence;
+pub mod measure;
+pub mod report;
+pub mod run;
+
+pub use baseline::{BaselineError, baseline_from_store, region_pages};
+pub use client::{Client, ClientError};
+pub use evidence::{EvidenceError, Measured, evidence_bytes, sign_evidence};
+pub use measure::{MeasureError, measure, measure_vm};
+pub use report::{ChainCheck, ReportError, attest_snapshot};
+pub use run::{Event, LoopOptions, Rollback, RunError, attest_once, run_loop};

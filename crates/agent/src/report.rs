@@ -1,0 +1,174 @@
+//! Snapshot attestation: does the running VM still hold the state an attested snapshot
+//! recorded? The chain is verified up to the seq against pinned keys, then each component that
+//! can be recomputed from the running VM is hashed (guest paused) with the store's tree
+//! parameters and its root compared with the snapshot's.
+//!
+//! Recomputed: guest RAM (`ram`, from the shared RAM file), raw disks (in place) and the
+//! configuration (`config`, the spec's canonical config bytes). Not recomputed, and so left out
+//! of the report: the device and CPU state (`device-state`), which only a migration could
+//! produce and which differs with every pause; and qcow2 disks, whose guest view only
+//! `qemu-img` can give.
+
+use std::path::{Path, PathBuf};
+
+use vmattest_core::alg::Digest;
+
+use vmattest_core::attest::{ComponentCheck, SnapshotReport};
+use vmattest_core::chain::{ComponentKind, ComponentRoot, SeqNo};
+use vmattest_core::record::Signed;
+use vmattest_core::tree::{ImageTree, NoProgress, TreeError, TreeParams};
+use vmattest_image::{ImageError, MappedImage};
+use vmattest_qemu::capture::{CONFIG, RAM};
+use vmattest_qemu::{DiskFormat, VmSpec};
+use vmattest_sign::{PublicKey, Signer};
+use vmattest_store::{ReplayOptions, Store, StoreError, StoreSecret};
+
+use crate::evidence::{EvidenceError, now, sign};
+use crate::measure::{MeasureError, with_paused};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Vm(#[from] MeasureError),
+    #[error("component {name}: {source}")]
+    Image {
+        name: String,
+        #[source]
+        source: ImageError,
+    },
+    #[error("component {name}: {source}")]
+    Tree {
+        name: String,
+        #[source]
+        source: TreeError,
+    },
+    #[error(
+        "snapshot at seq {seq}: none of its components ({known}) can be recomputed from the running VM"
+    )]
+    Nothing { seq: u64, known: String },
+    #[error("nonce: {found} bytes, expected at most 64")]
+    Nonce { found: usize },
+    #[error(transparent)]
+    Sign(#[from] EvidenceError),
+}
+
+impl ReportError {
+    /// True when the chain does not match its signed commitments.
+    pub fn is_verification(&self) -> bool {
+        matches!(self, ReportError::Store(e) if e.is_verification())
+    }
+}
+
+/// How to verify the chain a report is about.
+#[derive(Debug, Clone, Copy)]
+pub struct ChainCheck<'a> {
+    pub store: &'a Path,
+    pub seq: u64,
+    pub keys: &'a [PublicKey],
+    pub secret: Option<&'a StoreSecret>,
+}
+
+/// What of the running VM a snapshot component corresponds to.
+enum Source {
+    File(PathBuf),
+    Bytes(Vec<u8>),
+}
+
+fn source_of(spec: &VmSpec, c: &ComponentRoot) -> Option<Source> {
+    match c.kind {
+        ComponentKind::Memory if c.name == RAM => Some(Source::File(spec.ram_path())),
+        ComponentKind::Disk => spec
+            .disks()
+            .iter()
+            .find(|d| d.name == c.name && d.format == DiskFormat::Raw)
+            .map(|d| Source::File(d.path.clone())),
+        ComponentKind::Config if c.name == CONFIG => Some(Source::Bytes(spec.config_bytes())),
+        _ => None,
+    }
+}
+
+fn root_of(params: &TreeParams, name: &str, bytes: &[u8]) -> Result<Digest, ReportError> {
+    ImageTree::build(params, bytes, &NoProgress)
+        .map(|t| t.root())
+        .map_err(|source| ReportError::Tree {
+            name: name.to_owned(),
+            source,
+        })
+}
+
+/// Recomputes the roots of the recomputable components of `components` from the VM as it is
+/// now. The caller pauses the guest around this.
+pub fn recompute(
+    spec: &VmSpec,
+    params: &TreeParams,
+    components: &[ComponentRoot],
+) -> Result<Vec<ComponentCheck>, ReportError> {
+    let mut out = Vec::new();
+    for c in components {
+        let found = match source_of(spec, c) {
+            None => continue,
+            Some(Source::Bytes(b)) => root_of(params, &c.name, &b)?,
+            Some(Source::File(path)) => {
+                let image = MappedImage::open(&path).map_err(|source| ReportError::Image {
+                    name: c.name.clone(),
+                    source,
+                })?;
+                root_of(params, &c.name, image.bytes())?
+            }
+        };
+        out.push(ComponentCheck {
+            name: c.name.clone(),
+            expected: c.root,
+            found,
+        });
+    }
+    Ok(out)
+}
+
+/// Verifies the chain up to `chain.seq`, then compares the running VM of `spec` (paused while
+/// it is hashed, resumed only if it was running) with the snapshot there, and signs the report.
+/// `nonce` (at most 64 bytes, may be empty) is the requester's.
+pub fn attest_snapshot(
+    chain: &ChainCheck<'_>,
+    spec: &VmSpec,
+    signer: &dyn Signer,
+    nonce: &[u8],
+) -> Result<Signed<SnapshotReport>, ReportError> {
+    if nonce.len() > vmattest_core::attest::evidence::MAX_NONCE_LEN {
+        return Err(ReportError::Nonce { found: nonce.len() });
+    }
+    let store = Store::open(chain.store)?;
+    let opts = ReplayOptions {
+        upto: Some(SeqNo(chain.seq)),
+        keys: Some(chain.keys),
+        secret: chain.secret,
+        max_age: None,
+    };
+    let verified = store.verify(&opts)?;
+    let components = with_paused(spec, || {
+        recompute(spec, store.params(), &verified.components)
+    })??;
+    if components.is_empty() {
+        return Err(ReportError::Nothing {
+            seq: verified.seq.0,
+            known: verified
+                .components
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    let report = SnapshotReport {
+        vm: spec.name().to_owned(),
+        time: now(),
+        nonce: nonce.to_vec(),
+        seq: verified.seq,
+        link: verified.link,
+        components,
+        key_ids: vec![signer.key_id()],
+    };
+    Ok(sign(report, signer)?)
+}

@@ -1,0 +1,293 @@
+//! The agent loop: ask the server for a challenge, measure what it asks for, sign, submit;
+//! repeat on the policy's schedule; roll the VM back when the server's alert action says so.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use vmattest_api::{AttestationResult, Challenge};
+use vmattest_core::attest::{AttestError, Policy};
+use vmattest_core::chain::SeqNo;
+use vmattest_qemu::VmSpec;
+use vmattest_qemu::capture::CaptureError;
+use vmattest_qemu::restore::RestoreReport;
+use vmattest_sign::{PublicKey, Signer};
+use vmattest_store::{ReplayOptions, Store, StoreError, StoreSecret};
+
+use crate::client::{Client, ClientError};
+use crate::evidence::{EvidenceError, Measured, evidence_bytes};
+use crate::measure::{MeasureError, measure_vm};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("challenge for {vm}: policy: {source}")]
+    Policy {
+        vm: String,
+        #[source]
+        source: AttestError,
+    },
+    #[error(
+        "challenge for {vm}: policy id {given} does not match its policy, whose id is {actual}"
+    )]
+    PolicyId {
+        vm: String,
+        given: String,
+        actual: String,
+    },
+    #[error("challenge for {vm}: {field}: expected {expected}, found {found:?}")]
+    Challenge {
+        vm: String,
+        field: &'static str,
+        expected: &'static str,
+        found: String,
+    },
+    #[error(transparent)]
+    Measure(#[from] MeasureError),
+    #[error(transparent)]
+    Evidence(#[from] EvidenceError),
+    #[error("rollback to seq {seq}: {source}")]
+    Rollback {
+        seq: u64,
+        #[source]
+        source: CaptureError,
+    },
+    #[error("rollback to seq {seq}: {source}")]
+    RollbackStore {
+        seq: u64,
+        #[source]
+        source: StoreError,
+    },
+}
+
+/// One challenge answered: the server's result and the policy's schedule.
+#[derive(Debug, Clone)]
+pub struct Answered {
+    pub result: AttestationResult,
+    pub schedule_secs: u64,
+}
+
+/// Checks a challenge and returns its policy and nonce.
+pub fn check_challenge(vm: &str, c: &Challenge) -> Result<(Policy, Vec<u8>), RunError> {
+    if c.vm != vm {
+        return Err(RunError::Challenge {
+            vm: vm.to_owned(),
+            field: "vm",
+            expected: "the VM asked for",
+            found: c.vm.clone(),
+        });
+    }
+    let policy = Policy::parse(&c.policy_toml, None).map_err(|source| RunError::Policy {
+        vm: vm.to_owned(),
+        source,
+    })?;
+    let actual = policy.id().to_hex();
+    if !actual.eq_ignore_ascii_case(&c.policy_id) {
+        return Err(RunError::PolicyId {
+            vm: vm.to_owned(),
+            given: c.policy_id.clone(),
+            actual,
+        });
+    }
+    let nonce = hex::decode(&c.nonce).map_err(|_| RunError::Challenge {
+        vm: vm.to_owned(),
+        field: "nonce",
+        expected: "hex",
+        found: c.nonce.clone(),
+    })?;
+    Ok((policy, nonce))
+}
+
+/// Challenge, measure, sign, submit: one round.
+pub fn answer_challenge(
+    client: &Client,
+    spec: &VmSpec,
+    signer: &dyn Signer,
+    vm_name: &str,
+    paused: bool,
+) -> Result<Answered, RunError> {
+    let challenge = client.challenge(vm_name)?;
+    let (policy, nonce) = check_challenge(vm_name, &challenge)?;
+    let (regions, kernel_code) = measure_vm(spec, &policy, &challenge.subset, &nonce, paused)?;
+    let bytes = evidence_bytes(
+        Measured {
+            vm: vm_name,
+            nonce: &nonce,
+            policy: &policy,
+            subset: &challenge.subset,
+            regions,
+            kernel_code,
+        },
+        signer,
+    )?;
+    let result = client.evidence(&bytes)?;
+    Ok(Answered {
+        result,
+        schedule_secs: policy.schedule_secs,
+    })
+}
+
+/// One attestation of the VM: the server's result.
+pub fn attest_once(
+    client: &Client,
+    spec: &VmSpec,
+    signer: &dyn Signer,
+    vm_name: &str,
+    paused: bool,
+) -> Result<AttestationResult, RunError> {
+    Ok(answer_challenge(client, spec, signer, vm_name, paused)?.result)
+}
+
+/// The chain a VM is rolled back from, verified against pinned keys.
+#[derive(Debug, Clone, Copy)]
+pub struct Rollback<'a> {
+    pub store: &'a Path,
+    pub keys: &'a [PublicKey],
+    pub secret: Option<&'a StoreSecret>,
+}
+
+/// Verifies the chain up to `seq` and rolls the VM back to it (`snapshot restore --vm`).
+pub fn roll_back(spec: &VmSpec, from: &Rollback<'_>, seq: u64) -> Result<RestoreReport, RunError> {
+    let store =
+        Store::open(from.store).map_err(|source| RunError::RollbackStore { seq, source })?;
+    let opts = ReplayOptions {
+        upto: Some(SeqNo(seq)),
+        keys: Some(from.keys),
+        secret: from.secret,
+        max_age: None,
+    };
+    vmattest_qemu::restore::restore(spec, &store, &opts)
+        .map_err(|source| RunError::Rollback { seq, source })
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct LoopOptions<'a> {
+    pub vm_name: &'a str,
+    /// Pause the guest while its memory is read.
+    pub paused: bool,
+    /// Between rounds; the policy's `schedule_secs` when `None`.
+    pub interval: Option<Duration>,
+    /// Stop after this many rounds (answered or failed).
+    pub count: Option<u64>,
+    /// Roll back when a result asks for it.
+    pub rollback: Option<Rollback<'a>>,
+}
+
+/// What happened in one round of [`run_loop`].
+#[derive(Debug)]
+pub enum Event {
+    Answered {
+        round: u64,
+        result: AttestationResult,
+    },
+    RolledBack {
+        round: u64,
+        seq: u64,
+        report: RestoreReport,
+    },
+    /// A result asked for a rollback, but the agent has no store to roll back from.
+    RollbackSkipped {
+        round: u64,
+        seq: u64,
+    },
+    Failed {
+        round: u64,
+        error: RunError,
+    },
+}
+
+/// Used between rounds until a policy has been seen.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Attests the VM every interval until `stop` is set or `count` rounds ran; a round that
+/// fails is reported and the loop goes on. Returns the number of rounds.
+pub fn run_loop(
+    client: &Client,
+    spec: &VmSpec,
+    signer: &dyn Signer,
+    opts: &LoopOptions<'_>,
+    stop: &AtomicBool,
+    on_event: &mut dyn FnMut(Event),
+) -> u64 {
+    let mut schedule = DEFAULT_INTERVAL;
+    let mut round = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        round += 1;
+        let started = Instant::now();
+        match answer_challenge(client, spec, signer, opts.vm_name, opts.paused) {
+            Ok(a) => {
+                schedule = Duration::from_secs(a.schedule_secs);
+                let rollback_seq = a.result.rollback_seq;
+                on_event(Event::Answered {
+                    round,
+                    result: a.result,
+                });
+                match (rollback_seq, &opts.rollback) {
+                    (Some(seq), Some(from)) => match roll_back(spec, from, seq) {
+                        Ok(report) => on_event(Event::RolledBack { round, seq, report }),
+                        Err(error) => on_event(Event::Failed { round, error }),
+                    },
+                    (Some(seq), None) => on_event(Event::RollbackSkipped { round, seq }),
+                    (None, _) => {}
+                }
+            }
+            Err(error) => on_event(Event::Failed { round, error }),
+        }
+        if opts.count.is_some_and(|n| round >= n) {
+            break;
+        }
+        let wait = opts.interval.unwrap_or(schedule);
+        while !stop.load(Ordering::SeqCst) && started.elapsed() < wait {
+            std::thread::sleep(
+                wait.saturating_sub(started.elapsed())
+                    .min(Duration::from_millis(100)),
+            );
+        }
+    }
+    round
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    const POLICY: &str = "name = \"p\"\n[[region]]\nname = \"a\"\nstart = 0\nlen = 0x2000\n";
+
+    fn challenge() -> Challenge {
+        let p = Policy::parse(POLICY, None).unwrap();
+        Challenge {
+            vm: "web1".into(),
+            nonce: "00112233445566778899aabbccddeeff".into(),
+            policy_id: p.id().to_hex(),
+            policy_toml: p.to_toml(),
+            subset: "all".into(),
+            expires: 0,
+        }
+    }
+
+    #[test]
+    fn a_challenge_is_checked() {
+        let (p, nonce) = check_challenge("web1", &challenge()).unwrap();
+        assert_eq!(p.name, "p");
+        assert_eq!(nonce.len(), 16);
+        assert_eq!(nonce[15], 0xff);
+        let mut c = challenge();
+        c.policy_id = "00".repeat(32);
+        let e = check_challenge("web1", &c).unwrap_err().to_string();
+        assert!(e.contains("policy id"), "{e}");
+        let e = check_challenge("web2", &challenge())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("vm"), "{e}");
+        let mut c = challenge();
+        c.nonce = "zz".into();
+        assert!(check_challenge("web1", &c).is_err());
+        let mut c = challenge();
+        c.policy_toml = "name = 1".into();
+        let e = check_challenge("web1", &c).unwrap_err().to_string();
+        assert!(e.contains("policy"), "{e}");
+    }
+}

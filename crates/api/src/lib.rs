@@ -1,0 +1,283 @@
+//! JSON bodies of the attestation server's HTTP API (docs/API.md), shared by the server, the
+//! agent and the command-line client. Digests, nonces and signed objects travel as lowercase
+//! hex; keys as PEM. Evidence and snapshot reports are posted as their canonical bytes
+//! (`application/octet-stream`), never re-encoded.
+
+use serde::{Deserialize, Serialize};
+
+pub const API_PREFIX: &str = "/v1";
+/// Largest request body the server reads.
+pub const MAX_BODY_BYTES: usize = 8 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Registers hosts, VMs, policies and baselines; issues tokens.
+    Admin,
+    /// Submits evidence and reports for the VMs of its own host.
+    Agent,
+    /// Reads results, alerts and reports.
+    Auditor,
+}
+
+/// Every error response: a stable machine-readable code and a one-line message.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: String,
+    pub error: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+    pub database: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NewToken {
+    pub role: Role,
+    /// The host an agent token acts for (required for agents, refused otherwise).
+    #[serde(default)]
+    pub host: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenIssued {
+    pub token: String,
+    pub role: Role,
+    pub host: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NewHost {
+    pub name: String,
+    /// The agent's evidence-signing public key (SPKI PEM).
+    pub public_key_pem: String,
+    /// Set when the key is TPM-resident and certified by the host's attestation key.
+    #[serde(default)]
+    pub tpm: Option<TpmBinding>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TpmBinding {
+    /// The host TPM's attestation key: its TPMT_PUBLIC, hex (as `tpm ak` writes it).
+    pub ak: String,
+    /// The certification `tpm keygen` wrote beside the public key.
+    pub certify: CertifyDoc,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Host {
+    pub name: String,
+    pub key_id: String,
+    pub tpm_backed: bool,
+    pub created: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NewPolicy {
+    /// A resolved policy (ranges only), as `vmattest policy resolve` prints it.
+    pub toml: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PolicyInfo {
+    pub id: String,
+    pub name: String,
+    pub toml: String,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertAction {
+    #[default]
+    None,
+    /// The agent rolls the VM back to the snapshot its golden baseline came from.
+    Rollback,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Webhook {
+    pub url: String,
+    /// HMAC-SHA256 key for the `X-Vmattest-Signature` header; at least 16 bytes.
+    pub secret: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NewVm {
+    pub name: String,
+    pub host: String,
+    pub policy_id: String,
+    pub approved_subsets: Vec<String>,
+    /// Scores below this raise an alert (0-100).
+    pub threshold: u8,
+    #[serde(default)]
+    pub webhook: Option<Webhook>,
+    #[serde(default)]
+    pub on_alert: AlertAction,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Vm {
+    pub name: String,
+    pub host: String,
+    pub policy_id: String,
+    pub approved_subsets: Vec<String>,
+    pub threshold: u8,
+    pub on_alert: AlertAction,
+    pub has_webhook: bool,
+    pub baseline: Option<BaselineInfo>,
+}
+
+/// Where a golden baseline came from: a verified snapshot link.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Provenance {
+    pub store_vm_id: String,
+    pub seq: u64,
+    pub link_digest: String,
+    pub state_root: String,
+    pub signer_key_ids: Vec<String>,
+    pub snapshot_time: u64,
+    pub component: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RegionPages {
+    pub name: String,
+    /// One hex page digest per page of the region, in address order.
+    pub pages: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NewBaseline {
+    pub policy_id: String,
+    pub regions: Vec<RegionPages>,
+    pub provenance: Provenance,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BaselineInfo {
+    pub id: i64,
+    pub policy_id: String,
+    pub provenance: Provenance,
+    pub created: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Challenge {
+    pub vm: String,
+    pub nonce: String,
+    pub policy_id: String,
+    /// The resolved policy, so that the agent needs nothing else.
+    pub policy_toml: String,
+    pub subset: String,
+    pub expires: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RegionResult {
+    pub name: String,
+    pub matched: bool,
+    pub weight: u32,
+    pub critical: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AttestationResult {
+    pub id: i64,
+    pub vm: String,
+    pub time: u64,
+    pub score: u8,
+    pub status: String,
+    /// AR4SI claims by their EAR names.
+    pub trust_vector: std::collections::BTreeMap<String, i8>,
+    pub regions: Vec<RegionResult>,
+    pub alert: bool,
+    /// Set when the VM's alert action asks the agent to roll back, to this seq.
+    pub rollback_seq: Option<u64>,
+    /// The EAR, a JWT signed by the server's key (see `GET /v1/ear-key`).
+    pub ear: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Alert {
+    pub id: i64,
+    pub vm: String,
+    pub result_id: i64,
+    pub time: u64,
+    pub score: u8,
+    pub status: String,
+    pub message: String,
+    pub webhook_delivered: bool,
+    pub webhook_attempts: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EarKey {
+    /// JOSE algorithm name (EdDSA or ES384).
+    pub alg: String,
+    pub kid: String,
+    /// SPKI PEM of the key that signs EARs and webhooks.
+    pub public_key_pem: String,
+    pub jwk: serde_json::Value,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReportReceipt {
+    pub id: i64,
+    pub vm: String,
+    pub seq: u64,
+    pub verdict: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StoredReport {
+    pub id: i64,
+    pub vm: String,
+    pub seq: u64,
+    pub verdict: String,
+    pub time: u64,
+    /// The signed report's canonical bytes, hex.
+    pub report: String,
+}
+
+pub const CERTIFY_FORMAT: &str = "vmattest-tpm-certify/1";
+
+/// The certification of a TPM signing key, as `tpm keygen` writes it: hex fields.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertifyDoc {
+    pub format: String,
+    /// The certified key's TPMT_PUBLIC.
+    pub key: String,
+    /// TPMS_ATTEST of TPM2_Certify.
+    pub attest: String,
+    /// The attestation key's ECDSA P-256 r || s.
+    pub signature: String,
+    pub nonce: String,
+    /// The TPM's endorsement key (ECC P-256, SEC1), recorded for the verifier's inventory.
+    pub ek: String,
+    /// The manufacturer's EK certificate (DER), when the TPM has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ek_certificate: Option<String>,
+}
+
+impl CertifyDoc {
+    /// The hex fields decoded: `(key, attest, signature, nonce)`; an error names the field.
+    pub fn decode(&self) -> Result<[Vec<u8>; 4], String> {
+        if self.format != CERTIFY_FORMAT {
+            return Err(format!(
+                "format {:?}, expected {CERTIFY_FORMAT:?}",
+                self.format
+            ));
+        }
+        let field = |name: &str, v: &str| hex::decode(v).map_err(|_| format!("{name} is not hex"));
+        Ok([
+            field("key", &self.key)?,
+            field("attest", &self.attest)?,
+            field("signature", &self.signature)?,
+            field("nonce", &self.nonce)?,
+        ])
+    }
+}

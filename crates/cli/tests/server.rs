@@ -1,0 +1,578 @@
+//! The attestation server as a real process over loopback HTTP, with SQLite and PostgreSQL:
+//! registration, appraisal against a golden baseline from a verified snapshot, EAR checked
+//! with a standard JWT library, alerts and webhooks, every refusal, roles, and restarts.
+//! Guest RAM is a plain file here; tests/runtime.rs attests a real QEMU guest.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::server::{Server, Webhook, http, json_of};
+use common::{vm_like, vmattest};
+use vmattest_agent::Client;
+use vmattest_agent::evidence::{Measured, evidence_bytes, sign};
+use vmattest_agent::run::check_challenge;
+use vmattest_api::{AttestationResult, NewHost, NewPolicy, NewToken, NewVm, Role, Webhook as Hook};
+use vmattest_core::attest::{Evidence, Policy};
+use vmattest_core::record::UnixTime;
+use vmattest_sign::{PublicKey, SecretKey, SigAlg, Signer};
+
+const PAGES: usize = 64;
+const POLICY: &str = r#"
+name = "file-guest"
+hash = "sha256"
+schedule_secs = 5
+
+[[region]]
+name = "code"
+start = 0x0
+len = 0x8000
+weight = 10
+critical = true
+kernel_code = true
+
+[[region]]
+name = "data"
+start = 0x10000
+len = 0x10000
+sample = 4
+
+[[subset]]
+id = "code"
+regions = ["code"]
+"#;
+const HOOK_SECRET: &str = "0123456789abcdef-hook";
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    dir: PathBuf,
+    ram: PathBuf,
+    host_key: SecretKey,
+    policy: Policy,
+    agent: Client,
+    auditor: Client,
+    admin: Client,
+    admin_token: String,
+    agent_token: String,
+    auditor_token: String,
+    hook: Webhook,
+}
+
+fn write_key(dir: &Path, name: &str) -> (SecretKey, PathBuf) {
+    let out = dir.join(name);
+    vmattest(["keygen", "--alg", "ed25519", "--out", out.to_str().unwrap()]).ok();
+    let key = vmattest_sign::keyfile::read_secret_key(&out).unwrap();
+    (key, out)
+}
+
+/// A store with one snapshot of `ram`, and everything registered on `server`.
+fn setup(server: &Server) -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let ram = dir.join("ram.img");
+    std::fs::write(&ram, vm_like(PAGES * 4096, 7)).unwrap();
+    let (host_key, _) = write_key(&dir, "host.key");
+    let (_, chain_key) = write_key(&dir, "chain.key");
+    let store = dir.join("store");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    vmattest([
+        "snapshot",
+        "init",
+        "--store",
+        &s(&store),
+        "--vm-id",
+        "file-guest",
+        "--alg",
+        "sha256",
+    ])
+    .ok();
+    vmattest([
+        "snapshot",
+        "take",
+        "--store",
+        &s(&store),
+        "--memory",
+        &format!("ram={}", s(&ram)),
+        "--key",
+        &s(&chain_key),
+    ])
+    .ok();
+    std::fs::write(dir.join("policy.toml"), POLICY).unwrap();
+    let resolved = vmattest([
+        "policy",
+        "resolve",
+        "--policy",
+        &s(&dir.join("policy.toml")),
+    ])
+    .ok();
+    std::fs::write(dir.join("resolved.toml"), &resolved.stdout).unwrap();
+    let policy = Policy::parse(&resolved.stdout, None).unwrap();
+
+    let admin_token = server.admin_token();
+    let admin = Client::new(&server.url(), Some(admin_token.clone())).unwrap();
+    let hook = Webhook::start();
+    admin
+        .add_host(&NewHost {
+            name: "host1".into(),
+            public_key_pem: host_key.public_key().to_pem(),
+            tpm: None,
+        })
+        .unwrap();
+    let p = admin
+        .add_policy(&NewPolicy {
+            toml: resolved.stdout.clone(),
+        })
+        .unwrap();
+    assert_eq!(p.id, policy.id().to_hex());
+    admin
+        .add_vm(&NewVm {
+            name: "vm1".into(),
+            host: "host1".into(),
+            policy_id: p.id.clone(),
+            approved_subsets: vec!["all".into()],
+            threshold: 90,
+            webhook: Some(Hook {
+                url: hook.url.clone(),
+                secret: HOOK_SECRET.into(),
+            }),
+            on_alert: Default::default(),
+        })
+        .unwrap();
+    // The baseline goes through the CLI: verified chain, rebuilt memory, page digests.
+    let token_file = dir.join("admin.token");
+    std::fs::write(&token_file, &admin_token).unwrap();
+    vmattest([
+        "remote",
+        "--server",
+        &server.url(),
+        "--token-file",
+        &s(&token_file),
+        "baseline",
+        "--vm",
+        "vm1",
+        "--store",
+        &s(&store),
+        "--seq",
+        "0",
+        "--policy",
+        &s(&dir.join("resolved.toml")),
+        "--pubkey",
+        &format!("{}.pub", s(&chain_key)),
+        "--component",
+        "ram",
+    ])
+    .ok();
+    let token = |role, host: Option<&str>| {
+        admin
+            .create_token(&NewToken {
+                role,
+                host: host.map(str::to_string),
+            })
+            .unwrap()
+            .token
+    };
+    let agent_token = token(Role::Agent, Some("host1"));
+    let auditor_token = token(Role::Auditor, None);
+    Fixture {
+        agent: Client::new(&server.url(), Some(agent_token.clone())).unwrap(),
+        auditor: Client::new(&server.url(), Some(auditor_token.clone())).unwrap(),
+        admin,
+        admin_token,
+        agent_token,
+        auditor_token,
+        _dir: tmp,
+        dir,
+        ram,
+        host_key,
+        policy,
+        hook,
+    }
+}
+
+/// Challenge, then evidence over the RAM file as it is now, signed by `key`.
+fn evidence_for(f: &Fixture, key: &dyn Signer) -> Vec<u8> {
+    let c = f.agent.challenge("vm1").unwrap();
+    let (policy, nonce) = check_challenge("vm1", &c).unwrap();
+    let ram = std::fs::read(&f.ram).unwrap();
+    let (regions, kernel_code) = vmattest_agent::measure(&ram, &policy, &c.subset, &nonce).unwrap();
+    evidence_bytes(
+        Measured {
+            vm: "vm1",
+            nonce: &nonce,
+            policy: &policy,
+            subset: &c.subset,
+            regions,
+            kernel_code,
+        },
+        key,
+    )
+    .unwrap()
+}
+
+fn refused(r: Result<AttestationResult, vmattest_agent::ClientError>, code: &str) -> String {
+    let e = r.expect_err("expected a refusal");
+    assert_eq!(e.code(), Some(code), "{e}");
+    e.to_string()
+}
+
+/// The EAR through `jsonwebtoken`, with the key the server publishes.
+fn check_ear(server: &Server, ear: &str) -> serde_json::Value {
+    let key = json_of(&http("GET", &format!("{}/v1/ear-key", server.url()), None, None).1);
+    let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(key["jwk"].clone()).unwrap();
+    let decoding = jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap();
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    v.required_spec_claims.clear();
+    v.validate_exp = false;
+    let data = jsonwebtoken::decode::<serde_json::Value>(ear, &decoding, &v).expect("EAR verifies");
+    assert_eq!(data.header.kid.as_deref(), key["kid"].as_str());
+    data.claims
+}
+
+fn flip_code_byte(ram: &Path) {
+    let mut bytes = std::fs::read(ram).unwrap();
+    bytes[3 * 4096 + 100] ^= 0x5a;
+    std::fs::write(ram, bytes).unwrap();
+}
+
+fn attestation_flow(server: &Server) {
+    let f = setup(server);
+    // A clean guest.
+    let r = f.agent.evidence(&evidence_for(&f, &f.host_key)).unwrap();
+    assert_eq!(
+        (r.score, r.status.as_str(), r.alert),
+        (100, "affirming", false),
+        "{r:?}"
+    );
+    let claims = check_ear(server, &r.ear);
+    let sub = &claims["submods"]["vm1"];
+    assert_eq!(sub["ear.status"], "affirming");
+    assert_eq!(sub["ear.trustworthiness-vector"]["executables"], 2);
+    assert_eq!(claims["eat_profile"], "tag:github.com,2023:veraison/ear");
+    assert_eq!(
+        sub["ear.appraisal-policy-id"],
+        format!("vmattest:policy:{}", f.policy.id())
+    );
+
+    // Replayed evidence.
+    let bytes = evidence_for(&f, &f.host_key);
+    f.agent.evidence(&bytes).unwrap();
+    let e = refused(f.agent.evidence(&bytes), "replayed_nonce");
+    assert!(e.contains("already used"), "{e}");
+    // Unknown key.
+    let other = SecretKey::generate(SigAlg::Ed25519).unwrap();
+    refused(f.agent.evidence(&evidence_for(&f, &other)), "unknown_key");
+    // Stale timestamp, and an unapproved subset, each on a fresh nonce.
+    for (code, subset, age) in [("stale", "all", 3600), ("unapproved_subset", "code", 0)] {
+        let c = f.agent.challenge("vm1").unwrap();
+        let (policy, nonce) = check_challenge("vm1", &c).unwrap();
+        let ram = std::fs::read(&f.ram).unwrap();
+        let (regions, kernel_code) =
+            vmattest_agent::measure(&ram, &policy, subset, &nonce).unwrap();
+        let now = vmattest_agent::evidence::now();
+        let ev = Evidence {
+            vm: "vm1".into(),
+            time: UnixTime {
+                secs: now.secs - age,
+                nanos: 0,
+            },
+            nonce,
+            alg: policy.alg,
+            policy_id: policy.id(),
+            subset: subset.into(),
+            regions,
+            kernel_code,
+            agent_version: "test".into(),
+            key_ids: vec![f.host_key.key_id()],
+        };
+        let bytes = sign(ev, &f.host_key).unwrap().encode().unwrap();
+        refused(f.agent.evidence(&bytes), code);
+    }
+    // Garbage and wrong roles.
+    refused(f.agent.evidence(b"not evidence"), "malformed");
+    let (status, body) = http(
+        "POST",
+        &format!("{}/v1/evidence", server.url()),
+        Some(&f.auditor_token),
+        Some(("application/octet-stream", evidence_for(&f, &f.host_key))),
+    );
+    assert_eq!(status, 403, "{body}");
+
+    // Kernel code changed: contraindicated, alert, signed webhook.
+    flip_code_byte(&f.ram);
+    let r = f.agent.evidence(&evidence_for(&f, &f.host_key)).unwrap();
+    assert_eq!(
+        (r.score, r.status.as_str(), r.alert),
+        (0, "contraindicated", true),
+        "{r:?}"
+    );
+    assert_eq!(r.trust_vector["executables"], 96);
+    let claims = check_ear(server, &r.ear);
+    assert_eq!(claims["submods"]["vm1"]["ear.status"], "contraindicated");
+    let (headers, body) = f.hook.wait_for(1, Duration::from_secs(20));
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap()
+    };
+    // HMAC oracle: Python's hmac module.
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import hmac,hashlib,sys; print(hmac.new(sys.argv[1].encode(), sys.stdin.buffer.read(), hashlib.sha256).hexdigest())",
+            HOOK_SECRET,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write as _;
+            c.stdin.take().unwrap().write_all(&body)?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    let want = format!("sha256={}", String::from_utf8_lossy(&out.stdout).trim());
+    assert_eq!(header("x-vmattest-signature"), want);
+    let ear_pem = json_of(&http("GET", &format!("{}/v1/ear-key", server.url()), None, None).1)
+        ["public_key_pem"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pk = PublicKey::from_pem(&ear_pem).unwrap();
+    let mut msg = b"vmattest webhook v1\0".to_vec();
+    msg.extend_from_slice(&body);
+    use base64::Engine as _;
+    let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header("x-vmattest-server-signature"))
+        .unwrap();
+    pk.verify(&msg, &sig)
+        .expect("server signature over the webhook body");
+    let hook: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(hook["alert"]["vm"], "vm1");
+    assert_eq!(hook["ear"], serde_json::Value::String(r.ear.clone()));
+    // The auditor sees results and the delivered alert.
+    let results = f.auditor.results("vm1", Some(100)).unwrap();
+    assert_eq!(results.len(), 3);
+    assert_eq!(results[0].id, r.id);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let alerts = f.auditor.alerts(Some("vm1")).unwrap();
+        assert_eq!(alerts.len(), 1);
+        if alerts[0].webhook_delivered {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "alert never marked delivered"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let metrics = f.auditor.metrics().unwrap();
+    assert!(
+        metrics.contains("vmattest_evidence_total{status=\"contraindicated\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("vmattest_evidence_refused_total{code=\"replayed_nonce\"} 1"),
+        "{metrics}"
+    );
+    let _ = (&f.admin, &f.admin_token, &f.agent_token, &f.dir);
+}
+
+#[test]
+fn attestation_flow_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("state"), None);
+    attestation_flow(&server);
+}
+
+#[test]
+fn attestation_flow_on_postgres() {
+    let pg = vmattest_testkit::Postgres::start()
+        .expect("PostgreSQL (scripts/install-deps.sh installs it)");
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("state"), Some(&pg.url()));
+    attestation_flow(&server);
+}
+
+/// A nonce issued before a crash is still good after it; results and alerts survive.
+fn restart_loses_nothing(state: &Path, db: Option<&str>) {
+    let mut server = Server::start(state, db);
+    let f = setup(&server);
+    let first = f.agent.evidence(&evidence_for(&f, &f.host_key)).unwrap();
+    flip_code_byte(&f.ram);
+    let alerted = f.agent.evidence(&evidence_for(&f, &f.host_key)).unwrap();
+    assert!(alerted.alert);
+    // Challenge, then SIGKILL the server before the evidence arrives.
+    let pending = evidence_for_pending(&f);
+    server.kill();
+    let server = Server::start(state, db);
+    let agent = Client::new(&server.url(), Some(f.agent_token.clone())).unwrap();
+    let auditor = Client::new(&server.url(), Some(f.auditor_token.clone())).unwrap();
+    let after = agent.evidence(&pending).unwrap();
+    assert_eq!(after.status, "contraindicated");
+    let ids: Vec<i64> = auditor
+        .results("vm1", Some(10))
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids, vec![after.id, alerted.id, first.id]);
+    let alerts = auditor.alerts(Some("vm1")).unwrap();
+    assert_eq!(alerts.len(), 2, "{alerts:?}");
+    // A replay after the restart is still named as one.
+    refused(agent.evidence(&pending), "replayed_nonce");
+}
+
+/// Evidence for a challenge issued now, to be posted later.
+fn evidence_for_pending(f: &Fixture) -> Vec<u8> {
+    evidence_for(f, &f.host_key)
+}
+
+#[test]
+fn restart_mid_run_loses_nothing_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    restart_loses_nothing(&dir.path().join("state"), None);
+}
+
+#[test]
+fn restart_mid_run_loses_nothing_on_postgres() {
+    let pg = vmattest_testkit::Postgres::start().expect("PostgreSQL");
+    let dir = tempfile::tempdir().unwrap();
+    restart_loses_nothing(&dir.path().join("state"), Some(&pg.url()));
+}
+
+/// Every endpoint: 401 without a token or with an unknown one, 403 for a role it refuses.
+#[test]
+fn every_endpoint_checks_token_and_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("state"), None);
+    let f = setup(&server);
+    // A second host and its agent, which may not act for vm1.
+    f.admin
+        .add_host(&NewHost {
+            name: "host2".into(),
+            public_key_pem: SecretKey::generate(SigAlg::Ed25519)
+                .unwrap()
+                .public_key()
+                .to_pem(),
+            tpm: None,
+        })
+        .unwrap();
+    let other_agent = f
+        .admin
+        .create_token(&NewToken {
+            role: Role::Agent,
+            host: Some("host2".into()),
+        })
+        .unwrap()
+        .token;
+    let pid = f.policy.id().to_hex();
+    let json = |v: serde_json::Value| Some(("application/json", v.to_string().into_bytes()));
+    let octets = || Some(("application/octet-stream", b"x".to_vec()));
+    // (method, path, body, roles that get 403)
+    type Case<'a> = (&'a str, String, Option<(&'a str, Vec<u8>)>, Vec<&'a str>);
+    let cases: Vec<Case<'_>> = vec![
+        ("GET", "/metrics".into(), None, vec![&f.agent_token]),
+        (
+            "POST",
+            "/v1/tokens".into(),
+            json(serde_json::json!({"role": "auditor"})),
+            vec![&f.agent_token, &f.auditor_token],
+        ),
+        (
+            "POST",
+            "/v1/hosts".into(),
+            json(serde_json::json!({"name": "h", "public_key_pem": ""})),
+            vec![&f.agent_token, &f.auditor_token],
+        ),
+        ("GET", "/v1/hosts".into(), None, vec![&f.agent_token]),
+        (
+            "POST",
+            "/v1/policies".into(),
+            json(serde_json::json!({"toml": POLICY})),
+            vec![&f.agent_token, &f.auditor_token],
+        ),
+        ("GET", format!("/v1/policies/{pid}"), None, vec![]),
+        (
+            "POST",
+            "/v1/vms".into(),
+            json(
+                serde_json::json!({"name": "x", "host": "host1", "policy_id": pid, "approved_subsets": ["all"], "threshold": 1}),
+            ),
+            vec![&f.agent_token, &f.auditor_token],
+        ),
+        ("GET", "/v1/vms/vm1".into(), None, vec![&other_agent]),
+        (
+            "POST",
+            "/v1/vms/vm1/baseline".into(),
+            json(serde_json::json!({})),
+            vec![&f.agent_token, &f.auditor_token],
+        ),
+        (
+            "POST",
+            "/v1/vms/vm1/challenge".into(),
+            None,
+            vec![&f.auditor_token, &other_agent],
+        ),
+        (
+            "POST",
+            "/v1/evidence".into(),
+            octets(),
+            vec![&f.admin_token, &f.auditor_token],
+        ),
+        (
+            "GET",
+            "/v1/vms/vm1/results".into(),
+            None,
+            vec![&f.agent_token],
+        ),
+        ("GET", "/v1/results/1".into(), None, vec![&f.agent_token]),
+        ("GET", "/v1/alerts".into(), None, vec![&f.agent_token]),
+        (
+            "POST",
+            "/v1/vms/vm1/reports".into(),
+            octets(),
+            vec![&f.admin_token, &f.auditor_token, &other_agent],
+        ),
+        (
+            "GET",
+            "/v1/vms/vm1/reports".into(),
+            None,
+            vec![&f.agent_token],
+        ),
+    ];
+    let documented = vmattest_server::openapi::ROUTES.len() - 3; // less the public ones
+    assert_eq!(cases.len(), documented, "every protected route is covered");
+    for (method, path, body, forbidden) in cases {
+        let url = format!("{}{path}", server.url());
+        let (s, b) = http(method, &url, None, body.clone());
+        assert_eq!(s, 401, "{method} {path} without a token: {b}");
+        assert_eq!(json_of(&b)["code"], "unauthorized");
+        let (s, _) = http(method, &url, Some("vmat_0000"), body.clone());
+        assert_eq!(s, 401, "{method} {path} with an unknown token");
+        for token in forbidden {
+            let (s, b) = http(method, &url, Some(token), body.clone());
+            assert_eq!(s, 403, "{method} {path}: {b}");
+            assert_eq!(json_of(&b)["code"], "forbidden");
+        }
+    }
+    for public in ["/v1/health", "/v1/openapi.json", "/v1/ear-key"] {
+        let (s, _) = http("GET", &format!("{}{public}", server.url()), None, None);
+        assert_eq!(s, 200, "{public}");
+    }
+    let doc = json_of(
+        &http(
+            "GET",
+            &format!("{}/v1/openapi.json", server.url()),
+            None,
+            None,
+        )
+        .1,
+    );
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert!(doc["paths"]["/v1/evidence"]["post"].is_object());
+}

@@ -1,0 +1,272 @@
+//! The simulated VM every agent attests: a one-region policy over four deterministic fake RAM
+//! pages, its golden baseline, and signed evidence for a challenge.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use vmattest_api::{Provenance, RegionPages};
+use vmattest_core::alg::{Digest, HashAlg, PAGE_SIZE, PageIndex};
+use vmattest_core::attest::{
+    Evidence, Policy, RegionDigest, SignedEvidence, page_digest, region_digest, sample_pages,
+};
+use vmattest_core::record::{SignatureEntry, UnixTime};
+use vmattest_sign::{SecretKey, Signer};
+
+/// The policy's only region.
+pub const REGION: &str = "kernel-rodata";
+/// Pages of the region (and of the fake RAM).
+pub const REGION_PAGES: u64 = 4;
+const REGION_START: u64 = 0x0100_0000;
+pub const AGENT_VERSION: &str = concat!("vmattest-loadgen/", env!("CARGO_PKG_VERSION"));
+
+/// The resolved policy the benchmark registers: one region of 4 pages, every page hashed
+/// (`sample = 0`) with SHA-256.
+pub fn policy(name: &str) -> Result<Policy, String> {
+    let text = format!(
+        "name = {name:?}\nhash = \"sha256\"\nschedule_secs = 60\n\n[[region]]\nname = {REGION:?}\n\
+         start = {REGION_START:#x}\nlen = {:#x}\nweight = 10\ncritical = true\nsample = 0\n",
+        REGION_PAGES * PAGE_SIZE as u64
+    );
+    Policy::parse(&text, None).map_err(|e| format!("benchmark policy: {e}"))
+}
+
+/// Page `index` of region `region` of the fake RAM: the same bytes on every run.
+pub fn fake_page(region: &str, index: u64) -> Vec<u8> {
+    let seed = HashAlg::Sha256.hash(&[
+        b"vmattest-loadgen page\0",
+        region.as_bytes(),
+        &index.to_be_bytes(),
+    ]);
+    let seed = seed.as_bytes();
+    (0..PAGE_SIZE)
+        .map(|i| seed[i % seed.len()] ^ (i / seed.len()).to_le_bytes()[0])
+        .collect()
+}
+
+/// A VM whose memory never changes: its page digests are computed once.
+#[derive(Clone, Debug)]
+pub struct FakeVm {
+    policy: Policy,
+    /// Per policy region, in policy order: one digest per page.
+    pages: Vec<Vec<Digest>>,
+}
+
+impl FakeVm {
+    pub fn new(policy: Policy) -> FakeVm {
+        let pages = policy
+            .regions
+            .iter()
+            .map(|r| {
+                (0..r.pages)
+                    .map(|i| page_digest(policy.alg, &fake_page(&r.name, i)))
+                    .collect()
+            })
+            .collect();
+        FakeVm { policy, pages }
+    }
+
+    #[cfg(test)]
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The golden baseline: every page digest of every region.
+    pub fn baseline_regions(&self) -> Vec<RegionPages> {
+        self.policy
+            .regions
+            .iter()
+            .zip(&self.pages)
+            .map(|(r, pages)| RegionPages {
+                name: r.name.clone(),
+                pages: pages.iter().map(Digest::to_hex).collect(),
+            })
+            .collect()
+    }
+
+    /// Plausible provenance for the baseline of `vm`: a snapshot link at seq 1.
+    pub fn provenance(&self, vm: &str, signer: &SecretKey) -> Provenance {
+        let h = |what: &str| {
+            HashAlg::Sha256
+                .hash(&[
+                    b"vmattest-loadgen provenance\0",
+                    what.as_bytes(),
+                    vm.as_bytes(),
+                ])
+                .to_hex()
+        };
+        Provenance {
+            store_vm_id: h("store"),
+            seq: 1,
+            link_digest: h("link"),
+            state_root: h("state"),
+            signer_key_ids: vec![signer.key_id().to_hex()],
+            snapshot_time: now().secs,
+            component: "ram".into(),
+        }
+    }
+
+    /// Evidence for a challenge's nonce and subset, measured now and naming `key`.
+    pub fn evidence(
+        &self,
+        vm: &str,
+        nonce: &[u8],
+        subset: &str,
+        key: &SecretKey,
+        time: UnixTime,
+    ) -> Result<Evidence, String> {
+        let sub = self
+            .policy
+            .subset(subset)
+            .ok_or_else(|| format!("the challenge names subset {subset:?}, not in the policy"))?;
+        let mut regions = Vec::with_capacity(sub.regions.len());
+        for name in &sub.regions {
+            let (i, region) = self
+                .policy
+                .regions
+                .iter()
+                .enumerate()
+                .find(|(_, r)| &r.name == name)
+                .ok_or_else(|| format!("subset {subset} names unknown region {name}"))?;
+            let picked: Vec<(PageIndex, Digest)> = sample_pages(nonce, region)
+                .into_iter()
+                .filter_map(|p| {
+                    let d = self.pages[i].get(usize::try_from(p.0).ok()?)?;
+                    Some((p, *d))
+                })
+                .collect();
+            regions.push(RegionDigest {
+                name: name.clone(),
+                pages: picked.len() as u64,
+                digest: region_digest(self.policy.alg, name, &picked),
+            });
+        }
+        Ok(Evidence {
+            vm: vm.to_string(),
+            time,
+            nonce: nonce.to_vec(),
+            alg: self.policy.alg,
+            policy_id: self.policy.id(),
+            subset: subset.to_string(),
+            regions,
+            kernel_code: None,
+            agent_version: AGENT_VERSION.into(),
+            key_ids: vec![key.key_id()],
+        })
+    }
+}
+
+/// The evidence's canonical signed bytes, as posted to `/v1/evidence`.
+pub fn sign(evidence: Evidence, key: &SecretKey) -> Result<Vec<u8>, String> {
+    let mut signed = SignedEvidence::new(evidence).map_err(|e| format!("evidence: {e}"))?;
+    let signature = key
+        .sign(&signed.message())
+        .map_err(|e| format!("sign evidence: {e}"))?;
+    signed.signatures.push(SignatureEntry {
+        alg: key.alg(),
+        key_id: key.key_id(),
+        signature,
+    });
+    signed.encode().map_err(|e| format!("encode evidence: {e}"))
+}
+
+pub fn now() -> UnixTime {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    UnixTime {
+        secs: d.as_secs(),
+        nanos: d.subsec_nanos(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::cast_possible_truncation
+    )]
+
+    use super::*;
+    use vmattest_core::record::Signed;
+    use vmattest_sign::SigAlg;
+    use vmattest_sign::record::verify_signed;
+
+    #[test]
+    fn policy_is_resolved_and_round_trips() {
+        let p = policy("loadgen-test").unwrap();
+        assert_eq!(p.regions.len(), 1);
+        assert_eq!(p.regions[0].pages, REGION_PAGES);
+        assert_eq!(p.regions[0].sample, 0);
+        assert_eq!(p.alg, HashAlg::Sha256);
+        assert!(p.subset("all").is_some());
+        let again = Policy::parse(&p.to_toml(), None).unwrap();
+        assert_eq!(again, p);
+        assert_eq!(again.id(), p.id());
+    }
+
+    #[test]
+    fn fake_pages_are_deterministic_and_distinct() {
+        assert_eq!(fake_page(REGION, 0), fake_page(REGION, 0));
+        assert_ne!(fake_page(REGION, 0), fake_page(REGION, 1));
+        assert_eq!(fake_page(REGION, 3).len(), PAGE_SIZE);
+    }
+
+    #[test]
+    fn evidence_signs_verifies_and_matches_the_baseline() {
+        let vm = FakeVm::new(policy("loadgen-test").unwrap());
+        let key = SecretKey::generate(SigAlg::Ed25519).unwrap();
+        let nonce = [7u8; 32];
+        let ev = vm.evidence("vm-1", &nonce, "all", &key, now()).unwrap();
+        let bytes = sign(ev.clone(), &key).unwrap();
+
+        let decoded = Signed::<Evidence>::decode(&bytes).unwrap();
+        assert_eq!(decoded.value(), &ev);
+        verify_signed(&decoded, &[key.public_key()]).unwrap();
+        let other = SecretKey::generate(SigAlg::Ed25519).unwrap();
+        assert!(verify_signed(&decoded, &[other.public_key()]).is_err());
+
+        // What a server recomputes from the baseline's page digests.
+        let baseline = vm.baseline_regions();
+        assert_eq!(baseline.len(), 1);
+        assert_eq!(baseline[0].pages.len(), REGION_PAGES as usize);
+        let region = &vm.policy().regions[0];
+        let pages: Vec<(PageIndex, Digest)> = sample_pages(&nonce, region)
+            .into_iter()
+            .map(|p| {
+                let hex = &baseline[0].pages[p.0 as usize];
+                (
+                    p,
+                    Digest::new(HashAlg::Sha256, &hex::decode(hex).unwrap()).unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(pages.len(), REGION_PAGES as usize);
+        assert_eq!(
+            ev.regions[0].digest,
+            region_digest(HashAlg::Sha256, REGION, &pages)
+        );
+        assert_eq!(ev.regions[0].pages, REGION_PAGES);
+        assert_eq!(ev.policy_id, vm.policy().id());
+        assert_eq!(ev.key_ids, vec![key.key_id()]);
+    }
+
+    #[test]
+    fn unknown_subset_is_refused() {
+        let vm = FakeVm::new(policy("loadgen-test").unwrap());
+        let key = SecretKey::generate(SigAlg::Ed25519).unwrap();
+        assert!(vm.evidence("vm-1", &[1; 16], "nope", &key, now()).is_err());
+    }
+
+    #[test]
+    fn provenance_is_hex() {
+        let vm = FakeVm::new(policy("loadgen-test").unwrap());
+        let key = SecretKey::generate(SigAlg::Ed25519).unwrap();
+        let p = vm.provenance("vm-1", &key);
+        for h in [&p.store_vm_id, &p.link_digest, &p.state_root] {
+            assert_eq!(h.len(), 64);
+            assert!(hex::decode(h).is_ok());
+        }
+        assert_eq!(p.signer_key_ids, vec![key.key_id().to_hex()]);
+    }
+}

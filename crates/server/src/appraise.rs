@@ -1,0 +1,340 @@
+//! Evidence appraisal: every check of docs/API.md in order, then the comparison with the
+//! golden baseline, the EAR, and one group-committed write that consumes the nonce.
+
+use std::time::Instant;
+
+use axum::http::StatusCode;
+use vmattest_api::{AlertAction, AttestationResult, RegionResult, Role};
+use vmattest_core::alg::{Digest, PageIndex};
+use vmattest_core::attest::{
+    Evidence, RegionOutcome, SignedEvidence, appraise, region_digest, sample_pages,
+};
+use vmattest_sign::record::{RecordSigError, verify_signed};
+
+use crate::auth::Caller;
+use crate::db::{Commit, EvidenceCommit, NonceOutcome};
+use crate::ear::EarClaims;
+use crate::error::ApiError;
+use crate::state::{AppState, Baseline, VmEntry, now_secs};
+
+fn check_signature(signed: &SignedEvidence, vm: &VmEntry) -> Result<(), ApiError> {
+    if signed.signatures.len() != 1 {
+        return Err(ApiError::bad(
+            "bad_signature",
+            format!("expected one signature, found {}", signed.signatures.len()),
+        ));
+    }
+    verify_signed(signed, std::slice::from_ref(&vm.host_key)).map_err(|e| match e {
+        RecordSigError::UnknownSigner { key_id, .. } => ApiError::bad(
+            "unknown_key",
+            format!(
+                "evidence signed by key {key_id}, which is not the key registered for host {}",
+                vm.row.host
+            ),
+        ),
+        other => ApiError::bad("bad_signature", other.to_string()),
+    })
+}
+
+fn check_claims(ev: &Evidence, vm: &VmEntry, now: i64, window: i64) -> Result<(), ApiError> {
+    let time = i64::try_from(ev.time.secs).unwrap_or(i64::MAX);
+    if (time - now).abs() > window {
+        return Err(ApiError::bad(
+            "stale",
+            format!(
+                "evidence time {time} is {}s from the server's clock {now}; the window is {window}s",
+                time - now
+            ),
+        ));
+    }
+    let policy_id = vm.policy.id().to_hex();
+    if ev.policy_id.to_hex() != policy_id {
+        return Err(ApiError::bad(
+            "policy_mismatch",
+            format!(
+                "evidence names policy {}, expected {policy_id}",
+                ev.policy_id
+            ),
+        ));
+    }
+    if !vm.row.subsets.contains(&ev.subset) || vm.policy.subset(&ev.subset).is_none() {
+        return Err(ApiError::bad(
+            "unapproved_subset",
+            format!(
+                "subset {:?} is not approved for VM {}; approved: {}",
+                ev.subset,
+                vm.row.name,
+                vm.row.subsets.join(", ")
+            ),
+        ));
+    }
+    if ev.alg != vm.policy.alg {
+        return Err(ApiError::bad(
+            "algorithm",
+            format!(
+                "evidence uses {}, the policy allows {}",
+                ev.alg, vm.policy.alg
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Compares each region with the baseline; returns the outcome of every region considered.
+fn compare(ev: &Evidence, vm: &VmEntry, base: &Baseline) -> Result<Vec<RegionOutcome>, ApiError> {
+    let subset = vm
+        .policy
+        .subset(&ev.subset)
+        .ok_or_else(|| ApiError::bad("unapproved_subset", "unknown subset"))?;
+    let names: Vec<&str> = ev.regions.iter().map(|r| r.name.as_str()).collect();
+    if names
+        != subset
+            .regions
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+    {
+        return Err(ApiError::bad(
+            "regions",
+            format!(
+                "evidence has regions [{}], subset {} has [{}]",
+                names.join(", "),
+                subset.id,
+                subset.regions.join(", ")
+            ),
+        ));
+    }
+    let mut outcomes = Vec::with_capacity(ev.regions.len() + 1);
+    for got in &ev.regions {
+        let Some(region) = vm.policy.region(&got.name) else {
+            return Err(ApiError::bad(
+                "regions",
+                format!("unknown region {}", got.name),
+            ));
+        };
+        let pages = sample_pages(&ev.nonce, region);
+        if got.pages != pages.len() as u64 {
+            return Err(ApiError::bad(
+                "regions",
+                format!(
+                    "region {} covers {} pages, expected {}",
+                    got.name,
+                    got.pages,
+                    pages.len()
+                ),
+            ));
+        }
+        let base_pages = base
+            .pages
+            .get(&region.name)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let expected = if pages.len() as u64 == region.pages {
+            base.full.get(&region.name).copied()
+        } else {
+            let entries: Option<Vec<(PageIndex, Digest)>> = pages
+                .iter()
+                .map(|p| {
+                    usize::try_from(p.0)
+                        .ok()
+                        .and_then(|i| base_pages.get(i))
+                        .map(|d| (*p, *d))
+                })
+                .collect();
+            entries.map(|e| region_digest(vm.policy.alg, &region.name, &e))
+        };
+        outcomes.push(RegionOutcome {
+            name: region.name.clone(),
+            weight: region.weight,
+            critical: region.critical,
+            kernel_code: region.kernel_code,
+            matched: expected.is_some_and(|d| d.ct_eq(&got.digest)),
+        });
+    }
+    // Kernel code is judged in full whatever the subset samples.
+    if let Some(kc) = vm.policy.regions.iter().find(|r| r.kernel_code) {
+        let matched = match (&ev.kernel_code, base.full.get(&kc.name)) {
+            (Some(got), Some(want)) => got.ct_eq(want),
+            _ => false,
+        };
+        match outcomes.iter_mut().find(|o| o.name == kc.name) {
+            Some(o) => o.matched &= matched,
+            None => outcomes.push(RegionOutcome {
+                name: kc.name.clone(),
+                weight: kc.weight,
+                critical: kc.critical,
+                kernel_code: true,
+                matched,
+            }),
+        }
+    }
+    Ok(outcomes)
+}
+
+async fn explain_refusal(state: &AppState, ev: &Evidence, now: i64) -> ApiError {
+    let hex = hex::encode(&ev.nonce);
+    match state.db.nonce(&ev.nonce).await {
+        Ok(None) => ApiError::bad(
+            "unknown_nonce",
+            format!("nonce {hex} was never issued (or has been purged)"),
+        ),
+        Ok(Some((vm, _, _))) if vm != ev.vm => ApiError::bad(
+            "unknown_nonce",
+            format!("nonce {hex} was issued for VM {vm}, not {}", ev.vm),
+        ),
+        Ok(Some((_, _, true))) => ApiError::bad(
+            "replayed_nonce",
+            format!("nonce {hex} was already used: evidence is accepted once"),
+        ),
+        Ok(Some((_, expires, false))) if expires < now => ApiError::bad(
+            "expired_nonce",
+            format!("nonce {hex} expired at {expires}, {}s ago", now - expires),
+        ),
+        Ok(Some(_)) => ApiError::bad(
+            "unknown_nonce",
+            format!(
+                "nonce {hex} was issued for another subset than {}",
+                ev.subset
+            ),
+        ),
+        Err(e) => e.into(),
+    }
+}
+
+pub async fn submit(
+    state: &AppState,
+    caller: &Caller,
+    body: &[u8],
+) -> Result<AttestationResult, ApiError> {
+    let started = Instant::now();
+    let out = submit_inner(state, caller, body).await;
+    state.metrics.evidence(&out, started.elapsed());
+    out
+}
+
+async fn submit_inner(
+    state: &AppState,
+    caller: &Caller,
+    body: &[u8],
+) -> Result<AttestationResult, ApiError> {
+    caller.require(&[Role::Agent])?;
+    let signed = SignedEvidence::decode(body)
+        .map_err(|e| ApiError::bad("malformed", format!("evidence: {e}")))?;
+    let ev = signed.value();
+    let vm = state.vm(&ev.vm).await.map_err(|e| {
+        if e.status == StatusCode::NOT_FOUND {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_vm",
+                format!("VM {} is not registered", ev.vm),
+            )
+        } else {
+            e
+        }
+    })?;
+    caller.require_host(&vm.row.host, &vm.row.name)?;
+    check_signature(&signed, &vm)?;
+    let now = now_secs();
+    check_claims(ev, &vm, now, state.settings.window_secs)?;
+    let base = vm.baseline.as_ref().ok_or_else(|| {
+        ApiError::conflict(
+            "no_baseline",
+            format!("VM {} has no golden baseline for its policy", vm.row.name),
+        )
+    })?;
+    let outcomes = compare(ev, &vm, base)?;
+    let appraisal = appraise(&outcomes, vm.tpm_backed);
+    let regions: Vec<(String, bool)> = outcomes
+        .iter()
+        .map(|o| (o.name.clone(), o.matched))
+        .collect();
+    let policy_id = vm.policy.id().to_hex();
+    let ear = state.ear.ear(&EarClaims {
+        vm: &ev.vm,
+        iat: now,
+        nonce: &ev.nonce,
+        policy_id: &policy_id,
+        subset: &ev.subset,
+        appraisal: &appraisal,
+        regions: &regions,
+        baseline_id: base.id,
+    })?;
+    let alert = appraisal.score < vm.row.threshold;
+    let mut result = AttestationResult {
+        id: 0,
+        vm: ev.vm.clone(),
+        time: u64::try_from(now).unwrap_or(0),
+        score: appraisal.score,
+        status: appraisal.status.name().to_string(),
+        trust_vector: appraisal
+            .vector
+            .claims()
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), *v))
+            .collect(),
+        regions: outcomes
+            .iter()
+            .map(|o| RegionResult {
+                name: o.name.clone(),
+                matched: o.matched,
+                weight: o.weight,
+                critical: o.critical,
+            })
+            .collect(),
+        alert,
+        rollback_seq: (alert && vm.on_alert == AlertAction::Rollback)
+            .then_some(base.provenance.seq),
+        ear,
+    };
+    let message = alert.then(|| {
+        let failed: Vec<&str> = outcomes
+            .iter()
+            .filter(|o| !o.matched)
+            .map(|o| o.name.as_str())
+            .collect();
+        format!(
+            "VM {} scored {} (threshold {}), status {}; regions differing: {}",
+            ev.vm,
+            appraisal.score,
+            vm.row.threshold,
+            appraisal.status,
+            if failed.is_empty() {
+                "none".to_string()
+            } else {
+                failed.join(", ")
+            }
+        )
+    });
+    let body_json = serde_json::to_string(&result)
+        .map_err(|e| ApiError::from(crate::error::ServerError::Corrupt(e.to_string())))?;
+    let outcome = state
+        .writer
+        .submit(Commit::Evidence(Box::new(EvidenceCommit {
+            nonce: ev.nonce.clone(),
+            vm: ev.vm.clone(),
+            subset: ev.subset.clone(),
+            now,
+            time: i64::try_from(ev.time.secs).unwrap_or(i64::MAX),
+            score: i64::from(appraisal.score),
+            status: appraisal.status.name().to_string(),
+            body: body_json,
+            evidence: body.to_vec(),
+            alert: message.clone().map(|m| (m, vm.row.webhook_url.is_some())),
+        })))
+        .await?;
+    match outcome {
+        NonceOutcome::Stored {
+            result_id,
+            alert_id,
+        } => {
+            result.id = result_id;
+            if let (Some(alert_id), Some(message)) = (alert_id, message) {
+                tracing::warn!(vm = %ev.vm, alert_id, result_id, score = appraisal.score, status = %appraisal.status, "{message}");
+                state.metrics.alert();
+                state.webhook_wake.notify_one();
+            }
+            Ok(result)
+        }
+        _ => Err(explain_refusal(state, ev, now).await),
+    }
+}

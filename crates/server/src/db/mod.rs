@@ -1,0 +1,511 @@
+//! Storage over sqlx's `Any` driver: SQLite in a file (the default) or PostgreSQL by URL.
+//!
+//! Queries use `$N` placeholders and only BIGINT, TEXT and BLOB/BYTEA columns, which both
+//! backends read the same way. Each backend has its own versioned migrations.
+
+mod writer;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{AnyPool, Executor, Row};
+
+pub use writer::{Commit, EvidenceCommit, NonceOutcome, Writer};
+
+use crate::error::ServerError;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Db {
+    pub pool: AnyPool,
+    pub backend: Backend,
+}
+
+/// A URL with any password replaced, for logs and errors.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl Db {
+    pub async fn connect(url: &str) -> Result<Db, ServerError> {
+        install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            return Err(ServerError::DbUrl(redact(url)));
+        };
+        let connect_err = |source| ServerError::Connect {
+            url: redact(url),
+            source: Box::new(source),
+        };
+        let url = match backend {
+            Backend::Sqlite if !url.contains("mode=") => {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{sep}mode=rwc")
+            }
+            _ => url.to_string(),
+        };
+        let opts = sqlx::any::AnyConnectOptions::from_str(&url).map_err(connect_err)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(match backend {
+                Backend::Sqlite => 4,
+                Backend::Postgres => 8,
+            })
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL lets readers run beside the writer; FULL makes every
+                        // acknowledged commit durable.
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = FULL").await?;
+                        conn.execute("PRAGMA busy_timeout = 10000").await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(opts)
+            .await
+            .map_err(connect_err)?;
+        match backend {
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
+        }
+        Ok(Db { pool, backend })
+    }
+
+    pub async fn count_tokens(&self) -> Result<i64, ServerError> {
+        let row = sqlx::query("SELECT COUNT(*) FROM tokens")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    pub async fn insert_token(
+        &self,
+        hash: &[u8],
+        role: &str,
+        host: Option<&str>,
+        now: i64,
+    ) -> Result<(), ServerError> {
+        sqlx::query("INSERT INTO tokens (hash, role, host, created) VALUES ($1, $2, $3, $4)")
+            .bind(hash.to_vec())
+            .bind(role.to_string())
+            .bind(host.map(str::to_string))
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn find_token(
+        &self,
+        hash: &[u8],
+    ) -> Result<Option<(String, Option<String>)>, ServerError> {
+        let row = sqlx::query("SELECT role, host FROM tokens WHERE hash = $1")
+            .bind(hash.to_vec())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => Some((r.try_get(0)?, r.try_get(1)?)),
+            None => None,
+        })
+    }
+
+    /// Inserts a row; false when the primary key already exists.
+    pub async fn insert_host(
+        &self,
+        name: &str,
+        pem: &str,
+        key_id: &str,
+        tpm_backed: bool,
+        now: i64,
+    ) -> Result<bool, ServerError> {
+        let r = sqlx::query(
+            "INSERT INTO hosts (name, public_key_pem, key_id, tpm_backed, created) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name.to_string())
+        .bind(pem.to_string())
+        .bind(key_id.to_string())
+        .bind(i64::from(tpm_backed))
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    pub async fn hosts(&self, name: Option<&str>) -> Result<Vec<HostRow>, ServerError> {
+        let rows = match name {
+            Some(n) => sqlx::query(
+                "SELECT name, public_key_pem, key_id, tpm_backed, created FROM hosts WHERE name = $1",
+            )
+            .bind(n.to_string()),
+            None => sqlx::query(
+                "SELECT name, public_key_pem, key_id, tpm_backed, created FROM hosts ORDER BY name",
+            ),
+        }
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(HostRow {
+                    name: r.try_get(0)?,
+                    public_key_pem: r.try_get(1)?,
+                    key_id: r.try_get(2)?,
+                    tpm_backed: r.try_get::<i64, _>(3)? != 0,
+                    created: r.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn insert_policy(
+        &self,
+        id: &str,
+        name: &str,
+        toml: &str,
+        now: i64,
+    ) -> Result<(), ServerError> {
+        sqlx::query(
+            "INSERT INTO policies (id, name, toml, created) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(id.to_string())
+        .bind(name.to_string())
+        .bind(toml.to_string())
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn policy(&self, id: &str) -> Result<Option<(String, String)>, ServerError> {
+        let row = sqlx::query("SELECT name, toml FROM policies WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => Some((r.try_get(0)?, r.try_get(1)?)),
+            None => None,
+        })
+    }
+
+    pub async fn insert_vm(&self, vm: &VmRow, now: i64) -> Result<bool, ServerError> {
+        let r = sqlx::query(
+            "INSERT INTO vms (name, host, policy_id, subsets, threshold, on_alert, webhook_url, \
+             webhook_secret, created) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(vm.name.clone())
+        .bind(vm.host.clone())
+        .bind(vm.policy_id.clone())
+        .bind(vm.subsets.join(","))
+        .bind(i64::from(vm.threshold))
+        .bind(vm.on_alert.clone())
+        .bind(vm.webhook_url.clone())
+        .bind(vm.webhook_secret.clone())
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    pub async fn vm(&self, name: &str) -> Result<Option<VmRow>, ServerError> {
+        let row = sqlx::query(
+            "SELECT name, host, policy_id, subsets, threshold, on_alert, webhook_url, \
+             webhook_secret FROM vms WHERE name = $1",
+        )
+        .bind(name.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        let subsets: String = r.try_get(3)?;
+        Ok(Some(VmRow {
+            name: r.try_get(0)?,
+            host: r.try_get(1)?,
+            policy_id: r.try_get(2)?,
+            subsets: subsets
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect(),
+            threshold: u8::try_from(r.try_get::<i64, _>(4)?).unwrap_or(100),
+            on_alert: r.try_get(5)?,
+            webhook_url: r.try_get(6)?,
+            webhook_secret: r.try_get(7)?,
+        }))
+    }
+
+    pub async fn insert_baseline(
+        &self,
+        vm: &str,
+        policy_id: &str,
+        pages: &[u8],
+        provenance: &str,
+        now: i64,
+    ) -> Result<i64, ServerError> {
+        let row = sqlx::query(
+            "INSERT INTO baselines (vm, policy_id, pages, provenance, created) \
+             VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        )
+        .bind(vm.to_string())
+        .bind(policy_id.to_string())
+        .bind(pages.to_vec())
+        .bind(provenance.to_string())
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// The newest baseline of `vm` (any policy).
+    pub async fn latest_baseline(&self, vm: &str) -> Result<Option<BaselineRow>, ServerError> {
+        let row = sqlx::query(
+            "SELECT id, policy_id, pages, provenance, created FROM baselines WHERE vm = $1 \
+             ORDER BY id DESC LIMIT 1",
+        )
+        .bind(vm.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        Ok(Some(BaselineRow {
+            id: r.try_get(0)?,
+            policy_id: r.try_get(1)?,
+            pages: r.try_get(2)?,
+            provenance: r.try_get(3)?,
+            created: r.try_get(4)?,
+        }))
+    }
+
+    /// `(vm, expires, used)` of an issued nonce, to say why it was refused.
+    pub async fn nonce(&self, nonce: &[u8]) -> Result<Option<(String, i64, bool)>, ServerError> {
+        let row = sqlx::query("SELECT vm, expires, used FROM nonces WHERE nonce = $1")
+            .bind(nonce.to_vec())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => Some((r.try_get(0)?, r.try_get(1)?, r.try_get::<i64, _>(2)? != 0)),
+            None => None,
+        })
+    }
+
+    /// Forgets nonces that expired before `before` (used or not): they can no longer pass.
+    pub async fn purge_nonces(&self, before: i64) -> Result<u64, ServerError> {
+        let r = sqlx::query("DELETE FROM nonces WHERE expires < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected())
+    }
+
+    pub async fn result(&self, id: i64) -> Result<Option<String>, ServerError> {
+        let row = sqlx::query("SELECT body FROM results WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get(0)?),
+            None => None,
+        })
+    }
+
+    pub async fn results(&self, vm: &str, limit: i64) -> Result<Vec<(i64, String)>, ServerError> {
+        let rows =
+            sqlx::query("SELECT id, body FROM results WHERE vm = $1 ORDER BY id DESC LIMIT $2")
+                .bind(vm.to_string())
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    pub async fn alerts(&self, vm: Option<&str>, limit: i64) -> Result<Vec<AlertRow>, ServerError> {
+        // An empty name matches every VM.
+        let rows = sqlx::query(
+            "SELECT id, vm, result_id, time, score, status, message, delivered, attempts, \
+             next_attempt FROM alerts WHERE ($1 = '' OR vm = $1) ORDER BY id DESC LIMIT $2",
+        )
+        .bind(vm.unwrap_or("").to_string())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(alert_row).collect()
+    }
+
+    /// Alerts whose webhook is due: undelivered, below the attempt cap, time reached.
+    pub async fn due_alerts(
+        &self,
+        now: i64,
+        max_attempts: i64,
+    ) -> Result<Vec<AlertRow>, ServerError> {
+        let rows = sqlx::query(
+            "SELECT id, vm, result_id, time, score, status, message, delivered, attempts, \
+             next_attempt FROM alerts WHERE delivered = 0 AND attempts < $1 AND next_attempt <= $2 \
+             ORDER BY id LIMIT 100",
+        )
+        .bind(max_attempts)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(alert_row).collect()
+    }
+
+    pub async fn mark_alert(
+        &self,
+        id: i64,
+        delivered: bool,
+        attempts: i64,
+        next_attempt: i64,
+    ) -> Result<(), ServerError> {
+        sqlx::query(
+            "UPDATE alerts SET delivered = $1, attempts = $2, next_attempt = $3 WHERE id = $4",
+        )
+        .bind(i64::from(delivered))
+        .bind(attempts)
+        .bind(next_attempt)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn insert_report(
+        &self,
+        vm: &str,
+        seq: u64,
+        verdict: &str,
+        time: i64,
+        report: &[u8],
+    ) -> Result<i64, ServerError> {
+        let row = sqlx::query(
+            "INSERT INTO reports (vm, seq, verdict, time, report) VALUES ($1, $2, $3, $4, $5) \
+             RETURNING id",
+        )
+        .bind(vm.to_string())
+        .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+        .bind(verdict.to_string())
+        .bind(time)
+        .bind(report.to_vec())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    pub async fn reports(&self, vm: &str) -> Result<Vec<ReportRow>, ServerError> {
+        let rows = sqlx::query(
+            "SELECT id, seq, verdict, time, report FROM reports WHERE vm = $1 ORDER BY id DESC LIMIT 1000",
+        )
+        .bind(vm.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ReportRow {
+                    id: r.try_get(0)?,
+                    seq: r.try_get(1)?,
+                    verdict: r.try_get(2)?,
+                    time: r.try_get(3)?,
+                    report: r.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+}
+
+fn alert_row(r: &sqlx::any::AnyRow) -> Result<AlertRow, ServerError> {
+    Ok(AlertRow {
+        id: r.try_get(0)?,
+        vm: r.try_get(1)?,
+        result_id: r.try_get(2)?,
+        time: r.try_get(3)?,
+        score: r.try_get(4)?,
+        status: r.try_get(5)?,
+        message: r.try_get(6)?,
+        delivered: r.try_get::<i64, _>(7)? != 0,
+        attempts: r.try_get(8)?,
+        next_attempt: r.try_get(9)?,
+    })
+}
+
+#[derive(Clone, Debug)]
+pub struct HostRow {
+    pub name: String,
+    pub public_key_pem: String,
+    pub key_id: String,
+    pub tpm_backed: bool,
+    pub created: i64,
+}
+
+#[derive(Clone, Debug)]
+pub struct VmRow {
+    pub name: String,
+    pub host: String,
+    pub policy_id: String,
+    pub subsets: Vec<String>,
+    pub threshold: u8,
+    pub on_alert: String,
+    pub webhook_url: Option<String>,
+    pub webhook_secret: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct BaselineRow {
+    pub id: i64,
+    pub policy_id: String,
+    pub pages: Vec<u8>,
+    pub provenance: String,
+    pub created: i64,
+}
+
+#[derive(Clone, Debug)]
+pub struct AlertRow {
+    pub id: i64,
+    pub vm: String,
+    pub result_id: i64,
+    pub time: i64,
+    pub score: i64,
+    pub status: String,
+    pub message: String,
+    pub delivered: bool,
+    pub attempts: i64,
+    pub next_attempt: i64,
+}
+
+#[derive(Clone, Debug)]
+pub struct ReportRow {
+    pub id: i64,
+    pub seq: i64,
+    pub verdict: String,
+    pub time: i64,
+    pub report: Vec<u8>,
+}

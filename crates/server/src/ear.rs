@@ -1,0 +1,159 @@
+//! EAR (draft-ietf-rats-ear) attestation results as JWTs, signed EdDSA (Ed25519, RFC 8037)
+//! or ES384 by the server's own key, so any standard JWT library can check them.
+//!
+//! JWS needs no extra domain tag: the protected header names the algorithm and type, and the
+//! key signs nothing else but webhook bodies, which carry their own prefix.
+
+use std::path::Path;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use serde_json::{Value, json};
+use vmattest_core::attest::Appraisal;
+use vmattest_sign::{SecretKey, SigAlg, Signer};
+
+use crate::error::ServerError;
+
+pub const EAR_PROFILE: &str = "tag:github.com,2023:veraison/ear";
+/// Prefix of every webhook body signature, so it can never pass for an EAR.
+pub const WEBHOOK_DOMAIN: &[u8] = b"vmattest webhook v1\0";
+
+#[derive(Debug)]
+pub struct EarSigner {
+    key: SecretKey,
+    kid: String,
+}
+
+/// What one appraisal says, for the EAR's submodule.
+#[derive(Debug)]
+pub struct EarClaims<'a> {
+    pub vm: &'a str,
+    pub iat: i64,
+    pub nonce: &'a [u8],
+    pub policy_id: &'a str,
+    pub subset: &'a str,
+    pub appraisal: &'a Appraisal,
+    pub regions: &'a [(String, bool)],
+    pub baseline_id: i64,
+}
+
+impl EarSigner {
+    /// Loads the key at `path`, or makes an Ed25519 (or P-384) key there on first start.
+    pub fn load_or_create(path: &Path, alg: SigAlg) -> Result<EarSigner, ServerError> {
+        let key_err = |source| ServerError::Key {
+            path: path.display().to_string(),
+            source: Box::new(source),
+        };
+        let key = if path.exists() {
+            vmattest_sign::keyfile::read_secret_key(path).map_err(key_err)?
+        } else {
+            let key = SecretKey::generate(alg).map_err(key_err)?;
+            vmattest_sign::keyfile::write_secret_key(path, &key).map_err(key_err)?;
+            key
+        };
+        EarSigner::new(key).map_err(|e| ServerError::EarKey(format!("{}: {e}", path.display())))
+    }
+
+    pub fn new(key: SecretKey) -> Result<EarSigner, String> {
+        match key.alg() {
+            SigAlg::Ed25519 | SigAlg::EcdsaP384 => {}
+            other => return Err(format!("expected an ed25519 or p384 key, found {other}")),
+        }
+        let kid = key.key_id().to_hex();
+        Ok(EarSigner { key, kid })
+    }
+
+    pub fn jose_alg(&self) -> &'static str {
+        match self.key.alg() {
+            SigAlg::EcdsaP384 => "ES384",
+            _ => "EdDSA",
+        }
+    }
+
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    pub fn public_pem(&self) -> String {
+        self.key.public_key().to_pem()
+    }
+
+    pub fn jwk(&self) -> Value {
+        let pk = self.key.public_key();
+        let raw = pk.raw();
+        match self.key.alg() {
+            SigAlg::EcdsaP384 if raw.len() == 97 => json!({
+                "kty": "EC", "crv": "P-384", "kid": self.kid, "alg": "ES384", "use": "sig",
+                "x": B64.encode(&raw[1..49]), "y": B64.encode(&raw[49..97]),
+            }),
+            _ => json!({
+                "kty": "OKP", "crv": "Ed25519", "kid": self.kid, "alg": "EdDSA", "use": "sig",
+                "x": B64.encode(raw),
+            }),
+        }
+    }
+
+    /// A compact JWS over `claims`.
+    pub fn sign_jwt(&self, claims: &Value) -> Result<String, ServerError> {
+        let header = json!({ "alg": self.jose_alg(), "typ": "JWT", "kid": self.kid });
+        let input = format!(
+            "{}.{}",
+            B64.encode(header.to_string()),
+            B64.encode(claims.to_string())
+        );
+        let sig = self
+            .key
+            .sign(input.as_bytes())
+            .map_err(|e| ServerError::Corrupt(format!("EAR signature: {e}")))?;
+        Ok(format!("{input}.{}", B64.encode(sig)))
+    }
+
+    pub fn ear(&self, c: &EarClaims<'_>) -> Result<String, ServerError> {
+        let vector: serde_json::Map<String, Value> = c
+            .appraisal
+            .vector
+            .claims()
+            .iter()
+            .filter(|(_, v)| *v != 0)
+            .map(|(k, v)| ((*k).to_string(), json!(v)))
+            .collect();
+        let regions: serde_json::Map<String, Value> = c
+            .regions
+            .iter()
+            .map(|(n, m)| (n.clone(), json!(m)))
+            .collect();
+        let claims = json!({
+            "eat_profile": EAR_PROFILE,
+            "iat": c.iat,
+            "eat_nonce": B64.encode(c.nonce),
+            "ear.verifier-id": {
+                "developer": "vmattest",
+                "build": concat!("vmattest ", env!("CARGO_PKG_VERSION")),
+            },
+            "submods": {
+                c.vm: {
+                    "ear.status": c.appraisal.status.name(),
+                    "ear.trustworthiness-vector": vector,
+                    "ear.appraisal-policy-id": format!("vmattest:policy:{}", c.policy_id),
+                    "vmattest.score": c.appraisal.score,
+                    "vmattest.subset": c.subset,
+                    "vmattest.baseline-id": c.baseline_id,
+                    "vmattest.regions": regions,
+                }
+            }
+        });
+        self.sign_jwt(&claims)
+    }
+
+    /// Signature over a webhook body: base64url of the key's signature of domain || body.
+    pub fn sign_webhook(&self, body: &[u8]) -> Result<String, ServerError> {
+        let mut msg = Vec::with_capacity(WEBHOOK_DOMAIN.len() + body.len());
+        msg.extend_from_slice(WEBHOOK_DOMAIN);
+        msg.extend_from_slice(body);
+        let sig = self
+            .key
+            .sign(&msg)
+            .map_err(|e| ServerError::Corrupt(format!("webhook signature: {e}")))?;
+        Ok(B64.encode(sig))
+    }
+}

@@ -1,0 +1,199 @@
+//! vmattest attestation server: `app(state) -> Router` over a [`Db`], plus [`serve`], which
+//! binds, runs the background tasks (webhooks, nonce purge) and shuts down gracefully.
+//!
+//! The server holds no per-request state of its own: nonces, results and alerts live in the
+//! database, so several instances can share one PostgreSQL.
+
+mod appraise;
+pub mod auth;
+pub mod db;
+pub mod ear;
+pub mod error;
+mod metrics;
+pub mod openapi;
+mod routes;
+pub mod state;
+mod tls;
+mod tpm;
+pub mod webhook;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+use vmattest_api::{MAX_BODY_BYTES, Role};
+use vmattest_sign::SigAlg;
+
+pub use db::Db;
+pub use ear::EarSigner;
+pub use error::ServerError;
+pub use state::{AppState, Settings};
+
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/health", get(routes::health))
+        .route("/v1/openapi.json", get(routes::openapi))
+        .route("/v1/ear-key", get(routes::ear_key))
+        .route("/metrics", get(routes::metrics))
+        .route("/v1/tokens", post(routes::new_token_route))
+        .route("/v1/hosts", post(routes::new_host).get(routes::hosts))
+        .route("/v1/policies", post(routes::new_policy))
+        .route("/v1/policies/{id}", get(routes::policy))
+        .route("/v1/vms", post(routes::new_vm))
+        .route("/v1/vms/{vm}", get(routes::vm))
+        .route("/v1/vms/{vm}/baseline", post(routes::new_baseline))
+        .route("/v1/vms/{vm}/challenge", post(routes::challenge))
+        .route("/v1/evidence", post(routes::evidence))
+        .route("/v1/vms/{vm}/results", get(routes::results))
+        .route("/v1/results/{id}", get(routes::result))
+        .route("/v1/alerts", get(routes::alerts))
+        .route(
+            "/v1/vms/{vm}/reports",
+            post(routes::new_report).get(routes::reports),
+        )
+        .fallback(routes::not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_responses,
+        ))
+        .with_state(state)
+}
+
+async fn count_responses(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    s.metrics.http(resp.status().as_u16());
+    resp
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub db_url: String,
+    pub state_dir: PathBuf,
+    /// Where the first start writes a bootstrap admin token (mode 0600).
+    pub admin_token_file: PathBuf,
+    pub ear_alg: SigAlg,
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub settings: Settings,
+}
+
+/// Opens the database, and on an empty one issues the first admin token into
+/// `admin_token_file`.
+pub async fn prepare(config: &Config) -> Result<AppState, ServerError> {
+    let io = |path: &std::path::Path| {
+        let path = path.display().to_string();
+        move |source| ServerError::Io { path, source }
+    };
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        // The database holds webhook secrets: keep the state dir private.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&config.state_dir)
+            .map_err(io(&config.state_dir))?;
+    }
+    let db = Db::connect(&config.db_url).await?;
+    let ear = EarSigner::load_or_create(&config.state_dir.join("ear-key.pem"), config.ear_alg)?;
+    if db.count_tokens().await? == 0 {
+        let token = auth::new_token()?;
+        write_secret(&config.admin_token_file, &token).map_err(io(&config.admin_token_file))?;
+        db.insert_token(
+            &auth::token_hash(&token),
+            auth::role_name(Role::Admin),
+            None,
+            state::now_secs(),
+        )
+        .await?;
+        tracing::info!(file = %config.admin_token_file.display(), "bootstrap admin token written");
+    }
+    Ok(AppState::new(db, ear, config.settings.clone()))
+}
+
+fn write_secret(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()
+}
+
+/// Serves until SIGINT or SIGTERM; `ready` receives the bound address.
+pub async fn serve(config: Config, ready: impl FnOnce(SocketAddr)) -> Result<(), ServerError> {
+    // One process-wide TLS provider for the webhook client and the listener.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let state = prepare(&config).await?;
+    let listener =
+        TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ServerError::Listen {
+                addr: config.listen.to_string(),
+                source,
+            })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen {
+            addr: config.listen.to_string(),
+            source,
+        })?;
+    let background = [
+        tokio::spawn(webhook::run(state.clone())),
+        tokio::spawn(purge_nonces(state.clone())),
+    ];
+    let router = app(state.clone());
+    tracing::info!(%addr, database = state.db.backend.name(), tls = config.tls.is_some(), "listening");
+    ready(addr);
+    match &config.tls {
+        Some((cert, key)) => tls::serve(listener, router, cert, key, shutdown_signal()).await?,
+        None => axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .map_err(|source| ServerError::Listen {
+                addr: addr.to_string(),
+                source,
+            })?,
+    }
+    background.iter().for_each(tokio::task::JoinHandle::abort);
+    state.db.pool.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn purge_nonces(state: AppState) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        // Keep refused nonces a while so that a late replay is named as such.
+        let before = state::now_secs() - 3600;
+        if let Err(e) = state.db.purge_nonces(before).await {
+            tracing::warn!(error = %e, "nonce purge");
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,167 @@
+//! Prometheus metrics in the text exposition format, from plain atomics.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use vmattest_api::AttestationResult;
+
+use crate::error::ApiError;
+
+/// Upper bounds of the evidence latency histogram, in seconds.
+const BUCKETS: [f64; 10] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0, 5.0];
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    challenges: AtomicU64,
+    alerts: AtomicU64,
+    webhook_ok: AtomicU64,
+    webhook_failed: AtomicU64,
+    reports: AtomicU64,
+    by_status: Mutex<BTreeMap<String, u64>>,
+    refused: Mutex<BTreeMap<&'static str, u64>>,
+    http: Mutex<BTreeMap<u16, u64>>,
+    latency: [AtomicU64; BUCKETS.len() + 1],
+    latency_sum_us: AtomicU64,
+}
+
+fn bump<K: Ord>(m: &Mutex<BTreeMap<K, u64>>, k: K) {
+    if let Ok(mut m) = m.lock() {
+        *m.entry(k).or_insert(0) += 1;
+    }
+}
+
+impl Metrics {
+    pub fn challenge(&self) {
+        self.challenges.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn alert(&self) {
+        self.alerts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn report(&self) {
+        self.reports.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn webhook(&self, ok: bool) {
+        let c = if ok {
+            &self.webhook_ok
+        } else {
+            &self.webhook_failed
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn http(&self, status: u16) {
+        bump(&self.http, status);
+    }
+
+    pub fn evidence(&self, out: &Result<AttestationResult, ApiError>, took: Duration) {
+        match out {
+            Ok(r) => bump(&self.by_status, r.status.clone()),
+            Err(e) => bump(&self.refused, e.code),
+        }
+        let secs = took.as_secs_f64();
+        let i = BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(BUCKETS.len());
+        self.latency[i].fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us.fetch_add(
+            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let counter = |s: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        };
+        counter(
+            &mut s,
+            "vmattest_challenges_total",
+            "Nonces issued.",
+            self.challenges.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut s,
+            "vmattest_alerts_total",
+            "Alerts raised.",
+            self.alerts.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut s,
+            "vmattest_reports_total",
+            "Snapshot reports stored.",
+            self.reports.load(Ordering::Relaxed),
+        );
+        let _ = writeln!(
+            s,
+            "# HELP vmattest_webhooks_total Webhook delivery attempts.\n# TYPE vmattest_webhooks_total counter"
+        );
+        let _ = writeln!(
+            s,
+            "vmattest_webhooks_total{{outcome=\"delivered\"}} {}",
+            self.webhook_ok.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            s,
+            "vmattest_webhooks_total{{outcome=\"failed\"}} {}",
+            self.webhook_failed.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            s,
+            "# HELP vmattest_evidence_total Evidence appraised, by EAR status.\n# TYPE vmattest_evidence_total counter"
+        );
+        if let Ok(m) = self.by_status.lock() {
+            for (k, v) in m.iter() {
+                let _ = writeln!(s, "vmattest_evidence_total{{status=\"{k}\"}} {v}");
+            }
+        }
+        let _ = writeln!(
+            s,
+            "# HELP vmattest_evidence_refused_total Evidence refused, by error code.\n# TYPE vmattest_evidence_refused_total counter"
+        );
+        if let Ok(m) = self.refused.lock() {
+            for (k, v) in m.iter() {
+                let _ = writeln!(s, "vmattest_evidence_refused_total{{code=\"{k}\"}} {v}");
+            }
+        }
+        let _ = writeln!(
+            s,
+            "# HELP vmattest_http_responses_total HTTP responses, by status.\n# TYPE vmattest_http_responses_total counter"
+        );
+        if let Ok(m) = self.http.lock() {
+            for (k, v) in m.iter() {
+                let _ = writeln!(s, "vmattest_http_responses_total{{status=\"{k}\"}} {v}");
+            }
+        }
+        let _ = writeln!(
+            s,
+            "# HELP vmattest_evidence_seconds Evidence handling time.\n# TYPE vmattest_evidence_seconds histogram"
+        );
+        let mut cumulative = 0;
+        for (i, b) in BUCKETS.iter().enumerate() {
+            cumulative += self.latency[i].load(Ordering::Relaxed);
+            let _ = writeln!(
+                s,
+                "vmattest_evidence_seconds_bucket{{le=\"{b}\"}} {cumulative}"
+            );
+        }
+        cumulative += self.latency[BUCKETS.len()].load(Ordering::Relaxed);
+        let _ = writeln!(
+            s,
+            "vmattest_evidence_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
+        );
+        let sum = self.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(
+            s,
+            "vmattest_evidence_seconds_sum {sum}\nvmattest_evidence_seconds_count {cumulative}"
+        );
+        s
+    }
+}

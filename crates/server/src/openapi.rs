@@ -1,0 +1,275 @@
+//! The OpenAPI 3.1 document, built from one route table that a test checks against the router.
+
+use serde_json::{Map, Value, json};
+
+/// `(method, path, roles, summary, request body schema, response schema)`.
+pub type Route = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    &'static str,
+);
+
+pub const ROUTES: &[Route] = &[
+    (
+        "get",
+        "/v1/health",
+        "public",
+        "Liveness and database kind",
+        None,
+        "Health",
+    ),
+    (
+        "get",
+        "/v1/openapi.json",
+        "public",
+        "This document",
+        None,
+        "object",
+    ),
+    (
+        "get",
+        "/v1/ear-key",
+        "public",
+        "The key that signs EARs and webhooks",
+        None,
+        "EarKey",
+    ),
+    (
+        "get",
+        "/metrics",
+        "admin, auditor",
+        "Prometheus metrics (text)",
+        None,
+        "text",
+    ),
+    (
+        "post",
+        "/v1/tokens",
+        "admin",
+        "Issue a token (shown once)",
+        Some("NewToken"),
+        "TokenIssued",
+    ),
+    (
+        "post",
+        "/v1/hosts",
+        "admin",
+        "Register a host and its evidence key",
+        Some("NewHost"),
+        "Host",
+    ),
+    (
+        "get",
+        "/v1/hosts",
+        "admin, auditor",
+        "List hosts",
+        None,
+        "HostList",
+    ),
+    (
+        "post",
+        "/v1/policies",
+        "admin",
+        "Store a resolved region policy",
+        Some("NewPolicy"),
+        "PolicyInfo",
+    ),
+    (
+        "get",
+        "/v1/policies/{id}",
+        "any",
+        "A policy by id",
+        None,
+        "PolicyInfo",
+    ),
+    (
+        "post",
+        "/v1/vms",
+        "admin",
+        "Register a VM",
+        Some("NewVm"),
+        "Vm",
+    ),
+    (
+        "get",
+        "/v1/vms/{vm}",
+        "any (agent: own host)",
+        "A VM",
+        None,
+        "Vm",
+    ),
+    (
+        "post",
+        "/v1/vms/{vm}/baseline",
+        "admin",
+        "Store a golden baseline",
+        Some("NewBaseline"),
+        "BaselineInfo",
+    ),
+    (
+        "post",
+        "/v1/vms/{vm}/challenge",
+        "agent (own host), admin",
+        "Issue a single-use nonce",
+        None,
+        "Challenge",
+    ),
+    (
+        "post",
+        "/v1/evidence",
+        "agent (own host)",
+        "Appraise signed evidence",
+        Some("octet-stream"),
+        "AttestationResult",
+    ),
+    (
+        "get",
+        "/v1/vms/{vm}/results",
+        "admin, auditor",
+        "Results, newest first",
+        None,
+        "ResultList",
+    ),
+    (
+        "get",
+        "/v1/results/{id}",
+        "admin, auditor",
+        "One result",
+        None,
+        "AttestationResult",
+    ),
+    (
+        "get",
+        "/v1/alerts",
+        "admin, auditor",
+        "Alerts, newest first",
+        None,
+        "AlertList",
+    ),
+    (
+        "post",
+        "/v1/vms/{vm}/reports",
+        "agent (own host)",
+        "Store a signed snapshot report",
+        Some("octet-stream"),
+        "ReportReceipt",
+    ),
+    (
+        "get",
+        "/v1/vms/{vm}/reports",
+        "admin, auditor",
+        "Snapshot reports",
+        None,
+        "ReportList",
+    ),
+];
+
+fn schema_ref(name: &str) -> Value {
+    match name {
+        "object" => json!({ "type": "object" }),
+        "text" => json!({ "type": "string" }),
+        "octet-stream" => json!({ "type": "string", "format": "binary" }),
+        list if list.ends_with("List") => json!({
+            "type": "array",
+            "items": { "$ref": format!("#/components/schemas/{}", list.trim_end_matches("List")) }
+        }),
+        other => json!({ "$ref": format!("#/components/schemas/{other}") }),
+    }
+}
+
+fn obj(props: &[(&str, &str)]) -> Value {
+    let mut p = Map::new();
+    for (name, ty) in props {
+        let v = match *ty {
+            "string" | "integer" | "boolean" | "object" => json!({ "type": ty }),
+            "string[]" => json!({ "type": "array", "items": { "type": "string" } }),
+            "string?" => json!({ "type": ["string", "null"] }),
+            "integer?" => json!({ "type": ["integer", "null"] }),
+            r => schema_ref(r),
+        };
+        p.insert((*name).to_string(), v);
+    }
+    json!({ "type": "object", "properties": p })
+}
+
+fn schemas() -> Value {
+    json!({
+        "ErrorBody": obj(&[("code", "string"), ("error", "string")]),
+        "Health": obj(&[("status", "string"), ("version", "string"), ("database", "string")]),
+        "EarKey": obj(&[("alg", "string"), ("kid", "string"), ("public_key_pem", "string"), ("jwk", "object")]),
+        "NewToken": obj(&[("role", "string"), ("host", "string?")]),
+        "TokenIssued": obj(&[("token", "string"), ("role", "string"), ("host", "string?")]),
+        "NewHost": obj(&[("name", "string"), ("public_key_pem", "string"), ("tpm", "object")]),
+        "Host": obj(&[("name", "string"), ("key_id", "string"), ("tpm_backed", "boolean"), ("created", "integer")]),
+        "NewPolicy": obj(&[("toml", "string")]),
+        "PolicyInfo": obj(&[("id", "string"), ("name", "string"), ("toml", "string")]),
+        "NewVm": obj(&[("name", "string"), ("host", "string"), ("policy_id", "string"), ("approved_subsets", "string[]"), ("threshold", "integer"), ("webhook", "object"), ("on_alert", "string")]),
+        "Vm": obj(&[("name", "string"), ("host", "string"), ("policy_id", "string"), ("approved_subsets", "string[]"), ("threshold", "integer"), ("on_alert", "string"), ("has_webhook", "boolean"), ("baseline", "object")]),
+        "NewBaseline": obj(&[("policy_id", "string"), ("regions", "object"), ("provenance", "object")]),
+        "BaselineInfo": obj(&[("id", "integer"), ("policy_id", "string"), ("provenance", "object"), ("created", "integer")]),
+        "Challenge": obj(&[("vm", "string"), ("nonce", "string"), ("policy_id", "string"), ("policy_toml", "string"), ("subset", "string"), ("expires", "integer")]),
+        "AttestationResult": obj(&[("id", "integer"), ("vm", "string"), ("time", "integer"), ("score", "integer"), ("status", "string"), ("trust_vector", "object"), ("regions", "object"), ("alert", "boolean"), ("rollback_seq", "integer?"), ("ear", "string")]),
+        "Alert": obj(&[("id", "integer"), ("vm", "string"), ("result_id", "integer"), ("time", "integer"), ("score", "integer"), ("status", "string"), ("message", "string"), ("webhook_delivered", "boolean"), ("webhook_attempts", "integer")]),
+        "ReportReceipt": obj(&[("id", "integer"), ("vm", "string"), ("seq", "integer"), ("verdict", "string")]),
+        "Report": obj(&[("id", "integer"), ("vm", "string"), ("seq", "integer"), ("verdict", "string"), ("time", "integer"), ("report", "string")]),
+    })
+}
+
+pub fn document() -> Value {
+    let mut paths = Map::new();
+    for (method, path, roles, summary, body, resp) in ROUTES {
+        let mut op = Map::new();
+        op.insert("summary".into(), json!(summary));
+        op.insert("description".into(), json!(format!("Roles: {roles}.")));
+        if *roles != "public" {
+            op.insert("security".into(), json!([{ "bearer": [] }]));
+        }
+        let params: Vec<Value> = path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }))
+            .collect();
+        if !params.is_empty() {
+            op.insert("parameters".into(), json!(params));
+        }
+        if let Some(b) = body {
+            let media = if *b == "octet-stream" {
+                "application/octet-stream"
+            } else {
+                "application/json"
+            };
+            op.insert(
+                "requestBody".into(),
+                json!({ "required": true, "content": { media: { "schema": schema_ref(b) } } }),
+            );
+        }
+        let media = if *resp == "text" {
+            "text/plain"
+        } else {
+            "application/json"
+        };
+        let error = json!({ "description": "error", "content": { "application/json": { "schema": schema_ref("ErrorBody") } } });
+        op.insert(
+            "responses".into(),
+            json!({ "200": { "description": "ok", "content": { media: { "schema": schema_ref(resp) } } }, "default": error }),
+        );
+        let entry = paths
+            .entry((*path).to_string())
+            .or_insert_with(|| json!({}));
+        if let Some(m) = entry.as_object_mut() {
+            m.insert((*method).to_string(), Value::Object(op));
+        }
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": { "title": "vmattest attestation server", "version": env!("CARGO_PKG_VERSION") },
+        "paths": paths,
+        "components": {
+            "schemas": schemas(),
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } }
+        }
+    })
+}

@@ -1,0 +1,587 @@
+//! HTTP handlers (docs/API.md). Each handler checks the caller's role first.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use serde::Deserialize;
+use vmattest_api::{
+    Alert, AlertAction, AttestationResult, BaselineInfo, Challenge, EarKey, Health, Host,
+    NewBaseline, NewHost, NewPolicy, NewToken, NewVm, PolicyInfo, ReportReceipt, Role,
+    StoredReport, TokenIssued, Vm,
+};
+use vmattest_core::alg::Digest;
+use vmattest_core::attest::{Policy, SignedSnapshotReport};
+use vmattest_core::chain::is_valid_name;
+use vmattest_sign::PublicKey;
+use vmattest_sign::record::verify_signed;
+
+use crate::auth::{Caller, new_token, role_name, token_hash};
+use crate::db::{AlertRow, Commit, VmRow};
+use crate::error::ApiError;
+use crate::state::{AppState, encode_pages, now_secs};
+
+const NONCE_LEN: usize = 32;
+const MAX_LIMIT: i64 = 1000;
+const MIN_WEBHOOK_SECRET: usize = 16;
+
+use Role::{Admin, Agent, Auditor};
+
+/// Parses a JSON body after the role check, so that a refused caller learns nothing more.
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad("malformed", format!("request body: {e}")))
+}
+
+fn name_ok(what: &str, name: &str) -> Result<(), ApiError> {
+    if is_valid_name(name, 64) {
+        Ok(())
+    } else {
+        Err(ApiError::bad(
+            "invalid",
+            format!("{what} {name:?}: expected 1-64 of [A-Za-z0-9._-], not starting with '.'"),
+        ))
+    }
+}
+
+pub async fn health(State(s): State<AppState>) -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        database: s.db.backend.name().into(),
+    })
+}
+
+pub async fn openapi() -> Json<serde_json::Value> {
+    Json(crate::openapi::document())
+}
+
+pub async fn metrics(
+    State(s): State<AppState>,
+    caller: Caller,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(&[Admin, Auditor])?;
+    Ok((
+        [(CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    ))
+}
+
+pub async fn ear_key(State(s): State<AppState>) -> Json<EarKey> {
+    Json(EarKey {
+        alg: s.ear.jose_alg().into(),
+        kid: s.ear.kid().into(),
+        public_key_pem: s.ear.public_pem(),
+        jwk: s.ear.jwk(),
+    })
+}
+
+pub async fn new_token_route(
+    State(s): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<Json<TokenIssued>, ApiError> {
+    caller.require(&[Admin])?;
+    let req: NewToken = json_body(&body)?;
+    match (req.role, &req.host) {
+        (Agent, None) => return Err(ApiError::bad("invalid", "an agent token needs a host")),
+        (Agent, Some(h)) if s.db.hosts(Some(h)).await?.is_empty() => {
+            return Err(ApiError::not_found("host", h));
+        }
+        (_, Some(_)) => return Err(ApiError::bad("invalid", "only agent tokens name a host")),
+        _ => {}
+    }
+    let token = new_token()?;
+    s.db.insert_token(
+        &token_hash(&token),
+        role_name(req.role),
+        req.host.as_deref(),
+        now_secs(),
+    )
+    .await?;
+    tracing::info!(role = role_name(req.role), host = ?req.host, "token issued");
+    Ok(Json(TokenIssued {
+        token,
+        role: req.role,
+        host: req.host,
+    }))
+}
+
+pub async fn new_host(
+    State(s): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<Json<Host>, ApiError> {
+    caller.require(&[Admin])?;
+    let req: NewHost = json_body(&body)?;
+    name_ok("host", &req.name)?;
+    let key = PublicKey::from_pem(&req.public_key_pem)
+        .map_err(|e| ApiError::bad("invalid", format!("host {} public key: {e}", req.name)))?;
+    let tpm_backed = match &req.tpm {
+        Some(binding) => {
+            crate::tpm::check_binding(&key, binding)
+                .map_err(|e| ApiError::bad("tpm_binding", format!("host {}: {e}", req.name)))?;
+            true
+        }
+        None => false,
+    };
+    let now = now_secs();
+    let key_id = key.key_id().to_hex();
+    if !s
+        .db
+        .insert_host(&req.name, &key.to_pem(), &key_id, tpm_backed, now)
+        .await?
+    {
+        return Err(ApiError::conflict(
+            "exists",
+            format!("host {} is already registered", req.name),
+        ));
+    }
+    tracing::info!(host = %req.name, key_id = %key_id, tpm_backed, "host registered");
+    Ok(Json(Host {
+        name: req.name,
+        key_id,
+        tpm_backed,
+        created: u64::try_from(now).unwrap_or(0),
+    }))
+}
+
+pub async fn hosts(State(s): State<AppState>, caller: Caller) -> Result<Json<Vec<Host>>, ApiError> {
+    caller.require(&[Admin, Auditor])?;
+    let rows = s.db.hosts(None).await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|h| Host {
+                name: h.name,
+                key_id: h.key_id,
+                tpm_backed: h.tpm_backed,
+                created: u64::try_from(h.created).unwrap_or(0),
+            })
+            .collect(),
+    ))
+}
+
+pub async fn new_policy(
+    State(s): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<Json<PolicyInfo>, ApiError> {
+    caller.require(&[Admin])?;
+    let req: NewPolicy = json_body(&body)?;
+    let policy = Policy::parse(&req.toml, None).map_err(|e| {
+        ApiError::bad(
+            "invalid",
+            format!("{e} (symbols must be resolved before upload)"),
+        )
+    })?;
+    let id = policy.id().to_hex();
+    let toml = policy.to_toml();
+    s.db.insert_policy(&id, &policy.name, &toml, now_secs())
+        .await?;
+    Ok(Json(PolicyInfo {
+        id,
+        name: policy.name,
+        toml,
+    }))
+}
+
+pub async fn policy(
+    State(s): State<AppState>,
+    _caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<PolicyInfo>, ApiError> {
+    let (name, toml) =
+        s.db.policy(&id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("policy", &id))?;
+    Ok(Json(PolicyInfo { id, name, toml }))
+}
+
+pub async fn new_vm(
+    State(s): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<Json<Vm>, ApiError> {
+    caller.require(&[Admin])?;
+    let req: NewVm = json_body(&body)?;
+    name_ok("VM", &req.name)?;
+    if s.db.hosts(Some(&req.host)).await?.is_empty() {
+        return Err(ApiError::not_found("host", &req.host));
+    }
+    let (_, toml) =
+        s.db.policy(&req.policy_id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("policy", &req.policy_id))?;
+    let policy = Policy::parse(&toml, None).map_err(|e| ApiError::bad("invalid", e.to_string()))?;
+    if req.approved_subsets.is_empty() {
+        return Err(ApiError::bad(
+            "invalid",
+            "approved_subsets: expected at least one subset",
+        ));
+    }
+    for sub in &req.approved_subsets {
+        if policy.subset(sub).is_none() {
+            return Err(ApiError::bad(
+                "invalid",
+                format!(
+                    "approved_subsets: policy {} has no subset {sub:?}",
+                    policy.name
+                ),
+            ));
+        }
+    }
+    if req.threshold > 100 {
+        return Err(ApiError::bad(
+            "invalid",
+            format!("threshold: expected 0 to 100, found {}", req.threshold),
+        ));
+    }
+    if let Some(w) = &req.webhook {
+        if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+            return Err(ApiError::bad(
+                "invalid",
+                format!("webhook.url: expected http(s)://..., found {:?}", w.url),
+            ));
+        }
+        if w.secret.len() < MIN_WEBHOOK_SECRET {
+            return Err(ApiError::bad(
+                "invalid",
+                format!(
+                    "webhook.secret: expected at least {MIN_WEBHOOK_SECRET} bytes, found {}",
+                    w.secret.len()
+                ),
+            ));
+        }
+    }
+    let row = VmRow {
+        name: req.name.clone(),
+        host: req.host,
+        policy_id: req.policy_id,
+        subsets: req.approved_subsets,
+        threshold: req.threshold,
+        on_alert: match req.on_alert {
+            AlertAction::Rollback => "rollback".into(),
+            AlertAction::None => "none".into(),
+        },
+        webhook_url: req.webhook.as_ref().map(|w| w.url.clone()),
+        webhook_secret: req.webhook.map(|w| w.secret),
+    };
+    if !s.db.insert_vm(&row, now_secs()).await? {
+        return Err(ApiError::conflict(
+            "exists",
+            format!("VM {} is already registered", row.name),
+        ));
+    }
+    s.forget_vm(&row.name).await;
+    tracing::info!(vm = %row.name, host = %row.host, "VM registered");
+    vm_view(&s, &row.name).await.map(Json)
+}
+
+async fn vm_view(s: &AppState, name: &str) -> Result<Vm, ApiError> {
+    let e = s.vm(name).await?;
+    Ok(Vm {
+        name: e.row.name.clone(),
+        host: e.row.host.clone(),
+        policy_id: e.row.policy_id.clone(),
+        approved_subsets: e.row.subsets.clone(),
+        threshold: e.row.threshold,
+        on_alert: e.on_alert,
+        has_webhook: e.row.webhook_url.is_some(),
+        baseline: e.baseline.as_ref().map(|b| BaselineInfo {
+            id: b.id,
+            policy_id: b.policy_id.clone(),
+            provenance: b.provenance.clone(),
+            created: u64::try_from(b.created).unwrap_or(0),
+        }),
+    })
+}
+
+pub async fn vm(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Vm>, ApiError> {
+    let e = s.vm(&name).await?;
+    caller.require_host(&e.row.host, &name)?;
+    vm_view(&s, &name).await.map(Json)
+}
+
+pub async fn new_baseline(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<BaselineInfo>, ApiError> {
+    caller.require(&[Admin])?;
+    let req: NewBaseline = json_body(&body)?;
+    let vm = s.vm(&name).await?;
+    if req.policy_id != vm.row.policy_id {
+        return Err(ApiError::bad(
+            "policy_mismatch",
+            format!(
+                "baseline is for policy {}, VM {name} uses {}",
+                req.policy_id, vm.row.policy_id
+            ),
+        ));
+    }
+    let alg = vm.policy.alg;
+    let mut pages = std::collections::HashMap::new();
+    for region in &vm.policy.regions {
+        let got = req
+            .regions
+            .iter()
+            .find(|r| r.name == region.name)
+            .ok_or_else(|| {
+                ApiError::bad("regions", format!("baseline lacks region {}", region.name))
+            })?;
+        if got.pages.len() as u64 != region.pages {
+            return Err(ApiError::bad(
+                "regions",
+                format!(
+                    "region {}: {} page digests, expected {}",
+                    region.name,
+                    got.pages.len(),
+                    region.pages
+                ),
+            ));
+        }
+        let list = got
+            .pages
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                hex::decode(h)
+                    .ok()
+                    .and_then(|b| Digest::new(alg, &b))
+                    .filter(|d| d.as_bytes().len() == alg.digest_len())
+                    .ok_or_else(|| {
+                        ApiError::bad(
+                            "regions",
+                            format!(
+                                "region {} page {i}: expected a {alg} digest in hex",
+                                region.name
+                            ),
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        pages.insert(region.name.clone(), list);
+    }
+    if req.regions.len() != vm.policy.regions.len() {
+        return Err(ApiError::bad(
+            "regions",
+            "baseline has regions the policy does not",
+        ));
+    }
+    let provenance = serde_json::to_string(&req.provenance)
+        .map_err(|e| ApiError::bad("invalid", e.to_string()))?;
+    let now = now_secs();
+    let id =
+        s.db.insert_baseline(
+            &name,
+            &req.policy_id,
+            &encode_pages(&vm.policy, &pages),
+            &provenance,
+            now,
+        )
+        .await?;
+    s.forget_vm(&name).await;
+    tracing::info!(vm = %name, baseline = id, seq = req.provenance.seq, "golden baseline stored");
+    Ok(Json(BaselineInfo {
+        id,
+        policy_id: req.policy_id,
+        provenance: req.provenance,
+        created: u64::try_from(now).unwrap_or(0),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChallengeQuery {
+    subset: Option<String>,
+}
+
+pub async fn challenge(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Query(q): Query<ChallengeQuery>,
+) -> Result<Json<Challenge>, ApiError> {
+    caller.require(&[Agent, Admin])?;
+    let vm = s.vm(&name).await?;
+    caller.require_host(&vm.row.host, &name)?;
+    let subset = match q.subset {
+        Some(sub) if vm.row.subsets.contains(&sub) => sub,
+        Some(sub) => {
+            return Err(ApiError::bad(
+                "unapproved_subset",
+                format!("subset {sub:?} is not approved for VM {name}"),
+            ));
+        }
+        None => vm
+            .row
+            .subsets
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "all".into()),
+    };
+    let mut nonce = [0u8; NONCE_LEN];
+    getrandom::fill(&mut nonce).map_err(|e| crate::error::ServerError::Random(e.to_string()))?;
+    let expires = now_secs() + s.settings.nonce_ttl_secs;
+    s.writer
+        .submit(Commit::Nonce {
+            nonce: nonce.to_vec(),
+            vm: name.clone(),
+            subset: subset.clone(),
+            expires,
+        })
+        .await?;
+    s.metrics.challenge();
+    Ok(Json(Challenge {
+        vm: name,
+        nonce: hex::encode(nonce),
+        policy_id: vm.policy.id().to_hex(),
+        policy_toml: vm.policy_toml.clone(),
+        subset,
+        expires: u64::try_from(expires).unwrap_or(0),
+    }))
+}
+
+pub async fn evidence(
+    State(s): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<Json<AttestationResult>, ApiError> {
+    crate::appraise::submit(&s, &caller, &body).await.map(Json)
+}
+
+fn parse_result(id: i64, body: &str) -> Result<AttestationResult, ApiError> {
+    let mut r: AttestationResult = serde_json::from_str(body).map_err(|e| {
+        ApiError::from(crate::error::ServerError::Corrupt(format!(
+            "result {id}: {e}"
+        )))
+    })?;
+    r.id = id;
+    Ok(r)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    limit: Option<i64>,
+    vm: Option<String>,
+}
+
+pub async fn results(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Vec<AttestationResult>>, ApiError> {
+    caller.require(&[Admin, Auditor])?;
+    let limit = q.limit.unwrap_or(100).clamp(1, MAX_LIMIT);
+    let rows = s.db.results(&name, limit).await?;
+    rows.iter()
+        .map(|(id, body)| parse_result(*id, body))
+        .collect::<Result<Vec<_>, _>>()
+        .map(Json)
+}
+
+pub async fn result(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<AttestationResult>, ApiError> {
+    caller.require(&[Admin, Auditor])?;
+    let id: i64 = id
+        .parse()
+        .map_err(|_| ApiError::bad("invalid", format!("result id {id:?}: expected an integer")))?;
+    let body =
+        s.db.result(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("result", &id.to_string()))?;
+    parse_result(id, &body).map(Json)
+}
+
+pub fn alert_json(a: &AlertRow) -> Alert {
+    Alert {
+        id: a.id,
+        vm: a.vm.clone(),
+        result_id: a.result_id,
+        time: u64::try_from(a.time).unwrap_or(0),
+        score: u8::try_from(a.score).unwrap_or(0),
+        status: a.status.clone(),
+        message: a.message.clone(),
+        webhook_delivered: a.delivered,
+        webhook_attempts: u32::try_from(a.attempts).unwrap_or(u32::MAX),
+    }
+}
+
+pub async fn alerts(
+    State(s): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Vec<Alert>>, ApiError> {
+    caller.require(&[Admin, Auditor])?;
+    let limit = q.limit.unwrap_or(100).clamp(1, MAX_LIMIT);
+    let rows = s.db.alerts(q.vm.as_deref(), limit).await?;
+    Ok(Json(rows.iter().map(alert_json).collect()))
+}
+
+pub async fn new_report(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<ReportReceipt>, ApiError> {
+    caller.require(&[Agent])?;
+    let vm = s.vm(&name).await?;
+    caller.require_host(&vm.row.host, &name)?;
+    let signed = SignedSnapshotReport::decode(&body)
+        .map_err(|e| ApiError::bad("malformed", format!("snapshot report: {e}")))?;
+    verify_signed(&signed, std::slice::from_ref(&vm.host_key))
+        .map_err(|e| ApiError::bad("bad_signature", e.to_string()))?;
+    let r = signed.value();
+    if r.vm != name {
+        return Err(ApiError::bad(
+            "invalid",
+            format!("report is for VM {}, posted for {name}", r.vm),
+        ));
+    }
+    let id =
+        s.db.insert_report(&name, r.seq.0, r.verdict(), now_secs(), &body)
+            .await?;
+    s.metrics.report();
+    tracing::info!(vm = %name, seq = r.seq.0, verdict = r.verdict(), "snapshot report stored");
+    Ok(Json(ReportReceipt {
+        id,
+        vm: name,
+        seq: r.seq.0,
+        verdict: r.verdict().into(),
+    }))
+}
+
+pub async fn reports(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<StoredReport>>, ApiError> {
+    caller.require(&[Admin, Auditor])?;
+    let rows = s.db.reports(&name).await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|r| StoredReport {
+                id: r.id,
+                vm: name.clone(),
+                seq: u64::try_from(r.seq).unwrap_or(0),
+                verdict: r.verdict,
+                time: u64::try_from(r.time).unwrap_or(0),
+                report: hex::encode(r.report),
+            })
+            .collect(),
+    ))
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}

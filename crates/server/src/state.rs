@@ -1,0 +1,247 @@
+//! Shared state: database, batch writer, EAR signer, settings, and read-through caches of
+//! tokens and per-VM appraisal inputs (host key, policy, baseline).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{Notify, RwLock};
+use vmattest_api::{AlertAction, Provenance};
+use vmattest_core::alg::{Digest, HashAlg, PageIndex};
+use vmattest_core::attest::{Policy, region_digest};
+use vmattest_core::wire::{Reader, Writer as WireWriter};
+use vmattest_sign::PublicKey;
+
+use crate::auth::{Caller, parse_role};
+use crate::db::{Db, VmRow, Writer};
+use crate::ear::EarSigner;
+use crate::error::{ApiError, ServerError};
+use crate::metrics::Metrics;
+
+/// How long a cached VM entry is trusted before it is reloaded: instances sharing one
+/// PostgreSQL see each other's registrations within this time.
+const VM_CACHE_TTL: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Evidence time must be within this many seconds of the server's clock.
+    pub window_secs: i64,
+    pub nonce_ttl_secs: i64,
+    pub webhook_attempts: i64,
+    pub webhook_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            window_secs: 60,
+            nonce_ttl_secs: 120,
+            webhook_attempts: 6,
+            webhook_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Baseline {
+    pub id: i64,
+    pub policy_id: String,
+    pub provenance: Provenance,
+    pub created: i64,
+    /// Page digests per region name, in address order.
+    pub pages: HashMap<String, Vec<Digest>>,
+    /// Region digests over every page, for regions that are not sampled and for kernel code.
+    pub full: HashMap<String, Digest>,
+}
+
+#[derive(Debug)]
+pub struct VmEntry {
+    pub row: VmRow,
+    pub host_key: PublicKey,
+    pub tpm_backed: bool,
+    pub policy: Policy,
+    pub policy_toml: String,
+    pub on_alert: AlertAction,
+    pub baseline: Option<Baseline>,
+}
+
+#[derive(Debug)]
+pub struct Inner {
+    pub db: Db,
+    pub writer: Writer,
+    pub ear: EarSigner,
+    pub settings: Settings,
+    pub metrics: Metrics,
+    pub webhook_wake: Notify,
+    tokens: RwLock<HashMap<[u8; 32], Caller>>,
+    vms: RwLock<HashMap<String, (Instant, Arc<VmEntry>)>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct AppState(pub Arc<Inner>);
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+pub fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl AppState {
+    pub fn new(db: Db, ear: EarSigner, settings: Settings) -> AppState {
+        let writer = Writer::spawn(db.clone());
+        AppState(Arc::new(Inner {
+            db,
+            writer,
+            ear,
+            settings,
+            metrics: Metrics::default(),
+            webhook_wake: Notify::new(),
+            tokens: RwLock::new(HashMap::new()),
+            vms: RwLock::new(HashMap::new()),
+        }))
+    }
+
+    /// Tokens never change once issued, so a hit is cached for the process's life.
+    pub async fn caller(&self, hash: &[u8; 32]) -> Result<Option<Caller>, ServerError> {
+        if let Some(c) = self.tokens.read().await.get(hash) {
+            return Ok(Some(c.clone()));
+        }
+        let Some((role, host)) = self.db.find_token(hash).await? else {
+            return Ok(None);
+        };
+        let role = parse_role(&role)
+            .ok_or_else(|| ServerError::Corrupt(format!("token role {role:?}")))?;
+        let caller = Caller { role, host };
+        self.tokens.write().await.insert(*hash, caller.clone());
+        Ok(Some(caller))
+    }
+
+    pub async fn forget_vm(&self, name: &str) {
+        self.vms.write().await.remove(name);
+    }
+
+    pub async fn vm(&self, name: &str) -> Result<Arc<VmEntry>, ApiError> {
+        if let Some((at, e)) = self.vms.read().await.get(name)
+            && at.elapsed() < VM_CACHE_TTL
+        {
+            return Ok(e.clone());
+        }
+        let entry = Arc::new(self.load_vm(name).await?);
+        self.vms
+            .write()
+            .await
+            .insert(name.to_string(), (Instant::now(), entry.clone()));
+        Ok(entry)
+    }
+
+    async fn load_vm(&self, name: &str) -> Result<VmEntry, ApiError> {
+        let row = self
+            .db
+            .vm(name)
+            .await?
+            .ok_or_else(|| ApiError::not_found("VM", name))?;
+        let host = self.db.hosts(Some(&row.host)).await?.pop().ok_or_else(|| {
+            ServerError::Corrupt(format!("VM {name} names unknown host {}", row.host))
+        })?;
+        let host_key = PublicKey::from_pem(&host.public_key_pem)
+            .map_err(|e| ServerError::Corrupt(format!("host {} key: {e}", host.name)))?;
+        let (_, policy_toml) = self
+            .db
+            .policy(&row.policy_id)
+            .await?
+            .ok_or_else(|| ServerError::Corrupt(format!("VM {name} names unknown policy")))?;
+        let policy = Policy::parse(&policy_toml, None)
+            .map_err(|e| ServerError::Corrupt(format!("policy {}: {e}", row.policy_id)))?;
+        let baseline = match self.db.latest_baseline(name).await? {
+            Some(b) if b.policy_id == row.policy_id => Some(decode_baseline(&policy, b)?),
+            _ => None,
+        };
+        let on_alert = match row.on_alert.as_str() {
+            "rollback" => AlertAction::Rollback,
+            _ => AlertAction::None,
+        };
+        Ok(VmEntry {
+            row,
+            host_key,
+            tpm_backed: host.tpm_backed,
+            policy,
+            policy_toml,
+            on_alert,
+            baseline,
+        })
+    }
+}
+
+/// Baseline page digests: per region of the policy, in policy order, its digests.
+pub fn encode_pages(policy: &Policy, pages: &HashMap<String, Vec<Digest>>) -> Vec<u8> {
+    let mut w = WireWriter::new();
+    w.u8(policy.alg.id())
+        .u32(u32::try_from(policy.regions.len()).unwrap_or(u32::MAX));
+    for r in &policy.regions {
+        let list = pages.get(&r.name).map(Vec::as_slice).unwrap_or(&[]);
+        w.bytes(r.name.as_bytes())
+            .u32(u32::try_from(list.len()).unwrap_or(u32::MAX));
+        for d in list {
+            w.raw(d.as_bytes());
+        }
+    }
+    w.finish()
+}
+
+fn decode_baseline(policy: &Policy, row: crate::db::BaselineRow) -> Result<Baseline, ServerError> {
+    let corrupt = |what: String| ServerError::Corrupt(format!("baseline {}: {what}", row.id));
+    let mut r = Reader::new(&row.pages);
+    let alg = r
+        .u8("alg")
+        .ok()
+        .and_then(HashAlg::from_id)
+        .ok_or_else(|| corrupt("hash algorithm".into()))?;
+    let n = r.u32("regions").map_err(|e| corrupt(e.to_string()))?;
+    let mut pages = HashMap::new();
+    for _ in 0..n {
+        let name = r
+            .string("region", 256)
+            .map_err(|e| corrupt(e.to_string()))?
+            .to_string();
+        let count = r.u32("pages").map_err(|e| corrupt(e.to_string()))?;
+        let mut list = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let b = r
+                .take("digest", alg.digest_len())
+                .map_err(|e| corrupt(e.to_string()))?;
+            list.push(Digest::new(alg, b).ok_or_else(|| corrupt("digest".into()))?);
+        }
+        pages.insert(name, list);
+    }
+    let mut full = HashMap::new();
+    for region in &policy.regions {
+        if let Some(list) = pages.get(&region.name) {
+            let entries: Vec<(PageIndex, Digest)> = list
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (PageIndex(i as u64), *d))
+                .collect();
+            full.insert(
+                region.name.clone(),
+                region_digest(alg, &region.name, &entries),
+            );
+        }
+    }
+    let provenance = serde_json::from_str(&row.provenance).map_err(|e| corrupt(e.to_string()))?;
+    Ok(Baseline {
+        id: row.id,
+        policy_id: row.policy_id,
+        provenance,
+        created: row.created,
+        pages,
+        full,
+    })
+}
