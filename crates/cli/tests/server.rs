@@ -260,6 +260,30 @@ fn attestation_flow(server: &Server) {
     f.agent.evidence(&bytes).unwrap();
     let e = refused(f.agent.evidence(&bytes), "replayed_nonce");
     assert!(e.contains("already used"), "{e}");
+    // The same evidence posted concurrently: exactly one post is accepted.
+    let bytes = evidence_for(&f, &f.host_key);
+    let outcomes: Vec<Result<AttestationResult, String>> = std::thread::scope(|sc| {
+        let posts: Vec<_> = (0..8)
+            .map(|_| {
+                sc.spawn(|| {
+                    f.agent
+                        .evidence(&bytes)
+                        .map_err(|e| e.code().unwrap_or("").to_string())
+                })
+            })
+            .collect();
+        posts.into_iter().map(|p| p.join().unwrap()).collect()
+    });
+    assert_eq!(
+        outcomes.iter().filter(|o| o.is_ok()).count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.iter().all(|o| o.as_ref().is_ok()
+            || o.as_ref().err().map(String::as_str) == Some("replayed_nonce")),
+        "{outcomes:?}"
+    );
     // Unknown key.
     let other = SecretKey::generate(SigAlg::Ed25519).unwrap();
     refused(f.agent.evidence(&evidence_for(&f, &other)), "unknown_key");
@@ -355,7 +379,7 @@ fn attestation_flow(server: &Server) {
     assert_eq!(hook["ear"], serde_json::Value::String(r.ear.clone()));
     // The auditor sees results and the delivered alert.
     let results = f.auditor.results("vm1", Some(100)).unwrap();
-    assert_eq!(results.len(), 3);
+    assert_eq!(results.len(), 4);
     assert_eq!(results[0].id, r.id);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -376,7 +400,7 @@ fn attestation_flow(server: &Server) {
         "{metrics}"
     );
     assert!(
-        metrics.contains("vmattest_evidence_refused_total{code=\"replayed_nonce\"} 1"),
+        metrics.contains("vmattest_evidence_refused_total{code=\"replayed_nonce\"} 8"),
         "{metrics}"
     );
     let _ = (&f.admin, &f.admin_token, &f.agent_token, &f.dir);

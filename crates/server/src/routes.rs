@@ -90,6 +90,7 @@ pub async fn new_token_route(
         (Agent, Some(h)) if s.db.hosts(Some(h)).await?.is_empty() => {
             return Err(ApiError::not_found("host", h));
         }
+        (Agent, Some(_)) => {}
         (_, Some(_)) => return Err(ApiError::bad("invalid", "only agent tokens name a host")),
         _ => {}
     }

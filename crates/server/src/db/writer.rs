@@ -1,13 +1,19 @@
 //! Group commit: one task owns every write on the hot path (nonce issue and consume, result
-//! and alert rows) and commits whatever is queued in one transaction, so that a durable
-//! commit is shared by many requests. A reply is sent only after its transaction commits.
+//! and alert rows) and commits whatever is queued in one transaction of a few multi-row
+//! statements, so that one durable commit and a handful of round trips serve many requests. A
+//! reply is sent only after its transaction commits.
 
-use sqlx::{Any, Row, Transaction};
+use std::collections::{HashMap, HashSet};
+
+use sqlx::any::AnyArguments;
+use sqlx::query::Query;
+use sqlx::{Any, AssertSqlSafe, Row, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
 use super::Db;
 use crate::error::ServerError;
 
+/// Jobs per transaction; keeps every statement far below both backends' parameter limits.
 const MAX_BATCH: usize = 256;
 const QUEUE: usize = 4096;
 
@@ -80,15 +86,9 @@ impl Writer {
 
 async fn run(db: Db, mut rx: mpsc::Receiver<Job>) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        match commit_batch(&db, &batch).await {
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let commits: Vec<&Commit> = batch.iter().map(|(c, _)| c).collect();
+        match commit_batch(&db, &commits).await {
             Ok(outcomes) => {
                 for ((_, reply), o) in batch.drain(..).zip(outcomes) {
                     let _ = reply.send(Ok(o));
@@ -104,90 +104,188 @@ async fn run(db: Db, mut rx: mpsc::Receiver<Job>) {
     }
 }
 
-async fn commit_batch(db: &Db, batch: &[Job]) -> Result<Vec<NonceOutcome>, sqlx::Error> {
-    let mut tx = db.pool.begin().await?;
-    let mut out = Vec::with_capacity(batch.len());
-    for (commit, _) in batch {
-        out.push(apply(&mut tx, commit).await?);
+/// `($1, $2, ...), ($n, ...)` for `rows` tuples of `width` placeholders after `offset`.
+fn tuples(rows: usize, width: usize, offset: usize, suffix: &str) -> String {
+    let mut s = String::with_capacity(rows * width * 5);
+    for r in 0..rows {
+        if r > 0 {
+            s.push_str(", ");
+        }
+        s.push('(');
+        for c in 0..width {
+            if c > 0 {
+                s.push_str(", ");
+            }
+            s.push('$');
+            s.push_str(&(offset + r * width + c + 1).to_string());
+        }
+        s.push_str(suffix);
+        s.push(')');
     }
+    s
+}
+
+type AnyQuery = Query<'static, Any, AnyArguments>;
+
+/// The only dynamic SQL: generated placeholder lists; every value is bound.
+fn query(sql: String) -> AnyQuery {
+    sqlx::query(AssertSqlSafe(sql))
+}
+
+async fn commit_batch(db: &Db, batch: &[&Commit]) -> Result<Vec<NonceOutcome>, sqlx::Error> {
+    let mut out: Vec<NonceOutcome> = batch.iter().map(|_| NonceOutcome::Refused).collect();
+    let mut tx = db.pool.begin().await?;
+    issue_nonces(&mut tx, batch, &mut out).await?;
+    consume_and_store(&mut tx, batch, &mut out).await?;
     tx.commit().await?;
     Ok(out)
 }
 
-async fn apply(
-    tx: &mut Transaction<'_, Any>,
-    commit: &Commit,
-) -> Result<NonceOutcome, sqlx::Error> {
-    match commit {
-        Commit::Nonce {
+async fn issue_nonces(
+    tx: &mut Transaction<'static, Any>,
+    batch: &[&Commit],
+    out: &mut [NonceOutcome],
+) -> Result<(), sqlx::Error> {
+    let rows: Vec<usize> = (0..batch.len())
+        .filter(|&i| matches!(batch[i], Commit::Nonce { .. }))
+        .collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut q = query(format!(
+        "INSERT INTO nonces (nonce, vm, subset, expires, used) VALUES {}",
+        tuples(rows.len(), 4, 0, ", 0")
+    ));
+    for &i in &rows {
+        if let Commit::Nonce {
             nonce,
             vm,
             subset,
             expires,
-        } => {
-            sqlx::query(
-                "INSERT INTO nonces (nonce, vm, subset, expires, used) VALUES ($1, $2, $3, $4, 0)",
-            )
-            .bind(nonce.clone())
-            .bind(vm.clone())
-            .bind(subset.clone())
-            .bind(*expires)
-            .execute(&mut **tx)
-            .await?;
-            Ok(NonceOutcome::Issued)
+        } = batch[i]
+        {
+            q = q
+                .bind(nonce.clone())
+                .bind(vm.clone())
+                .bind(subset.clone())
+                .bind(*expires);
+            out[i] = NonceOutcome::Issued;
         }
-        Commit::Evidence(e) => {
-            let used = sqlx::query(
-                "UPDATE nonces SET used = 1 WHERE nonce = $1 AND vm = $2 AND subset = $3 \
-                 AND used = 0 AND expires >= $4",
-            )
+    }
+    q.execute(&mut **tx).await?;
+    Ok(())
+}
+
+async fn consume_and_store(
+    tx: &mut Transaction<'static, Any>,
+    batch: &[&Commit],
+    out: &mut [NonceOutcome],
+) -> Result<(), sqlx::Error> {
+    let ev: Vec<(usize, &EvidenceCommit)> = batch
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| match c {
+            Commit::Evidence(e) => Some((i, &**e)),
+            Commit::Nonce { .. } => None,
+        })
+        .collect();
+    let Some((_, first)) = ev.first() else {
+        return Ok(());
+    };
+    // Consume: a nonce row matches only its VM and subset, unused and unexpired.
+    let mut q = query(format!(
+        "UPDATE nonces SET used = 1 WHERE used = 0 AND expires >= $1 AND (nonce, vm, subset) IN (VALUES {}) \
+         RETURNING nonce",
+        tuples(ev.len(), 3, 1, "")
+    ))
+    .bind(first.now);
+    for (_, e) in &ev {
+        q = q
             .bind(e.nonce.clone())
             .bind(e.vm.clone())
-            .bind(e.subset.clone())
-            .bind(e.now)
-            .execute(&mut **tx)
-            .await?;
-            if used.rows_affected() != 1 {
-                return Ok(NonceOutcome::Refused);
-            }
-            let row = sqlx::query(
-                "INSERT INTO results (vm, time, nonce, score, status, body, evidence) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-            )
+            .bind(e.subset.clone());
+    }
+    let consumed: HashSet<Vec<u8>> = q
+        .fetch_all(&mut **tx)
+        .await?
+        .iter()
+        .map(|r| r.try_get::<Vec<u8>, _>(0))
+        .collect::<Result<_, _>>()?;
+    // A nonce posted twice in one batch is granted to the first post only.
+    let mut granted: HashSet<&[u8]> = HashSet::new();
+    let winners: Vec<(usize, &EvidenceCommit)> = ev
+        .into_iter()
+        .filter(|(_, e)| consumed.contains(&e.nonce) && granted.insert(&e.nonce))
+        .collect();
+    if winners.is_empty() {
+        return Ok(());
+    }
+    let mut q = query(format!(
+        "INSERT INTO results (vm, time, nonce, score, status, body, evidence) VALUES {} \
+         RETURNING id, nonce",
+        tuples(winners.len(), 7, 0, "")
+    ));
+    for (_, e) in &winners {
+        q = q
             .bind(e.vm.clone())
             .bind(e.time)
             .bind(e.nonce.clone())
             .bind(e.score)
             .bind(e.status.clone())
             .bind(e.body.clone())
-            .bind(e.evidence.clone())
-            .fetch_one(&mut **tx)
-            .await?;
-            let result_id: i64 = row.try_get(0)?;
-            let alert_id = match &e.alert {
-                Some((message, webhook)) => {
-                    let row = sqlx::query(
-                        "INSERT INTO alerts (vm, result_id, time, score, status, message, \
-                         delivered, attempts, next_attempt) VALUES ($1, $2, $3, $4, $5, $6, 0, 0, $7) \
-                         RETURNING id",
-                    )
-                    .bind(e.vm.clone())
-                    .bind(result_id)
-                    .bind(e.now)
-                    .bind(e.score)
-                    .bind(e.status.clone())
-                    .bind(message.clone())
-                    .bind(if *webhook { e.now } else { i64::MAX })
-                    .fetch_one(&mut **tx)
-                    .await?;
-                    Some(row.try_get(0)?)
-                }
-                None => None,
-            };
-            Ok(NonceOutcome::Stored {
-                result_id,
-                alert_id,
-            })
+            .bind(e.evidence.clone());
+    }
+    let ids: HashMap<Vec<u8>, i64> = q
+        .fetch_all(&mut **tx)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get::<Vec<u8>, _>(1)?, r.try_get::<i64, _>(0)?)))
+        .collect::<Result<_, sqlx::Error>>()?;
+    let mut alerting = Vec::new();
+    for (i, e) in &winners {
+        let result_id = ids.get(&e.nonce).copied().ok_or_else(|| {
+            sqlx::Error::Protocol(
+                "a stored result did not come back from INSERT ... RETURNING".into(),
+            )
+        })?;
+        out[*i] = NonceOutcome::Stored {
+            result_id,
+            alert_id: None,
+        };
+        if e.alert.is_some() {
+            alerting.push((*i, *e, result_id));
         }
     }
+    if alerting.is_empty() {
+        return Ok(());
+    }
+    let mut q = query(format!(
+        "INSERT INTO alerts (vm, result_id, time, score, status, message, next_attempt, \
+         delivered, attempts) VALUES {} RETURNING id, result_id",
+        tuples(alerting.len(), 7, 0, ", 0, 0")
+    ));
+    for (_, e, result_id) in &alerting {
+        let (message, webhook) = e.alert.clone().unwrap_or_default();
+        q = q
+            .bind(e.vm.clone())
+            .bind(*result_id)
+            .bind(e.now)
+            .bind(e.score)
+            .bind(e.status.clone())
+            .bind(message)
+            .bind(if webhook { e.now } else { i64::MAX });
+    }
+    let alert_ids: HashMap<i64, i64> = q
+        .fetch_all(&mut **tx)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get::<i64, _>(1)?, r.try_get::<i64, _>(0)?)))
+        .collect::<Result<_, sqlx::Error>>()?;
+    for (i, _, result_id) in alerting {
+        out[i] = NonceOutcome::Stored {
+            result_id,
+            alert_id: alert_ids.get(&result_id).copied(),
+        };
+    }
+    Ok(())
 }
