@@ -313,6 +313,14 @@ fn attestation_flow(server: &Server) {
         let bytes = sign(ev, &f.host_key).unwrap().encode().unwrap();
         refused(f.agent.evidence(&bytes), code);
     }
+    // A nonce this server never issued.
+    let mut forged = vmattest_core::attest::SignedEvidence::decode(&evidence_for(&f, &f.host_key))
+        .unwrap()
+        .value()
+        .clone();
+    forged.nonce = vec![0x42; 48];
+    let bytes = sign(forged, &f.host_key).unwrap().encode().unwrap();
+    refused(f.agent.evidence(&bytes), "unknown_nonce");
     // Garbage and wrong roles.
     refused(f.agent.evidence(b"not evidence"), "malformed");
     let (status, body) = http(

@@ -12,9 +12,10 @@ use vmattest_core::attest::{
 use vmattest_sign::record::{RecordSigError, verify_signed};
 
 use crate::auth::Caller;
-use crate::db::{Commit, EvidenceCommit, NonceOutcome};
+use crate::db::{EvidenceCommit, NonceOutcome};
 use crate::ear::EarClaims;
 use crate::error::ApiError;
+use crate::nonce::NonceError;
 use crate::state::{AppState, Baseline, VmEntry, now_secs};
 
 fn check_signature(signed: &SignedEvidence, vm: &VmEntry) -> Result<(), ApiError> {
@@ -47,8 +48,8 @@ fn check_claims(ev: &Evidence, vm: &VmEntry, now: i64, window: i64) -> Result<()
             ),
         ));
     }
-    let policy_id = vm.policy.id().to_hex();
-    if ev.policy_id.to_hex() != policy_id {
+    let policy_id = &vm.policy_id;
+    if ev.policy_id.to_hex() != *policy_id {
         return Err(ApiError::bad(
             "policy_mismatch",
             format!(
@@ -171,36 +172,6 @@ fn compare(ev: &Evidence, vm: &VmEntry, base: &Baseline) -> Result<Vec<RegionOut
     Ok(outcomes)
 }
 
-async fn explain_refusal(state: &AppState, ev: &Evidence, now: i64) -> ApiError {
-    let hex = hex::encode(&ev.nonce);
-    match state.db.nonce(&ev.nonce).await {
-        Ok(None) => ApiError::bad(
-            "unknown_nonce",
-            format!("nonce {hex} was never issued (or has been purged)"),
-        ),
-        Ok(Some((vm, _, _))) if vm != ev.vm => ApiError::bad(
-            "unknown_nonce",
-            format!("nonce {hex} was issued for VM {vm}, not {}", ev.vm),
-        ),
-        Ok(Some((_, _, true))) => ApiError::bad(
-            "replayed_nonce",
-            format!("nonce {hex} was already used: evidence is accepted once"),
-        ),
-        Ok(Some((_, expires, false))) if expires < now => ApiError::bad(
-            "expired_nonce",
-            format!("nonce {hex} expired at {expires}, {}s ago", now - expires),
-        ),
-        Ok(Some(_)) => ApiError::bad(
-            "unknown_nonce",
-            format!(
-                "nonce {hex} was issued for another subset than {}",
-                ev.subset
-            ),
-        ),
-        Err(e) => e.into(),
-    }
-}
-
 pub async fn submit(
     state: &AppState,
     caller: &Caller,
@@ -236,6 +207,24 @@ async fn submit_inner(
     check_signature(&signed, &vm)?;
     let now = now_secs();
     check_claims(ev, &vm, now, state.settings.window_secs)?;
+    let expires = state
+        .nonces
+        .check(&ev.nonce, &ev.vm, &ev.subset, now)
+        .map_err(|e| match e {
+            NonceError::Unknown => ApiError::bad(
+                "unknown_nonce",
+                format!(
+                    "nonce {} was not issued by this server for VM {} and subset {}",
+                    hex::encode(&ev.nonce),
+                    ev.vm,
+                    ev.subset
+                ),
+            ),
+            NonceError::Expired { expires } => ApiError::bad(
+                "expired_nonce",
+                format!("nonce expired at {expires}, {}s ago", now - expires),
+            ),
+        })?;
     let base = vm.baseline.as_ref().ok_or_else(|| {
         ApiError::conflict(
             "no_baseline",
@@ -248,12 +237,12 @@ async fn submit_inner(
         .iter()
         .map(|o| (o.name.clone(), o.matched))
         .collect();
-    let policy_id = vm.policy.id().to_hex();
+    let policy_id = &vm.policy_id;
     let ear = state.ear.ear(&EarClaims {
         vm: &ev.vm,
         iat: now,
         nonce: &ev.nonce,
-        policy_id: &policy_id,
+        policy_id,
         subset: &ev.subset,
         appraisal: &appraisal,
         regions: &regions,
@@ -309,10 +298,10 @@ async fn submit_inner(
         .map_err(|e| ApiError::from(crate::error::ServerError::Corrupt(e.to_string())))?;
     let outcome = state
         .writer
-        .submit(Commit::Evidence(Box::new(EvidenceCommit {
+        .submit(EvidenceCommit {
             nonce: ev.nonce.clone(),
+            expires,
             vm: ev.vm.clone(),
-            subset: ev.subset.clone(),
             now,
             time: i64::try_from(ev.time.secs).unwrap_or(i64::MAX),
             score: i64::from(appraisal.score),
@@ -320,7 +309,7 @@ async fn submit_inner(
             body: body_json,
             evidence: body.to_vec(),
             alert: message.clone().map(|m| (m, vm.row.webhook_url.is_some())),
-        })))
+        })
         .await?;
     match outcome {
         NonceOutcome::Stored {
@@ -335,6 +324,12 @@ async fn submit_inner(
             }
             Ok(result)
         }
-        _ => Err(explain_refusal(state, ev, now).await),
+        NonceOutcome::Replayed => Err(ApiError::bad(
+            "replayed_nonce",
+            format!(
+                "nonce {} was already used: evidence is accepted once",
+                hex::encode(&ev.nonce)
+            ),
+        )),
     }
 }

@@ -10,6 +10,7 @@ pub mod db;
 pub mod ear;
 pub mod error;
 mod metrics;
+pub mod nonce;
 pub mod openapi;
 mod routes;
 pub mod state;
@@ -104,7 +105,8 @@ pub async fn prepare(config: &Config) -> Result<AppState, ServerError> {
     let ear = EarSigner::load_or_create(&config.state_dir.join("ear-key.pem"), config.ear_alg)?;
     if db.count_tokens().await? == 0 {
         let token = auth::new_token()?;
-        write_secret(&config.admin_token_file, &token).map_err(io(&config.admin_token_file))?;
+        write_secret(&config.admin_token_file, format!("{token}\n").as_bytes())
+            .map_err(io(&config.admin_token_file))?;
         db.insert_token(
             &auth::token_hash(&token),
             auth::role_name(Role::Admin),
@@ -114,10 +116,12 @@ pub async fn prepare(config: &Config) -> Result<AppState, ServerError> {
         .await?;
         tracing::info!(file = %config.admin_token_file.display(), "bootstrap admin token written");
     }
-    Ok(AppState::new(db, ear, config.settings.clone()))
+    let nonces = nonce::NonceKey::load_or_create(&config.state_dir.join("nonce.key"))?;
+    AppState::new(db, ear, nonces, config.settings.clone()).await
 }
 
-fn write_secret(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+/// Writes a new file of mode 0600 (refusing to replace one) and syncs it.
+pub(crate) fn write_secret(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let mut f = std::fs::OpenOptions::new()
@@ -125,8 +129,7 @@ fn write_secret(path: &std::path::Path, text: &str) -> std::io::Result<()> {
         .create_new(true)
         .mode(0o600)
         .open(path)?;
-    f.write_all(text.as_bytes())?;
-    f.write_all(b"\n")?;
+    f.write_all(bytes)?;
     f.sync_all()
 }
 

@@ -19,11 +19,10 @@ use vmattest_sign::PublicKey;
 use vmattest_sign::record::verify_signed;
 
 use crate::auth::{Caller, new_token, role_name, token_hash};
-use crate::db::{AlertRow, Commit, VmRow};
+use crate::db::{AlertRow, VmRow};
 use crate::error::ApiError;
 use crate::state::{AppState, encode_pages, now_secs};
 
-const NONCE_LEN: usize = 32;
 const MAX_LIMIT: i64 = 1000;
 const MIN_WEBHOOK_SECRET: usize = 16;
 
@@ -427,22 +426,13 @@ pub async fn challenge(
             .cloned()
             .unwrap_or_else(|| "all".into()),
     };
-    let mut nonce = [0u8; NONCE_LEN];
-    getrandom::fill(&mut nonce).map_err(|e| crate::error::ServerError::Random(e.to_string()))?;
     let expires = now_secs() + s.settings.nonce_ttl_secs;
-    s.writer
-        .submit(Commit::Nonce {
-            nonce: nonce.to_vec(),
-            vm: name.clone(),
-            subset: subset.clone(),
-            expires,
-        })
-        .await?;
+    let nonce = s.nonces.issue(&name, &subset, expires)?;
     s.metrics.challenge();
     Ok(Json(Challenge {
         vm: name,
         nonce: hex::encode(nonce),
-        policy_id: vm.policy.id().to_hex(),
+        policy_id: vm.policy_id.clone(),
         policy_toml: vm.policy_toml.clone(),
         subset,
         expires: u64::try_from(expires).unwrap_or(0),

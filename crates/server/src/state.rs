@@ -17,6 +17,7 @@ use crate::db::{Db, VmRow, Writer};
 use crate::ear::EarSigner;
 use crate::error::{ApiError, ServerError};
 use crate::metrics::Metrics;
+use crate::nonce::NonceKey;
 
 /// How long a cached VM entry is trusted before it is reloaded: instances sharing one
 /// PostgreSQL see each other's registrations within this time.
@@ -60,6 +61,8 @@ pub struct VmEntry {
     pub host_key: PublicKey,
     pub tpm_backed: bool,
     pub policy: Policy,
+    /// Hex of `policy.id()`, computed once.
+    pub policy_id: String,
     pub policy_toml: String,
     pub on_alert: AlertAction,
     pub baseline: Option<Baseline>,
@@ -70,6 +73,7 @@ pub struct Inner {
     pub db: Db,
     pub writer: Writer,
     pub ear: EarSigner,
+    pub nonces: NonceKey,
     pub settings: Settings,
     pub metrics: Metrics,
     pub webhook_wake: Notify,
@@ -95,18 +99,24 @@ pub fn now_secs() -> i64 {
 }
 
 impl AppState {
-    pub fn new(db: Db, ear: EarSigner, settings: Settings) -> AppState {
-        let writer = Writer::spawn(db.clone());
-        AppState(Arc::new(Inner {
+    pub async fn new(
+        db: Db,
+        ear: EarSigner,
+        nonces: NonceKey,
+        settings: Settings,
+    ) -> Result<AppState, ServerError> {
+        let writer = Writer::spawn(&db).await?;
+        Ok(AppState(Arc::new(Inner {
             db,
             writer,
             ear,
+            nonces,
             settings,
             metrics: Metrics::default(),
             webhook_wake: Notify::new(),
             tokens: RwLock::new(HashMap::new()),
             vms: RwLock::new(HashMap::new()),
-        }))
+        })))
     }
 
     /// Tokens never change once issued, so a hit is cached for the process's life.
@@ -172,6 +182,7 @@ impl AppState {
             row,
             host_key,
             tpm_backed: host.tpm_backed,
+            policy_id: policy.id().to_hex(),
             policy,
             policy_toml,
             on_alert,

@@ -59,13 +59,12 @@ pub(crate) fn check_public(raw: &[u8]) -> Result<VerifyingKey, SignError> {
 
 /// `verify_strict`: rejects non-canonical `S`, small-order `R` and weak keys.
 pub(crate) fn verify(raw: &[u8], msg: &[u8], sig: &[u8]) -> bool {
-    let Ok(vk) = check_public(raw) else {
-        return false;
-    };
-    let Ok(sig) = Signature::from_slice(sig) else {
-        return false;
-    };
-    vk.verify_strict(msg, &sig).is_ok()
+    check_public(raw).is_ok_and(|vk| verify_with(&vk, msg, sig))
+}
+
+/// As [`verify`], with a key already checked by [`check_public`].
+pub(crate) fn verify_with(vk: &VerifyingKey, msg: &[u8], sig: &[u8]) -> bool {
+    Signature::from_slice(sig).is_ok_and(|sig| vk.verify_strict(msg, &sig).is_ok())
 }
 
 pub(crate) fn pkcs8_der(sk: &Secret) -> Zeroizing<Vec<u8>> {

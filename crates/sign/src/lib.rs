@@ -55,13 +55,32 @@ pub fn public_key_len(alg: SigAlg) -> usize {
 }
 
 /// A validated public key: its algorithm and raw bytes (see [`KeyId::of_public_key`]).
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct PublicKey {
     alg: SigAlg,
     raw: Vec<u8>,
+    /// The decoded Ed25519 point, kept after the first verification: decoding and checking it
+    /// costs as much as the verification itself.
+    ed25519: std::sync::OnceLock<Option<ed25519_dalek::VerifyingKey>>,
 }
 
+impl PartialEq for PublicKey {
+    fn eq(&self, other: &PublicKey) -> bool {
+        self.alg == other.alg && self.raw == other.raw
+    }
+}
+
+impl Eq for PublicKey {}
+
 impl PublicKey {
+    fn new(alg: SigAlg, raw: Vec<u8>) -> PublicKey {
+        PublicKey {
+            alg,
+            raw,
+            ed25519: std::sync::OnceLock::new(),
+        }
+    }
+
     pub fn alg(&self) -> SigAlg {
         self.alg
     }
@@ -84,10 +103,7 @@ impl PublicKey {
             SigAlg::MlDsa65 => ml_dsa_65::check_public(raw).map(drop)?,
             SigAlg::HybridEd25519MlDsa65 => hybrid::split_public(raw).map(drop)?,
         }
-        Ok(PublicKey {
-            alg,
-            raw: raw.to_vec(),
-        })
+        Ok(PublicKey::new(alg, raw.to_vec()))
     }
 
     /// Fails with [`SignError::SignatureLength`] for a signature of the wrong size and with
@@ -102,7 +118,11 @@ impl PublicKey {
             });
         }
         let ok = match self.alg {
-            SigAlg::Ed25519 => ed25519::verify(&self.raw, msg, sig),
+            SigAlg::Ed25519 => self
+                .ed25519
+                .get_or_init(|| ed25519::check_public(&self.raw).ok())
+                .as_ref()
+                .is_some_and(|vk| ed25519::verify_with(vk, msg, sig)),
             SigAlg::EcdsaP384 => ecdsa_p384::verify(&self.raw, msg, sig),
             SigAlg::MlDsa65 => ml_dsa_65::verify(&self.raw, msg, sig),
             SigAlg::HybridEd25519MlDsa65 => hybrid::verify(&self.raw, msg, sig),
@@ -146,14 +166,11 @@ impl PublicKey {
             keys.push(pem::decode_public(block, i + 1, origin)?);
         }
         match (keys.as_slice(), blocks.len()) {
-            ([(alg, raw)], 1) => Ok(PublicKey {
-                alg: *alg,
-                raw: raw.clone(),
-            }),
-            ([(SigAlg::Ed25519, ed), (SigAlg::MlDsa65, ml)], 2) => Ok(PublicKey {
-                alg: SigAlg::HybridEd25519MlDsa65,
-                raw: [ed.as_slice(), ml.as_slice()].concat(),
-            }),
+            ([(alg, raw)], 1) => Ok(PublicKey::new(*alg, raw.clone())),
+            ([(SigAlg::Ed25519, ed), (SigAlg::MlDsa65, ml)], 2) => Ok(PublicKey::new(
+                SigAlg::HybridEd25519MlDsa65,
+                [ed.as_slice(), ml.as_slice()].concat(),
+            )),
             _ => Err(layout_error(
                 origin,
                 &keys.iter().map(|(alg, _)| *alg).collect::<Vec<_>>(),
@@ -212,7 +229,7 @@ impl SecretKey {
         };
         SecretKey {
             inner,
-            public: PublicKey { alg, raw },
+            public: PublicKey::new(alg, raw),
         }
     }
 

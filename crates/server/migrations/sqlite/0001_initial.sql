@@ -38,14 +38,13 @@ CREATE TABLE baselines (
     created BIGINT NOT NULL
 );
 CREATE INDEX baselines_vm ON baselines(vm, id);
-CREATE TABLE nonces (
+-- Nonces are self-authenticating (MAC under the server's nonce key); a row here marks one used.
+CREATE TABLE used_nonces (
     nonce BLOB PRIMARY KEY,
     vm TEXT NOT NULL,
-    subset TEXT NOT NULL,
-    expires BIGINT NOT NULL,
-    used BIGINT NOT NULL
+    expires BIGINT NOT NULL
 );
-CREATE INDEX nonces_expires ON nonces(expires);
+CREATE INDEX used_nonces_expires ON used_nonces(expires);
 CREATE TABLE results (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     vm TEXT NOT NULL,

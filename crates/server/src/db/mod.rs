@@ -11,7 +11,7 @@ use std::time::Duration;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Executor, Row};
 
-pub use writer::{Commit, EvidenceCommit, NonceOutcome, Writer};
+pub use writer::{EvidenceCommit, NonceOutcome, Writer};
 
 use crate::error::ServerError;
 
@@ -34,6 +34,8 @@ impl Backend {
 pub struct Db {
     pub pool: AnyPool,
     pub backend: Backend,
+    /// The URL it was opened with, for the writer's own connection.
+    url: String,
 }
 
 /// A URL with any password replaced, for logs and errors.
@@ -51,7 +53,22 @@ pub fn redact(url: &str) -> String {
 }
 
 impl Db {
+    /// Opens the database and brings its schema up to date.
     pub async fn connect(url: &str) -> Result<Db, ServerError> {
+        let db = Db::open(url, None).await?;
+        match db.backend {
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&db.pool).await?,
+            Backend::Postgres => {
+                sqlx::migrate!("./migrations/postgres")
+                    .run(&db.pool)
+                    .await?
+            }
+        }
+        Ok(db)
+    }
+
+    /// A pool of `connections` (default: per backend) on the same database, no migrations.
+    pub async fn open(url: &str, connections: Option<u32>) -> Result<Db, ServerError> {
         install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -73,10 +90,10 @@ impl Db {
         };
         let opts = sqlx::any::AnyConnectOptions::from_str(&url).map_err(connect_err)?;
         let pool = AnyPoolOptions::new()
-            .max_connections(match backend {
+            .max_connections(connections.unwrap_or(match backend {
                 Backend::Sqlite => 4,
                 Backend::Postgres => 8,
-            })
+            }))
             .acquire_timeout(Duration::from_secs(10))
             .after_connect(move |conn, _| {
                 Box::pin(async move {
@@ -94,11 +111,15 @@ impl Db {
             .connect_with(opts)
             .await
             .map_err(connect_err)?;
-        match backend {
-            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
-            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
-        }
-        Ok(Db { pool, backend })
+        Ok(Db {
+            pool,
+            backend,
+            url: url.clone(),
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     pub async fn count_tokens(&self) -> Result<i64, ServerError> {
@@ -305,21 +326,9 @@ impl Db {
         }))
     }
 
-    /// `(vm, expires, used)` of an issued nonce, to say why it was refused.
-    pub async fn nonce(&self, nonce: &[u8]) -> Result<Option<(String, i64, bool)>, ServerError> {
-        let row = sqlx::query("SELECT vm, expires, used FROM nonces WHERE nonce = $1")
-            .bind(nonce.to_vec())
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(match row {
-            Some(r) => Some((r.try_get(0)?, r.try_get(1)?, r.try_get::<i64, _>(2)? != 0)),
-            None => None,
-        })
-    }
-
-    /// Forgets nonces that expired before `before` (used or not): they can no longer pass.
+    /// Forgets used nonces that expired before `before`: their expiry refuses them anyway.
     pub async fn purge_nonces(&self, before: i64) -> Result<u64, ServerError> {
-        let r = sqlx::query("DELETE FROM nonces WHERE expires < $1")
+        let r = sqlx::query("DELETE FROM used_nonces WHERE expires < $1")
             .bind(before)
             .execute(&self.pool)
             .await?;

@@ -1,7 +1,7 @@
-//! Group commit: one task owns every write on the hot path (nonce issue and consume, result
-//! and alert rows) and commits whatever is queued in one transaction of a few multi-row
-//! statements, so that one durable commit and a handful of round trips serve many requests. A
-//! reply is sent only after its transaction commits.
+//! Group commit: one task owns every write on the hot path (marking a nonce used, the result
+//! and alert rows) and commits whatever is queued in one transaction of three multi-row
+//! statements, so that one durable commit and a few round trips serve many requests. A reply
+//! is sent only after its transaction commits.
 
 use std::collections::{HashMap, HashSet};
 
@@ -20,8 +20,9 @@ const QUEUE: usize = 4096;
 #[derive(Debug)]
 pub struct EvidenceCommit {
     pub nonce: Vec<u8>,
+    /// When the nonce expires: its used mark may be forgotten after that.
+    pub expires: i64,
     pub vm: String,
-    pub subset: String,
     pub now: i64,
     pub time: i64,
     pub score: i64,
@@ -33,30 +34,21 @@ pub struct EvidenceCommit {
     pub alert: Option<(String, bool)>,
 }
 
-#[derive(Debug)]
-pub enum Commit {
-    Nonce {
-        nonce: Vec<u8>,
-        vm: String,
-        subset: String,
-        expires: i64,
-    },
-    Evidence(Box<EvidenceCommit>),
-}
-
 #[derive(Debug, PartialEq, Eq)]
 pub enum NonceOutcome {
-    Issued,
-    /// The nonce was consumed and the result stored.
+    /// The nonce was marked used and the result stored.
     Stored {
         result_id: i64,
         alert_id: Option<i64>,
     },
-    /// No unused, unexpired nonce for this VM and subset: nothing was stored.
-    Refused,
+    /// The nonce was used before: nothing was stored.
+    Replayed,
 }
 
-type Job = (Commit, oneshot::Sender<Result<NonceOutcome, String>>);
+type Job = (
+    EvidenceCommit,
+    oneshot::Sender<Result<NonceOutcome, String>>,
+);
 
 #[derive(Clone, Debug)]
 pub struct Writer {
@@ -64,13 +56,44 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn spawn(db: Db) -> Writer {
+    /// Starts the writer on a thread of its own, with its own connection: request handlers
+    /// busy with signatures must not delay the commits every response waits for.
+    pub async fn spawn(db: &Db) -> Result<Writer, ServerError> {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(db, rx));
-        Writer { tx }
+        let (ready_tx, ready) = oneshot::channel();
+        let url = db.url().to_string();
+        std::thread::Builder::new()
+            .name("vmattest-writer".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = ready_tx
+                            .send(Err(ServerError::Corrupt(format!("writer runtime: {e}"))));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    match Db::open(&url, Some(1)).await {
+                        Ok(db) => {
+                            let _ = ready_tx.send(Ok(()));
+                            run(db, rx).await;
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                        }
+                    }
+                });
+            })
+            .map_err(|e| ServerError::Corrupt(format!("writer thread: {e}")))?;
+        ready.await.map_err(|_| ServerError::WriterGone)??;
+        Ok(Writer { tx })
     }
 
-    pub async fn submit(&self, commit: Commit) -> Result<NonceOutcome, ServerError> {
+    pub async fn submit(&self, commit: EvidenceCommit) -> Result<NonceOutcome, ServerError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send((commit, reply))
@@ -87,8 +110,15 @@ impl Writer {
 async fn run(db: Db, mut rx: mpsc::Receiver<Job>) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let commits: Vec<&Commit> = batch.iter().map(|(c, _)| c).collect();
-        match commit_batch(&db, &commits).await {
+        let commits: Vec<&EvidenceCommit> = batch.iter().map(|(c, _)| c).collect();
+        let started = std::time::Instant::now();
+        let result = commit_batch(&db, &commits).await;
+        tracing::debug!(
+            jobs = commits.len(),
+            micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            "batch committed"
+        );
+        match result {
             Ok(outcomes) => {
                 for ((_, reply), o) in batch.drain(..).zip(outcomes) {
                     let _ = reply.send(Ok(o));
@@ -132,78 +162,34 @@ fn query(sql: String) -> AnyQuery {
     sqlx::query(AssertSqlSafe(sql))
 }
 
-async fn commit_batch(db: &Db, batch: &[&Commit]) -> Result<Vec<NonceOutcome>, sqlx::Error> {
-    let mut out: Vec<NonceOutcome> = batch.iter().map(|_| NonceOutcome::Refused).collect();
+async fn commit_batch(
+    db: &Db,
+    batch: &[&EvidenceCommit],
+) -> Result<Vec<NonceOutcome>, sqlx::Error> {
+    let mut out: Vec<NonceOutcome> = batch.iter().map(|_| NonceOutcome::Replayed).collect();
     let mut tx = db.pool.begin().await?;
-    issue_nonces(&mut tx, batch, &mut out).await?;
-    consume_and_store(&mut tx, batch, &mut out).await?;
+    store(&mut tx, batch, &mut out).await?;
     tx.commit().await?;
     Ok(out)
 }
 
-async fn issue_nonces(
+async fn store(
     tx: &mut Transaction<'static, Any>,
-    batch: &[&Commit],
+    batch: &[&EvidenceCommit],
     out: &mut [NonceOutcome],
 ) -> Result<(), sqlx::Error> {
-    let rows: Vec<usize> = (0..batch.len())
-        .filter(|&i| matches!(batch[i], Commit::Nonce { .. }))
-        .collect();
-    if rows.is_empty() {
+    if batch.is_empty() {
         return Ok(());
     }
+    let ev: Vec<(usize, &EvidenceCommit)> = batch.iter().copied().enumerate().collect();
+    // Mark used: a nonce already there is not returned.
     let mut q = query(format!(
-        "INSERT INTO nonces (nonce, vm, subset, expires, used) VALUES {}",
-        tuples(rows.len(), 4, 0, ", 0")
-    ));
-    for &i in &rows {
-        if let Commit::Nonce {
-            nonce,
-            vm,
-            subset,
-            expires,
-        } = batch[i]
-        {
-            q = q
-                .bind(nonce.clone())
-                .bind(vm.clone())
-                .bind(subset.clone())
-                .bind(*expires);
-            out[i] = NonceOutcome::Issued;
-        }
-    }
-    q.execute(&mut **tx).await?;
-    Ok(())
-}
-
-async fn consume_and_store(
-    tx: &mut Transaction<'static, Any>,
-    batch: &[&Commit],
-    out: &mut [NonceOutcome],
-) -> Result<(), sqlx::Error> {
-    let ev: Vec<(usize, &EvidenceCommit)> = batch
-        .iter()
-        .enumerate()
-        .filter_map(|(i, c)| match c {
-            Commit::Evidence(e) => Some((i, &**e)),
-            Commit::Nonce { .. } => None,
-        })
-        .collect();
-    let Some((_, first)) = ev.first() else {
-        return Ok(());
-    };
-    // Consume: a nonce row matches only its VM and subset, unused and unexpired.
-    let mut q = query(format!(
-        "UPDATE nonces SET used = 1 WHERE used = 0 AND expires >= $1 AND (nonce, vm, subset) IN (VALUES {}) \
+        "INSERT INTO used_nonces (nonce, vm, expires) VALUES {} ON CONFLICT (nonce) DO NOTHING \
          RETURNING nonce",
-        tuples(ev.len(), 3, 1, "")
-    ))
-    .bind(first.now);
+        tuples(ev.len(), 3, 0, "")
+    ));
     for (_, e) in &ev {
-        q = q
-            .bind(e.nonce.clone())
-            .bind(e.vm.clone())
-            .bind(e.subset.clone());
+        q = q.bind(e.nonce.clone()).bind(e.vm.clone()).bind(e.expires);
     }
     let consumed: HashSet<Vec<u8>> = q
         .fetch_all(&mut **tx)
