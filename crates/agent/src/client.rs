@@ -6,8 +6,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use vmattest_api::{
     API_PREFIX, Alert, AttestationResult, BaselineInfo, Challenge, EarKey, ErrorBody, Health, Host,
-    NewBaseline, NewHost, NewPolicy, NewToken, NewVm, PolicyInfo, ReportReceipt, StoredReport,
-    TokenIssued, Vm,
+    NewBaseline, NewHost, NewPolicy, NewSnapshotRequest, NewToken, NewVm, PolicyInfo,
+    ReportReceipt, SnapshotRequest, StoredReport, TokenIssued, Vm,
 };
 
 /// Largest response body read.
@@ -318,6 +318,19 @@ impl Client {
 
     pub fn reports(&self, vm: &str) -> Result<Vec<StoredReport>, ClientError> {
         self.get(&format!("/vms/{}/reports", seg("vm", vm)?))
+    }
+
+    /// Asks the VM's agent to compare the running VM with snapshot `seq` (admin, auditor).
+    pub fn request_snapshot(&self, vm: &str, seq: u64) -> Result<SnapshotRequest, ClientError> {
+        self.post_json(
+            &format!("/vms/{}/snapshot-requests", seg("vm", vm)?),
+            &NewSnapshotRequest { seq },
+        )
+    }
+
+    /// Snapshot requests of `vm`; an agent sees only the unanswered ones.
+    pub fn snapshot_requests(&self, vm: &str) -> Result<Vec<SnapshotRequest>, ClientError> {
+        self.get(&format!("/vms/{}/snapshot-requests", seg("vm", vm)?))
     }
 }
 

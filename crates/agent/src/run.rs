@@ -47,6 +47,8 @@ pub enum RunError {
     Measure(#[from] MeasureError),
     #[error(transparent)]
     Evidence(#[from] EvidenceError),
+    #[error("snapshot request: {0}")]
+    Report(#[from] crate::report::ReportError),
     #[error("rollback to seq {seq}: {source}")]
     Rollback {
         seq: u64,
@@ -186,6 +188,13 @@ pub enum Event {
         seq: u64,
         report: RestoreReport,
     },
+    /// A snapshot request was answered with a signed report.
+    Reported {
+        round: u64,
+        request: i64,
+        seq: u64,
+        verdict: String,
+    },
     /// A result asked for a rollback, but the agent has no store to roll back from.
     RollbackSkipped {
         round: u64,
@@ -233,6 +242,9 @@ pub fn run_loop(
                 }
             }
             Err(error) => on_event(Event::Failed { round, error }),
+        }
+        if let Some(from) = &opts.rollback {
+            answer_snapshot_requests(client, spec, signer, opts.vm_name, from, round, on_event);
         }
         if opts.count.is_some_and(|n| round >= n) {
             break;
@@ -289,5 +301,57 @@ mod tests {
         c.policy_toml = "name = 1".into();
         let e = check_challenge("web1", &c).unwrap_err().to_string();
         assert!(e.contains("policy"), "{e}");
+    }
+}
+
+/// Answers the server's pending snapshot requests: each is a signed report comparing the
+/// running VM with the requested seq of the store, carrying the request's nonce.
+fn answer_snapshot_requests(
+    client: &Client,
+    spec: &VmSpec,
+    signer: &dyn Signer,
+    vm_name: &str,
+    from: &Rollback<'_>,
+    round: u64,
+    on_event: &mut dyn FnMut(Event),
+) {
+    let requests = match client.snapshot_requests(vm_name) {
+        Ok(r) => r,
+        Err(e) => {
+            return on_event(Event::Failed {
+                round,
+                error: e.into(),
+            });
+        }
+    };
+    for req in requests {
+        let outcome = hex::decode(&req.nonce)
+            .map_err(|_| RunError::Challenge {
+                vm: vm_name.to_owned(),
+                field: "snapshot request nonce",
+                expected: "hex",
+                found: req.nonce.clone(),
+            })
+            .and_then(|nonce| {
+                let chain = crate::report::ChainCheck {
+                    store: from.store,
+                    seq: req.seq,
+                    keys: from.keys,
+                    secret: from.secret,
+                };
+                let signed = crate::report::attest_snapshot(&chain, spec, signer, &nonce)?;
+                let verdict = signed.value().verdict().to_owned();
+                client.post_report(vm_name, &signed.encode().map_err(EvidenceError::from)?)?;
+                Ok(verdict)
+            });
+        match outcome {
+            Ok(verdict) => on_event(Event::Reported {
+                round,
+                request: req.id,
+                seq: req.seq,
+                verdict,
+            }),
+            Err(error) => on_event(Event::Failed { round, error }),
+        }
     }
 }

@@ -198,6 +198,7 @@ fn the_loop_reports_results_refusals_and_rollback_requests() {
             Event::Answered { round, .. } => format!("answered {round}"),
             Event::RollbackSkipped { round, seq } => format!("skipped {round} {seq}"),
             Event::RolledBack { round, .. } => format!("rolled back {round}"),
+            Event::Reported { round, seq, .. } => format!("reported {round} {seq}"),
             Event::Failed { round, error } => format!("failed {round} {error}"),
         })
         .collect();

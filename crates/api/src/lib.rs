@@ -229,6 +229,27 @@ pub struct ReportReceipt {
     pub vm: String,
     pub seq: u64,
     pub verdict: String,
+    /// The snapshot request this report answers, if its nonce was one.
+    pub request_id: Option<i64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NewSnapshotRequest {
+    /// The seq of the VM's chain whose state the running VM is compared with.
+    pub seq: u64,
+}
+
+/// A request for the agent to compare its running VM with an attested snapshot.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SnapshotRequest {
+    pub id: i64,
+    pub vm: String,
+    pub seq: u64,
+    /// The server's nonce, which the signed report must carry (hex).
+    pub nonce: String,
+    pub requested: u64,
+    /// The stored report that answered it.
+    pub report_id: Option<i64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

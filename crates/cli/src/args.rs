@@ -446,9 +446,8 @@ pub struct AgentArgs {
     /// Trust only this CA certificate (PEM) for the server's TLS certificate.
     #[arg(long)]
     pub ca_cert: Option<PathBuf>,
-    /// The host's evidence-signing private key (its public key is registered with the host).
-    #[arg(long)]
-    pub key: PathBuf,
+    #[command(flatten)]
+    pub signer: EvidenceSigner,
     #[command(flatten)]
     pub vm: VmArg,
     /// The VM's name on the server (default: the spec's name).
@@ -490,9 +489,8 @@ pub enum AttestCommand {
         seq: u64,
         #[command(flatten)]
         vm: VmArg,
-        /// Private key that signs the report.
-        #[arg(long)]
-        key: PathBuf,
+        #[command(flatten)]
+        signer: EvidenceSigner,
         /// The requester's nonce (hex, at most 64 bytes).
         #[arg(long, default_value = "")]
         nonce: String,
@@ -574,6 +572,19 @@ pub enum RemoteCommand {
         #[arg(long)]
         vm: String,
     },
+    /// Ask the VM's agent to compare the running VM with snapshot SEQ and send a signed report
+    /// (answered on the agent's next round; see `reports`).
+    AttestSnapshot {
+        #[arg(long)]
+        vm: String,
+        #[arg(long)]
+        seq: u64,
+    },
+    /// Snapshot requests of a VM and the reports that answered them.
+    SnapshotRequests {
+        #[arg(long)]
+        vm: String,
+    },
     /// The public key that signs EARs and webhooks (public).
     EarKey,
 }
@@ -586,6 +597,13 @@ pub enum RemoteHostCommand {
         name: String,
         #[arg(long)]
         pubkey: PathBuf,
+        /// The host TPM's attestation key (`tpm ak`): registers the key as TPM-resident, checked
+        /// against its certification.
+        #[arg(long)]
+        ak: Option<PathBuf>,
+        /// The certification `tpm keygen` wrote [default: PUBKEY.certify].
+        #[arg(long, requires = "ak")]
+        certify: Option<PathBuf>,
     },
     List,
 }
@@ -630,4 +648,16 @@ pub enum RemoteVmCommand {
     Show {
         name: String,
     },
+}
+
+/// The key that signs evidence and reports: a key file, or the host TPM's signing key.
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct EvidenceSigner {
+    /// The host's evidence-signing private key (its public key is registered with the host).
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// `tpm`: sign with the TPM-resident key of `tpm keygen` (registered with --ak).
+    #[arg(long, value_parser = ["tpm"])]
+    pub signer: Option<String>,
 }

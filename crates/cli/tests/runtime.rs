@@ -222,10 +222,55 @@ sample = 64
         vmattest(args)
     };
 
-    // The running guest matches its snapshot's kernel.
-    let clean = agent(&[]).ok().json();
+    // A remote party asks whether the running VM still is snapshot 0.
+    let request = server
+        .remote(
+            &admin,
+            &["--json", "attest-snapshot", "--vm", "rt", "--seq", "0"],
+        )
+        .ok()
+        .json();
+    // The running guest matches its snapshot's kernel; the agent also answers the request.
+    let round = agent(&[
+        "--store",
+        &s(&store),
+        "--pubkey",
+        &s(&dir.join("chain.key.pub")),
+    ])
+    .ok();
+    let lines: Vec<serde_json::Value> = round
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let clean = &lines[0];
     assert_eq!(clean["status"], "affirming", "{clean}");
     assert_eq!(clean["score"], 100, "{clean}");
+    // The guest has run on since seq 0: its RAM and disk differ.
+    assert_eq!(
+        lines[1]["snapshot_request"], request["id"],
+        "{}",
+        round.stdout
+    );
+    assert_eq!(lines[1]["verdict"], "mismatch");
+    let reports = server
+        .remote(&admin, &["--json", "reports", "--vm", "rt"])
+        .ok()
+        .json();
+    let report = hex::decode(reports["report"].as_str().unwrap()).unwrap();
+    let signed = vmattest_core::attest::SignedSnapshotReport::decode(&report).unwrap();
+    let host_pub = vmattest_sign::keyfile::read_public_key(&dir.join("host.key.pub")).unwrap();
+    vmattest_sign::record::verify_signed(&signed, &[host_pub])
+        .expect("report signed by the host key");
+    assert_eq!(
+        hex::encode(&signed.value().nonce),
+        request["nonce"].as_str().unwrap()
+    );
+    let answered = server
+        .remote(&admin, &["--json", "snapshot-requests", "--vm", "rt"])
+        .ok()
+        .json();
+    assert_eq!(answered["report_id"], reports["id"], "{answered}");
 
     // Change one byte of kernel text through the RAM file.
     let ram_path = dir.join("run-rt/ram");

@@ -576,6 +576,18 @@ fn every_endpoint_checks_token_and_role() {
             None,
             vec![&f.agent_token],
         ),
+        (
+            "POST",
+            "/v1/vms/vm1/snapshot-requests".into(),
+            json(serde_json::json!({"seq": 0})),
+            vec![&f.agent_token],
+        ),
+        (
+            "GET",
+            "/v1/vms/vm1/snapshot-requests".into(),
+            None,
+            vec![&other_agent],
+        ),
     ];
     let documented = vmattest_server::openapi::ROUTES.len() - 3; // less the public ones
     assert_eq!(cases.len(), documented, "every protected route is covered");

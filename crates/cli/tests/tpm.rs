@@ -504,3 +504,131 @@ mod with_swtpm {
         assert!(info["ek_certificate"].is_null());
     }
 }
+
+/// An agent whose evidence key lives in the TPM: registered with the AK's certification, it
+/// earns the `hardware` claim; a foreign AK is refused at registration.
+#[cfg(feature = "tpm")]
+#[test]
+fn tpm_resident_agent_key_earns_the_hardware_claim() {
+    use common::server::Server;
+    use vmattest_agent::Client;
+    use vmattest_agent::evidence::{Measured, evidence_bytes};
+    use vmattest_api::{NewBaseline, NewPolicy, NewToken, NewVm, Provenance, Role};
+    use vmattest_core::attest::Policy;
+    use vmattest_testkit::Swtpm;
+
+    let tpm = Swtpm::start();
+    let other = Swtpm::start();
+    let t = Some(tpm.tcti());
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_owned();
+    vmattest_env(t.as_deref(), &["tpm", "keygen", "--out", &p("tk.pub")]).ok();
+    vmattest_env(t.as_deref(), &["tpm", "ak", "--out", &p("ak")]).ok();
+    vmattest_env(Some(&other.tcti()), &["tpm", "ak", "--out", &p("other-ak")]).ok();
+
+    let server = Server::start(&dir.path().join("state"), None);
+    let admin = server.admin_token();
+    server
+        .remote(
+            &admin,
+            &[
+                "host",
+                "add",
+                "--name",
+                "h0",
+                "--pubkey",
+                &p("tk.pub"),
+                "--ak",
+                &p("other-ak"),
+            ],
+        )
+        .fails(2, "tpm_binding");
+    let host = server
+        .remote(
+            &admin,
+            &[
+                "--json",
+                "host",
+                "add",
+                "--name",
+                "h1",
+                "--pubkey",
+                &p("tk.pub"),
+                "--ak",
+                &p("ak"),
+            ],
+        )
+        .ok()
+        .json();
+    assert_eq!(host["tpm_backed"], true, "{host}");
+
+    let policy = Policy::parse(
+        "name = \"p\"\n[[region]]\nname = \"code\"\nstart = 0\nlen = 0x4000\nkernel_code = true\ncritical = true\n",
+        None,
+    )
+    .unwrap();
+    let ram = common::vm_like(16 * 4096, 3);
+    let c = Client::new(&server.url(), Some(admin)).unwrap();
+    let pid = c
+        .add_policy(&NewPolicy {
+            toml: policy.to_toml(),
+        })
+        .unwrap()
+        .id;
+    c.add_vm(&NewVm {
+        name: "vm1".into(),
+        host: "h1".into(),
+        policy_id: pid.clone(),
+        approved_subsets: vec!["all".into()],
+        threshold: 50,
+        webhook: None,
+        on_alert: Default::default(),
+    })
+    .unwrap();
+    let d = "00".repeat(32);
+    c.set_baseline(
+        "vm1",
+        &NewBaseline {
+            policy_id: pid,
+            regions: vmattest_agent::region_pages(&ram, &policy).unwrap(),
+            provenance: Provenance {
+                store_vm_id: "vm1".into(),
+                seq: 0,
+                link_digest: d.clone(),
+                state_root: d,
+                signer_key_ids: vec![],
+                snapshot_time: 0,
+                component: "ram".into(),
+            },
+        },
+    )
+    .unwrap();
+    let token = c
+        .create_token(&NewToken {
+            role: Role::Agent,
+            host: Some("h1".into()),
+        })
+        .unwrap()
+        .token;
+    let agent = Client::new(&server.url(), Some(token)).unwrap();
+    let ch = agent.challenge("vm1").unwrap();
+    let (policy, nonce) = vmattest_agent::run::check_challenge("vm1", &ch).unwrap();
+    let (regions, kernel_code) =
+        vmattest_agent::measure(&ram, &policy, &ch.subset, &nonce).unwrap();
+    let signer = vmattest_tpm::TpmSigner::open(&vmattest_tpm::TpmConfig::tcti(tpm.tcti())).unwrap();
+    let bytes = evidence_bytes(
+        Measured {
+            vm: "vm1",
+            nonce: &nonce,
+            policy: &policy,
+            subset: &ch.subset,
+            regions,
+            kernel_code,
+        },
+        &signer,
+    )
+    .unwrap();
+    let r = agent.evidence(&bytes).unwrap();
+    assert_eq!((r.status.as_str(), r.score), ("affirming", 100), "{r:?}");
+    assert_eq!(r.trust_vector["hardware"], 2);
+}

@@ -58,6 +58,10 @@ pub fn app(state: AppState) -> Router {
             "/v1/vms/{vm}/reports",
             post(routes::new_report).get(routes::reports),
         )
+        .route(
+            "/v1/vms/{vm}/snapshot-requests",
+            post(routes::new_snapshot_request).get(routes::snapshot_requests),
+        )
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(

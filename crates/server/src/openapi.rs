@@ -165,6 +165,22 @@ pub const ROUTES: &[Route] = &[
         None,
         "ReportList",
     ),
+    (
+        "post",
+        "/v1/vms/{vm}/snapshot-requests",
+        "admin, auditor",
+        "Ask the agent to compare the running VM with a snapshot",
+        Some("NewSnapshotRequest"),
+        "SnapshotRequest",
+    ),
+    (
+        "get",
+        "/v1/vms/{vm}/snapshot-requests",
+        "any (agent: own host, pending only)",
+        "Snapshot requests, newest first",
+        None,
+        "SnapshotRequestList",
+    ),
 ];
 
 fn schema_ref(name: &str) -> Value {
@@ -213,7 +229,9 @@ fn schemas() -> Value {
         "Challenge": obj(&[("vm", "string"), ("nonce", "string"), ("policy_id", "string"), ("policy_toml", "string"), ("subset", "string"), ("expires", "integer")]),
         "AttestationResult": obj(&[("id", "integer"), ("vm", "string"), ("time", "integer"), ("score", "integer"), ("status", "string"), ("trust_vector", "object"), ("regions", "object"), ("alert", "boolean"), ("rollback_seq", "integer?"), ("ear", "string")]),
         "Alert": obj(&[("id", "integer"), ("vm", "string"), ("result_id", "integer"), ("time", "integer"), ("score", "integer"), ("status", "string"), ("message", "string"), ("webhook_delivered", "boolean"), ("webhook_attempts", "integer")]),
-        "ReportReceipt": obj(&[("id", "integer"), ("vm", "string"), ("seq", "integer"), ("verdict", "string")]),
+        "ReportReceipt": obj(&[("id", "integer"), ("vm", "string"), ("seq", "integer"), ("verdict", "string"), ("request_id", "integer?")]),
+        "NewSnapshotRequest": obj(&[("seq", "integer")]),
+        "SnapshotRequest": obj(&[("id", "integer"), ("vm", "string"), ("seq", "integer"), ("nonce", "string"), ("requested", "integer"), ("report_id", "integer?")]),
         "Report": obj(&[("id", "integer"), ("vm", "string"), ("seq", "integer"), ("verdict", "string"), ("time", "integer"), ("report", "string")]),
     })
 }

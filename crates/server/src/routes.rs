@@ -9,8 +9,8 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 use vmattest_api::{
     Alert, AlertAction, AttestationResult, BaselineInfo, Challenge, EarKey, Health, Host,
-    NewBaseline, NewHost, NewPolicy, NewToken, NewVm, PolicyInfo, ReportReceipt, Role,
-    StoredReport, TokenIssued, Vm,
+    NewBaseline, NewHost, NewPolicy, NewSnapshotRequest, NewToken, NewVm, PolicyInfo,
+    ReportReceipt, Role, SnapshotRequest, StoredReport, TokenIssued, Vm,
 };
 use vmattest_core::alg::Digest;
 use vmattest_core::attest::{Policy, SignedSnapshotReport};
@@ -542,6 +542,9 @@ pub async fn new_report(
     let id =
         s.db.insert_report(&name, r.seq.0, r.verdict(), now_secs(), &body)
             .await?;
+    let request_id =
+        s.db.answer_snapshot_request(&name, r.seq.0, &r.nonce, id)
+            .await?;
     s.metrics.report();
     tracing::info!(vm = %name, seq = r.seq.0, verdict = r.verdict(), "snapshot report stored");
     Ok(Json(ReportReceipt {
@@ -549,6 +552,7 @@ pub async fn new_report(
         vm: name,
         seq: r.seq.0,
         verdict: r.verdict().into(),
+        request_id,
     }))
 }
 
@@ -575,4 +579,60 @@ pub async fn reports(
 
 pub async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+pub async fn new_snapshot_request(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<SnapshotRequest>, ApiError> {
+    caller.require(&[Admin, Auditor])?;
+    let req: NewSnapshotRequest = json_body(&body)?;
+    s.vm(&name).await?;
+    let mut nonce = [0u8; 32];
+    getrandom::fill(&mut nonce).map_err(|e| crate::error::ServerError::Random(e.to_string()))?;
+    let now = now_secs();
+    let id =
+        s.db.insert_snapshot_request(&name, req.seq, &nonce, now)
+            .await?;
+    tracing::info!(vm = %name, seq = req.seq, request = id, "snapshot attestation requested");
+    Ok(Json(SnapshotRequest {
+        id,
+        vm: name,
+        seq: req.seq,
+        nonce: hex::encode(nonce),
+        requested: u64::try_from(now).unwrap_or(0),
+        report_id: None,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RequestQuery {
+    pending: Option<bool>,
+}
+
+pub async fn snapshot_requests(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Query(q): Query<RequestQuery>,
+) -> Result<Json<Vec<SnapshotRequest>>, ApiError> {
+    let vm = s.vm(&name).await?;
+    caller.require_host(&vm.row.host, &name)?;
+    // Agents see only what they still have to answer.
+    let pending = q.pending.unwrap_or(false) || caller.role == Agent;
+    let rows = s.db.snapshot_requests(&name, pending).await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|r| SnapshotRequest {
+                id: r.id,
+                vm: name.clone(),
+                seq: u64::try_from(r.seq).unwrap_or(0),
+                nonce: hex::encode(r.nonce),
+                requested: u64::try_from(r.requested).unwrap_or(0),
+                report_id: r.report_id,
+            })
+            .collect(),
+    ))
 }

@@ -12,7 +12,6 @@ use vmattest_agent::run::{Event, LoopOptions, Rollback, run_loop};
 use vmattest_agent::{ReportError, RunError};
 use vmattest_api::AttestationResult;
 use vmattest_core::record::MAX_NONCE_LEN;
-use vmattest_sign::keyfile;
 
 use super::remote::connect;
 use super::snapshot::load_verify;
@@ -75,7 +74,7 @@ pub fn run(args: AgentArgs, json: bool) -> anyhow::Result<()> {
         Some(&args.token_file),
         args.ca_cert.as_deref(),
     )?;
-    let signer = keyfile::read_secret_key(&args.key)?;
+    let signer = super::keys::evidence_signer(&args.signer)?;
     let verify = VerifyArgs {
         pubkeys: args.pubkeys.clone(),
         secret: args.secret.clone(),
@@ -113,45 +112,70 @@ pub fn run(args: AgentArgs, json: bool) -> anyhow::Result<()> {
     let mut last_error: Option<RunError> = None;
     let mut alert = false;
     let mut print_failed: Option<anyhow::Error> = None;
-    run_loop(&client, &spec, &signer, &opts, &stop, &mut |event| {
-        let printed = match event {
-            Event::Answered { round, result } => {
-                alert = result.alert;
-                last_error = None;
-                print_result(round, &result, json)
-            }
-            Event::RolledBack { round, seq, report } => {
-                if json {
-                    output::print(&serde_json::json!({
-                        "round": round, "vm": name, "rolled_back_to": seq,
-                        "link": report.verified.link.to_hex(),
-                        "state_root": report.verified.state_root.to_hex(),
-                    }))
-                } else {
-                    println!(
-                        "{name} round {round}: rolled back to seq {seq} as the server asked (verified links 0..={seq}); the guest runs on"
+    run_loop(
+        &client,
+        &spec,
+        signer.as_ref(),
+        &opts,
+        &stop,
+        &mut |event| {
+            let printed = match event {
+                Event::Answered { round, result } => {
+                    alert = result.alert;
+                    last_error = None;
+                    print_result(round, &result, json)
+                }
+                Event::RolledBack { round, seq, report } => {
+                    if json {
+                        output::print(&serde_json::json!({
+                            "round": round, "vm": name, "rolled_back_to": seq,
+                            "link": report.verified.link.to_hex(),
+                            "state_root": report.verified.state_root.to_hex(),
+                        }))
+                    } else {
+                        println!(
+                            "{name} round {round}: rolled back to seq {seq} as the server asked (verified links 0..={seq}); the guest runs on"
+                        );
+                        Ok(())
+                    }
+                }
+                Event::Reported {
+                    round,
+                    request,
+                    seq,
+                    verdict,
+                } => {
+                    if json {
+                        output::print(&serde_json::json!({
+                            "round": round, "vm": name, "snapshot_request": request,
+                            "seq": seq, "verdict": verdict,
+                        }))
+                    } else {
+                        println!(
+                            "{name} round {round}: snapshot request {request}: the running VM and seq {seq}: {verdict} (signed report sent)"
+                        );
+                        Ok(())
+                    }
+                }
+                Event::RollbackSkipped { round, seq } => {
+                    eprintln!(
+                        "vmattest: {name} round {round}: the server asks for a rollback to seq {seq}, but no --store was given"
                     );
                     Ok(())
                 }
-            }
-            Event::RollbackSkipped { round, seq } => {
-                eprintln!(
-                    "vmattest: {name} round {round}: the server asks for a rollback to seq {seq}, but no --store was given"
-                );
-                Ok(())
-            }
-            Event::Failed { round, error } => {
-                if !args.once {
-                    eprintln!("vmattest: {name} round {round}: {error}");
+                Event::Failed { round, error } => {
+                    if !args.once {
+                        eprintln!("vmattest: {name} round {round}: {error}");
+                    }
+                    last_error = Some(error);
+                    Ok(())
                 }
-                last_error = Some(error);
-                Ok(())
+            };
+            if let Err(e) = printed {
+                print_failed.get_or_insert(e);
             }
-        };
-        if let Err(e) = printed {
-            print_failed.get_or_insert(e);
-        }
-    });
+        },
+    );
     if let Some(e) = print_failed {
         return Err(e);
     }
@@ -203,7 +227,7 @@ pub fn attest(cmd: AttestCommand, json: bool) -> anyhow::Result<()> {
         verify,
         seq,
         vm,
-        key,
+        signer,
         nonce,
         out,
         server,
@@ -218,7 +242,7 @@ pub fn attest(cmd: AttestCommand, json: bool) -> anyhow::Result<()> {
         );
     }
     let spec = load_spec(&vm.vm)?;
-    let signer = keyfile::read_secret_key(&key)?;
+    let signer = super::keys::evidence_signer(&signer)?;
     let (keys, secret) = load_verify(&verify)?;
     // Connect (and read the token) before the work, so that bad input fails fast.
     let client = match &server {
@@ -235,8 +259,8 @@ pub fn attest(cmd: AttestCommand, json: bool) -> anyhow::Result<()> {
         keys: &keys,
         secret: secret.as_ref(),
     };
-    let signed =
-        vmattest_agent::attest_snapshot(&chain, &spec, &signer, &nonce).map_err(report_err)?;
+    let signed = vmattest_agent::attest_snapshot(&chain, &spec, signer.as_ref(), &nonce)
+        .map_err(report_err)?;
     let bytes = signed.encode()?;
     if let Some(path) = &out {
         write_atomic(path, &bytes)?;

@@ -88,3 +88,12 @@ pub fn load_signers(keys: &[PathBuf], tpm: bool) -> anyhow::Result<Vec<Box<dyn S
     }
     Ok(out)
 }
+
+/// The signer of evidence and snapshot reports: `--key FILE` or `--signer tpm`.
+pub fn evidence_signer(s: &crate::args::EvidenceSigner) -> anyhow::Result<Box<dyn Signer>> {
+    match (&s.key, s.signer.as_deref()) {
+        (Some(k), None) => Ok(Box::new(keyfile::read_secret_key(k)?)),
+        (None, Some("tpm")) => Ok(Box::new(super::tpm::signer()?)),
+        _ => anyhow::bail!("give one of --key KEY and --signer tpm"),
+    }
+}

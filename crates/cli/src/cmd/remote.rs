@@ -110,12 +110,21 @@ pub fn run(args: RemoteArgs, json: bool) -> anyhow::Result<()> {
             // The token alone on stdout, so that it can be redirected into a token file.
             show(json, &issued, |t| t.token.clone())
         }
-        RemoteCommand::Host(RemoteHostCommand::Add { name, pubkey }) => {
+        RemoteCommand::Host(RemoteHostCommand::Add {
+            name,
+            pubkey,
+            ak,
+            certify,
+        }) => {
             let key = keyfile::read_public_key(&pubkey)?;
+            let tpm = match ak {
+                Some(ak) => Some(tpm_binding(&pubkey, &ak, certify.as_deref())?),
+                None => None,
+            };
             let host = c.add_host(&NewHost {
                 name,
                 public_key_pem: key.to_pem(),
-                tpm: None,
+                tpm,
             })?;
             show(json, &host, |h| {
                 format!("host {} registered, key {}", h.name, h.key_id)
@@ -278,8 +287,44 @@ pub fn run(args: RemoteArgs, json: bool) -> anyhow::Result<()> {
                 r.id, r.time, r.vm, r.seq, r.verdict
             )
         }),
+        RemoteCommand::AttestSnapshot { vm, seq } => {
+            show(json, &c.request_snapshot(&vm, seq)?, |r| {
+                format!(
+                    "request {}: the agent of {} will compare the running VM with seq {} (nonce {})",
+                    r.id, r.vm, r.seq, r.nonce
+                )
+            })
+        }
+        RemoteCommand::SnapshotRequests { vm } => show_all(json, &c.snapshot_requests(&vm)?, |r| {
+            format!(
+                "{}  {}  seq {}  {}",
+                r.id,
+                r.requested,
+                r.seq,
+                r.report_id
+                    .map_or_else(|| "pending".to_string(), |id| format!("report {id}"))
+            )
+        }),
         RemoteCommand::EarKey => show(json, &c.ear_key()?, |k| {
             format!("# {} key {}\n{}", k.alg, k.kid, k.public_key_pem.trim_end())
         }),
     }
+}
+
+/// The AK and the key's certification, as `tpm ak` and `tpm keygen` wrote them.
+fn tpm_binding(
+    pubkey: &Path,
+    ak: &Path,
+    certify: Option<&Path>,
+) -> anyhow::Result<vmattest_api::TpmBinding> {
+    let default = super::tpm::certify_path(pubkey);
+    let certify = certify.unwrap_or(&default);
+    let ak_bytes = read_capped(ak, 4096, "attestation key")?;
+    let text = read_capped(certify, 1 << 20, "certification")?;
+    let doc: vmattest_api::CertifyDoc = serde_json::from_slice(&text)
+        .map_err(|e| anyhow::anyhow!("certification {}: {e}", certify.display()))?;
+    Ok(vmattest_api::TpmBinding {
+        ak: hex::encode(ak_bytes),
+        certify: doc,
+    })
 }

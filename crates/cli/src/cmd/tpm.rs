@@ -123,7 +123,7 @@ struct PcrValue {
 
 const QUOTE_FORMAT: &str = "vmattest-tpm-quote/1";
 
-fn certify_path(pubkey: &Path) -> std::path::PathBuf {
+pub(super) fn certify_path(pubkey: &Path) -> std::path::PathBuf {
     let mut p = pubkey.as_os_str().to_owned();
     p.push(".certify");
     p.into()

@@ -77,3 +77,12 @@ CREATE TABLE reports (
     time BIGINT NOT NULL,
     report BLOB NOT NULL
 );
+CREATE TABLE snapshot_requests (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    vm TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    nonce BLOB NOT NULL UNIQUE,
+    requested BIGINT NOT NULL,
+    report_id BIGINT
+);
+CREATE INDEX snapshot_requests_vm ON snapshot_requests(vm, report_id);

@@ -451,6 +451,88 @@ impl Db {
     }
 }
 
+impl Db {
+    pub async fn insert_snapshot_request(
+        &self,
+        vm: &str,
+        seq: u64,
+        nonce: &[u8],
+        now: i64,
+    ) -> Result<i64, ServerError> {
+        let row = sqlx::query(
+            "INSERT INTO snapshot_requests (vm, seq, nonce, requested) VALUES ($1, $2, $3, $4) \
+             RETURNING id",
+        )
+        .bind(vm.to_string())
+        .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+        .bind(nonce.to_vec())
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Requests of `vm`, newest first; only unanswered ones when `pending`.
+    pub async fn snapshot_requests(
+        &self,
+        vm: &str,
+        pending: bool,
+    ) -> Result<Vec<SnapshotRequestRow>, ServerError> {
+        let rows = sqlx::query(
+            "SELECT id, seq, nonce, requested, report_id FROM snapshot_requests WHERE vm = $1 \
+             AND ($2 = 0 OR report_id IS NULL) ORDER BY id DESC LIMIT 100",
+        )
+        .bind(vm.to_string())
+        .bind(i64::from(pending))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SnapshotRequestRow {
+                    id: r.try_get(0)?,
+                    seq: r.try_get(1)?,
+                    nonce: r.try_get(2)?,
+                    requested: r.try_get(3)?,
+                    report_id: r.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Marks the unanswered request of `vm` with this seq and nonce as answered by `report_id`.
+    pub async fn answer_snapshot_request(
+        &self,
+        vm: &str,
+        seq: u64,
+        nonce: &[u8],
+        report_id: i64,
+    ) -> Result<Option<i64>, ServerError> {
+        let row = sqlx::query(
+            "UPDATE snapshot_requests SET report_id = $1 WHERE vm = $2 AND seq = $3 AND nonce = $4 \
+             AND report_id IS NULL RETURNING id",
+        )
+        .bind(report_id)
+        .bind(vm.to_string())
+        .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+        .bind(nonce.to_vec())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get(0)?),
+            None => None,
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct SnapshotRequestRow {
+    pub id: i64,
+    pub seq: i64,
+    pub nonce: Vec<u8>,
+    pub requested: i64,
+    pub report_id: Option<i64>,
+}
+
 fn alert_row(r: &sqlx::any::AnyRow) -> Result<AlertRow, ServerError> {
     Ok(AlertRow {
         id: r.try_get(0)?,
