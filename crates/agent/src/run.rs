@@ -260,50 +260,6 @@ pub fn run_loop(
     round
 }
 
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-    use super::*;
-
-    const POLICY: &str = "name = \"p\"\n[[region]]\nname = \"a\"\nstart = 0\nlen = 0x2000\n";
-
-    fn challenge() -> Challenge {
-        let p = Policy::parse(POLICY, None).unwrap();
-        Challenge {
-            vm: "web1".into(),
-            nonce: "00112233445566778899aabbccddeeff".into(),
-            policy_id: p.id().to_hex(),
-            policy_toml: p.to_toml(),
-            subset: "all".into(),
-            expires: 0,
-        }
-    }
-
-    #[test]
-    fn a_challenge_is_checked() {
-        let (p, nonce) = check_challenge("web1", &challenge()).unwrap();
-        assert_eq!(p.name, "p");
-        assert_eq!(nonce.len(), 16);
-        assert_eq!(nonce[15], 0xff);
-        let mut c = challenge();
-        c.policy_id = "00".repeat(32);
-        let e = check_challenge("web1", &c).unwrap_err().to_string();
-        assert!(e.contains("policy id"), "{e}");
-        let e = check_challenge("web2", &challenge())
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("vm"), "{e}");
-        let mut c = challenge();
-        c.nonce = "zz".into();
-        assert!(check_challenge("web1", &c).is_err());
-        let mut c = challenge();
-        c.policy_toml = "name = 1".into();
-        let e = check_challenge("web1", &c).unwrap_err().to_string();
-        assert!(e.contains("policy"), "{e}");
-    }
-}
-
 /// Answers the server's pending snapshot requests: each is a signed report comparing the
 /// running VM with the requested seq of the store, carrying the request's nonce.
 fn answer_snapshot_requests(
@@ -353,5 +309,49 @@ fn answer_snapshot_requests(
             }),
             Err(error) => on_event(Event::Failed { round, error }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    const POLICY: &str = "name = \"p\"\n[[region]]\nname = \"a\"\nstart = 0\nlen = 0x2000\n";
+
+    fn challenge() -> Challenge {
+        let p = Policy::parse(POLICY, None).unwrap();
+        Challenge {
+            vm: "web1".into(),
+            nonce: "00112233445566778899aabbccddeeff".into(),
+            policy_id: p.id().to_hex(),
+            policy_toml: p.to_toml(),
+            subset: "all".into(),
+            expires: 0,
+        }
+    }
+
+    #[test]
+    fn a_challenge_is_checked() {
+        let (p, nonce) = check_challenge("web1", &challenge()).unwrap();
+        assert_eq!(p.name, "p");
+        assert_eq!(nonce.len(), 16);
+        assert_eq!(nonce[15], 0xff);
+        let mut c = challenge();
+        c.policy_id = "00".repeat(32);
+        let e = check_challenge("web1", &c).unwrap_err().to_string();
+        assert!(e.contains("policy id"), "{e}");
+        let e = check_challenge("web2", &challenge())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("vm"), "{e}");
+        let mut c = challenge();
+        c.nonce = "zz".into();
+        assert!(check_challenge("web1", &c).is_err());
+        let mut c = challenge();
+        c.policy_toml = "name = 1".into();
+        let e = check_challenge("web1", &c).unwrap_err().to_string();
+        assert!(e.contains("policy"), "{e}");
     }
 }
