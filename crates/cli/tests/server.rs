@@ -222,7 +222,11 @@ fn check_ear(server: &Server, ear: &str) -> serde_json::Value {
     let key = json_of(&http("GET", &format!("{}/v1/ear-key", server.url()), None, None).1);
     let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(key["jwk"].clone()).unwrap();
     let decoding = jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap();
-    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    let alg = match key["alg"].as_str() {
+        Some("ES384") => jsonwebtoken::Algorithm::ES384,
+        _ => jsonwebtoken::Algorithm::EdDSA,
+    };
+    let mut v = jsonwebtoken::Validation::new(alg);
     v.required_spec_claims.clear();
     v.validate_exp = false;
     let data = jsonwebtoken::decode::<serde_json::Value>(ear, &decoding, &v).expect("EAR verifies");
@@ -619,4 +623,139 @@ fn every_endpoint_checks_token_and_role() {
     );
     assert_eq!(doc["openapi"], "3.1.0");
     assert!(doc["paths"]["/v1/evidence"]["post"].is_object());
+}
+
+/// `--ear-alg p384`: EARs are ES384 JWTs that the JWT library verifies with the published JWK.
+#[test]
+fn es384_ears_verify_with_a_standard_jwt_library() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(&dir.path().join("state"), None, &["--ear-alg", "p384"]);
+    let f = setup(&server);
+    let key = json_of(&http("GET", &format!("{}/v1/ear-key", server.url()), None, None).1);
+    assert_eq!(key["alg"], "ES384");
+    assert_eq!(key["jwk"]["crv"], "P-384");
+    let r = f.agent.evidence(&evidence_for(&f, &f.host_key)).unwrap();
+    let claims = check_ear(&server, &r.ear);
+    assert_eq!(claims["submods"]["vm1"]["ear.status"], "affirming");
+    // A flipped signature byte is refused by the library.
+    let mut bad = r.ear.clone().into_bytes();
+    let at = bad.len() - 10;
+    bad[at] = if bad[at] == b'A' { b'B' } else { b'A' };
+    let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(key["jwk"].clone()).unwrap();
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES384);
+    v.required_spec_claims.clear();
+    v.validate_exp = false;
+    let decoding = jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap();
+    assert!(
+        jsonwebtoken::decode::<serde_json::Value>(&String::from_utf8(bad).unwrap(), &decoding, &v)
+            .is_err()
+    );
+}
+
+/// HTTPS with `--tls-cert`/`--tls-key`; clients trust it through `--ca-cert`.
+#[test]
+fn tls_serves_https_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A test CA and a server certificate it issues for 127.0.0.1.
+    let p = |n: &str| d.join(n).to_str().unwrap().to_string();
+    std::fs::write(
+        d.join("ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let ca_args = [
+        "-subj",
+        "/CN=vmattest test CA",
+        "-days",
+        "1",
+        "-keyout",
+        &p("ca.key"),
+        "-out",
+        &p("ca.pem"),
+    ];
+    let leaf_args = [
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        &p("key.pem"),
+        "-out",
+        &p("leaf.csr"),
+    ];
+    let sign_args = [
+        "x509",
+        "-req",
+        "-in",
+        &p("leaf.csr"),
+        "-CA",
+        &p("ca.pem"),
+        "-CAkey",
+        &p("ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &p("ext"),
+        "-out",
+        &p("cert.pem"),
+    ];
+    for args in [
+        [&["req", "-x509"][..], &ec, &ca_args].concat(),
+        [&["req"][..], &ec, &leaf_args].concat(),
+        sign_args.to_vec(),
+    ] {
+        let out = std::process::Command::new("openssl")
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let server = Server::start_with(
+        &d.join("state"),
+        None,
+        &["--tls-cert", &p("cert.pem"), "--tls-key", &p("key.pem")],
+    );
+    std::fs::write(d.join("token"), server.admin_token()).unwrap();
+    let https = format!("https://{}", server.addr);
+    let token = p("token");
+    let ca = p("ca.pem");
+    let base = [
+        "--json",
+        "remote",
+        "--server",
+        &https,
+        "--token-file",
+        &token,
+        "--ca-cert",
+        &ca,
+    ];
+    let health = vmattest(base.iter().chain(&["health"])).ok().json();
+    assert_eq!(health["status"], "ok");
+    let issued = vmattest(base.iter().chain(&["token", "--role", "auditor"]))
+        .ok()
+        .json();
+    assert!(issued["token"].as_str().unwrap().starts_with("vmat_"));
+    // Without the CA the certificate is refused; plain HTTP gets no answer.
+    vmattest([
+        "remote",
+        "--server",
+        &https,
+        "--token-file",
+        &token,
+        "health",
+    ])
+    .fails(2, "https://");
+    let plain = ureq::get(&format!("http://{}/v1/health", server.addr)).call();
+    assert!(plain.is_err());
 }
