@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The end-to-end demo on a real QEMU guest: boot, baseline, deltas, verify, tamper and detect,
 # roll back (the guest continues from the captured counter), migrate to another store and QEMU,
-# and prove one page of guest memory to someone who never sees it.
+# prove one page of guest memory to someone who never sees it, and attest the running guest's
+# kernel to a verifier server, which detects a patched byte and has the agent roll it back.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 ensure_deps
@@ -9,7 +10,9 @@ VM=$(build_release)
 "$ROOT/scripts/build-guest.sh" >/dev/null
 GUEST=$CACHE/guest
 W=$(mktemp -d "${TMPDIR:-/tmp}/vmattest-demo.XXXXXX")
+SERVER_PID=
 cleanup() {
+  [ -z "$SERVER_PID" ] || kill "$SERVER_PID" 2>/dev/null || true
   "$VM" vm stop --vm "$W/demo.toml" >/dev/null 2>&1 || true
   "$VM" vm stop --vm "$W/host-b.toml" >/dev/null 2>&1 || true
   rm -rf "$W"
@@ -51,6 +54,8 @@ CONSOLE=$W/run-demo/console.log
 say "a guest: Debian kernel + busybox; it prints 'tick N' each second and writes block N%256 of its disk"
 cat demo.toml
 run "$VM" vm start --vm demo.toml --wait-for READY
+# The guest printed its kernel symbols and load address at boot (for the runtime policy below).
+grep -a -E '^(ksym|kcode) ' "$CONSOLE" | tr -d '\r' > guest-symbols.txt
 run "$VM" keygen --alg hybrid --out host.key
 run "$VM" snapshot init --store chain --vm-id demo --alg sha256   # dm-verity trees: zero pages are free to capture
 
@@ -108,6 +113,68 @@ run "$VM" snapshot prove --store chain --pubkey host.key.pub --seq 3 --component
 root=$("$VM" --json show page.proof | python3 -c 'import json,sys; print(json.load(sys.stdin)["root"])')
 run "$VM" verify-proof page.proof --root "$root" --extract page.bin
 echo "(the verifier learns 4096 bytes of guest RAM and that they belong to the signed seq 3 state)"
-run "$VM" vm stop --vm demo.toml
 run "$VM" vm stop --vm host-b.toml
+
+say "runtime attestation: a verifier server, a host agent, a golden baseline from seq 3"
+"$VM" serve --listen 127.0.0.1:0 --state-dir server --ready-file server.addr 2>server.log &
+SERVER_PID=$!
+for _ in $(seq 200); do [ -s server.addr ] && break; sleep 0.05; done
+URL=http://$(cat server.addr)
+echo "(vmattest serve on $URL: SQLite in server/, admin token in server/admin.token)"
+sed -n 's/^ksym //p' guest-symbols.txt > System.map
+load=$(sed -n 's/^kcode \([0-9a-f]*\)-.*/\1/p' guest-symbols.txt)
+cat > policy.toml <<TOML
+name = "guest-kernel"
+hash = "sha256"
+kernel_load = 0x$load
+
+[[region]]
+name = "kernel-text"
+symbols = ["_stext", "_etext"]
+weight = 10
+critical = true
+kernel_code = true
+
+[[region]]
+name = "rodata"
+symbols = ["__start_rodata", "__end_rodata"]
+weight = 2
+sample = 64
+TOML
+cat policy.toml
+echo '$ vmattest policy resolve --policy policy.toml --system-map System.map > resolved.toml'
+"$VM" policy resolve --policy policy.toml --system-map System.map > resolved.toml
+R=("$VM" remote --server "$URL" --token-file server/admin.token)
+run "$VM" keygen --alg ed25519 --out agent.key
+run "${R[@]}" host add --name host-a --pubkey agent.key.pub
+policy_id=$("${R[@]}" --json policy add --policy resolved.toml | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+run "${R[@]}" vm add --name demo --host host-a --policy-id "$policy_id" --subset all --threshold 90 --on-alert rollback
+run "${R[@]}" baseline --vm demo --store chain --seq 3 --policy resolved.toml --pubkey host.key.pub
+"${R[@]}" --json token --role agent --host host-a | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])' > agent.token
+AGENT=("$VM" agent --server "$URL" --token-file agent.token --key agent.key --vm demo.toml --once)
+run "${AGENT[@]}"
+
+say "an attacker patches one byte of kernel text through the guest's RAM file"
+python3 - resolved.toml run-demo/ram <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+m = re.search(r'name = "kernel-text"\nstart = (0x[0-9a-f]+)\nlen = (0x[0-9a-f]+)', text)
+start, length = int(m.group(1), 16), int(m.group(2), 16)
+with open(sys.argv[2], "r+b") as f:
+    f.seek(start)
+    code = f.read(length)
+    at = start + code.index(b"\xcc" * 32) + 16   # int3 padding: never executed
+    f.seek(at)
+    f.write(b"\x90")
+print(f"patched guest-physical {at:#x}")
+PY
+set +e
+run "${AGENT[@]}" --store chain --pubkey host.key.pub
+rc=$?
+set -e
+[ "$rc" -eq 1 ] || { echo "expected the agent to report an alert (exit 1), got $rc" >&2; exit 1; }
+run "${R[@]}" alerts --vm demo
+say "the agent rolled the guest back to the attested seq 3: its kernel passes again"
+run "${AGENT[@]}"
+run "$VM" vm stop --vm demo.toml
 say "demo complete"

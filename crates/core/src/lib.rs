@@ -7,6 +7,7 @@
 pub mod alg;
 pub mod attest;
 pub mod chain;
+pub mod config;
 pub mod record;
 pub mod sig;
 pub mod tree;

@@ -29,10 +29,12 @@ pub enum Kind {
     Bundle,
     Evidence,
     SnapshotReport,
+    ConfigStatement,
+    ConfigDisclosure,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 11] = [
         Kind::MeasurementRecord,
         Kind::Signed,
         Kind::PageProof,
@@ -42,6 +44,8 @@ impl Kind {
         Kind::Bundle,
         Kind::Evidence,
         Kind::SnapshotReport,
+        Kind::ConfigStatement,
+        Kind::ConfigDisclosure,
     ];
 
     pub fn id(self) -> u16 {
@@ -55,6 +59,8 @@ impl Kind {
             Kind::Bundle => 7,
             Kind::Evidence => 8,
             Kind::SnapshotReport => 9,
+            Kind::ConfigStatement => 10,
+            Kind::ConfigDisclosure => 11,
         }
     }
 
@@ -75,6 +81,8 @@ impl Kind {
             Kind::Bundle => 64 * 1024,
             Kind::Evidence => 64 * 1024,
             Kind::SnapshotReport => 64 * 1024,
+            Kind::ConfigStatement => 4096,
+            Kind::ConfigDisclosure => 256 * 1024,
         }
     }
 
@@ -89,6 +97,8 @@ impl Kind {
             Kind::Bundle => "bundle",
             Kind::Evidence => "runtime evidence",
             Kind::SnapshotReport => "snapshot report",
+            Kind::ConfigStatement => "config statement",
+            Kind::ConfigDisclosure => "config disclosure",
         }
     }
 }

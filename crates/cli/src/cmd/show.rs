@@ -74,7 +74,9 @@ pub fn run(path: &Path, json: bool) -> anyhow::Result<()> {
             | Kind::Batch
             | Kind::Bundle
             | Kind::Evidence
-            | Kind::SnapshotReport,
+            | Kind::SnapshotReport
+            | Kind::ConfigStatement
+            | Kind::ConfigDisclosure,
         ) => {}
         Some(Kind::PageProof) => {
             let p = PageProof::decode(&bytes)?;
