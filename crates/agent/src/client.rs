@@ -5,8 +5,9 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use vmattest_api::{
-    API_PREFIX, Alert, AttestationResult, BaselineInfo, Challenge, EarKey, ErrorBody, Health, Host,
-    NewBaseline, NewHost, NewPolicy, NewSnapshotRequest, NewToken, NewVm, PolicyInfo,
+    API_PREFIX, Alert, AttestationResult, BaselineInfo, Challenge, ConfigCheckRequest,
+    ConfigCheckResult, EarKey, ErrorBody, Health, Host, NewBaseline, NewHost, NewPolicy,
+    NewReferenceConfig, NewSnapshotRequest, NewToken, NewVm, PolicyInfo, ReferenceConfigInfo,
     ReportReceipt, SnapshotRequest, StoredReport, TokenIssued, Vm,
 };
 
@@ -160,7 +161,12 @@ impl Client {
             }
             req.call()
         } else {
-            let mut req = self.agent.post(&url).header("Accept", "application/json");
+            let mut req = if method == "PUT" {
+                self.agent.put(&url)
+            } else {
+                self.agent.post(&url)
+            }
+            .header("Accept", "application/json");
             if let Some(a) = &auth {
                 req = req.header("Authorization", a);
             }
@@ -216,6 +222,19 @@ impl Client {
             detail: format!("encoding the request: {e}"),
         })?;
         let bytes = self.request("POST", path, Some(("application/json", &json)))?;
+        self.decode(path, &bytes)
+    }
+
+    fn put_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let json = serde_json::to_vec(body).map_err(|e| ClientError::Decode {
+            url: self.url(path),
+            detail: format!("encoding the request: {e}"),
+        })?;
+        let bytes = self.request("PUT", path, Some(("application/json", &json)))?;
         self.decode(path, &bytes)
     }
 
@@ -326,6 +345,24 @@ impl Client {
             &format!("/vms/{}/snapshot-requests", seg("vm", vm)?),
             &NewSnapshotRequest { seq },
         )
+    }
+
+    /// Stores (replacing any earlier one) the reference configuration of `vm` (admin).
+    pub fn put_reference_config(
+        &self,
+        vm: &str,
+        req: &NewReferenceConfig,
+    ) -> Result<ReferenceConfigInfo, ClientError> {
+        self.put_json(&format!("/vms/{}/reference-config", seg("vm", vm)?), req)
+    }
+
+    /// Asks the server to check a measured configuration of `vm` against its reference.
+    pub fn verify_config(
+        &self,
+        vm: &str,
+        req: &ConfigCheckRequest,
+    ) -> Result<ConfigCheckResult, ClientError> {
+        self.post_json(&format!("/vms/{}/config/verify", seg("vm", vm)?), req)
     }
 
     /// Snapshot requests of `vm`; an agent sees only the unanswered ones.

@@ -302,3 +302,45 @@ impl CertifyDoc {
         ])
     }
 }
+
+/// A VM's reference configuration (TOML, docs/CONFIG.md): exact values, numeric ranges and
+/// allowed sets per parameter.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NewReferenceConfig {
+    pub toml: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReferenceConfigInfo {
+    pub vm: String,
+    pub toml: String,
+    pub created: u64,
+}
+
+/// A measured configuration to check before launch: the opening (every parameter with its
+/// salt) and the signed statement of its root, both hex of their canonical encodings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ConfigCheckRequest {
+    pub opening: String,
+    pub statement: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigMismatch {
+    pub name: String,
+    /// What the reference allows, e.g. `= 1024`, `1..=4`, `one of [q35, pc]`, `absent`.
+    pub expected: String,
+    /// The measured value, or `absent`.
+    pub found: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ConfigCheckResult {
+    pub vm: String,
+    /// The config root the statement signs (hex).
+    pub root: String,
+    pub ok: bool,
+    pub mismatches: Vec<ConfigMismatch>,
+    /// The verdict as a JWT signed by the server's EAR key.
+    pub result: String,
+}

@@ -136,6 +136,10 @@ pub enum Command {
     Remote(RemoteArgs),
     /// Run the attestation server (docs/API.md): SQLite in the state dir unless --db says otherwise.
     Serve(crate::cmd::serve::ServeArgs),
+    /// Configuration attestation: measure a VM's configuration into a signed, salted Merkle
+    /// root, disclose single parameters, check against a reference (docs/CONFIG.md).
+    #[command(subcommand)]
+    Config(ConfigCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -239,6 +243,126 @@ pub enum VmCommand {
     Status {
         #[command(flatten)]
         vm: VmArg,
+    },
+    /// Measure the VM's configuration, check it against a reference (locally or on the
+    /// server), and start the VM (as `vm start`) only when every parameter matches.
+    Launch {
+        #[command(flatten)]
+        vm: VmArg,
+        #[command(flatten)]
+        reference: LaunchReference,
+        #[command(flatten)]
+        signer: EvidenceSigner,
+        /// The VM's name in the signed statement and on the server (default: the spec's name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Wait until the serial console prints a line containing this text.
+        #[arg(long)]
+        wait_for: Option<String>,
+        /// Seconds to wait for `--wait-for`.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+        /// Keep the opening and the signed statement in this directory (default: a temporary
+        /// directory, removed afterwards).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Overwrite an existing opening and statement in `--out`.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// Where `vm launch` checks the measured configuration: a local reference file or a server.
+#[derive(Debug, Args, Clone)]
+#[group(skip)]
+#[command(group(clap::ArgGroup::new("gate").required(true).args(["reference", "server"])))]
+pub struct LaunchReference {
+    /// Reference configuration (TOML, docs/CONFIG.md) to check locally.
+    #[arg(long, conflicts_with_all = ["server", "token_file", "ca_cert"])]
+    pub reference: Option<PathBuf>,
+    /// The attestation server that holds the VM's reference configuration.
+    #[arg(long, requires = "token_file")]
+    pub server: Option<String>,
+    /// File holding this host's agent token.
+    #[arg(long, requires = "server")]
+    pub token_file: Option<PathBuf>,
+    /// Trust only this CA certificate (PEM) for the server's TLS certificate.
+    #[arg(long, requires = "server")]
+    pub ca_cert: Option<PathBuf>,
+}
+
+/// The configuration to measure: a VM spec or libvirt domain XML, plus optionally the guest's
+/// installed packages.
+#[derive(Debug, Args, Clone)]
+#[group(skip)]
+#[command(group(clap::ArgGroup::new("config_source").required(true).args(["vm", "libvirt"])))]
+pub struct ConfigSource {
+    /// VM spec file, or NAME for `$VMATTEST_VMS/NAME.toml`.
+    #[arg(long)]
+    pub vm: Option<String>,
+    /// libvirt domain XML, as `virsh dumpxml NAME` prints it.
+    #[arg(long)]
+    pub libvirt: Option<PathBuf>,
+    /// Package manifest: `dpkg-query -W -f '${Package} ${Version}\n'` output.
+    #[arg(long, conflicts_with_all = ["dpkg_status", "packages_from_image"])]
+    pub packages: Option<PathBuf>,
+    /// A dpkg status file (`/var/lib/dpkg/status`).
+    #[arg(long, conflicts_with = "packages_from_image")]
+    pub dpkg_status: Option<PathBuf>,
+    /// A raw ext2/3/4 file system image to read `/var/lib/dpkg/status` from (needs debugfs).
+    #[arg(long)]
+    pub packages_from_image: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Measure a configuration into DIR: `config.opening` (every parameter with its salt,
+    /// mode 0600; keep it private) and `config.statement` (the signed root).
+    Measure {
+        #[command(flatten)]
+        source: ConfigSource,
+        #[command(flatten)]
+        signer: EvidenceSigner,
+        /// The VM's name in the statement (default: the spec's name; required with --libvirt).
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        out: PathBuf,
+        /// Overwrite an existing opening and statement.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the parameters and values of a measured configuration.
+    Show { dir: PathBuf },
+    /// Write a proof that discloses one parameter under the signed statement.
+    Disclose {
+        dir: PathBuf,
+        #[arg(long)]
+        param: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check a disclosure proof and its statement's signatures against pinned keys.
+    VerifyDisclosure {
+        proof: PathBuf,
+        /// Public key file; every signature must come from one of these.
+        #[arg(long = "pubkey", required = true)]
+        pubkeys: Vec<PathBuf>,
+    },
+    /// Check a measured configuration against a reference (TOML); exit 1 on any mismatch.
+    Check {
+        dir: PathBuf,
+        #[arg(long)]
+        reference: PathBuf,
+    },
+    /// Store a VM's reference configuration on the server (admin).
+    PushReference {
+        #[command(flatten)]
+        conn: ServerArgs,
+        #[arg(long)]
+        vm: String,
+        #[arg(long)]
+        reference: PathBuf,
     },
 }
 

@@ -592,6 +592,24 @@ fn every_endpoint_checks_token_and_role() {
             None,
             vec![&other_agent],
         ),
+        (
+            "PUT",
+            "/v1/vms/vm1/reference-config".into(),
+            json(serde_json::json!({"toml": ""})),
+            vec![&f.agent_token, &f.auditor_token],
+        ),
+        (
+            "GET",
+            "/v1/vms/vm1/reference-config".into(),
+            None,
+            vec![&other_agent],
+        ),
+        (
+            "POST",
+            "/v1/vms/vm1/config/verify".into(),
+            json(serde_json::json!({})),
+            vec![&f.auditor_token, &other_agent],
+        ),
     ];
     let documented = vmattest_server::openapi::ROUTES.len() - 3; // less the public ones
     assert_eq!(cases.len(), documented, "every protected route is covered");

@@ -12,6 +12,7 @@ pub mod error;
 mod metrics;
 pub mod nonce;
 pub mod openapi;
+mod refconfig;
 mod routes;
 pub mod state;
 mod tls;
@@ -26,7 +27,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use tokio::net::TcpListener;
 use vmattest_api::{MAX_BODY_BYTES, Role};
 use vmattest_sign::SigAlg;
@@ -62,6 +63,11 @@ pub fn app(state: AppState) -> Router {
             "/v1/vms/{vm}/snapshot-requests",
             post(routes::new_snapshot_request).get(routes::snapshot_requests),
         )
+        .route(
+            "/v1/vms/{vm}/reference-config",
+            put(refconfig::put_reference_config).get(refconfig::reference_config),
+        )
+        .route("/v1/vms/{vm}/config/verify", post(refconfig::verify_config))
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(

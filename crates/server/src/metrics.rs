@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use vmattest_api::AttestationResult;
+use vmattest_api::{AttestationResult, ConfigCheckResult};
 
 use crate::error::ApiError;
 
@@ -20,6 +20,7 @@ pub struct Metrics {
     webhook_ok: AtomicU64,
     webhook_failed: AtomicU64,
     reports: AtomicU64,
+    config_checks: Mutex<BTreeMap<&'static str, u64>>,
     by_status: Mutex<BTreeMap<String, u64>>,
     refused: Mutex<BTreeMap<&'static str, u64>>,
     http: Mutex<BTreeMap<u16, u64>>,
@@ -44,6 +45,16 @@ impl Metrics {
 
     pub fn report(&self) {
         self.reports.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A configuration check: `match`, `mismatch`, or the refusal's code.
+    pub fn config_check(&self, out: &Result<ConfigCheckResult, ApiError>) {
+        let outcome = match out {
+            Ok(r) if r.ok => "match",
+            Ok(_) => "mismatch",
+            Err(e) => e.code,
+        };
+        bump(&self.config_checks, outcome);
     }
 
     pub fn webhook(&self, ok: bool) {
@@ -129,6 +140,15 @@ impl Metrics {
         if let Ok(m) = self.refused.lock() {
             for (k, v) in m.iter() {
                 let _ = writeln!(s, "vmattest_evidence_refused_total{{code=\"{k}\"}} {v}");
+            }
+        }
+        let _ = writeln!(
+            s,
+            "# HELP vmattest_config_checks_total Configuration checks against a reference, by outcome.\n# TYPE vmattest_config_checks_total counter"
+        );
+        if let Ok(m) = self.config_checks.lock() {
+            for (k, v) in m.iter() {
+                let _ = writeln!(s, "vmattest_config_checks_total{{outcome=\"{k}\"}} {v}");
             }
         }
         let _ = writeln!(

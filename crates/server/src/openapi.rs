@@ -181,6 +181,30 @@ pub const ROUTES: &[Route] = &[
         None,
         "SnapshotRequestList",
     ),
+    (
+        "put",
+        "/v1/vms/{vm}/reference-config",
+        "admin",
+        "Store (or replace) the VM's reference configuration",
+        Some("NewReferenceConfig"),
+        "ReferenceConfigInfo",
+    ),
+    (
+        "get",
+        "/v1/vms/{vm}/reference-config",
+        "admin, auditor, agent (own host)",
+        "The VM's reference configuration",
+        None,
+        "ReferenceConfigInfo",
+    ),
+    (
+        "post",
+        "/v1/vms/{vm}/config/verify",
+        "agent (own host), admin",
+        "Check a signed measured configuration against the reference",
+        Some("ConfigCheckRequest"),
+        "ConfigCheckResult",
+    ),
 ];
 
 fn schema_ref(name: &str) -> Value {
@@ -232,6 +256,11 @@ fn schemas() -> Value {
         "ReportReceipt": obj(&[("id", "integer"), ("vm", "string"), ("seq", "integer"), ("verdict", "string"), ("request_id", "integer?")]),
         "NewSnapshotRequest": obj(&[("seq", "integer")]),
         "SnapshotRequest": obj(&[("id", "integer"), ("vm", "string"), ("seq", "integer"), ("nonce", "string"), ("requested", "integer"), ("report_id", "integer?")]),
+        "NewReferenceConfig": obj(&[("toml", "string")]),
+        "ReferenceConfigInfo": obj(&[("vm", "string"), ("toml", "string"), ("created", "integer")]),
+        "ConfigCheckRequest": obj(&[("opening", "string"), ("statement", "string")]),
+        "ConfigMismatch": obj(&[("name", "string"), ("expected", "string"), ("found", "string")]),
+        "ConfigCheckResult": obj(&[("vm", "string"), ("root", "string"), ("ok", "boolean"), ("mismatches", "ConfigMismatchList"), ("result", "string")]),
         "Report": obj(&[("id", "integer"), ("vm", "string"), ("seq", "integer"), ("verdict", "string"), ("time", "integer"), ("report", "string")]),
     })
 }

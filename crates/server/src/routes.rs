@@ -29,7 +29,7 @@ const MIN_WEBHOOK_SECRET: usize = 16;
 use Role::{Admin, Agent, Auditor};
 
 /// Parses a JSON body after the role check, so that a refused caller learns nothing more.
-fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad("malformed", format!("request body: {e}")))
 }

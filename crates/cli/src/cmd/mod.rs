@@ -2,7 +2,9 @@
 
 mod agent;
 mod bind;
+mod config;
 mod keys;
+mod launch;
 mod measure;
 mod policy;
 mod proof;
@@ -83,6 +85,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Attest(cmd) => agent::attest(cmd, json),
         Command::Remote(args) => remote::run(args, json),
         Command::Serve(args) => serve::run(args, json),
+        Command::Config(cmd) => config::run(cmd, json),
     }
 }
 

@@ -47,22 +47,53 @@ struct StatusJson {
     qemu_status: Option<String>,
 }
 
+/// Starts the VM and waits for `wait_for` on its console; returns its PID and the seconds taken.
+pub fn start_spec(
+    spec: &VmSpec,
+    wait_for: Option<&str>,
+    timeout: u64,
+) -> anyhow::Result<(i32, f64)> {
+    let t = Instant::now();
+    let running = vm::start(spec, false)?;
+    let pid = running.pid;
+    drop(running);
+    if let Some(needle) = wait_for {
+        vm::wait_console(spec, needle, Duration::from_secs(timeout))?;
+    }
+    Ok((pid, t.elapsed().as_secs_f64()))
+}
+
 pub fn run(cmd: VmCommand, json: bool) -> anyhow::Result<()> {
     match cmd {
+        VmCommand::Launch {
+            vm,
+            reference,
+            signer,
+            name,
+            wait_for,
+            timeout,
+            out,
+            force,
+        } => super::launch::launch(
+            &super::launch::Launch {
+                vm: &vm.vm,
+                reference: &reference,
+                signer: &signer,
+                name: name.as_deref(),
+                wait_for: wait_for.as_deref(),
+                timeout,
+                out: out.as_deref(),
+                force,
+            },
+            json,
+        ),
         VmCommand::Start {
             vm,
             wait_for,
             timeout,
         } => {
             let spec = load_spec(&vm.vm)?;
-            let t = Instant::now();
-            let running = vm::start(&spec, false)?;
-            let pid = running.pid;
-            drop(running);
-            if let Some(needle) = &wait_for {
-                vm::wait_console(&spec, needle, Duration::from_secs(timeout))?;
-            }
-            let seconds = t.elapsed().as_secs_f64();
+            let (pid, seconds) = start_spec(&spec, wait_for.as_deref(), timeout)?;
             if json {
                 output::print(&serde_json::json!({
                     "vm": spec.name(), "pid": pid, "accel": spec.effective_accel(), "seconds": seconds,

@@ -156,8 +156,12 @@ pub fn http(
             }
             r.call()
         }
-        (_, b) => {
-            let mut r = agent.post(url);
+        (m, b) => {
+            let mut r = if m == "PUT" {
+                agent.put(url)
+            } else {
+                agent.post(url)
+            };
             if let Some(a) = &auth {
                 r = r.header("authorization", a);
             }

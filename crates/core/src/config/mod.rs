@@ -12,6 +12,7 @@
 //! Layouts are in docs/FORMAT.md, "Configuration attestation".
 
 mod disclose;
+pub mod reference;
 mod statement;
 mod tree;
 
@@ -21,6 +22,9 @@ mod tests;
 pub use disclose::{
     ConfigOpening, Disclosure, MAX_OPENING_LEN, MAX_SIGNED_STATEMENT_LEN, OPENING_MAGIC,
     verify_disclosure,
+};
+pub use reference::{
+    MAX_REFERENCE_LEN, Mismatch, Reference, ReferenceError, Rule as ReferenceRule,
 };
 pub use statement::{ConfigStatement, MAX_QUOTE_NONCE_LEN, SignedConfigStatement};
 pub use tree::{LEAF_DOMAIN, MAX_PATH_LEN, leaf_digest, path_len};

@@ -232,7 +232,7 @@ proptest! {
             // A dm-verity root, like veritysetup's, does not bind the length inside the last
             // page (it is zero-padded): only such a change may pass, and verifiers compare the
             // length with the signed record's. BLAKE3 roots bind the length.
-            let same_shape = crate::alg::page_count(p.image_len) == t.pages()
+            let same_shape = page_count(p.image_len) == t.pages()
                 && (p.first, p.count, &p.pages) == (proof.first, proof.count, &proof.pages);
             prop_assert!(
                 alg.takes_salt() && p.image_len != proof.image_len && same_shape,

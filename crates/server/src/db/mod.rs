@@ -522,6 +522,37 @@ impl Db {
             None => None,
         })
     }
+
+    /// Stores (or replaces) the reference configuration of `vm`.
+    pub async fn put_reference_config(
+        &self,
+        vm: &str,
+        toml: &str,
+        now: i64,
+    ) -> Result<(), ServerError> {
+        sqlx::query(
+            "INSERT INTO reference_configs (vm, toml, created) VALUES ($1, $2, $3) \
+             ON CONFLICT (vm) DO UPDATE SET toml = excluded.toml, created = excluded.created",
+        )
+        .bind(vm.to_string())
+        .bind(toml.to_string())
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The reference configuration of `vm` and when it was stored.
+    pub async fn reference_config(&self, vm: &str) -> Result<Option<(String, i64)>, ServerError> {
+        let row = sqlx::query("SELECT toml, created FROM reference_configs WHERE vm = $1")
+            .bind(vm.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => Some((r.try_get(0)?, r.try_get(1)?)),
+            None => None,
+        })
+    }
 }
 
 #[derive(Clone, Debug)]

@@ -1,0 +1,141 @@
+//! `vmattest vm launch`: measure a VM's configuration, check it against a reference (locally
+//! or on the server), and start the VM only when every parameter matches.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use vmattest_api::ConfigCheckRequest;
+
+use super::config::{check_local, measure, mismatch_line, write_measurement};
+use super::keys::evidence_signer;
+use crate::VerificationFailed;
+use crate::args::{EvidenceSigner, LaunchReference};
+use crate::output;
+
+/// A private temporary directory, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> anyhow::Result<TempDir> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        let mut nonce = [0u8; 8];
+        getrandom::fill(&mut nonce).map_err(|e| anyhow::anyhow!("randomness: {e}"))?;
+        let path = std::env::temp_dir().join(format!(
+            "vmattest-launch-{}-{}",
+            std::process::id(),
+            hex::encode(nonce)
+        ));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .with_context(|| format!("{}: cannot create", path.display()))?;
+        Ok(TempDir(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Options of `vm launch`.
+pub struct Launch<'a> {
+    pub vm: &'a str,
+    pub reference: &'a LaunchReference,
+    pub signer: &'a EvidenceSigner,
+    pub name: Option<&'a str>,
+    pub wait_for: Option<&'a str>,
+    pub timeout: u64,
+    pub out: Option<&'a Path>,
+    pub force: bool,
+}
+
+/// `vm launch`: measure, check against the reference, and start only on a match.
+pub fn launch(l: &Launch<'_>, json: bool) -> anyhow::Result<()> {
+    let spec = super::vm::load_spec(l.vm)?;
+    let vm = l.name.unwrap_or(spec.name()).to_owned();
+    let signer = evidence_signer(l.signer)?;
+    let params = vmattest_vmconfig::spec_params(&spec)?;
+    let m = measure(params, &vm, signer.as_ref())?;
+    let _temp;
+    let dir = match l.out {
+        Some(d) => d.to_path_buf(),
+        None => {
+            let t = TempDir::new()?;
+            let d = t.0.clone();
+            _temp = t;
+            d
+        }
+    };
+    write_measurement(&dir, &m, l.force)?;
+    let r = l.reference;
+    let (mismatches, checked_by) = match (&r.reference, &r.server) {
+        (Some(path), None) => (check_local(path, &m.params())?, "local"),
+        (None, Some(server)) => {
+            let client = super::remote::connect(
+                Some(server),
+                r.token_file.as_deref(),
+                r.ca_cert.as_deref(),
+            )?;
+            let req = ConfigCheckRequest {
+                opening: hex::encode(m.opening.encode()),
+                statement: hex::encode(m.statement.encode()?),
+            };
+            let result = client.verify_config(&vm, &req).map_err(|e| {
+                // The server checked the statement's signature and refused it: a failed
+                // check (exit 1), not bad input.
+                if matches!(e.code(), Some("unknown_key" | "bad_signature")) {
+                    anyhow::Error::new(VerificationFailed(format!("launch refused: {e}")))
+                } else {
+                    anyhow::Error::new(e)
+                }
+            })?;
+            if result.root != m.root() {
+                bail!(
+                    "the server checked root {}, not the measured {}",
+                    result.root,
+                    m.root()
+                );
+            }
+            if !result.ok && result.mismatches.is_empty() {
+                return Err(VerificationFailed(format!(
+                    "launch refused: the server did not accept the configuration of VM {vm}"
+                ))
+                .into());
+            }
+            (result.mismatches, "server")
+        }
+        _ => bail!("give one of --reference REF.toml and --server URL --token-file F"),
+    };
+    if let Some((last, rest)) = mismatches.split_last() {
+        for x in rest {
+            eprintln!("vmattest: launch refused: {}", mismatch_line(x));
+        }
+        return Err(VerificationFailed(format!("launch refused: {}", mismatch_line(last))).into());
+    }
+    let (pid, seconds) = super::vm::start_spec(&spec, l.wait_for, l.timeout)?;
+    if json {
+        return output::print(&serde_json::json!({
+            "vm": spec.name(), "pid": pid, "accel": spec.effective_accel(), "seconds": seconds,
+            "root": m.root(), "count": m.opening.len(), "checked": checked_by,
+        }));
+    }
+    println!(
+        "config root {} ({} params) matches the {} reference",
+        m.root(),
+        m.opening.len(),
+        if checked_by == "local" {
+            "local"
+        } else {
+            "server's"
+        }
+    );
+    println!(
+        "started {} (pid {pid}, {}) in {seconds:.2} s; console {}",
+        spec.name(),
+        spec.effective_accel(),
+        spec.console_path().display()
+    );
+    Ok(())
+}
