@@ -534,8 +534,7 @@ fn launch_gate_with_a_local_reference() {
 /// admin and agent token files.
 fn register(server: &server::Server, dir: &Path, k: &Keys, names: &[&str]) -> (PathBuf, PathBuf) {
     use vmattest_agent::Client;
-    use vmattest_api::{NewPolicy, NewToken, NewVm, Role};
-    use vmattest_core::attest::Policy;
+    use vmattest_api::Role;
 
     let admin = server.admin_token();
     server
@@ -545,36 +544,8 @@ fn register(server: &server::Server, dir: &Path, k: &Keys, names: &[&str]) -> (P
         )
         .ok();
     let c = Client::new(&server.url(), Some(admin.clone())).unwrap();
-    let policy = Policy::parse(
-        "name = \"p\"\n[[region]]\nname = \"code\"\nstart = 0\nlen = 0x4000\nkernel_code = true\n",
-        None,
-    )
-    .unwrap();
-    let pid = c
-        .add_policy(&NewPolicy {
-            toml: policy.to_toml(),
-        })
-        .unwrap()
-        .id;
-    for name in names {
-        c.add_vm(&NewVm {
-            name: (*name).into(),
-            host: "h1".into(),
-            policy_id: pid.clone(),
-            approved_subsets: vec!["all".into()],
-            threshold: 50,
-            webhook: None,
-            on_alert: Default::default(),
-        })
-        .unwrap();
-    }
-    let agent = c
-        .create_token(&NewToken {
-            role: Role::Agent,
-            host: Some("h1".into()),
-        })
-        .unwrap()
-        .token;
+    server::register_vms(&c, "h1", names);
+    let agent = server::token(&c, Role::Agent, Some("h1"));
     let admin_file = write(dir, "admin.token", admin.as_bytes());
     let agent_file = write(dir, "agent.token", agent.as_bytes());
     (admin_file, agent_file)

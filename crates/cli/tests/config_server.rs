@@ -6,11 +6,10 @@
 
 mod common;
 
-use common::server::{Server, http, json_of};
+use common::server::{Server, http, json_of, register_vms, token, verify_jwt};
 use vmattest_agent::Client;
 use vmattest_agent::evidence::{now, sign};
-use vmattest_api::{NewHost, NewPolicy, NewToken, NewVm, Role};
-use vmattest_core::attest::Policy;
+use vmattest_api::{NewHost, Role};
 use vmattest_core::config::{ConfigList, ConfigOpening, ConfigParam};
 use vmattest_sign::{SecretKey, SigAlg, Signer};
 
@@ -58,43 +57,11 @@ fn setup(db: Option<&str>) -> Fixture {
             })
             .unwrap();
     }
-    let policy = Policy::parse(
-        "name = \"p\"\n[[region]]\nname = \"code\"\nstart = 0\nlen = 0x4000\nkernel_code = true\ncritical = true\n",
-        None,
-    )
-    .unwrap();
-    let pid = admin
-        .add_policy(&NewPolicy {
-            toml: policy.to_toml(),
-        })
-        .unwrap()
-        .id;
-    for vm in ["vm1", "vm2"] {
-        admin
-            .add_vm(&NewVm {
-                name: vm.into(),
-                host: "host1".into(),
-                policy_id: pid.clone(),
-                approved_subsets: vec!["all".into()],
-                threshold: 50,
-                webhook: None,
-                on_alert: Default::default(),
-            })
-            .unwrap();
-    }
-    let token = |role, host: Option<&str>| {
-        admin
-            .create_token(&NewToken {
-                role,
-                host: host.map(str::to_string),
-            })
-            .unwrap()
-            .token
-    };
+    register_vms(&admin, "host1", &["vm1", "vm2"]);
     Fixture {
-        agent: token(Role::Agent, Some("host1")),
-        other_agent: token(Role::Agent, Some("host2")),
-        auditor: token(Role::Auditor, None),
+        agent: token(&admin, Role::Agent, Some("host1")),
+        other_agent: token(&admin, Role::Agent, Some("host2")),
+        auditor: token(&admin, Role::Auditor, None),
         admin: admin_token,
         server,
         host_key,
@@ -188,23 +155,6 @@ fn put_reference(f: &Fixture, toml: &str) -> (u16, serde_json::Value) {
     )
 }
 
-/// Verifies `jwt` with the JWK of `GET /v1/ear-key` and returns its claims.
-fn check_jwt(server: &Server, jwt: &str) -> serde_json::Value {
-    let key = json_of(&http("GET", &format!("{}/v1/ear-key", server.url()), None, None).1);
-    let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(key["jwk"].clone()).unwrap();
-    let decoding = jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap();
-    let alg = match key["alg"].as_str() {
-        Some("ES384") => jsonwebtoken::Algorithm::ES384,
-        _ => jsonwebtoken::Algorithm::EdDSA,
-    };
-    let mut v = jsonwebtoken::Validation::new(alg);
-    v.required_spec_claims.clear();
-    v.validate_exp = false;
-    let data = jsonwebtoken::decode::<serde_json::Value>(jwt, &decoding, &v).expect("JWT verifies");
-    assert_eq!(data.header.kid.as_deref(), key["kid"].as_str());
-    data.claims
-}
-
 fn mismatch_names(r: &serde_json::Value) -> Vec<String> {
     r["mismatches"]
         .as_array()
@@ -270,7 +220,7 @@ fn check_flow(db: Option<&str>) {
     assert_eq!(r["vm"], "vm1");
     assert_eq!(r["root"], good.root().to_hex());
     assert_eq!(r["mismatches"], serde_json::json!([]));
-    let claims = check_jwt(&f.server, r["result"].as_str().unwrap());
+    let claims = verify_jwt(&f.server, r["result"].as_str().unwrap());
     assert_eq!(claims["vmattest.vm"], "vm1");
     assert_eq!(claims["vmattest.config-root"], good.root().to_hex());
     assert_eq!(claims["vmattest.config-ok"], true);
@@ -314,7 +264,7 @@ fn check_flow(db: Option<&str>) {
             serde_json::json!([{ "name": name, "expected": expected, "found": found }]),
             "{name}"
         );
-        let claims = check_jwt(&f.server, r["result"].as_str().unwrap());
+        let claims = verify_jwt(&f.server, r["result"].as_str().unwrap());
         assert_eq!(claims["vmattest.config-ok"], false);
         assert_eq!(claims["vmattest.mismatches"], r["mismatches"]);
         assert_eq!(claims["vmattest.config-root"], o.root().to_hex());

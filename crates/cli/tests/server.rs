@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::server::{Server, Webhook, http, json_of};
+use common::server::{Server, Webhook, http, json_of, verify_jwt};
 use common::{vm_like, vmattest};
 use vmattest_agent::Client;
 use vmattest_agent::evidence::{Measured, evidence_bytes, sign};
@@ -217,23 +217,6 @@ fn refused(r: Result<AttestationResult, vmattest_agent::ClientError>, code: &str
     e.to_string()
 }
 
-/// The EAR through `jsonwebtoken`, with the key the server publishes.
-fn check_ear(server: &Server, ear: &str) -> serde_json::Value {
-    let key = json_of(&http("GET", &format!("{}/v1/ear-key", server.url()), None, None).1);
-    let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(key["jwk"].clone()).unwrap();
-    let decoding = jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap();
-    let alg = match key["alg"].as_str() {
-        Some("ES384") => jsonwebtoken::Algorithm::ES384,
-        _ => jsonwebtoken::Algorithm::EdDSA,
-    };
-    let mut v = jsonwebtoken::Validation::new(alg);
-    v.required_spec_claims.clear();
-    v.validate_exp = false;
-    let data = jsonwebtoken::decode::<serde_json::Value>(ear, &decoding, &v).expect("EAR verifies");
-    assert_eq!(data.header.kid.as_deref(), key["kid"].as_str());
-    data.claims
-}
-
 fn flip_code_byte(ram: &Path) {
     let mut bytes = std::fs::read(ram).unwrap();
     bytes[3 * 4096 + 100] ^= 0x5a;
@@ -249,7 +232,7 @@ fn attestation_flow(server: &Server) {
         (100, "affirming", false),
         "{r:?}"
     );
-    let claims = check_ear(server, &r.ear);
+    let claims = verify_jwt(server, &r.ear);
     let sub = &claims["submods"]["vm1"];
     assert_eq!(sub["ear.status"], "affirming");
     assert_eq!(sub["ear.trustworthiness-vector"]["executables"], 2);
@@ -344,7 +327,7 @@ fn attestation_flow(server: &Server) {
         "{r:?}"
     );
     assert_eq!(r.trust_vector["executables"], 96);
-    let claims = check_ear(server, &r.ear);
+    let claims = verify_jwt(server, &r.ear);
     assert_eq!(claims["submods"]["vm1"]["ear.status"], "contraindicated");
     let (headers, body) = f.hook.wait_for(1, Duration::from_secs(20));
     let header = |name: &str| {
@@ -653,7 +636,7 @@ fn es384_ears_verify_with_a_standard_jwt_library() {
     assert_eq!(key["alg"], "ES384");
     assert_eq!(key["jwk"]["crv"], "P-384");
     let r = f.agent.evidence(&evidence_for(&f, &f.host_key)).unwrap();
-    let claims = check_ear(&server, &r.ear);
+    let claims = verify_jwt(&server, &r.ear);
     assert_eq!(claims["submods"]["vm1"]["ear.status"], "affirming");
     // A flipped signature byte is refused by the library.
     let mut bad = r.ear.clone().into_bytes();

@@ -513,8 +513,7 @@ fn tpm_resident_agent_key_earns_the_hardware_claim() {
     use common::server::Server;
     use vmattest_agent::Client;
     use vmattest_agent::evidence::{Measured, evidence_bytes};
-    use vmattest_api::{NewBaseline, NewPolicy, NewToken, NewVm, Provenance, Role};
-    use vmattest_core::attest::Policy;
+    use vmattest_api::{NewBaseline, Provenance, Role};
     use vmattest_testkit::Swtpm;
 
     let tpm = Swtpm::start();
@@ -562,29 +561,10 @@ fn tpm_resident_agent_key_earns_the_hardware_claim() {
         .json();
     assert_eq!(host["tpm_backed"], true, "{host}");
 
-    let policy = Policy::parse(
-        "name = \"p\"\n[[region]]\nname = \"code\"\nstart = 0\nlen = 0x4000\nkernel_code = true\ncritical = true\n",
-        None,
-    )
-    .unwrap();
+    let policy = common::server::tiny_policy();
     let ram = common::vm_like(16 * 4096, 3);
     let c = Client::new(&server.url(), Some(admin)).unwrap();
-    let pid = c
-        .add_policy(&NewPolicy {
-            toml: policy.to_toml(),
-        })
-        .unwrap()
-        .id;
-    c.add_vm(&NewVm {
-        name: "vm1".into(),
-        host: "h1".into(),
-        policy_id: pid.clone(),
-        approved_subsets: vec!["all".into()],
-        threshold: 50,
-        webhook: None,
-        on_alert: Default::default(),
-    })
-    .unwrap();
+    let pid = common::server::register_vms(&c, "h1", &["vm1"]);
     let d = "00".repeat(32);
     c.set_baseline(
         "vm1",
@@ -603,13 +583,7 @@ fn tpm_resident_agent_key_earns_the_hardware_claim() {
         },
     )
     .unwrap();
-    let token = c
-        .create_token(&NewToken {
-            role: Role::Agent,
-            host: Some("h1".into()),
-        })
-        .unwrap()
-        .token;
+    let token = common::server::token(&c, Role::Agent, Some("h1"));
     let agent = Client::new(&server.url(), Some(token)).unwrap();
     let ch = agent.challenge("vm1").unwrap();
     let (policy, nonce) = vmattest_agent::run::check_challenge("vm1", &ch).unwrap();

@@ -9,6 +9,7 @@ use vmattest_core::alg::{Digest, PageIndex};
 use vmattest_core::attest::{
     Evidence, RegionOutcome, SignedEvidence, appraise, region_digest, sample_pages,
 };
+use vmattest_core::record::{Signable, Signed};
 use vmattest_sign::record::{RecordSigError, verify_signed};
 
 use crate::auth::Caller;
@@ -18,22 +19,30 @@ use crate::error::ApiError;
 use crate::nonce::NonceError;
 use crate::state::{AppState, Baseline, VmEntry, now_secs};
 
-fn check_signature(signed: &SignedEvidence, vm: &VmEntry) -> Result<(), ApiError> {
+/// One signature, by the key registered for the VM's host. `what` names the object in errors.
+pub(crate) fn check_host_signature<T: Signable>(
+    signed: &Signed<T>,
+    vm: &VmEntry,
+    what: &str,
+) -> Result<(), ApiError> {
     if signed.signatures.len() != 1 {
         return Err(ApiError::bad(
             "bad_signature",
-            format!("expected one signature, found {}", signed.signatures.len()),
+            format!(
+                "{what}: expected one signature, found {}",
+                signed.signatures.len()
+            ),
         ));
     }
     verify_signed(signed, std::slice::from_ref(&vm.host_key)).map_err(|e| match e {
         RecordSigError::UnknownSigner { key_id, .. } => ApiError::bad(
             "unknown_key",
             format!(
-                "evidence signed by key {key_id}, which is not the key registered for host {}",
+                "{what} signed by key {key_id}, which is not the key registered for host {}",
                 vm.row.host
             ),
         ),
-        other => ApiError::bad("bad_signature", other.to_string()),
+        other => ApiError::bad("bad_signature", format!("{what}: {other}")),
     })
 }
 
@@ -204,7 +213,7 @@ async fn submit_inner(
         }
     })?;
     caller.require_host(&vm.row.host, &vm.row.name)?;
-    check_signature(&signed, &vm)?;
+    check_host_signature(&signed, &vm, "evidence")?;
     let now = now_secs();
     check_claims(ev, &vm, now, state.settings.window_secs)?;
     let expires = state

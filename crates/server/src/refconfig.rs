@@ -13,7 +13,6 @@ use vmattest_api::{
     Role,
 };
 use vmattest_core::config::{ConfigOpening, ConfigParam, Reference, SignedConfigStatement};
-use vmattest_sign::record::{RecordSigError, verify_signed};
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ServerError};
@@ -80,25 +79,6 @@ fn decode_hex(what: &str, text: &str) -> Result<Vec<u8>, ApiError> {
         .map_err(|e| ApiError::bad("malformed", format!("{what}: expected hex: {e}")))
 }
 
-fn check_signature(signed: &SignedConfigStatement, vm: &VmEntry) -> Result<(), ApiError> {
-    if signed.signatures.is_empty() {
-        return Err(ApiError::bad(
-            "bad_signature",
-            "config statement: expected at least one signature, found none",
-        ));
-    }
-    verify_signed(signed, std::slice::from_ref(&vm.host_key)).map_err(|e| match e {
-        RecordSigError::UnknownSigner { key_id, .. } => ApiError::bad(
-            "unknown_key",
-            format!(
-                "config statement signed by key {key_id}, which is not the key registered for host {}",
-                vm.row.host
-            ),
-        ),
-        other => ApiError::bad("bad_signature", format!("config statement: {other}")),
-    })
-}
-
 pub async fn verify_config(
     State(s): State<AppState>,
     caller: Caller,
@@ -124,7 +104,7 @@ async fn check(
         .map_err(|e| ApiError::bad("malformed", format!("statement: {e}")))?;
     let opening = ConfigOpening::decode(&decode_hex("opening", &req.opening)?)
         .map_err(|e| ApiError::bad("malformed", format!("opening: {e}")))?;
-    check_signature(&signed, vm)?;
+    crate::appraise::check_host_signature(&signed, vm, "config statement")?;
     let statement = signed.value();
     if statement.vm != name {
         return Err(ApiError::bad(

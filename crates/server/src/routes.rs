@@ -16,7 +16,6 @@ use vmattest_core::alg::Digest;
 use vmattest_core::attest::{Policy, SignedSnapshotReport};
 use vmattest_core::chain::is_valid_name;
 use vmattest_sign::PublicKey;
-use vmattest_sign::record::verify_signed;
 
 use crate::auth::{Caller, new_token, role_name, token_hash};
 use crate::db::{AlertRow, VmRow};
@@ -530,8 +529,7 @@ pub async fn new_report(
     caller.require_host(&vm.row.host, &name)?;
     let signed = SignedSnapshotReport::decode(&body)
         .map_err(|e| ApiError::bad("malformed", format!("snapshot report: {e}")))?;
-    verify_signed(&signed, std::slice::from_ref(&vm.host_key))
-        .map_err(|e| ApiError::bad("bad_signature", e.to_string()))?;
+    crate::appraise::check_host_signature(&signed, &vm, "snapshot report")?;
     let r = signed.value();
     if r.vm != name {
         return Err(ApiError::bad(

@@ -251,3 +251,70 @@ impl Webhook {
         }
     }
 }
+
+/// Verifies `jwt` with a standard JWT library and the JWK of `GET /v1/ear-key`; returns its
+/// claims.
+pub fn verify_jwt(server: &Server, jwt: &str) -> serde_json::Value {
+    let key = json_of(&http("GET", &format!("{}/v1/ear-key", server.url()), None, None).1);
+    let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(key["jwk"].clone()).unwrap();
+    let decoding = jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap();
+    let alg = match key["alg"].as_str() {
+        Some("ES384") => jsonwebtoken::Algorithm::ES384,
+        _ => jsonwebtoken::Algorithm::EdDSA,
+    };
+    let mut v = jsonwebtoken::Validation::new(alg);
+    v.required_spec_claims.clear();
+    v.validate_exp = false;
+    let data = jsonwebtoken::decode::<serde_json::Value>(jwt, &decoding, &v).expect("JWT verifies");
+    assert_eq!(data.header.kid.as_deref(), key["kid"].as_str());
+    data.claims
+}
+
+/// A one-region policy (4 pages of kernel code at address 0) for tests that need any policy.
+pub fn tiny_policy() -> vmattest_core::attest::Policy {
+    vmattest_core::attest::Policy::parse(
+        "name = \"p\"\n[[region]]\nname = \"code\"\nstart = 0\nlen = 0x4000\nkernel_code = true\ncritical = true\n",
+        None,
+    )
+    .unwrap()
+}
+
+/// Registers the tiny policy and `vms` on `host` (subset `all`, threshold 50); returns the
+/// policy id.
+pub fn register_vms(admin: &vmattest_agent::Client, host: &str, vms: &[&str]) -> String {
+    let pid = admin
+        .add_policy(&vmattest_api::NewPolicy {
+            toml: tiny_policy().to_toml(),
+        })
+        .unwrap()
+        .id;
+    for vm in vms {
+        admin
+            .add_vm(&vmattest_api::NewVm {
+                name: (*vm).into(),
+                host: host.into(),
+                policy_id: pid.clone(),
+                approved_subsets: vec!["all".into()],
+                threshold: 50,
+                webhook: None,
+                on_alert: Default::default(),
+            })
+            .unwrap();
+    }
+    pid
+}
+
+/// A new token of `role` (acting for `host`, for agents).
+pub fn token(
+    admin: &vmattest_agent::Client,
+    role: vmattest_api::Role,
+    host: Option<&str>,
+) -> String {
+    admin
+        .create_token(&vmattest_api::NewToken {
+            role,
+            host: host.map(str::to_string),
+        })
+        .unwrap()
+        .token
+}
