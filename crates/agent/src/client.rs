@@ -217,12 +217,7 @@ impl Client {
         path: &str,
         body: &B,
     ) -> Result<T, ClientError> {
-        let json = serde_json::to_vec(body).map_err(|e| ClientError::Decode {
-            url: self.url(path),
-            detail: format!("encoding the request: {e}"),
-        })?;
-        let bytes = self.request("POST", path, Some(("application/json", &json)))?;
-        self.decode(path, &bytes)
+        self.send_json("POST", path, body)
     }
 
     fn put_json<B: Serialize, T: DeserializeOwned>(
@@ -230,11 +225,20 @@ impl Client {
         path: &str,
         body: &B,
     ) -> Result<T, ClientError> {
+        self.send_json("PUT", path, body)
+    }
+
+    fn send_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
         let json = serde_json::to_vec(body).map_err(|e| ClientError::Decode {
             url: self.url(path),
             detail: format!("encoding the request: {e}"),
         })?;
-        let bytes = self.request("PUT", path, Some(("application/json", &json)))?;
+        let bytes = self.request(method, path, Some(("application/json", &json)))?;
         self.decode(path, &bytes)
     }
 

@@ -131,11 +131,6 @@ pub fn launch(l: &Launch<'_>, json: bool) -> anyhow::Result<()> {
             "server's"
         }
     );
-    println!(
-        "started {} (pid {pid}, {}) in {seconds:.2} s; console {}",
-        spec.name(),
-        spec.effective_accel(),
-        spec.console_path().display()
-    );
+    println!("{}", super::vm::started_line(&spec, pid, seconds));
     Ok(())
 }

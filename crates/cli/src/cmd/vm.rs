@@ -99,12 +99,7 @@ pub fn run(cmd: VmCommand, json: bool) -> anyhow::Result<()> {
                     "vm": spec.name(), "pid": pid, "accel": spec.effective_accel(), "seconds": seconds,
                 }))
             } else {
-                println!(
-                    "started {} (pid {pid}, {}) in {seconds:.2} s; console {}",
-                    spec.name(),
-                    spec.effective_accel(),
-                    spec.console_path().display()
-                );
+                println!("{}", started_line(&spec, pid, seconds));
                 Ok(())
             }
         }
@@ -249,4 +244,14 @@ pub fn restore(
         ms(r.switch)
     );
     Ok(())
+}
+
+/// What `vm start` and `vm launch` print once QEMU runs.
+pub fn started_line(spec: &VmSpec, pid: i32, seconds: f64) -> String {
+    format!(
+        "started {} (pid {pid}, {}) in {seconds:.2} s; console {}",
+        spec.name(),
+        spec.effective_accel(),
+        spec.console_path().display()
+    )
 }
