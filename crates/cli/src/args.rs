@@ -253,6 +253,8 @@ pub enum VmCommand {
         reference: LaunchReference,
         #[command(flatten)]
         signer: EvidenceSigner,
+        #[command(flatten)]
+        packages: PackageSource,
         /// The VM's name in the signed statement and on the server (default: the spec's name).
         #[arg(long)]
         name: Option<String>,
@@ -303,6 +305,13 @@ pub struct ConfigSource {
     /// libvirt domain XML, as `virsh dumpxml NAME` prints it.
     #[arg(long)]
     pub libvirt: Option<PathBuf>,
+    #[command(flatten)]
+    pub packages: PackageSource,
+}
+
+/// Where the guest's installed packages come from (at most one).
+#[derive(Debug, Clone, clap::Args)]
+pub struct PackageSource {
     /// Package manifest: `dpkg-query -W -f '${Package} ${Version}\n'` output.
     #[arg(long, conflicts_with_all = ["dpkg_status", "packages_from_image"])]
     pub packages: Option<PathBuf>,
@@ -331,6 +340,10 @@ pub enum ConfigCommand {
         /// Overwrite an existing opening and statement.
         #[arg(long)]
         force: bool,
+        /// Measure the config root into this PCR (16-23) and quote the boot PCRs and it over
+        /// the statement: DIR/config.quote.json (needs the TPM).
+        #[arg(long)]
+        bind_pcr: Option<u32>,
     },
     /// Print the parameters and values of a measured configuration.
     Show { dir: PathBuf },

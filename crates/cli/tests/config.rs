@@ -31,6 +31,7 @@ struct Cfg {
     cmdline: String,
     kernel: PathBuf,
     disk: PathBuf,
+    mac: &'static str,
 }
 
 impl Cfg {
@@ -46,6 +47,7 @@ impl Cfg {
             cmdline: CMDLINE.into(),
             kernel: guest_dir().join("vmlinuz"),
             disk,
+            mac: "52:54:00:12:34:56",
         }
     }
 
@@ -71,7 +73,11 @@ cmdline = "{cmdline}"
 name = "disk0"
 path = "{disk}"
 format = "raw"
+
+[[nic]]
+mac = "{mac}"
 "#,
+                mac = self.mac,
                 memory = self.memory,
                 vcpus = self.vcpus,
                 machine = self.machine,
@@ -105,6 +111,7 @@ fn keys(dir: &Path) -> Keys {
 }
 
 fn measure(spec: &Path, key: &Path, out: &Path) -> serde_json::Value {
+    let packages = manifest(spec.parent().unwrap(), "pkgs.txt", "1:1.35.0-4+b3");
     vmattest([
         "--json",
         "config",
@@ -115,9 +122,22 @@ fn measure(spec: &Path, key: &Path, out: &Path) -> serde_json::Value {
         s(key),
         "--out",
         s(out),
+        "--packages",
+        s(&packages),
     ])
     .ok()
     .json()
+}
+
+/// A package manifest (`dpkg-query -W` form) in which busybox has `version`.
+fn manifest(dir: &Path, name: &str, version: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        format!("busybox {version}\nlinux-image-amd64 6.1.158-1\n"),
+    )
+    .unwrap();
+    path
 }
 
 fn show(dir: &Path) -> serde_json::Value {
@@ -149,6 +169,8 @@ cmdline = "{cmdline}"
 "kernel.sha256" = "{kernel}"
 "initrd.sha256" = "{initrd}"
 "disk.disk0.root" = "{disk}"
+"nic.0.mac" = "{mac}"
+"packages.sha256" = "{packages}"
 
 [range]
 vcpus = [1, 2]
@@ -161,6 +183,8 @@ machine = ["pc"]
             kernel = value(&m, "kernel.sha256"),
             initrd = value(&m, "initrd.sha256"),
             disk = value(&m, "disk.disk0.root"),
+            mac = value(&m, "nic.0.mac"),
+            packages = value(&m, "packages.sha256"),
         ),
     )
     .unwrap();
@@ -489,6 +513,9 @@ fn variations(dir: &Path, base: &Cfg) -> Vec<(PathBuf, &'static str)> {
     let mut c = base.clone();
     c.machine = "q35";
     out.push((c.write(dir, "mach"), "machine"));
+    let mut c = base.clone();
+    c.mac = "52:54:00:12:34:57";
+    out.push((c.write(dir, "nic"), "nic.0.mac"));
     out
 }
 
@@ -503,12 +530,16 @@ fn launch_gate_with_a_local_reference() {
     let measured = dir.join("measured");
     measure(&good, &k.key, &measured);
     reference_for(&measured, &reference);
-    let gate = ["--reference", s(&reference)];
+    let packages = manifest(dir, "pkgs.txt", "1:1.35.0-4+b3");
+    let gate = ["--reference", s(&reference), "--packages", s(&packages)];
 
     // The refusals first: the guest writes to its disk once it runs.
     for (spec, param) in variations(dir, &base) {
         refused(&spec, &k.key, &gate, param);
     }
+    let other = manifest(dir, "pkgs-other.txt", "1:1.36.1-1");
+    let gate_other = ["--reference", s(&reference), "--packages", s(&other)];
+    refused(&good, &k.key, &gate_other, "packages.sha256");
 
     {
         let _stop = Stop(good.clone());
@@ -599,7 +630,15 @@ fn launch_gate_through_a_server() {
     ])
     .fails(2, "server refused");
 
-    let gate = ["--server", &url, "--token-file", s(&agent)];
+    let packages = manifest(dir, "pkgs.txt", "1:1.35.0-4+b3");
+    let gate = [
+        "--server",
+        &url,
+        "--token-file",
+        s(&agent),
+        "--packages",
+        s(&packages),
+    ];
     // The refusals first: the guest writes to its disk once it runs.
     refused(&bad, &k.key, &gate, "memory_mib");
     // A statement signed by a key the server does not know for the host is refused too.

@@ -606,3 +606,112 @@ fn tpm_resident_agent_key_earns_the_hardware_claim() {
     assert_eq!((r.status.as_str(), r.score), ("affirming", 100), "{r:?}");
     assert_eq!(r.trust_vector["hardware"], 2);
 }
+
+/// A configuration statement signed by the TPM key and bound to a quote: the config root is
+/// measured into PCR 23, and the quote's nonce covers the signed statement.
+#[cfg(feature = "tpm")]
+#[test]
+fn config_statement_signed_and_quoted_by_the_tpm() {
+    let tpm = vmattest_testkit::Swtpm::start();
+    let t = Some(tpm.tcti());
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_owned();
+    let g = common::guest::guest_dir();
+    std::fs::write(
+        p("vm.toml"),
+        format!(
+            "name = \"cfg\"\nmemory_mib = 128\nvcpus = 1\nrun_dir = \"run\"\n[boot]\nkernel = \"{}\"\ninitrd = \"{}\"\n",
+            g.join("vmlinuz").display(),
+            g.join("initramfs.cpio.gz").display()
+        ),
+    )
+    .unwrap();
+    vmattest_env(t.as_deref(), &["tpm", "keygen", "--out", &p("tk.pub")]).ok();
+    vmattest_env(t.as_deref(), &["tpm", "ak", "--out", &p("ak")]).ok();
+    let events = p("events.jsonl");
+    let env = [("VMATTEST_EVENT_LOG", events.as_str())];
+    let m = vmattest_with(
+        t.as_deref(),
+        &env,
+        &[
+            "--json",
+            "config",
+            "measure",
+            "--vm",
+            &p("vm.toml"),
+            "--signer",
+            "tpm",
+            "--bind-pcr",
+            "23",
+            "--out",
+            &p("m"),
+        ],
+    )
+    .ok()
+    .json();
+    let nonce = m["quote_nonce"].as_str().unwrap();
+    let q = vmattest_env(
+        None,
+        &[
+            "--json",
+            "tpm",
+            "verify-quote",
+            m["quote"].as_str().unwrap(),
+            "--ak",
+            &p("ak"),
+            "--nonce",
+            nonce,
+        ],
+    )
+    .ok()
+    .json();
+    let text = q.to_string();
+    assert!(
+        text.contains("config-root") && text.contains(m["root"].as_str().unwrap()),
+        "{text}"
+    );
+    // Another nonce (another statement) fails.
+    vmattest_env(
+        None,
+        &[
+            "tpm",
+            "verify-quote",
+            m["quote"].as_str().unwrap(),
+            "--ak",
+            &p("ak"),
+            "--nonce",
+            &"00".repeat(32),
+        ],
+    )
+    .fails(1, "nonce");
+    // The statement is the TPM key's: a disclosure verifies with its public key.
+    vmattest_env(
+        None,
+        &[
+            "config",
+            "disclose",
+            &p("m"),
+            "--param",
+            "memory_mib",
+            "--out",
+            &p("proof"),
+        ],
+    )
+    .ok();
+    let shown = vmattest_env(
+        None,
+        &[
+            "config",
+            "verify-disclosure",
+            &p("proof"),
+            "--pubkey",
+            &p("tk.pub"),
+        ],
+    )
+    .ok();
+    assert!(
+        shown.stdout.contains("memory_mib = 128"),
+        "{}",
+        shown.stdout
+    );
+}

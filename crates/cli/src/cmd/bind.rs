@@ -119,9 +119,7 @@ pub fn bind(
     hypervisor: Option<&Path>,
     pcr: u32,
 ) -> anyhow::Result<PathBuf> {
-    if !(16..=23).contains(&pcr) {
-        bail!("--bind-pcr {pcr}: expected 16 to 23 (PCRs 0-15 belong to the boot chain)");
-    }
+    check_pcr(pcr)?;
     let mut wanted = vec![Event::new(
         pcr,
         "vmattest",
@@ -146,6 +144,21 @@ pub fn bind(
         wanted.push(Event::new(pcr, "config", format!("{} {}", c.name, c.root)));
     }
 
+    let (q, events) = measure_and_quote(pcr, wanted, link.as_bytes())?;
+    let out_dir = store.join("quotes");
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("{}", out_dir.display()))?;
+    let out = out_dir.join(format!("{:020}.json", seq.0));
+    super::tpm::write_quote(&out, &q, events)?;
+    Ok(out)
+}
+
+/// Extends `pcr` with the `wanted` events not yet in this boot's log, then quotes the boot PCRs
+/// and `pcr` with `qualifying` as the nonce; returns the quote and `pcr`'s events.
+fn measure_and_quote(
+    pcr: u32,
+    wanted: Vec<Event>,
+    qualifying: &[u8],
+) -> anyhow::Result<(vmattest_tpm::Quote, Vec<Event>)> {
     let path = log_path();
     let mut log = read_log(&path)?;
     let mut tpm = super::tpm::open()?;
@@ -184,11 +197,44 @@ pub fn bind(
     }
     let mut pcrs = BOOT_PCRS.to_vec();
     pcrs.push(pcr);
-    let q = tpm.quote(&pcrs, link.as_bytes())?;
+    let q = tpm.quote(&pcrs, qualifying)?;
     let events: Vec<Event> = log.into_iter().filter(|e| e.pcr == pcr).collect();
-    let out_dir = store.join("quotes");
-    std::fs::create_dir_all(&out_dir).with_context(|| format!("{}", out_dir.display()))?;
-    let out = out_dir.join(format!("{:020}.json", seq.0));
-    super::tpm::write_quote(&out, &q, events)?;
-    Ok(out)
+    Ok((q, events))
+}
+
+fn check_pcr(pcr: u32) -> anyhow::Result<()> {
+    if !(16..=23).contains(&pcr) {
+        bail!("--bind-pcr {pcr}: expected 16 to 23 (PCRs 0-15 belong to the boot chain)");
+    }
+    Ok(())
+}
+
+/// Domain of the qualifying data of a config statement's quote.
+pub const CONFIG_QUOTE_DOMAIN: &[u8] = b"vmattest config-quote v1\0";
+
+/// The nonce a config statement's quote carries: SHA-256 of the domain and the statement's
+/// signed object bytes.
+pub fn config_quote_nonce(statement_object: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(CONFIG_QUOTE_DOMAIN);
+    h.update(statement_object);
+    h.finalize().into()
+}
+
+/// Measures the config root of `vm` into `pcr` (after the vmattest version), then quotes the
+/// boot PCRs and `pcr` over the statement; writes the quote file to `out`.
+pub fn bind_config(
+    out: &Path,
+    statement_object: &[u8],
+    vm: &str,
+    root: &Digest,
+    pcr: u32,
+) -> anyhow::Result<()> {
+    check_pcr(pcr)?;
+    let wanted = vec![
+        Event::new(pcr, "vmattest", env!("CARGO_PKG_VERSION").to_owned()),
+        Event::new(pcr, "config-root", format!("{vm} {root}")),
+    ];
+    let (q, events) = measure_and_quote(pcr, wanted, &config_quote_nonce(statement_object))?;
+    super::tpm::write_quote(out, &q, events)
 }

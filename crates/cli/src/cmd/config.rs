@@ -22,7 +22,7 @@ use vmattest_vmconfig::Param;
 use super::keys::evidence_signer;
 use super::{now, read_capped, write_atomic};
 use crate::VerificationFailed;
-use crate::args::{ConfigCommand, ConfigSource, EvidenceSigner};
+use crate::args::{ConfigCommand, ConfigSource, EvidenceSigner, PackageSource};
 use crate::output;
 
 /// The private opening in a measurement directory.
@@ -42,7 +42,16 @@ pub fn run(cmd: ConfigCommand, json: bool) -> anyhow::Result<()> {
             name,
             out,
             force,
-        } => measure_cmd(&source, &signer, name.as_deref(), &out, force, json),
+            bind_pcr,
+        } => measure_cmd(
+            &source,
+            &signer,
+            name.as_deref(),
+            &out,
+            force,
+            bind_pcr,
+            json,
+        ),
         ConfigCommand::Show { dir } => show(&dir, json),
         ConfigCommand::Disclose { dir, param, out } => disclose(&dir, &param, &out, json),
         ConfigCommand::VerifyDisclosure { proof, pubkeys } => {
@@ -97,6 +106,12 @@ fn source_params(src: &ConfigSource) -> anyhow::Result<(Vec<Param>, Option<Strin
         (None, Some(xml)) => (vmattest_vmconfig::load_domain_params(xml)?, None),
         _ => bail!("give one of --vm SPEC and --libvirt DOMAIN.xml"),
     };
+    params.extend(package_params(&src.packages)?);
+    Ok((vmattest_vmconfig::canonical(params)?, name))
+}
+
+/// The package parameters of the given source (none when no source is given).
+pub fn package_params(src: &PackageSource) -> anyhow::Result<Vec<Param>> {
     let packages = if let Some(p) = &src.packages {
         let text = read_text(p, MAX_TEXT_INPUT, "package manifest")?;
         Some(vmattest_vmconfig::parse_manifest(
@@ -116,10 +131,10 @@ fn source_params(src: &ConfigSource) -> anyhow::Result<(Vec<Param>, Option<Strin
     } else {
         None
     };
-    if let Some(packages) = packages {
-        params.extend(vmattest_vmconfig::package_params(&packages)?);
-    }
-    Ok((vmattest_vmconfig::canonical(params)?, name))
+    Ok(match packages {
+        Some(packages) => vmattest_vmconfig::package_params(&packages)?,
+        None => Vec::new(),
+    })
 }
 
 /// Salts every parameter with 16 fresh random bytes, builds the opening and signs its
@@ -240,6 +255,11 @@ struct MeasureJson {
     key_ids: Vec<String>,
     opening: String,
     statement: String,
+    /// With `--bind-pcr`: the quote file and the nonce it carries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quote: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quote_nonce: Option<String>,
 }
 
 fn measure_cmd(
@@ -248,6 +268,7 @@ fn measure_cmd(
     name: Option<&str>,
     out: &Path,
     force: bool,
+    bind_pcr: Option<u32>,
     json: bool,
 ) -> anyhow::Result<()> {
     let (params, spec_name) = source_params(source)?;
@@ -257,6 +278,16 @@ fn measure_cmd(
     let signer = evidence_signer(signer)?;
     let m = measure(params, &vm, signer.as_ref())?;
     let (opening, statement) = write_measurement(out, &m, force)?;
+    let quote = match bind_pcr {
+        Some(pcr) => {
+            let path = out.join("config.quote.json");
+            let object = m.statement.object_bytes();
+            let root = m.opening.root();
+            super::bind::bind_config(&path, object, &vm, &root, pcr)?;
+            Some((path, hex::encode(super::bind::config_quote_nonce(object))))
+        }
+        None => None,
+    };
     let key_ids: Vec<String> = m
         .statement
         .value()
@@ -273,6 +304,8 @@ fn measure_cmd(
             key_ids,
             opening: opening.display().to_string(),
             statement: statement.display().to_string(),
+            quote: quote.as_ref().map(|(p, _)| p.display().to_string()),
+            quote_nonce: quote.map(|(_, n)| n),
         });
     }
     println!(
@@ -286,6 +319,13 @@ fn measure_cmd(
         opening.display()
     );
     println!("  statement {}", statement.display());
+    if let Some((path, nonce)) = quote {
+        println!(
+            "  quote     {} (verify: vmattest tpm verify-quote {} --ak AK --nonce {nonce})",
+            path.display(),
+            path.display()
+        );
+    }
     Ok(())
 }
 

@@ -9,7 +9,7 @@ use vmattest_api::ConfigCheckRequest;
 use super::config::{check_local, measure, mismatch_line, write_measurement};
 use super::keys::evidence_signer;
 use crate::VerificationFailed;
-use crate::args::{EvidenceSigner, LaunchReference};
+use crate::args::{EvidenceSigner, LaunchReference, PackageSource};
 use crate::output;
 
 /// A private temporary directory, removed when dropped.
@@ -44,6 +44,7 @@ pub struct Launch<'a> {
     pub vm: &'a str,
     pub reference: &'a LaunchReference,
     pub signer: &'a EvidenceSigner,
+    pub packages: &'a PackageSource,
     pub name: Option<&'a str>,
     pub wait_for: Option<&'a str>,
     pub timeout: u64,
@@ -56,7 +57,9 @@ pub fn launch(l: &Launch<'_>, json: bool) -> anyhow::Result<()> {
     let spec = super::vm::load_spec(l.vm)?;
     let vm = l.name.unwrap_or(spec.name()).to_owned();
     let signer = evidence_signer(l.signer)?;
-    let params = vmattest_vmconfig::spec_params(&spec)?;
+    let mut params = vmattest_vmconfig::spec_params(&spec)?;
+    params.extend(super::config::package_params(l.packages)?);
+    let params = vmattest_vmconfig::canonical(params)?;
     let m = measure(params, &vm, signer.as_ref())?;
     let _temp;
     let dir = match l.out {
