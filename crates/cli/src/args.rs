@@ -221,6 +221,8 @@ pub struct VmArg {
     pub vm: String,
 }
 
+// Parsed once per process: the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum VmCommand {
     /// Start the VM (its RAM lives in a shared file under the spec's run_dir).
