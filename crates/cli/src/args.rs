@@ -273,6 +273,11 @@ pub enum VmCommand {
         /// Overwrite an existing opening and statement in `--out`.
         #[arg(long)]
         force: bool,
+        /// Once the configuration is accepted, measure its root into this PCR (16-23) and
+        /// quote it over the statement (DIR/config.quote.json): later `snapshot take --vm
+        /// --bind-pcr` quotes of that PCR then record the launched configuration.
+        #[arg(long)]
+        bind_pcr: Option<u32>,
     },
 }
 

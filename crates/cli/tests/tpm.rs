@@ -715,3 +715,71 @@ fn config_statement_signed_and_quoted_by_the_tpm() {
         shown.stdout
     );
 }
+
+/// `vm launch --bind-pcr 23` puts the accepted config root into PCR 23: the quotes that later
+/// snapshots of the VM store carry it, so the chain records the launched configuration.
+#[cfg(feature = "tpm")]
+#[test]
+fn launched_config_is_recorded_in_the_chains_quotes() {
+    let tpm = vmattest_testkit::Swtpm::start();
+    let t = Some(tpm.tcti());
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_owned();
+    let guest = common::guest::Guest::new(dir.path(), "lq");
+    vmattest_env(t.as_deref(), &["tpm", "keygen", "--out", &p("tk.pub")]).ok();
+    std::fs::write(p("ref.toml"), "[expect]\nmemory_mib = 128\n").unwrap();
+    let events = p("events.jsonl");
+    let env = [("VMATTEST_EVENT_LOG", events.as_str())];
+    let run = |args: &[&str]| vmattest_with(t.as_deref(), &env, args);
+    run(&[
+        "vm",
+        "launch",
+        "--vm",
+        guest.arg(),
+        "--reference",
+        &p("ref.toml"),
+        "--signer",
+        "tpm",
+        "--bind-pcr",
+        "23",
+        "--wait-for",
+        "READY",
+        "--out",
+        &p("cfg"),
+    ])
+    .ok();
+    let root = run(&["--json", "config", "show", &p("cfg")]).ok().json()["root"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    run(&[
+        "snapshot",
+        "init",
+        "--store",
+        &p("store"),
+        "--vm-id",
+        "lq",
+        "--alg",
+        "sha256",
+    ])
+    .ok();
+    run(&[
+        "snapshot",
+        "take",
+        "--store",
+        &p("store"),
+        "--vm",
+        guest.arg(),
+        "--signer",
+        "tpm",
+        "--bind-pcr",
+        "23",
+    ])
+    .ok();
+    let quote =
+        std::fs::read_to_string(dir.path().join("store/quotes/00000000000000000000.json")).unwrap();
+    assert!(
+        quote.contains("config-root") && quote.contains(&root),
+        "{quote}"
+    );
+}

@@ -50,6 +50,7 @@ pub struct Launch<'a> {
     pub timeout: u64,
     pub out: Option<&'a Path>,
     pub force: bool,
+    pub bind_pcr: Option<u32>,
 }
 
 /// `vm launch`: measure, check against the reference, and start only on a match.
@@ -116,6 +117,11 @@ pub fn launch(l: &Launch<'_>, json: bool) -> anyhow::Result<()> {
             eprintln!("vmattest: launch refused: {}", mismatch_line(x));
         }
         return Err(VerificationFailed(format!("launch refused: {}", mismatch_line(last))).into());
+    }
+    if let Some(pcr) = l.bind_pcr {
+        let object = m.statement.object_bytes();
+        let quote = dir.join("config.quote.json");
+        super::bind::bind_config(&quote, object, &vm, &m.opening.root(), pcr)?;
     }
     let (pid, seconds) = super::vm::start_spec(&spec, l.wait_for, l.timeout)?;
     if json {

@@ -75,6 +75,7 @@ pub fn run(cmd: VmCommand, json: bool) -> anyhow::Result<()> {
             timeout,
             out,
             force,
+            bind_pcr,
         } => super::launch::launch(
             &super::launch::Launch {
                 vm: &vm.vm,
@@ -86,6 +87,7 @@ pub fn run(cmd: VmCommand, json: bool) -> anyhow::Result<()> {
                 timeout,
                 out: out.as_deref(),
                 force,
+                bind_pcr,
             },
             json,
         ),
