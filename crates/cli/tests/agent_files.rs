@@ -404,6 +404,7 @@ fn stub_server(vm: &str, policy: &str, answer: (u16, String)) -> String {
     })
     .to_string();
     let challenge_path = format!("POST /v1/vms/{vm}/challenge ");
+    let vm = vm.to_owned();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { return };
@@ -424,6 +425,8 @@ fn stub_server(vm: &str, policy: &str, answer: (u16, String)) -> String {
                 (200, challenge.clone())
             } else if request.starts_with("POST /v1/evidence ") {
                 answer.clone()
+            } else if request.starts_with(&format!("GET /v1/vms/{vm}/snapshot-requests ")) {
+                (200, "[]".to_owned())
             } else {
                 (404, r#"{"code":"not_found","error":"no route"}"#.to_owned())
             };
