@@ -100,12 +100,7 @@ pub fn baseline_from_store(
         return Err(BaselineError::NoComponent {
             name: component.to_owned(),
             seq,
-            known: verified
-                .components
-                .iter()
-                .map(|c| c.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
+            known: crate::component_names(&verified.components),
         });
     }
     let image = MappedImage::open(&out.join(component))?;

@@ -22,3 +22,9 @@ pub use evidence::{EvidenceError, Measured, evidence_bytes, sign_evidence};
 pub use measure::{MeasureError, measure, measure_vm};
 pub use report::{ChainCheck, ReportError, attest_snapshot};
 pub use run::{Event, LoopOptions, Rollback, RunError, attest_once, run_loop};
+
+/// `a, b, c`: the components a chain has, for errors that name what was there.
+pub(crate) fn component_names(components: &[vmattest_core::chain::ComponentRoot]) -> String {
+    let names: Vec<&str> = components.iter().map(|c| c.name.as_str()).collect();
+    names.join(", ")
+}

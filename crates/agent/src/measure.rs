@@ -123,9 +123,18 @@ pub fn measure(
             digest: region_digest(policy.alg, &region.name, &pages),
         });
     }
+    // When the subset already hashed every page of the kernel-code region, that digest is it.
     let kernel_code = kernel.map(|(region, bytes)| {
-        let all: Vec<PageIndex> = (0..region.pages).map(PageIndex).collect();
-        region_digest(policy.alg, &region.name, &page_digests(policy, bytes, &all))
+        match out
+            .iter()
+            .find(|d| d.name == region.name && d.pages == region.pages)
+        {
+            Some(d) => d.digest,
+            None => {
+                let all: Vec<PageIndex> = (0..region.pages).map(PageIndex).collect();
+                region_digest(policy.alg, &region.name, &page_digests(policy, bytes, &all))
+            }
+        }
     });
     Ok((out, kernel_code))
 }

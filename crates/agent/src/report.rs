@@ -153,12 +153,7 @@ pub fn attest_snapshot(
     if components.is_empty() {
         return Err(ReportError::Nothing {
             seq: verified.seq.0,
-            known: verified
-                .components
-                .iter()
-                .map(|c| c.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
+            known: crate::component_names(&verified.components),
         });
     }
     let report = SnapshotReport {

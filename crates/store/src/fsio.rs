@@ -17,6 +17,22 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     sync_dir(parent_dir(path))
 }
 
+/// As [`write_atomic`], for secrets: the file is mode 0600 from its creation, so its bytes are
+/// never readable by others, not even in the temp file.
+pub fn write_atomic_private(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    write_durable_with(path, bytes, |tmp| {
+        // A leftover of a crashed writer must not lend the file its mode.
+        let _ = std::fs::remove_file(tmp);
+        File::options()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(tmp)
+    })?;
+    sync_dir(parent_dir(path))
+}
+
 /// The directory holding `path`; "." for a bare file name.
 pub(crate) fn parent_dir(path: &Path) -> &Path {
     match path.parent() {
@@ -27,6 +43,15 @@ pub(crate) fn parent_dir(path: &Path) -> &Path {
 
 /// Like [`write_atomic`] but leaves the directory fsync to the caller, who batches them.
 pub(crate) fn write_durable_file(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    write_durable_with(path, bytes, |tmp| File::create(tmp))
+}
+
+/// Writes `bytes` to a temp file beside `path` opened by `open`, fsyncs it and renames it.
+fn write_durable_with(
+    path: &Path,
+    bytes: &[u8],
+    open: impl FnOnce(&Path) -> std::io::Result<File>,
+) -> Result<(), StoreError> {
     use std::sync::atomic::{AtomicU64, Ordering};
     // Unique per call: parallel writers may produce the same object at the same moment.
     static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -38,7 +63,7 @@ pub(crate) fn write_durable_file(path: &Path, bytes: &[u8]) -> Result<(), StoreE
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
     let result = (|| {
-        let mut f = File::create(&tmp)?;
+        let mut f = open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)

@@ -41,7 +41,7 @@ pub use bundle::ImportSummary;
 pub use crypt::StoreSecret;
 pub use error::StoreError;
 pub use fsck::FsckReport;
-pub use fsio::write_atomic;
+pub use fsio::{write_atomic, write_atomic_private};
 pub use replay::{ReplayOptions, Verified};
 pub use take::{ComponentInput, Frozen, TakeOptions, TakeSummary};
 

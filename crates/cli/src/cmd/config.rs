@@ -159,38 +159,6 @@ pub fn measure(params: Vec<Param>, vm: &str, signer: &dyn Signer) -> anyhow::Res
     Ok(Measurement { opening, statement })
 }
 
-/// Writes `bytes` to a new file of mode 0600 beside `path`, then renames it over `path` and
-/// syncs the directory, so that the salts are never readable by others, even briefly.
-fn write_private_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::File::options()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        anyhow::anyhow!("{}: cannot write: {e}", path.display())
-    })
-}
-
 /// Writes the opening (0600) and the statement into `dir`, refusing to replace either unless
 /// `force`. Returns their paths.
 pub fn write_measurement(
@@ -213,7 +181,7 @@ pub fn write_measurement(
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     // The statement first: a directory with an opening always has its statement.
     write_atomic(&statement, &m.statement.encode()?)?;
-    write_private_atomic(&opening, &m.opening.encode())?;
+    vmattest_store::write_atomic_private(&opening, &m.opening.encode())?;
     Ok((opening, statement))
 }
 
