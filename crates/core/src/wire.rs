@@ -66,7 +66,11 @@ impl Kind {
 
     /// Current format version of this kind.
     pub fn version(self) -> u16 {
-        1
+        match self {
+            // 2: BLAKE3 delta digests key their leaves and parents.
+            Kind::Link => 2,
+            _ => 1,
+        }
     }
 
     /// Largest body accepted for this kind.

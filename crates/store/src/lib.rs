@@ -46,7 +46,7 @@ pub use replay::{ReplayOptions, Verified};
 pub use take::{ComponentInput, Frozen, TakeOptions, TakeSummary};
 
 /// Version of the store layout.
-pub const STORE_FORMAT: u32 = 1;
+pub const STORE_FORMAT: u32 = 2;
 
 /// What `store.json` holds.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

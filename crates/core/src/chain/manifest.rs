@@ -61,12 +61,23 @@ pub struct Manifest {
 const LEAF: u8 = 0;
 const NODE: u8 = 1;
 const EMPTY_DELTA: &[u8] = b"vmattest empty delta v1\0";
+/// BLAKE3 chains key their leaves and parents instead of prefixing them, so that every input
+/// is one 64-byte block and the wide kernel hashes 16 at a time.
+const LEAF_KEY_CONTEXT: &[u8] = b"vmattest delta leaf v2";
+const NODE_KEY_CONTEXT: &[u8] = b"vmattest delta node v2";
+/// Leaves or parents hashed per parallel task.
+const TASK: usize = 4096;
 
-/// Merkle root over (component, page, new digest) entries: leaves `H(0 || comp || page ||
-/// digest)`, parents `H(1 || left || right)`, a lone last node carried up.
+/// Merkle root over (component, page, new digest) entries, a lone last node carried up.
+/// BLAKE3: leaves `keyed(K_leaf, comp || page || 0^22 || digest)`, parents
+/// `keyed(K_node, left || right)`. SHA-2: leaves `H(0 || comp || page || digest)`, parents
+/// `H(1 || left || right)`.
 pub fn delta_digest(alg: HashAlg, entries: &[DeltaEntry]) -> Digest {
     if entries.is_empty() {
         return alg.hash(&[EMPTY_DELTA]);
+    }
+    if alg == HashAlg::Blake3 {
+        return blake3_delta_digest(entries);
     }
     let mut level: Vec<Digest> = entries
         .par_iter()
@@ -90,6 +101,38 @@ pub fn delta_digest(alg: HashAlg, entries: &[DeltaEntry]) -> Digest {
             .collect();
     }
     level[0]
+}
+
+fn blake3_delta_digest(entries: &[DeltaEntry]) -> Digest {
+    let leaf_key = *blake3::hash(LEAF_KEY_CONTEXT).as_bytes();
+    let node_key = *blake3::hash(NODE_KEY_CONTEXT).as_bytes();
+    let mut level = vec![0u8; entries.len() * 32];
+    level
+        .par_chunks_mut(TASK * 32)
+        .zip(entries.par_chunks(TASK))
+        .for_each(|(out, es)| {
+            let mut msgs = vec![0u8; es.len() * 64];
+            for (m, e) in msgs.chunks_exact_mut(64).zip(es) {
+                m[..2].copy_from_slice(&e.component.to_be_bytes());
+                m[2..10].copy_from_slice(&e.page.0.to_be_bytes());
+                m[32..].copy_from_slice(&e.digest.as_bytes()[..32]);
+            }
+            crate::tree::keyed_blocks(&leaf_key, &msgs, out);
+        });
+    while level.len() > 32 {
+        // Adjacent digests are already the parents' 64-byte messages.
+        let pairs = level.len() / 64;
+        let mut up = vec![0u8; (pairs + (level.len() / 32) % 2) * 32];
+        up[..pairs * 32]
+            .par_chunks_mut(TASK * 32)
+            .zip(level[..pairs * 64].par_chunks(TASK * 64))
+            .for_each(|(out, msgs)| crate::tree::keyed_blocks(&node_key, msgs, out));
+        if pairs * 64 < level.len() {
+            up[pairs * 32..].copy_from_slice(&level[pairs * 64..]);
+        }
+        level = up;
+    }
+    Digest::new(HashAlg::Blake3, &level).unwrap_or_else(|| HashAlg::Blake3.zero_digest())
 }
 
 impl Manifest {

@@ -141,6 +141,51 @@ fn delta_digest_depends_on_entries() {
     assert_ne!(delta_digest(HashAlg::Blake3, &[]), a);
 }
 
+/// The BLAKE3 delta digest, written the slow way with the crate's public keyed hash.
+fn reference_delta(entries: &[DeltaEntry]) -> [u8; 32] {
+    let leaf_key = *blake3::hash(b"vmattest delta leaf v2").as_bytes();
+    let node_key = *blake3::hash(b"vmattest delta node v2").as_bytes();
+    let mut level: Vec<[u8; 32]> = entries
+        .iter()
+        .map(|e| {
+            let mut m = [0u8; 64];
+            m[..2].copy_from_slice(&e.component.to_be_bytes());
+            m[2..10].copy_from_slice(&e.page.0.to_be_bytes());
+            m[32..].copy_from_slice(e.digest.as_bytes());
+            *blake3::keyed_hash(&leaf_key, &m).as_bytes()
+        })
+        .collect();
+    while level.len() > 1 {
+        level = level
+            .chunks(2)
+            .map(|p| match p {
+                [l, r] => *blake3::keyed_hash(&node_key, &[*l, *r].concat()).as_bytes(),
+                [one] => *one,
+                _ => unreachable!(),
+            })
+            .collect();
+    }
+    level[0]
+}
+
+#[test]
+fn blake3_delta_digest_matches_keyed_hash() {
+    // Counts around the 16-wide kernel, odd levels, and the parallel task size.
+    for n in [1usize, 2, 3, 5, 16, 17, 33, 4095, 4096, 4097, 9001] {
+        let entries: Vec<DeltaEntry> = (0..n)
+            .map(|i| DeltaEntry {
+                component: u16::try_from(i % 3).unwrap(),
+                page: PageIndex(i as u64 * 7),
+                change: PageChange::Data,
+                digest: Digest::new(HashAlg::Blake3, blake3::hash(&i.to_le_bytes()).as_bytes())
+                    .unwrap(),
+            })
+            .collect();
+        let got = delta_digest(HashAlg::Blake3, &entries);
+        assert_eq!(got.as_bytes(), reference_delta(&entries), "{n} entries");
+    }
+}
+
 #[test]
 fn link_round_trip_and_digest() {
     let link = Link {

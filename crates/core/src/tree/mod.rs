@@ -15,6 +15,7 @@
 //! no tree for zero blocks, so it is refused.
 
 mod blake3;
+pub(crate) use blake3::keyed_blocks;
 mod proof;
 mod verity;
 

@@ -32,7 +32,7 @@ impl Fixture {
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().join("store");
         let meta = StoreMeta {
-            format: 1,
+            format: vmattest_store::STORE_FORMAT,
             vm_id: "vm-test".into(),
             alg: alg.into(),
             salt: if alg == "blake3" {
