@@ -1,7 +1,9 @@
 //! The head cache: the head state's images and page digests, so that a take can XOR changed
 //! pages against their previous bytes without replaying the chain. It is derived data: a stamp
 //! written last names the head it matches, and a missing or stale stamp makes the next take
-//! rebuild it from the chain.
+//! rebuild it from the chain. Only the stamp is fsynced: every use checks what it reads (the
+//! digests against the head's signed roots, each page against its digest) and rebuilds a cache
+//! that a crash left torn.
 //!
 //! In an encrypted store every cached page is encrypted (see [`CacheKey`]); `<i>.versions`
 //! holds, per page, the seq that last wrote it, which is half of that page's nonce.
@@ -10,14 +12,15 @@ use std::borrow::Cow;
 use std::os::unix::fs::FileExt as _;
 use std::path::PathBuf;
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use vmattest_core::alg::PAGE_SIZE;
+use vmattest_core::alg::{PAGE_SIZE, PageIndex};
 use vmattest_core::chain::{ComponentRoot, DeltaEntry, Manifest, SeqNo};
 use vmattest_core::tree::ImageTree;
 use vmattest_image::MappedImage;
 
 use crate::crypt::{CacheKey, StoreSecret};
-use crate::replay::ReplayOptions;
+use crate::replay::{ReplayOptions, idx};
 use crate::take::page_of;
 use crate::{Head, Store, StoreError, fsio};
 
@@ -51,6 +54,12 @@ impl HeadPages<'_> {
     }
 }
 
+/// Replaces a cache file in place, without fsync: callers remove the stamp first, and every
+/// reader checks what it reads.
+fn write_derived(path: &std::path::Path, bytes: &[u8]) -> Result<(), StoreError> {
+    std::fs::write(path, bytes).map_err(fsio::io(path))
+}
+
 fn read_versions(bytes: &[u8]) -> Vec<u64> {
     bytes
         .chunks_exact(8)
@@ -79,7 +88,7 @@ impl Store {
     /// pages again (half of a typical guest's pages, every offset hashing differently).
     pub(crate) fn keep_base_digests(&self, trees: &[ImageTree]) -> Result<(), StoreError> {
         for (i, t) in trees.iter().enumerate() {
-            fsio::write_atomic(&self.cache_base_digests(i), t.page_digests())?;
+            write_derived(&self.cache_base_digests(i), t.page_digests())?;
         }
         Ok(())
     }
@@ -125,14 +134,50 @@ impl Store {
         Ok(())
     }
 
-    /// Writes every component's digests, then the stamp (after the images are durable).
-    pub(crate) fn cache_commit(&self, head: &Head, trees: &[ImageTree]) -> Result<(), StoreError> {
+    /// Writes every component's digests, then the stamp. With `changed`, the digest files
+    /// already hold the previous head's and only the digests of those entries are rewritten.
+    pub(crate) fn cache_commit(
+        &self,
+        head: &Head,
+        trees: &[ImageTree],
+        changed: Option<&[DeltaEntry]>,
+    ) -> Result<(), StoreError> {
         for (i, t) in trees.iter().enumerate() {
-            let img = self.cache_image(i);
-            std::fs::File::open(&img)
-                .and_then(|f| f.sync_all())
-                .map_err(fsio::io(&img))?;
-            fsio::write_atomic(&self.cache_digests(i), t.page_digests())?;
+            let path = self.cache_digests(i);
+            let Some(entries) = changed else {
+                write_derived(&path, t.page_digests())?;
+                continue;
+            };
+            let f = std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .map_err(fsio::io(&path))?;
+            let dlen = t.alg().digest_len();
+            let component = u16::try_from(i).unwrap_or(u16::MAX);
+            let mut pages = entries
+                .iter()
+                .filter(|e| e.component == component)
+                .map(|e| idx(e.page.0));
+            // Consecutive pages go out in one write.
+            let Some(mut first) = pages.next() else {
+                continue;
+            };
+            let mut end = first + 1;
+            for p in pages.chain(std::iter::once(usize::MAX)) {
+                if p == end {
+                    end += 1;
+                    continue;
+                }
+                let bytes = t
+                    .page_digests()
+                    .get(first * dlen..end * dlen)
+                    .ok_or_else(|| {
+                        StoreError::Input(format!("page {first}: beyond component {i}"))
+                    })?;
+                f.write_all_at(bytes, (first * dlen) as u64)
+                    .map_err(fsio::io(&path))?;
+                (first, end) = (p, p.saturating_add(1));
+            }
         }
         let stamp = serde_json::to_vec(&Stamp {
             seq: head.seq.0,
@@ -162,8 +207,8 @@ impl Store {
         Ok(HeadPages { map, crypt })
     }
 
-    /// Ensures the cache matches `head` (rebuilding it from the chain if not) and returns
-    /// its trees.
+    /// Ensures the cache holds `head`, rebuilding it from the chain when it is stale or its
+    /// digests do not give the head's roots, and returns its trees.
     pub(crate) fn load_head_cache(
         &self,
         head: &Head,
@@ -171,70 +216,110 @@ impl Store {
         secret: Option<&StoreSecret>,
         key: Option<&CacheKey>,
     ) -> Result<Vec<ImageTree>, StoreError> {
-        if !self.cache_matches(head) {
-            self.cache_invalidate()?;
-            let opts = ReplayOptions {
-                upto: Some(head.seq),
-                keys: None,
-                secret,
-                max_age: None,
-            };
-            let trees = match key {
-                None => {
-                    self.replay_into(
-                        &opts,
-                        &self.root.join("head"),
-                        &|i, _| format!("{i}.img"),
-                        false,
-                    )?
-                    .1
-                }
-                Some(_) => {
-                    // Rebuild in scratch space, then encrypt into place.
-                    let tmp = self.tmp_dir("cache")?;
-                    let (_, trees) =
-                        self.replay_into(&opts, tmp.path(), &|i, _| format!("{i}.img"), false)?;
-                    for i in 0..trees.len() {
-                        let plain = MappedImage::open(&tmp.path().join(format!("{i}.img")))
-                            .map_err(|e| StoreError::Input(e.to_string()))?;
-                        self.write_full_cache_image(i, plain.bytes(), head.seq, key)?;
-                    }
-                    trees
-                }
-            };
-            self.cache_commit(head, &trees)?;
+        if self.cache_matches(head)
+            && let Some(trees) = self.cached_trees(m, key)?
+        {
+            return Ok(trees);
         }
-        m.components
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let digests = fsio::read_capped(&self.cache_digests(i), 1 << 30)?;
-                let small = if c.len <= PAGE_SIZE as u64 {
-                    self.open_head_pages(i, key)?.page(0).into_owned()
-                } else {
-                    Vec::new()
-                };
-                let tree = ImageTree::from_page_digests(&self.params, c.len, digests, &small)
-                    .map_err(|e| StoreError::Corrupt {
-                        file: self.cache_digests(i),
-                        detail: e.to_string(),
-                    })?;
-                // Digests reused for unchanged pages end up in the next signed root: they must
-                // be the head's.
-                if tree.root() != c.root {
-                    return Err(StoreError::Corrupt {
-                        file: self.cache_digests(i),
-                        detail: format!(
-                            "the digests give root {}, the head's component {} has {}; `snapshot fsck --repair` discards the cache",
-                            tree.root(),
-                            c.name,
-                            c.root
-                        ),
-                    });
+        self.rebuild_head_cache(head, secret, key)
+    }
+
+    /// Checks the cached bytes of the pages a take will read (`pages[c]` for component `c`)
+    /// against their digests in `trees`, and rebuilds the cache when any differs.
+    pub(crate) fn check_head_pages(
+        &self,
+        head: &Head,
+        trees: &[ImageTree],
+        pages: &[Vec<u64>],
+        secret: Option<&StoreSecret>,
+        key: Option<&CacheKey>,
+    ) -> Result<(), StoreError> {
+        if !self.pages_match(trees, pages, key) {
+            self.rebuild_head_cache(head, secret, key)?;
+        }
+        Ok(())
+    }
+
+    /// The trees of the cached digests, or `None` when they do not give the head's signed
+    /// roots (digests reused for unchanged pages end up in the next signed root).
+    fn cached_trees(
+        &self,
+        m: &Manifest,
+        key: Option<&CacheKey>,
+    ) -> Result<Option<Vec<ImageTree>>, StoreError> {
+        let mut trees = Vec::with_capacity(m.components.len());
+        for (i, c) in m.components.iter().enumerate() {
+            let Ok(digests) = fsio::read_capped(&self.cache_digests(i), 1 << 30) else {
+                return Ok(None);
+            };
+            let small = if c.len <= PAGE_SIZE as u64 {
+                match self.open_head_pages(i, key) {
+                    Ok(p) => p.page(0).into_owned(),
+                    Err(_) => return Ok(None),
                 }
-                Ok(tree)
+            } else {
+                Vec::new()
+            };
+            match ImageTree::from_page_digests(&self.params, c.len, digests, &small) {
+                Ok(t) if t.root() == c.root => trees.push(t),
+                _ => return Ok(None),
+            }
+        }
+        Ok(Some(trees))
+    }
+
+    /// Whether every listed cached page hashes to its digest in `trees`.
+    fn pages_match(&self, trees: &[ImageTree], pages: &[Vec<u64>], key: Option<&CacheKey>) -> bool {
+        trees.iter().zip(pages).enumerate().all(|(i, (t, list))| {
+            let Ok(cached) = self.open_head_pages(i, key) else {
+                return false;
+            };
+            list.par_iter().all(|&p| {
+                let page = PageIndex(p);
+                t.page_digest(page) == Some(self.params.page_digest(page, &cached.page(p)))
             })
-            .collect()
+        })
+    }
+
+    /// Rebuilds the cache from the chain (whose roots the replay checks) and returns its trees.
+    fn rebuild_head_cache(
+        &self,
+        head: &Head,
+        secret: Option<&StoreSecret>,
+        key: Option<&CacheKey>,
+    ) -> Result<Vec<ImageTree>, StoreError> {
+        self.cache_invalidate()?;
+        let opts = ReplayOptions {
+            upto: Some(head.seq),
+            keys: None,
+            secret,
+            max_age: None,
+        };
+        let trees = match key {
+            None => {
+                self.replay_into(
+                    &opts,
+                    &self.root.join("head"),
+                    &|i, _| format!("{i}.img"),
+                    false,
+                )?
+                .1
+            }
+            Some(_) => {
+                // Rebuild in scratch space, then encrypt into place.
+                let tmp = self.tmp_dir("cache")?;
+                let (_, trees) =
+                    self.replay_into(&opts, tmp.path(), &|i, _| format!("{i}.img"), false)?;
+                for i in 0..trees.len() {
+                    let plain = MappedImage::open(&tmp.path().join(format!("{i}.img")))
+                        .map_err(|e| StoreError::Input(e.to_string()))?;
+                    self.write_full_cache_image(i, plain.bytes(), head.seq, key)?;
+                }
+                trees
+            }
+        };
+        self.cache_commit(head, &trees, None)?;
+        Ok(trees)
     }
 
     /// Replaces cached image `i` with `plain` (encrypted page by page when keyed).
@@ -247,64 +332,98 @@ impl Store {
     ) -> Result<(), StoreError> {
         let path = self.cache_image(i);
         let Some(k) = key else {
-            return fsio::write_atomic(&path, plain);
+            return write_derived(&path, plain);
         };
         let mut enc = plain.to_vec();
         for (p, page) in enc.chunks_mut(PAGE_SIZE).enumerate() {
             k.apply(p as u64, seq.0, page);
         }
         let versions = vec![seq.0; plain.len().div_ceil(PAGE_SIZE)];
-        fsio::write_atomic(&self.cache_versions(i), &versions_bytes(&versions))?;
-        fsio::write_atomic(&path, &enc)
+        write_derived(&self.cache_versions(i), &versions_bytes(&versions))?;
+        write_derived(&path, &enc)
     }
 
-    /// Brings the cached images to the state of `m` (seq `m.meta.seq`): `page(i, entry)` gives
-    /// the new bytes of entry `i`; `full[c]` is the whole image when there is no cache yet.
-    pub(crate) fn update_head_cache<'s>(
+    /// Writes the cached images of a new baseline whole (`full[c]` is component `c`).
+    pub(crate) fn write_cache_images(
         &self,
-        m: &Manifest,
-        page: &dyn Fn(usize, &DeltaEntry) -> &'s [u8],
-        full: &[Option<Cow<'_, [u8]>>],
+        full: &[Cow<'_, [u8]>],
+        seq: SeqNo,
         key: Option<&CacheKey>,
     ) -> Result<(), StoreError> {
-        let seq = m.meta.seq;
+        self.cache_invalidate()?;
+        std::fs::create_dir_all(self.root.join("head")).map_err(fsio::io(&self.root))?;
         for (i, image) in full.iter().enumerate() {
-            if let Some(image) = image {
-                self.write_full_cache_image(i, image, seq, key)?;
-                continue;
-            }
-            let path = self.cache_image(i);
-            let f = std::fs::File::options()
-                .write(true)
-                .open(&path)
-                .map_err(fsio::io(&path))?;
-            let mut versions = match key {
-                Some(_) => read_versions(&fsio::read_capped(&self.cache_versions(i), 1 << 30)?),
-                None => Vec::new(),
-            };
-            let component = u16::try_from(i).unwrap_or(u16::MAX);
-            for (n, e) in m.entries.iter().enumerate() {
-                if e.component != component {
-                    continue;
-                }
-                let mut bytes = Cow::Borrowed(page(n, e));
-                if let Some(k) = key {
-                    let mut buf = bytes.into_owned();
-                    k.apply(e.page.0, seq.0, &mut buf);
-                    if let Some(v) =
-                        versions.get_mut(usize::try_from(e.page.0).unwrap_or(usize::MAX))
-                    {
-                        *v = seq.0;
-                    }
-                    bytes = Cow::Owned(buf);
-                }
-                f.write_all_at(&bytes, e.page.0 * PAGE_SIZE as u64)
-                    .map_err(fsio::io(&path))?;
-            }
-            if key.is_some() {
-                fsio::write_atomic(&self.cache_versions(i), &versions_bytes(&versions))?;
-            }
+            self.write_full_cache_image(i, image, seq, key)?;
         }
         Ok(())
+    }
+
+    /// Opens the cached images for in-place writes of the pages of seq `seq`, after marking
+    /// the cache stale: a take that stops half way leaves it to be rebuilt.
+    pub(crate) fn cache_writer<'k>(
+        &self,
+        components: usize,
+        seq: SeqNo,
+        key: Option<&'k CacheKey>,
+    ) -> Result<CacheWriter<'k>, StoreError> {
+        self.cache_invalidate()?;
+        let files = (0..components)
+            .map(|i| {
+                let path = self.cache_image(i);
+                let f = std::fs::File::options()
+                    .write(true)
+                    .open(&path)
+                    .map_err(fsio::io(&path))?;
+                Ok((f, path))
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok(CacheWriter { files, key, seq })
+    }
+
+    /// Records seq `seq` as the version of every page it wrote (encrypted caches only).
+    pub(crate) fn cache_set_versions(
+        &self,
+        entries: &[DeltaEntry],
+        components: usize,
+        seq: SeqNo,
+    ) -> Result<(), StoreError> {
+        for i in 0..components {
+            let path = self.cache_versions(i);
+            let mut versions = read_versions(&fsio::read_capped(&path, 1 << 30)?);
+            let component = u16::try_from(i).unwrap_or(u16::MAX);
+            for e in entries.iter().filter(|e| e.component == component) {
+                if let Some(v) = versions.get_mut(idx(e.page.0)) {
+                    *v = seq.0;
+                }
+            }
+            write_derived(&path, &versions_bytes(&versions))?;
+        }
+        Ok(())
+    }
+}
+
+/// In-place writer of a new head's pages into the cached images; shared by the batch workers.
+pub(crate) struct CacheWriter<'k> {
+    files: Vec<(std::fs::File, PathBuf)>,
+    key: Option<&'k CacheKey>,
+    seq: SeqNo,
+}
+
+impl CacheWriter<'_> {
+    /// Writes the new bytes of page `page` of component `c` (encrypted when keyed).
+    pub fn write(&self, c: usize, page: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        let Some((f, path)) = self.files.get(c) else {
+            return Err(StoreError::Input(format!("component {c}: no cached image")));
+        };
+        let at = page * PAGE_SIZE as u64;
+        let result = match self.key {
+            None => f.write_all_at(bytes, at),
+            Some(k) => {
+                let mut buf = bytes.to_vec();
+                k.apply(page, self.seq.0, &mut buf);
+                f.write_all_at(&buf, at)
+            }
+        };
+        result.map_err(fsio::io(path))
     }
 }

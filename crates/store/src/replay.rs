@@ -161,7 +161,9 @@ impl Store {
                 || self.copy_head(&comps, &files),
             );
             let (manifests, trees) = checked?;
-            (manifests, Some((comps, files, copied?, trees)))
+            // A cache that could not be copied (missing, or cut short by a writer rebuilding
+            // it) is stale like a damaged one: the head is decoded instead.
+            (manifests, Some((comps, files, copied.ok(), trees)))
         } else {
             (self.check_links(src, opts)?, None)
         };
@@ -183,12 +185,15 @@ impl Store {
                     });
                 }
                 // A stale or damaged cache is not the chain's fault: decode instead.
-                let stale = regions.iter().any(|(i, first, leaves)| {
-                    rb.check_region(*i, *first, leaves, &trees[*i]).is_err()
-                });
-                let regions = match stale {
-                    true => rebuild_all(&rb, comps, &files)?,
-                    false => regions,
+                let regions = match regions {
+                    Some(r)
+                        if r.iter().all(|(i, first, leaves)| {
+                            rb.check_region(*i, *first, leaves, &trees[*i]).is_ok()
+                        }) =>
+                    {
+                        r
+                    }
+                    _ => rebuild_all(&rb, comps, &files)?,
                 };
                 (trees, files, regions)
             }
@@ -484,8 +489,8 @@ fn rebuild_all(
 impl Store {
     /// Copies the cached head images into `files` inside the kernel and hashes the copies
     /// (never the cache, which a writer may change meanwhile). One thread copies chunk after
-    /// chunk (parallel writes to one file serialise in the kernel anyway) while the others
-    /// hash the chunks already copied.
+    /// chunk (parallel writes to one file serialise in the kernel anyway) while the pool
+    /// hashes the chunks already copied.
     fn copy_head(
         &self,
         comps: &[ComponentRoot],
@@ -539,11 +544,16 @@ impl Store {
             self.progress().advance((end - start) as u64);
             (i, first, leaves)
         };
-        let (copied, hashed) = rayon::join(copier, || {
-            rx.into_iter().par_bridge().map(hash).collect::<Vec<_>>()
-        });
-        copied?;
-        Ok(hashed)
+        // The copier blocks in the kernel: on its own thread it leaves both pool workers to
+        // hash and to check the links, instead of holding one of them.
+        std::thread::scope(|scope| {
+            let copying = scope.spawn(copier);
+            let hashed = rx.into_iter().par_bridge().map(hash).collect::<Vec<_>>();
+            copying
+                .join()
+                .map_err(|_| StoreError::Input("the copying thread panicked".into()))??;
+            Ok(hashed)
+        })
     }
 }
 

@@ -15,7 +15,7 @@ use vmattest_image::MappedImage;
 use vmattest_sign::Signer;
 
 use crate::batch::{self, BATCH_PAGES};
-use crate::cache::HeadPages;
+use crate::cache::{CacheWriter, HeadPages};
 use crate::crypt::{PageKey, StoreSecret};
 use crate::{Head, Store, StoreError, fsio};
 
@@ -262,6 +262,14 @@ impl Store {
             );
             trees.push(tree);
         }
+        if let (Some((h, _)), Some(old)) = (&prev, &old_trees) {
+            // The XOR deltas read these pages' previous bytes from the cache.
+            let mut pages = vec![Vec::new(); old.len()];
+            for e in entries.iter().filter(|e| e.change == PageChange::Data) {
+                pages[usize::from(e.component)].push(e.page.0);
+            }
+            self.check_head_pages(h, old, &pages, secret, cache_key.as_ref())?;
+        }
         let source = if copy {
             copy_pages(images, &entries)
         } else {
@@ -357,13 +365,29 @@ impl Store {
             None => Vec::new(),
         };
 
+        // New pages go into the cache as their batches are built; a take that stops before
+        // the stamp leaves the cache to be rebuilt from the chain.
+        let cache = match &old_trees {
+            Some(t) => Some(self.cache_writer(t.len(), seq, cache_key.as_ref())?),
+            None => None,
+        };
         let (batches, stored_bytes) = self.write_batches(
             &mut entries,
             &source,
             &old_pages,
-            old_trees.as_deref().unwrap_or(&[]),
+            cache.as_ref(),
             key.as_ref(),
         )?;
+        if let Some(w) = &cache {
+            for (i, e) in entries.iter().enumerate() {
+                if e.change == PageChange::Zero {
+                    w.write(usize::from(e.component), e.page.0, source.page(i, e))?;
+                }
+            }
+            if cache_key.is_some() {
+                self.cache_set_versions(&entries, trees.len(), seq)?;
+            }
+        }
         let manifest = Manifest {
             meta,
             components: components.clone(),
@@ -405,22 +429,15 @@ impl Store {
         self.set_head(new_head)?;
         fail_point("after-head");
 
-        drop(old_pages);
-        self.cache_invalidate()?;
-        let images: Vec<_> = (0..trees.len())
-            .map(|c| match &old_trees {
-                Some(_) => None,
-                None => Some(source.image(c, &manifest.entries)),
-            })
-            .collect();
-        self.update_head_cache(
-            &manifest,
-            &|i, e| source.page(i, e),
-            &images,
-            cache_key.as_ref(),
-        )?;
+        if cache.is_none() {
+            let images: Vec<_> = (0..trees.len())
+                .map(|c| source.image(c, &manifest.entries))
+                .collect();
+            self.write_cache_images(&images, seq, cache_key.as_ref())?;
+        }
         fail_point("before-stamp");
-        self.cache_commit(&new_head, &trees)?;
+        let changed = cache.is_some().then_some(&manifest.entries[..]);
+        self.cache_commit(&new_head, &trees, changed)?;
         if seq == SeqNo(0) {
             self.keep_base_digests(&trees)?;
         }
@@ -449,7 +466,7 @@ impl Store {
         entries: &mut [DeltaEntry],
         source: &Source,
         old: &[HeadPages<'_>],
-        old_trees: &[ImageTree],
+        cache: Option<&CacheWriter<'_>>,
         key: Option<&PageKey>,
     ) -> Result<(Vec<BatchRef>, u64), StoreError> {
         let stored: Vec<usize> = (0..entries.len())
@@ -483,21 +500,16 @@ impl Store {
                         continue;
                     };
                     let prev = o.page(e.page.0);
-                    // The cache is derived data: check it against its digests before use.
-                    let want = old_trees.get(c).and_then(|t| t.page_digest(e.page));
-                    if want != Some(self.params.page_digest(e.page, &prev)) {
-                        return Err(StoreError::Corrupt {
-                            file: self.cache_image(c),
-                            detail: format!(
-                                "page {} does not match its digest; `snapshot fsck --repair` discards the cache",
-                                e.page
-                            ),
-                        });
-                    }
                     let xor: Vec<u8> = new.iter().zip(prev.iter()).map(|(a, b)| a ^ b).collect();
                     let lit = prefer_literal(new, &xor);
                     raw.extend_from_slice(if lit { new } else { &xor });
                     literal.push(lit);
+                }
+                if let Some(w) = cache {
+                    for &i in *run {
+                        let e = &view[i];
+                        w.write(usize::from(e.component), e.page.0, source.page(i, e))?;
+                    }
                 }
                 let bytes = batch::encode(&raw, key)?;
                 let object = self.write_object(&bytes)?;
