@@ -262,14 +262,6 @@ impl Store {
             );
             trees.push(tree);
         }
-        if let (Some((h, _)), Some(old)) = (&prev, &old_trees) {
-            // The XOR deltas read these pages' previous bytes from the cache.
-            let mut pages = vec![Vec::new(); old.len()];
-            for e in entries.iter().filter(|e| e.change == PageChange::Data) {
-                pages[usize::from(e.component)].push(e.page.0);
-            }
-            self.check_head_pages(h, old, &pages, secret, cache_key.as_ref())?;
-        }
         let source = if copy {
             copy_pages(images, &entries)
         } else {
@@ -358,6 +350,15 @@ impl Store {
         };
         let key = secret.map(|s| s.page_key(baseline_root.as_bytes(), &self.meta.vm_id));
         let cache_key = secret.map(|s| s.cache_key(baseline_root.as_bytes(), &self.meta.vm_id));
+        if let (Some(h), Some(old)) = (&head, &old_trees) {
+            // The XOR deltas read these pages' previous bytes from the cache (checked here,
+            // after a VM resumed, rather than in its pause).
+            let mut pages = vec![Vec::new(); old.len()];
+            for e in entries.iter().filter(|e| e.change == PageChange::Data) {
+                pages[usize::from(e.component)].push(e.page.0);
+            }
+            self.check_head_pages(h, old, &pages, secret, cache_key.as_ref())?;
+        }
         let old_pages = match &old_trees {
             Some(t) => (0..t.len())
                 .map(|i| self.open_head_pages(i, cache_key.as_ref()))
