@@ -298,6 +298,10 @@ pub struct LaunchReference {
     /// Trust only this CA certificate (PEM) for the server's TLS certificate.
     #[arg(long, requires = "server")]
     pub ca_cert: Option<PathBuf>,
+    /// The server's pinned EAR key (the JSON of `vmattest remote ear-key --json`): the launch
+    /// then rests on the server's signed verdict, not on its TLS connection.
+    #[arg(long, requires = "server")]
+    pub server_key: Option<PathBuf>,
 }
 
 /// The configuration to measure: a VM spec or libvirt domain XML, plus optionally the guest's

@@ -639,17 +639,62 @@ fn launch_gate_through_a_server() {
         "--packages",
         s(&packages),
     ];
+    // The server's EAR key, pinned, and another server's.
+    let ear_key = |url: &str, name: &str| {
+        let out = vmattest([
+            "remote",
+            "--server",
+            url,
+            "--token-file",
+            s(&agent),
+            "ear-key",
+            "--json",
+        ])
+        .ok()
+        .stdout;
+        write(dir, name, out.as_bytes())
+    };
+    let pinned = ear_key(&url, "ear-key.json");
+    let foreign = {
+        let other = server::Server::start(&dir.join("state2"), None);
+        ear_key(&other.url(), "foreign-ear-key.json")
+    };
+    let signed_gate: Vec<&str> = gate
+        .iter()
+        .copied()
+        .chain(["--server-key", s(&pinned)])
+        .collect();
+    let foreign_gate: Vec<&str> = gate
+        .iter()
+        .copied()
+        .chain(["--server-key", s(&foreign)])
+        .collect();
+
     // The refusals first: the guest writes to its disk once it runs.
     refused(&bad, &k.key, &gate, "memory_mib");
+    refused(&bad, &k.key, &signed_gate, "memory_mib");
     // A statement signed by a key the server does not know for the host is refused too.
     let other_key = dir.join("other");
     launch(&good, &other_key, &gate, &[]).fails(1, "unknown_key");
+    // A verdict that does not verify under the pinned key starts nothing.
+    let r =
+        launch(&good, &k.key, &foreign_gate, &[]).fails(1, "does not verify under the pinned key");
+    assert!(
+        r.stderr.contains("launch refused: the server's verdict"),
+        "{}",
+        r.stderr
+    );
     assert!(!status_running(&good));
     {
         let _stop = Stop(good.clone());
-        let r = launch(&good, &k.key, &gate, &["--wait-for", "READY", "--json"])
-            .ok()
-            .json();
+        let r = launch(
+            &good,
+            &k.key,
+            &signed_gate,
+            &["--wait-for", "READY", "--json"],
+        )
+        .ok()
+        .json();
         assert_eq!(r["checked"], "server", "{r}");
         assert!(status_running(&good));
     }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-use vmattest_api::ConfigCheckRequest;
+use vmattest_api::{ConfigCheckRequest, ConfigCheckResult};
 
 use super::config::{check_local, measure, mismatch_line, write_measurement};
 use super::keys::evidence_signer;
@@ -102,6 +102,9 @@ pub fn launch(l: &Launch<'_>, json: bool) -> anyhow::Result<()> {
                     m.root()
                 );
             }
+            if let Some(key) = &r.server_key {
+                check_verdict(key, &result, &vm)?;
+            }
             if !result.ok && result.mismatches.is_empty() {
                 return Err(VerificationFailed(format!(
                     "launch refused: the server did not accept the configuration of VM {vm}"
@@ -141,5 +144,69 @@ pub fn launch(l: &Launch<'_>, json: bool) -> anyhow::Result<()> {
         }
     );
     println!("{}", super::vm::started_line(&spec, pid, seconds));
+    Ok(())
+}
+
+/// Checks the server's verdict JWT under its pinned EAR key and that it says what the answer's
+/// plain fields say, for this VM and this root.
+fn check_verdict(key_file: &Path, result: &ConfigCheckResult, vm: &str) -> anyhow::Result<()> {
+    let text = super::read_capped(key_file, 64 * 1024, "server key")?;
+    let key: vmattest_api::EarKey = serde_json::from_slice(&text).with_context(|| {
+        format!(
+            "{}: expected the JSON of `vmattest remote ear-key --json`",
+            key_file.display()
+        )
+    })?;
+    let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(key.jwk)
+        .with_context(|| format!("{}: field jwk: not a JWK", key_file.display()))?;
+    let decoding = jsonwebtoken::DecodingKey::from_jwk(&jwk)
+        .with_context(|| format!("{}: field jwk", key_file.display()))?;
+    let alg = match key.alg.as_str() {
+        "EdDSA" => jsonwebtoken::Algorithm::EdDSA,
+        "ES384" => jsonwebtoken::Algorithm::ES384,
+        other => bail!(
+            "{}: field alg: expected EdDSA or ES384, found {other:?}",
+            key_file.display()
+        ),
+    };
+    let mut v = jsonwebtoken::Validation::new(alg);
+    v.required_spec_claims.clear();
+    v.validate_exp = false;
+    let refused = |why: String| -> anyhow::Error {
+        VerificationFailed(format!("launch refused: the server's verdict {why}")).into()
+    };
+    let data =
+        jsonwebtoken::decode::<serde_json::Value>(&result.result, &decoding, &v).map_err(|e| {
+            refused(format!(
+                "does not verify under the pinned key {}: {e}",
+                key_file.display()
+            ))
+        })?;
+    if data.header.kid.as_deref() != Some(key.kid.as_str()) {
+        return Err(refused(format!(
+            "names key {:?}, the pinned key is {:?}",
+            data.header.kid, key.kid
+        )));
+    }
+    let c = &data.claims;
+    let mismatches: Vec<serde_json::Value> = result
+        .mismatches
+        .iter()
+        .map(|m| serde_json::json!({"name": m.name, "expected": m.expected, "found": m.found}))
+        .collect();
+    for (claim, want) in [
+        ("vmattest.vm", serde_json::json!(vm)),
+        ("vmattest.config-root", serde_json::json!(result.root)),
+        ("vmattest.config-ok", serde_json::json!(result.ok)),
+        ("vmattest.mismatches", serde_json::json!(mismatches)),
+    ] {
+        if c.get(claim) != Some(&want) {
+            return Err(refused(format!(
+                "claim {claim} is {}, the answer says {want}",
+                c.get(claim)
+                    .map_or_else(|| "absent".into(), ToString::to_string)
+            )));
+        }
+    }
     Ok(())
 }
