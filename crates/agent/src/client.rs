@@ -8,7 +8,7 @@ use vmattest_api::{
     API_PREFIX, Alert, AttestationResult, BaselineInfo, Challenge, ConfigCheckRequest,
     ConfigCheckResult, EarKey, ErrorBody, Health, Host, NewBaseline, NewHost, NewPolicy,
     NewReferenceConfig, NewSnapshotRequest, NewToken, NewVm, PolicyInfo, ReferenceConfigInfo,
-    ReportReceipt, SnapshotRequest, StoredReport, TokenIssued, Vm,
+    ReportReceipt, SnapshotRequest, StoredReport, TokenInfo, TokenIssued, Vm,
 };
 
 /// Largest response body read.
@@ -154,8 +154,13 @@ impl Client {
             detail: e.to_string(),
         };
         let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
-        let response = if method == "GET" {
-            let mut req = self.agent.get(&url).header("Accept", "application/json");
+        let response = if method == "GET" || method == "DELETE" {
+            let mut req = if method == "GET" {
+                self.agent.get(&url)
+            } else {
+                self.agent.delete(&url)
+            }
+            .header("Accept", "application/json");
             if let Some(a) = &auth {
                 req = req.header("Authorization", a);
             }
@@ -268,6 +273,17 @@ impl Client {
 
     pub fn create_token(&self, req: &NewToken) -> Result<TokenIssued, ClientError> {
         self.post_json("/tokens", req)
+    }
+
+    pub fn tokens(&self) -> Result<Vec<TokenInfo>, ClientError> {
+        self.get("/tokens")
+    }
+
+    /// Revokes the token with public id `id` (admin).
+    pub fn revoke_token(&self, id: &str) -> Result<TokenInfo, ClientError> {
+        let path = format!("/tokens/{}", seg("token id", id)?);
+        let bytes = self.request("DELETE", &path, None)?;
+        self.decode(&path, &bytes)
     }
 
     pub fn add_host(&self, req: &NewHost) -> Result<Host, ClientError> {

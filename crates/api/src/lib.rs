@@ -45,8 +45,21 @@ pub struct NewToken {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TokenIssued {
     pub token: String,
+    /// The token's public id, for listing and revoking it.
+    #[serde(default)]
+    pub id: String,
     pub role: Role,
     pub host: Option<String>,
+}
+
+/// A token as the server lists it: its id, never the token.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenInfo {
+    /// The first 8 bytes of the token's SHA-256, in hex.
+    pub id: String,
+    pub role: Role,
+    pub host: Option<String>,
+    pub created: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

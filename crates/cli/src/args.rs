@@ -676,6 +676,13 @@ pub enum RemoteCommand {
         #[arg(long)]
         host: Option<String>,
     },
+    /// Tokens by public id (admin); never the tokens themselves.
+    Tokens,
+    /// Revoke a token at once (admin); the last admin token is kept.
+    RevokeToken {
+        /// The token's id, as `tokens` and `token --json` print it.
+        id: String,
+    },
     /// Hosts and their evidence-signing keys.
     #[command(subcommand)]
     Host(RemoteHostCommand),

@@ -508,6 +508,18 @@ fn every_endpoint_checks_token_and_role() {
             json(serde_json::json!({"name": "h", "public_key_pem": ""})),
             vec![&f.agent_token, &f.auditor_token],
         ),
+        (
+            "GET",
+            "/v1/tokens".into(),
+            None,
+            vec![&f.agent_token, &f.auditor_token],
+        ),
+        (
+            "DELETE",
+            "/v1/tokens/0123456789abcdef".into(),
+            None,
+            vec![&f.agent_token, &f.auditor_token],
+        ),
         ("GET", "/v1/hosts".into(), None, vec![&f.agent_token]),
         (
             "POST",
@@ -627,6 +639,81 @@ fn every_endpoint_checks_token_and_role() {
 }
 
 /// `--ear-alg p384`: EARs are ES384 JWTs that the JWT library verifies with the published JWK.
+/// Tokens are listed by id only; a revoked token gets 401 on its next request, and the last
+/// admin token cannot be revoked.
+#[test]
+fn revoked_tokens_stop_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("state"), None);
+    let f = setup(&server);
+    let listed = f.admin.tokens().unwrap();
+    let text = serde_json::to_string(&listed).unwrap();
+    assert!(
+        !text.contains(&f.agent_token),
+        "a listing never shows a token"
+    );
+    let agent = listed
+        .iter()
+        .find(|t| t.role == Role::Agent)
+        .expect("the agent token is listed");
+    assert_eq!(agent.host.as_deref(), Some("host1"));
+    let url = format!("{}/v1/vms/vm1", server.url());
+    assert_eq!(http("GET", &url, Some(&f.agent_token), None).0, 200);
+    // Through the CLI: one JSON line per token, then the revocation.
+    let admin_file = f.dir.join("admin.token");
+    std::fs::write(&admin_file, &f.admin_token).unwrap();
+    let server_url = server.url();
+    let remote = |args: &[&str]| {
+        let mut all = vec!["remote", "--server", &server_url, "--token-file"];
+        all.push(admin_file.to_str().unwrap());
+        all.extend_from_slice(args);
+        vmattest(all)
+    };
+    let lines = remote(&["tokens", "--json"]).ok().stdout;
+    assert_eq!(lines.lines().count(), listed.len(), "{lines}");
+    let revoked = remote(&["revoke-token", &agent.id, "--json"]).ok().json();
+    assert_eq!(revoked["id"], agent.id.as_str());
+    let (status, body) = http("GET", &url, Some(&f.agent_token), None);
+    assert_eq!(status, 401, "{body}");
+    remote(&["revoke-token", &agent.id]).fails(2, "not_found");
+    let e = f.admin.revoke_token(&agent.id).unwrap_err();
+    assert_eq!(e.code(), Some("not_found"), "{e}");
+    // The only admin token stays; once a second exists, the first may go.
+    let admins: Vec<_> = f
+        .admin
+        .tokens()
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.role == Role::Admin)
+        .collect();
+    assert_eq!(admins.len(), 1);
+    let e = f.admin.revoke_token(&admins[0].id).unwrap_err();
+    assert_eq!(e.code(), Some("last_admin"), "{e}");
+    let second = f
+        .admin
+        .create_token(&NewToken {
+            role: Role::Admin,
+            host: None,
+        })
+        .unwrap();
+    assert_eq!(second.id.len(), 16);
+    f.admin.revoke_token(&admins[0].id).unwrap();
+    let (status, _) = http(
+        "GET",
+        &format!("{}/v1/hosts", server.url()),
+        Some(&f.admin_token),
+        None,
+    );
+    assert_eq!(status, 401);
+    let (status, _) = http(
+        "GET",
+        &format!("{}/v1/hosts", server.url()),
+        Some(&second.token),
+        None,
+    );
+    assert_eq!(status, 200);
+}
+
 #[test]
 fn es384_ears_verify_with_a_standard_jwt_library() {
     let dir = tempfile::tempdir().unwrap();

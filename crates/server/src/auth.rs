@@ -63,6 +63,11 @@ pub fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// A token's public id: the first 8 bytes of its stored hash, in hex.
+pub fn token_id(hash: &[u8]) -> String {
+    hex::encode(&hash[..hash.len().min(8)])
+}
+
 /// A new token from the OS's randomness.
 pub fn new_token() -> Result<String, ServerError> {
     let mut raw = [0u8; 32];

@@ -16,6 +16,7 @@ mod refconfig;
 mod routes;
 pub mod state;
 mod tls;
+mod tokens;
 mod tpm;
 pub mod webhook;
 
@@ -27,7 +28,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use tokio::net::TcpListener;
 use vmattest_api::{MAX_BODY_BYTES, Role};
 use vmattest_sign::SigAlg;
@@ -43,7 +44,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/openapi.json", get(routes::openapi))
         .route("/v1/ear-key", get(routes::ear_key))
         .route("/metrics", get(routes::metrics))
-        .route("/v1/tokens", post(routes::new_token_route))
+        .route("/v1/tokens", post(tokens::issue).get(tokens::list))
+        .route("/v1/tokens/{id}", delete(tokens::revoke))
         .route("/v1/hosts", post(routes::new_host).get(routes::hosts))
         .route("/v1/policies", post(routes::new_policy))
         .route("/v1/policies/{id}", get(routes::policy))

@@ -9,15 +9,15 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 use vmattest_api::{
     Alert, AlertAction, AttestationResult, BaselineInfo, Challenge, EarKey, Health, Host,
-    NewBaseline, NewHost, NewPolicy, NewSnapshotRequest, NewToken, NewVm, PolicyInfo,
-    ReportReceipt, Role, SnapshotRequest, StoredReport, TokenIssued, Vm,
+    NewBaseline, NewHost, NewPolicy, NewSnapshotRequest, NewVm, PolicyInfo, ReportReceipt, Role,
+    SnapshotRequest, StoredReport, Vm,
 };
 use vmattest_core::alg::Digest;
 use vmattest_core::attest::{Policy, SignedSnapshotReport};
 use vmattest_core::chain::is_valid_name;
 use vmattest_sign::PublicKey;
 
-use crate::auth::{Caller, new_token, role_name, token_hash};
+use crate::auth::Caller;
 use crate::db::{AlertRow, VmRow};
 use crate::error::ApiError;
 use crate::state::{AppState, encode_pages, now_secs};
@@ -74,38 +74,6 @@ pub async fn ear_key(State(s): State<AppState>) -> Json<EarKey> {
         public_key_pem: s.ear.public_pem(),
         jwk: s.ear.jwk(),
     })
-}
-
-pub async fn new_token_route(
-    State(s): State<AppState>,
-    caller: Caller,
-    body: Bytes,
-) -> Result<Json<TokenIssued>, ApiError> {
-    caller.require(&[Admin])?;
-    let req: NewToken = json_body(&body)?;
-    match (req.role, &req.host) {
-        (Agent, None) => return Err(ApiError::bad("invalid", "an agent token needs a host")),
-        (Agent, Some(h)) if s.db.hosts(Some(h)).await?.is_empty() => {
-            return Err(ApiError::not_found("host", h));
-        }
-        (Agent, Some(_)) => {}
-        (_, Some(_)) => return Err(ApiError::bad("invalid", "only agent tokens name a host")),
-        _ => {}
-    }
-    let token = new_token()?;
-    s.db.insert_token(
-        &token_hash(&token),
-        role_name(req.role),
-        req.host.as_deref(),
-        now_secs(),
-    )
-    .await?;
-    tracing::info!(role = role_name(req.role), host = ?req.host, "token issued");
-    Ok(Json(TokenIssued {
-        token,
-        role: req.role,
-        host: req.host,
-    }))
 }
 
 pub async fn new_host(

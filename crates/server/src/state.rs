@@ -77,7 +77,9 @@ pub struct Inner {
     pub settings: Settings,
     pub metrics: Metrics,
     pub webhook_wake: Notify,
-    tokens: RwLock<HashMap<[u8; 32], Caller>>,
+    /// Callers by token hash, kept for [`VM_CACHE_TTL`] so that a token revoked through another
+    /// server sharing the database stops within that time (at once through this one).
+    tokens: RwLock<HashMap<[u8; 32], (Instant, Caller)>>,
     vms: RwLock<HashMap<String, (Instant, Arc<VmEntry>)>>,
 }
 
@@ -121,17 +123,30 @@ impl AppState {
 
     /// Tokens never change once issued, so a hit is cached for the process's life.
     pub async fn caller(&self, hash: &[u8; 32]) -> Result<Option<Caller>, ServerError> {
-        if let Some(c) = self.tokens.read().await.get(hash) {
+        if let Some((at, c)) = self.tokens.read().await.get(hash)
+            && at.elapsed() < VM_CACHE_TTL
+        {
             return Ok(Some(c.clone()));
         }
         let Some((role, host)) = self.db.find_token(hash).await? else {
+            self.tokens.write().await.remove(hash);
             return Ok(None);
         };
         let role = parse_role(&role)
             .ok_or_else(|| ServerError::Corrupt(format!("token role {role:?}")))?;
         let caller = Caller { role, host };
-        self.tokens.write().await.insert(*hash, caller.clone());
+        self.tokens
+            .write()
+            .await
+            .insert(*hash, (Instant::now(), caller.clone()));
         Ok(Some(caller))
+    }
+
+    pub async fn forget_token(&self, hash: &[u8]) {
+        self.tokens
+            .write()
+            .await
+            .retain(|h, _| h.as_slice() != hash);
     }
 
     pub async fn forget_vm(&self, name: &str) {

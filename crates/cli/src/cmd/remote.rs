@@ -110,6 +110,11 @@ pub fn run(args: RemoteArgs, json: bool) -> anyhow::Result<()> {
             // The token alone on stdout, so that it can be redirected into a token file.
             show(json, &issued, |t| t.token.clone())
         }
+        RemoteCommand::Tokens => show_all(json, &c.tokens()?, token_line),
+        RemoteCommand::RevokeToken { id } => {
+            let t = c.revoke_token(&id)?;
+            show(json, &t, |t| format!("revoked {}", token_line(t)))
+        }
         RemoteCommand::Host(RemoteHostCommand::Add {
             name,
             pubkey,
@@ -327,4 +332,16 @@ fn tpm_binding(
         ak: hex::encode(ak_bytes),
         certify: doc,
     })
+}
+
+fn token_line(t: &vmattest_api::TokenInfo) -> String {
+    let role = match t.role {
+        Role::Admin => "admin",
+        Role::Agent => "agent",
+        Role::Auditor => "auditor",
+    };
+    match &t.host {
+        Some(h) => format!("{} {role} host {h} created {}", t.id, t.created),
+        None => format!("{} {role} created {}", t.id, t.created),
+    }
 }

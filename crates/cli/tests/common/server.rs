@@ -149,8 +149,12 @@ pub fn http(
         .new_agent();
     let auth = token.map(|t| format!("Bearer {t}"));
     let resp = match (method, body) {
-        ("GET", _) => {
-            let mut r = agent.get(url);
+        ("GET" | "DELETE", _) => {
+            let mut r = if method == "GET" {
+                agent.get(url)
+            } else {
+                agent.delete(url)
+            };
             if let Some(a) = &auth {
                 r = r.header("authorization", a);
             }

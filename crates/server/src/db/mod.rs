@@ -146,6 +146,29 @@ impl Db {
         Ok(())
     }
 
+    /// Every token as (hash, role, host, created), oldest first.
+    pub async fn tokens(&self) -> Result<Vec<(Vec<u8>, String, Option<String>, i64)>, ServerError> {
+        let rows =
+            sqlx::query("SELECT hash, role, host, created FROM tokens ORDER BY created, hash")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+            .collect()
+    }
+
+    pub async fn token_hashes(&self) -> Result<Vec<Vec<u8>>, ServerError> {
+        Ok(self.tokens().await?.into_iter().map(|t| t.0).collect())
+    }
+
+    pub async fn delete_token(&self, hash: &[u8]) -> Result<(), ServerError> {
+        sqlx::query("DELETE FROM tokens WHERE hash = $1")
+            .bind(hash.to_vec())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     pub async fn find_token(
         &self,
         hash: &[u8],

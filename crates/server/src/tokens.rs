@@ -1,0 +1,98 @@
+//! Bearer tokens: issue, list and revoke (admin only). Only SHA-256 hashes are stored; a
+//! token's public id is the first 8 bytes of its hash.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use vmattest_api::{NewToken, Role, TokenInfo, TokenIssued};
+
+use crate::auth::{Caller, new_token, parse_role, role_name, token_hash, token_id};
+use crate::error::ApiError;
+use crate::routes::json_body;
+use crate::state::{AppState, now_secs};
+
+use Role::{Admin, Agent};
+
+pub async fn issue(
+    State(s): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<Json<TokenIssued>, ApiError> {
+    caller.require(&[Admin])?;
+    let req: NewToken = json_body(&body)?;
+    match (req.role, &req.host) {
+        (Agent, None) => return Err(ApiError::bad("invalid", "an agent token needs a host")),
+        (Agent, Some(h)) if s.db.hosts(Some(h)).await?.is_empty() => {
+            return Err(ApiError::not_found("host", h));
+        }
+        (Agent, Some(_)) => {}
+        (_, Some(_)) => return Err(ApiError::bad("invalid", "only agent tokens name a host")),
+        _ => {}
+    }
+    let token = new_token()?;
+    let hash = token_hash(&token);
+    s.db.insert_token(&hash, role_name(req.role), req.host.as_deref(), now_secs())
+        .await?;
+    let id = token_id(&hash);
+    tracing::info!(id, role = role_name(req.role), host = ?req.host, "token issued");
+    Ok(Json(TokenIssued {
+        token,
+        id,
+        role: req.role,
+        host: req.host,
+    }))
+}
+
+pub async fn list(
+    State(s): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<TokenInfo>>, ApiError> {
+    caller.require(&[Admin])?;
+    Ok(Json(infos(&s).await?))
+}
+
+/// Deletes the token at once: the next request that presents it gets 401. The last admin
+/// token is kept, so that the server never locks its administrators out.
+pub async fn revoke(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<TokenInfo>, ApiError> {
+    caller.require(&[Admin])?;
+    let all = infos(&s).await?;
+    let Some(info) = all.iter().find(|t| t.id == id) else {
+        return Err(ApiError::not_found("token", &id));
+    };
+    if info.role == Admin && all.iter().filter(|t| t.role == Admin).count() == 1 {
+        return Err(ApiError::conflict(
+            "last_admin",
+            format!("token {id} is the last admin token; issue another admin token first"),
+        ));
+    }
+    let hash =
+        s.db.token_hashes()
+            .await?
+            .into_iter()
+            .find(|h| token_id(h) == id)
+            .ok_or_else(|| ApiError::not_found("token", &id))?;
+    s.db.delete_token(&hash).await?;
+    s.forget_token(&hash).await;
+    tracing::info!(id, role = role_name(info.role), host = ?info.host, "token revoked");
+    Ok(Json(info.clone()))
+}
+
+async fn infos(s: &AppState) -> Result<Vec<TokenInfo>, ApiError> {
+    Ok(s.db
+        .tokens()
+        .await?
+        .into_iter()
+        .filter_map(|(hash, role, host, created)| {
+            Some(TokenInfo {
+                id: token_id(&hash),
+                role: parse_role(&role)?,
+                host,
+                created: u64::try_from(created).unwrap_or(0),
+            })
+        })
+        .collect())
+}
