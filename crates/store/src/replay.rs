@@ -193,7 +193,16 @@ impl Store {
                     {
                         r
                     }
-                    _ => rebuild_all(&rb, comps, &files)?,
+                    _ => {
+                        // The copy left the cache's bytes behind, and a rebuild leaves zero
+                        // runs as holes: start again from empty files.
+                        for ((f, path), c) in files.iter().zip(comps) {
+                            f.set_len(0)
+                                .and_then(|()| f.set_len(c.len))
+                                .map_err(fsio::io(path))?;
+                        }
+                        rebuild_all(&rb, comps, &files)?
+                    }
                 };
                 (trees, files, regions)
             }

@@ -198,6 +198,7 @@ fn head_restore_survives_a_damaged_cache() {
     let mut fx = Fixture::new("sha256", false);
     let mem_path = fx.path("mem.img");
     let mut mem = vm_like(3000 * PAGE, 4);
+    mem[100 * PAGE..160 * PAGE].fill(0);
     for round in 0..3u64 {
         std::fs::write(&mem_path, &mem).unwrap();
         fx.take(&[("mem", ComponentKind::Memory, &mem_path)]);
@@ -214,6 +215,13 @@ fn head_restore_survives_a_damaged_cache() {
     let cache = fx.store.join("head").join("0.img");
     let mut bytes = std::fs::read(&cache).unwrap();
     bytes[2000 * PAGE + 7] ^= 1;
+    // Also where the image is zero: a rebuild leaves zero runs as holes, so bytes the copy left
+    // there must not survive.
+    let zero = (0..2980)
+        .find(|&p| mem[p * PAGE..(p + 20) * PAGE].iter().all(|&b| b == 0))
+        .expect("a run of 20 zero pages")
+        + 10;
+    bytes[zero * PAGE + 11] = 0xee;
     std::fs::write(&cache, &bytes).unwrap();
     // The kept baseline digests are derived data too: damaged, they are recomputed.
     let base = fx.store.join("head").join("0.base-digests");
