@@ -217,7 +217,7 @@ impl Store {
         key: Option<&CacheKey>,
     ) -> Result<Vec<ImageTree>, StoreError> {
         if self.cache_matches(head)
-            && let Some(trees) = self.cached_trees(m, key)?
+            && let Some(trees) = self.cached_trees(m, key)
         {
             return Ok(trees);
         }
@@ -242,30 +242,21 @@ impl Store {
 
     /// The trees of the cached digests, or `None` when they do not give the head's signed
     /// roots (digests reused for unchanged pages end up in the next signed root).
-    fn cached_trees(
-        &self,
-        m: &Manifest,
-        key: Option<&CacheKey>,
-    ) -> Result<Option<Vec<ImageTree>>, StoreError> {
+    fn cached_trees(&self, m: &Manifest, key: Option<&CacheKey>) -> Option<Vec<ImageTree>> {
         let mut trees = Vec::with_capacity(m.components.len());
         for (i, c) in m.components.iter().enumerate() {
-            let Ok(digests) = fsio::read_capped(&self.cache_digests(i), 1 << 30) else {
-                return Ok(None);
-            };
+            let digests = fsio::read_capped(&self.cache_digests(i), 1 << 30).ok()?;
             let small = if c.len <= PAGE_SIZE as u64 {
-                match self.open_head_pages(i, key) {
-                    Ok(p) => p.page(0).into_owned(),
-                    Err(_) => return Ok(None),
-                }
+                self.open_head_pages(i, key).ok()?.page(0).into_owned()
             } else {
                 Vec::new()
             };
             match ImageTree::from_page_digests(&self.params, c.len, digests, &small) {
                 Ok(t) if t.root() == c.root => trees.push(t),
-                _ => return Ok(None),
+                _ => return None,
             }
         }
-        Ok(Some(trees))
+        Some(trees)
     }
 
     /// Whether every listed cached page hashes to its digest in `trees`.
