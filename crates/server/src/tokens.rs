@@ -48,7 +48,9 @@ pub async fn list(
     caller: Caller,
 ) -> Result<Json<Vec<TokenInfo>>, ApiError> {
     caller.require(&[Admin])?;
-    Ok(Json(infos(&s).await?))
+    Ok(Json(
+        tokens(&s).await?.into_iter().map(|(_, t)| t).collect(),
+    ))
 }
 
 /// Deletes the token at once: the next request that presents it gets 401. The last admin
@@ -59,40 +61,36 @@ pub async fn revoke(
     Path(id): Path<String>,
 ) -> Result<Json<TokenInfo>, ApiError> {
     caller.require(&[Admin])?;
-    let all = infos(&s).await?;
-    let Some(info) = all.iter().find(|t| t.id == id) else {
+    let all = tokens(&s).await?;
+    let Some((hash, info)) = all.iter().find(|(_, t)| t.id == id) else {
         return Err(ApiError::not_found("token", &id));
     };
-    if info.role == Admin && all.iter().filter(|t| t.role == Admin).count() == 1 {
+    if info.role == Admin && all.iter().filter(|(_, t)| t.role == Admin).count() == 1 {
         return Err(ApiError::conflict(
             "last_admin",
             format!("token {id} is the last admin token; issue another admin token first"),
         ));
     }
-    let hash =
-        s.db.token_hashes()
-            .await?
-            .into_iter()
-            .find(|h| token_id(h) == id)
-            .ok_or_else(|| ApiError::not_found("token", &id))?;
-    s.db.delete_token(&hash).await?;
-    s.forget_token(&hash).await;
+    s.db.delete_token(hash).await?;
+    s.forget_token(hash).await;
     tracing::info!(id, role = role_name(info.role), host = ?info.host, "token revoked");
     Ok(Json(info.clone()))
 }
 
-async fn infos(s: &AppState) -> Result<Vec<TokenInfo>, ApiError> {
+/// Every token with its stored hash.
+async fn tokens(s: &AppState) -> Result<Vec<(Vec<u8>, TokenInfo)>, ApiError> {
     Ok(s.db
         .tokens()
         .await?
         .into_iter()
         .filter_map(|(hash, role, host, created)| {
-            Some(TokenInfo {
+            let info = TokenInfo {
                 id: token_id(&hash),
                 role: parse_role(&role)?,
                 host,
                 created: u64::try_from(created).unwrap_or(0),
-            })
+            };
+            Some((hash, info))
         })
         .collect())
 }

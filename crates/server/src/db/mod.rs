@@ -157,10 +157,6 @@ impl Db {
             .collect()
     }
 
-    pub async fn token_hashes(&self) -> Result<Vec<Vec<u8>>, ServerError> {
-        Ok(self.tokens().await?.into_iter().map(|t| t.0).collect())
-    }
-
     pub async fn delete_token(&self, hash: &[u8]) -> Result<(), ServerError> {
         sqlx::query("DELETE FROM tokens WHERE hash = $1")
             .bind(hash.to_vec())
