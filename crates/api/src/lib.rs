@@ -20,6 +20,23 @@ pub enum Role {
     Auditor,
 }
 
+impl Role {
+    /// The name used on the wire, in the database and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Agent => "agent",
+            Role::Auditor => "auditor",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Role> {
+        [Role::Admin, Role::Agent, Role::Auditor]
+            .into_iter()
+            .find(|r| r.name() == name)
+    }
+}
+
 /// Every error response: a stable machine-readable code and a one-line message.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ErrorBody {

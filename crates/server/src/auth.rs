@@ -28,7 +28,7 @@ impl Caller {
         } else {
             Err(ApiError::forbidden(format!(
                 "role {} may not call this endpoint",
-                role_name(self.role)
+                self.role.name()
             )))
         }
     }
@@ -43,20 +43,6 @@ impl Caller {
             _ => Ok(()),
         }
     }
-}
-
-pub fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Admin => "admin",
-        Role::Agent => "agent",
-        Role::Auditor => "auditor",
-    }
-}
-
-pub fn parse_role(s: &str) -> Option<Role> {
-    [Role::Admin, Role::Agent, Role::Auditor]
-        .into_iter()
-        .find(|r| role_name(*r) == s)
 }
 
 pub fn token_hash(token: &str) -> [u8; 32] {

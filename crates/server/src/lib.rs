@@ -121,7 +121,7 @@ pub async fn prepare(config: &Config) -> Result<AppState, ServerError> {
             .map_err(io(&config.admin_token_file))?;
         db.insert_token(
             &auth::token_hash(&token),
-            auth::role_name(Role::Admin),
+            Role::Admin.name(),
             None,
             state::now_secs(),
         )

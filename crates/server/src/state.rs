@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{Notify, RwLock};
-use vmattest_api::{AlertAction, Provenance};
+use vmattest_api::{AlertAction, Provenance, Role};
 use vmattest_core::alg::{Digest, HashAlg, PageIndex};
 use vmattest_core::attest::{Policy, region_digest};
 use vmattest_core::wire::{Reader, Writer as WireWriter};
 use vmattest_sign::PublicKey;
 
-use crate::auth::{Caller, parse_role};
+use crate::auth::Caller;
 use crate::db::{Db, VmRow, Writer};
 use crate::ear::EarSigner;
 use crate::error::{ApiError, ServerError};
@@ -132,7 +132,7 @@ impl AppState {
             self.tokens.write().await.remove(hash);
             return Ok(None);
         };
-        let role = parse_role(&role)
+        let role = Role::parse(&role)
             .ok_or_else(|| ServerError::Corrupt(format!("token role {role:?}")))?;
         let caller = Caller { role, host };
         self.tokens

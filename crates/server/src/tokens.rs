@@ -6,7 +6,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use vmattest_api::{NewToken, Role, TokenInfo, TokenIssued};
 
-use crate::auth::{Caller, new_token, parse_role, role_name, token_hash, token_id};
+use crate::auth::{Caller, new_token, token_hash, token_id};
 use crate::error::ApiError;
 use crate::routes::json_body;
 use crate::state::{AppState, now_secs};
@@ -31,10 +31,10 @@ pub async fn issue(
     }
     let token = new_token()?;
     let hash = token_hash(&token);
-    s.db.insert_token(&hash, role_name(req.role), req.host.as_deref(), now_secs())
+    s.db.insert_token(&hash, req.role.name(), req.host.as_deref(), now_secs())
         .await?;
     let id = token_id(&hash);
-    tracing::info!(id, role = role_name(req.role), host = ?req.host, "token issued");
+    tracing::info!(id, role = req.role.name(), host = ?req.host, "token issued");
     Ok(Json(TokenIssued {
         token,
         id,
@@ -73,7 +73,7 @@ pub async fn revoke(
     }
     s.db.delete_token(hash).await?;
     s.forget_token(hash).await;
-    tracing::info!(id, role = role_name(info.role), host = ?info.host, "token revoked");
+    tracing::info!(id, role = info.role.name(), host = ?info.host, "token revoked");
     Ok(Json(info.clone()))
 }
 
@@ -86,7 +86,7 @@ async fn tokens(s: &AppState) -> Result<Vec<(Vec<u8>, TokenInfo)>, ApiError> {
         .filter_map(|(hash, role, host, created)| {
             let info = TokenInfo {
                 id: token_id(&hash),
-                role: parse_role(&role)?,
+                role: Role::parse(&role)?,
                 host,
                 created: u64::try_from(created).unwrap_or(0),
             };

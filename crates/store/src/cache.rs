@@ -224,22 +224,6 @@ impl Store {
         self.rebuild_head_cache(head, secret, key)
     }
 
-    /// Checks the cached bytes of the pages a take will read (`pages[c]` for component `c`)
-    /// against their digests in `trees`, and rebuilds the cache when any differs.
-    pub(crate) fn check_head_pages(
-        &self,
-        head: &Head,
-        trees: &[ImageTree],
-        pages: &[Vec<u64>],
-        secret: Option<&StoreSecret>,
-        key: Option<&CacheKey>,
-    ) -> Result<(), StoreError> {
-        if !self.pages_match(trees, pages, key) {
-            self.rebuild_head_cache(head, secret, key)?;
-        }
-        Ok(())
-    }
-
     /// The trees of the cached digests, or `None` when they do not give the head's signed
     /// roots (digests reused for unchanged pages end up in the next signed root).
     fn cached_trees(&self, m: &Manifest, key: Option<&CacheKey>) -> Option<Vec<ImageTree>> {
@@ -259,21 +243,28 @@ impl Store {
         Some(trees)
     }
 
-    /// Whether every listed cached page hashes to its digest in `trees`.
-    fn pages_match(&self, trees: &[ImageTree], pages: &[Vec<u64>], key: Option<&CacheKey>) -> bool {
-        trees.iter().zip(pages).enumerate().all(|(i, (t, list))| {
-            let Ok(cached) = self.open_head_pages(i, key) else {
-                return false;
-            };
-            list.par_iter().all(|&p| {
-                let page = PageIndex(p);
-                t.page_digest(page) == Some(self.params.page_digest(page, &cached.page(p)))
+    /// Whether every listed cached page (`pages[c]` for component `c`) hashes to its digest in
+    /// `trees`.
+    pub(crate) fn pages_match(
+        &self,
+        trees: &[ImageTree],
+        cached: &[HeadPages<'_>],
+        pages: &[Vec<u64>],
+    ) -> bool {
+        trees
+            .iter()
+            .zip(cached)
+            .zip(pages)
+            .all(|((t, cached), list)| {
+                list.par_iter().all(|&p| {
+                    let page = PageIndex(p);
+                    t.page_digest(page) == Some(self.params.page_digest(page, &cached.page(p)))
+                })
             })
-        })
     }
 
     /// Rebuilds the cache from the chain (whose roots the replay checks) and returns its trees.
-    fn rebuild_head_cache(
+    pub(crate) fn rebuild_head_cache(
         &self,
         head: &Head,
         secret: Option<&StoreSecret>,

@@ -459,7 +459,8 @@ struct LinkWork {
 }
 
 /// Rebuilds every region of every component at the last seq and writes it; returns each
-/// region's page digests for the caller to check.
+/// region's page digests for the caller to check. The files must read as zeros beforehand
+/// (new or truncated): long zero runs are left as holes, not written.
 fn rebuild_all(
     rb: &Rebuild<'_>,
     comps: &[ComponentRoot],

@@ -350,21 +350,33 @@ impl Store {
         };
         let key = secret.map(|s| s.page_key(baseline_root.as_bytes(), &self.meta.vm_id));
         let cache_key = secret.map(|s| s.cache_key(baseline_root.as_bytes(), &self.meta.vm_id));
+        let open_old = || match &old_trees {
+            Some(t) => (0..t.len())
+                .map(|i| self.open_head_pages(i, cache_key.as_ref()))
+                .collect::<Result<Vec<_>, _>>(),
+            None => Ok(Vec::new()),
+        };
+        let mut old_pages = open_old();
         if let (Some(h), Some(old)) = (&head, &old_trees) {
             // The XOR deltas read these pages' previous bytes from the cache (checked here,
-            // after a VM resumed, rather than in its pause).
+            // after a VM resumed, rather than in its pause); a missing or wrong cache is rebuilt.
             let mut pages = vec![Vec::new(); old.len()];
             for e in entries.iter().filter(|e| e.change == PageChange::Data) {
                 pages[usize::from(e.component)].push(e.page.0);
             }
-            self.check_head_pages(h, old, &pages, secret, cache_key.as_ref())?;
+            if !old_pages
+                .as_ref()
+                .is_ok_and(|o| self.pages_match(old, o, &pages))
+            {
+                // Unmapped before the rebuild rewrites the files.
+                if let Ok(o) = &mut old_pages {
+                    o.clear();
+                }
+                self.rebuild_head_cache(h, secret, cache_key.as_ref())?;
+                old_pages = open_old();
+            }
         }
-        let old_pages = match &old_trees {
-            Some(t) => (0..t.len())
-                .map(|i| self.open_head_pages(i, cache_key.as_ref()))
-                .collect::<Result<Vec<_>, _>>()?,
-            None => Vec::new(),
-        };
+        let old_pages = old_pages?;
 
         // New pages go into the cache as their batches are built; a take that stops before
         // the stamp leaves the cache to be rebuilt from the chain.

@@ -78,12 +78,8 @@ fn show_all<T: Serialize>(
 }
 
 fn role(name: &str) -> anyhow::Result<Role> {
-    Ok(match name {
-        "admin" => Role::Admin,
-        "agent" => Role::Agent,
-        "auditor" => Role::Auditor,
-        _ => bail!("--role {name:?}: expected admin, agent or auditor"),
-    })
+    Role::parse(name)
+        .ok_or_else(|| anyhow::anyhow!("--role {name:?}: expected admin, agent or auditor"))
 }
 
 pub fn run(args: RemoteArgs, json: bool) -> anyhow::Result<()> {
@@ -335,13 +331,8 @@ fn tpm_binding(
 }
 
 fn token_line(t: &vmattest_api::TokenInfo) -> String {
-    let role = match t.role {
-        Role::Admin => "admin",
-        Role::Agent => "agent",
-        Role::Auditor => "auditor",
-    };
     match &t.host {
-        Some(h) => format!("{} {role} host {h} created {}", t.id, t.created),
-        None => format!("{} {role} created {}", t.id, t.created),
+        Some(h) => format!("{} {} host {h} created {}", t.id, t.role.name(), t.created),
+        None => format!("{} {} created {}", t.id, t.role.name(), t.created),
     }
 }
