@@ -8,6 +8,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use crate::measure::{Accept, MeasureError, open_checked};
 use crate::packages::MAX_PACKAGE_INPUT_BYTES;
 
 /// Where dpkg keeps its status file in the guest.
@@ -26,6 +27,8 @@ pub enum DebugfsError {
         image: PathBuf,
         source: std::io::Error,
     },
+    #[error("disk image {0}")]
+    NotAnImage(Box<MeasureError>),
     #[error("running {program}: {source}")]
     Spawn {
         program: PathBuf,
@@ -56,10 +59,16 @@ pub fn status_from_image(image: &Path) -> Result<String, DebugfsError> {
 pub fn read_file_with(program: &Path, image: &Path, file: &str) -> Result<String, DebugfsError> {
     // debugfs would take an unreadable image for a failed open, reported as text; a clear
     // error first. Its request language splits on spaces, which a plain path never needs.
-    std::fs::File::open(image).map_err(|source| DebugfsError::Image {
-        image: image.to_path_buf(),
-        source,
-    })?;
+    // Checked without blocking: a FIFO named as the image must not hang the command.
+    drop(
+        open_checked(image, Accept::FileOrBlock).map_err(|e| match e {
+            MeasureError::Read { source, .. } => DebugfsError::Image {
+                image: image.to_path_buf(),
+                source,
+            },
+            other => DebugfsError::NotAnImage(Box::new(other)),
+        })?,
+    );
     if !file.starts_with('/') || file.contains(|c: char| c.is_whitespace() || c == '"') {
         return Err(DebugfsError::Failed {
             image: image.to_path_buf(),

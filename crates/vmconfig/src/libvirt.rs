@@ -9,13 +9,18 @@ use std::path::{Path, PathBuf};
 
 use roxmltree::{Document, Node, ParsingOptions};
 
-use crate::measure::{MeasureError, disk_root, sha256_file};
+use crate::measure::{Accept, MeasureError, disk_root, open_checked, sha256_file};
 use crate::{Builder, Param, ParamError};
 
 /// Largest domain XML accepted.
 pub const MAX_XML_BYTES: u64 = 4 << 20;
 /// Most XML nodes parsed; a real domain has a few hundred.
 const MAX_XML_NODES: u32 = 200_000;
+/// Most attributes on one element; libvirt's elements have a handful. The parser checks an
+/// element's attributes for duplicates pairwise, so this cap is what keeps parsing linear.
+pub const MAX_ATTRIBUTES: usize = 64;
+/// Deepest element nesting; libvirt's domains nest fewer than ten levels.
+pub const MAX_DEPTH: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum XmlError {
@@ -30,8 +35,18 @@ pub enum XmlError {
     NotUtf8 { path: PathBuf },
     #[error("domain XML {path}: found a {found} declaration, expected none (no DTDs or entities)")]
     Doctype { path: PathBuf, found: &'static str },
+    #[error("domain XML {0}")]
+    NotAFile(Box<MeasureError>),
     #[error("domain XML {path}: {detail}")]
     Parse { path: PathBuf, detail: String },
+    #[error("domain XML {path}: line {line}: <{element}>: more than {max} {what}")]
+    Limit {
+        path: PathBuf,
+        line: usize,
+        element: String,
+        what: &'static str,
+        max: usize,
+    },
     #[error("domain XML {path}: root element <{found}>, expected <domain>")]
     NotDomain { path: PathBuf, found: String },
     #[error("domain XML {path}: {element}: missing")]
@@ -63,7 +78,11 @@ pub fn load_domain_params(path: &Path) -> Result<Vec<Param>, XmlError> {
         path: path.to_path_buf(),
         source,
     };
-    let file = std::fs::File::open(path).map_err(io)?;
+    // Never blocks on a FIFO; refuses anything but a regular file.
+    let file = open_checked(path, Accept::File).map_err(|e| match e {
+        MeasureError::Read { source, .. } => io(source),
+        other => XmlError::NotAFile(Box::new(other)),
+    })?;
     let mut bytes = Vec::new();
     file.take(MAX_XML_BYTES + 1)
         .read_to_end(&mut bytes)
@@ -102,6 +121,7 @@ pub fn domain_params(xml: &str, origin: &Path) -> Result<Vec<Param>, XmlError> {
             });
         }
     }
+    prescan(xml, origin)?;
     let options = ParsingOptions {
         allow_dtd: false,
         nodes_limit: MAX_XML_NODES,
@@ -185,6 +205,103 @@ pub fn domain_params(xml: &str, origin: &Path) -> Result<Vec<Param>, XmlError> {
         element: "<domain>".to_string(),
         source: Box::new(source),
     })
+}
+
+/// One linear pass over the markup that refuses an element with more than [`MAX_ATTRIBUTES`]
+/// attributes or nested deeper than [`MAX_DEPTH`], before the parser (whose duplicate-attribute
+/// check is quadratic in an element's attributes) sees it. Malformed markup is left for the
+/// parser to report; this pass only has to count conservatively.
+fn prescan(xml: &str, origin: &Path) -> Result<(), XmlError> {
+    let bytes = xml.as_bytes();
+    let mut depth = 0usize;
+    let mut line = 1usize;
+    let mut i = 0usize;
+    // Advances past the first `end` at or after `from`, counting lines; the end of input
+    // when there is none.
+    let skip_to = |from: usize, end: &[u8], line: &mut usize| -> usize {
+        let rest = &bytes[from.min(bytes.len())..];
+        let n = rest
+            .windows(end.len())
+            .position(|w| w == end)
+            .map_or(rest.len(), |p| p + end.len());
+        *line += rest[..n].iter().filter(|&&b| b == b'\n').count();
+        from + n
+    };
+    let limit = |line: usize, element: &[u8], what: &'static str, max: usize| XmlError::Limit {
+        path: origin.to_path_buf(),
+        line,
+        element: String::from_utf8_lossy(&element[..element.len().min(64)]).into_owned(),
+        what,
+        max,
+    };
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\n' => {
+                line += 1;
+                i += 1;
+                continue;
+            }
+            b'<' => {}
+            _ => {
+                i += 1;
+                continue;
+            }
+        }
+        let rest = &bytes[i..];
+        if rest.starts_with(b"<!--") {
+            i = skip_to(i + 4, b"-->", &mut line);
+        } else if rest.starts_with(b"<![CDATA[") {
+            i = skip_to(i + 9, b"]]>", &mut line);
+        } else if rest.starts_with(b"<?") {
+            i = skip_to(i + 2, b"?>", &mut line);
+        } else if rest.starts_with(b"</") {
+            depth = depth.saturating_sub(1);
+            i = skip_to(i + 2, b">", &mut line);
+        } else {
+            // A start tag: its name, then one `=` per attribute outside quoted values.
+            let start_line = line;
+            let name_end = rest
+                .iter()
+                .position(|b| b.is_ascii_whitespace() || matches!(b, b'/' | b'>'))
+                .unwrap_or(rest.len());
+            let name = &rest[1..name_end.max(1)];
+            let mut attributes = 0usize;
+            let mut quote: Option<u8> = None;
+            let mut j = i + name_end;
+            let mut closed_empty = false;
+            while j < bytes.len() {
+                let b = bytes[j];
+                j += 1;
+                if b == b'\n' {
+                    line += 1;
+                }
+                match (quote, b) {
+                    (Some(q), _) if b == q => quote = None,
+                    (Some(_), _) => {}
+                    (None, b'"' | b'\'') => quote = Some(b),
+                    (None, b'=') => {
+                        attributes += 1;
+                        if attributes > MAX_ATTRIBUTES {
+                            return Err(limit(start_line, name, "attributes", MAX_ATTRIBUTES));
+                        }
+                    }
+                    (None, b'>') => {
+                        closed_empty = bytes.get(j.wrapping_sub(2)) == Some(&b'/');
+                        break;
+                    }
+                    (None, _) => {}
+                }
+            }
+            if !closed_empty {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(limit(start_line, name, "levels of nesting", MAX_DEPTH));
+                }
+            }
+            i = j;
+        }
+    }
+    Ok(())
 }
 
 /// `<os>`: machine, direct kernel boot, firmware and boot order.
