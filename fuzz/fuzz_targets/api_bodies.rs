@@ -1,0 +1,112 @@
+//! JSON request bodies of the attestation server (crates/api), deserialized as the server
+//! does (`serde_json::from_slice`) and fed to what the server decodes from them: PEM keys and
+//! TPM key certifications, policies, baseline digests, config check openings and statements,
+//! reference configurations. The first byte picks the body type. Evidence and report bodies
+//! are binary: see the `evidence` and `report` targets.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use serde::de::DeserializeOwned;
+use vmattest_api::{
+    CertifyDoc, ConfigCheckRequest, NewBaseline, NewHost, NewPolicy, NewReferenceConfig,
+    NewSnapshotRequest, NewToken, NewVm, Role,
+};
+use vmattest_core::alg::{Digest, HashAlg};
+use vmattest_core::attest::Policy;
+use vmattest_core::config::{ConfigOpening, Reference, SignedConfigStatement};
+use vmattest_fuzz::select;
+use vmattest_quote::{KeyCertification, check_key_certification, parse_ecc_public};
+use vmattest_sign::PublicKey;
+
+fn body<T: DeserializeOwned>(bytes: &[u8]) -> Option<T> {
+    serde_json::from_slice(bytes).ok()
+}
+
+/// The certification check of a TPM-backed host key, as the server runs it.
+fn certify(key_sec1: &[u8], ak_hex: &str, doc: &CertifyDoc) {
+    let Ok(ak) = hex::decode(ak_hex) else { return };
+    let Ok([key, attest, signature, nonce]) = doc.decode() else {
+        return;
+    };
+    let cert = KeyCertification {
+        key: &key,
+        attest: &attest,
+        signature: &signature,
+        nonce: &nonce,
+    };
+    let _ = check_key_certification(key_sec1, &ak, &cert);
+}
+
+fuzz_target!(|data: &[u8]| {
+    let (case, rest) = select(data);
+    match case % 9 {
+        0 => {
+            if let Some(t) = body::<NewToken>(rest) {
+                assert_eq!(Role::parse(t.role.name()), Some(t.role));
+            }
+        }
+        1 => {
+            let Some(h) = body::<NewHost>(rest) else { return };
+            let Ok(key) = PublicKey::from_pem(&h.public_key_pem) else {
+                return;
+            };
+            if let Some(tpm) = &h.tpm {
+                certify(key.raw(), &tpm.ak, &tpm.certify);
+            }
+        }
+        2 => {
+            if let Some(p) = body::<NewPolicy>(rest)
+                && let Ok(policy) = Policy::parse(&p.toml, None)
+            {
+                let _ = policy.id();
+            }
+        }
+        3 => {
+            let _ = body::<NewVm>(rest);
+        }
+        4 => {
+            let Some(b) = body::<NewBaseline>(rest) else { return };
+            for region in &b.regions {
+                for page in &region.pages {
+                    if let Ok(bytes) = hex::decode(page) {
+                        for alg in [HashAlg::Blake3, HashAlg::Sha256, HashAlg::Sha384] {
+                            if let Some(d) = Digest::new(alg, &bytes) {
+                                let _ = d.as_bytes().len() == alg.digest_len();
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        5 => {
+            if let Some(r) = body::<NewReferenceConfig>(rest) {
+                let _ = Reference::parse(&r.toml);
+            }
+        }
+        6 => {
+            let Some(req) = body::<ConfigCheckRequest>(rest) else {
+                return;
+            };
+            let statement = hex::decode(req.statement.trim())
+                .ok()
+                .and_then(|b| SignedConfigStatement::decode(&b).ok());
+            let opening = hex::decode(req.opening.trim())
+                .ok()
+                .and_then(|b| ConfigOpening::decode(&b).ok());
+            if let (Some(s), Some(o)) = (statement, opening) {
+                let _ = o.root().ct_eq(&s.value().root) && o.len() == s.value().count as usize;
+            }
+        }
+        7 => {
+            let _ = body::<NewSnapshotRequest>(rest);
+        }
+        _ => {
+            // The certify file of `tpm keygen` (`tpm verify-key`), checked for its own key.
+            let Some(doc) = body::<CertifyDoc>(rest) else { return };
+            let Ok([key, ..]) = doc.decode() else { return };
+            if let Ok(k) = parse_ecc_public(&key) {
+                certify(&k.sec1, &hex::encode(include_bytes!("../seeds/keys/ak.tpmt")), &doc);
+            }
+        }
+    }
+});
