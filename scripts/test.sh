@@ -12,3 +12,6 @@ cargo clippy -p vmattest-tpm -p vmattest-cli --all-targets --features vmattest-t
 cargo test --workspace --release
 cargo test -p vmattest-tpm --release --features tpm
 cargo test -p vmattest-cli --release --features tpm --test tpm
+
+# Fuzzing: every target briefly (docs/FUZZING.md; scripts/fuzz.sh SECONDS for a longer run).
+"$ROOT/scripts/fuzz.sh" 5

@@ -1,11 +1,11 @@
 //! Config statements (kind 10) and signed statements (kind 2 over kind 10), as `config show`
-//! and the server's config check read them: decode, re-encode to the same bytes, signatures.
+//! and the server's config check read them: decode, re-encode to the same bytes.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use vmattest_core::config::{ConfigStatement, SignedConfigStatement};
 use vmattest_core::record::Signable;
-use vmattest_fuzz::{same_bytes, seed_keys};
+use vmattest_fuzz::same_bytes;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(s) = <ConfigStatement as Signable>::decode(data) {
@@ -15,6 +15,5 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(signed) = SignedConfigStatement::decode(data) {
         let again = signed.encode().expect("a decoded signed statement encodes");
         same_bytes("signed config statement", data, &again);
-        let _ = vmattest_sign::record::verify_signed(&signed, seed_keys());
     }
 });

@@ -1,10 +1,10 @@
 //! Measurement records (kind 1) and signed records (kind 2 over kind 1), as `verify` reads
-//! them: decode, re-encode to the same bytes, check signatures against the seed keys.
+//! them: decode, re-encode to the same bytes. (Signature bytes: the `signature` target.)
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use vmattest_core::record::{MeasurementRecord, Signed};
-use vmattest_fuzz::{same_bytes, seed_keys};
+use vmattest_fuzz::same_bytes;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(record) = MeasurementRecord::decode(data) {
@@ -17,6 +17,5 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(signed) = Signed::<MeasurementRecord>::decode(data) {
         let again = signed.encode().expect("a decoded signed record encodes");
         same_bytes("signed record", data, &again);
-        let _ = vmattest_sign::record::verify_signed(&signed, seed_keys());
     }
 });

@@ -1,11 +1,11 @@
 //! Snapshot reports (kind 9) and the body of `POST /v1/vms/{vm}/reports` (kind 2 over
-//! kind 9): decode, re-encode to the same bytes, verdict, signatures.
+//! kind 9): decode, re-encode to the same bytes, verdict.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use vmattest_core::attest::{SignedSnapshotReport, SnapshotReport};
 use vmattest_core::record::Signable;
-use vmattest_fuzz::{same_bytes, seed_keys};
+use vmattest_fuzz::same_bytes;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(r) = <SnapshotReport as Signable>::decode(data) {
@@ -16,6 +16,5 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(signed) = SignedSnapshotReport::decode(data) {
         let again = signed.encode().expect("a decoded signed report encodes");
         same_bytes("signed snapshot report", data, &again);
-        let _ = vmattest_sign::record::verify_signed(&signed, seed_keys());
     }
 });
