@@ -140,6 +140,15 @@ pub enum Command {
     /// root, disclose single parameters, check against a reference (docs/CONFIG.md).
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Internal: started by `snapshot take --vm` while it pauses a guest; resumes the guest if
+    /// the capture dies before it does.
+    #[command(name = "__guard", hide = true)]
+    Guard {
+        #[arg(long)]
+        qmp: PathBuf,
+        #[arg(long)]
+        marker: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

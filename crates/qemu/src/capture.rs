@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use vmattest_core::chain::ComponentKind;
 use vmattest_store::{ComponentInput, Store, StoreError, TakeOptions, TakeSummary};
 
+use crate::guard::{GuardError, GuardProgram};
 use crate::qmp::{Qmp, QmpError};
 use crate::spec::{DiskFormat, VmSpec};
 
@@ -35,6 +36,12 @@ pub enum CaptureError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("vm {vm}: {source}")]
+    Guard {
+        vm: String,
+        #[source]
+        source: GuardError,
+    },
     #[error("{path}: {error}")]
     Io {
         path: PathBuf,
@@ -76,16 +83,35 @@ fn kill_point(spec: &VmSpec, point: &str) {
     }
 }
 
-/// Captures the running (or paused) VM as the next link of `store`.
+/// Test hook: `VMATTEST_HOLD_AT=<point>` makes the capture say so on stderr and sleep there
+/// (while the guest is paused), so that a test can kill it at a known point.
+fn hold_point(point: &str) {
+    if std::env::var("VMATTEST_HOLD_AT").is_ok_and(|v| v == point) {
+        eprintln!("vmattest: test hook: holding at {point}");
+        std::thread::sleep(Duration::from_secs(600));
+    }
+}
+
+/// Captures the running (or paused) VM as the next link of `store`. A running guest is
+/// paused only while it is measured; `guard` starts a process that resumes it should this one
+/// die meanwhile (see [`crate::guard`]); without one, the next command that opens the VM's
+/// QMP does.
 pub fn capture(
     spec: &VmSpec,
     store: &Store,
     opts: &TakeOptions<'_>,
+    guard: Option<&GuardProgram>,
 ) -> Result<CaptureReport, CaptureError> {
     let vm = || spec.name().to_owned();
     let qmp_err = |source| CaptureError::Qmp { vm: vm(), source };
     let mut qmp = crate::vm::connect(spec).map_err(qmp_err)?;
-    let status = qmp.query_status().map_err(qmp_err)?;
+    let mut status = qmp.query_status().map_err(qmp_err)?;
+    if status == "postmigrate" {
+        // Left so by an earlier capture of a paused guest: QEMU refuses another migration
+        // from this state, and only `cont` leaves it.
+        qmp.cont().and_then(|()| qmp.stop()).map_err(qmp_err)?;
+        status = qmp.query_status().map_err(qmp_err)?;
+    }
     let was_running = match status.as_str() {
         "running" => true,
         "paused" | "postmigrate" => false,
@@ -103,13 +129,29 @@ pub fn capture(
     let work = tempfile_dir(spec)?;
     let dev_path = work.join(DEVICE_STATE);
     let config_path = work.join(CONFIG);
-    std::fs::write(&config_path, spec.config_bytes()).map_err(io(&config_path))?;
+    write_private(&config_path, &spec.config_bytes())?;
+    // QEMU writes into a file that already exists with the right mode.
+    write_private(&dev_path, &[])?;
 
+    let armed = if was_running {
+        let armed = crate::guard::arm(spec, guard)
+            .map_err(|source| CaptureError::Guard { vm: vm(), source });
+        match armed {
+            Ok(a) => Some(a),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&work);
+                return Err(e);
+            }
+        }
+    } else {
+        None
+    };
     let t0 = Instant::now();
-    if was_running {
-        qmp.stop().map_err(qmp_err)?;
-    }
-    let paused = measure(spec, store, opts, &mut qmp, &work, &dev_path, &config_path);
+    let stopped = if was_running { qmp.stop() } else { Ok(()) };
+    let paused = match stopped {
+        Ok(()) => measure(spec, store, opts, &mut qmp, &work, &dev_path, &config_path),
+        Err(e) => Err(qmp_err(e)),
+    };
     // Whatever happened, the guest runs on as it was.
     let resumed = if was_running {
         qmp.cont().map_err(qmp_err)
@@ -117,6 +159,12 @@ pub fn capture(
         Ok(())
     };
     let downtime = t0.elapsed();
+    if let Some(armed) = armed {
+        match resumed {
+            Ok(()) => armed.disarm(),
+            Err(_) => armed.abandon(),
+        }
+    }
     let (frozen, device_state, measure_time, device_state_bytes) = match (paused, resumed) {
         (Ok(p), Ok(())) => p,
         (Err(e), _) | (Ok(_), Err(e)) => {
@@ -154,11 +202,13 @@ fn measure(
         source,
     };
     kill_point(spec, "after-stop");
+    hold_point("after-stop");
     // qcow2 disks are converted by qemu-img while QEMU writes its device state.
     let mut converting = Vec::new();
     for d in spec.disks() {
         if d.format == DiskFormat::Qcow2 {
             let raw = work.join(format!("{}.raw", d.name));
+            write_private(&raw, &[])?;
             let child = crate::img::spawn_to_raw(&d.path, &raw)
                 .map_err(|detail| disk_err(spec, &d.name, detail))?;
             converting.push((d.name.clone(), child));
@@ -178,6 +228,7 @@ fn measure(
     migrated.map_err(qmp_err)?;
     converted?;
     kill_point(spec, "after-migrate");
+    hold_point("after-migrate");
     let device_state_bytes = std::fs::metadata(dev_path).map_err(io(dev_path))?.len();
 
     let t = Instant::now();
@@ -226,6 +277,15 @@ fn tempfile_dir(spec: &VmSpec) -> Result<PathBuf, CaptureError> {
         .run_dir()
         .join(format!(".capture.{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    crate::private::dir(spec.run_dir()).map_err(io(spec.run_dir()))?;
+    crate::private::dir(&dir).map_err(io(&dir))?;
     Ok(dir)
+}
+
+/// Writes `bytes` into a 0600 file.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), CaptureError> {
+    use std::io::Write as _;
+    crate::private::create(path, true)
+        .and_then(|mut f| f.write_all(bytes))
+        .map_err(io(path))
 }

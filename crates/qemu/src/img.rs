@@ -1,6 +1,7 @@
 //! Disk image conversion through `qemu-img`, for qcow2 disks: the chain stores the guest's
 //! view of a disk (raw bytes), whatever its container format.
 
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
@@ -60,5 +61,10 @@ pub(crate) fn from_raw(raw: &Path, qcow2: &Path) -> Result<(), String> {
         raw.as_os_str(),
         tmp.as_os_str(),
     ])?;
+    // The new image holds guest bytes: it keeps the old image's mode (0600 for a new one),
+    // not the one qemu-img's umask gave it.
+    let mode = std::fs::metadata(qcow2).map_or(0o600, |m| m.permissions().mode() & 0o7777);
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, qcow2).map_err(|e| format!("{}: {e}", qcow2.display()))
 }

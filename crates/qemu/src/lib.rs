@@ -1,7 +1,9 @@
 //! QEMU adapter: VM specs, a QMP client and the lifecycle of one QEMU process per VM.
 
 pub mod capture;
+pub mod guard;
 mod img;
+mod private;
 pub mod qmp;
 pub mod restore;
 pub mod spec;

@@ -90,8 +90,15 @@ impl Qmp {
     /// Connects to `path`, retrying for up to `wait` while QEMU creates the socket, then reads
     /// the greeting and leaves capability negotiation mode.
     pub fn connect(path: &Path, wait: Duration) -> Result<Qmp, QmpError> {
+        Qmp::connect_busy(path, wait, wait)
+    }
+
+    /// Like [`Qmp::connect`], but gives up on a missing or refusing socket (no QEMU) after
+    /// `wait`, while waiting up to `busy` for a monitor another client still holds.
+    pub fn connect_busy(path: &Path, wait: Duration, busy: Duration) -> Result<Qmp, QmpError> {
         use io::ErrorKind::{ConnectionRefused, NotFound};
-        let deadline = Instant::now() + wait;
+        let started = Instant::now();
+        let deadline = started + wait;
         let stream = loop {
             match UnixStream::connect(path) {
                 Ok(s) => break s,
@@ -119,7 +126,7 @@ impl Qmp {
             broken: false,
         };
         // QEMU serves one monitor client at a time: a second client waits here.
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = (started + busy.max(wait)).saturating_duration_since(Instant::now());
         let wait = Wait::new("QMP greeting", left.max(Duration::from_secs(1)));
         loop {
             match qmp.read_message(&wait)? {

@@ -5,6 +5,8 @@
 //! are moved into place, and a new QEMU started from the same spec with `-incoming` loads the
 //! device state and continues.
 
+use std::fs::Permissions;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -35,7 +37,8 @@ pub fn restore(
         vm: spec.name().to_owned(),
         detail,
     };
-    std::fs::create_dir_all(spec.run_dir()).map_err(io(spec.run_dir()))?;
+    // The staging directory receives guest RAM and disks: it lives in the 0700 run dir.
+    crate::private::dir(spec.run_dir()).map_err(io(spec.run_dir()))?;
     let staging = spec
         .run_dir()
         .join(format!(".restore.{}", std::process::id()));
@@ -48,8 +51,13 @@ pub fn restore(
         let t = Instant::now();
         crate::vm::stop(spec).map_err(|e| vm(format!("stopping: {e}")))?;
         place(&staging.join(RAM), &spec.ram_path())?;
+        crate::private::file(&spec.ram_path()).map_err(io(&spec.ram_path()))?;
         for d in spec.disks() {
             let from = staging.join(&d.name);
+            // A rebuilt disk keeps the mode its file had; a new one is 0600.
+            let mode =
+                std::fs::metadata(&d.path).map_or(0o600, |m| m.permissions().mode() & 0o7777);
+            std::fs::set_permissions(&from, Permissions::from_mode(mode)).map_err(io(&from))?;
             match d.format {
                 DiskFormat::Raw => place(&from, &d.path)?,
                 DiskFormat::Qcow2 => crate::img::from_raw(&from, &d.path)

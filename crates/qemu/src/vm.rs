@@ -5,6 +5,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
+use std::os::unix::fs::FileTypeExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -41,6 +42,13 @@ pub enum VmError {
         name: String,
         what: &'static str,
         path: PathBuf,
+    },
+    #[error("vm {name}: {what} {path}: expected a regular file or a block device, found {found}")]
+    NotAFile {
+        name: String,
+        what: &'static str,
+        path: PathBuf,
+        found: &'static str,
     },
     #[error("vm {name}: RAM file {path} is {found} bytes, expected {expected}")]
     RamSize {
@@ -104,6 +112,8 @@ pub struct Status {
     /// QEMU's run state ("running", "paused", ...), when its monitor answered. QEMU serves one
     /// QMP client at a time, so this is `None` while another session is open.
     pub qemu_status: Option<String>,
+    /// The guest had been left paused by a capture that died, and was resumed just now.
+    pub resumed_from: Option<String>,
 }
 
 /// Where [`start`] moves the previous console log.
@@ -124,7 +134,8 @@ pub fn start(spec: &VmSpec, incoming: bool) -> Result<Running, VmError> {
         }
     };
     let run = spec.run_dir();
-    std::fs::create_dir_all(run).map_err(io(run))?;
+    // RAM, console and device state are guest secrets: nobody else may even list them.
+    crate::private::dir(run).map_err(io(run))?;
     let _lock = lock_run_dir(spec)?;
     if let Some(pid) = live_pid(spec) {
         return Err(VmError::AlreadyRunning {
@@ -152,14 +163,11 @@ pub fn start(spec: &VmSpec, incoming: bool) -> Result<Running, VmError> {
                 expected,
             });
         }
+        crate::private::file(&ram).map_err(io(&ram))?;
     } else {
         // Truncating first leaves a sparse, all-zero file: no stale memory reaches a new boot.
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&ram)
-            .map_err(io(&ram))?;
+        // QEMU would create it under its umask; it exists, 0600, before QEMU opens it.
+        let file = crate::private::create(&ram, true).map_err(io(&ram))?;
         file.set_len(expected).map_err(io(&ram))?;
     }
 
@@ -170,9 +178,12 @@ pub fn start(spec: &VmSpec, incoming: bool) -> Result<Running, VmError> {
     if console.exists() {
         let previous = previous_console_path(spec);
         std::fs::rename(&console, &previous).map_err(io(&previous))?;
+        crate::private::file(&previous).map_err(io(&previous))?;
     }
+    // QEMU opens the console log without changing the mode of a file that exists.
+    crate::private::create(&console, true).map_err(io(&console))?;
     let err_path = spec.err_path();
-    let err_file = File::create(&err_path).map_err(io(&err_path))?;
+    let err_file = crate::private::create(&err_path, true).map_err(io(&err_path))?;
 
     // QEMU daemonizes: the command returns once the VM is set up, or fails with its reason.
     let status = Command::new(spec.qemu())
@@ -219,9 +230,23 @@ pub fn stop(spec: &VmSpec) -> Result<(), VmError> {
 }
 
 /// Opens a new QMP session to the running VM. QEMU serves one session at a time: drop
-/// [`Running::qmp`] first.
+/// [`Running::qmp`] first. A guest left paused by a capture that died is resumed first.
 pub fn connect(spec: &VmSpec) -> Result<Qmp, QmpError> {
-    Qmp::connect(&spec.qmp_path(), QMP_CONNECT)
+    let mut qmp = Qmp::connect(&spec.qmp_path(), QMP_CONNECT)?;
+    recover(spec, &mut qmp)?;
+    Ok(qmp)
+}
+
+/// Resumes a guest that a dead capture left paused (see [`crate::guard`]); returns the state
+/// it was resumed from.
+fn recover(spec: &VmSpec, qmp: &mut Qmp) -> Result<Option<String>, QmpError> {
+    match crate::guard::recover(spec, qmp) {
+        Ok(crate::guard::Outcome::Resumed(from)) => Ok(Some(from)),
+        Ok(_) => Ok(None),
+        Err(crate::guard::GuardError::Qmp(e)) => Err(e),
+        // An unreadable marker is not ours to act on.
+        Err(_) => Ok(None),
+    }
 }
 
 /// Kills the VM's QEMU with SIGKILL and no warning, as a crash would (for tests).
@@ -232,17 +257,22 @@ pub fn kill_now(spec: &VmSpec) {
     }
 }
 
+/// Whether the VM's QEMU runs and, when its monitor answers, its run state. A guest that a
+/// dead capture left paused is resumed first.
 pub fn status(spec: &VmSpec) -> Status {
     let pid = live_pid(spec);
+    let mut resumed_from = None;
     let qemu_status = pid.and_then(|_| {
         let mut qmp = Qmp::connect(&spec.qmp_path(), Duration::from_secs(1)).ok()?;
         qmp.set_timeout(Duration::from_secs(2)).ok()?;
+        resumed_from = recover(spec, &mut qmp).ok().flatten();
         qmp.query_status().ok()
     });
     Status {
         running: pid.is_some(),
         pid,
         qemu_status,
+        resumed_from,
     }
 }
 
@@ -285,7 +315,12 @@ fn stop_locked(spec: &VmSpec, known: Option<i32>, quit_sent: bool) -> Result<(),
             });
         }
     }
-    for stale in [spec.pid_path(), spec.qmp_path()] {
+    // A stopped guest is paused by nobody.
+    for stale in [
+        spec.pid_path(),
+        spec.qmp_path(),
+        crate::guard::marker_path(spec),
+    ] {
         remove_if_present(&stale).map_err(|source| VmError::Io {
             name: name.to_string(),
             path: stale.clone(),
@@ -324,10 +359,33 @@ fn check_inputs(spec: &VmSpec) -> Result<(), VmError> {
     for d in spec.disks() {
         inputs.push(("disk", &d.path));
     }
-    match inputs.into_iter().find(|(_, p)| !p.exists()) {
-        Some((what, path)) => Err(missing(spec, what, path)),
-        None => Ok(()),
+    for (what, path) in inputs {
+        // QEMU would block opening a FIFO, and `vm start` with it.
+        let kind = match std::fs::metadata(path) {
+            Ok(m) => m.file_type(),
+            Err(_) => return Err(missing(spec, what, path)),
+        };
+        let found = if kind.is_file() || kind.is_block_device() {
+            continue;
+        } else if kind.is_dir() {
+            "a directory"
+        } else if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_socket() {
+            "a socket"
+        } else if kind.is_char_device() {
+            "a character device"
+        } else {
+            "a special file"
+        };
+        return Err(VmError::NotAFile {
+            name: spec.name().to_string(),
+            what,
+            path: path.to_path_buf(),
+            found,
+        });
     }
+    Ok(())
 }
 
 fn missing(spec: &VmSpec, what: &'static str, path: &Path) -> VmError {

@@ -88,7 +88,20 @@ impl Measurement {
 
 /// Reads a UTF-8 text input of at most `max` bytes.
 fn read_text(path: &Path, max: usize, what: &str) -> anyhow::Result<String> {
-    let bytes = read_capped(path, max, what)?;
+    use std::io::Read as _;
+    use vmattest_vmconfig::measure::{Accept, open_checked};
+    // Opened without blocking and checked by fstat: a FIFO here must not hang the command.
+    let file = open_checked(path, Accept::File).with_context(|| what.to_string())?;
+    let mut bytes = Vec::new();
+    file.take(max as u64 + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("{}: cannot read {what}", path.display()))?;
+    if bytes.len() > max {
+        bail!(
+            "{}: expected a {what} of at most {max} bytes",
+            path.display()
+        );
+    }
     String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{}: {what} is not UTF-8", path.display()))
 }
 

@@ -86,6 +86,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Remote(args) => remote::run(args, json),
         Command::Serve(args) => serve::run(args, json),
         Command::Config(cmd) => config::run(cmd, json),
+        Command::Guard { qmp, marker } => vm::guard(&qmp, &marker),
     }
 }
 

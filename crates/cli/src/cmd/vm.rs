@@ -42,9 +42,41 @@ fn capture_err(e: CaptureError) -> anyhow::Error {
 #[derive(Debug, Serialize)]
 struct StatusJson {
     vm: String,
+    /// Whether the VM's QEMU process is alive (its guest may still be paused).
     running: bool,
     pid: Option<i32>,
+    /// QEMU's run state: "running", "paused", "postmigrate", ...; none while another QMP
+    /// client holds the monitor.
     qemu_status: Option<String>,
+    /// "stopped" (no QEMU), "running" (the guest executes), "paused" (any other run state,
+    /// named by `qemu_status`) or "busy" (the monitor did not answer).
+    state: &'static str,
+    /// The state a dead capture had left the guest in, when this command resumed it.
+    resumed_from: Option<String>,
+}
+
+/// `__guard` (hidden): the process `snapshot take --vm` starts before it pauses a guest.
+pub fn guard(qmp: &Path, marker: &Path) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let outcome = vmattest_qemu::guard::guard(qmp, marker, std::io::stdin().lock())?;
+    if let vmattest_qemu::guard::Outcome::Resumed(from) = outcome {
+        // The capturer's stderr, if anyone still reads it.
+        let _ = writeln!(
+            std::io::stderr(),
+            "vmattest: the capture died while the guest was paused ({from}); resumed it"
+        );
+    }
+    Ok(())
+}
+
+/// How a capture starts its guardian: this binary's hidden `__guard` subcommand.
+fn guard_program() -> anyhow::Result<vmattest_qemu::guard::GuardProgram> {
+    let program =
+        std::env::current_exe().context("locating the vmattest binary to guard the pause")?;
+    Ok(vmattest_qemu::guard::GuardProgram {
+        program,
+        args: vec!["__guard".into()],
+    })
 }
 
 /// Starts the VM and waits for `wait_for` on its console; returns its PID and the seconds taken.
@@ -120,25 +152,38 @@ pub fn run(cmd: VmCommand, json: bool) -> anyhow::Result<()> {
         VmCommand::Status { vm } => {
             let spec = load_spec(&vm.vm)?;
             let s = vm::status(&spec);
+            let state = match (s.running, s.qemu_status.as_deref()) {
+                (false, _) => "stopped",
+                (true, Some("running")) => "running",
+                (true, Some(_)) => "paused",
+                (true, None) => "busy",
+            };
             let out = StatusJson {
                 vm: spec.name().to_owned(),
                 running: s.running,
                 pid: s.pid,
                 qemu_status: s.qemu_status,
+                state,
+                resumed_from: s.resumed_from,
             };
             if json {
-                output::print(&out)
-            } else {
-                match (out.running, out.pid) {
-                    (true, Some(pid)) => println!(
-                        "{}: running, pid {pid}, QEMU status {}",
-                        out.vm,
-                        out.qemu_status.as_deref().unwrap_or("unknown")
-                    ),
-                    _ => println!("{}: not running", out.vm),
-                }
-                Ok(())
+                return output::print(&out);
             }
+            if let Some(from) = &out.resumed_from {
+                println!(
+                    "{}: was left {from} by an interrupted capture; resumed",
+                    out.vm
+                );
+            }
+            match (out.pid, out.qemu_status.as_deref()) {
+                (None, _) => println!("{}: stopped", out.vm),
+                (Some(pid), Some(q)) => println!("{}: {state} (QEMU {q}), pid {pid}", out.vm),
+                (Some(pid), None) => println!(
+                    "{}: QEMU runs as pid {pid}; its monitor is busy (a capture or another client), state unknown",
+                    out.vm
+                ),
+            }
+            Ok(())
         }
     }
 }
@@ -178,7 +223,8 @@ pub fn take(
         time: now(),
         secret: secret.as_ref(),
     };
-    let r = capture::capture(&spec, &store, &opts).map_err(capture_err)?;
+    let guard = guard_program()?;
+    let r = capture::capture(&spec, &store, &opts, Some(&guard)).map_err(capture_err)?;
     let s = &r.summary;
     if json {
         output::print(&CaptureJson {
