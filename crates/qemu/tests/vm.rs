@@ -164,6 +164,7 @@ fn lifecycle_with_commas_in_every_path() {
             running: true,
             pid: Some(pid),
             qemu_status: Some("running".into()),
+            resumed_from: None,
         }
     );
 
@@ -176,6 +177,7 @@ fn lifecycle_with_commas_in_every_path() {
             running: false,
             pid: None,
             qemu_status: None,
+            resumed_from: None,
         }
     );
     vm::stop(spec).unwrap(); // idempotent
