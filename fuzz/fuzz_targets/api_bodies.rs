@@ -46,7 +46,9 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         1 => {
-            let Some(h) = body::<NewHost>(rest) else { return };
+            let Some(h) = body::<NewHost>(rest) else {
+                return;
+            };
             let Ok(key) = PublicKey::from_pem(&h.public_key_pem) else {
                 return;
             };
@@ -65,7 +67,9 @@ fuzz_target!(|data: &[u8]| {
             let _ = body::<NewVm>(rest);
         }
         4 => {
-            let Some(b) = body::<NewBaseline>(rest) else { return };
+            let Some(b) = body::<NewBaseline>(rest) else {
+                return;
+            };
             for region in &b.regions {
                 for page in &region.pages {
                     if let Ok(bytes) = hex::decode(page) {
@@ -102,10 +106,16 @@ fuzz_target!(|data: &[u8]| {
         }
         _ => {
             // The certify file of `tpm keygen` (`tpm verify-key`), checked for its own key.
-            let Some(doc) = body::<CertifyDoc>(rest) else { return };
+            let Some(doc) = body::<CertifyDoc>(rest) else {
+                return;
+            };
             let Ok([key, ..]) = doc.decode() else { return };
             if let Ok(k) = parse_ecc_public(&key) {
-                certify(&k.sec1, &hex::encode(include_bytes!("../seeds/keys/ak.tpmt")), &doc);
+                certify(
+                    &k.sec1,
+                    &hex::encode(include_bytes!("../seeds/keys/ak.tpmt")),
+                    &doc,
+                );
             }
         }
     }

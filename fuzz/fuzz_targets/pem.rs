@@ -16,7 +16,10 @@ fuzz_target!(|data: &[u8]| {
             let again = PublicKey::from_pem(&key.to_pem()).expect("a printed public key parses");
             assert_eq!(again, key);
             let raw = PublicKey::from_raw(key.alg(), key.raw());
-            assert!(raw.is_ok(), "a PEM public key is refused as raw bytes: {raw:?}");
+            assert!(
+                raw.is_ok(),
+                "a PEM public key is refused as raw bytes: {raw:?}"
+            );
         }
     } else if let Ok(key) = SecretKey::from_pem(text) {
         let again = SecretKey::from_pem(&key.to_pem()).expect("a printed secret key parses");

@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vmattest_fuzz::{select, seed_keys};
+use vmattest_fuzz::{seed_keys, select};
 use vmattest_sign::{PublicKey, SigAlg};
 
 fuzz_target!(|data: &[u8]| {

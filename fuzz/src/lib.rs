@@ -115,7 +115,6 @@ pub fn only_fixture_paths(xml: &str) -> bool {
         }
         !v.starts_with('/') || allowed.iter().any(|p| p.as_os_str() == v) || !Path::new(v).exists()
     };
-    doc.descendants().all(|n| {
-        n.text().is_none_or(ok) && n.attributes().all(|a| ok(a.value()))
-    })
+    doc.descendants()
+        .all(|n| n.text().is_none_or(ok) && n.attributes().all(|a| ok(a.value())))
 }

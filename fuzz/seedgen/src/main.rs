@@ -18,7 +18,7 @@ use vmattest_core::attest::{
     sample_pages,
 };
 use vmattest_core::chain::{Link, Manifest, link_digest};
-use vmattest_core::record::{SignatureEntry, Signable, Signed, UnixTime};
+use vmattest_core::record::{Signable, SignatureEntry, Signed, UnixTime};
 use vmattest_sign::keyfile::read_secret_key;
 use vmattest_sign::{SecretKey, Signer};
 
@@ -126,7 +126,12 @@ fn main() -> Result<()> {
             if *alg == "ed25519" {
                 write(out, "evidence", &format!("evidence-{subset}"), &e.encode()?)?;
             }
-            write(out, "evidence", &format!("signed-{alg}-{subset}"), &sign(e, key)?)?;
+            write(
+                out,
+                "evidence",
+                &format!("signed-{alg}-{subset}"),
+                &sign(e, key)?,
+            )?;
         }
     }
 
@@ -152,7 +157,11 @@ fn main() -> Result<()> {
             let r = SnapshotReport {
                 vm: "web1".into(),
                 time: TIME,
-                nonce: if i % 2 == 0 { nonce[..32].to_vec() } else { Vec::new() },
+                nonce: if i % 2 == 0 {
+                    nonce[..32].to_vec()
+                } else {
+                    Vec::new()
+                },
                 seq: link.value().seq,
                 link: link_digest(&link),
                 components: components.clone(),
@@ -161,12 +170,25 @@ fn main() -> Result<()> {
             if *alg == "ed25519" {
                 write(out, "report", &format!("report-{verdict}"), &r.encode()?)?;
             }
-            write(out, "report", &format!("signed-{alg}-{verdict}"), &sign(r, key)?)?;
+            write(
+                out,
+                "report",
+                &format!("signed-{alg}-{verdict}"),
+                &sign(r, key)?,
+            )?;
         }
     }
 
     // API request bodies, one selector byte each (see fuzz_targets/api_bodies.rs).
-    body(out, 0, "token-admin", &NewToken { role: Role::Admin, host: None })?;
+    body(
+        out,
+        0,
+        "token-admin",
+        &NewToken {
+            role: Role::Admin,
+            host: None,
+        },
+    )?;
     body(
         out,
         0,
@@ -186,8 +208,7 @@ fn main() -> Result<()> {
     }
     let tpm = work.join("tpm");
     if tpm.join("key.pub.certify").exists() {
-        let certify: CertifyDoc =
-            serde_json::from_slice(&fs::read(tpm.join("key.pub.certify"))?)?;
+        let certify: CertifyDoc = serde_json::from_slice(&fs::read(tpm.join("key.pub.certify"))?)?;
         let host = NewHost {
             name: "host-tpm".into(),
             public_key_pem: fs::read_to_string(tpm.join("key.pub"))?,
