@@ -114,7 +114,9 @@ for o in "$W/store"/objects/*/*; do
   fi
 done
 [ -f "$W/chain.manifest" ] || cp "$(ls "$W"/store/objects/*/* | head -n 1)" "$W/chain.manifest"
-for b in chain tail enc; do seed bundle "$W/$b.bundle" "$b"; done
+# The bundle target's first byte: 0 reads the bundle as it is, 1 recomputes its trailer.
+for b in chain enc; do sel 0 "$W/$b.bundle" > "$W/$b.sel"; seed bundle "$W/$b.sel" "$b"; done
+sel 1 "$W/tail.bundle" > "$W/tail.sel"; seed bundle "$W/tail.sel" tail
 
 # VM specs (also the config measurement's input) and libvirt domain XML over small files.
 mkdir -p "$W/vm"
