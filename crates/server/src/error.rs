@@ -43,6 +43,10 @@ pub enum ServerError {
     WriterGone,
     #[error("randomness: {0}")]
     Random(String),
+    #[error("{path}: {problem}")]
+    Permissions { path: String, problem: String },
+    #[error(transparent)]
+    Seal(#[from] crate::secrets::SealError),
 }
 
 impl From<sqlx::Error> for ServerError {

@@ -1,5 +1,6 @@
 //! vmattest attestation server: `app(state) -> Router` over a [`Db`], plus [`serve`], which
-//! binds, runs the background tasks (webhooks, nonce purge) and shuts down gracefully.
+//! binds, accepts under connection caps and timeouts ([`listen`]), runs the background tasks
+//! (webhooks, nonce purge) and shuts down gracefully.
 //!
 //! The server holds no per-request state of its own: nonces, results and alerts live in the
 //! database, so several instances can share one PostgreSQL.
@@ -9,11 +10,15 @@ pub mod auth;
 pub mod db;
 pub mod ear;
 pub mod error;
+pub mod listen;
 mod metrics;
 pub mod nonce;
 pub mod openapi;
+mod private;
 mod refconfig;
+mod reports;
 mod routes;
+pub mod secrets;
 pub mod state;
 mod tls;
 mod tokens;
@@ -59,11 +64,11 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/alerts", get(routes::alerts))
         .route(
             "/v1/vms/{vm}/reports",
-            post(routes::new_report).get(routes::reports),
+            post(reports::new_report).get(reports::reports),
         )
         .route(
             "/v1/vms/{vm}/snapshot-requests",
-            post(routes::new_snapshot_request).get(routes::snapshot_requests),
+            post(reports::new_snapshot_request).get(reports::snapshot_requests),
         )
         .route(
             "/v1/vms/{vm}/reference-config",
@@ -95,25 +100,36 @@ pub struct Config {
     pub ear_alg: SigAlg,
     pub tls: Option<(PathBuf, PathBuf)>,
     pub settings: Settings,
+    /// Connection caps and timeouts.
+    pub limits: listen::Limits,
 }
 
-/// Opens the database, and on an empty one issues the first admin token into
+/// Makes the state directory and database private, opens the database, seals webhook secrets
+/// left in clear, and on an empty database issues the first admin token into
 /// `admin_token_file`.
 pub async fn prepare(config: &Config) -> Result<AppState, ServerError> {
     let io = |path: &std::path::Path| {
         let path = path.display().to_string();
         move |source| ServerError::Io { path, source }
     };
-    {
-        use std::os::unix::fs::DirBuilderExt as _;
-        // The database holds webhook secrets: keep the state dir private.
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&config.state_dir)
-            .map_err(io(&config.state_dir))?;
+    // The state dir holds the keys and, by default, the database: private to the server's user.
+    private::state_dir(&config.state_dir)?;
+    let sqlite = db::sqlite_path(&config.db_url);
+    if let Some(path) = &sqlite {
+        private::sqlite_files(path)?;
     }
     let db = Db::connect(&config.db_url).await?;
+    if let Some(path) = &sqlite {
+        private::sqlite_files(path)?;
+    }
+    let secrets = secrets::SecretsKey::load_or_create(&config.state_dir.join("secrets.key"))?;
+    let sealed = db.seal_plaintext_secrets(&secrets).await?;
+    if sealed > 0 {
+        tracing::info!(
+            sealed,
+            "webhook secrets stored in clear by an earlier version are now sealed"
+        );
+    }
     let ear = EarSigner::load_or_create(&config.state_dir.join("ear-key.pem"), config.ear_alg)?;
     if db.count_tokens().await? == 0 {
         let token = auth::new_token()?;
@@ -129,7 +145,7 @@ pub async fn prepare(config: &Config) -> Result<AppState, ServerError> {
         tracing::info!(file = %config.admin_token_file.display(), "bootstrap admin token written");
     }
     let nonces = nonce::NonceKey::load_or_create(&config.state_dir.join("nonce.key"))?;
-    AppState::new(db, ear, nonces, config.settings.clone()).await
+    AppState::new(db, ear, nonces, secrets, config.settings.clone()).await
 }
 
 /// Writes a new file of mode 0600 (refusing to replace one) and syncs it.
@@ -149,6 +165,24 @@ pub(crate) fn write_secret(path: &std::path::Path, bytes: &[u8]) -> std::io::Res
 pub async fn serve(config: Config, ready: impl FnOnce(SocketAddr)) -> Result<(), ServerError> {
     // One process-wide TLS provider for the webhook client and the listener.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // Whatever the server creates (database side files, keys) is private to its user.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    let nofile = listen::raise_nofile_limit();
+    let mut limits = config.limits.clone();
+    // Keep descriptors for the database, key files and webhooks beyond the connection cap.
+    let room = usize::try_from(nofile.saturating_sub(64)).unwrap_or(usize::MAX);
+    if limits.max_connections > room {
+        tracing::warn!(
+            max_connections = limits.max_connections,
+            open_file_limit = nofile,
+            "the connection cap is above the open-file limit; lowered to {room}"
+        );
+        limits.max_connections = room;
+    }
+    let tls = match &config.tls {
+        Some((cert, key)) => Some(tls::acceptor(cert, key)?),
+        None => None,
+    };
     let state = prepare(&config).await?;
     let listener =
         TcpListener::bind(config.listen)
@@ -170,16 +204,15 @@ pub async fn serve(config: Config, ready: impl FnOnce(SocketAddr)) -> Result<(),
     let router = app(state.clone());
     tracing::info!(%addr, database = state.db.backend.name(), tls = config.tls.is_some(), "listening");
     ready(addr);
-    match &config.tls {
-        Some((cert, key)) => tls::serve(listener, router, cert, key, shutdown_signal()).await?,
-        None => axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .map_err(|source| ServerError::Listen {
-                addr: addr.to_string(),
-                source,
-            })?,
-    }
+    listen::run(
+        listener,
+        router,
+        tls,
+        limits,
+        state.clone(),
+        shutdown_signal(),
+    )
+    .await;
     background.iter().for_each(tokio::task::JoinHandle::abort);
     state.db.pool.close().await;
     tracing::info!("stopped");

@@ -24,6 +24,7 @@ pub struct Metrics {
     by_status: Mutex<BTreeMap<String, u64>>,
     refused: Mutex<BTreeMap<&'static str, u64>>,
     http: Mutex<BTreeMap<u16, u64>>,
+    connections_closed: Mutex<BTreeMap<&'static str, u64>>,
     latency: [AtomicU64; BUCKETS.len() + 1],
     latency_sum_us: AtomicU64,
 }
@@ -68,6 +69,11 @@ impl Metrics {
 
     pub fn http(&self, status: u16) {
         bump(&self.http, status);
+    }
+
+    /// A connection refused over a cap or closed by a timeout; `why` names which.
+    pub fn connection_closed(&self, why: &'static str) {
+        bump(&self.connections_closed, why);
     }
 
     pub fn evidence(&self, out: &Result<AttestationResult, ApiError>, took: Duration) {
@@ -158,6 +164,15 @@ impl Metrics {
         if let Ok(m) = self.http.lock() {
             for (k, v) in m.iter() {
                 let _ = writeln!(s, "vmattest_http_responses_total{{status=\"{k}\"}} {v}");
+            }
+        }
+        let _ = writeln!(
+            s,
+            "# HELP vmattest_connections_closed_total Connections refused over a cap or closed by a timeout, by reason.\n# TYPE vmattest_connections_closed_total counter"
+        );
+        if let Ok(m) = self.connections_closed.lock() {
+            for (k, v) in m.iter() {
+                let _ = writeln!(s, "vmattest_connections_closed_total{{reason=\"{k}\"}} {v}");
             }
         }
         let _ = writeln!(

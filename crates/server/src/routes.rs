@@ -9,11 +9,10 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 use vmattest_api::{
     Alert, AlertAction, AttestationResult, BaselineInfo, Challenge, EarKey, Health, Host,
-    NewBaseline, NewHost, NewPolicy, NewSnapshotRequest, NewVm, PolicyInfo, ReportReceipt, Role,
-    SnapshotRequest, StoredReport, Vm,
+    NewBaseline, NewHost, NewPolicy, NewVm, PolicyInfo, Role, Vm,
 };
 use vmattest_core::alg::Digest;
-use vmattest_core::attest::{Policy, SignedSnapshotReport};
+use vmattest_core::attest::Policy;
 use vmattest_core::chain::is_valid_name;
 use vmattest_sign::PublicKey;
 
@@ -233,7 +232,12 @@ pub async fn new_vm(
             AlertAction::None => "none".into(),
         },
         webhook_url: req.webhook.as_ref().map(|w| w.url.clone()),
-        webhook_secret: req.webhook.map(|w| w.secret),
+        // Sealed before it reaches the database (docs/API.md, "Webhook secrets at rest").
+        webhook_secret: req
+            .webhook
+            .map(|w| s.secrets.seal(&req.name, w.secret.as_bytes()))
+            .transpose()
+            .map_err(crate::error::ServerError::from)?,
     };
     if !s.db.insert_vm(&row, now_secs()).await? {
         return Err(ApiError::conflict(
@@ -486,119 +490,6 @@ pub async fn alerts(
     Ok(Json(rows.iter().map(alert_json).collect()))
 }
 
-pub async fn new_report(
-    State(s): State<AppState>,
-    caller: Caller,
-    Path(name): Path<String>,
-    body: Bytes,
-) -> Result<Json<ReportReceipt>, ApiError> {
-    caller.require(&[Agent])?;
-    let vm = s.vm(&name).await?;
-    caller.require_host(&vm.row.host, &name)?;
-    let signed = SignedSnapshotReport::decode(&body)
-        .map_err(|e| ApiError::bad("malformed", format!("snapshot report: {e}")))?;
-    crate::appraise::check_host_signature(&signed, &vm, "snapshot report")?;
-    let r = signed.value();
-    if r.vm != name {
-        return Err(ApiError::bad(
-            "invalid",
-            format!("report is for VM {}, posted for {name}", r.vm),
-        ));
-    }
-    let id =
-        s.db.insert_report(&name, r.seq.0, r.verdict(), now_secs(), &body)
-            .await?;
-    let request_id =
-        s.db.answer_snapshot_request(&name, r.seq.0, &r.nonce, id)
-            .await?;
-    s.metrics.report();
-    tracing::info!(vm = %name, seq = r.seq.0, verdict = r.verdict(), "snapshot report stored");
-    Ok(Json(ReportReceipt {
-        id,
-        vm: name,
-        seq: r.seq.0,
-        verdict: r.verdict().into(),
-        request_id,
-    }))
-}
-
-pub async fn reports(
-    State(s): State<AppState>,
-    caller: Caller,
-    Path(name): Path<String>,
-) -> Result<Json<Vec<StoredReport>>, ApiError> {
-    caller.require(&[Admin, Auditor])?;
-    let rows = s.db.reports(&name).await?;
-    Ok(Json(
-        rows.into_iter()
-            .map(|r| StoredReport {
-                id: r.id,
-                vm: name.clone(),
-                seq: u64::try_from(r.seq).unwrap_or(0),
-                verdict: r.verdict,
-                time: u64::try_from(r.time).unwrap_or(0),
-                report: hex::encode(r.report),
-            })
-            .collect(),
-    ))
-}
-
 pub async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
-}
-
-pub async fn new_snapshot_request(
-    State(s): State<AppState>,
-    caller: Caller,
-    Path(name): Path<String>,
-    body: Bytes,
-) -> Result<Json<SnapshotRequest>, ApiError> {
-    caller.require(&[Admin, Auditor])?;
-    let req: NewSnapshotRequest = json_body(&body)?;
-    s.vm(&name).await?;
-    let mut nonce = [0u8; 32];
-    getrandom::fill(&mut nonce).map_err(|e| crate::error::ServerError::Random(e.to_string()))?;
-    let now = now_secs();
-    let id =
-        s.db.insert_snapshot_request(&name, req.seq, &nonce, now)
-            .await?;
-    tracing::info!(vm = %name, seq = req.seq, request = id, "snapshot attestation requested");
-    Ok(Json(SnapshotRequest {
-        id,
-        vm: name,
-        seq: req.seq,
-        nonce: hex::encode(nonce),
-        requested: u64::try_from(now).unwrap_or(0),
-        report_id: None,
-    }))
-}
-
-#[derive(Debug, Deserialize)]
-pub struct RequestQuery {
-    pending: Option<bool>,
-}
-
-pub async fn snapshot_requests(
-    State(s): State<AppState>,
-    caller: Caller,
-    Path(name): Path<String>,
-    Query(q): Query<RequestQuery>,
-) -> Result<Json<Vec<SnapshotRequest>>, ApiError> {
-    let vm = s.vm(&name).await?;
-    caller.require_host(&vm.row.host, &name)?;
-    // Agents see only what they still have to answer.
-    let pending = q.pending.unwrap_or(false) || caller.role == Agent;
-    let rows = s.db.snapshot_requests(&name, pending).await?;
-    Ok(Json(
-        rows.into_iter()
-            .map(|r| SnapshotRequest {
-                id: r.id,
-                vm: name.clone(),
-                seq: u64::try_from(r.seq).unwrap_or(0),
-                nonce: hex::encode(r.nonce),
-                requested: u64::try_from(r.requested).unwrap_or(0),
-                report_id: r.report_id,
-            })
-            .collect(),
-    ))
 }

@@ -18,6 +18,7 @@ use crate::ear::EarSigner;
 use crate::error::{ApiError, ServerError};
 use crate::metrics::Metrics;
 use crate::nonce::NonceKey;
+use crate::secrets::SecretsKey;
 
 /// How long a cached VM entry is trusted before it is reloaded: instances sharing one
 /// PostgreSQL see each other's registrations within this time.
@@ -74,6 +75,8 @@ pub struct Inner {
     pub writer: Writer,
     pub ear: EarSigner,
     pub nonces: NonceKey,
+    /// Seals webhook secrets in the database.
+    pub secrets: SecretsKey,
     pub settings: Settings,
     pub metrics: Metrics,
     pub webhook_wake: Notify,
@@ -105,6 +108,7 @@ impl AppState {
         db: Db,
         ear: EarSigner,
         nonces: NonceKey,
+        secrets: SecretsKey,
         settings: Settings,
     ) -> Result<AppState, ServerError> {
         let writer = Writer::spawn(&db).await?;
@@ -113,6 +117,7 @@ impl AppState {
             writer,
             ear,
             nonces,
+            secrets,
             settings,
             metrics: Metrics::default(),
             webhook_wake: Notify::new(),

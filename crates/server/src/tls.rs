@@ -1,13 +1,8 @@
-//! HTTPS through rustls: a TLS accept loop feeding hyper, for `--tls-cert`/`--tls-key`.
+//! HTTPS through rustls, for `--tls-cert`/`--tls-key`: the server configuration.
 
-use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
-use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::error::ServerError;
@@ -31,42 +26,7 @@ fn load(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, ServerError> {
         .map_err(|e| ServerError::Tls(e.to_string()))
 }
 
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    cert: &Path,
-    key: &Path,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), ServerError> {
-    let acceptor = TlsAcceptor::from(Arc::new(load(cert, key)?));
-    tokio::pin!(shutdown);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            () = &mut shutdown => return Ok(()),
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept");
-                    continue;
-                }
-            },
-        };
-        let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(router.clone());
-        tokio::spawn(async move {
-            let tls = match acceptor.accept(tcp).await {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake");
-                    return;
-                }
-            };
-            let conn = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), service)
-                .await;
-            if let Err(e) = conn {
-                tracing::debug!(%peer, error = %e, "connection");
-            }
-        });
-    }
+/// The TLS acceptor for `--tls-cert`/`--tls-key`; [`crate::listen::run`] bounds its handshakes.
+pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, ServerError> {
+    Ok(TlsAcceptor::from(Arc::new(load(cert, key)?)))
 }

@@ -87,9 +87,13 @@ async fn deliver(
         .await
         .map_err(|e| e.to_string())?
         .ok_or("VM is gone")?;
-    let (Some(url), Some(secret)) = (row.webhook_url, row.webhook_secret) else {
+    let (Some(url), Some(sealed)) = (row.webhook_url, row.webhook_secret) else {
         return Err("the VM has no webhook".into());
     };
+    let secret = state
+        .secrets
+        .open(&alert.vm, &sealed)
+        .map_err(|e| e.to_string())?;
     let ear = match state
         .db
         .result(alert.result_id)
@@ -115,10 +119,7 @@ async fn deliver(
     let resp = client
         .post(&url)
         .header("content-type", "application/json")
-        .header(
-            SIGNATURE_HEADER,
-            hmac_header(secret.as_bytes(), body.as_bytes()),
-        )
+        .header(SIGNATURE_HEADER, hmac_header(&secret, body.as_bytes()))
         .header(SERVER_SIGNATURE_HEADER, server_sig)
         .header("x-vmattest-delivery", alert.id.to_string())
         .body(body)

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use vmattest_server::listen::Limits;
 use vmattest_server::{Config, Settings};
 use vmattest_sign::SigAlg;
 
@@ -42,6 +43,25 @@ pub struct ServeArgs {
     /// Webhook delivery attempts per alert.
     #[arg(long, default_value_t = 6)]
     pub webhook_attempts: u32,
+    /// A request's head (request line and headers) must arrive within this many seconds of its
+    /// first byte.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout_secs: u64,
+    /// A request's body must arrive within this many seconds of its head (else 408).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_timeout_secs: u64,
+    /// A connection waiting for a request is closed after this many seconds.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout_secs: u64,
+    /// A TLS handshake must complete within this many seconds of the accept.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub tls_handshake_timeout_secs: u64,
+    /// Open connections in total; more are closed at once.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: u64,
+    /// Open connections from one client address; more are closed at once.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections_per_ip: u64,
     /// Log lines as text or json (to stderr).
     #[arg(long, default_value = "text")]
     pub log_format: String,
@@ -101,6 +121,14 @@ pub fn run(a: ServeArgs, json: bool) -> anyhow::Result<()> {
             nonce_ttl_secs: i64::from(a.nonce_ttl_secs),
             webhook_attempts: i64::from(a.webhook_attempts),
             webhook_timeout: Duration::from_secs(5),
+        },
+        limits: Limits {
+            header_timeout: Duration::from_secs(a.header_timeout_secs),
+            body_timeout: Duration::from_secs(a.body_timeout_secs),
+            idle_timeout: Duration::from_secs(a.idle_timeout_secs),
+            tls_handshake_timeout: Duration::from_secs(a.tls_handshake_timeout_secs),
+            max_connections: usize::try_from(a.max_connections).unwrap_or(usize::MAX),
+            max_connections_per_ip: usize::try_from(a.max_connections_per_ip).unwrap_or(usize::MAX),
         },
     };
     let ready_file = a.ready_file;

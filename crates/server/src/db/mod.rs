@@ -5,6 +5,7 @@
 
 mod writer;
 
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -50,6 +51,18 @@ pub fn redact(url: &str) -> String {
         }
         _ => url.to_string(),
     }
+}
+
+/// The database file of a `sqlite:` URL; `None` for PostgreSQL and in-memory databases.
+pub fn sqlite_path(url: &str) -> Option<PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path.is_empty() || path.starts_with(':') || query.contains("mode=memory") {
+        return None;
+    }
+    Some(PathBuf::from(path))
 }
 
 impl Db {
@@ -104,6 +117,9 @@ impl Db {
                         conn.execute("PRAGMA synchronous = FULL").await?;
                         conn.execute("PRAGMA busy_timeout = 10000").await?;
                         conn.execute("PRAGMA foreign_keys = ON").await?;
+                        // Freed space is zeroed, so that a replaced plaintext secret does not
+                        // linger in the file.
+                        conn.execute("PRAGMA secure_delete = ON").await?;
                     }
                     Ok(())
                 })
@@ -261,7 +277,7 @@ impl Db {
     pub async fn insert_vm(&self, vm: &VmRow, now: i64) -> Result<bool, ServerError> {
         let r = sqlx::query(
             "INSERT INTO vms (name, host, policy_id, subsets, threshold, on_alert, webhook_url, \
-             webhook_secret, created) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             webhook_secret_sealed, created) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
              ON CONFLICT (name) DO NOTHING",
         )
         .bind(vm.name.clone())
@@ -281,7 +297,7 @@ impl Db {
     pub async fn vm(&self, name: &str) -> Result<Option<VmRow>, ServerError> {
         let row = sqlx::query(
             "SELECT name, host, policy_id, subsets, threshold, on_alert, webhook_url, \
-             webhook_secret FROM vms WHERE name = $1",
+             webhook_secret_sealed FROM vms WHERE name = $1",
         )
         .bind(name.to_string())
         .fetch_optional(&self.pool)
@@ -427,28 +443,6 @@ impl Db {
         Ok(())
     }
 
-    pub async fn insert_report(
-        &self,
-        vm: &str,
-        seq: u64,
-        verdict: &str,
-        time: i64,
-        report: &[u8],
-    ) -> Result<i64, ServerError> {
-        let row = sqlx::query(
-            "INSERT INTO reports (vm, seq, verdict, time, report) VALUES ($1, $2, $3, $4, $5) \
-             RETURNING id",
-        )
-        .bind(vm.to_string())
-        .bind(i64::try_from(seq).unwrap_or(i64::MAX))
-        .bind(verdict.to_string())
-        .bind(time)
-        .bind(report.to_vec())
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(row.try_get(0)?)
-    }
-
     pub async fn reports(&self, vm: &str) -> Result<Vec<ReportRow>, ServerError> {
         let rows = sqlx::query(
             "SELECT id, seq, verdict, time, report FROM reports WHERE vm = $1 ORDER BY id DESC LIMIT 1000",
@@ -518,30 +512,6 @@ impl Db {
             .collect()
     }
 
-    /// Marks the unanswered request of `vm` with this seq and nonce as answered by `report_id`.
-    pub async fn answer_snapshot_request(
-        &self,
-        vm: &str,
-        seq: u64,
-        nonce: &[u8],
-        report_id: i64,
-    ) -> Result<Option<i64>, ServerError> {
-        let row = sqlx::query(
-            "UPDATE snapshot_requests SET report_id = $1 WHERE vm = $2 AND seq = $3 AND nonce = $4 \
-             AND report_id IS NULL RETURNING id",
-        )
-        .bind(report_id)
-        .bind(vm.to_string())
-        .bind(i64::try_from(seq).unwrap_or(i64::MAX))
-        .bind(nonce.to_vec())
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(match row {
-            Some(r) => Some(r.try_get(0)?),
-            None => None,
-        })
-    }
-
     /// Stores (or replaces) the reference configuration of `vm`.
     pub async fn put_reference_config(
         &self,
@@ -572,6 +542,116 @@ impl Db {
             None => None,
         })
     }
+}
+
+impl Db {
+    /// Seals every webhook secret still stored in clear (rows written before schema v3) and
+    /// clears the plaintext column; returns how many were sealed. On SQLite the WAL is then
+    /// checkpointed and truncated, so that with `secure_delete` no copy of the plaintext stays
+    /// in the files.
+    pub async fn seal_plaintext_secrets(
+        &self,
+        key: &crate::secrets::SecretsKey,
+    ) -> Result<u64, ServerError> {
+        let rows = sqlx::query(
+            "SELECT name, webhook_secret FROM vms WHERE webhook_secret IS NOT NULL ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut sealed = 0;
+        for r in &rows {
+            let name: String = r.try_get(0)?;
+            let secret = zeroize::Zeroizing::new(r.try_get::<String, _>(1)?);
+            let blob = key.seal(&name, secret.as_bytes())?;
+            sealed += sqlx::query(
+                "UPDATE vms SET webhook_secret_sealed = $1, webhook_secret = NULL \
+                 WHERE name = $2 AND webhook_secret IS NOT NULL",
+            )
+            .bind(blob)
+            .bind(name)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        }
+        if sealed > 0 && self.backend == Backend::Sqlite {
+            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(sealed)
+    }
+
+    /// Up to 1000 newest snapshot requests of `vm`, answered or not, with their nonces: the
+    /// candidates a posted report's nonce is compared with.
+    pub async fn snapshot_request_nonces(
+        &self,
+        vm: &str,
+    ) -> Result<Vec<SnapshotRequestRow>, ServerError> {
+        let rows = sqlx::query(
+            "SELECT id, seq, nonce, requested, report_id FROM snapshot_requests WHERE vm = $1 \
+             ORDER BY id DESC LIMIT 1000",
+        )
+        .bind(vm.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SnapshotRequestRow {
+                    id: r.try_get(0)?,
+                    seq: r.try_get(1)?,
+                    nonce: r.try_get(2)?,
+                    requested: r.try_get(3)?,
+                    report_id: r.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Stores a report as the answer to request `request_id`, in one transaction: `None` (and
+    /// nothing stored) when the request was answered meanwhile.
+    pub async fn store_answer(
+        &self,
+        request_id: i64,
+        report: &NewReportRow<'_>,
+    ) -> Result<Option<i64>, ServerError> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "INSERT INTO reports (vm, seq, verdict, time, report) VALUES ($1, $2, $3, $4, $5) \
+             RETURNING id",
+        )
+        .bind(report.vm.to_string())
+        .bind(report.seq)
+        .bind(report.verdict.to_string())
+        .bind(report.time)
+        .bind(report.report.to_vec())
+        .fetch_one(&mut *tx)
+        .await?;
+        let id: i64 = row.try_get(0)?;
+        let answered = sqlx::query(
+            "UPDATE snapshot_requests SET report_id = $1 WHERE id = $2 AND report_id IS NULL",
+        )
+        .bind(id)
+        .bind(request_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if answered != 1 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        tx.commit().await?;
+        Ok(Some(id))
+    }
+}
+
+/// A report to store: what [`Db::store_answer`] inserts.
+#[derive(Clone, Debug)]
+pub struct NewReportRow<'a> {
+    pub vm: &'a str,
+    pub seq: i64,
+    pub verdict: &'a str,
+    pub time: i64,
+    pub report: &'a [u8],
 }
 
 #[derive(Clone, Debug)]
@@ -616,7 +696,8 @@ pub struct VmRow {
     pub threshold: u8,
     pub on_alert: String,
     pub webhook_url: Option<String>,
-    pub webhook_secret: Option<String>,
+    /// Sealed under the server's secrets key (crate::secrets).
+    pub webhook_secret: Option<Vec<u8>>,
 }
 
 #[derive(Clone, Debug)]
