@@ -1,7 +1,5 @@
 //! Inputs the fuzz targets found (fuzz/regressions/, docs/FUZZING.md "Findings"). Each test
-//! states what the decoder must do with the input. They are ignored until the core fixes land
-//! (run them with `cargo test -p vmattest-core --test fuzz_regressions -- --ignored`); remove the
-//! `ignore` of each test with its fix, and the matching skip in the fuzz target.
+//! states what the decoder must do with the input.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -12,7 +10,6 @@ use vmattest_core::tree::PageProof;
 /// overflows (a panic with overflow checks; without them, a page of 4096 bytes is accepted where
 /// the layout gives 4095). It must be refused.
 #[test]
-#[ignore = "core fix pending: tree/proof.rs byte_range overflows (docs/FUZZING.md)"]
 fn proof_of_an_image_length_near_2_pow_64_is_refused() {
     let bytes = include_bytes!("../../../fuzz/regressions/proof/image-len-overflow");
     assert!(PageProof::decode(bytes).is_err());
@@ -21,7 +18,6 @@ fn proof_of_an_image_length_near_2_pow_64_is_refused() {
 /// A region that ends in the last page below 2^64: rounding its end up to a page overflows (a
 /// panic with overflow checks). It must be refused with a policy error.
 #[test]
-#[ignore = "core fix pending: attest/policy.rs rounds the region end with an overflow (docs/FUZZING.md)"]
 fn region_ending_in_the_last_page_of_the_address_space_is_refused() {
     let text = include_str!("../../../fuzz/regressions/policy/region-end-overflow.toml");
     assert!(Policy::parse(text, None).is_err());
@@ -31,7 +27,6 @@ fn region_ending_in_the_last_page_of_the_address_space_is_refused() {
 /// parser refuses, so `policy resolve` output for such a policy cannot be registered. The
 /// printed policy must parse back to the same policy.
 #[test]
-#[ignore = "core fix pending: to_toml prints 65 subsets that parse refuses (docs/FUZZING.md)"]
 fn resolved_policy_with_64_subsets_prints_as_toml_that_parses_back() {
     let text = include_str!("../../../fuzz/regressions/policy/64-subsets.toml");
     let policy = Policy::parse(text, None).unwrap();

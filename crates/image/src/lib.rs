@@ -45,17 +45,48 @@ impl MappedImage {
         if meta.is_dir() {
             return Err(ImageError::IsDirectory { path: owned() });
         }
-        let file = File::open(path).map_err(|e| ImageError::Unreadable {
+        // A FIFO or character device would block the open or yield a stream, not an image.
+        {
+            use std::os::unix::fs::FileTypeExt as _;
+            if !meta.is_file() && !meta.file_type().is_block_device() {
+                return Err(ImageError::NotRegular { path: owned() });
+            }
+        }
+        let file = {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            File::options()
+                .read(true)
+                .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+                .open(path)
+        }
+        .map_err(|e| ImageError::Unreadable {
             path: owned(),
             source: e,
         })?;
+        MappedImage::from_file(file, path)
+    }
+
+    /// Maps a file the caller opened (for example without following symlinks, or an
+    /// anonymous memory file); `path` names it in messages.
+    pub fn from_file(file: File, path: &Path) -> Result<MappedImage, ImageError> {
+        let owned = || path.to_path_buf();
+        let meta = file.metadata().map_err(|e| ImageError::Unreadable {
+            path: owned(),
+            source: e,
+        })?;
+        if meta.is_dir() {
+            return Err(ImageError::IsDirectory { path: owned() });
+        }
+        {
+            use std::os::unix::fs::FileTypeExt as _;
+            if !meta.is_file() && !meta.file_type().is_block_device() {
+                return Err(ImageError::NotRegular { path: owned() });
+            }
+        }
         let len = file_len(&file).map_err(|e| ImageError::Unreadable {
             path: owned(),
             source: e,
         })?;
-        if !meta.is_file() && len == 0 {
-            return Err(ImageError::NotRegular { path: owned() });
-        }
         if len == 0 {
             return Ok(MappedImage {
                 path: owned(),
@@ -63,10 +94,10 @@ impl MappedImage {
                 file: None,
             });
         }
-        // SAFETY: the map is read-only and private to this process. Its contents stay valid
-        // as long as no one truncates the file while it is mapped; vmattest measures images of
-        // stopped VMs and files it owns, and a concurrent truncation would raise SIGBUS rather
-        // than yield wrong bytes silently.
+        // SAFETY: the map is read-only but shared, so it shows writes others make to the file.
+        // It stays valid as long as no one truncates the file while it is mapped; vmattest
+        // measures images of stopped VMs and files it owns, and a concurrent truncation would
+        // raise SIGBUS rather than yield wrong bytes silently.
         #[allow(unsafe_code)]
         let map = unsafe { Mmap::map(&file) }.map_err(|e| ImageError::Map {
             path: owned(),

@@ -24,9 +24,13 @@ pub enum RecordSigError {
     },
     #[error("signature {index}: {reason}")]
     Invalid { index: usize, reason: SignError },
+    /// A pinned key did not sign: pinning several keys means all of them must sign.
+    #[error("no signature by the given key {key_id}; every given key must sign")]
+    MissingSigner { key_id: KeyId },
 }
 
-/// Every signature must come from one of `keys`, under the algorithm of that key, and verify.
+/// Every signature must come from one of `keys`, under the algorithm of that key, and verify;
+/// and every key in `keys` must have signed (a co-signed record is all-of-N, never any-of-N).
 pub fn verify_signed<T: Signable>(
     signed: &Signed<T>,
     keys: &[PublicKey],
@@ -51,6 +55,12 @@ pub fn verify_signed<T: Signable>(
         }
         key.verify(&message, &s.signature)
             .map_err(|reason| RecordSigError::Invalid { index, reason })?;
+    }
+    if let Some(k) = keys
+        .iter()
+        .find(|k| !signed.signatures.iter().any(|s| s.key_id == k.key_id()))
+    {
+        return Err(RecordSigError::MissingSigner { key_id: k.key_id() });
     }
     Ok(())
 }

@@ -15,7 +15,7 @@ use crate::StoreError;
 use crate::crypt::{NONCE_LEN, PageKey};
 
 /// Pages per batch: 1 MiB of raw page data.
-pub const BATCH_PAGES: usize = 256;
+pub const BATCH_PAGES: usize = vmattest_core::chain::MAX_BATCH_PAGES as usize;
 const ZSTD_LEVEL: i32 = 3;
 const AAD: &[u8] = b"vmattest page batch v1\0";
 
@@ -33,6 +33,16 @@ pub(crate) fn encode(raw: &[u8], key: Option<&PageKey>) -> Result<Vec<u8>, Store
         }
     }
     Ok(w.envelope(Kind::Batch))
+}
+
+/// Whether a batch's payload is sealed (its signed form says so: the object id covers it).
+pub(crate) fn is_sealed(bytes: &[u8]) -> Result<bool, String> {
+    let mut r = vmattest_core::wire::open(bytes, Kind::Batch).map_err(|e| e.to_string())?;
+    match r.u8("sealed flag").map_err(|e| e.to_string())? {
+        0 => Ok(false),
+        1 => Ok(true),
+        other => Err(format!("sealed flag {other}, expected 0 or 1")),
+    }
 }
 
 /// Decodes a batch whose raw length must be `expect_len` into `out`, reusing the caller's
@@ -61,7 +71,9 @@ pub(crate) fn decode_into(
     let payload = r.take("payload", rest).map_err(|e| e.to_string())?;
     let opened;
     let compressed = match (nonce, key) {
-        (None, _) => payload,
+        (None, None) => payload,
+        // An encrypted store never holds a plain batch: store.json was edited.
+        (None, Some(_)) => return Err("batch is plain, the store is encrypted".into()),
         (Some(n), Some(k)) => {
             opened = k
                 .open(n, payload, AAD)

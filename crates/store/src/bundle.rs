@@ -7,10 +7,16 @@
 //! trailer  tag u8 = 0xff | BLAKE3 of every byte before the trailer [32]
 //! ```
 //!
-//! Import stages everything in `tmp/`, verifies the whole chain (signatures against pinned
-//! keys, links, manifests, every page) and only then moves objects and links into place and
-//! replaces HEAD. A partial or corrupt bundle leaves the store as it was.
+//! Frames come in export order: a link, its manifest, the manifest's batches, the next link.
+//! Import streams each object frame to `tmp/` (bounded memory; a frame longer than the object
+//! expected there is refused before it is read) and refuses any object that is not the one the
+//! chain names next, so nothing unsigned is kept. It then verifies the whole chain (signatures
+//! against pinned keys, links, manifests, every page) and only then moves objects and links
+//! into place and replaces HEAD. A partial or corrupt bundle leaves the store as it was, and a
+//! refused import removes only what it created.
 
+use std::collections::VecDeque;
+use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -18,13 +24,16 @@ use vmattest_core::chain::{Link, Manifest, ObjectId, SeqNo, SignedLink, link_dig
 use vmattest_core::record::Signed;
 use vmattest_core::wire::{HEADER_LEN, Kind, Writer};
 
-use crate::replay::{ReplayOptions, Source, Verified};
+use crate::dir::{Dir, TempDir};
+use crate::replay::{Outputs, ReplayOptions, Source, Verified};
 use crate::{Head, Store, StoreError, StoreMeta, fsio};
 
 const TAG_LINK: u8 = 1;
 const TAG_OBJECT: u8 = 2;
 const TAG_END: u8 = 0xff;
 const MAX_FRAME: usize = Kind::Manifest.max_body() + HEADER_LEN;
+/// More links than any real chain between two exports; bounds what a header can ask for.
+const MAX_BUNDLE_LINKS: u64 = 1 << 24;
 
 /// What an import added.
 #[derive(Debug, Clone)]
@@ -85,7 +94,17 @@ impl Store {
         ));
         let io = fsio::io(out);
         let result = (|| -> Result<(u64, u64), StoreError> {
-            let f = std::fs::File::create(&tmp).map_err(fsio::io(&tmp))?;
+            // Bundles carry guest pages: private from creation, never a planted file.
+            let f = {
+                use std::os::unix::fs::OpenOptionsExt as _;
+                let _ = std::fs::remove_file(&tmp);
+                File::options()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&tmp)
+                    .map_err(fsio::io(&tmp))?
+            };
             let mut w = HashingWriter {
                 inner: BufWriter::new(f),
                 hash: blake3::Hasher::new(),
@@ -147,7 +166,7 @@ impl Store {
     }
 
     /// Imports a bundle after verifying it completely against `keys`. Creates the store when
-    /// `root` does not exist yet.
+    /// `root` does not exist yet (or is an empty directory).
     pub fn import(
         root: &Path,
         bundle: &Path,
@@ -168,19 +187,30 @@ impl Store {
         opts: &ReplayOptions<'_>,
         progress: Box<dyn vmattest_core::tree::Progress + Send>,
     ) -> Result<ImportSummary, StoreError> {
-        let new_dir = !root.exists();
-        let new_store = !root.join("store.json").exists();
-        let result = Store::import_checked(root, bundle, opts, progress);
-        if result.is_err() && new_store {
-            // A refused bundle leaves nothing behind, not even the store it would have created.
-            if new_dir {
-                let _ = std::fs::remove_dir_all(root);
-            } else {
-                for name in ["store.json", "LOCK", "HEAD"] {
-                    let _ = std::fs::remove_file(root.join(name));
+        let mut created = Created::Nothing;
+        let result = Store::import_checked(root, bundle, opts, progress, &mut created);
+        if result.is_err() {
+            // A refused bundle leaves nothing behind, not even the store it would have
+            // created; and it removes only what it created itself.
+            match created {
+                Created::Nothing => {}
+                Created::Dir => {
+                    let _ = std::fs::remove_dir_all(root);
                 }
-                for name in ["links", "objects", "head", "tmp"] {
-                    let _ = std::fs::remove_dir_all(root.join(name));
+                Created::Contents => {
+                    if let Ok(dir) = Dir::open_root(root) {
+                        for name in [
+                            "store.json",
+                            "LOCK",
+                            "HEAD",
+                            "links",
+                            "objects",
+                            "head",
+                            "tmp",
+                        ] {
+                            let _ = dir.remove_tree(Path::new(name));
+                        }
+                    }
                 }
             }
         }
@@ -192,53 +222,33 @@ impl Store {
         bundle: &Path,
         opts: &ReplayOptions<'_>,
         progress: Box<dyn vmattest_core::tree::Progress + Send>,
+        created: &mut Created,
     ) -> Result<ImportSummary, StoreError> {
         let bad = |detail: String| StoreError::Bundle {
             path: bundle.to_path_buf(),
             detail,
         };
-        let f = std::fs::File::open(bundle).map_err(fsio::io(bundle))?;
-        let mut r = HashingReader {
-            inner: BufReader::new(f),
-            hash: blake3::Hasher::new(),
-        };
+        let f = fsio::open_regular(bundle)?;
+        let (mut reader, header) = BundleReader::new(BufReader::new(f), bundle)?;
+        let BundleHeader { meta, first, last } = header;
+        let count = header_count(first, last).map_err(bad)?;
 
-        // Header.
-        let mut head16 = [0u8; HEADER_LEN];
-        r.read_exact(&mut head16)
-            .map_err(|_| bad("truncated header".into()))?;
-        let body_len =
-            u32::from_be_bytes([head16[12], head16[13], head16[14], head16[15]]) as usize;
-        if body_len > Kind::Bundle.max_body() {
-            return Err(bad(format!(
-                "header of {body_len} bytes, expected at most {}",
-                Kind::Bundle.max_body()
-            )));
-        }
-        let mut whole = head16.to_vec();
-        whole.resize(HEADER_LEN + body_len, 0);
-        r.read_exact(&mut whole[HEADER_LEN..])
-            .map_err(|_| bad("truncated header".into()))?;
-        let mut hr =
-            vmattest_core::wire::open(&whole, Kind::Bundle).map_err(|e| bad(e.to_string()))?;
-        let meta_json = hr
-            .bytes("store meta", 64 * 1024)
-            .map_err(|e| bad(e.to_string()))?;
-        let meta: StoreMeta =
-            serde_json::from_slice(meta_json).map_err(|e| bad(format!("store meta: {e}")))?;
-        let first = SeqNo(hr.u64("first seq").map_err(|e| bad(e.to_string()))?);
-        let last = SeqNo(hr.u64("last seq").map_err(|e| bad(e.to_string()))?);
-        if first > last {
-            return Err(bad(format!("seq range {first}..={last} is empty")));
-        }
-
-        if !root.join("store.json").exists() {
+        if !Dir::open_root(root)
+            .and_then(|d| d.file_exists(Path::new("store.json")))
+            .unwrap_or(false)
+        {
             if first.0 != 0 {
                 return Err(bad(format!(
                     "starts at seq {first}; a new store needs a bundle from seq 0"
                 )));
             }
+            let existed = root.symlink_metadata().is_ok();
             Store::init(root, meta.clone())?;
+            *created = if existed {
+                Created::Contents
+            } else {
+                Created::Dir
+            };
         }
         let mut store = Store::open_writer(root)?;
         store.set_progress(progress);
@@ -250,67 +260,73 @@ impl Store {
         }
         let staging = store.tmp_dir("import")?;
 
-        // Frames into staging.
+        // Frames, in the order export writes them: each link, its manifest, the manifest's
+        // batches. Anything else (an object no link names, a link out of place) is refused
+        // at once, so nothing unsigned is ever kept.
         let mut links: Vec<SignedLink> = Vec::new();
-        let mut objects = 0u64;
+        let mut expect: VecDeque<(ObjectId, Kind, SeqNo)> = VecDeque::new();
+        let mut staged: Vec<ObjectId> = Vec::new();
         loop {
-            let mut tag = [0u8; 1];
-            let digest_so_far = r.hash.clone().finalize();
-            r.inner
-                .read_exact(&mut tag)
-                .map_err(|_| bad("truncated: no trailer".into()))?;
-            if tag[0] == TAG_END {
-                let mut want = [0u8; 32];
-                r.inner
-                    .read_exact(&mut want)
-                    .map_err(|_| bad("truncated trailer".into()))?;
-                if want != *digest_so_far.as_bytes() {
-                    return Err(bad(
-                        "trailer digest does not match the bundle's bytes".into()
-                    ));
-                }
-                let mut extra = [0u8; 1];
-                if r.inner.read(&mut extra).map_err(fsio::io(bundle))? != 0 {
-                    return Err(bad("bytes after the trailer".into()));
-                }
+            let max = expect
+                .front()
+                .map_or(0, |(_, kind, _)| kind.max_body() + HEADER_LEN);
+            let mut sink = StagedObject::new(staging.dir())?;
+            let Some(frame) = reader.next_frame(&mut sink, max)? else {
                 break;
-            }
-            r.hash.update(&tag);
-            let mut len = [0u8; 4];
-            r.read_exact(&mut len)
-                .map_err(|_| bad("truncated frame".into()))?;
-            let len = u32::from_be_bytes(len) as usize;
-            if len > MAX_FRAME {
-                return Err(bad(format!(
-                    "frame of {len} bytes, expected at most {MAX_FRAME}"
-                )));
-            }
-            let mut bytes = vec![0u8; len];
-            r.read_exact(&mut bytes)
-                .map_err(|_| bad("truncated frame".into()))?;
-            match tag[0] {
-                TAG_LINK => {
+            };
+            match frame {
+                Frame::Link(link) => {
                     let seq = SeqNo(first.0 + links.len() as u64);
-                    let link = Signed::<Link>::decode(&bytes)
-                        .map_err(|e| bad(format!("link {seq}: {e}")))?;
-                    links.push(link);
+                    if let Some((id, kind, owner)) = expect.front() {
+                        return Err(bad(format!(
+                            "link {seq} comes before {} {id} of link {owner}",
+                            kind.name()
+                        )));
+                    }
+                    if links.len() as u64 == count {
+                        return Err(bad(format!(
+                            "holds more links than its header's {first}..={last}"
+                        )));
+                    }
+                    if link.value().seq != seq {
+                        return Err(bad(format!(
+                            "link {} where seq {seq} was expected",
+                            link.value().seq
+                        )));
+                    }
+                    expect.push_back((link.value().manifest, Kind::Manifest, seq));
+                    links.push(*link);
                 }
-                TAG_OBJECT => {
-                    let id = ObjectId::of(&bytes);
-                    let hex = id.to_hex();
-                    let dir = staging.path().join(&hex[..2]);
-                    std::fs::create_dir_all(&dir).map_err(fsio::io(&dir))?;
-                    std::fs::write(dir.join(&hex[2..]), &bytes).map_err(fsio::io(&dir))?;
-                    objects += 1;
-                }
-                other => {
-                    return Err(bad(format!(
-                        "frame tag {other}, expected 1 (link) or 2 (object)"
-                    )));
+                Frame::Object { id, .. } => {
+                    let Some((want, kind, owner)) = expect.pop_front() else {
+                        return Err(bad(format!("object {id} is not named by any link")));
+                    };
+                    if id != want {
+                        return Err(bad(format!(
+                            "object {id} where the {} {want} of link {owner} was expected",
+                            kind.name()
+                        )));
+                    }
+                    sink.keep(&id)?;
+                    if kind == Kind::Manifest {
+                        let m = read_staged(staging.dir(), &id, Kind::Manifest)?;
+                        let m = Manifest::decode(&m).map_err(|e| StoreError::BadManifest {
+                            seq: owner,
+                            detail: e.to_string(),
+                        })?;
+                        expect.extend(m.batches.iter().map(|b| (b.object, Kind::Batch, owner)));
+                    }
+                    staged.push(id);
                 }
             }
         }
-        if links.len() as u64 != last.0 - first.0 + 1 {
+        if let Some((id, kind, owner)) = expect.front() {
+            return Err(bad(format!(
+                "ends before the {} {id} of link {owner}",
+                kind.name()
+            )));
+        }
+        if links.len() as u64 != count {
             return Err(bad(format!(
                 "holds {} links, its header says {first}..={last}",
                 links.len()
@@ -329,7 +345,7 @@ impl Store {
                     h.seq
                 )));
             }
-            Some(h) if first.0 > h.seq.0 + 1 => {
+            Some(h) if first.0 > h.seq.0.saturating_add(1) => {
                 return Err(bad(format!(
                     "starts at seq {first}; the store ends at seq {}, leaving a gap",
                     h.seq
@@ -353,32 +369,36 @@ impl Store {
         }
         all.extend(links.iter().cloned());
 
-        let staged = staging.path().to_path_buf();
         let object = |id: &ObjectId, max: usize| -> Result<Vec<u8>, StoreError> {
-            let hex = id.to_hex();
-            let p = staged.join(&hex[..2]).join(&hex[2..]);
-            if p.exists() {
-                let bytes = fsio::read_capped(&p, max)?;
+            let rel = staged_path(id);
+            if staging.dir().file_exists(&rel)? {
+                let bytes = staging.dir().read_capped(&rel, max)?;
                 if ObjectId::of(&bytes) == *id {
                     return Ok(bytes);
                 }
             }
             store.read_object(id, max)
         };
-        let check = store.tmp_dir("import-check")?;
-        let (verified, _) = store.replay_source(
-            &Source {
-                links: all.clone(),
-                object: &object,
-                from_cache: false,
-            },
-            opts,
-            check.path(),
-            &|i, _| format!("{i}.img"),
-        )?;
+        let src = Source {
+            links: all.clone(),
+            object: &object,
+            from_cache: false,
+        };
+        let (verified, _, _) = if store.meta.encrypted {
+            store.replay_source(&src, opts, &Outputs::Memory)?
+        } else {
+            let check = store.tmp_dir("import-check")?;
+            let name = |i: usize, _: &vmattest_core::chain::ComponentRoot| format!("{i}.img");
+            let out = Outputs::Dir {
+                dir: check.dir(),
+                name: &name,
+            };
+            store.replay_source(&src, opts, &out)?
+        };
 
         // Commit: objects, then links, then HEAD.
-        move_objects(&staged, &store.root.join("objects"))?;
+        let objects = staged.len() as u64;
+        store.move_staged(&staging, &staged)?;
         let mut new_links = 0;
         for l in all.iter().skip(head.map_or(0, |h| {
             usize::try_from(h.seq.0)
@@ -386,7 +406,9 @@ impl Store {
                 .saturating_add(1)
         })) {
             let bytes = l.encode().map_err(|e| StoreError::Input(e.to_string()))?;
-            fsio::write_atomic(&store.link_path(l.value().seq), &bytes)?;
+            store
+                .dir
+                .write_file(&store.link_path(l.value().seq), &bytes, true)?;
             new_links += 1;
         }
         store.cache_invalidate()?;
@@ -401,6 +423,288 @@ impl Store {
             objects,
             verified,
         })
+    }
+
+    /// Moves verified staged objects into `objects/`; an intact copy already there is kept.
+    fn move_staged(&self, staging: &TempDir, staged: &[ObjectId]) -> Result<(), StoreError> {
+        let tmp = Path::new("tmp").join(staging.name());
+        for id in staged {
+            let to = self.object_path(id);
+            if self.dir.file_exists(&to)? && self.read_object(id, MAX_FRAME).is_ok() {
+                continue;
+            }
+            if let Some(parent) = to.parent() {
+                self.dir.create_dir_all(parent)?;
+            }
+            let from = tmp.join(staged_path(id));
+            if self.dir.file_exists(&from)? {
+                self.dir.rename(&from, &to)?;
+            }
+        }
+        self.sync_object_dirs()
+    }
+}
+
+/// What a failed import must remove.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Created {
+    Nothing,
+    /// The store's directory itself.
+    Dir,
+    /// The store's files inside a directory that was empty before.
+    Contents,
+}
+
+/// The number of links in `first..=last`, refusing an empty or absurd range.
+fn header_count(first: SeqNo, last: SeqNo) -> Result<u64, String> {
+    let Some(span) = last.0.checked_sub(first.0) else {
+        return Err(format!("seq range {first}..={last} is empty"));
+    };
+    if span >= MAX_BUNDLE_LINKS {
+        return Err(format!(
+            "seq range {first}..={last} holds more than {MAX_BUNDLE_LINKS} links, expected at most {MAX_BUNDLE_LINKS}"
+        ));
+    }
+    Ok(span + 1)
+}
+
+fn staged_path(id: &ObjectId) -> PathBuf {
+    let hex = id.to_hex();
+    PathBuf::from(format!("{}/{}", &hex[..2], &hex[2..]))
+}
+
+fn read_staged(dir: &Dir, id: &ObjectId, kind: Kind) -> Result<Vec<u8>, StoreError> {
+    dir.read_capped(&staged_path(id), kind.max_body() + HEADER_LEN)
+}
+
+/// An object frame streamed to a new private file in the staging directory (created on the
+/// first byte, so link frames leave nothing behind).
+struct StagedObject<'d> {
+    dir: &'d Dir,
+    file: Option<File>,
+    name: String,
+}
+
+impl<'d> StagedObject<'d> {
+    fn new(dir: &'d Dir) -> Result<StagedObject<'d>, StoreError> {
+        let mut rnd = [0u8; 8];
+        getrandom::fill(&mut rnd).map_err(|e| StoreError::Input(format!("OS randomness: {e}")))?;
+        Ok(StagedObject {
+            dir,
+            file: None,
+            name: format!("incoming-{}", hex::encode(rnd)),
+        })
+    }
+
+    fn file(&mut self) -> Result<&mut File, StoreError> {
+        match &mut self.file {
+            Some(f) => Ok(f),
+            slot => Ok(slot.insert(self.dir.create_new(&self.name)?)),
+        }
+    }
+
+    /// Makes the frame durable and files it under its id.
+    fn keep(&mut self, id: &ObjectId) -> Result<(), StoreError> {
+        let path = self.dir.display(Path::new(&self.name));
+        self.file()?
+            .sync_all()
+            .map_err(|error| StoreError::Io { path, error })?;
+        let to = staged_path(id);
+        if let Some(parent) = to.parent() {
+            self.dir.create_dir_all(parent)?;
+        }
+        self.dir.rename(Path::new(&self.name), &to)
+    }
+}
+
+impl Write for StagedObject<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file()
+            .map_err(|e| std::io::Error::other(e.to_string()))?
+            .write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What a bundle's header says.
+#[derive(Debug, Clone)]
+pub struct BundleHeader {
+    pub meta: StoreMeta,
+    pub first: SeqNo,
+    pub last: SeqNo,
+}
+
+/// One frame of a bundle.
+#[derive(Debug)]
+pub enum Frame {
+    Link(Box<SignedLink>),
+    /// An object, streamed into the caller's sink: its content address and length.
+    Object {
+        id: ObjectId,
+        len: u64,
+    },
+}
+
+/// Reads a bundle frame by frame with bounded memory: link frames are small and decoded;
+/// object frames are streamed to a sink while hashed; the trailer is checked at the end.
+pub struct BundleReader<R: Read> {
+    r: HashingReader<R>,
+    path: PathBuf,
+    done: bool,
+}
+
+impl<R: Read> std::fmt::Debug for BundleReader<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BundleReader")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl<R: Read> BundleReader<R> {
+    /// Reads and checks the header; `path` names the bundle in errors.
+    pub fn new(inner: R, path: &Path) -> Result<(BundleReader<R>, BundleHeader), StoreError> {
+        let mut me = BundleReader {
+            r: HashingReader {
+                inner,
+                hash: blake3::Hasher::new(),
+            },
+            path: path.to_path_buf(),
+            done: false,
+        };
+        let mut head16 = [0u8; HEADER_LEN];
+        me.r.read_exact(&mut head16)
+            .map_err(|_| me.bad("truncated header".into()))?;
+        let body_len =
+            u32::from_be_bytes([head16[12], head16[13], head16[14], head16[15]]) as usize;
+        if body_len > Kind::Bundle.max_body() {
+            return Err(me.bad(format!(
+                "header of {body_len} bytes, expected at most {}",
+                Kind::Bundle.max_body()
+            )));
+        }
+        let mut whole = head16.to_vec();
+        whole.resize(HEADER_LEN + body_len, 0);
+        me.r.read_exact(&mut whole[HEADER_LEN..])
+            .map_err(|_| me.bad("truncated header".into()))?;
+        let header = (|| -> Result<BundleHeader, String> {
+            let mut hr =
+                vmattest_core::wire::open(&whole, Kind::Bundle).map_err(|e| e.to_string())?;
+            let meta_json = hr
+                .bytes("store meta", 64 * 1024)
+                .map_err(|e| e.to_string())?;
+            let meta: StoreMeta =
+                serde_json::from_slice(meta_json).map_err(|e| format!("store meta: {e}"))?;
+            let first = SeqNo(hr.u64("first seq").map_err(|e| e.to_string())?);
+            let last = SeqNo(hr.u64("last seq").map_err(|e| e.to_string())?);
+            header_count(first, last)?;
+            Ok(BundleHeader { meta, first, last })
+        })()
+        .map_err(|d| me.bad(d))?;
+        Ok((me, header))
+    }
+
+    fn bad(&self, detail: String) -> StoreError {
+        StoreError::Bundle {
+            path: self.path.clone(),
+            detail,
+        }
+    }
+
+    /// The next frame, or `None` after a valid trailer. An object frame longer than
+    /// `max_object` bytes is refused before any of it is read.
+    pub fn next_frame(
+        &mut self,
+        sink: &mut dyn Write,
+        max_object: usize,
+    ) -> Result<Option<Frame>, StoreError> {
+        if self.done {
+            return Ok(None);
+        }
+        let mut tag = [0u8; 1];
+        let digest_so_far = self.r.hash.clone().finalize();
+        self.r
+            .inner
+            .read_exact(&mut tag)
+            .map_err(|_| self.bad("truncated: no trailer".into()))?;
+        if tag[0] == TAG_END {
+            let mut want = [0u8; 32];
+            self.r
+                .inner
+                .read_exact(&mut want)
+                .map_err(|_| self.bad("truncated trailer".into()))?;
+            if want != *digest_so_far.as_bytes() {
+                return Err(self.bad("trailer digest does not match the bundle's bytes".into()));
+            }
+            let mut extra = [0u8; 1];
+            if self
+                .r
+                .inner
+                .read(&mut extra)
+                .map_err(fsio::io(&self.path))?
+                != 0
+            {
+                return Err(self.bad("bytes after the trailer".into()));
+            }
+            self.done = true;
+            return Ok(None);
+        }
+        self.r.hash.update(&tag);
+        let mut len = [0u8; 4];
+        self.r
+            .read_exact(&mut len)
+            .map_err(|_| self.bad("truncated frame".into()))?;
+        let len = u32::from_be_bytes(len) as usize;
+        match tag[0] {
+            TAG_LINK => {
+                let max = Kind::Signed.max_body() + HEADER_LEN;
+                if len > max {
+                    return Err(
+                        self.bad(format!("link frame of {len} bytes, expected at most {max}"))
+                    );
+                }
+                let mut bytes = vec![0u8; len];
+                self.r
+                    .read_exact(&mut bytes)
+                    .map_err(|_| self.bad("truncated frame".into()))?;
+                let link =
+                    Signed::<Link>::decode(&bytes).map_err(|e| self.bad(format!("link: {e}")))?;
+                Ok(Some(Frame::Link(Box::new(link))))
+            }
+            TAG_OBJECT => {
+                if max_object == 0 {
+                    return Err(self.bad(format!(
+                        "object frame of {len} bytes is not named by any link"
+                    )));
+                }
+                if len > max_object {
+                    return Err(self.bad(format!(
+                        "object frame of {len} bytes, expected at most {max_object}"
+                    )));
+                }
+                let mut id = blake3::Hasher::new();
+                let mut left = len;
+                let mut buf = vec![0u8; 64 * 1024];
+                while left > 0 {
+                    let n = left.min(buf.len());
+                    self.r
+                        .read_exact(&mut buf[..n])
+                        .map_err(|_| self.bad("truncated frame".into()))?;
+                    id.update(&buf[..n]);
+                    sink.write_all(&buf[..n]).map_err(fsio::io(&self.path))?;
+                    left -= n;
+                }
+                Ok(Some(Frame::Object {
+                    id: ObjectId(*id.finalize().as_bytes()),
+                    len: len as u64,
+                }))
+            }
+            other => Err(self.bad(format!(
+                "frame tag {other}, expected 1 (link) or 2 (object)"
+            ))),
+        }
     }
 }
 
@@ -421,35 +725,4 @@ impl<R: Read> Read for HashingReader<R> {
         self.hash.update(&buf[..n]);
         Ok(n)
     }
-}
-
-fn move_objects(staged: &Path, objects: &Path) -> Result<(), StoreError> {
-    let dirs = std::fs::read_dir(staged).map_err(fsio::io(staged))?;
-    for d in dirs {
-        let d = d.map_err(fsio::io(staged))?.path();
-        let target_dir: PathBuf = objects.join(d.file_name().unwrap_or_default());
-        std::fs::create_dir_all(&target_dir).map_err(fsio::io(&target_dir))?;
-        for f in std::fs::read_dir(&d).map_err(fsio::io(&d))? {
-            let f = f.map_err(fsio::io(&d))?.path();
-            let target = target_dir.join(f.file_name().unwrap_or_default());
-            // An existing copy is kept only if it is intact; the staged one was verified.
-            let intact = || {
-                let name = format!(
-                    "{}{}",
-                    target_dir.file_name()?.to_str()?,
-                    target.file_name()?.to_str()?
-                );
-                let bytes = std::fs::read(&target).ok()?;
-                Some(ObjectId::of(&bytes).to_hex() == name)
-            };
-            if !target.exists() || intact() != Some(true) {
-                std::fs::File::open(&f)
-                    .and_then(|h| h.sync_all())
-                    .map_err(fsio::io(&f))?;
-                std::fs::rename(&f, &target).map_err(fsio::io(&target))?;
-            }
-        }
-        fsio::sync_dir(&target_dir)?;
-    }
-    Ok(())
 }

@@ -10,7 +10,7 @@
 
 use std::borrow::Cow;
 use std::os::unix::fs::FileExt as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -20,9 +20,11 @@ use vmattest_core::tree::ImageTree;
 use vmattest_image::MappedImage;
 
 use crate::crypt::{CacheKey, StoreSecret};
+use crate::dir::Access;
+use crate::replay::Outputs;
 use crate::replay::{ReplayOptions, idx};
 use crate::take::page_of;
-use crate::{Head, Store, StoreError, fsio};
+use crate::{Head, Store, StoreError};
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 struct Stamp {
@@ -54,12 +56,6 @@ impl HeadPages<'_> {
     }
 }
 
-/// Replaces a cache file in place, without fsync: callers remove the stamp first, and every
-/// reader checks what it reads.
-fn write_derived(path: &std::path::Path, bytes: &[u8]) -> Result<(), StoreError> {
-    std::fs::write(path, bytes).map_err(fsio::io(path))
-}
-
 fn read_versions(bytes: &[u8]) -> Vec<u64> {
     bytes
         .chunks_exact(8)
@@ -72,23 +68,37 @@ fn versions_bytes(v: &[u64]) -> Vec<u8> {
 }
 
 impl Store {
+    /// Replaces a cache file with a new 0600 file, without fsync: callers remove the stamp
+    /// first, and every reader checks what it reads.
+    fn write_derived(&self, rel: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+        use std::io::Write as _;
+        self.dir.remove_file(rel)?;
+        self.dir
+            .open_file(rel, Access::CreateNew)?
+            .write_all(bytes)
+            .map_err(|error| StoreError::Io {
+                path: self.dir.display(rel),
+                error,
+            })
+    }
+
     pub(crate) fn cache_image(&self, i: usize) -> PathBuf {
-        self.root.join("head").join(format!("{i}.img"))
+        PathBuf::from(format!("head/{i}.img"))
     }
 
     fn cache_digests(&self, i: usize) -> PathBuf {
-        self.root.join("head").join(format!("{i}.digests"))
+        PathBuf::from(format!("head/{i}.digests"))
     }
 
     fn cache_base_digests(&self, i: usize) -> PathBuf {
-        self.root.join("head").join(format!("{i}.base-digests"))
+        PathBuf::from(format!("head/{i}.base-digests"))
     }
 
     /// Keeps the baseline's page digests, so that replays need not hash the baseline's zero
     /// pages again (half of a typical guest's pages, every offset hashing differently).
     pub(crate) fn keep_base_digests(&self, trees: &[ImageTree]) -> Result<(), StoreError> {
         for (i, t) in trees.iter().enumerate() {
-            write_derived(&self.cache_base_digests(i), t.page_digests())?;
+            self.write_derived(&self.cache_base_digests(i), t.page_digests())?;
         }
         Ok(())
     }
@@ -99,22 +109,25 @@ impl Store {
         if c.len <= PAGE_SIZE as u64 {
             return None;
         }
-        let digests = fsio::read_capped(&self.cache_base_digests(i), 1 << 30).ok()?;
+        let digests = self
+            .dir
+            .read_capped(&self.cache_base_digests(i), 1 << 30)
+            .ok()?;
         let tree = ImageTree::from_page_digests(&self.params, c.len, digests, &[]).ok()?;
         (tree.root() == c.root).then_some(tree)
     }
 
     fn cache_versions(&self, i: usize) -> PathBuf {
-        self.root.join("head").join(format!("{i}.versions"))
+        PathBuf::from(format!("head/{i}.versions"))
     }
 
     fn stamp_path(&self) -> PathBuf {
-        self.root.join("head").join("stamp.json")
+        PathBuf::from("head/stamp.json")
     }
 
     /// Whether the cache holds exactly `head`.
     pub(crate) fn cache_matches(&self, head: &Head) -> bool {
-        let Ok(bytes) = fsio::read_capped(&self.stamp_path(), 4096) else {
+        let Ok(bytes) = self.dir.read_capped(&self.stamp_path(), 4096) else {
             return false;
         };
         let want = Stamp {
@@ -127,9 +140,9 @@ impl Store {
     /// Marks the cache stale before it is modified.
     pub(crate) fn cache_invalidate(&self) -> Result<(), StoreError> {
         let p = self.stamp_path();
-        if p.exists() {
-            std::fs::remove_file(&p).map_err(fsio::io(&p))?;
-            fsio::sync_dir(&self.root.join("head"))?;
+        if self.dir.kind(&p)?.is_some() {
+            self.dir.remove_file(&p)?;
+            self.dir.open_dir(Path::new("head"))?.sync()?;
         }
         Ok(())
     }
@@ -145,13 +158,10 @@ impl Store {
         for (i, t) in trees.iter().enumerate() {
             let path = self.cache_digests(i);
             let Some(entries) = changed else {
-                write_derived(&path, t.page_digests())?;
+                self.write_derived(&path, t.page_digests())?;
                 continue;
             };
-            let f = std::fs::File::options()
-                .write(true)
-                .open(&path)
-                .map_err(fsio::io(&path))?;
+            let f = self.dir.open_file(&path, Access::Write)?;
             let dlen = t.alg().digest_len();
             let component = u16::try_from(i).unwrap_or(u16::MAX);
             let mut pages = entries
@@ -175,7 +185,10 @@ impl Store {
                         StoreError::Input(format!("page {first}: beyond component {i}"))
                     })?;
                 f.write_all_at(bytes, (first * dlen) as u64)
-                    .map_err(fsio::io(&path))?;
+                    .map_err(|error| StoreError::Io {
+                        path: self.dir.display(&path),
+                        error,
+                    })?;
                 (first, end) = (p, p.saturating_add(1));
             }
         }
@@ -184,7 +197,7 @@ impl Store {
             link: head.link.to_hex(),
         })
         .map_err(|e| StoreError::Input(e.to_string()))?;
-        fsio::write_atomic(&self.stamp_path(), &stamp)
+        self.dir.write_file(&self.stamp_path(), &stamp, true)
     }
 
     pub(crate) fn open_head_pages<'k>(
@@ -193,15 +206,18 @@ impl Store {
         key: Option<&'k CacheKey>,
     ) -> Result<HeadPages<'k>, StoreError> {
         let path = self.cache_image(i);
-        let map = MappedImage::open(&path).map_err(|e| StoreError::Corrupt {
-            file: path,
-            detail: e.to_string(),
+        let file = self.dir.open_file(&path, Access::Read)?;
+        let map = MappedImage::from_file(file, &self.dir.display(&path)).map_err(|e| {
+            StoreError::Corrupt {
+                file: self.dir.display(&path),
+                detail: e.to_string(),
+            }
         })?;
         let crypt = match key {
             None => None,
             Some(k) => Some((
                 k,
-                read_versions(&fsio::read_capped(&self.cache_versions(i), 1 << 30)?),
+                read_versions(&self.dir.read_capped(&self.cache_versions(i), 1 << 30)?),
             )),
         };
         Ok(HeadPages { map, crypt })
@@ -229,7 +245,7 @@ impl Store {
     fn cached_trees(&self, m: &Manifest, key: Option<&CacheKey>) -> Option<Vec<ImageTree>> {
         let mut trees = Vec::with_capacity(m.components.len());
         for (i, c) in m.components.iter().enumerate() {
-            let digests = fsio::read_capped(&self.cache_digests(i), 1 << 30).ok()?;
+            let digests = self.dir.read_capped(&self.cache_digests(i), 1 << 30).ok()?;
             let small = if c.len <= PAGE_SIZE as u64 {
                 self.open_head_pages(i, key).ok()?.page(0).into_owned()
             } else {
@@ -279,21 +295,23 @@ impl Store {
         };
         let trees = match key {
             None => {
+                let head_dir = self.dir.create_dir_all(Path::new("head"))?;
+                let name = |i: usize, _: &ComponentRoot| format!("{i}.img");
                 self.replay_into(
                     &opts,
-                    &self.root.join("head"),
-                    &|i, _| format!("{i}.img"),
+                    &Outputs::Dir {
+                        dir: &head_dir,
+                        name: &name,
+                    },
                     false,
                 )?
                 .1
             }
             Some(_) => {
-                // Rebuild in scratch space, then encrypt into place.
-                let tmp = self.tmp_dir("cache")?;
-                let (_, trees) =
-                    self.replay_into(&opts, tmp.path(), &|i, _| format!("{i}.img"), false)?;
-                for i in 0..trees.len() {
-                    let plain = MappedImage::open(&tmp.path().join(format!("{i}.img")))
+                // Rebuild in memory, never as plaintext on disk, then encrypt into place.
+                let (_, trees, files) = self.replay_into(&opts, &Outputs::Memory, false)?;
+                for (i, (f, path)) in files.into_iter().enumerate() {
+                    let plain = MappedImage::from_file(f, &path)
                         .map_err(|e| StoreError::Input(e.to_string()))?;
                     self.write_full_cache_image(i, plain.bytes(), head.seq, key)?;
                 }
@@ -314,15 +332,15 @@ impl Store {
     ) -> Result<(), StoreError> {
         let path = self.cache_image(i);
         let Some(k) = key else {
-            return write_derived(&path, plain);
+            return self.write_derived(&path, plain);
         };
         let mut enc = plain.to_vec();
         for (p, page) in enc.chunks_mut(PAGE_SIZE).enumerate() {
             k.apply(p as u64, seq.0, page);
         }
         let versions = vec![seq.0; plain.len().div_ceil(PAGE_SIZE)];
-        write_derived(&self.cache_versions(i), &versions_bytes(&versions))?;
-        write_derived(&path, &enc)
+        self.write_derived(&self.cache_versions(i), &versions_bytes(&versions))?;
+        self.write_derived(&path, &enc)
     }
 
     /// Writes the cached images of a new baseline whole (`full[c]` is component `c`).
@@ -333,7 +351,7 @@ impl Store {
         key: Option<&CacheKey>,
     ) -> Result<(), StoreError> {
         self.cache_invalidate()?;
-        std::fs::create_dir_all(self.root.join("head")).map_err(fsio::io(&self.root))?;
+        self.dir.create_dir_all(Path::new("head"))?;
         for (i, image) in full.iter().enumerate() {
             self.write_full_cache_image(i, image, seq, key)?;
         }
@@ -352,11 +370,8 @@ impl Store {
         let files = (0..components)
             .map(|i| {
                 let path = self.cache_image(i);
-                let f = std::fs::File::options()
-                    .write(true)
-                    .open(&path)
-                    .map_err(fsio::io(&path))?;
-                Ok((f, path))
+                let f = self.dir.open_file(&path, Access::Write)?;
+                Ok((f, self.dir.display(&path)))
             })
             .collect::<Result<_, StoreError>>()?;
         Ok(CacheWriter { files, key, seq })
@@ -371,14 +386,14 @@ impl Store {
     ) -> Result<(), StoreError> {
         for i in 0..components {
             let path = self.cache_versions(i);
-            let mut versions = read_versions(&fsio::read_capped(&path, 1 << 30)?);
+            let mut versions = read_versions(&self.dir.read_capped(&path, 1 << 30)?);
             let component = u16::try_from(i).unwrap_or(u16::MAX);
             for e in entries.iter().filter(|e| e.component == component) {
                 if let Some(v) = versions.get_mut(idx(e.page.0)) {
                     *v = seq.0;
                 }
             }
-            write_derived(&path, &versions_bytes(&versions))?;
+            self.write_derived(&path, &versions_bytes(&versions))?;
         }
         Ok(())
     }
@@ -406,6 +421,9 @@ impl CacheWriter<'_> {
                 f.write_all_at(&buf, at)
             }
         };
-        result.map_err(fsio::io(path))
+        result.map_err(|error| StoreError::Io {
+            path: path.clone(),
+            error,
+        })
     }
 }

@@ -10,6 +10,12 @@ pub enum StoreError {
         path: PathBuf,
         error: std::io::Error,
     },
+    #[error("{path}: expected {expected}, found {found}")]
+    FileType {
+        path: PathBuf,
+        expected: &'static str,
+        found: &'static str,
+    },
     #[error("{path}: not a vmattest store (no store.json)")]
     NotAStore { path: PathBuf },
     #[error("{path}: exists and is not empty; expected a new store directory")]

@@ -2,13 +2,18 @@
 //! interrupted writes reported (and removed with `repair`).
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use rustix::fs::FileType;
 use serde::Serialize;
 use vmattest_core::chain::{ObjectId, SeqNo, link_digest};
 use vmattest_core::wire::{HEADER_LEN, Kind};
 
-use crate::{Store, StoreError};
+use crate::{Store, StoreError, batch};
+
+/// Missing links reported before the check stops looking: a HEAD that names a huge seq must
+/// not make fsck walk (or report) every number below it.
+const MAX_MISSING_REPORTED: usize = 16;
 
 #[derive(Debug, Default, Serialize)]
 pub struct FsckReport {
@@ -30,7 +35,8 @@ impl FsckReport {
 }
 
 impl Store {
-    /// Checks the store; with `repair` (which needs the writer lock) removes leftovers.
+    /// Checks the store; with `repair` (which needs the writer lock) removes leftovers. A
+    /// damaged store is never repaired: repair only removes what no committed link needs.
     pub fn fsck(&self, repair: bool) -> Result<FsckReport, StoreError> {
         if repair && self._lock.is_none() {
             return Err(StoreError::Input(
@@ -48,103 +54,148 @@ impl Store {
         rep.head = head.map(|h| h.seq.0);
         let mut referenced: HashSet<ObjectId> = HashSet::new();
         if let Some(h) = head {
-            let mut prev = self.params.alg().zero_digest();
-            for s in 0..=h.seq.0 {
-                let seq = SeqNo(s);
-                let link = match self.read_link(seq) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        rep.errors.push(e.to_string());
-                        continue;
-                    }
-                };
-                rep.links += 1;
-                if link.value().prev != prev {
-                    rep.errors.push(format!(
-                        "seq {seq}: previous link digest does not match link {}",
-                        s.saturating_sub(1)
-                    ));
-                }
-                prev = link_digest(&link);
-                if s == h.seq.0 && prev != h.link {
-                    rep.errors
-                        .push(format!("seq {seq}: link does not match the digest in HEAD"));
-                }
-                referenced.insert(link.value().manifest);
-                match self.read_manifest(link.value()) {
-                    Ok(m) => {
-                        for b in &m.batches {
-                            referenced.insert(b.object);
-                            match self.read_object(&b.object, Kind::Batch.max_body() + HEADER_LEN) {
-                                Ok(_) => rep.objects += 1,
-                                Err(e) => rep.errors.push(format!("seq {seq}: {e}")),
-                            }
-                        }
-                        rep.objects += 1;
-                    }
-                    Err(e) => rep.errors.push(format!("seq {seq}: {e}")),
-                }
-            }
+            self.fsck_links(h, &mut rep, &mut referenced);
             rep.cache_current = self.cache_matches(&h);
         }
-        let last = head.map_or(-1i128, |h| i128::from(h.seq.0));
-        for entry in
-            std::fs::read_dir(self.root.join("links")).map_err(crate::fsio::io(&self.root))?
-        {
-            let p = entry.map_err(crate::fsio::io(&self.root))?.path();
-            let name = p
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let seq = name
-                .strip_suffix(".link")
-                .and_then(|n| n.parse::<i128>().ok());
-            if seq.is_none_or(|s| s > last) {
-                rep.leftovers.push(p);
-            }
-        }
-        for dir in
-            std::fs::read_dir(self.root.join("objects")).map_err(crate::fsio::io(&self.root))?
-        {
-            let dir = dir.map_err(crate::fsio::io(&self.root))?.path();
-            for f in std::fs::read_dir(&dir).map_err(crate::fsio::io(&dir))? {
-                let p = f.map_err(crate::fsio::io(&dir))?.path();
-                let hex = format!(
-                    "{}{}",
-                    dir.file_name()
-                        .map(|n| n.to_string_lossy())
-                        .unwrap_or_default(),
-                    p.file_name()
-                        .map(|n| n.to_string_lossy())
-                        .unwrap_or_default()
-                );
-                let id = hex::decode(&hex)
-                    .ok()
-                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                    .map(ObjectId);
-                if id.is_none_or(|id| !referenced.contains(&id)) {
-                    rep.leftovers.push(p);
-                }
-            }
-        }
-        for entry in
-            std::fs::read_dir(self.root.join("tmp")).map_err(crate::fsio::io(&self.root))?
-        {
-            rep.leftovers
-                .push(entry.map_err(crate::fsio::io(&self.root))?.path());
-        }
-        if repair {
+        let leftovers = self.leftovers(head.map(|h| h.seq), &referenced)?;
+        rep.leftovers = leftovers.iter().map(|p| self.dir.display(p)).collect();
+        if repair && rep.is_clean() {
             // The head cache is derived; discarding it makes the next take rebuild it.
             self.cache_invalidate()?;
-            for p in &rep.leftovers {
-                let _ = if p.is_dir() {
-                    std::fs::remove_dir_all(p)
-                } else {
-                    std::fs::remove_file(p)
-                };
+            for p in &leftovers {
+                self.dir.remove_tree(p)?;
             }
             rep.repaired = true;
         }
         Ok(rep)
+    }
+
+    fn fsck_links(&self, h: crate::Head, rep: &mut FsckReport, referenced: &mut HashSet<ObjectId>) {
+        let mut prev = self.params.alg().zero_digest();
+        let mut missing = 0usize;
+        let mut s = 0u64;
+        loop {
+            let seq = SeqNo(s);
+            match self.read_link(seq) {
+                Ok(link) => {
+                    rep.links += 1;
+                    if link.value().prev != prev {
+                        rep.errors.push(format!(
+                            "seq {seq}: previous link digest does not match link {}",
+                            s.saturating_sub(1)
+                        ));
+                    }
+                    prev = link_digest(&link);
+                    if s == h.seq.0 && prev != h.link {
+                        rep.errors
+                            .push(format!("seq {seq}: link does not match the digest in HEAD"));
+                    }
+                    referenced.insert(link.value().manifest);
+                    self.fsck_manifest(seq, &link, s == h.seq.0, rep, referenced);
+                }
+                Err(e) => {
+                    rep.errors.push(e.to_string());
+                    missing += 1;
+                    if missing == MAX_MISSING_REPORTED && s < h.seq.0 {
+                        rep.errors.push(format!(
+                            "stopped at seq {seq}: HEAD names seq {}, and {MAX_MISSING_REPORTED} \
+                             links below it are unreadable",
+                            h.seq
+                        ));
+                        break;
+                    }
+                }
+            }
+            if s >= h.seq.0 {
+                break;
+            }
+            s += 1;
+        }
+    }
+
+    fn fsck_manifest(
+        &self,
+        seq: SeqNo,
+        link: &vmattest_core::chain::SignedLink,
+        is_head: bool,
+        rep: &mut FsckReport,
+        referenced: &mut HashSet<ObjectId>,
+    ) {
+        let m = match self.read_manifest(link.value()) {
+            Ok(m) => m,
+            Err(e) => {
+                rep.errors.push(format!("seq {seq}: {e}"));
+                return;
+            }
+        };
+        rep.objects += 1;
+        if is_head && let Err(e) = self.check_meta_bound(&m) {
+            rep.errors.push(e.to_string());
+        }
+        for b in &m.batches {
+            referenced.insert(b.object);
+            match self.read_object(&b.object, Kind::Batch.max_body() + HEADER_LEN) {
+                Ok(bytes) => {
+                    rep.objects += 1;
+                    match batch::is_sealed(&bytes) {
+                        Ok(sealed) if sealed == self.meta.encrypted => {}
+                        Ok(sealed) => rep.errors.push(format!(
+                            "seq {seq}: batch {} is {}, store.json says encrypted = {}",
+                            b.object,
+                            if sealed { "encrypted" } else { "plain" },
+                            self.meta.encrypted
+                        )),
+                        Err(e) => rep
+                            .errors
+                            .push(format!("seq {seq}: batch {}: {e}", b.object)),
+                    }
+                }
+                Err(e) => rep.errors.push(format!("seq {seq}: {e}")),
+            }
+        }
+    }
+
+    /// Store-relative paths of everything no committed link needs: links past the head,
+    /// unreferenced objects, files of the wrong type, anything in `tmp/`.
+    fn leftovers(
+        &self,
+        head: Option<SeqNo>,
+        referenced: &HashSet<ObjectId>,
+    ) -> Result<Vec<PathBuf>, StoreError> {
+        let mut out = Vec::new();
+        let links = Path::new("links");
+        for (name, t) in self.dir.open_dir(links)?.entries()? {
+            let seq = name
+                .strip_suffix(".link")
+                .and_then(|n| n.parse::<u64>().ok());
+            let committed =
+                t == FileType::RegularFile && seq.is_some_and(|s| head.is_some_and(|h| s <= h.0));
+            if !committed {
+                out.push(links.join(name));
+            }
+        }
+        let objects = Path::new("objects");
+        let objects_dir = self.dir.open_dir(objects)?;
+        for (dname, t) in objects_dir.entries()? {
+            let rel = objects.join(&dname);
+            if t != FileType::Directory {
+                out.push(rel);
+                continue;
+            }
+            for (fname, t) in objects_dir.open_dir(Path::new(&dname))?.entries()? {
+                let id = hex::decode(format!("{dname}{fname}"))
+                    .ok()
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                    .map(ObjectId);
+                if t != FileType::RegularFile || id.is_none_or(|id| !referenced.contains(&id)) {
+                    out.push(rel.join(fname));
+                }
+            }
+        }
+        let tmp = Path::new("tmp");
+        for (name, _) in self.dir.open_dir(tmp)?.entries()? {
+            out.push(tmp.join(name));
+        }
+        Ok(out)
     }
 }

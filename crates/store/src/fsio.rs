@@ -1,8 +1,8 @@
 //! Crash-safe file writes and capped reads.
 
 use std::fs::File;
-use std::io::{Read as _, Write as _};
-use std::path::{Path, PathBuf};
+use std::io::Write as _;
+use std::path::Path;
 
 use crate::StoreError;
 
@@ -13,7 +13,11 @@ pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + use
 
 /// Temp file in the same directory, fsync, rename, fsync the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    write_durable_file(path, bytes)?;
+    // A new temp file, never one planted under the predictable name.
+    write_durable_with(path, bytes, |tmp| {
+        let _ = std::fs::remove_file(tmp);
+        File::options().write(true).create_new(true).open(tmp)
+    })?;
     sync_dir(parent_dir(path))
 }
 
@@ -39,11 +43,6 @@ pub(crate) fn parent_dir(path: &Path) -> &Path {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     }
-}
-
-/// Like [`write_atomic`] but leaves the directory fsync to the caller, who batches them.
-pub(crate) fn write_durable_file(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    write_durable_with(path, bytes, |tmp| File::create(tmp))
 }
 
 /// Writes `bytes` to a temp file beside `path` opened by `open`, fsyncs it and renames it.
@@ -81,49 +80,27 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir).and_then(|f| f.sync_all()).map_err(io(dir))
 }
 
-/// Reads a whole file, refusing it above `max` bytes before reading.
-pub(crate) fn read_capped(path: &Path, max: usize) -> Result<Vec<u8>, StoreError> {
-    let f = File::open(path).map_err(io(path))?;
-    let len = f.metadata().map_err(io(path))?.len();
-    if len > max as u64 {
-        return Err(StoreError::TooLarge {
+/// Opens a regular file named by a user for reading; a FIFO or device is refused without
+/// blocking.
+pub(crate) fn open_regular(path: &Path) -> Result<File, StoreError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let f = File::options()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .map_err(io(path))?;
+    if !f.metadata().map_err(io(path))?.is_file() {
+        return Err(StoreError::FileType {
             path: path.to_path_buf(),
-            max: max as u64,
-            found: len,
+            expected: "a regular file",
+            found: "another type of file",
         });
     }
-    let mut out = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-    f.take(max as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(io(path))?;
-    Ok(out)
+    Ok(f)
 }
 
-/// A scratch directory removed on drop.
-#[derive(Debug)]
-pub(crate) struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new(parent: &Path, label: &str) -> Result<TempDir, StoreError> {
-        std::fs::create_dir_all(parent).map_err(io(parent))?;
-        let mut rnd = [0u8; 8];
-        getrandom::fill(&mut rnd).map_err(|e| StoreError::Input(format!("OS randomness: {e}")))?;
-        let path = parent.join(format!(
-            "{label}-{}-{}",
-            std::process::id(),
-            hex::encode(rnd)
-        ));
-        std::fs::create_dir(&path).map_err(io(&path))?;
-        Ok(TempDir(path))
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// Reads a whole regular file named by a user, refusing it above `max` bytes before reading;
+/// a FIFO or device is refused without blocking.
+pub(crate) fn read_capped(path: &Path, max: usize) -> Result<Vec<u8>, StoreError> {
+    crate::dir::read_file_capped(open_regular(path)?, path, max)
 }

@@ -10,6 +10,8 @@
 //! STORE/tmp/                  scratch space for imports and verification
 //! ```
 //!
+//! Every access below the root is relative to the open store directory and never follows a
+//! symlink or opens a special file (see `dir`); directories are 0700 and files 0600.
 //! Every file is written to a temporary name, fsynced, renamed into place and its directory
 //! fsynced. A take or import becomes visible only when HEAD is replaced, so a crash at any
 //! point leaves the previous head intact; leftovers are unreferenced objects that `fsck`
@@ -19,6 +21,7 @@ mod batch;
 mod bundle;
 mod cache;
 mod crypt;
+mod dir;
 mod error;
 mod fsck;
 mod fsio;
@@ -29,6 +32,8 @@ mod take;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use dir::{Access, Dir};
+
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use vmattest_core::alg::{Digest, HashAlg};
@@ -37,7 +42,7 @@ use vmattest_core::record::Signed;
 use vmattest_core::tree::{NoProgress, Progress, TreeParams};
 use vmattest_core::wire::{HEADER_LEN, Kind};
 
-pub use bundle::ImportSummary;
+pub use bundle::{BundleHeader, BundleReader, Frame, ImportSummary};
 pub use crypt::StoreSecret;
 pub use error::StoreError;
 pub use fsck::FsckReport;
@@ -88,6 +93,7 @@ struct HeadJson {
 #[derive(Debug)]
 pub struct Store {
     root: PathBuf,
+    dir: Dir,
     meta: StoreMeta,
     params: TreeParams,
     _lock: Option<File>,
@@ -113,36 +119,42 @@ impl Store {
     /// Creates an empty store at `root` (which must not exist or be empty).
     pub fn init(root: &Path, meta: StoreMeta) -> Result<Store, StoreError> {
         meta.params()?;
-        if root.exists()
-            && std::fs::read_dir(root)
-                .map_err(fsio::io(root))?
-                .next()
-                .is_some()
-        {
+        if !root.exists() {
+            use std::os::unix::fs::DirBuilderExt as _;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(root)
+                .map_err(fsio::io(root))?;
+        }
+        let dir = Dir::open_root(root)?;
+        if !dir.entries()?.is_empty() {
             return Err(StoreError::NotEmpty {
                 path: root.to_path_buf(),
             });
         }
+        dir.make_private()?;
         for d in ["links", "objects", "head", "tmp"] {
-            std::fs::create_dir_all(root.join(d)).map_err(fsio::io(root))?;
+            dir.create_dir_all(Path::new(d))?;
         }
         let json = serde_json::to_vec_pretty(&meta).map_err(|e| StoreError::Corrupt {
             file: "store.json".into(),
             detail: e.to_string(),
         })?;
-        write_atomic(&root.join("store.json"), &json)?;
+        dir.write_file(Path::new("store.json"), &json, true)?;
         Store::open(root)
     }
 
     /// Opens a store for reading (no lock).
     pub fn open(root: &Path) -> Result<Store, StoreError> {
         let path = root.join("store.json");
-        if !path.exists() {
+        let dir = Dir::open_root(root)?;
+        if !dir.file_exists(Path::new("store.json"))? {
             return Err(StoreError::NotAStore {
                 path: root.to_path_buf(),
             });
         }
-        let bytes = fsio::read_capped(&path, 64 * 1024)?;
+        let bytes = dir.read_capped(Path::new("store.json"), 64 * 1024)?;
         let meta: StoreMeta = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
             file: path.clone(),
             detail: e.to_string(),
@@ -156,6 +168,7 @@ impl Store {
         let params = meta.params()?;
         Ok(Store {
             root: root.to_path_buf(),
+            dir,
             meta,
             params,
             _lock: None,
@@ -167,12 +180,20 @@ impl Store {
     pub fn open_writer(root: &Path) -> Result<Store, StoreError> {
         let mut store = Store::open(root)?;
         let lock_path = root.join("LOCK");
-        let f = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(fsio::io(&lock_path))?;
+        let lock = Path::new("LOCK");
+        let f = match store.dir.open_file(lock, Access::Write) {
+            Err(StoreError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
+                match store.dir.open_file(lock, Access::CreateNew) {
+                    Err(StoreError::Io { error, .. })
+                        if error.kind() == std::io::ErrorKind::AlreadyExists =>
+                    {
+                        store.dir.open_file(lock, Access::Write)?
+                    }
+                    other => other?,
+                }
+            }
+            other => other?,
+        };
         match f.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -181,6 +202,11 @@ impl Store {
             Err(std::fs::TryLockError::Error(e)) => return Err(fsio::io(&lock_path)(e)),
         }
         store._lock = Some(f);
+        // Stores made before files were private, or by hand: guest bytes are not for others.
+        store.dir.make_private()?;
+        for d in ["links", "objects", "head", "tmp"] {
+            store.dir.create_dir_all(Path::new(d))?.make_private()?;
+        }
         Ok(store)
     }
 
@@ -205,12 +231,24 @@ impl Store {
         &self.root
     }
 
+    /// The commit point; `None` only for a store that holds no link at all (a store with
+    /// links and no HEAD is damaged, never empty).
     pub fn head(&self) -> Result<Option<Head>, StoreError> {
         let path = self.root.join("HEAD");
-        if !path.exists() {
+        if !self.dir.file_exists(Path::new("HEAD"))? {
+            let links = self.dir.open_dir(Path::new("links"))?.entries()?;
+            let count = links.iter().filter(|(n, _)| n.ends_with(".link")).count();
+            if count > 0 {
+                return Err(StoreError::Corrupt {
+                    file: path,
+                    detail: format!(
+                        "missing, but links/ holds {count} links; expected HEAD to name the newest"
+                    ),
+                });
+            }
             return Ok(None);
         }
-        let bytes = fsio::read_capped(&path, 4096)?;
+        let bytes = self.dir.read_capped(Path::new("HEAD"), 4096)?;
         let bad = |detail: String| StoreError::Corrupt {
             file: path.clone(),
             detail,
@@ -234,27 +272,29 @@ impl Store {
             file: "HEAD".into(),
             detail: e.to_string(),
         })?;
-        write_atomic(&self.root.join("HEAD"), &json)
+        self.dir.write_file(Path::new("HEAD"), &json, true)
     }
 
+    /// A link's file, relative to the store's root.
     fn link_path(&self, seq: SeqNo) -> PathBuf {
-        self.root.join("links").join(format!("{:020}.link", seq.0))
+        PathBuf::from(format!("links/{:020}.link", seq.0))
     }
 
+    /// An object's file, relative to the store's root.
     fn object_path(&self, id: &ObjectId) -> PathBuf {
         let hex = id.to_hex();
-        self.root.join("objects").join(&hex[..2]).join(&hex[2..])
+        PathBuf::from(format!("objects/{}/{}", &hex[..2], &hex[2..]))
     }
 
     /// Reads and decodes the signed link at `seq` (no signature check).
     pub fn read_link(&self, seq: SeqNo) -> Result<SignedLink, StoreError> {
         let path = self.link_path(seq);
-        let bytes = fsio::read_capped(&path, Kind::Signed.max_body() + HEADER_LEN).map_err(
-            |e| match e {
-                StoreError::Io { .. } if !path.exists() => StoreError::MissingLink { seq },
-                other => other,
-            },
-        )?;
+        if !self.dir.file_exists(&path)? {
+            return Err(StoreError::MissingLink { seq });
+        }
+        let bytes = self
+            .dir
+            .read_capped(&path, Kind::Signed.max_body() + HEADER_LEN)?;
         Signed::<Link>::decode(&bytes).map_err(|e| StoreError::BadLink {
             seq,
             detail: e.to_string(),
@@ -264,12 +304,15 @@ impl Store {
     /// Reads an object and checks that its bytes hash to its id.
     pub fn read_object(&self, id: &ObjectId, max: usize) -> Result<Vec<u8>, StoreError> {
         let path = self.object_path(id);
-        if !path.exists() {
+        if !self.dir.file_exists(&path)? {
             return Err(StoreError::MissingObject { id: *id });
         }
-        let bytes = fsio::read_capped(&path, max)?;
+        let bytes = self.dir.read_capped(&path, max)?;
         if ObjectId::of(&bytes) != *id {
-            return Err(StoreError::ObjectDigest { id: *id, path });
+            return Err(StoreError::ObjectDigest {
+                id: *id,
+                path: self.dir.display(&path),
+            });
         }
         Ok(bytes)
     }
@@ -280,31 +323,34 @@ impl Store {
     fn write_object(&self, bytes: &[u8]) -> Result<ObjectId, StoreError> {
         let id = ObjectId::of(bytes);
         let path = self.object_path(&id);
-        if !path.exists() {
+        if !self.dir.file_exists(&path)? {
             if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(fsio::io(dir))?;
+                self.dir.create_dir_all(dir)?;
             }
-            fsio::write_durable_file(&path, bytes)?;
+            self.dir.write_file(&path, bytes, false)?;
         }
         Ok(id)
     }
 
     fn sync_object_dir(&self, id: &ObjectId) -> Result<(), StoreError> {
         match self.object_path(id).parent() {
-            Some(dir) => fsio::sync_dir(dir),
+            Some(dir) => self.dir.open_dir(dir)?.sync(),
             None => Ok(()),
         }
     }
 
     /// fsyncs every object directory (256 at most): one pass instead of one per object.
     fn sync_object_dirs(&self) -> Result<(), StoreError> {
-        let objects = self.root.join("objects");
-        let dirs: Vec<PathBuf> = std::fs::read_dir(&objects)
-            .map_err(fsio::io(&objects))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
+        let objects = self.dir.open_dir(Path::new("objects"))?;
+        let dirs: Vec<String> = objects
+            .entries()?
+            .into_iter()
+            .filter(|(_, t)| *t == rustix::fs::FileType::Directory)
+            .map(|(n, _)| n)
             .collect();
-        dirs.par_iter().try_for_each(|d| fsio::sync_dir(d))?;
-        fsio::sync_dir(&objects)
+        dirs.par_iter()
+            .try_for_each(|d| objects.open_dir(Path::new(d))?.sync())?;
+        objects.sync()
     }
 
     pub fn read_manifest(&self, link: &Link) -> Result<Manifest, StoreError> {
@@ -328,7 +374,44 @@ impl Store {
         Ok(link_digest(&self.read_link(seq)?))
     }
 
-    fn tmp_dir(&self, label: &str) -> Result<fsio::TempDir, StoreError> {
-        fsio::TempDir::new(&self.root.join("tmp"), label)
+    fn tmp_dir(&self, label: &str) -> Result<dir::TempDir, StoreError> {
+        dir::TempDir::new_in(self.dir.create_dir_all(Path::new("tmp"))?, label)
+    }
+
+    /// Refuses a `store.json` that no longer matches the signed chain (edited to make a
+    /// take append links for another VM, or to flip encryption): the manifest's signed
+    /// metadata, and the sealed flag of one of its batches, must agree with it.
+    pub(crate) fn check_meta_bound(&self, m: &Manifest) -> Result<(), StoreError> {
+        let file = self.root.join("store.json");
+        let bad = |detail: String| StoreError::Corrupt {
+            file: file.clone(),
+            detail,
+        };
+        if m.meta.vm_id != self.meta.vm_id {
+            return Err(bad(format!(
+                "names VM {:?}, the signed chain is for {:?}",
+                self.meta.vm_id, m.meta.vm_id
+            )));
+        }
+        if m.meta.params != self.params || m.meta.policy_id != self.meta.policy_id {
+            return Err(bad(
+                "tree, salt or policy differ from the signed chain's".into()
+            ));
+        }
+        if let Some(b) = m.batches.first() {
+            let bytes = self.read_object(&b.object, Kind::Batch.max_body() + HEADER_LEN)?;
+            let sealed = batch::is_sealed(&bytes).map_err(|detail| StoreError::Verification {
+                seq: m.meta.seq,
+                detail: format!("batch {}: {detail}", b.object),
+            })?;
+            if sealed != self.meta.encrypted {
+                return Err(bad(format!(
+                    "says encrypted = {}, the signed chain's batches are {}",
+                    self.meta.encrypted,
+                    if sealed { "encrypted" } else { "plain" }
+                )));
+            }
+        }
+        Ok(())
     }
 }

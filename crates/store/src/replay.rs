@@ -2,7 +2,8 @@
 //! manifest, delta digest, state root), rebuild every component from the page batches, and
 //! check the rebuilt bytes against the page digests the links commit to.
 
-use std::path::Path;
+use std::fs::File;
+use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 use vmattest_core::alg::{Digest, PAGE_SIZE, PageIndex, page_count};
@@ -19,7 +20,8 @@ use crate::crypt::StoreSecret;
 use crate::rebuild::{Decoder, REGION_PAGES, Rebuild, Scratch};
 use vmattest_image::MappedImage;
 
-use crate::{Store, StoreError, fsio};
+use crate::dir::{Access, Dir, TempDir, memory_file};
+use crate::{Store, StoreError};
 
 /// How far and how strictly to replay.
 #[derive(Debug, Clone, Copy, Default)]
@@ -56,44 +58,78 @@ pub(crate) struct Source<'a> {
     pub from_cache: bool,
 }
 
-type NameFn<'a> = dyn Fn(usize, &ComponentRoot) -> String + 'a;
+pub(crate) type NameFn<'a> = dyn Fn(usize, &ComponentRoot) -> String + 'a;
+
+/// Where a replay writes the images it rebuilds.
+pub(crate) enum Outputs<'a> {
+    /// Files named by `name` in `dir`, 0600 (an existing file is replaced, never followed).
+    Dir { dir: &'a Dir, name: &'a NameFn<'a> },
+    /// Anonymous memory files: the plaintext images of an encrypted store never reach a disk.
+    Memory,
+}
+
+/// The rebuilt images, open, with the names used in messages.
+pub(crate) type OutputFiles = Vec<(File, PathBuf)>;
 
 impl Store {
     /// Verifies the chain up to `opts.upto` without keeping the rebuilt images.
     pub fn verify(&self, opts: &ReplayOptions<'_>) -> Result<Verified, StoreError> {
+        if self.meta.encrypted {
+            return Ok(self.replay_into(opts, &Outputs::Memory, false)?.0);
+        }
         let tmp = self.tmp_dir("verify")?;
-        Ok(self
-            .replay_into(opts, tmp.path(), &|i, _| format!("{i}.img"), false)?
-            .0)
+        let name = |i: usize, _: &ComponentRoot| format!("{i}.img");
+        let out = Outputs::Dir {
+            dir: tmp.dir(),
+            name: &name,
+        };
+        Ok(self.replay_into(opts, &out, false)?.0)
     }
 
     /// Verifies and writes every component at `opts.upto` into `out` (created; must not
     /// exist), named after the components. Nothing is left in `out` if verification fails.
     pub fn restore(&self, opts: &ReplayOptions<'_>, out: &Path) -> Result<Verified, StoreError> {
-        if out.exists() {
+        if out.symlink_metadata().is_ok() {
             return Err(StoreError::Input(format!(
                 "{}: already exists; restore writes a new directory",
                 out.display()
             )));
         }
+        let Some(out_name) = out.file_name() else {
+            return Err(StoreError::Input(format!(
+                "{}: expected a new directory's name",
+                out.display()
+            )));
+        };
         let parent = out
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        let staging = fsio::TempDir::new(parent, ".vmattest-restore")?;
-        let (v, _) = self.replay_into(opts, staging.path(), &|_, c| c.name.clone(), true)?;
-        std::fs::rename(staging.path(), out).map_err(fsio::io(out))?;
-        fsio::sync_dir(parent)?;
+        // A private directory (0700, files 0600) that appears whole or not at all.
+        let staging = TempDir::new_in(Dir::open_root(parent)?, ".vmattest-restore")?;
+        let name = |_: usize, c: &ComponentRoot| c.name.clone();
+        let outputs = Outputs::Dir {
+            dir: staging.dir(),
+            name: &name,
+        };
+        let (v, _, files) = self.replay_into(opts, &outputs, true)?;
+        for (f, path) in &files {
+            f.sync_all().map_err(|error| StoreError::Io {
+                path: path.clone(),
+                error,
+            })?;
+        }
+        drop(files);
+        staging.persist(out_name)?;
         Ok(v)
     }
 
     pub(crate) fn replay_into(
         &self,
         opts: &ReplayOptions<'_>,
-        dir: &Path,
-        name: &NameFn<'_>,
+        outputs: &Outputs<'_>,
         use_cache: bool,
-    ) -> Result<(Verified, Vec<ImageTree>), StoreError> {
+    ) -> Result<(Verified, Vec<ImageTree>, OutputFiles), StoreError> {
         let head = self
             .head()?
             .ok_or_else(|| StoreError::Input("the store has no snapshots yet".into()))?;
@@ -124,8 +160,7 @@ impl Store {
                 from_cache,
             },
             opts,
-            dir,
-            name,
+            outputs,
         )
     }
 
@@ -133,9 +168,8 @@ impl Store {
         &self,
         src: &Source<'_>,
         opts: &ReplayOptions<'_>,
-        dir: &Path,
-        name: &NameFn<'_>,
-    ) -> Result<(Verified, Vec<ImageTree>), StoreError> {
+        outputs: &Outputs<'_>,
+    ) -> Result<(Verified, Vec<ImageTree>, OutputFiles), StoreError> {
         let last = &src.links[src.links.len() - 1];
         let key = match (self.meta.encrypted, opts.secret) {
             (false, _) => None,
@@ -150,7 +184,7 @@ impl Store {
         // once, beside the link checks; a decoding replay needs the checked manifests first.
         let (manifests, early) = if src.from_cache {
             let comps = self.last_components(src)?;
-            let files = self.create_outputs(dir, name, &comps)?;
+            let files = self.create_outputs(outputs, &comps)?;
             let (checked, copied) = rayon::join(
                 || -> Result<_, StoreError> {
                     let m = self.check_links(src, opts)?;
@@ -199,7 +233,10 @@ impl Store {
                         for ((f, path), c) in files.iter().zip(comps) {
                             f.set_len(0)
                                 .and_then(|()| f.set_len(c.len))
-                                .map_err(fsio::io(path))?;
+                                .map_err(|error| StoreError::Io {
+                                    path: path.clone(),
+                                    error,
+                                })?;
                         }
                         rebuild_all(&rb, comps, &files)?
                     }
@@ -207,7 +244,7 @@ impl Store {
                 (trees, files, regions)
             }
             None => {
-                let files = self.create_outputs(dir, name, comps)?;
+                let files = self.create_outputs(outputs, comps)?;
                 // The two halves are independent until the end, so they run side by side: the
                 // roots at every seq from the signed digests, and the bytes at the last seq.
                 let (trees, regions) = rayon::join(
@@ -217,7 +254,6 @@ impl Store {
                 (trees?, files, regions?)
             }
         };
-        drop(files);
         for (i, first, leaves) in regions {
             rb.check_region(i, first, &leaves, &trees[i])?;
         }
@@ -231,6 +267,7 @@ impl Store {
                 components: manifests[manifests.len() - 1].components.clone(),
             },
             trees,
+            files,
         ))
     }
 
@@ -246,26 +283,31 @@ impl Store {
             .components)
     }
 
-    /// Creates (or truncates) one output file per component, at its final length.
+    /// Creates one new, empty output file per component, at its final length.
     fn create_outputs(
         &self,
-        dir: &Path,
-        name: &NameFn<'_>,
+        outputs: &Outputs<'_>,
         comps: &[ComponentRoot],
-    ) -> Result<Vec<(std::fs::File, std::path::PathBuf)>, StoreError> {
+    ) -> Result<OutputFiles, StoreError> {
         comps
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                let path = dir.join(name(i, c));
-                let f = std::fs::File::options()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .open(&path)
-                    .map_err(fsio::io(&path))?;
-                f.set_len(c.len).map_err(fsio::io(&path))?;
+                let (f, path) = match outputs {
+                    Outputs::Dir { dir, name } => {
+                        let n = name(i, c);
+                        dir.remove_file(Path::new(&n))?;
+                        (dir.create_new(&n)?, dir.display(Path::new(&n)))
+                    }
+                    Outputs::Memory => (
+                        memory_file(&c.name)?,
+                        PathBuf::from(format!("(memory) {}", c.name)),
+                    ),
+                };
+                f.set_len(c.len).map_err(|error| StoreError::Io {
+                    path: path.clone(),
+                    error,
+                })?;
                 Ok((f, path))
             })
             .collect()
@@ -464,7 +506,7 @@ struct LinkWork {
 fn rebuild_all(
     rb: &Rebuild<'_>,
     comps: &[ComponentRoot],
-    files: &[(std::fs::File, std::path::PathBuf)],
+    files: &[(File, PathBuf)],
 ) -> Result<Vec<(usize, u64, Vec<u8>)>, StoreError> {
     let regions: Vec<(usize, u64)> = comps
         .iter()
@@ -504,16 +546,18 @@ impl Store {
     fn copy_head(
         &self,
         comps: &[ComponentRoot],
-        files: &[(std::fs::File, std::path::PathBuf)],
+        files: &[(File, PathBuf)],
     ) -> Result<Vec<(usize, u64, Vec<u8>)>, StoreError> {
         let maps = comps
             .iter()
             .zip(files)
-            .map(|(c, (_, path))| {
-                MappedImage::open(path).map_err(|e| StoreError::Image {
+            .map(|(c, (f, path))| {
+                let image = |e: String| StoreError::Image {
                     what: format!("component {}", c.name),
-                    detail: e.to_string(),
-                })
+                    detail: e,
+                };
+                let f = f.try_clone().map_err(|e| image(e.to_string()))?;
+                MappedImage::from_file(f, path).map_err(|e| image(e.to_string()))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let chunks: Vec<(usize, u64)> = comps
@@ -525,17 +569,20 @@ impl Store {
             .collect();
         let (tx, rx) = std::sync::mpsc::channel::<(usize, u64)>();
         let copier = || -> Result<(), StoreError> {
-            let mut src: Option<(usize, std::fs::File)> = None;
+            let mut src: Option<(usize, File)> = None;
             for &(i, first) in &chunks {
                 if src.as_ref().is_none_or(|(j, _)| *j != i) {
                     let p = self.cache_image(i);
-                    src = Some((i, std::fs::File::open(&p).map_err(fsio::io(&p))?));
+                    src = Some((i, self.dir.open_file(&p, Access::Read)?));
                 }
                 let Some((_, from)) = &src else { continue };
                 let (out, path) = &files[i];
                 let start = first * PAGE_SIZE as u64;
                 let len = (comps[i].len - start).min(HASH_PAGES * PAGE_SIZE as u64);
-                copy_range(from, out, start, len).map_err(fsio::io(path))?;
+                copy_range(from, out, start, len).map_err(|error| StoreError::Io {
+                    path: path.clone(),
+                    error,
+                })?;
                 if tx.send((i, first)).is_err() {
                     break;
                 }
@@ -571,7 +618,7 @@ impl Store {
 const HASH_PAGES: u64 = 8192;
 
 /// `len` bytes at `off` from one file to the same offset of another, inside the kernel.
-fn copy_range(from: &std::fs::File, to: &std::fs::File, off: u64, len: u64) -> std::io::Result<()> {
+fn copy_range(from: &File, to: &File, off: u64, len: u64) -> std::io::Result<()> {
     let (mut a, mut b, mut left) = (off, off, idx(len));
     while left > 0 {
         let n = rustix::fs::copy_file_range(from, Some(&mut a), to, Some(&mut b), left)?;

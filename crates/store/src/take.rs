@@ -17,7 +17,7 @@ use vmattest_sign::Signer;
 use crate::batch::{self, BATCH_PAGES};
 use crate::cache::{CacheWriter, HeadPages};
 use crate::crypt::{PageKey, StoreSecret};
-use crate::{Head, Store, StoreError, fsio};
+use crate::{Head, Store, StoreError};
 
 /// One component to capture.
 #[derive(Debug, Clone)]
@@ -192,7 +192,11 @@ impl Store {
         }
         let head = self.head()?;
         let prev = match head {
-            Some(h) => Some((h, self.read_manifest(self.read_link(h.seq)?.value())?)),
+            Some(h) => {
+                let m = self.read_manifest(self.read_link(h.seq)?.value())?;
+                self.check_meta_bound(&m)?;
+                Some((h, m))
+            }
             None => None,
         };
         let images = inputs
@@ -433,7 +437,7 @@ impl Store {
         let bytes = signed
             .encode()
             .map_err(|e| StoreError::Input(e.to_string()))?;
-        fsio::write_atomic(&self.link_path(seq), &bytes)?;
+        self.dir.write_file(&self.link_path(seq), &bytes, true)?;
         let new_head = Head {
             seq,
             link: link_digest(&signed),

@@ -210,7 +210,13 @@ impl PolicyFile {
         };
         let page = PAGE_SIZE as u64;
         let first = start / page * page;
-        let last = end.div_ceil(page) * page;
+        let last = end.div_ceil(page).checked_mul(page).ok_or_else(|| {
+            bad(
+                field("len"),
+                "a region ending below the last page of 2^64",
+                end,
+            )
+        })?;
         if last <= first || last - first > MAX_REGION_BYTES {
             return Err(bad(
                 field("len"),
@@ -246,11 +252,14 @@ impl PolicyFile {
         if names.windows(2).any(|w| w[0] == w[1]) {
             return Err(bad("region.name", "unique names", "a repeated name"));
         }
-        if self.subsets.len() > MAX_SUBSETS {
+        // `all` is added when missing, so the printed policy may list one more: counted
+        // without `all`, a resolved policy always parses back.
+        let named = self.subsets.iter().filter(|s| s.id != "all").count();
+        if named > MAX_SUBSETS {
             return Err(bad(
                 "subset",
-                &format!("at most {MAX_SUBSETS}"),
-                self.subsets.len(),
+                &format!("at most {MAX_SUBSETS} besides all"),
+                named,
             ));
         }
         let mut out: Vec<Subset> = Vec::new();

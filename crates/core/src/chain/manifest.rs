@@ -15,6 +15,9 @@ use crate::wire::{Kind, Writer};
 /// Most entries one manifest may list (a 64 GiB component's pages).
 pub const MAX_ENTRIES: usize = 1 << 24;
 pub const MAX_BATCHES: usize = 1 << 20;
+/// Most pages one batch may hold (1 MiB of page data): a replay allocates a batch's pages at
+/// once, so a signed manifest must not be able to ask for more.
+pub const MAX_BATCH_PAGES: u32 = 256;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PageChange {
@@ -230,7 +233,17 @@ impl Manifest {
         for _ in 0..nb {
             let mut id = [0u8; 32];
             id.copy_from_slice(r.take("batch id", 32)?);
+            let at = r.offset();
             let pages = r.u32("batch pages")?;
+            if pages == 0 || pages > MAX_BATCH_PAGES {
+                return Err(crate::wire::WireError::BadValue {
+                    field: "batch pages",
+                    offset: at,
+                    expected: "1 to 256",
+                    found: pages.to_string(),
+                }
+                .into());
+            }
             covered += u64::from(pages);
             batches.push(BatchRef {
                 object: ObjectId(id),

@@ -13,7 +13,7 @@ mod tests;
 
 use core::fmt;
 
-pub use manifest::{BatchRef, DeltaEntry, Manifest, PageChange, delta_digest};
+pub use manifest::{BatchRef, DeltaEntry, MAX_BATCH_PAGES, Manifest, PageChange, delta_digest};
 
 use crate::alg::{Digest, HashAlg};
 use crate::record::{RecordError, Signable, Signed, UnixTime};

@@ -88,8 +88,9 @@ fn check_range(first: PageIndex, count: u64, pages: u64) -> Result<u64, ProofErr
 /// Byte range of pages `first..end` in an image of `len` bytes.
 fn byte_range(first: u64, end: u64, len: u64) -> (usize, usize) {
     (
-        usize_of(first * PAGE_SIZE as u64),
-        usize_of((end * PAGE_SIZE as u64).min(len)),
+        // Saturating: an image near 2^64 bytes ends inside the last page, below the product.
+        usize_of(first.saturating_mul(PAGE_SIZE as u64).min(len)),
+        usize_of(end.saturating_mul(PAGE_SIZE as u64).min(len)),
     )
 }
 
