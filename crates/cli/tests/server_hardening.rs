@@ -486,7 +486,18 @@ fn refused<T: std::fmt::Debug>(r: Result<T, vmattest_agent::ClientError>, code: 
 #[test]
 fn regression_old_match_report_reposted_as_fresh() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("state"), None);
+    reports_answer_requests_once(&Server::start(&dir.path().join("state"), None));
+}
+
+#[test]
+fn regression_old_match_report_reposted_as_fresh_on_postgres() {
+    let pg = vmattest_testkit::Postgres::start()
+        .expect("PostgreSQL (scripts/install-deps.sh installs it)");
+    let dir = tempfile::tempdir().unwrap();
+    reports_answer_requests_once(&Server::start(&dir.path().join("state"), Some(&pg.url())));
+}
+
+fn reports_answer_requests_once(server: &Server) {
     let admin = Client::new(&server.url(), Some(server.admin_token())).unwrap();
     let key = SecretKey::generate(SigAlg::Ed25519).unwrap();
     admin
