@@ -148,7 +148,14 @@ impl Store {
     /// Opens a store for reading (no lock).
     pub fn open(root: &Path) -> Result<Store, StoreError> {
         let path = root.join("store.json");
-        let dir = Dir::open_root(root)?;
+        let dir = match Dir::open_root(root) {
+            Err(StoreError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::NotAStore {
+                    path: root.to_path_buf(),
+                });
+            }
+            other => other?,
+        };
         if !dir.file_exists(Path::new("store.json"))? {
             return Err(StoreError::NotAStore {
                 path: root.to_path_buf(),
