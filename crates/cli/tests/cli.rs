@@ -104,6 +104,20 @@ fn co_signed_record_needs_every_key() {
     vmattest(["verify", "--pubkey", s(&p1), s(&rec)]).fails(2, "signature 1 is by key");
 }
 
+/// Pinning two keys means both must sign: a record signed by one of them is refused.
+#[test]
+fn regression_cosigned_record_is_enforced_as_all_of_n() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = write(dir.path(), "a.img", &vm_like(3 * PAGE, 2));
+    let (k1, p1) = keygen(dir.path(), "ed25519");
+    let (_, p2) = keygen(dir.path(), "p384");
+    let rec = dir.path().join("r");
+    vmattest(["sign", "--key", s(&k1), "--out", s(&rec), s(&img)]).ok();
+    vmattest(["verify", "--pubkey", s(&p1), s(&rec)]).ok();
+    vmattest(["verify", "--pubkey", s(&p1), "--pubkey", s(&p2), s(&rec)])
+        .fails(1, "every given key must sign");
+}
+
 #[test]
 fn nonce_and_max_age() {
     let dir = tempfile::tempdir().unwrap();

@@ -315,31 +315,6 @@ fn mkfifo(path: &Path) {
     assert!(made.success());
 }
 
-/// Runs vmattest with a deadline: a hang fails the test instead of stalling the suite.
-fn vmattest_within(args: &[&str], limit: Duration) -> Run {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vmattest"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if t.elapsed() > limit {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            panic!("vmattest {args:?} still running after {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
 #[test]
 fn regression_fifo_as_vm_file_hangs_command() {
     let tmp = tempfile::tempdir().unwrap();

@@ -103,6 +103,18 @@ pub fn capture(
     guard: Option<&GuardProgram>,
 ) -> Result<CaptureReport, CaptureError> {
     let vm = || spec.name().to_owned();
+    // A store holds one VM's chain: another guest's pages must never extend it.
+    if store.meta().vm_id != spec.name() {
+        return Err(CaptureError::Vm {
+            vm: vm(),
+            detail: format!(
+                "the store {} holds the chain of VM {:?}, expected {:?}",
+                store.root().display(),
+                store.meta().vm_id,
+                spec.name()
+            ),
+        });
+    }
     let qmp_err = |source| CaptureError::Qmp { vm: vm(), source };
     let mut qmp = crate::vm::connect(spec).map_err(qmp_err)?;
     let mut status = qmp.query_status().map_err(qmp_err)?;

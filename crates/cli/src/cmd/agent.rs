@@ -235,6 +235,10 @@ pub fn attest(cmd: AttestCommand, json: bool) -> anyhow::Result<()> {
         ca_cert,
     } = cmd;
     let nonce = parse_hex("--nonce", &nonce)?;
+    if server.is_some() && nonce.is_empty() {
+        // The server accepts a report only as the answer to one of its pending requests.
+        bail!("--server: expected --nonce with the nonce of the server's pending snapshot request");
+    }
     if nonce.len() > MAX_NONCE_LEN {
         bail!(
             "--nonce: {} bytes, expected at most {MAX_NONCE_LEN}",

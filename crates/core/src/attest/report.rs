@@ -28,7 +28,8 @@ impl ComponentCheck {
 pub struct SnapshotReport {
     pub vm: String,
     pub time: UnixTime,
-    /// The requester's nonce (may be empty).
+    /// The requester's nonce: a server accepts only the nonce of its pending request; a
+    /// report kept offline may carry none.
     pub nonce: Vec<u8>,
     pub seq: SeqNo,
     /// Digest of the signed link the snapshot ends at.
