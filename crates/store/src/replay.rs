@@ -112,13 +112,8 @@ impl Store {
             dir: staging.dir(),
             name: &name,
         };
+        // Like `cp`, the restored files are not fsynced; the rename is.
         let (v, _, files) = self.replay_into(opts, &outputs, true)?;
-        for (f, path) in &files {
-            f.sync_all().map_err(|error| StoreError::Io {
-                path: path.clone(),
-                error,
-            })?;
-        }
         drop(files);
         staging.persist(out_name)?;
         Ok(v)
