@@ -35,6 +35,20 @@ pub(crate) fn encode(raw: &[u8], key: Option<&PageKey>) -> Result<Vec<u8>, Store
     Ok(w.envelope(Kind::Batch))
 }
 
+/// Decodes a plain batch to its `expect_len` bytes of pages, as a replay does once the batch
+/// hashed to the id a signed manifest names (for tests and fuzzing of the decoder).
+pub fn decode_plain(bytes: &[u8], expect_len: usize) -> Result<Vec<u8>, String> {
+    if expect_len > BATCH_PAGES * vmattest_core::alg::PAGE_SIZE {
+        return Err(format!(
+            "{expect_len} bytes of pages, expected at most {BATCH_PAGES} pages"
+        ));
+    }
+    let mut dctx = zstd::bulk::Decompressor::new().map_err(|e| format!("zstd: {e}"))?;
+    let mut out = Vec::new();
+    decode_into(bytes, expect_len, None, &mut dctx, &mut out)?;
+    Ok(out)
+}
+
 /// Whether a batch's payload is sealed (its signed form says so: the object id covers it).
 pub(crate) fn is_sealed(bytes: &[u8]) -> Result<bool, String> {
     let mut r = vmattest_core::wire::open(bytes, Kind::Batch).map_err(|e| e.to_string())?;
