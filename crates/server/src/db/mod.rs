@@ -499,17 +499,7 @@ impl Db {
         .bind(i64::from(pending))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(SnapshotRequestRow {
-                    id: r.try_get(0)?,
-                    seq: r.try_get(1)?,
-                    nonce: r.try_get(2)?,
-                    requested: r.try_get(3)?,
-                    report_id: r.try_get(4)?,
-                })
-            })
-            .collect()
+        rows.iter().map(request_row).collect()
     }
 
     /// Stores (or replaces) the reference configuration of `vm`.
@@ -594,17 +584,7 @@ impl Db {
         .bind(vm.to_string())
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(SnapshotRequestRow {
-                    id: r.try_get(0)?,
-                    seq: r.try_get(1)?,
-                    nonce: r.try_get(2)?,
-                    requested: r.try_get(3)?,
-                    report_id: r.try_get(4)?,
-                })
-            })
-            .collect()
+        rows.iter().map(request_row).collect()
     }
 
     /// Stores a report as the answer to request `request_id`, in one transaction: `None` (and
@@ -661,6 +641,17 @@ pub struct SnapshotRequestRow {
     pub nonce: Vec<u8>,
     pub requested: i64,
     pub report_id: Option<i64>,
+}
+
+/// A row of `SELECT id, seq, nonce, requested, report_id FROM snapshot_requests`.
+fn request_row(r: &sqlx::any::AnyRow) -> Result<SnapshotRequestRow, ServerError> {
+    Ok(SnapshotRequestRow {
+        id: r.try_get(0)?,
+        seq: r.try_get(1)?,
+        nonce: r.try_get(2)?,
+        requested: r.try_get(3)?,
+        report_id: r.try_get(4)?,
+    })
 }
 
 fn alert_row(r: &sqlx::any::AnyRow) -> Result<AlertRow, ServerError> {
