@@ -13,7 +13,7 @@
 #
 # Environment: FUZZ_SANITIZER (default none: the decoders are safe Rust, and the checks that
 # matter here, panics, overflow checks and debug assertions, are on; set `address` to add
-# AddressSanitizer at about half the speed); cargo's own CARGO_BUILD_JOBS limits the build.
+# AddressSanitizer, at a cost in speed); cargo's own CARGO_BUILD_JOBS limits the build.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SECS=${1:-60}
