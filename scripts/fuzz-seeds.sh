@@ -103,6 +103,10 @@ for st in store estore; do
   for o in "$W/$st"/objects/*/*; do
     kind=$(python3 -c 'import sys; d=open(sys.argv[1],"rb").read(); print(int.from_bytes(d[8:10],"big"))' "$o")
     [ "$kind" = 4 ] && seed manifest "$o" "$st-$(basename "$o" | head -c 12)"
+    # The batch target's first byte: 0 expects the length the batch claims.
+    if [ "$kind" = 6 ] && [ "$st" = store ]; then
+      sel 0 "$o" > "$W/batch.sel"; seed batch "$W/batch.sel" "$st-$(basename "$o" | head -c 12)"
+    fi
   done
   sel 1 "$W/$st/store.json" > "$W/$st.meta"; seed store_files "$W/$st.meta" "store-json-$st"
 done
