@@ -330,12 +330,15 @@ impl Store {
     /// writer calls before it refers to the object from anything committed.
     fn write_object(&self, bytes: &[u8]) -> Result<ObjectId, StoreError> {
         let id = ObjectId::of(bytes);
-        let path = self.object_path(&id);
-        if !self.dir.file_exists(&path)? {
-            if let Some(dir) = path.parent() {
-                self.dir.create_dir_all(dir)?;
-            }
-            self.dir.write_file(&path, bytes, false)?;
+        let hex = id.to_hex();
+        // One walk to the object's directory serves the check and the write (a take writes
+        // every batch through here).
+        let dir = self
+            .dir
+            .create_dir_all(&Path::new("objects").join(&hex[..2]))?;
+        let name = Path::new(&hex[2..]);
+        if !dir.file_exists(name)? {
+            dir.write_file(name, bytes, false)?;
         }
         Ok(id)
     }
