@@ -7,8 +7,10 @@
 pub mod alg;
 pub mod attest;
 pub mod chain;
+pub mod class;
 pub mod config;
 pub mod record;
 pub mod sig;
+pub mod time;
 pub mod tree;
 pub mod wire;

@@ -47,12 +47,6 @@ pub struct UnixTime {
     pub nanos: u32,
 }
 
-impl fmt::Display for UnixTime {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{:09}", self.secs, self.nanos)
-    }
-}
-
 /// One measured image.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImageMeasurement {
