@@ -89,7 +89,7 @@ v snapshot take --store "$S" --key "$W/keys/ed25519" --memory "ram=$W/ram" --dis
 v snapshot export --store "$S" --out "$W/chain.bundle"
 v snapshot export --store "$S" --from 2 --out "$W/tail.bundle"
 E=$W/estore
-v snapshot init --store "$E" --vm-id web2 --alg sha256 --salt 0011 --encrypt-with "$W/secret"
+v snapshot init --store "$E" --vm-id web2 --alg sha256 --salt 0011 --secret "$W/secret"
 v snapshot take --store "$E" --key "$W/keys/hybrid" --key "$W/keys/p384" --memory "ram=$W/ram" --secret "$W/secret"
 v snapshot take --store "$E" --key "$W/keys/hybrid" --key "$W/keys/p384" --memory "ram=$W/ram" --secret "$W/secret"
 v snapshot export --store "$E" --out "$W/enc.bundle"

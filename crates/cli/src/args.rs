@@ -30,6 +30,7 @@ pub struct TreeArgs {
 pub enum Command {
     /// Print the root and page count of each image.
     Measure {
+        /// Image files (raw bytes; a block device works too).
         #[arg(required = true)]
         images: Vec<PathBuf>,
         #[command(flatten)]
@@ -43,11 +44,13 @@ pub enum Command {
         /// ed25519, p384, ml-dsa-65 or hybrid (Ed25519 + ML-DSA-65).
         #[arg(long)]
         alg: String,
+        /// Private key file to write; the public key goes to OUT.pub.
         #[arg(long)]
         out: PathBuf,
     },
     /// Export the public key of a private key file.
     Pubkey {
+        /// Private key file (mode 0600).
         key: PathBuf,
         /// Write here instead of stdout.
         #[arg(long)]
@@ -55,11 +58,13 @@ pub enum Command {
     },
     /// Measure images and write a signed measurement record.
     Sign {
+        /// Image files to measure into the record.
         #[arg(required = true)]
         images: Vec<PathBuf>,
         /// Private key file; repeat to co-sign.
         #[arg(long = "key", required = true)]
         keys: Vec<PathBuf>,
+        /// Signed record to write.
         #[arg(long)]
         out: PathBuf,
         #[command(flatten)]
@@ -70,6 +75,7 @@ pub enum Command {
     },
     /// Verify a signed record against pinned public keys.
     Verify {
+        /// Signed record to check.
         record: PathBuf,
         /// Public key file; every signature must come from one of these.
         #[arg(long = "pubkey", required = true)]
@@ -86,12 +92,15 @@ pub enum Command {
     },
     /// Write an inclusion proof for page N (or a range) of an image.
     Prove {
+        /// Image file to prove pages of.
         image: PathBuf,
+        /// First page (4096-byte pages, from 0).
         #[arg(long)]
         page: u64,
         /// Number of consecutive pages.
         #[arg(long, default_value_t = 1)]
         count: u64,
+        /// Page proof to write.
         #[arg(long)]
         out: PathBuf,
         #[command(flatten)]
@@ -99,6 +108,7 @@ pub enum Command {
     },
     /// Check a page proof against a root or a signed record, without the image.
     VerifyProof {
+        /// Page proof to check.
         proof: PathBuf,
         /// Expected image root (hex).
         #[arg(long, conflicts_with = "record")]
@@ -106,6 +116,7 @@ pub enum Command {
         /// Signed record whose image root the proof must match.
         #[arg(long, requires = "pubkeys")]
         record: Option<PathBuf>,
+        /// Pinned public key of the record's signers (with --record); repeatable.
         #[arg(long = "pubkey")]
         pubkeys: Vec<PathBuf>,
         /// Write the proven page bytes here.
@@ -113,7 +124,10 @@ pub enum Command {
         extract: Option<PathBuf>,
     },
     /// Describe a vmattest file (record, signed record, proof) as text or JSON.
-    Show { file: PathBuf },
+    Show {
+        /// A record, signed record, link or page proof.
+        file: PathBuf,
+    },
     /// Snapshot chains: incremental, signed, verifiable, portable.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
@@ -144,8 +158,10 @@ pub enum Command {
     /// the capture dies before it does.
     #[command(name = "__guard", hide = true)]
     Guard {
+        /// The VM's QMP socket.
         #[arg(long)]
         qmp: PathBuf,
+        /// The pause marker the capture writes.
         #[arg(long)]
         marker: PathBuf,
     },
@@ -159,12 +175,14 @@ pub enum TpmCommand {
     /// TPM) for `--pubkey`, and OUT.certify: the attestation key's certification that the key
     /// lives in this TPM. `snapshot take --signer tpm` signs with it.
     Keygen {
+        /// Public key file to write (and OUT.certify beside it).
         #[arg(long)]
         out: PathBuf,
     },
     /// Check, without a TPM, that a public key is certified by a pinned attestation key as a
     /// non-exportable TPM key.
     VerifyKey {
+        /// Public key file to check.
         pubkey: PathBuf,
         /// The attestation key's public area, as written by `tpm ak`.
         #[arg(long)]
@@ -175,13 +193,16 @@ pub enum TpmCommand {
     },
     /// Write the attestation key's public area (TPMT_PUBLIC) for verifiers to pin.
     Ak {
+        /// Where to write the attestation key's public area.
         #[arg(long)]
         out: PathBuf,
     },
     /// Extend a SHA-256 PCR with the SHA-256 of a file (a hypervisor binary, a config).
     Extend {
+        /// PCR index, 0-23.
         #[arg(long)]
         pcr: u32,
+        /// File whose SHA-256 is extended into the PCR.
         #[arg(long)]
         file: PathBuf,
     },
@@ -193,29 +214,36 @@ pub enum TpmCommand {
         /// The verifier's nonce, hex.
         #[arg(long)]
         nonce: String,
+        /// Quote file to write (JSON, docs/FORMAT.md).
         #[arg(long)]
         out: PathBuf,
     },
     /// Verify a quote against a pinned attestation key and the nonce, without a TPM.
     VerifyQuote {
+        /// Quote file to check (`tpm quote` or `--bind-pcr` output).
         quote: PathBuf,
         /// The attestation key's public area, as written by `tpm ak`.
         #[arg(long)]
         ak: PathBuf,
+        /// The nonce the quote must carry, hex.
         #[arg(long)]
         nonce: String,
     },
     /// Seal a secret file to the current values of SHA-256 PCRs.
     Seal {
+        /// Comma-separated PCR indices whose current values the blob is sealed to, e.g. 0,7.
         #[arg(long)]
         pcr: String,
+        /// Secret file to seal (at most 128 bytes).
         #[arg(long = "in")]
         input: PathBuf,
+        /// Sealed blob to write.
         #[arg(long)]
         out: PathBuf,
     },
     /// Unseal a sealed blob; refused, naming the PCR, when a selected PCR changed.
     Unseal {
+        /// Sealed blob to unseal (`tpm seal` output).
         blob: PathBuf,
         /// Written with mode 0600.
         #[arg(long)]
@@ -355,6 +383,7 @@ pub enum ConfigCommand {
         /// The VM's name in the statement (default: the spec's name; required with --libvirt).
         #[arg(long)]
         name: Option<String>,
+        /// Directory for `config.opening` and `config.statement` (created).
         #[arg(long)]
         out: PathBuf,
         /// Overwrite an existing opening and statement.
@@ -366,17 +395,24 @@ pub enum ConfigCommand {
         bind_pcr: Option<u32>,
     },
     /// Print the parameters and values of a measured configuration.
-    Show { dir: PathBuf },
+    Show {
+        /// Measurement directory (`config measure --out`).
+        dir: PathBuf,
+    },
     /// Write a proof that discloses one parameter under the signed statement.
     Disclose {
+        /// Measurement directory (`config measure --out`).
         dir: PathBuf,
+        /// Name of the parameter to disclose.
         #[arg(long)]
         param: String,
+        /// Disclosure proof to write.
         #[arg(long)]
         out: PathBuf,
     },
     /// Check a disclosure proof and its statement's signatures against pinned keys.
     VerifyDisclosure {
+        /// Disclosure proof to check (`config disclose` output).
         proof: PathBuf,
         /// Public key file; every signature must come from one of these.
         #[arg(long = "pubkey", required = true)]
@@ -384,7 +420,9 @@ pub enum ConfigCommand {
     },
     /// Check a measured configuration against a reference (TOML); exit 1 on any mismatch.
     Check {
+        /// Measurement directory (`config measure --out`).
         dir: PathBuf,
+        /// Reference configuration (TOML, docs/CONFIG.md).
         #[arg(long)]
         reference: PathBuf,
     },
@@ -392,8 +430,10 @@ pub enum ConfigCommand {
     PushReference {
         #[command(flatten)]
         conn: ServerArgs,
+        /// The VM's name on the server.
         #[arg(long)]
         vm: String,
+        /// Reference configuration (TOML, docs/CONFIG.md).
         #[arg(long)]
         reference: PathBuf,
     },
@@ -438,16 +478,19 @@ pub enum SnapshotCommand {
     Init {
         #[command(flatten)]
         store: StoreArg,
+        /// The VM the store holds the chain of; `snapshot take --vm` refuses another VM.
         #[arg(long)]
         vm_id: String,
         #[command(flatten)]
         tree: TreeArgs,
+        /// Policy id recorded in the store's metadata.
         #[arg(long, default_value = "default")]
         policy: String,
         /// Encrypt page batches at rest with keys derived from this secret file (created,
-        /// mode 0600, when it does not exist).
-        #[arg(long)]
-        encrypt_with: Option<PathBuf>,
+        /// mode 0600, when it does not exist; a blob sealed by `tpm seal` is unsealed). Later
+        /// commands take the same file as `--secret`.
+        #[arg(long, alias = "encrypt-with")]
+        secret: Option<PathBuf>,
     },
     /// Capture the components as the next link (the first take is the baseline).
     Take {
@@ -473,6 +516,7 @@ pub enum SnapshotCommand {
         /// `NAME=FILE`: FILE lists the page indices (one per line) that may have changed.
         #[arg(long = "dirty")]
         dirty: Vec<String>,
+        /// Secret file of an encrypted store (or a blob sealed to this host's TPM).
         #[arg(long)]
         secret: Option<PathBuf>,
     },
@@ -500,6 +544,7 @@ pub enum SnapshotCommand {
         store: StoreArg,
         #[command(flatten)]
         verify: VerifyArgs,
+        /// Seq to restore [default: the head].
         #[arg(long)]
         seq: Option<u64>,
         /// New directory for the components.
@@ -514,10 +559,13 @@ pub enum SnapshotCommand {
     Export {
         #[command(flatten)]
         store: StoreArg,
+        /// First seq to export.
         #[arg(long, default_value_t = 0)]
         from: u64,
+        /// Last seq to export [default: the head].
         #[arg(long)]
         to: Option<u64>,
+        /// Bundle file to write.
         #[arg(long)]
         out: PathBuf,
     },
@@ -527,12 +575,14 @@ pub enum SnapshotCommand {
         store: StoreArg,
         #[command(flatten)]
         verify: VerifyArgs,
+        /// Bundle file to verify and import (`snapshot export` output).
         bundle: PathBuf,
     },
     /// Check the store's files; `--repair` removes leftovers of interrupted writes.
     Fsck {
         #[command(flatten)]
         store: StoreArg,
+        /// Remove leftovers of interrupted writes (needs the store lock).
         #[arg(long)]
         repair: bool,
     },
@@ -542,14 +592,19 @@ pub enum SnapshotCommand {
         store: StoreArg,
         #[command(flatten)]
         verify: VerifyArgs,
+        /// Seq whose state to prove [default: the head].
         #[arg(long)]
         seq: Option<u64>,
+        /// Component to prove pages of (as `snapshot log --json` names them).
         #[arg(long)]
         component: String,
+        /// First page (4096-byte pages, from 0).
         #[arg(long)]
         page: u64,
+        /// Number of consecutive pages.
         #[arg(long, default_value_t = 1)]
         count: u64,
+        /// Page proof to write.
         #[arg(long)]
         out: PathBuf,
     },
@@ -642,6 +697,7 @@ pub enum AttestCommand {
         store: StoreArg,
         #[command(flatten)]
         verify: VerifyArgs,
+        /// Seq of the snapshot to compare the running VM with.
         #[arg(long)]
         seq: u64,
         #[command(flatten)]
@@ -657,8 +713,10 @@ pub enum AttestCommand {
         /// Also post the report to this server.
         #[arg(long, requires = "token_file")]
         server: Option<String>,
+        /// File holding this host's agent token (with --server).
         #[arg(long, requires = "server")]
         token_file: Option<PathBuf>,
+        /// Trust only this CA certificate (PEM) for the server's TLS certificate.
         #[arg(long, requires = "server")]
         ca_cert: Option<PathBuf>,
     },
@@ -704,12 +762,14 @@ pub enum RemoteCommand {
     /// Compute a VM's golden baseline from a snapshot whose chain verifies against pinned keys,
     /// and register it.
     Baseline {
+        /// The VM to register the baseline for.
         #[arg(long)]
         vm: String,
         #[command(flatten)]
         store: StoreArg,
         #[command(flatten)]
         verify: VerifyArgs,
+        /// Seq of the snapshot the baseline is computed from.
         #[arg(long)]
         seq: u64,
         /// The resolved policy (as `policy resolve` prints it).
@@ -721,31 +781,38 @@ pub enum RemoteCommand {
     },
     /// A VM's attestation results, newest first.
     Results {
+        /// The VM whose results to list.
         #[arg(long)]
         vm: String,
+        /// Show at most this many results.
         #[arg(long)]
         limit: Option<u32>,
     },
     /// Alerts, newest first.
     Alerts {
+        /// Only this VM's alerts.
         #[arg(long)]
         vm: Option<String>,
     },
     /// A VM's snapshot reports.
     Reports {
+        /// The VM whose reports to list.
         #[arg(long)]
         vm: String,
     },
     /// Ask the VM's agent to compare the running VM with snapshot SEQ and send a signed report
     /// (answered on the agent's next round; see `reports`).
     AttestSnapshot {
+        /// The VM whose agent is asked.
         #[arg(long)]
         vm: String,
+        /// Seq of the snapshot to compare the running VM with.
         #[arg(long)]
         seq: u64,
     },
     /// Snapshot requests of a VM and the reports that answered them.
     SnapshotRequests {
+        /// The VM whose requests to list.
         #[arg(long)]
         vm: String,
     },
@@ -757,8 +824,10 @@ pub enum RemoteCommand {
 pub enum RemoteHostCommand {
     /// Register a host and its agent's evidence-signing public key.
     Add {
+        /// The host's name (1-64 of [A-Za-z0-9._-]).
         #[arg(long)]
         name: String,
+        /// The agent's evidence-signing public key.
         #[arg(long)]
         pubkey: PathBuf,
         /// The host TPM's attestation key (`tpm ak`): registers the key as TPM-resident, checked
@@ -769,6 +838,7 @@ pub enum RemoteHostCommand {
         #[arg(long, requires = "ak")]
         certify: Option<PathBuf>,
     },
+    /// Registered hosts and their keys.
     List,
 }
 
@@ -776,10 +846,13 @@ pub enum RemoteHostCommand {
 pub enum RemotePolicyCommand {
     /// Register a resolved policy.
     Add {
+        /// Resolved policy TOML (`policy resolve` output).
         #[arg(long)]
         policy: PathBuf,
     },
+    /// A registered policy's TOML.
     Show {
+        /// Policy id (as `policy id` prints it).
         id: String,
     },
 }
@@ -788,10 +861,13 @@ pub enum RemotePolicyCommand {
 pub enum RemoteVmCommand {
     /// Register a VM on a host under a policy.
     Add {
+        /// The VM's name (1-64 of [A-Za-z0-9._-]).
         #[arg(long)]
         name: String,
+        /// The host the VM runs on (`remote host add`).
         #[arg(long)]
         host: String,
+        /// Id of the policy its agent attests under (`remote policy add`).
         #[arg(long)]
         policy_id: String,
         /// Subset id the VM may be challenged with; repeatable.
@@ -800,6 +876,7 @@ pub enum RemoteVmCommand {
         /// Scores below this (0-100) raise an alert.
         #[arg(long)]
         threshold: u8,
+        /// Webhook URL that receives each alert, signed (HMAC-SHA256) with the secret.
         #[arg(long, requires = "webhook_secret_file")]
         webhook_url: Option<String>,
         /// File holding the webhook's HMAC key (at least 16 bytes).
@@ -809,7 +886,9 @@ pub enum RemoteVmCommand {
         #[arg(long, value_parser = ["none", "rollback"], default_value = "none")]
         on_alert: String,
     },
+    /// A registered VM, its policy, threshold and baseline.
     Show {
+        /// The VM's name.
         name: String,
     },
 }
@@ -824,4 +903,43 @@ pub struct EvidenceSigner {
     /// `tpm`: sign with the TPM-resident key of `tpm keygen` (registered with --ak).
     #[arg(long, value_parser = ["tpm"])]
     pub signer: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::Cli;
+
+    /// Every option and argument of every command says what it is for in `--help`.
+    #[test]
+    fn every_option_has_a_description() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                let id = a.get_id().as_str();
+                if a.is_hide_set() || matches!(id, "help" | "version") {
+                    continue;
+                }
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.is_hide_set() {
+                    continue;
+                }
+                if sub.get_about().is_none() {
+                    missing.push(format!("{path} {} (command)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "vmattest", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "no description:\n{}",
+            missing.join("\n")
+        );
+    }
 }

@@ -1,18 +1,20 @@
-//! `vmattest`: measure images, sign and verify records, prove pages.
+//! `vmattest`: attested VM snapshots from the command line. Each command parses its
+//! arguments, calls one library workflow and prints; the exit code comes from the class of the
+//! error (docs/ERRORS.md).
 
 mod args;
 mod cmd;
 mod output;
 mod progress;
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::Parser as _;
 
-/// A check ran and found a mismatch (exit 1), as opposed to bad input (exit 2).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct VerificationFailed(pub String);
+/// Exit code of a command whose standard output was closed early (as a shell reports a death
+/// by SIGPIPE).
+const EXIT_CLOSED_PIPE: u8 = 141;
 
 fn main() -> ExitCode {
     if std::env::var_os("TSS2_LOG").is_none() {
@@ -26,15 +28,30 @@ fn main() -> ExitCode {
         }
     }
     let cli = args::Cli::parse();
-    match cmd::run(cli) {
+    let json = cli.json;
+    let result = cmd::run(cli).and_then(|()| {
+        std::io::stdout()
+            .flush()
+            .map_err(|e| output::OutputError(e).into())
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("vmattest: {err:#}");
-            if err.downcast_ref::<VerificationFailed>().is_some() {
-                ExitCode::from(1)
-            } else {
-                ExitCode::from(2)
-            }
-        }
+        Err(err) => report(&err, json),
     }
+}
+
+/// Prints the error on one line of stderr (and as one JSON object on stdout with `--json`);
+/// returns the exit code of its class.
+fn report(err: &anyhow::Error, json: bool) -> ExitCode {
+    if output::closed_pipe(err) {
+        return ExitCode::from(EXIT_CLOSED_PIPE);
+    }
+    let class = vmattest_host::classify(err.as_ref());
+    let message = output::one_line(err);
+    let _ = writeln!(std::io::stderr(), "vmattest: {message}");
+    if json {
+        let obj = serde_json::json!({"ok": false, "code": class.code(), "error": message});
+        let _ = writeln!(std::io::stdout(), "{obj}");
+    }
+    ExitCode::from(class.exit_code())
 }

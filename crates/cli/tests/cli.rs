@@ -101,7 +101,7 @@ fn co_signed_record_needs_every_key() {
     ])
     .ok();
     vmattest(["verify", "--pubkey", s(&p1), "--pubkey", s(&p2), s(&rec)]).ok();
-    vmattest(["verify", "--pubkey", s(&p1), s(&rec)]).fails(2, "signature 1 is by key");
+    vmattest(["verify", "--pubkey", s(&p1), s(&rec)]).fails(1, "signature 1 is by key");
 }
 
 /// Pinning two keys means both must sign: a record signed by one of them is refused.
@@ -228,7 +228,7 @@ fn bad_input_gets_one_line_and_exit_2() {
     let missing = d.join("missing.img");
     vmattest(["measure", s(&missing)]).fails(2, "missing.img: no such file");
     vmattest(["measure", s(d)]).fails(2, "is a directory");
-    vmattest(["measure", "--alg", "md5", s(&img)]).fails(2, "unknown hash algorithm");
+    vmattest(["measure", "--alg", "md5", s(&img)]).fails(2, "expected blake3, sha256 or sha384");
     vmattest(["measure", "--alg", "sha256", "--salt", "xyz", s(&img)]).fails(2, "--salt \"xyz\"");
     vmattest(["measure", "--salt", "00", s(&img)]).fails(2, "takes none");
     let empty = write(d, "empty.img", b"");
@@ -273,7 +273,7 @@ fn bad_input_gets_one_line_and_exit_2() {
     // A record signed by another key.
     let (_, other_pub) = keygen(d, "p384");
     vmattest(["verify", "--pubkey", s(&other_pub), s(&rec)])
-        .fails(2, "expected one of the given public keys");
+        .fails(1, "expected one of the given public keys");
     // A proof where a record is expected, and the reverse.
     vmattest(["verify", "--pubkey", s(&pubkey), s(&proof)]).fails(2, "expected a signed object");
     vmattest(["verify-proof", "--root", "00", s(&rec)]).fails(2, "expected a page proof");

@@ -395,9 +395,11 @@ fn libvirt_xml_with_packages() {
         }
         a.into_iter().map(str::to_owned).collect::<Vec<_>>()
     };
-    // The XML's name is not a parameter; the statement needs one.
-    vmattest(args(None)).fails(2, "--name");
-    let m = vmattest(args(Some("web1"))).ok().json();
+    // The statement names the domain's <name> unless --name overrides it.
+    let m = vmattest(args(Some("other"))).ok().json();
+    assert_eq!(m["vm"], "other");
+    std::fs::remove_dir_all(&out).unwrap();
+    let m = vmattest(args(None)).ok().json();
     assert_eq!(m["vm"], "web1");
     let shown = show(&out);
     assert_eq!(value(&shown, "machine"), "q35");

@@ -273,7 +273,7 @@ mod with_swtpm {
                 &p("s"),
                 "--vm-id",
                 "t",
-                "--encrypt-with",
+                "--secret",
                 &p("secret"),
             ],
         )

@@ -1,6 +1,7 @@
 //! `vmattest agent` (answer the server's challenges for a VM) and `vmattest attest snapshot`
 //! (compare a running VM with an attested snapshot).
 
+use std::io::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -8,18 +9,14 @@ use std::time::Duration;
 use anyhow::bail;
 use serde::Serialize;
 use vmattest_agent::report::ChainCheck;
-use vmattest_agent::run::{Event, LoopOptions, Rollback, run_loop};
-use vmattest_agent::{ReportError, RunError};
+use vmattest_agent::run::{Event, LoopOptions, Rollback, RunError, run_loop};
 use vmattest_api::AttestationResult;
-use vmattest_core::record::MAX_NONCE_LEN;
+use vmattest_host::verdict::Verdict;
+use vmattest_host::{files, keys, record, vm};
 
-use super::remote::connect;
-use super::snapshot::load_verify;
-use super::vm::load_spec;
-use super::{parse_hex, write_atomic};
-use crate::VerificationFailed;
-use crate::args::{AgentArgs, AttestCommand, VerifyArgs};
-use crate::output;
+use super::{connect, signer_choice, verifier};
+use crate::args::{AgentArgs, AttestCommand, ServerArgs, VerifyArgs};
+use crate::output::{self, outln};
 
 #[derive(Debug, Serialize)]
 struct RoundJson<'a> {
@@ -28,10 +25,7 @@ struct RoundJson<'a> {
     result: &'a AttestationResult,
 }
 
-fn print_result(round: u64, r: &AttestationResult, json: bool) -> anyhow::Result<()> {
-    if json {
-        return output::print(&RoundJson { round, result: r });
-    }
+fn result_line(round: u64, r: &AttestationResult) -> String {
     let matched = r.regions.iter().filter(|x| x.matched).count();
     let failed: Vec<&str> = r
         .regions
@@ -39,7 +33,7 @@ fn print_result(round: u64, r: &AttestationResult, json: bool) -> anyhow::Result
         .filter(|x| !x.matched)
         .map(|x| x.name.as_str())
         .collect();
-    println!(
+    format!(
         "{} round {round}: score {} ({}), {matched}/{} region(s) matched{}{}, result {}",
         r.vm,
         r.score,
@@ -52,43 +46,84 @@ fn print_result(round: u64, r: &AttestationResult, json: bool) -> anyhow::Result
         },
         if r.alert { ", ALERT" } else { "" },
         r.id
-    );
-    Ok(())
+    )
 }
 
-fn run_err(e: RunError) -> anyhow::Error {
-    match &e {
-        RunError::Rollback { source, .. } if source.is_verification() => {
-            VerificationFailed(e.to_string()).into()
+/// What one event of the loop prints.
+fn print_event(name: &str, event: &Event, json: bool) -> anyhow::Result<()> {
+    match event {
+        Event::Answered { round, result } => output::show(
+            json,
+            &RoundJson {
+                round: *round,
+                result,
+            },
+            |_| result_line(*round, result),
+        ),
+        Event::RolledBack { round, seq, report } => {
+            let j = serde_json::json!({
+                "round": round, "vm": name, "rolled_back_to": seq,
+                "link": report.verified.link.to_hex(),
+                "state_root": report.verified.state_root.to_hex(),
+            });
+            output::show(json, &j, |_| {
+                format!(
+                    "{name} round {round}: rolled back to seq {seq} as the server asked (verified links 0 to {seq}); the guest runs on"
+                )
+            })
         }
-        _ => anyhow::Error::new(e),
+        Event::Reported {
+            round,
+            request,
+            seq,
+            verdict,
+        } => {
+            let j = serde_json::json!({
+                "round": round, "vm": name, "snapshot_request": request, "seq": seq, "verdict": verdict,
+            });
+            output::show(json, &j, |_| {
+                format!(
+                    "{name} round {round}: snapshot request {request}: the running VM and seq {seq}: {verdict} (signed report sent)"
+                )
+            })
+        }
+        Event::RollbackSkipped { round, seq } => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "vmattest: {name} round {round}: the server asks for a rollback to seq {seq}, but no --store was given"
+            );
+            Ok(())
+        }
+        Event::Failed { .. } => Ok(()),
     }
 }
 
 /// `vmattest agent`.
 pub fn run(args: AgentArgs, json: bool) -> anyhow::Result<()> {
-    let spec = load_spec(&args.vm.vm)?;
+    let spec = vm::load_spec(&args.vm.vm)?;
     let name = args.name.clone().unwrap_or_else(|| spec.name().to_owned());
-    let client = connect(
-        Some(&args.server),
-        Some(&args.token_file),
-        args.ca_cert.as_deref(),
-    )?;
-    let signer = super::keys::evidence_signer(&args.signer)?;
-    let verify = VerifyArgs {
-        pubkeys: args.pubkeys.clone(),
-        secret: args.secret.clone(),
+    let client = connect(&ServerArgs {
+        server: Some(args.server.clone()),
+        token_file: Some(args.token_file.clone()),
+        ca_cert: args.ca_cert.clone(),
+    })?;
+    let signer = keys::signer(&signer_choice(&args.signer))?;
+    let chain = match &args.store {
+        Some(_) => Some(verifier(&VerifyArgs {
+            pubkeys: args.pubkeys.clone(),
+            secret: args.secret.clone(),
+        })?),
+        None => None,
     };
-    let (keys, secret) = if args.store.is_some() {
-        load_verify(&verify)?
-    } else {
-        (Vec::new(), None)
-    };
-    let rollback = args.store.as_deref().map(|store| Rollback {
-        store,
-        keys: &keys,
-        secret: secret.as_ref(),
-    });
+    let rollback = args
+        .store
+        .as_deref()
+        .zip(chain.as_ref())
+        .map(|(store, v)| Rollback {
+            store,
+            keys: v.keys(),
+            secret: v.secret(),
+        });
     let count = if args.once { Some(1) } else { args.count };
     if count == Some(0) {
         bail!("--count 0: expected at least one round");
@@ -119,60 +154,24 @@ pub fn run(args: AgentArgs, json: bool) -> anyhow::Result<()> {
         &opts,
         &stop,
         &mut |event| {
-            let printed = match event {
-                Event::Answered { round, result } => {
+            if let Err(e) = print_event(&name, &event, json) {
+                // Nobody reads the output any more: stop after this round.
+                stop.store(true, Ordering::SeqCst);
+                print_failed.get_or_insert(e);
+            }
+            match event {
+                Event::Answered { result, .. } => {
                     alert = result.alert;
                     last_error = None;
-                    print_result(round, &result, json)
-                }
-                Event::RolledBack { round, seq, report } => {
-                    if json {
-                        output::print(&serde_json::json!({
-                            "round": round, "vm": name, "rolled_back_to": seq,
-                            "link": report.verified.link.to_hex(),
-                            "state_root": report.verified.state_root.to_hex(),
-                        }))
-                    } else {
-                        println!(
-                            "{name} round {round}: rolled back to seq {seq} as the server asked (verified links 0..={seq}); the guest runs on"
-                        );
-                        Ok(())
-                    }
-                }
-                Event::Reported {
-                    round,
-                    request,
-                    seq,
-                    verdict,
-                } => {
-                    if json {
-                        output::print(&serde_json::json!({
-                            "round": round, "vm": name, "snapshot_request": request,
-                            "seq": seq, "verdict": verdict,
-                        }))
-                    } else {
-                        println!(
-                            "{name} round {round}: snapshot request {request}: the running VM and seq {seq}: {verdict} (signed report sent)"
-                        );
-                        Ok(())
-                    }
-                }
-                Event::RollbackSkipped { round, seq } => {
-                    eprintln!(
-                        "vmattest: {name} round {round}: the server asks for a rollback to seq {seq}, but no --store was given"
-                    );
-                    Ok(())
                 }
                 Event::Failed { round, error } => {
                     if !args.once {
-                        eprintln!("vmattest: {name} round {round}: {error}");
+                        let _ =
+                            writeln!(std::io::stderr(), "vmattest: {name} round {round}: {error}");
                     }
                     last_error = Some(error);
-                    Ok(())
                 }
-            };
-            if let Err(e) = printed {
-                print_failed.get_or_insert(e);
+                _ => {}
             }
         },
     );
@@ -181,13 +180,10 @@ pub fn run(args: AgentArgs, json: bool) -> anyhow::Result<()> {
     }
     if args.once {
         if let Some(e) = last_error {
-            return Err(run_err(e));
+            return Err(e.into());
         }
         if alert {
-            return Err(VerificationFailed(format!(
-                "{name}: the server's appraisal raised an alert"
-            ))
-            .into());
+            return Err(Verdict::Alert { vm: name }.into());
         }
     }
     Ok(())
@@ -212,21 +208,13 @@ struct ReportJson {
     report_id: Option<i64>,
 }
 
-fn report_err(e: ReportError) -> anyhow::Error {
-    if e.is_verification() {
-        VerificationFailed(e.to_string()).into()
-    } else {
-        anyhow::Error::new(e)
-    }
-}
-
 /// `vmattest attest snapshot`.
 pub fn attest(cmd: AttestCommand, json: bool) -> anyhow::Result<()> {
     let AttestCommand::Snapshot {
         store,
         verify,
         seq,
-        vm,
+        vm: arg,
         signer,
         nonce,
         out,
@@ -234,77 +222,80 @@ pub fn attest(cmd: AttestCommand, json: bool) -> anyhow::Result<()> {
         token_file,
         ca_cert,
     } = cmd;
-    let nonce = parse_hex("--nonce", &nonce)?;
+    let nonce = record::nonce(&nonce)?;
     if server.is_some() && nonce.is_empty() {
         // The server accepts a report only as the answer to one of its pending requests.
         bail!("--server: expected --nonce with the nonce of the server's pending snapshot request");
     }
-    if nonce.len() > MAX_NONCE_LEN {
-        bail!(
-            "--nonce: {} bytes, expected at most {MAX_NONCE_LEN}",
-            nonce.len()
-        );
-    }
-    let spec = load_spec(&vm.vm)?;
-    let signer = super::keys::evidence_signer(&signer)?;
-    let (keys, secret) = load_verify(&verify)?;
+    let spec = vm::load_spec(&arg.vm)?;
+    let signer = keys::signer(&signer_choice(&signer))?;
+    let v = verifier(&verify)?;
     // Connect (and read the token) before the work, so that bad input fails fast.
     let client = match &server {
-        Some(url) => Some(connect(
-            Some(url),
-            token_file.as_deref(),
-            ca_cert.as_deref(),
-        )?),
+        Some(_) => Some(connect(&ServerArgs {
+            server: server.clone(),
+            token_file,
+            ca_cert,
+        })?),
         None => None,
     };
     let chain = ChainCheck {
         store: &store.store,
         seq,
-        keys: &keys,
-        secret: secret.as_ref(),
+        keys: v.keys(),
+        secret: v.secret(),
     };
-    let signed = vmattest_agent::attest_snapshot(&chain, &spec, signer.as_ref(), &nonce)
-        .map_err(report_err)?;
+    let signed = vmattest_agent::attest_snapshot(&chain, &spec, signer.as_ref(), &nonce)?;
     let bytes = signed.encode()?;
     if let Some(path) = &out {
-        write_atomic(path, &bytes)?;
+        files::write_atomic(path, &bytes, "snapshot report")?;
     }
     let receipt = match &client {
         Some(c) => Some(c.post_report(spec.name(), &bytes)?),
         None => None,
     };
     let r = signed.value();
+    let differs: Vec<String> = r
+        .components
+        .iter()
+        .filter(|c| !c.matches())
+        .map(|c| c.name.clone())
+        .collect();
     if json {
-        output::print(&ReportJson {
-            vm: r.vm.clone(),
-            seq: r.seq.0,
-            link: r.link.to_hex(),
-            verdict: r.verdict(),
-            components: r
-                .components
-                .iter()
-                .map(|c| CheckJson {
-                    name: c.name.clone(),
-                    expected: c.expected.to_hex(),
-                    found: c.found.to_hex(),
-                    matches: c.matches(),
-                })
-                .collect(),
-            out: out.as_ref().map(|p| p.display().to_string()),
-            report_id: receipt.as_ref().map(|x| x.id),
-        })?;
+        if differs.is_empty() {
+            output::print(&ReportJson {
+                vm: r.vm.clone(),
+                seq: r.seq.0,
+                link: r.link.to_hex(),
+                verdict: r.verdict(),
+                components: r
+                    .components
+                    .iter()
+                    .map(|c| CheckJson {
+                        name: c.name.clone(),
+                        expected: c.expected.to_hex(),
+                        found: c.found.to_hex(),
+                        matches: c.matches(),
+                    })
+                    .collect(),
+                out: out.as_ref().map(|p| p.display().to_string()),
+                report_id: receipt.as_ref().map(|x| x.id),
+            })?;
+        }
     } else {
         for c in &r.components {
             if c.matches() {
-                println!("Match     {}  {}", c.name, c.found);
+                outln!("Match     {}  {}", c.name, c.found);
             } else {
-                println!(
+                outln!(
                     "Mismatch  {}  found {}, snapshot has {}",
-                    c.name, c.found, c.expected
+                    c.name,
+                    c.found,
+                    c.expected
                 );
             }
         }
-        println!(
+        outln!(
             "{}: {} with seq {} (link {}); device state not compared",
             r.vm,
             r.verdict(),
@@ -312,22 +303,15 @@ pub fn attest(cmd: AttestCommand, json: bool) -> anyhow::Result<()> {
             r.link
         );
         if let Some(x) = &receipt {
-            println!("  report {} stored by the server ({})", x.id, x.verdict);
+            outln!("  report {} stored by the server ({})", x.id, x.verdict);
         }
     }
-    if !r.matches() {
-        let bad: Vec<&str> = r
-            .components
-            .iter()
-            .filter(|c| !c.matches())
-            .map(|c| c.name.as_str())
-            .collect();
-        return Err(VerificationFailed(format!(
-            "{}: differs from seq {} in {}",
-            r.vm,
-            r.seq,
-            bad.join(", ")
-        ))
+    if !differs.is_empty() {
+        return Err(Verdict::SnapshotDiffers {
+            vm: r.vm.clone(),
+            seq: r.seq.0,
+            components: differs,
+        }
         .into());
     }
     Ok(())

@@ -1,28 +1,25 @@
-//! One module per group of subcommands; shared helpers here.
+//! One module per group of subcommands. Each parses nothing itself (clap did), calls one
+//! library workflow and prints; the argument conversions they share live here, so that no
+//! command module imports another.
 
 mod agent;
-mod bind;
 mod config;
-mod keys;
-mod launch;
-mod measure;
+mod image;
 mod policy;
-mod proof;
-mod record;
 mod remote;
 pub mod serve;
-mod show;
 mod snapshot;
 mod tpm;
 mod vm;
 
-use std::path::Path;
+use std::time::Duration;
 
-use anyhow::{Context as _, bail};
-use vmattest_core::alg::HashAlg;
 use vmattest_core::tree::TreeParams;
+use vmattest_host::keys::SignerChoice;
+use vmattest_host::measurement::Packages;
+use vmattest_host::{Verifier, record};
 
-use crate::args::{Cli, Command, TreeArgs};
+use crate::args::{Cli, Command, EvidenceSigner, PackageSource, ServerArgs, TreeArgs, VerifyArgs};
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let json = cli.json;
@@ -31,23 +28,23 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             images,
             tree,
             hash_device,
-        } => measure::run(&images, &tree, hash_device.as_deref(), json),
-        Command::Keygen { alg, out } => keys::keygen(&alg, &out, json),
-        Command::Pubkey { key, out } => keys::pubkey(&key, out.as_deref(), json),
+        } => image::measure(&images, &tree, hash_device.as_deref(), json),
+        Command::Keygen { alg, out } => image::keygen(&alg, &out, json),
+        Command::Pubkey { key, out } => image::pubkey(&key, out.as_deref(), json),
         Command::Sign {
             images,
             keys,
             out,
             tree,
             nonce,
-        } => record::sign(&images, &keys, &out, &tree, &nonce, json),
+        } => image::sign(&images, &keys, &out, &tree, &nonce, json),
         Command::Verify {
             record,
             pubkeys,
             check_images,
             max_age,
             nonce,
-        } => record::verify(
+        } => image::verify(
             &record,
             &pubkeys,
             check_images,
@@ -61,14 +58,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             count,
             out,
             tree,
-        } => proof::prove(&image, page, count, &out, &tree, json),
+        } => image::prove(&image, page, count, &out, &tree, json),
         Command::VerifyProof {
             proof,
             root,
             record,
             pubkeys,
             extract,
-        } => proof::verify(
+        } => image::verify_proof(
             &proof,
             root.as_deref(),
             record.as_deref(),
@@ -76,7 +73,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             extract.as_deref(),
             json,
         ),
-        Command::Show { file } => show::run(&file, json),
+        Command::Show { file } => image::show(&file, json),
         Command::Snapshot(cmd) => snapshot::run(cmd, json),
         Command::Vm(cmd) => vm::run(cmd, json),
         Command::Tpm(cmd) => tpm::run(cmd, json),
@@ -91,54 +88,50 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 pub fn tree_params(args: &TreeArgs) -> anyhow::Result<TreeParams> {
-    let Some(alg) = HashAlg::from_name(&args.alg) else {
-        bail!(
-            "--alg {:?}: unknown hash algorithm, expected blake3, sha256 or sha384",
-            args.alg
-        );
+    Ok(record::tree_params(&args.alg, &args.salt)?)
+}
+
+pub fn signer_choice(s: &EvidenceSigner) -> SignerChoice {
+    match &s.key {
+        Some(k) => SignerChoice::KeyFile(k.clone()),
+        None => SignerChoice::Tpm,
+    }
+}
+
+pub fn verifier(v: &VerifyArgs) -> anyhow::Result<Verifier> {
+    Ok(Verifier::load(&v.pubkeys, v.secret.as_deref())?)
+}
+
+pub fn packages(p: &PackageSource) -> Packages {
+    match (&p.packages, &p.dpkg_status, &p.packages_from_image) {
+        (Some(m), _, _) => Packages::Manifest(m.clone()),
+        (None, Some(s), _) => Packages::DpkgStatus(s.clone()),
+        (None, None, Some(i)) => Packages::Image(i.clone()),
+        (None, None, None) => Packages::None,
+    }
+}
+
+pub fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// A client for the server, with the token of `--token-file` (none for public endpoints).
+pub fn connect(conn: &ServerArgs) -> anyhow::Result<vmattest_agent::Client> {
+    use anyhow::Context as _;
+    let Some(server) = conn.server.as_deref() else {
+        anyhow::bail!("--server URL is required");
     };
-    let salt_text = if args.salt == "-" {
-        ""
-    } else {
-        args.salt.as_str()
-    };
-    let salt = parse_hex("--salt", salt_text)?;
-    TreeParams::new(alg, &salt).context("--salt")
-}
-
-pub fn parse_hex(what: &str, text: &str) -> anyhow::Result<Vec<u8>> {
-    hex::decode(text)
-        .map_err(|_| anyhow::anyhow!("{what} {text:?}: expected an even number of hex digits"))
-}
-
-/// Reads a vmattest file, refusing anything larger than `max` bytes before reading it.
-pub fn read_capped(path: &Path, max: usize, what: &str) -> anyhow::Result<Vec<u8>> {
-    let meta = std::fs::metadata(path)
-        .with_context(|| format!("{}: cannot read {what}", path.display()))?;
-    if meta.is_dir() {
-        bail!("{}: is a directory, expected a {what}", path.display());
-    }
-    if meta.len() > max as u64 {
-        bail!(
-            "{}: {} bytes, expected a {what} of at most {max} bytes",
-            path.display(),
-            meta.len()
-        );
-    }
-    std::fs::read(path).with_context(|| format!("{}: cannot read {what}", path.display()))
-}
-
-/// Writes `bytes` to `path` atomically (temp file, fsync, rename, fsync the directory).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    Ok(vmattest_store::write_atomic(path, bytes)?)
-}
-
-pub fn now() -> vmattest_core::record::UnixTime {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    vmattest_core::record::UnixTime {
-        secs: d.as_secs(),
-        nanos: d.subsec_nanos(),
-    }
+    let token = conn
+        .token_file
+        .as_deref()
+        .map(|p| vmattest_host::files::read_secret_line(p, "token"))
+        .transpose()?;
+    Ok(match &conn.ca_cert {
+        Some(p) => {
+            let pem = vmattest_host::files::read_capped(p, 1 << 20, "CA certificate")?;
+            vmattest_agent::Client::with_ca(server, token, &pem)
+                .with_context(|| p.display().to_string())?
+        }
+        None => vmattest_agent::Client::new(server, token)?,
+    })
 }

@@ -1,81 +1,14 @@
 //! `vmattest remote ...`: a thin administrator and auditor client for the attestation server.
 
-use std::path::Path;
-
-use anyhow::{Context as _, bail};
-use serde::Serialize;
-use vmattest_agent::Client;
+use anyhow::bail;
 use vmattest_api::{AlertAction, NewHost, NewPolicy, NewToken, NewVm, Role, Webhook};
-use vmattest_sign::keyfile;
+use vmattest_host::{files, keys, quotefile, tpm};
 
-use super::read_capped;
-use super::snapshot::load_verify;
-use crate::VerificationFailed;
+use super::{connect, verifier};
 use crate::args::{
     RemoteArgs, RemoteCommand, RemoteHostCommand, RemotePolicyCommand, RemoteVmCommand,
 };
-use crate::output;
-
-const MAX_SECRET_FILE: usize = 64 * 1024;
-
-/// Reads a one-line secret (a token, a webhook key), without its trailing newline.
-fn read_secret_line(path: &Path, what: &str) -> anyhow::Result<String> {
-    let bytes = read_capped(path, MAX_SECRET_FILE, what)?;
-    let text = String::from_utf8(bytes)
-        .map_err(|_| anyhow::anyhow!("{}: {what} is not UTF-8", path.display()))?;
-    let line = text.trim();
-    if line.is_empty() || line.contains(['\n', '\r']) {
-        bail!("{}: expected a {what} on one line", path.display());
-    }
-    Ok(line.to_owned())
-}
-
-/// A client for `--server` with the token of `--token-file` (none for public endpoints).
-pub fn connect(
-    server: Option<&str>,
-    token_file: Option<&Path>,
-    ca_cert: Option<&Path>,
-) -> anyhow::Result<Client> {
-    let Some(server) = server else {
-        bail!("--server URL is required");
-    };
-    let token = token_file
-        .map(|p| read_secret_line(p, "token"))
-        .transpose()?;
-    Ok(match ca_cert {
-        Some(p) => {
-            let pem = read_capped(p, 1 << 20, "CA certificate")?;
-            Client::with_ca(server, token, &pem).with_context(|| p.display().to_string())?
-        }
-        None => Client::new(server, token)?,
-    })
-}
-
-/// Prints one value as JSON, or as `text` otherwise.
-fn show<T: Serialize>(
-    json: bool,
-    value: &T,
-    text: impl FnOnce(&T) -> String,
-) -> anyhow::Result<()> {
-    if json {
-        output::print(value)
-    } else {
-        println!("{}", text(value));
-        Ok(())
-    }
-}
-
-/// Prints each item as one JSON line, or as `text`.
-fn show_all<T: Serialize>(
-    json: bool,
-    items: &[T],
-    text: impl Fn(&T) -> String,
-) -> anyhow::Result<()> {
-    for item in items {
-        show(json, item, &text)?;
-    }
-    Ok(())
-}
+use crate::output::{show, show_all};
 
 fn role(name: &str) -> anyhow::Result<Role> {
     Role::parse(name)
@@ -83,11 +16,7 @@ fn role(name: &str) -> anyhow::Result<Role> {
 }
 
 pub fn run(args: RemoteArgs, json: bool) -> anyhow::Result<()> {
-    let c = connect(
-        args.conn.server.as_deref(),
-        args.conn.token_file.as_deref(),
-        args.conn.ca_cert.as_deref(),
-    )?;
+    let c = connect(&args.conn)?;
     match args.command {
         RemoteCommand::Health => show(json, &c.health()?, |h| {
             format!(
@@ -117,9 +46,12 @@ pub fn run(args: RemoteArgs, json: bool) -> anyhow::Result<()> {
             ak,
             certify,
         }) => {
-            let key = keyfile::read_public_key(&pubkey)?;
+            let key = keys::read_public(&pubkey)?;
             let tpm = match ak {
-                Some(ak) => Some(tpm_binding(&pubkey, &ak, certify.as_deref())?),
+                Some(ak) => {
+                    let certify = certify.unwrap_or_else(|| tpm::certify_path(&pubkey));
+                    Some(quotefile::tpm_binding(&ak, &certify)?)
+                }
                 None => None,
             };
             let host = c.add_host(&NewHost {
@@ -141,7 +73,7 @@ pub fn run(args: RemoteArgs, json: bool) -> anyhow::Result<()> {
         }),
         RemoteCommand::Policy(RemotePolicyCommand::Add { policy }) => {
             // Checked here first, so that a policy with symbols is refused with a clear error.
-            let p = super::policy::load_resolved(&policy)?;
+            let p = vmattest_host::policy::load(&policy, None)?;
             let info = c.add_policy(&NewPolicy { toml: p.to_toml() })?;
             if info.id != p.id().to_hex() {
                 bail!(
@@ -176,7 +108,7 @@ pub fn run(args: RemoteArgs, json: bool) -> anyhow::Result<()> {
             let webhook = match (webhook_url, webhook_secret_file) {
                 (Some(url), Some(file)) => Some(Webhook {
                     url,
-                    secret: read_secret_line(&file, "webhook secret")?,
+                    secret: files::read_secret_line(&file, "webhook secret")?,
                 }),
                 _ => None,
             };
@@ -224,23 +156,16 @@ pub fn run(args: RemoteArgs, json: bool) -> anyhow::Result<()> {
             policy,
             component,
         } => {
-            let policy = super::policy::load_resolved(&policy)?;
-            let (keys, secret) = load_verify(&verify)?;
+            let policy = vmattest_host::policy::load(&policy, None)?;
+            let v = verifier(&verify)?;
             let baseline = vmattest_agent::baseline_from_store(
                 &store.store,
                 seq,
-                &keys,
-                secret.as_ref(),
+                v.keys(),
+                v.secret(),
                 &policy,
                 &component,
-            )
-            .map_err(|e| {
-                if e.is_verification() {
-                    VerificationFailed(e.to_string()).into()
-                } else {
-                    anyhow::Error::new(e)
-                }
-            })?;
+            )?;
             let info = c.set_baseline(&vm, &baseline)?;
             show(json, &info, |b| {
                 format!(
@@ -310,24 +235,6 @@ pub fn run(args: RemoteArgs, json: bool) -> anyhow::Result<()> {
             format!("# {} key {}\n{}", k.alg, k.kid, k.public_key_pem.trim_end())
         }),
     }
-}
-
-/// The AK and the key's certification, as `tpm ak` and `tpm keygen` wrote them.
-fn tpm_binding(
-    pubkey: &Path,
-    ak: &Path,
-    certify: Option<&Path>,
-) -> anyhow::Result<vmattest_api::TpmBinding> {
-    let default = super::tpm::certify_path(pubkey);
-    let certify = certify.unwrap_or(&default);
-    let ak_bytes = read_capped(ak, 4096, "attestation key")?;
-    let text = read_capped(certify, 1 << 20, "certification")?;
-    let doc: vmattest_api::CertifyDoc = serde_json::from_slice(&text)
-        .map_err(|e| anyhow::anyhow!("certification {}: {e}", certify.display()))?;
-    Ok(vmattest_api::TpmBinding {
-        ak: hex::encode(ak_bytes),
-        certify: doc,
-    })
 }
 
 fn token_line(t: &vmattest_api::TokenInfo) -> String {

@@ -32,6 +32,7 @@ pub struct ServeArgs {
     /// Serve HTTPS with this certificate chain (PEM) and --tls-key.
     #[arg(long, requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// Evidence time must be within this many seconds of the server's clock.
@@ -139,18 +140,19 @@ pub fn run(a: ServeArgs, json: bool) -> anyhow::Result<()> {
     let mut ready_err = None;
     runtime.block_on(vmattest_server::serve(config, |addr| {
         if let Some(f) = &ready_file
-            && let Err(e) = super::write_atomic(f, format!("{addr}\n").as_bytes())
+            && let Err(e) =
+                vmattest_host::files::write_atomic(f, format!("{addr}\n").as_bytes(), "ready file")
         {
             ready_err = Some(e);
         }
         if json {
             let _ = output::print(&serde_json::json!({ "listening": addr.to_string() }));
         } else {
-            println!("listening on {addr}");
+            let _ = output::line(format_args!("listening on {addr}"));
         }
     }))?;
     if let Some(e) = ready_err {
-        return Err(e.context("writing --ready-file"));
+        return Err(anyhow::Error::new(e).context("writing --ready-file"));
     }
     Ok(())
 }

@@ -1,0 +1,191 @@
+//! Snapshot chains of files: takes from component files, and proofs of pages at any seq.
+
+use std::path::{Path, PathBuf};
+
+use vmattest_core::alg::PageIndex;
+use vmattest_core::chain::{ComponentKind, SeqNo};
+use vmattest_core::class::{Classify, ErrorClass};
+use vmattest_core::tree::{ImageTree, PageProof, TreeError};
+use vmattest_store::{ComponentInput, Store, StoreError, Verified};
+
+use crate::files::{self, FileError};
+use crate::verifier::Verifier;
+
+/// Largest dirty page list read.
+const MAX_DIRTY_LIST: u64 = 256 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error("{arg} {found:?}: expected {expected}")]
+    Arg {
+        arg: &'static str,
+        expected: String,
+        found: String,
+    },
+    #[error("{file}:{line}: expected a page index, found {found:?}")]
+    DirtyLine {
+        file: PathBuf,
+        line: usize,
+        found: String,
+    },
+    #[error("component {component}")]
+    Tree {
+        component: String,
+        #[source]
+        source: TreeError,
+    },
+    #[error("component {component}")]
+    Prove {
+        component: String,
+        #[source]
+        source: vmattest_core::tree::ProofError,
+    },
+    #[error("creating a private temporary directory")]
+    TempDir {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("component {component}")]
+    Image {
+        component: String,
+        #[source]
+        source: vmattest_image::ImageError,
+    },
+}
+
+impl Classify for ChainError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            ChainError::Store(e) => crate::class::store_class(e),
+            ChainError::File(e) => e.class(),
+            ChainError::Arg { .. }
+            | ChainError::DirtyLine { .. }
+            | ChainError::Tree { .. }
+            | ChainError::Prove { .. } => ErrorClass::Input,
+            ChainError::Image { .. } | ChainError::TempDir { .. } => ErrorClass::Environment,
+        }
+    }
+}
+
+/// Component files of a take, by kind: each `PATH` or `NAME=PATH`. Unnamed ones are called
+/// after their kind, numbered from the second (`memory`, `memory1`, ...).
+pub fn components(
+    by_kind: &[(ComponentKind, &[String])],
+) -> Result<Vec<ComponentInput>, ChainError> {
+    let mut out = Vec::new();
+    for (kind, list) in by_kind {
+        for (i, spec) in list.iter().enumerate() {
+            let (name, path) = match spec.split_once('=') {
+                Some((n, p)) => (n.to_owned(), PathBuf::from(p)),
+                None if i == 0 => (kind.name().to_owned(), PathBuf::from(spec)),
+                None => (format!("{}{i}", kind.name()), PathBuf::from(spec)),
+            };
+            out.push(ComponentInput {
+                name,
+                kind: *kind,
+                path,
+                dirty: None,
+            });
+        }
+    }
+    if out.is_empty() {
+        return Err(ChainError::Arg {
+            arg: "components",
+            expected: "at least one of --memory, --disk, --device-state, --config".into(),
+            found: String::new(),
+        });
+    }
+    Ok(out)
+}
+
+/// Applies `NAME=FILE` dirty lists: FILE lists page indices, one per line.
+pub fn apply_dirty(inputs: &mut [ComponentInput], dirty: &[String]) -> Result<(), ChainError> {
+    for spec in dirty {
+        let Some((name, file)) = spec.split_once('=') else {
+            return Err(ChainError::Arg {
+                arg: "--dirty",
+                expected: "NAME=FILE".into(),
+                found: spec.clone(),
+            });
+        };
+        let Some(input) = inputs.iter_mut().find(|c| c.name == name) else {
+            let names: Vec<&str> = inputs.iter().map(|c| c.name.as_str()).collect();
+            return Err(ChainError::Arg {
+                arg: "--dirty",
+                expected: format!("a component name ({})", names.join(", ")),
+                found: name.to_owned(),
+            });
+        };
+        let file = Path::new(file);
+        let text = files::read_text(file, MAX_DIRTY_LIST, "dirty page list")?;
+        let mut pages = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            let p: u64 = line.parse().map_err(|_| ChainError::DirtyLine {
+                file: file.to_path_buf(),
+                line: n + 1,
+                found: line.chars().take(64).collect(),
+            })?;
+            pages.push(PageIndex(p));
+        }
+        input.dirty = Some(pages);
+    }
+    Ok(())
+}
+
+/// A proof of pages `page..page+count` of `component` at `seq` (the head when `None`),
+/// after verifying the chain up to there against the verifier's pinned keys.
+pub fn prove(
+    root: &Path,
+    verifier: &Verifier,
+    seq: Option<SeqNo>,
+    component: &str,
+    page: u64,
+    count: u64,
+) -> Result<(Verified, PageProof), ChainError> {
+    let store = Store::open(root)?;
+    // The restored state holds guest bytes: a new 0700 directory, removed on return.
+    let dir = tempfile::Builder::new()
+        .prefix("vmattest-prove-")
+        .tempdir()
+        .map_err(|source| ChainError::TempDir { source })?;
+    let restored = dir.path().join("state");
+    let v = store.restore(&verifier.options(seq, None), &restored)?;
+    let Some(c) = v.components.iter().find(|c| c.name == component) else {
+        let names: Vec<&str> = v.components.iter().map(|c| c.name.as_str()).collect();
+        return Err(ChainError::Arg {
+            arg: "--component",
+            expected: format!("a component of the chain ({})", names.join(", ")),
+            found: component.to_owned(),
+        });
+    };
+    let image = vmattest_image::MappedImage::open(&restored.join(&c.name)).map_err(|source| {
+        ChainError::Image {
+            component: component.to_owned(),
+            source,
+        }
+    })?;
+    let tree = ImageTree::build(
+        store.params(),
+        image.bytes(),
+        &vmattest_core::tree::NoProgress,
+    )
+    .map_err(|source| ChainError::Tree {
+        component: component.to_owned(),
+        source,
+    })?;
+    let proof = tree
+        .prove(image.bytes(), PageIndex(page), count)
+        .map_err(|source| ChainError::Prove {
+            component: component.to_owned(),
+            source,
+        })?;
+    Ok((v, proof))
+}

@@ -1,0 +1,70 @@
+//! What a verifier brings to a chain: the keys it pins and, for an encrypted store, its
+//! secret. Every read of a chain through this crate goes through one.
+
+use std::path::{Path, PathBuf};
+
+use vmattest_core::chain::SeqNo;
+use vmattest_core::class::{Classify, ErrorClass};
+use vmattest_core::record::UnixTime;
+use vmattest_sign::PublicKey;
+use vmattest_store::{ReplayOptions, StoreSecret};
+
+use crate::keys::{self, KeyError};
+use crate::tpm::{self, TpmError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifierError {
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Secret(#[from] TpmError),
+}
+
+impl Classify for VerifierError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            VerifierError::Key(e) => e.class(),
+            VerifierError::Secret(e) => e.class(),
+        }
+    }
+}
+
+/// Pinned keys (at least one) and the store secret, if any.
+#[derive(Debug)]
+pub struct Verifier {
+    keys: Vec<PublicKey>,
+    secret: Option<StoreSecret>,
+}
+
+impl Verifier {
+    /// Reads the pinned public keys and the secret (a secret file, or a blob sealed to this
+    /// host's TPM).
+    pub fn load(pubkeys: &[PathBuf], secret: Option<&Path>) -> Result<Verifier, VerifierError> {
+        let keys = keys::pinned(pubkeys)?;
+        let secret = secret.map(tpm::load_secret).transpose()?;
+        Ok(Verifier { keys, secret })
+    }
+
+    pub fn keys(&self) -> &[PublicKey] {
+        &self.keys
+    }
+
+    pub fn secret(&self) -> Option<&StoreSecret> {
+        self.secret.as_ref()
+    }
+
+    /// Replay options up to `upto` (the head when `None`), refusing a last link older than
+    /// `max_age` seconds before `now` when given.
+    pub fn options(
+        &self,
+        upto: Option<SeqNo>,
+        max_age: Option<(UnixTime, u64)>,
+    ) -> ReplayOptions<'_> {
+        ReplayOptions {
+            upto,
+            keys: Some(&self.keys),
+            secret: self.secret.as_ref(),
+            max_age,
+        }
+    }
+}
