@@ -6,9 +6,7 @@ use std::fmt;
 use std::io::Write as _;
 
 use serde::Serialize;
-use vmattest_core::chain::ComponentRoot;
-use vmattest_core::record::ImageMeasurement;
-use vmattest_store::{TakeSummary, Verified};
+pub use vmattest_host::report::{ImageJson, verified_json};
 
 /// Standard output could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -76,101 +74,6 @@ pub fn one_line(err: &anyhow::Error) -> String {
         out.push_str(text);
     }
     out.replace(['\n', '\r'], " ")
-}
-
-#[derive(Debug, Serialize)]
-pub struct ImageJson {
-    pub path: String,
-    pub alg: &'static str,
-    pub root: String,
-    pub pages: u64,
-    pub bytes: u64,
-    pub salt: String,
-}
-
-impl From<&ImageMeasurement> for ImageJson {
-    fn from(m: &ImageMeasurement) -> ImageJson {
-        ImageJson {
-            path: m.path.clone(),
-            alg: m.params.alg().name(),
-            root: m.root.to_hex(),
-            pages: m.pages(),
-            bytes: m.len,
-            salt: hex::encode(m.params.salt()),
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
-pub struct ComponentJson {
-    pub name: String,
-    pub kind: &'static str,
-    pub bytes: u64,
-    pub root: String,
-}
-
-pub fn components_json(c: &[ComponentRoot]) -> Vec<ComponentJson> {
-    c.iter()
-        .map(|c| ComponentJson {
-            name: c.name.clone(),
-            kind: c.kind.name(),
-            bytes: c.len,
-            root: c.root.to_hex(),
-        })
-        .collect()
-}
-
-/// A verified chain state.
-#[derive(Debug, Serialize)]
-pub struct VerifiedJson {
-    pub ok: bool,
-    pub seq: u64,
-    pub link: String,
-    pub state_root: String,
-    pub time: String,
-    pub components: Vec<ComponentJson>,
-    /// Where the components were written, if anywhere.
-    pub out: Option<String>,
-}
-
-pub fn verified_json(v: &Verified, out: Option<&std::path::Path>) -> VerifiedJson {
-    VerifiedJson {
-        ok: true,
-        seq: v.seq.0,
-        link: v.link.to_hex(),
-        state_root: v.state_root.to_hex(),
-        time: v.time.to_string(),
-        components: components_json(&v.components),
-        out: out.map(|p| p.display().to_string()),
-    }
-}
-
-/// The fields every take reports, from files or from a VM.
-#[derive(Debug, Serialize)]
-pub struct SummaryJson {
-    pub seq: u64,
-    pub link: String,
-    pub state_root: String,
-    pub changed_pages: u64,
-    pub zero_pages: u64,
-    pub total_pages: u64,
-    pub stored_bytes: u64,
-    pub components: Vec<ComponentJson>,
-}
-
-impl From<&TakeSummary> for SummaryJson {
-    fn from(s: &TakeSummary) -> SummaryJson {
-        SummaryJson {
-            seq: s.seq.0,
-            link: s.link.to_hex(),
-            state_root: s.state_root.to_hex(),
-            changed_pages: s.changed_pages,
-            zero_pages: s.zero_pages,
-            total_pages: s.total_pages,
-            stored_bytes: s.stored_bytes,
-            components: components_json(&s.components),
-        }
-    }
 }
 
 /// Milliseconds, for timings.

@@ -330,3 +330,32 @@ fn restore_refuses_a_chain_of_another_guest() {
         assert_eq!(s["running"], false, "no QEMU may be started");
     }
 }
+
+/// `vm start --wait-for` whose text never appears stops the VM it started and says so.
+#[test]
+fn regression_wait_for_timeout_leaves_nothing_running() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = Guest::new(tmp.path(), "vm-w");
+    let r = vmattest([
+        "--json",
+        "vm",
+        "start",
+        "--vm",
+        g.arg(),
+        "--wait-for",
+        "a line this guest never prints",
+        "--timeout",
+        "2",
+    ]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("stopped the VM it started"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    let s = vmattest(["--json", "vm", "status", "--vm", g.arg()])
+        .ok()
+        .json();
+    assert_eq!(s["state"], "stopped", "{s}");
+}

@@ -15,6 +15,7 @@ pub mod measurement;
 pub mod policy;
 pub mod quotefile;
 pub mod record;
+pub mod report;
 pub mod tpm;
 pub mod verdict;
 pub mod verifier;

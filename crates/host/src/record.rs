@@ -96,6 +96,8 @@ pub enum RecordFileError {
         #[source]
         source: ProofError,
     },
+    #[error("{path}: not a vmattest file (expected magic \"VMATTEST\" and a known kind)")]
+    NotVmattest { path: PathBuf },
     #[error("encoding the record")]
     Encode(#[source] RecordError),
     #[error("signing with key {key_id}")]
@@ -113,7 +115,9 @@ impl Classify for RecordFileError {
             E::File(e) => e.class(),
             E::Image { source, .. } => crate::class::of(source).unwrap_or(ErrorClass::Input),
             E::Signature { source, .. } => crate::class::record_sig_class(source),
-            E::Arg { .. } | E::Params(_) | E::Prove { .. } => ErrorClass::Input,
+            E::Arg { .. } | E::Params(_) | E::Prove { .. } | E::NotVmattest { .. } => {
+                ErrorClass::Input
+            }
             E::Decode { source, .. } => crate::class::of(source).unwrap_or(ErrorClass::Input),
             E::ProofDecode { source, .. } => crate::class::of(source).unwrap_or(ErrorClass::Input),
             E::Proof { source, .. } => crate::class::of(source).unwrap_or(ErrorClass::Verification),
@@ -389,4 +393,88 @@ pub fn check_proof(
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// What `show` tells of a vmattest file.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Description {
+    pub kind: &'static str,
+    pub time: Option<String>,
+    pub key_ids: Vec<String>,
+    pub signatures: Vec<String>,
+    pub images: Vec<crate::report::ImageJson>,
+    pub root: Option<String>,
+    pub first_page: Option<u64>,
+    pub pages: Option<u64>,
+}
+
+/// Describes a record, signed record, link or page proof; other kinds by name only.
+pub fn describe(path: &Path) -> Result<Description, RecordFileError> {
+    use vmattest_core::chain::Link;
+    use vmattest_core::record::Signed;
+    use vmattest_core::wire::MAGIC;
+    let max = (Kind::PageProof.max_body() + HEADER_LEN) as u64;
+    let bytes = files::read_capped(path, max, "vmattest file")?;
+    let kind = bytes.get(..10).filter(|h| h[..8] == MAGIC).and_then(|h| {
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.id() == u16::from_be_bytes([h[8], h[9]]))
+    });
+    let Some(kind) = kind else {
+        return Err(RecordFileError::NotVmattest {
+            path: path.to_path_buf(),
+        });
+    };
+    let decode = |source| RecordFileError::Decode {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut out = Description {
+        kind: kind.name(),
+        ..Description::default()
+    };
+    let fill = |out: &mut Description, r: &MeasurementRecord| {
+        out.time = Some(r.time.to_string());
+        out.key_ids = r.key_ids.iter().map(|k| k.to_hex()).collect();
+        out.images = r
+            .images
+            .iter()
+            .map(crate::report::ImageJson::from)
+            .collect();
+    };
+    let sigs = |e: &[vmattest_core::record::SignatureEntry]| -> Vec<String> {
+        e.iter()
+            .map(|e| format!("{} by {}", e.alg, e.key_id))
+            .collect()
+    };
+    match kind {
+        Kind::MeasurementRecord => fill(
+            &mut out,
+            &MeasurementRecord::decode(&bytes).map_err(decode)?,
+        ),
+        Kind::Signed => match SignedRecord::decode(&bytes) {
+            Ok(s) => {
+                fill(&mut out, s.value());
+                out.signatures = sigs(&s.signatures);
+            }
+            Err(_) => {
+                let l = Signed::<Link>::decode(&bytes).map_err(decode)?;
+                out.time = Some(l.value().time.to_string());
+                out.key_ids = l.value().key_ids.iter().map(|k| k.to_hex()).collect();
+                out.root = Some(l.value().state_root.to_hex());
+                out.signatures = sigs(&l.signatures);
+            }
+        },
+        Kind::PageProof => {
+            let p = PageProof::decode(&bytes).map_err(|source| RecordFileError::ProofDecode {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            out.root = Some(p.root.to_hex());
+            out.first_page = Some(p.first.0);
+            out.pages = Some(p.count);
+        }
+        _ => {}
+    }
+    Ok(out)
 }

@@ -5,11 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::bail;
 use serde::Serialize;
-use vmattest_core::chain::Link;
-use vmattest_core::record::{MeasurementRecord, Signed, SignedRecord};
+use vmattest_core::record::MeasurementRecord;
 use vmattest_core::sig::SigAlg;
 use vmattest_core::tree::PageProof;
-use vmattest_core::wire::{HEADER_LEN, Kind, MAGIC};
 use vmattest_host::files;
 use vmattest_host::keys;
 use vmattest_host::record::{self, Expected, RecordChecks};
@@ -304,69 +302,8 @@ pub fn verify_proof(
     })
 }
 
-#[derive(Debug, Default, Serialize)]
-struct ShowJson {
-    kind: &'static str,
-    time: Option<String>,
-    key_ids: Vec<String>,
-    signatures: Vec<String>,
-    images: Vec<ImageJson>,
-    root: Option<String>,
-    first_page: Option<u64>,
-    pages: Option<u64>,
-}
-
 pub fn show(path: &Path, json: bool) -> anyhow::Result<()> {
-    let max = (Kind::PageProof.max_body() + HEADER_LEN) as u64;
-    let bytes = files::read_capped(path, max, "vmattest file")?;
-    let kind = bytes.get(..10).filter(|h| h[..8] == MAGIC).and_then(|h| {
-        Kind::ALL
-            .into_iter()
-            .find(|k| k.id() == u16::from_be_bytes([h[8], h[9]]))
-    });
-    let Some(kind) = kind else {
-        bail!(
-            "{}: not a vmattest file (expected magic \"VMATTEST\" and a known kind)",
-            path.display()
-        );
-    };
-    let mut out = ShowJson {
-        kind: kind.name(),
-        ..ShowJson::default()
-    };
-    let fill = |out: &mut ShowJson, r: &MeasurementRecord| {
-        out.time = Some(r.time.to_string());
-        out.key_ids = r.key_ids.iter().map(|k| k.to_hex()).collect();
-        out.images = r.images.iter().map(ImageJson::from).collect();
-    };
-    let sigs = |e: &[vmattest_core::record::SignatureEntry]| -> Vec<String> {
-        e.iter()
-            .map(|e| format!("{} by {}", e.alg, e.key_id))
-            .collect()
-    };
-    match kind {
-        Kind::MeasurementRecord => fill(&mut out, &MeasurementRecord::decode(&bytes)?),
-        Kind::Signed => match SignedRecord::decode(&bytes) {
-            Ok(s) => {
-                fill(&mut out, s.value());
-                out.signatures = sigs(&s.signatures);
-            }
-            Err(_) => {
-                let l = Signed::<Link>::decode(&bytes)?;
-                out.time = Some(l.value().time.to_string());
-                out.key_ids = l.value().key_ids.iter().map(|k| k.to_hex()).collect();
-                out.root = Some(l.value().state_root.to_hex());
-                out.signatures = sigs(&l.signatures);
-            }
-        },
-        Kind::PageProof => {
-            let p = PageProof::decode(&bytes)?;
-            out.root = Some(p.root.to_hex());
-            out.first_page = Some(p.first.0);
-            out.pages = Some(p.count);
-        }
-        _ => {}
-    }
+    let out = record::describe(path)?;
     if json {
         return output::print(&out);
     }

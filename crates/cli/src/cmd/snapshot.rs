@@ -4,7 +4,6 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use serde::Serialize;
 use vmattest_core::chain::{ComponentKind, SeqNo};
 use vmattest_host::verdict::Verdict;
 use vmattest_host::{chain, eventlog, files, keys, tpm, vm};
@@ -13,8 +12,9 @@ use vmattest_store::{Store, StoreMeta, StoreSecret, TakeOptions, TakeSummary};
 
 use super::{tree_params, verifier};
 use crate::args::{ComponentArgs, SnapshotCommand};
-use crate::output::{self, SummaryJson, ms, outln, verified_json};
+use crate::output::{self, ms, outln, verified_json};
 use crate::progress::Bar;
+use vmattest_host::report::{CaptureJson, TakeJson};
 
 pub fn run(cmd: SnapshotCommand, json: bool) -> anyhow::Result<()> {
     match cmd {
@@ -303,14 +303,6 @@ fn open_reporting(root: &Path, label: &str, json: bool) -> anyhow::Result<(Store
     Ok((s, bar))
 }
 
-#[derive(Debug, Serialize)]
-struct TakeJson {
-    #[serde(flatten)]
-    summary: SummaryJson,
-    batches: usize,
-    seconds: f64,
-}
-
 fn take_files(
     root: &Path,
     comps: &ComponentArgs,
@@ -366,18 +358,6 @@ fn take_files(
     Ok(s)
 }
 
-#[derive(Debug, Serialize)]
-struct CaptureJson {
-    vm: String,
-    #[serde(flatten)]
-    summary: SummaryJson,
-    device_state_bytes: u64,
-    downtime_ms: f64,
-    device_state_ms: f64,
-    measure_ms: f64,
-    commit_ms: f64,
-}
-
 /// `snapshot take --vm`: pause, measure, resume, then store and sign. Returns the summary and
 /// the QEMU program (for `--bind-pcr` to measure).
 fn take_vm(
@@ -391,15 +371,7 @@ fn take_vm(
     let r = vm::take(root, &spec, signers, secret, vmattest_host::now())?;
     let s = &r.summary;
     if json {
-        output::print(&CaptureJson {
-            vm: spec.name().to_owned(),
-            summary: s.into(),
-            device_state_bytes: r.device_state_bytes,
-            downtime_ms: ms(r.downtime),
-            device_state_ms: ms(r.device_state),
-            measure_ms: ms(r.measure),
-            commit_ms: ms(r.commit),
-        })?;
+        output::print(&CaptureJson::new(spec.name(), &r))?;
     } else {
         outln!(
             "{} seq {}: downtime {:.1} ms (device state {:.1} ms, {} bytes; measure {:.1} ms); {} of {} pages changed, {} bytes stored; commit {:.1} ms",

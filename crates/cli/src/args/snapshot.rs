@@ -1,0 +1,202 @@
+//! Arguments of `snapshot ...` and `policy ...`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use super::TreeArgs;
+
+#[derive(Debug, Args, Clone)]
+pub struct StoreArg {
+    /// Snapshot store directory.
+    #[arg(long)]
+    pub store: PathBuf,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct VerifyArgs {
+    /// Pinned public key; every link must be signed by these.
+    #[arg(long = "pubkey", required = true)]
+    pub pubkeys: Vec<PathBuf>,
+    /// Secret file of an encrypted store.
+    #[arg(long)]
+    pub secret: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ComponentArgs {
+    /// Guest memory image, `PATH` or `NAME=PATH`; repeatable.
+    #[arg(long = "memory")]
+    pub memory: Vec<String>,
+    /// Disk image (raw), `PATH` or `NAME=PATH`; repeatable.
+    #[arg(long = "disk")]
+    pub disk: Vec<String>,
+    /// Device and CPU state blob, `PATH` or `NAME=PATH`.
+    #[arg(long = "device-state")]
+    pub device_state: Vec<String>,
+    /// VM configuration blob, `PATH` or `NAME=PATH`.
+    #[arg(long = "config")]
+    pub config: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Create an empty store for one VM.
+    Init {
+        #[command(flatten)]
+        store: StoreArg,
+        /// The VM the store holds the chain of; `snapshot take --vm` refuses another VM.
+        #[arg(long)]
+        vm_id: String,
+        #[command(flatten)]
+        tree: TreeArgs,
+        /// Policy id recorded in the store's metadata.
+        #[arg(long, default_value = "default")]
+        policy: String,
+        /// Encrypt page batches at rest with keys derived from this secret file (created,
+        /// mode 0600, when it does not exist; a blob sealed by `tpm seal` is unsealed). Later
+        /// commands take the same file as `--secret`.
+        #[arg(long, alias = "encrypt-with")]
+        secret: Option<PathBuf>,
+    },
+    /// Capture the components as the next link (the first take is the baseline).
+    Take {
+        #[command(flatten)]
+        store: StoreArg,
+        #[command(flatten)]
+        components: ComponentArgs,
+        /// Capture this running QEMU VM (spec file or NAME) instead of files.
+        #[arg(long, conflicts_with_all = ["memory", "disk", "device_state", "config", "dirty"])]
+        vm: Option<String>,
+        /// Private key; repeat to co-sign.
+        #[arg(long = "key", required_unless_present = "signer")]
+        keys: Vec<PathBuf>,
+        /// `tpm`: (also) sign with the host TPM's resident key; `tpm keygen` exports its
+        /// public key for verifiers.
+        #[arg(long, value_parser = ["tpm"])]
+        signer: Option<String>,
+        /// With `--signer tpm`: measure vmattest, the hypervisor and the VM config into this
+        /// PCR (16-23, with a replayable event log) and save a TPM quote of PCRs 0-7 and it over
+        /// the new link's digest in STORE/quotes/.
+        #[arg(long, requires = "signer")]
+        bind_pcr: Option<u32>,
+        /// `NAME=FILE`: FILE lists the page indices (one per line) that may have changed.
+        #[arg(long = "dirty")]
+        dirty: Vec<String>,
+        /// Secret file of an encrypted store (or a blob sealed to this host's TPM).
+        #[arg(long)]
+        secret: Option<PathBuf>,
+    },
+    /// List the links.
+    Log {
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Verify the chain link by link, rebuilding every page.
+    Verify {
+        #[command(flatten)]
+        store: StoreArg,
+        #[command(flatten)]
+        verify: VerifyArgs,
+        /// Verify only the prefix up to this seq.
+        #[arg(long)]
+        upto: Option<u64>,
+        /// Refuse a head older than this many seconds.
+        #[arg(long)]
+        max_age: Option<u64>,
+    },
+    /// Verify and write every component at a seq into a new directory.
+    Restore {
+        #[command(flatten)]
+        store: StoreArg,
+        #[command(flatten)]
+        verify: VerifyArgs,
+        /// Seq to restore [default: the head].
+        #[arg(long)]
+        seq: Option<u64>,
+        /// New directory for the components.
+        #[arg(long, required_unless_present = "vm", conflicts_with = "vm")]
+        out: Option<PathBuf>,
+        /// Roll this QEMU VM (spec file or NAME) back to the seq: its QEMU is replaced by one
+        /// that continues from the restored state.
+        #[arg(long)]
+        vm: Option<String>,
+    },
+    /// Write links and the pages they need to one bundle file.
+    Export {
+        #[command(flatten)]
+        store: StoreArg,
+        /// First seq to export.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Last seq to export [default: the head].
+        #[arg(long)]
+        to: Option<u64>,
+        /// Bundle file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Verify a bundle completely against pinned keys, then add it to the store.
+    Import {
+        #[command(flatten)]
+        store: StoreArg,
+        #[command(flatten)]
+        verify: VerifyArgs,
+        /// Bundle file to verify and import (`snapshot export` output).
+        bundle: PathBuf,
+    },
+    /// Check the store's files; `--repair` removes leftovers of interrupted writes.
+    Fsck {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Remove leftovers of interrupted writes (needs the store lock).
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Prove one page of a component at a seq (verifies the chain up to that seq first).
+    Prove {
+        #[command(flatten)]
+        store: StoreArg,
+        #[command(flatten)]
+        verify: VerifyArgs,
+        /// Seq whose state to prove [default: the head].
+        #[arg(long)]
+        seq: Option<u64>,
+        /// Component to prove pages of (as `snapshot log --json` names them).
+        #[arg(long)]
+        component: String,
+        /// First page (4096-byte pages, from 0).
+        #[arg(long)]
+        page: u64,
+        /// Number of consecutive pages.
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+        /// Page proof to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct PolicyArgs {
+    /// Policy TOML (docs/POLICY.md).
+    #[arg(long)]
+    pub policy: PathBuf,
+    /// The guest kernel's System.map, for regions given by symbols.
+    #[arg(long)]
+    pub system_map: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Print the resolved policy (ranges only) as TOML, for `remote policy add`.
+    Resolve {
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
+    /// Print the id (SHA-256 of the canonical resolved policy) that servers and agents use.
+    Id {
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
+}
