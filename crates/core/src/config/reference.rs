@@ -7,6 +7,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Deserialize;
 
+use crate::class::{Classify, ErrorClass};
+
 use super::{ConfigParam, MAX_VALUE_LEN, is_valid_param_name, shown};
 
 /// Largest reference file, in bytes.
@@ -32,6 +34,14 @@ pub enum ReferenceError {
         expected: String,
         found: String,
     },
+}
+
+/// A reference is the caller's input; a configuration that does not meet it is reported as
+/// mismatches, not as an error.
+impl Classify for ReferenceError {
+    fn class(&self) -> ErrorClass {
+        ErrorClass::Input
+    }
 }
 
 fn field_error(

@@ -5,6 +5,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::*;
 use crate::alg::{Digest, HashAlg};
+use crate::class::Classify as _;
 use crate::record::{RecordError, Signable, SignatureEntry, Signed, UnixTime};
 use crate::sig::{KeyId, SigAlg};
 use crate::wire::{Kind, WireError};
@@ -205,14 +206,18 @@ fn tampered_disclosures_are_rejected() {
     d.value.push('!');
     assert!(matches!(
         check(&d),
-        Err(ConfigError::Disclosure { field: "root", .. })
+        Err(ConfigError::DisclosureMismatch { field: "root", .. })
     ));
+    assert_eq!(
+        check(&d).map(drop).unwrap_err().class(),
+        ErrorClass::Verification
+    );
 
     let mut d = good.clone();
     d.salt[3] ^= 0x80;
     assert!(matches!(
         check(&d),
-        Err(ConfigError::Disclosure { field: "root", .. })
+        Err(ConfigError::DisclosureMismatch { field: "root", .. })
     ));
 
     for k in 0..good.path.len() {
@@ -242,7 +247,7 @@ fn tampered_disclosures_are_rejected() {
     d.count = 12;
     assert!(matches!(
         check(&d),
-        Err(ConfigError::Disclosure { field: "count", .. })
+        Err(ConfigError::DisclosureMismatch { field: "count", .. })
     ));
     let mut d = good.clone();
     d.count = 0;
@@ -255,6 +260,7 @@ fn tampered_disclosures_are_rejected() {
         check(&d),
         Err(ConfigError::Disclosure { field: "path", .. })
     ));
+    assert_eq!(check(&d).map(drop).unwrap_err().class(), ErrorClass::Input);
     let mut d = good.clone();
     d.path.pop();
     assert!(d.root().is_err());
@@ -267,11 +273,11 @@ fn tampered_disclosures_are_rejected() {
     let bytes = good.encode(&wrong).unwrap();
     assert!(matches!(
         verify_disclosure(&bytes),
-        Err(ConfigError::Disclosure { field: "root", .. })
+        Err(ConfigError::DisclosureMismatch { field: "root", .. })
     ));
     assert!(matches!(
         o.disclose_signed("p06", &wrong),
-        Err(ConfigError::Disclosure { field: "root", .. })
+        Err(ConfigError::DisclosureMismatch { field: "root", .. })
     ));
     assert_eq!(
         o.disclose("p99"),
