@@ -6,7 +6,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
-use vmattest_core::class::{Classify, ErrorClass, io_class};
+use vmattest_core::class::{Classify, ErrorClass};
 use vmattest_core::tree::{ImageTree, Progress, TreeError, TreeParams};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,10 +30,9 @@ impl Classify for ImageError {
         match self {
             ImageError::NotFound { .. }
             | ImageError::IsDirectory { .. }
-            | ImageError::NotRegular { .. } => ErrorClass::Input,
-            ImageError::Unreadable { source, .. } => io_class(source.kind()),
-            ImageError::Map { .. } => ErrorClass::Environment,
-            ImageError::Tree { source, .. } => source.class(),
+            | ImageError::NotRegular { .. }
+            | ImageError::Tree { .. } => ErrorClass::Input,
+            ImageError::Unreadable { .. } | ImageError::Map { .. } => ErrorClass::Environment,
         }
     }
 }
