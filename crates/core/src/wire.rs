@@ -163,6 +163,18 @@ pub enum WireError {
     },
 }
 
+impl WireError {
+    /// The field a decoder refused, for errors about one field.
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            WireError::Truncated { field, .. }
+            | WireError::TooLong { field, .. }
+            | WireError::BadValue { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+}
+
 /// Every decoding failure is malformed input: whatever was tampered with, the bytes are not a
 /// well-formed object, and no commitment has been checked yet.
 impl Classify for WireError {
