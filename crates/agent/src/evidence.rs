@@ -2,7 +2,7 @@
 
 use vmattest_core::alg::Digest;
 use vmattest_core::attest::{Evidence, Policy, RegionDigest};
-use vmattest_core::record::{RecordError, SignatureEntry, Signed, UnixTime};
+use vmattest_core::record::{RecordError, Signed, UnixTime};
 use vmattest_sign::{SignError, Signer};
 
 /// The version every evidence names as its agent.
@@ -67,20 +67,14 @@ pub fn sign<T: vmattest_core::record::Signable>(
     value: T,
     signer: &dyn Signer,
 ) -> Result<Signed<T>, EvidenceError> {
-    let mut signed = Signed::new(value)?;
-    let message = signed.message();
-    let signature = signer
-        .sign(&message)
-        .map_err(|source| EvidenceError::Sign {
-            key_id: signer.key_id().to_hex(),
-            source: Box::new(source),
-        })?;
-    signed.signatures.push(SignatureEntry {
-        alg: signer.alg(),
-        key_id: signer.key_id(),
-        signature,
-    });
-    Ok(signed)
+    use vmattest_sign::signing::SigningError;
+    vmattest_sign::signing::sign(value, &[signer]).map_err(|e| match e {
+        SigningError::Record(e) => EvidenceError::Encode(e),
+        SigningError::Signer { key_id, source } => EvidenceError::Sign {
+            key_id: key_id.to_hex(),
+            source,
+        },
+    })
 }
 
 /// The signed evidence's canonical bytes, as posted to the server.

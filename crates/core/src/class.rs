@@ -5,6 +5,7 @@
 //! way everywhere (docs/ERRORS.md).
 
 use std::fmt;
+use std::io;
 
 /// The kind of a failure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -62,6 +63,29 @@ pub trait Classify {
     fn class(&self) -> ErrorClass;
 }
 
+impl<T: Classify + ?Sized> Classify for Box<T> {
+    fn class(&self) -> ErrorClass {
+        (**self).class()
+    }
+}
+
+/// The class of an OS error met while reading or writing a file the caller named: a path that
+/// does not exist or is not what was asked for is the caller's input; anything else (permissions,
+/// a full disk, a failing device) is the environment.
+pub fn io_class(kind: io::ErrorKind) -> ErrorClass {
+    match kind {
+        io::ErrorKind::NotFound
+        | io::ErrorKind::AlreadyExists
+        | io::ErrorKind::InvalidInput
+        | io::ErrorKind::InvalidData
+        | io::ErrorKind::UnexpectedEof
+        | io::ErrorKind::IsADirectory
+        | io::ErrorKind::NotADirectory
+        | io::ErrorKind::InvalidFilename => ErrorClass::Input,
+        _ => ErrorClass::Environment,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,5 +100,19 @@ mod tests {
         assert_eq!(exits.len(), 4);
         assert_eq!(codes.len(), 4);
         assert!(!exits.contains(&0));
+    }
+
+    #[test]
+    fn a_missing_file_is_input_and_a_refused_one_is_environment() {
+        assert_eq!(io_class(io::ErrorKind::NotFound), ErrorClass::Input);
+        assert_eq!(io_class(io::ErrorKind::UnexpectedEof), ErrorClass::Input);
+        assert_eq!(
+            io_class(io::ErrorKind::PermissionDenied),
+            ErrorClass::Environment
+        );
+        assert_eq!(
+            io_class(io::ErrorKind::StorageFull),
+            ErrorClass::Environment
+        );
     }
 }

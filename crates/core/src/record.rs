@@ -6,6 +6,7 @@
 //! inside the object keep them from being valid for any other vmattest object.
 
 use crate::alg::{Digest, page_count};
+use crate::class::{Classify, ErrorClass};
 use crate::sig::{KeyId, SigAlg};
 use crate::tree::{MAX_SALT_LEN, TreeParams};
 use crate::wire::{Kind, WireError, Writer};
@@ -36,6 +37,23 @@ pub enum RecordError {
         expected: String,
         found: KeyId,
     },
+    /// A signed object whose signature count differs from the number of keys it names: it
+    /// claims signers that did not sign (or carries signatures it does not claim).
+    #[error("signatures: {found} entries, expected one per named key ({named})")]
+    SignerCount { named: usize, found: usize },
+}
+
+impl Classify for RecordError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            RecordError::Wire(e) => e.class(),
+            RecordError::Count { .. } => ErrorClass::Input,
+            // The object commits to its signers; signatures that differ from them fail it.
+            RecordError::UnnamedSigner { .. } | RecordError::SignerCount { .. } => {
+                ErrorClass::Verification
+            }
+        }
+    }
 }
 
 /// Wall-clock time, supplied by the caller (the core has no clock).
@@ -303,26 +321,32 @@ impl<T: Signable> Signed<T> {
 
     /// Signatures must come from exactly the keys the object names, in that order.
     fn check_signers(&self) -> Result<(), RecordError> {
-        let named = self.value.key_ids();
         count("signatures", self.signatures.len(), MAX_SIGNATURES)?;
-        if self.signatures.len() != named.len() {
-            return Err(RecordError::Count {
-                what: "signatures (one per named key)",
-                max: named.len(),
-                found: self.signatures.len(),
+        let found: Vec<KeyId> = self.signatures.iter().map(|s| s.key_id).collect();
+        check_signer_ids(self.value.key_ids(), &found)
+    }
+}
+
+/// Checks that `signers` are exactly the keys `named`, in that order: what a signed object's
+/// signatures must be. Signers call it before signing, so no signature is spent on an object
+/// that could not be encoded.
+pub fn check_signer_ids(named: &[KeyId], signers: &[KeyId]) -> Result<(), RecordError> {
+    if signers.len() != named.len() {
+        return Err(RecordError::SignerCount {
+            named: named.len(),
+            found: signers.len(),
+        });
+    }
+    for (i, (s, k)) in signers.iter().zip(named).enumerate() {
+        if s != k {
+            return Err(RecordError::UnnamedSigner {
+                index: i,
+                expected: k.to_hex(),
+                found: *s,
             });
         }
-        for (i, (s, k)) in self.signatures.iter().zip(named).enumerate() {
-            if s.key_id != *k {
-                return Err(RecordError::UnnamedSigner {
-                    index: i,
-                    expected: k.to_hex(),
-                    found: s.key_id,
-                });
-            }
-        }
-        Ok(())
     }
+    Ok(())
 }
 
 /// Writes a key id list (count byte, then ids); encoders check the count first.
@@ -460,7 +484,10 @@ mod tests {
         let mut b = good.clone();
         let at = b.len() - 64 - 4 - 32 - 1;
         b[at] = 77;
-        let e = err(&b).to_string();
-        assert!(e.contains("signature algorithm") && e.contains("77"), "{e}");
+        let e = err(&b);
+        assert!(
+            matches!(&e, RecordError::Wire(WireError::BadValue { field: "signature algorithm", found, .. }) if found == "77"),
+            "{e:?}"
+        );
     }
 }

@@ -4,6 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::class::{Classify, ErrorClass};
 use crate::record::UnixTime;
 
 /// Days from 1970-01-01 to the civil date (proleptic Gregorian).
@@ -75,6 +76,12 @@ impl fmt::Display for UnixTime {
 #[error("time {text:?}: expected RFC 3339 in UTC, such as 2026-12-06T10:55:01Z")]
 pub struct TimeError {
     pub text: String,
+}
+
+impl Classify for TimeError {
+    fn class(&self) -> ErrorClass {
+        ErrorClass::Input
+    }
 }
 
 /// Accepts `YYYY-MM-DDTHH:MM:SS[.fraction](Z|+00:00)`, the forms [`fmt::Display`] writes and

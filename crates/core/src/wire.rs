@@ -14,6 +14,8 @@
 
 use core::fmt;
 
+use crate::class::{Classify, ErrorClass};
+
 pub const MAGIC: [u8; 8] = *b"VMATTEST";
 pub const HEADER_LEN: usize = 16;
 
@@ -159,6 +161,26 @@ pub enum WireError {
         offset: usize,
         count: usize,
     },
+}
+
+impl WireError {
+    /// The field a decoder refused, for errors about one field.
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            WireError::Truncated { field, .. }
+            | WireError::TooLong { field, .. }
+            | WireError::BadValue { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+}
+
+/// Every decoding failure is malformed input: whatever was tampered with, the bytes are not a
+/// well-formed object, and no commitment has been checked yet.
+impl Classify for WireError {
+    fn class(&self) -> ErrorClass {
+        ErrorClass::Input
+    }
 }
 
 /// Builds a canonical body.

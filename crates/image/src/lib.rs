@@ -6,6 +6,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
+use vmattest_core::class::{Classify, ErrorClass};
 use vmattest_core::tree::{ImageTree, Progress, TreeError, TreeParams};
 
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +23,18 @@ pub enum ImageError {
     Map { path: PathBuf, source: io::Error },
     #[error("{path}")]
     Tree { path: PathBuf, source: TreeError },
+}
+
+impl Classify for ImageError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            ImageError::NotFound { .. }
+            | ImageError::IsDirectory { .. }
+            | ImageError::NotRegular { .. }
+            | ImageError::Tree { .. } => ErrorClass::Input,
+            ImageError::Unreadable { .. } | ImageError::Map { .. } => ErrorClass::Environment,
+        }
+    }
 }
 
 /// A read-only view of an image file.
@@ -204,6 +217,30 @@ mod tests {
             img.measure(&params, &NoProgress),
             Err(ImageError::Tree { .. })
         ));
+    }
+
+    #[test]
+    fn missing_and_wrong_files_are_input_and_os_refusals_are_environment() {
+        use std::io::ErrorKind;
+        let dir = tempfile::tempdir().unwrap();
+        let class = |r: Result<MappedImage, ImageError>| r.map(drop).unwrap_err().class();
+        assert_eq!(class(MappedImage::open(dir.path())), ErrorClass::Input);
+        assert_eq!(
+            class(MappedImage::open(&dir.path().join("nope"))),
+            ErrorClass::Input
+        );
+        let refused = ImageError::Unreadable {
+            path: "ram".into(),
+            source: io::Error::from(ErrorKind::PermissionDenied),
+        };
+        assert_eq!(refused.class(), ErrorClass::Environment);
+        let empty = ImageError::Tree {
+            path: "ram".into(),
+            source: TreeError::EmptyImage {
+                alg: HashAlg::Sha256,
+            },
+        };
+        assert_eq!(empty.class(), ErrorClass::Input);
     }
 
     #[test]

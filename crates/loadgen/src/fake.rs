@@ -6,9 +6,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use vmattest_api::{Provenance, RegionPages};
 use vmattest_core::alg::{Digest, HashAlg, PAGE_SIZE, PageIndex};
 use vmattest_core::attest::{
-    Evidence, Policy, RegionDigest, SignedEvidence, page_digest, region_digest, sample_pages,
+    Evidence, Policy, RegionDigest, page_digest, region_digest, sample_pages,
 };
-use vmattest_core::record::{SignatureEntry, UnixTime};
+use vmattest_core::record::UnixTime;
 use vmattest_sign::{SecretKey, Signer};
 
 /// The policy's only region.
@@ -156,16 +156,10 @@ impl FakeVm {
 
 /// The evidence's canonical signed bytes, as posted to `/v1/evidence`.
 pub fn sign(evidence: Evidence, key: &SecretKey) -> Result<Vec<u8>, String> {
-    let mut signed = SignedEvidence::new(evidence).map_err(|e| format!("evidence: {e}"))?;
-    let signature = key
-        .sign(&signed.message())
-        .map_err(|e| format!("sign evidence: {e}"))?;
-    signed.signatures.push(SignatureEntry {
-        alg: key.alg(),
-        key_id: key.key_id(),
-        signature,
-    });
-    signed.encode().map_err(|e| format!("encode evidence: {e}"))
+    vmattest_sign::signing::sign(evidence, &[key])
+        .map_err(|e| format!("sign evidence: {e}"))?
+        .encode()
+        .map_err(|e| format!("encode evidence: {e}"))
 }
 
 pub fn now() -> UnixTime {

@@ -1,6 +1,8 @@
 //! Is a public key a non-exportable signing key of the TPM whose attestation key is pinned?
 //! Checked from a TPM2_Certify of the key by that attestation key (public data only).
 
+use vmattest_core::class::{Classify, ErrorClass};
+
 use crate::attributes::{FIXED_PARENT, FIXED_TPM, RESTRICTED, SIGN_ENCRYPT};
 use crate::{
     ParseError, QuoteError, Signature, parse_ecc_public, parse_public_ecc_p256, verify_certify,
@@ -34,6 +36,20 @@ pub enum KeyCertError {
     Attributes(u32),
     #[error("certification: {0}")]
     Certify(#[from] QuoteError),
+}
+
+impl Classify for KeyCertError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            KeyCertError::Ak(e) | KeyCertError::Key(e) | KeyCertError::Signature(e) => e.class(),
+            // The verifier pinned a key that cannot vouch for anything: a bad parameter.
+            KeyCertError::AkNotRestricted => ErrorClass::Input,
+            // The certification names another key, or one the TPM could export or use for
+            // other purposes: the claim "this key is TPM-resident" fails.
+            KeyCertError::NotThisKey | KeyCertError::Attributes(_) => ErrorClass::Verification,
+            KeyCertError::Certify(e) => e.class(),
+        }
+    }
 }
 
 /// Returns the key's TPM name when `ak_tpmt` certified `cert.key`, that key is `key_sec1`, and

@@ -5,6 +5,7 @@
 
 use core::fmt;
 
+use vmattest_core::class::{Classify, ErrorClass};
 use vmattest_core::wire;
 
 /// `TPM_GENERATED_VALUE`: the magic that starts every TPM-generated `TPMS_ATTEST`.
@@ -178,6 +179,13 @@ pub enum ParseError {
         offset: usize,
         count: usize,
     },
+}
+
+/// Bytes that are not a well-formed TPM structure are malformed input, whatever altered them.
+impl Classify for ParseError {
+    fn class(&self) -> ErrorClass {
+        ErrorClass::Input
+    }
 }
 
 /// Cursor over a marshalled structure.

@@ -3,6 +3,7 @@
 use p256::ecdsa::signature::hazmat::PrehashVerifier;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use vmattest_core::class::{Classify, ErrorClass};
 
 use crate::attest::{
     Attest, AttestType, Attested, MAX_ATTEST_LEN, PcrSelection, format_selection, parse_attest,
@@ -39,6 +40,22 @@ pub enum QuoteError {
     NameMismatch { expected: String, found: String },
     #[error("invalid PCR list: {0}")]
     InvalidPcrList(String),
+}
+
+impl Classify for QuoteError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            QuoteError::Malformed(e) => e.class(),
+            // A certification handed over as a quote (or the reverse) is the wrong kind of input.
+            QuoteError::WrongType { .. } | QuoteError::InvalidPcrList(_) => ErrorClass::Input,
+            // The AK signed something else, for another nonce, over other PCRs or another key.
+            QuoteError::BadSignature { .. }
+            | QuoteError::NonceMismatch { .. }
+            | QuoteError::PcrSelectionMismatch { .. }
+            | QuoteError::PcrDigestMismatch { .. }
+            | QuoteError::NameMismatch { .. } => ErrorClass::Verification,
+        }
+    }
 }
 
 /// A verified quote.

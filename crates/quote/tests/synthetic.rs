@@ -170,3 +170,46 @@ fn synthetic_certify() {
         "certified name mismatch: expected 000b0102, the attestation names 000b010203"
     );
 }
+
+#[test]
+fn evidence_that_fails_its_checks_is_verification_and_malformed_evidence_is_input() {
+    use vmattest_core::class::{Classify, ErrorClass};
+
+    let sk = key();
+    let ak = public(&sk);
+    let nonce = b"fresh nonce";
+    let sel: &[u8] = &[0x01, 0x00, 0x01];
+    let msg = quote_bytes(nonce, &[(0x000b, sel)], &digest_of(&pcrs()), 1);
+    let sig = sign(&sk, &msg);
+    let check = |msg: &[u8], sig: &Signature, nonce: &[u8], pcrs: &[(u32, [u8; 32])]| {
+        verify_quote(&ak, msg, sig, nonce, pcrs).unwrap_err()
+    };
+
+    let mut other = msg.clone();
+    *other.last_mut().unwrap() ^= 1;
+    let e = check(&other, &sig, nonce, &pcrs());
+    assert!(matches!(e, QuoteError::BadSignature { .. }), "{e}");
+    assert_eq!(e.class(), ErrorClass::Verification);
+
+    let e = check(&msg, &sig, b"stale nonce", &pcrs());
+    assert!(matches!(e, QuoteError::NonceMismatch { .. }), "{e}");
+    assert_eq!(e.class(), ErrorClass::Verification);
+
+    let e = check(&msg, &sig, nonce, &[(0, [0; 32]), (16, [0x43; 32])]);
+    assert!(matches!(e, QuoteError::PcrDigestMismatch { .. }), "{e}");
+    assert_eq!(e.class(), ErrorClass::Verification);
+
+    let cut = &msg[..msg.len() - 5];
+    let e = check(cut, &sign(&sk, cut), nonce, &pcrs());
+    assert!(
+        matches!(e, QuoteError::Malformed(ParseError::Truncated { .. })),
+        "{e}"
+    );
+    assert_eq!(e.class(), ErrorClass::Input);
+
+    let mut time = Vec::new();
+    header(&mut time, 0x8019, nonce, 0);
+    let e = check(&time, &sign(&sk, &time), nonce, &pcrs());
+    assert!(matches!(e, QuoteError::WrongType { .. }), "{e}");
+    assert_eq!(e.class(), ErrorClass::Input);
+}

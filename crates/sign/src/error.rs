@@ -6,6 +6,7 @@
 use std::io;
 use std::path::PathBuf;
 
+use vmattest_core::class::{Classify, ErrorClass, io_class};
 use vmattest_core::sig::{KeyId, SigAlg};
 
 /// Everything that can go wrong in this crate.
@@ -147,4 +148,88 @@ pub enum SignError {
         #[source]
         source: io::Error,
     },
+}
+
+impl Classify for SignError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            SignError::Random(_)
+            | SignError::KeyGeneration { .. }
+            | SignError::SigningFailed { .. } => ErrorClass::Environment,
+            // A signature of the wrong length is a bad signature: the envelope around it parsed.
+            SignError::SignatureLength { .. } | SignError::BadSignature { .. } => {
+                ErrorClass::Verification
+            }
+            SignError::PublicKeyLength { .. }
+            | SignError::InvalidPublicKey { .. }
+            | SignError::NotPem { .. }
+            | SignError::MalformedPem { .. }
+            | SignError::WrongKeyType { .. }
+            | SignError::UnsupportedPemLabel { .. }
+            | SignError::BlockLayout { .. }
+            | SignError::MalformedDer { .. }
+            | SignError::UnknownAlgorithm { .. }
+            | SignError::UnsupportedCurve { .. }
+            | SignError::InvalidKey { .. }
+            | SignError::NotFound { .. }
+            | SignError::NotAFile { .. }
+            | SignError::TooLarge { .. }
+            | SignError::AlreadyExists { .. } => ErrorClass::Input,
+            // The caller must fix the file's mode; nothing failed in the environment.
+            SignError::InsecureMode { .. } => ErrorClass::Input,
+            SignError::Io { source, .. } => io_class(source.kind()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+    use crate::keyfile::{read_public_key, read_secret_key, write_secret_key};
+    use crate::{PublicKey, SecretKey, Signer as _};
+
+    #[test]
+    fn malformed_truncated_and_missing_key_files_are_input() {
+        let e = PublicKey::from_pem("not a key").unwrap_err();
+        assert!(matches!(e, SignError::NotPem { .. }));
+        assert_eq!(e.class(), ErrorClass::Input);
+
+        let key = SecretKey::generate(SigAlg::Ed25519).unwrap();
+        let pem = key.public_key().to_pem();
+        let cut = &pem[..pem.len() / 2];
+        assert_eq!(
+            PublicKey::from_pem(cut).unwrap_err().class(),
+            ErrorClass::Input
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let e = read_public_key(&dir.path().join("absent.pub")).unwrap_err();
+        assert!(matches!(e, SignError::NotFound { .. }));
+        assert_eq!(e.class(), ErrorClass::Input);
+    }
+
+    #[test]
+    fn a_world_readable_private_key_is_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        write_secret_key(&path, &SecretKey::generate(SigAlg::Ed25519).unwrap()).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = read_secret_key(&path).unwrap_err();
+        assert!(matches!(e, SignError::InsecureMode { .. }));
+        assert_eq!(e.class(), ErrorClass::Input);
+    }
+
+    #[test]
+    fn os_failures_are_environment() {
+        let e = SignError::Io {
+            path: "k".into(),
+            op: "write",
+            source: io::Error::from(io::ErrorKind::StorageFull),
+        };
+        assert_eq!(e.class(), ErrorClass::Environment);
+    }
 }

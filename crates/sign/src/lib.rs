@@ -1,6 +1,7 @@
 //! vmattest signing keys: Ed25519, ECDSA P-384, ML-DSA-65 and an Ed25519 + ML-DSA-65 hybrid.
 //!
-//! [`SecretKey`] implements the small [`Signer`] trait; [`PublicKey`] verifies. Keys travel as
+//! [`SecretKey`] implements the small [`Signer`] trait; [`PublicKey`] verifies;
+//! [`signing::sign`] signs any signable object. Keys travel as
 //! PKCS#8 / SPKI PEM (byte layouts in docs/KEYS.md). Only [`keyfile`] touches the file system.
 //! Randomness comes from the operating system only.
 
@@ -12,6 +13,7 @@ pub mod keyfile;
 mod ml_dsa_65;
 mod pem;
 pub mod record;
+pub mod signing;
 
 use std::fmt;
 

@@ -1,5 +1,6 @@
 //! Checking the signatures of a signed object against pinned public keys.
 
+use vmattest_core::class::{Classify, ErrorClass};
 use vmattest_core::record::{Signable, Signed};
 
 use crate::{KeyId, PublicKey, SigAlg, SignError};
@@ -27,6 +28,19 @@ pub enum RecordSigError {
     /// A pinned key did not sign: pinning several keys means all of them must sign.
     #[error("no signature by the given key {key_id}; every given key must sign")]
     MissingSigner { key_id: KeyId },
+}
+
+/// Every way a signed object can fail its pinned keys is a verification failure: a signer
+/// nobody pinned is exactly what pinning is meant to catch, not a usage error.
+impl Classify for RecordSigError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            RecordSigError::UnknownSigner { .. }
+            | RecordSigError::AlgorithmMismatch { .. }
+            | RecordSigError::MissingSigner { .. } => ErrorClass::Verification,
+            RecordSigError::Invalid { reason, .. } => reason.class(),
+        }
+    }
 }
 
 /// Every signature must come from one of `keys`, under the algorithm of that key, and verify;

@@ -15,6 +15,8 @@
 //!
 //! Nothing may follow. PCR indices are strictly ascending and at most [`crate::MAX_PCR`].
 
+use vmattest_core::class::{Classify, ErrorClass};
+
 use crate::MAX_PCR;
 
 pub const MAGIC: &[u8; 8] = b"VMATSEAL";
@@ -52,6 +54,14 @@ pub enum BlobError {
     PcrList { found: Vec<u32> },
     #[error("sealed blob has {values} PCR values for {pcrs} PCRs")]
     PcrValues { pcrs: usize, values: usize },
+}
+
+/// A blob that does not parse is malformed input; a blob the TPM refuses to unseal is a
+/// [`crate::TpmError`].
+impl Classify for BlobError {
+    fn class(&self) -> ErrorClass {
+        ErrorClass::Input
+    }
 }
 
 /// A secret sealed by [`crate::Tpm::seal`]: the TPM object (useless outside the TPM that made

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use vmattest_core::class::{Classify, ErrorClass};
+
 /// The environment variable holding a TCTI configuration string, used when there is no
 /// `/dev/tpmrm0` (e.g. `swtpm:host=127.0.0.1,port=2321`).
 pub const TCTI_ENV: &str = "VMATTEST_TPM_TCTI";
@@ -18,6 +20,16 @@ pub enum ConfigError {
     NothingConfigured { device: PathBuf, env: &'static str },
     #[error("{env} is set but empty or not valid UTF-8")]
     BadEnv { env: &'static str },
+}
+
+impl Classify for ConfigError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            ConfigError::NothingConfigured { .. } => ErrorClass::Environment,
+            // The variable is part of the invocation, like an argument.
+            ConfigError::BadEnv { .. } => ErrorClass::Input,
+        }
+    }
 }
 
 /// Where the TPM is.

@@ -22,6 +22,7 @@ use std::fmt;
 use std::sync::{Mutex, MutexGuard};
 
 use sha2::{Digest as _, Sha256, Sha384};
+use vmattest_core::class::{Classify, ErrorClass};
 use vmattest_sign::{PublicKey, SigAlg, SignError, Signer};
 use zeroize::Zeroizing;
 
@@ -62,6 +63,22 @@ pub enum TpmError {
     Input { what: &'static str, detail: String },
     #[error("unseal refused: {}", describe_pcrs(.pcrs))]
     PcrMismatch { pcrs: Vec<u32> },
+}
+
+impl Classify for TpmError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            TpmError::NotBuilt
+            | TpmError::Open { .. }
+            | TpmError::Command { .. }
+            | TpmError::Unexpected { .. } => ErrorClass::Environment,
+            TpmError::Config(e) => e.class(),
+            TpmError::Blob(e) => e.class(),
+            TpmError::Input { .. } => ErrorClass::Input,
+            // The host's measured state is not the one the secret was sealed to.
+            TpmError::PcrMismatch { .. } => ErrorClass::Verification,
+        }
+    }
 }
 
 fn describe_pcrs(pcrs: &[u32]) -> String {
@@ -490,6 +507,27 @@ mod tests {
         assert_eq!(bytes.len(), vmattest_sign::signature_len(SigAlg::EcdsaP384));
         assert_eq!(&bytes[..48], &[1; 48]);
         assert_eq!(&bytes[48..], &[2; 48]);
+    }
+
+    #[test]
+    fn a_missing_tpm_is_environment_and_a_changed_pcr_is_verification() {
+        use vmattest_core::class::{Classify as _, ErrorClass};
+        assert_eq!(TpmError::NotBuilt.class(), ErrorClass::Environment);
+        let nothing = ConfigError::NothingConfigured {
+            device: "/dev/tpmrm0".into(),
+            env: TCTI_ENV,
+        };
+        assert_eq!(TpmError::from(nothing).class(), ErrorClass::Environment);
+        let failed = TpmError::Command {
+            op: "unseal",
+            detail: "TPM_RC_FAILURE".into(),
+        };
+        assert_eq!(failed.class(), ErrorClass::Environment);
+        let changed = TpmError::PcrMismatch { pcrs: vec![16] };
+        assert_eq!(changed.class(), ErrorClass::Verification);
+        assert_eq!(normalize_pcrs(&[]).unwrap_err().class(), ErrorClass::Input);
+        let short = SealedBlob::from_bytes(b"VMATSEAL").unwrap_err();
+        assert_eq!(TpmError::from(short).class(), ErrorClass::Input);
     }
 
     #[test]

@@ -8,6 +8,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use vmattest_core::class::{Classify, ErrorClass, io_class};
+
 use crate::measure::{Accept, MeasureError, open_checked};
 use crate::packages::MAX_PACKAGE_INPUT_BYTES;
 
@@ -46,6 +48,21 @@ pub enum DebugfsError {
     NotText { image: PathBuf, file: String },
     #[error("disk image {image}: debugfs: {detail}")]
     Failed { image: PathBuf, detail: String },
+}
+
+impl Classify for DebugfsError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            DebugfsError::NotInstalled
+            | DebugfsError::Spawn { .. }
+            | DebugfsError::Failed { .. } => ErrorClass::Environment,
+            DebugfsError::Image { source, .. } => io_class(source.kind()),
+            DebugfsError::NotAnImage(e) => e.class(),
+            DebugfsError::FileAbsent { .. }
+            | DebugfsError::TooLarge { .. }
+            | DebugfsError::NotText { .. } => ErrorClass::Input,
+        }
+    }
 }
 
 /// Reads [`DPKG_STATUS_PATH`] out of the ext2/3/4 file system in the raw image `image`.

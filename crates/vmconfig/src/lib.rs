@@ -18,6 +18,7 @@ pub use libvirt::{XmlError, domain_params, load_domain_params};
 pub use measure::{MeasureError, disk_root, sha256_file};
 pub use packages::{Package, PackageError, package_params, parse_manifest, parse_status};
 pub use spec::{SpecParamError, spec_params};
+use vmattest_core::class::{Classify, ErrorClass};
 
 /// Longest parameter name.
 pub const MAX_NAME_LEN: usize = 128;
@@ -43,6 +44,12 @@ pub enum ParamError {
         first: String,
         second: String,
     },
+}
+
+impl Classify for ParamError {
+    fn class(&self) -> ErrorClass {
+        ErrorClass::Input
+    }
 }
 
 impl Param {

@@ -8,6 +8,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use roxmltree::{Document, Node, ParsingOptions};
+use vmattest_core::class::{Classify, ErrorClass, io_class};
 
 use crate::measure::{Accept, MeasureError, disk_root, open_checked, sha256_file};
 use crate::{Builder, Param, ParamError};
@@ -70,6 +71,25 @@ pub enum XmlError {
         element: String,
         source: Box<ParamError>,
     },
+}
+
+impl Classify for XmlError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            XmlError::Io { source, .. } => io_class(source.kind()),
+            XmlError::NotAFile(e) => e.class(),
+            XmlError::Measure { source, .. } => source.class(),
+            XmlError::Name { source, .. } => source.class(),
+            XmlError::TooLarge { .. }
+            | XmlError::NotUtf8 { .. }
+            | XmlError::Doctype { .. }
+            | XmlError::Parse { .. }
+            | XmlError::Limit { .. }
+            | XmlError::NotDomain { .. }
+            | XmlError::Missing { .. }
+            | XmlError::Invalid { .. } => ErrorClass::Input,
+        }
+    }
 }
 
 /// Reads the domain XML at `path` (at most [`MAX_XML_BYTES`]) and returns its parameters.

@@ -15,6 +15,7 @@ use std::process::{Command, Stdio};
 
 use sha2::{Digest as _, Sha256};
 use vmattest_core::alg::HashAlg;
+use vmattest_core::class::{Classify, ErrorClass, io_class};
 use vmattest_core::tree::{NoProgress, TreeParams};
 use vmattest_image::{ImageError, MappedImage};
 
@@ -40,6 +41,20 @@ pub enum MeasureError {
     UnsupportedFormat { path: PathBuf, found: String },
     #[error("disk image {path}: qcow2 to raw conversion: {detail}")]
     Convert { path: PathBuf, detail: String },
+}
+
+impl Classify for MeasureError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            MeasureError::Read { source, .. } => io_class(source.kind()),
+            MeasureError::NotAFile { .. } | MeasureError::UnsupportedFormat { .. } => {
+                ErrorClass::Input
+            }
+            MeasureError::Image { source, .. } => source.class(),
+            // The conversion tool failed or is missing; its output is in `detail`.
+            MeasureError::Convert { .. } => ErrorClass::Environment,
+        }
+    }
 }
 
 /// Which kinds of file a measurement accepts.

@@ -6,6 +6,8 @@
 //! sort -u` prints for a system without conflicting multi-arch versions. `packages.sha256` is
 //! its SHA-256, so `sha256sum` of that output checks it.
 
+use vmattest_core::class::{Classify, ErrorClass};
+
 use crate::measure::sha256_hex;
 use crate::{Builder, Param, ParamError};
 
@@ -48,6 +50,18 @@ pub enum PackageError {
     },
     #[error("package {name:?}: {source}")]
     Name { name: String, source: ParamError },
+}
+
+impl Classify for PackageError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            PackageError::Name { source, .. } => source.class(),
+            PackageError::TooLarge { .. }
+            | PackageError::TooMany { .. }
+            | PackageError::Invalid { .. }
+            | PackageError::Conflict { .. } => ErrorClass::Input,
+        }
+    }
 }
 
 /// Parses a manifest of `NAME VERSION` lines (`dpkg-query -W -f '${Package} ${Version}\n'`).

@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+use vmattest_core::class::{Classify, ErrorClass};
 use vmattest_qemu::{Boot, VmSpec};
 
 use crate::measure::{MeasureError, disk_root, sha256_file};
@@ -24,6 +25,15 @@ pub enum SpecParamError {
         field: String,
         source: Box<ParamError>,
     },
+}
+
+impl Classify for SpecParamError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            SpecParamError::Measure { source, .. } => source.class(),
+            SpecParamError::Name { source, .. } => source.class(),
+        }
+    }
 }
 
 /// The parameters of `spec`, sorted by name. Reads and hashes the kernel, initrd and disks.

@@ -13,6 +13,8 @@ mod tests;
 
 use core::fmt;
 
+use crate::class::{Classify, ErrorClass};
+
 pub use evidence::{Evidence, RegionDigest, SignedEvidence};
 pub use policy::{Policy, PolicyFile, Region, Subset};
 pub use report::{ComponentCheck, SignedSnapshotReport, SnapshotReport};
@@ -44,4 +46,11 @@ pub enum AttestError {
     SystemMap { line: usize, reason: String },
     #[error("System.map has no symbol {0}")]
     UnknownSymbol(String),
+}
+
+/// Policies and System.map files are the caller's input.
+impl Classify for AttestError {
+    fn class(&self) -> ErrorClass {
+        ErrorClass::Input
+    }
 }

@@ -2,8 +2,9 @@
 
 use super::*;
 use crate::alg::{HashAlg, PageIndex};
-use crate::record::{Signable, UnixTime};
+use crate::record::{RecordError, Signable, UnixTime};
 use crate::sig::KeyId;
+use crate::wire::WireError;
 
 const MAP: &str = "ffffffff81000000 T _text\nffffffff81001000 T _stext\nffffffff81a00123 T _etext\nffffffff82000000 D sys_call_table\n";
 
@@ -55,46 +56,51 @@ fn resolved_policy_round_trips_through_toml_with_the_same_id() {
     assert_eq!(again.id(), p.id());
 }
 
+/// The field, expectation and finding of a policy value that cannot hold.
+fn policy_field(e: AttestError) -> (String, String, String) {
+    match e {
+        AttestError::Policy {
+            field,
+            expected,
+            found,
+        } => (field, expected, found),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn policy_errors_name_the_field() {
-    let e = Policy::parse(POLICY, None).unwrap_err().to_string();
-    assert!(
-        e.contains("region text.symbols") && e.contains("System.map"),
-        "{e}"
+    let (field, ..) = policy_field(Policy::parse(POLICY, None).unwrap_err());
+    assert_eq!(field, "region text.symbols");
+    let (field, _, found) =
+        policy_field(Policy::parse(&POLICY.replace("sha256", "md5"), None).unwrap_err());
+    assert_eq!((field.as_str(), found.as_str()), ("hash", "md5"));
+    let (field, _, found) = policy_field(
+        Policy::parse(
+            &POLICY.replace("sample = 2", "sample = 9"),
+            Some(&SystemMap::parse(MAP).unwrap()),
+        )
+        .unwrap_err(),
     );
-    let e = Policy::parse(&POLICY.replace("sha256", "md5"), None)
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("hash") && e.contains("md5"), "{e}");
-    let e = Policy::parse(
-        &POLICY.replace("sample = 2", "sample = 9"),
-        Some(&SystemMap::parse(MAP).unwrap()),
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(e.contains("region low.sample") && e.contains("9"), "{e}");
-    let e = Policy::parse("name = \"x\"\nbogus = 1\n", None)
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("bogus"), "{e}");
+    assert_eq!((field.as_str(), found.as_str()), ("region low.sample", "9"));
+    let e = Policy::parse("name = \"x\"\nbogus = 1\n", None).unwrap_err();
+    assert!(matches!(e, AttestError::PolicySyntax(_)), "{e:?}");
     let big = "#".repeat(policy::MAX_POLICY_BYTES + 1);
     assert!(Policy::parse(&big, None).is_err());
 }
 
 #[test]
 fn system_map_errors_name_the_line() {
-    let e = SystemMap::parse("ffff T _text\nzz T x\n")
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("line 2"), "{e}");
-    let e = SystemMap::parse("ffff T other\n").unwrap_err().to_string();
-    assert!(e.contains("_text"), "{e}");
+    let e = SystemMap::parse("ffff T _text\nzz T x\n").unwrap_err();
+    assert!(matches!(e, AttestError::SystemMap { line: 2, .. }), "{e:?}");
+    let e = SystemMap::parse("ffff T other\n").unwrap_err();
+    // Line 0: the file as a whole lacks the kernel's first symbol.
+    assert!(matches!(e, AttestError::SystemMap { line: 0, .. }), "{e:?}");
     let e = PolicyFile::parse(&POLICY.replace("_etext", "_nope"))
         .unwrap()
         .resolve(Some(&SystemMap::parse(MAP).unwrap()))
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("_nope"), "{e}");
+        .unwrap_err();
+    assert_eq!(e, AttestError::UnknownSymbol("_nope".into()));
 }
 
 #[test]
@@ -187,8 +193,17 @@ fn snapshot_report_verdict_byte_must_agree() {
     let at = bytes.len() - 1 - 32 - 4 - (4 + 3 + 32 + 32) - 1;
     assert_eq!(bytes[at], 1);
     bytes[at] = 0;
-    let e = SnapshotReport::decode(&bytes).unwrap_err().to_string();
-    assert!(e.contains("verdict"), "{e}");
+    let e = SnapshotReport::decode(&bytes).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            RecordError::Wire(WireError::BadValue {
+                field: "verdict",
+                ..
+            })
+        ),
+        "{e:?}"
+    );
 }
 
 #[test]

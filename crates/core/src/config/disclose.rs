@@ -262,7 +262,7 @@ impl Disclosure {
     /// checked here.
     pub fn verify(&self, statement: &ConfigStatement) -> Result<ConfigParam, ConfigError> {
         if self.count != u64::from(statement.count) {
-            return Err(ConfigError::Disclosure {
+            return Err(ConfigError::DisclosureMismatch {
                 field: "count",
                 expected: format!("the statement's {}", statement.count),
                 found: self.count.to_string(),
@@ -270,7 +270,7 @@ impl Disclosure {
         }
         let root = self.root()?;
         if !root.ct_eq(&statement.root) {
-            return Err(ConfigError::Disclosure {
+            return Err(ConfigError::DisclosureMismatch {
                 field: "root",
                 expected: format!("the statement's {}", statement.root),
                 found: root.to_string(),

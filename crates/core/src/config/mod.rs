@@ -29,6 +29,7 @@ pub use reference::{
 pub use statement::{ConfigStatement, MAX_QUOTE_NONCE_LEN, SignedConfigStatement};
 pub use tree::{LEAF_DOMAIN, MAX_PATH_LEN, leaf_digest, path_len};
 
+use crate::class::{Classify, ErrorClass};
 use crate::record::RecordError;
 use crate::wire::WireError;
 
@@ -71,12 +72,36 @@ pub enum ConfigError {
     Count { expected: String, found: usize },
     #[error("config has no param {0:?}")]
     Unknown(String),
+    /// A disclosure that is malformed in itself.
     #[error("config disclosure {field}: expected {expected}, found {found}")]
     Disclosure {
         field: &'static str,
         expected: String,
         found: String,
     },
+    /// A well-formed disclosure that does not lead to its statement (`field` is `count` or
+    /// `root`).
+    #[error("config disclosure {field}: expected {expected}, found {found}")]
+    DisclosureMismatch {
+        field: &'static str,
+        expected: String,
+        found: String,
+    },
+}
+
+impl Classify for ConfigError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            ConfigError::Wire(e) => e.class(),
+            ConfigError::Record(e) => e.class(),
+            ConfigError::Param { .. }
+            | ConfigError::Duplicate { .. }
+            | ConfigError::Count { .. }
+            | ConfigError::Unknown(_)
+            | ConfigError::Disclosure { .. } => ErrorClass::Input,
+            ConfigError::DisclosureMismatch { .. } => ErrorClass::Verification,
+        }
+    }
 }
 
 /// One named configuration parameter.

@@ -27,6 +27,7 @@ use rayon::prelude::*;
 pub use proof::{MAX_PROOF_PAGES, PageProof, ProofError, read_alg};
 
 use crate::alg::{Digest, HashAlg, PAGE_SIZE, PageIndex, page_count};
+use crate::class::{Classify, ErrorClass};
 
 /// Longest salt dm-verity accepts.
 pub const MAX_SALT_LEN: usize = 256;
@@ -47,6 +48,13 @@ pub enum TreeError {
     LengthChanged { expected: u64, found: u64 },
     #[error("page {page} is outside the image of {pages} pages")]
     PageOutOfRange { page: PageIndex, pages: u64 },
+}
+
+/// Every tree error is a bad parameter or an image of the wrong shape; none is a failed check.
+impl Classify for TreeError {
+    fn class(&self) -> ErrorClass {
+        ErrorClass::Input
+    }
 }
 
 /// Receives progress reports (bytes hashed) from worker threads.

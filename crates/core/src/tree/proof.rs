@@ -7,6 +7,7 @@
 //! signed record or a root it trusts.
 
 use crate::alg::{Digest, HashAlg, PAGE_SIZE, PageIndex, page_count};
+use crate::class::{Classify, ErrorClass};
 use crate::wire::{Kind, Reader, WireError, Writer};
 
 use super::{ImageTree, MAX_SALT_LEN, TreeError, TreeParams, usize_of};
@@ -41,6 +42,21 @@ pub enum ProofError {
         claimed: Digest,
         computed: Digest,
     },
+}
+
+impl Classify for ProofError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            ProofError::Wire(e) => e.class(),
+            ProofError::Tree(e) => e.class(),
+            // A sibling count the tree shape cannot have is a malformed proof, not a wrong one.
+            ProofError::RangeOutOfImage { .. }
+            | ProofError::BadCount { .. }
+            | ProofError::ImageMismatch { .. }
+            | ProofError::SiblingCount { .. } => ErrorClass::Input,
+            ProofError::RootMismatch { .. } => ErrorClass::Verification,
+        }
+    }
 }
 
 /// A proof that pages `first .. first + count` of an image have the bytes it carries.
