@@ -2,6 +2,7 @@
 //! snapshot whose chain verified against pinned keys, with the snapshot's provenance.
 
 use std::path::Path;
+use vmattest_core::class::{Classify, ErrorClass};
 
 use vmattest_api::{NewBaseline, Provenance, RegionPages};
 use vmattest_core::alg::PAGE_SIZE;
@@ -42,10 +43,15 @@ pub enum BaselineError {
     },
 }
 
-impl BaselineError {
-    /// True when the chain does not match its signed commitments.
-    pub fn is_verification(&self) -> bool {
-        matches!(self, BaselineError::Store(e) if e.is_verification())
+impl Classify for BaselineError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            BaselineError::Store(e) => e.class(),
+            BaselineError::NoComponent { .. } => ErrorClass::Input,
+            BaselineError::Scratch { .. } => ErrorClass::Environment,
+            BaselineError::Image(e) => e.class(),
+            BaselineError::Region { source, .. } => source.class(),
+        }
     }
 }
 

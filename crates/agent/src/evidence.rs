@@ -2,6 +2,7 @@
 
 use vmattest_core::alg::Digest;
 use vmattest_core::attest::{Evidence, Policy, RegionDigest};
+use vmattest_core::class::{Classify, ErrorClass};
 use vmattest_core::record::{RecordError, SignatureEntry, Signed, UnixTime};
 use vmattest_sign::{SignError, Signer};
 
@@ -18,6 +19,16 @@ pub enum EvidenceError {
         #[source]
         source: Box<SignError>,
     },
+}
+
+impl Classify for EvidenceError {
+    /// Evidence too large to encode is input; a signer that fails (a TPM) is the environment.
+    fn class(&self) -> ErrorClass {
+        match self {
+            EvidenceError::Encode(_) => ErrorClass::Input,
+            EvidenceError::Sign { .. } => ErrorClass::Environment,
+        }
+    }
 }
 
 /// The current wall-clock time.

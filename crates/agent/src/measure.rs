@@ -10,6 +10,7 @@ use vmattest_core::alg::{Digest, PAGE_SIZE, PageIndex};
 use vmattest_core::attest::{
     Policy, Region, RegionDigest, page_digest, region_digest, sample_pages,
 };
+use vmattest_core::class::{Classify, ErrorClass};
 use vmattest_image::{ImageError, MappedImage};
 use vmattest_qemu::{QmpError, VmSpec};
 
@@ -44,6 +45,19 @@ pub enum MeasureError {
     },
     #[error("vm {vm}: status {status}: expected running or paused")]
     Status { vm: String, status: String },
+}
+
+impl Classify for MeasureError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            MeasureError::UnknownSubset { .. }
+            | MeasureError::UnknownRegion { .. }
+            | MeasureError::BeyondRam { .. } => ErrorClass::Input,
+            MeasureError::Ram(e) => e.class(),
+            MeasureError::Qmp { source, .. } => source.class(),
+            MeasureError::EmptyRam { .. } | MeasureError::Status { .. } => ErrorClass::Environment,
+        }
+    }
 }
 
 /// The bytes of `region` within `ram`, or an error naming the region, its range and the RAM size.

@@ -10,6 +10,7 @@
 //! `qemu-img` can give.
 
 use std::path::{Path, PathBuf};
+use vmattest_core::class::{Classify, ErrorClass};
 
 use vmattest_core::alg::Digest;
 
@@ -54,10 +55,17 @@ pub enum ReportError {
     Sign(#[from] EvidenceError),
 }
 
-impl ReportError {
-    /// True when the chain does not match its signed commitments.
-    pub fn is_verification(&self) -> bool {
-        matches!(self, ReportError::Store(e) if e.is_verification())
+impl Classify for ReportError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            ReportError::Store(e) => e.class(),
+            ReportError::Vm(e) => e.class(),
+            ReportError::Image { source, .. } => source.class(),
+            ReportError::Tree { .. } | ReportError::Nothing { .. } | ReportError::Nonce { .. } => {
+                ErrorClass::Input
+            }
+            ReportError::Sign(e) => e.class(),
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use vmattest_core::class::{Classify, ErrorClass};
 
 use vmattest_api::{AttestationResult, Challenge};
 use vmattest_core::attest::{AttestError, Policy};
@@ -61,6 +62,23 @@ pub enum RunError {
         #[source]
         source: StoreError,
     },
+}
+
+impl Classify for RunError {
+    /// A challenge the server sent that cannot be used is the server failing (environment);
+    /// a policy that does not hash to the id it was sent under fails verification.
+    fn class(&self) -> ErrorClass {
+        match self {
+            RunError::Client(e) => e.class(),
+            RunError::Policy { .. } | RunError::Challenge { .. } => ErrorClass::Environment,
+            RunError::PolicyId { .. } => ErrorClass::Verification,
+            RunError::Measure(e) => e.class(),
+            RunError::Evidence(e) => e.class(),
+            RunError::Report(e) => e.class(),
+            RunError::Rollback { source, .. } => source.class(),
+            RunError::RollbackStore { source, .. } => source.class(),
+        }
+    }
 }
 
 /// One challenge answered: the server's result and the policy's schedule.

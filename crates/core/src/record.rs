@@ -5,7 +5,6 @@
 //! keeps these signatures from being valid for any other protocol, and the kind and version
 //! inside the object keep them from being valid for any other vmattest object.
 
-
 use crate::alg::{Digest, page_count};
 use crate::sig::{KeyId, SigAlg};
 use crate::tree::{MAX_SALT_LEN, TreeParams};

@@ -6,6 +6,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
+use vmattest_core::class::{Classify, ErrorClass};
 use vmattest_core::tree::{ImageTree, Progress, TreeError, TreeParams};
 
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +23,18 @@ pub enum ImageError {
     Map { path: PathBuf, source: io::Error },
     #[error("{path}")]
     Tree { path: PathBuf, source: TreeError },
+}
+
+impl Classify for ImageError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            ImageError::NotFound { .. }
+            | ImageError::IsDirectory { .. }
+            | ImageError::NotRegular { .. }
+            | ImageError::Tree { .. } => ErrorClass::Input,
+            ImageError::Unreadable { .. } | ImageError::Map { .. } => ErrorClass::Environment,
+        }
+    }
 }
 
 /// A read-only view of an image file.

@@ -9,6 +9,7 @@ use std::os::unix::fs::FileTypeExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
+use vmattest_core::class::{Classify, ErrorClass};
 
 use rustix::process::Signal;
 
@@ -87,6 +88,27 @@ pub enum VmError {
     },
     #[error("vm {name}: pid {pid} is still alive after SIGKILL")]
     Unkillable { name: String, pid: i32 },
+}
+
+impl Classify for VmError {
+    /// What the spec names (files, sizes) and a VM already running are input; QEMU failing to
+    /// run, answer or die is the environment.
+    fn class(&self) -> ErrorClass {
+        match self {
+            VmError::AlreadyRunning { .. }
+            | VmError::Missing { .. }
+            | VmError::NotAFile { .. }
+            | VmError::RamSize { .. } => ErrorClass::Input,
+            VmError::Qmp { source, .. } => source.class(),
+            VmError::Io { .. }
+            | VmError::Spawn { .. }
+            | VmError::QemuFailed { .. }
+            | VmError::NoPid { .. }
+            | VmError::Exited { .. }
+            | VmError::ConsoleTimeout { .. }
+            | VmError::Unkillable { .. } => ErrorClass::Environment,
+        }
+    }
 }
 
 /// A QEMU this process started, with its QMP session.

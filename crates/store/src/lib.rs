@@ -119,7 +119,9 @@ impl Default for Reporter {
 impl Store {
     /// Creates an empty store at `root` (which must not exist or be empty).
     pub fn init(root: &Path, meta: StoreMeta) -> Result<Store, StoreError> {
-        meta.params()?;
+        // The caller's metadata, not a store file yet: a bad one is input.
+        meta.params()
+            .map_err(|e| StoreError::Input(e.to_string()))?;
         if !root.exists() {
             use std::os::unix::fs::DirBuilderExt as _;
             std::fs::DirBuilder::new()

@@ -547,12 +547,14 @@ impl Store {
             .iter()
             .zip(files)
             .map(|(c, (f, path))| {
-                let image = |e: String| StoreError::Image {
+                let f = f.try_clone().map_err(|error| StoreError::Io {
+                    path: path.clone(),
+                    error,
+                })?;
+                MappedImage::from_file(f, path).map_err(|error| StoreError::Image {
                     what: format!("component {}", c.name),
-                    detail: e,
-                };
-                let f = f.try_clone().map_err(|e| image(e.to_string()))?;
-                MappedImage::from_file(f, path).map_err(|e| image(e.to_string()))
+                    error,
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let chunks: Vec<(usize, u64)> = comps

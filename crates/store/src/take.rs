@@ -202,9 +202,9 @@ impl Store {
         let images = inputs
             .iter()
             .map(|c| {
-                MappedImage::open(&c.path).map_err(|e| StoreError::Image {
+                MappedImage::open(&c.path).map_err(|error| StoreError::Image {
                     what: format!("component {}", c.name),
-                    detail: e.to_string(),
+                    error,
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -242,10 +242,7 @@ impl Store {
                     t
                 }
                 _ => ImageTree::build_with_holes(&self.params, bytes, &holes, self.progress())
-                    .map_err(|e| StoreError::Image {
-                        what: format!("component {}", input.name),
-                        detail: e.to_string(),
-                    })?,
+                    .map_err(|e| StoreError::Input(format!("component {}: {e}", input.name)))?,
             };
             let component = u16::try_from(i).unwrap_or(u16::MAX);
             entries.extend(

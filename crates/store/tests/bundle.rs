@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 use vmattest_core::chain::{ComponentKind, SeqNo};
+use vmattest_core::class::{Classify as _, ErrorClass};
 use vmattest_core::record::UnixTime;
 use vmattest_core::sig::SigAlg;
 use vmattest_sign::{SecretKey, Signer};
@@ -199,7 +200,7 @@ fn damaged_foreign_stale_and_forked_bundles_change_nothing() {
     let keys = [stranger.public_key()];
     let e = Store::import(&target, &fx.path("all"), &fx.opts(&keys, None)).unwrap_err();
     assert!(
-        e.is_verification() && e.to_string().contains("signature"),
+        e.class() == ErrorClass::Verification && e.to_string().contains("signature"),
         "{e}"
     );
     assert!(before == files(&target), "wrong key: the target changed");

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 use vmattest_core::chain::{ComponentKind, Link, ObjectId, SeqNo, link_digest};
+use vmattest_core::class::{Classify as _, ErrorClass};
 use vmattest_core::record::{SignatureEntry, Signed};
 use vmattest_core::sig::SigAlg;
 use vmattest_core::wire::{Kind, Writer};
@@ -247,7 +248,7 @@ fn every_tamper_is_caught_and_named() {
                 if let Some(n) = needles.iter().find(|n| !text.contains(**n)) {
                     failures.push(format!("{what}: {n:?} not in {text:?}"));
                 }
-                if *verification && !e.is_verification() {
+                if *verification && e.class() != ErrorClass::Verification {
                     failures.push(format!("{what}: not a verification error: {text}"));
                 }
                 assert!(!text.contains('\n'), "{what}: multi-line error {text:?}");
@@ -274,7 +275,7 @@ fn wrong_key_is_named_and_prefixes_before_damage_still_verify() {
     let other = [SecretKey::generate(SigAlg::Ed25519).unwrap().public_key()];
     let store = Store::open(&fx.store).unwrap();
     let e = store.verify(&fx.opts(&other, None)).unwrap_err();
-    assert!(e.is_verification(), "{e}");
+    assert!(e.class() == ErrorClass::Verification, "{e}");
     assert!(
         e.to_string().contains("seq 0") && e.to_string().contains("signature"),
         "{e}"
@@ -371,7 +372,7 @@ fn consistently_altered_pages_are_caught_by_their_digests() {
     let page = forge_head_batch(&fx.store, &fx.key);
     let e = verify_copy(&fx, &fx.store, None).unwrap_err();
     let text = e.to_string();
-    assert!(e.is_verification(), "{text}");
+    assert!(e.class() == ErrorClass::Verification, "{text}");
     for n in ["seq 3", "component mem", &format!("page {page}")] {
         assert!(text.contains(n), "{n:?} not in {text:?}");
     }

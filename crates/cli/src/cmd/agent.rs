@@ -11,6 +11,7 @@ use vmattest_agent::report::ChainCheck;
 use vmattest_agent::run::{Event, LoopOptions, Rollback, run_loop};
 use vmattest_agent::{ReportError, RunError};
 use vmattest_api::AttestationResult;
+use vmattest_core::class::{Classify as _, ErrorClass};
 use vmattest_core::record::MAX_NONCE_LEN;
 
 use super::remote::connect;
@@ -58,7 +59,7 @@ fn print_result(round: u64, r: &AttestationResult, json: bool) -> anyhow::Result
 
 fn run_err(e: RunError) -> anyhow::Error {
     match &e {
-        RunError::Rollback { source, .. } if source.is_verification() => {
+        RunError::Rollback { source, .. } if source.class() == ErrorClass::Verification => {
             VerificationFailed(e.to_string()).into()
         }
         _ => anyhow::Error::new(e),
@@ -213,7 +214,7 @@ struct ReportJson {
 }
 
 fn report_err(e: ReportError) -> anyhow::Error {
-    if e.is_verification() {
+    if e.class() == ErrorClass::Verification {
         VerificationFailed(e.to_string()).into()
     } else {
         anyhow::Error::new(e)

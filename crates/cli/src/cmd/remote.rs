@@ -1,6 +1,7 @@
 //! `vmattest remote ...`: a thin administrator and auditor client for the attestation server.
 
 use std::path::Path;
+use vmattest_core::class::{Classify as _, ErrorClass};
 
 use anyhow::{Context as _, bail};
 use serde::Serialize;
@@ -235,7 +236,7 @@ pub fn run(args: RemoteArgs, json: bool) -> anyhow::Result<()> {
                 &component,
             )
             .map_err(|e| {
-                if e.is_verification() {
+                if e.class() == ErrorClass::Verification {
                     VerificationFailed(e.to_string()).into()
                 } else {
                     anyhow::Error::new(e)

@@ -7,6 +7,7 @@ use anyhow::{Context as _, bail};
 use serde::Serialize;
 use vmattest_core::alg::PageIndex;
 use vmattest_core::chain::{ComponentKind, ComponentRoot, SeqNo};
+use vmattest_core::class::{Classify as _, ErrorClass};
 use vmattest_core::tree::ImageTree;
 use vmattest_sign::{PublicKey, Signer, keyfile};
 use vmattest_store::{
@@ -22,7 +23,7 @@ use crate::progress::Bar;
 
 /// Store errors that mean "the data does not match its signed commitments" exit 1.
 pub(super) fn err(e: StoreError) -> anyhow::Error {
-    if e.is_verification() {
+    if e.class() == ErrorClass::Verification {
         VerificationFailed(e.to_string()).into()
     } else {
         anyhow::Error::new(e)

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde::Serialize;
 use vmattest_core::chain::SeqNo;
+use vmattest_core::class::{Classify as _, ErrorClass};
 use vmattest_qemu::capture::{self, CaptureError};
 use vmattest_qemu::{VmSpec, restore, vm};
 use vmattest_sign::Signer;
@@ -32,7 +33,7 @@ pub fn load_spec(arg: &str) -> anyhow::Result<VmSpec> {
 }
 
 fn capture_err(e: CaptureError) -> anyhow::Error {
-    if e.is_verification() {
+    if e.class() == ErrorClass::Verification {
         VerificationFailed(e.to_string()).into()
     } else {
         anyhow::Error::new(e)
