@@ -20,11 +20,13 @@
 mod batch;
 mod bundle;
 mod cache;
+mod cachefiles;
 mod crypt;
 mod dir;
 mod error;
 mod fsck;
 mod fsio;
+mod pages;
 mod rebuild;
 mod replay;
 mod take;

@@ -16,11 +16,12 @@ use vmattest_core::wire::{HEADER_LEN, Kind};
 use vmattest_sign::PublicKey;
 use vmattest_sign::record::verify_signed;
 
-use crate::crypt::StoreSecret;
-use crate::rebuild::{Decoder, REGION_PAGES, Rebuild, Scratch};
 use vmattest_image::MappedImage;
 
+use crate::crypt::StoreSecret;
 use crate::dir::{Access, Dir, TempDir, memory_file};
+use crate::pages::{ObjectFn, idx};
+use crate::rebuild::{Decoder, REGION_PAGES, Rebuild, Scratch};
 use crate::{Store, StoreError};
 
 /// How far and how strictly to replay.
@@ -45,9 +46,6 @@ pub struct Verified {
     pub time: UnixTime,
     pub components: Vec<ComponentRoot>,
 }
-
-/// Reads an object by id, refusing it above a size.
-pub(crate) type ObjectFn<'a> = dyn Fn(&ObjectId, usize) -> Result<Vec<u8>, StoreError> + Sync + 'a;
 
 /// Where links and objects come from: the store itself, or a store plus a staged import.
 pub(crate) struct Source<'a> {
@@ -628,9 +626,4 @@ fn copy_range(from: &File, to: &File, off: u64, len: u64) -> std::io::Result<()>
         left -= n;
     }
     Ok(())
-}
-
-/// In-memory sizes and indices always fit `usize` on the 64-bit hosts vmattest supports.
-pub(crate) fn idx(n: u64) -> usize {
-    usize::try_from(n).unwrap_or(usize::MAX)
 }

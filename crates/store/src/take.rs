@@ -17,6 +17,7 @@ use vmattest_sign::Signer;
 use crate::batch::{self, BATCH_PAGES};
 use crate::cache::{CacheWriter, HeadPages};
 use crate::crypt::{PageKey, StoreSecret};
+use crate::pages::{is_zero, page_of};
 use crate::{Head, Store, StoreError};
 
 /// One component to capture.
@@ -68,8 +69,6 @@ pub fn check_name(name: &str) -> Result<(), StoreError> {
         )))
     }
 }
-
-pub(crate) use vmattest_core::alg::is_zero;
 
 /// Where the bytes of the captured pages live between [`Store::freeze`] and [`Store::commit`].
 #[derive(Debug)]
@@ -578,14 +577,6 @@ fn entropy(bytes: &[u8]) -> f64 {
             -p * p.log2()
         })
         .sum()
-}
-
-pub(crate) fn page_of(bytes: &[u8], page: u64) -> &[u8] {
-    let start = usize::try_from(page)
-        .unwrap_or(usize::MAX)
-        .saturating_mul(PAGE_SIZE)
-        .min(bytes.len());
-    &bytes[start..(start + PAGE_SIZE).min(bytes.len())]
 }
 
 /// Changed pages with whether each is now all zeros. Without a previous tree, every non-zero
