@@ -9,8 +9,7 @@ use vmattest_core::alg::PAGE_SIZE;
 use vmattest_core::attest::{Policy, page_digest};
 use vmattest_core::chain::SeqNo;
 use vmattest_image::{ImageError, MappedImage};
-use vmattest_sign::PublicKey;
-use vmattest_store::{ReplayOptions, Store, StoreError, StoreSecret};
+use vmattest_store::{PinnedKeys, ReplayOptions, Store, StoreError, StoreSecret};
 
 use crate::measure::{MeasureError, region_bytes};
 
@@ -78,7 +77,7 @@ pub fn region_pages(memory: &[u8], policy: &Policy) -> Result<Vec<RegionPages>, 
 pub fn baseline_from_store(
     store_dir: &Path,
     seq: u64,
-    keys: &[PublicKey],
+    keys: &PinnedKeys,
     secret: Option<&StoreSecret>,
     policy: &Policy,
     component: &str,
@@ -97,7 +96,7 @@ pub fn baseline_from_store(
     let out = scratch.path().join("state");
     let opts = ReplayOptions {
         upto: Some(SeqNo(seq)),
-        keys: Some(keys),
+        keys,
         secret,
         max_age: None,
     };

@@ -21,8 +21,8 @@ use vmattest_core::tree::{ImageTree, NoProgress, TreeError, TreeParams};
 use vmattest_image::{ImageError, MappedImage};
 use vmattest_qemu::capture::{CONFIG, RAM};
 use vmattest_qemu::{DiskFormat, VmSpec};
-use vmattest_sign::{PublicKey, Signer};
-use vmattest_store::{ReplayOptions, Store, StoreError, StoreSecret};
+use vmattest_sign::Signer;
+use vmattest_store::{PinnedKeys, ReplayOptions, Store, StoreError, StoreSecret};
 
 use crate::evidence::{EvidenceError, now, sign};
 use crate::measure::{MeasureError, with_paused};
@@ -74,7 +74,7 @@ impl Classify for ReportError {
 pub struct ChainCheck<'a> {
     pub store: &'a Path,
     pub seq: u64,
-    pub keys: &'a [PublicKey],
+    pub keys: &'a PinnedKeys,
     pub secret: Option<&'a StoreSecret>,
 }
 
@@ -150,7 +150,7 @@ pub fn attest_snapshot(
     let store = Store::open(chain.store)?;
     let opts = ReplayOptions {
         upto: Some(SeqNo(chain.seq)),
-        keys: Some(chain.keys),
+        keys: chain.keys,
         secret: chain.secret,
         max_age: None,
     };

@@ -12,8 +12,8 @@ use vmattest_core::chain::SeqNo;
 use vmattest_qemu::VmSpec;
 use vmattest_qemu::capture::CaptureError;
 use vmattest_qemu::restore::RestoreReport;
-use vmattest_sign::{PublicKey, Signer};
-use vmattest_store::{ReplayOptions, Store, StoreError, StoreSecret};
+use vmattest_sign::Signer;
+use vmattest_store::{PinnedKeys, ReplayOptions, Store, StoreError, StoreSecret};
 
 use crate::client::{Client, ClientError};
 use crate::evidence::{EvidenceError, Measured, evidence_bytes};
@@ -163,7 +163,7 @@ pub fn attest_once(
 #[derive(Debug, Clone, Copy)]
 pub struct Rollback<'a> {
     pub store: &'a Path,
-    pub keys: &'a [PublicKey],
+    pub keys: &'a PinnedKeys,
     pub secret: Option<&'a StoreSecret>,
 }
 
@@ -173,7 +173,7 @@ pub fn roll_back(spec: &VmSpec, from: &Rollback<'_>, seq: u64) -> Result<Restore
         Store::open(from.store).map_err(|source| RunError::RollbackStore { seq, source })?;
     let opts = ReplayOptions {
         upto: Some(SeqNo(seq)),
-        keys: Some(from.keys),
+        keys: from.keys,
         secret: from.secret,
         max_age: None,
     };

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use vmattest_core::chain::ComponentKind;
 use vmattest_core::class::{Classify, ErrorClass};
-use vmattest_store::{ComponentInput, Store, StoreError, TakeOptions, TakeSummary};
+use vmattest_store::{ComponentInput, StoreError, StoreWriter, TakeOptions, TakeSummary};
 
 use crate::guard::{GuardError, GuardProgram};
 use crate::qmp::{Qmp, QmpError};
@@ -122,7 +122,7 @@ fn hold_point(point: &str) {
 /// QMP does.
 pub fn capture(
     spec: &VmSpec,
-    store: &Store,
+    store: &StoreWriter,
     opts: &TakeOptions<'_>,
     guard: Option<&GuardProgram>,
 ) -> Result<CaptureReport, CaptureError> {
@@ -226,7 +226,7 @@ type Measured = (vmattest_store::Frozen, Duration, Duration, u64);
 /// The paused part of a capture.
 fn measure(
     spec: &VmSpec,
-    store: &Store,
+    store: &StoreWriter,
     opts: &TakeOptions<'_>,
     qmp: &mut Qmp,
     work: &Path,

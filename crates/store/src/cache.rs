@@ -22,8 +22,8 @@ use crate::cachefiles::Stamp;
 use crate::crypt::{CacheKey, StoreSecret};
 use crate::dir::Access;
 use crate::pages::{idx, page_of};
-use crate::replay::{Outputs, ReplayOptions};
-use crate::{Head, Store, StoreError};
+use crate::replay::{Outputs, Plan};
+use crate::{Head, StoreError, StoreWriter};
 
 /// Read access to one cached image, decrypting pages when the store is encrypted.
 pub(crate) struct HeadPages<'k> {
@@ -60,7 +60,7 @@ fn versions_bytes(v: &[u64]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_be_bytes()).collect()
 }
 
-impl Store {
+impl StoreWriter {
     /// Replaces a cache file with a new 0600 file, without fsync: callers remove the stamp
     /// first, and every reader checks what it reads.
     fn write_derived(&self, rel: &Path, bytes: &[u8]) -> Result<(), StoreError> {
@@ -234,7 +234,7 @@ impl Store {
         key: Option<&CacheKey>,
     ) -> Result<Vec<ImageTree>, StoreError> {
         self.cache_invalidate()?;
-        let opts = ReplayOptions {
+        let opts = Plan {
             upto: Some(head.seq),
             keys: None,
             secret,

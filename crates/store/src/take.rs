@@ -18,7 +18,7 @@ use crate::batch::{self, BATCH_PAGES};
 use crate::cache::{CacheWriter, HeadPages};
 use crate::crypt::{PageKey, StoreSecret};
 use crate::pages::{is_zero, page_of};
-use crate::{Head, Store, StoreError};
+use crate::{Head, StoreError, StoreWriter};
 
 /// One component to capture.
 #[derive(Debug, Clone)]
@@ -149,8 +149,8 @@ pub struct Frozen {
     source: Source,
 }
 
-impl Store {
-    /// Captures the components as the next link. Needs the writer lock.
+impl StoreWriter {
+    /// Captures the components as the next link.
     pub fn take(
         &self,
         inputs: &[ComponentInput],
@@ -169,11 +169,6 @@ impl Store {
         secret: Option<&StoreSecret>,
         copy: bool,
     ) -> Result<Frozen, StoreError> {
-        if self._lock.is_none() {
-            return Err(StoreError::Input(
-                "take needs the store opened for writing".into(),
-            ));
-        }
         if inputs.is_empty() || inputs.len() > MAX_COMPONENTS {
             return Err(StoreError::Input(format!(
                 "{} components: expected 1 to {MAX_COMPONENTS}",

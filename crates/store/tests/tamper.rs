@@ -19,7 +19,7 @@ use vmattest_core::record::{SignatureEntry, Signed};
 use vmattest_core::sig::SigAlg;
 use vmattest_core::wire::{Kind, Writer};
 use vmattest_sign::{SecretKey, Signer as _};
-use vmattest_store::{ReplayOptions, Store, StoreError, StoreSecret};
+use vmattest_store::{PinnedKeys, ReplayOptions, Store, StoreError, StoreSecret};
 
 /// Baseline + 3 deltas of mem (300 pages + 17 bytes), disk (64 pages) and dev (15 bytes).
 fn chain(encrypted: bool) -> Fixture {
@@ -259,7 +259,7 @@ fn every_tamper_is_caught_and_named() {
             && !what.starts_with("store.json")
             && !what.ends_with("signature")
         {
-            let rep = store.fsck(false).unwrap();
+            let rep = store.fsck().unwrap();
             if rep.is_clean() {
                 failures.push(format!("{what}: fsck is clean"));
             }
@@ -272,7 +272,10 @@ fn every_tamper_is_caught_and_named() {
 #[test]
 fn wrong_key_is_named_and_prefixes_before_damage_still_verify() {
     let fx = chain(false);
-    let other = [SecretKey::generate(SigAlg::Ed25519).unwrap().public_key()];
+    let other = PinnedKeys::new(vec![
+        SecretKey::generate(SigAlg::Ed25519).unwrap().public_key(),
+    ])
+    .unwrap();
     let store = Store::open(&fx.store).unwrap();
     let e = store.verify(&fx.opts(&other, None)).unwrap_err();
     assert!(e.class() == ErrorClass::Verification, "{e}");

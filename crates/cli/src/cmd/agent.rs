@@ -80,16 +80,19 @@ pub fn run(args: AgentArgs, json: bool) -> anyhow::Result<()> {
         pubkeys: args.pubkeys.clone(),
         secret: args.secret.clone(),
     };
-    let (keys, secret) = if args.store.is_some() {
-        load_verify(&verify)?
-    } else {
-        (Vec::new(), None)
+    let pinned = match args.store {
+        Some(_) => Some(load_verify(&verify)?),
+        None => None,
     };
-    let rollback = args.store.as_deref().map(|store| Rollback {
-        store,
-        keys: &keys,
-        secret: secret.as_ref(),
-    });
+    let rollback = args
+        .store
+        .as_deref()
+        .zip(pinned.as_ref())
+        .map(|(store, (keys, secret))| Rollback {
+            store,
+            keys,
+            secret: secret.as_ref(),
+        });
     let count = if args.once { Some(1) } else { args.count };
     if count == Some(0) {
         bail!("--count 0: expected at least one round");

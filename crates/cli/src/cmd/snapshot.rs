@@ -9,10 +9,10 @@ use vmattest_core::alg::PageIndex;
 use vmattest_core::chain::{ComponentKind, ComponentRoot, SeqNo};
 use vmattest_core::class::{Classify as _, ErrorClass};
 use vmattest_core::tree::ImageTree;
-use vmattest_sign::{PublicKey, Signer, keyfile};
+use vmattest_sign::{Signer, keyfile};
 use vmattest_store::{
-    ComponentInput, ReplayOptions, Store, StoreError, StoreMeta, StoreSecret, TakeOptions,
-    TakeSummary, Verified,
+    ComponentInput, PinnedKeys, ReplayOptions, Store, StoreError, StoreMeta, StoreSecret,
+    TakeOptions, TakeSummary, Verified,
 };
 
 use super::{now, tree_params, write_atomic};
@@ -159,7 +159,7 @@ pub fn run(cmd: SnapshotCommand, json: bool) -> anyhow::Result<()> {
             let (s, bar) = open_reporting(&store.store, "verifying", json)?;
             let opts = ReplayOptions {
                 upto: upto.map(SeqNo),
-                keys: Some(&keys),
+                keys: &keys,
                 secret: secret.as_ref(),
                 max_age: max_age.map(|m| (now(), m)),
             };
@@ -195,7 +195,7 @@ pub fn run(cmd: SnapshotCommand, json: bool) -> anyhow::Result<()> {
             let (s, bar) = open_reporting(&store.store, "restoring", json)?;
             let opts = ReplayOptions {
                 upto: seq.map(SeqNo),
-                keys: Some(&keys),
+                keys: &keys,
                 secret: secret.as_ref(),
                 max_age: None,
             };
@@ -249,7 +249,7 @@ pub fn run(cmd: SnapshotCommand, json: bool) -> anyhow::Result<()> {
             let (keys, secret) = load_verify(&verify)?;
             let opts = ReplayOptions {
                 upto: None,
-                keys: Some(&keys),
+                keys: &keys,
                 secret: secret.as_ref(),
                 max_age: None,
             };
@@ -271,13 +271,12 @@ pub fn run(cmd: SnapshotCommand, json: bool) -> anyhow::Result<()> {
             }
         }
         SnapshotCommand::Fsck { store, repair } => {
-            let s = if repair {
-                Store::open_writer(&store.store)
+            let rep = if repair {
+                Store::open_writer(&store.store).and_then(|s| s.repair())
             } else {
-                Store::open(&store.store)
+                Store::open(&store.store).and_then(|s| s.fsck())
             }
             .map_err(err)?;
-            let rep = s.fsck(repair).map_err(err)?;
             if json {
                 output::print(&rep)?;
             } else {
@@ -323,7 +322,7 @@ pub fn run(cmd: SnapshotCommand, json: bool) -> anyhow::Result<()> {
             let restored = dir.join("state");
             let opts = ReplayOptions {
                 upto: seq.map(SeqNo),
-                keys: Some(&keys),
+                keys: &keys,
                 secret: secret.as_ref(),
                 max_age: None,
             };
@@ -386,12 +385,13 @@ fn tempdir_near(store: &Path) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-pub(super) fn load_verify(v: &VerifyArgs) -> anyhow::Result<(Vec<PublicKey>, Option<StoreSecret>)> {
+pub(super) fn load_verify(v: &VerifyArgs) -> anyhow::Result<(PinnedKeys, Option<StoreSecret>)> {
     let keys = v
         .pubkeys
         .iter()
         .map(|k| keyfile::read_public_key(k))
         .collect::<Result<Vec<_>, _>>()?;
+    let keys = PinnedKeys::new(keys).map_err(err)?;
     let secret = v
         .secret
         .as_deref()

@@ -271,7 +271,7 @@ pub fn restore(
     store.set_progress(Box::new(bar.clone()));
     let opts = ReplayOptions {
         upto: seq.map(SeqNo),
-        keys: Some(&keys),
+        keys: &keys,
         secret: secret.as_ref(),
         max_age: None,
     };
