@@ -100,21 +100,31 @@ pub struct CaptureReport {
     pub device_state_bytes: u64,
 }
 
-/// Test hook: `VMATTEST_KILL_QEMU_AT=<point>` kills the VM's QEMU there, as a crash would.
+/// Test hook, only with the `fault-injection` feature: `VMATTEST_KILL_QEMU_AT=<point>` kills
+/// the VM's QEMU there, as a crash would.
+#[cfg(feature = "fault-injection")]
 fn kill_point(spec: &VmSpec, point: &str) {
     if std::env::var("VMATTEST_KILL_QEMU_AT").is_ok_and(|v| v == point) {
         crate::vm::kill_now(spec);
     }
 }
 
-/// Test hook: `VMATTEST_HOLD_AT=<point>` makes the capture say so on stderr and sleep there
-/// (while the guest is paused), so that a test can kill it at a known point.
+/// Test hook, only with the `fault-injection` feature: `VMATTEST_HOLD_AT=<point>` makes the
+/// capture say so on stderr and sleep there (while the guest is paused), so that a test can
+/// kill it at a known point.
+#[cfg(feature = "fault-injection")]
 fn hold_point(point: &str) {
     if std::env::var("VMATTEST_HOLD_AT").is_ok_and(|v| v == point) {
         eprintln!("vmattest: test hook: holding at {point}");
         std::thread::sleep(Duration::from_secs(600));
     }
 }
+
+#[cfg(not(feature = "fault-injection"))]
+fn kill_point(_spec: &VmSpec, _point: &str) {}
+
+#[cfg(not(feature = "fault-injection"))]
+fn hold_point(_point: &str) {}
 
 /// Captures the running (or paused) VM as the next link of `store`. A running guest is
 /// paused only while it is measured; `guard` starts a process that resumes it should this one

@@ -271,8 +271,9 @@ fn recover(spec: &VmSpec, qmp: &mut Qmp) -> Result<Option<String>, QmpError> {
     }
 }
 
-/// Kills the VM's QEMU with SIGKILL and no warning, as a crash would (for tests).
-pub fn kill_now(spec: &VmSpec) {
+/// Kills the VM's QEMU with SIGKILL and no warning, as a crash would (for the crash hooks).
+#[cfg(feature = "fault-injection")]
+pub(crate) fn kill_now(spec: &VmSpec) {
     if let Some(pid) = live_pid(spec) {
         signal(pid, Signal::KILL);
         wait_gone(pid, spec.name(), SIGNAL_GRACE);

@@ -670,9 +670,14 @@ fn check_same_shape(
     Ok(())
 }
 
-/// Test hook: `VMATTEST_FAIL_AT=<point>` aborts the process there, as a crash would.
+/// Test hook, only with the `fault-injection` feature: `VMATTEST_FAIL_AT=<point>` aborts the
+/// process there, as a crash would.
+#[cfg(feature = "fault-injection")]
 fn fail_point(point: &str) {
     if std::env::var("VMATTEST_FAIL_AT").is_ok_and(|v| v == point) {
         std::process::abort();
     }
 }
+
+#[cfg(not(feature = "fault-injection"))]
+fn fail_point(_point: &str) {}
