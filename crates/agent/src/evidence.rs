@@ -117,7 +117,8 @@ mod tests {
         let policy = Policy::parse(POLICY, None).unwrap();
         let ram = vec![7u8; 0x4000];
         let nonce = [1u8; 32];
-        let (regions, kernel_code) = crate::measure::measure(&ram, &policy, "all", &nonce).unwrap();
+        let (regions, kernel_code) =
+            crate::measure::measure(ram.as_slice(), &policy, "all", &nonce).unwrap();
         let key = SecretKey::generate(SigAlg::Ed25519).unwrap();
         let bytes = evidence_bytes(
             Measured {

@@ -25,7 +25,7 @@ use vmattest_sign::Signer;
 use vmattest_store::{PinnedKeys, ReplayOptions, Store, StoreError, StoreSecret};
 
 use crate::evidence::{EvidenceError, now, sign};
-use crate::measure::{MeasureError, with_paused};
+use crate::measure::{MeasureError, Paused, with_paused};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
@@ -106,13 +106,14 @@ fn root_of(params: &TreeParams, name: &str, bytes: &[u8]) -> Result<Digest, Repo
         })
 }
 
-/// Recomputes the roots of the recomputable components of `components` from the VM as it is
-/// now. The caller pauses the guest around this.
+/// Recomputes the roots of the recomputable components of `components` from the paused VM
+/// (its RAM and disks are hashed in place, which is sound only while the guest writes nothing).
 pub fn recompute(
-    spec: &VmSpec,
+    paused: &Paused<'_>,
     params: &TreeParams,
     components: &[ComponentRoot],
 ) -> Result<Vec<ComponentCheck>, ReportError> {
+    let spec = paused.spec();
     let mut out = Vec::new();
     for c in components {
         let found = match source_of(spec, c) {
@@ -155,8 +156,8 @@ pub fn attest_snapshot(
         max_age: None,
     };
     let verified = store.verify(&opts)?;
-    let components = with_paused(spec, || {
-        recompute(spec, store.params(), &verified.components)
+    let components = with_paused(spec, |paused| {
+        recompute(paused, store.params(), &verified.components)
     })??;
     if components.is_empty() {
         return Err(ReportError::Nothing {
