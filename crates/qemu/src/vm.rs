@@ -19,7 +19,7 @@ use crate::spec::{Boot, VmSpec};
 mod console;
 mod process;
 
-pub use console::{last_tick, parse_ticks, wait_console};
+pub use console::wait_console;
 use process::{is_ours, remove_if_present, signal, wait_gone};
 
 /// How long QEMU gets to create its QMP socket after daemonizing.
