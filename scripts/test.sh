@@ -9,7 +9,11 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 # The TPM backend links libtss2 only with its feature; check and test both builds.
 cargo clippy -p vmattest-tpm -p vmattest-cli --all-targets --features vmattest-tpm/tpm,vmattest-cli/tpm --quiet -- -D warnings
-cargo test --workspace --release
+# The crash tests drive hooks that exist only with `fault-injection`; release builds lack them,
+# which the one test run without the feature checks.
+cargo clippy -p vmattest-store -p vmattest-qemu -p vmattest-cli --all-targets --features vmattest-cli/fault-injection --quiet -- -D warnings
+cargo test --workspace --release --features vmattest-cli/fault-injection
+cargo test -p vmattest-cli --release --test snapshot regression_crash_hooks_are_not_in_default_builds
 cargo test -p vmattest-tpm --release --features tpm
 cargo test -p vmattest-cli --release --features tpm --test tpm
 

@@ -2,14 +2,14 @@
 //! snapshot whose chain verified against pinned keys, with the snapshot's provenance.
 
 use std::path::Path;
+use vmattest_core::class::{Classify, ErrorClass};
 
 use vmattest_api::{NewBaseline, Provenance, RegionPages};
 use vmattest_core::alg::PAGE_SIZE;
 use vmattest_core::attest::{Policy, page_digest};
 use vmattest_core::chain::SeqNo;
 use vmattest_image::{ImageError, MappedImage};
-use vmattest_sign::PublicKey;
-use vmattest_store::{ReplayOptions, Store, StoreError, StoreSecret};
+use vmattest_store::{PinnedKeys, ReplayOptions, Store, StoreError, StoreSecret};
 
 use crate::measure::{MeasureError, region_bytes};
 
@@ -42,10 +42,15 @@ pub enum BaselineError {
     },
 }
 
-impl BaselineError {
-    /// True when the chain does not match its signed commitments.
-    pub fn is_verification(&self) -> bool {
-        matches!(self, BaselineError::Store(e) if e.is_verification())
+impl Classify for BaselineError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            BaselineError::Store(e) => e.class(),
+            BaselineError::NoComponent { .. } => ErrorClass::Input,
+            BaselineError::Scratch { .. } => ErrorClass::Environment,
+            BaselineError::Image(e) => e.class(),
+            BaselineError::Region { source, .. } => source.class(),
+        }
     }
 }
 
@@ -72,7 +77,7 @@ pub fn region_pages(memory: &[u8], policy: &Policy) -> Result<Vec<RegionPages>, 
 pub fn baseline_from_store(
     store_dir: &Path,
     seq: u64,
-    keys: &[PublicKey],
+    keys: &PinnedKeys,
     secret: Option<&StoreSecret>,
     policy: &Policy,
     component: &str,
@@ -91,7 +96,7 @@ pub fn baseline_from_store(
     let out = scratch.path().join("state");
     let opts = ReplayOptions {
         upto: Some(SeqNo(seq)),
-        keys: Some(keys),
+        keys,
         secret,
         max_age: None,
     };

@@ -1,6 +1,7 @@
 //! A small blocking client for the attestation server's HTTP API (docs/API.md).
 
 use std::time::Duration;
+use vmattest_core::class::{Classify, ErrorClass};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -33,6 +34,27 @@ pub enum ClientError {
     BadUrl(String),
     #[error("CA certificate: {0}")]
     Ca(String),
+}
+
+impl Classify for ClientError {
+    /// By the server's status: 401 and 403 deny the caller, other 4xx refuse the request
+    /// as given, anything else (5xx, no answer, an unreadable answer) is the environment.
+    fn class(&self) -> ErrorClass {
+        match self {
+            ClientError::Refused {
+                status: 401 | 403, ..
+            } => ErrorClass::Denied,
+            ClientError::Refused {
+                status: 400..=499, ..
+            } => ErrorClass::Input,
+            ClientError::Refused { .. }
+            | ClientError::Transport { .. }
+            | ClientError::Decode { .. } => ErrorClass::Environment,
+            ClientError::BadName { .. } | ClientError::BadUrl(_) | ClientError::Ca(_) => {
+                ErrorClass::Input
+            }
+        }
+    }
 }
 
 impl ClientError {

@@ -2,6 +2,7 @@
 
 use vmattest_core::alg::Digest;
 use vmattest_core::attest::{Evidence, Policy, RegionDigest};
+use vmattest_core::class::{Classify, ErrorClass};
 use vmattest_core::record::{RecordError, Signed, UnixTime};
 use vmattest_sign::{SignError, Signer};
 
@@ -18,6 +19,16 @@ pub enum EvidenceError {
         #[source]
         source: Box<SignError>,
     },
+}
+
+impl Classify for EvidenceError {
+    /// Evidence too large to encode is input; a signer that fails (a TPM) is the environment.
+    fn class(&self) -> ErrorClass {
+        match self {
+            EvidenceError::Encode(_) => ErrorClass::Input,
+            EvidenceError::Sign { .. } => ErrorClass::Environment,
+        }
+    }
 }
 
 /// The current wall-clock time.
@@ -100,7 +111,8 @@ mod tests {
         let policy = Policy::parse(POLICY, None).unwrap();
         let ram = vec![7u8; 0x4000];
         let nonce = [1u8; 32];
-        let (regions, kernel_code) = crate::measure::measure(&ram, &policy, "all", &nonce).unwrap();
+        let (regions, kernel_code) =
+            crate::measure::measure(ram.as_slice(), &policy, "all", &nonce).unwrap();
         let key = SecretKey::generate(SigAlg::Ed25519).unwrap();
         let bytes = evidence_bytes(
             Measured {

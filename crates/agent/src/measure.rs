@@ -2,7 +2,9 @@
 //! a subset, plus the digest of every page of the kernel-code region.
 //!
 //! The guest's RAM lives in one shared file (`memory-backend-file,share=on`), so a
-//! guest-physical address is the file offset. The file is mapped read-only and never copied.
+//! guest-physical address is the file offset. The file is mapped read-only; since the guest
+//! may write it meanwhile, each page is copied out (4 KiB, on the stack) before it is hashed,
+//! and no slice of it is ever made ([`LiveImage`]).
 
 use std::path::PathBuf;
 
@@ -10,7 +12,8 @@ use vmattest_core::alg::{Digest, PAGE_SIZE, PageIndex};
 use vmattest_core::attest::{
     Policy, Region, RegionDigest, page_digest, region_digest, sample_pages,
 };
-use vmattest_image::{ImageError, MappedImage};
+use vmattest_core::class::{Classify, ErrorClass};
+use vmattest_image::{ImageError, LiveImage};
 use vmattest_qemu::{QmpError, VmSpec};
 
 #[derive(Debug, thiserror::Error)]
@@ -46,42 +49,115 @@ pub enum MeasureError {
     Status { vm: String, status: String },
 }
 
-/// The bytes of `region` within `ram`, or an error naming the region, its range and the RAM size.
-pub fn region_bytes<'a>(ram: &'a [u8], region: &Region) -> Result<&'a [u8], MeasureError> {
-    let start = region.start.0;
-    let end = region.end();
-    let ram_bytes = ram.len() as u64;
-    let range = usize::try_from(start)
-        .ok()
-        .zip(usize::try_from(end).ok())
-        .filter(|_| end <= ram_bytes);
-    match range {
-        Some((s, e)) => Ok(&ram[s..e]),
-        None => Err(MeasureError::BeyondRam {
+impl Classify for MeasureError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            MeasureError::UnknownSubset { .. }
+            | MeasureError::UnknownRegion { .. }
+            | MeasureError::BeyondRam { .. } => ErrorClass::Input,
+            MeasureError::Ram(e) => e.class(),
+            MeasureError::Qmp { source, .. } => source.class(),
+            MeasureError::EmptyRam { .. } | MeasureError::Status { .. } => ErrorClass::Environment,
+        }
+    }
+}
+
+/// Guest RAM as measuring reads it: bytes are copied out, never borrowed.
+pub trait Ram {
+    fn len(&self) -> u64;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Copies the bytes at `offset` into `buf`; returns how many there were.
+    fn copy_at(&self, offset: u64, buf: &mut [u8]) -> usize;
+}
+
+/// Bytes that hold still: a rebuilt snapshot, a test's buffer.
+impl Ram for [u8] {
+    fn len(&self) -> u64 {
+        <[u8]>::len(self) as u64
+    }
+
+    fn copy_at(&self, offset: u64, buf: &mut [u8]) -> usize {
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(self.len());
+        let n = buf.len().min(self.len() - start);
+        buf[..n].copy_from_slice(&self[start..start + n]);
+        n
+    }
+}
+
+impl Ram for Vec<u8> {
+    fn len(&self) -> u64 {
+        self.as_slice().len() as u64
+    }
+
+    fn copy_at(&self, offset: u64, buf: &mut [u8]) -> usize {
+        self.as_slice().copy_at(offset, buf)
+    }
+}
+
+/// A running guest's RAM file.
+impl Ram for LiveImage {
+    fn len(&self) -> u64 {
+        LiveImage::len(self)
+    }
+
+    fn copy_at(&self, offset: u64, buf: &mut [u8]) -> usize {
+        LiveImage::copy_at(self, offset, buf)
+    }
+}
+
+/// Refuses a region that does not lie within `ram_bytes` of RAM, naming its range.
+fn check_range(ram_bytes: u64, region: &Region) -> Result<(), MeasureError> {
+    let (start, end) = (region.start.0, region.end());
+    let fits = usize::try_from(start).is_ok() && usize::try_from(end).is_ok() && end <= ram_bytes;
+    if fits {
+        Ok(())
+    } else {
+        Err(MeasureError::BeyondRam {
             region: region.name.clone(),
             start,
             end,
             ram_bytes,
-        }),
+        })
     }
 }
 
-/// Digests of the given pages (indices relative to the region) of a region's bytes.
-fn page_digests(policy: &Policy, bytes: &[u8], pages: &[PageIndex]) -> Vec<(PageIndex, Digest)> {
+/// The bytes of `region` within `ram`, or an error naming the region, its range and the RAM size.
+pub fn region_bytes<'a>(ram: &'a [u8], region: &Region) -> Result<&'a [u8], MeasureError> {
+    check_range(ram.len() as u64, region)?;
+    let (s, e) = (region.start.0, region.end());
+    Ok(&ram[usize::try_from(s).unwrap_or(0)..usize::try_from(e).unwrap_or(0)])
+}
+
+/// Digests of the given pages (indices relative to the region) of a region of `ram`, each
+/// copied out first.
+fn page_digests<R: Ram + ?Sized>(
+    policy: &Policy,
+    ram: &R,
+    region: &Region,
+    pages: &[PageIndex],
+) -> Vec<(PageIndex, Digest)> {
+    let mut buf = [0u8; PAGE_SIZE];
     pages
         .iter()
         .map(|&i| {
-            let at = usize::try_from(i.0).unwrap_or(usize::MAX) * PAGE_SIZE;
-            let page = bytes.get(at..at + PAGE_SIZE).unwrap_or(&[]);
-            (i, page_digest(policy.alg, page))
+            let n = if i.0 < region.pages {
+                ram.copy_at(region.start.0 + i.0 * PAGE_SIZE as u64, &mut buf)
+            } else {
+                0
+            };
+            (i, page_digest(policy.alg, &buf[..n]))
         })
         .collect()
 }
 
 /// Measures the regions of subset `subset_id` (in subset order) from the nonce's page sample,
 /// and the kernel-code region (if the policy has one) over all of its pages.
-pub fn measure(
-    ram: &[u8],
+pub fn measure<R: Ram + ?Sized>(
+    ram: &R,
     policy: &Policy,
     subset_id: &str,
     nonce: &[u8],
@@ -107,16 +183,17 @@ pub fn measure(
                 subset: subset.id.clone(),
                 region: name.clone(),
             })?;
-        regions.push((region, region_bytes(ram, region)?));
+        check_range(ram.len(), region)?;
+        regions.push(region);
     }
-    let kernel = match policy.regions.iter().find(|r| r.kernel_code) {
-        Some(r) => Some((r, region_bytes(ram, r)?)),
-        None => None,
-    };
+    let kernel = policy.regions.iter().find(|r| r.kernel_code);
+    if let Some(r) = kernel {
+        check_range(ram.len(), r)?;
+    }
     let mut out = Vec::with_capacity(regions.len());
-    for (region, bytes) in regions {
+    for region in regions {
         let sample = sample_pages(nonce, region);
-        let pages = page_digests(policy, bytes, &sample);
+        let pages = page_digests(policy, ram, region, &sample);
         out.push(RegionDigest {
             name: region.name.clone(),
             pages: pages.len() as u64,
@@ -124,7 +201,7 @@ pub fn measure(
         });
     }
     // When the subset already hashed every page of the kernel-code region, that digest is it.
-    let kernel_code = kernel.map(|(region, bytes)| {
+    let kernel_code = kernel.map(|region| {
         match out
             .iter()
             .find(|d| d.name == region.name && d.pages == region.pages)
@@ -132,28 +209,52 @@ pub fn measure(
             Some(d) => d.digest,
             None => {
                 let all: Vec<PageIndex> = (0..region.pages).map(PageIndex).collect();
-                region_digest(policy.alg, &region.name, &page_digests(policy, bytes, &all))
+                region_digest(
+                    policy.alg,
+                    &region.name,
+                    &page_digests(policy, ram, region, &all),
+                )
             }
         }
     });
     Ok((out, kernel_code))
 }
 
-/// Maps the VM's guest RAM file read-only.
-pub fn map_ram(spec: &VmSpec) -> Result<MappedImage, MeasureError> {
+/// Maps the VM's guest RAM file read-only, for copying pages out while the guest runs.
+pub fn map_ram(spec: &VmSpec) -> Result<LiveImage, MeasureError> {
     let path = spec.ram_path();
-    let image = MappedImage::open(&path)?;
-    if image.bytes().is_empty() {
+    let image = LiveImage::open(&path)?;
+    if image.is_empty() {
         return Err(MeasureError::EmptyRam { path });
     }
     Ok(image)
+}
+
+/// Proof that a VM's guest is paused: only [`with_paused`] makes one, for the duration of its
+/// closure. While it lives the guest writes nothing, so its files may be read as slices.
+#[derive(Debug)]
+pub struct Paused<'a> {
+    spec: &'a VmSpec,
+}
+
+impl Paused<'_> {
+    /// For a VM whose QEMU is not running at all (its files are then only ours to change).
+    pub fn if_stopped(spec: &VmSpec) -> Option<Paused<'_>> {
+        vmattest_qemu::vm::live_pid(spec)
+            .is_none()
+            .then_some(Paused { spec })
+    }
+
+    pub fn spec(&self) -> &VmSpec {
+        self.spec
+    }
 }
 
 /// Runs `f` with the guest paused (QMP `stop`, then `cont`), resuming only if it was running.
 /// The guest is resumed whatever `f` returns.
 pub fn with_paused<T, E>(
     spec: &VmSpec,
-    f: impl FnOnce() -> Result<T, E>,
+    f: impl FnOnce(&Paused<'_>) -> Result<T, E>,
 ) -> Result<Result<T, E>, MeasureError> {
     let vm = || spec.name().to_owned();
     let qmp_err = |source| MeasureError::Qmp { vm: vm(), source };
@@ -167,7 +268,7 @@ pub fn with_paused<T, E>(
     if was_running {
         qmp.stop().map_err(qmp_err)?;
     }
-    let out = f();
+    let out = f(&Paused { spec });
     if was_running {
         qmp.cont().map_err(qmp_err)?;
     }
@@ -185,9 +286,9 @@ pub fn measure_vm(
 ) -> Result<(Vec<RegionDigest>, Option<Digest>), MeasureError> {
     let ram = map_ram(spec)?;
     if pause {
-        with_paused(spec, || measure(ram.bytes(), policy, subset_id, nonce))?
+        with_paused(spec, |_| measure(&ram, policy, subset_id, nonce))?
     } else {
-        measure(ram.bytes(), policy, subset_id, nonce)
+        measure(&ram, policy, subset_id, nonce)
     }
 }
 
@@ -246,7 +347,7 @@ regions = ["data"]
         let policy = Policy::parse(POLICY, None).unwrap();
         let ram = ram();
         let nonce = [9u8; 32];
-        let (regions, kernel) = measure(&ram, &policy, "all", &nonce).unwrap();
+        let (regions, kernel) = measure(ram.as_slice(), &policy, "all", &nonce).unwrap();
         assert_eq!(regions.len(), 2);
         assert_eq!(regions[0].name, "text");
         assert_eq!(regions[0].pages, 3);
@@ -274,7 +375,7 @@ regions = ["data"]
     fn kernel_code_is_reported_for_a_subset_without_it() {
         let policy = Policy::parse(POLICY, None).unwrap();
         let ram = ram();
-        let (regions, kernel) = measure(&ram, &policy, "d", &[1u8; 16]).unwrap();
+        let (regions, kernel) = measure(ram.as_slice(), &policy, "d", &[1u8; 16]).unwrap();
         assert_eq!(regions.len(), 1);
         assert_eq!(regions[0].name, "data");
         assert_eq!(
@@ -288,7 +389,7 @@ regions = ["data"]
         let policy = Policy::parse(POLICY, None).unwrap();
         let ram = ram();
         let digests: Vec<Digest> = (0u8..8)
-            .map(|n| measure(&ram, &policy, "d", &[n; 16]).unwrap().0[0].digest)
+            .map(|n| measure(ram.as_slice(), &policy, "d", &[n; 16]).unwrap().0[0].digest)
             .collect();
         assert!(
             digests.iter().skip(1).any(|d| d != &digests[0]),
@@ -296,7 +397,7 @@ regions = ["data"]
         );
         // The same nonce gives the same digest.
         assert_eq!(
-            measure(&ram, &policy, "d", &[3; 16]).unwrap().0[0].digest,
+            measure(ram.as_slice(), &policy, "d", &[3; 16]).unwrap().0[0].digest,
             digests[3]
         );
     }
@@ -305,14 +406,14 @@ regions = ["data"]
     fn a_region_beyond_ram_is_an_error_naming_it() {
         let policy = Policy::parse(POLICY, None).unwrap();
         let ram = vec![0u8; 0xa000];
-        let e = measure(&ram, &policy, "d", &[0; 16])
+        let e = measure(ram.as_slice(), &policy, "d", &[0; 16])
             .unwrap_err()
             .to_string();
         assert!(
             e.contains("region data") && e.contains("0x8000") && e.contains("40960"),
             "{e}"
         );
-        let e = measure(&ram, &policy, "nope", &[0; 16])
+        let e = measure(ram.as_slice(), &policy, "nope", &[0; 16])
             .unwrap_err()
             .to_string();
         assert!(e.contains("nope") && e.contains("all"), "{e}");
@@ -324,12 +425,12 @@ regions = ["data"]
         let path = dir.path().join("ram");
         let ram = ram();
         std::fs::write(&path, &ram).unwrap();
-        let image = MappedImage::open(&path).unwrap();
+        let image = LiveImage::open(&path).unwrap();
         let policy = Policy::parse(POLICY, None).unwrap();
         let nonce = [5u8; 20];
         assert_eq!(
-            measure(image.bytes(), &policy, "all", &nonce).unwrap(),
-            measure(&ram, &policy, "all", &nonce).unwrap()
+            measure(&image, &policy, "all", &nonce).unwrap(),
+            measure(ram.as_slice(), &policy, "all", &nonce).unwrap()
         );
     }
 }

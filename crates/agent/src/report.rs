@@ -10,6 +10,7 @@
 //! `qemu-img` can give.
 
 use std::path::{Path, PathBuf};
+use vmattest_core::class::{Classify, ErrorClass};
 
 use vmattest_core::alg::Digest;
 
@@ -20,11 +21,11 @@ use vmattest_core::tree::{ImageTree, NoProgress, TreeError, TreeParams};
 use vmattest_image::{ImageError, MappedImage};
 use vmattest_qemu::capture::{CONFIG, RAM};
 use vmattest_qemu::{DiskFormat, VmSpec};
-use vmattest_sign::{PublicKey, Signer};
-use vmattest_store::{ReplayOptions, Store, StoreError, StoreSecret};
+use vmattest_sign::Signer;
+use vmattest_store::{PinnedKeys, ReplayOptions, Store, StoreError, StoreSecret};
 
 use crate::evidence::{EvidenceError, now, sign};
-use crate::measure::{MeasureError, with_paused};
+use crate::measure::{MeasureError, Paused, with_paused};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
@@ -54,10 +55,17 @@ pub enum ReportError {
     Sign(#[from] EvidenceError),
 }
 
-impl ReportError {
-    /// True when the chain does not match its signed commitments.
-    pub fn is_verification(&self) -> bool {
-        matches!(self, ReportError::Store(e) if e.is_verification())
+impl Classify for ReportError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            ReportError::Store(e) => e.class(),
+            ReportError::Vm(e) => e.class(),
+            ReportError::Image { source, .. } => source.class(),
+            ReportError::Tree { .. } | ReportError::Nothing { .. } | ReportError::Nonce { .. } => {
+                ErrorClass::Input
+            }
+            ReportError::Sign(e) => e.class(),
+        }
     }
 }
 
@@ -66,7 +74,7 @@ impl ReportError {
 pub struct ChainCheck<'a> {
     pub store: &'a Path,
     pub seq: u64,
-    pub keys: &'a [PublicKey],
+    pub keys: &'a PinnedKeys,
     pub secret: Option<&'a StoreSecret>,
 }
 
@@ -98,13 +106,14 @@ fn root_of(params: &TreeParams, name: &str, bytes: &[u8]) -> Result<Digest, Repo
         })
 }
 
-/// Recomputes the roots of the recomputable components of `components` from the VM as it is
-/// now. The caller pauses the guest around this.
+/// Recomputes the roots of the recomputable components of `components` from the paused VM
+/// (its RAM and disks are hashed in place, which is sound only while the guest writes nothing).
 pub fn recompute(
-    spec: &VmSpec,
+    paused: &Paused<'_>,
     params: &TreeParams,
     components: &[ComponentRoot],
 ) -> Result<Vec<ComponentCheck>, ReportError> {
+    let spec = paused.spec();
     let mut out = Vec::new();
     for c in components {
         let found = match source_of(spec, c) {
@@ -142,13 +151,13 @@ pub fn attest_snapshot(
     let store = Store::open(chain.store)?;
     let opts = ReplayOptions {
         upto: Some(SeqNo(chain.seq)),
-        keys: Some(chain.keys),
+        keys: chain.keys,
         secret: chain.secret,
         max_age: None,
     };
     let verified = store.verify(&opts)?;
-    let components = with_paused(spec, || {
-        recompute(spec, store.params(), &verified.components)
+    let components = with_paused(spec, |paused| {
+        recompute(paused, store.params(), &verified.components)
     })??;
     if components.is_empty() {
         return Err(ReportError::Nothing {

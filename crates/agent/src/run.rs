@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use vmattest_core::class::{Classify, ErrorClass};
 
 use vmattest_api::{AttestationResult, Challenge};
 use vmattest_core::attest::{AttestError, Policy};
@@ -11,8 +12,8 @@ use vmattest_core::chain::SeqNo;
 use vmattest_qemu::VmSpec;
 use vmattest_qemu::capture::CaptureError;
 use vmattest_qemu::restore::RestoreReport;
-use vmattest_sign::{PublicKey, Signer};
-use vmattest_store::{ReplayOptions, Store, StoreError, StoreSecret};
+use vmattest_sign::Signer;
+use vmattest_store::{PinnedKeys, ReplayOptions, Store, StoreError, StoreSecret};
 
 use crate::client::{Client, ClientError};
 use crate::evidence::{EvidenceError, Measured, evidence_bytes};
@@ -61,6 +62,23 @@ pub enum RunError {
         #[source]
         source: StoreError,
     },
+}
+
+impl Classify for RunError {
+    /// A challenge the server sent that cannot be used is the server failing (environment);
+    /// a policy that does not hash to the id it was sent under fails verification.
+    fn class(&self) -> ErrorClass {
+        match self {
+            RunError::Client(e) => e.class(),
+            RunError::Policy { .. } | RunError::Challenge { .. } => ErrorClass::Environment,
+            RunError::PolicyId { .. } => ErrorClass::Verification,
+            RunError::Measure(e) => e.class(),
+            RunError::Evidence(e) => e.class(),
+            RunError::Report(e) => e.class(),
+            RunError::Rollback { source, .. } => source.class(),
+            RunError::RollbackStore { source, .. } => source.class(),
+        }
+    }
 }
 
 /// One challenge answered: the server's result and the policy's schedule.
@@ -145,7 +163,7 @@ pub fn attest_once(
 #[derive(Debug, Clone, Copy)]
 pub struct Rollback<'a> {
     pub store: &'a Path,
-    pub keys: &'a [PublicKey],
+    pub keys: &'a PinnedKeys,
     pub secret: Option<&'a StoreSecret>,
 }
 
@@ -155,7 +173,7 @@ pub fn roll_back(spec: &VmSpec, from: &Rollback<'_>, seq: u64) -> Result<Restore
         Store::open(from.store).map_err(|source| RunError::RollbackStore { seq, source })?;
     let opts = ReplayOptions {
         upto: Some(SeqNo(seq)),
-        keys: Some(from.keys),
+        keys: from.keys,
         secret: from.secret,
         max_age: None,
     };

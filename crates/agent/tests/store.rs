@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 use vmattest_agent::baseline::{DEFAULT_COMPONENT, baseline_from_store};
+use vmattest_agent::measure::Paused;
 use vmattest_agent::report::recompute;
 use vmattest_core::attest::Policy;
 use vmattest_core::chain::ComponentKind;
@@ -13,7 +14,7 @@ use vmattest_core::record::UnixTime;
 use vmattest_core::sig::SigAlg;
 use vmattest_qemu::VmSpec;
 use vmattest_sign::{SecretKey, Signer};
-use vmattest_store::{ComponentInput, Store, StoreMeta, TakeOptions};
+use vmattest_store::{ComponentInput, PinnedKeys, Store, StoreMeta, TakeOptions};
 
 const PAGE: usize = 4096;
 
@@ -103,7 +104,7 @@ fn a_baseline_is_the_page_digests_of_the_snapshot_memory() {
     f.take(&[(DEFAULT_COMPONENT, ComponentKind::Memory, &ram_path)]);
 
     let policy = Policy::parse(POLICY, None).unwrap();
-    let keys = [f.key.public_key()];
+    let keys = PinnedKeys::new(vec![f.key.public_key()]).unwrap();
     let b = baseline_from_store(&f.store(), 0, &keys, None, &policy, DEFAULT_COMPONENT).unwrap();
     assert_eq!(b.policy_id, policy.id().to_hex());
     let expect = |bytes: &[u8], start: usize, pages: usize| -> Vec<String> {
@@ -150,7 +151,7 @@ fn a_baseline_needs_the_pinned_key_the_component_and_a_large_enough_image() {
     std::fs::write(&ram_path, vec![1u8; 8 * PAGE]).unwrap();
     f.take(&[("ram", ComponentKind::Memory, &ram_path)]);
     let policy = Policy::parse(POLICY, None).unwrap();
-    let keys = [f.key.public_key()];
+    let keys = PinnedKeys::new(vec![f.key.public_key()]).unwrap();
     let e = baseline_from_store(&f.store(), 0, &keys, None, &policy, "ram")
         .unwrap_err()
         .to_string();
@@ -159,7 +160,10 @@ fn a_baseline_needs_the_pinned_key_the_component_and_a_large_enough_image() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("memory") && e.contains("ram"), "{e}");
-    let other = [SecretKey::generate(SigAlg::Ed25519).unwrap().public_key()];
+    let other = PinnedKeys::new(vec![
+        SecretKey::generate(SigAlg::Ed25519).unwrap().public_key(),
+    ])
+    .unwrap();
     assert!(baseline_from_store(&f.store(), 0, &other, None, &policy, "ram").is_err());
     assert!(baseline_from_store(&f.store(), 5, &keys, None, &policy, "ram").is_err());
 }
@@ -186,14 +190,13 @@ fn recomputed_roots_match_the_snapshot_until_the_vm_changes() {
         ("config", ComponentKind::Config, &config),
     ]);
     let store = Store::open(&f.store()).unwrap();
-    let keys = [f.key.public_key()];
+    let keys = PinnedKeys::new(vec![f.key.public_key()]).unwrap();
     let v = store
-        .verify(&vmattest_store::ReplayOptions {
-            keys: Some(&keys),
-            ..Default::default()
-        })
+        .verify(&vmattest_store::ReplayOptions::new(&keys))
         .unwrap();
-    let checks = recompute(&spec, store.params(), &v.components).unwrap();
+    // No QEMU runs this spec: its files hold still.
+    let paused = Paused::if_stopped(&spec).unwrap();
+    let checks = recompute(&paused, store.params(), &v.components).unwrap();
     let names: Vec<&str> = checks.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, ["ram", "disk0", "config"]);
     assert!(checks.iter().all(|c| c.matches()), "{checks:?}");
@@ -201,7 +204,7 @@ fn recomputed_roots_match_the_snapshot_until_the_vm_changes() {
     let mut changed = ram(3);
     changed[0x5000] ^= 1;
     std::fs::write(spec.ram_path(), changed).unwrap();
-    let checks = recompute(&spec, store.params(), &v.components).unwrap();
+    let checks = recompute(&paused, store.params(), &v.components).unwrap();
     let bad: Vec<&str> = checks
         .iter()
         .filter(|c| !c.matches())

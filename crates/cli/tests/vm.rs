@@ -247,6 +247,10 @@ fn baseline_batch(store: &Path) -> PathBuf {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs the crash hooks: --features vmattest-cli/fault-injection"
+)]
 fn qemu_killed_mid_capture_leaves_the_store_intact() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();

@@ -133,6 +133,10 @@ fn guardians(marker: &Path) -> Vec<i32> {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs the crash hooks: --features vmattest-cli/fault-injection"
+)]
 fn regression_take_killed_inside_pause_leaves_guest_paused() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();

@@ -60,7 +60,7 @@ pub enum ChainError {
 impl Classify for ChainError {
     fn class(&self) -> ErrorClass {
         match self {
-            ChainError::Store(e) => crate::class::store_class(e),
+            ChainError::Store(e) => e.class(),
             ChainError::File(e) => e.class(),
             ChainError::Arg { .. }
             | ChainError::DirtyLine { .. }

@@ -1,11 +1,11 @@
-//! The class of any error a host workflow returns, found by walking its source chain.
+//! The class of any error a workflow returns, found by walking its source chain.
 
 use std::error::Error;
 
 use vmattest_core::class::{Classify, ErrorClass};
 
 /// The class of the first error in the chain that knows its class; an OS error that no
-/// library classified is the environment's, and anything else is bad input.
+/// library classified is judged by its kind, and anything else is bad input.
 pub fn classify(err: &(dyn Error + 'static)) -> ErrorClass {
     let mut cur: Option<&(dyn Error + 'static)> = Some(err);
     while let Some(e) = cur {
@@ -17,79 +17,73 @@ pub fn classify(err: &(dyn Error + 'static)) -> ErrorClass {
     let mut cur: Option<&(dyn Error + 'static)> = Some(err);
     while let Some(e) = cur {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            return crate::files::io_class(io);
+            return vmattest_core::class::io_class(io.kind());
         }
         cur = e.source();
     }
     ErrorClass::Input
 }
 
-/// The class of `e` itself, when its type is one this workspace defines.
+/// The class of `e` itself, when its type is one of this workspace's classified errors.
 pub fn of(e: &(dyn Error + 'static)) -> Option<ErrorClass> {
-    macro_rules! try_types {
+    macro_rules! first_of {
         ($($t:ty),* $(,)?) => {
             $(if let Some(x) = e.downcast_ref::<$t>() {
                 return Some(x.class());
             })*
         };
     }
-    try_types!(
+    first_of!(
+        // This crate.
+        crate::chain::ChainError,
+        crate::eventlog::EventLogError,
         crate::files::FileError,
         crate::keys::KeyError,
-        crate::tpm::TpmError,
-        crate::verifier::VerifierError,
-        crate::quotefile::QuoteFileError,
-        crate::eventlog::EventLogError,
+        crate::launch::LaunchError,
         crate::measurement::MeasurementError,
         crate::policy::PolicyError,
-        crate::launch::LaunchError,
-        crate::vm::HostVmError,
-        crate::chain::ChainError,
+        crate::quotefile::QuoteFileError,
         crate::record::RecordFileError,
+        crate::tpm::TpmError,
         crate::verdict::Verdict,
+        crate::verifier::VerifierError,
+        crate::vm::HostVmError,
+        // The libraries below it.
+        vmattest_agent::BaselineError,
+        vmattest_agent::ClientError,
+        vmattest_agent::EvidenceError,
+        vmattest_agent::MeasureError,
+        vmattest_agent::ReportError,
+        vmattest_agent::RunError,
+        vmattest_core::attest::AttestError,
+        vmattest_core::config::ConfigError,
+        vmattest_core::config::reference::ReferenceError,
+        vmattest_core::record::RecordError,
+        vmattest_core::time::TimeError,
+        vmattest_core::tree::ProofError,
+        vmattest_core::tree::TreeError,
+        vmattest_core::wire::WireError,
+        vmattest_image::ImageError,
+        vmattest_qemu::capture::CaptureError,
+        vmattest_qemu::guard::GuardError,
+        vmattest_qemu::QmpError,
+        vmattest_qemu::SpecError,
+        vmattest_qemu::VmError,
+        vmattest_quote::KeyCertError,
+        vmattest_quote::ParseError,
+        vmattest_quote::QuoteError,
+        vmattest_sign::SignError,
+        vmattest_sign::record::RecordSigError,
+        vmattest_sign::signing::SigningError,
+        vmattest_store::StoreError,
+        vmattest_tpm::TpmError,
+        vmattest_tpm::BlobError,
+        vmattest_vmconfig::DebugfsError,
+        vmattest_vmconfig::MeasureError,
+        vmattest_vmconfig::PackageError,
+        vmattest_vmconfig::ParamError,
+        vmattest_vmconfig::SpecParamError,
+        vmattest_vmconfig::XmlError,
     );
-    if let Some(x) = e.downcast_ref::<vmattest_store::StoreError>() {
-        return Some(store_class(x));
-    }
-    if let Some(x) = e.downcast_ref::<vmattest_tpm::TpmError>() {
-        return Some(tpm_class(x));
-    }
-    if let Some(x) = e.downcast_ref::<vmattest_sign::record::RecordSigError>() {
-        return Some(record_sig_class(x));
-    }
-    if let Some(x) = e.downcast_ref::<vmattest_sign::SignError>() {
-        return Some(sign_class(x));
-    }
     None
-}
-
-pub(crate) fn store_class(e: &vmattest_store::StoreError) -> ErrorClass {
-    use vmattest_store::StoreError as S;
-    if e.is_verification() {
-        return ErrorClass::Verification;
-    }
-    match e {
-        S::Io { error, .. } => crate::files::io_class(error),
-        S::Locked { .. } => ErrorClass::Environment,
-        _ => ErrorClass::Input,
-    }
-}
-
-pub(crate) fn tpm_class(e: &vmattest_tpm::TpmError) -> ErrorClass {
-    use vmattest_tpm::TpmError as T;
-    match e {
-        T::PcrMismatch { .. } => ErrorClass::Verification,
-        T::Input { .. } | T::Blob(_) => ErrorClass::Input,
-        _ => ErrorClass::Environment,
-    }
-}
-
-/// A signature that does not verify under the pinned keys is a failed check wherever it is
-/// met, whichever way it fails.
-pub(crate) fn record_sig_class(_: &vmattest_sign::record::RecordSigError) -> ErrorClass {
-    ErrorClass::Verification
-}
-
-pub(crate) fn sign_class(_: &vmattest_sign::SignError) -> ErrorClass {
-    ErrorClass::Input
 }

@@ -26,7 +26,7 @@ pub enum KeyError {
 impl Classify for KeyError {
     fn class(&self) -> ErrorClass {
         match self {
-            KeyError::File { source, .. } => crate::class::sign_class(source),
+            KeyError::File { source, .. } => source.class(),
             KeyError::Tpm(e) => e.class(),
             KeyError::NoSigner | KeyError::NoPinnedKey => ErrorClass::Input,
         }

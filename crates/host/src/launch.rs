@@ -52,7 +52,7 @@ impl Classify for LaunchError {
             LaunchError::Vm(e) => e.class(),
             LaunchError::File(e) => e.class(),
             LaunchError::Bind(e) => e.class(),
-            LaunchError::Server(e) => crate::class::of(e).unwrap_or(ErrorClass::Environment),
+            LaunchError::Server(e) => e.class(),
             LaunchError::Refused { .. }
             | LaunchError::NotAccepted(_)
             | LaunchError::WrongRoot { .. }

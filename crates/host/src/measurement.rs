@@ -78,7 +78,7 @@ pub enum MeasurementError {
     Sign {
         vm: String,
         #[source]
-        source: vmattest_agent::EvidenceError,
+        source: vmattest_sign::signing::SigningError,
     },
     #[error("{path}: disclosure")]
     Disclosure {
@@ -108,18 +108,18 @@ impl Classify for MeasurementError {
         match self {
             E::File(e) => e.class(),
             E::Decode { source, .. } | E::Disclosure { source, .. } | E::Config(source) => {
-                crate::class::of(source).unwrap_or(ErrorClass::Input)
+                source.class()
             }
             E::Reference { .. } | E::NoParam { .. } | E::Params(_) | E::NoName { .. } => {
                 ErrorClass::Input
             }
             E::Mismatch { .. } => ErrorClass::Verification,
-            E::Spec(e) => crate::class::of(e).unwrap_or(ErrorClass::Input),
-            E::Xml(e) => crate::class::of(e).unwrap_or(ErrorClass::Input),
-            E::Packages(e) => crate::class::of(e).unwrap_or(ErrorClass::Input),
-            E::Debugfs { source, .. } => crate::class::of(source).unwrap_or(ErrorClass::Input),
-            E::Sign { source, .. } => crate::class::of(source).unwrap_or(ErrorClass::Environment),
-            E::Signature { source, .. } => crate::class::record_sig_class(source),
+            E::Spec(e) => e.class(),
+            E::Xml(e) => e.class(),
+            E::Packages(e) => e.class(),
+            E::Debugfs { source, .. } => source.class(),
+            E::Sign { source, .. } => source.class(),
+            E::Signature { source, .. } => source.class(),
             E::Random(_) | E::Dir { .. } => ErrorClass::Environment,
         }
     }
@@ -245,7 +245,7 @@ pub fn measure(
     }
     let opening = list.salted(salts).map_err(MeasurementError::Config)?;
     let statement = opening.statement(vm, time, &[], vec![signer.key_id()]);
-    let statement = vmattest_agent::evidence::sign(statement, signer).map_err(|source| {
+    let statement = vmattest_sign::signing::sign(statement, &[signer]).map_err(|source| {
         MeasurementError::Sign {
             vm: vm.to_owned(),
             source,

@@ -94,7 +94,7 @@ impl Classify for QuoteFileError {
                 | KeyCertError::AkNotRestricted => ErrorClass::Input,
                 _ => ErrorClass::Verification,
             },
-            QuoteFileError::Key { source, .. } => crate::class::sign_class(source),
+            QuoteFileError::Key { source, .. } => source.class(),
             QuoteFileError::Replay { .. } => ErrorClass::Verification,
             QuoteFileError::Encode(_) => ErrorClass::Environment,
         }

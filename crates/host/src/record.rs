@@ -100,12 +100,8 @@ pub enum RecordFileError {
     NotVmattest { path: PathBuf },
     #[error("encoding the record")]
     Encode(#[source] RecordError),
-    #[error("signing with key {key_id}")]
-    Sign {
-        key_id: String,
-        #[source]
-        source: vmattest_sign::SignError,
-    },
+    #[error("signing the record")]
+    Sign(#[source] vmattest_sign::signing::SigningError),
 }
 
 impl Classify for RecordFileError {
@@ -113,20 +109,21 @@ impl Classify for RecordFileError {
         use RecordFileError as E;
         match self {
             E::File(e) => e.class(),
-            E::Image { source, .. } => crate::class::of(source).unwrap_or(ErrorClass::Input),
-            E::Signature { source, .. } => crate::class::record_sig_class(source),
+            E::Image { source, .. } => source.class(),
+            E::Signature { source, .. } => source.class(),
             E::Arg { .. } | E::Params(_) | E::Prove { .. } | E::NotVmattest { .. } => {
                 ErrorClass::Input
             }
-            E::Decode { source, .. } => crate::class::of(source).unwrap_or(ErrorClass::Input),
-            E::ProofDecode { source, .. } => crate::class::of(source).unwrap_or(ErrorClass::Input),
-            E::Proof { source, .. } => crate::class::of(source).unwrap_or(ErrorClass::Verification),
+            E::Decode { source, .. } => source.class(),
+            E::ProofDecode { source, .. } => source.class(),
+            E::Proof { source, .. } => source.class(),
             E::TooOld { .. }
             | E::Nonce { .. }
             | E::ImageChanged { .. }
             | E::NotInRecord { .. }
             | E::WrongRoot { .. } => ErrorClass::Verification,
-            E::Encode(_) | E::Sign { .. } => ErrorClass::Environment,
+            E::Encode(_) => ErrorClass::Environment,
+            E::Sign(e) => e.class(),
         }
     }
 }
@@ -219,21 +216,9 @@ pub fn sign(
         key_ids: keys.iter().map(|s| s.key_id()).collect(),
         images,
     };
-    let mut signed = SignedRecord::new(record).map_err(RecordFileError::Encode)?;
-    let message = signed.message();
-    for s in keys {
-        let signature = s.sign(&message).map_err(|source| RecordFileError::Sign {
-            key_id: s.key_id().to_hex(),
-            source,
-        })?;
-        signed
-            .signatures
-            .push(vmattest_core::record::SignatureEntry {
-                alg: s.alg(),
-                key_id: s.key_id(),
-                signature,
-            });
-    }
+    let signers: Vec<&dyn vmattest_sign::Signer> =
+        keys.iter().map(|k| k as &dyn vmattest_sign::Signer).collect();
+    let signed = vmattest_sign::signing::sign(record, &signers).map_err(RecordFileError::Sign)?;
     Ok(signed)
 }
 

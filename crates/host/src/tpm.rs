@@ -62,9 +62,9 @@ impl From<vmattest_tpm::TpmError> for TpmError {
 impl Classify for TpmError {
     fn class(&self) -> ErrorClass {
         match self {
-            TpmError::Tpm(e) | TpmError::Blob { source: e, .. } => crate::class::tpm_class(e),
+            TpmError::Tpm(e) | TpmError::Blob { source: e, .. } => e.class(),
             TpmError::File(e) => e.class(),
-            TpmError::Secret { source, .. } => crate::class::store_class(source),
+            TpmError::Secret { source, .. } => source.class(),
             TpmError::Arg { .. } => ErrorClass::Input,
             TpmError::KeyFile { .. } => ErrorClass::Environment,
             TpmError::Random(_) | TpmError::Encode(_) => ErrorClass::Environment,

@@ -7,7 +7,7 @@ use vmattest_core::chain::SeqNo;
 use vmattest_core::class::{Classify, ErrorClass};
 use vmattest_core::record::UnixTime;
 use vmattest_sign::PublicKey;
-use vmattest_store::{ReplayOptions, StoreSecret};
+use vmattest_store::{PinnedKeys, ReplayOptions, StoreError, StoreSecret};
 
 use crate::keys::{self, KeyError};
 use crate::tpm::{self, TpmError};
@@ -18,6 +18,8 @@ pub enum VerifierError {
     Key(#[from] KeyError),
     #[error(transparent)]
     Secret(#[from] TpmError),
+    #[error(transparent)]
+    Pinned(#[from] StoreError),
 }
 
 impl Classify for VerifierError {
@@ -25,6 +27,7 @@ impl Classify for VerifierError {
         match self {
             VerifierError::Key(e) => e.class(),
             VerifierError::Secret(e) => e.class(),
+            VerifierError::Pinned(e) => e.class(),
         }
     }
 }
@@ -32,7 +35,7 @@ impl Classify for VerifierError {
 /// Pinned keys (at least one) and the store secret, if any.
 #[derive(Debug)]
 pub struct Verifier {
-    keys: Vec<PublicKey>,
+    keys: PinnedKeys,
     secret: Option<StoreSecret>,
 }
 
@@ -40,12 +43,16 @@ impl Verifier {
     /// Reads the pinned public keys and the secret (a secret file, or a blob sealed to this
     /// host's TPM).
     pub fn load(pubkeys: &[PathBuf], secret: Option<&Path>) -> Result<Verifier, VerifierError> {
-        let keys = keys::pinned(pubkeys)?;
+        let keys = PinnedKeys::new(keys::pinned(pubkeys)?)?;
         let secret = secret.map(tpm::load_secret).transpose()?;
         Ok(Verifier { keys, secret })
     }
 
     pub fn keys(&self) -> &[PublicKey] {
+        self.keys.keys()
+    }
+
+    pub fn pinned(&self) -> &PinnedKeys {
         &self.keys
     }
 
@@ -62,7 +69,7 @@ impl Verifier {
     ) -> ReplayOptions<'_> {
         ReplayOptions {
             upto,
-            keys: Some(&self.keys),
+            keys: &self.keys,
             secret: self.secret.as_ref(),
             max_age,
         }

@@ -43,10 +43,10 @@ pub enum HostVmError {
 impl Classify for HostVmError {
     fn class(&self) -> ErrorClass {
         match self {
-            HostVmError::Spec(e) => crate::class::of(e).unwrap_or(ErrorClass::Input),
-            HostVmError::Vm(e) => crate::class::of(e).unwrap_or(ErrorClass::Environment),
-            HostVmError::Capture(e) => crate::class::of(e).unwrap_or(ErrorClass::Environment),
-            HostVmError::Store(e) => crate::class::store_class(e),
+            HostVmError::Spec(e) => e.class(),
+            HostVmError::Vm(e) => e.class(),
+            HostVmError::Capture(e) => e.class(),
+            HostVmError::Store(e) => e.class(),
             HostVmError::WaitTimeout { .. } | HostVmError::CurrentExe(_) => ErrorClass::Environment,
         }
     }

@@ -1,5 +1,11 @@
 //! File-backed images: opened read-only and memory-mapped, never copied, then measured by
-//! the core.
+//! the core. [`MappedImage`] lends its bytes as a slice and is for files that nobody writes
+//! while they are mapped; [`LiveImage`] is for files that others write (a running guest's RAM)
+//! and only copies bytes out.
+
+mod live;
+
+pub use live::LiveImage;
 
 use std::fs::File;
 use std::io;
@@ -47,77 +53,34 @@ pub struct MappedImage {
 
 impl MappedImage {
     pub fn open(path: &Path) -> Result<MappedImage, ImageError> {
-        let owned = || path.to_path_buf();
-        let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => ImageError::NotFound { path: owned() },
-            _ => ImageError::Unreadable {
-                path: owned(),
-                source: e,
-            },
-        })?;
-        if meta.is_dir() {
-            return Err(ImageError::IsDirectory { path: owned() });
-        }
-        // A FIFO or character device would block the open or yield a stream, not an image.
-        {
-            use std::os::unix::fs::FileTypeExt as _;
-            if !meta.is_file() && !meta.file_type().is_block_device() {
-                return Err(ImageError::NotRegular { path: owned() });
-            }
-        }
-        let file = {
-            use std::os::unix::fs::OpenOptionsExt as _;
-            File::options()
-                .read(true)
-                .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
-                .open(path)
-        }
-        .map_err(|e| ImageError::Unreadable {
-            path: owned(),
-            source: e,
-        })?;
-        MappedImage::from_file(file, path)
+        MappedImage::from_file(open_image_file(path)?, path)
     }
 
     /// Maps a file the caller opened (for example without following symlinks, or an
     /// anonymous memory file); `path` names it in messages.
     pub fn from_file(file: File, path: &Path) -> Result<MappedImage, ImageError> {
-        let owned = || path.to_path_buf();
-        let meta = file.metadata().map_err(|e| ImageError::Unreadable {
-            path: owned(),
-            source: e,
-        })?;
-        if meta.is_dir() {
-            return Err(ImageError::IsDirectory { path: owned() });
-        }
-        {
-            use std::os::unix::fs::FileTypeExt as _;
-            if !meta.is_file() && !meta.file_type().is_block_device() {
-                return Err(ImageError::NotRegular { path: owned() });
-            }
-        }
-        let len = file_len(&file).map_err(|e| ImageError::Unreadable {
-            path: owned(),
-            source: e,
-        })?;
+        let len = checked_len(&file, path)?;
         if len == 0 {
             return Ok(MappedImage {
-                path: owned(),
+                path: path.to_path_buf(),
                 map: None,
                 file: None,
             });
         }
-        // SAFETY: the map is read-only but shared, so it shows writes others make to the file.
-        // It stays valid as long as no one truncates the file while it is mapped; vmattest
-        // measures images of stopped VMs and files it owns, and a concurrent truncation would
-        // raise SIGBUS rather than yield wrong bytes silently.
+        // SAFETY: `Mmap::map` maps the file read-only and SHARED: writes that anyone makes to
+        // the file show through the map, and the slice that `bytes` lends would then change
+        // under the compiler's assumptions. The invariant is therefore that nobody writes the
+        // file while it is mapped: vmattest maps the images of stopped or paused VMs, files it
+        // wrote itself (restores, the head cache under the writer lock, memory files), and the
+        // images a user names, which the user must leave alone meanwhile. A running guest's
+        // RAM goes through `LiveImage` instead. Truncating a mapped file raises SIGBUS.
         #[allow(unsafe_code)]
         let map = unsafe { Mmap::map(&file) }.map_err(|e| ImageError::Map {
-            path: owned(),
+            path: path.to_path_buf(),
             source: e,
         })?;
         Ok(MappedImage {
-            path: owned(),
+            path: path.to_path_buf(),
             map: Some(map),
             file: Some(file),
         })
@@ -172,6 +135,59 @@ impl MappedImage {
             source,
         })
     }
+}
+
+/// Opens an image file read-only, refusing what is not a regular file or block device (a FIFO
+/// or character device would block the open or yield a stream, not an image).
+pub(crate) fn open_image_file(path: &Path) -> Result<File, ImageError> {
+    let owned = || path.to_path_buf();
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => ImageError::NotFound { path: owned() },
+        _ => ImageError::Unreadable {
+            path: owned(),
+            source: e,
+        },
+    })?;
+    if meta.is_dir() {
+        return Err(ImageError::IsDirectory { path: owned() });
+    }
+    {
+        use std::os::unix::fs::FileTypeExt as _;
+        if !meta.is_file() && !meta.file_type().is_block_device() {
+            return Err(ImageError::NotRegular { path: owned() });
+        }
+    }
+    use std::os::unix::fs::OpenOptionsExt as _;
+    File::options()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .map_err(|e| ImageError::Unreadable {
+            path: owned(),
+            source: e,
+        })
+}
+
+/// The length of an open image, which must be a regular file or block device.
+pub(crate) fn checked_len(file: &File, path: &Path) -> Result<u64, ImageError> {
+    let owned = || path.to_path_buf();
+    let meta = file.metadata().map_err(|e| ImageError::Unreadable {
+        path: owned(),
+        source: e,
+    })?;
+    if meta.is_dir() {
+        return Err(ImageError::IsDirectory { path: owned() });
+    }
+    {
+        use std::os::unix::fs::FileTypeExt as _;
+        if !meta.is_file() && !meta.file_type().is_block_device() {
+            return Err(ImageError::NotRegular { path: owned() });
+        }
+    }
+    file_len(file).map_err(|e| ImageError::Unreadable {
+        path: owned(),
+        source: e,
+    })
 }
 
 /// Pages `[first, end)`.

@@ -9,11 +9,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use vmattest_core::chain::ComponentKind;
-use vmattest_store::{ComponentInput, Store, StoreError, TakeOptions, TakeSummary};
+use vmattest_core::class::{Classify, ErrorClass};
+use vmattest_store::{ComponentInput, StoreError, StoreWriter, TakeOptions, TakeSummary};
 
 use crate::guard::{GuardError, GuardProgram};
 use crate::qmp::{Qmp, QmpError};
 use crate::spec::{DiskFormat, VmSpec};
+use crate::vm::VmError;
 
 /// Component names a VM's chain uses besides its disks' names.
 pub const RAM: &str = "ram";
@@ -26,8 +28,22 @@ const MIGRATE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Capture and restore errors.
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
+    /// The request does not fit the VM: another VM's store, a chain of another guest.
     #[error("vm {vm}: {detail}")]
     Vm { vm: String, detail: String },
+    #[error("vm {vm}: status {status}: expected running or paused")]
+    Status { vm: String, status: String },
+    /// `qemu-img` failed on a disk.
+    #[error("vm {vm}: disk {disk}: {detail}")]
+    Disk {
+        vm: String,
+        disk: String,
+        detail: String,
+    },
+    #[error("vm {vm}: stopping: {error}")]
+    Stop { vm: String, error: Box<VmError> },
+    #[error("{0}")]
+    Start(Box<VmError>),
     #[error("vm {vm}: {source}")]
     Qmp {
         vm: String,
@@ -49,10 +65,18 @@ pub enum CaptureError {
     },
 }
 
-impl CaptureError {
-    /// True when stored data does not match its signed commitments.
-    pub fn is_verification(&self) -> bool {
-        matches!(self, CaptureError::Store(e) if e.is_verification())
+impl Classify for CaptureError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            CaptureError::Vm { .. } => ErrorClass::Input,
+            CaptureError::Status { .. } | CaptureError::Disk { .. } | CaptureError::Io { .. } => {
+                ErrorClass::Environment
+            }
+            CaptureError::Stop { error, .. } | CaptureError::Start(error) => error.class(),
+            CaptureError::Qmp { source, .. } => source.class(),
+            CaptureError::Store(e) => e.class(),
+            CaptureError::Guard { source, .. } => source.class(),
+        }
     }
 }
 
@@ -76,15 +100,19 @@ pub struct CaptureReport {
     pub device_state_bytes: u64,
 }
 
-/// Test hook: `VMATTEST_KILL_QEMU_AT=<point>` kills the VM's QEMU there, as a crash would.
+/// Test hook, only with the `fault-injection` feature: `VMATTEST_KILL_QEMU_AT=<point>` kills
+/// the VM's QEMU there, as a crash would.
+#[cfg(feature = "fault-injection")]
 fn kill_point(spec: &VmSpec, point: &str) {
     if std::env::var("VMATTEST_KILL_QEMU_AT").is_ok_and(|v| v == point) {
         crate::vm::kill_now(spec);
     }
 }
 
-/// Test hook: `VMATTEST_HOLD_AT=<point>` makes the capture say so on stderr and sleep there
-/// (while the guest is paused), so that a test can kill it at a known point.
+/// Test hook, only with the `fault-injection` feature: `VMATTEST_HOLD_AT=<point>` makes the
+/// capture say so on stderr and sleep there (while the guest is paused), so that a test can
+/// kill it at a known point.
+#[cfg(feature = "fault-injection")]
 fn hold_point(point: &str) {
     if std::env::var("VMATTEST_HOLD_AT").is_ok_and(|v| v == point) {
         eprintln!("vmattest: test hook: holding at {point}");
@@ -92,13 +120,19 @@ fn hold_point(point: &str) {
     }
 }
 
+#[cfg(not(feature = "fault-injection"))]
+fn kill_point(_spec: &VmSpec, _point: &str) {}
+
+#[cfg(not(feature = "fault-injection"))]
+fn hold_point(_point: &str) {}
+
 /// Captures the running (or paused) VM as the next link of `store`. A running guest is
 /// paused only while it is measured; `guard` starts a process that resumes it should this one
 /// die meanwhile (see [`crate::guard`]); without one, the next command that opens the VM's
 /// QMP does.
 pub fn capture(
     spec: &VmSpec,
-    store: &Store,
+    store: &StoreWriter,
     opts: &TakeOptions<'_>,
     guard: Option<&GuardProgram>,
 ) -> Result<CaptureReport, CaptureError> {
@@ -128,9 +162,9 @@ pub fn capture(
         "running" => true,
         "paused" | "postmigrate" => false,
         other => {
-            return Err(CaptureError::Vm {
+            return Err(CaptureError::Status {
                 vm: vm(),
-                detail: format!("status {other}: expected running or paused"),
+                status: other.to_owned(),
             });
         }
     };
@@ -202,7 +236,7 @@ type Measured = (vmattest_store::Frozen, Duration, Duration, u64);
 /// The paused part of a capture.
 fn measure(
     spec: &VmSpec,
-    store: &Store,
+    store: &StoreWriter,
     opts: &TakeOptions<'_>,
     qmp: &mut Qmp,
     work: &Path,
@@ -277,9 +311,10 @@ fn measure(
 }
 
 fn disk_err(spec: &VmSpec, disk: &str, detail: String) -> CaptureError {
-    CaptureError::Vm {
+    CaptureError::Disk {
         vm: spec.name().to_owned(),
-        detail: format!("disk {disk}: {detail}"),
+        disk: disk.to_owned(),
+        detail,
     }
 }
 

@@ -16,6 +16,7 @@ use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
+use vmattest_core::class::{Classify, ErrorClass};
 
 use crate::qmp::{Qmp, QmpError};
 use crate::spec::VmSpec;
@@ -39,6 +40,15 @@ pub enum GuardError {
     Spawn { program: PathBuf, source: io::Error },
     #[error("resuming the guest after an interrupted capture: {0}")]
     Qmp(#[from] QmpError),
+}
+
+impl Classify for GuardError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            GuardError::Io { .. } | GuardError::Spawn { .. } => ErrorClass::Environment,
+            GuardError::Qmp(e) => e.class(),
+        }
+    }
 }
 
 /// How to start a guardian: a program that calls [`guard`] when given `--qmp SOCKET

@@ -6,6 +6,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use vmattest_core::class::{Classify, ErrorClass};
 
 use serde_json::{Value, json};
 
@@ -41,6 +42,24 @@ pub enum QmpError {
     },
     #[error("qemu: migration {status}: {desc}")]
     Migration { status: String, desc: String },
+}
+
+impl Classify for QmpError {
+    /// A monitor that cannot be reached, misbehaves or refuses is the environment failing;
+    /// only an argument vmattest cannot even send is input.
+    fn class(&self) -> ErrorClass {
+        match self {
+            QmpError::Argument(_) => ErrorClass::Input,
+            QmpError::Connect { .. }
+            | QmpError::Io(_)
+            | QmpError::Closed
+            | QmpError::Timeout { .. }
+            | QmpError::TooLarge { .. }
+            | QmpError::Protocol(_)
+            | QmpError::Qemu { .. }
+            | QmpError::Migration { .. } => ErrorClass::Environment,
+        }
+    }
 }
 
 /// An asynchronous QMP event.

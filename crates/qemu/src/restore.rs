@@ -33,10 +33,6 @@ pub fn restore(
     store: &Store,
     opts: &ReplayOptions<'_>,
 ) -> Result<RestoreReport, CaptureError> {
-    let vm = |detail: String| CaptureError::Vm {
-        vm: spec.name().to_owned(),
-        detail,
-    };
     // The staging directory receives guest RAM and disks: it lives in the 0700 run dir.
     crate::private::dir(spec.run_dir()).map_err(io(spec.run_dir()))?;
     let staging = spec
@@ -49,7 +45,10 @@ pub fn restore(
         check_shape(spec, &verified, &staging)?;
         let rebuild = t.elapsed();
         let t = Instant::now();
-        crate::vm::stop(spec).map_err(|e| vm(format!("stopping: {e}")))?;
+        crate::vm::stop(spec).map_err(|error| CaptureError::Stop {
+            vm: spec.name().to_owned(),
+            error: Box::new(error),
+        })?;
         place(&staging.join(RAM), &spec.ram_path())?;
         crate::private::file(&spec.ram_path()).map_err(io(&spec.ram_path()))?;
         for d in spec.disks() {
@@ -60,12 +59,18 @@ pub fn restore(
             std::fs::set_permissions(&from, Permissions::from_mode(mode)).map_err(io(&from))?;
             match d.format {
                 DiskFormat::Raw => place(&from, &d.path)?,
-                DiskFormat::Qcow2 => crate::img::from_raw(&from, &d.path)
-                    .map_err(|e| vm(format!("disk {}: {e}", d.name)))?,
+                DiskFormat::Qcow2 => {
+                    crate::img::from_raw(&from, &d.path).map_err(|detail| CaptureError::Disk {
+                        vm: spec.name().to_owned(),
+                        disk: d.name.clone(),
+                        detail,
+                    })?
+                }
             }
         }
         let dev = staging.join(DEVICE_STATE);
-        let mut running = crate::vm::start(spec, true).map_err(|e| vm(e.to_string()))?;
+        let mut running =
+            crate::vm::start(spec, true).map_err(|e| CaptureError::Start(Box::new(e)))?;
         let qmp_err = |source| CaptureError::Qmp {
             vm: spec.name().to_owned(),
             source,

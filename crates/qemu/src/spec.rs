@@ -3,6 +3,7 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use vmattest_core::class::{Classify, ErrorClass};
 
 use serde::Deserialize;
 
@@ -41,6 +42,17 @@ pub enum SpecError {
         field: String,
         detail: String,
     },
+}
+
+impl Classify for SpecError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            SpecError::Io { source, .. } if source.kind() != std::io::ErrorKind::NotFound => {
+                ErrorClass::Environment
+            }
+            _ => ErrorClass::Input,
+        }
+    }
 }
 
 /// The accelerator asked for; `Auto` picks KVM only where a stock guest kernel can run on it.

@@ -9,6 +9,7 @@ use std::os::unix::fs::FileTypeExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
+use vmattest_core::class::{Classify, ErrorClass};
 
 use rustix::process::Signal;
 
@@ -18,7 +19,7 @@ use crate::spec::{Boot, VmSpec};
 mod console;
 mod process;
 
-pub use console::{last_tick, parse_ticks, wait_console};
+pub use console::wait_console;
 use process::{is_ours, remove_if_present, signal, wait_gone};
 
 /// How long QEMU gets to create its QMP socket after daemonizing.
@@ -87,6 +88,27 @@ pub enum VmError {
     },
     #[error("vm {name}: pid {pid} is still alive after SIGKILL")]
     Unkillable { name: String, pid: i32 },
+}
+
+impl Classify for VmError {
+    /// What the spec names (files, sizes) and a VM already running are input; QEMU failing to
+    /// run, answer or die is the environment.
+    fn class(&self) -> ErrorClass {
+        match self {
+            VmError::AlreadyRunning { .. }
+            | VmError::Missing { .. }
+            | VmError::NotAFile { .. }
+            | VmError::RamSize { .. } => ErrorClass::Input,
+            VmError::Qmp { source, .. } => source.class(),
+            VmError::Io { .. }
+            | VmError::Spawn { .. }
+            | VmError::QemuFailed { .. }
+            | VmError::NoPid { .. }
+            | VmError::Exited { .. }
+            | VmError::ConsoleTimeout { .. }
+            | VmError::Unkillable { .. } => ErrorClass::Environment,
+        }
+    }
 }
 
 /// A QEMU this process started, with its QMP session.
@@ -249,8 +271,9 @@ fn recover(spec: &VmSpec, qmp: &mut Qmp) -> Result<Option<String>, QmpError> {
     }
 }
 
-/// Kills the VM's QEMU with SIGKILL and no warning, as a crash would (for tests).
-pub fn kill_now(spec: &VmSpec) {
+/// Kills the VM's QEMU with SIGKILL and no warning, as a crash would (for the crash hooks).
+#[cfg(feature = "fault-injection")]
+pub(crate) fn kill_now(spec: &VmSpec) {
     if let Some(pid) = live_pid(spec) {
         signal(pid, Signal::KILL);
         wait_gone(pid, spec.name(), SIGNAL_GRACE);

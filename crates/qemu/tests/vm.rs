@@ -13,6 +13,7 @@ use serde_json::Value;
 use vmattest_qemu::VmSpec;
 use vmattest_qemu::qmp::QmpError;
 use vmattest_qemu::vm::{self, VmError};
+use vmattest_testkit::console;
 
 const BOOT: Duration = Duration::from_secs(120);
 const DISK_BYTES: u64 = 4 << 20;
@@ -227,7 +228,7 @@ fn device_state_round_trip_continues_the_guest() {
     eprintln!("device state written in {:?}", t.elapsed());
     assert_eq!(info["status"], "completed");
     assert_eq!(qmp.query_status().unwrap(), "postmigrate");
-    let last = vm::last_tick(spec).expect("a tick before the stop");
+    let last = console::last_tick(&spec.console_path()).expect("a tick before the stop");
     running.stop(spec).unwrap();
 
     // Device and CPU state only: RAM stayed in its shared file.
@@ -257,10 +258,10 @@ fn device_state_round_trip_continues_the_guest() {
     );
     let mut joined = before.clone();
     joined.extend_from_slice(&after);
-    let ticks = vm::parse_ticks(&joined);
+    let ticks = console::parse_ticks(&joined);
     let expected: Vec<u64> = (1..=*ticks.last().unwrap()).collect();
     assert_eq!(ticks, expected, "ticks across the restore");
-    let first_new = vm::parse_ticks(&after)[0];
+    let first_new = console::parse_ticks(&after)[0];
     assert!(
         first_new == last + 1 || (first_new == last + 2 && !before.ends_with(b"\n")),
         "last tick before {last}, first after {first_new}"
@@ -287,6 +288,6 @@ fn incoming_start_needs_the_ram_file() {
 #[test]
 fn ticks_parse_from_messy_consoles() {
     let console = b"\x00\xffjunk\r\ntick 1\r\ntick 2\nnot tick 3\ntick x\ntick 4\ntick 5";
-    assert_eq!(vm::parse_ticks(console), [1, 2, 4]);
-    assert!(vm::parse_ticks(b"").is_empty());
+    assert_eq!(console::parse_ticks(console), [1, 2, 4]);
+    assert!(console::parse_ticks(b"").is_empty());
 }

@@ -26,7 +26,7 @@ use vmattest_core::wire::{HEADER_LEN, Kind, Writer};
 
 use crate::dir::{Dir, TempDir};
 use crate::replay::{Outputs, ReplayOptions, Source, Verified};
-use crate::{Head, Store, StoreError, StoreMeta, fsio};
+use crate::{Head, Store, StoreError, StoreMeta, StoreWriter, fsio};
 
 const TAG_LINK: u8 = 1;
 const TAG_OBJECT: u8 = 2;
@@ -385,7 +385,7 @@ impl Store {
             from_cache: false,
         };
         let (verified, _, _) = if store.meta.encrypted {
-            store.replay_source(&src, opts, &Outputs::Memory)?
+            store.replay_source(&src, &opts.into(), &Outputs::Memory)?
         } else {
             let check = store.tmp_dir("import-check")?;
             let name = |i: usize, _: &vmattest_core::chain::ComponentRoot| format!("{i}.img");
@@ -393,7 +393,7 @@ impl Store {
                 dir: check.dir(),
                 name: &name,
             };
-            store.replay_source(&src, opts, &out)?
+            store.replay_source(&src, &opts.into(), &out)?
         };
 
         // Commit: objects, then links, then HEAD.
@@ -424,7 +424,9 @@ impl Store {
             verified,
         })
     }
+}
 
+impl StoreWriter {
     /// Moves verified staged objects into `objects/`; an intact copy already there is kept.
     fn move_staged(&self, staging: &TempDir, staged: &[ObjectId]) -> Result<(), StoreError> {
         let tmp = Path::new("tmp").join(staging.name());

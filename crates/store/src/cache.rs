@@ -13,24 +13,17 @@ use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 use vmattest_core::alg::{PAGE_SIZE, PageIndex};
 use vmattest_core::chain::{ComponentRoot, DeltaEntry, Manifest, SeqNo};
 use vmattest_core::tree::ImageTree;
 use vmattest_image::MappedImage;
 
+use crate::cachefiles::Stamp;
 use crate::crypt::{CacheKey, StoreSecret};
 use crate::dir::Access;
-use crate::replay::Outputs;
-use crate::replay::{ReplayOptions, idx};
-use crate::take::page_of;
-use crate::{Head, Store, StoreError};
-
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
-struct Stamp {
-    seq: u64,
-    link: String,
-}
+use crate::pages::{idx, page_of};
+use crate::replay::{Outputs, Plan};
+use crate::{Head, StoreError, StoreWriter};
 
 /// Read access to one cached image, decrypting pages when the store is encrypted.
 pub(crate) struct HeadPages<'k> {
@@ -67,7 +60,7 @@ fn versions_bytes(v: &[u64]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_be_bytes()).collect()
 }
 
-impl Store {
+impl StoreWriter {
     /// Replaces a cache file with a new 0600 file, without fsync: callers remove the stamp
     /// first, and every reader checks what it reads.
     fn write_derived(&self, rel: &Path, bytes: &[u8]) -> Result<(), StoreError> {
@@ -82,18 +75,6 @@ impl Store {
             })
     }
 
-    pub(crate) fn cache_image(&self, i: usize) -> PathBuf {
-        PathBuf::from(format!("head/{i}.img"))
-    }
-
-    fn cache_digests(&self, i: usize) -> PathBuf {
-        PathBuf::from(format!("head/{i}.digests"))
-    }
-
-    fn cache_base_digests(&self, i: usize) -> PathBuf {
-        PathBuf::from(format!("head/{i}.base-digests"))
-    }
-
     /// Keeps the baseline's page digests, so that replays need not hash the baseline's zero
     /// pages again (half of a typical guest's pages, every offset hashing differently).
     pub(crate) fn keep_base_digests(&self, trees: &[ImageTree]) -> Result<(), StoreError> {
@@ -101,40 +82,6 @@ impl Store {
             self.write_derived(&self.cache_base_digests(i), t.page_digests())?;
         }
         Ok(())
-    }
-
-    /// The baseline tree of component `i` from the kept digests, when they give the signed
-    /// root (derived data: anything else is ignored and the tree is recomputed).
-    pub(crate) fn cached_base_tree(&self, i: usize, c: &ComponentRoot) -> Option<ImageTree> {
-        if c.len <= PAGE_SIZE as u64 {
-            return None;
-        }
-        let digests = self
-            .dir
-            .read_capped(&self.cache_base_digests(i), 1 << 30)
-            .ok()?;
-        let tree = ImageTree::from_page_digests(&self.params, c.len, digests, &[]).ok()?;
-        (tree.root() == c.root).then_some(tree)
-    }
-
-    fn cache_versions(&self, i: usize) -> PathBuf {
-        PathBuf::from(format!("head/{i}.versions"))
-    }
-
-    fn stamp_path(&self) -> PathBuf {
-        PathBuf::from("head/stamp.json")
-    }
-
-    /// Whether the cache holds exactly `head`.
-    pub(crate) fn cache_matches(&self, head: &Head) -> bool {
-        let Ok(bytes) = self.dir.read_capped(&self.stamp_path(), 4096) else {
-            return false;
-        };
-        let want = Stamp {
-            seq: head.seq.0,
-            link: head.link.to_hex(),
-        };
-        serde_json::from_slice::<Stamp>(&bytes).is_ok_and(|s| s == want)
     }
 
     /// Marks the cache stale before it is modified.
@@ -287,7 +234,7 @@ impl Store {
         key: Option<&CacheKey>,
     ) -> Result<Vec<ImageTree>, StoreError> {
         self.cache_invalidate()?;
-        let opts = ReplayOptions {
+        let opts = Plan {
             upto: Some(head.seq),
             keys: None,
             secret,

@@ -37,7 +37,7 @@ impl StoreSecret {
         use std::os::unix::fs::OpenOptionsExt as _;
         let mut raw = Zeroizing::new([0u8; 32]);
         getrandom::fill(raw.as_mut())
-            .map_err(|e| StoreError::Secret(format!("OS randomness: {e}")))?;
+            .map_err(|e| StoreError::Crypto(format!("OS randomness: {e}")))?;
         let text = Zeroizing::new(format!("{}\n", hex::encode(raw.as_ref())));
         let mut f = std::fs::File::options()
             .write(true)
@@ -121,11 +121,11 @@ impl PageKey {
     pub fn seal(&self, plain: &[u8], aad: &[u8]) -> Result<([u8; NONCE_LEN], Vec<u8>), StoreError> {
         let mut nonce = [0u8; NONCE_LEN];
         getrandom::fill(&mut nonce)
-            .map_err(|e| StoreError::Secret(format!("OS randomness: {e}")))?;
+            .map_err(|e| StoreError::Crypto(format!("OS randomness: {e}")))?;
         let cipher = ChaCha20Poly1305::new(Key::from_slice(self.0.as_ref()));
         let ct = cipher
             .encrypt(Nonce::from_slice(&nonce), Payload { msg: plain, aad })
-            .map_err(|_| StoreError::Secret("encryption failed".into()))?;
+            .map_err(|_| StoreError::Crypto("encryption failed".into()))?;
         Ok((nonce, ct))
     }
 

@@ -1,8 +1,10 @@
 use std::path::PathBuf;
 
 use vmattest_core::chain::{ObjectId, SeqNo};
+use vmattest_core::class::{Classify, ErrorClass};
+use vmattest_image::ImageError;
 
-/// Store errors. `Verification` variants mean the data is not what the chain says.
+/// Store errors. Their classes: see [`Classify`] below.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{path}: {error}")]
@@ -47,27 +49,43 @@ pub enum StoreError {
     },
     #[error("{0}")]
     Input(String),
-    #[error("{what}: {detail}")]
-    Image { what: String, detail: String },
+    #[error("{what}: {error}")]
+    Image { what: String, error: ImageError },
     #[error("bundle {path}: {detail}")]
     Bundle { path: PathBuf, detail: String },
     #[error("store is encrypted: {0}")]
     Secret(String),
+    /// The OS gave no randomness, or the cipher failed: nothing to do with the store's data.
+    #[error("{0}")]
+    Crypto(String),
 }
 
-impl StoreError {
-    /// True when the failure is a mismatch between stored data and its signed commitments,
-    /// rather than bad input or an I/O problem.
-    pub fn is_verification(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Verification { .. }
-                | StoreError::PageMismatch { .. }
-                | StoreError::ObjectDigest { .. }
-                | StoreError::BadLink { .. }
-                | StoreError::BadManifest { .. }
-                | StoreError::MissingObject { .. }
-                | StoreError::MissingLink { .. }
-        )
+impl Classify for StoreError {
+    /// Every file below a store's root is committed by the signed chain (store.json through
+    /// the manifests' metadata, HEAD through the link digest, the head cache through its
+    /// checks), so a store file that is not what it should be fails verification. Files and
+    /// arguments a caller hands in are input; the OS and other processes are the environment.
+    fn class(&self) -> ErrorClass {
+        match self {
+            StoreError::Corrupt { .. }
+            | StoreError::MissingLink { .. }
+            | StoreError::BadLink { .. }
+            | StoreError::BadManifest { .. }
+            | StoreError::MissingObject { .. }
+            | StoreError::ObjectDigest { .. }
+            | StoreError::Verification { .. }
+            | StoreError::PageMismatch { .. } => ErrorClass::Verification,
+            StoreError::FileType { .. }
+            | StoreError::NotAStore { .. }
+            | StoreError::NotEmpty { .. }
+            | StoreError::TooLarge { .. }
+            | StoreError::Input(_)
+            | StoreError::Bundle { .. }
+            | StoreError::Secret(_) => ErrorClass::Input,
+            StoreError::Io { .. } | StoreError::Locked { .. } | StoreError::Crypto(_) => {
+                ErrorClass::Environment
+            }
+            StoreError::Image { error, .. } => error.class(),
+        }
     }
 }

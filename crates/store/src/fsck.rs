@@ -9,7 +9,7 @@ use serde::Serialize;
 use vmattest_core::chain::{ObjectId, SeqNo, link_digest};
 use vmattest_core::wire::{HEADER_LEN, Kind};
 
-use crate::{Store, StoreError, batch};
+use crate::{Store, StoreError, StoreWriter, batch};
 
 /// Missing links reported before the check stops looking: a HEAD that names a huge seq must
 /// not make fsck walk (or report) every number below it.
@@ -34,21 +34,37 @@ impl FsckReport {
     }
 }
 
-impl Store {
-    /// Checks the store; with `repair` (which needs the writer lock) removes leftovers. A
-    /// damaged store is never repaired: repair only removes what no committed link needs.
-    pub fn fsck(&self, repair: bool) -> Result<FsckReport, StoreError> {
-        if repair && self._lock.is_none() {
-            return Err(StoreError::Input(
-                "repair needs the store opened for writing".into(),
-            ));
+impl StoreWriter {
+    /// Checks the store and, when it is clean, removes leftovers and the head cache's stamp.
+    /// A damaged store is never repaired: repair only removes what no committed link needs.
+    pub fn repair(&self) -> Result<FsckReport, StoreError> {
+        let (mut rep, leftovers) = self.check()?;
+        if rep.is_clean() {
+            // The head cache is derived; discarding it makes the next take rebuild it.
+            self.cache_invalidate()?;
+            for p in &leftovers {
+                self.dir.remove_tree(p)?;
+            }
+            rep.repaired = true;
         }
+        Ok(rep)
+    }
+}
+
+impl Store {
+    /// Checks the store: links, manifests, objects, leftovers, the head cache's stamp.
+    pub fn fsck(&self) -> Result<FsckReport, StoreError> {
+        Ok(self.check()?.0)
+    }
+
+    /// The report, and the leftovers as paths relative to the root.
+    fn check(&self) -> Result<(FsckReport, Vec<PathBuf>), StoreError> {
         let mut rep = FsckReport::default();
         let head = match self.head() {
             Ok(h) => h,
             Err(e) => {
                 rep.errors.push(e.to_string());
-                return Ok(rep);
+                return Ok((rep, Vec::new()));
             }
         };
         rep.head = head.map(|h| h.seq.0);
@@ -59,15 +75,7 @@ impl Store {
         }
         let leftovers = self.leftovers(head.map(|h| h.seq), &referenced)?;
         rep.leftovers = leftovers.iter().map(|p| self.dir.display(p)).collect();
-        if repair && rep.is_clean() {
-            // The head cache is derived; discarding it makes the next take rebuild it.
-            self.cache_invalidate()?;
-            for p in &leftovers {
-                self.dir.remove_tree(p)?;
-            }
-            rep.repaired = true;
-        }
-        Ok(rep)
+        Ok((rep, leftovers))
     }
 
     fn fsck_links(&self, h: crate::Head, rep: &mut FsckReport, referenced: &mut HashSet<ObjectId>) {

@@ -20,11 +20,13 @@
 mod batch;
 mod bundle;
 mod cache;
+mod cachefiles;
 mod crypt;
 mod dir;
 mod error;
 mod fsck;
 mod fsio;
+mod pages;
 mod rebuild;
 mod replay;
 mod take;
@@ -48,7 +50,7 @@ pub use crypt::StoreSecret;
 pub use error::StoreError;
 pub use fsck::FsckReport;
 pub use fsio::{write_atomic, write_atomic_private};
-pub use replay::{ReplayOptions, Verified};
+pub use replay::{PinnedKeys, ReplayOptions, Verified};
 pub use take::{ComponentInput, Frozen, TakeOptions, TakeSummary};
 
 /// Version of the store layout.
@@ -90,15 +92,56 @@ struct HeadJson {
     link: String,
 }
 
-/// An open store. Writers hold the lock for the lifetime of the value.
+/// A store opened for reading: it verifies, restores, exports and checks, and has no method
+/// that changes the store (readers need no lock: HEAD moves only by atomic rename).
+///
+/// A writer can take and repair:
+///
+/// ```
+/// use vmattest_store::{ComponentInput, StoreWriter, TakeOptions};
+/// fn write(w: &StoreWriter, i: &[ComponentInput], o: &TakeOptions<'_>) {
+///     let _ = w.take(i, o);
+///     let _ = w.repair();
+/// }
+/// ```
+///
+/// A reader cannot:
+///
+/// ```compile_fail
+/// use vmattest_store::{ComponentInput, Store, TakeOptions};
+/// fn write(r: &Store, i: &[ComponentInput], o: &TakeOptions<'_>) {
+///     let _ = r.take(i, o);
+/// }
+/// ```
+///
+/// ```compile_fail
+/// fn write(r: &vmattest_store::Store) {
+///     let _ = r.repair();
+/// }
+/// ```
 #[derive(Debug)]
 pub struct Store {
     root: PathBuf,
     dir: Dir,
     meta: StoreMeta,
     params: TreeParams,
-    _lock: Option<File>,
     progress: Reporter,
+}
+
+/// A store opened for writing: holds the writer lock (`STORE/LOCK`) for its lifetime. Only a
+/// writer takes, imports or repairs; it reads like a [`Store`].
+#[derive(Debug)]
+pub struct StoreWriter {
+    store: Store,
+    _lock: File,
+}
+
+impl std::ops::Deref for StoreWriter {
+    type Target = Store;
+
+    fn deref(&self) -> &Store {
+        &self.store
+    }
 }
 
 /// Where long operations report progress (nowhere by default).
@@ -116,10 +159,70 @@ impl Default for Reporter {
     }
 }
 
+impl StoreWriter {
+    /// Reports progress of replays (imports, cache rebuilds) to `p`.
+    pub fn set_progress(&mut self, p: Box<dyn Progress + Send>) {
+        self.store.set_progress(p);
+    }
+
+    pub(crate) fn set_head(&self, head: Head) -> Result<(), StoreError> {
+        let json = serde_json::to_vec(&HeadJson {
+            seq: head.seq.0,
+            link: head.link.to_hex(),
+        })
+        .map_err(|e| StoreError::Corrupt {
+            file: "HEAD".into(),
+            detail: e.to_string(),
+        })?;
+        self.dir.write_file(Path::new("HEAD"), &json, true)
+    }
+
+    /// Writes an object under its content address (no-op if present). The file is durable on
+    /// return; its directory entry is made durable by [`StoreWriter::sync_object_dirs`], which every
+    /// writer calls before it refers to the object from anything committed.
+    pub(crate) fn write_object(&self, bytes: &[u8]) -> Result<ObjectId, StoreError> {
+        let id = ObjectId::of(bytes);
+        let hex = id.to_hex();
+        // One walk to the object's directory serves the check and the write (a take writes
+        // every batch through here).
+        let dir = self
+            .dir
+            .create_dir_all(&Path::new("objects").join(&hex[..2]))?;
+        let name = Path::new(&hex[2..]);
+        if !dir.file_exists(name)? {
+            dir.write_file(name, bytes, false)?;
+        }
+        Ok(id)
+    }
+
+    pub(crate) fn sync_object_dir(&self, id: &ObjectId) -> Result<(), StoreError> {
+        match self.object_path(id).parent() {
+            Some(dir) => self.dir.open_dir(dir)?.sync(),
+            None => Ok(()),
+        }
+    }
+
+    /// fsyncs every object directory (256 at most): one pass instead of one per object.
+    pub(crate) fn sync_object_dirs(&self) -> Result<(), StoreError> {
+        let objects = self.dir.open_dir(Path::new("objects"))?;
+        let dirs: Vec<String> = objects
+            .entries()?
+            .into_iter()
+            .filter(|(_, t)| *t == rustix::fs::FileType::Directory)
+            .map(|(n, _)| n)
+            .collect();
+        dirs.par_iter()
+            .try_for_each(|d| objects.open_dir(Path::new(d))?.sync())?;
+        objects.sync()
+    }
+}
+
 impl Store {
     /// Creates an empty store at `root` (which must not exist or be empty).
     pub fn init(root: &Path, meta: StoreMeta) -> Result<Store, StoreError> {
-        meta.params()?;
+        // The caller's metadata, not a store file yet: a bad one is input.
+        meta.params()
+            .map_err(|e| StoreError::Input(e.to_string()))?;
         if !root.exists() {
             use std::os::unix::fs::DirBuilderExt as _;
             std::fs::DirBuilder::new()
@@ -179,14 +282,13 @@ impl Store {
             dir,
             meta,
             params,
-            _lock: None,
             progress: Reporter::default(),
         })
     }
 
     /// Opens a store for writing: waits for no one, fails if another writer holds the lock.
-    pub fn open_writer(root: &Path) -> Result<Store, StoreError> {
-        let mut store = Store::open(root)?;
+    pub fn open_writer(root: &Path) -> Result<StoreWriter, StoreError> {
+        let store = Store::open(root)?;
         let lock_path = root.join("LOCK");
         let lock = Path::new("LOCK");
         let f = match store.dir.open_file(lock, Access::Write) {
@@ -209,13 +311,12 @@ impl Store {
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(fsio::io(&lock_path)(e)),
         }
-        store._lock = Some(f);
         // Stores made before files were private, or by hand: guest bytes are not for others.
         store.dir.make_private()?;
         for d in ["links", "objects", "head", "tmp"] {
             store.dir.create_dir_all(Path::new(d))?.make_private()?;
         }
-        Ok(store)
+        Ok(StoreWriter { store, _lock: f })
     }
 
     /// Reports progress of replays (verify, restore, import, cache rebuilds) to `p`.
@@ -271,18 +372,6 @@ impl Store {
         }))
     }
 
-    fn set_head(&self, head: Head) -> Result<(), StoreError> {
-        let json = serde_json::to_vec(&HeadJson {
-            seq: head.seq.0,
-            link: head.link.to_hex(),
-        })
-        .map_err(|e| StoreError::Corrupt {
-            file: "HEAD".into(),
-            detail: e.to_string(),
-        })?;
-        self.dir.write_file(Path::new("HEAD"), &json, true)
-    }
-
     /// A link's file, relative to the store's root.
     fn link_path(&self, seq: SeqNo) -> PathBuf {
         PathBuf::from(format!("links/{:020}.link", seq.0))
@@ -323,45 +412,6 @@ impl Store {
             });
         }
         Ok(bytes)
-    }
-
-    /// Writes an object under its content address (no-op if present). The file is durable on
-    /// return; its directory entry is made durable by [`Store::sync_object_dirs`], which every
-    /// writer calls before it refers to the object from anything committed.
-    fn write_object(&self, bytes: &[u8]) -> Result<ObjectId, StoreError> {
-        let id = ObjectId::of(bytes);
-        let hex = id.to_hex();
-        // One walk to the object's directory serves the check and the write (a take writes
-        // every batch through here).
-        let dir = self
-            .dir
-            .create_dir_all(&Path::new("objects").join(&hex[..2]))?;
-        let name = Path::new(&hex[2..]);
-        if !dir.file_exists(name)? {
-            dir.write_file(name, bytes, false)?;
-        }
-        Ok(id)
-    }
-
-    fn sync_object_dir(&self, id: &ObjectId) -> Result<(), StoreError> {
-        match self.object_path(id).parent() {
-            Some(dir) => self.dir.open_dir(dir)?.sync(),
-            None => Ok(()),
-        }
-    }
-
-    /// fsyncs every object directory (256 at most): one pass instead of one per object.
-    fn sync_object_dirs(&self) -> Result<(), StoreError> {
-        let objects = self.dir.open_dir(Path::new("objects"))?;
-        let dirs: Vec<String> = objects
-            .entries()?
-            .into_iter()
-            .filter(|(_, t)| *t == rustix::fs::FileType::Directory)
-            .map(|(n, _)| n)
-            .collect();
-        dirs.par_iter()
-            .try_for_each(|d| objects.open_dir(Path::new(d))?.sync())?;
-        objects.sync()
     }
 
     pub fn read_manifest(&self, link: &Link) -> Result<Manifest, StoreError> {

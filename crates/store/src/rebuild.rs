@@ -11,8 +11,7 @@ use vmattest_core::tree::ImageTree;
 use vmattest_core::wire::{HEADER_LEN, Kind};
 
 use crate::crypt::PageKey;
-use crate::replay::{ObjectFn, idx};
-use crate::take::{is_zero, page_of};
+use crate::pages::{ObjectFn, idx, is_zero, page_of};
 use crate::{Store, StoreError, batch, fsio};
 
 /// Pages per region: 256 MiB of buffer per worker. Larger regions decode fewer batches twice

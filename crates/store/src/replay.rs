@@ -16,24 +16,76 @@ use vmattest_core::wire::{HEADER_LEN, Kind};
 use vmattest_sign::PublicKey;
 use vmattest_sign::record::verify_signed;
 
-use crate::crypt::StoreSecret;
-use crate::rebuild::{Decoder, REGION_PAGES, Rebuild, Scratch};
 use vmattest_image::MappedImage;
 
+use crate::crypt::StoreSecret;
 use crate::dir::{Access, Dir, TempDir, memory_file};
+use crate::pages::{ObjectFn, idx};
+use crate::rebuild::{Decoder, REGION_PAGES, Rebuild, Scratch};
 use crate::{Store, StoreError};
 
-/// How far and how strictly to replay.
-#[derive(Debug, Clone, Copy, Default)]
+/// The public keys every link must be signed by. Never empty: a verification through this
+/// crate always checks signatures against keys its caller chose.
+#[derive(Debug, Clone)]
+pub struct PinnedKeys(Vec<PublicKey>);
+
+impl PinnedKeys {
+    pub fn new(keys: Vec<PublicKey>) -> Result<PinnedKeys, StoreError> {
+        if keys.is_empty() {
+            return Err(StoreError::Input(
+                "no public key pinned: verifying a chain needs at least one".into(),
+            ));
+        }
+        Ok(PinnedKeys(keys))
+    }
+
+    pub fn keys(&self) -> &[PublicKey] {
+        &self.0
+    }
+}
+
+/// How far and how strictly to verify, restore or import.
+#[derive(Debug, Clone, Copy)]
 pub struct ReplayOptions<'a> {
     /// Last seq to rebuild; the head when `None`.
     pub upto: Option<SeqNo>,
-    /// Pinned public keys; `None` skips signatures (the store's own cache rebuild, which is
-    /// still bound to HEAD by link digests and content addresses).
-    pub keys: Option<&'a [PublicKey]>,
+    pub keys: &'a PinnedKeys,
     pub secret: Option<&'a StoreSecret>,
     /// Refuse a last link older than `secs` seconds before `now`.
     pub max_age: Option<(UnixTime, u64)>,
+}
+
+impl<'a> ReplayOptions<'a> {
+    /// The whole chain against `keys`, no secret, no age limit.
+    pub fn new(keys: &'a PinnedKeys) -> ReplayOptions<'a> {
+        ReplayOptions {
+            upto: None,
+            keys,
+            secret: None,
+            max_age: None,
+        }
+    }
+}
+
+/// A replay as this crate runs it. Only the store's own cache rebuild goes without keys: it is
+/// bound to HEAD by link digests and content addresses, and its output is derived data.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Plan<'a> {
+    pub upto: Option<SeqNo>,
+    pub keys: Option<&'a [PublicKey]>,
+    pub secret: Option<&'a StoreSecret>,
+    pub max_age: Option<(UnixTime, u64)>,
+}
+
+impl<'a> From<&ReplayOptions<'a>> for Plan<'a> {
+    fn from(o: &ReplayOptions<'a>) -> Plan<'a> {
+        Plan {
+            upto: o.upto,
+            keys: Some(o.keys.keys()),
+            secret: o.secret,
+            max_age: o.max_age,
+        }
+    }
 }
 
 /// The verified end state.
@@ -45,9 +97,6 @@ pub struct Verified {
     pub time: UnixTime,
     pub components: Vec<ComponentRoot>,
 }
-
-/// Reads an object by id, refusing it above a size.
-pub(crate) type ObjectFn<'a> = dyn Fn(&ObjectId, usize) -> Result<Vec<u8>, StoreError> + Sync + 'a;
 
 /// Where links and objects come from: the store itself, or a store plus a staged import.
 pub(crate) struct Source<'a> {
@@ -75,7 +124,7 @@ impl Store {
     /// Verifies the chain up to `opts.upto` without keeping the rebuilt images.
     pub fn verify(&self, opts: &ReplayOptions<'_>) -> Result<Verified, StoreError> {
         if self.meta.encrypted {
-            return Ok(self.replay_into(opts, &Outputs::Memory, false)?.0);
+            return Ok(self.replay_into(&opts.into(), &Outputs::Memory, false)?.0);
         }
         let tmp = self.tmp_dir("verify")?;
         let name = |i: usize, _: &ComponentRoot| format!("{i}.img");
@@ -83,7 +132,7 @@ impl Store {
             dir: tmp.dir(),
             name: &name,
         };
-        Ok(self.replay_into(opts, &out, false)?.0)
+        Ok(self.replay_into(&opts.into(), &out, false)?.0)
     }
 
     /// Verifies and writes every component at `opts.upto` into `out` (created; must not
@@ -113,7 +162,7 @@ impl Store {
             name: &name,
         };
         // Like `cp`, the restored files are not fsynced; the rename is.
-        let (v, _, files) = self.replay_into(opts, &outputs, true)?;
+        let (v, _, files) = self.replay_into(&opts.into(), &outputs, true)?;
         drop(files);
         staging.persist(out_name)?;
         Ok(v)
@@ -121,7 +170,7 @@ impl Store {
 
     pub(crate) fn replay_into(
         &self,
-        opts: &ReplayOptions<'_>,
+        opts: &Plan<'_>,
         outputs: &Outputs<'_>,
         use_cache: bool,
     ) -> Result<(Verified, Vec<ImageTree>, OutputFiles), StoreError> {
@@ -162,7 +211,7 @@ impl Store {
     pub(crate) fn replay_source(
         &self,
         src: &Source<'_>,
-        opts: &ReplayOptions<'_>,
+        opts: &Plan<'_>,
         outputs: &Outputs<'_>,
     ) -> Result<(Verified, Vec<ImageTree>, OutputFiles), StoreError> {
         let last = &src.links[src.links.len() - 1];
@@ -373,11 +422,7 @@ impl Store {
     }
 
     /// Link-level checks; returns the manifests in seq order.
-    fn check_links(
-        &self,
-        src: &Source<'_>,
-        opts: &ReplayOptions<'_>,
-    ) -> Result<Vec<Manifest>, StoreError> {
+    fn check_links(&self, src: &Source<'_>, opts: &Plan<'_>) -> Result<Vec<Manifest>, StoreError> {
         let alg = self.params.alg();
         let mut prev = alg.zero_digest();
         let mut prev_time = UnixTime { secs: 0, nanos: 0 };
@@ -547,12 +592,14 @@ impl Store {
             .iter()
             .zip(files)
             .map(|(c, (f, path))| {
-                let image = |e: String| StoreError::Image {
+                let f = f.try_clone().map_err(|error| StoreError::Io {
+                    path: path.clone(),
+                    error,
+                })?;
+                MappedImage::from_file(f, path).map_err(|error| StoreError::Image {
                     what: format!("component {}", c.name),
-                    detail: e,
-                };
-                let f = f.try_clone().map_err(|e| image(e.to_string()))?;
-                MappedImage::from_file(f, path).map_err(|e| image(e.to_string()))
+                    error,
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let chunks: Vec<(usize, u64)> = comps
@@ -626,9 +673,4 @@ fn copy_range(from: &File, to: &File, off: u64, len: u64) -> std::io::Result<()>
         left -= n;
     }
     Ok(())
-}
-
-/// In-memory sizes and indices always fit `usize` on the 64-bit hosts vmattest supports.
-pub(crate) fn idx(n: u64) -> usize {
-    usize::try_from(n).unwrap_or(usize::MAX)
 }

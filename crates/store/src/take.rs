@@ -17,7 +17,8 @@ use vmattest_sign::Signer;
 use crate::batch::{self, BATCH_PAGES};
 use crate::cache::{CacheWriter, HeadPages};
 use crate::crypt::{PageKey, StoreSecret};
-use crate::{Head, Store, StoreError};
+use crate::pages::{is_zero, page_of};
+use crate::{Head, StoreError, StoreWriter};
 
 /// One component to capture.
 #[derive(Debug, Clone)]
@@ -68,8 +69,6 @@ pub fn check_name(name: &str) -> Result<(), StoreError> {
         )))
     }
 }
-
-pub(crate) use vmattest_core::alg::is_zero;
 
 /// Where the bytes of the captured pages live between [`Store::freeze`] and [`Store::commit`].
 #[derive(Debug)]
@@ -150,8 +149,8 @@ pub struct Frozen {
     source: Source,
 }
 
-impl Store {
-    /// Captures the components as the next link. Needs the writer lock.
+impl StoreWriter {
+    /// Captures the components as the next link.
     pub fn take(
         &self,
         inputs: &[ComponentInput],
@@ -170,11 +169,6 @@ impl Store {
         secret: Option<&StoreSecret>,
         copy: bool,
     ) -> Result<Frozen, StoreError> {
-        if self._lock.is_none() {
-            return Err(StoreError::Input(
-                "take needs the store opened for writing".into(),
-            ));
-        }
         if inputs.is_empty() || inputs.len() > MAX_COMPONENTS {
             return Err(StoreError::Input(format!(
                 "{} components: expected 1 to {MAX_COMPONENTS}",
@@ -202,9 +196,9 @@ impl Store {
         let images = inputs
             .iter()
             .map(|c| {
-                MappedImage::open(&c.path).map_err(|e| StoreError::Image {
+                MappedImage::open(&c.path).map_err(|error| StoreError::Image {
                     what: format!("component {}", c.name),
-                    detail: e.to_string(),
+                    error,
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -242,10 +236,7 @@ impl Store {
                     t
                 }
                 _ => ImageTree::build_with_holes(&self.params, bytes, &holes, self.progress())
-                    .map_err(|e| StoreError::Image {
-                        what: format!("component {}", input.name),
-                        detail: e.to_string(),
-                    })?,
+                    .map_err(|e| StoreError::Input(format!("component {}: {e}", input.name)))?,
             };
             let component = u16::try_from(i).unwrap_or(u16::MAX);
             entries.extend(
@@ -583,14 +574,6 @@ fn entropy(bytes: &[u8]) -> f64 {
         .sum()
 }
 
-pub(crate) fn page_of(bytes: &[u8], page: u64) -> &[u8] {
-    let start = usize::try_from(page)
-        .unwrap_or(usize::MAX)
-        .saturating_mul(PAGE_SIZE)
-        .min(bytes.len());
-    &bytes[start..(start + PAGE_SIZE).min(bytes.len())]
-}
-
 /// Changed pages with whether each is now all zeros. Without a previous tree, every non-zero
 /// page counts as changed (the baseline is a delta from zeros).
 fn changed_pages(
@@ -687,9 +670,14 @@ fn check_same_shape(
     Ok(())
 }
 
-/// Test hook: `VMATTEST_FAIL_AT=<point>` aborts the process there, as a crash would.
+/// Test hook, only with the `fault-injection` feature: `VMATTEST_FAIL_AT=<point>` aborts the
+/// process there, as a crash would.
+#[cfg(feature = "fault-injection")]
 fn fail_point(point: &str) {
     if std::env::var("VMATTEST_FAIL_AT").is_ok_and(|v| v == point) {
         std::process::abort();
     }
 }
+
+#[cfg(not(feature = "fault-injection"))]
+fn fail_point(_point: &str) {}

@@ -13,10 +13,13 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 use vmattest_core::chain::{ComponentKind, SeqNo};
+use vmattest_core::class::{Classify as _, ErrorClass};
 use vmattest_core::record::UnixTime;
 use vmattest_core::sig::SigAlg;
 use vmattest_sign::{SecretKey, Signer};
-use vmattest_store::{ComponentInput, ReplayOptions, Store, StoreError, StoreSecret, TakeOptions};
+use vmattest_store::{
+    ComponentInput, PinnedKeys, ReplayOptions, Store, StoreError, StoreSecret, TakeOptions,
+};
 
 /// A chain of 4 links of a 40-page memory image and a 9-byte device blob.
 fn chain(encrypted: bool) -> Fixture {
@@ -84,7 +87,7 @@ fn export_import_round_trips_whole_and_incremental() {
     for root in [&copy, &inc, &fresh] {
         let store = Store::open(root).unwrap();
         assert_eq!(store.verify(&fx.opts(&keys, None)).unwrap().link, a.link);
-        let rep = store.fsck(false).unwrap();
+        let rep = store.fsck().unwrap();
         assert!(rep.is_clean() && rep.leftovers.is_empty(), "{rep:?}");
     }
     // A store that starts from a later seq cannot be created.
@@ -196,10 +199,10 @@ fn damaged_foreign_stale_and_forked_bundles_change_nothing() {
 
     // Signed by a key that is not pinned.
     let stranger = SecretKey::generate(SigAlg::Ed25519).unwrap();
-    let keys = [stranger.public_key()];
+    let keys = PinnedKeys::new(vec![stranger.public_key()]).unwrap();
     let e = Store::import(&target, &fx.path("all"), &fx.opts(&keys, None)).unwrap_err();
     assert!(
-        e.is_verification() && e.to_string().contains("signature"),
+        e.class() == ErrorClass::Verification && e.to_string().contains("signature"),
         "{e}"
     );
     assert!(before == files(&target), "wrong key: the target changed");

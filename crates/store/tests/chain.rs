@@ -67,7 +67,7 @@ fn every_seq_restores_byte_identical() {
                 "{alg} seq {seq} dev"
             );
         }
-        let report = store.fsck(false).unwrap();
+        let report = store.fsck().unwrap();
         assert!(report.is_clean(), "{:?}", report.errors);
         assert!(report.leftovers.is_empty(), "{:?}", report.leftovers);
     }
@@ -187,7 +187,7 @@ fn frozen_copy_commits_the_frozen_instant() {
                 .unwrap();
             assert_eq!(&std::fs::read(out.join("mem")).unwrap(), want, "seq {seq}");
         }
-        assert!(store.fsck(false).unwrap().is_clean());
+        assert!(store.fsck().unwrap().is_clean());
     }
 }
 
@@ -274,7 +274,7 @@ fn a_damaged_head_cache_is_rebuilt_before_a_take_uses_it() {
     std::fs::write(&mem_path, &mem).unwrap();
     fx.take(&[("mem", ComponentKind::Memory, &mem_path)]);
     let store = Store::open(&fx.store).unwrap();
-    assert!(store.fsck(false).unwrap().is_clean());
+    assert!(store.fsck().unwrap().is_clean());
     for seq in [1u64, 2] {
         let out = fx.path(&format!("out{seq}"));
         store

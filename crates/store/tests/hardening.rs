@@ -249,7 +249,7 @@ fn regression_fsck_repair_never_deletes_through_a_planted_symlink() {
     // objects/XX as a link to a directory elsewhere.
     symlink(&outside, fx.store.join("objects/zz")).unwrap();
     let s = Store::open_writer(&fx.store).unwrap();
-    let rep = s.fsck(true).unwrap();
+    let rep = s.repair().unwrap();
     assert!(rep.is_clean(), "{:?}", rep.errors);
     assert_eq!(std::fs::read(outside.join("keep")).unwrap(), b"keep me");
     assert!(fx.store.join("objects/zz").symlink_metadata().is_err());
@@ -258,7 +258,7 @@ fn regression_fsck_repair_never_deletes_through_a_planted_symlink() {
     std::fs::remove_dir_all(fx.store.join("tmp")).unwrap();
     symlink(&outside, fx.store.join("tmp")).unwrap();
     let err = Store::open_writer(&fx.store)
-        .and_then(|s| s.fsck(true))
+        .and_then(|s| s.repair())
         .unwrap_err();
     assert!(err.to_string().contains("symbolic link"), "{err}");
     assert_eq!(std::fs::read(outside.join("keep")).unwrap(), b"keep me");
@@ -288,14 +288,9 @@ fn regression_planted_fifos_never_hang_a_store_command() {
         let key = vmattest_sign::SecretKey::generate(vmattest_core::sig::SigAlg::Ed25519).unwrap();
         let verify = within(20, move || {
             let s = Store::open(&store)?;
-            s.verify(&vmattest_store::ReplayOptions {
-                upto: None,
-                keys: Some(&keys),
-                secret: None,
-                max_age: None,
-            })?;
+            s.verify(&vmattest_store::ReplayOptions::new(&keys))?;
             let w = Store::open_writer(&store)?;
-            w.fsck(false)?;
+            w.fsck()?;
             let signers: [&dyn vmattest_sign::Signer; 1] = [&key];
             w.take(
                 &[vmattest_store::ComponentInput {
@@ -336,9 +331,7 @@ fn regression_fsck_with_a_huge_head_seq_is_bounded() {
     let forged = serde_json::json!({"seq": u64::MAX, "link": head["link"]});
     std::fs::write(fx.store.join("HEAD"), forged.to_string()).unwrap();
     let t = Instant::now();
-    let rep = within(20, move || {
-        Store::open(&fx.store).unwrap().fsck(false).unwrap()
-    });
+    let rep = within(20, move || Store::open(&fx.store).unwrap().fsck().unwrap());
     assert!(!rep.is_clean());
     assert!(rep.errors.len() < 40, "{} errors", rep.errors.len());
     assert!(t.elapsed() < Duration::from_secs(5));
@@ -352,7 +345,7 @@ fn regression_missing_head_is_damage_not_an_empty_store() {
     let err = take(&mut fx, &mp).unwrap_err();
     assert!(err.to_string().contains("HEAD"), "{err}");
     let s = Store::open_writer(&fx.store).unwrap();
-    let rep = s.fsck(true).unwrap();
+    let rep = s.repair().unwrap();
     assert!(!rep.is_clean());
     assert!(!rep.repaired);
     assert_eq!(
@@ -376,7 +369,7 @@ fn regression_store_json_edits_are_caught_against_the_signed_chain() {
             "vm_id" => m.vm_id = "db7".into(),
             _ => m.encrypted = !m.encrypted,
         });
-        let rep = Store::open(&fx.store).unwrap().fsck(false).unwrap();
+        let rep = Store::open(&fx.store).unwrap().fsck().unwrap();
         assert!(!rep.is_clean(), "{what}: fsck passed");
         if !encrypted && what == "encrypted" {
             fx.secret = Some(vmattest_store::StoreSecret::generate(&fx.path("s2")).unwrap());

@@ -15,11 +15,12 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 use vmattest_core::chain::{ComponentKind, Link, ObjectId, SeqNo, link_digest};
+use vmattest_core::class::{Classify as _, ErrorClass};
 use vmattest_core::record::{SignatureEntry, Signed};
 use vmattest_core::sig::SigAlg;
 use vmattest_core::wire::{Kind, Writer};
 use vmattest_sign::{SecretKey, Signer as _};
-use vmattest_store::{ReplayOptions, Store, StoreError, StoreSecret};
+use vmattest_store::{PinnedKeys, ReplayOptions, Store, StoreError, StoreSecret};
 
 /// Baseline + 3 deltas of mem (300 pages + 17 bytes), disk (64 pages) and dev (15 bytes).
 fn chain(encrypted: bool) -> Fixture {
@@ -261,7 +262,7 @@ fn every_tamper_is_caught_and_named() {
                 if !expect(&e) {
                     failures.push(format!("{what}: unexpected error {e:?}"));
                 }
-                if *verification && !e.is_verification() {
+                if *verification && e.class() != ErrorClass::Verification {
                     failures.push(format!("{what}: not a verification error: {text}"));
                 }
                 assert!(!text.contains('\n'), "{what}: multi-line error {text:?}");
@@ -272,7 +273,7 @@ fn every_tamper_is_caught_and_named() {
             && !what.starts_with("store.json")
             && !what.ends_with("signature")
         {
-            let rep = store.fsck(false).unwrap();
+            let rep = store.fsck().unwrap();
             if rep.is_clean() {
                 failures.push(format!("{what}: fsck is clean"));
             }
@@ -285,10 +286,13 @@ fn every_tamper_is_caught_and_named() {
 #[test]
 fn wrong_key_is_named_and_prefixes_before_damage_still_verify() {
     let fx = chain(false);
-    let other = [SecretKey::generate(SigAlg::Ed25519).unwrap().public_key()];
+    let other = PinnedKeys::new(vec![
+        SecretKey::generate(SigAlg::Ed25519).unwrap().public_key(),
+    ])
+    .unwrap();
     let store = Store::open(&fx.store).unwrap();
     let e = store.verify(&fx.opts(&other, None)).unwrap_err();
-    assert!(e.is_verification(), "{e}");
+    assert!(e.class() == ErrorClass::Verification, "{e}");
     assert!(
         matches!(e, StoreError::Verification { seq: SeqNo(0), .. }),
         "a signature by an unpinned key fails the first link: {e}"
@@ -385,7 +389,7 @@ fn consistently_altered_pages_are_caught_by_their_digests() {
     let page = forge_head_batch(&fx.store, &fx.key);
     let e = verify_copy(&fx, &fx.store, None).unwrap_err();
     let text = e.to_string();
-    assert!(e.is_verification(), "{text}");
+    assert!(e.class() == ErrorClass::Verification, "{text}");
     assert!(
         matches!(&e, StoreError::PageMismatch { seq: SeqNo(3), component, page: p, .. }
             if component == "mem" && *p == page),

@@ -1,7 +1,8 @@
 //! Test harness shared by the workspace's tests (a dev-dependency only): a private software
 //! TPM per test. TCP server on a free port P, control channel on P + 1, state in a temporary
 //! directory; stopped by PID on drop (SIGTERM, then SIGKILL). Also a private PostgreSQL
-//! cluster per test ([`Postgres`]).
+//! cluster per test ([`Postgres`]), and the tick counter of a test guest's console
+//! ([`console`]).
 
 // Test support: failing loudly is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 use rustix::process::{Pid, Signal, kill_process};
 use tempfile::TempDir;
 
+pub mod console;
 mod postgres;
 pub use postgres::{PG_BIN_ENV, PG_DATABASE, PG_USER, Postgres};
 

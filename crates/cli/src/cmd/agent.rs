@@ -121,7 +121,7 @@ pub fn run(args: AgentArgs, json: bool) -> anyhow::Result<()> {
         .zip(chain.as_ref())
         .map(|(store, v)| Rollback {
             store,
-            keys: v.keys(),
+            keys: v.pinned(),
             secret: v.secret(),
         });
     let count = if args.once { Some(1) } else { args.count };
@@ -242,7 +242,7 @@ pub fn attest(cmd: AttestCommand, json: bool) -> anyhow::Result<()> {
     let chain = ChainCheck {
         store: &store.store,
         seq,
-        keys: v.keys(),
+        keys: v.pinned(),
         secret: v.secret(),
     };
     let signed = vmattest_agent::attest_snapshot(&chain, &spec, signer.as_ref(), &nonce)?;

@@ -161,7 +161,7 @@ pub fn run(args: RemoteArgs, json: bool) -> anyhow::Result<()> {
             let baseline = vmattest_agent::baseline_from_store(
                 &store.store,
                 seq,
-                v.keys(),
+                v.pinned(),
                 v.secret(),
                 &policy,
                 &component,

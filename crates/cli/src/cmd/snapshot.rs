@@ -231,12 +231,11 @@ pub fn run(cmd: SnapshotCommand, json: bool) -> anyhow::Result<()> {
             })
         }
         SnapshotCommand::Fsck { store, repair } => {
-            let s = if repair {
-                Store::open_writer(&store.store)
+            let rep = if repair {
+                Store::open_writer(&store.store)?.repair()?
             } else {
-                Store::open(&store.store)
-            }?;
-            let rep = s.fsck(repair)?;
+                Store::open(&store.store)?.fsck()?
+            };
             if json {
                 output::print(&rep)?;
             } else {

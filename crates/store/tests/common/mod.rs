@@ -12,9 +12,10 @@ use std::path::{Path, PathBuf};
 use vmattest_core::chain::ComponentKind;
 use vmattest_core::record::UnixTime;
 use vmattest_core::sig::SigAlg;
-use vmattest_sign::{PublicKey, SecretKey, Signer};
+use vmattest_sign::{SecretKey, Signer};
 use vmattest_store::{
-    ComponentInput, ReplayOptions, Store, StoreMeta, StoreSecret, TakeOptions, TakeSummary,
+    ComponentInput, PinnedKeys, ReplayOptions, Store, StoreMeta, StoreSecret, TakeOptions,
+    TakeSummary,
 };
 
 pub const PAGE: usize = 4096;
@@ -58,8 +59,8 @@ impl Fixture {
         self.dir.path().join(name)
     }
 
-    pub fn public(&self) -> Vec<PublicKey> {
-        vec![self.key.public_key()]
+    pub fn public(&self) -> PinnedKeys {
+        PinnedKeys::new(vec![self.key.public_key()]).unwrap()
     }
 
     pub fn take(&mut self, comps: &[(&str, ComponentKind, &Path)]) -> TakeSummary {
@@ -93,10 +94,10 @@ impl Fixture {
         store.take(&inputs, &opts)
     }
 
-    pub fn opts<'a>(&'a self, keys: &'a [PublicKey], upto: Option<u64>) -> ReplayOptions<'a> {
+    pub fn opts<'a>(&'a self, keys: &'a PinnedKeys, upto: Option<u64>) -> ReplayOptions<'a> {
         ReplayOptions {
             upto: upto.map(vmattest_core::chain::SeqNo),
-            keys: Some(keys),
+            keys,
             secret: self.secret.as_ref(),
             max_age: None,
         }
