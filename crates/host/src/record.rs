@@ -216,8 +216,10 @@ pub fn sign(
         key_ids: keys.iter().map(|s| s.key_id()).collect(),
         images,
     };
-    let signers: Vec<&dyn vmattest_sign::Signer> =
-        keys.iter().map(|k| k as &dyn vmattest_sign::Signer).collect();
+    let signers: Vec<&dyn vmattest_sign::Signer> = keys
+        .iter()
+        .map(|k| k as &dyn vmattest_sign::Signer)
+        .collect();
     let signed = vmattest_sign::signing::sign(record, &signers).map_err(RecordFileError::Sign)?;
     Ok(signed)
 }
