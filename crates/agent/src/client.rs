@@ -6,10 +6,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use vmattest_api::{
     API_PREFIX, Alert, AttestationResult, BaselineInfo, Challenge, ConfigCheckRequest,
-    ConfigCheckResult, EarKey, ErrorBody, Health, Host, NewBaseline, NewHost, NewPolicy,
+    ConfigCheckResult, EarKey, ErrorBody, ErrorCode, Health, Host, NewBaseline, NewHost, NewPolicy,
     NewReferenceConfig, NewSnapshotRequest, NewToken, NewVm, PolicyInfo, ReferenceConfigInfo,
     ReportReceipt, SnapshotRequest, StoredReport, TokenInfo, TokenIssued, Vm,
 };
+use vmattest_core::class::{Classify, ErrorClass};
 
 /// Largest response body read.
 pub const MAX_RESPONSE_BYTES: u64 = 16 << 20;
@@ -20,7 +21,7 @@ pub enum ClientError {
     #[error("server refused ({status} {code}): {message}")]
     Refused {
         status: u16,
-        code: String,
+        code: ErrorCode,
         message: String,
     },
     #[error("{url}: {detail}")]
@@ -37,10 +38,32 @@ pub enum ClientError {
 
 impl ClientError {
     /// The server's error code, when the server refused the request.
-    pub fn code(&self) -> Option<&str> {
+    pub fn code(&self) -> Option<&ErrorCode> {
         match self {
             ClientError::Refused { code, .. } => Some(code),
             _ => None,
+        }
+    }
+}
+
+impl Classify for ClientError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            // A code this build does not know is classified by its HTTP status.
+            ClientError::Refused {
+                status,
+                code: ErrorCode::Other(_),
+                ..
+            } => match status {
+                401 | 403 => ErrorClass::Denied,
+                408 | 500.. => ErrorClass::Environment,
+                _ => ErrorClass::Input,
+            },
+            ClientError::Refused { code, .. } => code.class(),
+            ClientError::Transport { .. } | ClientError::Decode { .. } => ErrorClass::Environment,
+            ClientError::BadName { .. } | ClientError::BadUrl(_) | ClientError::Ca(_) => {
+                ErrorClass::Input
+            }
         }
     }
 }
@@ -197,9 +220,10 @@ impl Client {
                 code: e.code,
                 message: one_line(&e.error),
             },
+            // Not the server's error body (a proxy's page, say): the status says what it was.
             Err(_) => ClientError::Refused {
                 status,
-                code: "http".into(),
+                code: ErrorCode::Other("http".into()),
                 message: one_line(&String::from_utf8_lossy(&bytes[..bytes.len().min(200)])),
             },
         })
@@ -452,7 +476,8 @@ mod tests {
         );
         let c = Client::new(&url, Some("t".into())).unwrap();
         let e = c.evidence(b"xx").unwrap_err();
-        assert_eq!(e.code(), Some("replayed_nonce"));
+        assert_eq!(e.code(), Some(&ErrorCode::ReplayedNonce));
+        assert_eq!(e.class(), ErrorClass::Verification);
         assert_eq!(
             e.to_string(),
             "server refused (400 replayed_nonce): nonce was already used"

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use vmattest_agent::run::{Event, LoopOptions, run_loop};
 use vmattest_agent::{Client, attest_once};
-use vmattest_api::{AttestationResult, Challenge, ErrorBody};
+use vmattest_api::{AttestationResult, Challenge, ErrorBody, ErrorCode};
 use vmattest_core::attest::{Policy, SignedEvidence};
 use vmattest_core::record::Signable as _;
 use vmattest_core::sig::SigAlg;
@@ -106,7 +106,7 @@ fn stub(answer: Answer) -> Stub {
                     }
                     Answer::Replayed => {
                         let e = ErrorBody {
-                            code: "replayed_nonce".into(),
+                            code: ErrorCode::ReplayedNonce,
                             error: "the nonce was already used".into(),
                         };
                         respond(&mut stream, 400, &serde_json::to_string(&e).unwrap());

@@ -5,6 +5,10 @@
 
 use serde::{Deserialize, Serialize};
 
+mod error;
+
+pub use error::ErrorCode;
+
 pub const API_PREFIX: &str = "/v1";
 /// Largest request body the server reads.
 pub const MAX_BODY_BYTES: usize = 8 << 20;
@@ -40,7 +44,7 @@ impl Role {
 /// Every error response: a stable machine-readable code and a one-line message.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ErrorBody {
-    pub code: String,
+    pub code: ErrorCode,
     pub error: String,
 }
 

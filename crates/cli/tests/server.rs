@@ -14,7 +14,9 @@ use common::{vm_like, vmattest};
 use vmattest_agent::Client;
 use vmattest_agent::evidence::{Measured, evidence_bytes, sign};
 use vmattest_agent::run::check_challenge;
-use vmattest_api::{AttestationResult, NewHost, NewPolicy, NewToken, NewVm, Role, Webhook as Hook};
+use vmattest_api::{
+    AttestationResult, ErrorCode, NewHost, NewPolicy, NewToken, NewVm, Role, Webhook as Hook,
+};
 use vmattest_core::attest::{Evidence, Policy};
 use vmattest_core::record::UnixTime;
 use vmattest_sign::{PublicKey, SecretKey, SigAlg, Signer};
@@ -211,9 +213,9 @@ fn evidence_for(f: &Fixture, key: &dyn Signer) -> Vec<u8> {
     .unwrap()
 }
 
-fn refused(r: Result<AttestationResult, vmattest_agent::ClientError>, code: &str) -> String {
+fn refused(r: Result<AttestationResult, vmattest_agent::ClientError>, code: ErrorCode) -> String {
     let e = r.expect_err("expected a refusal");
-    assert_eq!(e.code(), Some(code), "{e}");
+    assert_eq!(e.code(), Some(&code), "{e}");
     e.to_string()
 }
 
@@ -245,19 +247,13 @@ fn attestation_flow(server: &Server) {
     // Replayed evidence.
     let bytes = evidence_for(&f, &f.host_key);
     f.agent.evidence(&bytes).unwrap();
-    let e = refused(f.agent.evidence(&bytes), "replayed_nonce");
+    let e = refused(f.agent.evidence(&bytes), ErrorCode::ReplayedNonce);
     assert!(e.contains("already used"), "{e}");
     // The same evidence posted concurrently: exactly one post is accepted.
     let bytes = evidence_for(&f, &f.host_key);
-    let outcomes: Vec<Result<AttestationResult, String>> = std::thread::scope(|sc| {
+    let outcomes: Vec<Result<AttestationResult, Option<ErrorCode>>> = std::thread::scope(|sc| {
         let posts: Vec<_> = (0..8)
-            .map(|_| {
-                sc.spawn(|| {
-                    f.agent
-                        .evidence(&bytes)
-                        .map_err(|e| e.code().unwrap_or("").to_string())
-                })
-            })
+            .map(|_| sc.spawn(|| f.agent.evidence(&bytes).map_err(|e| e.code().cloned())))
             .collect();
         posts.into_iter().map(|p| p.join().unwrap()).collect()
     });
@@ -267,15 +263,22 @@ fn attestation_flow(server: &Server) {
         "{outcomes:?}"
     );
     assert!(
-        outcomes.iter().all(|o| o.as_ref().is_ok()
-            || o.as_ref().err().map(String::as_str) == Some("replayed_nonce")),
+        outcomes.iter().all(
+            |o| o.as_ref().is_ok() || o.as_ref().err() == Some(&Some(ErrorCode::ReplayedNonce))
+        ),
         "{outcomes:?}"
     );
     // Unknown key.
     let other = SecretKey::generate(SigAlg::Ed25519).unwrap();
-    refused(f.agent.evidence(&evidence_for(&f, &other)), "unknown_key");
+    refused(
+        f.agent.evidence(&evidence_for(&f, &other)),
+        ErrorCode::UnknownKey,
+    );
     // Stale timestamp, and an unapproved subset, each on a fresh nonce.
-    for (code, subset, age) in [("stale", "all", 3600), ("unapproved_subset", "code", 0)] {
+    for (code, subset, age) in [
+        (ErrorCode::Stale, "all", 3600),
+        (ErrorCode::UnapprovedSubset, "code", 0),
+    ] {
         let c = f.agent.challenge("vm1").unwrap();
         let (policy, nonce) = check_challenge("vm1", &c).unwrap();
         let ram = std::fs::read(&f.ram).unwrap();
@@ -307,9 +310,9 @@ fn attestation_flow(server: &Server) {
         .clone();
     forged.nonce = vec![0x42; 48];
     let bytes = sign(forged, &f.host_key).unwrap().encode().unwrap();
-    refused(f.agent.evidence(&bytes), "unknown_nonce");
+    refused(f.agent.evidence(&bytes), ErrorCode::UnknownNonce);
     // Garbage and wrong roles.
-    refused(f.agent.evidence(b"not evidence"), "malformed");
+    refused(f.agent.evidence(b"not evidence"), ErrorCode::Malformed);
     let (status, body) = http(
         "POST",
         &format!("{}/v1/evidence", server.url()),
@@ -443,7 +446,7 @@ fn restart_loses_nothing(state: &Path, db: Option<&str>) {
     let alerts = auditor.alerts(Some("vm1")).unwrap();
     assert_eq!(alerts.len(), 2, "{alerts:?}");
     // A replay after the restart is still named as one.
-    refused(agent.evidence(&pending), "replayed_nonce");
+    refused(agent.evidence(&pending), ErrorCode::ReplayedNonce);
 }
 
 /// Evidence for a challenge issued now, to be posted later.
@@ -677,7 +680,7 @@ fn revoked_tokens_stop_at_once() {
     assert_eq!(status, 401, "{body}");
     remote(&["revoke-token", &agent.id]).fails(2, "not_found");
     let e = f.admin.revoke_token(&agent.id).unwrap_err();
-    assert_eq!(e.code(), Some("not_found"), "{e}");
+    assert_eq!(e.code(), Some(&ErrorCode::NotFound), "{e}");
     // The only admin token stays; once a second exists, the first may go.
     let admins: Vec<_> = f
         .admin
@@ -688,7 +691,7 @@ fn revoked_tokens_stop_at_once() {
         .collect();
     assert_eq!(admins.len(), 1);
     let e = f.admin.revoke_token(&admins[0].id).unwrap_err();
-    assert_eq!(e.code(), Some("last_admin"), "{e}");
+    assert_eq!(e.code(), Some(&ErrorCode::LastAdmin), "{e}");
     let second = f
         .admin
         .create_token(&NewToken {

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-use vmattest_api::{ConfigCheckRequest, ConfigCheckResult};
+use vmattest_api::{ConfigCheckRequest, ConfigCheckResult, ErrorCode};
 
 use super::config::{check_local, measure, mismatch_line, write_measurement};
 use super::keys::evidence_signer;
@@ -89,7 +89,10 @@ pub fn launch(l: &Launch<'_>, json: bool) -> anyhow::Result<()> {
             let result = client.verify_config(&vm, &req).map_err(|e| {
                 // The server checked the statement's signature and refused it: a failed
                 // check (exit 1), not bad input.
-                if matches!(e.code(), Some("unknown_key" | "bad_signature")) {
+                if matches!(
+                    e.code(),
+                    Some(ErrorCode::UnknownKey | ErrorCode::BadSignature)
+                ) {
                     anyhow::Error::new(VerificationFailed(format!("launch refused: {e}")))
                 } else {
                     anyhow::Error::new(e)
