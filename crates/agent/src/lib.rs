@@ -6,18 +6,15 @@
 //! - [`evidence`]: build and sign evidence.
 //! - [`baseline`]: page digests of every policy region from a verified snapshot.
 //! - [`report`]: compare a running VM with a verified snapshot and sign the report.
-//! - [`client`]: a blocking HTTP client for the server's API.
-//! - [`run`]: the challenge-measure-submit loop.
+//! - [`run`]: the challenge-measure-submit loop, over `vmattest_client`.
 
 pub mod baseline;
-pub mod client;
 pub mod evidence;
 pub mod measure;
 pub mod report;
 pub mod run;
 
 pub use baseline::{BaselineError, baseline_from_store, region_pages};
-pub use client::{Client, ClientError};
 pub use evidence::{EvidenceError, Measured, evidence_bytes, sign_evidence};
 pub use measure::{MeasureError, measure, measure_vm};
 pub use report::{ChainCheck, ReportError, attest_snapshot};

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use vmattest_api::{AttestationResult, Challenge};
+use vmattest_client::{Client, ClientError};
 use vmattest_core::attest::{AttestError, Policy};
 use vmattest_core::chain::SeqNo;
 use vmattest_qemu::VmSpec;
@@ -14,7 +15,6 @@ use vmattest_qemu::restore::RestoreReport;
 use vmattest_sign::{PublicKey, Signer};
 use vmattest_store::{ReplayOptions, Store, StoreError, StoreSecret};
 
-use crate::client::{Client, ClientError};
 use crate::evidence::{EvidenceError, Measured, evidence_bytes};
 use crate::measure::{MeasureError, measure_vm};
 

@@ -9,9 +9,10 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use vmattest_agent::attest_once;
 use vmattest_agent::run::{Event, LoopOptions, run_loop};
-use vmattest_agent::{Client, attest_once};
 use vmattest_api::{AttestationResult, Challenge, ErrorBody, ErrorCode};
+use vmattest_client::Client;
 use vmattest_core::attest::{Policy, SignedEvidence};
 use vmattest_core::record::Signable as _;
 use vmattest_core::sig::SigAlg;

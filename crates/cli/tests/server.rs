@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use common::server::{Server, Webhook, http, json_of, verify_jwt};
 use common::{vm_like, vmattest};
-use vmattest_agent::Client;
 use vmattest_agent::evidence::{Measured, evidence_bytes, sign};
 use vmattest_agent::run::check_challenge;
 use vmattest_api::{
     AttestationResult, ErrorCode, NewHost, NewPolicy, NewToken, NewVm, Role, Webhook as Hook,
 };
+use vmattest_client::Client;
 use vmattest_core::attest::{Evidence, Policy};
 use vmattest_core::record::UnixTime;
 use vmattest_sign::{PublicKey, SecretKey, SigAlg, Signer};
@@ -213,7 +213,7 @@ fn evidence_for(f: &Fixture, key: &dyn Signer) -> Vec<u8> {
     .unwrap()
 }
 
-fn refused(r: Result<AttestationResult, vmattest_agent::ClientError>, code: ErrorCode) -> String {
+fn refused(r: Result<AttestationResult, vmattest_client::ClientError>, code: ErrorCode) -> String {
     let e = r.expect_err("expected a refusal");
     assert_eq!(e.code(), Some(&code), "{e}");
     e.to_string()

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use common::server::{Server, register_vms};
 use common::vmattest;
-use vmattest_agent::Client;
 use vmattest_api::{ErrorCode, NewHost, NewToken, NewVm, Role, Webhook as Hook};
+use vmattest_client::Client;
 use vmattest_core::alg::{Digest, HashAlg};
 use vmattest_core::attest::{ComponentCheck, SnapshotReport};
 use vmattest_core::chain::SeqNo;
@@ -478,7 +478,7 @@ fn report(key: &SecretKey, nonce: &[u8], secs: u64) -> Vec<u8> {
         .unwrap()
 }
 
-fn refused<T: std::fmt::Debug>(r: Result<T, vmattest_agent::ClientError>, code: ErrorCode) {
+fn refused<T: std::fmt::Debug>(r: Result<T, vmattest_client::ClientError>, code: ErrorCode) {
     let e = r.expect_err("expected a refusal");
     assert_eq!(e.code(), Some(&code), "{e}");
 }

@@ -11,9 +11,9 @@ use vmattest_agent::report::ChainCheck;
 use vmattest_agent::run::{Event, LoopOptions, Rollback, run_loop};
 use vmattest_agent::{ReportError, RunError};
 use vmattest_api::AttestationResult;
+use vmattest_client::{Client, Connect};
 use vmattest_core::record::MAX_NONCE_LEN;
 
-use super::remote::connect;
 use super::snapshot::load_verify;
 use super::vm::load_spec;
 use super::{parse_hex, write_atomic};
@@ -69,11 +69,11 @@ fn run_err(e: RunError) -> anyhow::Error {
 pub fn run(args: AgentArgs, json: bool) -> anyhow::Result<()> {
     let spec = load_spec(&args.vm.vm)?;
     let name = args.name.clone().unwrap_or_else(|| spec.name().to_owned());
-    let client = connect(
-        Some(&args.server),
-        Some(&args.token_file),
-        args.ca_cert.as_deref(),
-    )?;
+    let client = Client::connect(&Connect {
+        server: Some(&args.server),
+        token_file: Some(&args.token_file),
+        ca_cert: args.ca_cert.as_deref(),
+    })?;
     let signer = super::keys::evidence_signer(&args.signer)?;
     let verify = VerifyArgs {
         pubkeys: args.pubkeys.clone(),
@@ -250,11 +250,11 @@ pub fn attest(cmd: AttestCommand, json: bool) -> anyhow::Result<()> {
     let (keys, secret) = load_verify(&verify)?;
     // Connect (and read the token) before the work, so that bad input fails fast.
     let client = match &server {
-        Some(url) => Some(connect(
-            Some(url),
-            token_file.as_deref(),
-            ca_cert.as_deref(),
-        )?),
+        Some(url) => Some(Client::connect(&Connect {
+            server: Some(url),
+            token_file: token_file.as_deref(),
+            ca_cert: ca_cert.as_deref(),
+        })?),
         None => None,
     };
     let chain = ChainCheck {

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 use serde::Serialize;
 use vmattest_api::{ConfigMismatch, NewReferenceConfig};
+use vmattest_client::{Client, Connect};
 use vmattest_core::config::reference::Reference;
 use vmattest_core::config::{
     ConfigList, ConfigOpening, ConfigParam, MAX_SIGNED_STATEMENT_LEN, MIN_SALT_LEN,
@@ -469,11 +470,11 @@ fn push_reference(
 ) -> anyhow::Result<()> {
     // Parsed here too, so that a bad file is reported with its path before any request.
     let (toml, _) = load_reference(reference)?;
-    let client = super::remote::connect(
-        conn.server.as_deref(),
-        conn.token_file.as_deref(),
-        conn.ca_cert.as_deref(),
-    )?;
+    let client = Client::connect(&Connect {
+        server: conn.server.as_deref(),
+        token_file: conn.token_file.as_deref(),
+        ca_cert: conn.ca_cert.as_deref(),
+    })?;
     let info = client.put_reference_config(vm, &NewReferenceConfig { toml })?;
     if json {
         return output::print(&info);

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use vmattest_api::{ConfigCheckRequest, ConfigCheckResult, ErrorCode};
+use vmattest_client::{Client, Connect};
 
 use super::config::{check_local, measure, mismatch_line, write_measurement};
 use super::keys::evidence_signer;
@@ -77,11 +78,11 @@ pub fn launch(l: &Launch<'_>, json: bool) -> anyhow::Result<()> {
     let (mismatches, checked_by) = match (&r.reference, &r.server) {
         (Some(path), None) => (check_local(path, &m.params())?, "local"),
         (None, Some(server)) => {
-            let client = super::remote::connect(
-                Some(server),
-                r.token_file.as_deref(),
-                r.ca_cert.as_deref(),
-            )?;
+            let client = Client::connect(&Connect {
+                server: Some(server),
+                token_file: r.token_file.as_deref(),
+                ca_cert: r.ca_cert.as_deref(),
+            })?;
             let req = ConfigCheckRequest {
                 opening: hex::encode(m.opening.encode()),
                 statement: hex::encode(m.statement.encode()?),

@@ -2,10 +2,10 @@
 
 use std::path::Path;
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use serde::Serialize;
-use vmattest_agent::Client;
 use vmattest_api::{AlertAction, NewHost, NewPolicy, NewToken, NewVm, Role, Webhook};
+use vmattest_client::{Client, Connect};
 use vmattest_sign::keyfile;
 
 use super::read_capped;
@@ -28,27 +28,6 @@ fn read_secret_line(path: &Path, what: &str) -> anyhow::Result<String> {
         bail!("{}: expected a {what} on one line", path.display());
     }
     Ok(line.to_owned())
-}
-
-/// A client for `--server` with the token of `--token-file` (none for public endpoints).
-pub fn connect(
-    server: Option<&str>,
-    token_file: Option<&Path>,
-    ca_cert: Option<&Path>,
-) -> anyhow::Result<Client> {
-    let Some(server) = server else {
-        bail!("--server URL is required");
-    };
-    let token = token_file
-        .map(|p| read_secret_line(p, "token"))
-        .transpose()?;
-    Ok(match ca_cert {
-        Some(p) => {
-            let pem = read_capped(p, 1 << 20, "CA certificate")?;
-            Client::with_ca(server, token, &pem).with_context(|| p.display().to_string())?
-        }
-        None => Client::new(server, token)?,
-    })
 }
 
 /// Prints one value as JSON, or as `text` otherwise.
@@ -83,11 +62,11 @@ fn role(name: &str) -> anyhow::Result<Role> {
 }
 
 pub fn run(args: RemoteArgs, json: bool) -> anyhow::Result<()> {
-    let c = connect(
-        args.conn.server.as_deref(),
-        args.conn.token_file.as_deref(),
-        args.conn.ca_cert.as_deref(),
-    )?;
+    let c = Client::connect(&Connect {
+        server: args.conn.server.as_deref(),
+        token_file: args.conn.token_file.as_deref(),
+        ca_cert: args.conn.ca_cert.as_deref(),
+    })?;
     match args.command {
         RemoteCommand::Health => show(json, &c.health()?, |h| {
             format!(

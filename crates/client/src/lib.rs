@@ -1,4 +1,12 @@
-//! A small blocking client for the attestation server's HTTP API (docs/API.md).
+//! A blocking client for the attestation server's HTTP API (docs/API.md): every admin,
+//! auditor and agent call, used by the command line, the agent and other front ends.
+//!
+//! [`Client::connect`] builds one from what a front end is given: a server URL, a token file
+//! and a CA certificate file.
+
+mod connect;
+
+pub use connect::{Connect, ConnectError};
 
 use std::time::Duration;
 
@@ -80,7 +88,7 @@ fn config() -> ureq::config::ConfigBuilder<ureq::typestate::AgentScope> {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(TIMEOUT))
-        .user_agent(concat!("vmattest-agent/", env!("CARGO_PKG_VERSION")))
+        .user_agent(concat!("vmattest/", env!("CARGO_PKG_VERSION")))
 }
 
 /// A path segment: a VM or host name, or a policy id.
