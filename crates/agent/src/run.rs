@@ -328,7 +328,7 @@ mod tests {
             policy_id: p.id().to_hex(),
             policy_toml: p.to_toml(),
             subset: "all".into(),
-            expires: 0,
+            expires: vmattest_api::time::from_secs(0),
         }
     }
 

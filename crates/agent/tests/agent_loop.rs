@@ -84,7 +84,7 @@ fn stub(answer: Answer) -> Stub {
                     policy_id: policy.id().to_hex(),
                     policy_toml: policy.to_toml(),
                     subset: "s".into(),
-                    expires: 0,
+                    expires: vmattest_api::time::from_secs(0),
                 };
                 respond(&mut stream, 200, &serde_json::to_string(&c).unwrap());
             } else if request.starts_with("POST /v1/evidence ") {
@@ -94,7 +94,7 @@ fn stub(answer: Answer) -> Stub {
                         let r = AttestationResult {
                             id: i64::from(n),
                             vm: "web1".into(),
-                            time: 0,
+                            time: vmattest_api::time::from_secs(0),
                             score: 100,
                             status: "affirming".into(),
                             trust_vector: Default::default(),

@@ -260,7 +260,7 @@ async fn submit_inner(
     let mut result = AttestationResult {
         id: 0,
         vm: ev.vm.clone(),
-        time: u64::try_from(now).unwrap_or(0),
+        time: vmattest_api::time::from_secs(now),
         score: appraisal.score,
         status: appraisal.status.name().to_string(),
         trust_vector: appraisal

@@ -50,7 +50,7 @@ pub async fn put_reference_config(
     Ok(Json(ReferenceConfigInfo {
         vm: name,
         toml: req.toml,
-        created: u64::try_from(now).unwrap_or(0),
+        created: vmattest_api::time::from_secs(now),
     }))
 }
 
@@ -69,7 +69,7 @@ pub async fn reference_config(
     Ok(Json(ReferenceConfigInfo {
         vm: name,
         toml,
-        created: u64::try_from(created).unwrap_or(0),
+        created: vmattest_api::time::from_secs(created),
     }))
 }
 

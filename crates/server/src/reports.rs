@@ -154,7 +154,7 @@ pub async fn reports(
                 vm: name.clone(),
                 seq: u64::try_from(r.seq).unwrap_or(0),
                 verdict: r.verdict,
-                time: u64::try_from(r.time).unwrap_or(0),
+                time: vmattest_api::time::from_secs(r.time),
                 report: hex::encode(r.report),
             })
             .collect(),
@@ -182,7 +182,7 @@ pub async fn new_snapshot_request(
         vm: name,
         seq: req.seq,
         nonce: hex::encode(nonce),
-        requested: u64::try_from(now).unwrap_or(0),
+        requested: vmattest_api::time::from_secs(now),
         report_id: None,
     }))
 }
@@ -210,7 +210,7 @@ pub async fn snapshot_requests(
                 vm: name.clone(),
                 seq: u64::try_from(r.seq).unwrap_or(0),
                 nonce: hex::encode(r.nonce),
-                requested: u64::try_from(r.requested).unwrap_or(0),
+                requested: vmattest_api::time::from_secs(r.requested),
                 report_id: r.report_id,
             })
             .collect(),

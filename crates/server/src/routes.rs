@@ -115,7 +115,7 @@ pub async fn new_host(
         name: req.name,
         key_id,
         tpm_backed,
-        created: u64::try_from(now).unwrap_or(0),
+        created: vmattest_api::time::from_secs(now),
     }))
 }
 
@@ -128,7 +128,7 @@ pub async fn hosts(State(s): State<AppState>, caller: Caller) -> Result<Json<Vec
                 name: h.name,
                 key_id: h.key_id,
                 tpm_backed: h.tpm_backed,
-                created: u64::try_from(h.created).unwrap_or(0),
+                created: vmattest_api::time::from_secs(h.created),
             })
             .collect(),
     ))
@@ -270,7 +270,7 @@ async fn vm_view(s: &AppState, name: &str) -> Result<Vm, ApiError> {
             id: b.id,
             policy_id: b.policy_id.clone(),
             provenance: b.provenance.clone(),
-            created: u64::try_from(b.created).unwrap_or(0),
+            created: vmattest_api::time::from_secs(b.created),
         }),
     })
 }
@@ -373,7 +373,7 @@ pub async fn new_baseline(
         id,
         policy_id: req.policy_id,
         provenance: req.provenance,
-        created: u64::try_from(now).unwrap_or(0),
+        created: vmattest_api::time::from_secs(now),
     }))
 }
 
@@ -415,7 +415,7 @@ pub async fn challenge(
         policy_id: vm.policy_id.clone(),
         policy_toml: vm.policy_toml.clone(),
         subset,
-        expires: u64::try_from(expires).unwrap_or(0),
+        expires: vmattest_api::time::from_secs(expires),
     }))
 }
 
@@ -428,7 +428,7 @@ pub async fn evidence(
 }
 
 fn parse_result(id: i64, body: &str) -> Result<AttestationResult, ApiError> {
-    let mut r: AttestationResult = serde_json::from_str(body).map_err(|e| {
+    let mut r: AttestationResult = crate::state::from_stored(body, "time").map_err(|e| {
         ApiError::from(crate::error::ServerError::Corrupt(format!(
             "result {id}: {e}"
         )))
@@ -482,7 +482,7 @@ pub fn alert_json(a: &AlertRow) -> Alert {
         id: a.id,
         vm: a.vm.clone(),
         result_id: a.result_id,
-        time: u64::try_from(a.time).unwrap_or(0),
+        time: vmattest_api::time::from_secs(a.time),
         score: u8::try_from(a.score).unwrap_or(0),
         status: a.status.clone(),
         message: a.message.clone(),

@@ -99,7 +99,7 @@ async fn tokens(s: &AppState) -> Result<Vec<(Vec<u8>, TokenInfo)>, ApiError> {
                 id: token_id(&hash),
                 role: Role::parse(&role)?,
                 host,
-                created: u64::try_from(created).unwrap_or(0),
+                created: vmattest_api::time::from_secs(created),
             };
             Some((hash, info))
         })
