@@ -8,9 +8,9 @@ use vmattest_core::class::{Classify, ErrorClass};
 use crate::{Client, ClientError};
 
 /// Largest token file read: a token is one short line.
-pub const MAX_TOKEN_FILE: u64 = 64 * 1024;
+const MAX_TOKEN_FILE: u64 = 64 * 1024;
 /// Largest CA certificate file read.
-pub const MAX_CA_FILE: u64 = 1 << 20;
+const MAX_CA_FILE: u64 = 1 << 20;
 
 /// What a front end is given to reach the server.
 #[derive(Clone, Copy, Debug, Default)]
@@ -89,7 +89,7 @@ fn read_capped(path: &Path, max: u64, what: &'static str) -> Result<Vec<u8>, Con
 }
 
 /// The one line of a token file, without surrounding white space.
-pub fn read_token(path: &Path) -> Result<String, ConnectError> {
+fn read_token(path: &Path) -> Result<String, ConnectError> {
     let what = "token";
     let bytes = read_capped(path, MAX_TOKEN_FILE, what)?;
     let not_one_line = || ConnectError::NotOneLine {
