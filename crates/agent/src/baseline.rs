@@ -123,7 +123,7 @@ pub fn baseline_from_store(
             link_digest: verified.link.to_hex(),
             state_root: verified.state_root.to_hex(),
             signer_key_ids: link.value().key_ids.iter().map(|k| k.to_hex()).collect(),
-            snapshot_time: verified.time.secs,
+            snapshot_time: verified.time,
             component: component.to_owned(),
         },
     })

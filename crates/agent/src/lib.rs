@@ -6,18 +6,15 @@
 //! - [`evidence`]: build and sign evidence.
 //! - [`baseline`]: page digests of every policy region from a verified snapshot.
 //! - [`report`]: compare a running VM with a verified snapshot and sign the report.
-//! - [`client`]: a blocking HTTP client for the server's API.
-//! - [`run`]: the challenge-measure-submit loop.
+//! - [`run`]: the challenge-measure-submit loop, over `vmattest_client`.
 
 pub mod baseline;
-pub mod client;
 pub mod evidence;
 pub mod measure;
 pub mod report;
 pub mod run;
 
 pub use baseline::{BaselineError, baseline_from_store, region_pages};
-pub use client::{Client, ClientError};
 pub use evidence::{EvidenceError, Measured, evidence_bytes, sign_evidence};
 pub use measure::{MeasureError, measure, measure_vm};
 pub use report::{ChainCheck, ReportError, attest_snapshot};
@@ -27,4 +24,25 @@ pub use run::{Event, LoopOptions, Rollback, RunError, attest_once, run_loop};
 pub(crate) fn component_names(components: &[vmattest_core::chain::ComponentRoot]) -> String {
     let names: Vec<&str> = components.iter().map(|c| c.name.as_str()).collect();
     names.join(", ")
+}
+
+/// The class of one error of this crate or of the libraries below it, for
+/// [`vmattest_host::class::classify_with`].
+pub fn class_of(e: &(dyn std::error::Error + 'static)) -> Option<vmattest_core::class::ErrorClass> {
+    use vmattest_core::class::Classify as _;
+    macro_rules! first_of {
+        ($($t:ty),* $(,)?) => {
+            $(if let Some(x) = e.downcast_ref::<$t>() {
+                return Some(x.class());
+            })*
+        };
+    }
+    first_of!(
+        BaselineError,
+        EvidenceError,
+        MeasureError,
+        ReportError,
+        RunError
+    );
+    vmattest_host::class::of(e)
 }

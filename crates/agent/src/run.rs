@@ -7,15 +7,15 @@ use std::time::{Duration, Instant};
 use vmattest_core::class::{Classify, ErrorClass};
 
 use vmattest_api::{AttestationResult, Challenge};
+use vmattest_client::{Client, ClientError};
 use vmattest_core::attest::{AttestError, Policy};
 use vmattest_core::chain::SeqNo;
+use vmattest_host::Verifier;
+use vmattest_host::vm::HostVmError;
 use vmattest_qemu::VmSpec;
-use vmattest_qemu::capture::CaptureError;
 use vmattest_qemu::restore::RestoreReport;
 use vmattest_sign::Signer;
-use vmattest_store::{PinnedKeys, ReplayOptions, Store, StoreError, StoreSecret};
 
-use crate::client::{Client, ClientError};
 use crate::evidence::{EvidenceError, Measured, evidence_bytes};
 use crate::measure::{MeasureError, measure_vm};
 
@@ -50,17 +50,11 @@ pub enum RunError {
     Evidence(#[from] EvidenceError),
     #[error("snapshot request: {0}")]
     Report(#[from] crate::report::ReportError),
-    #[error("rollback to seq {seq}: {source}")]
+    #[error("rollback to seq {seq}")]
     Rollback {
         seq: u64,
         #[source]
-        source: CaptureError,
-    },
-    #[error("rollback to seq {seq}: {source}")]
-    RollbackStore {
-        seq: u64,
-        #[source]
-        source: StoreError,
+        source: HostVmError,
     },
 }
 
@@ -76,7 +70,6 @@ impl Classify for RunError {
             RunError::Evidence(e) => e.class(),
             RunError::Report(e) => e.class(),
             RunError::Rollback { source, .. } => source.class(),
-            RunError::RollbackStore { source, .. } => source.class(),
         }
     }
 }
@@ -159,25 +152,17 @@ pub fn attest_once(
     Ok(answer_challenge(client, spec, signer, vm_name, paused)?.result)
 }
 
-/// The chain a VM is rolled back from, verified against pinned keys.
+/// The chain a VM is rolled back from, and the keys and secret it is verified with.
 #[derive(Debug, Clone, Copy)]
 pub struct Rollback<'a> {
     pub store: &'a Path,
-    pub keys: &'a PinnedKeys,
-    pub secret: Option<&'a StoreSecret>,
+    pub verifier: &'a Verifier,
 }
 
-/// Verifies the chain up to `seq` and rolls the VM back to it (`snapshot restore --vm`).
+/// Verifies the chain up to `seq` and rolls the VM back to it: the one rollback of
+/// `snapshot restore --vm` and of the server's alert action.
 pub fn roll_back(spec: &VmSpec, from: &Rollback<'_>, seq: u64) -> Result<RestoreReport, RunError> {
-    let store =
-        Store::open(from.store).map_err(|source| RunError::RollbackStore { seq, source })?;
-    let opts = ReplayOptions {
-        upto: Some(SeqNo(seq)),
-        keys: from.keys,
-        secret: from.secret,
-        max_age: None,
-    };
-    vmattest_qemu::restore::restore(spec, &store, &opts)
+    vmattest_host::vm::rollback(spec, from.store, from.verifier, Some(SeqNo(seq)), None)
         .map_err(|source| RunError::Rollback { seq, source })
 }
 
@@ -310,8 +295,8 @@ fn answer_snapshot_requests(
                 let chain = crate::report::ChainCheck {
                     store: from.store,
                     seq: req.seq,
-                    keys: from.keys,
-                    secret: from.secret,
+                    keys: from.verifier.pinned(),
+                    secret: from.verifier.secret(),
                 };
                 let signed = crate::report::attest_snapshot(&chain, spec, signer, &nonce)?;
                 let verdict = signed.value().verdict().to_owned();
@@ -346,7 +331,7 @@ mod tests {
             policy_id: p.id().to_hex(),
             policy_toml: p.to_toml(),
             subset: "all".into(),
-            expires: 0,
+            expires: vmattest_api::time::from_secs(0),
         }
     }
 

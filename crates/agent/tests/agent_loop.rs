@@ -9,9 +9,10 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use vmattest_agent::attest_once;
 use vmattest_agent::run::{Event, LoopOptions, run_loop};
-use vmattest_agent::{Client, attest_once};
-use vmattest_api::{AttestationResult, Challenge, ErrorBody};
+use vmattest_api::{AttestationResult, Challenge, ErrorBody, ErrorCode};
+use vmattest_client::Client;
 use vmattest_core::attest::{Policy, SignedEvidence};
 use vmattest_core::record::Signable as _;
 use vmattest_core::sig::SigAlg;
@@ -83,7 +84,7 @@ fn stub(answer: Answer) -> Stub {
                     policy_id: policy.id().to_hex(),
                     policy_toml: policy.to_toml(),
                     subset: "s".into(),
-                    expires: 0,
+                    expires: vmattest_api::time::from_secs(0),
                 };
                 respond(&mut stream, 200, &serde_json::to_string(&c).unwrap());
             } else if request.starts_with("POST /v1/evidence ") {
@@ -93,7 +94,7 @@ fn stub(answer: Answer) -> Stub {
                         let r = AttestationResult {
                             id: i64::from(n),
                             vm: "web1".into(),
-                            time: 0,
+                            time: vmattest_api::time::from_secs(0),
                             score: 100,
                             status: "affirming".into(),
                             trust_vector: Default::default(),
@@ -106,7 +107,7 @@ fn stub(answer: Answer) -> Stub {
                     }
                     Answer::Replayed => {
                         let e = ErrorBody {
-                            code: "replayed_nonce".into(),
+                            code: ErrorCode::ReplayedNonce,
                             error: "the nonce was already used".into(),
                         };
                         respond(&mut stream, 400, &serde_json::to_string(&e).unwrap());

@@ -133,7 +133,10 @@ fn a_baseline_is_the_page_digests_of_the_snapshot_memory() {
             .to_hex()
     );
     assert_eq!(b.provenance.signer_key_ids, vec![f.key.key_id().to_hex()]);
-    assert_eq!(b.provenance.snapshot_time, 1_700_000_000);
+    assert_eq!(
+        b.provenance.snapshot_time.to_string(),
+        "2023-11-14T22:13:20Z"
+    );
 
     // Seq 1 holds the second image.
     let b1 = baseline_from_store(&f.store(), 1, &keys, None, &policy, "ram").unwrap();

@@ -1,9 +1,16 @@
 //! JSON bodies of the attestation server's HTTP API (docs/API.md), shared by the server, the
 //! agent and the command-line client. Digests, nonces and signed objects travel as lowercase
 //! hex; keys as PEM. Evidence and snapshot reports are posted as their canonical bytes
-//! (`application/octet-stream`), never re-encoded.
+//! (`application/octet-stream`), never re-encoded. Times are RFC 3339 strings in UTC
+//! ([`time`]).
 
 use serde::{Deserialize, Serialize};
+use vmattest_core::record::UnixTime;
+
+mod error;
+pub mod time;
+
+pub use error::ErrorCode;
 
 pub const API_PREFIX: &str = "/v1";
 /// Largest request body the server reads.
@@ -40,7 +47,7 @@ impl Role {
 /// Every error response: a stable machine-readable code and a one-line message.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ErrorBody {
-    pub code: String,
+    pub code: ErrorCode,
     pub error: String,
 }
 
@@ -76,7 +83,8 @@ pub struct TokenInfo {
     pub id: String,
     pub role: Role,
     pub host: Option<String>,
-    pub created: u64,
+    #[serde(with = "time")]
+    pub created: UnixTime,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -102,7 +110,8 @@ pub struct Host {
     pub name: String,
     pub key_id: String,
     pub tpm_backed: bool,
-    pub created: u64,
+    #[serde(with = "time")]
+    pub created: UnixTime,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -168,7 +177,8 @@ pub struct Provenance {
     pub link_digest: String,
     pub state_root: String,
     pub signer_key_ids: Vec<String>,
-    pub snapshot_time: u64,
+    #[serde(with = "time")]
+    pub snapshot_time: UnixTime,
     pub component: String,
 }
 
@@ -191,7 +201,8 @@ pub struct BaselineInfo {
     pub id: i64,
     pub policy_id: String,
     pub provenance: Provenance,
-    pub created: u64,
+    #[serde(with = "time")]
+    pub created: UnixTime,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -202,7 +213,8 @@ pub struct Challenge {
     /// The resolved policy, so that the agent needs nothing else.
     pub policy_toml: String,
     pub subset: String,
-    pub expires: u64,
+    #[serde(with = "time")]
+    pub expires: UnixTime,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -217,7 +229,8 @@ pub struct RegionResult {
 pub struct AttestationResult {
     pub id: i64,
     pub vm: String,
-    pub time: u64,
+    #[serde(with = "time")]
+    pub time: UnixTime,
     pub score: u8,
     pub status: String,
     /// AR4SI claims by their EAR names.
@@ -235,7 +248,8 @@ pub struct Alert {
     pub id: i64,
     pub vm: String,
     pub result_id: i64,
-    pub time: u64,
+    #[serde(with = "time")]
+    pub time: UnixTime,
     pub score: u8,
     pub status: String,
     pub message: String,
@@ -277,7 +291,8 @@ pub struct SnapshotRequest {
     pub seq: u64,
     /// The server's nonce, which the signed report must carry (hex).
     pub nonce: String,
-    pub requested: u64,
+    #[serde(with = "time")]
+    pub requested: UnixTime,
     /// The stored report that answered it.
     pub report_id: Option<i64>,
 }
@@ -288,7 +303,8 @@ pub struct StoredReport {
     pub vm: String,
     pub seq: u64,
     pub verdict: String,
-    pub time: u64,
+    #[serde(with = "time")]
+    pub time: UnixTime,
     /// The signed report's canonical bytes, hex.
     pub report: String,
 }
@@ -344,7 +360,8 @@ pub struct NewReferenceConfig {
 pub struct ReferenceConfigInfo {
     pub vm: String,
     pub toml: String,
-    pub created: u64,
+    #[serde(with = "time")]
+    pub created: UnixTime,
 }
 
 /// A measured configuration to check before launch: the opening (every parameter with its

@@ -46,7 +46,7 @@ fn report(err: &anyhow::Error, json: bool) -> ExitCode {
     if output::closed_pipe(err) {
         return ExitCode::from(EXIT_CLOSED_PIPE);
     }
-    let class = vmattest_host::classify(err.as_ref());
+    let class = vmattest_host::class::classify_with(err.as_ref(), &vmattest_agent::class_of);
     let message = output::one_line(err);
     let _ = writeln!(std::io::stderr(), "vmattest: {message}");
     if json {

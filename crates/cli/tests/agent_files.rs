@@ -167,7 +167,7 @@ fn a_bad_policy_is_one_error_line_naming_the_field() {
 #[test]
 fn remote_and_agent_refuse_bad_input_before_any_request() {
     let dir = tempfile::tempdir().unwrap();
-    vmattest(["remote", "host", "list"]).fails(2, "--server");
+    vmattest(["remote", "host", "list"]).fails(2, "no server URL");
     vmattest(["remote", "--server", "ftp://x", "health"]).fails(2, "ftp://x");
     let empty = write(dir.path(), "token", b"\n");
     vmattest([
@@ -400,7 +400,7 @@ fn stub_server(vm: &str, policy: &str, answer: (u16, String)) -> String {
     let p = vmattest_core::attest::Policy::parse(policy, None).unwrap();
     let challenge = serde_json::json!({
         "vm": vm, "nonce": "ab".repeat(32), "policy_id": p.id().to_hex(),
-        "policy_toml": p.to_toml(), "subset": "all", "expires": 0,
+        "policy_toml": p.to_toml(), "subset": "all", "expires": "1970-01-01T00:00:00Z",
     })
     .to_string();
     let challenge_path = format!("POST /v1/vms/{vm}/challenge ");
@@ -443,7 +443,7 @@ fn stub_server(vm: &str, policy: &str, answer: (u16, String)) -> String {
 
 fn result_json(vm: &str, score: u8, alert: bool, rollback: Option<u64>) -> String {
     serde_json::json!({
-        "id": 7, "vm": vm, "time": 0, "score": score,
+        "id": 7, "vm": vm, "time": "1970-01-01T00:00:00Z", "score": score,
         "status": if alert { "contraindicated" } else { "affirming" },
         "trust_vector": {}, "regions": [{"name": "low", "matched": !alert, "weight": 1, "critical": false}],
         "alert": alert, "rollback_seq": rollback, "ear": "",

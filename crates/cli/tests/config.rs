@@ -566,8 +566,8 @@ fn launch_gate_with_a_local_reference() {
 /// Registers host `h1` (agent key `key.pub`), a policy and VM `name` on `server`; returns the
 /// admin and agent token files.
 fn register(server: &server::Server, dir: &Path, k: &Keys, names: &[&str]) -> (PathBuf, PathBuf) {
-    use vmattest_agent::Client;
     use vmattest_api::Role;
+    use vmattest_client::Client;
 
     let admin = server.admin_token();
     server

@@ -7,9 +7,9 @@
 mod common;
 
 use common::server::{Server, http, json_of, register_vms, token, verify_jwt};
-use vmattest_agent::Client;
 use vmattest_agent::evidence::{now, sign};
 use vmattest_api::{NewHost, Role};
+use vmattest_client::Client;
 use vmattest_core::config::{ConfigList, ConfigOpening, ConfigParam};
 use vmattest_sign::{SecretKey, SigAlg, Signer};
 

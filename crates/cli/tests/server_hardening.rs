@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use common::server::{Server, register_vms};
 use common::vmattest;
-use vmattest_agent::Client;
-use vmattest_api::{NewHost, NewToken, NewVm, Role, Webhook as Hook};
+use vmattest_api::{ErrorCode, NewHost, NewToken, NewVm, Role, Webhook as Hook};
+use vmattest_client::Client;
 use vmattest_core::alg::{Digest, HashAlg};
 use vmattest_core::attest::{ComponentCheck, SnapshotReport};
 use vmattest_core::chain::SeqNo;
@@ -478,9 +478,9 @@ fn report(key: &SecretKey, nonce: &[u8], secs: u64) -> Vec<u8> {
         .unwrap()
 }
 
-fn refused<T: std::fmt::Debug>(r: Result<T, vmattest_agent::ClientError>, code: &str) {
+fn refused<T: std::fmt::Debug>(r: Result<T, vmattest_client::ClientError>, code: ErrorCode) {
     let e = r.expect_err("expected a refusal");
-    assert_eq!(e.code(), Some(code), "{e}");
+    assert_eq!(e.code(), Some(&code), "{e}");
 }
 
 #[test]
@@ -527,25 +527,25 @@ fn reports_answer_requests_once(server: &Server) {
     assert_eq!(receipt.verdict, "match");
     // Posted again, even while another request is pending, it is a replay.
     let pending = admin.request_snapshot("vm1", 0).unwrap();
-    refused(agent.post_report("vm1", &old), "replayed_nonce");
+    refused(agent.post_report("vm1", &old), ErrorCode::ReplayedNonce);
     // No nonce, or one the server never issued, answers nothing.
     refused(
         agent.post_report("vm1", &report(&key, &[], now)),
-        "missing_nonce",
+        ErrorCode::MissingNonce,
     );
     refused(
         agent.post_report("vm1", &report(&key, &[0xab; 32], now)),
-        "unknown_nonce",
+        ErrorCode::UnknownNonce,
     );
     // The pending request's nonce, but signed an hour ago (or ahead): stale.
     let fresh_nonce = hex::decode(&pending.nonce).unwrap();
     refused(
         agent.post_report("vm1", &report(&key, &fresh_nonce, now - 3600)),
-        "stale",
+        ErrorCode::Stale,
     );
     refused(
         agent.post_report("vm1", &report(&key, &fresh_nonce, now + 3600)),
-        "stale",
+        ErrorCode::Stale,
     );
     // Refusals consumed nothing: the pending request is still answerable, and then only once.
     let r = agent
@@ -554,7 +554,7 @@ fn reports_answer_requests_once(server: &Server) {
     assert_eq!(r.request_id, Some(pending.id));
     refused(
         agent.post_report("vm1", &report(&key, &fresh_nonce, now)),
-        "replayed_nonce",
+        ErrorCode::ReplayedNonce,
     );
     let stored = admin.reports("vm1").unwrap();
     assert_eq!(stored.len(), 2, "{stored:?}");

@@ -511,9 +511,9 @@ mod with_swtpm {
 #[test]
 fn tpm_resident_agent_key_earns_the_hardware_claim() {
     use common::server::Server;
-    use vmattest_agent::Client;
     use vmattest_agent::evidence::{Measured, evidence_bytes};
     use vmattest_api::{NewBaseline, Provenance, Role};
+    use vmattest_client::Client;
     use vmattest_testkit::Swtpm;
 
     let tpm = Swtpm::start();
@@ -577,7 +577,7 @@ fn tpm_resident_agent_key_earns_the_hardware_claim() {
                 link_digest: d.clone(),
                 state_root: d,
                 signer_key_ids: vec![],
-                snapshot_time: 0,
+                snapshot_time: vmattest_api::time::from_secs(0),
                 component: "ram".into(),
             },
         },

@@ -4,9 +4,18 @@ use std::error::Error;
 
 use vmattest_core::class::{Classify, ErrorClass};
 
-/// The class of the first error in the chain that knows its class; an OS error that no
-/// library classified is judged by its kind, and anything else is bad input.
+/// Finds the class of one error by its type; a crate above this one passes one that knows
+/// its own error types too.
+pub type ClassOf = dyn Fn(&(dyn Error + 'static)) -> Option<ErrorClass>;
+
+/// The class of the first error in the chain that knows its class ([`of`]); an OS error that
+/// no library classified is judged by its kind, and anything else is bad input.
 pub fn classify(err: &(dyn Error + 'static)) -> ErrorClass {
+    classify_with(err, &of)
+}
+
+/// As [`classify`], with `of` telling the class of each error in the chain.
+pub fn classify_with(err: &(dyn Error + 'static), of: &ClassOf) -> ErrorClass {
     let mut cur: Option<&(dyn Error + 'static)> = Some(err);
     while let Some(e) = cur {
         if let Some(class) = of(e) {
@@ -49,12 +58,8 @@ pub fn of(e: &(dyn Error + 'static)) -> Option<ErrorClass> {
         crate::verifier::VerifierError,
         crate::vm::HostVmError,
         // The libraries below it.
-        vmattest_agent::BaselineError,
-        vmattest_agent::ClientError,
-        vmattest_agent::EvidenceError,
-        vmattest_agent::MeasureError,
-        vmattest_agent::ReportError,
-        vmattest_agent::RunError,
+        vmattest_client::ClientError,
+        vmattest_client::ConnectError,
         vmattest_core::attest::AttestError,
         vmattest_core::config::ConfigError,
         vmattest_core::config::reference::ReferenceError,

@@ -26,7 +26,7 @@ pub enum LaunchError {
     #[error(transparent)]
     Bind(#[from] crate::eventlog::EventLogError),
     #[error("the server's configuration check")]
-    Server(#[source] vmattest_agent::ClientError),
+    Server(#[source] vmattest_client::ClientError),
     /// Every mismatch; the message names the last (front ends list the others).
     #[error("launch refused: {last}")]
     Refused {
@@ -71,7 +71,7 @@ pub enum Gate<'a> {
     /// The server holding the VM's reference; with `server_key`, the answer must carry a
     /// verdict signed by that pinned EAR key.
     Server {
-        client: &'a vmattest_agent::Client,
+        client: &'a vmattest_client::Client,
         server_key: Option<&'a Path>,
     },
 }

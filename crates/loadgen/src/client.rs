@@ -129,7 +129,7 @@ impl Api {
                 return Ok(bytes);
             }
             let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(e) => (e.code, e.error),
+                Ok(e) => (e.code.to_string(), e.error),
                 Err(_) => (
                     String::new(),
                     String::from_utf8_lossy(&bytes).chars().take(200).collect(),

@@ -99,7 +99,7 @@ impl FakeVm {
             link_digest: h("link"),
             state_root: h("state"),
             signer_key_ids: vec![signer.key_id().to_hex()],
-            snapshot_time: now().secs,
+            snapshot_time: now(),
             component: "ram".into(),
         }
     }

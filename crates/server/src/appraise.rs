@@ -3,7 +3,6 @@
 
 use std::time::Instant;
 
-use axum::http::StatusCode;
 use vmattest_api::{AlertAction, AttestationResult, RegionResult, Role};
 use vmattest_core::alg::{Digest, PageIndex};
 use vmattest_core::attest::{
@@ -18,6 +17,7 @@ use crate::ear::EarClaims;
 use crate::error::ApiError;
 use crate::nonce::NonceError;
 use crate::state::{AppState, Baseline, VmEntry, now_secs};
+use vmattest_api::ErrorCode;
 
 /// One signature, by the key registered for the VM's host. `what` names the object in errors.
 pub(crate) fn check_host_signature<T: Signable>(
@@ -26,8 +26,8 @@ pub(crate) fn check_host_signature<T: Signable>(
     what: &str,
 ) -> Result<(), ApiError> {
     if signed.signatures.len() != 1 {
-        return Err(ApiError::bad(
-            "bad_signature",
+        return Err(ApiError::new(
+            ErrorCode::BadSignature,
             format!(
                 "{what}: expected one signature, found {}",
                 signed.signatures.len()
@@ -35,22 +35,22 @@ pub(crate) fn check_host_signature<T: Signable>(
         ));
     }
     verify_signed(signed, std::slice::from_ref(&vm.host_key)).map_err(|e| match e {
-        RecordSigError::UnknownSigner { key_id, .. } => ApiError::bad(
-            "unknown_key",
+        RecordSigError::UnknownSigner { key_id, .. } => ApiError::new(
+            ErrorCode::UnknownKey,
             format!(
                 "{what} signed by key {key_id}, which is not the key registered for host {}",
                 vm.row.host
             ),
         ),
-        other => ApiError::bad("bad_signature", format!("{what}: {other}")),
+        other => ApiError::new(ErrorCode::BadSignature, format!("{what}: {other}")),
     })
 }
 
 fn check_claims(ev: &Evidence, vm: &VmEntry, now: i64, window: i64) -> Result<(), ApiError> {
     let time = i64::try_from(ev.time.secs).unwrap_or(i64::MAX);
     if (time - now).abs() > window {
-        return Err(ApiError::bad(
-            "stale",
+        return Err(ApiError::new(
+            ErrorCode::Stale,
             format!(
                 "evidence time {time} is {}s from the server's clock {now}; the window is {window}s",
                 time - now
@@ -59,8 +59,8 @@ fn check_claims(ev: &Evidence, vm: &VmEntry, now: i64, window: i64) -> Result<()
     }
     let policy_id = &vm.policy_id;
     if ev.policy_id.to_hex() != *policy_id {
-        return Err(ApiError::bad(
-            "policy_mismatch",
+        return Err(ApiError::new(
+            ErrorCode::PolicyMismatch,
             format!(
                 "evidence names policy {}, expected {policy_id}",
                 ev.policy_id
@@ -68,8 +68,8 @@ fn check_claims(ev: &Evidence, vm: &VmEntry, now: i64, window: i64) -> Result<()
         ));
     }
     if !vm.row.subsets.contains(&ev.subset) || vm.policy.subset(&ev.subset).is_none() {
-        return Err(ApiError::bad(
-            "unapproved_subset",
+        return Err(ApiError::new(
+            ErrorCode::UnapprovedSubset,
             format!(
                 "subset {:?} is not approved for VM {}; approved: {}",
                 ev.subset,
@@ -79,8 +79,8 @@ fn check_claims(ev: &Evidence, vm: &VmEntry, now: i64, window: i64) -> Result<()
         ));
     }
     if ev.alg != vm.policy.alg {
-        return Err(ApiError::bad(
-            "algorithm",
+        return Err(ApiError::new(
+            ErrorCode::Algorithm,
             format!(
                 "evidence uses {}, the policy allows {}",
                 ev.alg, vm.policy.alg
@@ -95,7 +95,7 @@ fn compare(ev: &Evidence, vm: &VmEntry, base: &Baseline) -> Result<Vec<RegionOut
     let subset = vm
         .policy
         .subset(&ev.subset)
-        .ok_or_else(|| ApiError::bad("unapproved_subset", "unknown subset"))?;
+        .ok_or_else(|| ApiError::new(ErrorCode::UnapprovedSubset, "unknown subset"))?;
     let names: Vec<&str> = ev.regions.iter().map(|r| r.name.as_str()).collect();
     if names
         != subset
@@ -104,8 +104,8 @@ fn compare(ev: &Evidence, vm: &VmEntry, base: &Baseline) -> Result<Vec<RegionOut
             .map(String::as_str)
             .collect::<Vec<_>>()
     {
-        return Err(ApiError::bad(
-            "regions",
+        return Err(ApiError::new(
+            ErrorCode::Regions,
             format!(
                 "evidence has regions [{}], subset {} has [{}]",
                 names.join(", "),
@@ -117,15 +117,15 @@ fn compare(ev: &Evidence, vm: &VmEntry, base: &Baseline) -> Result<Vec<RegionOut
     let mut outcomes = Vec::with_capacity(ev.regions.len() + 1);
     for got in &ev.regions {
         let Some(region) = vm.policy.region(&got.name) else {
-            return Err(ApiError::bad(
-                "regions",
+            return Err(ApiError::new(
+                ErrorCode::Regions,
                 format!("unknown region {}", got.name),
             ));
         };
         let pages = sample_pages(&ev.nonce, region);
         if got.pages != pages.len() as u64 {
-            return Err(ApiError::bad(
-                "regions",
+            return Err(ApiError::new(
+                ErrorCode::Regions,
                 format!(
                     "region {} covers {} pages, expected {}",
                     got.name,
@@ -199,13 +199,12 @@ async fn submit_inner(
 ) -> Result<AttestationResult, ApiError> {
     caller.require(&[Role::Agent])?;
     let signed = SignedEvidence::decode(body)
-        .map_err(|e| ApiError::bad("malformed", format!("evidence: {e}")))?;
+        .map_err(|e| ApiError::new(ErrorCode::Malformed, format!("evidence: {e}")))?;
     let ev = signed.value();
     let vm = state.vm(&ev.vm).await.map_err(|e| {
-        if e.status == StatusCode::NOT_FOUND {
+        if e.code == ErrorCode::NotFound {
             ApiError::new(
-                StatusCode::NOT_FOUND,
-                "unknown_vm",
+                ErrorCode::UnknownVm,
                 format!("VM {} is not registered", ev.vm),
             )
         } else {
@@ -220,8 +219,8 @@ async fn submit_inner(
         .nonces
         .check(&ev.nonce, &ev.vm, &ev.subset, now)
         .map_err(|e| match e {
-            NonceError::Unknown => ApiError::bad(
-                "unknown_nonce",
+            NonceError::Unknown => ApiError::new(
+                ErrorCode::UnknownNonce,
                 format!(
                     "nonce {} was not issued by this server for VM {} and subset {}",
                     hex::encode(&ev.nonce),
@@ -229,14 +228,14 @@ async fn submit_inner(
                     ev.subset
                 ),
             ),
-            NonceError::Expired { expires } => ApiError::bad(
-                "expired_nonce",
+            NonceError::Expired { expires } => ApiError::new(
+                ErrorCode::ExpiredNonce,
                 format!("nonce expired at {expires}, {}s ago", now - expires),
             ),
         })?;
     let base = vm.baseline.as_ref().ok_or_else(|| {
-        ApiError::conflict(
-            "no_baseline",
+        ApiError::new(
+            ErrorCode::NoBaseline,
             format!("VM {} has no golden baseline for its policy", vm.row.name),
         )
     })?;
@@ -261,7 +260,7 @@ async fn submit_inner(
     let mut result = AttestationResult {
         id: 0,
         vm: ev.vm.clone(),
-        time: u64::try_from(now).unwrap_or(0),
+        time: vmattest_api::time::from_secs(now),
         score: appraisal.score,
         status: appraisal.status.name().to_string(),
         trust_vector: appraisal
@@ -333,8 +332,8 @@ async fn submit_inner(
             }
             Ok(result)
         }
-        NonceOutcome::Replayed => Err(ApiError::bad(
-            "replayed_nonce",
+        NonceOutcome::Replayed => Err(ApiError::new(
+            ErrorCode::ReplayedNonce,
             format!(
                 "nonce {} was already used: evidence is accepted once",
                 hex::encode(&ev.nonce)

@@ -29,13 +29,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::header;
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use axum::routing::{delete, get, post, put};
+use axum::{Json, Router};
 use tokio::net::TcpListener;
-use vmattest_api::{MAX_BODY_BYTES, Role};
+use vmattest_api::{ErrorBody, ErrorCode, MAX_BODY_BYTES, Role};
 use vmattest_sign::SigAlg;
 
 pub use db::Db;
@@ -77,6 +78,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/vms/{vm}/config/verify", post(refconfig::verify_config))
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::map_response(json_errors))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             count_responses,
@@ -88,6 +90,40 @@ async fn count_responses(State(s): State<AppState>, req: Request, next: Next) ->
     let resp = next.run(req).await;
     s.metrics.http(resp.status().as_u16());
     resp
+}
+
+/// axum's own rejections (a body over the limit, a path or query that does not decode, a
+/// method the route lacks) answer in plain text; they get the JSON error body of every other
+/// error, with their status and a code for it.
+async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    let json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if json || !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let code = match status.as_u16() {
+        401 => ErrorCode::Unauthorized,
+        403 => ErrorCode::Forbidden,
+        404 => ErrorCode::NotFound,
+        405 => ErrorCode::MethodNotAllowed,
+        408 => ErrorCode::BodyTimeout,
+        413 => ErrorCode::TooLarge,
+        s if s >= 500 => ErrorCode::Internal,
+        _ => ErrorCode::Malformed,
+    };
+    // Rejection texts are short; anything longer is cut, not buffered.
+    let text = axum::body::to_bytes(resp.into_body(), 1024)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let error = match text.split_whitespace().collect::<Vec<_>>().join(" ") {
+        t if t.is_empty() => status.canonical_reason().unwrap_or("error").to_lowercase(),
+        t => t,
+    };
+    (status, Json(ErrorBody { code, error })).into_response()
 }
 
 #[derive(Debug, Clone)]

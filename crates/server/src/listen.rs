@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::http::{HeaderValue, Request, Response, StatusCode, header};
+use axum::http::{HeaderValue, Request, Response, header};
 use axum::response::IntoResponse as _;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -40,6 +40,7 @@ use tower::ServiceExt as _;
 
 use crate::error::ApiError;
 use crate::state::AppState;
+use vmattest_api::ErrorCode;
 
 /// Connection caps and timeouts (`vmattest serve --max-connections ...`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -364,8 +365,7 @@ async fn handle(
     if timed_out.load(Ordering::Acquire) {
         state.metrics.connection_closed("body_timeout");
         resp = ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "body_timeout",
+            ErrorCode::BodyTimeout,
             format!(
                 "request body: not received within {}s of the request head",
                 body_timeout.as_secs_f64()

@@ -20,9 +20,9 @@ pub struct Metrics {
     webhook_ok: AtomicU64,
     webhook_failed: AtomicU64,
     reports: AtomicU64,
-    config_checks: Mutex<BTreeMap<&'static str, u64>>,
+    config_checks: Mutex<BTreeMap<String, u64>>,
     by_status: Mutex<BTreeMap<String, u64>>,
-    refused: Mutex<BTreeMap<&'static str, u64>>,
+    refused: Mutex<BTreeMap<String, u64>>,
     http: Mutex<BTreeMap<u16, u64>>,
     connections_closed: Mutex<BTreeMap<&'static str, u64>>,
     latency: [AtomicU64; BUCKETS.len() + 1],
@@ -53,9 +53,9 @@ impl Metrics {
         let outcome = match out {
             Ok(r) if r.ok => "match",
             Ok(_) => "mismatch",
-            Err(e) => e.code,
+            Err(e) => e.code.as_str(),
         };
-        bump(&self.config_checks, outcome);
+        bump(&self.config_checks, outcome.to_owned());
     }
 
     pub fn webhook(&self, ok: bool) {
@@ -79,7 +79,7 @@ impl Metrics {
     pub fn evidence(&self, out: &Result<AttestationResult, ApiError>, took: Duration) {
         match out {
             Ok(r) => bump(&self.by_status, r.status.clone()),
-            Err(e) => bump(&self.refused, e.code),
+            Err(e) => bump(&self.refused, e.code.to_string()),
         }
         let secs = took.as_secs_f64();
         let i = BUCKETS

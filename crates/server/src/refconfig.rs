@@ -6,7 +6,6 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use serde_json::json;
 use vmattest_api::{
     ConfigCheckRequest, ConfigCheckResult, ConfigMismatch, NewReferenceConfig, ReferenceConfigInfo,
@@ -18,13 +17,13 @@ use crate::auth::Caller;
 use crate::error::{ApiError, ServerError};
 use crate::routes::json_body;
 use crate::state::{AppState, VmEntry, now_secs};
+use vmattest_api::ErrorCode;
 
 use Role::{Admin, Agent, Auditor};
 
 fn no_reference(vm: &str) -> ApiError {
     ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
+        ErrorCode::NotFound,
         format!("VM {vm} has no reference configuration"),
     )
 }
@@ -38,8 +37,8 @@ pub async fn put_reference_config(
     caller.require(&[Admin])?;
     let req: NewReferenceConfig = json_body(&body)?;
     s.vm(&name).await?;
-    let reference =
-        Reference::parse(&req.toml).map_err(|e| ApiError::bad("invalid", e.to_string()))?;
+    let reference = Reference::parse(&req.toml)
+        .map_err(|e| ApiError::new(ErrorCode::Invalid, e.to_string()))?;
     let now = now_secs();
     s.db.put_reference_config(&name, &req.toml, now).await?;
     tracing::info!(
@@ -51,7 +50,7 @@ pub async fn put_reference_config(
     Ok(Json(ReferenceConfigInfo {
         vm: name,
         toml: req.toml,
-        created: u64::try_from(now).unwrap_or(0),
+        created: vmattest_api::time::from_secs(now),
     }))
 }
 
@@ -70,13 +69,13 @@ pub async fn reference_config(
     Ok(Json(ReferenceConfigInfo {
         vm: name,
         toml,
-        created: u64::try_from(created).unwrap_or(0),
+        created: vmattest_api::time::from_secs(created),
     }))
 }
 
 fn decode_hex(what: &str, text: &str) -> Result<Vec<u8>, ApiError> {
     hex::decode(text.trim())
-        .map_err(|e| ApiError::bad("malformed", format!("{what}: expected hex: {e}")))
+        .map_err(|e| ApiError::new(ErrorCode::Malformed, format!("{what}: expected hex: {e}")))
 }
 
 pub async fn verify_config(
@@ -101,14 +100,14 @@ async fn check(
 ) -> Result<ConfigCheckResult, ApiError> {
     let req: ConfigCheckRequest = json_body(body)?;
     let signed = SignedConfigStatement::decode(&decode_hex("statement", &req.statement)?)
-        .map_err(|e| ApiError::bad("malformed", format!("statement: {e}")))?;
+        .map_err(|e| ApiError::new(ErrorCode::Malformed, format!("statement: {e}")))?;
     let opening = ConfigOpening::decode(&decode_hex("opening", &req.opening)?)
-        .map_err(|e| ApiError::bad("malformed", format!("opening: {e}")))?;
+        .map_err(|e| ApiError::new(ErrorCode::Malformed, format!("opening: {e}")))?;
     crate::appraise::check_host_signature(&signed, vm, "config statement")?;
     let statement = signed.value();
     if statement.vm != name {
-        return Err(ApiError::bad(
-            "invalid",
+        return Err(ApiError::new(
+            ErrorCode::Invalid,
             format!(
                 "config statement is for VM {}, posted for {name}",
                 statement.vm
@@ -117,8 +116,8 @@ async fn check(
     }
     let root = opening.root();
     if !root.ct_eq(&statement.root) {
-        return Err(ApiError::bad(
-            "root_mismatch",
+        return Err(ApiError::new(
+            ErrorCode::RootMismatch,
             format!(
                 "the opening's root is {root}, the statement signs {}",
                 statement.root
@@ -126,8 +125,8 @@ async fn check(
         ));
     }
     if opening.len() != statement.count as usize {
-        return Err(ApiError::bad(
-            "root_mismatch",
+        return Err(ApiError::new(
+            ErrorCode::RootMismatch,
             format!(
                 "the opening has {} params, the statement counts {}",
                 opening.len(),
@@ -136,8 +135,8 @@ async fn check(
         ));
     }
     let (toml, _) = s.db.reference_config(name).await?.ok_or_else(|| {
-        ApiError::conflict(
-            "no_reference",
+        ApiError::new(
+            ErrorCode::NoReference,
             format!("VM {name} has no reference configuration"),
         )
     })?;

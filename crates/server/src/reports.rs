@@ -17,6 +17,7 @@ use crate::db::{NewReportRow, SnapshotRequestRow};
 use crate::error::ApiError;
 use crate::routes::json_body;
 use crate::state::{AppState, now_secs};
+use vmattest_api::ErrorCode;
 
 use Role::{Admin, Agent, Auditor};
 
@@ -28,8 +29,8 @@ fn answered_request(
     window: i64,
 ) -> Result<SnapshotRequestRow, ApiError> {
     if r.nonce.is_empty() {
-        return Err(ApiError::bad(
-            "missing_nonce",
+        return Err(ApiError::new(
+            ErrorCode::MissingNonce,
             format!(
                 "report nonce: empty; expected the nonce of a pending snapshot request for VM {}",
                 r.vm
@@ -38,8 +39,8 @@ fn answered_request(
     }
     let time = i64::try_from(r.time.secs).unwrap_or(i64::MAX);
     if (time - now).abs() > window {
-        return Err(ApiError::bad(
-            "stale",
+        return Err(ApiError::new(
+            ErrorCode::Stale,
             format!(
                 "report time {time} is {}s from the server's clock {now}; the window is {window}s",
                 time - now
@@ -54,8 +55,8 @@ fn answered_request(
         }
     }
     let req = found.ok_or_else(|| {
-        ApiError::bad(
-            "unknown_nonce",
+        ApiError::new(
+            ErrorCode::UnknownNonce,
             format!(
                 "report nonce {}: not the nonce of a snapshot request this server made for VM {}",
                 hex::encode(&r.nonce),
@@ -67,8 +68,8 @@ fn answered_request(
         return Err(replayed(req.id, Some(report_id)));
     }
     if u64::try_from(req.seq).ok() != Some(r.seq.0) {
-        return Err(ApiError::bad(
-            "invalid",
+        return Err(ApiError::new(
+            ErrorCode::Invalid,
             format!(
                 "report is about seq {}, snapshot request {} asks about seq {}",
                 r.seq.0, req.id, req.seq
@@ -76,8 +77,8 @@ fn answered_request(
         ));
     }
     if time < req.requested - window {
-        return Err(ApiError::bad(
-            "stale",
+        return Err(ApiError::new(
+            ErrorCode::Stale,
             format!(
                 "report signed at {time}, before snapshot request {} was made at {}",
                 req.id, req.requested
@@ -89,8 +90,8 @@ fn answered_request(
 
 fn replayed(request: i64, report: Option<i64>) -> ApiError {
     let by = report.map_or_else(String::new, |id| format!(" by report {id}"));
-    ApiError::bad(
-        "replayed_nonce",
+    ApiError::new(
+        ErrorCode::ReplayedNonce,
         format!("snapshot request {request} was already answered{by}: a report is accepted once"),
     )
 }
@@ -105,12 +106,12 @@ pub async fn new_report(
     let vm = s.vm(&name).await?;
     caller.require_host(&vm.row.host, &name)?;
     let signed = SignedSnapshotReport::decode(&body)
-        .map_err(|e| ApiError::bad("malformed", format!("snapshot report: {e}")))?;
+        .map_err(|e| ApiError::new(ErrorCode::Malformed, format!("snapshot report: {e}")))?;
     crate::appraise::check_host_signature(&signed, &vm, "snapshot report")?;
     let r = signed.value();
     if r.vm != name {
-        return Err(ApiError::bad(
-            "invalid",
+        return Err(ApiError::new(
+            ErrorCode::Invalid,
             format!("report is for VM {}, posted for {name}", r.vm),
         ));
     }
@@ -153,7 +154,7 @@ pub async fn reports(
                 vm: name.clone(),
                 seq: u64::try_from(r.seq).unwrap_or(0),
                 verdict: r.verdict,
-                time: u64::try_from(r.time).unwrap_or(0),
+                time: vmattest_api::time::from_secs(r.time),
                 report: hex::encode(r.report),
             })
             .collect(),
@@ -181,7 +182,7 @@ pub async fn new_snapshot_request(
         vm: name,
         seq: req.seq,
         nonce: hex::encode(nonce),
-        requested: u64::try_from(now).unwrap_or(0),
+        requested: vmattest_api::time::from_secs(now),
         report_id: None,
     }))
 }
@@ -209,7 +210,7 @@ pub async fn snapshot_requests(
                 vm: name.clone(),
                 seq: u64::try_from(r.seq).unwrap_or(0),
                 nonce: hex::encode(r.nonce),
-                requested: u64::try_from(r.requested).unwrap_or(0),
+                requested: vmattest_api::time::from_secs(r.requested),
                 report_id: r.report_id,
             })
             .collect(),
@@ -273,21 +274,36 @@ mod tests {
             ]
         };
         assert_eq!(code(&report(&[8; 32], 1000, 3), pending()), Ok(2));
-        assert_eq!(code(&report(&[], 1000, 3), pending()), Err("missing_nonce"));
+        assert_eq!(
+            code(&report(&[], 1000, 3), pending()),
+            Err(ErrorCode::MissingNonce)
+        );
         assert_eq!(
             code(&report(&[9; 32], 1000, 3), pending()),
-            Err("unknown_nonce")
+            Err(ErrorCode::UnknownNonce)
         );
-        assert_eq!(code(&report(&[8; 32], 900, 3), pending()), Err("stale"));
-        assert_eq!(code(&report(&[8; 32], 1100, 3), pending()), Err("stale"));
-        assert_eq!(code(&report(&[8; 32], 1000, 4), pending()), Err("invalid"));
+        assert_eq!(
+            code(&report(&[8; 32], 900, 3), pending()),
+            Err(ErrorCode::Stale)
+        );
+        assert_eq!(
+            code(&report(&[8; 32], 1100, 3), pending()),
+            Err(ErrorCode::Stale)
+        );
+        assert_eq!(
+            code(&report(&[8; 32], 1000, 4), pending()),
+            Err(ErrorCode::Invalid)
+        );
         let answered = vec![request(2, &[8; 32], 995, Some(5))];
         assert_eq!(
             code(&report(&[8; 32], 1000, 3), answered),
-            Err("replayed_nonce")
+            Err(ErrorCode::ReplayedNonce)
         );
         // Signed well before the request was made: not an answer to it.
         let later = vec![request(2, &[8; 32], 1050, None)];
-        assert_eq!(code(&report(&[8; 32], 980, 3), later), Err("stale"));
+        assert_eq!(
+            code(&report(&[8; 32], 980, 3), later),
+            Err(ErrorCode::Stale)
+        );
     }
 }

@@ -3,7 +3,6 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use serde::Deserialize;
@@ -20,6 +19,7 @@ use crate::auth::Caller;
 use crate::db::{AlertRow, VmRow};
 use crate::error::ApiError;
 use crate::state::{AppState, encode_pages, now_secs};
+use vmattest_api::ErrorCode;
 
 const MAX_LIMIT: i64 = 1000;
 const MIN_WEBHOOK_SECRET: usize = 16;
@@ -29,15 +29,15 @@ use Role::{Admin, Agent, Auditor};
 /// Parses a JSON body after the role check, so that a refused caller learns nothing more.
 pub(crate) fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad("malformed", format!("request body: {e}")))
+        .map_err(|e| ApiError::new(ErrorCode::Malformed, format!("request body: {e}")))
 }
 
 fn name_ok(what: &str, name: &str) -> Result<(), ApiError> {
     if is_valid_name(name, 64) {
         Ok(())
     } else {
-        Err(ApiError::bad(
-            "invalid",
+        Err(ApiError::new(
+            ErrorCode::Invalid,
             format!("{what} {name:?}: expected 1-64 of [A-Za-z0-9._-], not starting with '.'"),
         ))
     }
@@ -83,12 +83,17 @@ pub async fn new_host(
     caller.require(&[Admin])?;
     let req: NewHost = json_body(&body)?;
     name_ok("host", &req.name)?;
-    let key = PublicKey::from_pem(&req.public_key_pem)
-        .map_err(|e| ApiError::bad("invalid", format!("host {} public key: {e}", req.name)))?;
+    let key = PublicKey::from_pem(&req.public_key_pem).map_err(|e| {
+        ApiError::new(
+            ErrorCode::Invalid,
+            format!("host {} public key: {e}", req.name),
+        )
+    })?;
     let tpm_backed = match &req.tpm {
         Some(binding) => {
-            crate::tpm::check_binding(&key, binding)
-                .map_err(|e| ApiError::bad("tpm_binding", format!("host {}: {e}", req.name)))?;
+            crate::tpm::check_binding(&key, binding).map_err(|e| {
+                ApiError::new(ErrorCode::TpmBinding, format!("host {}: {e}", req.name))
+            })?;
             true
         }
         None => false,
@@ -100,8 +105,8 @@ pub async fn new_host(
         .insert_host(&req.name, &key.to_pem(), &key_id, tpm_backed, now)
         .await?
     {
-        return Err(ApiError::conflict(
-            "exists",
+        return Err(ApiError::new(
+            ErrorCode::Exists,
             format!("host {} is already registered", req.name),
         ));
     }
@@ -110,7 +115,7 @@ pub async fn new_host(
         name: req.name,
         key_id,
         tpm_backed,
-        created: u64::try_from(now).unwrap_or(0),
+        created: vmattest_api::time::from_secs(now),
     }))
 }
 
@@ -123,7 +128,7 @@ pub async fn hosts(State(s): State<AppState>, caller: Caller) -> Result<Json<Vec
                 name: h.name,
                 key_id: h.key_id,
                 tpm_backed: h.tpm_backed,
-                created: u64::try_from(h.created).unwrap_or(0),
+                created: vmattest_api::time::from_secs(h.created),
             })
             .collect(),
     ))
@@ -137,8 +142,8 @@ pub async fn new_policy(
     caller.require(&[Admin])?;
     let req: NewPolicy = json_body(&body)?;
     let policy = Policy::parse(&req.toml, None).map_err(|e| {
-        ApiError::bad(
-            "invalid",
+        ApiError::new(
+            ErrorCode::Invalid,
             format!("{e} (symbols must be resolved before upload)"),
         )
     })?;
@@ -180,17 +185,18 @@ pub async fn new_vm(
         s.db.policy(&req.policy_id)
             .await?
             .ok_or_else(|| ApiError::not_found("policy", &req.policy_id))?;
-    let policy = Policy::parse(&toml, None).map_err(|e| ApiError::bad("invalid", e.to_string()))?;
+    let policy =
+        Policy::parse(&toml, None).map_err(|e| ApiError::new(ErrorCode::Invalid, e.to_string()))?;
     if req.approved_subsets.is_empty() {
-        return Err(ApiError::bad(
-            "invalid",
+        return Err(ApiError::new(
+            ErrorCode::Invalid,
             "approved_subsets: expected at least one subset",
         ));
     }
     for sub in &req.approved_subsets {
         if policy.subset(sub).is_none() {
-            return Err(ApiError::bad(
-                "invalid",
+            return Err(ApiError::new(
+                ErrorCode::Invalid,
                 format!(
                     "approved_subsets: policy {} has no subset {sub:?}",
                     policy.name
@@ -199,21 +205,21 @@ pub async fn new_vm(
         }
     }
     if req.threshold > 100 {
-        return Err(ApiError::bad(
-            "invalid",
+        return Err(ApiError::new(
+            ErrorCode::Invalid,
             format!("threshold: expected 0 to 100, found {}", req.threshold),
         ));
     }
     if let Some(w) = &req.webhook {
         if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
-            return Err(ApiError::bad(
-                "invalid",
+            return Err(ApiError::new(
+                ErrorCode::Invalid,
                 format!("webhook.url: expected http(s)://..., found {:?}", w.url),
             ));
         }
         if w.secret.len() < MIN_WEBHOOK_SECRET {
-            return Err(ApiError::bad(
-                "invalid",
+            return Err(ApiError::new(
+                ErrorCode::Invalid,
                 format!(
                     "webhook.secret: expected at least {MIN_WEBHOOK_SECRET} bytes, found {}",
                     w.secret.len()
@@ -240,8 +246,8 @@ pub async fn new_vm(
             .map_err(crate::error::ServerError::from)?,
     };
     if !s.db.insert_vm(&row, now_secs()).await? {
-        return Err(ApiError::conflict(
-            "exists",
+        return Err(ApiError::new(
+            ErrorCode::Exists,
             format!("VM {} is already registered", row.name),
         ));
     }
@@ -264,7 +270,7 @@ async fn vm_view(s: &AppState, name: &str) -> Result<Vm, ApiError> {
             id: b.id,
             policy_id: b.policy_id.clone(),
             provenance: b.provenance.clone(),
-            created: u64::try_from(b.created).unwrap_or(0),
+            created: vmattest_api::time::from_secs(b.created),
         }),
     })
 }
@@ -289,8 +295,8 @@ pub async fn new_baseline(
     let req: NewBaseline = json_body(&body)?;
     let vm = s.vm(&name).await?;
     if req.policy_id != vm.row.policy_id {
-        return Err(ApiError::bad(
-            "policy_mismatch",
+        return Err(ApiError::new(
+            ErrorCode::PolicyMismatch,
             format!(
                 "baseline is for policy {}, VM {name} uses {}",
                 req.policy_id, vm.row.policy_id
@@ -305,11 +311,14 @@ pub async fn new_baseline(
             .iter()
             .find(|r| r.name == region.name)
             .ok_or_else(|| {
-                ApiError::bad("regions", format!("baseline lacks region {}", region.name))
+                ApiError::new(
+                    ErrorCode::Regions,
+                    format!("baseline lacks region {}", region.name),
+                )
             })?;
         if got.pages.len() as u64 != region.pages {
-            return Err(ApiError::bad(
-                "regions",
+            return Err(ApiError::new(
+                ErrorCode::Regions,
                 format!(
                     "region {}: {} page digests, expected {}",
                     region.name,
@@ -328,8 +337,8 @@ pub async fn new_baseline(
                     .and_then(|b| Digest::new(alg, &b))
                     .filter(|d| d.as_bytes().len() == alg.digest_len())
                     .ok_or_else(|| {
-                        ApiError::bad(
-                            "regions",
+                        ApiError::new(
+                            ErrorCode::Regions,
                             format!(
                                 "region {} page {i}: expected a {alg} digest in hex",
                                 region.name
@@ -341,13 +350,13 @@ pub async fn new_baseline(
         pages.insert(region.name.clone(), list);
     }
     if req.regions.len() != vm.policy.regions.len() {
-        return Err(ApiError::bad(
-            "regions",
+        return Err(ApiError::new(
+            ErrorCode::Regions,
             "baseline has regions the policy does not",
         ));
     }
     let provenance = serde_json::to_string(&req.provenance)
-        .map_err(|e| ApiError::bad("invalid", e.to_string()))?;
+        .map_err(|e| ApiError::new(ErrorCode::Invalid, e.to_string()))?;
     let now = now_secs();
     let id =
         s.db.insert_baseline(
@@ -364,7 +373,7 @@ pub async fn new_baseline(
         id,
         policy_id: req.policy_id,
         provenance: req.provenance,
-        created: u64::try_from(now).unwrap_or(0),
+        created: vmattest_api::time::from_secs(now),
     }))
 }
 
@@ -385,8 +394,8 @@ pub async fn challenge(
     let subset = match q.subset {
         Some(sub) if vm.row.subsets.contains(&sub) => sub,
         Some(sub) => {
-            return Err(ApiError::bad(
-                "unapproved_subset",
+            return Err(ApiError::new(
+                ErrorCode::UnapprovedSubset,
                 format!("subset {sub:?} is not approved for VM {name}"),
             ));
         }
@@ -406,7 +415,7 @@ pub async fn challenge(
         policy_id: vm.policy_id.clone(),
         policy_toml: vm.policy_toml.clone(),
         subset,
-        expires: u64::try_from(expires).unwrap_or(0),
+        expires: vmattest_api::time::from_secs(expires),
     }))
 }
 
@@ -419,7 +428,7 @@ pub async fn evidence(
 }
 
 fn parse_result(id: i64, body: &str) -> Result<AttestationResult, ApiError> {
-    let mut r: AttestationResult = serde_json::from_str(body).map_err(|e| {
+    let mut r: AttestationResult = crate::state::from_stored(body, "time").map_err(|e| {
         ApiError::from(crate::error::ServerError::Corrupt(format!(
             "result {id}: {e}"
         )))
@@ -455,9 +464,12 @@ pub async fn result(
     Path(id): Path<String>,
 ) -> Result<Json<AttestationResult>, ApiError> {
     caller.require(&[Admin, Auditor])?;
-    let id: i64 = id
-        .parse()
-        .map_err(|_| ApiError::bad("invalid", format!("result id {id:?}: expected an integer")))?;
+    let id: i64 = id.parse().map_err(|_| {
+        ApiError::new(
+            ErrorCode::Invalid,
+            format!("result id {id:?}: expected an integer"),
+        )
+    })?;
     let body =
         s.db.result(id)
             .await?
@@ -470,7 +482,7 @@ pub fn alert_json(a: &AlertRow) -> Alert {
         id: a.id,
         vm: a.vm.clone(),
         result_id: a.result_id,
-        time: u64::try_from(a.time).unwrap_or(0),
+        time: vmattest_api::time::from_secs(a.time),
         score: u8::try_from(a.score).unwrap_or(0),
         status: a.status.clone(),
         message: a.message.clone(),
@@ -491,5 +503,5 @@ pub async fn alerts(
 }
 
 pub async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+    ApiError::new(ErrorCode::NotFound, "no such endpoint")
 }

@@ -266,7 +266,8 @@ fn decode_baseline(policy: &Policy, row: crate::db::BaselineRow) -> Result<Basel
             );
         }
     }
-    let provenance = serde_json::from_str(&row.provenance).map_err(|e| corrupt(e.to_string()))?;
+    let provenance =
+        from_stored(&row.provenance, "snapshot_time").map_err(|e| corrupt(e.to_string()))?;
     Ok(Baseline {
         id: row.id,
         policy_id: row.policy_id,
@@ -275,4 +276,49 @@ fn decode_baseline(policy: &Policy, row: crate::db::BaselineRow) -> Result<Basel
         pages,
         full,
     })
+}
+
+/// Decodes an API object stored as JSON in a row (a result's body, a baseline's provenance).
+/// Rows written before API times became RFC 3339 strings hold `time_field` as integer
+/// seconds; those are rewritten first, so old and new rows decode alike.
+pub(crate) fn from_stored<T: serde::de::DeserializeOwned>(
+    json: &str,
+    time_field: &str,
+) -> serde_json::Result<T> {
+    serde_json::from_str(json).or_else(|first| {
+        let mut v: serde_json::Value = serde_json::from_str(json)?;
+        match v.get_mut(time_field) {
+            Some(slot) if slot.is_u64() => {
+                let secs = slot.as_i64().unwrap_or(0);
+                *slot = vmattest_api::time::from_secs(secs).to_string().into();
+                serde_json::from_value(v)
+            }
+            _ => Err(first),
+        }
+    })
+}
+
+#[cfg(test)]
+mod stored_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use vmattest_api::Provenance;
+
+    use super::from_stored;
+
+    /// A baseline stored by an earlier version, with integer seconds, still loads.
+    #[test]
+    fn integer_times_of_earlier_rows_still_decode() {
+        let row = |time: &str| {
+            format!(
+                r#"{{"store_vm_id":"v","seq":1,"link_digest":"aa","state_root":"bb","signer_key_ids":[],"snapshot_time":{time},"component":"ram"}}"#
+            )
+        };
+        let old: Provenance = from_stored(&row("1796554501"), "snapshot_time").unwrap();
+        let new: Provenance =
+            from_stored(&row("\"2026-12-06T10:55:01Z\""), "snapshot_time").unwrap();
+        assert_eq!(old, new);
+        assert_eq!(new.snapshot_time.to_string(), "2026-12-06T10:55:01Z");
+        assert!(from_stored::<Provenance>(&row("\"yesterday\""), "snapshot_time").is_err());
+    }
 }

@@ -10,6 +10,7 @@ use crate::auth::{Caller, new_token, token_hash, token_id};
 use crate::error::ApiError;
 use crate::routes::json_body;
 use crate::state::{AppState, now_secs};
+use vmattest_api::ErrorCode;
 
 use Role::{Admin, Agent};
 
@@ -21,12 +22,22 @@ pub async fn issue(
     caller.require(&[Admin])?;
     let req: NewToken = json_body(&body)?;
     match (req.role, &req.host) {
-        (Agent, None) => return Err(ApiError::bad("invalid", "an agent token needs a host")),
+        (Agent, None) => {
+            return Err(ApiError::new(
+                ErrorCode::Invalid,
+                "an agent token needs a host",
+            ));
+        }
         (Agent, Some(h)) if s.db.hosts(Some(h)).await?.is_empty() => {
             return Err(ApiError::not_found("host", h));
         }
         (Agent, Some(_)) => {}
-        (_, Some(_)) => return Err(ApiError::bad("invalid", "only agent tokens name a host")),
+        (_, Some(_)) => {
+            return Err(ApiError::new(
+                ErrorCode::Invalid,
+                "only agent tokens name a host",
+            ));
+        }
         _ => {}
     }
     let token = new_token()?;
@@ -66,8 +77,8 @@ pub async fn revoke(
         return Err(ApiError::not_found("token", &id));
     };
     if info.role == Admin && all.iter().filter(|(_, t)| t.role == Admin).count() == 1 {
-        return Err(ApiError::conflict(
-            "last_admin",
+        return Err(ApiError::new(
+            ErrorCode::LastAdmin,
             format!("token {id} is the last admin token; issue another admin token first"),
         ));
     }
@@ -88,7 +99,7 @@ async fn tokens(s: &AppState) -> Result<Vec<(Vec<u8>, TokenInfo)>, ApiError> {
                 id: token_id(&hash),
                 role: Role::parse(&role)?,
                 host,
-                created: u64::try_from(created).unwrap_or(0),
+                created: vmattest_api::time::from_secs(created),
             };
             Some((hash, info))
         })

@@ -119,11 +119,7 @@ pub fn run(args: AgentArgs, json: bool) -> anyhow::Result<()> {
         .store
         .as_deref()
         .zip(chain.as_ref())
-        .map(|(store, v)| Rollback {
-            store,
-            keys: v.pinned(),
-            secret: v.secret(),
-        });
+        .map(|(store, verifier)| Rollback { store, verifier });
     let count = if args.once { Some(1) } else { args.count };
     if count == Some(0) {
         bail!("--count 0: expected at least one round");

@@ -116,22 +116,15 @@ pub fn secs(s: u64) -> Duration {
 }
 
 /// A client for the server, with the token of `--token-file` (none for public endpoints).
-pub fn connect(conn: &ServerArgs) -> anyhow::Result<vmattest_agent::Client> {
-    use anyhow::Context as _;
-    let Some(server) = conn.server.as_deref() else {
+pub fn connect(conn: &ServerArgs) -> anyhow::Result<vmattest_client::Client> {
+    if conn.server.is_none() {
         anyhow::bail!("--server URL is required");
-    };
-    let token = conn
-        .token_file
-        .as_deref()
-        .map(|p| vmattest_host::files::read_secret_line(p, "token"))
-        .transpose()?;
-    Ok(match &conn.ca_cert {
-        Some(p) => {
-            let pem = vmattest_host::files::read_capped(p, 1 << 20, "CA certificate")?;
-            vmattest_agent::Client::with_ca(server, token, &pem)
-                .with_context(|| p.display().to_string())?
-        }
-        None => vmattest_agent::Client::new(server, token)?,
-    })
+    }
+    Ok(vmattest_client::Client::connect(
+        &vmattest_client::Connect {
+            server: conn.server.as_deref(),
+            token_file: conn.token_file.as_deref(),
+            ca_cert: conn.ca_cert.as_deref(),
+        },
+    )?)
 }

@@ -285,7 +285,7 @@ pub fn tiny_policy() -> vmattest_core::attest::Policy {
 
 /// Registers the tiny policy and `vms` on `host` (subset `all`, threshold 50); returns the
 /// policy id.
-pub fn register_vms(admin: &vmattest_agent::Client, host: &str, vms: &[&str]) -> String {
+pub fn register_vms(admin: &vmattest_client::Client, host: &str, vms: &[&str]) -> String {
     let pid = admin
         .add_policy(&vmattest_api::NewPolicy {
             toml: tiny_policy().to_toml(),
@@ -310,7 +310,7 @@ pub fn register_vms(admin: &vmattest_agent::Client, host: &str, vms: &[&str]) ->
 
 /// A new token of `role` (acting for `host`, for agents).
 pub fn token(
-    admin: &vmattest_agent::Client,
+    admin: &vmattest_client::Client,
     role: vmattest_api::Role,
     host: Option<&str>,
 ) -> String {

@@ -1,16 +1,24 @@
-//! A small blocking client for the attestation server's HTTP API (docs/API.md).
+//! A blocking client for the attestation server's HTTP API (docs/API.md): every admin,
+//! auditor and agent call, used by the command line, the agent and other front ends.
+//!
+//! [`Client::connect`] builds one from what a front end is given: a server URL, a token file
+//! and a CA certificate file.
+
+mod connect;
+
+pub use connect::{Connect, ConnectError};
 
 use std::time::Duration;
-use vmattest_core::class::{Classify, ErrorClass};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use vmattest_api::{
     API_PREFIX, Alert, AttestationResult, BaselineInfo, Challenge, ConfigCheckRequest,
-    ConfigCheckResult, EarKey, ErrorBody, Health, Host, NewBaseline, NewHost, NewPolicy,
+    ConfigCheckResult, EarKey, ErrorBody, ErrorCode, Health, Host, NewBaseline, NewHost, NewPolicy,
     NewReferenceConfig, NewSnapshotRequest, NewToken, NewVm, PolicyInfo, ReferenceConfigInfo,
     ReportReceipt, SnapshotRequest, StoredReport, TokenInfo, TokenIssued, Vm,
 };
+use vmattest_core::class::{Classify, ErrorClass};
 
 /// Largest response body read.
 pub const MAX_RESPONSE_BYTES: u64 = 16 << 20;
@@ -21,7 +29,7 @@ pub enum ClientError {
     #[error("server refused ({status} {code}): {message}")]
     Refused {
         status: u16,
-        code: String,
+        code: ErrorCode,
         message: String,
     },
     #[error("{url}: {detail}")]
@@ -36,33 +44,34 @@ pub enum ClientError {
     Ca(String),
 }
 
-impl Classify for ClientError {
-    /// By the server's status: 401 and 403 deny the caller, other 4xx refuse the request
-    /// as given, anything else (5xx, no answer, an unreadable answer) is the environment.
-    fn class(&self) -> ErrorClass {
+impl ClientError {
+    /// The server's error code, when the server refused the request.
+    pub fn code(&self) -> Option<&ErrorCode> {
         match self {
-            ClientError::Refused {
-                status: 401 | 403, ..
-            } => ErrorClass::Denied,
-            ClientError::Refused {
-                status: 400..=499, ..
-            } => ErrorClass::Input,
-            ClientError::Refused { .. }
-            | ClientError::Transport { .. }
-            | ClientError::Decode { .. } => ErrorClass::Environment,
-            ClientError::BadName { .. } | ClientError::BadUrl(_) | ClientError::Ca(_) => {
-                ErrorClass::Input
-            }
+            ClientError::Refused { code, .. } => Some(code),
+            _ => None,
         }
     }
 }
 
-impl ClientError {
-    /// The server's error code, when the server refused the request.
-    pub fn code(&self) -> Option<&str> {
+impl Classify for ClientError {
+    fn class(&self) -> ErrorClass {
         match self {
-            ClientError::Refused { code, .. } => Some(code),
-            _ => None,
+            // A code this build does not know is classified by its HTTP status.
+            ClientError::Refused {
+                status,
+                code: ErrorCode::Other(_),
+                ..
+            } => match status {
+                401 | 403 => ErrorClass::Denied,
+                408 | 500.. => ErrorClass::Environment,
+                _ => ErrorClass::Input,
+            },
+            ClientError::Refused { code, .. } => code.class(),
+            ClientError::Transport { .. } | ClientError::Decode { .. } => ErrorClass::Environment,
+            ClientError::BadName { .. } | ClientError::BadUrl(_) | ClientError::Ca(_) => {
+                ErrorClass::Input
+            }
         }
     }
 }
@@ -79,7 +88,7 @@ fn config() -> ureq::config::ConfigBuilder<ureq::typestate::AgentScope> {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(TIMEOUT))
-        .user_agent(concat!("vmattest-agent/", env!("CARGO_PKG_VERSION")))
+        .user_agent(concat!("vmattest/", env!("CARGO_PKG_VERSION")))
 }
 
 /// A path segment: a VM or host name, or a policy id.
@@ -219,9 +228,10 @@ impl Client {
                 code: e.code,
                 message: one_line(&e.error),
             },
+            // Not the server's error body (a proxy's page, say): the status says what it was.
             Err(_) => ClientError::Refused {
                 status,
-                code: "http".into(),
+                code: ErrorCode::Other("http".into()),
                 message: one_line(&String::from_utf8_lossy(&bytes[..bytes.len().min(200)])),
             },
         })
@@ -474,7 +484,8 @@ mod tests {
         );
         let c = Client::new(&url, Some("t".into())).unwrap();
         let e = c.evidence(b"xx").unwrap_err();
-        assert_eq!(e.code(), Some("replayed_nonce"));
+        assert_eq!(e.code(), Some(&ErrorCode::ReplayedNonce));
+        assert_eq!(e.class(), ErrorClass::Verification);
         assert_eq!(
             e.to_string(),
             "server refused (400 replayed_nonce): nonce was already used"
