@@ -3,7 +3,7 @@
 use vmattest_core::alg::Digest;
 use vmattest_core::attest::{Evidence, Policy, RegionDigest};
 use vmattest_core::class::{Classify, ErrorClass};
-use vmattest_core::record::{RecordError, Signed, UnixTime};
+use vmattest_core::record::{RecordError, Signed};
 use vmattest_sign::{SignError, Signer};
 
 /// The version every evidence names as its agent.
@@ -31,17 +31,6 @@ impl Classify for EvidenceError {
     }
 }
 
-/// The current wall-clock time.
-pub fn now() -> UnixTime {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    UnixTime {
-        secs: d.as_secs(),
-        nanos: d.subsec_nanos(),
-    }
-}
-
 /// What an agent measured for one challenge.
 #[derive(Debug, Clone)]
 pub struct Measured<'a> {
@@ -60,7 +49,7 @@ pub fn sign_evidence(
 ) -> Result<Signed<Evidence>, EvidenceError> {
     let evidence = Evidence {
         vm: m.vm.to_owned(),
-        time: now(),
+        time: vmattest_host::now(),
         nonce: m.nonce.to_vec(),
         alg: m.policy.alg,
         policy_id: m.policy.id(),

@@ -24,7 +24,7 @@ use vmattest_qemu::{DiskFormat, VmSpec};
 use vmattest_sign::Signer;
 use vmattest_store::{PinnedKeys, ReplayOptions, Store, StoreError, StoreSecret};
 
-use crate::evidence::{EvidenceError, now, sign};
+use crate::evidence::{EvidenceError, sign};
 use crate::measure::{MeasureError, Paused, with_paused};
 
 #[derive(Debug, thiserror::Error)]
@@ -167,7 +167,7 @@ pub fn attest_snapshot(
     }
     let report = SnapshotReport {
         vm: spec.name().to_owned(),
-        time: now(),
+        time: vmattest_host::now(),
         nonce: nonce.to_vec(),
         seq: verified.seq,
         link: verified.link,

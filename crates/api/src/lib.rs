@@ -375,7 +375,7 @@ pub struct ConfigCheckRequest {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigMismatch {
     pub name: String,
-    /// What the reference allows, e.g. `= 1024`, `1..=4`, `one of [q35, pc]`, `absent`.
+    /// What the reference allows, e.g. `= 1024`, `1 to 4`, `one of [q35, pc]`, `absent`.
     pub expected: String,
     /// The measured value, or `absent`.
     pub found: String,

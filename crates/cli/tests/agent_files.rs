@@ -167,7 +167,7 @@ fn a_bad_policy_is_one_error_line_naming_the_field() {
 #[test]
 fn remote_and_agent_refuse_bad_input_before_any_request() {
     let dir = tempfile::tempdir().unwrap();
-    vmattest(["remote", "host", "list"]).fails(2, "no server URL");
+    vmattest(["remote", "host", "list"]).fails(2, "--server");
     vmattest(["remote", "--server", "ftp://x", "health"]).fails(2, "ftp://x");
     let empty = write(dir.path(), "token", b"\n");
     vmattest([
@@ -181,7 +181,8 @@ fn remote_and_agent_refuse_bad_input_before_any_request() {
     ])
     .fails(2, "token");
     // Nothing listens on the discard port: a transport error, on one line.
-    vmattest(["remote", "--server", "http://127.0.0.1:9", "health"]).fails(2, "127.0.0.1:9");
+    // An unreachable server is the environment's failure (exit 3), named on one line.
+    vmattest(["remote", "--server", "http://127.0.0.1:9", "health"]).fails(3, "127.0.0.1:9");
     let token = write(dir.path(), "token2", b"abc\n");
     vmattest([
         "remote",

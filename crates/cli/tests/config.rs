@@ -630,7 +630,8 @@ fn launch_gate_through_a_server() {
         "--reference",
         s(&reference),
     ])
-    .fails(2, "server refused");
+    // The server denies the caller's role: exit 4.
+    .fails(4, "server refused");
 
     let packages = manifest(dir, "pkgs.txt", "1:1.35.0-4+b3");
     let gate = [

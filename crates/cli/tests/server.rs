@@ -284,7 +284,7 @@ fn attestation_flow(server: &Server) {
         let ram = std::fs::read(&f.ram).unwrap();
         let (regions, kernel_code) =
             vmattest_agent::measure(&ram, &policy, subset, &nonce).unwrap();
-        let now = vmattest_agent::evidence::now();
+        let now = vmattest_host::now();
         let ev = Evidence {
             vm: "vm1".into(),
             time: UnixTime {

@@ -516,7 +516,7 @@ fn reports_answer_requests_once(server: &Server) {
         .unwrap()
         .token;
     let agent = Client::new(&server.url(), Some(agent_token)).unwrap();
-    let now = vmattest_agent::evidence::now().secs;
+    let now = vmattest_host::now().secs;
 
     // A Match report answering a request is accepted once.
     let req = admin.request_snapshot("vm1", 0).unwrap();

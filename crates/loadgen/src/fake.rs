@@ -1,7 +1,7 @@
 //! The simulated VM every agent attests: a one-region policy over four deterministic fake RAM
 //! pages, its golden baseline, and signed evidence for a challenge.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use vmattest_api::{Provenance, RegionPages};
 use vmattest_core::alg::{Digest, HashAlg, PAGE_SIZE, PageIndex};
@@ -163,13 +163,7 @@ pub fn sign(evidence: Evidence, key: &SecretKey) -> Result<Vec<u8>, String> {
 }
 
 pub fn now() -> UnixTime {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    UnixTime {
-        secs: d.as_secs(),
-        nanos: d.subsec_nanos(),
-    }
+    UnixTime::from_system(SystemTime::now())
 }
 
 #[cfg(test)]

@@ -60,7 +60,7 @@ fn field_error(
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Mismatch {
     pub name: String,
-    /// What the reference allows: `= 1024`, `1..=4`, `one of [q35, pc]`, `absent`, or
+    /// What the reference allows: `= 1024`, `1 to 4`, `one of [q35, pc]`, `absent`, or
     /// `unexpected` (strict mode, a parameter the reference does not name).
     pub expected: String,
     /// The measured value, or `absent`.
@@ -85,7 +85,7 @@ impl Rule {
     pub fn describe(&self) -> String {
         match self {
             Rule::Equals(v) => format!("= {v}"),
-            Rule::Range(min, max) => format!("{min}..={max}"),
+            Rule::Range(min, max) => format!("{min} to {max}"),
             Rule::OneOf(vs) => format!("one of [{}]", vs.join(", ")),
             Rule::Absent => ABSENT.to_owned(),
         }
@@ -438,18 +438,18 @@ names = ["firmware.sha256"]
         for bad in ["0", "5", "18446744073709551616"] {
             assert_eq!(
                 one(&r.check(&with("vcpus", Some(bad)))),
-                ("vcpus", "1..=4", bad)
+                ("vcpus", "1 to 4", bad)
             );
         }
         for not_int in ["two", "-1", "+2", "", "2.0", " 2"] {
             assert_eq!(
                 one(&r.check(&with("vcpus", Some(not_int)))),
-                ("vcpus", "1..=4", not_int)
+                ("vcpus", "1 to 4", not_int)
             );
         }
         assert_eq!(
             one(&r.check(&with("vcpus", None))),
-            ("vcpus", "1..=4", "absent")
+            ("vcpus", "1 to 4", "absent")
         );
     }
 
