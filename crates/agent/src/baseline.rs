@@ -26,15 +26,15 @@ pub enum BaselineError {
         seq: u64,
         known: String,
     },
-    #[error("scratch directory in {dir}: {source}")]
+    #[error("scratch directory in {dir}")]
     Scratch {
         dir: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("rebuilt component: {0}")]
+    #[error("rebuilt component")]
     Image(#[from] ImageError),
-    #[error("component {component}: {source}")]
+    #[error("component {component}")]
     Region {
         component: String,
         #[source]

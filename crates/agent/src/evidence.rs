@@ -11,9 +11,9 @@ pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvidenceError {
-    #[error("evidence: {0}")]
+    #[error("evidence")]
     Encode(#[from] RecordError),
-    #[error("signing evidence with key {key_id}: {source}")]
+    #[error("signing evidence with key {key_id}")]
     Sign {
         key_id: String,
         #[source]

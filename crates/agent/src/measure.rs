@@ -35,11 +35,11 @@ pub enum MeasureError {
         end: u64,
         ram_bytes: u64,
     },
-    #[error("guest RAM: {0}")]
+    #[error("guest RAM")]
     Ram(#[from] ImageError),
     #[error("guest RAM file {path}: empty; is the VM running?")]
     EmptyRam { path: PathBuf },
-    #[error("vm {vm}: {source}")]
+    #[error("vm {vm}")]
     Qmp {
         vm: String,
         #[source]

@@ -33,13 +33,13 @@ pub enum ReportError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Vm(#[from] MeasureError),
-    #[error("component {name}: {source}")]
+    #[error("component {name}")]
     Image {
         name: String,
         #[source]
         source: ImageError,
     },
-    #[error("component {name}: {source}")]
+    #[error("component {name}")]
     Tree {
         name: String,
         #[source]

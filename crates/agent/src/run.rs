@@ -23,7 +23,7 @@ use crate::measure::{MeasureError, measure_vm};
 pub enum RunError {
     #[error(transparent)]
     Client(#[from] ClientError),
-    #[error("challenge for {vm}: policy: {source}")]
+    #[error("challenge for {vm}: policy")]
     Policy {
         vm: String,
         #[source]
@@ -48,7 +48,7 @@ pub enum RunError {
     Measure(#[from] MeasureError),
     #[error(transparent)]
     Evidence(#[from] EvidenceError),
-    #[error("snapshot request: {0}")]
+    #[error("snapshot request")]
     Report(#[from] crate::report::ReportError),
     #[error("rollback to seq {seq}")]
     Rollback {

@@ -155,9 +155,7 @@ fn a_baseline_needs_the_pinned_key_the_component_and_a_large_enough_image() {
     f.take(&[("ram", ComponentKind::Memory, &ram_path)]);
     let policy = Policy::parse(POLICY, None).unwrap();
     let keys = PinnedKeys::new(vec![f.key.public_key()]).unwrap();
-    let e = baseline_from_store(&f.store(), 0, &keys, None, &policy, "ram")
-        .unwrap_err()
-        .to_string();
+    let e = chain(&baseline_from_store(&f.store(), 0, &keys, None, &policy, "ram").unwrap_err());
     assert!(e.contains("region high") && e.contains("32768"), "{e}");
     let e = baseline_from_store(&f.store(), 0, &keys, None, &policy, "memory")
         .unwrap_err()
@@ -214,4 +212,16 @@ fn recomputed_roots_match_the_snapshot_until_the_vm_changes() {
         .map(|c| c.name.as_str())
         .collect();
     assert_eq!(bad, ["ram"]);
+}
+
+/// The error and its causes, as they are printed: one after another.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }

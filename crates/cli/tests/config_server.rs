@@ -8,10 +8,10 @@ mod common;
 
 use common::server::{Server, http, json_of, register_vms, token, verify_jwt};
 use vmattest_agent::evidence::sign;
-use vmattest_host::now;
 use vmattest_api::{NewHost, Role};
 use vmattest_client::Client;
 use vmattest_core::config::{ConfigList, ConfigOpening, ConfigParam};
+use vmattest_host::now;
 use vmattest_sign::{SecretKey, SigAlg, Signer};
 
 const REFERENCE: &str = r#"

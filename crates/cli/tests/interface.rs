@@ -329,3 +329,31 @@ fn regression_secret_flag_is_the_same_at_init_and_after() {
     ])
     .ok();
 }
+
+#[test]
+fn regression_one_failure_names_its_os_error_once() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let k = keys(d);
+    let store = store(d, &k);
+    let missing = d.join("missing.img");
+    for args in [
+        vec!["measure", s(&missing)],
+        vec![
+            "snapshot",
+            "take",
+            "--store",
+            s(&store),
+            "--memory",
+            s(&missing),
+            "--key",
+            s(&k.key),
+        ],
+        vec!["verify", "--pubkey", s(&missing), s(&missing)],
+    ] {
+        let r = vmattest(&args);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert_eq!(r.stderr.matches("os error 2").count(), 1, "{}", r.stderr);
+        assert_eq!(r.stderr.matches("missing.img").count(), 1, "{}", r.stderr);
+    }
+}

@@ -528,10 +528,7 @@ fn bad_bundles_are_refused_and_change_nothing() {
     for len in [100, n - 1] {
         cases.push((format!("cut at {len}"), good[..len].to_vec(), "bundle"));
     }
-    for (what, p, needle) in [
-        ("another VM", &bx, "vm-x"),
-        ("fork", &bf, "fork"),
-    ] {
+    for (what, p, needle) in [("another VM", &bx, "vm-x"), ("fork", &bf, "fork")] {
         cases.push((what.into(), std::fs::read(p).unwrap(), needle));
     }
 

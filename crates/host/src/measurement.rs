@@ -58,7 +58,7 @@ pub enum MeasurementError {
     NoParam { dir: PathBuf, param: String },
     #[error("configuration")]
     Config(#[source] ConfigError),
-    #[error("{0}")]
+    #[error("configuration parameters")]
     Params(#[source] vmattest_vmconfig::ParamError),
     #[error("VM spec")]
     Spec(#[source] vmattest_vmconfig::SpecParamError),

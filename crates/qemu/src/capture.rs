@@ -44,7 +44,7 @@ pub enum CaptureError {
     Stop { vm: String, error: Box<VmError> },
     #[error("{0}")]
     Start(Box<VmError>),
-    #[error("vm {vm}: {source}")]
+    #[error("vm {vm}")]
     Qmp {
         vm: String,
         #[source]
@@ -52,7 +52,7 @@ pub enum CaptureError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("vm {vm}: {source}")]
+    #[error("vm {vm}")]
     Guard {
         vm: String,
         #[source]

@@ -34,11 +34,11 @@ const MIGRATION_END: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuardError {
-    #[error("pause marker {path}: {source}")]
+    #[error("pause marker {path}")]
     Io { path: PathBuf, source: io::Error },
-    #[error("cannot start the pause guardian {program}: {source}")]
+    #[error("cannot start the pause guardian {program}")]
     Spawn { program: PathBuf, source: io::Error },
-    #[error("resuming the guest after an interrupted capture: {0}")]
+    #[error("resuming the guest after an interrupted capture")]
     Qmp(#[from] QmpError),
 }
 

@@ -20,9 +20,9 @@ const POLL: Duration = Duration::from_millis(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum QmpError {
-    #[error("QMP {path}: cannot connect: {source}")]
+    #[error("QMP {path}: cannot connect")]
     Connect { path: PathBuf, source: io::Error },
-    #[error("QMP: {0}")]
+    #[error("QMP")]
     Io(#[from] io::Error),
     #[error("QMP: QEMU closed the connection")]
     Closed,

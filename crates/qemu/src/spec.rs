@@ -21,7 +21,7 @@ const MAX_DISK_NAME: usize = 26;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
-    #[error("spec {path}: {source}")]
+    #[error("spec {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,

@@ -30,7 +30,7 @@ const SIGNAL_GRACE: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
-    #[error("vm {name}: {path}: {source}")]
+    #[error("vm {name}: {path}")]
     Io {
         name: String,
         path: PathBuf,
@@ -58,7 +58,7 @@ pub enum VmError {
         found: u64,
         expected: u64,
     },
-    #[error("vm {name}: cannot run {qemu}: {source}")]
+    #[error("vm {name}: cannot run {qemu}")]
     Spawn {
         name: String,
         qemu: String,
@@ -72,7 +72,7 @@ pub enum VmError {
     },
     #[error("vm {name}: qemu started but wrote no usable pid file {path}")]
     NoPid { name: String, path: PathBuf },
-    #[error("vm {name}: {source}")]
+    #[error("vm {name}")]
     Qmp { name: String, source: QmpError },
     #[error("vm {name}: qemu exited while waiting for {what}: {detail}")]
     Exited {

@@ -34,7 +34,7 @@ pub enum KeyCertError {
     NotThisKey,
     #[error("TPM key attributes {0:#010x}: expected fixedTPM | fixedParent | sign, unrestricted")]
     Attributes(u32),
-    #[error("certification: {0}")]
+    #[error("certification")]
     Certify(#[from] QuoteError),
 }
 

@@ -15,7 +15,7 @@ use crate::signature::Signature;
 /// Why evidence was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QuoteError {
-    #[error("malformed evidence: {0}")]
+    #[error("malformed evidence")]
     Malformed(#[from] ParseError),
     #[error("bad signature: the attestation key did not sign these {len} attest bytes")]
     BadSignature { len: usize },

@@ -7,7 +7,7 @@ use vmattest_api::{ErrorBody, ErrorCode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("database {url}: {source}")]
+    #[error("database {url}")]
     Connect {
         url: String,
         source: Box<sqlx::Error>,
@@ -18,12 +18,12 @@ pub enum ServerError {
     Db(Box<sqlx::Error>),
     #[error("database URL {0}: expected sqlite://PATH or postgres://...")]
     DbUrl(String),
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: String,
         source: std::io::Error,
     },
-    #[error("key {path}: {source}")]
+    #[error("key {path}")]
     Key {
         path: String,
         source: Box<vmattest_sign::SignError>,
@@ -32,7 +32,7 @@ pub enum ServerError {
     EarKey(String),
     #[error("TLS: {0}")]
     Tls(String),
-    #[error("listen on {addr}: {source}")]
+    #[error("listen on {addr}")]
     Listen {
         addr: String,
         source: std::io::Error,

@@ -18,7 +18,7 @@ const DOMAIN: &[u8] = b"vmattest webhook secret v1\0";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SealError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: String,
         source: std::io::Error,

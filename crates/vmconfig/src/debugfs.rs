@@ -24,14 +24,14 @@ const FALLBACKS: [&str; 2] = ["/usr/sbin/debugfs", "/sbin/debugfs"];
 pub enum DebugfsError {
     #[error("debugfs not found (tried PATH and {FALLBACKS:?}): install e2fsprogs")]
     NotInstalled,
-    #[error("disk image {image}: {source}")]
+    #[error("disk image {image}")]
     Image {
         image: PathBuf,
         source: std::io::Error,
     },
     #[error("disk image {0}")]
     NotAnImage(Box<MeasureError>),
-    #[error("running {program}: {source}")]
+    #[error("running {program}")]
     Spawn {
         program: PathBuf,
         source: std::io::Error,

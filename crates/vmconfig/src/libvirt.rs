@@ -25,7 +25,7 @@ pub const MAX_DEPTH: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum XmlError {
-    #[error("domain XML {path}: {source}")]
+    #[error("domain XML {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
@@ -59,13 +59,13 @@ pub enum XmlError {
         expected: String,
         found: String,
     },
-    #[error("domain XML {path}: {element}: {source}")]
+    #[error("domain XML {path}: {element}")]
     Measure {
         path: PathBuf,
         element: String,
         source: Box<MeasureError>,
     },
-    #[error("domain XML {path}: {element}: {source}")]
+    #[error("domain XML {path}: {element}")]
     Name {
         path: PathBuf,
         element: String,

@@ -24,7 +24,7 @@ const MAX_TOOL_STDERR: u64 = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MeasureError {
-    #[error("{path}: cannot read: {source}")]
+    #[error("{path}: cannot read")]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -35,7 +35,7 @@ pub enum MeasureError {
         expected: &'static str,
         found: &'static str,
     },
-    #[error("disk image {path}: {source}")]
+    #[error("disk image {path}")]
     Image { path: PathBuf, source: ImageError },
     #[error("disk image {path}: format {found:?}: expected raw or qcow2")]
     UnsupportedFormat { path: PathBuf, found: String },

@@ -48,7 +48,7 @@ pub enum PackageError {
         first: String,
         second: String,
     },
-    #[error("package {name:?}: {source}")]
+    #[error("package {name:?}")]
     Name { name: String, source: ParamError },
 }
 

@@ -13,13 +13,13 @@ use crate::{Builder, Param, ParamError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpecParamError {
-    #[error("spec {spec}: {field}: {source}")]
+    #[error("spec {spec}: {field}")]
     Measure {
         spec: PathBuf,
         field: String,
         source: Box<MeasureError>,
     },
-    #[error("spec {spec}: {field}: {source}")]
+    #[error("spec {spec}: {field}")]
     Name {
         spec: PathBuf,
         field: String,

@@ -157,8 +157,8 @@ fn regression_fifo_as_disk_kernel_or_xml_never_hangs() {
         let err = within(limit, move || {
             domain_params(&xml, Path::new("dom.xml")).map(drop)
         })
-        .unwrap_err()
-        .to_string();
+        .unwrap_err();
+        let err = chain(&err);
         assert!(
             err.contains("found a FIFO") && err.contains("fifo"),
             "{err}"
@@ -181,8 +181,8 @@ fn regression_fifo_as_disk_kernel_or_xml_never_hangs() {
     let err = within(limit, move || {
         vmattest_vmconfig::disk_root(&t, "qcow2").map(drop)
     })
-    .unwrap_err()
-    .to_string();
+    .unwrap_err();
+    let err = chain(&err);
     assert!(
         err.contains("fifo: expected") && err.contains("found a FIFO"),
         "{err}"
@@ -196,16 +196,15 @@ fn regression_fifo_as_disk_kernel_or_xml_never_hangs() {
     let err = within(limit, move || {
         domain_params(&xml, Path::new("dom.xml")).map(drop)
     })
-    .unwrap_err()
-    .to_string();
+    .unwrap_err();
+    let err = chain(&err);
     assert!(
         err.contains("<os><kernel>") && err.contains("found a FIFO"),
         "{err}"
     );
     let f = fifo.clone();
-    let err = within(limit, move || load_domain_params(&f).map(drop))
-        .unwrap_err()
-        .to_string();
+    let err = within(limit, move || load_domain_params(&f).map(drop)).unwrap_err();
+    let err = chain(&err);
     assert!(err.contains("found a FIFO"), "{err}");
 
     write(&d, "disk.raw", &[0u8; 8192]);
@@ -218,17 +217,16 @@ fn regression_fifo_as_disk_kernel_or_xml_never_hangs() {
             let spec = VmSpec::load(&spec).unwrap();
             spec_params(&spec).map(drop)
         })
-        .unwrap_err()
-        .to_string();
+        .unwrap_err();
+        let err = chain(&err);
         assert!(err.contains("found a FIFO"), "{err}");
     }
 
     // A directory and a character device are refused too; a symlink to a file is followed.
-    let err = vmattest_vmconfig::sha256_file(&d).unwrap_err().to_string();
+    let err = chain(&vmattest_vmconfig::sha256_file(&d).unwrap_err());
     assert!(err.contains("found a directory"), "{err}");
-    let err = vmattest_vmconfig::disk_root(Path::new("/dev/null"), "raw")
-        .unwrap_err()
-        .to_string();
+    let err = vmattest_vmconfig::disk_root(Path::new("/dev/null"), "raw").unwrap_err();
+    let err = chain(&err);
     assert!(err.contains("found a character device"), "{err}");
     std::os::unix::fs::symlink(d.join("vmlinuz"), d.join("link")).unwrap();
     assert_eq!(
@@ -247,4 +245,16 @@ fn spec_file(dir: &Path, kernel: &Path, disk: &Path) -> PathBuf {
     );
     std::fs::write(&p, text).unwrap();
     p
+}
+
+/// The error and its causes, as they are printed: one after another.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }

@@ -98,7 +98,7 @@ fn missing_kernel_names_element_and_path() {
     let xml = fixture("kernel-boot.xml", d);
     let err = load_domain_params(&xml).unwrap_err();
     assert!(matches!(err, XmlError::Measure { .. }), "{err}");
-    let msg = err.to_string();
+    let msg = chain(&err);
     assert!(
         msg.contains("<os><kernel>") && msg.contains("vmlinuz"),
         "{msg}"
@@ -300,5 +300,17 @@ fn duplicate_vcpupin_is_refused() {
                <vcpupin vcpu='1' cpuset='1'/><vcpupin vcpu='1' cpuset='2'/></cputune>\
                <os><type>hvm</type></os></domain>";
     let err = domain_params(xml, Path::new("d.xml")).unwrap_err();
-    assert!(err.to_string().contains("vcpu.1.pin"), "{err}");
+    assert!(chain(&err).contains("vcpu.1.pin"), "{err}");
+}
+
+/// The error and its causes, as they are printed: one after another.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }

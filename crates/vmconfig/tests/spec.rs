@@ -104,7 +104,7 @@ fn missing_kernel_names_the_field() {
     );
     let err = spec_params(&spec).unwrap_err();
     assert!(matches!(err, SpecParamError::Measure { .. }), "{err}");
-    let msg = err.to_string();
+    let msg = chain(&err);
     assert!(msg.contains("boot.kernel") && msg.contains("nope"), "{msg}");
 }
 
@@ -120,4 +120,16 @@ fn upper_case_disk_name_is_refused() {
     let err = spec_params(&spec).unwrap_err();
     assert!(matches!(err, SpecParamError::Name { .. }), "{err}");
     assert!(err.to_string().contains("Root"), "{err}");
+}
+
+/// The error and its causes, as they are printed: one after another.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
