@@ -515,8 +515,9 @@ fn agent_once_exits_by_the_servers_answer() {
 
     let refused = r#"{"code":"stale","error":"evidence time is outside the window"}"#;
     let url = stub_server("web1", SMALL_POLICY, (400, refused.to_owned()));
+    // Evidence the server's appraisal refused (stale) is a failed check: exit 1.
     agent(&url, &[]).fails(
-        2,
+        1,
         "server refused (400 stale): evidence time is outside the window",
     );
     // A challenge for another name than the VM's on the server is refused.
