@@ -305,7 +305,8 @@ fn measure_show_disclose_and_verify() {
     ])
     .fails(1, "signature");
 
-    // Any flipped byte fails (exit 1), whichever part it hits.
+    // Any flipped byte fails: a flip that breaks the encoding is bad input (2), one that still
+    // decodes fails verification (1).
     for at in [20, bytes.len() / 3, bytes.len() / 2, bytes.len() - 5] {
         let mut bad = bytes.clone();
         bad[at] ^= 0x01;
@@ -318,7 +319,12 @@ fn measure_show_disclose_and_verify() {
             "--pubkey",
             s(&k.pubkey),
         ]);
-        assert_eq!(r.code, 1, "flip at {at}: {} {}", r.stdout, r.stderr);
+        assert!(
+            matches!(r.code, 1 | 2),
+            "flip at {at}: {} {}",
+            r.stdout,
+            r.stderr
+        );
         assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
     }
 

@@ -304,10 +304,12 @@ sample = 64
         .collect();
     assert_eq!(
         lines.len(),
-        2,
-        "a result, then the rollback: {}",
+        3,
+        "a result, the rollback, then the alert as the failure: {}",
         bad.stdout
     );
+    assert_eq!(lines[2]["ok"], false);
+    assert_eq!(lines[2]["code"], "verification_failed");
     let bad_json = &lines[0];
     assert_eq!(bad_json["status"], "contraindicated", "{}", bad.stderr);
     assert_eq!(bad_json["rollback_seq"], 0);

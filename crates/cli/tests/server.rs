@@ -713,7 +713,8 @@ fn tls_serves_https_only() {
         &token,
         "health",
     ])
-    .fails(2, "https://");
+    // A connection that cannot be made (here: an untrusted certificate) is exit 3.
+    .fails(3, "https://");
     let plain = ureq::get(&format!("http://{}/v1/health", server.addr)).call();
     assert!(plain.is_err());
 }

@@ -28,7 +28,8 @@ pub enum RecordFileError {
     },
     #[error("tree parameters")]
     Params(#[source] TreeError),
-    #[error("image {path}")]
+    /// The image error names the path itself.
+    #[error("image")]
     Image {
         path: PathBuf,
         #[source]
