@@ -358,3 +358,47 @@ fn regression_one_failure_names_its_os_error_once() {
         assert_eq!(r.stderr.matches("missing.img").count(), 1, "{}", r.stderr);
     }
 }
+
+#[test]
+fn regression_fifo_as_token_or_secret_file_never_hangs() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let k = keys(d);
+    let store = store(d, &k);
+    let fifo = d.join("fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let limit = std::time::Duration::from_secs(20);
+    let fifo = s(&fifo);
+    vmattest_within(
+        &[
+            "remote",
+            "--server",
+            "http://127.0.0.1:9",
+            "--token-file",
+            fifo,
+            "tokens",
+        ],
+        limit,
+    )
+    .fails(2, "regular file");
+    vmattest_within(
+        &[
+            "snapshot",
+            "verify",
+            "--store",
+            s(&store),
+            "--pubkey",
+            s(&k.public),
+            "--secret",
+            fifo,
+        ],
+        limit,
+    )
+    .fails(2, "fifo");
+}

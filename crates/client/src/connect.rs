@@ -1,6 +1,7 @@
 //! [`Client::connect`]: a client from a server URL, a token file and a CA certificate file.
 
 use std::io::Read as _;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use vmattest_core::class::{Classify, ErrorClass};
@@ -40,6 +41,8 @@ pub enum ConnectError {
         what: &'static str,
         max: u64,
     },
+    #[error("{}: expected a regular file holding the {what}", path.display())]
+    NotAFile { path: PathBuf, what: &'static str },
     #[error("{}: expected a {what} on one line of UTF-8", path.display())]
     NotOneLine { path: PathBuf, what: &'static str },
     /// The CA file was read but holds no usable certificate.
@@ -63,7 +66,8 @@ impl Classify for ConnectError {
             ConnectError::NoServer
             | ConnectError::Read { .. }
             | ConnectError::TooLarge { .. }
-            | ConnectError::NotOneLine { .. } => ErrorClass::Input,
+            | ConnectError::NotOneLine { .. }
+            | ConnectError::NotAFile { .. } => ErrorClass::Input,
         }
     }
 }
@@ -75,7 +79,18 @@ fn read_capped(path: &Path, max: u64, what: &'static str) -> Result<Vec<u8>, Con
         what,
         source,
     };
-    let file = std::fs::File::open(path).map_err(read)?;
+    // Never blocks on a FIFO or a device: opened non-blocking, then type-checked.
+    let file = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc_nonblock())
+        .open(path)
+        .map_err(read)?;
+    if !file.metadata().map_err(read)?.is_file() {
+        return Err(ConnectError::NotAFile {
+            path: path.to_owned(),
+            what,
+        });
+    }
     let mut bytes = Vec::new();
     file.take(max + 1).read_to_end(&mut bytes).map_err(read)?;
     if bytes.len() as u64 > max {
@@ -86,6 +101,12 @@ fn read_capped(path: &Path, max: u64, what: &'static str) -> Result<Vec<u8>, Con
         });
     }
     Ok(bytes)
+}
+
+/// `O_NONBLOCK`, for opening a file the user named without waiting on a FIFO's writer.
+fn libc_nonblock() -> i32 {
+    // The flag's value fits an i32 on every Linux architecture.
+    i32::try_from(rustix::fs::OFlags::NONBLOCK.bits()).unwrap_or(0o4000)
 }
 
 /// The one line of a token file, without surrounding white space.

@@ -230,13 +230,7 @@ pub fn measure(
     signer: &dyn Signer,
     time: UnixTime,
 ) -> Result<Measurement, MeasurementError> {
-    let list = ConfigList::new(
-        params
-            .into_iter()
-            .map(|p| ConfigParam::new(p.name, p.value))
-            .collect(),
-    )
-    .map_err(MeasurementError::Config)?;
+    let list = ConfigList::new(params).map_err(MeasurementError::Config)?;
     let mut salts = Vec::with_capacity(list.len());
     for _ in 0..list.len() {
         let mut salt = vec![0u8; MIN_SALT_LEN];

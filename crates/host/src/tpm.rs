@@ -9,6 +9,7 @@ use vmattest_core::class::{Classify, ErrorClass};
 use vmattest_sign::Signer as _;
 use vmattest_store::{StoreError, StoreSecret};
 use vmattest_tpm::{SealedBlob, Tpm, TpmConfig};
+use vmattest_vmconfig::measure::Accept;
 
 use crate::files::{self, FileError};
 
@@ -90,9 +91,9 @@ pub fn signer() -> Result<vmattest_tpm::TpmSigner, TpmError> {
 /// host's TPM: refused, naming the PCR, when the host's state differs from sealing time).
 pub fn load_secret(path: &Path) -> Result<StoreSecret, TpmError> {
     let mut head = [0u8; 8];
-    let sealed = std::fs::File::open(path)
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
-        .is_ok()
+    // Opened without blocking and type-checked: a FIFO here must not hang the command.
+    let sealed = vmattest_vmconfig::measure::open_checked(path, Accept::File)
+        .is_ok_and(|mut f| std::io::Read::read_exact(&mut f, &mut head).is_ok())
         && &head == vmattest_tpm::SEALED_MAGIC;
     let secret = |source| TpmError::Secret {
         path: path.to_path_buf(),

@@ -80,7 +80,7 @@ pub enum VmError {
         what: String,
         detail: String,
     },
-    #[error("vm {name}: no console line containing {needle:?} within {after:?}")]
+    #[error("vm {name}: no console line containing {needle:?} within {} s", after.as_secs())]
     ConsoleTimeout {
         name: String,
         needle: String,

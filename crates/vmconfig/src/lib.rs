@@ -19,16 +19,12 @@ pub use measure::{MeasureError, disk_root, sha256_file};
 pub use packages::{Package, PackageError, package_params, parse_manifest, parse_status};
 pub use spec::{SpecParamError, spec_params};
 use vmattest_core::class::{Classify, ErrorClass};
-
+/// One named configuration parameter: the core's type, the one the salted tree commits to.
+pub use vmattest_core::config::ConfigParam as Param;
 /// Longest parameter name.
-pub const MAX_NAME_LEN: usize = 128;
-
-/// One named configuration parameter.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Param {
-    pub name: String,
-    pub value: String,
-}
+pub use vmattest_core::config::MAX_NAME_LEN;
+/// Whether `name` is 1 to [`MAX_NAME_LEN`] characters of `[a-z0-9._-]`.
+pub use vmattest_core::config::is_valid_param_name as is_valid_name;
 
 /// Errors building a parameter list.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -52,28 +48,14 @@ impl Classify for ParamError {
     }
 }
 
-impl Param {
-    /// A parameter with a checked name.
-    pub fn new(name: impl Into<String>, value: impl Into<String>) -> Result<Param, ParamError> {
-        let name = name.into();
-        if !is_valid_name(&name) {
-            let len = name.chars().count();
-            return Err(ParamError::BadName { name, len });
-        }
-        Ok(Param {
-            name,
-            value: value.into(),
-        })
+/// A parameter with a checked name.
+pub fn param(name: impl Into<String>, value: impl Into<String>) -> Result<Param, ParamError> {
+    let name = name.into();
+    if !is_valid_name(&name) {
+        let len = name.chars().count();
+        return Err(ParamError::BadName { name, len });
     }
-}
-
-/// Whether `name` is 1 to [`MAX_NAME_LEN`] characters of `[a-z0-9._-]`.
-pub fn is_valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_NAME_LEN
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+    Ok(Param::new(name, value))
 }
 
 /// Sorts `params` by name and refuses a name given twice.
@@ -101,7 +83,7 @@ impl Builder {
         name: impl Into<String>,
         value: impl Into<String>,
     ) -> Result<(), ParamError> {
-        self.params.push(Param::new(name, value)?);
+        self.params.push(param(name, value)?);
         Ok(())
     }
 
@@ -127,7 +109,7 @@ mod tests {
 
     #[test]
     fn canonical_sorts_and_refuses_duplicates() {
-        let p = |n: &str, v: &str| Param::new(n, v).unwrap();
+        let p = |n: &str, v: &str| param(n, v).unwrap();
         let sorted = canonical(vec![p("b", "1"), p("a", "2")]).unwrap();
         assert_eq!(sorted, vec![p("a", "2"), p("b", "1")]);
         let err = canonical(vec![p("a", "1"), p("a", "2")]).unwrap_err();
