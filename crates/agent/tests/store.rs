@@ -15,6 +15,7 @@ use vmattest_core::sig::SigAlg;
 use vmattest_qemu::VmSpec;
 use vmattest_sign::{SecretKey, Signer};
 use vmattest_store::{ComponentInput, PinnedKeys, Store, StoreMeta, TakeOptions};
+use vmattest_testkit::images::error_chain as chain;
 
 const PAGE: usize = 4096;
 
@@ -212,16 +213,4 @@ fn recomputed_roots_match_the_snapshot_until_the_vm_changes() {
         .map(|c| c.name.as_str())
         .collect();
     assert_eq!(bad, ["ram"]);
-}
-
-/// The error and its causes, as they are printed: one after another.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }

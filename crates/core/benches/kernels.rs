@@ -20,36 +20,12 @@ use vmattest_core::chain::{
 };
 use vmattest_core::record::UnixTime;
 use vmattest_core::tree::{ImageTree, NoProgress, TreeParams};
+use vmattest_testkit::images::vm_like;
 
 const IMAGE: usize = 64 << 20;
 /// Pages a delta changes: 2% of the image, as in the chain benchmark.
 const CHANGED: usize = IMAGE / PAGE_SIZE / 50;
 const ALGS: [HashAlg; 3] = [HashAlg::Blake3, HashAlg::Sha256, HashAlg::Sha384];
-
-/// Zero, random and text-like pages from an xorshift stream (the golden vectors' recipe).
-fn vm_like(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
-    let mut out = vec![0u8; len];
-    for (i, page) in out.chunks_mut(PAGE_SIZE).enumerate() {
-        match next() % 4 {
-            0 => {}
-            1 => page.iter_mut().for_each(|b| *b = next() as u8),
-            _ => {
-                let base = (next() % 26) as u8 + b'a';
-                for (j, b) in page.iter_mut().enumerate() {
-                    *b = base + ((j + i) % 7) as u8;
-                }
-            }
-        }
-    }
-    out
-}
 
 fn params(alg: HashAlg) -> TreeParams {
     let salt: &[u8] = if alg.takes_salt() { b"salt" } else { &[] };

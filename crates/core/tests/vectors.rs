@@ -11,31 +11,7 @@
 
 use vmattest_core::alg::{HashAlg, PAGE_SIZE};
 use vmattest_core::tree::{ImageTree, NoProgress, TreeParams};
-
-/// The image recipe of tests/vectors/README.md.
-fn vm_like(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
-    let mut out = vec![0u8; len];
-    for (i, page) in out.chunks_mut(PAGE_SIZE).enumerate() {
-        match next() % 4 {
-            0 => {}
-            1 => page.iter_mut().for_each(|b| *b = next() as u8),
-            _ => {
-                let base = (next() % 26) as u8 + b'a';
-                for (j, b) in page.iter_mut().enumerate() {
-                    *b = base + ((j + i) % 7) as u8;
-                }
-            }
-        }
-    }
-    out
-}
+use vmattest_testkit::images::vm_like;
 
 struct Vector {
     len: usize,

@@ -2,7 +2,7 @@
 //! TPM per test. TCP server on a free port P, control channel on P + 1, state in a temporary
 //! directory; stopped by PID on drop (SIGTERM, then SIGKILL). Also a private PostgreSQL
 //! cluster per test ([`Postgres`]), and the tick counter of a test guest's console
-//! ([`console`]).
+//! ([`console`]), and deterministic images and error chains ([`images`]).
 
 // Test support: failing loudly is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -17,6 +17,7 @@ use rustix::process::{Pid, Signal, kill_process};
 use tempfile::TempDir;
 
 pub mod console;
+pub mod images;
 mod postgres;
 pub use postgres::{PG_BIN_ENV, PG_DATABASE, PG_USER, Postgres};
 

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{pattern, write};
 use vmattest_qemu::VmSpec;
+use vmattest_testkit::images::error_chain as chain;
 use vmattest_vmconfig::libvirt::{MAX_ATTRIBUTES, MAX_DEPTH};
 use vmattest_vmconfig::{XmlError, domain_params, load_domain_params, spec_params};
 
@@ -245,16 +246,4 @@ fn spec_file(dir: &Path, kernel: &Path, disk: &Path) -> PathBuf {
     );
     std::fs::write(&p, text).unwrap();
     p
-}
-
-/// The error and its causes, as they are printed: one after another.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }

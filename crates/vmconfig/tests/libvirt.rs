@@ -6,6 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{pairs, pattern, sha256sum, to_qcow2, verity_root, write};
+use vmattest_testkit::images::error_chain as chain;
 use vmattest_vmconfig::libvirt::MAX_XML_BYTES;
 use vmattest_vmconfig::{Param, XmlError, domain_params, load_domain_params};
 
@@ -301,16 +302,4 @@ fn duplicate_vcpupin_is_refused() {
                <os><type>hvm</type></os></domain>";
     let err = domain_params(xml, Path::new("d.xml")).unwrap_err();
     assert!(chain(&err).contains("vcpu.1.pin"), "{err}");
-}
-
-/// The error and its causes, as they are printed: one after another.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }

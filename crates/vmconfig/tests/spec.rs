@@ -7,6 +7,7 @@ use std::path::Path;
 
 use common::{pairs, pattern, sha256sum, to_qcow2, verity_root, write};
 use vmattest_qemu::VmSpec;
+use vmattest_testkit::images::error_chain as chain;
 use vmattest_vmconfig::{SpecParamError, spec_params};
 
 fn load(dir: &Path, text: &str) -> VmSpec {
@@ -120,16 +121,4 @@ fn upper_case_disk_name_is_refused() {
     let err = spec_params(&spec).unwrap_err();
     assert!(matches!(err, SpecParamError::Name { .. }), "{err}");
     assert!(err.to_string().contains("Root"), "{err}");
-}
-
-/// The error and its causes, as they are printed: one after another.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }

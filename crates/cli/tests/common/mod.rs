@@ -12,6 +12,8 @@ pub mod server;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+#[allow(unused_imports)]
+pub use vmattest_testkit::images::vm_like;
 
 pub const PAGE: usize = 4096;
 
@@ -75,31 +77,6 @@ impl Run {
         serde_json::from_str(self.stdout.trim())
             .unwrap_or_else(|e| panic!("bad JSON {e}: {}", self.stdout))
     }
-}
-
-/// Deterministic VM-like image: zero pages, random pages and low-entropy (text-like) pages.
-pub fn vm_like(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
-    let mut out = vec![0u8; len];
-    for (i, page) in out.chunks_mut(PAGE).enumerate() {
-        match next() % 4 {
-            0 => {}
-            1 => page.iter_mut().for_each(|b| *b = next() as u8),
-            _ => {
-                let base = (next() % 26) as u8 + b'a';
-                for (j, b) in page.iter_mut().enumerate() {
-                    *b = base + ((j + i) % 7) as u8;
-                }
-            }
-        }
-    }
-    out
 }
 
 pub fn write(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
