@@ -215,7 +215,9 @@ fn regression_connections_over_cap_closed_at_once() {
     let mut held: Vec<TcpStream> = (0..4).map(|_| connect_from(1, to)).collect();
     // A fifth from the same address is closed at once, not queued.
     let mut over = connect_from(1, to);
-    assert!(closed_within(&mut over, Duration::from_secs(1)));
+    // "At once" against a loaded test machine: well below the 10 s header timeout that would
+    // close a queued connection anyway.
+    assert!(closed_within(&mut over, Duration::from_secs(5)));
     assert!(!closed_within(&mut held[0], Duration::from_millis(200)));
     // Other addresses are still served.
     assert!(health_from(2, to) < Duration::from_secs(1));
@@ -224,7 +226,7 @@ fn regression_connections_over_cap_closed_at_once() {
     held.extend((0..2).map(|_| connect_from(4, to)));
     std::thread::sleep(Duration::from_millis(200));
     let mut over = connect_from(5, to);
-    assert!(closed_within(&mut over, Duration::from_secs(1)));
+    assert!(closed_within(&mut over, Duration::from_secs(5)));
     // Closing some gives their places back.
     held.truncate(6);
     let deadline = Instant::now() + Duration::from_secs(5);
