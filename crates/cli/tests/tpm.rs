@@ -542,7 +542,8 @@ fn tpm_resident_agent_key_earns_the_hardware_claim() {
                 &p("other-ak"),
             ],
         )
-        .fails(2, "tpm_binding");
+        // The server checked the certification and it did not verify: exit 1.
+        .fails(1, "tpm_binding");
     let host = server
         .remote(
             &admin,
