@@ -137,6 +137,22 @@ impl MappedImage {
     }
 }
 
+/// An image is a regular file or a block device; anything else is refused, naming the path.
+fn check_type(meta: &std::fs::Metadata, path: &Path) -> Result<(), ImageError> {
+    use std::os::unix::fs::FileTypeExt as _;
+    if meta.is_dir() {
+        return Err(ImageError::IsDirectory {
+            path: path.to_path_buf(),
+        });
+    }
+    if !meta.is_file() && !meta.file_type().is_block_device() {
+        return Err(ImageError::NotRegular {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
 /// Opens an image file read-only, refusing what is not a regular file or block device (a FIFO
 /// or character device would block the open or yield a stream, not an image).
 pub(crate) fn open_image_file(path: &Path) -> Result<File, ImageError> {
@@ -148,15 +164,7 @@ pub(crate) fn open_image_file(path: &Path) -> Result<File, ImageError> {
             source: e,
         },
     })?;
-    if meta.is_dir() {
-        return Err(ImageError::IsDirectory { path: owned() });
-    }
-    {
-        use std::os::unix::fs::FileTypeExt as _;
-        if !meta.is_file() && !meta.file_type().is_block_device() {
-            return Err(ImageError::NotRegular { path: owned() });
-        }
-    }
+    check_type(&meta, path)?;
     use std::os::unix::fs::OpenOptionsExt as _;
     File::options()
         .read(true)
@@ -175,15 +183,7 @@ pub(crate) fn checked_len(file: &File, path: &Path) -> Result<u64, ImageError> {
         path: owned(),
         source: e,
     })?;
-    if meta.is_dir() {
-        return Err(ImageError::IsDirectory { path: owned() });
-    }
-    {
-        use std::os::unix::fs::FileTypeExt as _;
-        if !meta.is_file() && !meta.file_type().is_block_device() {
-            return Err(ImageError::NotRegular { path: owned() });
-        }
-    }
+    check_type(&meta, path)?;
     file_len(file).map_err(|e| ImageError::Unreadable {
         path: owned(),
         source: e,
