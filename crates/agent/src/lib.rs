@@ -29,15 +29,7 @@ pub(crate) fn component_names(components: &[vmattest_core::chain::ComponentRoot]
 /// The class of one error of this crate or of the libraries below it, for
 /// [`vmattest_host::class::classify_with`].
 pub fn class_of(e: &(dyn std::error::Error + 'static)) -> Option<vmattest_core::class::ErrorClass> {
-    use vmattest_core::class::Classify as _;
-    macro_rules! first_of {
-        ($($t:ty),* $(,)?) => {
-            $(if let Some(x) = e.downcast_ref::<$t>() {
-                return Some(x.class());
-            })*
-        };
-    }
-    first_of!(
+    vmattest_host::return_class_of!(e;
         BaselineError,
         EvidenceError,
         MeasureError,

@@ -2,7 +2,7 @@
 
 use std::error::Error;
 
-use vmattest_core::class::{Classify, ErrorClass};
+use vmattest_core::class::ErrorClass;
 
 /// Finds the class of one error by its type; a crate above this one passes one that knows
 /// its own error types too.
@@ -33,16 +33,20 @@ pub fn classify_with(err: &(dyn Error + 'static), of: &ClassOf) -> ErrorClass {
     ErrorClass::Input
 }
 
+/// Returns `Some(class)` from the enclosing function when `$e` (a `&dyn Error`) is one of the
+/// listed error types; every crate that adds error types lists them with it.
+#[macro_export]
+macro_rules! return_class_of {
+    ($e:expr; $($t:ty),* $(,)?) => {
+        $(if let Some(x) = $e.downcast_ref::<$t>() {
+            return Some(::vmattest_core::class::Classify::class(x));
+        })*
+    };
+}
+
 /// The class of `e` itself, when its type is one of this workspace's classified errors.
 pub fn of(e: &(dyn Error + 'static)) -> Option<ErrorClass> {
-    macro_rules! first_of {
-        ($($t:ty),* $(,)?) => {
-            $(if let Some(x) = e.downcast_ref::<$t>() {
-                return Some(x.class());
-            })*
-        };
-    }
-    first_of!(
+    return_class_of!(e;
         // This crate.
         crate::chain::ChainError,
         crate::eventlog::EventLogError,
