@@ -112,11 +112,12 @@ echo READY >/dev/ttyS0
 i=0
 while :; do
   i=$((i + 1))
-  echo "tick $i" >/dev/ttyS0
+  # The disk block first: once "tick N" is on the console, block N is on the disk.
   if [ -b /dev/vda ]; then
     printf 'disk tick %d\n' "$i" |
       dd of=/dev/vda bs=4096 count=1 seek=$((i % 256)) conv=sync,notrunc,fsync 2>/dev/null
   fi
+  echo "tick $i" >/dev/ttyS0
   if [ "$dirty" -gt 0 ]; then
     dd if=/dev/urandom of=/run/dirty bs=1024 count="$dirty" 2>/dev/null
   fi

@@ -8,7 +8,7 @@
 # Each target starts from its committed seeds (fuzz/seeds/TARGET) and its working corpus
 # (fuzz/corpus/TARGET, not committed), where libFuzzer adds the inputs that reach new code.
 # Crashing inputs are saved in fuzz/artifacts/TARGET/. One libFuzzer process at a time, at the
-# lowest CPU priority, so a run only takes idle CPU. Figures of every run are
+# lowest CPU priority (FUZZ_NICE, default 19), so a run only takes idle CPU. Figures of every run are
 # appended to fuzz/runs.tsv (not committed). A target runs in one process (no -jobs/-workers).
 #
 # Environment: FUZZ_SANITIZER (default none: the decoders are safe Rust, and the checks that
@@ -52,7 +52,7 @@ for t in "${TARGETS[@]}"; do
   log=logs/$t.log
   before=$(find "artifacts/$t" -type f | sort)
   set +e
-  nice -n 19 "$BIN/$t" "corpus/$t" "seeds/$t" \
+  nice -n "${FUZZ_NICE:-19}" "$BIN/$t" "corpus/$t" "seeds/$t" \
     -max_total_time="$SECS" -timeout=30 -rss_limit_mb=4096 \
     -print_final_stats=1 -artifact_prefix="artifacts/$t/" >"$log" 2>&1
   status=$?
