@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use vmattest_core::record::UnixTime;
 
 mod error;
+mod text;
 pub mod time;
 
 pub use error::ErrorCode;

@@ -36,6 +36,16 @@ pub fn print<T: Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints `value` as JSON, or as its text form otherwise.
+pub fn report<T: Serialize + fmt::Display>(json: bool, value: &T) -> anyhow::Result<()> {
+    show(json, value, ToString::to_string)
+}
+
+/// Prints each item as one JSON line, or as its text form.
+pub fn report_all<T: Serialize + fmt::Display>(json: bool, items: &[T]) -> anyhow::Result<()> {
+    items.iter().try_for_each(|i| report(json, i))
+}
+
 /// Prints `value` as JSON, or the `text` lines otherwise.
 pub fn show<T: Serialize>(
     json: bool,
@@ -74,21 +84,4 @@ pub fn one_line(err: &anyhow::Error) -> String {
         out.push_str(text);
     }
     out.replace(['\n', '\r'], " ")
-}
-
-/// Milliseconds, for timings.
-pub fn ms(d: std::time::Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// Prints each item as one JSON line, or as `text`.
-pub fn show_all<T: Serialize>(
-    json: bool,
-    items: &[T],
-    text: impl Fn(&T) -> String,
-) -> anyhow::Result<()> {
-    for item in items {
-        show(json, item, &text)?;
-    }
-    Ok(())
 }

@@ -5,10 +5,13 @@ use std::path::{Path, PathBuf};
 use vmattest_core::alg::PageIndex;
 use vmattest_core::chain::{ComponentKind, SeqNo};
 use vmattest_core::class::{Classify, ErrorClass};
-use vmattest_core::tree::{ImageTree, PageProof, TreeError};
-use vmattest_store::{ComponentInput, Store, StoreError, Verified};
+use vmattest_core::tree::{ImageTree, PageProof, Progress, TreeError, TreeParams};
+use vmattest_store::{
+    ComponentInput, Store, StoreError, StoreMeta, StoreSecret, TakeOptions, TakeSummary, Verified,
+};
 
 use crate::files::{self, FileError};
+use crate::tpm::{self, TpmError};
 use crate::verifier::Verifier;
 
 /// Largest dirty page list read.
@@ -20,6 +23,8 @@ pub enum ChainError {
     Store(#[from] StoreError),
     #[error(transparent)]
     File(#[from] FileError),
+    #[error(transparent)]
+    Secret(#[from] TpmError),
     #[error("{arg} {found:?}: expected {expected}")]
     Arg {
         arg: &'static str,
@@ -62,6 +67,7 @@ impl Classify for ChainError {
         match self {
             ChainError::Store(e) => e.class(),
             ChainError::File(e) => e.class(),
+            ChainError::Secret(e) => e.class(),
             ChainError::Arg { .. }
             | ChainError::DirtyLine { .. }
             | ChainError::Tree { .. }
@@ -69,6 +75,56 @@ impl Classify for ChainError {
             ChainError::Image { .. } | ChainError::TempDir { .. } => ErrorClass::Environment,
         }
     }
+}
+
+/// Creates a store for `vm_id`. With `secret`, its pages are encrypted under that store secret
+/// (plain or TPM-sealed), which is generated when the file does not exist yet.
+pub fn init(
+    root: &Path,
+    vm_id: String,
+    params: &TreeParams,
+    policy_id: String,
+    secret: Option<&Path>,
+) -> Result<StoreMeta, ChainError> {
+    if let Some(path) = secret {
+        if path.exists() {
+            tpm::load_secret(path)?;
+        } else {
+            StoreSecret::generate(path)?;
+        }
+    }
+    let meta = StoreMeta {
+        format: vmattest_store::STORE_FORMAT,
+        vm_id,
+        alg: params.alg().name().into(),
+        salt: hex::encode(params.salt()),
+        policy_id,
+        encrypted: secret.is_some(),
+    };
+    Store::init(root, meta.clone())?;
+    Ok(meta)
+}
+
+/// Takes the next link from component files (`PATH` or `NAME=PATH` by kind, see
+/// [`components`]) with optional dirty page lists (see [`apply_dirty`]).
+pub fn take_files(
+    root: &Path,
+    by_kind: &[(ComponentKind, &[String])],
+    dirty: &[String],
+    opts: &TakeOptions<'_>,
+    progress: Box<dyn Progress + Send>,
+) -> Result<TakeSummary, ChainError> {
+    let mut inputs = components(by_kind)?;
+    apply_dirty(&mut inputs, dirty)?;
+    let mut store = Store::open_writer(root)?;
+    let total = inputs
+        .iter()
+        .filter_map(|c| std::fs::metadata(&c.path).ok())
+        .map(|m| m.len())
+        .sum();
+    progress.set_total(total);
+    store.set_progress(progress);
+    Ok(store.take(&inputs, opts)?)
 }
 
 /// Component files of a take, by kind: each `PATH` or `NAME=PATH`. Unnamed ones are called

@@ -3,8 +3,11 @@
 use std::path::{Path, PathBuf};
 
 use vmattest_core::class::{Classify, ErrorClass};
-use vmattest_sign::{PublicKey, SignError, Signer, keyfile};
+use vmattest_core::sig::SigAlg;
+use vmattest_sign::{PublicKey, SecretKey, SignError, Signer, keyfile};
 
+use crate::files::{self, FileError};
+use crate::report::KeyJson;
 use crate::tpm::{self, TpmError};
 
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +24,10 @@ pub enum KeyError {
     NoSigner,
     #[error("no public key pinned: expected at least one")]
     NoPinnedKey,
+    #[error("--alg {0:?}: unknown key algorithm, expected ed25519, p384, ml-dsa-65 or hybrid")]
+    UnknownAlg(String),
+    #[error(transparent)]
+    Exists(#[from] FileError),
 }
 
 impl Classify for KeyError {
@@ -28,7 +35,10 @@ impl Classify for KeyError {
         match self {
             KeyError::File { source, .. } => source.class(),
             KeyError::Tpm(e) => e.class(),
-            KeyError::NoSigner | KeyError::NoPinnedKey => ErrorClass::Input,
+            KeyError::Exists(e) => e.class(),
+            KeyError::NoSigner | KeyError::NoPinnedKey | KeyError::UnknownAlg(_) => {
+                ErrorClass::Input
+            }
         }
     }
 }
@@ -64,7 +74,7 @@ pub fn signers(keys: &[PathBuf], tpm: bool) -> Result<Vec<Box<dyn Signer>>, KeyE
 }
 
 /// A private key file (mode 0600 or stricter).
-pub fn read_secret(path: &Path) -> Result<vmattest_sign::SecretKey, KeyError> {
+pub fn read_secret(path: &Path) -> Result<SecretKey, KeyError> {
     keyfile::read_secret_key(path).map_err(|source| KeyError::File {
         path: path.to_path_buf(),
         source,
@@ -92,4 +102,26 @@ pub fn public_path(secret: &Path) -> PathBuf {
     let mut s = secret.as_os_str().to_owned();
     s.push(".pub");
     PathBuf::from(s)
+}
+
+/// Generates a key pair of algorithm `alg` (by name) from OS randomness: the private key at
+/// `out` (mode 0600), the public key at `out.pub`. Neither file may exist.
+pub fn generate(alg: &str, out: &Path) -> Result<KeyJson, KeyError> {
+    let alg = SigAlg::from_name(alg).ok_or_else(|| KeyError::UnknownAlg(alg.to_owned()))?;
+    let pub_path = public_path(out);
+    files::ensure_absent(out, "a key")?;
+    files::ensure_absent(&pub_path, "a key")?;
+    let file = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| KeyError::File { path, source }
+    };
+    let key = SecretKey::generate(alg).map_err(file(out))?;
+    keyfile::write_secret_key(out, &key).map_err(file(out))?;
+    keyfile::write_public_key(&pub_path, &key.public_key()).map_err(file(&pub_path))?;
+    Ok(KeyJson {
+        alg: alg.name(),
+        key_id: key.key_id().to_hex(),
+        secret: Some(out.display().to_string()),
+        public: Some(pub_path.display().to_string()),
+    })
 }

@@ -19,6 +19,7 @@ use vmattest_sign::{PublicKey, Signer};
 use vmattest_vmconfig::Param;
 
 use crate::files::{self, FileError};
+use crate::report::ConfigMeasureJson;
 
 /// The private opening in a measurement directory.
 pub const OPENING_FILE: &str = "config.opening";
@@ -94,6 +95,8 @@ pub enum MeasurementError {
     },
     #[error("reading OS randomness for salts: {0}")]
     Random(String),
+    #[error(transparent)]
+    Bind(#[from] crate::eventlog::EventLogError),
     #[error("{path}: cannot create the measurement directory")]
     Dir {
         path: PathBuf,
@@ -120,6 +123,7 @@ impl Classify for MeasurementError {
             E::Debugfs { source, .. } => source.class(),
             E::Sign { source, .. } => source.class(),
             E::Signature { source, .. } => source.class(),
+            E::Bind(e) => e.class(),
             E::Random(_) | E::Dir { .. } => ErrorClass::Environment,
         }
     }
@@ -143,6 +147,26 @@ impl Measurement {
             .iter()
             .map(|(p, _)| p.clone())
             .collect()
+    }
+
+    /// What `config show` prints.
+    pub fn describe(&self) -> crate::report::ConfigJson {
+        let s = self.statement.value();
+        crate::report::ConfigJson {
+            vm: s.vm.clone(),
+            root: self.root(),
+            count: self.opening.len(),
+            time: s.time.to_string(),
+            key_ids: self.key_ids(),
+            params: self
+                .params()
+                .into_iter()
+                .map(|p| crate::report::ParamJson {
+                    name: p.name,
+                    value: p.value,
+                })
+                .collect(),
+        }
     }
 
     pub fn key_ids(&self) -> Vec<String> {
@@ -273,6 +297,40 @@ pub fn write(
     files::write_atomic(&statement, &bytes, "configuration statement")?;
     files::write_private(&opening, &m.opening.encode(), "configuration opening")?;
     Ok((opening, statement))
+}
+
+/// `config measure`: measures `params` of VM `vm`, signs the statement now and writes both
+/// into `dir`; with `bind_pcr`, the statement is also extended into that PCR and quoted
+/// (`config.quote.json` beside them).
+pub fn measure_into(
+    dir: &Path,
+    params: Vec<Param>,
+    vm: String,
+    signer: &dyn Signer,
+    force: bool,
+    bind_pcr: Option<u32>,
+) -> Result<ConfigMeasureJson, MeasurementError> {
+    let m = measure(params, &vm, signer, crate::now())?;
+    let (opening, statement) = write(dir, &m, force)?;
+    let mut quote = None;
+    if let Some(pcr) = bind_pcr {
+        let path = dir.join("config.quote.json");
+        let object = m.statement.object_bytes();
+        crate::eventlog::bind_config(&path, object, &vm, &m.opening.root(), pcr)?;
+        let nonce = hex::encode(crate::eventlog::config_quote_nonce(object));
+        quote = Some((path.display().to_string(), nonce));
+    }
+    Ok(ConfigMeasureJson {
+        vm,
+        root: m.root(),
+        count: m.opening.len(),
+        params: m.params().into_iter().map(|p| p.name).collect(),
+        key_ids: m.key_ids(),
+        opening: opening.display().to_string(),
+        statement: statement.display().to_string(),
+        quote_nonce: quote.as_ref().map(|(_, n)| n.clone()),
+        quote: quote.map(|(p, _)| p),
+    })
 }
 
 /// Reads a measurement directory, refusing a statement that does not sign the opening's root.

@@ -159,6 +159,24 @@ pub struct VerifiedQuote {
     pub events: Vec<Event>,
 }
 
+impl std::fmt::Display for VerifiedQuote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list: Vec<String> = self.pcrs.iter().map(u32::to_string).collect();
+        write!(
+            f,
+            "OK: quote of sha256:{} signed by the pinned attestation key over the nonce",
+            list.join(",")
+        )?;
+        for (index, value) in &self.values {
+            write!(f, "\n  PCR {index:>2} {value}")?;
+        }
+        for e in &self.events {
+            write!(f, "\n  PCR {:>2} event {} {}", e.pcr, e.kind, e.value)?;
+        }
+        Ok(())
+    }
+}
+
 /// Reads an attestation key's public area (as `tpm ak` writes it).
 pub fn read_ak(path: &Path) -> Result<(Vec<u8>, vmattest_quote::PublicKey), QuoteFileError> {
     let bytes = files::read_capped(path, MAX_AK, "attestation key")?;

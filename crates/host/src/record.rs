@@ -396,6 +396,29 @@ pub struct Description {
     pub pages: Option<u64>,
 }
 
+impl Description {
+    /// The text `show` prints for the file at `path`.
+    pub fn text(&self, path: &Path) -> String {
+        let mut out = format!("{}: {}", path.display(), self.kind);
+        if let Some(t) = &self.time {
+            out += &format!("\n  time  {t}");
+        }
+        for s in &self.signatures {
+            out += &format!("\n  signature {s}");
+        }
+        for m in &self.images {
+            out += &format!(
+                "\n  image {}  {}  {} pages  {}",
+                m.root, m.alg, m.pages, m.path
+            );
+        }
+        if let (Some(r), Some(f), Some(n)) = (&self.root, self.first_page, self.pages) {
+            out += &format!("\n  proof of pages {f} to {} under root {r}", f + n - 1);
+        }
+        out
+    }
+}
+
 /// Describes a record, signed record, link or page proof; other kinds by name only.
 pub fn describe(path: &Path) -> Result<Description, RecordFileError> {
     use vmattest_core::chain::Link;

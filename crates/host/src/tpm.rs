@@ -159,6 +159,23 @@ pub struct Info {
     pub ek_certificate: Option<String>,
 }
 
+impl std::fmt::Display for Info {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "TPM {} firmware {:#x}, PCR banks {}\n  EK (ECC P-256) {}\n  EK certificate: ",
+            self.manufacturer,
+            self.firmware_version,
+            self.pcr_banks.join(", "),
+            self.ek_public
+        )?;
+        match &self.ek_certificate {
+            Some(c) => write!(f, "{} bytes (DER)", c.len() / 2),
+            None => f.write_str("none provisioned"),
+        }
+    }
+}
+
 pub fn info() -> Result<Info, TpmError> {
     let mut tpm = open()?;
     let i = tpm.info()?;

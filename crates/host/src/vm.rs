@@ -123,6 +123,26 @@ pub struct VmState {
     pub resumed_from: Option<String>,
 }
 
+impl std::fmt::Display for VmState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let vm = &self.vm;
+        if let Some(from) = &self.resumed_from {
+            writeln!(
+                f,
+                "{vm}: was left {from} by an interrupted capture; resumed"
+            )?;
+        }
+        match (self.pid, self.qemu_status.as_deref()) {
+            (None, _) => write!(f, "{vm}: stopped"),
+            (Some(pid), Some(q)) => write!(f, "{vm}: {} (QEMU {q}), pid {pid}", self.state),
+            (Some(pid), None) => write!(
+                f,
+                "{vm}: QEMU runs as pid {pid}; its monitor is busy (a capture or another client), state unknown"
+            ),
+        }
+    }
+}
+
 pub fn status(spec: &VmSpec) -> VmState {
     let s = vmattest_qemu::vm::status(spec);
     let state = match (s.running, s.qemu_status.as_deref()) {

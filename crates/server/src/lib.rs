@@ -14,6 +14,7 @@ pub mod listen;
 mod metrics;
 pub mod nonce;
 pub mod openapi;
+pub mod options;
 mod private;
 mod refconfig;
 mod reports;

@@ -106,3 +106,52 @@ pub(crate) fn decode_into(
     }
     Ok(())
 }
+
+/// The page batch codec of one chain, as takes and restores use it: zstd, sealed under the
+/// chain's page key when the store is encrypted. For benchmarks and tools; a store never
+/// decodes a batch before it hashed to the id a signed manifest names.
+pub struct BatchCodec {
+    key: Option<PageKey>,
+    dctx: zstd::bulk::Decompressor<'static>,
+    out: Vec<u8>,
+}
+
+impl std::fmt::Debug for BatchCodec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("BatchCodec")
+            .field("sealed", &self.key.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl BatchCodec {
+    /// The codec of a plain store, or of an encrypted one: `secret` with the chain's baseline
+    /// state root and VM id (what the page key is derived from).
+    pub fn new(sealed: Option<(&crate::StoreSecret, &[u8], &str)>) -> Result<Self, StoreError> {
+        let dctx = zstd::bulk::Decompressor::new()
+            .map_err(|e| StoreError::Input(format!("zstd decompressor: {e}")))?;
+        Ok(BatchCodec {
+            key: sealed.map(|(s, root, vm)| s.page_key(root, vm)),
+            dctx,
+            out: Vec::new(),
+        })
+    }
+
+    /// Encodes up to [`BATCH_PAGES`] pages of raw (XOR delta) bytes.
+    pub fn encode(&self, raw: &[u8]) -> Result<Vec<u8>, StoreError> {
+        encode(raw, self.key.as_ref())
+    }
+
+    /// Decodes a batch that must hold `expect_len` raw bytes.
+    pub fn decode(&mut self, bytes: &[u8], expect_len: usize) -> Result<&[u8], String> {
+        decode_into(
+            bytes,
+            expect_len,
+            self.key.as_ref(),
+            &mut self.dctx,
+            &mut self.out,
+        )?;
+        Ok(&self.out)
+    }
+}

@@ -34,6 +34,32 @@ impl FsckReport {
     }
 }
 
+impl std::fmt::Display for FsckReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.head {
+            Some(h) => write!(f, "head seq {h}")?,
+            None => f.write_str("head none")?,
+        }
+        write!(
+            f,
+            ", {} link(s), {} object(s), {} leftover file(s){}, head cache {}",
+            self.links,
+            self.objects,
+            self.leftovers.len(),
+            if self.repaired { " removed" } else { "" },
+            if self.cache_current {
+                "current"
+            } else {
+                "stale (rebuilt by the next take)"
+            }
+        )?;
+        for e in &self.errors {
+            write!(f, "\nerror: {e}")?;
+        }
+        Ok(())
+    }
+}
+
 impl StoreWriter {
     /// Checks the store and, when it is clean, removes leftovers and the head cache's stamp.
     /// A damaged store is never repaired: repair only removes what no committed link needs.

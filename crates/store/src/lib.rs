@@ -44,7 +44,7 @@ use vmattest_core::record::Signed;
 use vmattest_core::tree::{NoProgress, Progress, TreeParams};
 use vmattest_core::wire::{HEADER_LEN, Kind};
 
-pub use batch::decode_plain as decode_plain_batch;
+pub use batch::{BATCH_PAGES, BatchCodec, decode_plain as decode_plain_batch};
 pub use bundle::{BundleHeader, BundleReader, Frame, ImportSummary};
 pub use crypt::StoreSecret;
 pub use error::StoreError;

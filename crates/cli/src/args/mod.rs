@@ -36,8 +36,9 @@ pub struct TreeArgs {
     pub salt: String,
 }
 
+/// Images and signed records.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub enum ImageCommand {
     /// Print the root and page count of each image.
     Measure {
         /// Image files (raw bytes; a block device works too).
@@ -138,6 +139,12 @@ pub enum Command {
         /// A record, signed record, link or page proof.
         file: PathBuf,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    #[command(flatten)]
+    Image(ImageCommand),
     /// Snapshot chains: incremental, signed, verifiable, portable.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
@@ -159,7 +166,7 @@ pub enum Command {
     /// Administer and audit an attestation server (`--server URL --token-file F`).
     Remote(RemoteArgs),
     /// Run the attestation server (docs/API.md): SQLite in the state dir unless --db says otherwise.
-    Serve(crate::cmd::serve::ServeArgs),
+    Serve(vmattest_server::options::ServeArgs),
     /// Configuration attestation: measure a VM's configuration into a signed, salted Merkle
     /// root, disclose single parameters, check against a reference (docs/CONFIG.md).
     #[command(subcommand)]

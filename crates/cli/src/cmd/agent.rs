@@ -11,12 +11,13 @@ use serde::Serialize;
 use vmattest_agent::report::ChainCheck;
 use vmattest_agent::run::{Event, LoopOptions, Rollback, RunError, run_loop};
 use vmattest_api::AttestationResult;
+use vmattest_host::report::SnapshotReportJson;
 use vmattest_host::verdict::Verdict;
 use vmattest_host::{files, keys, record, vm};
 
 use super::{connect, signer_choice, verifier};
 use crate::args::{AgentArgs, AttestCommand, ServerArgs, VerifyArgs};
-use crate::output::{self, outln};
+use crate::output;
 
 #[derive(Debug, Serialize)]
 struct RoundJson<'a> {
@@ -185,25 +186,6 @@ pub fn run(args: AgentArgs, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[derive(Debug, Serialize)]
-struct CheckJson {
-    name: String,
-    expected: String,
-    found: String,
-    matches: bool,
-}
-
-#[derive(Debug, Serialize)]
-struct ReportJson {
-    vm: String,
-    seq: u64,
-    link: String,
-    verdict: &'static str,
-    components: Vec<CheckJson>,
-    out: Option<String>,
-    report_id: Option<i64>,
-}
-
 /// `vmattest attest snapshot`.
 pub fn attest(cmd: AttestCommand, json: bool) -> anyhow::Result<()> {
     let AttestCommand::Snapshot {
@@ -250,62 +232,16 @@ pub fn attest(cmd: AttestCommand, json: bool) -> anyhow::Result<()> {
         Some(c) => Some(c.post_report(spec.name(), &bytes)?),
         None => None,
     };
-    let r = signed.value();
-    let differs: Vec<String> = r
-        .components
-        .iter()
-        .filter(|c| !c.matches())
-        .map(|c| c.name.clone())
-        .collect();
-    if json {
-        if differs.is_empty() {
-            output::print(&ReportJson {
-                vm: r.vm.clone(),
-                seq: r.seq.0,
-                link: r.link.to_hex(),
-                verdict: r.verdict(),
-                components: r
-                    .components
-                    .iter()
-                    .map(|c| CheckJson {
-                        name: c.name.clone(),
-                        expected: c.expected.to_hex(),
-                        found: c.found.to_hex(),
-                        matches: c.matches(),
-                    })
-                    .collect(),
-                out: out.as_ref().map(|p| p.display().to_string()),
-                report_id: receipt.as_ref().map(|x| x.id),
-            })?;
-        }
-    } else {
-        for c in &r.components {
-            if c.matches() {
-                outln!("Match     {}  {}", c.name, c.found);
-            } else {
-                outln!(
-                    "Mismatch  {}  found {}, snapshot has {}",
-                    c.name,
-                    c.found,
-                    c.expected
-                );
-            }
-        }
-        outln!(
-            "{}: {} with seq {} (link {}); device state not compared",
-            r.vm,
-            r.verdict(),
-            r.seq,
-            r.link
-        );
-        if let Some(x) = &receipt {
-            outln!("  report {} stored by the server ({})", x.id, x.verdict);
-        }
+    let r = SnapshotReportJson::new(signed.value(), out.as_deref(), receipt.as_ref());
+    let differs = r.differs();
+    // Under --json a differing VM prints only the error object.
+    if !json || differs.is_empty() {
+        output::report(json, &r)?;
     }
     if !differs.is_empty() {
         return Err(Verdict::SnapshotDiffers {
-            vm: r.vm.clone(),
-            seq: r.seq.0,
+            vm: r.vm,
+            seq: r.seq,
             components: differs,
         }
         .into());

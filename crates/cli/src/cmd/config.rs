@@ -1,30 +1,14 @@
 //! `vmattest config ...`: configuration attestation from the command line (docs/CONFIG.md).
 
-use serde::Serialize;
 use vmattest_api::NewReferenceConfig;
 use vmattest_host::measurement::{self, MeasurementError};
+use vmattest_host::report::DisclosedJson;
 use vmattest_host::verdict::Verdict;
-use vmattest_host::{eventlog, keys, vm};
+use vmattest_host::{keys, vm};
 
 use super::{connect, packages, signer_choice};
 use crate::args::{ConfigCommand, ConfigSource};
 use crate::output::{self, outln};
-
-#[derive(Debug, Serialize)]
-struct MeasureJson {
-    vm: String,
-    root: String,
-    count: usize,
-    params: Vec<String>,
-    key_ids: Vec<String>,
-    opening: String,
-    statement: String,
-    /// With `--bind-pcr`: the quote file and the nonce it carries.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    quote: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    quote_nonce: Option<String>,
-}
 
 /// The parameters of `--vm` or `--libvirt`, with the package parameters, and the VM's name
 /// (the spec's, or the domain XML's `<name>`).
@@ -61,75 +45,10 @@ pub fn run(cmd: ConfigCommand, json: bool) -> anyhow::Result<()> {
                 anyhow::bail!("--name VM is required: the domain XML names no VM");
             };
             let signer = keys::signer(&signer_choice(&signer))?;
-            let m = measurement::measure(params, &vm, signer.as_ref(), vmattest_host::now())?;
-            let (opening, statement) = measurement::write(&out, &m, force)?;
-            let quote = match bind_pcr {
-                Some(pcr) => {
-                    let path = out.join("config.quote.json");
-                    let object = m.statement.object_bytes();
-                    eventlog::bind_config(&path, object, &vm, &m.opening.root(), pcr)?;
-                    Some((path, hex::encode(eventlog::config_quote_nonce(object))))
-                }
-                None => None,
-            };
-            if json {
-                return output::print(&MeasureJson {
-                    vm,
-                    root: m.root(),
-                    count: m.opening.len(),
-                    params: m.params().into_iter().map(|p| p.name).collect(),
-                    key_ids: m.key_ids(),
-                    opening: opening.display().to_string(),
-                    statement: statement.display().to_string(),
-                    quote: quote.as_ref().map(|(p, _)| p.display().to_string()),
-                    quote_nonce: quote.map(|(_, n)| n),
-                });
-            }
-            outln!(
-                "config root {} ({} params) of VM {vm}, signed by {}",
-                m.root(),
-                m.opening.len(),
-                m.key_ids().join(", ")
-            );
-            outln!(
-                "  opening   {} (mode 0600: holds every salt, keep it private)",
-                opening.display()
-            );
-            outln!("  statement {}", statement.display());
-            if let Some((path, nonce)) = quote {
-                outln!(
-                    "  quote     {} (verify: vmattest tpm verify-quote {} --ak AK --nonce {nonce})",
-                    path.display(),
-                    path.display()
-                );
-            }
-            Ok(())
+            let r = measurement::measure_into(&out, params, vm, signer.as_ref(), force, bind_pcr)?;
+            output::report(json, &r)
         }
-        ConfigCommand::Show { dir } => {
-            let m = measurement::load(&dir)?;
-            let s = m.statement.value();
-            if json {
-                return output::print(&serde_json::json!({
-                    "vm": s.vm, "root": m.root(), "count": m.opening.len(),
-                    "time": s.time.to_string(), "key_ids": m.key_ids(),
-                    "params": m.params().into_iter()
-                        .map(|p| serde_json::json!({"name": p.name, "value": p.value}))
-                        .collect::<Vec<_>>(),
-                }));
-            }
-            outln!(
-                "VM {}: config root {} ({} params), signed at {} by {}",
-                s.vm,
-                m.root(),
-                m.opening.len(),
-                s.time,
-                m.key_ids().join(", ")
-            );
-            for p in m.params() {
-                outln!("  {} = {}", p.name, p.value);
-            }
-            Ok(())
-        }
+        ConfigCommand::Show { dir } => output::report(json, &measurement::load(&dir)?.describe()),
         ConfigCommand::Disclose { dir, param, out } => {
             let (m, bytes) = measurement::disclose(&dir, &param)?;
             vmattest_host::files::write_atomic(&out, &bytes, "config disclosure")?;
@@ -147,25 +66,7 @@ pub fn run(cmd: ConfigCommand, json: bool) -> anyhow::Result<()> {
         ConfigCommand::VerifyDisclosure { proof, pubkeys } => {
             let keys = keys::pinned(&pubkeys)?;
             let (param, statement) = measurement::verify_disclosure(&proof, &keys)?;
-            let s = statement.value();
-            let signers: Vec<String> = s.key_ids.iter().map(|k| k.to_hex()).collect();
-            if json {
-                return output::print(&serde_json::json!({
-                    "ok": true, "name": param.name, "value": param.value, "vm": s.vm,
-                    "root": s.root.to_hex(), "count": s.count, "time": s.time.to_string(),
-                    "signers": signers,
-                }));
-            }
-            outln!("{} = {}", param.name, param.value);
-            outln!(
-                "  root {} ({} params) of VM {} at {}, signed by {}",
-                s.root,
-                s.count,
-                s.vm,
-                s.time,
-                signers.join(", ")
-            );
-            Ok(())
+            output::report(json, &DisclosedJson::new(&param, &statement))
         }
         ConfigCommand::Check { dir, reference } => {
             let m = measurement::load(&dir)?;

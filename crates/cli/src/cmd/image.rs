@@ -4,20 +4,74 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::bail;
-use serde::Serialize;
-use vmattest_core::record::MeasurementRecord;
-use vmattest_core::sig::SigAlg;
-use vmattest_core::tree::PageProof;
-use vmattest_host::files;
-use vmattest_host::keys;
 use vmattest_host::record::{self, Expected, RecordChecks};
-use vmattest_sign::{SecretKey, Signer as _, keyfile};
+use vmattest_host::report::{KeyJson, ProofJson, RecordJson};
+use vmattest_host::{files, keys};
+use vmattest_sign::{Signer as _, keyfile};
 
 use super::tree_params;
+use crate::args::ImageCommand;
 use crate::output::{self, ImageJson, outln};
 use crate::progress::Bar;
 
-pub fn measure(
+/// The image and record commands.
+pub fn run(cmd: ImageCommand, json: bool) -> anyhow::Result<()> {
+    match cmd {
+        ImageCommand::Measure {
+            images,
+            tree,
+            hash_device,
+        } => measure(&images, &tree, hash_device.as_deref(), json),
+        ImageCommand::Keygen { alg, out } => output::report(json, &keys::generate(&alg, &out)?),
+        ImageCommand::Pubkey { key, out } => pubkey(&key, out.as_deref(), json),
+        ImageCommand::Sign {
+            images,
+            keys,
+            out,
+            tree,
+            nonce,
+        } => sign(&images, &keys, &out, &tree, &nonce, json),
+        ImageCommand::Verify {
+            record,
+            pubkeys,
+            check_images,
+            max_age,
+            nonce,
+        } => {
+            let checks = RecordChecks {
+                max_age: max_age.map(|m| (vmattest_host::now(), m)),
+                nonce: nonce.as_deref().map(record::nonce).transpose()?,
+            };
+            verify(&record, &pubkeys, check_images, &checks, json)
+        }
+        ImageCommand::Prove {
+            image,
+            page,
+            count,
+            out,
+            tree,
+        } => prove(&image, page, count, &out, &tree, json),
+        ImageCommand::VerifyProof {
+            proof,
+            root,
+            record,
+            pubkeys,
+            extract,
+        } => verify_proof(
+            &proof,
+            root.as_deref(),
+            record.as_deref(),
+            &pubkeys,
+            extract.as_deref(),
+            json,
+        ),
+        ImageCommand::Show { file } => {
+            output::show(json, &record::describe(&file)?, |d| d.text(&file))
+        }
+    }
+}
+
+fn measure(
     images: &[PathBuf],
     args: &crate::args::TreeArgs,
     hash_device: Option<&Path>,
@@ -61,41 +115,7 @@ fn measured(
     Ok(r?)
 }
 
-#[derive(Debug, Serialize)]
-struct KeyJson {
-    alg: &'static str,
-    key_id: String,
-    secret: Option<String>,
-    public: Option<String>,
-}
-
-pub fn keygen(alg: &str, out: &Path, json: bool) -> anyhow::Result<()> {
-    let Some(alg) = SigAlg::from_name(alg) else {
-        bail!("--alg {alg:?}: unknown key algorithm, expected ed25519, p384, ml-dsa-65 or hybrid");
-    };
-    let pub_path = keys::public_path(out);
-    files::ensure_absent(out, "a key")?;
-    files::ensure_absent(&pub_path, "a key")?;
-    let key = SecretKey::generate(alg)?;
-    keyfile::write_secret_key(out, &key)?;
-    keyfile::write_public_key(&pub_path, &key.public_key())?;
-    let j = KeyJson {
-        alg: alg.name(),
-        key_id: key.key_id().to_hex(),
-        secret: Some(out.display().to_string()),
-        public: Some(pub_path.display().to_string()),
-    };
-    output::show(json, &j, |j| {
-        format!(
-            "{alg} key {}\n  private {} (mode 0600)\n  public  {}",
-            j.key_id,
-            out.display(),
-            pub_path.display()
-        )
-    })
-}
-
-pub fn pubkey(key: &Path, out: Option<&Path>, json: bool) -> anyhow::Result<()> {
+fn pubkey(key: &Path, out: Option<&Path>, json: bool) -> anyhow::Result<()> {
     let public = keys::read_secret(key)?.public_key();
     if let Some(out) = out {
         keyfile::write_public_key(out, &public)?;
@@ -114,30 +134,7 @@ pub fn pubkey(key: &Path, out: Option<&Path>, json: bool) -> anyhow::Result<()> 
     Ok(())
 }
 
-#[derive(Debug, Serialize)]
-struct RecordJson {
-    ok: bool,
-    record: String,
-    time: String,
-    nonce: String,
-    key_ids: Vec<String>,
-    images: Vec<ImageJson>,
-    images_checked: bool,
-}
-
-fn record_json(path: &Path, r: &MeasurementRecord, images_checked: bool) -> RecordJson {
-    RecordJson {
-        ok: true,
-        record: path.display().to_string(),
-        time: r.time.to_string(),
-        nonce: hex::encode(&r.nonce),
-        key_ids: r.key_ids.iter().map(|k| k.to_hex()).collect(),
-        images: r.images.iter().map(ImageJson::from).collect(),
-        images_checked,
-    }
-}
-
-pub fn sign(
+fn sign(
     images: &[PathBuf],
     key_files: &[PathBuf],
     out: &Path,
@@ -158,7 +155,7 @@ pub fn sign(
     let signed = record::sign(measured_images, &signers, nonce, vmattest_host::now())?;
     files::write_atomic(out, &signed.encode()?, "signed record")?;
     if json {
-        return output::print(&record_json(out, signed.value(), false));
+        return output::print(&RecordJson::new(out, signed.value(), false));
     }
     for m in &signed.value().images {
         outln!("{}  {}  {}", m.root, m.params.alg(), m.path);
@@ -171,21 +168,16 @@ pub fn sign(
     Ok(())
 }
 
-pub fn verify(
+fn verify(
     path: &Path,
     pubkeys: &[PathBuf],
     check_images: bool,
-    max_age: Option<u64>,
-    nonce: Option<&str>,
+    checks: &RecordChecks,
     json: bool,
 ) -> anyhow::Result<()> {
     let signed = record::load(path)?;
     let keys = keys::pinned(pubkeys)?;
-    let checks = RecordChecks {
-        max_age: max_age.map(|m| (vmattest_host::now(), m)),
-        nonce: nonce.map(record::nonce).transpose()?,
-    };
-    record::verify(path, &signed, &keys, &checks)?;
+    record::verify(path, &signed, &keys, checks)?;
     if check_images {
         for m in &signed.value().images {
             let bar = Bar::new(m.len, &m.path, json);
@@ -195,7 +187,7 @@ pub fn verify(
         }
     }
     if json {
-        return output::print(&record_json(path, signed.value(), check_images));
+        return output::print(&RecordJson::new(path, signed.value(), check_images));
     }
     outln!(
         "OK: {} signature(s) verify; {} image(s){}",
@@ -210,32 +202,7 @@ pub fn verify(
     Ok(())
 }
 
-#[derive(Debug, Serialize)]
-struct ProofJson {
-    ok: bool,
-    proof: String,
-    alg: &'static str,
-    root: String,
-    first_page: u64,
-    pages: u64,
-    image_bytes: u64,
-    siblings: usize,
-}
-
-fn proof_json(path: &Path, p: &PageProof) -> ProofJson {
-    ProofJson {
-        ok: true,
-        proof: path.display().to_string(),
-        alg: p.params.alg().name(),
-        root: p.root.to_hex(),
-        first_page: p.first.0,
-        pages: p.count,
-        image_bytes: p.image_len,
-        siblings: p.siblings.len() / p.params.alg().digest_len(),
-    }
-}
-
-pub fn prove(
+fn prove(
     image: &Path,
     page: u64,
     count: u64,
@@ -254,10 +221,10 @@ pub fn prove(
     bar.finish();
     let proof = record::prove(image, &mapped, &tree?, page, count)?;
     files::write_atomic(out, &proof.encode(), "page proof")?;
-    output::show(json, &proof_json(out, &proof), |p| {
+    output::show(json, &ProofJson::new(out, &proof), |p| {
         format!(
             "proof of pages {page} to {} of {} under root {} -> {}",
-            page + count - 1,
+            p.last_page(),
             image.display(),
             p.root,
             out.display()
@@ -265,7 +232,7 @@ pub fn prove(
     })
 }
 
-pub fn verify_proof(
+fn verify_proof(
     path: &Path,
     root: Option<&str>,
     record_path: Option<&Path>,
@@ -291,40 +258,13 @@ pub fn verify_proof(
     if let Some(out) = extract {
         files::write_private(out, &proof.pages, "proven pages")?;
     }
-    output::show(json, &proof_json(path, &proof), |p| {
+    output::show(json, &ProofJson::new(path, &proof), |p| {
         format!(
             "OK: pages {} to {} hash to {} root {}",
             p.first_page,
-            p.first_page + p.pages - 1,
+            p.last_page(),
             p.alg,
             p.root
         )
     })
-}
-
-pub fn show(path: &Path, json: bool) -> anyhow::Result<()> {
-    let out = record::describe(path)?;
-    if json {
-        return output::print(&out);
-    }
-    outln!("{}: {}", path.display(), out.kind);
-    if let Some(t) = &out.time {
-        outln!("  time  {t}");
-    }
-    for s in &out.signatures {
-        outln!("  signature {s}");
-    }
-    for m in &out.images {
-        outln!(
-            "  image {}  {}  {} pages  {}",
-            m.root,
-            m.alg,
-            m.pages,
-            m.path
-        );
-    }
-    if let (Some(r), Some(f), Some(n)) = (&out.root, out.first_page, out.pages) {
-        outln!("  proof of pages {f} to {} under root {r}", f + n - 1);
-    }
-    Ok(())
 }

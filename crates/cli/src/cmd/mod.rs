@@ -7,7 +7,7 @@ mod config;
 mod image;
 mod policy;
 mod remote;
-pub mod serve;
+mod serve;
 mod snapshot;
 mod tpm;
 mod vm;
@@ -24,56 +24,7 @@ use crate::args::{Cli, Command, EvidenceSigner, PackageSource, ServerArgs, TreeA
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let json = cli.json;
     match cli.command {
-        Command::Measure {
-            images,
-            tree,
-            hash_device,
-        } => image::measure(&images, &tree, hash_device.as_deref(), json),
-        Command::Keygen { alg, out } => image::keygen(&alg, &out, json),
-        Command::Pubkey { key, out } => image::pubkey(&key, out.as_deref(), json),
-        Command::Sign {
-            images,
-            keys,
-            out,
-            tree,
-            nonce,
-        } => image::sign(&images, &keys, &out, &tree, &nonce, json),
-        Command::Verify {
-            record,
-            pubkeys,
-            check_images,
-            max_age,
-            nonce,
-        } => image::verify(
-            &record,
-            &pubkeys,
-            check_images,
-            max_age,
-            nonce.as_deref(),
-            json,
-        ),
-        Command::Prove {
-            image,
-            page,
-            count,
-            out,
-            tree,
-        } => image::prove(&image, page, count, &out, &tree, json),
-        Command::VerifyProof {
-            proof,
-            root,
-            record,
-            pubkeys,
-            extract,
-        } => image::verify_proof(
-            &proof,
-            root.as_deref(),
-            record.as_deref(),
-            &pubkeys,
-            extract.as_deref(),
-            json,
-        ),
-        Command::Show { file } => image::show(&file, json),
+        Command::Image(cmd) => image::run(cmd, json),
         Command::Snapshot(cmd) => snapshot::run(cmd, json),
         Command::Vm(cmd) => vm::run(cmd, json),
         Command::Tpm(cmd) => tpm::run(cmd, json),

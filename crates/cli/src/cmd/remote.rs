@@ -8,7 +8,7 @@ use super::{connect, verifier};
 use crate::args::{
     RemoteArgs, RemoteCommand, RemoteHostCommand, RemotePolicyCommand, RemoteVmCommand,
 };
-use crate::output::{show, show_all};
+use crate::output::{report, report_all, show};
 
 fn role(name: &str) -> anyhow::Result<Role> {
     Role::parse(name)
@@ -18,15 +18,7 @@ fn role(name: &str) -> anyhow::Result<Role> {
 pub fn run(args: RemoteArgs, json: bool) -> anyhow::Result<()> {
     let c = connect(&args.conn)?;
     match args.command {
-        RemoteCommand::Health => show(json, &c.health()?, |h| {
-            format!(
-                "{}: {} (version {}, database {})",
-                c.base(),
-                h.status,
-                h.version,
-                h.database
-            )
-        }),
+        RemoteCommand::Health => show(json, &c.health()?, |h| format!("{}: {h}", c.base())),
         RemoteCommand::Token { role: r, host } => {
             let issued = c.create_token(&NewToken {
                 role: role(&r)?,
@@ -35,10 +27,9 @@ pub fn run(args: RemoteArgs, json: bool) -> anyhow::Result<()> {
             // The token alone on stdout, so that it can be redirected into a token file.
             show(json, &issued, |t| t.token.clone())
         }
-        RemoteCommand::Tokens => show_all(json, &c.tokens()?, token_line),
+        RemoteCommand::Tokens => report_all(json, &c.tokens()?),
         RemoteCommand::RevokeToken { id } => {
-            let t = c.revoke_token(&id)?;
-            show(json, &t, |t| format!("revoked {}", token_line(t)))
+            show(json, &c.revoke_token(&id)?, |t| format!("revoked {t}"))
         }
         RemoteCommand::Host(RemoteHostCommand::Add {
             name,
@@ -63,14 +54,7 @@ pub fn run(args: RemoteArgs, json: bool) -> anyhow::Result<()> {
                 format!("host {} registered, key {}", h.name, h.key_id)
             })
         }
-        RemoteCommand::Host(RemoteHostCommand::List) => show_all(json, &c.hosts()?, |h| {
-            format!(
-                "{}  key {}{}",
-                h.name,
-                h.key_id,
-                if h.tpm_backed { "  (TPM)" } else { "" }
-            )
-        }),
+        RemoteCommand::Host(RemoteHostCommand::List) => report_all(json, &c.hosts()?),
         RemoteCommand::Policy(RemotePolicyCommand::Add { policy }) => {
             // Checked here first, so that a policy with symbols is refused with a clear error.
             let p = vmattest_host::policy::load(&policy, None)?;
@@ -87,11 +71,7 @@ pub fn run(args: RemoteArgs, json: bool) -> anyhow::Result<()> {
                 format!("policy {} registered as {}", i.name, i.id)
             })
         }
-        RemoteCommand::Policy(RemotePolicyCommand::Show { id }) => {
-            show(json, &c.policy(&id)?, |i| {
-                format!("# policy {} ({})\n{}", i.name, i.id, i.toml.trim_end())
-            })
-        }
+        RemoteCommand::Policy(RemotePolicyCommand::Show { id }) => report(json, &c.policy(&id)?),
         RemoteCommand::Vm(RemoteVmCommand::Add {
             name,
             host,
@@ -129,25 +109,7 @@ pub fn run(args: RemoteArgs, json: bool) -> anyhow::Result<()> {
                 format!("vm {} registered on host {}", v.name, v.host)
             })
         }
-        RemoteCommand::Vm(RemoteVmCommand::Show { name }) => show(json, &c.vm(&name)?, |v| {
-            format!(
-                "vm {} on host {}\n  policy {}\n  subsets {}\n  threshold {}, on alert {:?}, webhook {}\n  baseline {}",
-                v.name,
-                v.host,
-                v.policy_id,
-                v.approved_subsets.join(", "),
-                v.threshold,
-                v.on_alert,
-                if v.has_webhook { "yes" } else { "no" },
-                v.baseline.as_ref().map_or_else(
-                    || "none".to_owned(),
-                    |b| format!(
-                        "{} from {} seq {} (link {})",
-                        b.id, b.provenance.store_vm_id, b.provenance.seq, b.provenance.link_digest
-                    )
-                )
-            )
-        }),
+        RemoteCommand::Vm(RemoteVmCommand::Show { name }) => report(json, &c.vm(&name)?),
         RemoteCommand::Baseline {
             vm,
             store,
@@ -179,40 +141,9 @@ pub fn run(args: RemoteArgs, json: bool) -> anyhow::Result<()> {
                 )
             })
         }
-        RemoteCommand::Results { vm, limit } => show_all(json, &c.results(&vm, limit)?, |r| {
-            format!(
-                "{}  {}  {}  score {:>3} ({}){}",
-                r.id,
-                r.time,
-                r.vm,
-                r.score,
-                r.status,
-                if r.alert { "  ALERT" } else { "" }
-            )
-        }),
-        RemoteCommand::Alerts { vm } => show_all(json, &c.alerts(vm.as_deref())?, |a| {
-            format!(
-                "{}  {}  {}  score {:>3} ({})  result {}  webhook {}: {}",
-                a.id,
-                a.time,
-                a.vm,
-                a.score,
-                a.status,
-                a.result_id,
-                if a.webhook_delivered {
-                    "delivered"
-                } else {
-                    "not delivered"
-                },
-                a.message
-            )
-        }),
-        RemoteCommand::Reports { vm } => show_all(json, &c.reports(&vm)?, |r| {
-            format!(
-                "{}  {}  {}  seq {}  {}",
-                r.id, r.time, r.vm, r.seq, r.verdict
-            )
-        }),
+        RemoteCommand::Results { vm, limit } => report_all(json, &c.results(&vm, limit)?),
+        RemoteCommand::Alerts { vm } => report_all(json, &c.alerts(vm.as_deref())?),
+        RemoteCommand::Reports { vm } => report_all(json, &c.reports(&vm)?),
         RemoteCommand::AttestSnapshot { vm, seq } => {
             show(json, &c.request_snapshot(&vm, seq)?, |r| {
                 format!(
@@ -221,25 +152,7 @@ pub fn run(args: RemoteArgs, json: bool) -> anyhow::Result<()> {
                 )
             })
         }
-        RemoteCommand::SnapshotRequests { vm } => show_all(json, &c.snapshot_requests(&vm)?, |r| {
-            format!(
-                "{}  {}  seq {}  {}",
-                r.id,
-                r.requested,
-                r.seq,
-                r.report_id
-                    .map_or_else(|| "pending".to_string(), |id| format!("report {id}"))
-            )
-        }),
-        RemoteCommand::EarKey => show(json, &c.ear_key()?, |k| {
-            format!("# {} key {}\n{}", k.alg, k.kid, k.public_key_pem.trim_end())
-        }),
-    }
-}
-
-fn token_line(t: &vmattest_api::TokenInfo) -> String {
-    match &t.host {
-        Some(h) => format!("{} {} host {h} created {}", t.id, t.role.name(), t.created),
-        None => format!("{} {} created {}", t.id, t.role.name(), t.created),
+        RemoteCommand::SnapshotRequests { vm } => report_all(json, &c.snapshot_requests(&vm)?),
+        RemoteCommand::EarKey => report(json, &c.ear_key()?),
     }
 }

@@ -8,13 +8,15 @@ use vmattest_core::chain::{ComponentKind, SeqNo};
 use vmattest_host::verdict::Verdict;
 use vmattest_host::{chain, eventlog, files, keys, tpm, vm};
 use vmattest_sign::Signer;
-use vmattest_store::{Store, StoreMeta, StoreSecret, TakeOptions, TakeSummary};
+use vmattest_store::{Store, StoreSecret, TakeOptions, TakeSummary};
 
 use super::{tree_params, verifier};
 use crate::args::{ComponentArgs, SnapshotCommand};
-use crate::output::{self, ms, outln, verified_json};
+use crate::output::{self, outln, verified_json};
 use crate::progress::Bar;
-use vmattest_host::report::{CaptureJson, TakeJson};
+use vmattest_host::report::{
+    CaptureJson, ChainProofJson, ExportJson, ImportJson, LinkJson, RollbackJson, TakeJson,
+};
 
 pub fn run(cmd: SnapshotCommand, json: bool) -> anyhow::Result<()> {
     match cmd {
@@ -26,22 +28,7 @@ pub fn run(cmd: SnapshotCommand, json: bool) -> anyhow::Result<()> {
             secret,
         } => {
             let params = tree_params(&tree)?;
-            if let Some(path) = &secret {
-                if path.exists() {
-                    tpm::load_secret(path)?;
-                } else {
-                    StoreSecret::generate(path)?;
-                }
-            }
-            let meta = StoreMeta {
-                format: vmattest_store::STORE_FORMAT,
-                vm_id,
-                alg: params.alg().name().into(),
-                salt: hex::encode(params.salt()),
-                policy_id: policy,
-                encrypted: secret.is_some(),
-            };
-            Store::init(&store.store, meta.clone())?;
+            let meta = chain::init(&store.store, vm_id, &params, policy, secret.as_deref())?;
             output::show(json, &meta, |m| {
                 format!(
                     "initialised store {} for VM {} ({})",
@@ -139,23 +126,7 @@ pub fn run(cmd: SnapshotCommand, json: bool) -> anyhow::Result<()> {
                 Some(Box::new(bar.clone())),
             );
             bar.finish();
-            let r = r?;
-            if json {
-                let mut j = serde_json::to_value(verified_json(&r.verified, None))?;
-                j["vm"] = spec.name().into();
-                j["rebuild_ms"] = ms(r.rebuild).into();
-                j["switch_ms"] = ms(r.switch).into();
-                return output::print(&j);
-            }
-            outln!(
-                "{} rolled back to seq {} (verified links 0 to {}; rebuild {:.0} ms, QEMU switch {:.0} ms); the guest runs on",
-                spec.name(),
-                r.verified.seq,
-                r.verified.seq,
-                ms(r.rebuild),
-                ms(r.switch)
-            );
-            Ok(())
+            output::report(json, &RollbackJson::new(spec.name(), &r?))
         }
         SnapshotCommand::Restore {
             store,
@@ -195,14 +166,13 @@ pub fn run(cmd: SnapshotCommand, json: bool) -> anyhow::Result<()> {
             let r = s.export(SeqNo(from), to.map(SeqNo), &out);
             bar.finish();
             let (links, objects) = r?;
-            let bytes = std::fs::metadata(&out).map_or(0, |m| m.len());
-            let j = serde_json::json!({"out": out.display().to_string(), "links": links, "objects": objects, "bytes": bytes});
-            output::show(json, &j, |_| {
-                format!(
-                    "exported {links} link(s), {objects} object(s), {bytes} bytes to {}",
-                    out.display()
-                )
-            })
+            let j = ExportJson {
+                out: out.display().to_string(),
+                links,
+                objects,
+                bytes: std::fs::metadata(&out).map_or(0, |m| m.len()),
+            };
+            output::report(json, &j)
         }
         SnapshotCommand::Import {
             store,
@@ -218,17 +188,7 @@ pub fn run(cmd: SnapshotCommand, json: bool) -> anyhow::Result<()> {
                 Box::new(bar.clone()),
             );
             bar.finish();
-            let r = r?;
-            let j = serde_json::json!({
-                "first": r.first.0, "last": r.last.0, "new_links": r.new_links, "objects": r.objects,
-                "head": r.verified.seq.0, "link": r.verified.link.to_hex(),
-            });
-            output::show(json, &j, |_| {
-                format!(
-                    "imported links {} to {} ({} new); head is seq {}",
-                    r.first, r.last, r.new_links, r.verified.seq
-                )
-            })
+            output::report(json, &ImportJson::from(&r?))
         }
         SnapshotCommand::Fsck { store, repair } => {
             let rep = if repair {
@@ -236,27 +196,7 @@ pub fn run(cmd: SnapshotCommand, json: bool) -> anyhow::Result<()> {
             } else {
                 Store::open(&store.store)?.fsck()?
             };
-            if json {
-                output::print(&rep)?;
-            } else {
-                outln!(
-                    "head {}, {} link(s), {} object(s), {} leftover file(s){}, head cache {}",
-                    rep.head
-                        .map_or_else(|| "none".to_owned(), |h| format!("seq {h}")),
-                    rep.links,
-                    rep.objects,
-                    rep.leftovers.len(),
-                    if rep.repaired { " removed" } else { "" },
-                    if rep.cache_current {
-                        "current"
-                    } else {
-                        "stale (rebuilt by the next take)"
-                    }
-                );
-                for e in &rep.errors {
-                    outln!("error: {e}");
-                }
-            }
+            output::report(json, &rep)?;
             if !rep.is_clean() {
                 return Err(Verdict::StoreDamaged {
                     store: store.store.clone(),
@@ -279,17 +219,16 @@ pub fn run(cmd: SnapshotCommand, json: bool) -> anyhow::Result<()> {
             let (at, proof) =
                 chain::prove(&store.store, &v, seq.map(SeqNo), &component, page, count)?;
             files::write_atomic(&out, &proof.encode(), "page proof")?;
-            let j = serde_json::json!({"seq": at.seq.0, "component": component, "page": page, "count": count,
-                "root": proof.root.to_hex(), "state_root": at.state_root.to_hex(), "out": out.display().to_string()});
-            output::show(json, &j, |_| {
-                format!(
-                    "proof of {component} pages {page} to {} at seq {} under root {} -> {}",
-                    page + count - 1,
-                    at.seq,
-                    proof.root,
-                    out.display()
-                )
-            })
+            let j = ChainProofJson {
+                seq: at.seq.0,
+                component,
+                page,
+                count,
+                root: proof.root.to_hex(),
+                state_root: at.state_root.to_hex(),
+                out: out.display().to_string(),
+            };
+            output::report(json, &j)
         }
     }
 }
@@ -310,50 +249,28 @@ fn take_files(
     secret: Option<&StoreSecret>,
     json: bool,
 ) -> anyhow::Result<TakeSummary> {
-    let mut inputs = chain::components(&[
-        (ComponentKind::Memory, &comps.memory),
-        (ComponentKind::Disk, &comps.disk),
-        (ComponentKind::DeviceState, &comps.device_state),
-        (ComponentKind::Config, &comps.config),
-    ])?;
-    chain::apply_dirty(&mut inputs, dirty)?;
-    let mut store = Store::open_writer(root)?;
-    let total: u64 = inputs
-        .iter()
-        .filter_map(|c| std::fs::metadata(&c.path).ok())
-        .map(|m| m.len())
-        .sum();
-    let bar = Bar::new(total, "hashing", json);
-    store.set_progress(Box::new(bar.clone()));
-    let t = Instant::now();
+    let by_kind = [
+        (ComponentKind::Memory, &comps.memory[..]),
+        (ComponentKind::Disk, &comps.disk[..]),
+        (ComponentKind::DeviceState, &comps.device_state[..]),
+        (ComponentKind::Config, &comps.config[..]),
+    ];
     let opts = TakeOptions {
         signers,
         time: vmattest_host::now(),
         secret,
     };
-    let s = store.take(&inputs, &opts);
+    let bar = Bar::later("hashing", json);
+    let t = Instant::now();
+    let s = chain::take_files(root, &by_kind, dirty, &opts, Box::new(bar.clone()));
     bar.finish();
     let s = s?;
-    let seconds = t.elapsed().as_secs_f64();
-    if json {
-        output::print(&TakeJson {
-            summary: (&s).into(),
-            batches: s.batches,
-            seconds,
-        })?;
-        return Ok(s);
-    }
-    outln!(
-        "seq {}: {} of {} pages changed ({} now zero), {} bytes stored in {} batch(es), {:.2} s",
-        s.seq,
-        s.changed_pages,
-        s.total_pages,
-        s.zero_pages,
-        s.stored_bytes,
-        s.batches,
-        seconds
-    );
-    outln!("  link {}\n  state root {}", s.link, s.state_root);
+    let j = TakeJson {
+        summary: (&s).into(),
+        batches: s.batches,
+        seconds: t.elapsed().as_secs_f64(),
+    };
+    output::report(json, &j)?;
     Ok(s)
 }
 
@@ -368,48 +285,15 @@ fn take_vm(
 ) -> anyhow::Result<(TakeSummary, Option<String>)> {
     let spec = vm::load_spec(spec)?;
     let r = vm::take(root, &spec, signers, secret, vmattest_host::now())?;
-    let s = &r.summary;
-    if json {
-        output::print(&CaptureJson::new(spec.name(), &r))?;
-    } else {
-        outln!(
-            "{} seq {}: downtime {:.1} ms (device state {:.1} ms, {} bytes; measure {:.1} ms); {} of {} pages changed, {} bytes stored; commit {:.1} ms",
-            spec.name(),
-            s.seq,
-            ms(r.downtime),
-            ms(r.device_state),
-            r.device_state_bytes,
-            ms(r.measure),
-            s.changed_pages,
-            s.total_pages,
-            s.stored_bytes,
-            ms(r.commit)
-        );
-        outln!("  link {}\n  state root {}", s.link, s.state_root);
-    }
+    output::report(json, &CaptureJson::new(spec.name(), &r))?;
     Ok((r.summary, Some(spec.qemu().to_owned())))
 }
 
 fn log(root: &Path, json: bool) -> anyhow::Result<()> {
-    let s = Store::open(root)?;
-    for l in s.log()? {
-        let v = l.value();
-        let digest = vmattest_core::chain::link_digest(&l);
-        if json {
-            output::print(&serde_json::json!({
-                "seq": v.seq.0, "time": v.time.to_string(), "link": digest.to_hex(), "prev": v.prev.to_hex(),
-                "delta": v.delta.to_hex(), "state_root": v.state_root.to_hex(), "manifest": v.manifest.to_hex(),
-                "key_ids": v.key_ids.iter().map(|k| k.to_hex()).collect::<Vec<_>>(),
-            }))?;
-        } else {
-            outln!(
-                "seq {:>4}  {}  link {}  state {}",
-                v.seq,
-                v.time,
-                digest,
-                v.state_root
-            );
-        }
-    }
-    Ok(())
+    let links: Vec<LinkJson> = Store::open(root)?
+        .log()?
+        .iter()
+        .map(LinkJson::from)
+        .collect();
+    output::report_all(json, &links)
 }

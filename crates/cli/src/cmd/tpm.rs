@@ -4,28 +4,11 @@ use vmattest_host::quotefile;
 use vmattest_host::tpm;
 
 use crate::args::TpmCommand;
-use crate::output::{self, outln};
+use crate::output;
 
 pub fn run(cmd: TpmCommand, json: bool) -> anyhow::Result<()> {
     match cmd {
-        TpmCommand::Info => {
-            let i = tpm::info()?;
-            output::show(json, &i, |i| {
-                format!(
-                    "TPM {} firmware {:#x}, PCR banks {}\n  EK (ECC P-256) {}\n  EK certificate: {}",
-                    i.manufacturer,
-                    i.firmware_version,
-                    i.pcr_banks.join(", "),
-                    i.ek_public,
-                    i.ek_certificate
-                        .as_ref()
-                        .map_or("none provisioned".to_owned(), |c| format!(
-                            "{} bytes (DER)",
-                            c.len() / 2
-                        ))
-                )
-            })
-        }
+        TpmCommand::Info => output::report(json, &tpm::info()?),
         TpmCommand::Keygen { out } => {
             let key = tpm::keygen(&out)?;
             let j = serde_json::json!({
@@ -86,23 +69,9 @@ pub fn run(cmd: TpmCommand, json: bool) -> anyhow::Result<()> {
         }
         TpmCommand::VerifyQuote { quote, ak, nonce } => {
             let v = quotefile::verify(&quote, &ak, &tpm::nonce(&nonce)?)?;
-            if json {
-                let mut j = serde_json::to_value(&v)?;
-                j["ok"] = true.into();
-                return output::print(&j);
-            }
-            let list: Vec<String> = v.pcrs.iter().map(u32::to_string).collect();
-            outln!(
-                "OK: quote of sha256:{} signed by the pinned attestation key over the nonce",
-                list.join(",")
-            );
-            for (index, value) in &v.values {
-                outln!("  PCR {index:>2} {value}");
-            }
-            for e in &v.events {
-                outln!("  PCR {:>2} event {} {}", e.pcr, e.kind, e.value);
-            }
-            Ok(())
+            let mut j = serde_json::to_value(&v)?;
+            j["ok"] = true.into();
+            output::show(json, &j, |_| v.to_string())
         }
         TpmCommand::Seal { pcr, input, out } => {
             let pcrs = tpm::pcr_list(&pcr)?;

@@ -4,12 +4,12 @@ use std::io::Write as _;
 use std::path::Path;
 
 use vmattest_host::launch::{self, Gate, Launch, LaunchError};
+use vmattest_host::report::{LaunchJson, StartedJson};
 use vmattest_host::{keys, vm};
-use vmattest_qemu::VmSpec;
 
 use super::{connect, packages, secs, signer_choice};
 use crate::args::{ServerArgs, VmCommand};
-use crate::output::{self, outln};
+use crate::output;
 
 /// `__guard` (hidden): the process `snapshot take --vm` starts before it pauses a guest.
 pub fn guard(qmp: &Path, marker: &Path) -> anyhow::Result<()> {
@@ -22,15 +22,6 @@ pub fn guard(qmp: &Path, marker: &Path) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-fn started_line(spec: &VmSpec, pid: i32, seconds: f64) -> String {
-    format!(
-        "started {} (pid {pid}, {}) in {seconds:.2} s; console {}",
-        spec.name(),
-        spec.effective_accel(),
-        spec.console_path().display()
-    )
 }
 
 pub fn run(cmd: VmCommand, json: bool) -> anyhow::Result<()> {
@@ -90,27 +81,7 @@ pub fn run(cmd: VmCommand, json: bool) -> anyhow::Result<()> {
                 }
                 other => other?,
             };
-            let m = &launched.measurement;
-            let seconds = launched.started.elapsed.as_secs_f64();
-            if json {
-                return output::print(&serde_json::json!({
-                    "vm": spec.name(), "pid": launched.started.pid, "accel": spec.effective_accel(),
-                    "seconds": seconds, "root": m.root(), "count": m.opening.len(),
-                    "checked": launched.checked_by,
-                }));
-            }
-            outln!(
-                "config root {} ({} params) matches the {} reference",
-                m.root(),
-                m.opening.len(),
-                if launched.checked_by == "local" {
-                    "local"
-                } else {
-                    "server's"
-                }
-            );
-            outln!("{}", started_line(&spec, launched.started.pid, seconds));
-            Ok(())
+            output::report(json, &LaunchJson::new(&spec, &launched))
         }
         VmCommand::Start {
             vm: arg,
@@ -119,11 +90,7 @@ pub fn run(cmd: VmCommand, json: bool) -> anyhow::Result<()> {
         } => {
             let spec = vm::load_spec(&arg.vm)?;
             let s = vm::start(&spec, wait_for.as_deref(), secs(timeout))?;
-            let seconds = s.elapsed.as_secs_f64();
-            let j = serde_json::json!({
-                "vm": spec.name(), "pid": s.pid, "accel": spec.effective_accel(), "seconds": seconds,
-            });
-            output::show(json, &j, |_| started_line(&spec, s.pid, seconds))
+            output::report(json, &StartedJson::new(&spec, &s))
         }
         VmCommand::Stop { vm: arg } => {
             let spec = vm::load_spec(&arg.vm)?;
@@ -133,25 +100,7 @@ pub fn run(cmd: VmCommand, json: bool) -> anyhow::Result<()> {
         }
         VmCommand::Status { vm: arg } => {
             let spec = vm::load_spec(&arg.vm)?;
-            let s = vm::status(&spec);
-            if json {
-                return output::print(&s);
-            }
-            if let Some(from) = &s.resumed_from {
-                outln!(
-                    "{}: was left {from} by an interrupted capture; resumed",
-                    s.vm
-                );
-            }
-            match (s.pid, s.qemu_status.as_deref()) {
-                (None, _) => outln!("{}: stopped", s.vm),
-                (Some(pid), Some(q)) => outln!("{}: {} (QEMU {q}), pid {pid}", s.vm, s.state),
-                (Some(pid), None) => outln!(
-                    "{}: QEMU runs as pid {pid}; its monitor is busy (a capture or another client), state unknown",
-                    s.vm
-                ),
-            }
-            Ok(())
+            output::report(json, &vm::status(&spec))
         }
     }
 }

@@ -1,0 +1,154 @@
+//! How a person reads the API's records: one line each (a policy and a VM take a few), so that
+//! every front end lists them alike. JSON output uses the serde form instead.
+
+use std::fmt;
+
+use crate::{
+    Alert, AttestationResult, EarKey, Health, Host, PolicyInfo, SnapshotRequest, StoredReport,
+    TokenInfo, Vm,
+};
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Health {
+            status,
+            version,
+            database,
+        } = self;
+        write!(f, "{status} (version {version}, database {database})")
+    }
+}
+
+impl fmt::Display for TokenInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.id, self.role.name())?;
+        if let Some(h) = &self.host {
+            write!(f, " host {h}")?;
+        }
+        write!(f, " created {}", self.created)
+    }
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tpm = if self.tpm_backed { "  (TPM)" } else { "" };
+        write!(f, "{}  key {}{tpm}", self.name, self.key_id)
+    }
+}
+
+impl fmt::Display for PolicyInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "# policy {} ({})\n{}",
+            self.name,
+            self.id,
+            self.toml.trim_end()
+        )
+    }
+}
+
+impl fmt::Display for Vm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "vm {} on host {}", self.name, self.host)?;
+        writeln!(f, "  policy {}", self.policy_id)?;
+        writeln!(f, "  subsets {}", self.approved_subsets.join(", "))?;
+        let webhook = if self.has_webhook { "yes" } else { "no" };
+        let action = match self.on_alert {
+            crate::AlertAction::None => "none",
+            crate::AlertAction::Rollback => "rollback",
+        };
+        writeln!(
+            f,
+            "  threshold {}, on alert {action}, webhook {webhook}",
+            self.threshold
+        )?;
+        match &self.baseline {
+            None => write!(f, "  baseline none"),
+            Some(b) => {
+                let p = &b.provenance;
+                write!(
+                    f,
+                    "  baseline {} from {} seq {} (link {})",
+                    b.id, p.store_vm_id, p.seq, p.link_digest
+                )
+            }
+        }
+    }
+}
+
+impl fmt::Display for AttestationResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let matched = self.regions.iter().filter(|r| r.matched).count();
+        write!(
+            f,
+            "{}  {}  {}  score {:>3} ({}), {matched}/{} region(s) matched",
+            self.id,
+            self.time,
+            self.vm,
+            self.score,
+            self.status,
+            self.regions.len()
+        )?;
+        let differ: Vec<&str> = self
+            .regions
+            .iter()
+            .filter(|r| !r.matched)
+            .map(|r| r.name.as_str())
+            .collect();
+        if !differ.is_empty() {
+            write!(f, " (differ: {})", differ.join(", "))?;
+        }
+        if self.alert {
+            f.write_str("  ALERT")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Alert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let delivered = if self.webhook_delivered {
+            "delivered"
+        } else {
+            "not delivered"
+        };
+        write!(
+            f,
+            "{}  {}  {}  score {:>3} ({})  result {}  webhook {delivered}: {}",
+            self.id, self.time, self.vm, self.score, self.status, self.result_id, self.message
+        )
+    }
+}
+
+impl fmt::Display for StoredReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}  {}  {}  seq {}  {}",
+            self.id, self.time, self.vm, self.seq, self.verdict
+        )
+    }
+}
+
+impl fmt::Display for SnapshotRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}  {}  seq {}  ", self.id, self.requested, self.seq)?;
+        match self.report_id {
+            Some(id) => write!(f, "report {id}"),
+            None => f.write_str("pending"),
+        }
+    }
+}
+
+impl fmt::Display for EarKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "# {} key {}\n{}",
+            self.alg,
+            self.kid,
+            self.public_key_pem.trim_end()
+        )
+    }
+}
