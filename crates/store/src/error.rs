@@ -1,8 +1,12 @@
 use std::path::PathBuf;
 
+use vmattest_core::alg::{Digest, PageIndex};
 use vmattest_core::chain::{ObjectId, SeqNo};
 use vmattest_core::class::{Classify, ErrorClass};
+use vmattest_core::record::{RecordError, UnixTime};
+use vmattest_core::tree::TreeError;
 use vmattest_image::ImageError;
+use vmattest_sign::record::RecordSigError;
 
 /// Store errors. Their classes: see [`Classify`] below.
 #[derive(Debug, thiserror::Error)]
@@ -38,8 +42,8 @@ pub enum StoreError {
     MissingObject { id: ObjectId },
     #[error("object {id} at {path}: bytes do not hash to its name")]
     ObjectDigest { id: ObjectId, path: PathBuf },
-    #[error("seq {seq}: {detail}")]
-    Verification { seq: SeqNo, detail: String },
+    #[error("seq {seq}: {broken}")]
+    Verification { seq: SeqNo, broken: Broken },
     #[error("seq {seq}, component {component}, page {page}: {detail}")]
     PageMismatch {
         seq: SeqNo,
@@ -88,4 +92,67 @@ impl Classify for StoreError {
             StoreError::Image { error, .. } => error.class(),
         }
     }
+}
+
+/// What the verification of one link found wrong ([`StoreError::Verification`]). Each
+/// variant's text carries its cause, so that one line tells the whole story.
+#[derive(Debug, thiserror::Error)]
+pub enum Broken {
+    #[error("link does not match the digest in HEAD")]
+    HeadDigest,
+    #[error("the head manifest changed while it was read")]
+    HeadChanged,
+    #[error("link says seq {0}")]
+    LinkSeq(SeqNo),
+    #[error("link {0}")]
+    Signature(RecordSigError),
+    #[error("previous link digest {found}, expected {expected}")]
+    Prev { found: Digest, expected: Digest },
+    #[error("time {found} is before the previous link's {prev}")]
+    Time { found: UnixTime, prev: UnixTime },
+    #[error("manifest: {0}")]
+    ManifestObject(Box<StoreError>),
+    #[error("manifest: {0}")]
+    ManifestDecode(RecordError),
+    #[error("manifest seq or time differs from its link")]
+    ManifestMeta,
+    #[error("manifest is for VM {found:?}, this store holds {expected:?}")]
+    VmId { found: String, expected: String },
+    #[error("manifest uses tree {found}, this store uses {expected}")]
+    Params { found: String, expected: String },
+    #[error("manifest has policy {found:?}, this store has {expected:?}")]
+    Policy { found: String, expected: String },
+    #[error("components differ from the baseline's")]
+    Components,
+    #[error("delta digest: the manifest's page entries do not hash to the link's")]
+    Delta,
+    #[error("state root: the manifest's components do not hash to the link's")]
+    StateRoot,
+    #[error("component {component}: page digests give root {found}, the link says {expected}")]
+    Root {
+        component: String,
+        found: Digest,
+        expected: Digest,
+    },
+    #[error("page digests: {0}")]
+    Tree(TreeError),
+    #[error("head is {age} s old, expected at most {max} s")]
+    TooOld { age: u64, max: u64 },
+    #[error("component {component}, page {page}: batch holds too few bytes")]
+    ShortBatch { component: String, page: PageIndex },
+    #[error("component {component}, pages from {page}: {cause}")]
+    BatchObject {
+        component: String,
+        page: u64,
+        cause: Box<StoreError>,
+    },
+    #[error("component {component}, pages from {page}: batch {object}: {detail}")]
+    Batch {
+        component: String,
+        page: u64,
+        object: ObjectId,
+        detail: String,
+    },
+    #[error("batch {object}: {detail}")]
+    BatchHeader { object: ObjectId, detail: String },
 }

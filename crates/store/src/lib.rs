@@ -47,7 +47,7 @@ use vmattest_core::wire::{HEADER_LEN, Kind};
 pub use batch::{BATCH_PAGES, BatchCodec, decode_plain as decode_plain_batch};
 pub use bundle::{BundleHeader, BundleReader, Frame, ImportSummary};
 pub use crypt::StoreSecret;
-pub use error::StoreError;
+pub use error::{Broken, StoreError};
 pub use fsck::FsckReport;
 pub use fsio::{write_atomic, write_atomic_private};
 pub use replay::{PinnedKeys, ReplayOptions, Verified};
@@ -463,7 +463,10 @@ impl Store {
             let bytes = self.read_object(&b.object, Kind::Batch.max_body() + HEADER_LEN)?;
             let sealed = batch::is_sealed(&bytes).map_err(|detail| StoreError::Verification {
                 seq: m.meta.seq,
-                detail: format!("batch {}: {detail}", b.object),
+                broken: Broken::BatchHeader {
+                    object: b.object,
+                    detail,
+                },
             })?;
             if sealed != self.meta.encrypted {
                 return Err(bad(format!(

@@ -12,7 +12,7 @@ use vmattest_core::wire::{HEADER_LEN, Kind};
 
 use crate::crypt::PageKey;
 use crate::pages::{ObjectFn, idx, is_zero, page_of};
-use crate::{Store, StoreError, batch, fsio};
+use crate::{Broken, Store, StoreError, batch, fsio};
 
 /// Pages per region: 256 MiB of buffer per worker. Larger regions decode fewer batches twice
 /// (a batch whose pages straddle two regions is decoded by both).
@@ -168,10 +168,10 @@ impl Rebuild<'_> {
                 .get(off..off + n)
                 .ok_or_else(|| StoreError::Verification {
                     seq,
-                    detail: format!(
-                        "component {name}, page {}: batch holds too few bytes",
-                        e.page
-                    ),
+                    broken: Broken::ShortBatch {
+                        component: name.to_owned(),
+                        page: e.page,
+                    },
                 })?;
             if e.change == PageChange::Literal {
                 page.copy_from_slice(src);
@@ -197,18 +197,24 @@ impl Rebuild<'_> {
             (self.object)(&bref.object, Kind::Batch.max_body() + HEADER_LEN).map_err(|e| {
                 StoreError::Verification {
                     seq,
-                    detail: format!("component {comp}, pages from {page}: {e}"),
+                    broken: Broken::BatchObject {
+                        component: comp.to_owned(),
+                        page,
+                        cause: Box::new(e),
+                    },
                 }
             })?;
-        batch::decode_into(&bytes, expect, self.key, &mut dec.dctx, &mut dec.raw).map_err(|e| {
-            StoreError::Verification {
+        batch::decode_into(&bytes, expect, self.key, &mut dec.dctx, &mut dec.raw).map_err(
+            |detail| StoreError::Verification {
                 seq,
-                detail: format!(
-                    "component {comp}, pages from {page}: batch {}: {e}",
-                    bref.object
-                ),
-            }
-        })
+                broken: Broken::Batch {
+                    component: comp.to_owned(),
+                    page,
+                    object: bref.object,
+                    detail,
+                },
+            },
+        )
     }
 
     /// Rebuilds one region at the last seq and writes it to `file`; returns its page digests.

@@ -22,7 +22,7 @@ use crate::crypt::StoreSecret;
 use crate::dir::{Access, Dir, TempDir, memory_file};
 use crate::pages::{ObjectFn, idx};
 use crate::rebuild::{Decoder, REGION_PAGES, Rebuild, Scratch};
-use crate::{Store, StoreError};
+use crate::{Broken, Store, StoreError};
 
 /// The public keys every link must be signed by. Never empty: a verification through this
 /// crate always checks signatures against keys its caller chose.
@@ -190,7 +190,7 @@ impl Store {
         if upto == head.seq && link_digest(&links[links.len() - 1]) != head.link {
             return Err(StoreError::Verification {
                 seq: upto,
-                detail: "link does not match the digest in HEAD".into(),
+                broken: Broken::HeadDigest,
             });
         }
         let object = |id: &ObjectId, max: usize| self.read_object(id, max);
@@ -259,7 +259,7 @@ impl Store {
                 if copied_comps != manifests[manifests.len() - 1].components {
                     return Err(StoreError::Verification {
                         seq: last.value().seq,
-                        detail: "the head manifest changed while it was read".into(),
+                        broken: Broken::HeadChanged,
                     });
                 }
                 // A stale or damaged cache is not the chain's fault: decode instead.
@@ -319,11 +319,11 @@ impl Store {
     /// read it again and compare it with the baseline's).
     fn last_components(&self, src: &Source<'_>) -> Result<Vec<ComponentRoot>, StoreError> {
         let l = src.links[src.links.len() - 1].value();
-        let bad = |detail: String| StoreError::Verification { seq: l.seq, detail };
+        let bad = |broken| StoreError::Verification { seq: l.seq, broken };
         let bytes = (src.object)(&l.manifest, Kind::Manifest.max_body() + HEADER_LEN)
-            .map_err(|e| bad(format!("manifest: {e}")))?;
+            .map_err(|e| bad(Broken::ManifestObject(Box::new(e))))?;
         Ok(Manifest::decode(&bytes)
-            .map_err(|e| bad(format!("manifest: {e}")))?
+            .map_err(|e| bad(Broken::ManifestDecode(e)))?
             .components)
     }
 
@@ -384,9 +384,9 @@ impl Store {
                     }
                     rb.apply_region(seq, i, 0, &mut small[i], &mut dec)?;
                 }
-                let verr = |e: vmattest_core::tree::TreeError| StoreError::Verification {
+                let verr = |e| StoreError::Verification {
                     seq,
-                    detail: e.to_string(),
+                    broken: Broken::Tree(e),
                 };
                 if k == 0 {
                     let tree = match self.cached_base_tree(i, c) {
@@ -408,12 +408,11 @@ impl Store {
                 if trees[i].root() != m.components[i].root {
                     return Err(StoreError::Verification {
                         seq,
-                        detail: format!(
-                            "component {}: page digests give root {}, the link says {}",
-                            c.name,
-                            trees[i].root(),
-                            m.components[i].root
-                        ),
+                        broken: Broken::Root {
+                            component: c.name.clone(),
+                            found: trees[i].root(),
+                            expected: m.components[i].root,
+                        },
                     });
                 }
             }
@@ -435,12 +434,12 @@ impl Store {
             .map(|signed| {
                 let l = signed.value();
                 let signature = match opts.keys {
-                    Some(keys) => verify_signed(signed, keys).map_err(|e| format!("link {e}")),
+                    Some(keys) => verify_signed(signed, keys).map_err(Broken::Signature),
                     None => Ok(()),
                 };
                 let manifest = (src.object)(&l.manifest, Kind::Manifest.max_body() + HEADER_LEN)
-                    .map_err(|e| format!("manifest: {e}"))
-                    .and_then(|b| Manifest::decode(&b).map_err(|e| format!("manifest: {e}")))
+                    .map_err(|e| Broken::ManifestObject(Box::new(e)))
+                    .and_then(|b| Manifest::decode(&b).map_err(Broken::ManifestDecode))
                     .map(|m| {
                         let d = delta_digest(alg, &m.entries);
                         (m, d)
@@ -453,48 +452,48 @@ impl Store {
             .collect();
         for ((k, signed), work) in src.links.iter().enumerate().zip(heavy) {
             let seq = SeqNo(k as u64);
-            let bad = |detail: String| StoreError::Verification { seq, detail };
+            let bad = |broken| StoreError::Verification { seq, broken };
             let l = signed.value();
             if l.seq != seq {
-                return Err(bad(format!("link says seq {}", l.seq)));
+                return Err(bad(Broken::LinkSeq(l.seq)));
             }
             work.signature.map_err(bad)?;
             if l.prev != prev {
-                return Err(bad(format!(
-                    "previous link digest {}, expected {prev}",
-                    l.prev
-                )));
+                return Err(bad(Broken::Prev {
+                    found: l.prev,
+                    expected: prev,
+                }));
             }
             if l.time < prev_time {
-                return Err(bad(format!(
-                    "time {} is before the previous link's {prev_time}",
-                    l.time
-                )));
+                return Err(bad(Broken::Time {
+                    found: l.time,
+                    prev: prev_time,
+                }));
             }
             let (m, delta) = work.manifest.map_err(bad)?;
             if m.meta.seq != seq || m.meta.time != l.time {
-                return Err(bad("manifest seq or time differs from its link".into()));
+                return Err(bad(Broken::ManifestMeta));
             }
             if m.meta.vm_id != self.meta.vm_id {
-                return Err(bad(format!(
-                    "manifest is for VM {:?}, this store holds {:?}",
-                    m.meta.vm_id, self.meta.vm_id
-                )));
+                return Err(bad(Broken::VmId {
+                    found: m.meta.vm_id.clone(),
+                    expected: self.meta.vm_id.clone(),
+                }));
             }
             if m.meta.params != self.params {
-                return Err(bad(format!(
-                    "manifest uses tree {} with salt {:?}, this store uses {} with salt {:?}",
-                    m.meta.params.alg(),
-                    hex::encode(m.meta.params.salt()),
-                    self.params.alg(),
-                    hex::encode(self.params.salt())
-                )));
+                let tree = |p: &vmattest_core::tree::TreeParams| {
+                    format!("{} with salt {:?}", p.alg(), hex::encode(p.salt()))
+                };
+                return Err(bad(Broken::Params {
+                    found: tree(&m.meta.params),
+                    expected: tree(&self.params),
+                }));
             }
             if m.meta.policy_id != self.meta.policy_id {
-                return Err(bad(format!(
-                    "manifest has policy {:?}, this store has {:?}",
-                    m.meta.policy_id, self.meta.policy_id
-                )));
+                return Err(bad(Broken::Policy {
+                    found: m.meta.policy_id.clone(),
+                    expected: self.meta.policy_id.clone(),
+                }));
             }
             if let Some(first) = out.first() {
                 let same = first.components.len() == m.components.len()
@@ -504,18 +503,14 @@ impl Store {
                         .zip(&m.components)
                         .all(|(a, b)| a.name == b.name && a.kind == b.kind && a.len == b.len);
                 if !same {
-                    return Err(bad("components differ from the baseline's".into()));
+                    return Err(bad(Broken::Components));
                 }
             }
             if delta != l.delta {
-                return Err(bad(
-                    "delta digest: the manifest's page entries do not hash to the link's".into(),
-                ));
+                return Err(bad(Broken::Delta));
             }
             if state_root(&m.meta, &m.components) != l.state_root {
-                return Err(bad(
-                    "state root: the manifest's components do not hash to the link's".into(),
-                ));
+                return Err(bad(Broken::StateRoot));
             }
             prev = link_digest(signed);
             prev_time = l.time;
@@ -526,7 +521,7 @@ impl Store {
             if age > max {
                 return Err(StoreError::Verification {
                     seq: last.value().seq,
-                    detail: format!("head is {age} s old, expected at most {max} s"),
+                    broken: Broken::TooOld { age, max },
                 });
             }
         }
@@ -536,8 +531,8 @@ impl Store {
 
 /// What [`Store::check_links`] computes for each link in parallel.
 struct LinkWork {
-    signature: Result<(), String>,
-    manifest: Result<(Manifest, Digest), String>,
+    signature: Result<(), Broken>,
+    manifest: Result<(Manifest, Digest), Broken>,
 }
 
 /// Rebuilds every region of every component at the last seq and writes it; returns each

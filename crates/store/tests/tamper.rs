@@ -20,7 +20,7 @@ use vmattest_core::record::{SignatureEntry, Signed};
 use vmattest_core::sig::SigAlg;
 use vmattest_core::wire::{Kind, Writer};
 use vmattest_sign::{SecretKey, Signer as _};
-use vmattest_store::{PinnedKeys, ReplayOptions, Store, StoreError, StoreSecret};
+use vmattest_store::{Broken, PinnedKeys, ReplayOptions, Store, StoreError, StoreSecret};
 
 /// Baseline + 3 deltas of mem (300 pages + 17 bytes), disk (64 pages) and dev (15 bytes).
 fn chain(encrypted: bool) -> Fixture {
@@ -122,9 +122,22 @@ type Tamper = Box<dyn Fn(&Path)>;
 /// Whether an error is the one a tamper must cause.
 type Expect = fn(&StoreError) -> bool;
 
-/// A failed check of link `n` (its signature, manifest, batches or HEAD's digest of it).
-fn fails_seq(e: &StoreError, n: u64) -> bool {
-    matches!(e, StoreError::Verification { seq, .. } if *seq == SeqNo(n))
+/// A failed check of link `n` (its signature, manifest, batches or HEAD's digest of it) for
+/// a reason `why` accepts.
+fn fails_seq(e: &StoreError, n: u64, why: fn(&Broken) -> bool) -> bool {
+    matches!(e, StoreError::Verification { seq, broken } if *seq == SeqNo(n) && why(broken))
+}
+
+fn signature(b: &Broken) -> bool {
+    matches!(b, Broken::Signature(_))
+}
+
+/// A page batch that is missing, altered or short.
+fn batch(b: &Broken) -> bool {
+    matches!(
+        b,
+        Broken::Batch { .. } | Broken::BatchObject { .. } | Broken::ShortBatch { .. }
+    )
 }
 
 /// A store file that does not parse, named by its file name.
@@ -148,62 +161,62 @@ fn every_tamper_is_caught_and_named() {
         (
             "link 2 body",
             Box::new(move |r| flip(&link_path(r, 2), |_| state_root_byte)),
-            |e| fails_seq(e, 2),
+            |e| fails_seq(e, 2, signature),
             true,
         ),
         (
             "link 2 signature",
             Box::new(|r| flip(&link_path(r, 2), |b| b.len() - 3)),
-            |e| fails_seq(e, 2),
+            |e| fails_seq(e, 2, signature),
             true,
         ),
         (
             "head link signature",
             Box::new(|r| flip(&link_path(r, 3), |b| b.len() - 3)),
-            |e| fails_seq(e, 3),
+            |e| fails_seq(e, 3, signature),
             true,
         ),
         (
             "HEAD digest",
             Box::new(|r| flip(&r.join("HEAD"), |b| find(b, "\"link\":\"", 12))),
             // The flipped bit may leave a hex digit or not, depending on the random key.
-            |e| fails_seq(e, 3) || corrupt(e, "HEAD"),
+            |e| fails_seq(e, 3, |b| matches!(b, Broken::HeadDigest)) || corrupt(e, "HEAD"),
             false,
         ),
         (
             "HEAD seq",
             Box::new(|r| flip(&r.join("HEAD"), |b| find(b, "\"seq\":", 6))),
-            |e| fails_seq(e, 2),
+            |e| fails_seq(e, 2, |b| matches!(b, Broken::HeadDigest)),
             false,
         ),
         (
             "manifest 2",
             Box::new(move |r| flip(&object_path(r, &m2), |b| b.len() / 2)),
-            |e| fails_seq(e, 2),
+            |e| fails_seq(e, 2, |b| matches!(b, Broken::ManifestObject(_))),
             true,
         ),
         (
             "batch of seq 2",
             Box::new(move |r| flip(&object_path(r, &b2), |b| b.len() / 2)),
-            |e| fails_seq(e, 2),
+            |e| fails_seq(e, 2, batch),
             true,
         ),
         (
             "batch of the baseline",
             Box::new(move |r| flip(&object_path(r, &b0), |b| b.len() - 1)),
-            |e| fails_seq(e, 0),
+            |e| fails_seq(e, 0, batch),
             true,
         ),
         (
             "batch of seq 1 deleted",
             Box::new(move |r| std::fs::remove_file(object_path(r, &b1)).unwrap()),
-            |e| fails_seq(e, 1),
+            |e| fails_seq(e, 1, batch),
             true,
         ),
         (
             "batch of seq 3 truncated",
             Box::new(move |r| truncate(&object_path(r, &b3))),
-            |e| fails_seq(e, 3),
+            |e| fails_seq(e, 3, batch),
             true,
         ),
         (
@@ -239,13 +252,13 @@ fn every_tamper_is_caught_and_named() {
         (
             "store.json VM id",
             Box::new(|r| flip(&r.join("store.json"), |b| find(b, "vm-test", 6))),
-            |e| fails_seq(e, 0),
+            |e| fails_seq(e, 0, |b| matches!(b, Broken::VmId { .. })),
             true,
         ),
         (
             "store.json policy id",
             Box::new(|r| flip(&r.join("store.json"), |b| find(b, "default", 6))),
-            |e| fails_seq(e, 0),
+            |e| fails_seq(e, 0, |b| matches!(b, Broken::Policy { .. })),
             true,
         ),
     ];
@@ -294,32 +307,41 @@ fn wrong_key_is_named_and_prefixes_before_damage_still_verify() {
     let e = store.verify(&fx.opts(&other, None)).unwrap_err();
     assert!(e.class() == ErrorClass::Verification, "{e}");
     assert!(
-        matches!(e, StoreError::Verification { seq: SeqNo(0), .. }),
+        matches!(
+            e,
+            StoreError::Verification {
+                seq: SeqNo(0),
+                broken: Broken::Signature(_)
+            }
+        ),
         "a signature by an unpinned key fails the first link: {e}"
     );
 
     let m3 = manifest_id(&fx.store, 3);
     let b3 = own_batch(&fx.store, 3);
-    let tampers: Vec<(&str, Tamper)> = vec![
+    let tampers: Vec<(&str, Tamper, fn(&Broken) -> bool)> = vec![
         (
             "link 3",
             Box::new(|r| flip(&link_path(r, 3), |b| b.len() - 3)),
+            signature,
         ),
         (
             "manifest 3",
             Box::new(move |r| flip(&object_path(r, &m3), |b| b.len() / 2)),
+            |b| matches!(b, Broken::ManifestObject(_)),
         ),
         (
             "batch 3",
             Box::new(move |r| std::fs::remove_file(object_path(r, &b3)).unwrap()),
+            batch,
         ),
     ];
-    for (i, (what, tamper)) in tampers.iter().enumerate() {
+    for (i, (what, tamper, why)) in tampers.iter().enumerate() {
         let root = fx.path(&format!("prefix-{i}"));
         copy_dir(&fx.store, &root);
         tamper(&root);
         let e = verify_copy(&fx, &root, None).unwrap_err();
-        assert!(fails_seq(&e, 3), "{what}: {e}");
+        assert!(fails_seq(&e, 3, *why), "{what}: {e}");
         for upto in 0..=2 {
             assert_eq!(
                 verify_copy(&fx, &root, Some(upto))
@@ -440,7 +462,7 @@ fn encrypted_store_needs_the_right_secret_and_failed_restores_leave_nothing() {
     let out = out_dir.join("wrong-secret");
     let e = store.restore(&bad_opts, &out).unwrap_err();
     // The wrong secret fails the first batch it decrypts.
-    assert!(fails_seq(&e, 0), "{e}");
+    assert!(fails_seq(&e, 0, batch), "{e}");
     assert!(!out.exists());
     assert!(store.verify(&bad_opts).is_err());
 
@@ -458,7 +480,7 @@ fn encrypted_store_needs_the_right_secret_and_failed_restores_leave_nothing() {
     flip(&object_path(&fx.store, &b3), |b| b.len() - 20);
     let out = out_dir.join("damaged");
     let e = store.restore(&fx.opts(&keys, None), &out).unwrap_err();
-    assert!(fails_seq(&e, 3), "{e}");
+    assert!(fails_seq(&e, 3, batch), "{e}");
     assert!(!out.exists());
     // ...but an earlier seq still restores.
     let out = out_dir.join("seq2");
