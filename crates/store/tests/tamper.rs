@@ -124,9 +124,12 @@ type Expect = fn(&StoreError) -> bool;
 
 /// A failed check of link `n` (its signature, manifest, batches or HEAD's digest of it) for
 /// a reason `why` accepts.
-fn fails_seq(e: &StoreError, n: u64, why: fn(&Broken) -> bool) -> bool {
+fn fails_seq(e: &StoreError, n: u64, why: Why) -> bool {
     matches!(e, StoreError::Verification { seq, broken } if *seq == SeqNo(n) && why(broken))
 }
+
+/// Which kinds of break a tamper may cause.
+type Why = fn(&Broken) -> bool;
 
 fn signature(b: &Broken) -> bool {
     matches!(b, Broken::Signature(_))
@@ -319,7 +322,7 @@ fn wrong_key_is_named_and_prefixes_before_damage_still_verify() {
 
     let m3 = manifest_id(&fx.store, 3);
     let b3 = own_batch(&fx.store, 3);
-    let tampers: Vec<(&str, Tamper, fn(&Broken) -> bool)> = vec![
+    let tampers: Vec<(&str, Tamper, Why)> = vec![
         (
             "link 3",
             Box::new(|r| flip(&link_path(r, 3), |b| b.len() - 3)),
