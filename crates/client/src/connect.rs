@@ -1,10 +1,10 @@
 //! [`Client::connect`]: a client from a server URL, a token file and a CA certificate file.
 
-use std::io::Read as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use vmattest_core::class::{Classify, ErrorClass};
+use vmattest_core::limit::read_to_cap;
 
 use crate::{Client, ClientError};
 
@@ -91,16 +91,14 @@ fn read_capped(path: &Path, max: u64, what: &'static str) -> Result<Vec<u8>, Con
             what,
         });
     }
-    let mut bytes = Vec::new();
-    file.take(max + 1).read_to_end(&mut bytes).map_err(read)?;
-    if bytes.len() as u64 > max {
-        return Err(ConnectError::TooLarge {
+    let len = file.metadata().map_err(read)?.len();
+    read_to_cap(file, max, len)
+        .map_err(read)?
+        .ok_or_else(|| ConnectError::TooLarge {
             path: path.to_owned(),
             what,
             max,
-        });
-    }
-    Ok(bytes)
+        })
 }
 
 /// `O_NONBLOCK`, for opening a file the user named without waiting on a FIFO's writer.

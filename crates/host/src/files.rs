@@ -1,10 +1,10 @@
 //! Reading the files a user names (capped, type-checked, never blocking on a FIFO) and
 //! writing results (atomically; secrets mode 0600 from creation).
 
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use vmattest_core::class::{Classify, ErrorClass};
+use vmattest_core::limit::read_to_cap;
 use vmattest_vmconfig::measure::{Accept, open_checked};
 
 #[derive(Debug, thiserror::Error)]
@@ -92,28 +92,19 @@ pub fn read_capped(path: &Path, max: u64, what: &'static str) -> Result<Vec<u8>,
         what,
         source,
     };
-    let mut bytes = Vec::new();
-    if is_stdin(path) {
-        std::io::stdin()
-            .lock()
-            .take(max.saturating_add(1))
-            .read_to_end(&mut bytes)
-            .map_err(read)?;
+    let bytes = if is_stdin(path) {
+        read_to_cap(std::io::stdin().lock(), max, 0)
     } else {
         let file =
             open_checked(path, Accept::File).map_err(|source| FileError::Open { what, source })?;
-        file.take(max.saturating_add(1))
-            .read_to_end(&mut bytes)
-            .map_err(read)?;
-    }
-    if bytes.len() as u64 > max {
-        return Err(FileError::TooLarge {
-            path: path.to_path_buf(),
-            what,
-            max,
-        });
-    }
-    Ok(bytes)
+        let len = file.metadata().map_err(read)?.len();
+        read_to_cap(file, max, len)
+    };
+    bytes.map_err(read)?.ok_or_else(|| FileError::TooLarge {
+        path: path.to_path_buf(),
+        what,
+        max,
+    })
 }
 
 /// As [`read_capped`], for UTF-8 text.

@@ -8,12 +8,14 @@
 //! are created 0700 and files 0600: a store holds guest bytes.
 
 use std::fs::File;
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::os::fd::OwnedFd;
 use std::path::{Component, Path, PathBuf};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
+
+use vmattest_core::limit::read_to_cap;
 
 use crate::StoreError;
 
@@ -364,16 +366,14 @@ pub(crate) fn read_file_capped(f: File, path: &Path, max: usize) -> Result<Vec<u
             found: len,
         });
     }
-    let mut out = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-    f.take(max as u64 + 1).read_to_end(&mut out).map_err(io)?;
-    if out.len() > max {
-        return Err(StoreError::TooLarge {
+    // A file that grew since its length was read is refused, not cut.
+    read_to_cap(f, max as u64, len)
+        .map_err(io)?
+        .ok_or_else(|| StoreError::TooLarge {
             path: path.to_path_buf(),
             max: max as u64,
-            found: out.len() as u64,
-        });
-    }
-    Ok(out)
+            found: len.max(max as u64 + 1),
+        })
 }
 
 /// A fresh, private scratch directory (random name, 0700) removed with its contents on drop.
