@@ -1,8 +1,8 @@
 //! vmattest core: digests, image trees, inclusion proofs and canonical signed records.
 //!
 //! Everything here works on byte slices (`limit` on a reader its caller opened); no module
-//! touches the file system, the network or
-//! a clock. Adapters (image, sign, cli) do the I/O.
+//! touches the file system, the network or a clock. Adapters (image, sign, store, host) do the
+//! I/O.
 #![forbid(unsafe_code)]
 
 pub mod alg;
