@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use vmattest_core::chain::ComponentKind;
 use vmattest_core::class::{Classify, ErrorClass};
-use vmattest_store::{ComponentInput, StoreError, StoreWriter, TakeOptions, TakeSummary};
+use vmattest_store::{ComponentInput, Hold, StoreError, StoreWriter, TakeOptions, TakeSummary};
 
 use crate::guard::{GuardError, GuardProgram};
 use crate::qmp::{Qmp, QmpError};
@@ -195,7 +195,11 @@ pub fn capture(
     let t0 = Instant::now();
     let stopped = if was_running { qmp.stop() } else { Ok(()) };
     let paused = match stopped {
-        Ok(()) => measure(spec, store, opts, &mut qmp, &work, &dev_path, &config_path),
+        // The `Paused` promise ends with this statement, before the `cont` below.
+        Ok(()) => {
+            let files = (work.as_path(), dev_path.as_path(), config_path.as_path());
+            measure(spec, store, opts, &mut qmp, files, &Paused(()))
+        }
         Err(e) => Err(qmp_err(e)),
     };
     // Whatever happened, the guest runs on as it was.
@@ -233,15 +237,25 @@ pub fn capture(
 
 type Measured = (vmattest_store::Frozen, Duration, Duration, u64);
 
+/// The guest is stopped and stays so: made only after QMP `stop` returned (or the guest was
+/// found paused) and dropped before `cont`.
+struct Paused(());
+
+// SAFETY: a `Paused` lives only between the guest's stop and its `cont` in `capture`, and this
+// process holds the VM's QMP session (QEMU serves one at a time), so no one resumes the guest
+// meanwhile. Stopped vCPUs write no RAM, QEMU drains disk I/O on stop, and the migration
+// writes only the device state file (`x-ignore-shared` leaves RAM out).
+#[allow(unsafe_code)]
+unsafe impl vmattest_store::Quiescent for Paused {}
+
 /// The paused part of a capture.
 fn measure(
     spec: &VmSpec,
     store: &StoreWriter,
     opts: &TakeOptions<'_>,
     qmp: &mut Qmp,
-    work: &Path,
-    dev_path: &Path,
-    config_path: &Path,
+    (work, dev_path, config_path): (&Path, &Path, &Path),
+    paused: &Paused,
 ) -> Result<Measured, CaptureError> {
     let qmp_err = |source| CaptureError::Qmp {
         vm: spec.name().to_owned(),
@@ -306,7 +320,7 @@ fn measure(
             dirty: None,
         });
     }
-    let frozen = store.freeze(&inputs, opts.secret, true)?;
+    let frozen = store.freeze(&inputs, opts.secret, Hold::WhilePaused(paused))?;
     Ok((frozen, device_state, t.elapsed(), device_state_bytes))
 }
 

@@ -51,7 +51,7 @@ pub use error::{Broken, StoreError};
 pub use fsck::FsckReport;
 pub use fsio::{write_atomic, write_atomic_private};
 pub use replay::{PinnedKeys, ReplayOptions, Verified};
-pub use take::{ComponentInput, Frozen, TakeOptions, TakeSummary};
+pub use take::{ComponentInput, Frozen, Hold, Quiescent, TakeOptions, TakeSummary};
 
 /// Version of the store layout.
 pub const STORE_FORMAT: u32 = 2;

@@ -70,6 +70,37 @@ pub fn check_name(name: &str) -> Result<(), StoreError> {
     }
 }
 
+/// A promise that nothing writes the component files while the value lives: a paused guest.
+/// [`StoreWriter::freeze`] maps the files and reads them as byte slices; it takes guest RAM
+/// only under such a promise, and copies the changed pages out before it returns.
+///
+/// # Safety
+///
+/// An implementor guarantees that from its creation until it is dropped no process writes
+/// the files it is given for; a slice over a mapping whose bytes change is undefined behaviour.
+#[allow(unsafe_code)]
+pub unsafe trait Quiescent {}
+
+/// How long the component files stay as they are.
+#[derive(Clone, Copy)]
+pub enum Hold<'a> {
+    /// Until [`StoreWriter::commit`]: files nobody writes (images, a stopped guest's files).
+    /// They stay mapped, and nothing is copied.
+    UntilCommit,
+    /// Only while `paused` lives (a running guest's RAM): the changed pages are copied out
+    /// before `freeze` returns, so that the guest may run on before the commit.
+    WhilePaused(&'a dyn Quiescent),
+}
+
+impl std::fmt::Debug for Hold<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Hold::UntilCommit => "UntilCommit",
+            Hold::WhilePaused(_) => "WhilePaused",
+        })
+    }
+}
+
 /// Where the bytes of the captured pages live between [`Store::freeze`] and [`Store::commit`].
 #[derive(Debug)]
 enum Source {
@@ -156,18 +187,17 @@ impl StoreWriter {
         inputs: &[ComponentInput],
         opts: &TakeOptions<'_>,
     ) -> Result<TakeSummary, StoreError> {
-        let frozen = self.freeze(inputs, opts.secret, false)?;
+        let frozen = self.freeze(inputs, opts.secret, Hold::UntilCommit)?;
         self.commit(frozen, opts)
     }
 
-    /// Measures the components against the head and finds the changed pages. With `copy`,
-    /// their bytes are copied out so that the files may change before [`Store::commit`];
-    /// otherwise the files must stay as they are until then.
+    /// Measures the components against the head and finds the changed pages; `hold` says
+    /// whether their bytes must be copied out before the files may change.
     pub fn freeze(
         &self,
         inputs: &[ComponentInput],
         secret: Option<&StoreSecret>,
-        copy: bool,
+        hold: Hold<'_>,
     ) -> Result<Frozen, StoreError> {
         if inputs.is_empty() || inputs.len() > MAX_COMPONENTS {
             return Err(StoreError::Input(format!(
@@ -257,10 +287,9 @@ impl StoreWriter {
             );
             trees.push(tree);
         }
-        let source = if copy {
-            copy_pages(images, &entries)
-        } else {
-            Source::Mapped(images)
+        let source = match hold {
+            Hold::WhilePaused(_) => copy_pages(images, &entries),
+            Hold::UntilCommit => Source::Mapped(images),
         };
         Ok(Frozen {
             head,

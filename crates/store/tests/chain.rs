@@ -161,7 +161,8 @@ fn frozen_copy_commits_the_frozen_instant() {
                 path: mem_path.clone(),
                 dirty: None,
             }];
-            let frozen = store.freeze(&inputs, fx.secret.as_ref(), true).unwrap();
+            let hold = vmattest_store::Hold::WhilePaused(&Still);
+            let frozen = store.freeze(&inputs, fx.secret.as_ref(), hold).unwrap();
             frozen_states.push(mem.clone());
             // The "VM" runs on before the commit.
             mutate(&mut mem, 9, round * 7 + 5);
@@ -283,3 +284,11 @@ fn a_damaged_head_cache_is_rebuilt_before_a_take_uses_it() {
     }
     assert_eq!(std::fs::read(fx.path("out2").join("mem")).unwrap(), mem);
 }
+
+/// This test's "paused guest": it writes the image only after `freeze` returned.
+struct Still;
+
+// SAFETY: each `Still` is a temporary of the `freeze` call, and the test writes the image
+// file only after that call returns.
+#[allow(unsafe_code)]
+unsafe impl vmattest_store::Quiescent for Still {}
