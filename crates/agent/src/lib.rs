@@ -9,6 +9,7 @@
 //! - [`run`]: the challenge-measure-submit loop, over `vmattest_client`.
 
 pub mod baseline;
+mod event;
 pub mod evidence;
 pub mod measure;
 pub mod report;

@@ -7,10 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::bail;
-use serde::Serialize;
 use vmattest_agent::report::ChainCheck;
 use vmattest_agent::run::{Event, LoopOptions, Rollback, RunError, run_loop};
-use vmattest_api::AttestationResult;
 use vmattest_host::report::SnapshotReportJson;
 use vmattest_host::verdict::Verdict;
 use vmattest_host::{files, keys, record, vm};
@@ -19,84 +17,14 @@ use super::{connect, signer_choice, verifier};
 use crate::args::{AgentArgs, AttestCommand, ServerArgs, VerifyArgs};
 use crate::output;
 
-#[derive(Debug, Serialize)]
-struct RoundJson<'a> {
-    round: u64,
-    #[serde(flatten)]
-    result: &'a AttestationResult,
-}
-
-fn result_line(round: u64, r: &AttestationResult) -> String {
-    let matched = r.regions.iter().filter(|x| x.matched).count();
-    let failed: Vec<&str> = r
-        .regions
-        .iter()
-        .filter(|x| !x.matched)
-        .map(|x| x.name.as_str())
-        .collect();
-    format!(
-        "{} round {round}: score {} ({}), {matched}/{} region(s) matched{}{}, result {}",
-        r.vm,
-        r.score,
-        r.status,
-        r.regions.len(),
-        if failed.is_empty() {
-            String::new()
-        } else {
-            format!(" (differ: {})", failed.join(", "))
-        },
-        if r.alert { ", ALERT" } else { "" },
-        r.id
-    )
-}
-
-/// What one event of the loop prints.
+/// What one event of the loop prints: results on stdout, a skipped rollback on stderr.
 fn print_event(name: &str, event: &Event, json: bool) -> anyhow::Result<()> {
-    match event {
-        Event::Answered { round, result } => output::show(
-            json,
-            &RoundJson {
-                round: *round,
-                result,
-            },
-            |_| result_line(*round, result),
-        ),
-        Event::RolledBack { round, seq, report } => {
-            let j = serde_json::json!({
-                "round": round, "vm": name, "rolled_back_to": seq,
-                "link": report.verified.link.to_hex(),
-                "state_root": report.verified.state_root.to_hex(),
-            });
-            output::show(json, &j, |_| {
-                format!(
-                    "{name} round {round}: rolled back to seq {seq} as the server asked (verified links 0 to {seq}); the guest runs on"
-                )
-            })
-        }
-        Event::Reported {
-            round,
-            request,
-            seq,
-            verdict,
-        } => {
-            let j = serde_json::json!({
-                "round": round, "vm": name, "snapshot_request": request, "seq": seq, "verdict": verdict,
-            });
-            output::show(json, &j, |_| {
-                format!(
-                    "{name} round {round}: snapshot request {request}: the running VM and seq {seq}: {verdict} (signed report sent)"
-                )
-            })
-        }
-        Event::RollbackSkipped { round, seq } => {
-            let _ = writeln!(
-                std::io::stderr(),
-                "vmattest: {name} round {round}: the server asks for a rollback to seq {seq}, but no --store was given"
-            );
-            Ok(())
-        }
-        Event::Failed { .. } => Ok(()),
+    if let Event::RollbackSkipped { .. } = event {
+        let _ = writeln!(std::io::stderr(), "vmattest: {}", event.text(name));
+    } else if let Some(j) = event.to_json(name) {
+        output::show(json, &j, |_| event.text(name))?;
     }
+    Ok(())
 }
 
 /// `vmattest agent`.
