@@ -14,6 +14,7 @@ use vmattest_core::attest::{
 };
 use vmattest_core::class::{Classify, ErrorClass};
 use vmattest_image::{ImageError, LiveImage};
+use vmattest_qemu::qmp::Monitor as _;
 use vmattest_qemu::{QmpError, VmSpec};
 
 #[derive(Debug, thiserror::Error)]

@@ -12,9 +12,11 @@ use vmattest_core::chain::ComponentKind;
 use vmattest_core::class::{Classify, ErrorClass};
 use vmattest_store::{ComponentInput, Hold, StoreError, StoreWriter, TakeOptions, TakeSummary};
 
+use serde_json::Value;
+
 use crate::guard::{GuardError, GuardProgram};
-use crate::qmp::{Qmp, QmpError};
-use crate::spec::{DiskFormat, VmSpec};
+use crate::qmp::{Monitor, QmpError};
+use crate::spec::{Disk, DiskFormat, VmSpec};
 use crate::vm::VmError;
 
 /// Component names a VM's chain uses besides its disks' names.
@@ -103,8 +105,10 @@ pub struct CaptureReport {
 /// Test hook, only with the `fault-injection` feature: `VMATTEST_KILL_QEMU_AT=<point>` kills
 /// the VM's QEMU there, as a crash would.
 #[cfg(feature = "fault-injection")]
-fn kill_point(spec: &VmSpec, point: &str) {
-    if std::env::var("VMATTEST_KILL_QEMU_AT").is_ok_and(|v| v == point) {
+fn kill_point(t: &Target<'_>, point: &str) {
+    if let Some(spec) = t.spec
+        && std::env::var("VMATTEST_KILL_QEMU_AT").is_ok_and(|v| v == point)
+    {
         crate::vm::kill_now(spec);
     }
 }
@@ -121,10 +125,41 @@ fn hold_point(point: &str) {
 }
 
 #[cfg(not(feature = "fault-injection"))]
-fn kill_point(_spec: &VmSpec, _point: &str) {}
+fn kill_point(_t: &Target<'_>, _point: &str) {}
 
 #[cfg(not(feature = "fault-injection"))]
 fn hold_point(_point: &str) {}
+
+/// What a capture reads, whoever runs the VM: vmattest itself (from a spec) or a manager such
+/// as libvirt (from its domain).
+#[derive(Debug)]
+pub struct Target<'a> {
+    /// The VM's name; a store holds the chain of one name.
+    pub name: &'a str,
+    /// The shared file behind guest RAM.
+    pub ram: PathBuf,
+    pub disks: Vec<Disk>,
+    /// The `config` component: the guest-visible configuration.
+    pub config: Vec<u8>,
+    /// Where the capture's private scratch directory is made (device state, qcow2 disks
+    /// converted to raw): the VM's run directory, or any directory on the same host.
+    pub scratch_in: PathBuf,
+    /// The spec of a QEMU vmattest runs itself, for the crash tests' hooks.
+    pub spec: Option<&'a VmSpec>,
+}
+
+impl<'a> Target<'a> {
+    pub fn of_spec(spec: &'a VmSpec) -> Target<'a> {
+        Target {
+            name: spec.name(),
+            ram: spec.ram_path(),
+            disks: spec.disks().to_vec(),
+            config: spec.config_bytes(),
+            scratch_in: spec.run_dir().to_path_buf(),
+            spec: Some(spec),
+        }
+    }
+}
 
 /// Captures the running (or paused) VM as the next link of `store`. A running guest is
 /// paused only while it is measured; `guard` starts a process that resumes it should this one
@@ -136,27 +171,58 @@ pub fn capture(
     opts: &TakeOptions<'_>,
     guard: Option<&GuardProgram>,
 ) -> Result<CaptureReport, CaptureError> {
-    let vm = || spec.name().to_owned();
-    // A store holds one VM's chain: another guest's pages must never extend it.
-    if store.meta().vm_id != spec.name() {
-        return Err(CaptureError::Vm {
-            vm: vm(),
-            detail: format!(
-                "the store {} holds the chain of VM {:?}, expected {:?}",
-                store.root().display(),
-                store.meta().vm_id,
-                spec.name()
-            ),
-        });
+    let target = Target::of_spec(spec);
+    check_store(&target, store)?;
+    let mut qmp = crate::vm::connect(spec).map_err(|source| CaptureError::Qmp {
+        vm: spec.name().to_owned(),
+        source,
+    })?;
+    let mut arm = || {
+        crate::guard::arm(spec, guard).map_err(|source| CaptureError::Guard {
+            vm: spec.name().to_owned(),
+            source,
+        })
+    };
+    capture_target(&target, &mut qmp, store, opts, Some(&mut arm))
+}
+
+/// A store holds one VM's chain: another guest's pages must never extend it.
+pub fn check_store(t: &Target<'_>, store: &StoreWriter) -> Result<(), CaptureError> {
+    if store.meta().vm_id == t.name {
+        return Ok(());
     }
+    Err(CaptureError::Vm {
+        vm: t.name.to_owned(),
+        detail: format!(
+            "the store {} holds the chain of VM {:?}, expected {:?}",
+            store.root().display(),
+            store.meta().vm_id,
+            t.name
+        ),
+    })
+}
+
+type Arm<'g> = &'g mut dyn FnMut() -> Result<crate::guard::Armed, CaptureError>;
+
+/// [`capture`] of any target through any monitor; `arm` starts a guardian for a running guest.
+/// Migration settings the capture changes are set back afterwards, so that the VM's manager
+/// finds its own later jobs (a save, a migration) as it left them.
+pub fn capture_target(
+    t: &Target<'_>,
+    mon: &mut dyn Monitor,
+    store: &StoreWriter,
+    opts: &TakeOptions<'_>,
+    arm: Option<Arm<'_>>,
+) -> Result<CaptureReport, CaptureError> {
+    let vm = || t.name.to_owned();
+    check_store(t, store)?;
     let qmp_err = |source| CaptureError::Qmp { vm: vm(), source };
-    let mut qmp = crate::vm::connect(spec).map_err(qmp_err)?;
-    let mut status = qmp.query_status().map_err(qmp_err)?;
+    let mut status = mon.query_status().map_err(qmp_err)?;
     if status == "postmigrate" {
         // Left so by an earlier capture of a paused guest: QEMU refuses another migration
         // from this state, and only `cont` leaves it.
-        qmp.cont().and_then(|()| qmp.stop()).map_err(qmp_err)?;
-        status = qmp.query_status().map_err(qmp_err)?;
+        mon.cont().and_then(|()| mon.stop()).map_err(qmp_err)?;
+        status = mon.query_status().map_err(qmp_err)?;
     }
     let was_running = match status.as_str() {
         "running" => true,
@@ -168,43 +234,91 @@ pub fn capture(
             });
         }
     };
+    let saved = Settings::read(mon).map_err(qmp_err)?;
     // Settings first, so that the pause covers only the capture itself.
-    qmp.set_capabilities(&[("x-ignore-shared", true)])
+    mon.set_capabilities(&[("x-ignore-shared", true)])
         .map_err(qmp_err)?;
-    qmp.set_max_bandwidth(u64::MAX >> 2).map_err(qmp_err)?;
-    let work = tempfile_dir(spec)?;
-    let dev_path = work.join(DEVICE_STATE);
-    let config_path = work.join(CONFIG);
-    write_private(&config_path, &spec.config_bytes())?;
-    // QEMU writes into a file that already exists with the right mode.
-    write_private(&dev_path, &[])?;
+    mon.set_max_bandwidth(u64::MAX >> 2).map_err(qmp_err)?;
+    let result = capture_paused(t, mon, store, opts, was_running, arm);
+    // Whatever happened, the settings go back as they were.
+    let restored = saved.write(mon).map_err(qmp_err);
+    let report = result?;
+    restored?;
+    Ok(report)
+}
 
-    let armed = if was_running {
-        let armed = crate::guard::arm(spec, guard)
-            .map_err(|source| CaptureError::Guard { vm: vm(), source });
-        match armed {
+/// The migration settings a capture changes.
+struct Settings {
+    ignore_shared: bool,
+    max_bandwidth: Option<u64>,
+}
+
+impl Settings {
+    fn read(mon: &mut dyn Monitor) -> Result<Settings, QmpError> {
+        let caps = mon.execute("query-migrate-capabilities", Value::Null)?;
+        let ignore_shared = caps.as_array().is_some_and(|list| {
+            list.iter().any(|c| {
+                c.get("capability").and_then(Value::as_str) == Some("x-ignore-shared")
+                    && c.get("state").and_then(Value::as_bool) == Some(true)
+            })
+        });
+        let params = mon.execute("query-migrate-parameters", Value::Null)?;
+        let max_bandwidth = params.get("max-bandwidth").and_then(Value::as_u64);
+        Ok(Settings {
+            ignore_shared,
+            max_bandwidth,
+        })
+    }
+
+    fn write(&self, mon: &mut dyn Monitor) -> Result<(), QmpError> {
+        mon.set_capabilities(&[("x-ignore-shared", self.ignore_shared)])?;
+        match self.max_bandwidth {
+            Some(b) => mon.set_max_bandwidth(b),
+            None => Ok(()),
+        }
+    }
+}
+
+fn capture_paused(
+    t: &Target<'_>,
+    mon: &mut dyn Monitor,
+    store: &StoreWriter,
+    opts: &TakeOptions<'_>,
+    was_running: bool,
+    arm: Option<Arm<'_>>,
+) -> Result<CaptureReport, CaptureError> {
+    let vm = || t.name.to_owned();
+    let qmp_err = |source| CaptureError::Qmp { vm: vm(), source };
+    let work = tempfile_dir(&t.scratch_in)?;
+    let files = Scratch {
+        dev: work.join(DEVICE_STATE),
+        config: work.join(CONFIG),
+        work,
+    };
+    write_private(&files.config, &t.config)?;
+    // QEMU writes into a file that already exists with the right mode.
+    write_private(&files.dev, &[])?;
+
+    let armed = match arm {
+        Some(arm) if was_running => match arm() {
             Ok(a) => Some(a),
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&work);
+                let _ = std::fs::remove_dir_all(&files.work);
                 return Err(e);
             }
-        }
-    } else {
-        None
+        },
+        _ => None,
     };
     let t0 = Instant::now();
-    let stopped = if was_running { qmp.stop() } else { Ok(()) };
+    let stopped = if was_running { mon.stop() } else { Ok(()) };
     let paused = match stopped {
         // The `Paused` promise ends with this statement, before the `cont` below.
-        Ok(()) => {
-            let files = (work.as_path(), dev_path.as_path(), config_path.as_path());
-            measure(spec, store, opts, &mut qmp, files, &Paused(()))
-        }
+        Ok(()) => measure(t, store, opts, mon, &files, &Paused(())),
         Err(e) => Err(qmp_err(e)),
     };
     // Whatever happened, the guest runs on as it was.
     let resumed = if was_running {
-        qmp.cont().map_err(qmp_err)
+        mon.cont().map_err(qmp_err)
     } else {
         Ok(())
     };
@@ -218,13 +332,13 @@ pub fn capture(
     let (frozen, device_state, measure_time, device_state_bytes) = match (paused, resumed) {
         (Ok(p), Ok(())) => p,
         (Err(e), _) | (Ok(_), Err(e)) => {
-            let _ = std::fs::remove_dir_all(&work);
+            let _ = std::fs::remove_dir_all(&files.work);
             return Err(e);
         }
     };
     let t1 = Instant::now();
     let summary = store.commit(frozen, opts);
-    let _ = std::fs::remove_dir_all(&work);
+    let _ = std::fs::remove_dir_all(&files.work);
     Ok(CaptureReport {
         summary: summary?,
         downtime,
@@ -235,110 +349,121 @@ pub fn capture(
     })
 }
 
+/// The capture's private files.
+struct Scratch {
+    work: PathBuf,
+    dev: PathBuf,
+    config: PathBuf,
+}
+
 type Measured = (vmattest_store::Frozen, Duration, Duration, u64);
 
 /// The guest is stopped and stays so: made only after QMP `stop` returned (or the guest was
 /// found paused) and dropped before `cont`.
 struct Paused(());
 
-// SAFETY: a `Paused` lives only between the guest's stop and its `cont` in `capture`, and this
-// process holds the VM's QMP session (QEMU serves one at a time), so no one resumes the guest
-// meanwhile. Stopped vCPUs write no RAM, QEMU drains disk I/O on stop, and the migration
-// writes only the device state file (`x-ignore-shared` leaves RAM out).
+// SAFETY: a `Paused` lives only between the guest's stop and its `cont` in `capture_paused`,
+// and the capture holds the VM's QMP session (QEMU serves one client at a time; a manager
+// such as libvirt relays one command at a time and resumes a guest only when asked), so no one
+// resumes the guest meanwhile. Stopped vCPUs write no RAM, QEMU drains disk I/O on stop, and
+// the migration writes only the device state file (`x-ignore-shared` leaves RAM out).
 #[allow(unsafe_code)]
 unsafe impl vmattest_store::Quiescent for Paused {}
 
 /// The paused part of a capture.
 fn measure(
-    spec: &VmSpec,
+    t: &Target<'_>,
     store: &StoreWriter,
     opts: &TakeOptions<'_>,
-    qmp: &mut Qmp,
-    (work, dev_path, config_path): (&Path, &Path, &Path),
+    mon: &mut dyn Monitor,
+    files: &Scratch,
     paused: &Paused,
 ) -> Result<Measured, CaptureError> {
     let qmp_err = |source| CaptureError::Qmp {
-        vm: spec.name().to_owned(),
+        vm: t.name.to_owned(),
         source,
     };
-    kill_point(spec, "after-stop");
+    kill_point(t, "after-stop");
     hold_point("after-stop");
     // qcow2 disks are converted by qemu-img while QEMU writes its device state.
     let mut converting = Vec::new();
-    for d in spec.disks() {
+    for d in &t.disks {
         if d.format == DiskFormat::Qcow2 {
-            let raw = work.join(format!("{}.raw", d.name));
+            let raw = files.work.join(format!("{}.raw", d.name));
             write_private(&raw, &[])?;
             let child = crate::img::spawn_to_raw(&d.path, &raw)
-                .map_err(|detail| disk_err(spec, &d.name, detail))?;
+                .map_err(|detail| disk_err(t, &d.name, detail))?;
             converting.push((d.name.clone(), child));
         }
     }
-    let t = Instant::now();
-    let migrated = qmp
-        .migrate_to_file(dev_path)
-        .and_then(|()| qmp.wait_migration(MIGRATE_TIMEOUT).map(drop));
-    let device_state = t.elapsed();
+    let t_dev = Instant::now();
+    let migrated = mon
+        .migrate_to_file(&files.dev)
+        .and_then(|()| mon.wait_migration(MIGRATE_TIMEOUT).map(drop));
+    let device_state = t_dev.elapsed();
     let mut converted = Ok(());
     for (name, child) in converting {
         if let Err(detail) = crate::img::wait(child) {
-            converted = converted.and(Err(disk_err(spec, &name, detail)));
+            converted = converted.and(Err(disk_err(t, &name, detail)));
         }
     }
     migrated.map_err(qmp_err)?;
     converted?;
-    kill_point(spec, "after-migrate");
+    kill_point(t, "after-migrate");
     hold_point("after-migrate");
-    let device_state_bytes = std::fs::metadata(dev_path).map_err(io(dev_path))?.len();
+    let device_state_bytes = std::fs::metadata(&files.dev).map_err(io(&files.dev))?.len();
 
-    let t = Instant::now();
+    let t_measure = Instant::now();
     let mut inputs = vec![ComponentInput {
         name: RAM.into(),
         kind: ComponentKind::Memory,
-        path: spec.ram_path(),
+        path: t.ram.clone(),
         dirty: None,
     }];
-    for d in spec.disks() {
+    for d in &t.disks {
         inputs.push(ComponentInput {
             name: d.name.clone(),
             kind: ComponentKind::Disk,
             path: match d.format {
                 DiskFormat::Raw => d.path.clone(),
-                DiskFormat::Qcow2 => work.join(format!("{}.raw", d.name)),
+                DiskFormat::Qcow2 => files.work.join(format!("{}.raw", d.name)),
             },
             dirty: None,
         });
     }
     for (name, kind, path) in [
-        (DEVICE_STATE, ComponentKind::DeviceState, dev_path),
-        (CONFIG, ComponentKind::Config, config_path),
+        (DEVICE_STATE, ComponentKind::DeviceState, &files.dev),
+        (CONFIG, ComponentKind::Config, &files.config),
     ] {
         inputs.push(ComponentInput {
             name: name.into(),
             kind,
-            path: path.to_path_buf(),
+            path: path.clone(),
             dirty: None,
         });
     }
     let frozen = store.freeze(&inputs, opts.secret, Hold::WhilePaused(paused))?;
-    Ok((frozen, device_state, t.elapsed(), device_state_bytes))
+    Ok((
+        frozen,
+        device_state,
+        t_measure.elapsed(),
+        device_state_bytes,
+    ))
 }
 
-fn disk_err(spec: &VmSpec, disk: &str, detail: String) -> CaptureError {
+fn disk_err(t: &Target<'_>, disk: &str, detail: String) -> CaptureError {
     CaptureError::Disk {
-        vm: spec.name().to_owned(),
+        vm: t.name.to_owned(),
         disk: disk.to_owned(),
         detail,
     }
 }
 
-/// Scratch space next to the VM's RAM file, removed after the capture.
-fn tempfile_dir(spec: &VmSpec) -> Result<PathBuf, CaptureError> {
-    let dir = spec
-        .run_dir()
-        .join(format!(".capture.{}", std::process::id()));
+/// Private scratch space in `parent` (the VM's run directory), removed after the capture.
+fn tempfile_dir(parent: &Path) -> Result<PathBuf, CaptureError> {
+    let dir = parent.join(format!(".capture.{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    crate::private::dir(spec.run_dir()).map_err(io(spec.run_dir()))?;
+    crate::private::dir(parent).map_err(io(parent))?;
     crate::private::dir(&dir).map_err(io(&dir))?;
     Ok(dir)
 }

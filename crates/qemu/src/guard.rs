@@ -18,7 +18,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 use vmattest_core::class::{Classify, ErrorClass};
 
-use crate::qmp::{Qmp, QmpError};
+use crate::qmp::{Monitor as _, Qmp, QmpError};
 use crate::spec::VmSpec;
 
 /// What the capturer writes to the guardian once the guest runs again.
@@ -78,7 +78,7 @@ pub fn marker_path(spec: &VmSpec) -> PathBuf {
 
 /// A pause in progress: its marker and, when one was started, its guardian.
 #[derive(Debug)]
-pub(crate) struct Armed {
+pub struct Armed {
     marker: PathBuf,
     guardian: Option<(Child, ChildStdin)>,
 }

@@ -42,6 +42,9 @@ pub enum QmpError {
     },
     #[error("qemu: migration {status}: {desc}")]
     Migration { status: String, desc: String },
+    /// The manager that relays QMP (libvirt) refused or failed the call.
+    #[error("QMP through {via}: {detail}")]
+    Passthrough { via: &'static str, detail: String },
 }
 
 impl Classify for QmpError {
@@ -57,12 +60,128 @@ impl Classify for QmpError {
             | QmpError::TooLarge { .. }
             | QmpError::Protocol(_)
             | QmpError::Qemu { .. }
-            | QmpError::Migration { .. } => ErrorClass::Environment,
+            | QmpError::Migration { .. }
+            | QmpError::Passthrough { .. } => ErrorClass::Environment,
         }
     }
 }
 
 /// An asynchronous QMP event.
+/// A QMP session: a socket vmattest holds itself ([`Qmp`]) or a hypervisor manager's
+/// passthrough (a libvirt domain's). Everything a capture or a restore asks of QEMU is built on
+/// `execute`.
+pub trait Monitor {
+    /// Runs `cmd` with `args` (`Value::Null` for none) and returns its "return" value.
+    fn execute(&mut self, cmd: &str, args: Value) -> Result<Value, QmpError>;
+
+    fn query_status(&mut self) -> Result<String, QmpError> {
+        let r = self.execute("query-status", Value::Null)?;
+        r.get("status")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| QmpError::Protocol("query-status: no status".into()))
+    }
+
+    /// Pauses the guest.
+    fn stop(&mut self) -> Result<(), QmpError> {
+        self.execute("stop", Value::Null).map(drop)
+    }
+
+    /// Resumes the guest.
+    fn cont(&mut self) -> Result<(), QmpError> {
+        self.execute("cont", Value::Null).map(drop)
+    }
+
+    /// Polls query-status until it reports `want`.
+    fn wait_status(&mut self, want: &str, timeout: Duration) -> Result<(), QmpError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.query_status()?;
+            if status == want {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(QmpError::Timeout {
+                    what: format!("status {want} (still {status})"),
+                    after: timeout,
+                });
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Starts migrating into the file `path`; see [`Monitor::wait_migration`]. The path goes in a
+    /// structured channel, not a URI, so it may hold any character.
+    fn migrate_to_file(&mut self, path: &Path) -> Result<(), QmpError> {
+        let channels = file_channels(path)?;
+        self.execute("migrate", json!({ "channels": channels }))
+            .map(drop)
+    }
+
+    /// Polls query-migrate until the migration completes, and returns its final statistics.
+    fn wait_migration(&mut self, timeout: Duration) -> Result<Value, QmpError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let info = self.execute("query-migrate", Value::Null)?;
+            let status = info.get("status").and_then(Value::as_str).unwrap_or("none");
+            match status {
+                "completed" => return Ok(info),
+                "failed" | "cancelled" => {
+                    let desc = info.get("error-desc").and_then(Value::as_str);
+                    return Err(QmpError::Migration {
+                        status: status.to_string(),
+                        desc: desc.unwrap_or("no detail from QEMU").to_string(),
+                    });
+                }
+                _ if Instant::now() >= deadline => {
+                    return Err(QmpError::Timeout {
+                        what: format!("completed migration (still {status})"),
+                        after: timeout,
+                    });
+                }
+                _ => std::thread::sleep(POLL),
+            }
+        }
+    }
+
+    fn set_capabilities(&mut self, caps: &[(&str, bool)]) -> Result<(), QmpError> {
+        let caps: Vec<Value> = caps
+            .iter()
+            .map(|(name, on)| json!({ "capability": name, "state": on }))
+            .collect();
+        self.execute("migrate-set-capabilities", json!({ "capabilities": caps }))
+            .map(drop)
+    }
+
+    /// Migration speed limit, bytes per second (QEMU's default is 128 MiB/s).
+    fn set_max_bandwidth(&mut self, bytes_per_sec: u64) -> Result<(), QmpError> {
+        self.execute(
+            "migrate-set-parameters",
+            json!({ "max-bandwidth": bytes_per_sec }),
+        )
+        .map(drop)
+    }
+
+    /// Starts an incoming migration on a QEMU started with `-incoming defer`.
+    fn migrate_incoming(&mut self, uri: &str) -> Result<(), QmpError> {
+        self.execute("migrate-incoming", json!({ "uri": uri }))
+            .map(drop)
+    }
+
+    /// Like [`Monitor::migrate_incoming`] from `file:PATH`, for any path.
+    fn migrate_incoming_file(&mut self, path: &Path) -> Result<(), QmpError> {
+        let channels = file_channels(path)?;
+        self.execute("migrate-incoming", json!({ "channels": channels }))
+            .map(drop)
+    }
+}
+
+impl Monitor for Qmp {
+    fn execute(&mut self, cmd: &str, args: Value) -> Result<Value, QmpError> {
+        Qmp::execute(self, cmd, args)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct QmpEvent {
     pub name: String,
@@ -223,107 +342,6 @@ impl Qmp {
                 Message::Reply { .. } | Message::Greeting => {}
             }
         }
-    }
-
-    pub fn query_status(&mut self) -> Result<String, QmpError> {
-        let r = self.execute("query-status", Value::Null)?;
-        r.get("status")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .ok_or_else(|| QmpError::Protocol("query-status: no status".into()))
-    }
-
-    /// Pauses the guest.
-    pub fn stop(&mut self) -> Result<(), QmpError> {
-        self.execute("stop", Value::Null).map(drop)
-    }
-
-    /// Resumes the guest.
-    pub fn cont(&mut self) -> Result<(), QmpError> {
-        self.execute("cont", Value::Null).map(drop)
-    }
-
-    /// Polls query-status until it reports `want`.
-    pub fn wait_status(&mut self, want: &str, timeout: Duration) -> Result<(), QmpError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let status = self.query_status()?;
-            if status == want {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(QmpError::Timeout {
-                    what: format!("status {want} (still {status})"),
-                    after: timeout,
-                });
-            }
-            std::thread::sleep(POLL);
-        }
-    }
-
-    /// Starts migrating into the file `path`; see [`Qmp::wait_migration`]. The path goes in a
-    /// structured channel, not a URI, so it may hold any character.
-    pub fn migrate_to_file(&mut self, path: &Path) -> Result<(), QmpError> {
-        let channels = file_channels(path)?;
-        self.execute("migrate", json!({ "channels": channels }))
-            .map(drop)
-    }
-
-    /// Polls query-migrate until the migration completes, and returns its final statistics.
-    pub fn wait_migration(&mut self, timeout: Duration) -> Result<Value, QmpError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let info = self.execute("query-migrate", Value::Null)?;
-            let status = info.get("status").and_then(Value::as_str).unwrap_or("none");
-            match status {
-                "completed" => return Ok(info),
-                "failed" | "cancelled" => {
-                    let desc = info.get("error-desc").and_then(Value::as_str);
-                    return Err(QmpError::Migration {
-                        status: status.to_string(),
-                        desc: desc.unwrap_or("no detail from QEMU").to_string(),
-                    });
-                }
-                _ if Instant::now() >= deadline => {
-                    return Err(QmpError::Timeout {
-                        what: format!("completed migration (still {status})"),
-                        after: timeout,
-                    });
-                }
-                _ => std::thread::sleep(POLL),
-            }
-        }
-    }
-
-    pub fn set_capabilities(&mut self, caps: &[(&str, bool)]) -> Result<(), QmpError> {
-        let caps: Vec<Value> = caps
-            .iter()
-            .map(|(name, on)| json!({ "capability": name, "state": on }))
-            .collect();
-        self.execute("migrate-set-capabilities", json!({ "capabilities": caps }))
-            .map(drop)
-    }
-
-    /// Migration speed limit, bytes per second (QEMU's default is 128 MiB/s).
-    pub fn set_max_bandwidth(&mut self, bytes_per_sec: u64) -> Result<(), QmpError> {
-        self.execute(
-            "migrate-set-parameters",
-            json!({ "max-bandwidth": bytes_per_sec }),
-        )
-        .map(drop)
-    }
-
-    /// Starts an incoming migration on a QEMU started with `-incoming defer`.
-    pub fn migrate_incoming(&mut self, uri: &str) -> Result<(), QmpError> {
-        self.execute("migrate-incoming", json!({ "uri": uri }))
-            .map(drop)
-    }
-
-    /// Like [`Qmp::migrate_incoming`] from `file:PATH`, for any path.
-    pub fn migrate_incoming_file(&mut self, path: &Path) -> Result<(), QmpError> {
-        let channels = file_channels(path)?;
-        self.execute("migrate-incoming", json!({ "channels": channels }))
-            .map(drop)
     }
 
     /// Asks QEMU to exit; the connection closing before the reply counts as success.

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use vmattest_store::{ReplayOptions, Store, Verified};
 
 use crate::capture::{CONFIG, CaptureError, DEVICE_STATE, RAM, io};
+use crate::qmp::Monitor as _;
 use crate::spec::{DiskFormat, VmSpec};
 
 const INCOMING_TIMEOUT: Duration = Duration::from_secs(120);

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use fields::{check_name, in_range, kvm_usable, parse_mac, toml_error};
 
 mod args;
+pub use args::{GuestBoot, GuestConfig};
 mod fields;
 
 /// Largest spec file accepted.

@@ -13,7 +13,7 @@ use vmattest_core::class::{Classify, ErrorClass};
 
 use rustix::process::Signal;
 
-use crate::qmp::{Qmp, QmpError};
+use crate::qmp::{Monitor as _, Qmp, QmpError};
 use crate::spec::{Boot, VmSpec};
 
 mod console;

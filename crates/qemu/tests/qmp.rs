@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use vmattest_qemu::qmp::{MAX_MESSAGE_BYTES, Qmp, QmpError};
+use vmattest_qemu::qmp::{MAX_MESSAGE_BYTES, Monitor as _, Qmp, QmpError};
 
 const GREETING: &str =
     r#"{"QMP": {"version": {"qemu": {"micro": 0, "minor": 0, "major": 10}}, "capabilities": []}}"#;

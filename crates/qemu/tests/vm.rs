@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use vmattest_qemu::VmSpec;
-use vmattest_qemu::qmp::QmpError;
+use vmattest_qemu::qmp::{Monitor as _, QmpError};
 use vmattest_qemu::vm::{self, VmError};
 use vmattest_testkit::console;
 

@@ -94,20 +94,70 @@ impl VmSpec {
     /// left out, so the same guest restores under another spec on another host.
     pub fn config_bytes(&self) -> Vec<u8> {
         let boot = match &self.boot {
-            Boot::Kernel { cmdline, .. } => {
+            Boot::Kernel { cmdline, .. } => GuestBoot::Kernel {
+                cmdline: cmdline.as_deref(),
+            },
+            Boot::Disk(disk) => GuestBoot::Disk(disk),
+        };
+        GuestConfig {
+            boot,
+            disks: self
+                .disks
+                .iter()
+                .map(|d| (d.name.as_str(), d.format.as_str()))
+                .collect(),
+            machine: &self.machine,
+            memory_mib: u64::from(self.memory_mib),
+            macs: self.nics.iter().map(|n| n.mac.as_str()).collect(),
+            vcpus: self.vcpus,
+        }
+        .bytes()
+    }
+}
+
+/// What a guest can observe of its VM, whoever runs it (a spec, a libvirt domain): the
+/// chain's `config` component.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestConfig<'a> {
+    pub boot: GuestBoot<'a>,
+    /// `(name, format)` of each disk.
+    pub disks: Vec<(&'a str, &'a str)>,
+    pub machine: &'a str,
+    pub memory_mib: u64,
+    pub macs: Vec<&'a str>,
+    pub vcpus: u32,
+}
+
+/// How the guest boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestBoot<'a> {
+    /// Direct kernel boot, with its command line.
+    Kernel { cmdline: Option<&'a str> },
+    /// Firmware boot from this disk.
+    Disk(&'a str),
+    /// Firmware boot in the firmware's own order.
+    Firmware,
+}
+
+impl GuestConfig<'_> {
+    /// Canonical JSON, keys sorted.
+    pub fn bytes(&self) -> Vec<u8> {
+        let boot = match self.boot {
+            GuestBoot::Kernel { cmdline } => {
                 serde_json::json!({ "cmdline": cmdline, "kernel": true })
             }
-            Boot::Disk(disk) => serde_json::json!({ "disk": disk }),
+            GuestBoot::Disk(disk) => serde_json::json!({ "disk": disk }),
+            GuestBoot::Firmware => serde_json::json!({ "firmware": true }),
         };
         let disks: Vec<serde_json::Value> = self
             .disks
             .iter()
-            .map(|d| serde_json::json!({ "format": d.format.as_str(), "name": d.name }))
+            .map(|(name, format)| serde_json::json!({ "format": format, "name": name }))
             .collect();
         let nics: Vec<serde_json::Value> = self
-            .nics
+            .macs
             .iter()
-            .map(|n| serde_json::json!({ "mac": n.mac }))
+            .map(|mac| serde_json::json!({ "mac": mac }))
             .collect();
         // Keys are written in sorted order, which keeps the output sorted even if some crate
         // in the build enables serde_json's preserve_order.
