@@ -8,6 +8,7 @@
 //! sources are listed in docs/CONFIG.md.
 
 pub mod debugfs;
+pub mod domain;
 pub mod libvirt;
 pub mod measure;
 pub mod packages;

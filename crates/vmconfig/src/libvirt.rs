@@ -123,8 +123,9 @@ pub fn load_domain_params(path: &Path) -> Result<Vec<Param>, XmlError> {
 
 /// The parameters of the domain described by `xml`, read from `origin` (named in errors).
 /// Reads and hashes the kernel, initrd, firmware and disk images the XML names.
-pub fn domain_params(xml: &str, origin: &Path) -> Result<Vec<Param>, XmlError> {
-    let cx = Cx { path: origin };
+/// Parses domain XML under the limits above: size, no DTD, attributes, depth and nodes; the
+/// root must be `<domain>`.
+pub(crate) fn parse<'x>(xml: &'x str, origin: &Path) -> Result<Document<'x>, XmlError> {
     if xml.len() as u64 > MAX_XML_BYTES {
         return Err(XmlError::TooLarge {
             path: origin.to_path_buf(),
@@ -151,13 +152,20 @@ pub fn domain_params(xml: &str, origin: &Path) -> Result<Vec<Param>, XmlError> {
         path: origin.to_path_buf(),
         detail: e.to_string(),
     })?;
-    let domain = doc.root_element();
-    if domain.tag_name().name() != "domain" {
+    let root = doc.root_element().tag_name().name();
+    if root != "domain" {
         return Err(XmlError::NotDomain {
             path: origin.to_path_buf(),
-            found: domain.tag_name().name().to_string(),
+            found: root.to_string(),
         });
     }
+    Ok(doc)
+}
+
+pub fn domain_params(xml: &str, origin: &Path) -> Result<Vec<Param>, XmlError> {
+    let cx = Cx { path: origin };
+    let doc = parse(xml, origin)?;
+    let domain = doc.root_element();
 
     let mut b = Builder::default();
     let memory = child(domain, "memory").ok_or_else(|| cx.missing("<memory>"))?;
@@ -484,7 +492,7 @@ fn boot_order(cx: &Cx<'_>, node: Node<'_, '_>, el: &str) -> Result<Option<u32>, 
 
 /// `<memory unit=U>N</memory>` in whole MiB. libvirt's units: no unit is KiB; `KB`, `MB`, ...
 /// are powers of 1000 and `k`/`KiB`, `M`/`MiB`, ... powers of 1024.
-fn memory_mib(cx: &Cx<'_>, memory: Node<'_, '_>) -> Result<u64, XmlError> {
+pub(crate) fn memory_mib(cx: &Cx<'_>, memory: Node<'_, '_>) -> Result<u64, XmlError> {
     let unit = memory.attribute("unit").unwrap_or("KiB");
     let scale: u64 = match unit {
         "b" | "bytes" => 1,
@@ -531,7 +539,7 @@ fn absolute<'a>(cx: &Cx<'_>, element: &str, value: &'a str) -> Result<&'a Path, 
     }
 }
 
-fn number<T: std::str::FromStr>(
+pub(crate) fn number<T: std::str::FromStr>(
     cx: &Cx<'_>,
     element: &str,
     value: &str,
@@ -545,12 +553,12 @@ fn number<T: std::str::FromStr>(
         .map_err(|_| cx.invalid(element, expected, value))
 }
 
-fn child<'a, 'input>(node: Node<'a, 'input>, name: &str) -> Option<Node<'a, 'input>> {
+pub(crate) fn child<'a, 'input>(node: Node<'a, 'input>, name: &str) -> Option<Node<'a, 'input>> {
     node.children()
         .find(|n| n.is_element() && n.tag_name().name() == name)
 }
 
-fn children<'a, 'input: 'a>(
+pub(crate) fn children<'a, 'input: 'a>(
     node: Node<'a, 'input>,
     name: &'a str,
 ) -> impl Iterator<Item = Node<'a, 'input>> + 'a {
@@ -558,11 +566,11 @@ fn children<'a, 'input: 'a>(
         .filter(move |n| n.is_element() && n.tag_name().name() == name)
 }
 
-fn text<'a>(node: Node<'a, '_>) -> &'a str {
+pub(crate) fn text<'a>(node: Node<'a, '_>) -> &'a str {
     node.text().unwrap_or("")
 }
 
-fn attr<'a>(
+pub(crate) fn attr<'a>(
     cx: &Cx<'_>,
     node: Node<'a, '_>,
     element: &str,
@@ -573,19 +581,19 @@ fn attr<'a>(
 }
 
 /// Error context: the file being read.
-struct Cx<'a> {
-    path: &'a Path,
+pub(crate) struct Cx<'a> {
+    pub(crate) path: &'a Path,
 }
 
 impl Cx<'_> {
-    fn missing(&self, element: &str) -> XmlError {
+    pub(crate) fn missing(&self, element: &str) -> XmlError {
         XmlError::Missing {
             path: self.path.to_path_buf(),
             element: element.to_string(),
         }
     }
 
-    fn invalid(&self, element: &str, expected: &str, found: &str) -> XmlError {
+    pub(crate) fn invalid(&self, element: &str, expected: &str, found: &str) -> XmlError {
         XmlError::Invalid {
             path: self.path.to_path_buf(),
             element: element.to_string(),
