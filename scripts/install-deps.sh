@@ -9,7 +9,10 @@ PKGS=(b3sum cryptsetup-bin xdelta3 zstd openssl pkg-config python3 python3-venv 
       e2fsprogs postgresql)  # debugfs reads package lists from disk images; tests start private PostgreSQL clusters
 # QEMU 10 (mapped-ram, file: migration URIs) comes from bookworm-backports; bookworm's own 7.2
 # conflicts with the qemu-utils 10 some hosts already carry.
-BPO_PKGS=(qemu-system-x86 qemu-utils)
+# libvirt 11.3 too (tests start private session daemons); bookworm's 9.0 passes -no-acpi, which
+# QEMU 10 refuses.
+BPO_PKGS=(qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-log
+          libvirt-clients libvirt-dev)
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 missing=()
@@ -33,8 +36,10 @@ if [ ${#missing[@]} -gt 0 ] || [ ${#bpo_missing[@]} -gt 0 ]; then
   fi
   apt-get update -qq
   [ ${#missing[@]} -eq 0 ] || apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # systemd-container from bookworm: otherwise backports' libvirt pulls a newer systemd.
   [ ${#bpo_missing[@]} -eq 0 ] ||
-    apt-get install -y -qq --no-install-recommends -t bookworm-backports "${bpo_missing[@]}" >/dev/null
+    apt-get install -y -qq --no-install-recommends -o Dpkg::Options::=--force-confold \
+      -t bookworm-backports "${bpo_missing[@]}" systemd-container/bookworm >/dev/null
 fi
 
 # An independent ML-DSA implementation, used only as a test oracle.

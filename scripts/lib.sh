@@ -17,6 +17,6 @@ ensure_deps() {
 
 # Builds the release binary and prints its path.
 build_release() {
-  (cd "$ROOT" && cargo build --release --quiet -p vmattest-cli --features tpm) >&2
+  (cd "$ROOT" && cargo build --release --quiet -p vmattest-cli --features tpm,libvirt) >&2
   echo "$ROOT/target/release/vmattest"
 }

@@ -12,7 +12,10 @@ cargo clippy -p vmattest-tpm -p vmattest-cli --all-targets --features vmattest-t
 # The crash tests drive hooks that exist only with `fault-injection`; release builds lack them,
 # which the one test run without the feature checks.
 cargo clippy -p vmattest-store -p vmattest-qemu -p vmattest-cli --all-targets --features vmattest-cli/fault-injection --quiet -- -D warnings
-cargo test --workspace --release --features vmattest-cli/fault-injection
+# libvirt domains (`--domain`) link libvirt only with their feature; the tests start private
+# session daemons (crates/testkit/src/libvirt.rs).
+cargo clippy -p vmattest-libvirt -p vmattest-host -p vmattest-cli --all-targets --features vmattest-cli/libvirt --quiet -- -D warnings
+cargo test --workspace --release --features vmattest-cli/fault-injection,vmattest-cli/libvirt
 cargo test -p vmattest-cli --release --test snapshot regression_crash_hooks_are_not_in_default_builds
 cargo test -p vmattest-tpm --release --features tpm
 cargo test -p vmattest-cli --release --features tpm --test tpm

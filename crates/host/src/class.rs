@@ -49,6 +49,7 @@ pub fn of(e: &(dyn Error + 'static)) -> Option<ErrorClass> {
     return_class_of!(e;
         // This crate.
         crate::chain::ChainError,
+        crate::domain::HostDomainError,
         crate::eventlog::EventLogError,
         crate::files::FileError,
         crate::keys::KeyError,
@@ -73,6 +74,8 @@ pub fn of(e: &(dyn Error + 'static)) -> Option<ErrorClass> {
         vmattest_core::tree::TreeError,
         vmattest_core::wire::WireError,
         vmattest_image::ImageError,
+        vmattest_libvirt::DomainError,
+        vmattest_libvirt::LibvirtError,
         vmattest_qemu::capture::CaptureError,
         vmattest_qemu::guard::GuardError,
         vmattest_qemu::QmpError,

@@ -7,6 +7,7 @@
 
 pub mod chain;
 pub mod class;
+pub mod domain;
 pub mod eventlog;
 pub mod files;
 pub mod keys;

@@ -18,7 +18,9 @@ use tempfile::TempDir;
 
 pub mod console;
 pub mod images;
+mod libvirt;
 mod postgres;
+pub use libvirt::{DAEMON_USER, PrivateLibvirt};
 pub use postgres::{PG_BIN_ENV, PG_DATABASE, PG_USER, Postgres};
 
 /// Ports handed out by this test process, so parallel tests never pick the same pair.

@@ -68,6 +68,12 @@ pub enum SnapshotCommand {
         /// Capture this running QEMU VM (spec file or NAME) instead of files.
         #[arg(long, conflicts_with_all = ["memory", "disk", "device_state", "config", "dirty"])]
         vm: Option<String>,
+        /// Capture this running libvirt domain instead of files (see --connect).
+        #[arg(long, conflicts_with_all = ["vm", "memory", "disk", "device_state", "config", "dirty"])]
+        domain: Option<String>,
+        /// The libvirt URI of --domain [default: qemu:///system].
+        #[arg(long, requires = "domain")]
+        connect: Option<String>,
         /// Private key; repeat to co-sign.
         #[arg(long = "key", required_unless_present = "signer")]
         keys: Vec<PathBuf>,

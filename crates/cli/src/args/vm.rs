@@ -13,6 +13,17 @@ pub struct VmArg {
     pub vm: String,
 }
 
+/// A libvirt domain instead of a spec.
+#[derive(Debug, Args, Clone)]
+pub struct DomainArgs {
+    /// A libvirt domain by name (its RAM must be a shared file: docs/LIBVIRT.md).
+    #[arg(long)]
+    pub domain: Option<String>,
+    /// The libvirt URI of --domain [default: qemu:///system].
+    #[arg(long, requires = "domain")]
+    pub connect: Option<String>,
+}
+
 // Parsed once per process: the size difference between variants does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
@@ -33,10 +44,14 @@ pub enum VmCommand {
         #[command(flatten)]
         vm: VmArg,
     },
-    /// Whether the VM runs, its PID and QEMU's run state.
+    /// Whether the VM runs, its PID and QEMU's run state; for a libvirt domain, libvirt's
+    /// state and whether vmattest can capture it.
     Status {
+        /// VM spec file, or NAME for `$VMATTEST_VMS/NAME.toml` (default directory `vms`).
+        #[arg(long, required_unless_present = "domain", conflicts_with = "domain")]
+        vm: Option<String>,
         #[command(flatten)]
-        vm: VmArg,
+        domain: DomainArgs,
     },
     /// Measure the VM's configuration, check it against a reference (locally or on the
     /// server), and start the VM (as `vm start`) only when every parameter matches.

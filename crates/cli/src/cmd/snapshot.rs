@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use vmattest_core::chain::{ComponentKind, SeqNo};
 use vmattest_host::verdict::Verdict;
-use vmattest_host::{chain, eventlog, files, keys, tpm, vm};
+use vmattest_host::{chain, domain, eventlog, files, keys, tpm, vm};
 use vmattest_sign::Signer;
 use vmattest_store::{Store, StoreSecret, TakeOptions, TakeSummary};
 
@@ -42,6 +42,8 @@ pub fn run(cmd: SnapshotCommand, json: bool) -> anyhow::Result<()> {
             store,
             components,
             vm,
+            domain,
+            connect,
             keys: key_files,
             signer,
             bind_pcr,
@@ -51,9 +53,22 @@ pub fn run(cmd: SnapshotCommand, json: bool) -> anyhow::Result<()> {
             let signers = keys::signers(&key_files, signer.is_some())?;
             let refs: Vec<&dyn Signer> = signers.iter().map(AsRef::as_ref).collect();
             let secret = secret.as_deref().map(tpm::load_secret).transpose()?;
-            let (s, hypervisor) = match vm {
-                Some(vm) => take_vm(&store.store, &vm, &refs, secret.as_ref(), json)?,
-                None => (
+            let (s, hypervisor) = match (vm, domain) {
+                (Some(vm), _) => take_vm(&store.store, &vm, &refs, secret.as_ref(), json)?,
+                (None, Some(name)) => {
+                    let time = vmattest_host::now();
+                    let r = domain::take(
+                        &store.store,
+                        &name,
+                        connect.as_deref(),
+                        &refs,
+                        secret.as_ref(),
+                        time,
+                    )?;
+                    output::report(json, &CaptureJson::new(&name, &r))?;
+                    (r.summary, None)
+                }
+                (None, None) => (
                     take_files(
                         &store.store,
                         &components,

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use vmattest_host::launch::{self, Gate, Launch, LaunchError};
 use vmattest_host::report::{LaunchJson, StartedJson};
-use vmattest_host::{keys, vm};
+use vmattest_host::{domain, keys, vm};
 
 use super::{connect, packages, secs, signer_choice};
 use crate::args::{ServerArgs, VmCommand};
@@ -98,9 +98,12 @@ pub fn run(cmd: VmCommand, json: bool) -> anyhow::Result<()> {
             let j = serde_json::json!({"vm": spec.name(), "running": false});
             output::show(json, &j, |_| format!("stopped {}", spec.name()))
         }
-        VmCommand::Status { vm: arg } => {
-            let spec = vm::load_spec(&arg.vm)?;
-            output::report(json, &vm::status(&spec))
-        }
+        VmCommand::Status { vm: arg, domain } => match (arg, domain.domain) {
+            (Some(arg), _) => output::report(json, &vm::status(&vm::load_spec(&arg)?)),
+            (None, Some(name)) => {
+                output::report(json, &domain::status(&name, domain.connect.as_deref())?)
+            }
+            (None, None) => anyhow::bail!("give --vm SPEC or --domain NAME"),
+        },
     }
 }

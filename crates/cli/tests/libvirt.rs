@@ -1,0 +1,286 @@
+//! libvirt domains captured into chains through the `vmattest` binary, against a private
+//! libvirtd per test (session mode, run as an unprivileged user, everything in a temp dir)
+//! and the test guest under TCG. `virsh` is the oracle for what libvirt thinks of a domain.
+//! Needs the `libvirt` feature and the test guest from `scripts/build-guest.sh`.
+#![cfg(feature = "libvirt")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cast_possible_truncation
+)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::guest::guest_dir;
+use common::vmattest;
+use vmattest_testkit::PrivateLibvirt;
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// A domain of the test guest: 128 MiB, one raw 4 MiB disk `vda`, the console in a file.
+struct TestDomain<'a> {
+    lv: &'a PrivateLibvirt,
+    name: &'static str,
+    console: PathBuf,
+}
+
+impl<'a> TestDomain<'a> {
+    fn define(lv: &'a PrivateLibvirt, name: &'static str, shared_ram: bool) -> TestDomain<'a> {
+        let dir = lv.vm_dir();
+        let guest = guest_dir();
+        for f in ["vmlinuz", "initramfs.cpio.gz"] {
+            let to = dir.join(f);
+            if !to.exists() {
+                std::fs::copy(guest.join(f), &to).unwrap();
+                lv.give(&to).unwrap();
+            }
+        }
+        let disk = dir.join(format!("{name}-vda.raw"));
+        std::fs::write(&disk, vec![0u8; 4 << 20]).unwrap();
+        lv.give(&disk).unwrap();
+        let console = dir.join(format!("{name}-console.log"));
+        let backing = if shared_ram {
+            "<memoryBacking><source type='file'/><access mode='shared'/></memoryBacking>"
+        } else {
+            ""
+        };
+        let xml = format!(
+            "<domain type='qemu'>
+  <name>{name}</name>
+  <memory unit='MiB'>128</memory>
+  <vcpu>1</vcpu>
+  {backing}
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{dir}/vmlinuz</kernel>
+    <initrd>{dir}/initramfs.cpio.gz</initrd>
+    <cmdline>console=ttyS0 quiet panic=-1</cmdline>
+  </os>
+  <on_reboot>destroy</on_reboot>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source file='{disk}'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <serial type='file'><source path='{console}'/><target port='0'/></serial>
+    <memballoon model='none'/>
+  </devices>
+</domain>",
+            dir = dir.display(),
+            disk = disk.display(),
+            console = console.display(),
+        );
+        let path = dir.join(format!("{name}.xml"));
+        std::fs::write(&path, xml).unwrap();
+        lv.virsh_ok(&["define", path.to_str().unwrap()]);
+        TestDomain { lv, name, console }
+    }
+
+    fn start(&self) {
+        self.lv.virsh_ok(&["start", self.name]);
+        let t = Instant::now();
+        while !self.console_text().contains("READY") {
+            assert!(
+                t.elapsed() < BOOT_TIMEOUT,
+                "no READY: {}",
+                self.console_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn console_text(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.console).unwrap_or_default()).into_owned()
+    }
+
+    fn ticks(&self) -> Vec<u64> {
+        vmattest_testkit::console::parse_ticks(self.console_text().as_bytes())
+    }
+
+    /// Waits for a tick newer than the last one seen, and returns it.
+    fn next_tick(&self) -> u64 {
+        let before = self.ticks().last().copied();
+        let t = Instant::now();
+        loop {
+            if let Some(&last) = self.ticks().last()
+                && before.is_none_or(|b| last > b)
+            {
+                return last;
+            }
+            assert!(t.elapsed() < BOOT_TIMEOUT, "no new tick after {before:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn state(&self) -> String {
+        self.lv.virsh_ok(&["domstate", self.name])
+    }
+}
+
+fn key(dir: &Path) -> PathBuf {
+    let key = dir.join("key");
+    vmattest(["keygen", "--alg", "ed25519", "--out", key.to_str().unwrap()]).ok();
+    key
+}
+
+fn init_store(dir: &Path, vm_id: &str) -> PathBuf {
+    let store = dir.join(format!("store-{vm_id}"));
+    vmattest([
+        "snapshot",
+        "init",
+        "--store",
+        store.to_str().unwrap(),
+        "--vm-id",
+        vm_id,
+    ])
+    .ok();
+    store
+}
+
+fn take(lv: &PrivateLibvirt, store: &Path, key: &Path, name: &str) -> common::Run {
+    vmattest([
+        "--json",
+        "snapshot",
+        "take",
+        "--store",
+        store.to_str().unwrap(),
+        "--domain",
+        name,
+        "--connect",
+        lv.uri(),
+        "--key",
+        key.to_str().unwrap(),
+    ])
+}
+
+/// The text the guest wrote into 4 KiB block `tick % 256` of its disk at `tick`.
+fn block(disk: &[u8], tick: u64) -> String {
+    let at = (tick % 256) as usize * 4096;
+    String::from_utf8_lossy(&disk[at..at + 4096])
+        .trim_end_matches('\0')
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn domain_baseline_and_deltas_while_it_runs() {
+    let lv = PrivateLibvirt::start().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let d = TestDomain::define(&lv, "g1", true);
+    d.start();
+    let key = key(dir);
+    let store = init_store(dir, "g1");
+
+    let mut ticks = Vec::new();
+    for seq in 0..4u64 {
+        let tick = d.next_tick();
+        let j = take(&lv, &store, &key, "g1").ok().json();
+        assert_eq!(j["seq"], seq);
+        assert!(j["downtime_ms"].as_f64().unwrap() > 0.0);
+        let names: Vec<&str> = j["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["ram", "vda", "device-state", "config"]);
+        if seq > 0 {
+            let changed = j["changed_pages"].as_u64().unwrap();
+            let total = j["total_pages"].as_u64().unwrap();
+            assert!(changed * 10 < total, "{changed} of {total} pages changed");
+        }
+        // libvirt sees the domain exactly as before: running, and the guest goes on.
+        assert_eq!(d.state(), "running", "after seq {seq}");
+        ticks.push(tick);
+    }
+    assert!(d.next_tick() > ticks[3]);
+    // Every migration setting the capture changed is back.
+    let caps = lv.virsh_ok(&[
+        "qemu-monitor-command",
+        "g1",
+        r#"{"execute":"query-migrate-capabilities"}"#,
+    ]);
+    let caps: serde_json::Value = serde_json::from_str(&caps).unwrap();
+    let ignore = caps["return"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["capability"] == "x-ignore-shared")
+        .unwrap();
+    assert_eq!(ignore["state"], false, "{caps}");
+
+    // The chain verifies, and each seq holds the disk block of the tick seen before it.
+    let pubkey = dir.join("key.pub");
+    vmattest([
+        "snapshot",
+        "verify",
+        "--store",
+        store.to_str().unwrap(),
+        "--pubkey",
+        pubkey.to_str().unwrap(),
+    ])
+    .ok();
+    for (seq, &tick) in ticks.iter().enumerate() {
+        let out = dir.join(format!("out-{seq}"));
+        vmattest([
+            "snapshot",
+            "restore",
+            "--store",
+            store.to_str().unwrap(),
+            "--pubkey",
+            pubkey.to_str().unwrap(),
+            "--seq",
+            &seq.to_string(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .ok();
+        let disk = std::fs::read(out.join("vda")).unwrap();
+        assert_eq!(block(&disk, tick), format!("disk tick {tick}"), "seq {seq}");
+        // The RAM component is the guest's memory: the console's READY line is in it.
+        let ram = std::fs::read(out.join("ram")).unwrap();
+        assert_eq!(ram.len(), 128 << 20);
+    }
+
+    let j = vmattest([
+        "--json",
+        "vm",
+        "status",
+        "--domain",
+        "g1",
+        "--connect",
+        lv.uri(),
+    ])
+    .ok()
+    .json();
+    assert_eq!(j["state"], "running");
+    assert_eq!(j["capturable"], true);
+}
+
+#[test]
+fn domain_without_shared_file_ram_is_refused_with_the_xml_to_add() {
+    let lv = PrivateLibvirt::start().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let d = TestDomain::define(&lv, "plain", false);
+    d.start();
+    let key = key(dir);
+    let store = init_store(dir, "plain");
+    let r = take(&lv, &store, &key, "plain").fails(2, "<memoryBacking>");
+    assert!(r.stderr.contains("domain plain"), "{}", r.stderr);
+    // Nothing was stored, and the domain runs on.
+    assert!(
+        !store.join("HEAD").exists(),
+        "a refused capture must not move HEAD"
+    );
+    assert_eq!(d.state(), "running");
+    // A domain libvirt does not know: one line, bad input.
+    take(&lv, &store, &key, "nope").fails(2, "no domain \"nope\"");
+}

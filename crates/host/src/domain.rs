@@ -1,0 +1,102 @@
+//! libvirt domains as host workflows: capture into a chain, and status, for the domains an
+//! operator already runs (`--domain NAME [--connect URI]`).
+
+use std::fmt;
+use std::path::Path;
+
+use serde::Serialize;
+use vmattest_core::class::{Classify, ErrorClass};
+use vmattest_core::record::UnixTime;
+use vmattest_libvirt::{Connection, DomainError, LibvirtError, LiveDomain};
+use vmattest_qemu::capture::CaptureReport;
+use vmattest_sign::Signer;
+use vmattest_store::{Store, StoreError, StoreSecret, TakeOptions};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostDomainError {
+    #[error(transparent)]
+    Libvirt(#[from] LibvirtError),
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Classify for HostDomainError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            HostDomainError::Libvirt(e) => e.class(),
+            HostDomainError::Domain(e) => e.class(),
+            HostDomainError::Store(e) => e.class(),
+        }
+    }
+}
+
+/// Captures the running domain `name` (of the daemon at `uri`, `qemu:///system` by default)
+/// as the next link of the store at `root`.
+pub fn take(
+    root: &Path,
+    name: &str,
+    uri: Option<&str>,
+    signers: &[&dyn Signer],
+    secret: Option<&StoreSecret>,
+    time: UnixTime,
+) -> Result<CaptureReport, HostDomainError> {
+    let store = Store::open_writer(root)?;
+    let opts = TakeOptions {
+        signers,
+        time,
+        secret,
+    };
+    let conn = Connection::open(uri)?;
+    Ok(vmattest_libvirt::capture(&conn, name, &store, &opts)?)
+}
+
+/// What `vm status --domain` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct DomainStatus {
+    pub domain: String,
+    /// libvirt's state: running, paused, shut off or other.
+    pub state: &'static str,
+    /// libvirt's id while it runs.
+    pub id: Option<u32>,
+    /// The shared file behind guest RAM, when vmattest can capture the domain.
+    pub ram: Option<String>,
+    pub capturable: bool,
+    /// Why vmattest cannot capture it, when it cannot.
+    pub reason: Option<String>,
+}
+
+impl fmt::Display for DomainStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "domain {}: {}", self.domain, self.state)?;
+        if let Some(id) = self.id {
+            write!(f, " (id {id})")?;
+        }
+        match (&self.reason, &self.ram) {
+            (Some(why), _) => write!(f, "; cannot be captured: {why}"),
+            (None, Some(ram)) => write!(f, "; RAM in {ram}"),
+            (None, None) => Ok(()),
+        }
+    }
+}
+
+pub fn status(name: &str, uri: Option<&str>) -> Result<DomainStatus, HostDomainError> {
+    let conn = Connection::open(uri)?;
+    let domain = conn.domain(name)?;
+    let state = domain.state()?;
+    let id = domain.id();
+    drop(domain);
+    let (ram, reason) = match LiveDomain::open(&conn, name) {
+        Ok(live) => (Some(live.ram.display().to_string()), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    Ok(DomainStatus {
+        domain: name.to_owned(),
+        state: state.name(),
+        id,
+        capturable: reason.is_none(),
+        ram,
+        reason,
+    })
+}

@@ -1,0 +1,197 @@
+//! Capturing a libvirt domain into its chain: the same capture as for a VM vmattest runs
+//! itself, with QMP through libvirt and the layout read from the live domain XML.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+use vmattest_core::class::{Classify, ErrorClass};
+use vmattest_qemu::capture::{CaptureError, CaptureReport, Target, capture_target};
+use vmattest_qemu::qmp::{Monitor, QmpError};
+use vmattest_qemu::spec::{Disk, DiskFormat, GuestBoot, GuestConfig};
+use vmattest_store::{StoreWriter, TakeOptions};
+use vmattest_vmconfig::domain::{DomainLayout, SHARED_RAM_XML, domain_layout};
+
+use crate::{Connection, Domain, DomainMonitor, LibvirtError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DomainError {
+    #[error(transparent)]
+    Libvirt(#[from] LibvirtError),
+    #[error("domain {domain}: its XML")]
+    Xml {
+        domain: String,
+        #[source]
+        source: vmattest_vmconfig::XmlError,
+    },
+    #[error("domain {domain}: guest RAM is not a shared file: add {SHARED_RAM_XML} to its XML")]
+    NotShared { domain: String },
+    #[error("domain {domain}: {found} memory backends, expected one (no NUMA cells)")]
+    Backends { domain: String, found: usize },
+    #[error("domain {domain}: is {state}, expected running or paused")]
+    NotRunning { domain: String, state: &'static str },
+    #[error("domain {domain}")]
+    Qmp {
+        domain: String,
+        #[source]
+        source: QmpError,
+    },
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+}
+
+impl Classify for DomainError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            DomainError::Libvirt(e) => e.class(),
+            DomainError::Xml { source, .. } => source.class(),
+            DomainError::NotShared { .. }
+            | DomainError::Backends { .. }
+            | DomainError::NotRunning { .. } => ErrorClass::Input,
+            DomainError::Qmp { source, .. } => source.class(),
+            DomainError::Capture(e) => e.class(),
+        }
+    }
+}
+
+/// A running domain, its layout and the file behind its RAM.
+#[derive(Debug)]
+pub struct LiveDomain<'c> {
+    pub domain: Domain<'c>,
+    pub layout: DomainLayout,
+    pub ram: PathBuf,
+}
+
+impl<'c> LiveDomain<'c> {
+    /// Opens the running (or paused) domain `name` and checks that vmattest can capture it.
+    pub fn open(conn: &'c Connection, name: &str) -> Result<LiveDomain<'c>, DomainError> {
+        let domain = conn.domain(name)?;
+        let state = domain.state()?;
+        if !matches!(
+            state,
+            crate::DomainState::Running | crate::DomainState::Paused
+        ) {
+            return Err(DomainError::NotRunning {
+                domain: name.to_owned(),
+                state: state.name(),
+            });
+        }
+        let xml = domain.xml()?;
+        let origin = PathBuf::from(format!("of domain {name}"));
+        let layout = domain_layout(&xml, &origin).map_err(|source| DomainError::Xml {
+            domain: name.to_owned(),
+            source,
+        })?;
+        if !layout.shared_file_ram {
+            return Err(DomainError::NotShared {
+                domain: name.to_owned(),
+            });
+        }
+        let ram = ram_file(&domain)?;
+        Ok(LiveDomain {
+            domain,
+            layout,
+            ram,
+        })
+    }
+
+    /// The chain's `config` component: the guest-visible settings, as for a spec.
+    pub fn config_bytes(&self) -> Vec<u8> {
+        let l = &self.layout;
+        let boot = match &l.cmdline {
+            Some(cmdline) => GuestBoot::Kernel {
+                cmdline: Some(cmdline),
+            },
+            None => GuestBoot::Firmware,
+        };
+        GuestConfig {
+            boot,
+            disks: l
+                .disks
+                .iter()
+                .map(|d| (d.target.as_str(), d.format.as_str()))
+                .collect(),
+            machine: &l.machine,
+            memory_mib: l.memory_mib,
+            macs: l.macs.iter().map(String::as_str).collect(),
+            vcpus: l.vcpus,
+        }
+        .bytes()
+    }
+
+    /// What the capture reads; its scratch directory is made in `scratch_in`.
+    pub fn target(&self, scratch_in: &Path) -> Target<'_> {
+        Target {
+            name: self.domain.name(),
+            ram: self.ram.clone(),
+            disks: self
+                .layout
+                .disks
+                .iter()
+                .map(|d| Disk {
+                    name: d.target.clone(),
+                    path: d.source.clone(),
+                    format: if d.format == "qcow2" {
+                        DiskFormat::Qcow2
+                    } else {
+                        DiskFormat::Raw
+                    },
+                })
+                .collect(),
+            config: self.config_bytes(),
+            scratch_in: scratch_in.to_path_buf(),
+            spec: None,
+        }
+    }
+}
+
+/// The shared file behind the domain's one memory backend, from QEMU itself.
+fn ram_file(domain: &Domain<'_>) -> Result<PathBuf, DomainError> {
+    let qmp = |source| DomainError::Qmp {
+        domain: domain.name().to_owned(),
+        source,
+    };
+    let mut mon = DomainMonitor::new(domain);
+    let memdevs = mon.execute("query-memdev", Value::Null).map_err(qmp)?;
+    let list = memdevs.as_array().map(Vec::as_slice).unwrap_or_default();
+    let [dev] = list else {
+        return Err(DomainError::Backends {
+            domain: domain.name().to_owned(),
+            found: list.len(),
+        });
+    };
+    let id = dev.get("id").and_then(Value::as_str).unwrap_or("pc.ram");
+    if dev.get("share").and_then(Value::as_bool) != Some(true) {
+        return Err(DomainError::NotShared {
+            domain: domain.name().to_owned(),
+        });
+    }
+    let path = mon
+        .execute(
+            "qom-get",
+            json!({ "path": format!("/objects/{id}"), "property": "mem-path" }),
+        )
+        .map_err(qmp)?;
+    match path.as_str() {
+        Some(p) if !p.is_empty() => Ok(PathBuf::from(p)),
+        _ => Err(DomainError::NotShared {
+            domain: domain.name().to_owned(),
+        }),
+    }
+}
+
+/// Captures the running domain `name` as the next link of `store`: paused only while it is
+/// measured, resumed through the same QMP session, and every migration setting the capture
+/// changed set back. A capture that dies while the guest is paused leaves it paused: `virsh
+/// resume` (or the next capture) continues it.
+pub fn capture(
+    conn: &Connection,
+    name: &str,
+    store: &StoreWriter,
+    opts: &TakeOptions<'_>,
+) -> Result<CaptureReport, DomainError> {
+    let live = LiveDomain::open(conn, name)?;
+    let scratch = std::env::temp_dir();
+    let target = live.target(&scratch);
+    let mut mon = DomainMonitor::new(&live.domain);
+    Ok(capture_target(&target, &mut mon, store, opts, None)?)
+}
