@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::guest::guest_dir;
-use common::vmattest;
+use common::{Chain, chain, component_names, disk_block, vmattest};
 use vmattest_testkit::PrivateLibvirt;
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
@@ -123,26 +123,6 @@ impl<'a> TestDomain<'a> {
     }
 }
 
-fn key(dir: &Path) -> PathBuf {
-    let key = dir.join("key");
-    vmattest(["keygen", "--alg", "ed25519", "--out", key.to_str().unwrap()]).ok();
-    key
-}
-
-fn init_store(dir: &Path, vm_id: &str) -> PathBuf {
-    let store = dir.join(format!("store-{vm_id}"));
-    vmattest([
-        "snapshot",
-        "init",
-        "--store",
-        store.to_str().unwrap(),
-        "--vm-id",
-        vm_id,
-    ])
-    .ok();
-    store
-}
-
 fn take(lv: &PrivateLibvirt, store: &Path, key: &Path, name: &str) -> common::Run {
     vmattest([
         "--json",
@@ -159,15 +139,6 @@ fn take(lv: &PrivateLibvirt, store: &Path, key: &Path, name: &str) -> common::Ru
     ])
 }
 
-/// The text the guest wrote into 4 KiB block `tick % 256` of its disk at `tick`.
-fn block(disk: &[u8], tick: u64) -> String {
-    let at = (tick % 256) as usize * 4096;
-    String::from_utf8_lossy(&disk[at..at + 4096])
-        .trim_end_matches('\0')
-        .trim()
-        .to_owned()
-}
-
 #[test]
 fn domain_baseline_and_deltas_while_it_runs() {
     let lv = PrivateLibvirt::start().unwrap();
@@ -175,8 +146,7 @@ fn domain_baseline_and_deltas_while_it_runs() {
     let dir = tmp.path();
     let d = TestDomain::define(&lv, "g1", true);
     d.start();
-    let key = key(dir);
-    let store = init_store(dir, "g1");
+    let Chain { store, key, pubkey } = chain(dir, "g1");
 
     let mut ticks = Vec::new();
     for seq in 0..4u64 {
@@ -184,13 +154,10 @@ fn domain_baseline_and_deltas_while_it_runs() {
         let j = take(&lv, &store, &key, "g1").ok().json();
         assert_eq!(j["seq"], seq);
         assert!(j["downtime_ms"].as_f64().unwrap() > 0.0);
-        let names: Vec<&str> = j["components"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c["name"].as_str().unwrap())
-            .collect();
-        assert_eq!(names, ["ram", "vda", "device-state", "config"]);
+        assert_eq!(
+            component_names(&j),
+            ["ram", "vda", "device-state", "config"]
+        );
         if seq > 0 {
             let changed = j["changed_pages"].as_u64().unwrap();
             let total = j["total_pages"].as_u64().unwrap();
@@ -217,7 +184,6 @@ fn domain_baseline_and_deltas_while_it_runs() {
     assert_eq!(ignore["state"], false, "{caps}");
 
     // The chain verifies, and each seq holds the disk block of the tick seen before it.
-    let pubkey = dir.join("key.pub");
     vmattest([
         "snapshot",
         "verify",
@@ -243,7 +209,11 @@ fn domain_baseline_and_deltas_while_it_runs() {
         ])
         .ok();
         let disk = std::fs::read(out.join("vda")).unwrap();
-        assert_eq!(block(&disk, tick), format!("disk tick {tick}"), "seq {seq}");
+        assert_eq!(
+            disk_block(&disk, tick),
+            format!("disk tick {tick}"),
+            "seq {seq}"
+        );
         // The RAM component is the guest's memory: the console's READY line is in it.
         let ram = std::fs::read(out.join("ram")).unwrap();
         assert_eq!(ram.len(), 128 << 20);
@@ -271,8 +241,7 @@ fn domain_without_shared_file_ram_is_refused_with_the_xml_to_add() {
     let dir = tmp.path();
     let d = TestDomain::define(&lv, "plain", false);
     d.start();
-    let key = key(dir);
-    let store = init_store(dir, "plain");
+    let Chain { store, key, .. } = chain(dir, "plain");
     let r = take(&lv, &store, &key, "plain").fails(2, "<memoryBacking>");
     assert!(r.stderr.contains("domain plain"), "{}", r.stderr);
     // Nothing was stored, and the domain runs on.
@@ -283,4 +252,31 @@ fn domain_without_shared_file_ram_is_refused_with_the_xml_to_add() {
     assert_eq!(d.state(), "running");
     // A domain libvirt does not know: one line, bad input.
     take(&lv, &store, &key, "nope").fails(2, "no domain \"nope\"");
+}
+
+/// Found in this suite: a domain capture made its scratch directory's parent, the shared
+/// temporary directory, 0700, which locked every other user (PostgreSQL's tests) out of it.
+#[test]
+fn regression_domain_capture_never_changes_the_mode_of_tmp() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let tmp_dir = std::env::temp_dir();
+    let before = mode(&tmp_dir);
+    let lv = PrivateLibvirt::start().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = TestDomain::define(&lv, "g3", true);
+    d.start();
+    let Chain { store, key, .. } = chain(tmp.path(), "g3");
+    take(&lv, &store, &key, "g3").ok();
+    assert_eq!(mode(&tmp_dir), before, "{} changed mode", tmp_dir.display());
+    let leftovers: Vec<_> = std::fs::read_dir(&tmp_dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("vmattest-capture-")
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }

@@ -37,6 +37,11 @@ pub enum DomainError {
     },
     #[error(transparent)]
     Capture(#[from] CaptureError),
+    #[error("creating a private scratch directory")]
+    Scratch {
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl Classify for DomainError {
@@ -49,6 +54,7 @@ impl Classify for DomainError {
             | DomainError::NotRunning { .. } => ErrorClass::Input,
             DomainError::Qmp { source, .. } => source.class(),
             DomainError::Capture(e) => e.class(),
+            DomainError::Scratch { .. } => ErrorClass::Environment,
         }
     }
 }
@@ -190,8 +196,12 @@ pub fn capture(
     opts: &TakeOptions<'_>,
 ) -> Result<CaptureReport, DomainError> {
     let live = LiveDomain::open(conn, name)?;
-    let scratch = std::env::temp_dir();
-    let target = live.target(&scratch);
+    // A fresh private directory: the shared temporary directory itself is never touched.
+    let scratch = tempfile::Builder::new()
+        .prefix("vmattest-capture-")
+        .tempdir()
+        .map_err(|source| DomainError::Scratch { source })?;
+    let target = live.target(scratch.path());
     let mut mon = DomainMonitor::new(&live.domain);
     Ok(capture_target(&target, &mut mon, store, opts, None)?)
 }

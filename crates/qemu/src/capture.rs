@@ -141,8 +141,9 @@ pub struct Target<'a> {
     pub disks: Vec<Disk>,
     /// The `config` component: the guest-visible configuration.
     pub config: Vec<u8>,
-    /// Where the capture's private scratch directory is made (device state, qcow2 disks
-    /// converted to raw): the VM's run directory, or any directory on the same host.
+    /// Where the capture's private (0700) scratch directory is made (device state, qcow2
+    /// disks converted to raw): a directory only this user may write, such as the VM's private
+    /// run directory or a fresh private temporary directory. Its own mode is left alone.
     pub scratch_in: PathBuf,
     /// The spec of a QEMU vmattest runs itself, for the crash tests' hooks.
     pub spec: Option<&'a VmSpec>,
@@ -172,7 +173,9 @@ pub fn capture(
     guard: Option<&GuardProgram>,
 ) -> Result<CaptureReport, CaptureError> {
     let target = Target::of_spec(spec);
+    // Before the QMP session, which would resume a guest a dead capture left paused.
     check_store(&target, store)?;
+    crate::private::dir(spec.run_dir()).map_err(io(spec.run_dir()))?;
     let mut qmp = crate::vm::connect(spec).map_err(|source| CaptureError::Qmp {
         vm: spec.name().to_owned(),
         source,
@@ -236,10 +239,11 @@ pub fn capture_target(
     };
     let saved = Settings::read(mon).map_err(qmp_err)?;
     // Settings first, so that the pause covers only the capture itself.
-    mon.set_capabilities(&[("x-ignore-shared", true)])
-        .map_err(qmp_err)?;
-    mon.set_max_bandwidth(u64::MAX >> 2).map_err(qmp_err)?;
-    let result = capture_paused(t, mon, store, opts, was_running, arm);
+    let result = mon
+        .set_capabilities(&[("x-ignore-shared", true)])
+        .and_then(|()| mon.set_max_bandwidth(u64::MAX >> 2))
+        .map_err(qmp_err)
+        .and_then(|()| capture_paused(t, mon, store, opts, was_running, arm));
     // Whatever happened, the settings go back as they were.
     let restored = saved.write(mon).map_err(qmp_err);
     let report = result?;
@@ -459,11 +463,11 @@ fn disk_err(t: &Target<'_>, disk: &str, detail: String) -> CaptureError {
     }
 }
 
-/// Private scratch space in `parent` (the VM's run directory), removed after the capture.
+/// Private scratch space in `parent`, removed after the capture. `parent` itself is left as
+/// it is: it may be shared (a temporary directory's parent), so it is the caller's to choose.
 fn tempfile_dir(parent: &Path) -> Result<PathBuf, CaptureError> {
     let dir = parent.join(format!(".capture.{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    crate::private::dir(parent).map_err(io(parent))?;
     crate::private::dir(&dir).map_err(io(&dir))?;
     Ok(dir)
 }
