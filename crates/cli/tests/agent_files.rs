@@ -307,13 +307,7 @@ fn attest_snapshot_compares_a_real_guest_with_its_snapshot() {
         .ok()
         .json();
     assert_eq!(j["verdict"], "match");
-    let names: Vec<&str> = j["components"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["ram", "disk0", "config"]);
+    assert_eq!(component_names(&j), ["ram", "disk0", "config"]);
     let signed =
         vmattest_core::attest::SignedSnapshotReport::decode(&std::fs::read(&report).unwrap())
             .unwrap();

@@ -14,34 +14,6 @@ use std::path::{Path, PathBuf};
 use common::guest::Guest;
 use common::*;
 
-struct Chain {
-    store: PathBuf,
-    key: PathBuf,
-    pubkey: PathBuf,
-}
-
-fn chain(dir: &Path, name: &str) -> Chain {
-    let key = dir.join("key");
-    if !key.exists() {
-        vmattest(["keygen", "--alg", "ed25519", "--out", key.to_str().unwrap()]).ok();
-    }
-    let store = dir.join(format!("store-{name}"));
-    vmattest([
-        "snapshot",
-        "init",
-        "--store",
-        store.to_str().unwrap(),
-        "--vm-id",
-        name,
-    ])
-    .ok();
-    Chain {
-        store,
-        key: key.clone(),
-        pubkey: dir.join("key.pub"),
-    }
-}
-
 impl Chain {
     fn s(&self) -> &str {
         self.store.to_str().unwrap()
@@ -116,23 +88,6 @@ impl Chain {
     }
 }
 
-/// The text the guest wrote into 4 KiB block `tick % 256` of its disk at `tick`.
-fn block(disk: &[u8], tick: u64) -> String {
-    let at = (tick % 256) as usize * 4096;
-    String::from_utf8_lossy(&disk[at..at + 4096])
-        .trim_end_matches('\0')
-        .trim()
-        .to_owned()
-}
-
-/// The newest tick whose block a disk holds (a test runs for far fewer than 256 ticks).
-fn newest_block(disk: &[u8]) -> u64 {
-    (0..256u64)
-        .filter_map(|b| block(disk, b).strip_prefix("disk tick ")?.parse().ok())
-        .max()
-        .unwrap_or(0)
-}
-
 /// After a rollback to a capture whose disk holds block `tick`, the guest's first tick is
 /// `tick` (captured between the disk write and the console line) or `tick + 1`.
 fn continues_from(g: &Guest, tick: u64) {
@@ -159,13 +114,10 @@ fn capture_deltas_roll_back_and_migrate() {
         let (tick, j) = c.take(&g);
         assert_eq!(j["seq"], seq);
         assert!(j["downtime_ms"].as_f64().unwrap() > 0.0);
-        let names: Vec<&str> = j["components"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c["name"].as_str().unwrap())
-            .collect();
-        assert_eq!(names, ["ram", "disk0", "device-state", "config"]);
+        assert_eq!(
+            component_names(&j),
+            ["ram", "disk0", "device-state", "config"]
+        );
         if seq > 0 {
             // An idle guest changes a small fraction of its pages between captures.
             let changed = j["changed_pages"].as_u64().unwrap();
@@ -180,7 +132,11 @@ fn capture_deltas_roll_back_and_migrate() {
     let mut captured = Vec::new();
     for (seq, &tick) in ticks.iter().enumerate() {
         let disk = c.disk_at(seq as u64, dir);
-        assert_eq!(block(&disk, tick), format!("disk tick {tick}"), "seq {seq}");
+        assert_eq!(
+            disk_block(&disk, tick),
+            format!("disk tick {tick}"),
+            "seq {seq}"
+        );
         let newest = newest_block(&disk);
         assert!(
             newest >= tick,

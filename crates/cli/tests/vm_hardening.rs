@@ -12,38 +12,12 @@ mod common;
 
 use std::io::{BufRead as _, BufReader};
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::guest::{self, Guest};
 use common::*;
-
-struct Chain {
-    store: PathBuf,
-    key: PathBuf,
-    pubkey: PathBuf,
-}
-
-fn chain(dir: &Path, name: &str) -> Chain {
-    let key = dir.join("key");
-    vmattest(["keygen", "--alg", "ed25519", "--out", key.to_str().unwrap()]).ok();
-    let store = dir.join(format!("store-{name}"));
-    vmattest([
-        "snapshot",
-        "init",
-        "--store",
-        store.to_str().unwrap(),
-        "--vm-id",
-        name,
-    ])
-    .ok();
-    Chain {
-        store,
-        key,
-        pubkey: dir.join("key.pub"),
-    }
-}
 
 impl Chain {
     fn take_args<'a>(&'a self, g: &'a Guest) -> Vec<&'a str> {

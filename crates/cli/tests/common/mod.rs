@@ -152,3 +152,60 @@ pub fn vmattest_within(args: &[&str], limit: std::time::Duration) -> Run {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
+
+/// A signing key (`DIR/key`, made once per directory) and a new store `DIR/store-NAME` for
+/// the VM (or domain) `name`.
+pub struct Chain {
+    pub store: PathBuf,
+    pub key: PathBuf,
+    pub pubkey: PathBuf,
+}
+
+pub fn chain(dir: &Path, name: &str) -> Chain {
+    let key = dir.join("key");
+    if !key.exists() {
+        vmattest(["keygen", "--alg", "ed25519", "--out", key.to_str().unwrap()]).ok();
+    }
+    let store = dir.join(format!("store-{name}"));
+    vmattest([
+        "snapshot",
+        "init",
+        "--store",
+        store.to_str().unwrap(),
+        "--vm-id",
+        name,
+    ])
+    .ok();
+    Chain {
+        store,
+        key,
+        pubkey: dir.join("key.pub"),
+    }
+}
+
+/// The component names of a take's or a report's JSON.
+pub fn component_names(j: &serde_json::Value) -> Vec<&str> {
+    j["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect()
+}
+
+/// The text the test guest wrote into 4 KiB block `tick % 256` of its disk at `tick`.
+pub fn disk_block(disk: &[u8], tick: u64) -> String {
+    let at = (tick % 256) as usize * 4096;
+    String::from_utf8_lossy(&disk[at..at + 4096])
+        .trim_end_matches('\0')
+        .trim()
+        .to_owned()
+}
+
+/// The newest tick whose block a disk holds (a test runs for far fewer than 256 ticks).
+pub fn newest_block(disk: &[u8]) -> u64 {
+    (0..256u64)
+        .filter_map(|b| disk_block(disk, b).strip_prefix("disk tick ")?.parse().ok())
+        .max()
+        .unwrap_or(0)
+}
