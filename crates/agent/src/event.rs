@@ -34,28 +34,14 @@ impl Event {
     /// The event as one line for VM `vm`.
     pub fn text(&self, vm: &str) -> String {
         match self {
-            Event::Answered { round, result: r } => {
-                let matched = r.regions.iter().filter(|x| x.matched).count();
-                let differ: Vec<&str> = r
-                    .regions
-                    .iter()
-                    .filter(|x| !x.matched)
-                    .map(|x| x.name.as_str())
-                    .collect();
-                let differ = if differ.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (differ: {})", differ.join(", "))
-                };
-                format!(
-                    "{vm} round {round}: score {} ({}), {matched}/{} region(s) matched{differ}{}, result {}",
-                    r.score,
-                    r.status,
-                    r.regions.len(),
-                    if r.alert { ", ALERT" } else { "" },
-                    r.id
-                )
-            }
+            Event::Answered { round, result: r } => format!(
+                "{vm} round {round}: score {} ({}), {}{}, result {}",
+                r.score,
+                r.status,
+                r.regions_line(),
+                if r.alert { ", ALERT" } else { "" },
+                r.id
+            ),
             Event::RolledBack { round, seq, .. } => format!(
                 "{vm} round {round}: rolled back to seq {seq} as the server asked (verified links 0 to {seq}); the guest runs on"
             ),

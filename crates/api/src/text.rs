@@ -77,19 +77,11 @@ impl fmt::Display for Vm {
     }
 }
 
-impl fmt::Display for AttestationResult {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl AttestationResult {
+    /// `N/M region(s) matched`, and the names of those that differ.
+    pub fn regions_line(&self) -> String {
         let matched = self.regions.iter().filter(|r| r.matched).count();
-        write!(
-            f,
-            "{}  {}  {}  score {:>3} ({}), {matched}/{} region(s) matched",
-            self.id,
-            self.time,
-            self.vm,
-            self.score,
-            self.status,
-            self.regions.len()
-        )?;
+        let mut out = format!("{matched}/{} region(s) matched", self.regions.len());
         let differ: Vec<&str> = self
             .regions
             .iter()
@@ -97,8 +89,24 @@ impl fmt::Display for AttestationResult {
             .map(|r| r.name.as_str())
             .collect();
         if !differ.is_empty() {
-            write!(f, " (differ: {})", differ.join(", "))?;
+            out += &format!(" (differ: {})", differ.join(", "));
         }
+        out
+    }
+}
+
+impl fmt::Display for AttestationResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}  {}  {}  score {:>3} ({}), {}",
+            self.id,
+            self.time,
+            self.vm,
+            self.score,
+            self.status,
+            self.regions_line()
+        )?;
         if self.alert {
             f.write_str("  ALERT")?;
         }

@@ -86,8 +86,7 @@ pub fn status(name: &str, uri: Option<&str>) -> Result<DomainStatus, HostDomainE
     let domain = conn.domain(name)?;
     let state = domain.state()?;
     let id = domain.id();
-    drop(domain);
-    let (ram, reason) = match LiveDomain::open(&conn, name) {
+    let (ram, reason) = match LiveDomain::of(domain) {
         Ok(live) => (Some(live.ram.display().to_string()), None),
         Err(e) => (None, Some(e.to_string())),
     };

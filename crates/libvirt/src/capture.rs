@@ -70,7 +70,13 @@ pub struct LiveDomain<'c> {
 impl<'c> LiveDomain<'c> {
     /// Opens the running (or paused) domain `name` and checks that vmattest can capture it.
     pub fn open(conn: &'c Connection, name: &str) -> Result<LiveDomain<'c>, DomainError> {
-        let domain = conn.domain(name)?;
+        LiveDomain::of(conn.domain(name)?)
+    }
+
+    /// As [`LiveDomain::open`], for a domain already looked up.
+    pub fn of(domain: Domain<'c>) -> Result<LiveDomain<'c>, DomainError> {
+        let name = domain.name().to_owned();
+        let name = name.as_str();
         let state = domain.state()?;
         if !matches!(
             state,

@@ -84,7 +84,7 @@ impl PrivateLibvirt {
         )
         .map_err(|e| format!("write libvirtd.conf: {e}"))?;
         let lv = PrivateLibvirt {
-            child: spawn(&dir, uid, gid)?,
+            child: spawn(&dir, &ram, uid, gid)?,
             uri: format!(
                 "qemu:///session?socket={}",
                 dir.join("run/libvirt/libvirt-sock").display()
@@ -208,9 +208,9 @@ impl Drop for PrivateLibvirt {
 }
 
 /// libvirtd in the foreground as the daemon user (setpriv execs it: the child's PID is the
-/// daemon's), with its XDG directories in `dir`.
-fn spawn(dir: &Path, uid: u32, gid: u32) -> Result<Child, String> {
-    for entry in walk(dir) {
+/// daemon's), with its XDG directories in `dir` and its domains' RAM files in `ram`.
+fn spawn(dir: &Path, ram: &Path, uid: u32, gid: u32) -> Result<Child, String> {
+    for entry in walk(dir).into_iter().chain([ram.to_path_buf()]) {
         chown(&entry, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
             .map_err(|e| format!("chown {}: {e}", entry.display()))?;
     }
@@ -237,7 +237,7 @@ fn spawn(dir: &Path, uid: u32, gid: u32) -> Result<Child, String> {
         .map_err(|e| format!("cannot start libvirtd: {e}"))
 }
 
-/// `dir`, everything below it, and the RAM directory named in its qemu.conf.
+/// `dir` and everything below it.
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = vec![dir.to_path_buf()];
     let mut i = 0;
@@ -252,10 +252,6 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
             out.extend(more);
         }
         i += 1;
-    }
-    let conf = fs::read_to_string(dir.join("config/libvirt/qemu.conf")).unwrap_or_default();
-    if let Some(ram) = conf.split('"').nth(1) {
-        out.push(PathBuf::from(ram));
     }
     out
 }
