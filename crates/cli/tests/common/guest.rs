@@ -71,30 +71,16 @@ format = "raw"
     }
 
     pub fn console(&self) -> String {
-        String::from_utf8_lossy(&std::fs::read(self.dir.join("console.log")).unwrap_or_default())
-            .into_owned()
+        console_text(&self.dir.join("console.log"))
     }
 
     pub fn ticks(&self) -> Vec<u64> {
-        self.console()
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix("tick "))
-            .filter_map(|n| n.trim().parse().ok())
-            .collect()
+        console_ticks(&self.dir.join("console.log"))
     }
 
     /// Waits for a tick newer than `after` and returns it.
     pub fn next_tick(&self, after: Option<u64>) -> u64 {
-        let t = Instant::now();
-        loop {
-            if let Some(&last) = self.ticks().last()
-                && after.is_none_or(|a| last > a)
-            {
-                return last;
-            }
-            assert!(t.elapsed() < TIMEOUT, "no new tick: {}", self.console());
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_tick(&self.dir.join("console.log"), after, TIMEOUT)
     }
 
     pub fn pid(&self) -> Option<i32> {
@@ -113,5 +99,33 @@ format = "raw"
 impl Drop for Guest {
     fn drop(&mut self) {
         let _ = vmattest(["vm", "stop", "--vm", self.arg()]);
+    }
+}
+
+/// The text of the test guest's console log at `path` (empty while there is none).
+pub fn console_text(path: &Path) -> String {
+    String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
+}
+
+/// The "tick N" counters the test guest printed to the console log at `path`.
+pub fn console_ticks(path: &Path) -> Vec<u64> {
+    vmattest_testkit::console::parse_ticks(console_text(path).as_bytes())
+}
+
+/// Waits up to `timeout` for a tick newer than `after` in the console log at `path`.
+pub fn wait_tick(path: &Path, after: Option<u64>, timeout: Duration) -> u64 {
+    let t = Instant::now();
+    loop {
+        if let Some(&last) = console_ticks(path).last()
+            && after.is_none_or(|a| last > a)
+        {
+            return last;
+        }
+        assert!(
+            t.elapsed() < timeout,
+            "no tick after {after:?}: {}",
+            console_text(path)
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

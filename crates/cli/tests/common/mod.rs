@@ -209,3 +209,16 @@ pub fn newest_block(disk: &[u8]) -> u64 {
         .max()
         .unwrap_or(0)
 }
+
+/// What every capture of a running test guest reports: link `seq`, a pause, the `components`,
+/// and (for a delta of an idle guest) a small fraction of its pages changed.
+pub fn check_capture(j: &serde_json::Value, seq: u64, components: &[&str]) {
+    assert_eq!(j["seq"], seq);
+    assert!(j["downtime_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(component_names(j), components);
+    if seq > 0 {
+        let changed = j["changed_pages"].as_u64().unwrap();
+        let total = j["total_pages"].as_u64().unwrap();
+        assert!(changed * 10 < total, "{changed} of {total} pages changed");
+    }
+}

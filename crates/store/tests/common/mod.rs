@@ -104,28 +104,7 @@ impl Fixture {
     }
 }
 
-/// A VM-like image: zero, random and text-like pages.
-pub fn vm_like(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
-    let mut out = vec![0u8; len];
-    for (i, page) in out.chunks_mut(PAGE).enumerate() {
-        match next() % 3 {
-            0 => {}
-            1 => page.iter_mut().for_each(|b| *b = next() as u8),
-            _ => page
-                .iter_mut()
-                .enumerate()
-                .for_each(|(j, b)| *b = b'a' + ((i + j) % 23) as u8),
-        }
-    }
-    out
-}
+pub use vmattest_testkit::images::vm_like;
 
 /// Changes `n` pages: some a few bytes, some rewritten, some zeroed.
 pub fn mutate(data: &mut [u8], n: usize, seed: u64) {
