@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::guest::{console_text, console_ticks, guest_dir, wait_tick};
-use common::{Chain, chain, check_capture, disk_block, vmattest};
+use common::{Chain, baseline_batch, chain, check_capture, disk_block, newest_block, vmattest};
 use vmattest_testkit::PrivateLibvirt;
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
@@ -68,7 +68,7 @@ impl<'a> TestDomain<'a> {
       <source file='{disk}'/>
       <target dev='vda' bus='virtio'/>
     </disk>
-    <serial type='file'><source path='{console}'/><target port='0'/></serial>
+    <serial type='file'><source path='{console}' append='off'/><target port='0'/></serial>
     <memballoon model='none'/>
   </devices>
 </domain>",
@@ -108,6 +108,73 @@ impl<'a> TestDomain<'a> {
     fn state(&self) -> String {
         self.lv.virsh_ok(&["domstate", self.name])
     }
+
+    fn id(&self) -> String {
+        self.lv.virsh_ok(&["domid", self.name])
+    }
+
+    /// After a restore to a capture whose disk holds block `tick`, the guest's first tick (on
+    /// the console libvirt opened anew) is `tick` or `tick + 1`.
+    fn continues_from(&self, tick: u64) {
+        wait_tick(&self.console, None, BOOT_TIMEOUT);
+        let first = console_ticks(&self.console).first().copied();
+        assert!(
+            first == Some(tick) || first == Some(tick + 1),
+            "{} should continue at tick {tick} or {}, not {first:?}: {}",
+            self.name,
+            tick + 1,
+            self.console_text()
+        );
+    }
+
+    /// One field of `virsh dominfo`.
+    fn info(&self, field: &str) -> String {
+        let out = self.lv.virsh_ok(&["dominfo", self.name]);
+        out.lines()
+            .find_map(|l| l.strip_prefix(field).and_then(|r| r.strip_prefix(':')))
+            .unwrap_or_else(|| panic!("no {field} in {out}"))
+            .trim()
+            .to_owned()
+    }
+}
+
+fn restore(lv: &PrivateLibvirt, c: &Chain, seq: u64, name: &str) -> common::Run {
+    vmattest([
+        "--json",
+        "snapshot",
+        "restore",
+        "--store",
+        c.store.to_str().unwrap(),
+        "--pubkey",
+        c.pubkey.to_str().unwrap(),
+        "--seq",
+        &seq.to_string(),
+        "--domain",
+        name,
+        "--connect",
+        lv.uri(),
+    ])
+}
+
+/// The newest disk block of `seq`: the tick the capture holds.
+fn captured_tick(c: &Chain, seq: u64, dir: &Path) -> u64 {
+    let out = dir.join(format!("captured-{seq}"));
+    vmattest([
+        "snapshot",
+        "restore",
+        "--store",
+        c.store.to_str().unwrap(),
+        "--pubkey",
+        c.pubkey.to_str().unwrap(),
+        "--seq",
+        &seq.to_string(),
+        "--out",
+        out.to_str().unwrap(),
+    ])
+    .ok();
+    let tick = newest_block(&std::fs::read(out.join("vda")).unwrap());
+    std::fs::remove_dir_all(&out).unwrap();
+    tick
 }
 
 fn take(lv: &PrivateLibvirt, store: &Path, key: &Path, name: &str) -> common::Run {
@@ -256,4 +323,61 @@ fn regression_domain_capture_never_changes_the_mode_of_tmp() {
         })
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn domain_rolls_back_and_migrates_into_another_definition() {
+    let lv = PrivateLibvirt::start().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let d = TestDomain::define(&lv, "r1", true);
+    d.start();
+    let c = chain(dir, "r1");
+    for _ in 0..3 {
+        d.next_tick();
+        take(&lv, &c.store, &c.key, "r1").ok();
+    }
+    let at1 = captured_tick(&c, 1, dir);
+
+    // A tampered chain is never restored: the domain runs on in the same QEMU.
+    let id = d.id();
+    let victim = baseline_batch(&c.store);
+    let original = std::fs::read(&victim).unwrap();
+    let mut bad = original.clone();
+    let n = bad.len();
+    bad[n / 2] ^= 0x40;
+    std::fs::write(&victim, &bad).unwrap();
+    let seen = d.next_tick();
+    let r = restore(&lv, &c, 1, "r1");
+    assert_eq!(r.code, 1, "stderr: {}", r.stderr);
+    assert!(r.stderr.contains("seq 0"), "{}", r.stderr);
+    assert_eq!(d.id(), id, "the domain must be left as it was");
+    assert_eq!(d.state(), "running");
+    assert!(d.next_tick() > seen);
+    std::fs::write(&victim, &original).unwrap();
+
+    // Roll back to seq 1: libvirt runs the domain again (a new QEMU), and the guest continues
+    // from the captured tick.
+    let j = restore(&lv, &c, 1, "r1").ok().json();
+    assert_eq!(j["seq"], 1);
+    assert_eq!(d.state(), "running");
+    assert_ne!(d.id(), id, "a new QEMU runs the domain");
+    d.continues_from(at1);
+    assert_eq!(d.info("Persistent"), "yes");
+    assert!(lv.virsh_ok(&["list", "--name"]).lines().any(|l| l == "r1"));
+    // Later captures go on from the restored state, and the chain still verifies.
+    take(&lv, &c.store, &c.key, "r1").ok();
+    assert_eq!(d.state(), "running");
+
+    // Migrate the chain into a second definition with another name (its own disk file).
+    let m = TestDomain::define(&lv, "r2", true);
+    assert_eq!(m.state(), "shut off");
+    let j = restore(&lv, &c, 1, "r2").ok().json();
+    assert_eq!(j["seq"], 1);
+    assert_eq!(m.state(), "running");
+    m.continues_from(at1);
+    // libvirt manages it like any domain it started: shutdown is accepted, destroy stops it.
+    lv.virsh_ok(&["shutdown", "r2"]);
+    let _ = lv.virsh(&["destroy", "r2"]);
+    assert_eq!(m.state(), "shut off");
 }

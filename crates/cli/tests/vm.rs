@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::guest::Guest;
 use common::*;
@@ -196,21 +196,6 @@ fn capture_deltas_roll_back_and_migrate() {
     let j = cb.restore_vm(&b, 3).ok().json();
     assert_eq!(j["seq"], 3);
     continues_from(&b, captured[3]);
-}
-
-/// The first page batch the baseline wrote: the oldest batch object (kind 6 in its header).
-fn baseline_batch(store: &Path) -> PathBuf {
-    let mut batches: Vec<(std::time::SystemTime, PathBuf)> = Vec::new();
-    for d in std::fs::read_dir(store.join("objects")).unwrap() {
-        for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
-            let p = f.unwrap().path();
-            let bytes = std::fs::read(&p).unwrap();
-            if bytes.get(8..10) == Some(&[0, 6]) {
-                batches.push((p.metadata().unwrap().modified().unwrap(), p));
-            }
-        }
-    }
-    batches.into_iter().min().unwrap().1
 }
 
 #[test]

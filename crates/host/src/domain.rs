@@ -5,12 +5,17 @@ use std::fmt;
 use std::path::Path;
 
 use serde::Serialize;
+use vmattest_core::chain::SeqNo;
 use vmattest_core::class::{Classify, ErrorClass};
 use vmattest_core::record::UnixTime;
+use vmattest_core::tree::Progress;
 use vmattest_libvirt::{Connection, DomainError, LibvirtError, LiveDomain};
 use vmattest_qemu::capture::CaptureReport;
+use vmattest_qemu::restore::RestoreReport;
 use vmattest_sign::Signer;
 use vmattest_store::{Store, StoreError, StoreSecret, TakeOptions};
+
+use crate::verifier::Verifier;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostDomainError {
@@ -50,6 +55,30 @@ pub fn take(
     };
     let conn = Connection::open(uri)?;
     Ok(vmattest_libvirt::capture(&conn, name, &store, &opts)?)
+}
+
+/// Verifies the chain at `root` up to `seq` (the head when `None`) against the verifier's
+/// pinned keys, then rolls domain `name` back to it (or migrates the chain into it) and runs
+/// it under libvirt. A chain that does not verify leaves the domain as it was.
+pub fn rollback(
+    name: &str,
+    uri: Option<&str>,
+    root: &Path,
+    verifier: &Verifier,
+    seq: Option<SeqNo>,
+    progress: Option<Box<dyn Progress + Send>>,
+) -> Result<RestoreReport, HostDomainError> {
+    let mut store = Store::open(root)?;
+    if let Some(p) = progress {
+        store.set_progress(p);
+    }
+    let conn = Connection::open(uri)?;
+    Ok(vmattest_libvirt::restore(
+        &conn,
+        name,
+        &store,
+        &verifier.options(seq, None),
+    )?)
 }
 
 /// What `vm status --domain` reports.

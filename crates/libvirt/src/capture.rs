@@ -42,6 +42,22 @@ pub enum DomainError {
         #[source]
         source: std::io::Error,
     },
+    #[error("domain {domain}: its definition is not a <domain> document as libvirt writes it")]
+    Definition { domain: String },
+    #[error("{}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "domain {domain}: the chain's RAM is {chain} bytes, the domain's QEMU has {domain_ram}"
+    )]
+    RamSize {
+        domain: String,
+        chain: u64,
+        domain_ram: u64,
+    },
 }
 
 impl Classify for DomainError {
@@ -54,7 +70,8 @@ impl Classify for DomainError {
             | DomainError::NotRunning { .. } => ErrorClass::Input,
             DomainError::Qmp { source, .. } => source.class(),
             DomainError::Capture(e) => e.class(),
-            DomainError::Scratch { .. } => ErrorClass::Environment,
+            DomainError::Scratch { .. } | DomainError::Io { .. } => ErrorClass::Environment,
+            DomainError::Definition { .. } | DomainError::RamSize { .. } => ErrorClass::Input,
         }
     }
 }
@@ -108,26 +125,7 @@ impl<'c> LiveDomain<'c> {
 
     /// The chain's `config` component: the guest-visible settings, as for a spec.
     pub fn config_bytes(&self) -> Vec<u8> {
-        let l = &self.layout;
-        let boot = match &l.cmdline {
-            Some(cmdline) => GuestBoot::Kernel {
-                cmdline: Some(cmdline),
-            },
-            None => GuestBoot::Firmware,
-        };
-        GuestConfig {
-            boot,
-            disks: l
-                .disks
-                .iter()
-                .map(|d| (d.target.as_str(), d.format.as_str()))
-                .collect(),
-            machine: &l.machine,
-            memory_mib: l.memory_mib,
-            macs: l.macs.iter().map(String::as_str).collect(),
-            vcpus: l.vcpus,
-        }
-        .bytes()
+        config_bytes(&self.layout)
     }
 
     /// What the capture reads; its scratch directory is made in `scratch_in`.
@@ -135,20 +133,7 @@ impl<'c> LiveDomain<'c> {
         Target {
             name: self.domain.name(),
             ram: self.ram.clone(),
-            disks: self
-                .layout
-                .disks
-                .iter()
-                .map(|d| Disk {
-                    name: d.target.clone(),
-                    path: d.source.clone(),
-                    format: if d.format == "qcow2" {
-                        DiskFormat::Qcow2
-                    } else {
-                        DiskFormat::Raw
-                    },
-                })
-                .collect(),
+            disks: disks(&self.layout),
             config: self.config_bytes(),
             scratch_in: scratch_in.to_path_buf(),
             spec: None,
@@ -156,8 +141,48 @@ impl<'c> LiveDomain<'c> {
     }
 }
 
+/// The guest-visible settings of a domain, as for a spec: no name, UUID or host paths, so a
+/// chain restores into another domain with the same guest.
+pub(crate) fn config_bytes(l: &DomainLayout) -> Vec<u8> {
+    let boot = match &l.cmdline {
+        Some(cmdline) => GuestBoot::Kernel {
+            cmdline: Some(cmdline),
+        },
+        None => GuestBoot::Firmware,
+    };
+    GuestConfig {
+        boot,
+        disks: l
+            .disks
+            .iter()
+            .map(|d| (d.target.as_str(), d.format.as_str()))
+            .collect(),
+        machine: &l.machine,
+        memory_mib: l.memory_mib,
+        macs: l.macs.iter().map(String::as_str).collect(),
+        vcpus: l.vcpus,
+    }
+    .bytes()
+}
+
+/// A domain's disks, named by their target dev.
+pub(crate) fn disks(l: &DomainLayout) -> Vec<Disk> {
+    l.disks
+        .iter()
+        .map(|d| Disk {
+            name: d.target.clone(),
+            path: d.source.clone(),
+            format: if d.format == "qcow2" {
+                DiskFormat::Qcow2
+            } else {
+                DiskFormat::Raw
+            },
+        })
+        .collect()
+}
+
 /// The shared file behind the domain's one memory backend, from QEMU itself.
-fn ram_file(domain: &Domain<'_>) -> Result<PathBuf, DomainError> {
+pub(crate) fn ram_file(domain: &Domain<'_>) -> Result<PathBuf, DomainError> {
     let qmp = |source| DomainError::Qmp {
         domain: domain.name().to_owned(),
         source,

@@ -3,8 +3,8 @@
 //! the rest of the workspace cannot use.
 
 #[cfg(feature = "libvirt")]
-use std::ffi::{c_char, c_uint};
-use std::ffi::{c_int, c_void};
+use std::ffi::c_char;
+use std::ffi::{c_int, c_uint, c_void};
 
 #[repr(C)]
 pub struct VirConnect {
@@ -22,6 +22,10 @@ pub type ErrorFunc = Option<unsafe extern "C" fn(user: *mut c_void, error: *mut 
 pub const STATE_RUNNING: c_int = 1;
 pub const STATE_PAUSED: c_int = 3;
 pub const STATE_SHUTOFF: c_int = 5;
+/// `VIR_DOMAIN_XML_INACTIVE`: the definition, without run-time ids and aliases.
+pub const XML_INACTIVE: c_uint = 2;
+/// `VIR_DOMAIN_START_PAUSED`.
+pub const START_PAUSED: c_uint = 1;
 
 #[cfg(feature = "libvirt")]
 #[link(name = "virt")]
@@ -39,6 +43,12 @@ unsafe extern "C" {
     pub fn virDomainGetXMLDesc(domain: *mut VirDomain, flags: c_uint) -> *mut c_char;
     pub fn virDomainGetID(domain: *mut VirDomain) -> c_uint;
     pub fn virDomainResume(domain: *mut VirDomain) -> c_int;
+    pub fn virDomainDestroy(domain: *mut VirDomain) -> c_int;
+    pub fn virDomainCreateXML(
+        conn: *mut VirConnect,
+        xml: *const c_char,
+        flags: c_uint,
+    ) -> *mut VirDomain;
     pub fn virGetLastErrorMessage() -> *const c_char;
     pub fn virSetErrorFunc(user: *mut c_void, handler: ErrorFunc);
 }
@@ -101,6 +111,16 @@ mod absent {
     }
     pub unsafe fn virDomainResume(_: *mut VirDomain) -> c_int {
         -1
+    }
+    pub unsafe fn virDomainDestroy(_: *mut VirDomain) -> c_int {
+        -1
+    }
+    pub unsafe fn virDomainCreateXML(
+        _: *mut VirConnect,
+        _: *const c_char,
+        _: c_uint,
+    ) -> *mut VirDomain {
+        std::ptr::null_mut()
     }
     pub unsafe fn virGetLastErrorMessage() -> *const c_char {
         c"this vmattest was built without libvirt support (cargo feature `libvirt`)".as_ptr()

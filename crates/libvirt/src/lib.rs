@@ -7,6 +7,7 @@
 mod capture;
 mod ffi;
 mod monitor;
+mod restore;
 
 use std::ffi::{CStr, CString, c_int};
 use std::ptr::NonNull;
@@ -16,6 +17,7 @@ use vmattest_core::class::{Classify, ErrorClass};
 
 pub use capture::{DomainError, LiveDomain, capture};
 pub use monitor::DomainMonitor;
+pub use restore::restore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LibvirtError {
@@ -121,6 +123,26 @@ impl Connection {
             _conn: self,
         })
     }
+
+    /// Starts a transient domain (or a defined one of the same name and UUID) from `xml`,
+    /// with its vCPUs paused.
+    pub fn create_paused(&self, name: &str, xml: &str) -> Result<Domain<'_>, LibvirtError> {
+        let c = c_string("domain XML", xml)?;
+        // SAFETY: the connection pointer is live, `c` is NUL-terminated and outlives the call;
+        // a null result is handled below.
+        let ptr =
+            unsafe { ffi::virDomainCreateXML(self.ptr.as_ptr(), c.as_ptr(), ffi::START_PAUSED) };
+        let ptr = NonNull::new(ptr).ok_or_else(|| LibvirtError::Call {
+            domain: name.to_owned(),
+            what: "start",
+            detail: last_error(),
+        })?;
+        Ok(Domain {
+            ptr,
+            name: name.to_owned(),
+            _conn: self,
+        })
+    }
 }
 
 impl Drop for Connection {
@@ -200,9 +222,19 @@ impl Domain<'_> {
 
     /// The live domain XML (the inactive definition when it is shut off).
     pub fn xml(&self) -> Result<String, LibvirtError> {
+        self.xml_desc(0)
+    }
+
+    /// The definition a restart would use: the persistent one, else the live one without
+    /// run-time ids, aliases and security labels.
+    pub fn definition(&self) -> Result<String, LibvirtError> {
+        self.xml_desc(ffi::XML_INACTIVE)
+    }
+
+    fn xml_desc(&self, flags: std::ffi::c_uint) -> Result<String, LibvirtError> {
         // SAFETY: the domain pointer is live; the result is a malloc'd NUL-terminated string
         // (or null on failure), copied and then freed exactly once.
-        let ptr = unsafe { ffi::virDomainGetXMLDesc(self.ptr.as_ptr(), 0) };
+        let ptr = unsafe { ffi::virDomainGetXMLDesc(self.ptr.as_ptr(), flags) };
         if ptr.is_null() {
             return Err(self.call_err("XML"));
         }
@@ -221,6 +253,16 @@ impl Domain<'_> {
         let r = unsafe { ffi::virDomainResume(self.ptr.as_ptr()) };
         if r < 0 {
             return Err(self.call_err("resume"));
+        }
+        Ok(())
+    }
+
+    /// Stops the domain's QEMU at once (a defined domain stays defined).
+    pub fn destroy(&self) -> Result<(), LibvirtError> {
+        // SAFETY: the domain pointer is live.
+        let r = unsafe { ffi::virDomainDestroy(self.ptr.as_ptr()) };
+        if r < 0 {
+            return Err(self.call_err("destroy"));
         }
         Ok(())
     }

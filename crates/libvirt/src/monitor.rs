@@ -10,7 +10,7 @@ use vmattest_qemu::qmp::{Monitor, QmpError};
 
 use crate::{Domain, c_string, ffi, last_error};
 
-/// Name under which QEMU holds the device state file while it migrates into it.
+/// Name under which QEMU holds the device state file while it migrates into or out of it.
 const FD_NAME: &str = "vmattest-device-state";
 
 /// A QMP session with a domain's QEMU, through libvirt.
@@ -114,5 +114,17 @@ impl Monitor for DomainMonitor<'_, '_> {
         drop(file);
         let uri = format!("fd:{FD_NAME}");
         self.execute("migrate", json!({ "uri": uri })).map(drop)
+    }
+
+    /// The same the other way: QEMU reads the file vmattest opened.
+    fn migrate_incoming_file(&mut self, path: &Path) -> Result<(), QmpError> {
+        let file = std::fs::File::open(path)?;
+        self.command(
+            "getfd",
+            json!({ "fdname": FD_NAME }),
+            Some(file.as_raw_fd()),
+        )?;
+        drop(file);
+        self.migrate_incoming(&format!("fd:{FD_NAME}"))
     }
 }

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use vmattest_store::{ReplayOptions, Store, Verified};
 
 use crate::capture::{CONFIG, CaptureError, DEVICE_STATE, RAM, io};
-use crate::qmp::Monitor as _;
-use crate::spec::{DiskFormat, VmSpec};
+use crate::qmp::Monitor;
+use crate::spec::{Disk, DiskFormat, VmSpec};
 
 const INCOMING_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -43,7 +43,13 @@ pub fn restore(
     let t = Instant::now();
     let verified = store.restore(opts, &staging)?;
     let result = (|| {
-        check_shape(spec, &verified, &staging)?;
+        check_shape(
+            spec.name(),
+            spec.disks(),
+            &spec.config_bytes(),
+            &verified,
+            &staging,
+        )?;
         let rebuild = t.elapsed();
         let t = Instant::now();
         crate::vm::stop(spec).map_err(|error| CaptureError::Stop {
@@ -52,37 +58,15 @@ pub fn restore(
         })?;
         place(&staging.join(RAM), &spec.ram_path())?;
         crate::private::file(&spec.ram_path()).map_err(io(&spec.ram_path()))?;
-        for d in spec.disks() {
-            let from = staging.join(&d.name);
-            // A rebuilt disk keeps the mode its file had; a new one is 0600.
-            let mode =
-                std::fs::metadata(&d.path).map_or(0o600, |m| m.permissions().mode() & 0o7777);
-            std::fs::set_permissions(&from, Permissions::from_mode(mode)).map_err(io(&from))?;
-            match d.format {
-                DiskFormat::Raw => place(&from, &d.path)?,
-                DiskFormat::Qcow2 => {
-                    crate::img::from_raw(&from, &d.path).map_err(|detail| CaptureError::Disk {
-                        vm: spec.name().to_owned(),
-                        disk: d.name.clone(),
-                        detail,
-                    })?
-                }
-            }
-        }
-        let dev = staging.join(DEVICE_STATE);
+        place_disks(spec.name(), spec.disks(), &staging)?;
         let mut running =
             crate::vm::start(spec, true).map_err(|e| CaptureError::Start(Box::new(e)))?;
-        let qmp_err = |source| CaptureError::Qmp {
+        let qmp = &mut running.qmp;
+        load_device_state(qmp, spec.name(), &staging.join(DEVICE_STATE))?;
+        qmp.cont().map_err(|source| CaptureError::Qmp {
             vm: spec.name().to_owned(),
             source,
-        };
-        let qmp = &mut running.qmp;
-        qmp.set_capabilities(&[("x-ignore-shared", true)])
-            .map_err(qmp_err)?;
-        qmp.migrate_incoming_file(&dev).map_err(qmp_err)?;
-        qmp.wait_status("paused", INCOMING_TIMEOUT)
-            .map_err(qmp_err)?;
-        qmp.cont().map_err(qmp_err)?;
+        })?;
         Ok(RestoreReport {
             verified: verified.clone(),
             rebuild,
@@ -93,17 +77,24 @@ pub fn restore(
     result
 }
 
-/// The chain must hold this spec's guest: same components, same guest-visible config.
-fn check_shape(spec: &VmSpec, v: &Verified, staging: &Path) -> Result<(), CaptureError> {
+/// The chain must hold this guest: the same components (`ram`, the disks, `device-state`,
+/// `config`) and the same guest-visible config, byte for byte.
+pub fn check_shape(
+    vm: &str,
+    disks: &[Disk],
+    config: &[u8],
+    v: &Verified,
+    staging: &Path,
+) -> Result<(), CaptureError> {
     let mut want: Vec<&str> = vec![RAM];
-    want.extend(spec.disks().iter().map(|d| d.name.as_str()));
+    want.extend(disks.iter().map(|d| d.name.as_str()));
     want.extend([DEVICE_STATE, CONFIG]);
     let have: Vec<&str> = v.components.iter().map(|c| c.name.as_str()).collect();
     if have != want {
         return Err(CaptureError::Vm {
-            vm: spec.name().to_owned(),
+            vm: vm.to_owned(),
             detail: format!(
-                "seq {}: the chain holds components [{}], the spec expects [{}]",
+                "seq {}: the chain holds components [{}], this VM has [{}]",
                 v.seq,
                 have.join(", "),
                 want.join(", ")
@@ -112,23 +103,73 @@ fn check_shape(spec: &VmSpec, v: &Verified, staging: &Path) -> Result<(), Captur
     }
     let path = staging.join(CONFIG);
     let chain = std::fs::read(&path).map_err(io(&path))?;
-    let ours = spec.config_bytes();
-    if chain != ours {
+    if chain != config {
         return Err(CaptureError::Vm {
-            vm: spec.name().to_owned(),
+            vm: vm.to_owned(),
             detail: format!(
-                "seq {}: the chain's guest config {} differs from the spec's {}; refusing to restore",
+                "seq {}: the chain's guest config {} differs from this VM's {}; refusing to restore",
                 v.seq,
                 String::from_utf8_lossy(&chain),
-                String::from_utf8_lossy(&ours)
+                String::from_utf8_lossy(config)
             ),
         });
     }
     Ok(())
 }
 
+/// Puts each rebuilt disk in `staging` in place of the VM's disk, keeping the mode and owner
+/// its file had (QEMU may run as another user); a disk that did not exist becomes 0600.
+pub fn place_disks(vm: &str, disks: &[Disk], staging: &Path) -> Result<(), CaptureError> {
+    use std::os::unix::fs::MetadataExt as _;
+    for d in disks {
+        let from = staging.join(&d.name);
+        let old = std::fs::metadata(&d.path).ok();
+        let mode = old
+            .as_ref()
+            .map_or(0o600, |m| m.permissions().mode() & 0o7777);
+        std::fs::set_permissions(&from, Permissions::from_mode(mode)).map_err(io(&from))?;
+        match d.format {
+            DiskFormat::Raw => place(&from, &d.path)?,
+            DiskFormat::Qcow2 => {
+                crate::img::from_raw(&from, &d.path).map_err(|detail| CaptureError::Disk {
+                    vm: vm.to_owned(),
+                    disk: d.name.clone(),
+                    detail,
+                })?
+            }
+        }
+        if let Some(m) = &old {
+            keep_owner(&d.path, m.uid(), m.gid())?;
+        }
+    }
+    Ok(())
+}
+
+/// Loads the device state file into a QEMU started with `-incoming defer` whose RAM already
+/// holds the restored guest (`x-ignore-shared`), and waits until it is paused, ready to run.
+pub fn load_device_state(mon: &mut dyn Monitor, vm: &str, dev: &Path) -> Result<(), CaptureError> {
+    let qmp_err = |source| CaptureError::Qmp {
+        vm: vm.to_owned(),
+        source,
+    };
+    mon.set_capabilities(&[("x-ignore-shared", true)])
+        .map_err(qmp_err)?;
+    mon.migrate_incoming_file(dev).map_err(qmp_err)?;
+    mon.wait_status("paused", INCOMING_TIMEOUT).map_err(qmp_err)
+}
+
+/// Gives a placed file back to the owner the old one had, when that differs.
+fn keep_owner(path: &Path, uid: u32, gid: u32) -> Result<(), CaptureError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let now = std::fs::metadata(path).map_err(io(path))?;
+    if (now.uid(), now.gid()) == (uid, gid) {
+        return Ok(());
+    }
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(io(path))
+}
+
 /// Moves a rebuilt file into place, copying when it crosses file systems.
-fn place(from: &Path, to: &Path) -> Result<(), CaptureError> {
+pub fn place(from: &Path, to: &Path) -> Result<(), CaptureError> {
     if std::fs::rename(from, to).is_ok() {
         return Ok(());
     }

@@ -121,12 +121,19 @@ pub enum SnapshotCommand {
         #[arg(long)]
         seq: Option<u64>,
         /// New directory for the components.
-        #[arg(long, required_unless_present = "vm", conflicts_with = "vm")]
+        #[arg(long, required_unless_present_any = ["vm", "domain"], conflicts_with_all = ["vm", "domain"])]
         out: Option<PathBuf>,
         /// Roll this QEMU VM (spec file or NAME) back to the seq: its QEMU is replaced by one
         /// that continues from the restored state.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "domain")]
         vm: Option<String>,
+        /// Roll this libvirt domain back to the seq, or migrate the chain into it (another
+        /// name, another host): libvirt starts it from the restored state and manages it.
+        #[arg(long)]
+        domain: Option<String>,
+        /// The libvirt URI of --domain [default: qemu:///system].
+        #[arg(long, requires = "domain")]
+        connect: Option<String>,
     },
     /// Write links and the pages they need to one bundle file.
     Export {

@@ -126,10 +126,31 @@ pub fn run(cmd: SnapshotCommand, json: bool) -> anyhow::Result<()> {
             store,
             verify,
             seq,
-            out,
-            vm: Some(vm),
+            vm: None,
+            domain: Some(name),
+            connect,
+            ..
         } => {
-            let _ = out;
+            let v = verifier(&verify)?;
+            let bar = Bar::later("verifying", json);
+            let r = domain::rollback(
+                &name,
+                connect.as_deref(),
+                &store.store,
+                &v,
+                seq.map(SeqNo),
+                Some(Box::new(bar.clone())),
+            );
+            bar.finish();
+            output::report(json, &RollbackJson::new(&name, &r?))
+        }
+        SnapshotCommand::Restore {
+            store,
+            verify,
+            seq,
+            vm: Some(vm),
+            ..
+        } => {
             let spec = vm::load_spec(&vm)?;
             let v = verifier(&verify)?;
             let bar = Bar::later("verifying", json);
@@ -149,6 +170,8 @@ pub fn run(cmd: SnapshotCommand, json: bool) -> anyhow::Result<()> {
             seq,
             out,
             vm: None,
+            domain: None,
+            ..
         } => {
             let out = out.context("--out or --vm is required")?;
             let v = verifier(&verify)?;

@@ -222,3 +222,18 @@ pub fn check_capture(j: &serde_json::Value, seq: u64, components: &[&str]) {
         assert!(changed * 10 < total, "{changed} of {total} pages changed");
     }
 }
+
+/// The first page batch the baseline wrote: the oldest batch object (kind 6 in its header).
+pub fn baseline_batch(store: &Path) -> PathBuf {
+    let mut batches: Vec<(std::time::SystemTime, PathBuf)> = Vec::new();
+    for d in std::fs::read_dir(store.join("objects")).unwrap() {
+        for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
+            let p = f.unwrap().path();
+            let bytes = std::fs::read(&p).unwrap();
+            if bytes.get(8..10) == Some(&[0, 6]) {
+                batches.push((p.metadata().unwrap().modified().unwrap(), p));
+            }
+        }
+    }
+    batches.into_iter().min().unwrap().1
+}

@@ -1,0 +1,158 @@
+//! Rolling a domain back to a verified point of its chain, or migrating a chain into another
+//! domain (another name, another host): verify and rebuild first, touch the domain only then.
+//!
+//! libvirt has no way in for a state whose RAM travels beside the migration stream: its restore
+//! (`virsh restore`) sets its own migration capabilities and loads at once, without
+//! `x-ignore-shared`. So the domain is started by libvirt itself, paused, from its own
+//! definition plus QEMU's `-incoming defer`; the verified RAM is written into the shared file
+//! QEMU just created; the device state is loaded through the monitor passthrough; libvirt
+//! resumes it. libvirt manages the result like any domain it started (`virsh list`, `dominfo`,
+//! `console`, `shutdown`), and marks it "tainted: custom-argv".
+
+use std::path::Path;
+use std::time::Instant;
+
+use vmattest_qemu::capture::{CaptureError, DEVICE_STATE, RAM};
+use vmattest_qemu::qmp::Monitor as _;
+use vmattest_qemu::restore::{RestoreReport, check_shape, load_device_state, place_disks};
+use vmattest_store::{ReplayOptions, Store};
+use vmattest_vmconfig::domain::domain_layout;
+
+use crate::capture::{config_bytes, disks, ram_file};
+use crate::{Connection, DomainError, DomainMonitor, DomainState};
+
+/// libvirt's namespace for QEMU command-line additions.
+const QEMU_NS: &str = "http://libvirt.org/schemas/domain/qemu/1.0";
+
+/// Verifies the chain up to `opts.upto`, then replaces domain `name`'s state with it and runs
+/// it. The domain may be running (a rollback) or only defined (a migration into it); its
+/// guest-visible config must be the chain's. Nothing touches the domain before the chain has
+/// verified and every component is rebuilt.
+pub fn restore(
+    conn: &Connection,
+    name: &str,
+    store: &Store,
+    opts: &ReplayOptions<'_>,
+) -> Result<RestoreReport, DomainError> {
+    let domain = conn.domain(name)?;
+    let definition = domain.definition()?;
+    let origin = Path::new("of domain").join(name);
+    let layout = domain_layout(&definition, &origin).map_err(|source| DomainError::Xml {
+        domain: name.to_owned(),
+        source,
+    })?;
+    if !layout.shared_file_ram {
+        return Err(DomainError::NotShared {
+            domain: name.to_owned(),
+        });
+    }
+    let disks = disks(&layout);
+    let incoming = incoming_xml(&definition).ok_or_else(|| DomainError::Definition {
+        domain: name.to_owned(),
+    })?;
+
+    // Guest RAM and disks are rebuilt in a fresh private (0700) directory.
+    let staging = tempfile::Builder::new()
+        .prefix("vmattest-restore-")
+        .tempdir()
+        .map_err(|source| DomainError::Scratch { source })?;
+    // The store writes a new directory.
+    let staged = &staging.path().join("state");
+    let t = Instant::now();
+    let verified = store.restore(opts, staged).map_err(CaptureError::from)?;
+    check_shape(name, &disks, &config_bytes(&layout), &verified, staged)?;
+    let rebuild = t.elapsed();
+
+    let t = Instant::now();
+    if matches!(domain.state()?, DomainState::Running | DomainState::Paused) {
+        domain.destroy()?;
+    }
+    drop(domain);
+    place_disks(name, &disks, staged)?;
+    let domain = conn.create_paused(name, &incoming)?;
+    let ram = ram_file(&domain)?;
+    fill_ram(name, &staged.join(RAM), &ram)?;
+    let mut mon = DomainMonitor::new(&domain);
+    load_device_state(&mut mon, name, &staged.join(DEVICE_STATE))?;
+    // libvirt's own later jobs (save, migration) must find the setting as QEMU's default.
+    mon.set_capabilities(&[("x-ignore-shared", false)])
+        .map_err(|source| DomainError::Qmp {
+            domain: name.to_owned(),
+            source,
+        })?;
+    domain.resume()?;
+    Ok(RestoreReport {
+        verified,
+        rebuild,
+        switch: t.elapsed(),
+    })
+}
+
+/// The definition with `-incoming defer` added to QEMU's command line, or `None` when it is
+/// not a `<domain>` document as libvirt writes it.
+fn incoming_xml(xml: &str) -> Option<String> {
+    let start = xml.find("<domain")?;
+    let tag_end = start + xml[start..].find('>')?;
+    let close = xml.rfind("</domain>")?;
+    if close < tag_end || xml[start..tag_end].ends_with('/') {
+        return None;
+    }
+    let mut out = String::with_capacity(xml.len() + 256);
+    out.push_str(&xml[..tag_end]);
+    if !xml[start..tag_end].contains(QEMU_NS) {
+        out.push_str(&format!(" xmlns:qemu='{QEMU_NS}'"));
+    }
+    out.push_str(&xml[tag_end..close]);
+    out.push_str(
+        "  <qemu:commandline>\n    <qemu:arg value='-incoming'/>\n    \
+         <qemu:arg value='defer'/>\n  </qemu:commandline>\n",
+    );
+    out.push_str(&xml[close..]);
+    Some(out)
+}
+
+/// Writes the verified RAM into the file QEMU maps, in place: QEMU holds it open and mapped
+/// shared, so it must be overwritten, never replaced.
+fn fill_ram(domain: &str, from: &Path, to: &Path) -> Result<(), DomainError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DomainError::Io { path, source }
+    };
+    let mut src = std::fs::File::open(from).map_err(io(from))?;
+    let mut dst = std::fs::OpenOptions::new()
+        .write(true)
+        .open(to)
+        .map_err(io(to))?;
+    let (have, want) = (
+        src.metadata().map_err(io(from))?.len(),
+        dst.metadata().map_err(io(to))?.len(),
+    );
+    if have != want {
+        return Err(DomainError::RamSize {
+            domain: domain.to_owned(),
+            chain: have,
+            domain_ram: want,
+        });
+    }
+    std::io::copy(&mut src, &mut dst).map_err(io(to))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn incoming_defer_is_added_once_with_the_namespace() {
+        let xml = "<domain type='qemu'>\n  <name>g</name>\n</domain>\n";
+        let out = incoming_xml(xml).unwrap();
+        assert!(out.starts_with(&format!("<domain type='qemu' xmlns:qemu='{QEMU_NS}'>")));
+        assert!(out.contains("<qemu:arg value='-incoming'/>"));
+        assert!(out.ends_with("</qemu:commandline>\n</domain>\n"));
+        // A definition that already has the namespace keeps one declaration.
+        let again = incoming_xml(&out).unwrap();
+        assert_eq!(again.matches("xmlns:qemu").count(), 1);
+        assert!(incoming_xml("<domain/>").is_none());
+        assert!(incoming_xml("<other/>").is_none());
+    }
+}
