@@ -21,7 +21,40 @@ use vmattest_testkit::PrivateLibvirt;
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// A domain of the test guest: 128 MiB, one raw 4 MiB disk `vda`, the console in a file.
+/// libvirt runs the hooks in /etc/libvirt/hooks for every daemon, the tests' private ones
+/// too: the launch-gate test runs alone, the others side by side.
+static HOOKS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    HOOKS
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// What a test domain looks like to its guest.
+struct Shape {
+    shared_ram: bool,
+    memory_mib: u32,
+    vcpus: u32,
+    mac: &'static str,
+    /// The fresh disk's byte at offset 4096: another value is another disk.
+    disk_byte: u8,
+}
+
+impl Default for Shape {
+    fn default() -> Shape {
+        Shape {
+            shared_ram: true,
+            memory_mib: 128,
+            vcpus: 1,
+            mac: "52:54:00:a7:00:01",
+            disk_byte: 0,
+        }
+    }
+}
+
+/// A domain of the test guest: 128 MiB, one raw 4 MiB disk `vda`, one user-mode NIC, the
+/// console in a file.
 struct TestDomain<'a> {
     lv: &'a PrivateLibvirt,
     name: &'static str,
@@ -30,6 +63,15 @@ struct TestDomain<'a> {
 
 impl<'a> TestDomain<'a> {
     fn define(lv: &'a PrivateLibvirt, name: &'static str, shared_ram: bool) -> TestDomain<'a> {
+        let shape = Shape {
+            shared_ram,
+            ..Shape::default()
+        };
+        TestDomain::define_as(lv, name, &shape)
+    }
+
+    fn define_as(lv: &'a PrivateLibvirt, name: &'static str, shape: &Shape) -> TestDomain<'a> {
+        let shared_ram = shape.shared_ram;
         let dir = lv.vm_dir();
         let guest = guest_dir();
         for f in ["vmlinuz", "initramfs.cpio.gz"] {
@@ -40,7 +82,9 @@ impl<'a> TestDomain<'a> {
             }
         }
         let disk = dir.join(format!("{name}-vda.raw"));
-        std::fs::write(&disk, vec![0u8; 4 << 20]).unwrap();
+        let mut bytes = vec![0u8; 4 << 20];
+        bytes[4096] = shape.disk_byte;
+        std::fs::write(&disk, bytes).unwrap();
         lv.give(&disk).unwrap();
         let console = dir.join(format!("{name}-console.log"));
         let backing = if shared_ram {
@@ -51,8 +95,8 @@ impl<'a> TestDomain<'a> {
         let xml = format!(
             "<domain type='qemu'>
   <name>{name}</name>
-  <memory unit='MiB'>128</memory>
-  <vcpu>1</vcpu>
+  <memory unit='MiB'>{memory}</memory>
+  <vcpu>{vcpus}</vcpu>
   {backing}
   <os>
     <type arch='x86_64' machine='pc'>hvm</type>
@@ -68,6 +112,7 @@ impl<'a> TestDomain<'a> {
       <source file='{disk}'/>
       <target dev='vda' bus='virtio'/>
     </disk>
+    <interface type='user'><mac address='{mac}'/><model type='virtio'/></interface>
     <serial type='file'><source path='{console}' append='off'/><target port='0'/></serial>
     <memballoon model='none'/>
   </devices>
@@ -75,10 +120,19 @@ impl<'a> TestDomain<'a> {
             dir = dir.display(),
             disk = disk.display(),
             console = console.display(),
+            memory = shape.memory_mib,
+            vcpus = shape.vcpus,
+            mac = shape.mac,
         );
         let path = dir.join(format!("{name}.xml"));
         std::fs::write(&path, xml).unwrap();
         lv.virsh_ok(&["define", path.to_str().unwrap()]);
+        TestDomain { lv, name, console }
+    }
+
+    /// A handle on a domain defined earlier.
+    fn of(lv: &'a PrivateLibvirt, name: &'static str) -> TestDomain<'a> {
+        let console = lv.vm_dir().join(format!("{name}-console.log"));
         TestDomain { lv, name, console }
     }
 
@@ -195,6 +249,7 @@ fn take(lv: &PrivateLibvirt, store: &Path, key: &Path, name: &str) -> common::Ru
 
 #[test]
 fn domain_baseline_and_deltas_while_it_runs() {
+    let _hooks = shared();
     let lv = PrivateLibvirt::start().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
@@ -280,6 +335,7 @@ fn domain_baseline_and_deltas_while_it_runs() {
 
 #[test]
 fn domain_without_shared_file_ram_is_refused_with_the_xml_to_add() {
+    let _hooks = shared();
     let lv = PrivateLibvirt::start().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
@@ -306,6 +362,7 @@ fn regression_domain_capture_never_changes_the_mode_of_tmp() {
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
     let tmp_dir = std::env::temp_dir();
     let before = mode(&tmp_dir);
+    let _hooks = shared();
     let lv = PrivateLibvirt::start().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let d = TestDomain::define(&lv, "g3", true);
@@ -327,6 +384,7 @@ fn regression_domain_capture_never_changes_the_mode_of_tmp() {
 
 #[test]
 fn domain_rolls_back_and_migrates_into_another_definition() {
+    let _hooks = shared();
     let lv = PrivateLibvirt::start().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
@@ -380,4 +438,194 @@ fn domain_rolls_back_and_migrates_into_another_definition() {
     lv.virsh_ok(&["shutdown", "r2"]);
     let _ = lv.virsh(&["destroy", "r2"]);
     assert_eq!(m.state(), "shut off");
+}
+
+/// The value the measurement in `dir` holds for `param`, through a disclosure proof.
+fn disclosed(dir: &Path, param: &str, pubkey: &Path) -> String {
+    let proof = dir.join(format!("{param}.proof"));
+    vmattest([
+        "config",
+        "disclose",
+        dir.to_str().unwrap(),
+        "--param",
+        param,
+        "--out",
+        proof.to_str().unwrap(),
+    ])
+    .ok();
+    let j = vmattest([
+        "--json",
+        "config",
+        "verify-disclosure",
+        proof.to_str().unwrap(),
+        "--pubkey",
+        pubkey.to_str().unwrap(),
+    ])
+    .ok()
+    .json();
+    j["value"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn launch_gate_refuses_changed_domains_and_starts_the_matching_one() {
+    let _alone = HOOKS
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut lv = PrivateLibvirt::start().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let Chain { key, pubkey, .. } = chain(dir, "gate");
+    TestDomain::define_as(&lv, "gate-ok", &Shape::default());
+    let changed = [
+        (
+            "gate-mem",
+            Shape {
+                memory_mib: 192,
+                ..Shape::default()
+            },
+            "memory_mib",
+        ),
+        (
+            "gate-cpu",
+            Shape {
+                vcpus: 2,
+                ..Shape::default()
+            },
+            "vcpus",
+        ),
+        (
+            "gate-disk",
+            Shape {
+                disk_byte: 1,
+                ..Shape::default()
+            },
+            "disk.vda.root",
+        ),
+        (
+            "gate-mac",
+            Shape {
+                mac: "52:54:00:a7:00:02",
+                ..Shape::default()
+            },
+            "nic.0.mac",
+        ),
+    ];
+    for (name, shape, _) in &changed {
+        TestDomain::define_as(&lv, name, shape);
+    }
+
+    // The reference: the matching domain's memory, vCPUs, disk and MAC.
+    let xml = lv.virsh_ok(&["dumpxml", "--inactive", "gate-ok"]);
+    let xml_path = dir.join("gate-ok.xml");
+    std::fs::write(&xml_path, xml).unwrap();
+    let measured = dir.join("measured");
+    vmattest([
+        "config",
+        "measure",
+        "--libvirt",
+        xml_path.to_str().unwrap(),
+        "--name",
+        "gate-ok",
+        "--key",
+        key.to_str().unwrap(),
+        "--out",
+        measured.to_str().unwrap(),
+    ])
+    .ok();
+    let root = disclosed(&measured, "disk.vda.root", &pubkey);
+    let vm = lv.vm_dir();
+    let reference = vm.join("reference.toml");
+    std::fs::write(
+        &reference,
+        format!(
+            "[expect]\nmemory_mib = 128\nvcpus = 1\n\"nic.0.mac\" = \"52:54:00:a7:00:01\"\n\
+             \"disk.vda.root\" = \"{root}\"\n"
+        ),
+    )
+    .unwrap();
+    lv.give(&reference).unwrap();
+    // libvirt runs the hook as its own user: the program it runs must be readable by it.
+    let exe = vm.join("vmattest");
+    std::fs::copy(common::bin(), &exe).unwrap();
+    lv.give(&exe).unwrap();
+
+    let install = |extra: &[&str]| {
+        let mut args = vec![
+            "libvirt",
+            "install-hook",
+            "--reference",
+            reference.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        common::run_program(&exe, &args)
+    };
+    let j = install(&["--json"]).ok().json();
+    let hook = PathBuf::from(j["path"].as_str().unwrap());
+    let _cleanup = RemoveOnDrop(hook.clone());
+    assert_eq!(hook, Path::new("/etc/libvirt/hooks/qemu.d/vmattest"));
+    lv.restart().unwrap();
+
+    for (name, _, param) in &changed {
+        let d = TestDomain::of(&lv, name);
+        let out = lv.virsh(&["start", d.name]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{} started: {stderr}", d.name);
+        assert!(
+            stderr.contains("launch refused") && stderr.contains(param),
+            "{}: libvirt should show {param}: {stderr}",
+            d.name
+        );
+        assert_eq!(d.state(), "shut off");
+    }
+    let ok = TestDomain::of(&lv, "gate-ok");
+    ok.start();
+    assert_eq!(ok.state(), "running");
+
+    // Against a server that cannot be reached, the gate fails closed unless told otherwise.
+    let token = vm.join("token");
+    std::fs::write(&token, "vmattest-token").unwrap();
+    let host_key = vm.join("host.key");
+    std::fs::copy(&key, &host_key).unwrap();
+    for f in [&token, &host_key] {
+        lv.give(f).unwrap();
+    }
+    let server = |extra: &[&str]| {
+        let mut args = vec![
+            "libvirt",
+            "install-hook",
+            "--server",
+            "http://127.0.0.1:9",
+            "--token-file",
+            token.to_str().unwrap(),
+            "--key",
+            host_key.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        common::run_program(&exe, &args).ok();
+    };
+    server(&[]);
+    let cpu = TestDomain::of(&lv, "gate-cpu");
+    let out = lv.virsh(&["start", cpu.name]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("fails closed"), "{stderr}");
+    assert_eq!(cpu.state(), "shut off");
+    server(&["--fail-open"]);
+    lv.virsh_ok(&["start", cpu.name]);
+    assert_eq!(cpu.state(), "running");
+
+    // Removed, the gate lets any domain start.
+    vmattest(["libvirt", "uninstall-hook"]).ok();
+    assert!(!hook.exists());
+    let mem = TestDomain::of(&lv, "gate-mem");
+    lv.virsh_ok(&["start", mem.name]);
+    assert_eq!(mem.state(), "running");
+}
+
+/// Removes a file when the test ends, passed or failed.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }

@@ -124,30 +124,7 @@ pub fn launch(l: &Launch<'_>) -> Result<Launched, LaunchError> {
     let (mismatches, checked_by) = match &l.gate {
         Gate::Local(path) => (measurement::check(path, &m.params())?, "local"),
         Gate::Server { client, server_key } => {
-            let req = ConfigCheckRequest {
-                opening: hex::encode(m.opening.encode()),
-                statement: hex::encode(
-                    m.statement
-                        .encode()
-                        .map_err(|e| MeasurementError::Config(e.into()))?,
-                ),
-            };
-            let result = client
-                .verify_config(l.name, &req)
-                .map_err(LaunchError::Server)?;
-            if result.root != m.root() {
-                return Err(LaunchError::WrongRoot {
-                    checked: result.root,
-                    measured: m.root(),
-                });
-            }
-            if let Some(key) = server_key {
-                check_verdict(key, &result, l.name)?;
-            }
-            if !result.ok && result.mismatches.is_empty() {
-                return Err(LaunchError::NotAccepted(l.name.to_owned()));
-            }
-            (result.mismatches, "server")
+            (server_check(client, *server_key, l.name, &m)?, "server")
         }
     };
     if let Some(last) = mismatches.last() {
@@ -167,6 +144,40 @@ pub fn launch(l: &Launch<'_>) -> Result<Launched, LaunchError> {
         checked_by,
         started,
     })
+}
+
+/// Asks the server to check measurement `m` of VM `name` against its reference; with
+/// `server_key`, its signed verdict must say the same. Returns the mismatches.
+pub fn server_check(
+    client: &vmattest_client::Client,
+    server_key: Option<&Path>,
+    name: &str,
+    m: &Measurement,
+) -> Result<Vec<ConfigMismatch>, LaunchError> {
+    let req = ConfigCheckRequest {
+        opening: hex::encode(m.opening.encode()),
+        statement: hex::encode(
+            m.statement
+                .encode()
+                .map_err(|e| MeasurementError::Config(e.into()))?,
+        ),
+    };
+    let result = client
+        .verify_config(name, &req)
+        .map_err(LaunchError::Server)?;
+    if result.root != m.root() {
+        return Err(LaunchError::WrongRoot {
+            checked: result.root,
+            measured: m.root(),
+        });
+    }
+    if let Some(key) = server_key {
+        check_verdict(key, &result, name)?;
+    }
+    if !result.ok && result.mismatches.is_empty() {
+        return Err(LaunchError::NotAccepted(name.to_owned()));
+    }
+    Ok(result.mismatches)
 }
 
 /// Checks the server's verdict JWT under its pinned EAR key and that it says what the answer's

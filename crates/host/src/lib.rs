@@ -10,6 +10,7 @@ pub mod class;
 pub mod domain;
 pub mod eventlog;
 pub mod files;
+pub mod hook;
 pub mod keys;
 pub mod launch;
 pub mod measurement;

@@ -36,7 +36,7 @@ pub fn restore(
 ) -> Result<RestoreReport, DomainError> {
     let domain = conn.domain(name)?;
     let definition = domain.definition()?;
-    let origin = Path::new("of domain").join(name);
+    let origin = std::path::PathBuf::from(format!("of domain {name}"));
     let layout = domain_layout(&definition, &origin).map_err(|source| DomainError::Xml {
         domain: name.to_owned(),
         source,

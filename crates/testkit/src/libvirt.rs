@@ -170,17 +170,16 @@ impl PrivateLibvirt {
     }
 }
 
-impl Drop for PrivateLibvirt {
-    fn drop(&mut self) {
-        // Domains first: their QEMUs are the daemon's children only in name.
-        let names = self.virsh(&["list", "--all", "--name"]);
-        for name in String::from_utf8_lossy(&names.stdout).lines() {
-            let name = name.trim();
-            if !name.is_empty() {
-                let _ = self.virsh(&["destroy", name]);
-                let _ = self.virsh(&["undefine", name]);
-            }
-        }
+impl PrivateLibvirt {
+    /// Restarts the daemon (its domains run on, as on a host): libvirt looks for hooks only
+    /// when it starts.
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.stop_daemon();
+        self.child = spawn(&self.dir, &self.ram, self.uid, self.gid)?;
+        self.wait_ready()
+    }
+
+    fn stop_daemon(&mut self) {
         if let Some(pid) = i32::try_from(self.child.id()).ok().and_then(Pid::from_raw) {
             kill_process(pid, Signal::TERM).ok();
             let deadline = Instant::now() + STOP_GRACE;
@@ -192,6 +191,21 @@ impl Drop for PrivateLibvirt {
                 let _ = self.child.wait();
             }
         }
+    }
+}
+
+impl Drop for PrivateLibvirt {
+    fn drop(&mut self) {
+        // Domains first: their QEMUs are the daemon's children only in name.
+        let names = self.virsh(&["list", "--all", "--name"]);
+        for name in String::from_utf8_lossy(&names.stdout).lines() {
+            let name = name.trim();
+            if !name.is_empty() {
+                let _ = self.virsh(&["destroy", name]);
+                let _ = self.virsh(&["undefine", name]);
+            }
+        }
+        self.stop_daemon();
         // The log daemon it started would linger until its idle timeout.
         for helper in ["virtlogd", "virtlockd"] {
             let pidfile = self.dir.join(format!("run/libvirt/{helper}.pid"));

@@ -2,11 +2,13 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+mod libvirt;
 mod remote;
 mod snapshot;
 mod tpm;
 mod vm;
 
+pub use libvirt::*;
 pub use remote::*;
 pub use snapshot::*;
 pub use tpm::*;
@@ -171,6 +173,10 @@ pub enum Command {
     /// root, disclose single parameters, check against a reference (docs/CONFIG.md).
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// libvirt: the launch gate that refuses domains whose configuration does not meet a
+    /// reference (docs/LIBVIRT.md).
+    #[command(subcommand)]
+    Libvirt(LibvirtCommand),
     /// Internal: started by `snapshot take --vm` while it pauses a guest; resumes the guest if
     /// the capture dies before it does.
     #[command(name = "__guard", hide = true)]

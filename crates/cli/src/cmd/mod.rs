@@ -5,6 +5,7 @@
 mod agent;
 mod config;
 mod image;
+mod libvirt;
 mod policy;
 mod remote;
 mod serve;
@@ -34,6 +35,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Remote(args) => remote::run(args, json),
         Command::Serve(args) => serve::run(args, json),
         Command::Config(cmd) => config::run(cmd, json),
+        Command::Libvirt(cmd) => libvirt::run(cmd, json),
         Command::Guard { qmp, marker } => vm::guard(&qmp, &marker),
     }
 }

@@ -35,6 +35,16 @@ where
     to_run(out)
 }
 
+/// The vmattest program under test.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_vmattest"))
+}
+
+/// Runs a copy of vmattest at `exe`.
+pub fn run_program(exe: &Path, args: &[&str]) -> Run {
+    to_run(Command::new(exe).args(args).output().expect("run vmattest"))
+}
+
 fn to_run(out: Output) -> Run {
     Run {
         code: out.status.code().unwrap_or(-1),
