@@ -6,7 +6,7 @@
 //! may write it meanwhile, each page is copied out (4 KiB, on the stack) before it is hashed,
 //! and no slice of it is ever made ([`LiveImage`]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use vmattest_core::alg::{Digest, PAGE_SIZE, PageIndex};
 use vmattest_core::attest::{
@@ -14,8 +14,9 @@ use vmattest_core::attest::{
 };
 use vmattest_core::class::{Classify, ErrorClass};
 use vmattest_image::{ImageError, LiveImage};
-use vmattest_qemu::qmp::Monitor as _;
 use vmattest_qemu::{QmpError, VmSpec};
+
+use crate::guest::{Guest, Layout};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MeasureError {
@@ -48,6 +49,8 @@ pub enum MeasureError {
     },
     #[error("vm {vm}: status {status}: expected running or paused")]
     Status { vm: String, status: String },
+    #[error(transparent)]
+    Domain(#[from] vmattest_libvirt::DomainError),
 }
 
 impl Classify for MeasureError {
@@ -58,6 +61,7 @@ impl Classify for MeasureError {
             | MeasureError::BeyondRam { .. } => ErrorClass::Input,
             MeasureError::Ram(e) => e.class(),
             MeasureError::Qmp { source, .. } => source.class(),
+            MeasureError::Domain(e) => e.class(),
             MeasureError::EmptyRam { .. } | MeasureError::Status { .. } => ErrorClass::Environment,
         }
     }
@@ -221,75 +225,56 @@ pub fn measure<R: Ram + ?Sized>(
     Ok((out, kernel_code))
 }
 
-/// Maps the VM's guest RAM file read-only, for copying pages out while the guest runs.
-pub fn map_ram(spec: &VmSpec) -> Result<LiveImage, MeasureError> {
-    let path = spec.ram_path();
-    let image = LiveImage::open(&path)?;
+/// Maps a guest RAM file read-only, for copying pages out while the guest runs.
+pub fn map_ram(path: &Path) -> Result<LiveImage, MeasureError> {
+    let image = LiveImage::open(path)?;
     if image.is_empty() {
-        return Err(MeasureError::EmptyRam { path });
+        return Err(MeasureError::EmptyRam {
+            path: path.to_path_buf(),
+        });
     }
     Ok(image)
 }
 
-/// Proof that a VM's guest is paused: only [`with_paused`] makes one, for the duration of its
-/// closure. While it lives the guest writes nothing, so its files may be read as slices.
+/// Proof that a VM's guest is paused: only [`Guest::with_paused`] makes one, for the duration
+/// of its closure. While it lives the guest writes nothing, so its files may be read as slices.
 #[derive(Debug)]
-pub struct Paused<'a> {
-    spec: &'a VmSpec,
+pub struct Paused {
+    layout: Layout,
 }
 
-impl Paused<'_> {
+impl Paused {
+    pub(crate) fn new(layout: Layout) -> Paused {
+        Paused { layout }
+    }
+
     /// For a VM whose QEMU is not running at all (its files are then only ours to change).
-    pub fn if_stopped(spec: &VmSpec) -> Option<Paused<'_>> {
+    pub fn if_stopped(spec: &VmSpec) -> Option<Paused> {
         vmattest_qemu::vm::live_pid(spec)
             .is_none()
-            .then_some(Paused { spec })
+            .then(|| Paused::new(Layout::of_spec(spec)))
     }
 
-    pub fn spec(&self) -> &VmSpec {
-        self.spec
+    pub fn layout(&self) -> &Layout {
+        &self.layout
     }
 }
 
-/// Runs `f` with the guest paused (QMP `stop`, then `cont`), resuming only if it was running.
-/// The guest is resumed whatever `f` returns.
-pub fn with_paused<T, E>(
-    spec: &VmSpec,
-    f: impl FnOnce(&Paused<'_>) -> Result<T, E>,
-) -> Result<Result<T, E>, MeasureError> {
-    let vm = || spec.name().to_owned();
-    let qmp_err = |source| MeasureError::Qmp { vm: vm(), source };
-    let mut qmp = vmattest_qemu::vm::connect(spec).map_err(qmp_err)?;
-    let status = qmp.query_status().map_err(qmp_err)?;
-    let was_running = match status.as_str() {
-        "running" => true,
-        "paused" | "postmigrate" | "prelaunch" => false,
-        _ => return Err(MeasureError::Status { vm: vm(), status }),
-    };
-    if was_running {
-        qmp.stop().map_err(qmp_err)?;
-    }
-    let out = f(&Paused { spec });
-    if was_running {
-        qmp.cont().map_err(qmp_err)?;
-    }
-    Ok(out)
-}
-
-/// Measures the running VM of `spec`; with `pause`, the guest is paused while it is read, so
-/// that the digests are of one instant.
+/// Measures the running guest; with `pause`, the guest is paused while it is read, so that
+/// the digests are of one instant.
 pub fn measure_vm(
-    spec: &VmSpec,
+    guest: &Guest<'_>,
     policy: &Policy,
     subset_id: &str,
     nonce: &[u8],
     pause: bool,
 ) -> Result<(Vec<RegionDigest>, Option<Digest>), MeasureError> {
-    let ram = map_ram(spec)?;
     if pause {
-        with_paused(spec, |_| measure(&ram, policy, subset_id, nonce))?
+        guest.with_paused(|paused| {
+            measure(&map_ram(&paused.layout().ram)?, policy, subset_id, nonce)
+        })?
     } else {
-        measure(&ram, policy, subset_id, nonce)
+        measure(&map_ram(&guest.layout()?.ram)?, policy, subset_id, nonce)
     }
 }
 

@@ -19,13 +19,14 @@ use vmattest_core::chain::{ComponentKind, ComponentRoot, SeqNo};
 use vmattest_core::record::Signed;
 use vmattest_core::tree::{ImageTree, NoProgress, TreeError, TreeParams};
 use vmattest_image::{ImageError, MappedImage};
+use vmattest_qemu::DiskFormat;
 use vmattest_qemu::capture::{CONFIG, RAM};
-use vmattest_qemu::{DiskFormat, VmSpec};
 use vmattest_sign::Signer;
 use vmattest_store::{PinnedKeys, ReplayOptions, Store, StoreError, StoreSecret};
 
 use crate::evidence::{EvidenceError, sign};
-use crate::measure::{MeasureError, Paused, with_paused};
+use crate::guest::{Guest, Layout};
+use crate::measure::{MeasureError, Paused};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
@@ -84,15 +85,15 @@ enum Source {
     Bytes(Vec<u8>),
 }
 
-fn source_of(spec: &VmSpec, c: &ComponentRoot) -> Option<Source> {
+fn source_of(layout: &Layout, c: &ComponentRoot) -> Option<Source> {
     match c.kind {
-        ComponentKind::Memory if c.name == RAM => Some(Source::File(spec.ram_path())),
-        ComponentKind::Disk => spec
-            .disks()
+        ComponentKind::Memory if c.name == RAM => Some(Source::File(layout.ram.clone())),
+        ComponentKind::Disk => layout
+            .disks
             .iter()
             .find(|d| d.name == c.name && d.format == DiskFormat::Raw)
             .map(|d| Source::File(d.path.clone())),
-        ComponentKind::Config if c.name == CONFIG => Some(Source::Bytes(spec.config_bytes())),
+        ComponentKind::Config if c.name == CONFIG => Some(Source::Bytes(layout.config.clone())),
         _ => None,
     }
 }
@@ -109,14 +110,13 @@ fn root_of(params: &TreeParams, name: &str, bytes: &[u8]) -> Result<Digest, Repo
 /// Recomputes the roots of the recomputable components of `components` from the paused VM
 /// (its RAM and disks are hashed in place, which is sound only while the guest writes nothing).
 pub fn recompute(
-    paused: &Paused<'_>,
+    paused: &Paused,
     params: &TreeParams,
     components: &[ComponentRoot],
 ) -> Result<Vec<ComponentCheck>, ReportError> {
-    let spec = paused.spec();
     let mut out = Vec::new();
     for c in components {
-        let found = match source_of(spec, c) {
+        let found = match source_of(paused.layout(), c) {
             None => continue,
             Some(Source::Bytes(b)) => root_of(params, &c.name, &b)?,
             Some(Source::File(path)) => {
@@ -136,12 +136,12 @@ pub fn recompute(
     Ok(out)
 }
 
-/// Verifies the chain up to `chain.seq`, then compares the running VM of `spec` (paused while
+/// Verifies the chain up to `chain.seq`, then compares the running guest (paused while
 /// it is hashed, resumed only if it was running) with the snapshot there, and signs the report.
 /// `nonce` (at most 64 bytes, may be empty) is the requester's.
 pub fn attest_snapshot(
     chain: &ChainCheck<'_>,
-    spec: &VmSpec,
+    guest: &Guest<'_>,
     signer: &dyn Signer,
     nonce: &[u8],
 ) -> Result<Signed<SnapshotReport>, ReportError> {
@@ -156,9 +156,8 @@ pub fn attest_snapshot(
         max_age: None,
     };
     let verified = store.verify(&opts)?;
-    let components = with_paused(spec, |paused| {
-        recompute(paused, store.params(), &verified.components)
-    })??;
+    let components =
+        guest.with_paused(|paused| recompute(paused, store.params(), &verified.components))??;
     if components.is_empty() {
         return Err(ReportError::Nothing {
             seq: verified.seq.0,
@@ -166,7 +165,7 @@ pub fn attest_snapshot(
         });
     }
     let report = SnapshotReport {
-        vm: spec.name().to_owned(),
+        vm: guest.name().to_owned(),
         time: vmattest_host::now(),
         nonce: nonce.to_vec(),
         seq: verified.seq,

@@ -9,14 +9,13 @@ use vmattest_core::class::{Classify, ErrorClass};
 use vmattest_api::{AttestationResult, Challenge};
 use vmattest_client::{Client, ClientError};
 use vmattest_core::attest::{AttestError, Policy};
-use vmattest_core::chain::SeqNo;
 use vmattest_host::Verifier;
 use vmattest_host::vm::HostVmError;
-use vmattest_qemu::VmSpec;
 use vmattest_qemu::restore::RestoreReport;
 use vmattest_sign::Signer;
 
 use crate::evidence::{EvidenceError, Measured, evidence_bytes};
+use crate::guest::Guest;
 use crate::measure::{MeasureError, measure_vm};
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +55,12 @@ pub enum RunError {
         #[source]
         source: HostVmError,
     },
+    #[error("rollback to seq {seq}")]
+    DomainRollback {
+        seq: u64,
+        #[source]
+        source: vmattest_host::domain::HostDomainError,
+    },
 }
 
 impl Classify for RunError {
@@ -70,6 +75,7 @@ impl Classify for RunError {
             RunError::Evidence(e) => e.class(),
             RunError::Report(e) => e.class(),
             RunError::Rollback { source, .. } => source.class(),
+            RunError::DomainRollback { source, .. } => source.class(),
         }
     }
 }
@@ -115,14 +121,14 @@ pub fn check_challenge(vm: &str, c: &Challenge) -> Result<(Policy, Vec<u8>), Run
 /// Challenge, measure, sign, submit: one round.
 pub fn answer_challenge(
     client: &Client,
-    spec: &VmSpec,
+    guest: &Guest<'_>,
     signer: &dyn Signer,
     vm_name: &str,
     paused: bool,
 ) -> Result<Answered, RunError> {
     let challenge = client.challenge(vm_name)?;
     let (policy, nonce) = check_challenge(vm_name, &challenge)?;
-    let (regions, kernel_code) = measure_vm(spec, &policy, &challenge.subset, &nonce, paused)?;
+    let (regions, kernel_code) = measure_vm(guest, &policy, &challenge.subset, &nonce, paused)?;
     let bytes = evidence_bytes(
         Measured {
             vm: vm_name,
@@ -144,12 +150,12 @@ pub fn answer_challenge(
 /// One attestation of the VM: the server's result.
 pub fn attest_once(
     client: &Client,
-    spec: &VmSpec,
+    guest: &Guest<'_>,
     signer: &dyn Signer,
     vm_name: &str,
     paused: bool,
 ) -> Result<AttestationResult, RunError> {
-    Ok(answer_challenge(client, spec, signer, vm_name, paused)?.result)
+    Ok(answer_challenge(client, guest, signer, vm_name, paused)?.result)
 }
 
 /// The chain a VM is rolled back from, and the keys and secret it is verified with.
@@ -161,9 +167,12 @@ pub struct Rollback<'a> {
 
 /// Verifies the chain up to `seq` and rolls the VM back to it: the one rollback of
 /// `snapshot restore --vm` and of the server's alert action.
-pub fn roll_back(spec: &VmSpec, from: &Rollback<'_>, seq: u64) -> Result<RestoreReport, RunError> {
-    vmattest_host::vm::rollback(spec, from.store, from.verifier, Some(SeqNo(seq)), None)
-        .map_err(|source| RunError::Rollback { seq, source })
+pub fn roll_back(
+    guest: &Guest<'_>,
+    from: &Rollback<'_>,
+    seq: u64,
+) -> Result<RestoreReport, RunError> {
+    guest.roll_back(from.store, from.verifier, seq)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -216,7 +225,7 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
 /// fails is reported and the loop goes on. Returns the number of rounds.
 pub fn run_loop(
     client: &Client,
-    spec: &VmSpec,
+    guest: &Guest<'_>,
     signer: &dyn Signer,
     opts: &LoopOptions<'_>,
     stop: &AtomicBool,
@@ -227,7 +236,7 @@ pub fn run_loop(
     while !stop.load(Ordering::SeqCst) {
         round += 1;
         let started = Instant::now();
-        match answer_challenge(client, spec, signer, opts.vm_name, opts.paused) {
+        match answer_challenge(client, guest, signer, opts.vm_name, opts.paused) {
             Ok(a) => {
                 schedule = Duration::from_secs(a.schedule_secs);
                 let rollback_seq = a.result.rollback_seq;
@@ -236,7 +245,7 @@ pub fn run_loop(
                     result: a.result,
                 });
                 match (rollback_seq, &opts.rollback) {
-                    (Some(seq), Some(from)) => match roll_back(spec, from, seq) {
+                    (Some(seq), Some(from)) => match roll_back(guest, from, seq) {
                         Ok(report) => on_event(Event::RolledBack { round, seq, report }),
                         Err(error) => on_event(Event::Failed { round, error }),
                     },
@@ -247,7 +256,7 @@ pub fn run_loop(
             Err(error) => on_event(Event::Failed { round, error }),
         }
         if let Some(from) = &opts.rollback {
-            answer_snapshot_requests(client, spec, signer, opts.vm_name, from, round, on_event);
+            answer_snapshot_requests(client, guest, signer, opts.vm_name, from, round, on_event);
         }
         if opts.count.is_some_and(|n| round >= n) {
             break;
@@ -267,7 +276,7 @@ pub fn run_loop(
 /// running VM with the requested seq of the store, carrying the request's nonce.
 fn answer_snapshot_requests(
     client: &Client,
-    spec: &VmSpec,
+    guest: &Guest<'_>,
     signer: &dyn Signer,
     vm_name: &str,
     from: &Rollback<'_>,
@@ -298,7 +307,7 @@ fn answer_snapshot_requests(
                     keys: from.verifier.pinned(),
                     secret: from.verifier.secret(),
                 };
-                let signed = crate::report::attest_snapshot(&chain, spec, signer, &nonce)?;
+                let signed = crate::report::attest_snapshot(&chain, guest, signer, &nonce)?;
                 let verdict = signed.value().verdict().to_owned();
                 client.post_report(vm_name, &signed.encode().map_err(EvidenceError::from)?)?;
                 Ok(verdict)

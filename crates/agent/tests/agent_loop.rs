@@ -9,8 +9,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use vmattest_agent::attest_once;
 use vmattest_agent::run::{Event, LoopOptions, run_loop};
+use vmattest_agent::{Guest, attest_once};
 use vmattest_api::{AttestationResult, Challenge, ErrorBody, ErrorCode};
 use vmattest_client::Client;
 use vmattest_core::attest::{Policy, SignedEvidence};
@@ -149,7 +149,7 @@ fn one_round_posts_signed_evidence_of_the_challenged_subset() {
     let (_dir, spec, ram) = vm();
     let key = SecretKey::generate(SigAlg::Ed25519).unwrap();
     let client = Client::new(&s.url, Some("tok".into())).unwrap();
-    let r = attest_once(&client, &spec, &key, "web1", false).unwrap();
+    let r = attest_once(&client, &Guest::Spec(&spec), &key, "web1", false).unwrap();
     assert_eq!(r.score, 100);
     assert_eq!(
         s.auth.lock().unwrap().as_slice(),
@@ -190,7 +190,9 @@ fn the_loop_reports_results_refusals_and_rollback_requests() {
         rollback: None,
     };
     let mut events = Vec::new();
-    let rounds = run_loop(&client, &spec, &key, &opts, &stop, &mut |e| events.push(e));
+    let rounds = run_loop(&client, &Guest::Spec(&spec), &key, &opts, &stop, &mut |e| {
+        events.push(e)
+    });
     assert_eq!(rounds, 2);
     assert_eq!(s.evidence.lock().unwrap().len(), 2);
     let kinds: Vec<String> = events
@@ -215,7 +217,9 @@ fn the_loop_reports_results_refusals_and_rollback_requests() {
         ..opts
     };
     let mut events = Vec::new();
-    run_loop(&client, &spec, &key, &opts, &stop, &mut |e| events.push(e));
+    run_loop(&client, &Guest::Spec(&spec), &key, &opts, &stop, &mut |e| {
+        events.push(e)
+    });
     match &events[..] {
         [Event::Failed { error, .. }] => assert_eq!(
             error.to_string(),
@@ -225,5 +229,15 @@ fn the_loop_reports_results_refusals_and_rollback_requests() {
     }
     // A stopped loop runs one round at most.
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    assert_eq!(run_loop(&client, &spec, &key, &opts, &stop, &mut |_| {}), 0);
+    assert_eq!(
+        run_loop(
+            &client,
+            &Guest::Spec(&spec),
+            &key,
+            &opts,
+            &stop,
+            &mut |_| {}
+        ),
+        0
+    );
 }

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::guest::{console_text, console_ticks, guest_dir, wait_tick};
+use common::runtime::{Attested, json_lines};
 use common::{Chain, baseline_batch, chain, check_capture, disk_block, newest_block, vmattest};
 use vmattest_testkit::PrivateLibvirt;
 
@@ -515,17 +516,14 @@ fn launch_gate_refuses_changed_domains_and_starts_the_matching_one() {
     }
 
     // The reference: the matching domain's memory, vCPUs, disk and MAC.
-    let xml = lv.virsh_ok(&["dumpxml", "--inactive", "gate-ok"]);
-    let xml_path = dir.join("gate-ok.xml");
-    std::fs::write(&xml_path, xml).unwrap();
     let measured = dir.join("measured");
     vmattest([
         "config",
         "measure",
-        "--libvirt",
-        xml_path.to_str().unwrap(),
-        "--name",
+        "--domain",
         "gate-ok",
+        "--connect",
+        lv.uri(),
         "--key",
         key.to_str().unwrap(),
         "--out",
@@ -607,7 +605,10 @@ fn launch_gate_refuses_changed_domains_and_starts_the_matching_one() {
     let cpu = TestDomain::of(&lv, "gate-cpu");
     let out = lv.virsh(&["start", cpu.name]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("fails closed"), "{stderr}");
+    assert!(
+        !out.status.success() && stderr.contains("fails closed"),
+        "{stderr}"
+    );
     assert_eq!(cpu.state(), "shut off");
     server(&["--fail-open"]);
     lv.virsh_ok(&["start", cpu.name]);
@@ -628,4 +629,58 @@ impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
+}
+
+#[test]
+fn agent_attests_a_domain_and_rolls_back_a_patched_kernel() {
+    let _hooks = shared();
+    let lv = PrivateLibvirt::start().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let d = TestDomain::define(&lv, "rt1", true);
+    d.start();
+    let guest = ["--domain", "rt1", "--connect", lv.uri()];
+    let rt = Attested::set_up(dir, "rt1", &d.console_text(), &guest);
+
+    let clean = rt.agent(&[]).ok().json();
+    assert_eq!(clean["status"], "affirming", "{clean}");
+    assert_eq!(clean["score"], 100, "{clean}");
+    // The running domain against its baseline: same config, RAM moved on.
+    let mut args = vec![
+        "attest",
+        "snapshot",
+        "--store",
+        rt.store.to_str().unwrap(),
+        "--pubkey",
+    ];
+    let pubkey = dir.join("chain.key.pub");
+    let host_key = dir.join("host.key");
+    args.extend([pubkey.to_str().unwrap(), "--seq", "0", "--key"]);
+    args.extend([host_key.to_str().unwrap()]);
+    args.extend(guest);
+    let r = vmattest(&args).fails(1, "ram");
+    assert!(!r.stderr.contains("config"), "{}", r.stderr);
+
+    // One byte of kernel text changed in the domain's RAM file: contraindicated, and the
+    // server's rollback action brings the domain back to its attested snapshot.
+    let status = vmattest([
+        "--json",
+        "vm",
+        "status",
+        "--domain",
+        "rt1",
+        "--connect",
+        lv.uri(),
+    ])
+    .ok()
+    .json();
+    rt.patch_kernel(Path::new(status["ram"].as_str().unwrap()));
+    let bad = rt.agent_with_store();
+    let lines = json_lines(&bad);
+    assert_eq!(lines.len(), 3, "result, rollback, alert: {}", bad.stdout);
+    assert_eq!(lines[0]["status"], "contraindicated", "{}", bad.stderr);
+    assert_eq!(lines[1]["rolled_back_to"], 0);
+    assert_eq!(d.state(), "running");
+    let after = rt.agent(&[]).ok().json();
+    assert_eq!(after["status"], "affirming", "{after}");
 }

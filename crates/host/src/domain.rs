@@ -81,6 +81,12 @@ pub fn rollback(
     )?)
 }
 
+/// The definition of domain `name` a restart would use (`virsh dumpxml --inactive`).
+pub fn definition(name: &str, uri: Option<&str>) -> Result<String, HostDomainError> {
+    let conn = Connection::open(uri)?;
+    Ok(conn.domain(name)?.definition()?)
+}
+
 /// What `vm status --domain` reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct DomainStatus {

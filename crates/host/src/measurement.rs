@@ -224,9 +224,17 @@ pub fn domain_params(path: &Path) -> Result<(Vec<Param>, Option<String>), Measur
         vmattest_vmconfig::libvirt::MAX_XML_BYTES,
         "domain XML",
     )?;
-    let params = vmattest_vmconfig::domain_params(&text, path).map_err(MeasurementError::Xml)?;
+    domain_text_params(&text, path)
+}
+
+/// As [`domain_params`], for XML already read (`origin` names where from, for errors).
+pub fn domain_text_params(
+    text: &str,
+    origin: &Path,
+) -> Result<(Vec<Param>, Option<String>), MeasurementError> {
+    let params = vmattest_vmconfig::domain_params(text, origin).map_err(MeasurementError::Xml)?;
     // Parsed and capped by `domain_params` above; only the name is read here.
-    let name = roxmltree::Document::parse(&text).ok().and_then(|doc| {
+    let name = roxmltree::Document::parse(text).ok().and_then(|doc| {
         doc.root_element()
             .children()
             .find(|n| n.has_tag_name("name"))

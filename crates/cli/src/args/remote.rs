@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
-use super::{EvidenceSigner, StoreArg, VerifyArgs, VmArg};
+use super::{EvidenceSigner, GuestArg, StoreArg, VerifyArgs};
 
 #[derive(Debug, Args, Clone)]
 pub struct ServerArgs {
@@ -33,8 +33,8 @@ pub struct AgentArgs {
     #[command(flatten)]
     pub signer: EvidenceSigner,
     #[command(flatten)]
-    pub vm: VmArg,
-    /// The VM's name on the server (default: the spec's name).
+    pub vm: GuestArg,
+    /// The VM's name on the server (default: the spec's or the domain's name).
     #[arg(long)]
     pub name: Option<String>,
     /// Attest once and exit: 0 when the result raised no alert, 1 when it did.
@@ -73,7 +73,7 @@ pub enum AttestCommand {
         #[arg(long)]
         seq: u64,
         #[command(flatten)]
-        vm: VmArg,
+        vm: GuestArg,
         #[command(flatten)]
         signer: EvidenceSigner,
         /// The requester's nonce (hex, at most 64 bytes).

@@ -13,6 +13,23 @@ pub struct VmArg {
     pub vm: String,
 }
 
+/// The running guest a command acts on: a VM vmattest started from its spec, or a libvirt
+/// domain.
+#[derive(Debug, Args, Clone)]
+#[group(skip)]
+#[command(group(clap::ArgGroup::new("guest").required(true).args(["vm", "domain"])))]
+pub struct GuestArg {
+    /// VM spec file, or NAME for `$VMATTEST_VMS/NAME.toml` (default directory `vms`).
+    #[arg(long)]
+    pub vm: Option<String>,
+    /// A running libvirt domain by name (its RAM must be a shared file: docs/LIBVIRT.md).
+    #[arg(long, conflicts_with = "vm")]
+    pub domain: Option<String>,
+    /// The libvirt URI of --domain [default: qemu:///system].
+    #[arg(long, requires = "domain")]
+    pub connect: Option<String>,
+}
+
 /// A libvirt domain instead of a spec.
 #[derive(Debug, Args, Clone)]
 pub struct DomainArgs {
@@ -115,7 +132,7 @@ pub struct LaunchReference {
 /// installed packages.
 #[derive(Debug, Args, Clone)]
 #[group(skip)]
-#[command(group(clap::ArgGroup::new("config_source").required(true).args(["vm", "libvirt"])))]
+#[command(group(clap::ArgGroup::new("config_source").required(true).args(["vm", "libvirt", "domain"])))]
 pub struct ConfigSource {
     /// VM spec file, or NAME for `$VMATTEST_VMS/NAME.toml`.
     #[arg(long)]
@@ -123,6 +140,12 @@ pub struct ConfigSource {
     /// libvirt domain XML, as `virsh dumpxml NAME` prints it.
     #[arg(long)]
     pub libvirt: Option<PathBuf>,
+    /// A libvirt domain by name: its definition, as libvirt would start it.
+    #[arg(long)]
+    pub domain: Option<String>,
+    /// The libvirt URI of --domain [default: qemu:///system].
+    #[arg(long, requires = "domain")]
+    pub connect: Option<String>,
     #[command(flatten)]
     pub packages: PackageSource,
 }
@@ -150,7 +173,7 @@ pub enum ConfigCommand {
         source: ConfigSource,
         #[command(flatten)]
         signer: EvidenceSigner,
-        /// The VM's name in the statement (default: the spec's name; required with --libvirt).
+        /// The VM's name in the statement (default: the spec's name, or the domain's `<name>`).
         #[arg(long)]
         name: Option<String>,
         /// Directory for `config.opening` and `config.statement` (created).

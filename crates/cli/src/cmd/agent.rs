@@ -11,9 +11,9 @@ use vmattest_agent::report::ChainCheck;
 use vmattest_agent::run::{Event, LoopOptions, Rollback, RunError, run_loop};
 use vmattest_host::report::SnapshotReportJson;
 use vmattest_host::verdict::Verdict;
-use vmattest_host::{files, keys, record, vm};
+use vmattest_host::{files, keys, record};
 
-use super::{connect, signer_choice, verifier};
+use super::{LoadedGuest, connect, signer_choice, verifier};
 use crate::args::{AgentArgs, AttestCommand, ServerArgs, VerifyArgs};
 use crate::output;
 
@@ -29,8 +29,9 @@ fn print_event(name: &str, event: &Event, json: bool) -> anyhow::Result<()> {
 
 /// `vmattest agent`.
 pub fn run(args: AgentArgs, json: bool) -> anyhow::Result<()> {
-    let spec = vm::load_spec(&args.vm.vm)?;
-    let name = args.name.clone().unwrap_or_else(|| spec.name().to_owned());
+    let loaded = LoadedGuest::load(&args.vm)?;
+    let guest = loaded.guest();
+    let name = args.name.clone().unwrap_or_else(|| guest.name().to_owned());
     let client = connect(&ServerArgs {
         server: Some(args.server.clone()),
         token_file: Some(args.token_file.clone()),
@@ -74,7 +75,7 @@ pub fn run(args: AgentArgs, json: bool) -> anyhow::Result<()> {
     let mut print_failed: Option<anyhow::Error> = None;
     run_loop(
         &client,
-        &spec,
+        &guest,
         signer.as_ref(),
         &opts,
         &stop,
@@ -133,7 +134,8 @@ pub fn attest(cmd: AttestCommand, json: bool) -> anyhow::Result<()> {
         // The server accepts a report only as the answer to one of its pending requests.
         bail!("--server: expected --nonce with the nonce of the server's pending snapshot request");
     }
-    let spec = vm::load_spec(&arg.vm)?;
+    let loaded = LoadedGuest::load(&arg)?;
+    let guest = loaded.guest();
     let signer = keys::signer(&signer_choice(&signer))?;
     let v = verifier(&verify)?;
     // Connect (and read the token) before the work, so that bad input fails fast.
@@ -151,13 +153,13 @@ pub fn attest(cmd: AttestCommand, json: bool) -> anyhow::Result<()> {
         keys: v.pinned(),
         secret: v.secret(),
     };
-    let signed = vmattest_agent::attest_snapshot(&chain, &spec, signer.as_ref(), &nonce)?;
+    let signed = vmattest_agent::attest_snapshot(&chain, &guest, signer.as_ref(), &nonce)?;
     let bytes = signed.encode()?;
     if let Some(path) = &out {
         files::write_atomic(path, &bytes, "snapshot report")?;
     }
     let receipt = match &client {
-        Some(c) => Some(c.post_report(spec.name(), &bytes)?),
+        Some(c) => Some(c.post_report(guest.name(), &bytes)?),
         None => None,
     };
     let r = SnapshotReportJson::new(signed.value(), out.as_deref(), receipt.as_ref());

@@ -15,14 +15,19 @@ use crate::output::{self, outln};
 fn source_params(
     src: &ConfigSource,
 ) -> anyhow::Result<(Vec<vmattest_vmconfig::Param>, Option<String>)> {
-    let (params, name) = match (&src.vm, &src.libvirt) {
-        (Some(v), None) => {
+    let (params, name) = match (&src.vm, &src.libvirt, &src.domain) {
+        (Some(v), None, None) => {
             let spec = vm::load_spec(v)?;
             let params = vmattest_vmconfig::spec_params(&spec).map_err(MeasurementError::Spec)?;
             (params, Some(spec.name().to_owned()))
         }
-        (None, Some(xml)) => measurement::domain_params(xml)?,
-        _ => anyhow::bail!("give one of --vm SPEC and --libvirt DOMAIN.xml"),
+        (None, Some(xml), None) => measurement::domain_params(xml)?,
+        (None, None, Some(d)) => {
+            let xml = vmattest_host::domain::definition(d, src.connect.as_deref())?;
+            let origin = std::path::PathBuf::from(format!("of domain {d}"));
+            measurement::domain_text_params(&xml, &origin)?
+        }
+        _ => anyhow::bail!("give one of --vm SPEC, --libvirt DOMAIN.xml and --domain NAME"),
     };
     Ok((
         measurement::canonical(params, &packages(&src.packages))?,

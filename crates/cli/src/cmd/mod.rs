@@ -20,7 +20,9 @@ use vmattest_host::keys::SignerChoice;
 use vmattest_host::measurement::Packages;
 use vmattest_host::{Verifier, record};
 
-use crate::args::{Cli, Command, EvidenceSigner, PackageSource, ServerArgs, TreeArgs, VerifyArgs};
+use crate::args::{
+    Cli, Command, EvidenceSigner, GuestArg, PackageSource, ServerArgs, TreeArgs, VerifyArgs,
+};
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let json = cli.json;
@@ -61,6 +63,36 @@ pub fn packages(p: &PackageSource) -> Packages {
         (None, Some(s), _) => Packages::DpkgStatus(s.clone()),
         (None, None, Some(i)) => Packages::Image(i.clone()),
         (None, None, None) => Packages::None,
+    }
+}
+
+/// The guest of `--vm` or `--domain`, loaded (one per process: its size does not matter).
+#[allow(clippy::large_enum_variant)]
+pub enum LoadedGuest {
+    Spec(vmattest_qemu::VmSpec),
+    Domain { name: String, uri: Option<String> },
+}
+
+impl LoadedGuest {
+    pub fn load(arg: &GuestArg) -> anyhow::Result<LoadedGuest> {
+        match (&arg.vm, &arg.domain) {
+            (Some(vm), _) => Ok(LoadedGuest::Spec(vmattest_host::vm::load_spec(vm)?)),
+            (None, Some(name)) => Ok(LoadedGuest::Domain {
+                name: name.clone(),
+                uri: arg.connect.clone(),
+            }),
+            (None, None) => anyhow::bail!("give --vm SPEC or --domain NAME"),
+        }
+    }
+
+    pub fn guest(&self) -> vmattest_agent::Guest<'_> {
+        match self {
+            LoadedGuest::Spec(spec) => vmattest_agent::Guest::Spec(spec),
+            LoadedGuest::Domain { name, uri } => vmattest_agent::Guest::Domain {
+                name,
+                uri: uri.as_deref(),
+            },
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 )]
 
 pub mod guest;
+pub mod runtime;
 pub mod server;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,262 @@
+//! Runtime attestation set up for a real guest: a kernel policy from the symbols the test
+//! guest prints, a chain with its baseline snapshot, and a server that knows the host, the
+//! policy, the VM (rollback on alert, a webhook) and the golden baseline from seq 0.
+
+use std::path::{Path, PathBuf};
+
+use super::server::{Server, Webhook};
+use super::{Run, vmattest};
+
+pub fn s(p: &Path) -> String {
+    p.to_str().unwrap().to_string()
+}
+
+/// System.map lines and the physical address of `_text`, from what the guest printed.
+fn guest_symbols(console: &str) -> (String, u64) {
+    let map: Vec<String> = console
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("ksym "))
+        .map(str::to_string)
+        .collect();
+    assert!(
+        map.len() >= 3,
+        "no kernel symbols on the console: {console}"
+    );
+    let load = console
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("kcode "))
+        .and_then(|r| r.split('-').next())
+        .map(|a| u64::from_str_radix(a, 16).unwrap())
+        .expect("kcode line");
+    (map.join("\n") + "\n", load)
+}
+
+/// Offset in the RAM file of a byte of int3 padding inside kernel text: never executed, so
+/// changing it cannot crash the guest, yet it is kernel code to any measurement.
+fn padding_byte(ram: &[u8], start: usize, end: usize) -> usize {
+    let text = &ram[start..end];
+    let run = text
+        .windows(32)
+        .position(|w| w.iter().all(|b| *b == 0xcc))
+        .expect("a run of int3 padding in kernel text");
+    start + run + 16
+}
+
+/// A guest under runtime attestation.
+pub struct Attested {
+    pub server: Server,
+    pub hook: Webhook,
+    pub admin: String,
+    pub dir: PathBuf,
+    pub store: PathBuf,
+    /// The resolved policy (TOML).
+    pub resolved: String,
+    token_file: PathBuf,
+    /// `--vm SPEC` or `--domain NAME --connect URI`.
+    guest: Vec<String>,
+}
+
+impl Attested {
+    /// Sets up VM `vm` (known to vmattest by `guest` arguments) whose console printed
+    /// `console`: its chain's baseline is taken now.
+    pub fn set_up(dir: &Path, vm: &str, console: &str, guest: &[&str]) -> Attested {
+        let (map, load) = guest_symbols(console);
+        std::fs::write(dir.join("System.map"), map).unwrap();
+        std::fs::write(
+            dir.join("policy.toml"),
+            format!(
+                r#"name = "guest-kernel"
+hash = "sha256"
+schedule_secs = 2
+kernel_load = {load:#x}
+
+[[region]]
+name = "kernel-text"
+symbols = ["_stext", "_etext"]
+weight = 10
+critical = true
+kernel_code = true
+
+[[region]]
+name = "rodata"
+symbols = ["__start_rodata", "__end_rodata"]
+weight = 2
+sample = 64
+"#
+            ),
+        )
+        .unwrap();
+        let resolved = vmattest([
+            "policy",
+            "resolve",
+            "--policy",
+            &s(&dir.join("policy.toml")),
+            "--system-map",
+            &s(&dir.join("System.map")),
+        ])
+        .ok()
+        .stdout;
+        std::fs::write(dir.join("resolved.toml"), &resolved).unwrap();
+        for k in ["host.key", "chain.key"] {
+            vmattest(["keygen", "--alg", "ed25519", "--out", &s(&dir.join(k))]).ok();
+        }
+        let store = dir.join("store");
+        let st = s(&store);
+        vmattest([
+            "snapshot", "init", "--store", &st, "--vm-id", vm, "--alg", "sha256",
+        ])
+        .ok();
+        let mut take = vec!["snapshot", "take", "--store", &st];
+        take.extend_from_slice(guest);
+        let key = s(&dir.join("chain.key"));
+        take.extend(["--key", &key]);
+        vmattest(take).ok();
+
+        let server = Server::start(&dir.join("state"), None);
+        let hook = Webhook::start();
+        let admin = server.admin_token();
+        let secret = dir.join("hook.secret");
+        std::fs::write(&secret, "a-webhook-secret-of-some-length").unwrap();
+        let host_pub = s(&dir.join("host.key.pub"));
+        server
+            .remote(
+                &admin,
+                &["host", "add", "--name", "host1", "--pubkey", &host_pub],
+            )
+            .ok();
+        let policy = server
+            .remote(
+                &admin,
+                &[
+                    "--json",
+                    "policy",
+                    "add",
+                    "--policy",
+                    &s(&dir.join("resolved.toml")),
+                ],
+            )
+            .ok()
+            .json();
+        let policy_id = policy["id"].as_str().unwrap().to_string();
+        server
+            .remote(
+                &admin,
+                &[
+                    "vm",
+                    "add",
+                    "--name",
+                    vm,
+                    "--host",
+                    "host1",
+                    "--policy-id",
+                    &policy_id,
+                    "--subset",
+                    "all",
+                    "--threshold",
+                    "90",
+                    "--webhook-url",
+                    &hook.url,
+                    "--webhook-secret-file",
+                    &s(&secret),
+                    "--on-alert",
+                    "rollback",
+                ],
+            )
+            .ok();
+        server
+            .remote(
+                &admin,
+                &[
+                    "baseline",
+                    "--vm",
+                    vm,
+                    "--store",
+                    &st,
+                    "--seq",
+                    "0",
+                    "--policy",
+                    &s(&dir.join("resolved.toml")),
+                    "--pubkey",
+                    &s(&dir.join("chain.key.pub")),
+                ],
+            )
+            .ok();
+        let token = server
+            .remote(
+                &admin,
+                &["--json", "token", "--role", "agent", "--host", "host1"],
+            )
+            .ok()
+            .json()["token"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let token_file = dir.join("agent.token");
+        std::fs::write(&token_file, &token).unwrap();
+        Attested {
+            server,
+            hook,
+            admin,
+            dir: dir.to_path_buf(),
+            store,
+            resolved,
+            token_file,
+            guest: guest.iter().map(|a| (*a).to_owned()).collect(),
+        }
+    }
+
+    /// One agent round (`--once`), with `extra` arguments.
+    pub fn agent(&self, extra: &[&str]) -> Run {
+        let mut args = vec![
+            "--json".to_string(),
+            "agent".into(),
+            "--server".into(),
+            self.server.url(),
+            "--token-file".into(),
+            s(&self.token_file),
+            "--key".into(),
+            s(&self.dir.join("host.key")),
+            "--once".into(),
+        ];
+        args.extend(self.guest.iter().cloned());
+        args.extend(extra.iter().map(|a| (*a).to_string()));
+        vmattest(args)
+    }
+
+    /// One agent round that may roll the guest back from the chain.
+    pub fn agent_with_store(&self) -> Run {
+        self.agent(&[
+            "--store",
+            &s(&self.store),
+            "--pubkey",
+            &s(&self.dir.join("chain.key.pub")),
+        ])
+    }
+
+    /// Changes one never-executed byte of kernel text in the guest RAM file `ram_path`.
+    pub fn patch_kernel(&self, ram_path: &Path) {
+        use std::os::unix::fs::FileExt as _;
+        let text = vmattest_core::attest::Policy::parse(&self.resolved, None).unwrap();
+        let region = text.region("kernel-text").unwrap().clone();
+        let ram = std::fs::read(ram_path).unwrap();
+        let at = padding_byte(
+            &ram,
+            usize::try_from(region.start.0).unwrap(),
+            usize::try_from(region.end()).unwrap(),
+        );
+        drop(ram);
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(ram_path)
+            .unwrap();
+        f.write_at(&[0x90], at as u64).unwrap();
+    }
+}
+
+/// Every JSON line of a run's standard output.
+pub fn json_lines(run: &Run) -> Vec<serde_json::Value> {
+    run.stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
