@@ -67,6 +67,11 @@ impl Chain {
 
     /// The disk component at `seq`, rebuilt and verified from the chain.
     fn disk_at(&self, seq: u64, scratch: &Path) -> Vec<u8> {
+        self.component_at(seq, "disk0", scratch)
+    }
+
+    /// Component `name` at `seq`, rebuilt and verified from the chain.
+    fn component_at(&self, seq: u64, name: &str, scratch: &Path) -> Vec<u8> {
         let out = scratch.join(format!("out-{seq}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&out);
         vmattest([
@@ -82,9 +87,9 @@ impl Chain {
             out.to_str().unwrap(),
         ])
         .ok();
-        let disk = std::fs::read(out.join("disk0")).unwrap();
+        let bytes = std::fs::read(out.join(name)).unwrap();
         std::fs::remove_dir_all(&out).unwrap();
-        disk
+        bytes
     }
 }
 
@@ -315,4 +320,90 @@ fn regression_wait_for_timeout_leaves_nothing_running() {
         .ok()
         .json();
     assert_eq!(s["state"], "stopped", "{s}");
+}
+
+/// A network namespace of its own, deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = format!("vmattest-{tag}-{}", std::process::id());
+        let ok = std::process::Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "ip netns add {name}");
+        Netns(name)
+    }
+
+    fn ip(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("ip")
+            .arg("-n")
+            .arg(&self.0)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn nic_on_a_tap_device_carries_the_guest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let ns = Netns::new("tap");
+    ns.ip(&["tuntap", "add", "dev", "vmt0", "mode", "tap"]);
+    ns.ip(&["link", "set", "vmt0", "up"]);
+    let g = Guest::new(dir, "tapvm");
+    let mut spec = std::fs::read_to_string(&g.spec).unwrap();
+    spec.push_str("\n[[nic]]\nmac = \"52:54:00:a7:10:01\"\ntap = \"vmt0\"\n");
+    std::fs::write(&g.spec, spec).unwrap();
+    assert!(!ns.ip(&["link", "show", "vmt0"]).contains("LOWER_UP"));
+    // QEMU opens the tap by name in its own namespace: start it inside this one.
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.0])
+        .arg(env!("CARGO_BIN_EXE_vmattest"))
+        .args(["vm", "start", "--vm", g.arg(), "--wait-for", "READY"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // The carrier comes up when QEMU attaches to the tap.
+    assert!(ns.ip(&["link", "show", "vmt0"]).contains("LOWER_UP"));
+    // The measured configuration names where the NIC is attached.
+    let measured = dir.join("measured");
+    let key = dir.join("k");
+    vmattest(["keygen", "--alg", "ed25519", "--out", key.to_str().unwrap()]).ok();
+    let m = measured.to_str().unwrap();
+    vmattest([
+        "config",
+        "measure",
+        "--vm",
+        g.arg(),
+        "--key",
+        key.to_str().unwrap(),
+        "--out",
+        m,
+    ])
+    .ok();
+    let shown = vmattest(["config", "show", m]).ok().stdout;
+    assert!(shown.contains("tap:vmt0"), "{shown}");
+    // ...which the chain's guest-visible config leaves out.
+    let c = chain(dir, "tapvm");
+    let (_, j) = c.take(&g);
+    check_capture(&j, 0, &["ram", "disk0", "device-state", "config"]);
+    let config = String::from_utf8(c.component_at(0, "config", dir)).unwrap();
+    assert!(
+        config.contains("52:54:00:a7:10:01") && !config.contains("vmt0"),
+        "{config}"
+    );
 }

@@ -10,5 +10,5 @@ pub mod spec;
 pub mod vm;
 
 pub use qmp::{Qmp, QmpError};
-pub use spec::{Accel, Boot, Disk, DiskFormat, Nic, SpecError, VmSpec};
+pub use spec::{Accel, Boot, Disk, DiskFormat, Nic, NicNet, SpecError, VmSpec};
 pub use vm::{Running, Status, VmError};

@@ -115,6 +115,50 @@ pub struct Disk {
 pub struct Nic {
     /// Lower-case, colon-separated.
     pub mac: String,
+    pub net: NicNet,
+}
+
+/// Where a NIC's packets go on the host. Not guest-visible (the `config` component leaves it
+/// out, so a chain restores onto a host wired differently); the configuration measurement
+/// names it (`nic.I.net`), so a launch gate can pin it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NicNet {
+    /// QEMU's user-mode network (the default).
+    User,
+    /// A port on this host bridge, made by QEMU's bridge helper (which reads
+    /// `/etc/qemu/bridge.conf` for the bridges it may use).
+    Bridge(String),
+    /// This existing tap device; vmattest runs no scripts on it.
+    Tap(String),
+}
+
+impl NicNet {
+    /// `user`, `bridge:NAME` or `tap:NAME`: the value of `nic.I.net`.
+    pub fn param(&self) -> String {
+        match self {
+            NicNet::User => "user".to_owned(),
+            NicNet::Bridge(b) => format!("bridge:{b}"),
+            NicNet::Tap(t) => format!("tap:{t}"),
+        }
+    }
+}
+
+/// A Linux interface name: 1 to 15 bytes of letters, digits, `_`, `.` and `-` (no `,`, `=` or
+/// `/`, so it cannot add options to QEMU's `-netdev` or name a path).
+pub fn check_ifname(name: &str) -> Result<(), String> {
+    let ok = (1..=15).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(&c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "expected an interface name of 1 to 15 letters, digits, '_', '.' or '-', found {name:?}"
+        ))
+    }
 }
 
 /// A validated VM spec with every path absolute.
@@ -179,6 +223,8 @@ struct RawDisk {
 #[serde(deny_unknown_fields)]
 struct RawNic {
     mac: String,
+    bridge: Option<String>,
+    tap: Option<String>,
 }
 
 impl VmSpec {
@@ -300,7 +346,24 @@ impl VmSpec {
             if nics.iter().any(|o| o.mac == mac) {
                 return Err(invalid(&field, format!("duplicate MAC {mac}")));
             }
-            nics.push(Nic { mac });
+            let net = match (&n.bridge, &n.tap) {
+                (None, None) => NicNet::User,
+                (Some(b), None) => {
+                    check_ifname(b).map_err(|d| invalid(&format!("nic[{i}].bridge"), d))?;
+                    NicNet::Bridge(b.clone())
+                }
+                (None, Some(t)) => {
+                    check_ifname(t).map_err(|d| invalid(&format!("nic[{i}].tap"), d))?;
+                    NicNet::Tap(t.clone())
+                }
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        &format!("nic[{i}]"),
+                        "expected at most one of bridge and tap, found both".to_owned(),
+                    ));
+                }
+            };
+            nics.push(Nic { mac, net });
         }
 
         let b = raw.boot;

@@ -85,6 +85,28 @@ fn spec_errors_name_the_field() {
         ),
         (
             format!(
+                "name = \"a\"\nmemory_mib = 64\n{KERNEL_BOOT}[[nic]]\nmac = \"52:54:00:12:34:56\"\n\
+                 bridge = \"br0\"\ntap = \"tap0\"\n"
+            ),
+            ": nic[0]: expected at most one of bridge and tap, found both",
+        ),
+        (
+            // A comma would add options to QEMU's -netdev.
+            format!(
+                "name = \"a\"\nmemory_mib = 64\n{KERNEL_BOOT}[[nic]]\nmac = \"52:54:00:12:34:56\"\n\
+                 tap = \"t0,script=/bin/x\"\n"
+            ),
+            ": nic[0].tap: expected an interface name of 1 to 15 letters",
+        ),
+        (
+            format!(
+                "name = \"a\"\nmemory_mib = 64\n{KERNEL_BOOT}[[nic]]\nmac = \"52:54:00:12:34:56\"\n\
+                 bridge = \"a-bridge-name-too-long\"\n"
+            ),
+            ": nic[0].bridge: expected an interface name of 1 to 15 letters",
+        ),
+        (
+            format!(
                 "name = \"a\"\nmemory_mib = 64\n{KERNEL_BOOT}[[disk]]\nname = \"d0\"\npath = \"a\"\n\
                  [[disk]]\nname = \"d1\"\npath = \"b\"\nformat = \"vmdk\"\n"
             ),
@@ -132,7 +154,9 @@ fn command_line_differs_only_by_incoming() {
         "name = \"cl\"\nmemory_mib = 64\naccel = \"tcg\"\n[boot]\ndisk = \"sys\"\n\
          [[disk]]\nname = \"sys\"\npath = \"sys.qcow2\"\nformat = \"qcow2\"\n\
          [[disk]]\nname = \"data\"\npath = \"/abs/data.raw\"\n\
-         [[nic]]\nmac = \"52:54:00:AA:BB:01\"\n",
+         [[nic]]\nmac = \"52:54:00:AA:BB:01\"\n\
+         [[nic]]\nmac = \"52:54:00:AA:BB:02\"\nbridge = \"br0\"\n\
+         [[nic]]\nmac = \"52:54:00:AA:BB:03\"\ntap = \"tap7\"\n",
     )
     .unwrap();
     let spec = VmSpec::load(&path).unwrap();
@@ -162,7 +186,10 @@ fn command_line_differs_only_by_incoming() {
          -device virtio-blk-pci,drive=data,id=data-dev -netdev"
     ));
     assert!(joined.ends_with(
-        "-netdev user,id=net0 -device virtio-net-pci,netdev=net0,mac=52:54:00:aa:bb:01"
+        "-netdev user,id=net0 -device virtio-net-pci,netdev=net0,mac=52:54:00:aa:bb:01 \
+         -netdev bridge,id=net1,br=br0 -device virtio-net-pci,netdev=net1,mac=52:54:00:aa:bb:02 \
+         -netdev tap,id=net2,ifname=tap7,script=no,downscript=no \
+         -device virtio-net-pci,netdev=net2,mac=52:54:00:aa:bb:03"
     ));
     assert!(!joined.contains("-kernel"));
 

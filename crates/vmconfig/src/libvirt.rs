@@ -447,6 +447,7 @@ fn nic_params(
         ));
     }
     cx.push(b, &el, &format!("nic.{i}.mac"), mac.to_ascii_lowercase())?;
+    cx.push(b, &el, &format!("nic.{i}.net"), nic_net(nic))?;
     if let Some(model) = child(nic, "model").and_then(|m| m.attribute("type")) {
         cx.push(b, &el, &format!("nic.{i}.model"), model)?;
     }
@@ -473,6 +474,28 @@ fn nic_params(
         device_boot.push((order, format!("nic:{i}")));
     }
     Ok(())
+}
+
+/// Where an `<interface>` is attached on the host, named as for specs: `user`,
+/// `bridge:NAME`, `network:NAME`, `direct:DEV`, `tap:DEV` for an unmanaged tap (libvirt names
+/// a managed one only at start, so it stays `ethernet`), else the interface type.
+fn nic_net(nic: Node<'_, '_>) -> String {
+    let kind = nic.attribute("type").unwrap_or("user");
+    let source = |a: &str| child(nic, "source").and_then(|s| s.attribute(a));
+    let named = |prefix: &str, name: Option<&str>| match name {
+        Some(n) => format!("{prefix}:{n}"),
+        None => kind.to_owned(),
+    };
+    match kind {
+        "bridge" => named("bridge", source("bridge")),
+        "network" => named("network", source("network")),
+        "direct" => named("direct", source("dev")),
+        "ethernet" => {
+            let target = child(nic, "target").filter(|t| t.attribute("managed") == Some("no"));
+            named("tap", target.and_then(|t| t.attribute("dev")))
+        }
+        other => other.to_owned(),
+    }
 }
 
 /// A device's `<boot order=N>`, if any.

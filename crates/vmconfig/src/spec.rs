@@ -96,6 +96,8 @@ pub fn spec_params(spec: &VmSpec) -> Result<Vec<Param>, SpecParamError> {
     for (i, nic) in spec.nics().iter().enumerate() {
         b.push(format!("nic.{i}.mac"), nic.mac.as_str())
             .map_err(name_err(&format!("nic[{i}].mac")))?;
+        b.push(format!("nic.{i}.net"), nic.net.param())
+            .map_err(name_err(&format!("nic[{i}]")))?;
     }
     b.finish().map_err(name_err("spec"))
 }

@@ -46,6 +46,7 @@ fn kernel_boot_guest() {
             ("memory_mib", "2048"),
             ("nic.0.mac", "52:54:00:ab:cd:01"),
             ("nic.0.model", "virtio"),
+            ("nic.0.net", "bridge:br0"),
             ("nic.0.vlan", "42"),
             ("vcpu.0.pin", "2"),
             ("vcpu.1.pin", "3-4,^4"),
@@ -83,8 +84,10 @@ fn uefi_disk_boot_guest() {
             ("memory_mib", "4096"),
             ("nic.0.mac", "52:54:00:10:20:30"),
             ("nic.0.model", "virtio"),
+            ("nic.0.net", "network:default"),
             ("nic.1.mac", "52:54:00:10:20:31"),
             ("nic.1.model", "e1000e"),
+            ("nic.1.net", "network:backend"),
             ("vcpus", "4"),
         ]
     );

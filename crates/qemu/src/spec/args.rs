@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use super::{Boot, VmSpec};
+use super::{Boot, NicNet, VmSpec};
 
 impl VmSpec {
     /// QEMU's arguments, without the binary. A fresh start and an incoming start differ only
@@ -79,7 +79,13 @@ impl VmSpec {
         }
         for (i, nic) in self.nics.iter().enumerate() {
             args.push("-netdev".into());
-            args.push(format!("user,id=net{i}"));
+            args.push(match &nic.net {
+                NicNet::User => format!("user,id=net{i}"),
+                NicNet::Bridge(br) => format!("bridge,id=net{i},br={br}"),
+                NicNet::Tap(tap) => {
+                    format!("tap,id=net{i},ifname={tap},script=no,downscript=no")
+                }
+            });
             args.push("-device".into());
             args.push(format!("virtio-net-pci,netdev=net{i},mac={}", nic.mac));
         }
