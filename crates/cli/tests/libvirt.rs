@@ -22,13 +22,20 @@ use vmattest_testkit::PrivateLibvirt;
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// libvirt runs the hooks in /etc/libvirt/hooks for every daemon, the tests' private ones
-/// too: the launch-gate test runs alone, the others side by side.
-static HOOKS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+/// Tests run side by side, except those that see what the others do: libvirt runs the hooks in
+/// /etc/libvirt/hooks for every daemon (the tests' private ones too), and every capture makes
+/// its scratch directory in the shared temporary directory.
+static TESTS: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
 fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
-    HOOKS
+    TESTS
         .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn alone() -> std::sync::RwLockWriteGuard<'static, ()> {
+    TESTS
+        .write()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -250,7 +257,7 @@ fn take(lv: &PrivateLibvirt, store: &Path, key: &Path, name: &str) -> common::Ru
 
 #[test]
 fn domain_baseline_and_deltas_while_it_runs() {
-    let _hooks = shared();
+    let _shared = shared();
     let lv = PrivateLibvirt::start().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
@@ -336,7 +343,7 @@ fn domain_baseline_and_deltas_while_it_runs() {
 
 #[test]
 fn domain_without_shared_file_ram_is_refused_with_the_xml_to_add() {
-    let _hooks = shared();
+    let _shared = shared();
     let lv = PrivateLibvirt::start().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
@@ -363,7 +370,7 @@ fn regression_domain_capture_never_changes_the_mode_of_tmp() {
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
     let tmp_dir = std::env::temp_dir();
     let before = mode(&tmp_dir);
-    let _hooks = shared();
+    let _alone = alone();
     let lv = PrivateLibvirt::start().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let d = TestDomain::define(&lv, "g3", true);
@@ -385,7 +392,7 @@ fn regression_domain_capture_never_changes_the_mode_of_tmp() {
 
 #[test]
 fn domain_rolls_back_and_migrates_into_another_definition() {
-    let _hooks = shared();
+    let _shared = shared();
     let lv = PrivateLibvirt::start().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
@@ -469,9 +476,7 @@ fn disclosed(dir: &Path, param: &str, pubkey: &Path) -> String {
 
 #[test]
 fn launch_gate_refuses_changed_domains_and_starts_the_matching_one() {
-    let _alone = HOOKS
-        .write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _alone = alone();
     let mut lv = PrivateLibvirt::start().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
@@ -633,7 +638,7 @@ impl Drop for RemoveOnDrop {
 
 #[test]
 fn agent_attests_a_domain_and_rolls_back_a_patched_kernel() {
-    let _hooks = shared();
+    let _shared = shared();
     let lv = PrivateLibvirt::start().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
@@ -683,4 +688,70 @@ fn agent_attests_a_domain_and_rolls_back_a_patched_kernel() {
     assert_eq!(d.state(), "running");
     let after = rt.agent(&[]).ok().json();
     assert_eq!(after["status"], "affirming", "{after}");
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs the crash hooks: --features vmattest-cli/fault-injection"
+)]
+fn domain_capture_killed_while_paused_is_resumed_by_its_guardian() {
+    let _alone = alone();
+    let lv = PrivateLibvirt::start().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = TestDomain::define(&lv, "gd1", true);
+    d.start();
+    let Chain { store, key, .. } = chain(tmp.path(), "gd1");
+    take(&lv, &store, &key, "gd1").ok();
+    let args = [
+        "snapshot",
+        "take",
+        "--store",
+        store.to_str().unwrap(),
+        "--domain",
+        "gd1",
+        "--connect",
+        lv.uri(),
+        "--key",
+        key.to_str().unwrap(),
+    ];
+    for point in ["after-stop", "after-migrate"] {
+        let mut child = common::spawn_held(&args, point);
+        assert_eq!(d.state(), "paused", "{point}");
+        child.kill().unwrap(); // SIGKILL: no unwinding, no resume of its own
+        child.wait().unwrap();
+        let t = Instant::now();
+        while d.state() != "running" {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "{point}: still {}",
+                d.state()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let seen = d.next_tick();
+        assert!(d.next_tick() > seen, "{point}: the guest runs");
+        let caps = lv.virsh_ok(&[
+            "qemu-monitor-command",
+            "gd1",
+            r#"{"execute":"query-migrate-capabilities"}"#,
+        ]);
+        assert!(
+            caps.contains(r#"{"state":false,"capability":"x-ignore-shared"}"#),
+            "{point}: {caps}"
+        );
+        // The dead capture's scratch directory (its device state) went with the pause.
+        let left: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("vmattest-capture-")
+            })
+            .collect();
+        assert!(left.is_empty(), "{point}: {left:?}");
+        // The chain goes on.
+        take(&lv, &store, &key, "gd1").ok();
+    }
 }

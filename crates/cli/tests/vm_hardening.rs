@@ -13,7 +13,7 @@ mod common;
 use std::io::{BufRead as _, BufReader};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::guest::{self, Guest};
@@ -40,28 +40,7 @@ impl Chain {
 
     /// Starts a take that stops at `point` inside the pause; returns once it is there.
     fn take_held(&self, g: &Guest, point: &str) -> std::process::Child {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_vmattest"))
-            .args(self.take_args(g))
-            .env("VMATTEST_HOLD_AT", point)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if line.contains("holding at") {
-                    let _ = tx.send(line);
-                }
-            }
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the take never reached its hold point");
-        assert!(line.contains(point), "{line}");
-        child
+        spawn_held(&self.take_args(g), point)
     }
 }
 

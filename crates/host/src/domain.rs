@@ -11,6 +11,7 @@ use vmattest_core::record::UnixTime;
 use vmattest_core::tree::Progress;
 use vmattest_libvirt::{Connection, DomainError, LibvirtError, LiveDomain};
 use vmattest_qemu::capture::CaptureReport;
+use vmattest_qemu::guard::Outcome;
 use vmattest_qemu::restore::RestoreReport;
 use vmattest_sign::Signer;
 use vmattest_store::{Store, StoreError, StoreSecret, TakeOptions};
@@ -25,6 +26,10 @@ pub enum HostDomainError {
     Domain(#[from] DomainError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Vm(#[from] crate::vm::HostVmError),
+    #[error("guarding a capture")]
+    Guard(#[from] vmattest_qemu::guard::GuardError),
 }
 
 impl Classify for HostDomainError {
@@ -33,6 +38,8 @@ impl Classify for HostDomainError {
             HostDomainError::Libvirt(e) => e.class(),
             HostDomainError::Domain(e) => e.class(),
             HostDomainError::Store(e) => e.class(),
+            HostDomainError::Vm(e) => e.class(),
+            HostDomainError::Guard(e) => e.class(),
         }
     }
 }
@@ -54,7 +61,14 @@ pub fn take(
         secret,
     };
     let conn = Connection::open(uri)?;
-    Ok(vmattest_libvirt::capture(&conn, name, &store, &opts)?)
+    let guard = crate::vm::guard_program()?;
+    Ok(vmattest_libvirt::capture(
+        &conn,
+        name,
+        &store,
+        &opts,
+        Some(&guard),
+    )?)
 }
 
 /// Verifies the chain at `root` up to `seq` (the head when `None`) against the verifier's
@@ -85,6 +99,21 @@ pub fn rollback(
 pub fn definition(name: &str, uri: Option<&str>) -> Result<String, HostDomainError> {
     let conn = Connection::open(uri)?;
     Ok(conn.domain(name)?.definition()?)
+}
+
+/// The guardian of a domain capture (`vmattest __guard --domain`): waits for the capturer,
+/// and resumes the guest through libvirt if it died with the guest paused.
+pub fn guard(
+    name: &str,
+    uri: Option<&str>,
+    marker: &Path,
+    input: impl std::io::Read,
+) -> Result<Outcome, HostDomainError> {
+    if let Some(outcome) = vmattest_qemu::guard::await_capturer(marker, input)? {
+        return Ok(outcome);
+    }
+    let conn = Connection::open(uri)?;
+    Ok(vmattest_libvirt::resume_after_capture(&conn, name, marker)?)
 }
 
 /// What `vm status --domain` reports.

@@ -1,11 +1,13 @@
 //! Capturing a libvirt domain into its chain: the same capture as for a VM vmattest runs
 //! itself, with QMP through libvirt and the layout read from the live domain XML.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 use vmattest_core::class::{Classify, ErrorClass};
 use vmattest_qemu::capture::{CaptureError, CaptureReport, Target, capture_target};
+use vmattest_qemu::guard::{GuardProgram, Outcome};
 use vmattest_qemu::qmp::{Monitor, QmpError};
 use vmattest_qemu::spec::{Disk, DiskFormat, GuestBoot, GuestConfig};
 use vmattest_store::{StoreWriter, TakeOptions};
@@ -218,21 +220,70 @@ pub(crate) fn ram_file(domain: &Domain<'_>) -> Result<PathBuf, DomainError> {
 
 /// Captures the running domain `name` as the next link of `store`: paused only while it is
 /// measured, resumed through the same QMP session, and every migration setting the capture
-/// changed set back. A capture that dies while the guest is paused leaves it paused: `virsh
-/// resume` (or the next capture) continues it.
+/// changed set back. `guard` starts a guardian that resumes the guest through libvirt should
+/// this process die while it is paused (`vmattest __guard --domain NAME`, see
+/// [`vmattest_qemu::guard`]).
 pub fn capture(
     conn: &Connection,
     name: &str,
     store: &StoreWriter,
     opts: &TakeOptions<'_>,
+    guard: Option<&GuardProgram>,
 ) -> Result<CaptureReport, DomainError> {
     let live = LiveDomain::open(conn, name)?;
     // A fresh private directory: the shared temporary directory itself is never touched.
     let scratch = tempfile::Builder::new()
-        .prefix("vmattest-capture-")
+        .prefix(SCRATCH_PREFIX)
         .tempdir()
         .map_err(|source| DomainError::Scratch { source })?;
     let target = live.target(scratch.path());
     let mut mon = DomainMonitor::new(&live.domain);
-    Ok(capture_target(&target, &mut mon, store, opts, None)?)
+    let marker = scratch.path().join("capture.pause");
+    let mut who: Vec<OsString> = vec!["--domain".into(), name.into()];
+    who.extend(["--connect".into(), conn.uri().into()]);
+    let mut arm = || {
+        vmattest_qemu::guard::arm_at(&marker, &who, guard).map_err(|source| CaptureError::Guard {
+            vm: name.to_owned(),
+            source,
+        })
+    };
+    Ok(capture_target(
+        &target,
+        &mut mon,
+        store,
+        opts,
+        Some(&mut arm),
+    )?)
 }
+
+/// The guardian's second half for a domain: the capture that wrote `marker` died with the
+/// guest paused. Resumes it through libvirt, sets `x-ignore-shared` back to QEMU's default and
+/// removes the dead capture's scratch directory (the marker's).
+pub fn resume_after_capture(
+    conn: &Connection,
+    name: &str,
+    marker: &Path,
+) -> Result<Outcome, DomainError> {
+    let domain = conn.domain(name)?;
+    let mut mon = DomainMonitor::new(&domain);
+    let outcome =
+        vmattest_qemu::guard::resume(&mut mon, marker).map_err(|source| CaptureError::Guard {
+            vm: name.to_owned(),
+            source,
+        })?;
+    mon.set_capabilities(&[("x-ignore-shared", false)])
+        .map_err(|source| DomainError::Qmp {
+            domain: name.to_owned(),
+            source,
+        })?;
+    if let Some(dir) = marker.parent().filter(|d| {
+        d.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with(SCRATCH_PREFIX))
+    }) {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    Ok(outcome)
+}
+
+/// Name prefix of a capture's private scratch directory.
+const SCRATCH_PREFIX: &str = "vmattest-capture-";

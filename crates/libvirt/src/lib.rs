@@ -15,7 +15,7 @@ use std::sync::Once;
 
 use vmattest_core::class::{Classify, ErrorClass};
 
-pub use capture::{DomainError, LiveDomain, capture};
+pub use capture::{DomainError, LiveDomain, capture, resume_after_capture};
 pub use monitor::DomainMonitor;
 pub use restore::restore;
 

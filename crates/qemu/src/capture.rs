@@ -205,7 +205,7 @@ pub fn check_store(t: &Target<'_>, store: &StoreWriter) -> Result<(), CaptureErr
     })
 }
 
-type Arm<'g> = &'g mut dyn FnMut() -> Result<crate::guard::Armed, CaptureError>;
+pub type Arm<'g> = &'g mut dyn FnMut() -> Result<crate::guard::Armed, CaptureError>;
 
 /// [`capture`] of any target through any monitor; `arm` starts a guardian for a running guest.
 /// Migration settings the capture changes are set back afterwards, so that the VM's manager

@@ -18,7 +18,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 use vmattest_core::class::{Classify, ErrorClass};
 
-use crate::qmp::{Monitor as _, Qmp, QmpError};
+use crate::qmp::{Monitor, Qmp, QmpError};
 use crate::spec::VmSpec;
 
 /// What the capturer writes to the guardian once the guest runs again.
@@ -85,7 +85,18 @@ pub struct Armed {
 
 /// Writes the pause marker and starts the guardian; call before `stop`.
 pub(crate) fn arm(spec: &VmSpec, program: Option<&GuardProgram>) -> Result<Armed, GuardError> {
-    let marker = marker_path(spec);
+    let qmp = spec.qmp_path();
+    arm_at(&marker_path(spec), &["--qmp".into(), qmp.into()], program)
+}
+
+/// [`arm`] for any guest: the marker at `marker`, and a guardian given `target` (how it
+/// reaches the guest's monitor) before `--marker FILE`.
+pub fn arm_at(
+    marker: &Path,
+    target: &[std::ffi::OsString],
+    program: Option<&GuardProgram>,
+) -> Result<Armed, GuardError> {
+    let marker = marker.to_path_buf();
     let me = std::process::id();
     let start = start_time(me).unwrap_or(0);
     let text = format!("{MARKER_MAGIC}\npid {me}\nstart {start}\n");
@@ -103,7 +114,7 @@ pub(crate) fn arm(spec: &VmSpec, program: Option<&GuardProgram>) -> Result<Armed
         .map_err(io_err)?;
     let guardian = match program {
         None => None,
-        Some(p) => match spawn(p, &spec.qmp_path(), &marker) {
+        Some(p) => match spawn(p, target, &marker) {
             Ok(g) => Some(g),
             Err(e) => {
                 remove(&marker);
@@ -114,11 +125,14 @@ pub(crate) fn arm(spec: &VmSpec, program: Option<&GuardProgram>) -> Result<Armed
     Ok(Armed { marker, guardian })
 }
 
-fn spawn(p: &GuardProgram, qmp: &Path, marker: &Path) -> Result<(Child, ChildStdin), GuardError> {
+fn spawn(
+    p: &GuardProgram,
+    target: &[std::ffi::OsString],
+    marker: &Path,
+) -> Result<(Child, ChildStdin), GuardError> {
     let mut child = Command::new(&p.program)
         .args(&p.args)
-        .arg("--qmp")
-        .arg(qmp)
+        .args(target)
         .arg("--marker")
         .arg(marker)
         .stdin(Stdio::piped())
@@ -167,14 +181,8 @@ impl Armed {
 /// The guardian: waits for [`DONE`] on `input`; at end of file without it, resumes the guest
 /// paused by the capture that wrote `marker`.
 pub fn guard(qmp_path: &Path, marker: &Path, input: impl Read) -> Result<Outcome, GuardError> {
-    let mut line = Vec::new();
-    // Only a short line is expected; anything else counts as no "done".
-    let read = input.take(64).read_to_end(&mut line);
-    if read.is_ok() && line.trim_ascii() == DONE.as_bytes() {
-        return Ok(Outcome::Finished);
-    }
-    if read_marker(marker)?.is_none() {
-        return Ok(Outcome::NothingToDo);
+    if let Some(outcome) = await_capturer(marker, input)? {
+        return Ok(outcome);
     }
     // A refused or missing socket means QEMU is gone; a busy monitor means the capturer
     // still unwinds, and is waited for.
@@ -189,6 +197,22 @@ pub fn guard(qmp_path: &Path, marker: &Path, input: impl Read) -> Result<Outcome
     resume(&mut qmp, marker)
 }
 
+/// The first half of a guardian: waits for [`DONE`] on `input`. `Some` when there is nothing
+/// to resume; `None` when the capturer died with its pause marked, and the guest must be
+/// resumed ([`resume`]).
+pub fn await_capturer(marker: &Path, input: impl Read) -> Result<Option<Outcome>, GuardError> {
+    let mut line = Vec::new();
+    // Only a short line is expected; anything else counts as no "done".
+    let read = input.take(64).read_to_end(&mut line);
+    if read.is_ok() && line.trim_ascii() == DONE.as_bytes() {
+        return Ok(Some(Outcome::Finished));
+    }
+    if read_marker(marker)?.is_none() {
+        return Ok(Some(Outcome::NothingToDo));
+    }
+    Ok(None)
+}
+
 /// On a command's fresh QMP session: a marker left by a capturer that is no longer alive
 /// means the guest may be paused by nobody; resume it. A live capturer's marker is left alone.
 pub fn recover(spec: &VmSpec, qmp: &mut Qmp) -> Result<Outcome, GuardError> {
@@ -201,7 +225,7 @@ pub fn recover(spec: &VmSpec, qmp: &mut Qmp) -> Result<Outcome, GuardError> {
 
 /// Ends a migration the capturer left running, resumes a paused guest, removes the marker and
 /// the capturer's scratch directory.
-fn resume(qmp: &mut Qmp, marker: &Path) -> Result<Outcome, GuardError> {
+pub fn resume(qmp: &mut dyn Monitor, marker: &Path) -> Result<Outcome, GuardError> {
     let owner = read_marker(marker)?;
     let info = qmp.execute("query-migrate", serde_json::Value::Null)?;
     let migrating = info

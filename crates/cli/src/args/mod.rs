@@ -182,8 +182,14 @@ pub enum Command {
     #[command(name = "__guard", hide = true)]
     Guard {
         /// The VM's QMP socket.
-        #[arg(long)]
-        qmp: PathBuf,
+        #[arg(long, required_unless_present = "domain")]
+        qmp: Option<PathBuf>,
+        /// The libvirt domain, instead of a QMP socket.
+        #[arg(long, conflicts_with = "qmp")]
+        domain: Option<String>,
+        /// The libvirt URI of --domain.
+        #[arg(long, requires = "domain")]
+        connect: Option<String>,
         /// The pause marker the capture writes.
         #[arg(long)]
         marker: PathBuf,

@@ -38,7 +38,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(args, json),
         Command::Config(cmd) => config::run(cmd, json),
         Command::Libvirt(cmd) => libvirt::run(cmd, json),
-        Command::Guard { qmp, marker } => vm::guard(&qmp, &marker),
+        Command::Guard {
+            qmp,
+            domain,
+            connect,
+            marker,
+        } => vm::guard(
+            qmp.as_deref(),
+            domain.as_deref(),
+            connect.as_deref(),
+            &marker,
+        ),
     }
 }
 

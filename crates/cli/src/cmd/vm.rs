@@ -12,8 +12,17 @@ use crate::args::{ServerArgs, VmCommand};
 use crate::output;
 
 /// `__guard` (hidden): the process `snapshot take --vm` starts before it pauses a guest.
-pub fn guard(qmp: &Path, marker: &Path) -> anyhow::Result<()> {
-    let outcome = vmattest_qemu::guard::guard(qmp, marker, std::io::stdin().lock())?;
+pub fn guard(
+    qmp: Option<&Path>,
+    domain: Option<&str>,
+    uri: Option<&str>,
+    marker: &Path,
+) -> anyhow::Result<()> {
+    let outcome = match (qmp, domain) {
+        (Some(qmp), _) => vmattest_qemu::guard::guard(qmp, marker, std::io::stdin().lock())?,
+        (None, Some(name)) => domain::guard(name, uri, marker, std::io::stdin().lock())?,
+        (None, None) => anyhow::bail!("give --qmp SOCKET or --domain NAME"),
+    };
     if let vmattest_qemu::guard::Outcome::Resumed(from) = outcome {
         // The capturer's stderr, if anyone still reads it.
         let _ = writeln!(

@@ -248,3 +248,31 @@ pub fn baseline_batch(store: &Path) -> PathBuf {
     }
     batches.into_iter().min().unwrap().1
 }
+
+/// Starts vmattest with `args` and the `fault-injection` hook `VMATTEST_HOLD_AT=point`, and
+/// returns once it says it holds there.
+pub fn spawn_held<S: AsRef<std::ffi::OsStr>>(args: &[S], point: &str) -> std::process::Child {
+    use std::io::BufRead as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmattest"))
+        .args(args)
+        .env("VMATTEST_HOLD_AT", point)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("holding at") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let line = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("vmattest never reached its hold point");
+    assert!(line.contains(point), "{line}");
+    child
+}
