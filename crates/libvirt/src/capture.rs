@@ -53,6 +53,16 @@ pub enum DomainError {
         source: std::io::Error,
     },
     #[error(
+        "domain {domain}: QEMU names {} as guest RAM: expected a regular file of {want} bytes, found {found}",
+        path.display()
+    )]
+    RamFile {
+        domain: String,
+        path: PathBuf,
+        found: String,
+        want: u64,
+    },
+    #[error(
         "domain {domain}: the chain's RAM is {chain} bytes, the domain's QEMU has {domain_ram}"
     )]
     RamSize {
@@ -74,6 +84,7 @@ impl Classify for DomainError {
             DomainError::Capture(e) => e.class(),
             DomainError::Scratch { .. } | DomainError::Io { .. } => ErrorClass::Environment,
             DomainError::Definition { .. } | DomainError::RamSize { .. } => ErrorClass::Input,
+            DomainError::RamFile { .. } => ErrorClass::Verification,
         }
     }
 }
@@ -117,7 +128,7 @@ impl<'c> LiveDomain<'c> {
                 domain: name.to_owned(),
             });
         }
-        let ram = ram_file(&domain)?;
+        let ram = ram_file(&domain, layout.memory_mib)?;
         Ok(LiveDomain {
             domain,
             layout,
@@ -183,8 +194,10 @@ pub(crate) fn disks(l: &DomainLayout) -> Vec<Disk> {
         .collect()
 }
 
-/// The shared file behind the domain's one memory backend, from QEMU itself.
-pub(crate) fn ram_file(domain: &Domain<'_>) -> Result<PathBuf, DomainError> {
+/// The shared file behind the domain's one memory backend, from QEMU itself. QEMU runs with
+/// less trust than vmattest: the path it names must be a regular file (not a symlink) of
+/// exactly the domain's memory size, or vmattest would read (or, restoring, write) another.
+pub(crate) fn ram_file(domain: &Domain<'_>, memory_mib: u64) -> Result<PathBuf, DomainError> {
     let qmp = |source| DomainError::Qmp {
         domain: domain.name().to_owned(),
         source,
@@ -210,12 +223,36 @@ pub(crate) fn ram_file(domain: &Domain<'_>) -> Result<PathBuf, DomainError> {
             json!({ "path": format!("/objects/{id}"), "property": "mem-path" }),
         )
         .map_err(qmp)?;
-    match path.as_str() {
-        Some(p) if !p.is_empty() => Ok(PathBuf::from(p)),
-        _ => Err(DomainError::NotShared {
+    let path = match path.as_str() {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => {
+            return Err(DomainError::NotShared {
+                domain: domain.name().to_owned(),
+            });
+        }
+    };
+    let want = memory_mib.saturating_mul(1 << 20);
+    let found = match std::fs::symlink_metadata(&path) {
+        Ok(m) if m.file_type().is_file() => m.len(),
+        Ok(_) => {
+            return Err(DomainError::RamFile {
+                domain: domain.name().to_owned(),
+                path,
+                found: "a symlink or a non-file".to_owned(),
+                want,
+            });
+        }
+        Err(source) => return Err(DomainError::Io { path, source }),
+    };
+    if found != want {
+        return Err(DomainError::RamFile {
             domain: domain.name().to_owned(),
-        }),
+            path,
+            found: format!("{found} bytes"),
+            want,
+        });
     }
+    Ok(path)
 }
 
 /// Captures the running domain `name` as the next link of `store`: paused only while it is

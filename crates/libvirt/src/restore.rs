@@ -70,7 +70,7 @@ pub fn restore(
     drop(domain);
     place_disks(name, &disks, staged)?;
     let domain = conn.create_paused(name, &incoming)?;
-    let ram = ram_file(&domain)?;
+    let ram = ram_file(&domain, layout.memory_mib)?;
     fill_ram(name, &staged.join(RAM), &ram)?;
     let mut mon = DomainMonitor::new(&domain);
     load_device_state(&mut mon, name, &staged.join(DEVICE_STATE))?;
@@ -119,10 +119,15 @@ fn fill_ram(domain: &str, from: &Path, to: &Path) -> Result<(), DomainError> {
         move |source| DomainError::Io { path, source }
     };
     let mut src = std::fs::File::open(from).map_err(io(from))?;
-    let mut dst = std::fs::OpenOptions::new()
-        .write(true)
-        .open(to)
-        .map_err(io(to))?;
+    // ram_file checked it is a regular file; O_NOFOLLOW keeps it so until it is open.
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::open(
+        to,
+        OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io(to)(e.into()))?;
+    let mut dst = std::fs::File::from(fd);
     let (have, want) = (
         src.metadata().map_err(io(from))?.len(),
         dst.metadata().map_err(io(to))?.len(),
