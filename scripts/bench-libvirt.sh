@@ -12,7 +12,9 @@
 # (`virsh domstate`), which leaves the command's own work: `save` keeps the guest stopped
 # throughout (and leaves the domain shut off: it is restored before the next round);
 # `snapshot-create-as` without --live pauses the guest while it writes memory, then resumes it.
-# Results also go to target/bench/libvirt.json.
+# Then one rollback of the domain to its newest seq (`rollback`: from destroying the old QEMU to
+# the new one running, as `snapshot restore --domain` reports it). Results also go to
+# target/bench/libvirt.json.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 [ "$(id -u)" -eq 0 ] || { echo "bench-libvirt: run as root (it starts a private libvirtd as another user)" >&2; exit 2; }
@@ -104,6 +106,10 @@ XML
     downs+=("$(take | field downtime_ms)")
   done
   ours=$(median "${downs[@]}")
+  # A rollback to the newest seq: verify, rebuild, new QEMU started by libvirt, RAM in, resume.
+  rb=$("$VM" --json snapshot restore --store "$S" --pubkey "$W/key.pub" --domain "$N" --connect "$URI")
+  rb_rebuild=$(echo "$rb" | field rebuild_ms); rb_switch=$(echo "$rb" | field switch_ms)
+  sleep "$GAP"
   noops=(); snaps=(); saves=(); restores=()
   for i in $(seq "$REPS"); do
     noops+=("$(timed v domstate "$N")")
@@ -119,28 +125,29 @@ XML
   noop=$(median "${noops[@]}"); snap=$(median "${snaps[@]}")
   save=$(median "${saves[@]}"); restore=$(median "${restores[@]}")
   v destroy "$N" >/dev/null
-  python3 - "$MEM" "$ours" "$base_down" "$noop" "$snap" "$save" "$restore" <<'PY' > "$W/$N.json"
+  python3 - "$MEM" "$ours" "$base_down" "$noop" "$snap" "$save" "$restore" "$rb_rebuild" "$rb_switch" <<'PY' > "$W/$N.json"
 import json, sys
-mem, ours, base, noop, snap, save, restore = sys.argv[1:]
+mem, ours, base, noop, snap, save, restore, rb_rebuild, rb_switch = sys.argv[1:]
 ours, base, noop, snap, save, restore = (float(x) for x in (ours, base, noop, snap, save, restore))
 snap_pause, save_pause = max(snap - noop, 1.0), max(save - noop, 1.0)
 print(json.dumps({"memory_mib": int(mem), "vmattest_delta_pause_ms": round(ours, 1),
   "vmattest_baseline_pause_ms": round(base, 1), "virsh_noop_ms": round(noop, 1),
   "virsh_snapshot_external_pause_ms": round(snap_pause, 1), "virsh_save_pause_ms": round(save_pause, 1),
-  "virsh_restore_ms": round(restore, 1), "ratio_delta_vs_save": round(ours / save_pause, 3),
+  "virsh_restore_ms": round(restore, 1), "vmattest_rollback_rebuild_ms": round(float(rb_rebuild), 1),
+  "vmattest_rollback_switch_ms": round(float(rb_switch), 1), "ratio_delta_vs_save": round(ours / save_pause, 3),
   "ratio_delta_vs_snapshot": round(ours / snap_pause, 3)}))
 PY
   results+=("$(cat "$W/$N.json")")
 done
 
 echo "guest pause of a libvirt domain (TCG): vmattest capture (median of $DELTAS deltas, ${GAP}s apart) vs virsh (median of $REPS, minus a no-op virsh call)"
-printf '%-6s %10s %10s %14s %10s %10s %9s %9s\n' MiB "delta ms" "base ms" "snapshot-ext" "save" "restore" "/save" "/snapshot"
+printf '%-6s %10s %10s %14s %10s %10s %12s %9s %9s\n' MiB "delta ms" "base ms" "snapshot-ext" "save" "restore" "rollback" "/save" "/snapshot"
 for r in "${results[@]}"; do
   echo "$r" | python3 -c 'import json,sys
 r = json.load(sys.stdin)
-print("%-6d %10.1f %10.1f %14.1f %10.1f %10.1f %9.3f %9.3f" % (r["memory_mib"], r["vmattest_delta_pause_ms"],
+print("%-6d %10.1f %10.1f %14.1f %10.1f %10.1f %12.1f %9.3f %9.3f" % (r["memory_mib"], r["vmattest_delta_pause_ms"],
   r["vmattest_baseline_pause_ms"], r["virsh_snapshot_external_pause_ms"], r["virsh_save_pause_ms"],
-  r["virsh_restore_ms"], r["ratio_delta_vs_save"], r["ratio_delta_vs_snapshot"]))'
+  r["virsh_restore_ms"], r["vmattest_rollback_switch_ms"], r["ratio_delta_vs_save"], r["ratio_delta_vs_snapshot"]))'
 done
 echo "target: delta pause <= 0.3x virsh save's"
 mkdir -p "$ROOT/target/bench"

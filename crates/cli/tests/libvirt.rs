@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use common::guest::{console_text, console_ticks, guest_dir, wait_tick};
 use common::runtime::{Attested, json_lines};
-use common::{Chain, baseline_batch, chain, check_capture, disk_block, newest_block, vmattest};
+use common::{
+    Chain, chain, check_capture, disk_block, newest_block, tamper_baseline_batch, vmattest,
+};
 use vmattest_testkit::PrivateLibvirt;
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
@@ -201,42 +203,15 @@ impl<'a> TestDomain<'a> {
 }
 
 fn restore(lv: &PrivateLibvirt, c: &Chain, seq: u64, name: &str) -> common::Run {
-    vmattest([
-        "--json",
-        "snapshot",
-        "restore",
-        "--store",
-        c.store.to_str().unwrap(),
-        "--pubkey",
-        c.pubkey.to_str().unwrap(),
-        "--seq",
-        &seq.to_string(),
-        "--domain",
-        name,
-        "--connect",
-        lv.uri(),
-    ])
+    let mut args = vec!["--json".to_owned()];
+    args.extend(c.restore_args(seq));
+    args.extend(["--domain", name, "--connect", lv.uri()].map(str::to_owned));
+    vmattest(args)
 }
 
 /// The newest disk block of `seq`: the tick the capture holds.
 fn captured_tick(c: &Chain, seq: u64, dir: &Path) -> u64 {
-    let out = dir.join(format!("captured-{seq}"));
-    vmattest([
-        "snapshot",
-        "restore",
-        "--store",
-        c.store.to_str().unwrap(),
-        "--pubkey",
-        c.pubkey.to_str().unwrap(),
-        "--seq",
-        &seq.to_string(),
-        "--out",
-        out.to_str().unwrap(),
-    ])
-    .ok();
-    let tick = newest_block(&std::fs::read(out.join("vda")).unwrap());
-    std::fs::remove_dir_all(&out).unwrap();
-    tick
+    newest_block(&c.component_at(seq, "vda", dir))
 }
 
 fn take(lv: &PrivateLibvirt, store: &Path, key: &Path, name: &str) -> common::Run {
@@ -263,12 +238,12 @@ fn domain_baseline_and_deltas_while_it_runs() {
     let dir = tmp.path();
     let d = TestDomain::define(&lv, "g1", true);
     d.start();
-    let Chain { store, key, pubkey } = chain(dir, "g1");
+    let c = chain(dir, "g1");
 
     let mut ticks = Vec::new();
     for seq in 0..4u64 {
         let tick = d.next_tick();
-        let j = take(&lv, &store, &key, "g1").ok().json();
+        let j = take(&lv, &c.store, &c.key, "g1").ok().json();
         check_capture(&j, seq, &["ram", "vda", "device-state", "config"]);
         // libvirt sees the domain exactly as before: running, and the guest goes on.
         assert_eq!(d.state(), "running", "after seq {seq}");
@@ -295,35 +270,21 @@ fn domain_baseline_and_deltas_while_it_runs() {
         "snapshot",
         "verify",
         "--store",
-        store.to_str().unwrap(),
+        c.store.to_str().unwrap(),
         "--pubkey",
-        pubkey.to_str().unwrap(),
+        c.pubkey.to_str().unwrap(),
     ])
     .ok();
     for (seq, &tick) in ticks.iter().enumerate() {
-        let out = dir.join(format!("out-{seq}"));
-        vmattest([
-            "snapshot",
-            "restore",
-            "--store",
-            store.to_str().unwrap(),
-            "--pubkey",
-            pubkey.to_str().unwrap(),
-            "--seq",
-            &seq.to_string(),
-            "--out",
-            out.to_str().unwrap(),
-        ])
-        .ok();
-        let disk = std::fs::read(out.join("vda")).unwrap();
+        let seq = seq as u64;
+        let disk = c.component_at(seq, "vda", dir);
         assert_eq!(
             disk_block(&disk, tick),
             format!("disk tick {tick}"),
             "seq {seq}"
         );
-        // The RAM component is the guest's memory: the console's READY line is in it.
-        let ram = std::fs::read(out.join("ram")).unwrap();
-        assert_eq!(ram.len(), 128 << 20);
+        // The RAM component is all of the guest's memory.
+        assert_eq!(c.component_at(seq, "ram", dir).len(), 128 << 20);
     }
 
     let j = vmattest([
@@ -407,12 +368,7 @@ fn domain_rolls_back_and_migrates_into_another_definition() {
 
     // A tampered chain is never restored: the domain runs on in the same QEMU.
     let id = d.id();
-    let victim = baseline_batch(&c.store);
-    let original = std::fs::read(&victim).unwrap();
-    let mut bad = original.clone();
-    let n = bad.len();
-    bad[n / 2] ^= 0x40;
-    std::fs::write(&victim, &bad).unwrap();
+    let (victim, original) = tamper_baseline_batch(&c.store);
     let seen = d.next_tick();
     let r = restore(&lv, &c, 1, "r1");
     assert_eq!(r.code, 1, "stderr: {}", r.stderr);

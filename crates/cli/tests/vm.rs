@@ -50,46 +50,15 @@ impl Chain {
     }
 
     fn restore_vm(&self, g: &Guest, seq: u64) -> Run {
-        vmattest([
-            "--json",
-            "snapshot",
-            "restore",
-            "--store",
-            self.s(),
-            "--pubkey",
-            self.pubkey.to_str().unwrap(),
-            "--seq",
-            &seq.to_string(),
-            "--vm",
-            g.arg(),
-        ])
+        let mut args = vec!["--json".to_owned()];
+        args.extend(self.restore_args(seq));
+        args.extend(["--vm".to_owned(), g.arg().to_owned()]);
+        vmattest(args)
     }
 
     /// The disk component at `seq`, rebuilt and verified from the chain.
     fn disk_at(&self, seq: u64, scratch: &Path) -> Vec<u8> {
         self.component_at(seq, "disk0", scratch)
-    }
-
-    /// Component `name` at `seq`, rebuilt and verified from the chain.
-    fn component_at(&self, seq: u64, name: &str, scratch: &Path) -> Vec<u8> {
-        let out = scratch.join(format!("out-{seq}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&out);
-        vmattest([
-            "snapshot",
-            "restore",
-            "--store",
-            self.s(),
-            "--pubkey",
-            self.pubkey.to_str().unwrap(),
-            "--seq",
-            &seq.to_string(),
-            "--out",
-            out.to_str().unwrap(),
-        ])
-        .ok();
-        let bytes = std::fs::read(out.join(name)).unwrap();
-        std::fs::remove_dir_all(&out).unwrap();
-        bytes
     }
 }
 
@@ -156,12 +125,7 @@ fn capture_deltas_roll_back_and_migrate() {
     // Tamper with a page batch of the baseline: a rollback to seq 2 (which decodes it) is
     // refused and the VM runs on untouched.
     let pid = g.pid().expect("running");
-    let victim = baseline_batch(&c.store);
-    let original = std::fs::read(&victim).unwrap();
-    let mut bad = original.clone();
-    let n = bad.len();
-    bad[n / 2] ^= 0x40;
-    std::fs::write(&victim, &bad).unwrap();
+    let (victim, original) = tamper_baseline_batch(&c.store);
     let seen = g.ticks().last().copied();
     let r = c.restore_vm(&g, 2);
     assert_eq!(r.code, 1, "stderr: {}", r.stderr);

@@ -117,17 +117,7 @@ impl<'c> LiveDomain<'c> {
                 state: state.name(),
             });
         }
-        let xml = domain.xml()?;
-        let origin = PathBuf::from(format!("of domain {name}"));
-        let layout = domain_layout(&xml, &origin).map_err(|source| DomainError::Xml {
-            domain: name.to_owned(),
-            source,
-        })?;
-        if !layout.shared_file_ram {
-            return Err(DomainError::NotShared {
-                domain: name.to_owned(),
-            });
-        }
+        let layout = capturable_layout(name, &domain.xml()?)?;
         let ram = ram_file(&domain, layout.memory_mib)?;
         Ok(LiveDomain {
             domain,
@@ -152,6 +142,21 @@ impl<'c> LiveDomain<'c> {
             spec: None,
         }
     }
+}
+
+/// The layout of domain `name` from its XML, which must keep guest RAM in a shared file.
+pub(crate) fn capturable_layout(name: &str, xml: &str) -> Result<DomainLayout, DomainError> {
+    let origin = PathBuf::from(format!("of domain {name}"));
+    let layout = domain_layout(xml, &origin).map_err(|source| DomainError::Xml {
+        domain: name.to_owned(),
+        source,
+    })?;
+    if !layout.shared_file_ram {
+        return Err(DomainError::NotShared {
+            domain: name.to_owned(),
+        });
+    }
+    Ok(layout)
 }
 
 /// The guest-visible settings of a domain, as for a spec: no name, UUID or host paths, so a

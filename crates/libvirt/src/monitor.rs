@@ -94,6 +94,18 @@ impl<'d, 'c> DomainMonitor<'d, 'c> {
     }
 }
 
+impl DomainMonitor<'_, '_> {
+    /// Gives QEMU its own descriptor of `file`, named [`FD_NAME`] (libvirt sends a duplicate).
+    fn hand_over(&mut self, file: &std::fs::File) -> Result<(), QmpError> {
+        self.command(
+            "getfd",
+            json!({ "fdname": FD_NAME }),
+            Some(file.as_raw_fd()),
+        )
+        .map(drop)
+    }
+}
+
 impl Monitor for DomainMonitor<'_, '_> {
     fn execute(&mut self, cmd: &str, args: Value) -> Result<Value, QmpError> {
         self.command(cmd, args, None)
@@ -106,25 +118,14 @@ impl Monitor for DomainMonitor<'_, '_> {
             .write(true)
             .truncate(true)
             .open(path)?;
-        self.command(
-            "getfd",
-            json!({ "fdname": FD_NAME }),
-            Some(file.as_raw_fd()),
-        )?;
-        drop(file);
+        self.hand_over(&file)?;
         let uri = format!("fd:{FD_NAME}");
         self.execute("migrate", json!({ "uri": uri })).map(drop)
     }
 
     /// The same the other way: QEMU reads the file vmattest opened.
     fn migrate_incoming_file(&mut self, path: &Path) -> Result<(), QmpError> {
-        let file = std::fs::File::open(path)?;
-        self.command(
-            "getfd",
-            json!({ "fdname": FD_NAME }),
-            Some(file.as_raw_fd()),
-        )?;
-        drop(file);
+        self.hand_over(&std::fs::File::open(path)?)?;
         self.migrate_incoming(&format!("fd:{FD_NAME}"))
     }
 }

@@ -16,9 +16,8 @@ use vmattest_qemu::capture::{CaptureError, DEVICE_STATE, RAM};
 use vmattest_qemu::qmp::Monitor as _;
 use vmattest_qemu::restore::{RestoreReport, check_shape, load_device_state, place_disks};
 use vmattest_store::{ReplayOptions, Store};
-use vmattest_vmconfig::domain::domain_layout;
 
-use crate::capture::{config_bytes, disks, ram_file};
+use crate::capture::{capturable_layout, config_bytes, disks, ram_file};
 use crate::{Connection, DomainError, DomainMonitor, DomainState};
 
 /// libvirt's namespace for QEMU command-line additions.
@@ -36,16 +35,7 @@ pub fn restore(
 ) -> Result<RestoreReport, DomainError> {
     let domain = conn.domain(name)?;
     let definition = domain.definition()?;
-    let origin = std::path::PathBuf::from(format!("of domain {name}"));
-    let layout = domain_layout(&definition, &origin).map_err(|source| DomainError::Xml {
-        domain: name.to_owned(),
-        source,
-    })?;
-    if !layout.shared_file_ram {
-        return Err(DomainError::NotShared {
-            domain: name.to_owned(),
-        });
-    }
+    let layout = capturable_layout(name, &definition)?;
     let disks = disks(&layout);
     let incoming = incoming_xml(&definition).ok_or_else(|| DomainError::Definition {
         domain: name.to_owned(),
@@ -112,8 +102,11 @@ fn incoming_xml(xml: &str) -> Option<String> {
 }
 
 /// Writes the verified RAM into the file QEMU maps, in place: QEMU holds it open and mapped
-/// shared, so it must be overwritten, never replaced.
+/// shared, so it must be overwritten, never replaced. A fresh file (no blocks yet) reads as
+/// zeros, so only the non-zero pages of the rebuilt RAM are written: the guest's untouched
+/// memory stays unallocated, and a mostly idle 1 GiB guest costs a few MiB of writes.
 fn fill_ram(domain: &str, from: &Path, to: &Path) -> Result<(), DomainError> {
+    use std::os::unix::fs::MetadataExt as _;
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| DomainError::Io { path, source }
@@ -128,10 +121,8 @@ fn fill_ram(domain: &str, from: &Path, to: &Path) -> Result<(), DomainError> {
     )
     .map_err(|e| io(to)(e.into()))?;
     let mut dst = std::fs::File::from(fd);
-    let (have, want) = (
-        src.metadata().map_err(io(from))?.len(),
-        dst.metadata().map_err(io(to))?.len(),
-    );
+    let dst_meta = dst.metadata().map_err(io(to))?;
+    let (have, want) = (src.metadata().map_err(io(from))?.len(), dst_meta.len());
     if have != want {
         return Err(DomainError::RamSize {
             domain: domain.to_owned(),
@@ -139,13 +130,88 @@ fn fill_ram(domain: &str, from: &Path, to: &Path) -> Result<(), DomainError> {
             domain_ram: want,
         });
     }
-    std::io::copy(&mut src, &mut dst).map_err(io(to))?;
+    if dst_meta.blocks() != 0 {
+        std::io::copy(&mut src, &mut dst).map_err(io(to))?;
+        return Ok(());
+    }
+    write_nonzero(&src, &dst, have).map_err(io(to))
+}
+
+/// Copies every non-zero page of `src` (its data extents, by `SEEK_DATA`) to the same offset of
+/// `dst`, in runs.
+fn write_nonzero(src: &std::fs::File, dst: &std::fs::File, len: u64) -> std::io::Result<()> {
+    use rustix::fs::SeekFrom;
+    use std::os::unix::fs::FileExt as _;
+    const PAGE: usize = 4096;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0u64;
+    while off < len {
+        let data = match rustix::fs::seek(src, SeekFrom::Data(off)) {
+            Ok(d) => d,
+            Err(rustix::io::Errno::NXIO) => break, // only a hole is left
+            Err(e) => return Err(e.into()),
+        };
+        let hole = rustix::fs::seek(src, SeekFrom::Hole(data))?.min(len);
+        let mut pos = data;
+        while pos < hole {
+            let n = usize::try_from(hole - pos).map_or(buf.len(), |r| r.min(buf.len()));
+            let chunk = &mut buf[..n];
+            src.read_exact_at(chunk, pos)?;
+            let mut page = 0;
+            while page < n {
+                let zero = |p: usize| chunk[p..(p + PAGE).min(n)].iter().all(|&b| b == 0);
+                if zero(page) {
+                    page += PAGE;
+                    continue;
+                }
+                let start = page;
+                while page < n && !zero(page) {
+                    page += PAGE;
+                }
+                let end = page.min(n);
+                dst.write_all_at(&chunk[start..end], pos + start as u64)?;
+            }
+            pos += n as u64;
+        }
+        off = hole;
+    }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn only_nonzero_pages_are_written_into_a_fresh_file() {
+        use std::os::unix::fs::{FileExt as _, MetadataExt as _};
+        let dir = tempfile::tempdir().unwrap();
+        let (from, to) = (dir.path().join("from"), dir.path().join("to"));
+        let src = std::fs::File::create(&from).unwrap();
+        src.set_len(8 << 20).unwrap();
+        src.write_all_at(&[7u8; 5000], 4096 * 3).unwrap(); // two pages, partly
+        src.write_all_at(&[0u8; 4096], 1 << 20).unwrap(); // written zeros: data, not content
+        src.write_all_at(&[9u8], (8 << 20) - 1).unwrap(); // the last byte
+        std::fs::File::create(&to)
+            .unwrap()
+            .set_len(8 << 20)
+            .unwrap();
+        fill_ram("g", &from, &to).unwrap();
+        assert_eq!(std::fs::read(&from).unwrap(), std::fs::read(&to).unwrap());
+        // Three pages written, not 8 MiB.
+        let blocks = std::fs::metadata(&to).unwrap().blocks();
+        assert!(blocks > 0 && blocks <= 3 * 8 + 8, "{blocks} blocks");
+        // A size mismatch is refused before anything is written.
+        std::fs::File::create(&to)
+            .unwrap()
+            .set_len(4 << 20)
+            .unwrap();
+        assert!(matches!(
+            fill_ram("g", &from, &to),
+            Err(DomainError::RamSize { .. })
+        ));
+    }
 
     #[test]
     fn incoming_defer_is_added_once_with_the_namespace() {

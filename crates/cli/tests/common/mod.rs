@@ -172,6 +172,36 @@ pub struct Chain {
     pub pubkey: PathBuf,
 }
 
+impl Chain {
+    /// `snapshot restore` of `seq` under the pinned key, before the target's arguments.
+    pub fn restore_args(&self, seq: u64) -> Vec<String> {
+        [
+            "snapshot",
+            "restore",
+            "--store",
+            self.store.to_str().unwrap(),
+            "--pubkey",
+            self.pubkey.to_str().unwrap(),
+            "--seq",
+            &seq.to_string(),
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+
+    /// Component `name` at `seq`, rebuilt and verified from the chain.
+    pub fn component_at(&self, seq: u64, name: &str, scratch: &Path) -> Vec<u8> {
+        let out = scratch.join(format!("out-{seq}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&out);
+        let mut args = self.restore_args(seq);
+        args.extend(["--out".to_owned(), out.to_str().unwrap().to_owned()]);
+        vmattest(args).ok();
+        let bytes = std::fs::read(out.join(name)).unwrap();
+        std::fs::remove_dir_all(&out).unwrap();
+        bytes
+    }
+}
+
 pub fn chain(dir: &Path, name: &str) -> Chain {
     let key = dir.join("key");
     if !key.exists() {
@@ -232,6 +262,18 @@ pub fn check_capture(j: &serde_json::Value, seq: u64, components: &[&str]) {
         let total = j["total_pages"].as_u64().unwrap();
         assert!(changed * 10 < total, "{changed} of {total} pages changed");
     }
+}
+
+/// Flips a byte in the middle of the store's first page batch; returns the file and its bytes
+/// before, to put back.
+pub fn tamper_baseline_batch(store: &Path) -> (PathBuf, Vec<u8>) {
+    let victim = baseline_batch(store);
+    let original = std::fs::read(&victim).unwrap();
+    let mut bad = original.clone();
+    let n = bad.len();
+    bad[n / 2] ^= 0x40;
+    std::fs::write(&victim, &bad).unwrap();
+    (victim, original)
 }
 
 /// The first page batch the baseline wrote: the oldest batch object (kind 6 in its header).
