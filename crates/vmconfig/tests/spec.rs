@@ -46,6 +46,7 @@ format = "qcow2"
 mac = "52:54:00:AA:00:01"
 [[nic]]
 mac = "52:54:00:aa:00:02"
+bridge = "br0"
 "#,
     );
     let params = spec_params(&spec).unwrap();
@@ -65,7 +66,9 @@ mac = "52:54:00:aa:00:02"
             ("machine", "q35"),
             ("memory_mib", "512"),
             ("nic.0.mac", "52:54:00:aa:00:01"),
+            ("nic.0.net", "user"),
             ("nic.1.mac", "52:54:00:aa:00:02"),
+            ("nic.1.net", "bridge:br0"),
             ("vcpus", "2"),
         ]
     );
