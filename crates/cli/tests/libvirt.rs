@@ -15,14 +15,14 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::guest::{console_text, console_ticks, guest_dir, wait_tick};
+use common::domain::{Shape, TestDomain};
 use common::runtime::{Attested, json_lines};
+use common::server::{Server, register_vms, token};
 use common::{
     Chain, chain, check_capture, disk_block, newest_block, tamper_baseline_batch, vmattest,
 };
+use vmattest_api::Role;
 use vmattest_testkit::PrivateLibvirt;
-
-const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Tests run side by side, except those that see what the others do: libvirt runs the hooks in
 /// /etc/libvirt/hooks for every daemon (the tests' private ones too), and every capture makes
@@ -39,167 +39,6 @@ fn alone() -> std::sync::RwLockWriteGuard<'static, ()> {
     TESTS
         .write()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// What a test domain looks like to its guest.
-struct Shape {
-    shared_ram: bool,
-    memory_mib: u32,
-    vcpus: u32,
-    mac: &'static str,
-    /// The fresh disk's byte at offset 4096: another value is another disk.
-    disk_byte: u8,
-}
-
-impl Default for Shape {
-    fn default() -> Shape {
-        Shape {
-            shared_ram: true,
-            memory_mib: 128,
-            vcpus: 1,
-            mac: "52:54:00:a7:00:01",
-            disk_byte: 0,
-        }
-    }
-}
-
-/// A domain of the test guest: 128 MiB, one raw 4 MiB disk `vda`, one user-mode NIC, the
-/// console in a file.
-struct TestDomain<'a> {
-    lv: &'a PrivateLibvirt,
-    name: &'static str,
-    console: PathBuf,
-}
-
-impl<'a> TestDomain<'a> {
-    fn define(lv: &'a PrivateLibvirt, name: &'static str, shared_ram: bool) -> TestDomain<'a> {
-        let shape = Shape {
-            shared_ram,
-            ..Shape::default()
-        };
-        TestDomain::define_as(lv, name, &shape)
-    }
-
-    fn define_as(lv: &'a PrivateLibvirt, name: &'static str, shape: &Shape) -> TestDomain<'a> {
-        let shared_ram = shape.shared_ram;
-        let dir = lv.vm_dir();
-        let guest = guest_dir();
-        for f in ["vmlinuz", "initramfs.cpio.gz"] {
-            let to = dir.join(f);
-            if !to.exists() {
-                std::fs::copy(guest.join(f), &to).unwrap();
-                lv.give(&to).unwrap();
-            }
-        }
-        let disk = dir.join(format!("{name}-vda.raw"));
-        let mut bytes = vec![0u8; 4 << 20];
-        bytes[4096] = shape.disk_byte;
-        std::fs::write(&disk, bytes).unwrap();
-        lv.give(&disk).unwrap();
-        let console = dir.join(format!("{name}-console.log"));
-        let backing = if shared_ram {
-            "<memoryBacking><source type='file'/><access mode='shared'/></memoryBacking>"
-        } else {
-            ""
-        };
-        let xml = format!(
-            "<domain type='qemu'>
-  <name>{name}</name>
-  <memory unit='MiB'>{memory}</memory>
-  <vcpu>{vcpus}</vcpu>
-  {backing}
-  <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
-    <kernel>{dir}/vmlinuz</kernel>
-    <initrd>{dir}/initramfs.cpio.gz</initrd>
-    <cmdline>console=ttyS0 quiet panic=-1</cmdline>
-  </os>
-  <on_reboot>destroy</on_reboot>
-  <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='raw'/>
-      <source file='{disk}'/>
-      <target dev='vda' bus='virtio'/>
-    </disk>
-    <interface type='user'><mac address='{mac}'/><model type='virtio'/></interface>
-    <serial type='file'><source path='{console}' append='off'/><target port='0'/></serial>
-    <memballoon model='none'/>
-  </devices>
-</domain>",
-            dir = dir.display(),
-            disk = disk.display(),
-            console = console.display(),
-            memory = shape.memory_mib,
-            vcpus = shape.vcpus,
-            mac = shape.mac,
-        );
-        let path = dir.join(format!("{name}.xml"));
-        std::fs::write(&path, xml).unwrap();
-        lv.virsh_ok(&["define", path.to_str().unwrap()]);
-        TestDomain { lv, name, console }
-    }
-
-    /// A handle on a domain defined earlier.
-    fn of(lv: &'a PrivateLibvirt, name: &'static str) -> TestDomain<'a> {
-        let console = lv.vm_dir().join(format!("{name}-console.log"));
-        TestDomain { lv, name, console }
-    }
-
-    fn start(&self) {
-        self.lv.virsh_ok(&["start", self.name]);
-        let t = Instant::now();
-        while !self.console_text().contains("READY") {
-            assert!(
-                t.elapsed() < BOOT_TIMEOUT,
-                "no READY: {}",
-                self.console_text()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn console_text(&self) -> String {
-        console_text(&self.console)
-    }
-
-    /// Waits for a tick newer than the last one seen, and returns it.
-    fn next_tick(&self) -> u64 {
-        let before = console_ticks(&self.console).last().copied();
-        wait_tick(&self.console, before, BOOT_TIMEOUT)
-    }
-
-    fn state(&self) -> String {
-        self.lv.virsh_ok(&["domstate", self.name])
-    }
-
-    fn id(&self) -> String {
-        self.lv.virsh_ok(&["domid", self.name])
-    }
-
-    /// After a restore to a capture whose disk holds block `tick`, the guest's first tick (on
-    /// the console libvirt opened anew) is `tick` or `tick + 1`.
-    fn continues_from(&self, tick: u64) {
-        wait_tick(&self.console, None, BOOT_TIMEOUT);
-        let first = console_ticks(&self.console).first().copied();
-        assert!(
-            first == Some(tick) || first == Some(tick + 1),
-            "{} should continue at tick {tick} or {}, not {first:?}: {}",
-            self.name,
-            tick + 1,
-            self.console_text()
-        );
-    }
-
-    /// One field of `virsh dominfo`.
-    fn info(&self, field: &str) -> String {
-        let out = self.lv.virsh_ok(&["dominfo", self.name]);
-        out.lines()
-            .find_map(|l| l.strip_prefix(field).and_then(|r| r.strip_prefix(':')))
-            .unwrap_or_else(|| panic!("no {field} in {out}"))
-            .trim()
-            .to_owned()
-    }
 }
 
 fn restore(lv: &PrivateLibvirt, c: &Chain, seq: u64, name: &str) -> common::Run {
@@ -540,29 +379,85 @@ fn launch_gate_refuses_changed_domains_and_starts_the_matching_one() {
     ok.start();
     assert_eq!(ok.state(), "running");
 
-    // Against a server that cannot be reached, the gate fails closed unless told otherwise.
-    let token = vm.join("token");
-    std::fs::write(&token, "vmattest-token").unwrap();
-    let host_key = vm.join("host.key");
-    std::fs::copy(&key, &host_key).unwrap();
-    for f in [&token, &host_key] {
-        lv.give(f).unwrap();
+    // Through a server: it holds each VM's reference, checks the host-signed measurement,
+    // and the gate checks its verdict under the pinned EAR key.
+    let server = Server::start(&dir.join("state"), None);
+    let admin = server.admin_token();
+    let host_pub = pubkey.to_str().unwrap();
+    server
+        .remote(
+            &admin,
+            &["host", "add", "--name", "h1", "--pubkey", host_pub],
+        )
+        .ok();
+    let client = vmattest_client::Client::new(&server.url(), Some(admin.clone())).unwrap();
+    register_vms(&client, "h1", &["gate-ok", "gate-mem"]);
+    // libvirt runs the hook as its user: what it reads must be readable by it.
+    let private = |name: &str, bytes: &[u8]| {
+        let path = vm.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        lv.give(&path).unwrap();
+        path
+    };
+    let agent = private(
+        "agent.token",
+        token(&client, Role::Agent, Some("h1")).as_bytes(),
+    );
+    let admin_file = dir.join("admin.token");
+    std::fs::write(&admin_file, &admin).unwrap();
+    let mac_only = dir.join("mac-only.toml");
+    std::fs::write(
+        &mac_only,
+        "[expect]\nmemory_mib = 128\nvcpus = 1\n\"nic.0.mac\" = \"52:54:00:a7:00:01\"\n",
+    )
+    .unwrap();
+    for name in ["gate-ok", "gate-mem"] {
+        vmattest([
+            "config",
+            "push-reference",
+            "--server",
+            &server.url(),
+            "--token-file",
+            admin_file.to_str().unwrap(),
+            "--vm",
+            name,
+            "--reference",
+            mac_only.to_str().unwrap(),
+        ])
+        .ok();
     }
-    let server = |extra: &[&str]| {
+    let ear = server.remote(&admin, &["ear-key", "--json"]).ok().stdout;
+    let ear = private("ear-key.json", ear.as_bytes());
+    let host_key = private("host.key", &std::fs::read(&key).unwrap());
+    let url = server.url();
+    let through = |url: &str, extra: &[&str]| {
         let mut args = vec![
             "libvirt",
             "install-hook",
             "--server",
-            "http://127.0.0.1:9",
+            url,
             "--token-file",
-            token.to_str().unwrap(),
+            agent.to_str().unwrap(),
             "--key",
             host_key.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
         common::run_program(&exe, &args).ok();
     };
-    server(&[]);
+    through(&url, &["--server-key", ear.to_str().unwrap()]);
+    lv.virsh_ok(&["destroy", "gate-ok"]);
+    let out = lv.virsh(&["start", "gate-mem"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("memory_mib"),
+        "{stderr}"
+    );
+    lv.virsh_ok(&["start", "gate-ok"]);
+    assert_eq!(ok.state(), "running");
+
+    // Against a server that cannot be reached, the gate fails closed unless told otherwise.
+    let unreachable = |extra: &[&str]| through("http://127.0.0.1:9", extra);
+    unreachable(&[]);
     let cpu = TestDomain::of(&lv, "gate-cpu");
     let out = lv.virsh(&["start", cpu.name]);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -571,7 +466,7 @@ fn launch_gate_refuses_changed_domains_and_starts_the_matching_one() {
         "{stderr}"
     );
     assert_eq!(cpu.state(), "shut off");
-    server(&["--fail-open"]);
+    unreachable(&["--fail-open"]);
     lv.virsh_ok(&["start", cpu.name]);
     assert_eq!(cpu.state(), "running");
 

@@ -7,6 +7,7 @@
     clippy::cast_possible_truncation
 )]
 
+pub mod domain;
 pub mod guest;
 pub mod runtime;
 pub mod server;
