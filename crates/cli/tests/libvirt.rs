@@ -394,8 +394,10 @@ fn launch_gate_refuses_changed_domains_and_starts_the_matching_one() {
     register_vms(&client, "h1", &["gate-ok", "gate-mem"]);
     // libvirt runs the hook as its user: what it reads must be readable by it.
     let private = |name: &str, bytes: &[u8]| {
+        use std::os::unix::fs::PermissionsExt as _;
         let path = vm.join(name);
         std::fs::write(&path, bytes).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         lv.give(&path).unwrap();
         path
     };
