@@ -48,6 +48,36 @@ fn connect_from(last: u8, to: SocketAddr) -> TcpStream {
 
 /// True when the server closes `s` within `wait` (end of stream or reset); bytes it sends are
 /// read and skipped.
+/// A connection from 127.0.0.`last` that the server has accepted and served one request on
+/// (so it counts against the caps for sure), kept open.
+fn served_from(last: u8, to: SocketAddr) -> TcpStream {
+    let mut s = connect_from(last, to);
+    s.write_all(b"GET /v1/health HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed before answering: {got:?}");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .unwrap();
+            if body.len() >= len {
+                return s;
+            }
+        }
+    }
+}
+
 fn closed_within(s: &mut TcpStream, wait: Duration) -> bool {
     let deadline = Instant::now() + wait;
     let mut buf = [0u8; 4096];
@@ -212,7 +242,8 @@ fn regression_connections_over_cap_closed_at_once() {
         &["--max-connections", "10", "--max-connections-per-ip", "4"],
     );
     let to = addr(&server);
-    let mut held: Vec<TcpStream> = (0..4).map(|_| connect_from(1, to)).collect();
+    // Each held connection is served once first: the server has surely accepted it.
+    let mut held: Vec<TcpStream> = (0..4).map(|_| served_from(1, to)).collect();
     // A fifth from the same address is closed at once, not queued.
     let mut over = connect_from(1, to);
     // "At once" against a loaded test machine: well below the 10 s header timeout that would
@@ -222,9 +253,8 @@ fn regression_connections_over_cap_closed_at_once() {
     // Other addresses are still served.
     assert!(health_from(2, to) < Duration::from_secs(1));
     // Up to the total cap: 4 + 4 + 2.
-    held.extend((0..4).map(|_| connect_from(3, to)));
-    held.extend((0..2).map(|_| connect_from(4, to)));
-    std::thread::sleep(Duration::from_millis(200));
+    held.extend((0..4).map(|_| served_from(3, to)));
+    held.extend((0..2).map(|_| served_from(4, to)));
     let mut over = connect_from(5, to);
     assert!(closed_within(&mut over, Duration::from_secs(5)));
     // Closing some gives their places back.
