@@ -327,3 +327,56 @@ fn bare_file_names_are_written_in_the_current_directory() {
     );
     assert!(dir.path().join("rec").exists());
 }
+
+/// Found in review: the libvirt hook read its token and key before looking at which call it
+/// was, so a missing token failed every call, and libvirt aborts a migration or a restore
+/// whose hook fails. Only `prepare begin` and `start begin` may fail.
+#[test]
+fn regression_hook_fails_only_the_calls_it_gates() {
+    let run = |op: &str, sub: &str| {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vmattest"))
+            .args(["libvirt", "hook", "--server", "http://127.0.0.1:9"])
+            .args([
+                "--token-file",
+                "/nonexistent/token",
+                "--key",
+                "/nonexistent/key",
+            ])
+            .args(["--", "web1", op, sub, "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().unwrap();
+        let _ = stdin.write_all(b"<domain type='kvm'><name>web1</name></domain>");
+        drop(stdin);
+        child.wait_with_output().unwrap()
+    };
+    for (op, sub) in [
+        ("migrate", "begin"),
+        ("restore", "begin"),
+        ("started", "begin"),
+        ("stopped", "end"),
+        ("release", "end"),
+        ("reconnect", "begin"),
+    ] {
+        let out = run(op, sub);
+        assert!(out.status.success(), "{op} {sub}: {out:?}");
+        assert!(
+            out.stdout.is_empty(),
+            "{op} {sub}: a hook's output replaces the XML"
+        );
+    }
+    for op in ["prepare", "start"] {
+        let out = run(op, "begin");
+        assert!(
+            !out.status.success(),
+            "{op}: a gate that cannot check must refuse"
+        );
+        assert!(out.stdout.is_empty());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}

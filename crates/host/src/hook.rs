@@ -130,6 +130,21 @@ impl fmt::Display for HookOutcome {
     }
 }
 
+/// Whether a hook call with libvirt's arguments `argv` is one the gate checks: `prepare begin`
+/// or `start begin` of the gated domain. Every other call (`started`, `stopped`, `release`,
+/// `migrate`, `restore`, `reconnect`, ...) must succeed whatever else fails: libvirt aborts a
+/// migration or a restore whose hook fails.
+pub fn gated(argv: &[String], only: Option<&str>) -> bool {
+    match argv {
+        [name, op, sub, _] => {
+            matches!(op.as_str(), "prepare" | "start")
+                && sub == "begin"
+                && only.is_none_or(|o| o == name)
+        }
+        _ => false,
+    }
+}
+
 /// One hook call: `argv` is libvirt's `NAME OP SUBOP EXTRA`, `xml` its standard input. `only`
 /// restricts the gate to one domain; `fail_open` lets a domain start when the server cannot
 /// be reached (never when it answers with a mismatch).
@@ -140,7 +155,7 @@ pub fn run(
     only: Option<&str>,
     fail_open: bool,
 ) -> Result<HookOutcome, HookError> {
-    let [name, op, sub, _extra] = argv else {
+    let [name, op, _, _] = argv else {
         return Err(HookError::Args {
             found: argv.to_vec(),
         });
@@ -152,10 +167,7 @@ pub fn run(
         root: None,
         warning: None,
     };
-    let gated = matches!(op.as_str(), "prepare" | "start")
-        && sub == "begin"
-        && only.is_none_or(|o| o == name);
-    if !gated {
+    if !gated(argv, only) {
         return Ok(outcome);
     }
     let origin = PathBuf::from(format!("from libvirt for domain {name}"));
