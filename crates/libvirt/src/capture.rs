@@ -44,6 +44,13 @@ pub enum DomainError {
         #[source]
         source: std::io::Error,
     },
+    /// A restore failed after the domain's old QEMU was stopped: it is not running.
+    #[error("domain {domain}: stopped for the restore and not running now")]
+    Stopped {
+        domain: String,
+        #[source]
+        source: Box<DomainError>,
+    },
     #[error("domain {domain}: its definition is not a <domain> document as libvirt writes it")]
     Definition { domain: String },
     #[error("{}", path.display())]
@@ -82,6 +89,7 @@ impl Classify for DomainError {
             | DomainError::NotRunning { .. } => ErrorClass::Input,
             DomainError::Qmp { source, .. } => source.class(),
             DomainError::Capture(e) => e.class(),
+            DomainError::Stopped { source, .. } => source.class(),
             DomainError::Scratch { .. } | DomainError::Io { .. } => ErrorClass::Environment,
             DomainError::Definition { .. } | DomainError::RamSize { .. } => ErrorClass::Input,
             DomainError::RamFile { .. } => ErrorClass::Verification,

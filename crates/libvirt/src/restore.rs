@@ -58,19 +58,33 @@ pub fn restore(
         domain.destroy()?;
     }
     drop(domain);
-    place_disks(name, &disks, staged)?;
-    let domain = conn.create_paused(name, &incoming)?;
-    let ram = ram_file(&domain, layout.memory_mib)?;
-    fill_ram(name, &staged.join(RAM), &ram)?;
-    let mut mon = DomainMonitor::new(&domain);
-    load_device_state(&mut mon, name, &staged.join(DEVICE_STATE))?;
-    // libvirt's own later jobs (save, migration) must find the setting as QEMU's default.
-    mon.set_capabilities(&[("x-ignore-shared", false)])
-        .map_err(|source| DomainError::Qmp {
-            domain: name.to_owned(),
-            source,
-        })?;
-    domain.resume()?;
+    // From here on the old QEMU is gone: a failure says so, and a half-started new one is
+    // stopped rather than left waiting for a stream.
+    let stopped = |source: DomainError| DomainError::Stopped {
+        domain: name.to_owned(),
+        source: Box::new(source),
+    };
+    place_disks(name, &disks, staged).map_err(|e| stopped(e.into()))?;
+    let domain = conn
+        .create_paused(name, &incoming)
+        .map_err(|e| stopped(e.into()))?;
+    let started = (|| {
+        let ram = ram_file(&domain, layout.memory_mib)?;
+        fill_ram(name, &staged.join(RAM), &ram)?;
+        let mut mon = DomainMonitor::new(&domain);
+        load_device_state(&mut mon, name, &staged.join(DEVICE_STATE))?;
+        // libvirt's own later jobs (save, migration) must find the setting as QEMU's default.
+        mon.set_capabilities(&[("x-ignore-shared", false)])
+            .map_err(|source| DomainError::Qmp {
+                domain: name.to_owned(),
+                source,
+            })?;
+        Ok::<(), DomainError>(domain.resume()?)
+    })();
+    if let Err(e) = started {
+        let _ = domain.destroy();
+        return Err(stopped(e));
+    }
     Ok(RestoreReport {
         verified,
         rebuild,
