@@ -47,12 +47,11 @@ impl Layout {
     }
 
     fn of_domain(live: &LiveDomain<'_>) -> Layout {
-        let t = live.target(Path::new("/"));
         Layout {
-            name: t.name.to_owned(),
-            ram: t.ram,
-            disks: t.disks,
-            config: t.config,
+            name: live.domain.name().to_owned(),
+            ram: live.ram.clone(),
+            disks: live.disks(),
+            config: live.config_bytes(),
         }
     }
 }

@@ -139,12 +139,17 @@ impl<'c> LiveDomain<'c> {
         config_bytes(&self.layout)
     }
 
+    /// The domain's disks, named by their target dev.
+    pub fn disks(&self) -> Vec<Disk> {
+        disks(&self.layout)
+    }
+
     /// What the capture reads; its scratch directory is made in `scratch_in`.
     pub fn target(&self, scratch_in: &Path) -> Target<'_> {
         Target {
             name: self.domain.name(),
             ram: self.ram.clone(),
-            disks: disks(&self.layout),
+            disks: self.disks(),
             config: self.config_bytes(),
             scratch_in: scratch_in.to_path_buf(),
             spec: None,

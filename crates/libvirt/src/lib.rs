@@ -112,13 +112,22 @@ impl Connection {
         // SAFETY: the connection pointer is live (owned by `self`), `c` is NUL-terminated and
         // outlives the call; a null result is handled below.
         let ptr = unsafe { ffi::virDomainLookupByName(self.ptr.as_ptr(), c.as_ptr()) };
-        let ptr = NonNull::new(ptr).ok_or_else(|| LibvirtError::NoDomain {
+        self.own(ptr, name, || LibvirtError::NoDomain {
             uri: self.uri.clone(),
             name: name.to_owned(),
             detail: last_error(),
-        })?;
+        })
+    }
+
+    /// A domain handle libvirt returned (null: the call failed, `err` says how).
+    fn own(
+        &self,
+        ptr: *mut ffi::VirDomain,
+        name: &str,
+        err: impl FnOnce() -> LibvirtError,
+    ) -> Result<Domain<'_>, LibvirtError> {
         Ok(Domain {
-            ptr,
+            ptr: NonNull::new(ptr).ok_or_else(err)?,
             name: name.to_owned(),
             _conn: self,
         })
@@ -132,15 +141,10 @@ impl Connection {
         // a null result is handled below.
         let ptr =
             unsafe { ffi::virDomainCreateXML(self.ptr.as_ptr(), c.as_ptr(), ffi::START_PAUSED) };
-        let ptr = NonNull::new(ptr).ok_or_else(|| LibvirtError::Call {
+        self.own(ptr, name, || LibvirtError::Call {
             domain: name.to_owned(),
             what: "start",
             detail: last_error(),
-        })?;
-        Ok(Domain {
-            ptr,
-            name: name.to_owned(),
-            _conn: self,
         })
     }
 }
