@@ -15,6 +15,8 @@ fuzz_target!(|data: &[u8]| {
     if !only_fixture_paths(xml) {
         return;
     }
+    // The layout a capture or restore reads from the same XML: it must never panic either.
+    let _ = vmattest_vmconfig::domain::domain_layout(xml, Path::new("domain.xml"));
     let Ok(params) = vmattest_vmconfig::domain_params(xml, Path::new("domain.xml")) else {
         return;
     };
