@@ -42,11 +42,14 @@ if [ ${#missing[@]} -gt 0 ] || [ ${#bpo_missing[@]} -gt 0 ]; then
       -t bookworm-backports "${bpo_missing[@]}" systemd-container/bookworm >/dev/null
 fi
 
-# An independent ML-DSA implementation, used only as a test oracle.
+# Test oracles: an independent ML-DSA implementation, and two JWT libraries that fetch the
+# server's JWKS (PyJWT's PyJWKClient for legacy EdDSA names, joserfc for RFC 9864 names).
 CACHE=${VMATTEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vmattest}
 VENV=$CACHE/venv
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import dilithium_py' 2>/dev/null; then
+ORACLES=('dilithium-py==1.4.0' 'PyJWT[crypto]==2.10.1' 'joserfc==1.5.0')
+if [ ! -x "$VENV/bin/python" ] ||
+   ! "$VENV/bin/python" -c 'import dilithium_py, jwt, joserfc; assert jwt.__version__ == "2.10.1"' 2>/dev/null; then
   mkdir -p "$CACHE"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q 'dilithium-py==1.4.0'
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q "${ORACLES[@]}"
 fi

@@ -244,18 +244,56 @@ pub struct AttestationResult {
     pub ear: String,
 }
 
+/// One alert per VM and cause while it is active: later results with the same cause raise its
+/// `count` instead of adding alerts. A result at or above the threshold resolves it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Alert {
     pub id: i64,
     pub vm: String,
+    /// What failed, for example the regions that differ; equal causes share one alert.
+    pub cause: String,
+    /// `open`, `acknowledged` or `resolved`.
+    pub state: AlertState,
+    /// The result that opened it, and when.
     pub result_id: i64,
     #[serde(with = "time")]
     pub time: UnixTime,
+    /// Results counted in it so far; the last one's id, time, score, status and message.
+    pub count: u64,
+    pub last_result_id: i64,
+    #[serde(with = "time")]
+    pub last_time: UnixTime,
     pub score: u8,
     pub status: String,
     pub message: String,
+    #[serde(with = "time::opt")]
+    pub acknowledged_time: Option<UnixTime>,
+    /// Who acknowledged it: the token's role and host, if any.
+    pub acknowledged_by: Option<String>,
+    #[serde(with = "time::opt")]
+    pub resolved_time: Option<UnixTime>,
+    /// Whether the VM had a webhook when the alert opened; only then is delivery tracked.
+    pub webhook: bool,
     pub webhook_delivered: bool,
     pub webhook_attempts: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertState {
+    Open,
+    Acknowledged,
+    Resolved,
+}
+
+impl AlertState {
+    pub fn name(self) -> &'static str {
+        match self {
+            AlertState::Open => "open",
+            AlertState::Acknowledged => "acknowledged",
+            AlertState::Resolved => "resolved",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -116,16 +116,23 @@ impl fmt::Display for AttestationResult {
 
 impl fmt::Display for Alert {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let delivered = if self.webhook_delivered {
-            "delivered"
-        } else {
-            "not delivered"
-        };
         write!(
             f,
-            "{}  {}  {}  score {:>3} ({})  result {}  webhook {delivered}: {}",
-            self.id, self.time, self.vm, self.score, self.status, self.result_id, self.message
-        )
+            "{}  {}  {}  {}  x{}  last {}  score {:>3} ({})",
+            self.id,
+            self.time,
+            self.vm,
+            self.state.name(),
+            self.count,
+            self.last_time,
+            self.score,
+            self.status
+        )?;
+        if self.webhook {
+            let delivered = if self.webhook_delivered { "" } else { "not " };
+            write!(f, "  webhook {delivered}delivered")?;
+        }
+        write!(f, ": {}", self.message)
     }
 }
 

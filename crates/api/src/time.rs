@@ -26,6 +26,25 @@ pub fn from_secs(secs: i64) -> UnixTime {
     }
 }
 
+/// The same form for an optional time (`null` when absent): `#[serde(with = "time::opt")]`.
+pub mod opt {
+    use serde::{Deserialize as _, Deserializer, Serializer};
+    use vmattest_core::record::UnixTime;
+
+    pub fn serialize<S: Serializer>(t: &Option<UnixTime>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.collect_str(t),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<UnixTime>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|text| text.parse().map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

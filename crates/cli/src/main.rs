@@ -6,6 +6,7 @@ mod args;
 mod cmd;
 mod output;
 mod progress;
+mod userconf;
 
 use std::io::Write as _;
 use std::process::ExitCode;

@@ -6,224 +6,19 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use common::server::{Server, Webhook, http, json_of, verify_jwt};
-use common::{vm_like, vmattest};
-use vmattest_agent::evidence::{Measured, evidence_bytes, sign};
+use common::fixture::{Fixture, HOOK_SECRET, evidence_for, flip_code_byte, refused, setup};
+use common::server::{Server, http, json_of, verify_jwt};
+use common::vmattest;
+use vmattest_agent::evidence::sign;
 use vmattest_agent::run::check_challenge;
-use vmattest_api::{
-    AttestationResult, ErrorCode, NewHost, NewPolicy, NewToken, NewVm, Role, Webhook as Hook,
-};
+use vmattest_api::{AttestationResult, ErrorCode, NewToken, Role};
 use vmattest_client::Client;
-use vmattest_core::attest::{Evidence, Policy};
+use vmattest_core::attest::Evidence;
 use vmattest_core::record::UnixTime;
-use vmattest_sign::{PublicKey, SecretKey, SigAlg, Signer};
-
-const PAGES: usize = 64;
-const POLICY: &str = r#"
-name = "file-guest"
-hash = "sha256"
-schedule_secs = 5
-
-[[region]]
-name = "code"
-start = 0x0
-len = 0x8000
-weight = 10
-critical = true
-kernel_code = true
-
-[[region]]
-name = "data"
-start = 0x10000
-len = 0x10000
-sample = 4
-
-[[subset]]
-id = "code"
-regions = ["code"]
-"#;
-const HOOK_SECRET: &str = "0123456789abcdef-hook";
-
-struct Fixture {
-    _dir: tempfile::TempDir,
-    dir: PathBuf,
-    ram: PathBuf,
-    host_key: SecretKey,
-    policy: Policy,
-    agent: Client,
-    auditor: Client,
-    admin: Client,
-    admin_token: String,
-    agent_token: String,
-    auditor_token: String,
-    hook: Webhook,
-}
-
-fn write_key(dir: &Path, name: &str) -> (SecretKey, PathBuf) {
-    let out = dir.join(name);
-    vmattest(["keygen", "--alg", "ed25519", "--out", out.to_str().unwrap()]).ok();
-    let key = vmattest_sign::keyfile::read_secret_key(&out).unwrap();
-    (key, out)
-}
-
-/// A store with one snapshot of `ram`, and everything registered on `server`.
-fn setup(server: &Server) -> Fixture {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().to_path_buf();
-    let ram = dir.join("ram.img");
-    std::fs::write(&ram, vm_like(PAGES * 4096, 7)).unwrap();
-    let (host_key, _) = write_key(&dir, "host.key");
-    let (_, chain_key) = write_key(&dir, "chain.key");
-    let store = dir.join("store");
-    let s = |p: &Path| p.to_str().unwrap().to_string();
-    vmattest([
-        "snapshot",
-        "init",
-        "--store",
-        &s(&store),
-        "--vm-id",
-        "file-guest",
-        "--alg",
-        "sha256",
-    ])
-    .ok();
-    vmattest([
-        "snapshot",
-        "take",
-        "--store",
-        &s(&store),
-        "--memory",
-        &format!("ram={}", s(&ram)),
-        "--key",
-        &s(&chain_key),
-    ])
-    .ok();
-    std::fs::write(dir.join("policy.toml"), POLICY).unwrap();
-    let resolved = vmattest([
-        "policy",
-        "resolve",
-        "--policy",
-        &s(&dir.join("policy.toml")),
-    ])
-    .ok();
-    std::fs::write(dir.join("resolved.toml"), &resolved.stdout).unwrap();
-    let policy = Policy::parse(&resolved.stdout, None).unwrap();
-
-    let admin_token = server.admin_token();
-    let admin = Client::new(&server.url(), Some(admin_token.clone())).unwrap();
-    let hook = Webhook::start();
-    admin
-        .add_host(&NewHost {
-            name: "host1".into(),
-            public_key_pem: host_key.public_key().to_pem(),
-            tpm: None,
-        })
-        .unwrap();
-    let p = admin
-        .add_policy(&NewPolicy {
-            toml: resolved.stdout.clone(),
-        })
-        .unwrap();
-    assert_eq!(p.id, policy.id().to_hex());
-    admin
-        .add_vm(&NewVm {
-            name: "vm1".into(),
-            host: "host1".into(),
-            policy_id: p.id.clone(),
-            approved_subsets: vec!["all".into()],
-            threshold: 90,
-            webhook: Some(Hook {
-                url: hook.url.clone(),
-                secret: HOOK_SECRET.into(),
-            }),
-            on_alert: Default::default(),
-        })
-        .unwrap();
-    // The baseline goes through the CLI: verified chain, rebuilt memory, page digests.
-    let token_file = dir.join("admin.token");
-    std::fs::write(&token_file, &admin_token).unwrap();
-    vmattest([
-        "remote",
-        "--server",
-        &server.url(),
-        "--token-file",
-        &s(&token_file),
-        "baseline",
-        "--vm",
-        "vm1",
-        "--store",
-        &s(&store),
-        "--seq",
-        "0",
-        "--policy",
-        &s(&dir.join("resolved.toml")),
-        "--pubkey",
-        &format!("{}.pub", s(&chain_key)),
-        "--component",
-        "ram",
-    ])
-    .ok();
-    let token = |role, host: Option<&str>| {
-        admin
-            .create_token(&NewToken {
-                role,
-                host: host.map(str::to_string),
-            })
-            .unwrap()
-            .token
-    };
-    let agent_token = token(Role::Agent, Some("host1"));
-    let auditor_token = token(Role::Auditor, None);
-    Fixture {
-        agent: Client::new(&server.url(), Some(agent_token.clone())).unwrap(),
-        auditor: Client::new(&server.url(), Some(auditor_token.clone())).unwrap(),
-        admin,
-        admin_token,
-        agent_token,
-        auditor_token,
-        _dir: tmp,
-        dir,
-        ram,
-        host_key,
-        policy,
-        hook,
-    }
-}
-
-/// Challenge, then evidence over the RAM file as it is now, signed by `key`.
-fn evidence_for(f: &Fixture, key: &dyn Signer) -> Vec<u8> {
-    let c = f.agent.challenge("vm1").unwrap();
-    let (policy, nonce) = check_challenge("vm1", &c).unwrap();
-    let ram = std::fs::read(&f.ram).unwrap();
-    let (regions, kernel_code) = vmattest_agent::measure(&ram, &policy, &c.subset, &nonce).unwrap();
-    evidence_bytes(
-        Measured {
-            vm: "vm1",
-            nonce: &nonce,
-            policy: &policy,
-            subset: &c.subset,
-            regions,
-            kernel_code,
-        },
-        key,
-    )
-    .unwrap()
-}
-
-fn refused(r: Result<AttestationResult, vmattest_client::ClientError>, code: ErrorCode) -> String {
-    let e = r.expect_err("expected a refusal");
-    assert_eq!(e.code(), Some(&code), "{e}");
-    e.to_string()
-}
-
-fn flip_code_byte(ram: &Path) {
-    let mut bytes = std::fs::read(ram).unwrap();
-    bytes[3 * 4096 + 100] ^= 0x5a;
-    std::fs::write(ram, bytes).unwrap();
-}
+use vmattest_sign::{PublicKey, SecretKey, SigAlg, Signer as _};
 
 fn attestation_flow(server: &Server) {
     let f = setup(server);
@@ -381,7 +176,7 @@ fn attestation_flow(server: &Server) {
     assert_eq!(results[0].id, r.id);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let alerts = f.auditor.alerts(Some("vm1")).unwrap();
+        let alerts = f.auditor.alerts(Some("vm1"), false).unwrap();
         assert_eq!(alerts.len(), 1);
         if alerts[0].webhook_delivered {
             break;
@@ -443,8 +238,11 @@ fn restart_loses_nothing(state: &Path, db: Option<&str>) {
         .map(|r| r.id)
         .collect();
     assert_eq!(ids, vec![after.id, alerted.id, first.id]);
-    let alerts = auditor.alerts(Some("vm1")).unwrap();
-    assert_eq!(alerts.len(), 2, "{alerts:?}");
+    // Both alerting results (one before the crash, one after) count in one alert.
+    let alerts = auditor.alerts(Some("vm1"), false).unwrap();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0].count, 2, "{alerts:?}");
+    assert_eq!(alerts[0].last_result_id, after.id, "{alerts:?}");
     // A replay after the restart is still named as one.
     refused(agent.evidence(&pending), ErrorCode::ReplayedNonce);
 }

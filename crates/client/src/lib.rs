@@ -164,8 +164,8 @@ impl Client {
     }
 
     fn url(&self, path: &str) -> String {
-        // Prometheus scrapes the conventional path, outside the versioned API.
-        if path == "/metrics" {
+        // Prometheus and JWT clients use conventional paths, outside the versioned API.
+        if path == "/metrics" || path.starts_with("/.well-known/") {
             format!("{}{path}", self.base)
         } else {
             format!("{}{API_PREFIX}{path}", self.base)
@@ -292,6 +292,22 @@ impl Client {
         self.get("/ear-key")
     }
 
+    /// The JWKS: the current EAR key and those it replaced.
+    pub fn jwks(&self) -> Result<serde_json::Value, ClientError> {
+        self.get("/.well-known/jwks.json")
+    }
+
+    /// Replaces the EAR signing key (admin); `alg` is `ed25519` or `p384` (default: the
+    /// current key's type). Returns the new key.
+    pub fn rotate_ear_key(&self, alg: Option<&str>) -> Result<EarKey, ClientError> {
+        let path = match alg {
+            Some(a) => format!("/ear-key/rotate?alg={}", seg("alg", a)?),
+            None => "/ear-key/rotate".to_owned(),
+        };
+        let bytes = self.request("POST", &path, None)?;
+        self.decode(&path, &bytes)
+    }
+
     /// The OpenAPI document, as JSON.
     pub fn openapi(&self) -> Result<serde_json::Value, ClientError> {
         self.get("/openapi.json")
@@ -374,12 +390,21 @@ impl Client {
         self.get(&format!("/results/{id}"))
     }
 
-    /// Newest first, of one VM or of all.
-    pub fn alerts(&self, vm: Option<&str>) -> Result<Vec<Alert>, ClientError> {
-        match vm {
-            Some(vm) => self.get(&format!("/alerts?vm={}", seg("vm", vm)?)),
-            None => self.get("/alerts"),
+    /// Newest first, of one VM or of all; active ones only unless `all`.
+    pub fn alerts(&self, vm: Option<&str>, all: bool) -> Result<Vec<Alert>, ClientError> {
+        let mut path = format!("/alerts?all={all}");
+        if let Some(vm) = vm {
+            path.push_str("&vm=");
+            path.push_str(seg("vm", vm)?);
         }
+        self.get(&path)
+    }
+
+    /// Acknowledges an alert (admin): it stays active, without new webhooks, until resolved.
+    pub fn ack_alert(&self, id: i64) -> Result<Alert, ClientError> {
+        let path = format!("/alerts/{id}/ack");
+        let bytes = self.request("POST", &path, None)?;
+        self.decode(&path, &bytes)
     }
 
     /// Posts a signed snapshot report (its canonical bytes).

@@ -190,33 +190,18 @@ fn check_verdict(key_file: &Path, result: &ConfigCheckResult, vm: &str) -> Resul
     let text = files::read_capped(key_file, 64 * 1024, "server key")?;
     let key: vmattest_api::EarKey =
         serde_json::from_slice(&text).map_err(|e| key_err(format!(": {e}")))?;
-    let jwk: jsonwebtoken::jwk::Jwk =
-        serde_json::from_value(key.jwk).map_err(|e| key_err(format!("; field jwk: {e}")))?;
-    let decoding = jsonwebtoken::DecodingKey::from_jwk(&jwk)
-        .map_err(|e| key_err(format!("; field jwk: {e}")))?;
-    let alg = match key.alg.as_str() {
-        "EdDSA" | "Ed25519" => jsonwebtoken::Algorithm::EdDSA,
-        "ES384" => jsonwebtoken::Algorithm::ES384,
-        other => {
-            return Err(key_err(format!(
-                "; field alg: expected EdDSA or ES384, found {other:?}"
-            )));
-        }
-    };
-    let mut v = jsonwebtoken::Validation::new(alg);
-    v.required_spec_claims.clear();
-    v.validate_exp = false;
-    let data =
-        jsonwebtoken::decode::<serde_json::Value>(&result.result, &decoding, &v).map_err(|e| {
-            LaunchError::Verdict(format!(
-                "does not verify under the pinned key {}: {e}",
-                key_file.display()
-            ))
-        })?;
-    if data.header.kid.as_deref() != Some(key.kid.as_str()) {
+    let data = crate::jws::verify(&key.jwk, &result.result).map_err(|e| match e {
+        crate::jws::JwsError::Key(detail) => key_err(format!("; field jwk: {detail}")),
+        e => LaunchError::Verdict(format!(
+            "does not verify under the pinned key {}: {e}",
+            key_file.display()
+        )),
+    })?;
+    let kid = data.header.get("kid").and_then(serde_json::Value::as_str);
+    if kid != Some(key.kid.as_str()) {
         return Err(LaunchError::Verdict(format!(
             "names key {}, the pinned key is {}",
-            data.header.kid.as_deref().unwrap_or("none"),
+            kid.unwrap_or("none"),
             key.kid
         )));
     }

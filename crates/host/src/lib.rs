@@ -11,6 +11,7 @@ pub mod domain;
 pub mod eventlog;
 pub mod files;
 pub mod hook;
+pub mod jws;
 pub mod keys;
 pub mod launch;
 pub mod measurement;

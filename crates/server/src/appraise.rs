@@ -12,7 +12,7 @@ use vmattest_core::record::{Signable, Signed};
 use vmattest_sign::record::{RecordSigError, verify_signed};
 
 use crate::auth::Caller;
-use crate::db::{EvidenceCommit, NonceOutcome};
+use crate::db::{AlertDraft, EvidenceCommit, NonceOutcome};
 use crate::ear::EarClaims;
 use crate::error::ApiError;
 use crate::nonce::NonceError;
@@ -246,7 +246,7 @@ async fn submit_inner(
         .map(|o| (o.name.clone(), o.matched))
         .collect();
     let policy_id = &vm.policy_id;
-    let ear = state.ear.ear(&EarClaims {
+    let ear = state.ear.current().ear(&EarClaims {
         vm: &ev.vm,
         iat: now,
         nonce: &ev.nonce,
@@ -283,24 +283,25 @@ async fn submit_inner(
             .then_some(base.provenance.seq),
         ear,
     };
-    let message = alert.then(|| {
+    let draft = alert.then(|| {
         let failed: Vec<&str> = outcomes
             .iter()
             .filter(|o| !o.matched)
             .map(|o| o.name.as_str())
             .collect();
-        format!(
-            "VM {} scored {} (threshold {}), status {}; regions differing: {}",
-            ev.vm,
-            appraisal.score,
-            vm.row.threshold,
-            appraisal.status,
-            if failed.is_empty() {
-                "none".to_string()
-            } else {
-                failed.join(", ")
-            }
-        )
+        let cause = if failed.is_empty() {
+            "score below threshold".to_string()
+        } else {
+            format!("regions differ: {}", failed.join(", "))
+        };
+        AlertDraft {
+            message: format!(
+                "VM {} scored {} (threshold {}), status {}; {cause}",
+                ev.vm, appraisal.score, vm.row.threshold, appraisal.status,
+            ),
+            cause,
+            webhook: vm.row.webhook_url.is_some(),
+        }
     });
     let body_json = serde_json::to_string(&result)
         .map_err(|e| ApiError::from(crate::error::ServerError::Corrupt(e.to_string())))?;
@@ -316,19 +317,29 @@ async fn submit_inner(
             status: appraisal.status.name().to_string(),
             body: body_json,
             evidence: body.to_vec(),
-            alert: message.clone().map(|m| (m, vm.row.webhook_url.is_some())),
+            alert: draft.clone(),
         })
         .await?;
     match outcome {
-        NonceOutcome::Stored {
-            result_id,
-            alert_id,
-        } => {
+        NonceOutcome::Stored { result_id, alert } => {
             result.id = result_id;
-            if let (Some(alert_id), Some(message)) = (alert_id, message) {
-                tracing::warn!(vm = %ev.vm, alert_id, result_id, score = appraisal.score, status = %appraisal.status, "{message}");
-                state.metrics.alert();
-                state.webhook_wake.notify_one();
+            state
+                .metrics
+                .vm_result(&ev.vm, now, appraisal.score, appraisal.status.name());
+            match (alert, draft) {
+                (Some(a), Some(d)) if a.new => {
+                    tracing::warn!(vm = %ev.vm, alert = a.id, result_id, score = appraisal.score, status = %appraisal.status, "{}", d.message);
+                    state.metrics.alert();
+                    if d.webhook {
+                        state.webhook_wake.notify_one();
+                    }
+                }
+                (Some(a), _) => {
+                    tracing::info!(vm = %ev.vm, alert = a.id, result_id, score = appraisal.score, status = %appraisal.status, "below threshold again; counted in the active alert");
+                }
+                _ => {
+                    tracing::info!(vm = %ev.vm, result_id, score = appraisal.score, status = %appraisal.status, "appraised");
+                }
             }
             Ok(result)
         }

@@ -1,5 +1,6 @@
-//! EAR (draft-ietf-rats-ear) attestation results as JWTs, signed EdDSA (Ed25519, RFC 8037)
-//! or ES384 by the server's own key, so any standard JWT library can check them.
+//! EAR (draft-ietf-rats-ear) attestation results as JWTs, signed Ed25519 (RFC 8037, named as
+//! RFC 9864 fully specifies it, or `EdDSA` for older libraries) or ES384 by the server's own
+//! key, so any standard JWT library can check them.
 //!
 //! JWS needs no extra domain tag: the protected header names the algorithm and type, and the
 //! key signs nothing else but webhook bodies, which carry their own prefix.
@@ -10,7 +11,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde_json::{Value, json};
 use vmattest_core::attest::Appraisal;
-use vmattest_sign::{SecretKey, SigAlg, Signer};
+use vmattest_sign::{PublicKey, SecretKey, SigAlg, Signer};
 
 use crate::error::ServerError;
 
@@ -18,10 +19,49 @@ pub const EAR_PROFILE: &str = "tag:github.com,2023:veraison/ear";
 /// Prefix of every webhook body signature, so it can never pass for an EAR.
 pub const WEBHOOK_DOMAIN: &[u8] = b"vmattest webhook v1\0";
 
+/// How the JOSE `alg` of an Ed25519 key is spelled in JWT headers and JWKs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AlgNames {
+    /// RFC 9864's fully-specified `Ed25519`.
+    #[default]
+    FullySpecified,
+    /// RFC 8037's polymorphic `EdDSA`, for JWT libraries that predate RFC 9864.
+    Legacy,
+}
+
+impl AlgNames {
+    /// The JOSE name of a signature algorithm.
+    pub fn jose(self, alg: SigAlg) -> &'static str {
+        match (alg, self) {
+            (SigAlg::EcdsaP384, _) => "ES384",
+            (_, AlgNames::FullySpecified) => "Ed25519",
+            (_, AlgNames::Legacy) => "EdDSA",
+        }
+    }
+}
+
+/// The public JWK of an EAR key (`kid` is the key's vmattest key id).
+pub fn jwk(key: &PublicKey, names: AlgNames) -> Value {
+    let raw = key.raw();
+    let kid = key.key_id().to_hex();
+    let alg = names.jose(key.alg());
+    match key.alg() {
+        SigAlg::EcdsaP384 if raw.len() == 97 => json!({
+            "kty": "EC", "crv": "P-384", "kid": kid, "alg": alg, "use": "sig",
+            "x": B64.encode(&raw[1..49]), "y": B64.encode(&raw[49..97]),
+        }),
+        _ => json!({
+            "kty": "OKP", "crv": "Ed25519", "kid": kid, "alg": alg, "use": "sig",
+            "x": B64.encode(raw),
+        }),
+    }
+}
+
 #[derive(Debug)]
 pub struct EarSigner {
     key: SecretKey,
     kid: String,
+    names: AlgNames,
 }
 
 /// What one appraisal says, for the EAR's submodule.
@@ -39,7 +79,11 @@ pub struct EarClaims<'a> {
 
 impl EarSigner {
     /// Loads the key at `path`, or makes an Ed25519 (or P-384) key there on first start.
-    pub fn load_or_create(path: &Path, alg: SigAlg) -> Result<EarSigner, ServerError> {
+    pub fn load_or_create(
+        path: &Path,
+        alg: SigAlg,
+        names: AlgNames,
+    ) -> Result<EarSigner, ServerError> {
         let key_err = |source| ServerError::Key {
             path: path.display().to_string(),
             source: Box::new(source),
@@ -51,23 +95,29 @@ impl EarSigner {
             vmattest_sign::keyfile::write_secret_key(path, &key).map_err(key_err)?;
             key
         };
-        EarSigner::new(key).map_err(|e| ServerError::EarKey(format!("{}: {e}", path.display())))
+        EarSigner::new(key, names)
+            .map_err(|e| ServerError::EarKey(format!("{}: {e}", path.display())))
     }
 
-    pub fn new(key: SecretKey) -> Result<EarSigner, String> {
+    pub fn new(key: SecretKey, names: AlgNames) -> Result<EarSigner, String> {
         match key.alg() {
             SigAlg::Ed25519 | SigAlg::EcdsaP384 => {}
             other => return Err(format!("expected an ed25519 or p384 key, found {other}")),
         }
         let kid = key.key_id().to_hex();
-        Ok(EarSigner { key, kid })
+        Ok(EarSigner { key, kid, names })
     }
 
     pub fn jose_alg(&self) -> &'static str {
-        match self.key.alg() {
-            SigAlg::EcdsaP384 => "ES384",
-            _ => "EdDSA",
-        }
+        self.names.jose(self.key.alg())
+    }
+
+    pub fn alg(&self) -> SigAlg {
+        self.key.alg()
+    }
+
+    pub fn public_key(&self) -> PublicKey {
+        self.key.public_key()
     }
 
     pub fn kid(&self) -> &str {
@@ -79,18 +129,7 @@ impl EarSigner {
     }
 
     pub fn jwk(&self) -> Value {
-        let pk = self.key.public_key();
-        let raw = pk.raw();
-        match self.key.alg() {
-            SigAlg::EcdsaP384 if raw.len() == 97 => json!({
-                "kty": "EC", "crv": "P-384", "kid": self.kid, "alg": "ES384", "use": "sig",
-                "x": B64.encode(&raw[1..49]), "y": B64.encode(&raw[49..97]),
-            }),
-            _ => json!({
-                "kty": "OKP", "crv": "Ed25519", "kid": self.kid, "alg": "EdDSA", "use": "sig",
-                "x": B64.encode(raw),
-            }),
-        }
+        jwk(&self.key.public_key(), self.names)
     }
 
     /// A compact JWS over `claims`.

@@ -5,10 +5,12 @@
 //! The server holds no per-request state of its own: nonces, results and alerts live in the
 //! database, so several instances can share one PostgreSQL.
 
+mod alerts;
 mod appraise;
 pub mod auth;
 pub mod db;
 pub mod ear;
+pub mod earkeys;
 pub mod error;
 pub mod listen;
 mod metrics;
@@ -41,7 +43,7 @@ use vmattest_api::{ErrorBody, ErrorCode, MAX_BODY_BYTES, Role};
 use vmattest_sign::SigAlg;
 
 pub use db::Db;
-pub use ear::EarSigner;
+pub use ear::{AlgNames, EarSigner};
 pub use error::ServerError;
 pub use state::{AppState, Settings};
 
@@ -50,6 +52,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/health", get(routes::health))
         .route("/v1/openapi.json", get(routes::openapi))
         .route("/v1/ear-key", get(routes::ear_key))
+        .route("/v1/ear-key/rotate", post(routes::rotate_ear_key))
+        .route("/.well-known/jwks.json", get(routes::jwks))
         .route("/metrics", get(routes::metrics))
         .route("/v1/tokens", post(tokens::issue).get(tokens::list))
         .route("/v1/tokens/{id}", delete(tokens::revoke))
@@ -63,7 +67,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/evidence", post(routes::evidence))
         .route("/v1/vms/{vm}/results", get(routes::results))
         .route("/v1/results/{id}", get(routes::result))
-        .route("/v1/alerts", get(routes::alerts))
+        .route("/v1/alerts", get(alerts::alerts))
+        .route("/v1/alerts/{id}/ack", post(alerts::ack))
         .route(
             "/v1/vms/{vm}/reports",
             post(reports::new_report).get(reports::reports),
@@ -135,6 +140,8 @@ pub struct Config {
     /// Where the first start writes a bootstrap admin token (mode 0600).
     pub admin_token_file: PathBuf,
     pub ear_alg: SigAlg,
+    /// How EAR JWTs and the JWKS name the Ed25519 algorithm.
+    pub alg_names: AlgNames,
     pub tls: Option<(PathBuf, PathBuf)>,
     pub settings: Settings,
     /// Connection caps and timeouts.
@@ -167,7 +174,7 @@ pub async fn prepare(config: &Config) -> Result<AppState, ServerError> {
             "webhook secrets stored in clear by an earlier version are now sealed"
         );
     }
-    let ear = EarSigner::load_or_create(&config.state_dir.join("ear-key.pem"), config.ear_alg)?;
+    let ear = earkeys::EarKeys::load(&config.state_dir, config.ear_alg, config.alg_names)?;
     if db.count_tokens().await? == 0 {
         let token = auth::new_token()?;
         write_secret(&config.admin_token_file, format!("{token}\n").as_bytes())

@@ -27,7 +27,12 @@ pub struct Metrics {
     connections_closed: Mutex<BTreeMap<&'static str, u64>>,
     latency: [AtomicU64; BUCKETS.len() + 1],
     latency_sum_us: AtomicU64,
+    /// Per VM: the last result this instance appraised (time, score, EAR status).
+    vms: Mutex<BTreeMap<String, (i64, u8, &'static str)>>,
 }
+
+/// EAR statuses, each a series of `vmattest_vm_status` so that a change leaves no stale one.
+const STATUSES: [&str; 4] = ["affirming", "warning", "contraindicated", "none"];
 
 fn bump<K: Ord>(m: &Mutex<BTreeMap<K, u64>>, k: K) {
     if let Ok(mut m) = m.lock() {
@@ -67,6 +72,17 @@ impl Metrics {
         c.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn vm_result(&self, vm: &str, time: i64, score: u8, status: &'static str) {
+        if let Ok(mut m) = self.vms.lock() {
+            match m.get_mut(vm) {
+                Some(slot) => *slot = (time, score, status),
+                None => {
+                    m.insert(vm.to_owned(), (time, score, status));
+                }
+            }
+        }
+    }
+
     pub fn http(&self, status: u16) {
         bump(&self.http, status);
     }
@@ -93,8 +109,10 @@ impl Metrics {
         );
     }
 
-    pub fn render(&self) -> String {
+    /// The exposition; `active` holds each VM's active alerts (unacknowledged, acknowledged).
+    pub fn render(&self, active: &[(String, i64, i64)]) -> String {
         let mut s = String::new();
+        self.render_vms(&mut s, active);
         let counter = |s: &mut String, name: &str, help: &str, v: u64| {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
         };
@@ -198,5 +216,54 @@ impl Metrics {
             "vmattest_evidence_seconds_sum {sum}\nvmattest_evidence_seconds_count {cumulative}"
         );
         s
+    }
+
+    fn render_vms(&self, s: &mut String, active: &[(String, i64, i64)]) {
+        let Ok(vms) = self.vms.lock() else { return };
+        let gauge = |s: &mut String, name: &str, help: &str| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge");
+        };
+        gauge(
+            s,
+            "vmattest_vm_last_attested_timestamp_seconds",
+            "When this server last appraised the VM's evidence.",
+        );
+        for (vm, (time, _, _)) in vms.iter() {
+            let _ = writeln!(
+                s,
+                "vmattest_vm_last_attested_timestamp_seconds{{vm=\"{vm}\"}} {time}"
+            );
+        }
+        gauge(s, "vmattest_vm_score", "The VM's last trust score (0-100).");
+        for (vm, (_, score, _)) in vms.iter() {
+            let _ = writeln!(s, "vmattest_vm_score{{vm=\"{vm}\"}} {score}");
+        }
+        gauge(
+            s,
+            "vmattest_vm_status",
+            "1 for the EAR status of the VM's last result, 0 for the others.",
+        );
+        for (vm, (_, _, status)) in vms.iter() {
+            for st in STATUSES {
+                let on = u8::from(st == *status);
+                let _ = writeln!(s, "vmattest_vm_status{{vm=\"{vm}\",status=\"{st}\"}} {on}");
+            }
+        }
+        gauge(
+            s,
+            "vmattest_vm_alerts",
+            "The VM's active alerts, by state (open or acknowledged).",
+        );
+        let mut seen: BTreeMap<&str, (i64, i64)> =
+            vms.keys().map(|vm| (vm.as_str(), (0, 0))).collect();
+        for (vm, open, acked) in active {
+            seen.insert(vm.as_str(), (*open, *acked));
+        }
+        for (vm, (open, acked)) in seen {
+            let _ = writeln!(
+                s,
+                "vmattest_vm_alerts{{vm=\"{vm}\",state=\"open\"}} {open}\nvmattest_vm_alerts{{vm=\"{vm}\",state=\"acknowledged\"}} {acked}"
+            );
+        }
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use vmattest_sign::SigAlg;
 
 use crate::listen::Limits;
-use crate::{Config, Settings};
+use crate::{AlgNames, Config, Settings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OptionsError {
@@ -16,6 +16,8 @@ pub enum OptionsError {
     NoHome,
     #[error("--ear-alg: expected ed25519 or p384, found {0:?}")]
     EarAlg(String),
+    #[error("--jose-alg-names: expected rfc9864 or legacy, found {0:?}")]
+    AlgNames(String),
     #[error("--log-format: expected text or json, found {0:?}")]
     LogFormat(String),
 }
@@ -38,6 +40,10 @@ pub struct ServeArgs {
     /// Key type of the EAR signing key made on first start: ed25519 (EdDSA) or p384 (ES384).
     #[arg(long, default_value = "ed25519")]
     pub ear_alg: String,
+    /// How EARs and the JWKS name Ed25519: rfc9864 (`Ed25519`) or legacy (`EdDSA`, for JWT
+    /// libraries that predate RFC 9864).
+    #[arg(long, default_value = "rfc9864")]
+    pub jose_alg_names: String,
     /// Serve HTTPS with this certificate chain (PEM) and --tls-key.
     #[arg(long, requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -88,6 +94,11 @@ impl ServeArgs {
             "p384" => SigAlg::EcdsaP384,
             other => return Err(OptionsError::EarAlg(other.to_owned())),
         };
+        let alg_names = match self.jose_alg_names.as_str() {
+            "rfc9864" => AlgNames::FullySpecified,
+            "legacy" => AlgNames::Legacy,
+            other => return Err(OptionsError::AlgNames(other.to_owned())),
+        };
         let state_dir = match self.state_dir {
             Some(d) => d,
             None => default_state_dir()?,
@@ -105,6 +116,7 @@ impl ServeArgs {
                 .unwrap_or_else(|| state_dir.join("admin.token")),
             state_dir,
             ear_alg,
+            alg_names,
             tls: self.tls_cert.zip(self.tls_key),
             settings: Settings {
                 window_secs: i64::from(self.window_secs),

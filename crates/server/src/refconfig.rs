@@ -167,7 +167,7 @@ async fn check(
             .map(|m| json!({ "name": m.name, "expected": m.expected, "found": m.found }))
             .collect::<Vec<_>>(),
     });
-    let result = s.ear.sign_jwt(&claims)?;
+    let result = s.ear.current().sign_jwt(&claims)?;
     tracing::info!(
         vm = %name,
         root = %root,

@@ -7,8 +7,8 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use serde::Deserialize;
 use vmattest_api::{
-    Alert, AlertAction, AttestationResult, BaselineInfo, Challenge, EarKey, Health, Host,
-    NewBaseline, NewHost, NewPolicy, NewVm, PolicyInfo, Role, Vm,
+    AlertAction, AttestationResult, BaselineInfo, Challenge, EarKey, Health, Host, NewBaseline,
+    NewHost, NewPolicy, NewVm, PolicyInfo, Role, Vm,
 };
 use vmattest_core::alg::Digest;
 use vmattest_core::attest::Policy;
@@ -16,12 +16,12 @@ use vmattest_core::chain::is_valid_name;
 use vmattest_sign::PublicKey;
 
 use crate::auth::Caller;
-use crate::db::{AlertRow, VmRow};
+use crate::db::VmRow;
 use crate::error::ApiError;
 use crate::state::{AppState, encode_pages, now_secs};
 use vmattest_api::ErrorCode;
 
-const MAX_LIMIT: i64 = 1000;
+pub(crate) const MAX_LIMIT: i64 = 1000;
 const MIN_WEBHOOK_SECRET: usize = 16;
 
 use Role::{Admin, Agent, Auditor};
@@ -60,19 +60,59 @@ pub async fn metrics(
     caller: Caller,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(&[Admin, Auditor])?;
+    let active = s.db.active_alerts().await?;
     Ok((
         [(CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render(),
+        s.metrics.render(&active),
     ))
 }
 
+fn ear_key_json(key: &crate::EarSigner) -> EarKey {
+    EarKey {
+        alg: key.jose_alg().into(),
+        kid: key.kid().into(),
+        public_key_pem: key.public_pem(),
+        jwk: key.jwk(),
+    }
+}
+
+/// The current EAR key; `/.well-known/jwks.json` also lists the keys it replaced.
 pub async fn ear_key(State(s): State<AppState>) -> Json<EarKey> {
-    Json(EarKey {
-        alg: s.ear.jose_alg().into(),
-        kid: s.ear.kid().into(),
-        public_key_pem: s.ear.public_pem(),
-        jwk: s.ear.jwk(),
-    })
+    Json(ear_key_json(&s.ear.current()))
+}
+
+pub async fn jwks(State(s): State<AppState>) -> impl IntoResponse {
+    (
+        [(CONTENT_TYPE, "application/jwk-set+json")],
+        Json(s.ear.jwks()),
+    )
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RotateQuery {
+    /// Key type of the new key: ed25519 or p384 (default: the current key's).
+    alg: Option<String>,
+}
+
+pub async fn rotate_ear_key(
+    State(s): State<AppState>,
+    caller: Caller,
+    Query(q): Query<RotateQuery>,
+) -> Result<Json<EarKey>, ApiError> {
+    caller.require(&[Admin])?;
+    let alg = match q.alg.as_deref() {
+        None => None,
+        Some("ed25519") => Some(vmattest_sign::SigAlg::Ed25519),
+        Some("p384") => Some(vmattest_sign::SigAlg::EcdsaP384),
+        Some(other) => {
+            return Err(ApiError::new(
+                ErrorCode::Invalid,
+                format!("alg: expected ed25519 or p384, found {other:?}"),
+            ));
+        }
+    };
+    let key = s.ear.rotate(alg).await?;
+    Ok(Json(ear_key_json(&key)))
 }
 
 pub async fn new_host(
@@ -440,7 +480,6 @@ fn parse_result(id: i64, body: &str) -> Result<AttestationResult, ApiError> {
 #[derive(Debug, Deserialize)]
 pub struct ListQuery {
     limit: Option<i64>,
-    vm: Option<String>,
 }
 
 pub async fn results(
@@ -475,31 +514,6 @@ pub async fn result(
             .await?
             .ok_or_else(|| ApiError::not_found("result", &id.to_string()))?;
     parse_result(id, &body).map(Json)
-}
-
-pub fn alert_json(a: &AlertRow) -> Alert {
-    Alert {
-        id: a.id,
-        vm: a.vm.clone(),
-        result_id: a.result_id,
-        time: vmattest_api::time::from_secs(a.time),
-        score: u8::try_from(a.score).unwrap_or(0),
-        status: a.status.clone(),
-        message: a.message.clone(),
-        webhook_delivered: a.delivered,
-        webhook_attempts: u32::try_from(a.attempts).unwrap_or(u32::MAX),
-    }
-}
-
-pub async fn alerts(
-    State(s): State<AppState>,
-    caller: Caller,
-    Query(q): Query<ListQuery>,
-) -> Result<Json<Vec<Alert>>, ApiError> {
-    caller.require(&[Admin, Auditor])?;
-    let limit = q.limit.unwrap_or(100).clamp(1, MAX_LIMIT);
-    let rows = s.db.alerts(q.vm.as_deref(), limit).await?;
-    Ok(Json(rows.iter().map(alert_json).collect()))
 }
 
 pub async fn not_found() -> ApiError {

@@ -14,7 +14,7 @@ use vmattest_sign::PublicKey;
 
 use crate::auth::Caller;
 use crate::db::{Db, VmRow, Writer};
-use crate::ear::EarSigner;
+use crate::earkeys::EarKeys;
 use crate::error::{ApiError, ServerError};
 use crate::metrics::Metrics;
 use crate::nonce::NonceKey;
@@ -73,7 +73,7 @@ pub struct VmEntry {
 pub struct Inner {
     pub db: Db,
     pub writer: Writer,
-    pub ear: EarSigner,
+    pub ear: EarKeys,
     pub nonces: NonceKey,
     /// Seals webhook secrets in the database.
     pub secrets: SecretsKey,
@@ -106,7 +106,7 @@ pub fn now_secs() -> i64 {
 impl AppState {
     pub async fn new(
         db: Db,
-        ear: EarSigner,
+        ear: EarKeys,
         nonces: NonceKey,
         secrets: SecretsKey,
         settings: Settings,

@@ -8,9 +8,9 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde_json::json;
 use sha2::Sha256;
 
+use crate::alerts::alert_json;
 use crate::db::AlertRow;
 use crate::error::ServerError;
-use crate::routes::alert_json;
 use crate::state::{AppState, now_secs};
 
 pub const SIGNATURE_HEADER: &str = "x-vmattest-signature";
@@ -114,6 +114,7 @@ async fn deliver(
     .to_string();
     let server_sig = state
         .ear
+        .current()
         .sign_webhook(body.as_bytes())
         .map_err(|e| e.to_string())?;
     let resp = client

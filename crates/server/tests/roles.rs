@@ -46,6 +46,7 @@ impl Server {
             state_dir: state_dir.clone(),
             admin_token_file: state_dir.join("admin.token"),
             ear_alg: SigAlg::Ed25519,
+            alg_names: vmattest_server::AlgNames::default(),
             tls: None,
             settings: Settings::default(),
             limits: Limits::default(),
@@ -221,6 +222,18 @@ async fn every_endpoint_checks_token_and_role() {
         ("GET", "/v1/alerts".into(), None, vec![&agent]),
         (
             "POST",
+            "/v1/alerts/1/ack".into(),
+            None,
+            vec![&agent, &auditor],
+        ),
+        (
+            "POST",
+            "/v1/ear-key/rotate".into(),
+            None,
+            vec![&agent, &auditor],
+        ),
+        (
+            "POST",
             "/v1/vms/vm1/reports".into(),
             octets(),
             vec![&admin, &auditor, &other_agent],
@@ -257,7 +270,7 @@ async fn every_endpoint_checks_token_and_role() {
             vec![&auditor, &other_agent],
         ),
     ];
-    let documented = vmattest_server::openapi::ROUTES.len() - 3; // less the public ones
+    let documented = vmattest_server::openapi::ROUTES.len() - 4; // less the public ones
     assert_eq!(cases.len(), documented, "every protected route is covered");
     for (method, path, body, forbidden) in cases {
         let (st, b) = s.call(method, &path, None, body.clone()).await;

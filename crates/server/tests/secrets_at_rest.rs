@@ -116,6 +116,7 @@ async fn plaintext_is_sealed(state_dir: &Path, url: &str) {
         state_dir: state_dir.to_path_buf(),
         admin_token_file: state_dir.join("admin.token"),
         ear_alg: SigAlg::Ed25519,
+        alg_names: vmattest_server::AlgNames::default(),
         tls: None,
         settings: Settings::default(),
         limits: Limits::default(),

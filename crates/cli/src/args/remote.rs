@@ -8,27 +8,28 @@ use super::{EvidenceSigner, GuestArg, StoreArg, VerifyArgs};
 
 #[derive(Debug, Args, Clone)]
 pub struct ServerArgs {
-    /// The attestation server, `http://HOST:PORT` or `https://HOST:PORT`.
-    #[arg(long, global = true)]
+    /// The attestation server, `http://HOST:PORT` or `https://HOST:PORT` [default: the
+    /// client config's `server`].
+    #[arg(long, global = true, env = "VMATTEST_SERVER")]
     pub server: Option<String>,
-    /// File holding the bearer token (`remote token` prints one).
-    #[arg(long, global = true)]
+    /// File holding the bearer token (`remote token --out` writes one).
+    #[arg(long, global = true, env = "VMATTEST_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
     /// Trust only this CA certificate (PEM) for the server's TLS certificate.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, env = "VMATTEST_CA_CERT")]
     pub ca_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
     /// The attestation server, `http://HOST:PORT` or `https://HOST:PORT`.
-    #[arg(long)]
+    #[arg(long, env = "VMATTEST_SERVER")]
     pub server: String,
     /// File holding this host's agent token.
-    #[arg(long)]
+    #[arg(long, env = "VMATTEST_TOKEN_FILE")]
     pub token_file: PathBuf,
     /// Trust only this CA certificate (PEM) for the server's TLS certificate.
-    #[arg(long)]
+    #[arg(long, env = "VMATTEST_CA_CERT")]
     pub ca_cert: Option<PathBuf>,
     #[command(flatten)]
     pub signer: EvidenceSigner,
@@ -106,7 +107,7 @@ pub struct RemoteArgs {
 pub enum RemoteCommand {
     /// The server's status (public).
     Health,
-    /// Issue a token (admin); it is printed once.
+    /// Issue a token (admin); it is shown once: printed, or written to --out.
     Token {
         /// admin, agent or auditor.
         #[arg(long)]
@@ -114,6 +115,9 @@ pub enum RemoteCommand {
         /// The host an agent token acts for.
         #[arg(long)]
         host: Option<String>,
+        /// Write the token to this new file (mode 0600) instead of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Tokens by public id (admin); never the tokens themselves.
     Tokens,
@@ -160,11 +164,20 @@ pub enum RemoteCommand {
         #[arg(long)]
         limit: Option<u32>,
     },
-    /// Alerts, newest first.
+    /// Active alerts (open or acknowledged), newest first: one per VM and cause.
     Alerts {
         /// Only this VM's alerts.
         #[arg(long)]
         vm: Option<String>,
+        /// Resolved alerts too.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Acknowledge an alert (admin): repeats of its cause are counted in it without new
+    /// webhooks until a passing result resolves it.
+    AckAlert {
+        /// The alert's id, as `alerts` prints it.
+        id: i64,
     },
     /// A VM's snapshot reports.
     Reports {
@@ -190,6 +203,15 @@ pub enum RemoteCommand {
     },
     /// The public key that signs EARs and webhooks (public).
     EarKey,
+    /// The EAR keys as a JWKS: the current one and those it replaced (public).
+    Jwks,
+    /// Replace the EAR signing key (admin); the old key stays in the JWKS, so results it
+    /// signed still verify.
+    RotateEarKey {
+        /// Key type of the new key: ed25519 or p384 [default: the current key's].
+        #[arg(long, value_parser = ["ed25519", "p384"])]
+        alg: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

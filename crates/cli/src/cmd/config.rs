@@ -6,7 +6,7 @@ use vmattest_host::report::DisclosedJson;
 use vmattest_host::verdict::Verdict;
 use vmattest_host::{keys, vm};
 
-use super::{connect, packages, signer_choice};
+use super::{packages, signer_choice};
 use crate::args::{ConfigCommand, ConfigSource};
 use crate::output::{self, outln};
 
@@ -113,7 +113,7 @@ pub fn run(cmd: ConfigCommand, json: bool) -> anyhow::Result<()> {
         } => {
             // Parsed here too, so that a bad file is reported with its path before any request.
             let (toml, _) = measurement::load_reference(&reference)?;
-            let client = connect(&conn)?;
+            let client = super::connect_user(conn, true)?;
             let info = client.put_reference_config(&name, &NewReferenceConfig { toml })?;
             output::show(json, &info, |i| {
                 format!(

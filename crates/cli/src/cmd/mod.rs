@@ -123,3 +123,18 @@ pub fn connect(conn: &ServerArgs) -> anyhow::Result<vmattest_client::Client> {
         },
     )?)
 }
+
+/// A client for an interactive user: flags and environment, completed from the user's client
+/// config. `token`: whether the call needs the token; public endpoints never read it.
+pub fn connect_user(conn: ServerArgs, token: bool) -> anyhow::Result<vmattest_client::Client> {
+    let mut conn = crate::userconf::complete(conn)?;
+    if conn.server.is_none() {
+        anyhow::bail!(
+            "no server: expected --server URL, VMATTEST_SERVER or `server` in the client config"
+        );
+    }
+    if !token {
+        conn.token_file = None;
+    }
+    connect(&conn)
+}

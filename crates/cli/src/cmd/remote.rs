@@ -4,7 +4,7 @@ use anyhow::bail;
 use vmattest_api::{AlertAction, NewHost, NewPolicy, NewToken, NewVm, Role, Webhook};
 use vmattest_host::{files, keys, quotefile, tpm};
 
-use super::{connect, verifier};
+use super::{connect_user, verifier};
 use crate::args::{
     RemoteArgs, RemoteCommand, RemoteHostCommand, RemotePolicyCommand, RemoteVmCommand,
 };
@@ -16,16 +16,39 @@ fn role(name: &str) -> anyhow::Result<Role> {
 }
 
 pub fn run(args: RemoteArgs, json: bool) -> anyhow::Result<()> {
-    let c = connect(&args.conn)?;
+    let public = matches!(
+        args.command,
+        RemoteCommand::Health | RemoteCommand::EarKey | RemoteCommand::Jwks
+    );
+    let c = connect_user(args.conn, !public)?;
     match args.command {
         RemoteCommand::Health => show(json, &c.health()?, |h| format!("{}: {h}", c.base())),
-        RemoteCommand::Token { role: r, host } => {
+        RemoteCommand::Token { role: r, host, out } => {
+            let what = "token file";
+            // Checked before the token is issued, so that no token is made and then lost.
+            if let Some(path) = &out {
+                files::ensure_absent(path, what)?;
+            }
             let issued = c.create_token(&NewToken {
                 role: role(&r)?,
                 host,
             })?;
-            // The token alone on stdout, so that it can be redirected into a token file.
-            show(json, &issued, |t| t.token.clone())
+            match out {
+                Some(path) => {
+                    files::write_private(&path, format!("{}\n", issued.token).as_bytes(), what)?;
+                    let written = serde_json::json!({
+                        "id": issued.id,
+                        "role": issued.role,
+                        "host": issued.host,
+                        "file": path,
+                    });
+                    show(json, &written, |_| {
+                        format!("token {} written to {}", issued.id, path.display())
+                    })
+                }
+                // The token alone on stdout, so that it can be redirected into a token file.
+                None => show(json, &issued, |t| t.token.clone()),
+            }
         }
         RemoteCommand::Tokens => report_all(json, &c.tokens()?),
         RemoteCommand::RevokeToken { id } => {
@@ -142,7 +165,8 @@ pub fn run(args: RemoteArgs, json: bool) -> anyhow::Result<()> {
             })
         }
         RemoteCommand::Results { vm, limit } => report_all(json, &c.results(&vm, limit)?),
-        RemoteCommand::Alerts { vm } => report_all(json, &c.alerts(vm.as_deref())?),
+        RemoteCommand::Alerts { vm, all } => report_all(json, &c.alerts(vm.as_deref(), all)?),
+        RemoteCommand::AckAlert { id } => report(json, &c.ack_alert(id)?),
         RemoteCommand::Reports { vm } => report_all(json, &c.reports(&vm)?),
         RemoteCommand::AttestSnapshot { vm, seq } => {
             show(json, &c.request_snapshot(&vm, seq)?, |r| {
@@ -154,5 +178,16 @@ pub fn run(args: RemoteArgs, json: bool) -> anyhow::Result<()> {
         }
         RemoteCommand::SnapshotRequests { vm } => report_all(json, &c.snapshot_requests(&vm)?),
         RemoteCommand::EarKey => report(json, &c.ear_key()?),
+        RemoteCommand::Jwks => {
+            let jwks = c.jwks()?;
+            show(json, &jwks, |j| {
+                serde_json::to_string_pretty(j).unwrap_or_default()
+            })
+        }
+        RemoteCommand::RotateEarKey { alg } => {
+            show(json, &c.rotate_ear_key(alg.as_deref())?, |k| {
+                format!("EAR key rotated: now {} ({})", k.kid, k.alg)
+            })
+        }
     }
 }

@@ -8,6 +8,7 @@
 )]
 
 pub mod domain;
+pub mod fixture;
 pub mod guest;
 pub mod runtime;
 pub mod server;

@@ -10,9 +10,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
-use sqlx::{AnyPool, Executor, Row};
+use sqlx::{AnyPool, AssertSqlSafe, Executor, Row};
 
-pub use writer::{EvidenceCommit, NonceOutcome, Writer};
+pub use writer::{AlertDraft, AlertRef, EvidenceCommit, NonceOutcome, Writer};
 
 use crate::error::ServerError;
 
@@ -393,13 +393,19 @@ impl Db {
             .collect()
     }
 
-    pub async fn alerts(&self, vm: Option<&str>, limit: i64) -> Result<Vec<AlertRow>, ServerError> {
+    pub async fn alerts(
+        &self,
+        vm: Option<&str>,
+        resolved: bool,
+        limit: i64,
+    ) -> Result<Vec<AlertRow>, ServerError> {
         // An empty name matches every VM.
-        let rows = sqlx::query(
-            "SELECT id, vm, result_id, time, score, status, message, delivered, attempts, \
-             next_attempt FROM alerts WHERE ($1 = '' OR vm = $1) ORDER BY id DESC LIMIT $2",
-        )
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts WHERE ($1 = '' OR vm = $1) \
+             AND ($2 = 1 OR resolved_time IS NULL) ORDER BY id DESC LIMIT $3",
+        )))
         .bind(vm.unwrap_or("").to_string())
+        .bind(i64::from(resolved))
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
@@ -412,16 +418,55 @@ impl Db {
         now: i64,
         max_attempts: i64,
     ) -> Result<Vec<AlertRow>, ServerError> {
-        let rows = sqlx::query(
-            "SELECT id, vm, result_id, time, score, status, message, delivered, attempts, \
-             next_attempt FROM alerts WHERE delivered = 0 AND attempts < $1 AND next_attempt <= $2 \
-             ORDER BY id LIMIT 100",
-        )
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts WHERE delivered = 0 AND attempts < $1 \
+             AND next_attempt <= $2 ORDER BY id LIMIT 100",
+        )))
         .bind(max_attempts)
         .bind(now)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(alert_row).collect()
+    }
+
+    /// Marks an active alert acknowledged; returns it, or None when there is no such alert.
+    /// Acknowledging twice keeps the first time and name.
+    pub async fn ack_alert(
+        &self,
+        id: i64,
+        by: &str,
+        now: i64,
+    ) -> Result<Option<AlertRow>, ServerError> {
+        sqlx::query(
+            "UPDATE alerts SET acknowledged_time = $1, acknowledged_by = $2 \
+             WHERE id = $3 AND acknowledged_time IS NULL",
+        )
+        .bind(now)
+        .bind(by.to_string())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(alert_row).transpose()
+    }
+
+    /// Active alerts per VM: (VM, unacknowledged, acknowledged).
+    pub async fn active_alerts(&self) -> Result<Vec<(String, i64, i64)>, ServerError> {
+        let rows = sqlx::query(
+            "SELECT vm, SUM(CASE WHEN acknowledged_time IS NULL THEN 1 ELSE 0 END), \
+             SUM(CASE WHEN acknowledged_time IS NULL THEN 0 ELSE 1 END) FROM alerts \
+             WHERE resolved_time IS NULL GROUP BY vm",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect()
     }
 
     pub async fn mark_alert(
@@ -654,6 +699,10 @@ fn request_row(r: &sqlx::any::AnyRow) -> Result<SnapshotRequestRow, ServerError>
     })
 }
 
+const ALERT_COLUMNS: &str = "id, vm, result_id, time, score, status, message, delivered, \
+    attempts, next_attempt, cause, count, last_time, last_result_id, acknowledged_time, \
+    acknowledged_by, resolved_time, webhook";
+
 fn alert_row(r: &sqlx::any::AnyRow) -> Result<AlertRow, ServerError> {
     Ok(AlertRow {
         id: r.try_get(0)?,
@@ -666,6 +715,14 @@ fn alert_row(r: &sqlx::any::AnyRow) -> Result<AlertRow, ServerError> {
         delivered: r.try_get::<i64, _>(7)? != 0,
         attempts: r.try_get(8)?,
         next_attempt: r.try_get(9)?,
+        cause: r.try_get(10)?,
+        count: r.try_get(11)?,
+        last_time: r.try_get(12)?,
+        last_result_id: r.try_get(13)?,
+        acknowledged_time: r.try_get(14)?,
+        acknowledged_by: r.try_get(15)?,
+        resolved_time: r.try_get(16)?,
+        webhook: r.try_get::<i64, _>(17)? != 0,
     })
 }
 
@@ -712,6 +769,14 @@ pub struct AlertRow {
     pub delivered: bool,
     pub attempts: i64,
     pub next_attempt: i64,
+    pub cause: String,
+    pub count: i64,
+    pub last_time: i64,
+    pub last_result_id: i64,
+    pub acknowledged_time: Option<i64>,
+    pub acknowledged_by: Option<String>,
+    pub resolved_time: Option<i64>,
+    pub webhook: bool,
 }
 
 #[derive(Clone, Debug)]

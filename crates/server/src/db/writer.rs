@@ -30,8 +30,26 @@ pub struct EvidenceCommit {
     /// The result as JSON, its id left for the reader to fill in.
     pub body: String,
     pub evidence: Vec<u8>,
-    /// Set when the result raises an alert: its message, and whether a webhook is due.
-    pub alert: Option<(String, bool)>,
+    /// Set when the result is below the VM's threshold.
+    pub alert: Option<AlertDraft>,
+}
+
+/// What a result below the threshold says. Results of one VM with the same `cause` share one
+/// active alert.
+#[derive(Clone, Debug)]
+pub struct AlertDraft {
+    pub cause: String,
+    pub message: String,
+    /// The VM has a webhook: a new alert is queued for delivery.
+    pub webhook: bool,
+}
+
+/// The active alert a result was counted in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AlertRef {
+    pub id: i64,
+    /// This result opened it; otherwise it repeats an alert already active.
+    pub new: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -39,7 +57,7 @@ pub enum NonceOutcome {
     /// The nonce was marked used and the result stored.
     Stored {
         result_id: i64,
-        alert_id: Option<i64>,
+        alert: Option<AlertRef>,
     },
     /// The nonce was used before: nothing was stored.
     Replayed,
@@ -227,7 +245,7 @@ async fn store(
         .iter()
         .map(|r| Ok((r.try_get::<Vec<u8>, _>(1)?, r.try_get::<i64, _>(0)?)))
         .collect::<Result<_, sqlx::Error>>()?;
-    let mut alerting = Vec::new();
+    let mut stored = Vec::with_capacity(winners.len());
     for (i, e) in &winners {
         let result_id = ids.get(&e.nonce).copied().ok_or_else(|| {
             sqlx::Error::Protocol(
@@ -236,42 +254,132 @@ async fn store(
         })?;
         out[*i] = NonceOutcome::Stored {
             result_id,
-            alert_id: None,
+            alert: None,
         };
-        if e.alert.is_some() {
-            alerting.push((*i, *e, result_id));
+        stored.push((*i, *e, result_id));
+    }
+    let alerts = upsert_alerts(tx, &stored).await?;
+    for (i, _, result_id) in &stored {
+        if let Some(alert) = alerts.get(result_id) {
+            out[*i] = NonceOutcome::Stored {
+                result_id: *result_id,
+                alert: Some(*alert),
+            };
         }
     }
-    if alerting.is_empty() {
-        return Ok(());
+    resolve_alerts(tx, &stored).await
+}
+
+/// Counts each alerting result in the active alert of its VM and cause, opening one where none
+/// is active; returns the alert of each alerting result id.
+async fn upsert_alerts(
+    tx: &mut Transaction<'static, Any>,
+    stored: &[(usize, &EvidenceCommit, i64)],
+) -> Result<HashMap<i64, AlertRef>, sqlx::Error> {
+    // One row per (VM, cause): PostgreSQL refuses to update a row twice in one statement.
+    struct Group<'a> {
+        first: (&'a EvidenceCommit, i64),
+        last: (&'a EvidenceCommit, i64),
+        results: Vec<i64>,
+    }
+    let mut groups: Vec<Group<'_>> = Vec::new();
+    let mut index: HashMap<(&str, &str), usize> = HashMap::new();
+    for (_, e, result_id) in stored {
+        let Some(draft) = &e.alert else { continue };
+        let key = (e.vm.as_str(), draft.cause.as_str());
+        match index.get(&key) {
+            Some(&g) => {
+                groups[g].last = (e, *result_id);
+                groups[g].results.push(*result_id);
+            }
+            None => {
+                index.insert(key, groups.len());
+                groups.push(Group {
+                    first: (e, *result_id),
+                    last: (e, *result_id),
+                    results: vec![*result_id],
+                });
+            }
+        }
+    }
+    if groups.is_empty() {
+        return Ok(HashMap::new());
     }
     let mut q = query(format!(
-        "INSERT INTO alerts (vm, result_id, time, score, status, message, next_attempt, \
-         delivered, attempts) VALUES {} RETURNING id, result_id",
-        tuples(alerting.len(), 7, 0, ", 0, 0")
+        "INSERT INTO alerts (vm, cause, result_id, time, webhook, next_attempt, count, \
+         last_result_id, last_time, score, status, message, delivered, attempts) VALUES {} \
+         ON CONFLICT (vm, cause) WHERE resolved_time IS NULL DO UPDATE SET \
+         count = alerts.count + excluded.count, last_result_id = excluded.last_result_id, \
+         last_time = excluded.last_time, score = excluded.score, status = excluded.status, \
+         message = excluded.message RETURNING id, result_id, vm, cause",
+        tuples(groups.len(), 12, 0, ", 0, 0")
     ));
-    for (_, e, result_id) in &alerting {
-        let (message, webhook) = e.alert.clone().unwrap_or_default();
+    for g in &groups {
+        let (first, first_id) = g.first;
+        let (last, last_id) = g.last;
+        let draft = first.alert.clone().unwrap_or_else(|| AlertDraft {
+            cause: String::new(),
+            message: String::new(),
+            webhook: false,
+        });
+        let message = last
+            .alert
+            .as_ref()
+            .map_or(String::new(), |d| d.message.clone());
         q = q
-            .bind(e.vm.clone())
-            .bind(*result_id)
-            .bind(e.now)
-            .bind(e.score)
-            .bind(e.status.clone())
-            .bind(message)
-            .bind(if webhook { e.now } else { i64::MAX });
+            .bind(first.vm.clone())
+            .bind(draft.cause)
+            .bind(first_id)
+            .bind(first.now)
+            .bind(i64::from(draft.webhook))
+            .bind(if draft.webhook { first.now } else { i64::MAX })
+            .bind(i64::try_from(g.results.len()).unwrap_or(i64::MAX))
+            .bind(last_id)
+            .bind(last.now)
+            .bind(last.score)
+            .bind(last.status.clone())
+            .bind(message);
     }
-    let alert_ids: HashMap<i64, i64> = q
-        .fetch_all(&mut **tx)
-        .await?
-        .iter()
-        .map(|r| Ok((r.try_get::<i64, _>(1)?, r.try_get::<i64, _>(0)?)))
-        .collect::<Result<_, sqlx::Error>>()?;
-    for (i, _, result_id) in alerting {
-        out[i] = NonceOutcome::Stored {
-            result_id,
-            alert_id: alert_ids.get(&result_id).copied(),
+    let mut refs = HashMap::new();
+    for row in q.fetch_all(&mut **tx).await? {
+        let (id, opened_by): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+        let (vm, cause): (String, String) = (row.try_get(2)?, row.try_get(3)?);
+        let Some(&g) = index.get(&(vm.as_str(), cause.as_str())) else {
+            continue;
         };
+        let group = &groups[g];
+        for (n, result_id) in group.results.iter().enumerate() {
+            let new = n == 0 && opened_by == group.first.1;
+            refs.insert(*result_id, AlertRef { id, new });
+        }
     }
+    Ok(refs)
+}
+
+/// A VM whose last result in the batch is at or above its threshold has no active alert left.
+async fn resolve_alerts(
+    tx: &mut Transaction<'static, Any>,
+    stored: &[(usize, &EvidenceCommit, i64)],
+) -> Result<(), sqlx::Error> {
+    let mut last: HashMap<&str, &EvidenceCommit> = HashMap::new();
+    for (_, e, _) in stored {
+        last.insert(e.vm.as_str(), e);
+    }
+    let passing: Vec<&EvidenceCommit> = last.into_values().filter(|e| e.alert.is_none()).collect();
+    let Some(now) = passing.iter().map(|e| e.now).max() else {
+        return Ok(());
+    };
+    let mut q = query(format!(
+        "UPDATE alerts SET resolved_time = $1 WHERE resolved_time IS NULL AND vm IN ({})",
+        (0..passing.len())
+            .map(|i| format!("${}", i + 2))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+    .bind(now);
+    for e in passing {
+        q = q.bind(e.vm.clone());
+    }
+    q.execute(&mut **tx).await?;
     Ok(())
 }
