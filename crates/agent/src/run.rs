@@ -274,7 +274,7 @@ pub fn run_loop(
 
 /// Answers the server's pending snapshot requests: each is a signed report comparing the
 /// running VM with the requested seq of the store, carrying the request's nonce.
-fn answer_snapshot_requests(
+pub fn answer_snapshot_requests(
     client: &Client,
     guest: &Guest<'_>,
     signer: &dyn Signer,

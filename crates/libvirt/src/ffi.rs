@@ -33,6 +33,12 @@ unsafe extern "C" {
     pub fn virConnectOpen(name: *const c_char) -> *mut VirConnect;
     pub fn virConnectClose(conn: *mut VirConnect) -> c_int;
     pub fn virDomainLookupByName(conn: *mut VirConnect, name: *const c_char) -> *mut VirDomain;
+    pub fn virConnectListAllDomains(
+        conn: *mut VirConnect,
+        domains: *mut *mut *mut VirDomain,
+        flags: c_uint,
+    ) -> c_int;
+    pub fn virDomainGetName(domain: *mut VirDomain) -> *const c_char;
     pub fn virDomainFree(domain: *mut VirDomain) -> c_int;
     pub fn virDomainGetState(
         domain: *mut VirDomain,
@@ -91,6 +97,16 @@ mod absent {
     }
     pub unsafe fn virDomainLookupByName(_: *mut VirConnect, _: *const c_char) -> *mut VirDomain {
         std::ptr::null_mut()
+    }
+    pub unsafe fn virConnectListAllDomains(
+        _: *mut VirConnect,
+        _: *mut *mut *mut VirDomain,
+        _: c_uint,
+    ) -> c_int {
+        -1
+    }
+    pub unsafe fn virDomainGetName(_: *mut VirDomain) -> *const c_char {
+        std::ptr::null()
     }
     pub unsafe fn virDomainFree(_: *mut VirDomain) -> c_int {
         0

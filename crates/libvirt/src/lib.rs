@@ -119,6 +119,43 @@ impl Connection {
         })
     }
 
+    /// The names of every domain, defined or running, sorted.
+    pub fn domain_names(&self) -> Result<Vec<String>, LibvirtError> {
+        let mut list: *mut *mut ffi::VirDomain = std::ptr::null_mut();
+        // SAFETY: the connection pointer is live; libvirt stores a malloc'd array of `n`
+        // domain pointers in `list`, each released below with virDomainFree, then the array
+        // with free.
+        let n = unsafe { ffi::virConnectListAllDomains(self.ptr.as_ptr(), &mut list, 0) };
+        let count = usize::try_from(n).map_err(|_| LibvirtError::Connect {
+            uri: self.uri.clone(),
+            detail: format!("listing domains: {}", last_error()),
+        })?;
+        let mut names = Vec::with_capacity(count);
+        for i in 0..count {
+            // SAFETY: `list` holds `count` valid domain pointers (see above); each is read once.
+            let d = unsafe { *list.add(i) };
+            // SAFETY: `d` is a live domain; its name is a NUL-terminated string owned by the
+            // domain object, copied before the domain is freed.
+            let name = unsafe { ffi::virDomainGetName(d) };
+            if !name.is_null() {
+                // SAFETY: non-null and NUL-terminated (see above).
+                names.push(
+                    unsafe { CStr::from_ptr(name) }
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+            }
+            // SAFETY: `d` came from the list and is not used afterwards.
+            unsafe { ffi::virDomainFree(d) };
+        }
+        if !list.is_null() {
+            // SAFETY: the array came from libvirt's allocator and is not used afterwards.
+            unsafe { ffi::free(list.cast()) };
+        }
+        names.sort();
+        Ok(names)
+    }
+
     /// A domain handle libvirt returned (null: the call failed, `err` says how).
     fn own(
         &self,

@@ -138,19 +138,25 @@ impl ServeArgs {
     /// Sends the server's log lines to stderr, as text or JSON (`--log-format`), filtered by
     /// `VMATTEST_LOG` (default `info,sqlx=warn`).
     pub fn init_logs(&self) -> Result<(), OptionsError> {
-        let filter = tracing_subscriber::EnvFilter::try_from_env("VMATTEST_LOG")
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
-        let builder = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .with_writer(std::io::stderr);
-        match self.log_format.as_str() {
-            "json" => builder.json().init(),
-            "text" => builder.init(),
-            other => return Err(OptionsError::LogFormat(other.to_owned())),
-        }
-        Ok(())
+        init_logs(&self.log_format)
     }
+}
+
+/// Sends log lines to stderr as `text` or `json`, filtered by `VMATTEST_LOG` (default
+/// `info,sqlx=warn`): the server's and the host daemon's.
+pub fn init_logs(format: &str) -> Result<(), OptionsError> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VMATTEST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        "json" => builder.json().init(),
+        "text" => builder.init(),
+        other => return Err(OptionsError::LogFormat(other.to_owned())),
+    }
+    Ok(())
 }
 
 /// `$XDG_STATE_HOME/vmattest/server`, or `~/.local/state/vmattest/server`.

@@ -169,6 +169,19 @@ pub enum Command {
     Remote(RemoteArgs),
     /// Run the attestation server (docs/API.md): SQLite in the state dir unless --db says otherwise.
     Serve(vmattest_server::options::ServeArgs),
+    /// Run the host daemon: every VM of its config attested and snapshotted on schedule
+    /// (docs/OPERATIONS.md). SIGHUP reloads the config; SIGTERM stops between captures.
+    Hostd {
+        /// The daemon's config file.
+        #[arg(long, default_value = "/etc/vmattest/host.toml")]
+        config: PathBuf,
+        /// Log lines as text or json (to stderr).
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        log_format: String,
+    },
+    /// What the host daemon last did for each VM.
+    #[command(subcommand)]
+    Host(HostCommand),
     /// Configuration attestation: measure a VM's configuration into a signed, salted Merkle
     /// root, disclose single parameters, check against a reference (docs/CONFIG.md).
     #[command(subcommand)]
@@ -193,6 +206,19 @@ pub enum Command {
         /// The pause marker the capture writes.
         #[arg(long)]
         marker: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HostCommand {
+    /// Each VM's last snapshot, last attestation and last error, from the daemon's status file.
+    Status {
+        /// The daemon's config file (its state_dir holds the status).
+        #[arg(long, default_value = "/etc/vmattest/host.toml")]
+        config: PathBuf,
+        /// Read the status from this state directory instead.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
     },
 }
 

@@ -4,6 +4,7 @@
 
 mod agent;
 mod config;
+mod hostd;
 mod image;
 mod libvirt;
 mod policy;
@@ -36,6 +37,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Attest(cmd) => agent::attest(cmd, json),
         Command::Remote(args) => remote::run(args, json),
         Command::Serve(args) => serve::run(args, json),
+        Command::Hostd { config, log_format } => hostd::run(&config, &log_format),
+        Command::Host(cmd) => hostd::host(cmd, json),
         Command::Config(cmd) => config::run(cmd, json),
         Command::Libvirt(cmd) => libvirt::run(cmd, json),
         Command::Guard {

@@ -1,0 +1,62 @@
+//! `vmattest hostd` and `vmattest host status`.
+
+use std::path::Path;
+
+use vmattest_hostd::status::{self, VmStatus};
+
+use crate::args::HostCommand;
+use crate::output;
+
+pub fn run(config: &Path, log_format: &str) -> anyhow::Result<()> {
+    vmattest_server::options::init_logs(log_format)?;
+    Ok(vmattest_hostd::run(config)?)
+}
+
+fn line(v: &VmStatus) -> String {
+    let attested = v.last_attestation.as_ref().map_or_else(
+        || "never attested".to_owned(),
+        |a| {
+            format!(
+                "attested {} score {} ({}){}",
+                a.time,
+                a.score,
+                a.status,
+                if a.alert { " ALERT" } else { "" }
+            )
+        },
+    );
+    let snapshot = v.last_snapshot.as_ref().map_or_else(
+        || "no snapshot".to_owned(),
+        |s| {
+            format!(
+                "snapshot seq {} at {} ({} ms paused)",
+                s.seq, s.time, s.downtime_ms
+            )
+        },
+    );
+    let error = v.last_error.as_ref().map_or_else(String::new, |e| {
+        format!("; last error {} {}: {}", e.time, e.what, e.error)
+    });
+    format!("{}  {}  {attested}; {snapshot}{error}", v.name, v.guest)
+}
+
+pub fn host(cmd: HostCommand, json: bool) -> anyhow::Result<()> {
+    let HostCommand::Status { config, state_dir } = cmd;
+    let dir = match state_dir {
+        Some(d) => d,
+        None => vmattest_hostd::Config::load(&config)?.state_dir,
+    };
+    let file = status::read(&dir)?;
+    if json {
+        return output::print(&file);
+    }
+    let state = if file.stopped { "stopped" } else { "running" };
+    output::line(format_args!(
+        "hostd pid {} ({state}), status of {}",
+        file.pid, file.updated
+    ))?;
+    for v in &file.vms {
+        output::line(format_args!("{}", line(v)))?;
+    }
+    Ok(())
+}
