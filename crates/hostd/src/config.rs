@@ -15,8 +15,8 @@ const DEFAULT_STATE_DIR: &str = "/var/lib/vmattest/hostd";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{}: {detail}", path.display())]
-    Read { path: PathBuf, detail: String },
+    #[error(transparent)]
+    Read(#[from] vmattest_host::files::FileError),
     #[error("{}: {detail}", path.display())]
     Parse { path: PathBuf, detail: String },
     #[error("{}: {field}: expected {expected}, found {found}", path.display())]
@@ -223,11 +223,7 @@ fn check_snapshots(path: &Path, field: &str, s: &Option<SnapshotConf>) -> Result
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let bytes = vmattest_host::files::read_capped(path, MAX_CONFIG_BYTES, "hostd config")
-            .map_err(|e| ConfigError::Read {
-                path: path.to_path_buf(),
-                detail: e.to_string(),
-            })?;
+        let bytes = vmattest_host::files::read_capped(path, MAX_CONFIG_BYTES, "hostd config")?;
         let text = std::str::from_utf8(&bytes).map_err(|_| ConfigError::Parse {
             path: path.to_path_buf(),
             detail: "expected UTF-8 TOML".into(),
@@ -346,10 +342,7 @@ impl Config {
 
     /// Every target: the configured ones, then each domain a selector matches (`names` lists
     /// a connection's domains) that no earlier entry names.
-    pub fn expand(
-        &self,
-        names: &mut DomainLister<'_>,
-    ) -> (Vec<Target>, Vec<String>) {
+    pub fn expand(&self, names: &mut DomainLister<'_>) -> (Vec<Target>, Vec<String>) {
         let mut targets = self.targets.clone();
         let mut errors = Vec::new();
         for s in &self.selectors {

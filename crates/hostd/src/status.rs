@@ -66,10 +66,10 @@ pub struct StatusFile {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
+    #[error(transparent)]
+    Read(#[from] vmattest_host::files::FileError),
     #[error("{}: {detail}", path.display())]
-    Read { path: PathBuf, detail: String },
-    #[error("{}: {detail}", path.display())]
-    Write { path: PathBuf, detail: String },
+    Decode { path: PathBuf, detail: String },
 }
 
 #[derive(Debug)]
@@ -147,11 +147,9 @@ impl Board {
 /// The status file in `dir`.
 pub fn read(dir: &Path) -> Result<StatusFile, StatusError> {
     let path = dir.join(STATUS_FILE);
-    let err = |detail: String| StatusError::Read {
+    let bytes = vmattest_host::files::read_capped(&path, MAX_STATUS_BYTES, "hostd status file")?;
+    serde_json::from_slice(&bytes).map_err(|e| StatusError::Decode {
         path: path.clone(),
-        detail,
-    };
-    let bytes = vmattest_host::files::read_capped(&path, MAX_STATUS_BYTES, "status file")
-        .map_err(|e| err(e.to_string()))?;
-    serde_json::from_slice(&bytes).map_err(|e| err(e.to_string()))
+        detail: e.to_string(),
+    })
 }

@@ -56,16 +56,15 @@ pub struct Attested {
     guest: Vec<String>,
 }
 
-impl Attested {
-    /// Sets up VM `vm` (known to vmattest by `guest` arguments) whose console printed
-    /// `console`: its chain's baseline is taken now.
-    pub fn set_up(dir: &Path, vm: &str, console: &str, guest: &[&str]) -> Attested {
-        let (map, load) = guest_symbols(console);
-        std::fs::write(dir.join("System.map"), map).unwrap();
-        std::fs::write(
-            dir.join("policy.toml"),
-            format!(
-                r#"name = "guest-kernel"
+/// Writes System.map, policy.toml and resolved.toml in `dir` for the test guest whose console
+/// printed `console`; returns the resolved policy.
+pub fn write_policy(dir: &Path, console: &str) -> String {
+    let (map, load) = guest_symbols(console);
+    std::fs::write(dir.join("System.map"), map).unwrap();
+    std::fs::write(
+        dir.join("policy.toml"),
+        format!(
+            r#"name = "guest-kernel"
 hash = "sha256"
 schedule_secs = 2
 kernel_load = {load:#x}
@@ -83,116 +82,165 @@ symbols = ["__start_rodata", "__end_rodata"]
 weight = 2
 sample = 64
 "#
-            ),
-        )
-        .unwrap();
-        let resolved = vmattest([
-            "policy",
-            "resolve",
-            "--policy",
-            &s(&dir.join("policy.toml")),
-            "--system-map",
-            &s(&dir.join("System.map")),
-        ])
-        .ok()
-        .stdout;
-        std::fs::write(dir.join("resolved.toml"), &resolved).unwrap();
-        for k in ["host.key", "chain.key"] {
-            vmattest(["keygen", "--alg", "ed25519", "--out", &s(&dir.join(k))]).ok();
-        }
-        let store = dir.join("store");
-        let st = s(&store);
-        vmattest([
-            "snapshot", "init", "--store", &st, "--vm-id", vm, "--alg", "sha256",
-        ])
-        .ok();
-        let mut take = vec!["snapshot", "take", "--store", &st];
-        take.extend_from_slice(guest);
-        let key = s(&dir.join("chain.key"));
-        take.extend(["--key", &key]);
-        vmattest(take).ok();
+        ),
+    )
+    .unwrap();
+    let resolved = vmattest([
+        "policy",
+        "resolve",
+        "--policy",
+        &s(&dir.join("policy.toml")),
+        "--system-map",
+        &s(&dir.join("System.map")),
+    ])
+    .ok()
+    .stdout;
+    std::fs::write(dir.join("resolved.toml"), &resolved).unwrap();
+    resolved
+}
 
+/// `host.key` (evidence) and `chain.key` (links) in `dir`.
+pub fn write_keys(dir: &Path) {
+    for k in ["host.key", "chain.key"] {
+        vmattest(["keygen", "--alg", "ed25519", "--out", &s(&dir.join(k))]).ok();
+    }
+}
+
+/// A new store for `vm` with its baseline (seq 0) taken now from the guest of `guest`
+/// arguments, signed by `dir/chain.key`.
+pub fn baseline_chain(dir: &Path, store: &Path, vm: &str, guest: &[&str]) {
+    let st = s(store);
+    vmattest([
+        "snapshot", "init", "--store", &st, "--vm-id", vm, "--alg", "sha256",
+    ])
+    .ok();
+    let mut take = vec!["snapshot", "take", "--store", &st];
+    take.extend_from_slice(guest);
+    let key = s(&dir.join("chain.key"));
+    take.extend(["--key", &key]);
+    vmattest(take).ok();
+}
+
+/// Registers `dir/host.key.pub` as host1 and `dir/resolved.toml`; returns the policy id.
+pub fn register_host_and_policy(server: &Server, admin: &str, dir: &Path) -> String {
+    let host_pub = s(&dir.join("host.key.pub"));
+    server
+        .remote(
+            admin,
+            &["host", "add", "--name", "host1", "--pubkey", &host_pub],
+        )
+        .ok();
+    let policy = server
+        .remote(
+            admin,
+            &[
+                "--json",
+                "policy",
+                "add",
+                "--policy",
+                &s(&dir.join("resolved.toml")),
+            ],
+        )
+        .ok()
+        .json();
+    policy["id"].as_str().unwrap().to_string()
+}
+
+/// Registers VM `vm` on host1 (threshold 90, `extra` options) and its baseline from seq 0 of
+/// `store`, verified with `dir/chain.key.pub`.
+pub fn register_vm(
+    server: &Server,
+    admin: &str,
+    dir: &Path,
+    vm: &str,
+    policy_id: &str,
+    store: &Path,
+    extra: &[&str],
+) {
+    let mut add = vec![
+        "vm",
+        "add",
+        "--name",
+        vm,
+        "--host",
+        "host1",
+        "--policy-id",
+        policy_id,
+        "--subset",
+        "all",
+        "--threshold",
+        "90",
+    ];
+    add.extend_from_slice(extra);
+    server.remote(admin, &add).ok();
+    server
+        .remote(
+            admin,
+            &[
+                "baseline",
+                "--vm",
+                vm,
+                "--store",
+                &s(store),
+                "--seq",
+                "0",
+                "--policy",
+                &s(&dir.join("resolved.toml")),
+                "--pubkey",
+                &s(&dir.join("chain.key.pub")),
+            ],
+        )
+        .ok();
+}
+
+/// A new agent token for host1, written to `dir/agent.token`.
+pub fn agent_token(server: &Server, admin: &str, dir: &Path) -> PathBuf {
+    let token = server
+        .remote(
+            admin,
+            &["--json", "token", "--role", "agent", "--host", "host1"],
+        )
+        .ok()
+        .json()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let token_file = dir.join("agent.token");
+    std::fs::write(&token_file, &token).unwrap();
+    token_file
+}
+
+impl Attested {
+    /// Sets up VM `vm` (known to vmattest by `guest` arguments) whose console printed
+    /// `console`: its chain's baseline is taken now.
+    pub fn set_up(dir: &Path, vm: &str, console: &str, guest: &[&str]) -> Attested {
+        let resolved = write_policy(dir, console);
+        write_keys(dir);
+        let store = dir.join("store");
+        baseline_chain(dir, &store, vm, guest);
         let server = Server::start(&dir.join("state"), None);
         let hook = Webhook::start();
         let admin = server.admin_token();
         let secret = dir.join("hook.secret");
         std::fs::write(&secret, "a-webhook-secret-of-some-length").unwrap();
-        let host_pub = s(&dir.join("host.key.pub"));
-        server
-            .remote(
-                &admin,
-                &["host", "add", "--name", "host1", "--pubkey", &host_pub],
-            )
-            .ok();
-        let policy = server
-            .remote(
-                &admin,
-                &[
-                    "--json",
-                    "policy",
-                    "add",
-                    "--policy",
-                    &s(&dir.join("resolved.toml")),
-                ],
-            )
-            .ok()
-            .json();
-        let policy_id = policy["id"].as_str().unwrap().to_string();
-        server
-            .remote(
-                &admin,
-                &[
-                    "vm",
-                    "add",
-                    "--name",
-                    vm,
-                    "--host",
-                    "host1",
-                    "--policy-id",
-                    &policy_id,
-                    "--subset",
-                    "all",
-                    "--threshold",
-                    "90",
-                    "--webhook-url",
-                    &hook.url,
-                    "--webhook-secret-file",
-                    &s(&secret),
-                    "--on-alert",
-                    "rollback",
-                ],
-            )
-            .ok();
-        server
-            .remote(
-                &admin,
-                &[
-                    "baseline",
-                    "--vm",
-                    vm,
-                    "--store",
-                    &st,
-                    "--seq",
-                    "0",
-                    "--policy",
-                    &s(&dir.join("resolved.toml")),
-                    "--pubkey",
-                    &s(&dir.join("chain.key.pub")),
-                ],
-            )
-            .ok();
-        let token = server
-            .remote(
-                &admin,
-                &["--json", "token", "--role", "agent", "--host", "host1"],
-            )
-            .ok()
-            .json()["token"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let token_file = dir.join("agent.token");
-        std::fs::write(&token_file, &token).unwrap();
+        let policy_id = register_host_and_policy(&server, &admin, dir);
+        register_vm(
+            &server,
+            &admin,
+            dir,
+            vm,
+            &policy_id,
+            &store,
+            &[
+                "--webhook-url",
+                &hook.url,
+                "--webhook-secret-file",
+                &s(&secret),
+                "--on-alert",
+                "rollback",
+            ],
+        );
+        let token_file = agent_token(&server, &admin, dir);
         Attested {
             server,
             hook,
@@ -235,22 +283,28 @@ sample = 64
 
     /// Changes one never-executed byte of kernel text in the guest RAM file `ram_path`.
     pub fn patch_kernel(&self, ram_path: &Path) {
-        use std::os::unix::fs::FileExt as _;
-        let text = vmattest_core::attest::Policy::parse(&self.resolved, None).unwrap();
-        let region = text.region("kernel-text").unwrap().clone();
-        let ram = std::fs::read(ram_path).unwrap();
-        let at = padding_byte(
-            &ram,
-            usize::try_from(region.start.0).unwrap(),
-            usize::try_from(region.end()).unwrap(),
-        );
-        drop(ram);
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(ram_path)
-            .unwrap();
-        f.write_at(&[0x90], at as u64).unwrap();
+        patch_kernel_text(&self.resolved, ram_path);
     }
+}
+
+/// Changes one never-executed byte of the kernel text that the `resolved` policy names, in
+/// the guest RAM file `ram_path`.
+pub fn patch_kernel_text(resolved: &str, ram_path: &Path) {
+    use std::os::unix::fs::FileExt as _;
+    let text = vmattest_core::attest::Policy::parse(resolved, None).unwrap();
+    let region = text.region("kernel-text").unwrap().clone();
+    let ram = std::fs::read(ram_path).unwrap();
+    let at = padding_byte(
+        &ram,
+        usize::try_from(region.start.0).unwrap(),
+        usize::try_from(region.end()).unwrap(),
+    );
+    drop(ram);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(ram_path)
+        .unwrap();
+    f.write_at(&[0x90], at as u64).unwrap();
 }
 
 /// Every JSON line of a run's standard output.
