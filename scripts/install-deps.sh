@@ -6,7 +6,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 PKGS=(b3sum cryptsetup-bin xdelta3 zstd openssl pkg-config python3 python3-venv bc
       busybox-static cpio swtpm swtpm-tools tpm2-tools libtss2-dev
-      e2fsprogs postgresql iproute2)  # debugfs reads package lists from disk images; tests start private PostgreSQL clusters
+      e2fsprogs postgresql iproute2 mmdebstrap)  # debugfs reads package lists from disk images; tests start private PostgreSQL clusters; the package test installs into a root mmdebstrap makes
 # QEMU 10 (mapped-ram, file: migration URIs) comes from bookworm-backports; bookworm's own 7.2
 # conflicts with the qemu-utils 10 some hosts already carry.
 # libvirt 11.3 too (tests start private session daemons); bookworm's 9.0 passes -no-acpi, which

@@ -22,3 +22,10 @@ cargo test -p vmattest-cli --release --features tpm --test tpm
 
 # Fuzzing: every target briefly (docs/FUZZING.md; scripts/fuzz.sh SECONDS for a longer run).
 "$ROOT/scripts/fuzz.sh" 5
+
+# The Debian package: built with cargo-deb, units verified, installed into a fresh root.
+if [ "$(id -u)" -eq 0 ]; then
+  "$ROOT/scripts/test-package.sh"
+else
+  sudo VMATTEST_CACHE="$CACHE" CARGO_HOME="${CARGO_HOME:-$HOME/.cargo}" PATH="$PATH" "$ROOT/scripts/test-package.sh"
+fi

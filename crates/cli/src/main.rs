@@ -11,8 +11,6 @@ mod userconf;
 use std::io::Write as _;
 use std::process::ExitCode;
 
-use clap::Parser as _;
-
 /// Exit code of a command whose standard output was closed early (as a shell reports a death
 /// by SIGPIPE).
 const EXIT_CLOSED_PIPE: u8 = 141;
@@ -28,7 +26,7 @@ fn main() -> ExitCode {
             std::env::set_var("TSS2_LOG", "all+none");
         }
     }
-    let cli = args::Cli::parse();
+    let cli = args::parse();
     let json = cli.json;
     let result = cmd::run(cli).and_then(|()| {
         std::io::stdout()

@@ -380,3 +380,43 @@ fn regression_hook_fails_only_the_calls_it_gates() {
         assert_eq!(err.lines().count(), 1, "{err}");
     }
 }
+
+/// `--version` names the features of the build; completions and man pages come from the same
+/// command definition (the package ships them).
+#[test]
+fn version_completions_and_man_pages() {
+    let v = vmattest(["--version"]).ok().stdout;
+    assert!(v.starts_with("vmattest "), "{v}");
+    let features = v.split("(features: ").nth(1).unwrap();
+    for (on, name) in [
+        (cfg!(feature = "tpm"), "tpm"),
+        (cfg!(feature = "libvirt"), "libvirt"),
+    ] {
+        assert_eq!(features.contains(name), on, "{v}");
+    }
+    for shell in ["bash", "zsh", "fish"] {
+        let out = vmattest(["completions", shell]).ok().stdout;
+        assert!(out.contains("hostd") && out.contains("snapshot"), "{shell}");
+    }
+    let bad = vmattest(["completions", "tcsh"]);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(bad.stderr.contains("tcsh"), "{}", bad.stderr);
+    let dir = tempfile::tempdir().unwrap();
+    let j = vmattest(["--json", "manpages", s(dir.path())]).ok().json();
+    let pages: Vec<&str> = j
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    for page in [
+        "vmattest.1",
+        "vmattest-hostd.1",
+        "vmattest-snapshot-take.1",
+        "vmattest-remote-rotate-ear-key.1",
+    ] {
+        assert!(pages.contains(&page), "{page}: {pages:?}");
+        let text = std::fs::read_to_string(dir.path().join(page)).unwrap();
+        assert!(text.starts_with(".ie") || text.contains(".TH"), "{page}");
+    }
+}

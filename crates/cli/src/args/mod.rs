@@ -17,7 +17,6 @@ pub use vm::*;
 #[derive(Debug, Parser)]
 #[command(
     name = "vmattest",
-    version,
     about = "Attested VM snapshots: measure, sign, verify and prove."
 )]
 pub struct Cli {
@@ -178,10 +177,23 @@ pub enum Command {
         /// Log lines as text or json (to stderr).
         #[arg(long, default_value = "text", value_parser = ["text", "json"])]
         log_format: String,
+        /// Check the config and list its VMs, then exit.
+        #[arg(long)]
+        check: bool,
     },
     /// What the host daemon last did for each VM.
     #[command(subcommand)]
     Host(HostCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish or powershell) on stdout.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write a man page for vmattest and each of its commands into DIR.
+    Manpages {
+        /// The directory to write `vmattest.1`, `vmattest-snapshot.1`, ... into (created).
+        dir: PathBuf,
+    },
     /// Configuration attestation: measure a VM's configuration into a signed, salted Merkle
     /// root, disclose single parameters, check against a reference (docs/CONFIG.md).
     #[command(subcommand)]
@@ -207,6 +219,38 @@ pub enum Command {
         #[arg(long)]
         marker: PathBuf,
     },
+}
+
+/// The version and the cargo features this binary was built with.
+pub fn version() -> &'static str {
+    static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let features: Vec<&str> = [
+            (cfg!(feature = "tpm"), "tpm"),
+            (cfg!(feature = "libvirt"), "libvirt"),
+            (cfg!(feature = "fault-injection"), "fault-injection"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
+        let features = if features.is_empty() {
+            "none".to_owned()
+        } else {
+            features.join(", ")
+        };
+        format!("{} (features: {features})", env!("CARGO_PKG_VERSION"))
+    });
+    &VERSION
+}
+
+/// The command line definition, with its version: for parsing, completions and man pages.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command().version(version())
+}
+
+/// Parses the process's arguments (clap prints help, version and usage errors and exits).
+pub fn parse() -> Cli {
+    let matches = command().get_matches();
+    <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 #[derive(Debug, Subcommand)]

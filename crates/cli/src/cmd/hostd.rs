@@ -7,7 +7,27 @@ use vmattest_hostd::status::{self, VmStatus};
 use crate::args::HostCommand;
 use crate::output;
 
-pub fn run(config: &Path, log_format: &str) -> anyhow::Result<()> {
+pub fn run(config: &Path, log_format: &str, check: bool, json: bool) -> anyhow::Result<()> {
+    if check {
+        let c = vmattest_hostd::Config::load(config)?;
+        let names: Vec<&str> = c.targets.iter().map(|t| t.name.as_str()).collect();
+        let j = serde_json::json!({
+            "config": config,
+            "state_dir": c.state_dir,
+            "server": c.server.url,
+            "vms": names,
+            "selectors": c.selectors.iter().map(|s| &s.pattern).collect::<Vec<_>>(),
+        });
+        return output::show(json, &j, |_| {
+            format!(
+                "{}: {} VM(s) and {} selector(s), server {}",
+                config.display(),
+                names.len(),
+                c.selectors.len(),
+                c.server.url
+            )
+        });
+    }
     vmattest_server::options::init_logs(log_format)?;
     Ok(vmattest_hostd::run(config)?)
 }

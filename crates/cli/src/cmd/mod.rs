@@ -37,8 +37,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Attest(cmd) => agent::attest(cmd, json),
         Command::Remote(args) => remote::run(args, json),
         Command::Serve(args) => serve::run(args, json),
-        Command::Hostd { config, log_format } => hostd::run(&config, &log_format),
+        Command::Hostd {
+            config,
+            log_format,
+            check,
+        } => hostd::run(&config, &log_format, check, json),
         Command::Host(cmd) => hostd::host(cmd, json),
+        Command::Completions { shell } => {
+            let mut cmd = crate::args::command();
+            clap_complete::generate(shell, &mut cmd, "vmattest", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Manpages { dir } => manpages(&dir, json),
         Command::Config(cmd) => config::run(cmd, json),
         Command::Libvirt(cmd) => libvirt::run(cmd, json),
         Command::Guard {
@@ -140,4 +150,34 @@ pub fn connect_user(conn: ServerArgs, token: bool) -> anyhow::Result<vmattest_cl
         conn.token_file = None;
     }
     connect(&conn)
+}
+
+/// One roff page per command, named as git names its own (`vmattest-snapshot-take.1`).
+fn manpages(dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    fn walk(
+        cmd: &clap::Command,
+        name: &str,
+        dir: &std::path::Path,
+        out: &mut Vec<String>,
+    ) -> anyhow::Result<()> {
+        let cmd = cmd.clone().name(name.to_owned());
+        let mut page = Vec::new();
+        clap_mangen::Man::new(cmd.clone()).render(&mut page)?;
+        let file = format!("{name}.1");
+        vmattest_host::files::write_atomic(&dir.join(&file), &page, "man page")?;
+        out.push(file);
+        for sub in cmd
+            .get_subcommands()
+            .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+        {
+            walk(sub, &format!("{name}-{}", sub.get_name()), dir, out)?;
+        }
+        Ok(())
+    }
+    std::fs::create_dir_all(dir)?;
+    let mut written = Vec::new();
+    walk(&crate::args::command(), "vmattest", dir, &mut written)?;
+    crate::output::show(json, &written, |w| {
+        format!("{} man pages written to {}", w.len(), dir.display())
+    })
 }
