@@ -125,12 +125,45 @@ impl Writer {
     }
 }
 
+/// VMs with an active alert, as far as this writer knows. A passing result resolves alerts only
+/// for these, so that the common case, no alert anywhere, costs no statement. Reloaded from the
+/// database every [`ALERTING_TTL`] to see the alerts of other servers sharing it; a passing
+/// result there within that time resolves the alert at the next one after the reload.
+#[derive(Debug, Default)]
+struct Alerting {
+    vms: HashSet<String>,
+    loaded: Option<std::time::Instant>,
+}
+
+const ALERTING_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Alerting {
+    async fn refresh(&mut self, db: &Db) -> Result<(), sqlx::Error> {
+        if self.loaded.is_some_and(|t| t.elapsed() < ALERTING_TTL) {
+            return Ok(());
+        }
+        self.vms = sqlx::query("SELECT DISTINCT vm FROM alerts WHERE resolved_time IS NULL")
+            .fetch_all(&db.pool)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<String, _>(0))
+            .collect::<Result<_, _>>()?;
+        self.loaded = Some(std::time::Instant::now());
+        Ok(())
+    }
+}
+
 async fn run(db: Db, mut rx: mpsc::Receiver<Job>) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    let mut alerting = Alerting::default();
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let commits: Vec<&EvidenceCommit> = batch.iter().map(|(c, _)| c).collect();
         let started = std::time::Instant::now();
-        let result = commit_batch(&db, &commits).await;
+        let result = commit_batch(&db, &commits, &mut alerting).await;
+        if result.is_err() {
+            // The set may have changed with a transaction that did not commit.
+            alerting.loaded = None;
+        }
         tracing::debug!(
             jobs = commits.len(),
             micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
@@ -183,10 +216,12 @@ fn query(sql: String) -> AnyQuery {
 async fn commit_batch(
     db: &Db,
     batch: &[&EvidenceCommit],
+    alerting: &mut Alerting,
 ) -> Result<Vec<NonceOutcome>, sqlx::Error> {
     let mut out: Vec<NonceOutcome> = batch.iter().map(|_| NonceOutcome::Replayed).collect();
+    alerting.refresh(db).await?;
     let mut tx = db.pool.begin().await?;
-    store(&mut tx, batch, &mut out).await?;
+    store(&mut tx, batch, &mut out, alerting).await?;
     tx.commit().await?;
     Ok(out)
 }
@@ -195,6 +230,7 @@ async fn store(
     tx: &mut Transaction<'static, Any>,
     batch: &[&EvidenceCommit],
     out: &mut [NonceOutcome],
+    alerting: &mut Alerting,
 ) -> Result<(), sqlx::Error> {
     if batch.is_empty() {
         return Ok(());
@@ -267,7 +303,13 @@ async fn store(
             };
         }
     }
-    resolve_alerts(tx, &stored).await
+    alerting.vms.extend(
+        stored
+            .iter()
+            .filter(|(_, e, _)| e.alert.is_some())
+            .map(|(_, e, _)| e.vm.clone()),
+    );
+    resolve_alerts(tx, &stored, alerting).await
 }
 
 /// Counts each alerting result in the active alert of its VM and cause, opening one where none
@@ -360,12 +402,16 @@ async fn upsert_alerts(
 async fn resolve_alerts(
     tx: &mut Transaction<'static, Any>,
     stored: &[(usize, &EvidenceCommit, i64)],
+    alerting: &mut Alerting,
 ) -> Result<(), sqlx::Error> {
     let mut last: HashMap<&str, &EvidenceCommit> = HashMap::new();
     for (_, e, _) in stored {
         last.insert(e.vm.as_str(), e);
     }
-    let passing: Vec<&EvidenceCommit> = last.into_values().filter(|e| e.alert.is_none()).collect();
+    let passing: Vec<&EvidenceCommit> = last
+        .into_values()
+        .filter(|e| e.alert.is_none() && alerting.vms.contains(&e.vm))
+        .collect();
     let Some(now) = passing.iter().map(|e| e.now).max() else {
         return Ok(());
     };
@@ -377,9 +423,12 @@ async fn resolve_alerts(
             .join(", ")
     ))
     .bind(now);
-    for e in passing {
+    for e in &passing {
         q = q.bind(e.vm.clone());
     }
     q.execute(&mut **tx).await?;
+    for e in passing {
+        alerting.vms.remove(&e.vm);
+    }
     Ok(())
 }
