@@ -57,6 +57,14 @@ pub struct ServerConf {
     pub url: String,
     pub token_file: PathBuf,
     pub ca_cert: Option<PathBuf>,
+    /// Rounds in flight at once, each on its own connection: the server closes connections
+    /// over its per-client cap (64 by default), so a host keeps well below it.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+}
+
+fn default_concurrency() -> usize {
+    16
 }
 
 /// The key that signs evidence and reports: a key file, or the TPM's key when absent.
@@ -240,6 +248,14 @@ impl Config {
                 .collect::<Vec<_>>()
                 .join(" "),
         })?;
+        if f.server.concurrency == 0 {
+            return Err(invalid(
+                path,
+                "server.concurrency".into(),
+                "at least 1",
+                "0".into(),
+            ));
+        }
         let paused = f.defaults.paused.unwrap_or(false);
         let default_interval = interval(
             path,

@@ -96,6 +96,7 @@ fn make_shared(c: &Config, board: Arc<Board>) -> Result<Shared, HostdError> {
         client,
         evidence: Arc::from(evidence),
         board,
+        rounds: worker::Permits::new(c.server.concurrency),
     })
 }
 

@@ -5,8 +5,8 @@
 //! guest.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use vmattest_agent::Guest;
@@ -28,6 +28,53 @@ pub struct Shared {
     pub client: Client,
     pub evidence: Arc<dyn Signer>,
     pub board: Arc<Board>,
+    /// Rounds in flight at once (`server.concurrency`).
+    pub rounds: Permits,
+}
+
+/// A counting semaphore: at most `n` holders at once.
+#[derive(Debug)]
+pub struct Permits {
+    free: Mutex<usize>,
+    freed: Condvar,
+}
+
+impl Permits {
+    pub fn new(n: usize) -> Permits {
+        Permits {
+            free: Mutex::new(n),
+            freed: Condvar::new(),
+        }
+    }
+
+    fn acquire(&self) -> Permit<'_> {
+        let mut free = self
+            .free
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        while *free == 0 {
+            free = self
+                .freed
+                .wait(free)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        *free -= 1;
+        Permit(self)
+    }
+}
+
+struct Permit<'a>(&'a Permits);
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        let mut free = self
+            .0
+            .free
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *free += 1;
+        self.0.freed.notify_one();
+    }
 }
 
 /// The chain a worker snapshots into and rolls back from.
@@ -230,6 +277,7 @@ fn attest(
     let client = &ctx.shared.client;
     let signer = ctx.shared.evidence.as_ref();
     let mut schedule = DEFAULT_INTERVAL;
+    let _permit = ctx.shared.rounds.acquire();
     match answer_challenge(client, guest, signer, &t.name, t.paused) {
         Ok(a) => {
             schedule = Duration::from_secs(a.schedule_secs.max(1));

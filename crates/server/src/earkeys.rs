@@ -175,3 +175,51 @@ fn read_retired(dir: &Path, current_kid: &str) -> Result<Vec<PublicKey>, ServerE
     keys.sort_by_key(|k| std::cmp::Reverse(k.0));
     Ok(keys.into_iter().map(|(_, k)| k).take(MAX_RETIRED).collect())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use vmattest_sign::Signer as _;
+
+    use super::*;
+
+    fn kids(ring: &EarKeys) -> Vec<String> {
+        ring.jwks()["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn rotation_keeps_old_keys_published_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let ring = EarKeys::load(dir.path(), SigAlg::Ed25519, AlgNames::default()).unwrap();
+        let first = ring.current().kid().to_owned();
+        // A rotation that crashed before its rename left this: it never became current.
+        std::fs::write(dir.path().join(NEXT), b"junk").unwrap();
+        let second = ring.rotate(None).await.unwrap().kid().to_owned();
+        let third = ring.rotate(Some(SigAlg::EcdsaP384)).await.unwrap();
+        assert_eq!(third.jose_alg(), "ES384");
+        assert_eq!(kids(&ring), [third.kid(), second.as_str(), first.as_str()]);
+        let again = EarKeys::load(dir.path(), SigAlg::Ed25519, AlgNames::default()).unwrap();
+        assert_eq!(kids(&again), kids(&ring));
+        assert!(!dir.path().join(NEXT).exists());
+    }
+
+    #[test]
+    fn regression_a_retired_key_under_another_id_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let retired = dir.path().join(RETIRED_DIR);
+        std::fs::create_dir(&retired).unwrap();
+        let key = SecretKey::generate(SigAlg::Ed25519).unwrap();
+        let forged = retired.join(format!("{}{RETIRED_SUFFIX}", "00".repeat(32)));
+        vmattest_sign::keyfile::write_public_key(&forged, &key.public_key()).unwrap();
+        let e = EarKeys::load(dir.path(), SigAlg::Ed25519, AlgNames::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("expected key id"), "{e}");
+    }
+}
