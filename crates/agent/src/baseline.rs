@@ -89,10 +89,7 @@ pub fn baseline_from_store(
         source,
     };
     std::fs::create_dir_all(&tmp).map_err(scratch_err)?;
-    let scratch = tempfile::Builder::new()
-        .prefix("baseline-")
-        .tempdir_in(&tmp)
-        .map_err(scratch_err)?;
+    let scratch = vmattest_qemu::private::tempdir("baseline-", Some(&tmp)).map_err(scratch_err)?;
     let out = scratch.path().join("state");
     let opts = ReplayOptions {
         upto: Some(SeqNo(seq)),

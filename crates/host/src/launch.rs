@@ -113,9 +113,7 @@ pub fn launch(l: &Launch<'_>) -> Result<Launched, LaunchError> {
     let dir = match l.out {
         Some(d) => d,
         None => {
-            temp = tempfile::Builder::new()
-                .prefix("vmattest-launch-")
-                .tempdir()
+            temp = vmattest_qemu::private::tempdir("vmattest-launch-", None)
                 .map_err(LaunchError::TempDir)?;
             temp.path()
         }

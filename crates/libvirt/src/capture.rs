@@ -287,9 +287,7 @@ pub fn capture(
 ) -> Result<CaptureReport, DomainError> {
     let live = LiveDomain::open(conn, name)?;
     // A fresh private directory: the shared temporary directory itself is never touched.
-    let scratch = tempfile::Builder::new()
-        .prefix(SCRATCH_PREFIX)
-        .tempdir()
+    let scratch = vmattest_qemu::private::tempdir(SCRATCH_PREFIX, None)
         .map_err(|source| DomainError::Scratch { source })?;
     let target = live.target(scratch.path());
     let mut mon = DomainMonitor::new(&live.domain);

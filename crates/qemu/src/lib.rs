@@ -3,7 +3,7 @@
 pub mod capture;
 pub mod guard;
 mod img;
-mod private;
+pub mod private;
 pub mod qmp;
 pub mod restore;
 pub mod spec;

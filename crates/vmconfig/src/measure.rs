@@ -149,12 +149,12 @@ pub fn disk_root(path: &Path, format: &str) -> Result<String, MeasureError> {
             // qemu-img would block opening a FIFO anywhere in the chain; it opens the paths
             // itself, so this check cannot pin the files, but it refuses everything but a race.
             check_qcow2_chain(path)?;
-            let dir = tempfile::Builder::new()
-                .prefix("vmattest-vmconfig-")
-                .tempdir()
-                .map_err(|source| MeasureError::Convert {
-                    path: path.to_path_buf(),
-                    detail: format!("creating a temporary directory: {source}"),
+            let dir =
+                vmattest_qemu::private::tempdir("vmattest-vmconfig-", None).map_err(|source| {
+                    MeasureError::Convert {
+                        path: path.to_path_buf(),
+                        detail: format!("creating a temporary directory: {source}"),
+                    }
                 })?;
             let raw = dir.path().join("disk.raw");
             qcow2_to_raw(path, &raw)?;
