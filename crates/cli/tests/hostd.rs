@@ -25,18 +25,23 @@ use vmattest_testkit::PrivateLibvirt;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The daemon, stopped by PID when dropped.
+/// The daemon, stopped by PID when dropped: SIGTERM, so that a capture in flight finishes and
+/// leaves nothing behind, then SIGKILL after a minute.
 struct Hostd {
     child: Option<Child>,
     log: PathBuf,
 }
 
 impl Hostd {
-    /// Starts it; with `hold`, every capture stops at that fault-injection point.
+    /// Starts it; with `hold`, every capture stops at that fault-injection point. Its scratch
+    /// directories go to `tmp`, inside the test's directory.
     fn start(config: &Path, log: &Path, hold: Option<&str>) -> Hostd {
+        let tmp = config.with_file_name("tmp");
+        std::fs::create_dir_all(&tmp).unwrap();
         let mut c = Command::new(env!("CARGO_BIN_EXE_vmattest"));
         c.args(["hostd", "--log-format", "json", "--config"])
             .arg(config)
+            .env("TMPDIR", &tmp)
             .stdout(Stdio::null());
         if let Some(point) = hold {
             c.env("VMATTEST_HOLD_AT", point).stderr(Stdio::piped());
@@ -76,10 +81,21 @@ impl Hostd {
 
 impl Drop for Hostd {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(60) {
+            if let Ok(Some(_)) = c.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
+        let _ = c.kill();
+        let _ = c.wait();
     }
 }
 
@@ -276,7 +292,7 @@ fn hostd_keeps_every_guest_attested_and_survives_reload_stop_and_kill() {
     rx.recv_timeout(TIMEOUT)
         .expect("a capture reached its hold point");
     held.signal("-KILL");
-    drop(held);
+    let _ = held.child.take().unwrap().wait();
     for g in [&g1, &g2, &g3] {
         let t = g.ticks().last().copied();
         g.next_tick(t);
@@ -289,7 +305,7 @@ fn hostd_keeps_every_guest_attested_and_survives_reload_stop_and_kill() {
     d.next_tick();
 
     // A restart continues each chain.
-    let _hostd = Hostd::start(&config, &dir.join("hostd2.log"), None);
+    let hostd = Hostd::start(&config, &dir.join("hostd2.log"), None);
     for (i, name) in ["h1", "h2", "h3", "hd"].iter().enumerate() {
         let before = heads[i];
         wait_for(&config, name, "a new link after the restart", |v| {
@@ -305,4 +321,13 @@ fn hostd_keeps_every_guest_attested_and_survives_reload_stop_and_kill() {
         ])
         .ok();
     }
+    // Stopped, the daemon leaves no capture scratch behind (the killed one's guardian removed
+    // its own).
+    drop(hostd);
+    let left: Vec<_> = std::fs::read_dir(dir.join("tmp"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }

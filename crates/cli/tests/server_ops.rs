@@ -174,23 +174,6 @@ fn regression_repeated_failures_send_one_webhook() {
     );
 }
 
-/// The JWT oracles' Python (PyJWT and joserfc in the test venv, scripts/install-deps.sh).
-fn oracle_python() -> PathBuf {
-    let non_empty = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
-    let cache = non_empty("VMATTEST_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| non_empty("XDG_CACHE_HOME").map(|x| PathBuf::from(x).join("vmattest")))
-        .or_else(|| non_empty("HOME").map(|h| PathBuf::from(h).join(".cache/vmattest")))
-        .expect("none of VMATTEST_CACHE, XDG_CACHE_HOME, HOME is set");
-    let python = cache.join("venv/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run scripts/install-deps.sh",
-        python.display()
-    );
-    python
-}
-
 /// PyJWKClient fetches the JWKS, picks the key by `kid` and verifies; prints each token's
 /// status. PyJWT 2.10 knows only the legacy name EdDSA.
 const PYJWT: &str = r#"
@@ -215,7 +198,7 @@ for token in sys.argv[2:]:
 "#;
 
 fn python(script: &str, server: &Server, tokens: &[&str]) -> std::process::Output {
-    Command::new(oracle_python())
+    Command::new(vmattest_testkit::oracle_python())
         .args(["-c", script, &server.url()])
         .args(tokens)
         .output()
@@ -378,18 +361,21 @@ fn remote_takes_its_server_from_the_environment_or_a_client_file() {
     // `token --out`: a new 0600 file, the token never on stdout; an existing file is refused
     // before any token is issued.
     let out_file = dir.path().join("auditor.token");
-    let out = vmattest_env(
-        &home,
-        &env,
-        &[
-            "remote",
-            "token",
-            "--role",
-            "auditor",
-            "--out",
-            out_file.to_str().unwrap(),
-        ],
-    );
+    let token_out = || {
+        vmattest_env(
+            &home,
+            &env,
+            &[
+                "remote",
+                "token",
+                "--role",
+                "auditor",
+                "--out",
+                out_file.to_str().unwrap(),
+            ],
+        )
+    };
+    let out = token_out();
     assert!(out.status.success(), "{}", text(&out.stderr));
     let secret = std::fs::read_to_string(&out_file).unwrap();
     assert!(
@@ -404,18 +390,7 @@ fn remote_takes_its_server_from_the_environment_or_a_client_file() {
         text(&out.stdout).lines().count()
     };
     let tokens = count();
-    let out = vmattest_env(
-        &home,
-        &env,
-        &[
-            "remote",
-            "token",
-            "--role",
-            "auditor",
-            "--out",
-            out_file.to_str().unwrap(),
-        ],
-    );
+    let out = token_out();
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("auditor.token"),

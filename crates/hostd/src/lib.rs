@@ -24,6 +24,8 @@ use worker::Shared;
 /// How often selectors are matched against libvirt's domains again, and workers that ended
 /// (a spec that could not be read, say) are started again.
 const RESCAN: Duration = Duration::from_secs(30);
+/// The status file is rewritten at most this often.
+const STATUS_EVERY: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostdError {
@@ -197,8 +199,13 @@ pub fn run(config_path: &Path) -> Result<(), HostdError> {
     tracing::info!(config = %config_path.display(), pid = std::process::id(), "hostd started");
     reconcile(&config, &shared, &mut workers);
     let mut scanned = Instant::now();
+    let mut flushed = Instant::now();
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(100));
+        if flushed.elapsed() >= STATUS_EVERY {
+            shared.board.flush();
+            flushed = Instant::now();
+        }
         if reload.swap(false, Ordering::SeqCst) {
             match Config::load(config_path) {
                 Ok(new) => {
@@ -213,6 +220,7 @@ pub fn run(config_path: &Path) -> Result<(), HostdError> {
                         }) {
                             Ok(s) => {
                                 stop_all(&mut workers, |_, _| true);
+                                shared.board.flush();
                                 shared = Arc::new(s);
                             }
                             Err(e) => {

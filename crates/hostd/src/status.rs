@@ -1,9 +1,11 @@
 //! What the daemon last did for each VM, kept in memory and written to `STATE/status.json`
-//! (0600, atomically) after every change, for `vmattest host status` and monitoring.
+//! (0600, atomically) at most every supervisor tick (0.5 s) after a change, for
+//! `vmattest host status` and monitoring.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 use vmattest_core::record::UnixTime;
@@ -77,6 +79,9 @@ pub struct Board {
     dir: PathBuf,
     config: PathBuf,
     vms: Mutex<BTreeMap<String, VmStatus>>,
+    /// Set by every change; the supervisor writes the file when it is set ([`Board::flush`]),
+    /// so that a hundred VMs' rounds cost one write a tick, not one each.
+    dirty: AtomicBool,
 }
 
 impl Board {
@@ -89,41 +94,44 @@ impl Board {
             dir: dir.to_path_buf(),
             config: config.to_path_buf(),
             vms: Mutex::new(vms),
+            dirty: AtomicBool::new(true),
         }
     }
 
-    /// Applies `f` to the VM's entry and rewrites the file.
+    /// Applies `f` to the VM's entry.
     pub fn update(&self, name: &str, guest: &str, f: impl FnOnce(&mut VmStatus)) {
-        let snapshot = {
-            let Ok(mut vms) = self.vms.lock() else { return };
-            let e = vms.entry(name.to_owned()).or_default();
-            e.name = name.to_owned();
-            e.guest = guest.to_owned();
-            f(e);
-            vms.values().cloned().collect::<Vec<_>>()
-        };
-        self.write(snapshot, false);
+        let Ok(mut vms) = self.vms.lock() else { return };
+        let e = vms.entry(name.to_owned()).or_default();
+        e.name = name.to_owned();
+        e.guest = guest.to_owned();
+        f(e);
+        self.dirty.store(true, Ordering::SeqCst);
     }
 
     /// Keeps only the VMs still configured.
     pub fn retain(&self, names: &[String]) {
-        let snapshot = {
-            let Ok(mut vms) = self.vms.lock() else { return };
-            vms.retain(|n, _| names.contains(n));
-            vms.values().cloned().collect::<Vec<_>>()
-        };
-        self.write(snapshot, false);
+        let Ok(mut vms) = self.vms.lock() else { return };
+        vms.retain(|n, _| names.contains(n));
+        self.dirty.store(true, Ordering::SeqCst);
     }
 
+    /// Writes the file if anything changed since the last write.
+    pub fn flush(&self) {
+        if self.dirty.swap(false, Ordering::SeqCst) {
+            self.write(false);
+        }
+    }
+
+    /// Writes the file, marked as a clean stop.
     pub fn stopped(&self) {
-        let snapshot = match self.vms.lock() {
+        self.write(true);
+    }
+
+    fn write(&self, stopped: bool) {
+        let vms = match self.vms.lock() {
             Ok(vms) => vms.values().cloned().collect(),
             Err(_) => return,
         };
-        self.write(snapshot, true);
-    }
-
-    fn write(&self, vms: Vec<VmStatus>, stopped: bool) {
         let file = StatusFile {
             pid: std::process::id(),
             config: self.config.clone(),

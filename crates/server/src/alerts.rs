@@ -5,12 +5,12 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use serde::Deserialize;
 use vmattest_api::time::from_secs;
-use vmattest_api::{Alert, AlertState, ErrorCode, Role};
+use vmattest_api::{Alert, AlertState, Role};
 
 use crate::auth::Caller;
 use crate::db::AlertRow;
 use crate::error::ApiError;
-use crate::routes::MAX_LIMIT;
+use crate::routes::{MAX_LIMIT, parse_id};
 use crate::state::{AppState, now_secs};
 
 pub fn alert_json(a: &AlertRow) -> Alert {
@@ -69,12 +69,7 @@ pub async fn ack(
     Path(id): Path<String>,
 ) -> Result<Json<Alert>, ApiError> {
     caller.require(&[Role::Admin])?;
-    let id: i64 = id.parse().map_err(|_| {
-        ApiError::new(
-            ErrorCode::Invalid,
-            format!("alert id {id:?}: expected an integer"),
-        )
-    })?;
+    let id = parse_id("alert", &id)?;
     let by = match &caller.host {
         Some(host) => format!("{} ({host})", caller.role.name()),
         None => caller.role.name().to_owned(),

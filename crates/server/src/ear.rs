@@ -40,6 +40,15 @@ impl AlgNames {
     }
 }
 
+/// The key type of an EAR key by its command-line name: `ed25519` or `p384`.
+pub fn key_alg(name: &str) -> Option<SigAlg> {
+    match name {
+        "ed25519" => Some(SigAlg::Ed25519),
+        "p384" => Some(SigAlg::EcdsaP384),
+        _ => None,
+    }
+}
+
 /// The public JWK of an EAR key (`kid` is the key's vmattest key id).
 pub fn jwk(key: &PublicKey, names: AlgNames) -> Value {
     let raw = key.raw();

@@ -5,8 +5,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use vmattest_sign::SigAlg;
-
 use crate::listen::Limits;
 use crate::{AlgNames, Config, Settings};
 
@@ -89,11 +87,8 @@ pub struct ServeArgs {
 impl ServeArgs {
     /// The server configuration these options describe.
     pub fn config(self) -> Result<Config, OptionsError> {
-        let ear_alg = match self.ear_alg.as_str() {
-            "ed25519" => SigAlg::Ed25519,
-            "p384" => SigAlg::EcdsaP384,
-            other => return Err(OptionsError::EarAlg(other.to_owned())),
-        };
+        let ear_alg = crate::ear::key_alg(&self.ear_alg)
+            .ok_or_else(|| OptionsError::EarAlg(self.ear_alg.clone()))?;
         let alg_names = match self.jose_alg_names.as_str() {
             "rfc9864" => AlgNames::FullySpecified,
             "legacy" => AlgNames::Legacy,

@@ -32,6 +32,16 @@ pub(crate) fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T
         .map_err(|e| ApiError::new(ErrorCode::Malformed, format!("request body: {e}")))
 }
 
+/// A row id from a path segment.
+pub(crate) fn parse_id(what: &str, text: &str) -> Result<i64, ApiError> {
+    text.parse().map_err(|_| {
+        ApiError::new(
+            ErrorCode::Invalid,
+            format!("{what} id {text:?}: expected an integer"),
+        )
+    })
+}
+
 fn name_ok(what: &str, name: &str) -> Result<(), ApiError> {
     if is_valid_name(name, 64) {
         Ok(())
@@ -102,14 +112,12 @@ pub async fn rotate_ear_key(
     caller.require(&[Admin])?;
     let alg = match q.alg.as_deref() {
         None => None,
-        Some("ed25519") => Some(vmattest_sign::SigAlg::Ed25519),
-        Some("p384") => Some(vmattest_sign::SigAlg::EcdsaP384),
-        Some(other) => {
-            return Err(ApiError::new(
+        Some(name) => Some(crate::ear::key_alg(name).ok_or_else(|| {
+            ApiError::new(
                 ErrorCode::Invalid,
-                format!("alg: expected ed25519 or p384, found {other:?}"),
-            ));
-        }
+                format!("alg: expected ed25519 or p384, found {name:?}"),
+            )
+        })?),
     };
     let key = s.ear.rotate(alg).await?;
     Ok(Json(ear_key_json(&key)))
@@ -503,12 +511,7 @@ pub async fn result(
     Path(id): Path<String>,
 ) -> Result<Json<AttestationResult>, ApiError> {
     caller.require(&[Admin, Auditor])?;
-    let id: i64 = id.parse().map_err(|_| {
-        ApiError::new(
-            ErrorCode::Invalid,
-            format!("result id {id:?}: expected an integer"),
-        )
-    })?;
+    let id = parse_id("result", &id)?;
     let body =
         s.db.result(id)
             .await?

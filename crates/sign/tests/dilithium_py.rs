@@ -6,7 +6,6 @@
 //! A missing venv is a test failure, not a skip.
 
 use std::io::Write as _;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use vmattest_sign::{PublicKey, SecretKey, SigAlg, Signer, hybrid};
@@ -46,25 +45,8 @@ else:
     sys.exit("unknown command " + cmd)
 "#;
 
-fn venv_python() -> PathBuf {
-    let non_empty = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
-    let cache = non_empty("VMATTEST_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| non_empty("XDG_CACHE_HOME").map(|x| PathBuf::from(x).join("vmattest")))
-        .or_else(|| non_empty("HOME").map(|h| PathBuf::from(h).join(".cache/vmattest")))
-        .expect("none of VMATTEST_CACHE, XDG_CACHE_HOME, HOME is set");
-    let python = cache.join("venv/bin/python");
-    assert!(
-        python.exists(),
-        "the ML-DSA test oracle (dilithium-py in a venv) is missing: {} does not exist; \
-         run scripts/install-deps.sh",
-        python.display()
-    );
-    python
-}
-
 fn oracle(cmd: &str, input: &str) -> Vec<String> {
-    let python = venv_python();
+    let python = vmattest_testkit::oracle_python();
     let mut child = Command::new(&python)
         .args(["-c", ORACLE, cmd])
         .stdin(Stdio::piped())

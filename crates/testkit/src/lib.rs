@@ -191,3 +191,23 @@ fn release(port: u16) {
         taken.remove(&(port + 1));
     }
 }
+
+/// The Python of the test oracles' venv (dilithium-py, PyJWT, joserfc), which
+/// `scripts/install-deps.sh` makes in `${VMATTEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vmattest}/venv`.
+pub fn oracle_python() -> std::path::PathBuf {
+    let non_empty = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    let cache = non_empty("VMATTEST_CACHE")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            non_empty("XDG_CACHE_HOME").map(|x| std::path::PathBuf::from(x).join("vmattest"))
+        })
+        .or_else(|| non_empty("HOME").map(|h| std::path::PathBuf::from(h).join(".cache/vmattest")))
+        .expect("none of VMATTEST_CACHE, XDG_CACHE_HOME, HOME is set");
+    let python = cache.join("venv/bin/python");
+    assert!(
+        python.exists(),
+        "the test oracles' venv is missing: {} does not exist; run scripts/install-deps.sh",
+        python.display()
+    );
+    python
+}
