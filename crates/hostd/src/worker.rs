@@ -94,11 +94,7 @@ fn open_chain(name: &str, s: &SnapshotConf) -> Result<Chain, String> {
     let pubkeys = if s.pubkeys.is_empty() {
         s.keys
             .iter()
-            .map(|k| {
-                let mut p = k.clone().into_os_string();
-                p.push(".pub");
-                p.into()
-            })
+            .map(|k| vmattest_host::keys::public_path(k))
             .collect()
     } else {
         s.pubkeys.clone()
