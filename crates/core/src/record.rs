@@ -41,13 +41,16 @@ pub enum RecordError {
     /// claims signers that did not sign (or carries signatures it does not claim).
     #[error("signatures: {found} entries, expected one per named key ({named})")]
     SignerCount { named: usize, found: usize },
+    /// An object whose parts disagree (a rebase over a link of another seq or algorithm).
+    #[error("{0}")]
+    Inconsistent(String),
 }
 
 impl Classify for RecordError {
     fn class(&self) -> ErrorClass {
         match self {
             RecordError::Wire(e) => e.class(),
-            RecordError::Count { .. } => ErrorClass::Input,
+            RecordError::Count { .. } | RecordError::Inconsistent(_) => ErrorClass::Input,
             // The object commits to its signers; signatures that differ from them fail it.
             RecordError::UnnamedSigner { .. } | RecordError::SignerCount { .. } => {
                 ErrorClass::Verification

@@ -33,10 +33,11 @@ pub enum Kind {
     SnapshotReport,
     ConfigStatement,
     ConfigDisclosure,
+    Rebase,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::MeasurementRecord,
         Kind::Signed,
         Kind::PageProof,
@@ -48,6 +49,7 @@ impl Kind {
         Kind::SnapshotReport,
         Kind::ConfigStatement,
         Kind::ConfigDisclosure,
+        Kind::Rebase,
     ];
 
     pub fn id(self) -> u16 {
@@ -63,6 +65,7 @@ impl Kind {
             Kind::SnapshotReport => 9,
             Kind::ConfigStatement => 10,
             Kind::ConfigDisclosure => 11,
+            Kind::Rebase => 12,
         }
     }
 
@@ -89,6 +92,7 @@ impl Kind {
             Kind::SnapshotReport => 64 * 1024,
             Kind::ConfigStatement => 4096,
             Kind::ConfigDisclosure => 256 * 1024,
+            Kind::Rebase => 72 * 1024,
         }
     }
 
@@ -105,6 +109,7 @@ impl Kind {
             Kind::SnapshotReport => "snapshot report",
             Kind::ConfigStatement => "config statement",
             Kind::ConfigDisclosure => "config disclosure",
+            Kind::Rebase => "chain rebase",
         }
     }
 }

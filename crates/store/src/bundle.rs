@@ -3,11 +3,13 @@
 //! ```text
 //! header   envelope kind 7 (bundle), version 1, body:
 //!            store meta (JSON) bytes32 | first seq u64 | last seq u64
-//! frame*   tag u8 (1 link, 2 object) | len u32 | bytes
+//! frame*   tag u8 (1 link, 2 object, 3 rebase) | len u32 | bytes
 //! trailer  tag u8 = 0xff | BLAKE3 of every byte before the trailer [32]
 //! ```
 //!
 //! Frames come in export order: a link, its manifest, the manifest's batches, the next link.
+//! A bundle of a pruned chain from its first seq opens with the chain's rebase instead of a
+//! link; it imports only into an empty store.
 //! Import streams each object frame to `tmp/` (bounded memory; a frame longer than the object
 //! expected there is refused before it is read) and refuses any object that is not the one the
 //! chain names next, so nothing unsigned is kept. It then verifies the whole chain (signatures
@@ -20,7 +22,9 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use vmattest_core::chain::{Link, Manifest, ObjectId, SeqNo, SignedLink, link_digest};
+use vmattest_core::chain::{
+    Link, Manifest, ObjectId, SeqNo, SignedLink, SignedRebase, link_digest,
+};
 use vmattest_core::record::Signed;
 use vmattest_core::wire::{HEADER_LEN, Kind, Writer};
 
@@ -30,6 +34,7 @@ use crate::{Head, Store, StoreError, StoreMeta, StoreWriter, fsio};
 
 const TAG_LINK: u8 = 1;
 const TAG_OBJECT: u8 = 2;
+const TAG_REBASE: u8 = 3;
 const TAG_END: u8 = 0xff;
 const MAX_FRAME: usize = Kind::Manifest.max_body() + HEADER_LEN;
 /// More links than any real chain between two exports; bounds what a header can ask for.
@@ -73,12 +78,13 @@ impl Store {
             .head()?
             .ok_or_else(|| StoreError::Input("the store has no snapshots yet".into()))?;
         let last = last.unwrap_or(head.seq);
-        if first > last || last > head.seq {
+        if first > last || last > head.seq || first < head.base {
             return Err(StoreError::Input(format!(
-                "seq range {first}..={last}: the store holds 0..={}",
-                head.seq
+                "seq range {first}..={last}: the store holds {}..={}",
+                head.base, head.seq
             )));
         }
+        let rebase = self.rebase(&head)?.filter(|r| r.value().seq() == first);
         let meta = serde_json::to_vec(&self.meta).map_err(|e| StoreError::Input(e.to_string()))?;
         let mut header = Writer::new();
         header.bytes(&meta).u64(first.0).u64(last.0);
@@ -117,16 +123,23 @@ impl Store {
             let (mut links, mut objects) = (0u64, 0u64);
             for s in first.0..=last.0 {
                 let link = self.read_link(SeqNo(s))?;
-                frame(
-                    &mut w,
-                    TAG_LINK,
-                    &link
-                        .encode()
-                        .map_err(|e| StoreError::Input(e.to_string()))?,
-                )
-                .map_err(wio)?;
+                let encode = |r: Result<Vec<u8>, _>| {
+                    r.map_err(|e: vmattest_core::record::RecordError| {
+                        StoreError::Input(e.to_string())
+                    })
+                };
+                let manifest_id = match &rebase {
+                    Some(r) if s == first.0 => {
+                        frame(&mut w, TAG_REBASE, &encode(r.encode())?).map_err(wio)?;
+                        r.value().manifest
+                    }
+                    _ => {
+                        frame(&mut w, TAG_LINK, &encode(link.encode())?).map_err(wio)?;
+                        link.value().manifest
+                    }
+                };
                 links += 1;
-                let manifest_bytes = self.read_object(&link.value().manifest, MAX_FRAME)?;
+                let manifest_bytes = self.read_object(&manifest_id, MAX_FRAME)?;
                 let manifest =
                     Manifest::decode(&manifest_bytes).map_err(|e| StoreError::BadManifest {
                         seq: link.value().seq,
@@ -237,11 +250,6 @@ impl Store {
             .and_then(|d| d.file_exists(Path::new("store.json")))
             .unwrap_or(false)
         {
-            if first.0 != 0 {
-                return Err(bad(format!(
-                    "starts at seq {first}; a new store needs a bundle from seq 0"
-                )));
-            }
             let existed = root.symlink_metadata().is_ok();
             Store::init(root, meta.clone())?;
             *created = if existed {
@@ -264,6 +272,8 @@ impl Store {
         // batches. Anything else (an object no link names, a link out of place) is refused
         // at once, so nothing unsigned is ever kept.
         let mut links: Vec<SignedLink> = Vec::new();
+        let mut rebase: Option<SignedRebase> = None;
+        let empty = store.head()?.is_none();
         let mut expect: VecDeque<(ObjectId, Kind, SeqNo)> = VecDeque::new();
         let mut staged: Vec<ObjectId> = Vec::new();
         loop {
@@ -275,8 +285,24 @@ impl Store {
                 break;
             };
             match frame {
+                Frame::Rebase(r) => {
+                    if !links.is_empty() || r.value().seq() != first {
+                        return Err(bad(format!(
+                            "rebase of seq {} where only the first frame, for seq {first}, may be one",
+                            r.value().seq()
+                        )));
+                    }
+                    expect.push_back((r.value().manifest, Kind::Manifest, first));
+                    links.push(r.value().link.clone());
+                    rebase = Some(*r);
+                }
                 Frame::Link(link) => {
                     let seq = SeqNo(first.0 + links.len() as u64);
+                    if empty && links.is_empty() && first.0 != 0 {
+                        return Err(bad(format!(
+                            "starts at seq {first}; an empty store needs a bundle from seq 0 or from a rebase"
+                        )));
+                    }
                     if let Some((id, kind, owner)) = expect.front() {
                         return Err(bad(format!(
                             "link {seq} comes before {} {id} of link {owner}",
@@ -335,8 +361,13 @@ impl Store {
 
         // Chain rules against what is already here.
         let head = store.head()?;
+        if rebase.is_some() && head.is_some() {
+            return Err(bad(format!(
+                "opens with a rebase of seq {first}; a rebase imports only into an empty store"
+            )));
+        }
         match head {
-            None if first.0 != 0 => {
+            None if first.0 != 0 && rebase.is_none() => {
                 return Err(bad(format!("starts at seq {first}, the store is empty")));
             }
             Some(h) if last <= h.seq => {
@@ -371,8 +402,20 @@ impl Store {
             _ => {}
         }
         let mut all: Vec<SignedLink> = Vec::new();
-        for s in 0..first.0 {
-            all.push(store.read_link(SeqNo(s))?);
+        if let Some(h) = head {
+            if first < h.base {
+                return Err(bad(format!(
+                    "starts at seq {first}; this store's chain starts at seq {} (pruned)",
+                    h.base
+                )));
+            }
+            rebase = store.rebase(&h)?;
+            if let Some(r) = &rebase {
+                all.push(r.value().link.clone());
+            }
+            for s in h.base.0 + u64::from(rebase.is_some())..first.0 {
+                all.push(store.read_link(SeqNo(s))?);
+            }
         }
         if let Some(h) = head {
             for (i, l) in links.iter().enumerate() {
@@ -398,6 +441,7 @@ impl Store {
         };
         let src = Source {
             links: all.clone(),
+            rebase: rebase.clone(),
             object: &object,
             from_cache: false,
         };
@@ -413,12 +457,21 @@ impl Store {
             store.replay_source(&src, &opts.into(), &out)?
         };
 
-        // Commit: objects, then links, then HEAD.
+        // Commit: objects, then links (and a new store's rebase), then HEAD.
         let objects = staged.len() as u64;
         store.move_staged(&staging, &staged)?;
+        let base = rebase.as_ref().map_or(SeqNo(0), |r| r.value().seq());
+        if head.is_none()
+            && let Some(r) = &rebase
+        {
+            let bytes = r.encode().map_err(|e| StoreError::Input(e.to_string()))?;
+            store
+                .dir
+                .write_file(&store.rebase_path(base), &bytes, true)?;
+        }
         let mut new_links = 0;
         for l in all.iter().skip(head.map_or(0, |h| {
-            usize::try_from(h.seq.0)
+            usize::try_from(h.seq.0 - h.base.0)
                 .unwrap_or(usize::MAX)
                 .saturating_add(1)
         })) {
@@ -432,6 +485,7 @@ impl Store {
         store.set_head(Head {
             seq: verified.seq,
             link: verified.link,
+            base,
         })?;
         Ok(ImportSummary {
             first,
@@ -559,6 +613,7 @@ pub struct BundleHeader {
 #[derive(Debug)]
 pub enum Frame {
     Link(Box<SignedLink>),
+    Rebase(Box<SignedRebase>),
     /// An object, streamed into the caller's sink: its content address and length.
     Object {
         id: ObjectId,
@@ -692,6 +747,21 @@ impl<R: Read> BundleReader<R> {
                     Signed::<Link>::decode(&bytes).map_err(|e| self.bad(format!("link: {e}")))?;
                 Ok(Some(Frame::Link(Box::new(link))))
             }
+            TAG_REBASE => {
+                let max = Kind::Signed.max_body() + HEADER_LEN;
+                if len > max {
+                    return Err(self.bad(format!(
+                        "rebase frame of {len} bytes, expected at most {max}"
+                    )));
+                }
+                let mut bytes = vec![0u8; len];
+                self.r
+                    .read_exact(&mut bytes)
+                    .map_err(|_| self.bad("truncated frame".into()))?;
+                let r =
+                    SignedRebase::decode(&bytes).map_err(|e| self.bad(format!("rebase: {e}")))?;
+                Ok(Some(Frame::Rebase(Box::new(r))))
+            }
             TAG_OBJECT => {
                 if max_object == 0 {
                     return Err(self.bad(format!(
@@ -721,7 +791,7 @@ impl<R: Read> BundleReader<R> {
                 }))
             }
             other => Err(self.bad(format!(
-                "frame tag {other}, expected 1 (link) or 2 (object)"
+                "frame tag {other}, expected 1 (link), 2 (object) or 3 (rebase)"
             ))),
         }
     }

@@ -100,6 +100,10 @@ impl Classify for StoreError {
 pub enum Broken {
     #[error("link does not match the digest in HEAD")]
     HeadDigest,
+    #[error(
+        "rebase: its embedded link is not the chain's link at its seq, or its algorithm is not the store's"
+    )]
+    Rebase,
     #[error("the head manifest changed while it was read")]
     HeadChanged,
     #[error("link says seq {0}")]

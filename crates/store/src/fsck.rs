@@ -99,7 +99,7 @@ impl Store {
             self.fsck_links(h, &mut rep, &mut referenced);
             rep.cache_current = self.cache_matches(&h);
         }
-        let leftovers = self.leftovers(head.map(|h| h.seq), &referenced)?;
+        let leftovers = self.leftovers(head, &referenced)?;
         rep.leftovers = leftovers.iter().map(|p| self.dir.display(p)).collect();
         Ok((rep, leftovers))
     }
@@ -107,13 +107,26 @@ impl Store {
     fn fsck_links(&self, h: crate::Head, rep: &mut FsckReport, referenced: &mut HashSet<ObjectId>) {
         let mut prev = self.params.alg().zero_digest();
         let mut missing = 0usize;
-        let mut s = 0u64;
+        let mut s = h.base.0;
+        let rebase = match self.rebase(&h) {
+            Ok(r) => r,
+            Err(e) => {
+                rep.errors.push(e.to_string());
+                return;
+            }
+        };
         loop {
             let seq = SeqNo(s);
-            match self.read_link(seq) {
+            let read = match &rebase {
+                // The rebase's own copy is the one verification reads.
+                Some(r) if r.value().seq() == seq => Ok(r.value().link.clone()),
+                _ => self.read_link(seq),
+            };
+            match read {
                 Ok(link) => {
                     rep.links += 1;
-                    if link.value().prev != prev {
+                    let folded = rebase.as_ref().filter(|r| r.value().seq() == seq);
+                    if folded.is_none() && link.value().prev != prev {
                         rep.errors.push(format!(
                             "seq {seq}: previous link digest does not match link {}",
                             s.saturating_sub(1)
@@ -124,8 +137,9 @@ impl Store {
                         rep.errors
                             .push(format!("seq {seq}: link does not match the digest in HEAD"));
                     }
-                    referenced.insert(link.value().manifest);
-                    self.fsck_manifest(seq, &link, s == h.seq.0, rep, referenced);
+                    let manifest = folded.map_or(link.value().manifest, |r| r.value().manifest);
+                    referenced.insert(manifest);
+                    self.fsck_manifest(seq, &h, s == h.seq.0, rep, referenced);
                 }
                 Err(e) => {
                     rep.errors.push(e.to_string());
@@ -150,12 +164,12 @@ impl Store {
     fn fsck_manifest(
         &self,
         seq: SeqNo,
-        link: &vmattest_core::chain::SignedLink,
+        head: &crate::Head,
         is_head: bool,
         rep: &mut FsckReport,
         referenced: &mut HashSet<ObjectId>,
     ) {
-        let m = match self.read_manifest(link.value()) {
+        let m = match self.manifest_at(head, seq) {
             Ok(m) => m,
             Err(e) => {
                 rep.errors.push(format!("seq {seq}: {e}"));
@@ -191,19 +205,24 @@ impl Store {
 
     /// Store-relative paths of everything no committed link needs: links past the head,
     /// unreferenced objects, files of the wrong type, anything in `tmp/`.
-    fn leftovers(
+    pub(crate) fn leftovers(
         &self,
-        head: Option<SeqNo>,
+        head: Option<crate::Head>,
         referenced: &HashSet<ObjectId>,
     ) -> Result<Vec<PathBuf>, StoreError> {
         let mut out = Vec::new();
         let links = Path::new("links");
         for (name, t) in self.dir.open_dir(links)?.entries()? {
-            let seq = name
-                .strip_suffix(".link")
-                .and_then(|n| n.parse::<u64>().ok());
-            let committed =
-                t == FileType::RegularFile && seq.is_some_and(|s| head.is_some_and(|h| s <= h.0));
+            let seq = |suffix| {
+                name.strip_suffix(suffix)
+                    .and_then(|n: &str| n.parse::<u64>().ok())
+            };
+            // Links from the chain's first seq to the head, and the rebase at its first seq.
+            let committed = t == FileType::RegularFile
+                && head.is_some_and(|h| {
+                    seq(".link").is_some_and(|s| h.base.0 <= s && s <= h.seq.0)
+                        || seq(".rebase").is_some_and(|s| s == h.base.0 && s > 0)
+                });
             if !committed {
                 out.push(links.join(name));
             }

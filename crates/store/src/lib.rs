@@ -5,6 +5,7 @@
 //! STORE/LOCK                  exclusive lock held by every writer (take, import, repair)
 //! STORE/HEAD                  {"seq": N, "link": "<link digest>"}: the commit point
 //! STORE/links/<seq>.link      signed links, seq zero-padded to 20 digits
+//! STORE/links/<seq>.rebase    the signed rebase the chain starts with, after a prune
 //! STORE/objects/ab/cdef...    content-addressed objects (manifests, page batches)
 //! STORE/head/                 derived cache of the head state, rebuilt from the chain if stale
 //! STORE/tmp/                  scratch space for imports and verification
@@ -27,6 +28,7 @@ mod error;
 mod fsck;
 mod fsio;
 mod pages;
+mod prune;
 mod rebuild;
 mod replay;
 mod take;
@@ -39,7 +41,9 @@ use dir::{Access, Dir};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use vmattest_core::alg::{Digest, HashAlg};
-use vmattest_core::chain::{Link, Manifest, ObjectId, SeqNo, SignedLink, link_digest};
+use vmattest_core::chain::{
+    Link, Manifest, ObjectId, SeqNo, SignedLink, SignedRebase, link_digest,
+};
 use vmattest_core::record::Signed;
 use vmattest_core::tree::{NoProgress, Progress, TreeParams};
 use vmattest_core::wire::{HEADER_LEN, Kind};
@@ -50,6 +54,7 @@ pub use crypt::StoreSecret;
 pub use error::{Broken, StoreError};
 pub use fsck::FsckReport;
 pub use fsio::{write_atomic, write_atomic_private};
+pub use prune::{PruneOptions, PruneSummary};
 pub use replay::{PinnedKeys, ReplayOptions, Verified};
 pub use take::{ComponentInput, Frozen, Hold, Quiescent, TakeOptions, TakeSummary};
 
@@ -84,12 +89,21 @@ impl StoreMeta {
 pub struct Head {
     pub seq: SeqNo,
     pub link: Digest,
+    /// The chain's first seq: 0, or the seq of its newest rebase (`prune`).
+    pub base: SeqNo,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct HeadJson {
     seq: u64,
     link: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    base: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// A store opened for reading: it verifies, restores, exports and checks, and has no method
@@ -169,6 +183,7 @@ impl StoreWriter {
         let json = serde_json::to_vec(&HeadJson {
             seq: head.seq.0,
             link: head.link.to_hex(),
+            base: head.base.0,
         })
         .map_err(|e| StoreError::Corrupt {
             file: "HEAD".into(),
@@ -366,15 +381,65 @@ impl Store {
         let raw = hex::decode(&h.link).map_err(|_| bad("link digest is not hex".into()))?;
         let link = Digest::new(self.params.alg(), &raw)
             .ok_or_else(|| bad("link digest has the wrong length".into()))?;
+        if h.base > h.seq {
+            return Err(bad(format!(
+                "base seq {} is past head seq {}; expected base <= seq",
+                h.base, h.seq
+            )));
+        }
         Ok(Some(Head {
             seq: SeqNo(h.seq),
             link,
+            base: SeqNo(h.base),
         }))
+    }
+
+    /// The rebase the chain starts with; `None` for a chain that starts at seq 0.
+    pub fn rebase(&self, head: &Head) -> Result<Option<SignedRebase>, StoreError> {
+        if head.base.0 == 0 {
+            return Ok(None);
+        }
+        self.read_rebase(head.base).map(Some)
+    }
+
+    /// Reads and decodes the rebase at `seq` (no signature check).
+    pub fn read_rebase(&self, seq: SeqNo) -> Result<SignedRebase, StoreError> {
+        let path = self.rebase_path(seq);
+        if !self.dir.file_exists(&path)? {
+            return Err(StoreError::MissingLink { seq });
+        }
+        let bytes = self
+            .dir
+            .read_capped(&path, Kind::Signed.max_body() + HEADER_LEN)?;
+        let r = SignedRebase::decode(&bytes).map_err(|e| StoreError::BadLink {
+            seq,
+            detail: e.to_string(),
+        })?;
+        if r.value().seq() != seq {
+            return Err(StoreError::BadLink {
+                seq,
+                detail: format!("a rebase of seq {}", r.value().seq()),
+            });
+        }
+        Ok(r)
+    }
+
+    /// The seq-0 state root, which salts an encrypted store's keys (a rebase carries it).
+    pub(crate) fn origin_root(&self, head: &Head) -> Result<Digest, StoreError> {
+        match self.rebase(head)? {
+            Some(r) => Ok(r.value().origin_root),
+            None => Ok(self.read_link(SeqNo(0))?.value().state_root),
+        }
     }
 
     /// A link's file, relative to the store's root.
     fn link_path(&self, seq: SeqNo) -> PathBuf {
         PathBuf::from(format!("links/{:020}.link", seq.0))
+    }
+
+    /// A rebase's file, relative to the store's root.
+    fn rebase_path(&self, seq: SeqNo) -> PathBuf {
+        PathBuf::from(format!("links/{:020}.rebase", seq.0))
     }
 
     /// An object's file, relative to the store's root.
@@ -422,12 +487,27 @@ impl Store {
         })
     }
 
-    /// The links from 0 to the head, decoded but not verified.
+    /// The manifest of `seq`: at a pruned chain's first seq, its rebase's full manifest.
+    pub fn manifest_at(&self, head: &Head, seq: SeqNo) -> Result<Manifest, StoreError> {
+        let id = match self.rebase(head)? {
+            Some(r) if r.value().seq() == seq => r.value().manifest,
+            _ => self.read_link(seq)?.value().manifest,
+        };
+        let bytes = self.read_object(&id, Kind::Manifest.max_body() + HEADER_LEN)?;
+        Manifest::decode(&bytes).map_err(|e| StoreError::BadManifest {
+            seq,
+            detail: e.to_string(),
+        })
+    }
+
+    /// The links from the chain's first seq to the head, decoded but not verified.
     pub fn log(&self) -> Result<Vec<SignedLink>, StoreError> {
         let Some(head) = self.head()? else {
             return Ok(Vec::new());
         };
-        (0..=head.seq.0).map(|s| self.read_link(SeqNo(s))).collect()
+        (head.base.0..=head.seq.0)
+            .map(|s| self.read_link(SeqNo(s)))
+            .collect()
     }
 
     /// Digest of the link at `seq` as stored.

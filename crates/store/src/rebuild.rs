@@ -127,6 +127,12 @@ fn page_len(m: &Manifest, component: u16, page: u64) -> usize {
 }
 
 impl Rebuild<'_> {
+    /// Position of `seq` among the manifests (a pruned chain starts above 0).
+    fn pos(&self, seq: SeqNo) -> usize {
+        let base = self.manifests.first().map_or(0, |m| m.meta.seq.0);
+        idx(seq.0.saturating_sub(base))
+    }
+
     /// Applies seq `seq`'s changes to `buf`, which holds component `comp` from page `first`.
     pub fn apply_region(
         &self,
@@ -136,7 +142,7 @@ impl Rebuild<'_> {
         buf: &mut [u8],
         dec: &mut Decoder,
     ) -> Result<(), StoreError> {
-        let m = &self.manifests[idx(seq.0)];
+        let m = &self.manifests[self.pos(seq)];
         let c = u16::try_from(comp).unwrap_or(u16::MAX);
         let end = first + buf.len().div_ceil(PAGE_SIZE) as u64;
         let lo = m
@@ -148,7 +154,7 @@ impl Rebuild<'_> {
         if lo == hi {
             return Ok(());
         }
-        let locs = &self.locs[idx(seq.0)];
+        let locs = &self.locs[self.pos(seq)];
         let name = &m.components[comp].name;
         let mut current: Option<usize> = None;
         for (e, &(b, off)) in m.entries[lo..hi].iter().zip(&locs[lo..hi]) {
@@ -190,9 +196,9 @@ impl Rebuild<'_> {
         b: usize,
         dec: &mut Decoder,
     ) -> Result<(), StoreError> {
-        let m = &self.manifests[idx(seq.0)];
+        let m = &self.manifests[self.pos(seq)];
         let bref = &m.batches[b];
-        let expect = self.batch_lens[idx(seq.0)][b];
+        let expect = self.batch_lens[self.pos(seq)][b];
         let bytes =
             (self.object)(&bref.object, Kind::Batch.max_body() + HEADER_LEN).map_err(|e| {
                 StoreError::Verification {
@@ -232,8 +238,8 @@ impl Rebuild<'_> {
         let bytes = (len - start).min(REGION_PAGES * PAGE_SIZE as u64);
         buf.clear();
         buf.resize(idx(bytes), 0);
-        for k in 0..self.manifests.len() {
-            self.apply_region(SeqNo(k as u64), comp, first, buf, dec)?;
+        for m in self.manifests {
+            self.apply_region(m.meta.seq, comp, first, buf, dec)?;
         }
         let dlen = self.store.params.alg().digest_len();
         let pages = buf.len().div_ceil(PAGE_SIZE);
@@ -316,13 +322,14 @@ impl Rebuild<'_> {
             })
             .unwrap_or(0);
         let m = &self.manifests[seq];
+        let seq = m.meta.seq;
         let want = m
             .entries
             .iter()
             .find(|e| e.component == c && e.page.0 == page)
             .map_or_else(|| "a zero page".to_owned(), |e| e.digest.to_hex());
         StoreError::PageMismatch {
-            seq: SeqNo(seq as u64),
+            seq,
             component: m.components[comp].name.clone(),
             page,
             detail: format!(

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use vmattest_core::alg::{Digest, PAGE_SIZE, PageIndex, page_count};
 use vmattest_core::chain::{
-    ComponentRoot, Manifest, ObjectId, SeqNo, SignedLink, delta_digest, link_digest, state_root,
+    ComponentRoot, Manifest, ObjectId, SeqNo, SignedLink, SignedRebase, delta_digest, link_digest,
+    state_root,
 };
 use vmattest_core::record::UnixTime;
 use vmattest_core::tree::ImageTree;
@@ -100,11 +101,24 @@ pub struct Verified {
 
 /// Where links and objects come from: the store itself, or a store plus a staged import.
 pub(crate) struct Source<'a> {
+    /// From the chain's first seq; after a prune, `links[0]` is the rebase's embedded link.
     pub links: Vec<SignedLink>,
+    /// The rebase the chain starts with, if it was pruned.
+    pub rebase: Option<SignedRebase>,
     pub object: &'a ObjectFn<'a>,
     /// Copy the last seq's bytes from the head cache instead of decoding the chain. They are
     /// hashed after the copy like rebuilt bytes, and rebuilt when they do not match.
     pub from_cache: bool,
+}
+
+impl Source<'_> {
+    /// The manifest of `links[k]`: for a rebase's link, the rebase's full manifest.
+    fn manifest_id(&self, k: usize) -> ObjectId {
+        match &self.rebase {
+            Some(r) if k == 0 => r.value().manifest,
+            _ => self.links[k].value().manifest,
+        }
+    }
 }
 
 pub(crate) type NameFn<'a> = dyn Fn(usize, &ComponentRoot) -> String + 'a;
@@ -184,9 +198,20 @@ impl Store {
                 head.seq
             )));
         }
-        let links = (0..=upto.0)
-            .map(|s| self.read_link(SeqNo(s)))
-            .collect::<Result<Vec<_>, _>>()?;
+        if upto < head.base {
+            return Err(StoreError::Input(format!(
+                "seq {upto} was pruned: the chain starts at seq {}",
+                head.base
+            )));
+        }
+        let rebase = self.rebase(&head)?;
+        let mut links = Vec::with_capacity(idx(upto.0 - head.base.0) + 1);
+        if let Some(r) = &rebase {
+            links.push(r.value().link.clone());
+        }
+        for s in head.base.0 + u64::from(rebase.is_some())..=upto.0 {
+            links.push(self.read_link(SeqNo(s))?);
+        }
         if upto == head.seq && link_digest(&links[links.len() - 1]) != head.link {
             return Err(StoreError::Verification {
                 seq: upto,
@@ -200,6 +225,7 @@ impl Store {
         self.replay_source(
             &Source {
                 links,
+                rebase,
                 object: &object,
                 from_cache,
             },
@@ -221,7 +247,11 @@ impl Store {
                 return Err(StoreError::Secret("pass the secret file (--secret)".into()));
             }
             (true, Some(s)) => {
-                Some(s.page_key(src.links[0].value().state_root.as_bytes(), &self.meta.vm_id))
+                let origin = match &src.rebase {
+                    Some(r) => r.value().origin_root,
+                    None => src.links[0].value().state_root,
+                };
+                Some(s.page_key(origin.as_bytes(), &self.meta.vm_id))
             }
         };
         // A head restore copies bytes that do not depend on the links, so the copy starts at
@@ -318,9 +348,12 @@ impl Store {
     /// The components of the last link's manifest, read ahead of the link checks (which
     /// read it again and compare it with the baseline's).
     fn last_components(&self, src: &Source<'_>) -> Result<Vec<ComponentRoot>, StoreError> {
-        let l = src.links[src.links.len() - 1].value();
-        let bad = |broken| StoreError::Verification { seq: l.seq, broken };
-        let bytes = (src.object)(&l.manifest, Kind::Manifest.max_body() + HEADER_LEN)
+        let k = src.links.len() - 1;
+        let bad = |broken| StoreError::Verification {
+            seq: src.links[k].value().seq,
+            broken,
+        };
+        let bytes = (src.object)(&src.manifest_id(k), Kind::Manifest.max_body() + HEADER_LEN)
             .map_err(|e| bad(Broken::ManifestObject(Box::new(e))))?;
         Ok(Manifest::decode(&bytes)
             .map_err(|e| bad(Broken::ManifestDecode(e)))?
@@ -369,7 +402,7 @@ impl Store {
         let mut small: Vec<Vec<u8>> = comps.iter().map(|_| Vec::new()).collect();
         let mut dec = Decoder::new()?;
         for (k, m) in manifests.iter().enumerate() {
-            let seq = SeqNo(k as u64);
+            let seq = m.meta.seq;
             for (i, c) in comps.iter().enumerate() {
                 let listed: Vec<(PageIndex, Digest)> = m
                     .entries
@@ -426,24 +459,30 @@ impl Store {
         let mut prev = alg.zero_digest();
         let mut prev_time = UnixTime { secs: 0, nanos: 0 };
         let mut out: Vec<Manifest> = Vec::with_capacity(src.links.len());
+        let base = src.rebase.as_ref().map_or(SeqNo(0), |r| r.value().seq());
         // Signatures, manifests and delta digests of all links at once; the checks below
         // still run, and fail, in seq order.
         let heavy: Vec<LinkWork> = src
             .links
             .par_iter()
-            .map(|signed| {
-                let l = signed.value();
+            .enumerate()
+            .map(|(k, signed)| {
+                let folded = src.rebase.as_ref().filter(|_| k == 0);
                 let signature = match opts.keys {
-                    Some(keys) => verify_signed(signed, keys).map_err(Broken::Signature),
+                    Some(keys) => verify_signed(signed, keys)
+                        .and_then(|()| folded.map_or(Ok(()), |r| verify_signed(r, keys)))
+                        .map_err(Broken::Signature),
                     None => Ok(()),
                 };
-                let manifest = (src.object)(&l.manifest, Kind::Manifest.max_body() + HEADER_LEN)
-                    .map_err(|e| Broken::ManifestObject(Box::new(e)))
-                    .and_then(|b| Manifest::decode(&b).map_err(Broken::ManifestDecode))
-                    .map(|m| {
-                        let d = delta_digest(alg, &m.entries);
-                        (m, d)
-                    });
+                // A rebase's full manifest stands in for its link's pruned delta.
+                let manifest =
+                    (src.object)(&src.manifest_id(k), Kind::Manifest.max_body() + HEADER_LEN)
+                        .map_err(|e| Broken::ManifestObject(Box::new(e)))
+                        .and_then(|b| Manifest::decode(&b).map_err(Broken::ManifestDecode))
+                        .map(|m| {
+                            let d = delta_digest(alg, &m.entries);
+                            (m, d)
+                        });
                 LinkWork {
                     signature,
                     manifest,
@@ -451,14 +490,21 @@ impl Store {
             })
             .collect();
         for ((k, signed), work) in src.links.iter().enumerate().zip(heavy) {
-            let seq = SeqNo(k as u64);
+            let seq = SeqNo(base.0 + k as u64);
             let bad = |broken| StoreError::Verification { seq, broken };
             let l = signed.value();
             if l.seq != seq {
                 return Err(bad(Broken::LinkSeq(l.seq)));
             }
             work.signature.map_err(bad)?;
-            if l.prev != prev {
+            let folded = src.rebase.as_ref().filter(|_| k == 0).map(|r| r.value());
+            if let Some(r) = folded
+                && (r.link != *signed || r.origin.alg() != alg)
+            {
+                return Err(bad(Broken::Rebase));
+            }
+            // The folded link's predecessor is gone; its own signature still covers it.
+            if folded.is_none() && l.prev != prev {
                 return Err(bad(Broken::Prev {
                     found: l.prev,
                     expected: prev,
@@ -506,7 +552,7 @@ impl Store {
                     return Err(bad(Broken::Components));
                 }
             }
-            if delta != l.delta {
+            if delta != folded.map_or(l.delta, |r| r.delta) {
                 return Err(bad(Broken::Delta));
             }
             if state_root(&m.meta, &m.components) != l.state_root {

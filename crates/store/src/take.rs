@@ -9,7 +9,7 @@ use vmattest_core::chain::{
     BatchRef, ComponentKind, ComponentRoot, DeltaEntry, Link, MAX_COMPONENTS, MAX_NAME_LEN,
     Manifest, PageChange, SeqNo, StateMeta, delta_digest, is_valid_name, link_digest, state_root,
 };
-use vmattest_core::record::{SignatureEntry, Signed, UnixTime};
+use vmattest_core::record::{Signable, SignatureEntry, Signed, UnixTime};
 use vmattest_core::tree::{ImageTree, in_hole};
 use vmattest_image::MappedImage;
 use vmattest_sign::Signer;
@@ -103,7 +103,7 @@ impl std::fmt::Debug for Hold<'_> {
 
 /// Where the bytes of the captured pages live between [`Store::freeze`] and [`Store::commit`].
 #[derive(Debug)]
-enum Source {
+pub(crate) enum Source {
     /// The component files themselves, which must not change until the commit.
     Mapped(Vec<MappedImage>),
     /// The changed pages, copied out so that the files (a running VM's RAM) may change.
@@ -217,7 +217,7 @@ impl StoreWriter {
         let head = self.head()?;
         let prev = match head {
             Some(h) => {
-                let m = self.read_manifest(self.read_link(h.seq)?.value())?;
+                let m = self.manifest_at(&h, h.seq)?;
                 self.check_meta_bound(&m)?;
                 Some((h, m))
             }
@@ -237,9 +237,9 @@ impl StoreWriter {
         }
         let secret = self.secret_for(secret)?;
         let cache_key = match (secret, &prev) {
-            (Some(s), Some(_)) => {
-                let baseline = self.read_link(SeqNo(0))?.value().state_root;
-                Some(s.cache_key(baseline.as_bytes(), &self.meta.vm_id))
+            (Some(s), Some((h, _))) => {
+                let origin = self.origin_root(h)?;
+                Some(s.cache_key(origin.as_bytes(), &self.meta.vm_id))
             }
             _ => None,
         };
@@ -368,8 +368,8 @@ impl StoreWriter {
             })
             .collect();
         let root = state_root(&meta, &components);
-        let baseline_root = match head {
-            Some(_) => self.read_link(SeqNo(0))?.value().state_root,
+        let baseline_root = match &head {
+            Some(h) => self.origin_root(h)?,
             None => root,
         };
         let key = secret.map(|s| s.page_key(baseline_root.as_bytes(), &self.meta.vm_id));
@@ -442,18 +442,7 @@ impl StoreWriter {
             time: opts.time,
             key_ids: opts.signers.iter().map(|s| s.key_id()).collect(),
         };
-        let mut signed = Signed::new(link).map_err(|e| StoreError::Input(e.to_string()))?;
-        let message = signed.message();
-        for s in opts.signers {
-            let signature = s
-                .sign(&message)
-                .map_err(|e| StoreError::Input(format!("signing: {e}")))?;
-            signed.signatures.push(SignatureEntry {
-                alg: s.alg(),
-                key_id: s.key_id(),
-                signature,
-            });
-        }
+        let signed = sign_with(link, opts.signers)?;
         let bytes = signed
             .encode()
             .map_err(|e| StoreError::Input(e.to_string()))?;
@@ -461,6 +450,7 @@ impl StoreWriter {
         let new_head = Head {
             seq,
             link: link_digest(&signed),
+            base: head.map_or(SeqNo(0), |h| h.base),
         };
         fail_point("before-head");
         self.set_head(new_head)?;
@@ -498,7 +488,7 @@ impl StoreWriter {
     }
 
     /// XOR-delta batches of the data entries, compressed (and sealed) in parallel.
-    fn write_batches(
+    pub(crate) fn write_batches(
         &self,
         entries: &mut [DeltaEntry],
         source: &Source,
@@ -573,6 +563,26 @@ impl StoreWriter {
     }
 }
 
+/// Signs `value` with every signer (a link, a rebase).
+pub(crate) fn sign_with<T: Signable>(
+    value: T,
+    signers: &[&dyn Signer],
+) -> Result<Signed<T>, StoreError> {
+    let mut signed = Signed::new(value).map_err(|e| StoreError::Input(e.to_string()))?;
+    let message = signed.message();
+    for s in signers {
+        let signature = s
+            .sign(&message)
+            .map_err(|e| StoreError::Input(format!("signing: {e}")))?;
+        signed.signatures.push(SignatureEntry {
+            alg: s.alg(),
+            key_id: s.key_id(),
+            signature,
+        });
+    }
+    Ok(signed)
+}
+
 /// A written batch, its size, and which of its pages were stored literally.
 type WrittenBatch = (BatchRef, u64, Vec<bool>);
 
@@ -605,7 +615,7 @@ fn entropy(bytes: &[u8]) -> f64 {
 
 /// Changed pages with whether each is now all zeros. Without a previous tree, every non-zero
 /// page counts as changed (the baseline is a delta from zeros).
-fn changed_pages(
+pub(crate) fn changed_pages(
     tree: &ImageTree,
     old: Option<&ImageTree>,
     bytes: &[u8],
@@ -702,11 +712,11 @@ fn check_same_shape(
 /// Test hook, only with the `fault-injection` feature: `VMATTEST_FAIL_AT=<point>` aborts the
 /// process there, as a crash would.
 #[cfg(feature = "fault-injection")]
-fn fail_point(point: &str) {
+pub(crate) fn fail_point(point: &str) {
     if std::env::var("VMATTEST_FAIL_AT").is_ok_and(|v| v == point) {
         std::process::abort();
     }
 }
 
 #[cfg(not(feature = "fault-injection"))]
-fn fail_point(_point: &str) {}
+pub(crate) fn fail_point(_point: &str) {}

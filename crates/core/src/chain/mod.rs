@@ -19,7 +19,7 @@ use crate::alg::{Digest, HashAlg};
 use crate::record::{RecordError, Signable, Signed, UnixTime};
 use crate::sig::KeyId;
 use crate::tree::{MAX_SALT_LEN, TreeParams, read_alg};
-use crate::wire::{Kind, Reader, WireError, Writer};
+use crate::wire::{HEADER_LEN, Kind, Reader, WireError, Writer};
 
 pub const MAX_COMPONENTS: usize = 64;
 pub const MAX_NAME_LEN: usize = 255;
@@ -292,6 +292,139 @@ impl Signable for Link {
             delta,
             state_root,
             manifest: ObjectId(m),
+            time: UnixTime { secs, nanos },
+            key_ids,
+        })
+    }
+
+    fn key_ids(&self) -> &[KeyId] {
+        &self.key_ids
+    }
+}
+
+/// Largest signed link a rebase embeds.
+pub const MAX_EMBEDDED_LINK: usize = 64 * 1024;
+
+/// A fold of seqs `0..seq` of a chain (signed as a [`Signed<Rebase>`]): the chain now starts
+/// at `seq`, whose state a full manifest (a delta from all-zero images) holds. The original
+/// link at `seq` is kept verbatim, so its own signature still vouches for the state root and
+/// the next link's `prev` still names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rebase {
+    /// The chain's seq-0 link digest, carried from fold to fold: the chain's identity.
+    pub origin: Digest,
+    /// The seq-0 state root: the salt of an encrypted store's keys.
+    pub origin_root: Digest,
+    /// The original signed link at the new first seq.
+    pub link: SignedLink,
+    /// The full manifest of that seq's state.
+    pub manifest: ObjectId,
+    /// Its delta digest (from all-zero images).
+    pub delta: Digest,
+    /// When the fold was made.
+    pub time: UnixTime,
+    pub key_ids: Vec<KeyId>,
+}
+
+pub type SignedRebase = Signed<Rebase>;
+
+impl Rebase {
+    pub fn seq(&self) -> SeqNo {
+        self.link.value().seq
+    }
+
+    pub fn alg(&self) -> HashAlg {
+        self.delta.alg()
+    }
+}
+
+impl Signable for Rebase {
+    const KIND: Kind = Kind::Rebase;
+
+    fn encode(&self) -> Result<Vec<u8>, RecordError> {
+        if self.key_ids.is_empty() || self.key_ids.len() > crate::record::MAX_SIGNATURES {
+            return Err(RecordError::Count {
+                what: "key ids",
+                max: crate::record::MAX_SIGNATURES,
+                found: self.key_ids.len(),
+            });
+        }
+        let alg = self.alg();
+        if [
+            self.origin.alg(),
+            self.origin_root.alg(),
+            self.link.value().alg(),
+        ]
+        .iter()
+        .any(|a| *a != alg)
+        {
+            return Err(RecordError::Inconsistent(format!(
+                "rebase digests mix tree algorithms; expected {alg} throughout"
+            )));
+        }
+        let link = self.link.encode()?;
+        if link.len() > MAX_EMBEDDED_LINK {
+            return Err(RecordError::Count {
+                what: "bytes of embedded link",
+                max: MAX_EMBEDDED_LINK,
+                found: link.len(),
+            });
+        }
+        let mut w = Writer::new();
+        w.u8(alg.id())
+            .u64(self.seq().0)
+            .raw(self.origin.as_bytes())
+            .raw(self.origin_root.as_bytes())
+            .bytes(&link)
+            .raw(&self.manifest.0)
+            .raw(self.delta.as_bytes())
+            .u64(self.time.secs)
+            .u32(self.time.nanos)
+            .u8(u8::try_from(self.key_ids.len()).unwrap_or(u8::MAX));
+        for k in &self.key_ids {
+            w.raw(&k.0);
+        }
+        Ok(w.envelope(Kind::Rebase))
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Rebase, RecordError> {
+        let mut r = crate::wire::open(bytes, Kind::Rebase)?;
+        let alg = read_alg(&mut r)?;
+        let seq = r.u64("seq")?;
+        let origin = read_digest(&mut r, alg, "origin link digest")?;
+        let origin_root = read_digest(&mut r, alg, "origin state root")?;
+        let at = r.offset();
+        let link = SignedLink::decode(r.bytes("embedded link", MAX_EMBEDDED_LINK)?)?;
+        if link.value().seq.0 != seq || link.value().alg() != alg {
+            return Err(r
+                .bad(
+                    "embedded link",
+                    at,
+                    "the link of the rebase's seq and tree algorithm",
+                    format!(
+                        "seq {} with {} in a rebase of seq {seq} with {alg}",
+                        link.value().seq,
+                        link.value().alg()
+                    ),
+                )
+                .into());
+        }
+        if seq == 0 {
+            return Err(r.bad("seq", HEADER_LEN + 1, "a seq above 0", 0).into());
+        }
+        let mut m = [0u8; 32];
+        m.copy_from_slice(r.take("manifest id", 32)?);
+        let delta = read_digest(&mut r, alg, "delta digest")?;
+        let secs = r.u64("time seconds")?;
+        let nanos = r.u32("time nanoseconds")?;
+        let key_ids = crate::record::read_key_ids(&mut r)?;
+        r.finish(Kind::Rebase)?;
+        Ok(Rebase {
+            origin,
+            origin_root,
+            link,
+            manifest: ObjectId(m),
+            delta,
             time: UnixTime { secs, nanos },
             key_ids,
         })

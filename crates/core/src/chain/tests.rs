@@ -212,3 +212,66 @@ fn refused_field(e: &RecordError) -> Option<&'static str> {
         _ => None,
     }
 }
+
+fn signed_link(seq: u64) -> SignedLink {
+    let mut s = Signed::new(Link {
+        seq: SeqNo(seq),
+        prev: d(1),
+        delta: d(2),
+        state_root: d(3),
+        manifest: ObjectId([4; 32]),
+        time: UnixTime { secs: 5, nanos: 6 },
+        key_ids: vec![KeyId([9; 32])],
+    })
+    .unwrap();
+    s.signatures.push(crate::record::SignatureEntry {
+        alg: crate::sig::SigAlg::Ed25519,
+        key_id: KeyId([9; 32]),
+        signature: vec![1; 64],
+    });
+    s
+}
+
+fn rebase(seq: u64) -> Rebase {
+    Rebase {
+        origin: d(10),
+        origin_root: d(11),
+        link: signed_link(seq),
+        manifest: ObjectId([12; 32]),
+        delta: d(13),
+        time: UnixTime { secs: 7, nanos: 8 },
+        key_ids: vec![KeyId([9; 32])],
+    }
+}
+
+#[test]
+fn rebase_round_trip_and_checks() {
+    let r = rebase(4);
+    let enc = r.encode().unwrap();
+    assert_eq!(Rebase::decode(&enc).unwrap(), r);
+    assert_eq!(r.seq(), SeqNo(4));
+
+    // The embedded link is for another seq than the rebase says.
+    let mut bad = enc.clone();
+    bad[HEADER_LEN + 1..HEADER_LEN + 9].copy_from_slice(&5u64.to_be_bytes());
+    assert_eq!(
+        refused_field(&Rebase::decode(&bad).unwrap_err()),
+        Some("embedded link")
+    );
+    // Seq 0 is the chain's own baseline, never a fold.
+    assert_eq!(
+        refused_field(&Rebase::decode(&rebase(0).encode().unwrap()).unwrap_err()),
+        Some("seq")
+    );
+    // Truncated anywhere: refused, naming a field.
+    for cut in [HEADER_LEN + 3, enc.len() / 2, enc.len() - 1] {
+        assert!(Rebase::decode(&enc[..cut]).is_err(), "cut at {cut}");
+    }
+    // Digests of two algorithms in one rebase are refused when encoding.
+    let mut mixed = rebase(4);
+    mixed.origin = Digest::new(HashAlg::Sha256, &[1; 32]).unwrap();
+    assert!(matches!(mixed.encode(), Err(RecordError::Inconsistent(_))));
+    // Oversize: refused before decoding.
+    let big = vec![0u8; Kind::Rebase.max_body() + HEADER_LEN + 1];
+    assert!(Rebase::decode(&big).is_err());
+}
