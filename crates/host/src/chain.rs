@@ -5,9 +5,12 @@ use std::path::{Path, PathBuf};
 use vmattest_core::alg::PageIndex;
 use vmattest_core::chain::{ComponentKind, SeqNo};
 use vmattest_core::class::{Classify, ErrorClass};
+use vmattest_core::record::UnixTime;
 use vmattest_core::tree::{ImageTree, PageProof, Progress, TreeError, TreeParams};
+use vmattest_sign::Signer;
 use vmattest_store::{
-    ComponentInput, Store, StoreError, StoreMeta, StoreSecret, TakeOptions, TakeSummary, Verified,
+    ComponentInput, PruneOptions, PruneSummary, Store, StoreError, StoreMeta, StoreSecret,
+    TakeOptions, TakeSummary, Verified,
 };
 
 use crate::files::{self, FileError};
@@ -127,6 +130,67 @@ pub fn take_files(
     Ok(store.take(&inputs, opts)?)
 }
 
+/// What a prune keeps: the newest `keep` seqs, and every seq younger than `within` seconds
+/// (with the state in effect that long ago); a seq goes only when both rules let it go.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Retention {
+    pub keep: Option<u64>,
+    pub within: Option<u64>,
+}
+
+/// Folds the seqs `retention` lets go under a rebase signed by `signers` (the chain's keys),
+/// after verifying the chain against `verifier`'s pinned keys.
+pub fn prune(
+    root: &Path,
+    retention: Retention,
+    verifier: &Verifier,
+    signers: &[&dyn Signer],
+    now: UnixTime,
+    progress: Box<dyn Progress + Send>,
+) -> Result<PruneSummary, ChainError> {
+    let mut store = Store::open_writer(root)?;
+    store.set_progress(progress);
+    let keep_since = retention.within.map(|secs| UnixTime {
+        secs: now.secs.saturating_sub(secs),
+        nanos: now.nanos,
+    });
+    Ok(store.prune(&PruneOptions {
+        keep: retention.keep,
+        keep_since,
+        keys: verifier.pinned(),
+        secret: verifier.secret(),
+        signers,
+        time: now,
+    })?)
+}
+
+/// Seconds in a duration written as a whole number with an optional unit: `90`, `45s`,
+/// `30m`, `12h`, `7d`, `2w`.
+pub fn parse_duration(arg: &'static str, text: &str) -> Result<u64, ChainError> {
+    let bad = || ChainError::Arg {
+        arg,
+        expected: "a whole number with an optional unit s, m, h, d or w (\"7d\")".into(),
+        found: text.to_owned(),
+    };
+    let (digits, unit) = match text.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&text[..i], Some(c)),
+        _ => (text, None),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let scale = match unit {
+        None | Some('s') => 1,
+        Some('m') => 60,
+        Some('h') => 3600,
+        Some('d') => 86_400,
+        Some('w') => 604_800,
+        Some(_) => return Err(bad()),
+    };
+    n.checked_mul(scale).ok_or_else(bad)
+}
+
 /// Component files of a take, by kind: each `PATH` or `NAME=PATH`. Unnamed ones are called
 /// after their kind, numbered from the second (`memory`, `memory1`, ...).
 pub fn components(
@@ -242,4 +306,33 @@ pub fn prove(
             source,
         })?;
     Ok((v, proof))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units_and_refuse_the_rest() {
+        for (text, secs) in [
+            ("90", 90),
+            ("45s", 45),
+            ("30m", 1800),
+            ("12h", 43_200),
+            ("7d", 604_800),
+            ("2w", 1_209_600),
+        ] {
+            assert_eq!(
+                parse_duration("--keep-within", text).ok(),
+                Some(secs),
+                "{text}"
+            );
+        }
+        for text in ["", "d", "7x", "-1d", "1.5h", "99999999999999999999d", "7 d"] {
+            let e = parse_duration("--keep-within", text)
+                .err()
+                .map(|e| e.to_string());
+            assert!(e.is_some_and(|e| e.contains("--keep-within")), "{text}");
+        }
+    }
 }

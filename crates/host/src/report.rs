@@ -56,6 +56,7 @@ pub fn components_json(c: &[ComponentRoot]) -> Vec<ComponentJson> {
 #[derive(Debug, Serialize)]
 pub struct VerifiedJson {
     pub ok: bool,
+    pub base: u64,
     pub seq: u64,
     pub link: String,
     pub state_root: String,
@@ -68,6 +69,7 @@ pub struct VerifiedJson {
 pub fn verified_json(v: &Verified, out: Option<&Path>) -> VerifiedJson {
     VerifiedJson {
         ok: true,
+        base: v.base.0,
         seq: v.seq.0,
         link: v.link.to_hex(),
         state_root: v.state_root.to_hex(),
@@ -270,6 +272,40 @@ impl fmt::Display for ExportJson {
             f,
             "exported {} link(s), {} object(s), {} bytes to {}",
             self.links, self.objects, self.bytes, self.out
+        )
+    }
+}
+
+/// A prune by `snapshot prune`.
+#[derive(Debug, Serialize)]
+pub struct PruneJson {
+    #[serde(flatten)]
+    pub summary: vmattest_store::PruneSummary,
+    pub seconds: f64,
+}
+
+impl fmt::Display for PruneJson {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.summary;
+        if s.folded == 0 {
+            return write!(
+                f,
+                "nothing to fold: the chain holds seqs {} to {}",
+                s.base, s.head
+            );
+        }
+        write!(
+            f,
+            "folded {} seq(s) under a rebase at seq {}: the chain holds seqs {} to {}; \
+             {} file(s), {} bytes removed, {} bytes of full state stored, in {:.2} s",
+            s.folded,
+            s.base,
+            s.base,
+            s.head,
+            s.removed_files,
+            s.removed_bytes,
+            s.stored_bytes,
+            self.seconds
         )
     }
 }

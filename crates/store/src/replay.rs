@@ -92,6 +92,8 @@ impl<'a> From<&ReplayOptions<'a>> for Plan<'a> {
 /// The verified end state.
 #[derive(Debug, Clone)]
 pub struct Verified {
+    /// The chain's first seq (above 0 after a prune).
+    pub base: SeqNo,
     pub seq: SeqNo,
     pub link: Digest,
     pub state_root: Digest,
@@ -334,6 +336,7 @@ impl Store {
         let l = last.value();
         Ok((
             Verified {
+                base: src.links[0].value().seq,
                 seq: l.seq,
                 link: link_digest(last),
                 state_root: l.state_root,

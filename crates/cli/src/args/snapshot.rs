@@ -158,6 +158,27 @@ pub enum SnapshotCommand {
         /// Bundle file to verify and import (`snapshot export` output).
         bundle: PathBuf,
     },
+    /// Fold the oldest seqs under a signed rebase (verified first); every kept seq restores
+    /// as before. A seq goes only when every rule given lets it go.
+    Prune {
+        #[command(flatten)]
+        store: StoreArg,
+        #[command(flatten)]
+        verify: VerifyArgs,
+        /// Keep the newest N seqs (at least 1).
+        #[arg(long, required_unless_present = "keep_within")]
+        keep: Option<u64>,
+        /// Keep every seq younger than this (`7d`, `12h`, `30m`, `90s`), and the state in
+        /// effect that long ago.
+        #[arg(long)]
+        keep_within: Option<String>,
+        /// Private key to sign the rebase; repeat to co-sign (the chain's own keys).
+        #[arg(long = "key", required_unless_present = "signer")]
+        keys: Vec<PathBuf>,
+        /// `tpm`: (also) sign with the host TPM's resident key.
+        #[arg(long, value_parser = ["tpm"])]
+        signer: Option<String>,
+    },
     /// Check the store's files; `--repair` removes leftovers of interrupted writes.
     Fsck {
         #[command(flatten)]

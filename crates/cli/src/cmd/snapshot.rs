@@ -15,7 +15,8 @@ use crate::args::{ComponentArgs, SnapshotCommand};
 use crate::output::{self, outln, verified_json};
 use crate::progress::Bar;
 use vmattest_host::report::{
-    CaptureJson, ChainProofJson, ExportJson, ImportJson, LinkJson, RollbackJson, TakeJson,
+    CaptureJson, ChainProofJson, ExportJson, ImportJson, LinkJson, PruneJson, RollbackJson,
+    TakeJson,
 };
 
 pub fn run(cmd: SnapshotCommand, json: bool) -> anyhow::Result<()> {
@@ -117,8 +118,8 @@ pub fn run(cmd: SnapshotCommand, json: bool) -> anyhow::Result<()> {
             let r = r?;
             output::show(json, &verified_json(&r, None), |_| {
                 format!(
-                    "OK: links 0 to {} verify; state root {} at {}",
-                    r.seq, r.state_root, r.time
+                    "OK: links {} to {} verify; state root {} at {}",
+                    r.base, r.seq, r.state_root, r.time
                 )
             })
         }
@@ -227,6 +228,39 @@ pub fn run(cmd: SnapshotCommand, json: bool) -> anyhow::Result<()> {
             );
             bar.finish();
             output::report(json, &ImportJson::from(&r?))
+        }
+        SnapshotCommand::Prune {
+            store,
+            verify,
+            keep,
+            keep_within,
+            keys: key_files,
+            signer,
+        } => {
+            let within = keep_within
+                .as_deref()
+                .map(|t| chain::parse_duration("--keep-within", t))
+                .transpose()?;
+            let v = verifier(&verify)?;
+            let signers = keys::signers(&key_files, signer.is_some())?;
+            let refs: Vec<&dyn Signer> = signers.iter().map(AsRef::as_ref).collect();
+            let bar = Bar::later("verifying", json);
+            let t = Instant::now();
+            let r = chain::prune(
+                &store.store,
+                chain::Retention { keep, within },
+                &v,
+                &refs,
+                vmattest_host::now(),
+                Box::new(bar.clone()),
+            );
+            bar.finish();
+            let r = r?;
+            let j = PruneJson {
+                summary: r,
+                seconds: t.elapsed().as_secs_f64(),
+            };
+            output::report(json, &j)
         }
         SnapshotCommand::Fsck { store, repair } => {
             let rep = if repair {
