@@ -214,6 +214,12 @@ fn hostd_keeps_every_guest_attested_and_survives_reload_stop_and_kill() {
             c.push_str(&format!("[[vm]]\nspec = \"{}\"\n", g.arg()));
             c.push_str(&snapshots(store));
         }
+        // h1 keeps its newest two seqs; h2 keeps seq 0, the target of its rollback action.
+        c = c.replacen(
+            "keys = [\"chain.key\"]\n",
+            "keys = [\"chain.key\"]\nkeep = 2\n",
+            1,
+        );
         if with_h3 {
             c.push_str(&format!("[[vm]]\nspec = \"{}\"\n", g3.arg()));
             c.push_str(&snapshots(&stores[2]));
@@ -321,6 +327,26 @@ fn hostd_keeps_every_guest_attested_and_survives_reload_stop_and_kill() {
         ])
         .ok();
     }
+    // Retention: h1's chain was folded to its newest seqs under a signed rebase, and verifies.
+    let v = vmattest([
+        "--json",
+        "snapshot",
+        "verify",
+        "--store",
+        &s(&stores[0]),
+        "--pubkey",
+        &s(&dir.join("chain.key.pub")),
+    ])
+    .ok()
+    .json();
+    let (base, head) = (v["base"].as_u64().unwrap(), v["seq"].as_u64().unwrap());
+    assert!(
+        base > 0 && head - base < 4,
+        "h1 holds seqs {base} to {head}"
+    );
+    let st = status(&config);
+    let pruned = &vm_status(&st, "h1").unwrap()["last_prune"];
+    assert!(pruned["folded"].as_u64().unwrap_or(0) > 0, "{pruned}");
     // Stopped, the daemon leaves no capture scratch behind (the killed one's guardian removed
     // its own).
     drop(hostd);

@@ -101,6 +101,21 @@ pub struct SnapshotConf {
     /// Tree algorithm of a new store.
     #[serde(default = "default_alg")]
     pub alg: String,
+    /// Retention: keep the newest `keep` seqs ...
+    pub keep: Option<u64>,
+    /// ... and every seq younger than this; older ones are folded under a signed rebase.
+    pub keep_within_secs: Option<u64>,
+}
+
+impl SnapshotConf {
+    pub fn retention(&self) -> Option<vmattest_host::chain::Retention> {
+        (self.keep.is_some() || self.keep_within_secs.is_some()).then_some(
+            vmattest_host::chain::Retention {
+                keep: self.keep,
+                within: self.keep_within_secs,
+            },
+        )
+    }
 }
 
 fn default_alg() -> String {
@@ -217,6 +232,16 @@ fn check_snapshots(path: &Path, field: &str, s: &Option<SnapshotConf>) -> Result
             "at least 1 second",
             "0".into(),
         ));
+    }
+    for (key, v) in [("keep", s.keep), ("keep_within_secs", s.keep_within_secs)] {
+        if v == Some(0) {
+            return Err(invalid(
+                path,
+                format!("{field}.snapshots.{key}"),
+                "at least 1",
+                "0".into(),
+            ));
+        }
     }
     if s.keys.is_empty() && !s.tpm {
         return Err(invalid(
@@ -457,6 +482,7 @@ mod tests {
         let text = format!(
             "{BASE}[[domain]]\nname = \"db\"\nconnect = \"qemu:///session\"\n\
              [domain.snapshots]\nstore = \"/s/db\"\ninterval_secs = 60\nkeys = [\"k\"]\n\
+             keep = 48\nkeep_within_secs = 86400\n\
              [[domains]]\nmatch = \"web-*\"\n[domains.snapshots]\nstore = \"/s/{{name}}\"\n\
              interval_secs = 30\ntpm = true\n"
         );
@@ -468,6 +494,9 @@ mod tests {
         assert_eq!(names, ["db", "web-1"]);
         let snap = targets[1].snapshots.as_ref().unwrap();
         assert_eq!(snap.store, PathBuf::from("/s/web-1"));
+        assert!(snap.retention().is_none());
+        let kept = targets[0].snapshots.as_ref().unwrap().retention().unwrap();
+        assert_eq!((kept.keep, kept.within), (Some(48), Some(86_400)));
     }
 
     #[test]
@@ -482,6 +511,10 @@ mod tests {
             (
                 "[[domain]]\nname = \"a\"\n[domain.snapshots]\nstore = \"/s\"\ninterval_secs = 0\nkeys = [\"k\"]\n",
                 "domain[0].snapshots.interval_secs",
+            ),
+            (
+                "[[domain]]\nname = \"a\"\n[domain.snapshots]\nstore = \"/s\"\ninterval_secs = 5\nkeys = [\"k\"]\nkeep = 0\n",
+                "domain[0].snapshots.keep",
             ),
             (
                 "[[domain]]\nname = \"a\"\n[domain.snapshots]\nstore = \"/s\"\ninterval_secs = 5\n",

@@ -33,11 +33,22 @@ pub struct Snapshotted {
     pub changed_pages: u64,
 }
 
+/// A retention prune that folded seqs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Pruned {
+    #[serde(with = "vmattest_api::time")]
+    pub time: UnixTime,
+    /// The chain's first seq after it.
+    pub base: u64,
+    pub folded: u64,
+    pub removed_bytes: u64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Failure {
     #[serde(with = "vmattest_api::time")]
     pub time: UnixTime,
-    /// `attest`, `snapshot`, `rollback`, `report` or `start`.
+    /// `attest`, `snapshot`, `prune`, `rollback`, `report` or `start`.
     pub what: String,
     pub error: String,
 }
@@ -51,6 +62,8 @@ pub struct VmStatus {
     pub snapshots: u64,
     pub last_attestation: Option<Attested>,
     pub last_snapshot: Option<Snapshotted>,
+    #[serde(default)]
+    pub last_prune: Option<Pruned>,
     pub last_rollback_seq: Option<u64>,
     pub last_error: Option<Failure>,
 }

@@ -4,7 +4,6 @@
 //! finish; a crash mid-capture is covered by the capture's own guardian, which resumes the
 //! guest.
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -20,7 +19,7 @@ use vmattest_sign::Signer;
 use vmattest_store::StoreSecret;
 
 use crate::config::{GuestConf, SnapshotConf, Target};
-use crate::status::{Attested, Board, Failure, Snapshotted};
+use crate::status::{Attested, Board, Failure, Pruned, Snapshotted};
 
 /// What every worker shares.
 #[derive(Debug)]
@@ -253,7 +252,7 @@ pub fn run(target: &Target, shared: &Shared, stop: &AtomicBool) {
             && !stop.load(Ordering::SeqCst)
         {
             let started = Instant::now();
-            snapshot(&ctx, &guest, &s.store, c);
+            snapshot(&ctx, &guest, s, c);
             next_snapshot = Some(started + Duration::from_secs(s.interval_secs));
         }
         let until = next_snapshot.map_or(next_attest, |s| s.min(next_attest));
@@ -308,7 +307,62 @@ fn attest(
     schedule
 }
 
-fn snapshot(ctx: &Ctx<'_>, guest: &Guest<'_>, store: &Path, chain: &Chain) {
+/// Folds old seqs when the chain has outgrown its retention by a margin, so that each prune
+/// (a verified replay and a full state written again) folds many links, not one per take.
+fn retain(ctx: &Ctx<'_>, conf: &SnapshotConf, chain: &Chain, head: u64) {
+    let Some(retention) = conf.retention() else {
+        return;
+    };
+    let now = vmattest_host::now();
+    let due = (|| -> Result<bool, vmattest_store::StoreError> {
+        let store = vmattest_store::Store::open(&conf.store)?;
+        let Some(h) = store.head()? else {
+            return Ok(false);
+        };
+        let len = head.saturating_sub(h.base.0) + 1;
+        let by_count = retention.keep.is_some_and(|k| len > k + (k / 4).max(1));
+        let by_age = match retention.within {
+            Some(w) if h.base.0 < head => {
+                let second = store.read_link(vmattest_core::chain::SeqNo(h.base.0 + 1))?;
+                let age = now.secs.saturating_sub(second.value().time.secs);
+                age > w + (w / 4).max(conf.interval_secs)
+            }
+            _ => false,
+        };
+        Ok(by_count || by_age)
+    })();
+    match due {
+        Ok(false) => return,
+        Ok(true) => {}
+        Err(e) => return ctx.failed("prune", &e),
+    }
+    let signers: Vec<&dyn Signer> = chain.signers.iter().map(AsRef::as_ref).collect();
+    let pruned = vmattest_host::chain::prune(
+        &conf.store,
+        retention,
+        &chain.verifier,
+        &signers,
+        now,
+        Box::new(vmattest_core::tree::NoProgress),
+    );
+    match pruned {
+        Ok(p) => {
+            tracing::info!(vm = %ctx.target.name, base = p.base, folded = p.folded, removed_bytes = p.removed_bytes, "chain pruned");
+            ctx.shared.board.update(&ctx.target.name, &ctx.label, |s| {
+                s.last_prune = Some(Pruned {
+                    time: now,
+                    base: p.base,
+                    folded: p.folded,
+                    removed_bytes: p.removed_bytes,
+                });
+            });
+        }
+        Err(e) => ctx.failed("prune", &e),
+    }
+}
+
+fn snapshot(ctx: &Ctx<'_>, guest: &Guest<'_>, conf: &SnapshotConf, chain: &Chain) {
+    let store = &conf.store;
     let signers: Vec<&dyn Signer> = chain.signers.iter().map(AsRef::as_ref).collect();
     let time = vmattest_host::now();
     let taken = match guest {
@@ -335,6 +389,7 @@ fn snapshot(ctx: &Ctx<'_>, guest: &Guest<'_>, store: &Path, chain: &Chain) {
                     changed_pages: r.summary.changed_pages,
                 });
             });
+            retain(ctx, conf, chain, seq);
         }
         Err(e) => ctx.failed("snapshot", &e),
     }

@@ -54,10 +54,16 @@ fn line(v: &VmStatus) -> String {
             )
         },
     );
+    let pruned = v.last_prune.as_ref().map_or_else(String::new, |p| {
+        format!("; pruned at {} to seqs from {}", p.time, p.base)
+    });
     let error = v.last_error.as_ref().map_or_else(String::new, |e| {
         format!("; last error {} {}: {}", e.time, e.what, e.error)
     });
-    format!("{}  {}  {attested}; {snapshot}{error}", v.name, v.guest)
+    format!(
+        "{}  {}  {attested}; {snapshot}{pruned}{error}",
+        v.name, v.guest
+    )
 }
 
 pub fn host(cmd: HostCommand, json: bool) -> anyhow::Result<()> {
