@@ -9,6 +9,10 @@
 # 2. Restore: a chain of a baseline and DELTAS deltas (each after mutating 2% of the pages with
 #    another seed) is built untimed; `snapshot restore --seq DELTAS` is timed against `cp` of the
 #    full image, and the restored image must be byte-identical to the final mutated image.
+# 3. Retention: `snapshot prune --keep KEEP` (default 10) folds the chain's older seqs under a
+#    rebase (once: it changes the store), against a restore of the new first seq plus a
+#    baseline take of it, the work it repeats; then a seq that is not the head is restored again
+#    (now replayed from the rebase) and the head must still be byte-identical.
 # Every tool reads a warm page cache; neither restore nor cp fsyncs the image it writes. The best
 # of RUNS runs (default 5) is reported for each (each run starts after a `sync`; head restores
 # and cp alternate, so both meet the same phases of the machine's load), and the ratios compare
@@ -18,6 +22,7 @@ source "$(dirname "$0")/lib.sh"
 MIB=${1:-2048}
 DELTAS=${2:-100}
 RUNS=${RUNS:-5}
+KEEP=${KEEP:-10}
 PERCENT=2
 [ "$DELTAS" -ge 1 ] || { echo "DELTAS must be at least 1" >&2; exit 2; }
 for tool in xdelta3 zstd bc cmp python3; do
@@ -115,7 +120,26 @@ t_restore0=$(best 'rm -rf "$OUT"' 'rm -rf "$OUT"' \
 t_restore_mid=$(best 'rm -rf "$OUT"' 'rm -rf "$OUT"' \
   "$VM" snapshot restore --store "$STORE" --pubkey "$WORK/key.pub" --seq $((DELTAS - 1)) --out "$OUT" --json)
 
-# --- 3. report ----------------------------------------------------------------------------------
+# --- 3. retention: fold all but the newest KEEP seqs ---------------------------------------------
+sync
+t0=$(now)
+"$VM" snapshot prune --store "$STORE" --pubkey "$WORK/key.pub" --key "$WORK/key" --keep "$KEEP" \
+  --json > "$WORK/prune.json"
+t_prune=$(sub "$(now)" "$t0")
+pruned_bytes=$(store_bytes "$STORE")
+t_restore_mid_pruned=$(best 'rm -rf "$OUT"' 'rm -rf "$OUT"' \
+  "$VM" snapshot restore --store "$STORE" --pubkey "$WORK/key.pub" --seq $((DELTAS - 1)) --out "$OUT" --json)
+"$VM" snapshot restore --store "$STORE" --pubkey "$WORK/key.pub" --seq "$DELTAS" --out "$OUT" --json > /dev/null
+cmp "$OUT/memory" "$MUT" || { echo "bench-chain: after the prune, seq $DELTAS differs from the final mutated image" >&2; exit 1; }
+rm -rf "$OUT"
+# The peer of a prune: restoring the new first seq, then a baseline take of it.
+t_peer_restore=$(best 'rm -rf "$OUT"' ':' \
+  "$VM" snapshot restore --store "$STORE" --pubkey "$WORK/key.pub" --seq $((DELTAS - KEEP + 1)) --out "$OUT" --json)
+t_peer_take=$(best 'rm -rf "$WORK/peer"; "$VM" snapshot init --store "$WORK/peer" --vm-id bench > /dev/null' ':' \
+  "$VM" snapshot take --store "$WORK/peer" --key "$WORK/key" --memory "$OUT/memory" --json)
+rm -rf "$OUT" "$WORK/peer"
+
+# --- 4. report ----------------------------------------------------------------------------------
 num() { printf "%.${2:-2}f" "$(echo "$1" | bc -l)"; } # always a valid JSON number
 ratio() { num "$1 / $2" "${3:-2}"; }
 gbs() { num "$MIB / 1024 / $1"; }
@@ -149,14 +173,23 @@ line "take speed / zstd:" "${r_zstd_speed}x"
 line "delta size / zstd size:" "$r_zstd_size"
 line "restore seq $DELTAS time / cp time:" "${r_restore}x" "(target <= 2x)" "$(verdict "$r_restore <= 2")"
 line "restore seq $((DELTAS - 1)) time / cp time:" "$(ratio "$t_restore_mid" "$t_cp")x" "(decoded from the chain)"
+t_peer=$(num "$t_peer_restore + $t_peer_take" 6)
+printf '%-44s %9.3f %8s %12s\n' "snapshot prune --keep $KEEP (once)" "$t_prune" "" "$(mib "$pruned_bytes")"
+printf '%-44s %9.3f\n' "  peer: restore new first seq + baseline take" "$t_peer"
+printf '%-44s %9.3f %8s\n' "  restore --seq $((DELTAS - 1)) after the prune" "$t_restore_mid_pruned" "$(gbs "$t_restore_mid_pruned")"
+line "prune time / peer time:" "$(ratio "$t_prune" "$t_peer")x"
+line "store after / before the prune:" "$(ratio "$pruned_bytes" "$chain_bytes" 3)"
+line "restore seq $((DELTAS - 1)) after / before:" "$(ratio "$t_restore_mid_pruned" "$t_restore_mid")"
 echo "restored image at seq $DELTAS: byte-identical to the final mutated image"
 cat > "$ROOT/target/bench/chain.json" <<JSON
 {"image_mib": $MIB, "total_pages": $total_pages, "threads": $threads, "runs": $RUNS, "deltas": $DELTAS,
  "mutate_percent": $PERCENT, "changed_pages": $changed,
  "seconds": {"take_delta": $t_take, "xdelta3": $t_xd, "zstd_3": $t_zstd, "restore": $t_restore, "restore_seq0": $t_restore0, "restore_not_head": $t_restore_mid, "cp": $t_cp,
-             "baseline_take": $(json_field "$WORK/base.json" seconds), "chain_build": $t_build, "chain_build_mutate": $t_mutate, "chain_build_per_take": $per_take},
+             "baseline_take": $(json_field "$WORK/base.json" seconds), "chain_build": $t_build, "chain_build_mutate": $t_mutate, "chain_build_per_take": $per_take,
+             "prune": $t_prune, "prune_peer": $t_peer, "restore_not_head_after_prune": $t_restore_mid_pruned},
  "bytes": {"delta": $delta_bytes, "delta_batches": $batch_bytes, "xdelta3": $xd_bytes, "zstd_3": $zstd_bytes,
-           "baseline_batches": $base_bytes, "chain": $chain_bytes},
+           "baseline_batches": $base_bytes, "chain": $chain_bytes, "chain_after_prune": $pruned_bytes},
+ "keep": $KEEP,
  "ratio_take_speed_vs_xdelta3": $r_speed, "ratio_delta_size_vs_xdelta3": $r_size,
  "ratio_take_speed_vs_zstd": $r_zstd_speed, "ratio_delta_size_vs_zstd": $r_zstd_size,
  "ratio_restore_vs_cp": $r_restore, "restore_identical": true}

@@ -204,6 +204,17 @@ fn a_pruned_chain_travels_in_a_bundle_that_opens_with_its_rebase() {
         err.to_string().contains("only into an empty store"),
         "{err}"
     );
+    drop(store);
+    // The source goes on (seqs 6 and 7); their bundle continues the pruned copy.
+    let mut history = history;
+    history.extend(chain(&mut fx, 2, 21));
+    let store = Store::open(&fx.store).unwrap();
+    store
+        .export(SeqNo(6), None, &fx.path("later.bundle"))
+        .unwrap();
+    let got = Store::import(&copy, &fx.path("later.bundle"), &fx.opts(&keys, None)).unwrap();
+    assert_eq!((got.new_links, got.verified.seq), (2, SeqNo(7)));
+    assert_restores_from(&fx, &copy, &history, 3..=7);
 }
 
 #[test]
