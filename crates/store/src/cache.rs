@@ -61,6 +61,24 @@ fn versions_bytes(v: &[u64]) -> Vec<u8> {
 }
 
 impl StoreWriter {
+    /// Replaces a cached image with a new sparse 0600 file holding `bytes`: zero runs are
+    /// holes, so an idle guest's untouched memory costs no disk (no fsync, as for every cache
+    /// file).
+    fn write_sparse(&self, rel: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+        self.dir.remove_file(rel)?;
+        let f = self.dir.open_file(rel, Access::CreateNew)?;
+        let io = |error| StoreError::Io {
+            path: self.dir.display(rel),
+            error,
+        };
+        f.set_len(bytes.len() as u64).map_err(io)?;
+        for run in crate::pages::nonzero_runs(bytes) {
+            f.write_all_at(&bytes[run.clone()], run.start as u64)
+                .map_err(io)?;
+        }
+        Ok(())
+    }
+
     /// Replaces a cache file with a new 0600 file, without fsync: callers remove the stamp
     /// first, and every reader checks what it reads.
     fn write_derived(&self, rel: &Path, bytes: &[u8]) -> Result<(), StoreError> {
@@ -279,7 +297,7 @@ impl StoreWriter {
     ) -> Result<(), StoreError> {
         let path = self.cache_image(i);
         let Some(k) = key else {
-            return self.write_derived(&path, plain);
+            return self.write_sparse(&path, plain);
         };
         let mut enc = plain.to_vec();
         for (p, page) in enc.chunks_mut(PAGE_SIZE).enumerate() {
@@ -354,13 +372,21 @@ pub(crate) struct CacheWriter<'k> {
 }
 
 impl CacheWriter<'_> {
-    /// Writes the new bytes of page `page` of component `c` (encrypted when keyed).
+    /// Writes the new bytes of page `page` of component `c` (encrypted when keyed). In a
+    /// plain cache a page that became zero is punched out instead, so the image stays sparse.
     pub fn write(&self, c: usize, page: u64, bytes: &[u8]) -> Result<(), StoreError> {
         let Some((f, path)) = self.files.get(c) else {
             return Err(StoreError::Input(format!("component {c}: no cached image")));
         };
         let at = page * PAGE_SIZE as u64;
         let result = match self.key {
+            None if crate::pages::is_zero(bytes) => {
+                use rustix::fs::FallocateFlags as F;
+                rustix::fs::fallocate(f, F::PUNCH_HOLE | F::KEEP_SIZE, at, bytes.len() as u64)
+                    .map_err(std::io::Error::from)
+                    // A file system without holes: the zeros are written instead.
+                    .or_else(|_| f.write_all_at(bytes, at))
+            }
             None => f.write_all_at(bytes, at),
             Some(k) => {
                 let mut buf = bytes.to_vec();

@@ -11,7 +11,7 @@ use vmattest_core::tree::ImageTree;
 use vmattest_core::wire::{HEADER_LEN, Kind};
 
 use crate::crypt::PageKey;
-use crate::pages::{ObjectFn, idx, is_zero, page_of};
+use crate::pages::{ObjectFn, idx, nonzero_runs};
 use crate::{Broken, Store, StoreError, batch, fsio};
 
 /// Pages per region: 256 MiB of buffer per worker. Larger regions decode fewer batches twice
@@ -20,9 +20,6 @@ pub(crate) const REGION_PAGES: u64 = 65536;
 
 static WRITE_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 const WRITE_CHUNK: usize = 1 << 20;
-
-/// Shortest run of zero pages left as a hole instead of written.
-const HOLE_PAGES: usize = 16;
 
 /// Batch decoding state, reused across batches.
 pub(crate) struct Decoder {
@@ -247,27 +244,9 @@ impl Rebuild<'_> {
         self.store
             .params
             .hash_pages(PageIndex(first), buf, &mut leaves);
-        // Zero stretches of at least HOLE_PAGES stay holes in the sparse file; shorter ones are
-        // written with their neighbours, so the number of writes stays small.
-        let mut p = 0;
-        while p < pages {
-            if zero_page(buf, p) {
-                p += 1;
-                continue;
-            }
-            let run = p;
-            let mut end = p;
-            while p < pages {
-                if !zero_page(buf, p) {
-                    p += 1;
-                    end = p;
-                } else if p - end < HOLE_PAGES {
-                    p += 1;
-                } else {
-                    break;
-                }
-            }
-            let chunk = &buf[run * PAGE_SIZE..(end * PAGE_SIZE).min(buf.len())];
+        // Zero stretches stay holes in the sparse file.
+        for run in nonzero_runs(buf) {
+            let chunk = &buf[run.clone()];
             // Buffered writes to one file serialise on its inode lock anyway; taking turns
             // keeps the other worker hashing instead of spinning on that lock. Writes of 1 MiB
             // measure several times faster here than writes of the whole region.
@@ -275,7 +254,7 @@ impl Rebuild<'_> {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             for (j, piece) in chunk.chunks(WRITE_CHUNK).enumerate() {
-                let at = start + (run * PAGE_SIZE + j * WRITE_CHUNK) as u64;
+                let at = start + (run.start + j * WRITE_CHUNK) as u64;
                 file.write_all_at(piece, at).map_err(fsio::io(path))?;
             }
         }
@@ -338,8 +317,4 @@ impl Rebuild<'_> {
             ),
         }
     }
-}
-
-fn zero_page(buf: &[u8], p: usize) -> bool {
-    is_zero(page_of(buf, p as u64))
 }

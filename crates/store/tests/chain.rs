@@ -292,3 +292,40 @@ struct Still;
 // file only after that call returns.
 #[allow(unsafe_code)]
 unsafe impl vmattest_store::Quiescent for Still {}
+
+/// The head cache of an idle guest held every zero page as data: a second full copy of its
+/// memory on disk (277 MiB for a 256 MiB guest).
+#[test]
+fn regression_the_head_cache_keeps_zero_pages_as_holes() {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut fx = Fixture::new("blake3", false);
+    let mem_path = fx.path("mem.img");
+    let mut mem = vec![0u8; 64 << 20];
+    mem[..1 << 20].copy_from_slice(&vec![0x5au8; 1 << 20]);
+    std::fs::write(&mem_path, &mem).unwrap();
+    fx.take(&[("mem", ComponentKind::Memory, &mem_path)]);
+    let img = fx.store.join("head/0.img");
+    let allocated = || std::fs::metadata(&img).unwrap().blocks() * 512;
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), 64 << 20);
+    assert!(
+        allocated() <= (1 << 20) + (64 << 10),
+        "{} bytes allocated",
+        allocated()
+    );
+    // A delta that zeroes half of the data punches it out of the cache.
+    mem[..512 << 10].fill(0);
+    std::fs::write(&mem_path, &mem).unwrap();
+    fx.take(&[("mem", ComponentKind::Memory, &mem_path)]);
+    assert!(
+        allocated() <= (512 << 10) + (64 << 10),
+        "{} bytes allocated",
+        allocated()
+    );
+    // The head (copied from the sparse cache) and the baseline restore byte-identical.
+    let store = Store::open(&fx.store).unwrap();
+    let keys = fx.public();
+    let out = fx.path("head");
+    store.restore(&fx.opts(&keys, None), &out).unwrap();
+    assert!(std::fs::read(out.join("mem")).unwrap() == mem);
+    assert!(store.fsck().unwrap().cache_current);
+}
