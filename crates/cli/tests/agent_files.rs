@@ -9,13 +9,7 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::*;
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 const MAP: &str = "ffffffff81000000 T _text\nffffffff81001000 T _stext\nffffffff81a00123 T _etext\nffffffff82000000 D sys_call_table\nffffffff82000800 D sys_call_table_end\n";
 

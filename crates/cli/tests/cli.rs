@@ -15,10 +15,6 @@ use common::*;
 
 const ALGS: [&str; 4] = ["ed25519", "p384", "ml-dsa-65", "hybrid"];
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 fn keygen(dir: &Path, alg: &str) -> (PathBuf, PathBuf) {
     let key = dir.join(format!("{alg}.key"));
     let j = vmattest(["keygen", "--json", "--alg", alg, "--out", s(&key)])

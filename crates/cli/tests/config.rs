@@ -18,10 +18,6 @@ use common::*;
 
 const CMDLINE: &str = "console=ttyS0 quiet panic=-1";
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 /// The guest-visible settings of one test spec.
 #[derive(Clone)]
 struct Cfg {

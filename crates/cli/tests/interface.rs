@@ -11,10 +11,6 @@ use std::process::{Command, Stdio};
 
 use common::*;
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 struct Keys {
     key: PathBuf,
     public: PathBuf,

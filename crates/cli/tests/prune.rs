@@ -10,19 +10,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn cli(line: &str) -> Run {
-    vmattest(line.split_whitespace())
-}
 
 struct Chain {
     dir: tempfile::TempDir,

@@ -16,15 +16,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// Runs a whitespace-separated command line (temp paths have no spaces).
-fn cli(line: &str) -> Run {
-    vmattest(line.split_whitespace())
-}
-
 /// Runs a command line that must succeed and print one JSON value.
 fn json(line: &str) -> serde_json::Value {
     cli(line).ok().json()

@@ -15,10 +15,6 @@ use std::time::Duration;
 use common::guest::Guest;
 use common::*;
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 /// A store for VM `vm_id` with one baseline of a small image, and its key pair.
 fn store(dir: &Path, vm_id: &str) -> (PathBuf, PathBuf, PathBuf) {
     let root = dir.join(format!("store-{vm_id}"));

@@ -44,7 +44,7 @@ use vmattest_core::alg::{Digest, HashAlg};
 use vmattest_core::chain::{
     Link, Manifest, ObjectId, SeqNo, SignedLink, SignedRebase, link_digest,
 };
-use vmattest_core::record::Signed;
+use vmattest_core::record::{Signable, Signed};
 use vmattest_core::tree::{NoProgress, Progress, TreeParams};
 use vmattest_core::wire::{HEADER_LEN, Kind};
 
@@ -404,17 +404,7 @@ impl Store {
 
     /// Reads and decodes the rebase at `seq` (no signature check).
     pub fn read_rebase(&self, seq: SeqNo) -> Result<SignedRebase, StoreError> {
-        let path = self.rebase_path(seq);
-        if !self.dir.file_exists(&path)? {
-            return Err(StoreError::MissingLink { seq });
-        }
-        let bytes = self
-            .dir
-            .read_capped(&path, Kind::Signed.max_body() + HEADER_LEN)?;
-        let r = SignedRebase::decode(&bytes).map_err(|e| StoreError::BadLink {
-            seq,
-            detail: e.to_string(),
-        })?;
+        let r: SignedRebase = self.read_signed(&self.rebase_path(seq), seq)?;
         if r.value().seq() != seq {
             return Err(StoreError::BadLink {
                 seq,
@@ -450,14 +440,18 @@ impl Store {
 
     /// Reads and decodes the signed link at `seq` (no signature check).
     pub fn read_link(&self, seq: SeqNo) -> Result<SignedLink, StoreError> {
-        let path = self.link_path(seq);
-        if !self.dir.file_exists(&path)? {
+        self.read_signed(&self.link_path(seq), seq)
+    }
+
+    /// A signed link or rebase of seq `seq` at `path`.
+    fn read_signed<T: Signable>(&self, path: &Path, seq: SeqNo) -> Result<Signed<T>, StoreError> {
+        if !self.dir.file_exists(path)? {
             return Err(StoreError::MissingLink { seq });
         }
         let bytes = self
             .dir
-            .read_capped(&path, Kind::Signed.max_body() + HEADER_LEN)?;
-        Signed::<Link>::decode(&bytes).map_err(|e| StoreError::BadLink {
+            .read_capped(path, Kind::Signed.max_body() + HEADER_LEN)?;
+        Signed::<T>::decode(&bytes).map_err(|e| StoreError::BadLink {
             seq,
             detail: e.to_string(),
         })

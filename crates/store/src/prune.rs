@@ -21,8 +21,8 @@ use vmattest_image::MappedImage;
 use vmattest_sign::Signer;
 
 use crate::crypt::StoreSecret;
-use crate::dir::Access;
-use crate::replay::{Outputs, PinnedKeys, Plan, Source};
+use crate::dir::{Access, Dir};
+use crate::replay::{NameFn, Outputs, PinnedKeys, Plan, Source};
 use crate::take::{self, fail_point, sign_with};
 use crate::{Head, StoreError, StoreWriter};
 
@@ -112,14 +112,7 @@ impl StoreWriter {
         };
         let scratch = self.tmp_dir("prune")?;
         let name = |i: usize, _: &ComponentRoot| format!("{i}.img");
-        let outputs = if self.meta.encrypted {
-            Outputs::Memory
-        } else {
-            Outputs::Dir {
-                dir: scratch.dir(),
-                name: &name,
-            }
-        };
+        let outputs = self.outputs_in(scratch.dir(), &name);
         let (at, trees, files) = self.replay_into(&plan, &outputs, false)?;
         let link = self.read_link(target)?;
         if link_digest(&link) != at.link {
@@ -204,14 +197,7 @@ impl StoreWriter {
         }
         let object = |id: &ObjectId, max: usize| self.read_object(id, max);
         let check = self.tmp_dir("prune-check")?;
-        let outputs = if self.meta.encrypted {
-            Outputs::Memory
-        } else {
-            Outputs::Dir {
-                dir: check.dir(),
-                name: &name,
-            }
-        };
+        let outputs = self.outputs_in(check.dir(), &name);
         let plan = Plan {
             upto: Some(head.seq),
             ..plan
@@ -246,6 +232,15 @@ impl StoreWriter {
         summary.removed_files = files;
         summary.removed_bytes = bytes;
         Ok(summary)
+    }
+
+    /// Files in `dir` for a replay's images; an encrypted store's plaintext stays in memory.
+    fn outputs_in<'a>(&self, dir: &'a Dir, name: &'a NameFn<'a>) -> Outputs<'a> {
+        if self.meta.encrypted {
+            Outputs::Memory
+        } else {
+            Outputs::Dir { dir, name }
+        }
     }
 
     /// The first seq to keep: the smallest one any rule keeps.

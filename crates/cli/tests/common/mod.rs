@@ -39,6 +39,16 @@ where
 }
 
 /// The vmattest program under test.
+/// A temp path as an argument (temp paths are UTF-8).
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Runs a whitespace-separated command line (temp paths have no spaces).
+pub fn cli(line: &str) -> Run {
+    vmattest(line.split_whitespace())
+}
+
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_vmattest"))
 }

@@ -241,6 +241,18 @@ impl Link {
     }
 }
 
+/// A link or rebase names 1 to [`crate::record::MAX_SIGNATURES`] signers.
+fn check_key_ids(ids: &[KeyId]) -> Result<(), RecordError> {
+    if ids.is_empty() || ids.len() > crate::record::MAX_SIGNATURES {
+        return Err(RecordError::Count {
+            what: "key ids",
+            max: crate::record::MAX_SIGNATURES,
+            found: ids.len(),
+        });
+    }
+    Ok(())
+}
+
 /// Digest of a signed link's object bytes, which the next link names as `prev`.
 pub fn link_digest(link: &SignedLink) -> Digest {
     link.value().alg().hash(&[LINK_DOMAIN, link.object_bytes()])
@@ -250,13 +262,7 @@ impl Signable for Link {
     const KIND: Kind = Kind::Link;
 
     fn encode(&self) -> Result<Vec<u8>, RecordError> {
-        if self.key_ids.is_empty() || self.key_ids.len() > crate::record::MAX_SIGNATURES {
-            return Err(RecordError::Count {
-                what: "key ids",
-                max: crate::record::MAX_SIGNATURES,
-                found: self.key_ids.len(),
-            });
-        }
+        check_key_ids(&self.key_ids)?;
         let mut w = Writer::new();
         w.u8(self.alg().id())
             .u64(self.seq.0)
@@ -342,13 +348,7 @@ impl Signable for Rebase {
     const KIND: Kind = Kind::Rebase;
 
     fn encode(&self) -> Result<Vec<u8>, RecordError> {
-        if self.key_ids.is_empty() || self.key_ids.len() > crate::record::MAX_SIGNATURES {
-            return Err(RecordError::Count {
-                what: "key ids",
-                max: crate::record::MAX_SIGNATURES,
-                found: self.key_ids.len(),
-            });
-        }
+        check_key_ids(&self.key_ids)?;
         let alg = self.alg();
         if [
             self.origin.alg(),

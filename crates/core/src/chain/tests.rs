@@ -180,17 +180,21 @@ fn blake3_delta_digest_matches_keyed_hash() {
     }
 }
 
-#[test]
-fn link_round_trip_and_digest() {
-    let link = Link {
-        seq: SeqNo(2),
+fn link(seq: u64) -> Link {
+    Link {
+        seq: SeqNo(seq),
         prev: d(1),
         delta: d(2),
         state_root: d(3),
         manifest: ObjectId([4; 32]),
         time: UnixTime { secs: 5, nanos: 6 },
         key_ids: vec![KeyId([9; 32])],
-    };
+    }
+}
+
+#[test]
+fn link_round_trip_and_digest() {
+    let link = link(2);
     let enc = link.encode().unwrap();
     assert_eq!(Link::decode(&enc).unwrap(), link);
     let s = Signed::new(link.clone()).unwrap();
@@ -214,16 +218,7 @@ fn refused_field(e: &RecordError) -> Option<&'static str> {
 }
 
 fn signed_link(seq: u64) -> SignedLink {
-    let mut s = Signed::new(Link {
-        seq: SeqNo(seq),
-        prev: d(1),
-        delta: d(2),
-        state_root: d(3),
-        manifest: ObjectId([4; 32]),
-        time: UnixTime { secs: 5, nanos: 6 },
-        key_ids: vec![KeyId([9; 32])],
-    })
-    .unwrap();
+    let mut s = Signed::new(link(seq)).unwrap();
     s.signatures.push(crate::record::SignatureEntry {
         alg: crate::sig::SigAlg::Ed25519,
         key_id: KeyId([9; 32]),
