@@ -121,6 +121,14 @@ done
 # The bundle target's first byte: 0 reads the bundle as it is, 1 recomputes its trailer.
 for b in chain enc; do sel 0 "$W/$b.bundle" > "$W/$b.sel"; seed bundle "$W/$b.sel" "$b"; done
 sel 1 "$W/tail.bundle" > "$W/tail.sel"; seed bundle "$W/tail.sel" tail
+# A pruned copy: its signed rebase, the rebase inside it, and a bundle that opens with it.
+cp -a "$S" "$W/pstore"
+v snapshot prune --store "$W/pstore" --pubkey "$W/keys/ed25519.pub" --key "$W/keys/ed25519" --keep 2
+seed link "$W/pstore/links/00000000000000000001.rebase" signed-rebase
+inner "$W/pstore/links/00000000000000000001.rebase" > "$W/rebase.inner"
+seed link "$W/rebase.inner" rebase
+v snapshot export --store "$W/pstore" --from 1 --out "$W/pruned.bundle"
+sel 0 "$W/pruned.bundle" > "$W/pruned.sel"; seed bundle "$W/pruned.sel" pruned
 
 # VM specs (also the config measurement's input) and libvirt domain XML over small files.
 mkdir -p "$W/vm"

@@ -40,6 +40,12 @@ fuzz_target!(|data: &[u8]| {
                 again.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
                 again.extend_from_slice(&bytes);
             }
+            Ok(Some(Frame::Rebase(rebase))) => {
+                let bytes = rebase.encode().expect("a decoded rebase encodes");
+                again.push(3);
+                again.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+                again.extend_from_slice(&bytes);
+            }
             Ok(Some(Frame::Object { id, len })) => {
                 assert_eq!(len, object.len() as u64, "object length");
                 assert_eq!(id, vmattest_core::chain::ObjectId::of(&object), "object id");

@@ -1,9 +1,9 @@
-//! Chain links (kind 5) and signed links (kind 2 over kind 5), as a store or a bundle holds
-//! them: decode, re-encode to the same bytes, link digest.
+//! Chain links (kind 5) and rebases (kind 12), plain and signed (kind 2 over them), as a store
+//! or a bundle holds them: decode, re-encode to the same bytes, link digest.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vmattest_core::chain::{Link, link_digest};
+use vmattest_core::chain::{Link, Rebase, link_digest};
 use vmattest_core::record::{Signable, Signed};
 use vmattest_fuzz::same_bytes;
 
@@ -16,5 +16,13 @@ fuzz_target!(|data: &[u8]| {
         let again = signed.encode().expect("a decoded signed link encodes");
         same_bytes("signed link", data, &again);
         let _ = link_digest(&signed);
+    }
+    if let Ok(rebase) = <Rebase as Signable>::decode(data) {
+        let again = Signable::encode(&rebase).expect("a decoded rebase encodes");
+        same_bytes("rebase", data, &again);
+    }
+    if let Ok(signed) = Signed::<Rebase>::decode(data) {
+        let again = signed.encode().expect("a decoded signed rebase encodes");
+        same_bytes("signed rebase", data, &again);
     }
 });
