@@ -309,29 +309,12 @@ fn attest(
 
 /// Folds old seqs when the chain has outgrown its retention by a margin, so that each prune
 /// (a verified replay and a full state written again) folds many links, not one per take.
-fn retain(ctx: &Ctx<'_>, conf: &SnapshotConf, chain: &Chain, head: u64) {
+fn retain(ctx: &Ctx<'_>, conf: &SnapshotConf, chain: &Chain) {
     let Some(retention) = conf.retention() else {
         return;
     };
     let now = vmattest_host::now();
-    let due = (|| -> Result<bool, vmattest_store::StoreError> {
-        let store = vmattest_store::Store::open(&conf.store)?;
-        let Some(h) = store.head()? else {
-            return Ok(false);
-        };
-        let len = head.saturating_sub(h.base.0) + 1;
-        let by_count = retention.keep.is_some_and(|k| len > k + (k / 4).max(1));
-        let by_age = match retention.within {
-            Some(w) if h.base.0 < head => {
-                let second = store.read_link(vmattest_core::chain::SeqNo(h.base.0 + 1))?;
-                let age = now.secs.saturating_sub(second.value().time.secs);
-                age > w + (w / 4).max(conf.interval_secs)
-            }
-            _ => false,
-        };
-        Ok(by_count || by_age)
-    })();
-    match due {
+    match prune_due(conf, retention, now) {
         Ok(false) => return,
         Ok(true) => {}
         Err(e) => return ctx.failed("prune", &e),
@@ -359,6 +342,30 @@ fn retain(ctx: &Ctx<'_>, conf: &SnapshotConf, chain: &Chain, head: u64) {
         }
         Err(e) => ctx.failed("prune", &e),
     }
+}
+
+/// Whether the chain holds a quarter more than its retention keeps (at least one seq, or one
+/// snapshot interval beyond its age limit).
+fn prune_due(
+    conf: &SnapshotConf,
+    retention: vmattest_host::chain::Retention,
+    now: vmattest_core::record::UnixTime,
+) -> Result<bool, vmattest_store::StoreError> {
+    let store = vmattest_store::Store::open(&conf.store)?;
+    let Some(h) = store.head()? else {
+        return Ok(false);
+    };
+    let len = h.seq.0 - h.base.0 + 1;
+    let by_count = retention.keep.is_some_and(|k| len > k + (k / 4).max(1));
+    let by_age = match retention.within {
+        Some(w) if h.base < h.seq => {
+            let second = store.read_link(vmattest_core::chain::SeqNo(h.base.0 + 1))?;
+            let age = now.secs.saturating_sub(second.value().time.secs);
+            age > w + (w / 4).max(conf.interval_secs)
+        }
+        _ => false,
+    };
+    Ok(by_count || by_age)
 }
 
 fn snapshot(ctx: &Ctx<'_>, guest: &Guest<'_>, conf: &SnapshotConf, chain: &Chain) {
@@ -389,7 +396,7 @@ fn snapshot(ctx: &Ctx<'_>, guest: &Guest<'_>, conf: &SnapshotConf, chain: &Chain
                     changed_pages: r.summary.changed_pages,
                 });
             });
-            retain(ctx, conf, chain, seq);
+            retain(ctx, conf, chain);
         }
         Err(e) => ctx.failed("snapshot", &e),
     }

@@ -273,7 +273,8 @@ impl Store {
         // at once, so nothing unsigned is ever kept.
         let mut links: Vec<SignedLink> = Vec::new();
         let mut rebase: Option<SignedRebase> = None;
-        let empty = store.head()?.is_none();
+        // The writer lock holds HEAD still for the whole import.
+        let head = store.head()?;
         let mut expect: VecDeque<(ObjectId, Kind, SeqNo)> = VecDeque::new();
         let mut staged: Vec<ObjectId> = Vec::new();
         loop {
@@ -298,7 +299,7 @@ impl Store {
                 }
                 Frame::Link(link) => {
                     let seq = SeqNo(first.0 + links.len() as u64);
-                    if empty && links.is_empty() && first.0 != 0 {
+                    if head.is_none() && links.is_empty() && first.0 != 0 {
                         return Err(bad(format!(
                             "starts at seq {first}; an empty store needs a bundle from seq 0 or from a rebase"
                         )));
@@ -360,7 +361,6 @@ impl Store {
         }
 
         // Chain rules against what is already here.
-        let head = store.head()?;
         if rebase.is_some() && head.is_some() {
             return Err(bad(format!(
                 "opens with a rebase of seq {first}; a rebase imports only into an empty store"

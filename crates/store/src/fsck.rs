@@ -139,7 +139,7 @@ impl Store {
                     }
                     let manifest = folded.map_or(link.value().manifest, |r| r.value().manifest);
                     referenced.insert(manifest);
-                    self.fsck_manifest(seq, &h, s == h.seq.0, rep, referenced);
+                    self.fsck_manifest(seq, &manifest, s == h.seq.0, rep, referenced);
                 }
                 Err(e) => {
                     rep.errors.push(e.to_string());
@@ -164,12 +164,12 @@ impl Store {
     fn fsck_manifest(
         &self,
         seq: SeqNo,
-        head: &crate::Head,
+        id: &ObjectId,
         is_head: bool,
         rep: &mut FsckReport,
         referenced: &mut HashSet<ObjectId>,
     ) {
-        let m = match self.manifest_at(head, seq) {
+        let m = match self.manifest_by_id(id, seq) {
             Ok(m) => m,
             Err(e) => {
                 rep.errors.push(format!("seq {seq}: {e}"));

@@ -474,20 +474,30 @@ impl Store {
     }
 
     pub fn read_manifest(&self, link: &Link) -> Result<Manifest, StoreError> {
-        let bytes = self.read_object(&link.manifest, Kind::Manifest.max_body() + HEADER_LEN)?;
-        Manifest::decode(&bytes).map_err(|e| StoreError::BadManifest {
-            seq: link.seq,
-            detail: e.to_string(),
-        })
+        self.manifest_by_id(&link.manifest, link.seq)
     }
 
     /// The manifest of `seq`: at a pruned chain's first seq, its rebase's full manifest.
     pub fn manifest_at(&self, head: &Head, seq: SeqNo) -> Result<Manifest, StoreError> {
-        let id = match self.rebase(head)? {
-            Some(r) if r.value().seq() == seq => r.value().manifest,
-            _ => self.read_link(seq)?.value().manifest,
-        };
-        let bytes = self.read_object(&id, Kind::Manifest.max_body() + HEADER_LEN)?;
+        let id = self.manifest_id(self.rebase(head)?.as_ref(), seq)?;
+        self.manifest_by_id(&id, seq)
+    }
+
+    /// The object id of seq `seq`'s manifest in a chain that starts with `rebase`.
+    pub(crate) fn manifest_id(
+        &self,
+        rebase: Option<&SignedRebase>,
+        seq: SeqNo,
+    ) -> Result<ObjectId, StoreError> {
+        match rebase {
+            Some(r) if r.value().seq() == seq => Ok(r.value().manifest),
+            _ => Ok(self.read_link(seq)?.value().manifest),
+        }
+    }
+
+    /// Reads and decodes the manifest `id` of seq `seq`.
+    pub(crate) fn manifest_by_id(&self, id: &ObjectId, seq: SeqNo) -> Result<Manifest, StoreError> {
+        let bytes = self.read_object(id, Kind::Manifest.max_body() + HEADER_LEN)?;
         Manifest::decode(&bytes).map_err(|e| StoreError::BadManifest {
             seq,
             detail: e.to_string(),

@@ -10,13 +10,11 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use vmattest_core::alg::PageIndex;
 use vmattest_core::chain::{
-    ComponentRoot, DeltaEntry, Manifest, ObjectId, PageChange, Rebase, SeqNo, delta_digest,
-    link_digest, state_root,
+    ComponentRoot, DeltaEntry, Manifest, ObjectId, Rebase, SeqNo, delta_digest, link_digest,
+    state_root,
 };
 use vmattest_core::record::UnixTime;
-use vmattest_core::wire::{HEADER_LEN, Kind};
 use vmattest_image::MappedImage;
 use vmattest_sign::Signer;
 
@@ -136,19 +134,7 @@ impl StoreWriter {
         for (i, (tree, image)) in trees.iter().zip(&images).enumerate() {
             let holes: Vec<std::ops::Range<u64>> =
                 image.holes().into_iter().map(|r| r.first..r.end).collect();
-            let component = u16::try_from(i).unwrap_or(u16::MAX);
-            entries.extend(
-                take::changed_pages(tree, None, image.bytes(), &holes)
-                    .into_iter()
-                    .map(|(p, _)| DeltaEntry {
-                        component,
-                        page: PageIndex(p),
-                        change: PageChange::Data,
-                        digest: tree
-                            .page_digest(PageIndex(p))
-                            .unwrap_or_else(|| self.params.alg().zero_digest()),
-                    }),
-            );
+            entries.extend(take::delta_entries(i, tree, None, image.bytes(), &holes));
         }
         let key = opts
             .secret
@@ -276,15 +262,8 @@ impl StoreWriter {
         let mut referenced: HashSet<ObjectId> = HashSet::new();
         let rebase = self.rebase(head)?;
         for s in head.base.0..=head.seq.0 {
-            let id = match &rebase {
-                Some(r) if r.value().seq().0 == s => r.value().manifest,
-                _ => self.read_link(SeqNo(s))?.value().manifest,
-            };
-            let bytes = self.read_object(&id, Kind::Manifest.max_body() + HEADER_LEN)?;
-            let m = Manifest::decode(&bytes).map_err(|e| StoreError::BadManifest {
-                seq: SeqNo(s),
-                detail: e.to_string(),
-            })?;
+            let id = self.manifest_id(rebase.as_ref(), SeqNo(s))?;
+            let m = self.manifest_by_id(&id, SeqNo(s))?;
             referenced.insert(id);
             referenced.extend(m.batches.iter().map(|b| b.object));
         }

@@ -268,23 +268,7 @@ impl StoreWriter {
                 _ => ImageTree::build_with_holes(&self.params, bytes, &holes, self.progress())
                     .map_err(|e| StoreError::Input(format!("component {}: {e}", input.name)))?,
             };
-            let component = u16::try_from(i).unwrap_or(u16::MAX);
-            entries.extend(
-                changed_pages(&tree, old_tree, bytes, &holes)
-                    .into_iter()
-                    .map(|(p, zero)| DeltaEntry {
-                        component,
-                        page: PageIndex(p),
-                        change: if zero {
-                            PageChange::Zero
-                        } else {
-                            PageChange::Data
-                        },
-                        digest: tree
-                            .page_digest(PageIndex(p))
-                            .unwrap_or_else(|| self.params.alg().zero_digest()),
-                    }),
-            );
+            entries.extend(delta_entries(i, &tree, old_tree, bytes, &holes));
             trees.push(tree);
         }
         let source = match hold {
@@ -613,9 +597,36 @@ fn entropy(bytes: &[u8]) -> f64 {
         .sum()
 }
 
+/// The delta entries of component `component` against `old` (against all-zero images when
+/// `None`): its changed pages, each data or now zero, with its new digest.
+pub(crate) fn delta_entries(
+    component: usize,
+    tree: &ImageTree,
+    old: Option<&ImageTree>,
+    bytes: &[u8],
+    holes: &[std::ops::Range<u64>],
+) -> Vec<DeltaEntry> {
+    let c = u16::try_from(component).unwrap_or(u16::MAX);
+    changed_pages(tree, old, bytes, holes)
+        .into_iter()
+        .map(|(p, zero)| DeltaEntry {
+            component: c,
+            page: PageIndex(p),
+            change: if zero {
+                PageChange::Zero
+            } else {
+                PageChange::Data
+            },
+            digest: tree
+                .page_digest(PageIndex(p))
+                .unwrap_or_else(|| tree.alg().zero_digest()),
+        })
+        .collect()
+}
+
 /// Changed pages with whether each is now all zeros. Without a previous tree, every non-zero
 /// page counts as changed (the baseline is a delta from zeros).
-pub(crate) fn changed_pages(
+fn changed_pages(
     tree: &ImageTree,
     old: Option<&ImageTree>,
     bytes: &[u8],
