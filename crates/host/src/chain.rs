@@ -272,7 +272,7 @@ pub fn prove(
 ) -> Result<(Verified, PageProof), ChainError> {
     let store = Store::open(root)?;
     // The restored state holds guest bytes: a new 0700 directory, removed on return.
-    let dir = vmattest_qemu::private::tempdir("vmattest-prove-", None)
+    let dir = vmattest_qemu::private::owned_tempdir("vmattest-prove-", None)
         .map_err(|source| ChainError::TempDir { source })?;
     let restored = dir.path().join("state");
     let v = store.restore(&verifier.options(seq, None), &restored)?;

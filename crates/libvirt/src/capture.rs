@@ -287,7 +287,7 @@ pub fn capture(
 ) -> Result<CaptureReport, DomainError> {
     let live = LiveDomain::open(conn, name)?;
     // A fresh private directory: the shared temporary directory itself is never touched.
-    let scratch = vmattest_qemu::private::tempdir(SCRATCH_PREFIX, None)
+    let scratch = vmattest_qemu::private::owned_tempdir(SCRATCH_PREFIX, None)
         .map_err(|source| DomainError::Scratch { source })?;
     let target = live.target(scratch.path());
     let mut mon = DomainMonitor::new(&live.domain);

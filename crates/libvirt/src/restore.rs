@@ -42,7 +42,7 @@ pub fn restore(
     })?;
 
     // Guest RAM and disks are rebuilt in a fresh private (0700) directory.
-    let staging = vmattest_qemu::private::tempdir("vmattest-restore-", None)
+    let staging = vmattest_qemu::private::owned_tempdir("vmattest-restore-", None)
         .map_err(|source| DomainError::Scratch { source })?;
     // The store writes a new directory.
     let staged = &staging.path().join("state");

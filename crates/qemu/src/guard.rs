@@ -24,7 +24,7 @@ use crate::spec::VmSpec;
 /// What the capturer writes to the guardian once the guest runs again.
 pub const DONE: &str = "done";
 /// File name of the pause marker in the run directory.
-const MARKER: &str = "capture.pause";
+pub(crate) const MARKER: &str = "capture.pause";
 const MARKER_MAGIC: &str = "vmattest capture pause v1";
 /// How long the guardian waits for QEMU's monitor, which the capturer may still hold while
 /// it unwinds.
@@ -97,21 +97,10 @@ pub fn arm_at(
     program: Option<&GuardProgram>,
 ) -> Result<Armed, GuardError> {
     let marker = marker.to_path_buf();
-    let me = std::process::id();
-    let start = start_time(me).unwrap_or(0);
-    let text = format!("{MARKER_MAGIC}\npid {me}\nstart {start}\n");
-    let io_err = |source| GuardError::Io {
+    write_owner(&marker).map_err(|source| GuardError::Io {
         path: marker.clone(),
         source,
-    };
-    OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&marker)
-        .and_then(|mut f| f.write_all(text.as_bytes()))
-        .map_err(io_err)?;
+    })?;
     let guardian = match program {
         None => None,
         Some(p) => match spawn(p, target, &marker) {
@@ -259,6 +248,26 @@ pub fn resume(qmp: &mut dyn Monitor, marker: &Path) -> Result<Outcome, GuardErro
         let _ = std::fs::remove_dir_all(dir.join(format!(".capture.{}", owner.pid)));
     }
     Ok(outcome)
+}
+
+/// Writes a marker naming this process (its pid and start time) to `path`, 0600.
+pub(crate) fn write_owner(path: &Path) -> io::Result<()> {
+    let me = std::process::id();
+    let start = start_time(me).unwrap_or(0);
+    let text = format!("{MARKER_MAGIC}\npid {me}\nstart {start}\n");
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+}
+
+/// Whether the marker at `path` names a process that is gone. A missing or foreign file names
+/// nobody, so it is not.
+pub(crate) fn owner_gone(path: &Path) -> bool {
+    matches!(read_marker(path), Ok(Some(owner)) if !owner.alive())
 }
 
 /// The process named by a marker.

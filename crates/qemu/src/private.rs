@@ -28,6 +28,41 @@ pub fn tempdir(prefix: &str, parent: Option<&Path>) -> io::Result<tempfile::Temp
     }
 }
 
+/// File in an owned scratch directory naming the process that made it.
+const OWNER: &str = "owner";
+
+/// [`tempdir`] for work a SIGKILL may interrupt: the directory names its process, and
+/// directories with `prefix` beside it whose process is gone are removed first. One that
+/// still holds a pause marker is left to the guardian that resumes its guest.
+pub fn owned_tempdir(prefix: &str, parent: Option<&Path>) -> io::Result<tempfile::TempDir> {
+    let dir = tempdir(prefix, parent)?;
+    crate::guard::write_owner(&dir.path().join(OWNER))?;
+    sweep(prefix, dir.path());
+    Ok(dir)
+}
+
+fn sweep(prefix: &str, own: &Path) {
+    use std::os::unix::fs::MetadataExt as _;
+    let (Some(parent), Ok(me)) = (own.parent(), std::fs::symlink_metadata(own)) else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let ours = e.file_name().to_string_lossy().starts_with(prefix)
+            && path != own
+            && std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir() && m.uid() == me.uid());
+        if ours
+            && crate::guard::owner_gone(&path.join(OWNER))
+            && !path.join(crate::guard::MARKER).exists()
+        {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
+}
+
 /// Makes the existing file `path` 0600.
 pub(crate) fn file(path: &Path) -> io::Result<()> {
     std::fs::set_permissions(path, Permissions::from_mode(0o600))
@@ -62,5 +97,37 @@ mod tests {
             let mode = std::fs::metadata(d.path()).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o700, "{}", d.path().display());
         }
+    }
+
+    /// hostd killed mid-capture, outside the pause its guardian covers, left the capture's
+    /// scratch (guest RAM and disks) in the temporary directory for good.
+    #[test]
+    fn regression_a_killed_capture_leaves_no_scratch_behind() {
+        let parent = tempfile::tempdir().unwrap();
+        let made = |name: &str, owner: Option<&str>, paused: bool| {
+            let d = parent.path().join(name);
+            dir(&d).unwrap();
+            std::fs::write(d.join("ram"), b"guest bytes").unwrap();
+            if let Some(o) = owner {
+                std::fs::write(d.join(OWNER), o).unwrap();
+            }
+            if paused {
+                std::fs::write(d.join(crate::guard::MARKER), "").unwrap();
+            }
+            d
+        };
+        let gone = "vmattest capture pause v1\npid 0\nstart 0\n";
+        let dead = made("cap-dead", Some(gone), false);
+        let paused = made("cap-paused", Some(gone), true);
+        let unnamed = made("cap-unnamed", None, false);
+        let other = made("other-dead", Some(gone), false);
+        let live = owned_tempdir("cap-", Some(parent.path())).unwrap();
+        // A live owner's directory is kept by the next sweep too.
+        let next = owned_tempdir("cap-", Some(parent.path())).unwrap();
+        assert!(!dead.exists());
+        for kept in [&paused, &unnamed, &other, &live.path().to_path_buf()] {
+            assert!(kept.exists(), "{}", kept.display());
+        }
+        assert!(next.path().join(OWNER).exists());
     }
 }
