@@ -7,6 +7,9 @@
 #   scripts/bench-server.sh        (results also in TARGET_DIR/bench/server.json)
 #   env: AGENTS=64 DURATION=20 MAX_REQUESTS=200000 DATABASES="sqlite postgres"
 #        PG_FSYNC=on (off trades PostgreSQL's durability for speed)
+#   BASELINE=REV scripts/bench-server.sh: also measures commit REV's server, with its own load
+#        generator, on SQLite in the same run: ROUNDS (3) alternating runs of each, then the
+#        ratio of the means. REV is built once into the user's cache directory.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 ensure_deps
@@ -15,6 +18,8 @@ DURATION=${DURATION:-20}
 MAX_REQUESTS=${MAX_REQUESTS:-200000}
 DATABASES=${DATABASES:-sqlite postgres}
 PG_FSYNC=${PG_FSYNC:-on}
+BASELINE=${BASELINE:-}
+ROUNDS=${ROUNDS:-3}
 
 cd "$ROOT"
 cargo build --release --quiet -p vmattest-cli -p vmattest-loadgen >&2
@@ -97,19 +102,19 @@ start_postgres() {
   return 1
 }
 
-results=()
-for db in $DATABASES; do
-  dir=$W/$db
+# One measurement: a fresh server of binary $3 on database $1, loaded by $4; the report goes to
+# $2/report.json.
+measure() { # db dir vmattest loadgen
+  local db=$1 dir=$2 vm=$3 loadgen=$4 url port pid started=
   mkdir -p "$dir/state"
   case $db in
     sqlite) url="sqlite://$dir/vmattest.db" ;;
     postgres) start_postgres "$dir/pg"; url=$PG_URL ;;
     *) echo "bench-server: unknown database $db (sqlite or postgres)" >&2; exit 2 ;;
   esac
-  started=
   for _ in 1 2 3 4 5; do
     port=$(free_port)
-    "$VM" serve --listen "127.0.0.1:$port" --db "$url" --state-dir "$dir/state" \
+    "$vm" serve --listen "127.0.0.1:$port" --db "$url" --state-dir "$dir/state" \
       --admin-token-file "$dir/admin-token" >"$dir/serve.log" 2>&1 &
     pid=$!
     if wait_tcp "$port" "$pid" 60; then started=1; break; fi
@@ -119,14 +124,47 @@ for db in $DATABASES; do
   PIDS+=("$pid:TERM")
   for _ in $(seq 100); do [ -s "$dir/admin-token" ] && break; sleep 0.05; done
   echo "bench-server: $db: $AGENTS agents, ${DURATION}s or $MAX_REQUESTS rounds" >&2
-  "$LOADGEN" --server "http://127.0.0.1:$port" --admin-token-file "$dir/admin-token" \
+  "$loadgen" --server "http://127.0.0.1:$port" --admin-token-file "$dir/admin-token" \
     --agents "$AGENTS" --duration "$DURATION" --max-requests "$MAX_REQUESTS" --json \
     >"$dir/report.json" || { echo "bench-server: load generator failed on $db" >&2; tail -20 "$dir/serve.log" >&2; exit 1; }
-  results+=("$db=$dir/report.json")
-  # Stop this database's server (and cluster) before the next database runs.
+  # Stop this server (and cluster) before the next one runs.
   for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do stop_pid "${PIDS[$i]%:*}" "${PIDS[$i]#*:}"; done
   PIDS=()
+}
+
+# Builds commit $BASELINE's vmattest and load generator once; sets BASE_VM and BASE_LOADGEN.
+build_baseline() {
+  local rev cache
+  rev=$(git rev-parse --verify "$BASELINE^{commit}") || { echo "bench-server: BASELINE $BASELINE is not a commit" >&2; exit 2; }
+  cache=${XDG_CACHE_HOME:-$HOME/.cache}/vmattest/bench-baseline
+  BASE_VM=$cache/$rev/vmattest
+  BASE_LOADGEN=$cache/$rev/vmattest-loadgen
+  [ -x "$BASE_VM" ] && [ -x "$BASE_LOADGEN" ] && return 0
+  echo "bench-server: building the baseline $rev (once)" >&2
+  mkdir -p "$cache/$rev"
+  rm -rf "$W/baseline"
+  git worktree add --detach -f "$W/baseline" "$rev" >/dev/null
+  (cd "$W/baseline" && CARGO_TARGET_DIR=$cache/target cargo build --release --quiet \
+    -p vmattest-cli -p vmattest-loadgen) >&2
+  git worktree remove --force "$W/baseline"
+  cp "$cache/target/release/vmattest" "$BASE_VM.tmp" && mv "$BASE_VM.tmp" "$BASE_VM"
+  cp "$cache/target/release/vmattest-loadgen" "$BASE_LOADGEN.tmp" && mv "$BASE_LOADGEN.tmp" "$BASE_LOADGEN"
+}
+
+results=()
+for db in $DATABASES; do
+  measure "$db" "$W/$db" "$VM" "$LOADGEN"
+  results+=("$db=$W/$db/report.json")
 done
+if [ -n "$BASELINE" ]; then
+  build_baseline
+  for r in $(seq "$ROUNDS"); do
+    measure sqlite "$W/current-$r" "$VM" "$LOADGEN"
+    results+=("sqlite-current-$r=$W/current-$r/report.json")
+    measure sqlite "$W/baseline-$r" "$BASE_VM" "$BASE_LOADGEN"
+    results+=("sqlite-baseline-$r=$W/baseline-$r/report.json")
+  done
+fi
 
 python3 - "$TARGET/bench/server.json" "${results[@]}" <<'PY'
 import json, sys
@@ -143,5 +181,12 @@ for name, r in out.items():
 for name, r in out.items():
     for kind, n in r["errors"].items():
         print(f"  {name}: {kind}: {n}")
+mean = lambda kind: [r["evidence_per_s"] for n, r in out.items() if n.startswith(f"sqlite-{kind}-")]
+cur, base = mean("current"), mean("baseline")
+if cur and base:
+    ratio = (sum(cur) / len(cur)) / (sum(base) / len(base))
+    out["baseline_ratio"] = ratio
+    print(f"SQLite, same run: current {sum(cur) / len(cur):.0f}/s, baseline {sum(base) / len(base):.0f}/s "
+          f"(mean of {len(cur)}), ratio {ratio:.3f}x")
 json.dump(out, open(sys.argv[1], "w"), indent=1)
 PY

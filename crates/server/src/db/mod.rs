@@ -3,6 +3,7 @@
 //! Queries use `$N` placeholders and only BIGINT, TEXT and BLOB/BYTEA columns, which both
 //! backends read the same way. Each backend has its own versioned migrations.
 
+mod exec;
 mod writer;
 
 use std::path::PathBuf;

@@ -5,12 +5,10 @@
 
 use std::collections::{HashMap, HashSet};
 
-use sqlx::any::AnyArguments;
-use sqlx::query::Query;
-use sqlx::{Any, AssertSqlSafe, Row, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
 use super::Db;
+use super::exec::{self, Col, Exec, ExecError, Val};
 use crate::error::ServerError;
 
 /// Jobs per transaction; keeps every statement far below both backends' parameter limits.
@@ -95,10 +93,10 @@ impl Writer {
                     }
                 };
                 runtime.block_on(async move {
-                    match Db::open(&url, Some(1)).await {
-                        Ok(db) => {
+                    match Conn::open(&url).await {
+                        Ok(conn) => {
                             let _ = ready_tx.send(Ok(()));
-                            run(db, rx).await;
+                            run(conn, rx).await;
                         }
                         Err(e) => {
                             let _ = ready_tx.send(Err(e));
@@ -138,28 +136,75 @@ struct Alerting {
 const ALERTING_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Alerting {
-    async fn refresh(&mut self, db: &Db) -> Result<(), sqlx::Error> {
+    async fn refresh(&mut self, tx: &mut impl Exec) -> Result<(), ExecError> {
         if self.loaded.is_some_and(|t| t.elapsed() < ALERTING_TTL) {
             return Ok(());
         }
-        self.vms = sqlx::query("SELECT DISTINCT vm FROM alerts WHERE resolved_time IS NULL")
-            .fetch_all(&db.pool)
+        self.vms = tx
+            .rows(
+                "SELECT DISTINCT vm FROM alerts WHERE resolved_time IS NULL",
+                Vec::new(),
+                &[Col::Text],
+            )
             .await?
-            .iter()
-            .map(|r| r.try_get::<String, _>(0))
-            .collect::<Result<_, _>>()?;
+            .into_iter()
+            .filter_map(|mut r| match r.pop() {
+                Some(Val::Text(vm)) => Some(vm),
+                _ => None,
+            })
+            .collect();
         self.loaded = Some(std::time::Instant::now());
         Ok(())
     }
 }
 
-async fn run(db: Db, mut rx: mpsc::Receiver<Job>) {
+/// The writer's connection: SQLite's own on a database file, else one through sqlx.
+enum Conn {
+    Sqlite(rusqlite::Connection),
+    Sqlx(Db),
+}
+
+impl Conn {
+    async fn open(url: &str) -> Result<Conn, ServerError> {
+        match super::sqlite_path(url) {
+            Some(path) => exec::open_sqlite(&path)
+                .map(Conn::Sqlite)
+                .map_err(|e| ServerError::Corrupt(format!("writer connection: {e}"))),
+            None => Db::open(url, Some(1)).await.map(Conn::Sqlx),
+        }
+    }
+
+    async fn commit(
+        &mut self,
+        batch: &[&EvidenceCommit],
+        alerting: &mut Alerting,
+    ) -> Result<Vec<NonceOutcome>, ExecError> {
+        let mut out: Vec<NonceOutcome> = batch.iter().map(|_| NonceOutcome::Replayed).collect();
+        match self {
+            Conn::Sqlite(conn) => {
+                let tx =
+                    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let mut tx = exec::SqliteTx(tx);
+                store(&mut tx, batch, &mut out, alerting).await?;
+                tx.0.commit()?;
+            }
+            Conn::Sqlx(db) => {
+                let mut tx = exec::SqlxTx(db.pool.begin().await?);
+                store(&mut tx, batch, &mut out, alerting).await?;
+                tx.0.commit().await?;
+            }
+        }
+        Ok(out)
+    }
+}
+
+async fn run(mut conn: Conn, mut rx: mpsc::Receiver<Job>) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     let mut alerting = Alerting::default();
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let commits: Vec<&EvidenceCommit> = batch.iter().map(|(c, _)| c).collect();
         let started = std::time::Instant::now();
-        let result = commit_batch(&db, &commits, &mut alerting).await;
+        let result = conn.commit(&commits, &mut alerting).await;
         if result.is_err() {
             // The set may have changed with a transaction that did not commit.
             alerting.loaded = None;
@@ -206,88 +251,85 @@ fn tuples(rows: usize, width: usize, offset: usize, suffix: &str) -> String {
     s
 }
 
-type AnyQuery = Query<'static, Any, AnyArguments>;
-
-/// The only dynamic SQL: generated placeholder lists; every value is bound.
-fn query(sql: String) -> AnyQuery {
-    sqlx::query(AssertSqlSafe(sql))
-}
-
-async fn commit_batch(
-    db: &Db,
-    batch: &[&EvidenceCommit],
-    alerting: &mut Alerting,
-) -> Result<Vec<NonceOutcome>, sqlx::Error> {
-    let mut out: Vec<NonceOutcome> = batch.iter().map(|_| NonceOutcome::Replayed).collect();
-    alerting.refresh(db).await?;
-    let mut tx = db.pool.begin().await?;
-    store(&mut tx, batch, &mut out, alerting).await?;
-    tx.commit().await?;
-    Ok(out)
+fn protocol(what: &'static str) -> ExecError {
+    ExecError::Shape(what)
 }
 
 async fn store(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut impl Exec,
     batch: &[&EvidenceCommit],
     out: &mut [NonceOutcome],
     alerting: &mut Alerting,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), ExecError> {
+    alerting.refresh(tx).await?;
     if batch.is_empty() {
         return Ok(());
     }
-    let ev: Vec<(usize, &EvidenceCommit)> = batch.iter().copied().enumerate().collect();
     // Mark used: a nonce already there is not returned.
-    let mut q = query(format!(
+    let sql = format!(
         "INSERT INTO used_nonces (nonce, vm, expires) VALUES {} ON CONFLICT (nonce) DO NOTHING \
          RETURNING nonce",
-        tuples(ev.len(), 3, 0, "")
-    ));
-    for (_, e) in &ev {
-        q = q.bind(e.nonce.clone()).bind(e.vm.clone()).bind(e.expires);
+        tuples(batch.len(), 3, 0, "")
+    );
+    let mut args = Vec::with_capacity(batch.len() * 3);
+    for e in batch {
+        args.extend([
+            Val::Blob(e.nonce.clone()),
+            Val::Text(e.vm.clone()),
+            Val::Int(e.expires),
+        ]);
     }
-    let consumed: HashSet<Vec<u8>> = q
-        .fetch_all(&mut **tx)
+    let consumed: HashSet<Vec<u8>> = tx
+        .rows(&sql, args, &[Col::Blob])
         .await?
-        .iter()
-        .map(|r| r.try_get::<Vec<u8>, _>(0))
-        .collect::<Result<_, _>>()?;
+        .into_iter()
+        .filter_map(|mut r| match r.pop() {
+            Some(Val::Blob(n)) => Some(n),
+            _ => None,
+        })
+        .collect();
     // A nonce posted twice in one batch is granted to the first post only.
     let mut granted: HashSet<&[u8]> = HashSet::new();
-    let winners: Vec<(usize, &EvidenceCommit)> = ev
-        .into_iter()
+    let winners: Vec<(usize, &EvidenceCommit)> = batch
+        .iter()
+        .copied()
+        .enumerate()
         .filter(|(_, e)| consumed.contains(&e.nonce) && granted.insert(&e.nonce))
         .collect();
     if winners.is_empty() {
         return Ok(());
     }
-    let mut q = query(format!(
+    let sql = format!(
         "INSERT INTO results (vm, time, nonce, score, status, body, evidence) VALUES {} \
          RETURNING id, nonce",
         tuples(winners.len(), 7, 0, "")
-    ));
+    );
+    let mut args = Vec::with_capacity(winners.len() * 7);
     for (_, e) in &winners {
-        q = q
-            .bind(e.vm.clone())
-            .bind(e.time)
-            .bind(e.nonce.clone())
-            .bind(e.score)
-            .bind(e.status.clone())
-            .bind(e.body.clone())
-            .bind(e.evidence.clone());
+        args.extend([
+            Val::Text(e.vm.clone()),
+            Val::Int(e.time),
+            Val::Blob(e.nonce.clone()),
+            Val::Int(e.score),
+            Val::Text(e.status.clone()),
+            Val::Text(e.body.clone()),
+            Val::Blob(e.evidence.clone()),
+        ]);
     }
-    let ids: HashMap<Vec<u8>, i64> = q
-        .fetch_all(&mut **tx)
-        .await?
-        .iter()
-        .map(|r| Ok((r.try_get::<Vec<u8>, _>(1)?, r.try_get::<i64, _>(0)?)))
-        .collect::<Result<_, sqlx::Error>>()?;
+    let mut ids: HashMap<Vec<u8>, i64> = HashMap::new();
+    for row in tx.rows(&sql, args, &[Col::Int, Col::Blob]).await? {
+        if let [Val::Int(id), Val::Blob(nonce)] =
+            <[Val; 2]>::try_from(row).map_err(|_| protocol("a result row of two columns"))?
+        {
+            ids.insert(nonce, id);
+        }
+    }
     let mut stored = Vec::with_capacity(winners.len());
     for (i, e) in &winners {
-        let result_id = ids.get(&e.nonce).copied().ok_or_else(|| {
-            sqlx::Error::Protocol(
-                "a stored result did not come back from INSERT ... RETURNING".into(),
-            )
-        })?;
+        let result_id = ids
+            .get(&e.nonce)
+            .copied()
+            .ok_or_else(|| protocol("each stored result back from INSERT ... RETURNING"))?;
         out[*i] = NonceOutcome::Stored {
             result_id,
             alert: None,
@@ -315,9 +357,9 @@ async fn store(
 /// Counts each alerting result in the active alert of its VM and cause, opening one where none
 /// is active; returns the alert of each alerting result id.
 async fn upsert_alerts(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut impl Exec,
     stored: &[(usize, &EvidenceCommit, i64)],
-) -> Result<HashMap<i64, AlertRef>, sqlx::Error> {
+) -> Result<HashMap<i64, AlertRef>, ExecError> {
     // One row per (VM, cause): PostgreSQL refuses to update a row twice in one statement.
     struct Group<'a> {
         first: (&'a EvidenceCommit, i64),
@@ -347,7 +389,7 @@ async fn upsert_alerts(
     if groups.is_empty() {
         return Ok(HashMap::new());
     }
-    let mut q = query(format!(
+    let sql = format!(
         "INSERT INTO alerts (vm, cause, result_id, time, webhook, next_attempt, count, \
          last_result_id, last_time, score, status, message, delivered, attempts) VALUES {} \
          ON CONFLICT (vm, cause) WHERE resolved_time IS NULL DO UPDATE SET \
@@ -355,37 +397,46 @@ async fn upsert_alerts(
          last_time = excluded.last_time, score = excluded.score, status = excluded.status, \
          message = excluded.message RETURNING id, result_id, vm, cause",
         tuples(groups.len(), 12, 0, ", 0, 0")
-    ));
+    );
+    let mut args = Vec::with_capacity(groups.len() * 12);
     for g in &groups {
         let (first, first_id) = g.first;
         let (last, last_id) = g.last;
-        let draft = first.alert.clone().unwrap_or_else(|| AlertDraft {
-            cause: String::new(),
-            message: String::new(),
-            webhook: false,
-        });
+        let (cause, webhook) = first
+            .alert
+            .as_ref()
+            .map_or((String::new(), false), |d| (d.cause.clone(), d.webhook));
         let message = last
             .alert
             .as_ref()
             .map_or(String::new(), |d| d.message.clone());
-        q = q
-            .bind(first.vm.clone())
-            .bind(draft.cause)
-            .bind(first_id)
-            .bind(first.now)
-            .bind(i64::from(draft.webhook))
-            .bind(if draft.webhook { first.now } else { i64::MAX })
-            .bind(i64::try_from(g.results.len()).unwrap_or(i64::MAX))
-            .bind(last_id)
-            .bind(last.now)
-            .bind(last.score)
-            .bind(last.status.clone())
-            .bind(message);
+        args.extend([
+            Val::Text(first.vm.clone()),
+            Val::Text(cause),
+            Val::Int(first_id),
+            Val::Int(first.now),
+            Val::Int(i64::from(webhook)),
+            Val::Int(if webhook { first.now } else { i64::MAX }),
+            Val::Int(i64::try_from(g.results.len()).unwrap_or(i64::MAX)),
+            Val::Int(last_id),
+            Val::Int(last.now),
+            Val::Int(last.score),
+            Val::Text(last.status.clone()),
+            Val::Text(message),
+        ]);
     }
     let mut refs = HashMap::new();
-    for row in q.fetch_all(&mut **tx).await? {
-        let (id, opened_by): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
-        let (vm, cause): (String, String) = (row.try_get(2)?, row.try_get(3)?);
+    let cols = [Col::Int, Col::Int, Col::Text, Col::Text];
+    for row in tx.rows(&sql, args, &cols).await? {
+        let [
+            Val::Int(id),
+            Val::Int(opened_by),
+            Val::Text(vm),
+            Val::Text(cause),
+        ] = <[Val; 4]>::try_from(row).map_err(|_| protocol("an alert row of four columns"))?
+        else {
+            continue;
+        };
         let Some(&g) = index.get(&(vm.as_str(), cause.as_str())) else {
             continue;
         };
@@ -400,10 +451,10 @@ async fn upsert_alerts(
 
 /// A VM whose last result in the batch is at or above its threshold has no active alert left.
 async fn resolve_alerts(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut impl Exec,
     stored: &[(usize, &EvidenceCommit, i64)],
     alerting: &mut Alerting,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), ExecError> {
     let mut last: HashMap<&str, &EvidenceCommit> = HashMap::new();
     for (_, e, _) in stored {
         last.insert(e.vm.as_str(), e);
@@ -415,18 +466,16 @@ async fn resolve_alerts(
     let Some(now) = passing.iter().map(|e| e.now).max() else {
         return Ok(());
     };
-    let mut q = query(format!(
+    let sql = format!(
         "UPDATE alerts SET resolved_time = $1 WHERE resolved_time IS NULL AND vm IN ({})",
         (0..passing.len())
             .map(|i| format!("${}", i + 2))
             .collect::<Vec<_>>()
             .join(", ")
-    ))
-    .bind(now);
-    for e in &passing {
-        q = q.bind(e.vm.clone());
-    }
-    q.execute(&mut **tx).await?;
+    );
+    let mut args = vec![Val::Int(now)];
+    args.extend(passing.iter().map(|e| Val::Text(e.vm.clone())));
+    tx.rows(&sql, args, &[]).await?;
     for e in passing {
         alerting.vms.remove(&e.vm);
     }
