@@ -3,7 +3,12 @@
 # migrate-to-file of the same guest, in the same run, for 256 MiB and 1 GiB of guest RAM; and
 # bytes stored per idle delta against a full capture.
 #
-#   scripts/bench-vm.sh            (MEMS="256 1024" ALGS="sha256 blake3" DELTAS=5 GAP=2 to change)
+#   scripts/bench-vm.sh            (MEMS="256 1024" ALGS="sha256 blake3" DELTAS=5 GAP=2 FILL=75
+#                                   to change)
+#
+# FILL percent of each guest's RAM holds random bytes (the guest's fill=MIB, as much of it as the
+# guest can spare) before the first capture, so that captures see populated memory; FILL=0
+# measures an idle guest.
 #
 # The store's tree algorithm matters for capture: a dm-verity (sha256) leaf does not depend on
 # the page's position, so zero pages share one digest and are never hashed; BLAKE3 (b3sum) leaves
@@ -24,6 +29,7 @@ MEMS=${MEMS:-256 1024}
 ALGS=${ALGS:-sha256 blake3}
 DELTAS=${DELTAS:-5}
 GAP=${GAP:-2}
+FILL=${FILL:-75}
 W=$(mktemp -d "${TMPDIR:-/tmp}/vmattest-bench-vm.XXXXXX")
 SPECS=()
 cleanup() {
@@ -52,7 +58,7 @@ run_dir = "run"
 [boot]
 kernel = "$GUEST/vmlinuz"
 initrd = "$GUEST/initramfs.cpio.gz"
-cmdline = "console=ttyS0 quiet panic=-1"
+cmdline = "console=ttyS0 quiet panic=-1 fill=$((MEM * FILL / 100))"
 
 [[disk]]
 name = "data"
@@ -65,8 +71,11 @@ path = "state.qcow2"
 format = "qcow2"
 TOML
   SPECS+=("$D/vm.toml")
-  "$VM" snapshot init --store "$D/store" --vm-id "bench-$MEM" --alg "$ALG" >/dev/null
-  "$VM" vm start --vm "$D/vm.toml" --wait-for READY >/dev/null
+  "$VM" snapshot init --store "$D/store" --vm-id "bench-$ALG-$MEM" --alg "$ALG" >/dev/null
+  # Random bytes fill at a few MiB/s under TCG.
+  "$VM" vm start --vm "$D/vm.toml" --wait-for READY --timeout 1800 >/dev/null
+  filled=$(grep -o 'filled [0-9]* MiB' "$D/run/console.log" | awk '{ print $2 }')
+  filled=${filled:-0}
   sleep "$GAP"
   take() { "$VM" --json snapshot take --store "$D/store" --vm "$D/vm.toml" --key "$W/key"; }
   base=$(take)
@@ -92,11 +101,11 @@ TOML
   done
   save=$(median "${saves[@]}"); mig=$(median "${migs[@]}")
   "$VM" vm stop --vm "$D/vm.toml" >/dev/null
-  python3 - "$ALG" "$MEM" "$ours" "$base_down" "$save" "$mig" "$delta_bytes" "$base_bytes" > "$D/result.json" <<'PY'
+  python3 - "$ALG" "$MEM" "$ours" "$base_down" "$save" "$mig" "$delta_bytes" "$base_bytes" "$filled" > "$D/result.json" <<'PY'
 import json, sys
-alg, mem, ours, base, save, mig, dbytes, bbytes = sys.argv[1:]
+alg, mem, ours, base, save, mig, dbytes, bbytes = sys.argv[1:9]
 ours, base, save, mig = float(ours) / 1000, float(base) / 1000, float(save), float(mig)
-print(json.dumps({"alg": alg, "memory_mib": int(mem), "vmattest_delta_downtime_s": round(ours, 4),
+print(json.dumps({"alg": alg, "memory_mib": int(mem), "filled_mib": int(sys.argv[9]), "vmattest_delta_downtime_s": round(ours, 4),
   "vmattest_baseline_downtime_s": round(base, 4), "qemu_snapshot_save_s": round(save, 4),
   "qemu_migrate_file_s": round(mig, 4), "ratio_downtime_vs_snapshot_save": round(ours / save, 3),
   "ratio_downtime_vs_migrate": round(ours / mig, 3), "idle_delta_bytes": int(float(dbytes)),
@@ -106,12 +115,12 @@ PY
 done
 done
 
-echo "capture downtime (median of $DELTAS idle deltas, ${GAP}s apart) vs QEMU on the same guest, accel $(grep -q kvm_pvm /proc/modules 2>/dev/null && echo tcg || echo auto)"
-printf '%-7s %-6s %10s %10s %14s %10s %9s %9s %12s %12s %8s\n' alg MiB "delta s" "base s" "snapshot-save" "migrate" "/save" "/migrate" "delta B" "full B" "ratio"
+echo "capture downtime (median of $DELTAS deltas, ${GAP}s apart, ${FILL}% of RAM filled) vs QEMU on the same guest, accel $(grep -q kvm_pvm /proc/modules 2>/dev/null && echo tcg || echo auto)"
+printf '%-7s %-6s %7s %10s %10s %14s %10s %9s %9s %12s %12s %8s\n' alg MiB filled "delta s" "base s" "snapshot-save" "migrate" "/save" "/migrate" "delta B" "full B" "ratio"
 for r in "${results[@]}"; do
   echo "$r" | python3 -c 'import json,sys
 r = json.load(sys.stdin)
-print("%-7s %-6d %10.3f %10.3f %14.3f %10.3f %9.3f %9.3f %12d %12d %8.4f" % (r["alg"], r["memory_mib"], r["vmattest_delta_downtime_s"],
+print("%-7s %-6d %7d %10.3f %10.3f %14.3f %10.3f %9.3f %9.3f %12d %12d %8.4f" % (r["alg"], r["memory_mib"], r["filled_mib"], r["vmattest_delta_downtime_s"],
   r["vmattest_baseline_downtime_s"], r["qemu_snapshot_save_s"], r["qemu_migrate_file_s"],
   r["ratio_downtime_vs_snapshot_save"], r["ratio_downtime_vs_migrate"], r["idle_delta_bytes"],
   r["full_capture_bytes"], r["ratio_delta_vs_full"]))'

@@ -3,7 +3,8 @@
 #   vmlinuz            the Debian kernel that linux-image-amd64 depends on (downloaded, never installed)
 #   initramfs.cpio.gz  busybox-static, the virtio modules and an /init that prints its kernel
 #                      symbols ("ksym ADDR T NAME", "kcode PHYS-RANGE"), READY, and then
-#                      "tick N" on ttyS0 once a second
+#                      "tick N" on ttyS0 once a second; fill=MIB on the kernel command line
+#                      makes it hold up to MIB MiB of random bytes first ("filled N MiB")
 # Idempotent and fast on reruns: the kernel is fetched once, the initramfs is rebuilt only when its
 # inputs change. Needs busybox-static and cpio (scripts/install-deps.sh); root only for apt-get update.
 set -euo pipefail
@@ -12,7 +13,7 @@ CACHE=${VMATTEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vmattest}
 OUT=$CACHE/guest
 BUSYBOX=/bin/busybox
 MODULES=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk)
-APPLETS=(sh mount insmod sleep cat dd echo printf grep)
+APPLETS=(sh mount insmod sleep cat dd echo printf grep wc)
 
 die() { echo "build-guest: $*" >&2; exit 1; }
 
@@ -93,16 +94,35 @@ export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-mount -t tmpfs tmpfs /run
+# As large as RAM allows: fill=MIB below keeps its bytes here.
+mount -t tmpfs -o size=100% tmpfs /run
 for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk; do
   [ -f /lib/modules/$m.ko ] && insmod /lib/modules/$m.ko
 done
-# snapdirty=N on the kernel command line: rewrite N KiB of tmpfs every tick.
+# snapdirty=N on the kernel command line: rewrite N KiB of tmpfs every tick. fill=MIB: hold
+# MIB MiB of random bytes in tmpfs from before READY on, so that benchmarks see populated RAM;
+# "filled N MiB" says how much it could.
 dirty=0
+fill=0
 for word in $(cat /proc/cmdline); do
-  case $word in snapdirty=*) dirty=${word#snapdirty=} ;; esac
+  case $word in
+    snapdirty=*) dirty=${word#snapdirty=} ;;
+    fill=*) fill=${word#fill=} ;;
+  esac
 done
 case $dirty in '' | *[!0-9]*) dirty=0 ;; esac
+case $fill in '' | *[!0-9]*) fill=0 ;; esac
+# At most what the kernel can spare less 32 MiB: tmpfs pages cannot be reclaimed, and running
+# out would kill init.
+avail=0
+while read -r key kib _; do
+  [ "$key" = MemAvailable: ] && avail=$((kib / 1024))
+done </proc/meminfo
+[ "$fill" -le $((avail - 32)) ] || fill=$((avail > 32 ? avail - 32 : 0))
+if [ "$fill" -gt 0 ]; then
+  dd if=/dev/urandom of=/run/fill bs=1048576 count="$fill" 2>/dev/null
+  echo "filled $(($(wc -c </run/fill) / 1048576)) MiB" >/dev/ttyS0
+fi
 # Kernel symbols and the physical load address, for region policies: Debian ships only a
 # placeholder System.map, so the guest reports its own.
 grep -E ' (_text|_stext|_etext|__start_rodata|__end_rodata)$' /proc/kallsyms |

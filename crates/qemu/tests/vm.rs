@@ -64,6 +64,11 @@ impl Drop for TestVm {
 impl TestVm {
     /// A 128 MiB guest with a 4 MiB raw disk, in a directory whose name holds `prefix`.
     fn new(name: &str, prefix: &str) -> TestVm {
+        TestVm::with_args(name, prefix, "")
+    }
+
+    /// [`TestVm::new`] with `args` added to the guest's kernel command line.
+    fn with_args(name: &str, prefix: &str, args: &str) -> TestVm {
         let guest = guest_dir();
         let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
         for f in ["vmlinuz", "initramfs.cpio.gz"] {
@@ -83,7 +88,7 @@ accel = "auto"
 [boot]
 kernel = "vmlinuz"
 initrd = "initramfs.cpio.gz"
-cmdline = "console=ttyS0 quiet panic=-1"
+cmdline = "console=ttyS0 quiet panic=-1 {args}"
 
 [[disk]]
 name = "disk0"
@@ -125,6 +130,24 @@ fn qemu_failure_reports_its_message() {
     assert!(matches!(err, VmError::QemuFailed { .. }), "{err:?}");
     assert!(msg.contains("no-such-machine"), "{msg}");
     assert!(!vm::status(&spec).running);
+}
+
+/// `fill=MIB` makes the test guest hold that much random data from before READY on, so that
+/// benchmarks capture populated RAM rather than an idle guest's zeros.
+#[test]
+fn the_guest_fills_the_memory_it_is_asked_to() {
+    let test = TestVm::with_args("fill", "vmattest-fill", "fill=48");
+    let spec = &test.spec;
+    vm::start(spec, false).unwrap();
+    let line = vm::wait_console(spec, "filled ", BOOT).unwrap();
+    assert!(line.contains("filled 48 MiB"), "{line}");
+    vm::wait_console(spec, "READY", BOOT).unwrap();
+    let ram = std::fs::read(spec.ram_path()).unwrap();
+    let nonzero = ram
+        .chunks(4096)
+        .filter(|p| p.iter().any(|&b| b != 0))
+        .count();
+    assert!(nonzero >= 48 * 256, "{nonzero} non-zero pages");
 }
 
 #[test]
