@@ -43,26 +43,19 @@ impl ExecError {
     }
 }
 
+/// A statement's rows, each with the columns asked for.
+pub(super) type Rows = Result<Vec<Vec<Val>>, ExecError>;
+
 /// One transaction of the writer.
 pub(super) trait Exec {
     /// Runs `sql` with `args` bound to `$1`, `$2`, ... in order and returns its rows.
-    async fn rows(
-        &mut self,
-        sql: &str,
-        args: Vec<Val>,
-        cols: &[Col],
-    ) -> Result<Vec<Vec<Val>>, ExecError>;
+    async fn rows(&mut self, sql: &str, args: Vec<Val>, cols: &[Col]) -> Rows;
 }
 
 pub(super) struct SqlxTx(pub Transaction<'static, Any>);
 
 impl Exec for SqlxTx {
-    async fn rows(
-        &mut self,
-        sql: &str,
-        args: Vec<Val>,
-        cols: &[Col],
-    ) -> Result<Vec<Vec<Val>>, ExecError> {
+    async fn rows(&mut self, sql: &str, args: Vec<Val>, cols: &[Col]) -> Rows {
         // The only dynamic SQL: generated placeholder lists; every value is bound.
         let mut q = sqlx::query(AssertSqlSafe(sql.to_owned()));
         for a in args {
@@ -122,12 +115,7 @@ impl rusqlite::ToSql for Val {
 }
 
 impl Exec for SqliteTx<'_> {
-    async fn rows(
-        &mut self,
-        sql: &str,
-        args: Vec<Val>,
-        cols: &[Col],
-    ) -> Result<Vec<Vec<Val>>, ExecError> {
+    async fn rows(&mut self, sql: &str, args: Vec<Val>, cols: &[Col]) -> Rows {
         let mut stmt = self.0.prepare_cached(sql)?;
         let mut rows = stmt.query(rusqlite::params_from_iter(args.iter()))?;
         let mut out = Vec::new();
