@@ -136,18 +136,20 @@ fn qemu_failure_reports_its_message() {
 /// benchmarks capture populated RAM rather than an idle guest's zeros.
 #[test]
 fn the_guest_fills_the_memory_it_is_asked_to() {
-    let test = TestVm::with_args("fill", "vmattest-fill", "fill=48");
+    // Well below what the 128 MiB guest can spare (about 60 MiB, less on a loaded host): the
+    // guest caps the fill at that, less 32 MiB.
+    let test = TestVm::with_args("fill", "vmattest-fill", "fill=16");
     let spec = &test.spec;
     vm::start(spec, false).unwrap();
     let line = vm::wait_console(spec, "filled ", BOOT).unwrap();
-    assert!(line.contains("filled 48 MiB"), "{line}");
+    assert!(line.contains("filled 16 MiB"), "{line}");
     vm::wait_console(spec, "READY", BOOT).unwrap();
     let ram = std::fs::read(spec.ram_path()).unwrap();
     let nonzero = ram
         .chunks(4096)
         .filter(|p| p.iter().any(|&b| b != 0))
         .count();
-    assert!(nonzero >= 48 * 256, "{nonzero} non-zero pages");
+    assert!(nonzero >= 16 * 256, "{nonzero} non-zero pages");
 }
 
 #[test]
