@@ -57,6 +57,7 @@ impl Fixture {
             salt: String::new(),
             policy_id: "default".into(),
             encrypted: false,
+            head_cache: true,
         };
         Store::init(&dir.path().join("store"), meta).unwrap();
         Fixture {

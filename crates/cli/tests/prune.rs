@@ -28,12 +28,17 @@ struct Chain {
 
 impl Chain {
     fn new(seqs: u64, size: usize) -> Chain {
+        Chain::with_init(seqs, size, "")
+    }
+
+    /// [`Chain::new`] with `init` added to `snapshot init`.
+    fn with_init(seqs: u64, size: usize, init: &str) -> Chain {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("k.key");
         cli(&format!("keygen --alg ed25519 --out {}", s(&key))).ok();
         let store = dir.path().join("store");
         cli(&format!(
-            "snapshot init --json --store {} --vm-id vm-prune",
+            "snapshot init --json --store {} --vm-id vm-prune {init}",
             s(&store)
         ))
         .ok();
@@ -161,6 +166,24 @@ fn prune_keeps_every_kept_seq_byte_identical() {
         text.starts_with("folded 2 seq(s) under a rebase at seq 7"),
         "{text}"
     );
+}
+
+/// `snapshot init --no-head-cache`: the store keeps the head's page digests but no copy of its
+/// image; every seq still restores to what it captured, before and after a prune.
+#[test]
+fn a_store_without_head_cache_restores_every_seq_and_prunes() {
+    let mut c = Chain::with_init(6, 2 << 20, "--no-head-cache");
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(c.store.join("store.json")).unwrap()).unwrap();
+    assert_eq!(meta["head_cache"], false, "{meta}");
+    assert!(c.store.join("head/0.digests").exists());
+    assert!(!c.store.join("head/0.img").exists());
+    c.assert_restores();
+    cli(&c.prune_line("--keep 3")).ok();
+    c.take(6);
+    c.assert_restores();
+    assert!(!c.store.join("head/0.img").exists());
+    c.assert_clean();
 }
 
 #[test]

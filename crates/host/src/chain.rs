@@ -81,13 +81,15 @@ impl Classify for ChainError {
 }
 
 /// Creates a store for `vm_id`. With `secret`, its pages are encrypted under that store secret
-/// (plain or TPM-sealed), which is generated when the file does not exist yet.
+/// (plain or TPM-sealed), which is generated when the file does not exist yet. Without
+/// `head_cache`, the store keeps only the head's page digests, not a copy of its images.
 pub fn init(
     root: &Path,
     vm_id: String,
     params: &TreeParams,
     policy_id: String,
     secret: Option<&Path>,
+    head_cache: bool,
 ) -> Result<StoreMeta, ChainError> {
     if let Some(path) = secret {
         if path.exists() {
@@ -103,6 +105,7 @@ pub fn init(
         salt: hex::encode(params.salt()),
         policy_id,
         encrypted: secret.is_some(),
+        head_cache,
     };
     Store::init(root, meta.clone())?;
     Ok(meta)

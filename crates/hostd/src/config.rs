@@ -101,6 +101,9 @@ pub struct SnapshotConf {
     /// Tree algorithm of a new store.
     #[serde(default = "default_alg")]
     pub alg: String,
+    /// Whether a new store keeps the head's images (see `snapshot init --no-head-cache`).
+    #[serde(default = "default_head_cache")]
+    pub head_cache: bool,
     /// Retention: keep the newest `keep` seqs ...
     pub keep: Option<u64>,
     /// ... and every seq younger than this; older ones are folded under a signed rebase.
@@ -120,6 +123,10 @@ impl SnapshotConf {
 
 fn default_alg() -> String {
     "blake3".into()
+}
+
+fn default_head_cache() -> bool {
+    true
 }
 
 #[derive(Debug, Deserialize)]

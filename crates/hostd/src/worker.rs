@@ -106,6 +106,7 @@ fn open_chain(name: &str, s: &SnapshotConf) -> Result<Chain, String> {
             &params,
             "default".into(),
             s.secret.as_deref(),
+            s.head_cache,
         )
         .map_err(|e| e.to_string())?;
         tracing::info!(vm = name, store = %s.store.display(), "store created");

@@ -61,9 +61,9 @@ fn versions_bytes(v: &[u64]) -> Vec<u8> {
 }
 
 impl StoreWriter {
-    /// Replaces a cached image with a new sparse 0600 file holding `bytes`: zero runs are
-    /// holes, so an idle guest's untouched memory costs no disk (no fsync, as for every cache
-    /// file).
+    /// Replaces a cache file (an image, a digest file) with a new sparse 0600 file holding
+    /// `bytes`: zero runs are holes, so an idle guest's untouched memory costs no disk (no
+    /// fsync, as for every cache file).
     fn write_sparse(&self, rel: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         self.dir.remove_file(rel)?;
         let f = self.dir.open_file(rel, Access::CreateNew)?;
@@ -97,9 +97,27 @@ impl StoreWriter {
     /// pages again (half of a typical guest's pages, every offset hashing differently).
     pub(crate) fn keep_base_digests(&self, trees: &[ImageTree]) -> Result<(), StoreError> {
         for (i, t) in trees.iter().enumerate() {
-            self.write_derived(&self.cache_base_digests(i), t.page_digests())?;
+            self.write_sparse(
+                &self.cache_base_digests(i),
+                &self.stored_digests(t.page_digests()),
+            )?;
         }
         Ok(())
+    }
+
+    /// Page digests as a digest file holds them: the zero page's as zeros (see
+    /// [`Store::zero_leaf`]).
+    fn stored_digests<'a>(&self, digests: &'a [u8]) -> Cow<'a, [u8]> {
+        let Some(z) = self.zero_leaf() else {
+            return Cow::Borrowed(digests);
+        };
+        let mut out = digests.to_vec();
+        for d in out.chunks_exact_mut(z.len()) {
+            if *d == z[..] {
+                d.fill(0);
+            }
+        }
+        Cow::Owned(out)
     }
 
     /// Marks the cache stale before it is modified.
@@ -123,7 +141,7 @@ impl StoreWriter {
         for (i, t) in trees.iter().enumerate() {
             let path = self.cache_digests(i);
             let Some(entries) = changed else {
-                self.write_derived(&path, t.page_digests())?;
+                self.write_sparse(&path, &self.stored_digests(t.page_digests()))?;
                 continue;
             };
             let f = self.dir.open_file(&path, Access::Write)?;
@@ -149,7 +167,7 @@ impl StoreWriter {
                     .ok_or_else(|| {
                         StoreError::Input(format!("page {first}: beyond component {i}"))
                     })?;
-                f.write_all_at(bytes, (first * dlen) as u64)
+                f.write_all_at(&self.stored_digests(bytes), (first * dlen) as u64)
                     .map_err(|error| StoreError::Io {
                         path: self.dir.display(&path),
                         error,
@@ -163,6 +181,23 @@ impl StoreWriter {
         })
         .map_err(|e| StoreError::Input(e.to_string()))?;
         self.dir.write_file(&self.stamp_path(), &stamp, true)
+    }
+
+    /// The cached bytes of each component of `trees` whose bytes the cache keeps.
+    pub(crate) fn open_head_images<'k>(
+        &self,
+        trees: &[ImageTree],
+        key: Option<&'k CacheKey>,
+    ) -> Result<Vec<Option<HeadPages<'k>>>, StoreError> {
+        trees
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                self.keeps_image(t.len())
+                    .then(|| self.open_head_pages(i, key))
+                    .transpose()
+            })
+            .collect()
     }
 
     pub(crate) fn open_head_pages<'k>(
@@ -210,7 +245,7 @@ impl StoreWriter {
     fn cached_trees(&self, m: &Manifest, key: Option<&CacheKey>) -> Option<Vec<ImageTree>> {
         let mut trees = Vec::with_capacity(m.components.len());
         for (i, c) in m.components.iter().enumerate() {
-            let digests = self.dir.read_capped(&self.cache_digests(i), 1 << 30).ok()?;
+            let digests = self.read_digests(&self.cache_digests(i)).ok()?;
             let small = if c.len <= PAGE_SIZE as u64 {
                 self.open_head_pages(i, key).ok()?.page(0).into_owned()
             } else {
@@ -225,11 +260,11 @@ impl StoreWriter {
     }
 
     /// Whether every listed cached page (`pages[c]` for component `c`) hashes to its digest in
-    /// `trees`.
+    /// `trees`; a component whose bytes the cache does not keep has nothing to check.
     pub(crate) fn pages_match(
         &self,
         trees: &[ImageTree],
-        cached: &[HeadPages<'_>],
+        cached: &[Option<HeadPages<'_>>],
         pages: &[Vec<u64>],
     ) -> bool {
         trees
@@ -237,6 +272,9 @@ impl StoreWriter {
             .zip(cached)
             .zip(pages)
             .all(|((t, cached), list)| {
+                let Some(cached) = cached else {
+                    return true;
+                };
                 list.par_iter().all(|&p| {
                     let page = PageIndex(p);
                     t.page_digest(page) == Some(self.params.page_digest(page, &cached.page(p)))
@@ -259,7 +297,7 @@ impl StoreWriter {
             max_age: None,
         };
         let trees = match key {
-            None => {
+            None if self.meta.head_cache => {
                 let head_dir = self.dir.create_dir_all(Path::new("head"))?;
                 let name = |i: usize, _: &ComponentRoot| format!("{i}.img");
                 self.replay_into(
@@ -272,8 +310,9 @@ impl StoreWriter {
                 )?
                 .1
             }
-            Some(_) => {
-                // Rebuild in memory, never as plaintext on disk, then encrypt into place.
+            _ => {
+                // Rebuild in memory, never as plaintext on disk, then encrypt (or, for a store
+                // that keeps only digests, keep one-page components) into place.
                 let (_, trees, files) = self.replay_into(&opts, &Outputs::Memory, false)?;
                 for (i, (f, path)) in files.into_iter().enumerate() {
                     let plain = MappedImage::from_file(f, &path)
@@ -287,7 +326,8 @@ impl StoreWriter {
         Ok(trees)
     }
 
-    /// Replaces cached image `i` with `plain` (encrypted page by page when keyed).
+    /// Replaces cached image `i` with `plain` (encrypted page by page when keyed); nothing
+    /// when the cache keeps only its digests.
     fn write_full_cache_image(
         &self,
         i: usize,
@@ -295,6 +335,9 @@ impl StoreWriter {
         seq: SeqNo,
         key: Option<&CacheKey>,
     ) -> Result<(), StoreError> {
+        if !self.keeps_image(plain.len() as u64) {
+            return Ok(());
+        }
         let path = self.cache_image(i);
         let Some(k) = key else {
             return self.write_sparse(&path, plain);
@@ -308,17 +351,20 @@ impl StoreWriter {
         self.write_derived(&path, &enc)
     }
 
-    /// Writes the cached images of a new baseline whole (`full[c]` is component `c`).
+    /// Writes the cached images of a new baseline whole (`full[c]` is component `c`, `None`
+    /// for those the cache does not keep).
     pub(crate) fn write_cache_images(
         &self,
-        full: &[Cow<'_, [u8]>],
+        full: &[Option<Cow<'_, [u8]>>],
         seq: SeqNo,
         key: Option<&CacheKey>,
     ) -> Result<(), StoreError> {
         self.cache_invalidate()?;
         self.dir.create_dir_all(Path::new("head"))?;
         for (i, image) in full.iter().enumerate() {
-            self.write_full_cache_image(i, image, seq, key)?;
+            if let Some(image) = image {
+                self.write_full_cache_image(i, image, seq, key)?;
+            }
         }
         Ok(())
     }
@@ -327,16 +373,21 @@ impl StoreWriter {
     /// the cache stale: a take that stops half way leaves it to be rebuilt.
     pub(crate) fn cache_writer<'k>(
         &self,
-        components: usize,
+        trees: &[ImageTree],
         seq: SeqNo,
         key: Option<&'k CacheKey>,
     ) -> Result<CacheWriter<'k>, StoreError> {
         self.cache_invalidate()?;
-        let files = (0..components)
-            .map(|i| {
+        let files = trees
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                if !self.keeps_image(t.len()) {
+                    return Ok(None);
+                }
                 let path = self.cache_image(i);
                 let f = self.dir.open_file(&path, Access::Write)?;
-                Ok((f, self.dir.display(&path)))
+                Ok(Some((f, self.dir.display(&path))))
             })
             .collect::<Result<_, StoreError>>()?;
         Ok(CacheWriter { files, key, seq })
@@ -346,10 +397,13 @@ impl StoreWriter {
     pub(crate) fn cache_set_versions(
         &self,
         entries: &[DeltaEntry],
-        components: usize,
+        trees: &[ImageTree],
         seq: SeqNo,
     ) -> Result<(), StoreError> {
-        for i in 0..components {
+        for (i, t) in trees.iter().enumerate() {
+            if !self.keeps_image(t.len()) {
+                continue;
+            }
             let path = self.cache_versions(i);
             let mut versions = read_versions(&self.dir.read_capped(&path, 1 << 30)?);
             let component = u16::try_from(i).unwrap_or(u16::MAX);
@@ -365,8 +419,9 @@ impl StoreWriter {
 }
 
 /// In-place writer of a new head's pages into the cached images; shared by the batch workers.
+/// Components whose bytes the cache does not keep have no file, and their pages are skipped.
 pub(crate) struct CacheWriter<'k> {
-    files: Vec<(std::fs::File, PathBuf)>,
+    files: Vec<Option<(std::fs::File, PathBuf)>>,
     key: Option<&'k CacheKey>,
     seq: SeqNo,
 }
@@ -375,8 +430,11 @@ impl CacheWriter<'_> {
     /// Writes the new bytes of page `page` of component `c` (encrypted when keyed). In a
     /// plain cache a page that became zero is punched out instead, so the image stays sparse.
     pub fn write(&self, c: usize, page: u64, bytes: &[u8]) -> Result<(), StoreError> {
-        let Some((f, path)) = self.files.get(c) else {
+        let Some(file) = self.files.get(c) else {
             return Err(StoreError::Input(format!("component {c}: no cached image")));
+        };
+        let Some((f, path)) = file else {
+            return Ok(());
         };
         let at = page * PAGE_SIZE as u64;
         let result = match self.key {

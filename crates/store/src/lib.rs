@@ -70,6 +70,18 @@ pub struct StoreMeta {
     pub salt: String,
     pub policy_id: String,
     pub encrypted: bool,
+    /// Whether `head/` keeps the head's images (for XOR deltas and fast head restores) or
+    /// only its page digests. Written only when off, so older stores read as on.
+    #[serde(default = "keeps_head_images", skip_serializing_if = "is_on")]
+    pub head_cache: bool,
+}
+
+fn keeps_head_images() -> bool {
+    true
+}
+
+fn is_on(on: &bool) -> bool {
+    *on
 }
 
 impl StoreMeta {

@@ -192,7 +192,7 @@ impl StoreWriter {
             links,
             rebase: Some(rebase),
             object: &object,
-            from_cache: !self.meta.encrypted && self.cache_matches(&head),
+            from_cache: self.head_in_cache(&head),
         };
         let (verified, _, _) = self.replay_source(&src, &plan, &outputs)?;
         drop(check);

@@ -222,8 +222,7 @@ impl Store {
         }
         let object = |id: &ObjectId, max: usize| self.read_object(id, max);
         // The head's bytes are already in the head cache (plain in an unencrypted store).
-        let from_cache =
-            use_cache && upto == head.seq && !self.meta.encrypted && self.cache_matches(&head);
+        let from_cache = use_cache && upto == head.seq && self.head_in_cache(&head);
         self.replay_source(
             &Source {
                 links,

@@ -359,9 +359,7 @@ impl StoreWriter {
         let key = secret.map(|s| s.page_key(baseline_root.as_bytes(), &self.meta.vm_id));
         let cache_key = secret.map(|s| s.cache_key(baseline_root.as_bytes(), &self.meta.vm_id));
         let open_old = || match &old_trees {
-            Some(t) => (0..t.len())
-                .map(|i| self.open_head_pages(i, cache_key.as_ref()))
-                .collect::<Result<Vec<_>, _>>(),
+            Some(t) => self.open_head_images(t, cache_key.as_ref()),
             None => Ok(Vec::new()),
         };
         let mut old_pages = open_old();
@@ -389,7 +387,7 @@ impl StoreWriter {
         // New pages go into the cache as their batches are built; a take that stops before
         // the stamp leaves the cache to be rebuilt from the chain.
         let cache = match &old_trees {
-            Some(t) => Some(self.cache_writer(t.len(), seq, cache_key.as_ref())?),
+            Some(t) => Some(self.cache_writer(t, seq, cache_key.as_ref())?),
             None => None,
         };
         let (batches, stored_bytes) = self.write_batches(
@@ -406,7 +404,7 @@ impl StoreWriter {
                 }
             }
             if cache_key.is_some() {
-                self.cache_set_versions(&entries, trees.len(), seq)?;
+                self.cache_set_versions(&entries, &trees, seq)?;
             }
         }
         let manifest = Manifest {
@@ -441,8 +439,12 @@ impl StoreWriter {
         fail_point("after-head");
 
         if cache.is_none() {
+            // Only the images the cache keeps are assembled.
             let images: Vec<_> = (0..trees.len())
-                .map(|c| source.image(c, &manifest.entries))
+                .map(|c| {
+                    self.keeps_image(trees[c].len())
+                        .then(|| source.image(c, &manifest.entries))
+                })
                 .collect();
             self.write_cache_images(&images, seq, cache_key.as_ref())?;
         }
@@ -476,7 +478,7 @@ impl StoreWriter {
         &self,
         entries: &mut [DeltaEntry],
         source: &Source,
-        old: &[HeadPages<'_>],
+        old: &[Option<HeadPages<'_>>],
         cache: Option<&CacheWriter<'_>>,
         key: Option<&PageKey>,
     ) -> Result<(Vec<BatchRef>, u64), StoreError> {
@@ -505,7 +507,7 @@ impl StoreWriter {
                     let e = &view[i];
                     let c = usize::from(e.component);
                     let new = source.page(i, e);
-                    let Some(o) = old.get(c) else {
+                    let Some(o) = old.get(c).and_then(Option::as_ref) else {
                         raw.extend_from_slice(new);
                         literal.push(true);
                         continue;

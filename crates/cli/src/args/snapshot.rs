@@ -58,6 +58,11 @@ pub enum SnapshotCommand {
         /// commands take the same file as `--secret`.
         #[arg(long, alias = "encrypt-with")]
         secret: Option<PathBuf>,
+        /// Keep only the head's page digests, not a full copy of its images: the store is
+        /// about the size of its bundle, every changed page is stored whole rather than as an
+        /// XOR with its previous bytes, and restoring the head decodes the chain.
+        #[arg(long)]
+        no_head_cache: bool,
     },
     /// Capture the components as the next link (the first take is the baseline).
     Take {

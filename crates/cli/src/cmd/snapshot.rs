@@ -27,9 +27,17 @@ pub fn run(cmd: SnapshotCommand, json: bool) -> anyhow::Result<()> {
             tree,
             policy,
             secret,
+            no_head_cache,
         } => {
             let params = tree_params(&tree)?;
-            let meta = chain::init(&store.store, vm_id, &params, policy, secret.as_deref())?;
+            let meta = chain::init(
+                &store.store,
+                vm_id,
+                &params,
+                policy,
+                secret.as_deref(),
+                !no_head_cache,
+            )?;
             output::show(json, &meta, |m| {
                 format!(
                     "initialised store {} for VM {} ({})",

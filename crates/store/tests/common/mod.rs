@@ -30,6 +30,12 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new(alg: &str, encrypted: bool) -> Fixture {
+        Fixture::with_head_cache(alg, encrypted, true)
+    }
+
+    /// [`Fixture::new`] for a store that keeps the head's images or, without `head_cache`,
+    /// only its digests.
+    pub fn with_head_cache(alg: &str, encrypted: bool, head_cache: bool) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().join("store");
         let meta = StoreMeta {
@@ -43,6 +49,7 @@ impl Fixture {
             },
             policy_id: "default".into(),
             encrypted,
+            head_cache,
         };
         Store::init(&store, meta).unwrap();
         let secret = encrypted.then(|| StoreSecret::generate(&dir.path().join("secret")).unwrap());
