@@ -49,6 +49,21 @@ impl HeadPages<'_> {
     }
 }
 
+/// Page digests as a digest file holds them: the zero page's (`zero`, see [`crate::Store::zero_leaf`])
+/// as zeros.
+fn stored_digests<'a>(zero: Option<&[u8]>, digests: &'a [u8]) -> Cow<'a, [u8]> {
+    let Some(z) = zero else {
+        return Cow::Borrowed(digests);
+    };
+    let mut out = digests.to_vec();
+    for d in out.chunks_exact_mut(z.len()) {
+        if *d == *z {
+            d.fill(0);
+        }
+    }
+    Cow::Owned(out)
+}
+
 fn read_versions(bytes: &[u8]) -> Vec<u64> {
     bytes
         .chunks_exact(8)
@@ -99,25 +114,10 @@ impl StoreWriter {
         for (i, t) in trees.iter().enumerate() {
             self.write_sparse(
                 &self.cache_base_digests(i),
-                &self.stored_digests(t.page_digests()),
+                &stored_digests(self.zero_leaf().as_deref(), t.page_digests()),
             )?;
         }
         Ok(())
-    }
-
-    /// Page digests as a digest file holds them: the zero page's as zeros (see
-    /// [`Store::zero_leaf`]).
-    fn stored_digests<'a>(&self, digests: &'a [u8]) -> Cow<'a, [u8]> {
-        let Some(z) = self.zero_leaf() else {
-            return Cow::Borrowed(digests);
-        };
-        let mut out = digests.to_vec();
-        for d in out.chunks_exact_mut(z.len()) {
-            if *d == z[..] {
-                d.fill(0);
-            }
-        }
-        Cow::Owned(out)
     }
 
     /// Marks the cache stale before it is modified.
@@ -138,10 +138,11 @@ impl StoreWriter {
         trees: &[ImageTree],
         changed: Option<&[DeltaEntry]>,
     ) -> Result<(), StoreError> {
+        let zero = self.zero_leaf();
         for (i, t) in trees.iter().enumerate() {
             let path = self.cache_digests(i);
             let Some(entries) = changed else {
-                self.write_sparse(&path, &self.stored_digests(t.page_digests()))?;
+                self.write_sparse(&path, &stored_digests(zero.as_deref(), t.page_digests()))?;
                 continue;
             };
             let f = self.dir.open_file(&path, Access::Write)?;
@@ -167,11 +168,14 @@ impl StoreWriter {
                     .ok_or_else(|| {
                         StoreError::Input(format!("page {first}: beyond component {i}"))
                     })?;
-                f.write_all_at(&self.stored_digests(bytes), (first * dlen) as u64)
-                    .map_err(|error| StoreError::Io {
-                        path: self.dir.display(&path),
-                        error,
-                    })?;
+                f.write_all_at(
+                    &stored_digests(zero.as_deref(), bytes),
+                    (first * dlen) as u64,
+                )
+                .map_err(|error| StoreError::Io {
+                    path: self.dir.display(&path),
+                    error,
+                })?;
                 (first, end) = (p, p.saturating_add(1));
             }
         }
