@@ -12,8 +12,8 @@ set -euo pipefail
 CACHE=${VMATTEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vmattest}
 OUT=$CACHE/guest
 BUSYBOX=/bin/busybox
-MODULES=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk)
-APPLETS=(sh mount insmod sleep cat dd echo printf grep wc)
+MODULES=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk dummy)
+APPLETS=(sh mount insmod rmmod sleep cat dd echo printf grep wc)
 
 die() { echo "build-guest: $*" >&2; exit 1; }
 
@@ -99,19 +99,24 @@ mount -t tmpfs -o size=100% tmpfs /run
 for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk; do
   [ -f /lib/modules/$m.ko ] && insmod /lib/modules/$m.ko
 done
-# snapdirty=N on the kernel command line: rewrite N KiB of tmpfs every tick. fill=MIB: hold
+# snapdirty=N on the kernel command line: rewrite N KiB of tmpfs every tick. flipkeys=N: every
+# N ticks, flip the kernel's own code (the sched_schedstats static key, and loading or unloading
+# the dummy module), printing "flip K". fill=MIB: hold
 # MIB MiB of random bytes in tmpfs from before READY on, so that benchmarks see populated RAM;
 # "filled N MiB" says how much it could.
 dirty=0
 fill=0
+flip=0
 for word in $(cat /proc/cmdline); do
   case $word in
     snapdirty=*) dirty=${word#snapdirty=} ;;
+    flipkeys=*) flip=${word#flipkeys=} ;;
     fill=*) fill=${word#fill=} ;;
   esac
 done
 case $dirty in '' | *[!0-9]*) dirty=0 ;; esac
 case $fill in '' | *[!0-9]*) fill=0 ;; esac
+case $flip in '' | *[!0-9]*) flip=0 ;; esac
 # At most what the kernel can spare less 32 MiB: tmpfs pages cannot be reclaimed, and running
 # out would kill init.
 avail=0
@@ -125,7 +130,7 @@ if [ "$fill" -gt 0 ]; then
 fi
 # Kernel symbols and the physical load address, for region policies: Debian ships only a
 # placeholder System.map, so the guest reports its own.
-grep -E ' (_text|_stext|_etext|__start_rodata|__end_rodata)$' /proc/kallsyms |
+grep -E ' (_text|_stext|_etext|__start_rodata|__end_rodata|__start___jump_table|__stop___jump_table|sys_call_table|idt_table)$' /proc/kallsyms |
   while read -r a t n; do echo "ksym $a $t $n"; done >/dev/ttyS0
 grep 'Kernel code' /proc/iomem | while read -r range rest; do echo "kcode $range"; done >/dev/ttyS0
 echo READY >/dev/ttyS0
@@ -140,6 +145,12 @@ while :; do
   echo "tick $i" >/dev/ttyS0
   if [ "$dirty" -gt 0 ]; then
     dd if=/dev/urandom of=/run/dirty bs=1024 count="$dirty" 2>/dev/null
+  fi
+  if [ "$flip" -gt 0 ] && [ $((i % flip)) -eq 0 ]; then
+    k=$(((i / flip) % 2))
+    echo "$k" >/proc/sys/kernel/sched_schedstats
+    if [ "$k" = 1 ]; then insmod /lib/modules/dummy.ko; else rmmod dummy; fi
+    echo "flip $k" >/dev/ttyS0
   fi
   sleep 1
 done

@@ -5,13 +5,13 @@ use std::path::Path;
 use vmattest_core::class::{Classify, ErrorClass};
 
 use vmattest_api::{NewBaseline, Provenance, RegionPages};
-use vmattest_core::alg::PAGE_SIZE;
-use vmattest_core::attest::{Policy, page_digest};
+use vmattest_core::alg::PageIndex;
+use vmattest_core::attest::{PatchSite, Policy};
 use vmattest_core::chain::SeqNo;
 use vmattest_image::{ImageError, MappedImage};
 use vmattest_store::{PinnedKeys, ReplayOptions, Store, StoreError, StoreSecret};
 
-use crate::measure::{MeasureError, region_bytes};
+use crate::measure::{MeasureError, page_digests, region_bytes, table_sites};
 
 /// The component a VM capture stores guest RAM under.
 pub const DEFAULT_COMPONENT: &str = vmattest_qemu::capture::RAM;
@@ -55,20 +55,33 @@ impl Classify for BaselineError {
 }
 
 /// One hex page digest per page of every region of `policy`, read from `memory` (a guest RAM
-/// image: guest-physical address = offset).
-pub fn region_pages(memory: &[u8], policy: &Policy) -> Result<Vec<RegionPages>, MeasureError> {
+/// image: guest-physical address = offset), with the bytes of `sites` zeroed.
+pub fn region_pages(
+    memory: &[u8],
+    policy: &Policy,
+    sites: &[PatchSite],
+) -> Result<Vec<RegionPages>, MeasureError> {
     let mut out = Vec::with_capacity(policy.regions.len());
     for region in &policy.regions {
-        let bytes = region_bytes(memory, region)?;
+        region_bytes(memory, region)?;
+        let all: Vec<PageIndex> = (0..region.pages).map(PageIndex).collect();
         out.push(RegionPages {
             name: region.name.clone(),
-            pages: bytes
-                .chunks(PAGE_SIZE)
-                .map(|p| page_digest(policy.alg, p).to_hex())
+            pages: page_digests(policy, memory, region, &all, sites)
+                .into_iter()
+                .map(|(_, d)| d.to_hex())
                 .collect(),
         });
     }
     Ok(out)
+}
+
+/// The patch sites of `policy`'s regions in `memory`, from its jump table (none without one).
+pub fn patch_sites(memory: &[u8], policy: &Policy) -> Result<Vec<PatchSite>, MeasureError> {
+    match policy.jump_table {
+        Some(t) => table_sites(memory, policy, t),
+        None => Ok(Vec::new()),
+    }
 }
 
 /// Verifies the chain of the store at `store_dir` up to `seq` against `keys`, rebuilds the
@@ -106,14 +119,20 @@ pub fn baseline_from_store(
         });
     }
     let image = MappedImage::open(&out.join(component))?;
-    let regions = region_pages(image.bytes(), policy).map_err(|source| BaselineError::Region {
+    let region_err = |source| BaselineError::Region {
         component: component.to_owned(),
         source,
-    })?;
+    };
+    let sites = patch_sites(image.bytes(), policy).map_err(region_err)?;
+    let regions = region_pages(image.bytes(), policy, &sites).map_err(region_err)?;
     let link = store.read_link(verified.seq)?;
     Ok(NewBaseline {
         policy_id: policy.id().to_hex(),
         regions,
+        patch_sites: sites
+            .iter()
+            .map(|s| (s.addr.0, s.len, s.target.0))
+            .collect(),
         provenance: Provenance {
             store_vm_id: store.meta().vm_id.clone(),
             seq: verified.seq.0,

@@ -1,7 +1,6 @@
 //! Building and signing runtime evidence.
 
-use vmattest_core::alg::Digest;
-use vmattest_core::attest::{Evidence, Policy, RegionDigest};
+use vmattest_core::attest::{Evidence, Policy};
 use vmattest_core::class::{Classify, ErrorClass};
 use vmattest_core::record::{RecordError, Signed};
 use vmattest_sign::{SignError, Signer};
@@ -38,8 +37,7 @@ pub struct Measured<'a> {
     pub nonce: &'a [u8],
     pub policy: &'a Policy,
     pub subset: &'a str,
-    pub regions: Vec<RegionDigest>,
-    pub kernel_code: Option<Digest>,
+    pub measurement: crate::measure::Measurement,
 }
 
 /// Builds the evidence (timed now) and signs it with `signer`.
@@ -54,8 +52,9 @@ pub fn sign_evidence(
         alg: m.policy.alg,
         policy_id: m.policy.id(),
         subset: m.subset.to_owned(),
-        regions: m.regions,
-        kernel_code: m.kernel_code,
+        regions: m.measurement.regions,
+        kernel_code: m.measurement.kernel_code,
+        kernel_code_sites: m.measurement.kernel_code_sites,
         agent_version: AGENT_VERSION.to_owned(),
         key_ids: vec![signer.key_id()],
     };
@@ -100,8 +99,8 @@ mod tests {
         let policy = Policy::parse(POLICY, None).unwrap();
         let ram = vec![7u8; 0x4000];
         let nonce = [1u8; 32];
-        let (regions, kernel_code) =
-            crate::measure::measure(ram.as_slice(), &policy, "all", &nonce).unwrap();
+        let measurement = crate::measure::measure(ram.as_slice(), &policy, "all", &nonce).unwrap();
+        let (regions, kernel_code) = (measurement.regions.clone(), measurement.kernel_code);
         let key = SecretKey::generate(SigAlg::Ed25519).unwrap();
         let bytes = evidence_bytes(
             Measured {
@@ -109,8 +108,7 @@ mod tests {
                 nonce: &nonce,
                 policy: &policy,
                 subset: "all",
-                regions: regions.clone(),
-                kernel_code,
+                measurement,
             },
             &key,
         )

@@ -16,10 +16,10 @@ pub mod measure;
 pub mod report;
 pub mod run;
 
-pub use baseline::{BaselineError, baseline_from_store, region_pages};
+pub use baseline::{BaselineError, baseline_from_store, patch_sites, region_pages};
 pub use evidence::{EvidenceError, Measured, evidence_bytes, sign_evidence};
 pub use guest::Guest;
-pub use measure::{MeasureError, measure, measure_vm};
+pub use measure::{MeasureError, Measurement, measure, measure_vm};
 pub use report::{ChainCheck, ReportError, attest_snapshot};
 pub use run::{Event, LoopOptions, Rollback, RunError, attest_once, run_loop};
 

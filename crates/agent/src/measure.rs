@@ -9,8 +9,9 @@
 use std::path::{Path, PathBuf};
 
 use vmattest_core::alg::{Digest, PAGE_SIZE, PageIndex};
+use vmattest_core::attest::patch::{self, MAX_SITE_LEN, PatchSite, SiteReport};
 use vmattest_core::attest::{
-    Policy, Region, RegionDigest, page_digest, region_digest, sample_pages,
+    GuestAddr, JumpTable, Policy, Region, RegionDigest, page_digest, region_digest, sample_pages,
 };
 use vmattest_core::class::{Classify, ErrorClass};
 use vmattest_image::{ImageError, LiveImage};
@@ -51,6 +52,8 @@ pub enum MeasureError {
     Status { vm: String, status: String },
     #[error(transparent)]
     Domain(#[from] vmattest_libvirt::DomainError),
+    #[error(transparent)]
+    JumpTable(#[from] vmattest_core::attest::AttestError),
 }
 
 impl Classify for MeasureError {
@@ -58,7 +61,8 @@ impl Classify for MeasureError {
         match self {
             MeasureError::UnknownSubset { .. }
             | MeasureError::UnknownRegion { .. }
-            | MeasureError::BeyondRam { .. } => ErrorClass::Input,
+            | MeasureError::BeyondRam { .. }
+            | MeasureError::JumpTable(_) => ErrorClass::Input,
             MeasureError::Ram(e) => e.class(),
             MeasureError::Qmp { source, .. } => source.class(),
             MeasureError::Domain(e) => e.class(),
@@ -138,35 +142,110 @@ pub fn region_bytes<'a>(ram: &'a [u8], region: &Region) -> Result<&'a [u8], Meas
 }
 
 /// Digests of the given pages (indices relative to the region) of a region of `ram`, each
-/// copied out first.
-fn page_digests<R: Ram + ?Sized>(
+/// copied out first, with the bytes of patch sites zeroed.
+pub(crate) fn page_digests<R: Ram + ?Sized>(
     policy: &Policy,
     ram: &R,
     region: &Region,
     pages: &[PageIndex],
+    sites: &[PatchSite],
 ) -> Vec<(PageIndex, Digest)> {
     let mut buf = [0u8; PAGE_SIZE];
     pages
         .iter()
         .map(|&i| {
+            let at = region.start.0 + i.0 * PAGE_SIZE as u64;
             let n = if i.0 < region.pages {
-                ram.copy_at(region.start.0 + i.0 * PAGE_SIZE as u64, &mut buf)
+                ram.copy_at(at, &mut buf)
             } else {
                 0
             };
+            patch::mask_page(&mut buf[..n], at, sites);
             (i, page_digest(policy.alg, &buf[..n]))
         })
         .collect()
 }
 
+/// What one challenge measured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Measurement {
+    pub regions: Vec<RegionDigest>,
+    pub kernel_code: Option<Digest>,
+    pub kernel_code_sites: Option<SiteReport>,
+}
+
+/// The patch sites of every region of `policy`, from the guest's own jump table. A table that
+/// does not parse gives no sites: the pages are then hashed whole and the reports are empty,
+/// which the server refuses against its baseline's sites.
+pub fn live_sites<R: Ram + ?Sized>(ram: &R, policy: &Policy, table: JumpTable) -> Vec<PatchSite> {
+    table_sites(ram, policy, table).unwrap_or_default()
+}
+
+/// The patch sites of every region of `policy`, or why the jump table gives none.
+pub fn table_sites<R: Ram + ?Sized>(
+    ram: &R,
+    policy: &Policy,
+    table: JumpTable,
+) -> Result<Vec<PatchSite>, MeasureError> {
+    let beyond = || MeasureError::BeyondRam {
+        region: "jump_table".into(),
+        start: table.start.0,
+        end: table.start.0.saturating_add(table.len),
+        ram_bytes: ram.len(),
+    };
+    let len = usize::try_from(table.len).map_err(|_| beyond())?;
+    let mut bytes = vec![0u8; len];
+    if ram.copy_at(table.start.0, &mut bytes) != len {
+        return Err(beyond());
+    }
+    let ranges: Vec<(u64, u64)> = policy
+        .regions
+        .iter()
+        .map(|r| (r.start.0, r.end()))
+        .collect();
+    let read = |at: GuestAddr| {
+        let mut b = [0u8; MAX_SITE_LEN];
+        ram.copy_at(at.0, &mut b);
+        b
+    };
+    Ok(patch::parse_jump_table(
+        &bytes,
+        table.start,
+        &ranges,
+        &read,
+    )?)
+}
+
+/// The report of the sites of `pages` of `region`.
+fn site_report<R: Ram + ?Sized>(
+    policy: &Policy,
+    ram: &R,
+    region: &Region,
+    pages: &[PageIndex],
+    sites: &[PatchSite],
+) -> SiteReport {
+    let covered = patch::sites_of_pages(sites, region.start, region.pages, pages);
+    let bytes: Vec<Vec<u8>> = covered
+        .iter()
+        .map(|s| {
+            let mut b = vec![0u8; usize::from(s.len)];
+            let n = ram.copy_at(s.addr.0, &mut b);
+            b.truncate(n);
+            b
+        })
+        .collect();
+    patch::report(policy.alg, &covered, &bytes)
+}
+
 /// Measures the regions of subset `subset_id` (in subset order) from the nonce's page sample,
-/// and the kernel-code region (if the policy has one) over all of its pages.
+/// and the kernel-code region (if the policy has one) over all of its pages. With a jump table
+/// in the policy, patch sites are masked out of the page digests and reported on their own.
 pub fn measure<R: Ram + ?Sized>(
     ram: &R,
     policy: &Policy,
     subset_id: &str,
     nonce: &[u8],
-) -> Result<(Vec<RegionDigest>, Option<Digest>), MeasureError> {
+) -> Result<Measurement, MeasureError> {
     let subset = policy
         .subset(subset_id)
         .ok_or_else(|| MeasureError::UnknownSubset {
@@ -195,34 +274,42 @@ pub fn measure<R: Ram + ?Sized>(
     if let Some(r) = kernel {
         check_range(ram.len(), r)?;
     }
+    let sites = policy.jump_table.map(|t| live_sites(ram, policy, t));
+    let sites = sites.as_deref();
     let mut out = Vec::with_capacity(regions.len());
     for region in regions {
         let sample = sample_pages(nonce, region);
-        let pages = page_digests(policy, ram, region, &sample);
+        let pages = page_digests(policy, ram, region, &sample, sites.unwrap_or(&[]));
         out.push(RegionDigest {
             name: region.name.clone(),
             pages: pages.len() as u64,
             digest: region_digest(policy.alg, &region.name, &pages),
+            sites: sites.map(|s| site_report(policy, ram, region, &sample, s)),
         });
     }
     // When the subset already hashed every page of the kernel-code region, that digest is it.
-    let kernel_code = kernel.map(|region| {
-        match out
+    let (kernel_code, kernel_code_sites) = match kernel {
+        None => (None, None),
+        Some(region) => match out
             .iter()
             .find(|d| d.name == region.name && d.pages == region.pages)
         {
-            Some(d) => d.digest,
+            Some(d) => (Some(d.digest), d.sites.clone()),
             None => {
                 let all: Vec<PageIndex> = (0..region.pages).map(PageIndex).collect();
-                region_digest(
-                    policy.alg,
-                    &region.name,
-                    &page_digests(policy, ram, region, &all),
+                let pages = page_digests(policy, ram, region, &all, sites.unwrap_or(&[]));
+                (
+                    Some(region_digest(policy.alg, &region.name, &pages)),
+                    sites.map(|s| site_report(policy, ram, region, &all, s)),
                 )
             }
-        }
-    });
-    Ok((out, kernel_code))
+        },
+    };
+    Ok(Measurement {
+        regions: out,
+        kernel_code,
+        kernel_code_sites,
+    })
 }
 
 /// Maps a guest RAM file read-only, for copying pages out while the guest runs.
@@ -268,7 +355,7 @@ pub fn measure_vm(
     subset_id: &str,
     nonce: &[u8],
     pause: bool,
-) -> Result<(Vec<RegionDigest>, Option<Digest>), MeasureError> {
+) -> Result<Measurement, MeasureError> {
     if pause {
         guest.with_paused(|paused| {
             measure(&map_ram(&paused.layout().ram)?, policy, subset_id, nonce)
@@ -333,7 +420,8 @@ regions = ["data"]
         let policy = Policy::parse(POLICY, None).unwrap();
         let ram = ram();
         let nonce = [9u8; 32];
-        let (regions, kernel) = measure(ram.as_slice(), &policy, "all", &nonce).unwrap();
+        let m = measure(ram.as_slice(), &policy, "all", &nonce).unwrap();
+        let (regions, kernel) = (m.regions, m.kernel_code);
         assert_eq!(regions.len(), 2);
         assert_eq!(regions[0].name, "text");
         assert_eq!(regions[0].pages, 3);
@@ -361,7 +449,8 @@ regions = ["data"]
     fn kernel_code_is_reported_for_a_subset_without_it() {
         let policy = Policy::parse(POLICY, None).unwrap();
         let ram = ram();
-        let (regions, kernel) = measure(ram.as_slice(), &policy, "d", &[1u8; 16]).unwrap();
+        let m = measure(ram.as_slice(), &policy, "d", &[1u8; 16]).unwrap();
+        let (regions, kernel) = (m.regions, m.kernel_code);
         assert_eq!(regions.len(), 1);
         assert_eq!(regions[0].name, "data");
         assert_eq!(
@@ -375,7 +464,12 @@ regions = ["data"]
         let policy = Policy::parse(POLICY, None).unwrap();
         let ram = ram();
         let digests: Vec<Digest> = (0u8..8)
-            .map(|n| measure(ram.as_slice(), &policy, "d", &[n; 16]).unwrap().0[0].digest)
+            .map(|n| {
+                measure(ram.as_slice(), &policy, "d", &[n; 16])
+                    .unwrap()
+                    .regions[0]
+                    .digest
+            })
             .collect();
         assert!(
             digests.iter().skip(1).any(|d| d != &digests[0]),
@@ -383,7 +477,10 @@ regions = ["data"]
         );
         // The same nonce gives the same digest.
         assert_eq!(
-            measure(ram.as_slice(), &policy, "d", &[3; 16]).unwrap().0[0].digest,
+            measure(ram.as_slice(), &policy, "d", &[3; 16])
+                .unwrap()
+                .regions[0]
+                .digest,
             digests[3]
         );
     }

@@ -128,15 +128,14 @@ pub fn answer_challenge(
 ) -> Result<Answered, RunError> {
     let challenge = client.challenge(vm_name)?;
     let (policy, nonce) = check_challenge(vm_name, &challenge)?;
-    let (regions, kernel_code) = measure_vm(guest, &policy, &challenge.subset, &nonce, paused)?;
+    let measurement = measure_vm(guest, &policy, &challenge.subset, &nonce, paused)?;
     let bytes = evidence_bytes(
         Measured {
             vm: vm_name,
             nonce: &nonce,
             policy: &policy,
             subset: &challenge.subset,
-            regions,
-            kernel_code,
+            measurement,
         },
         signer,
     )?;

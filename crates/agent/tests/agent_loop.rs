@@ -163,7 +163,8 @@ fn one_round_posts_signed_evidence_of_the_challenged_subset() {
     assert_eq!(ev.nonce, vec![1u8; 32]);
     assert_eq!(ev.subset, "s");
     assert_eq!(ev.policy_id, policy.id());
-    let (regions, kernel) = vmattest_agent::measure(&ram[..], &policy, "s", &ev.nonce).unwrap();
+    let m = vmattest_agent::measure(&ram[..], &policy, "s", &ev.nonce).unwrap();
+    let (regions, kernel) = (m.regions, m.kernel_code);
     assert_eq!(ev.regions, regions);
     assert_eq!(ev.regions.len(), 1);
     assert_eq!(ev.regions[0].pages, 2);

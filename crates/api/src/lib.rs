@@ -194,6 +194,10 @@ pub struct RegionPages {
 pub struct NewBaseline {
     pub policy_id: String,
     pub regions: Vec<RegionPages>,
+    /// Jump-label sites of the policy's regions as `[address, length, target]`, from the
+    /// snapshot's own jump table; their bytes are zeroed in the page digests.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patch_sites: Vec<(u64, u8, u64)>,
     pub provenance: Provenance,
 }
 
@@ -224,6 +228,9 @@ pub struct RegionResult {
     pub matched: bool,
     pub weight: u32,
     pub critical: bool,
+    /// Why it did not match, where the server can tell (a patch site's page and offset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

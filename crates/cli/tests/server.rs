@@ -77,8 +77,7 @@ fn attestation_flow(server: &Server) {
         let c = f.agent.challenge("vm1").unwrap();
         let (policy, nonce) = check_challenge("vm1", &c).unwrap();
         let ram = std::fs::read(&f.ram).unwrap();
-        let (regions, kernel_code) =
-            vmattest_agent::measure(&ram, &policy, subset, &nonce).unwrap();
+        let m = vmattest_agent::measure(&ram, &policy, subset, &nonce).unwrap();
         let now = vmattest_host::now();
         let ev = Evidence {
             vm: "vm1".into(),
@@ -90,8 +89,9 @@ fn attestation_flow(server: &Server) {
             alg: policy.alg,
             policy_id: policy.id(),
             subset: subset.into(),
-            regions,
-            kernel_code,
+            regions: m.regions,
+            kernel_code: m.kernel_code,
+            kernel_code_sites: m.kernel_code_sites,
             agent_version: "test".into(),
             key_ids: vec![f.host_key.key_id()],
         };

@@ -572,7 +572,8 @@ fn tpm_resident_agent_key_earns_the_hardware_claim() {
         "vm1",
         &NewBaseline {
             policy_id: pid,
-            regions: vmattest_agent::region_pages(&ram, &policy).unwrap(),
+            regions: vmattest_agent::region_pages(&ram, &policy, &[]).unwrap(),
+            patch_sites: Vec::new(),
             provenance: Provenance {
                 store_vm_id: "vm1".into(),
                 seq: 0,

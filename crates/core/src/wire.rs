@@ -74,7 +74,17 @@ impl Kind {
         match self {
             // 2: BLAKE3 delta digests key their leaves and parents.
             Kind::Link => 2,
+            // 2: patch-site reports.
+            Kind::Evidence => 2,
             _ => 1,
+        }
+    }
+
+    /// Oldest version still read; objects are always written at [`Kind::version`].
+    pub fn oldest_version(self) -> u16 {
+        match self {
+            Kind::Evidence => 1,
+            k => k.version(),
         }
     }
 
@@ -253,6 +263,11 @@ impl Writer {
 
 /// Checks the header of `bytes` and returns a reader over its body.
 pub fn open(bytes: &[u8], kind: Kind) -> Result<Reader<'_>, WireError> {
+    open_versioned(bytes, kind).map(|(r, _)| r)
+}
+
+/// As [`open`], also returning the object's version (from [`Kind::oldest_version`] on).
+pub fn open_versioned(bytes: &[u8], kind: Kind) -> Result<(Reader<'_>, u16), WireError> {
     let max = kind.max_body() + HEADER_LEN;
     if bytes.len() > max {
         return Err(WireError::Oversize {
@@ -276,7 +291,7 @@ pub fn open(bytes: &[u8], kind: Kind) -> Result<Reader<'_>, WireError> {
         });
     }
     let version = r.u16("version")?;
-    if version != kind.version() {
+    if !(kind.oldest_version()..=kind.version()).contains(&version) {
         return Err(WireError::BadVersion {
             kind,
             expected: kind.version(),
@@ -300,7 +315,7 @@ pub fn open(bytes: &[u8], kind: Kind) -> Result<Reader<'_>, WireError> {
             count: left - body_len,
         });
     }
-    Ok(r)
+    Ok((r, version))
 }
 
 /// Reads a canonical body; every read names its field for the error message.

@@ -137,6 +137,7 @@ impl FakeVm {
                 name: name.clone(),
                 pages: picked.len() as u64,
                 digest: region_digest(self.policy.alg, name, &picked),
+                sites: None,
             });
         }
         Ok(Evidence {
@@ -148,6 +149,7 @@ impl FakeVm {
             subset: subset.to_string(),
             regions,
             kernel_code: None,
+            kernel_code_sites: None,
             agent_version: AGENT_VERSION.into(),
             key_ids: vec![key.key_id()],
         })

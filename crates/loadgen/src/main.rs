@@ -275,6 +275,7 @@ async fn setup_agent(
             &NewBaseline {
                 policy_id: policy_id.to_string(),
                 regions: fake.baseline_regions(),
+                patch_sites: Vec::new(),
                 provenance: fake.provenance(&vm, &key),
             },
         )

@@ -4,9 +4,11 @@
 use std::time::Instant;
 
 use vmattest_api::{AlertAction, AttestationResult, RegionResult, Role};
-use vmattest_core::alg::{Digest, PageIndex};
+use vmattest_core::alg::{Digest, PAGE_SIZE, PageIndex};
+use vmattest_core::attest::patch::{self, SiteFinding};
 use vmattest_core::attest::{
-    Evidence, RegionOutcome, SignedEvidence, appraise, region_digest, sample_pages,
+    Evidence, Region, RegionOutcome, SignedEvidence, SiteReport, appraise, region_digest,
+    sample_pages,
 };
 use vmattest_core::record::{Signable, Signed};
 use vmattest_sign::record::{RecordSigError, verify_signed};
@@ -90,6 +92,48 @@ fn check_claims(ev: &Evidence, vm: &VmEntry, now: i64, window: i64) -> Result<()
     Ok(())
 }
 
+/// With a jump table in the policy: why the site report of `pages` of `region` does not fit
+/// the baseline's sites there, naming page and offset where it can; `None` when it fits.
+fn site_detail(
+    vm: &VmEntry,
+    region: &Region,
+    pages: &[PageIndex],
+    base: &Baseline,
+    got: Option<&SiteReport>,
+) -> Option<String> {
+    vm.policy.jump_table?;
+    let expected = patch::sites_of_pages(&base.sites, region.start, region.pages, pages);
+    let Some(report) = got else {
+        return Some("no patch-site report, and the policy has a jump table".into());
+    };
+    match patch::check_report(vm.policy.alg, &expected, report) {
+        Ok(()) => None,
+        Err(SiteFinding::Count { expected, found }) => Some(format!(
+            "patch sites: expected {expected} in these pages as in the baseline, found {found} \
+             (the guest's jump table differs)"
+        )),
+        Err(SiteFinding::Disallowed { site, bytes }) => {
+            let off = site.addr.0.saturating_sub(region.start.0);
+            let page = PAGE_SIZE as u64;
+            Some(format!(
+                "page {} offset {:#x}: patch site at {} holds {}; expected a {}-byte nop or \
+                 jump to {}",
+                off / page,
+                off % page,
+                site.addr,
+                hex::encode(bytes),
+                site.len,
+                site.target
+            ))
+        }
+        Err(SiteFinding::Digest) => Some(
+            "patch sites: the bytes read are not the encodings their states name (a site \
+             jumps where its baseline entry does not)"
+                .into(),
+        ),
+    }
+}
+
 /// Compares each region with the baseline; returns the outcome of every region considered.
 fn compare(ev: &Evidence, vm: &VmEntry, base: &Baseline) -> Result<Vec<RegionOutcome>, ApiError> {
     let subset = vm
@@ -153,28 +197,37 @@ fn compare(ev: &Evidence, vm: &VmEntry, base: &Baseline) -> Result<Vec<RegionOut
                 .collect();
             entries.map(|e| region_digest(vm.policy.alg, &region.name, &e))
         };
+        let detail = site_detail(vm, region, &pages, base, got.sites.as_ref());
         outcomes.push(RegionOutcome {
             name: region.name.clone(),
             weight: region.weight,
             critical: region.critical,
             kernel_code: region.kernel_code,
-            matched: expected.is_some_and(|d| d.ct_eq(&got.digest)),
+            matched: expected.is_some_and(|d| d.ct_eq(&got.digest)) && detail.is_none(),
+            detail,
         });
     }
     // Kernel code is judged in full whatever the subset samples.
     if let Some(kc) = vm.policy.regions.iter().find(|r| r.kernel_code) {
-        let matched = match (&ev.kernel_code, base.full.get(&kc.name)) {
-            (Some(got), Some(want)) => got.ct_eq(want),
-            _ => false,
-        };
+        let all: Vec<PageIndex> = (0..kc.pages).map(PageIndex).collect();
+        let detail = site_detail(vm, kc, &all, base, ev.kernel_code_sites.as_ref());
+        let matched = detail.is_none()
+            && match (&ev.kernel_code, base.full.get(&kc.name)) {
+                (Some(got), Some(want)) => got.ct_eq(want),
+                _ => false,
+            };
         match outcomes.iter_mut().find(|o| o.name == kc.name) {
-            Some(o) => o.matched &= matched,
+            Some(o) => {
+                o.matched &= matched;
+                o.detail = o.detail.take().or(detail);
+            }
             None => outcomes.push(RegionOutcome {
                 name: kc.name.clone(),
                 weight: kc.weight,
                 critical: kc.critical,
                 kernel_code: true,
                 matched,
+                detail,
             }),
         }
     }
@@ -276,6 +329,7 @@ async fn submit_inner(
                 matched: o.matched,
                 weight: o.weight,
                 critical: o.critical,
+                detail: o.detail.clone(),
             })
             .collect(),
         alert,
@@ -289,14 +343,24 @@ async fn submit_inner(
             .filter(|o| !o.matched)
             .map(|o| o.name.as_str())
             .collect();
+        let details: Vec<String> = outcomes
+            .iter()
+            .filter_map(|o| o.detail.as_ref().map(|d| format!("{}: {d}", o.name)))
+            .collect();
         let cause = if failed.is_empty() {
             "score below threshold".to_string()
         } else {
             format!("regions differ: {}", failed.join(", "))
         };
+        // Details stay out of the cause, which keys the one active alert per VM and cause.
+        let more = if details.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", details.join("; "))
+        };
         AlertDraft {
             message: format!(
-                "VM {} scored {} (threshold {}), status {}; {cause}",
+                "VM {} scored {} (threshold {}), status {}; {cause}{more}",
                 ev.vm, appraisal.score, vm.row.threshold, appraisal.status,
             ),
             cause,

@@ -11,7 +11,8 @@ use vmattest_api::{
     NewHost, NewPolicy, NewVm, PolicyInfo, Role, Vm,
 };
 use vmattest_core::alg::Digest;
-use vmattest_core::attest::Policy;
+use vmattest_core::attest::evidence::MAX_REPORT_SITES;
+use vmattest_core::attest::{GuestAddr, PatchSite, Policy};
 use vmattest_core::chain::is_valid_name;
 use vmattest_sign::PublicKey;
 
@@ -333,6 +334,55 @@ pub async fn vm(
     vm_view(&s, &name).await.map(Json)
 }
 
+/// A baseline's patch sites: only with a jump table in the policy, each of 2 or 5 bytes within
+/// a region, sorted and not overlapping.
+fn baseline_sites(policy: &Policy, given: &[(u64, u8, u64)]) -> Result<Vec<PatchSite>, ApiError> {
+    let bad = |i: usize, what: String| {
+        ApiError::new(ErrorCode::Regions, format!("patch_sites[{i}]: {what}"))
+    };
+    if policy.jump_table.is_none() && !given.is_empty() {
+        return Err(bad(0, "expected none: the policy has no jump_table".into()));
+    }
+    if given.len() > MAX_REPORT_SITES {
+        return Err(bad(
+            MAX_REPORT_SITES,
+            format!(
+                "expected at most {MAX_REPORT_SITES} sites, found {}",
+                given.len()
+            ),
+        ));
+    }
+    let mut out: Vec<PatchSite> = Vec::with_capacity(given.len());
+    for (i, &(addr, len, target)) in given.iter().enumerate() {
+        let site = PatchSite {
+            addr: GuestAddr(addr),
+            len,
+            target: GuestAddr(target),
+        };
+        if len != 2 && len != 5 {
+            return Err(bad(i, format!("expected a length of 2 or 5, found {len}")));
+        }
+        if !policy
+            .regions
+            .iter()
+            .any(|r| addr < r.end() && site.end() > r.start.0)
+        {
+            return Err(bad(
+                i,
+                format!("expected a site within a region, found {addr:#x}"),
+            ));
+        }
+        if out.last().is_some_and(|p| p.end() > addr) {
+            return Err(bad(
+                i,
+                format!("expected sites sorted and apart, found {addr:#x} after the previous"),
+            ));
+        }
+        out.push(site);
+    }
+    Ok(out)
+}
+
 pub async fn new_baseline(
     State(s): State<AppState>,
     caller: Caller,
@@ -403,6 +453,7 @@ pub async fn new_baseline(
             "baseline has regions the policy does not",
         ));
     }
+    let sites = baseline_sites(&vm.policy, &req.patch_sites)?;
     let provenance = serde_json::to_string(&req.provenance)
         .map_err(|e| ApiError::new(ErrorCode::Invalid, e.to_string()))?;
     let now = now_secs();
@@ -410,7 +461,7 @@ pub async fn new_baseline(
         s.db.insert_baseline(
             &name,
             &req.policy_id,
-            &encode_pages(&vm.policy, &pages),
+            &encode_pages(&vm.policy, &pages, &sites),
             &provenance,
             now,
         )

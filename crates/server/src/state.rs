@@ -8,7 +8,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Notify, RwLock};
 use vmattest_api::{AlertAction, Provenance, Role};
 use vmattest_core::alg::{Digest, HashAlg, PageIndex};
-use vmattest_core::attest::{Policy, region_digest};
+use vmattest_core::attest::evidence::MAX_REPORT_SITES;
+use vmattest_core::attest::{GuestAddr, PatchSite, Policy, region_digest};
 use vmattest_core::wire::{Reader, Writer as WireWriter};
 use vmattest_sign::PublicKey;
 
@@ -54,6 +55,8 @@ pub struct Baseline {
     pub pages: HashMap<String, Vec<Digest>>,
     /// Region digests over every page, for regions that are not sampled and for kernel code.
     pub full: HashMap<String, Digest>,
+    /// Jump-label sites of the policy's regions, sorted; zeroed in the page digests.
+    pub sites: Vec<PatchSite>,
 }
 
 #[derive(Debug)]
@@ -211,8 +214,13 @@ impl AppState {
     }
 }
 
-/// Baseline page digests: per region of the policy, in policy order, its digests.
-pub fn encode_pages(policy: &Policy, pages: &HashMap<String, Vec<Digest>>) -> Vec<u8> {
+/// Baseline page digests: per region of the policy, in policy order, its digests; then, when
+/// there are any, the patch sites (`u32 count, (u64 addr, u8 len, u64 target)*`).
+pub fn encode_pages(
+    policy: &Policy,
+    pages: &HashMap<String, Vec<Digest>>,
+    sites: &[PatchSite],
+) -> Vec<u8> {
     let mut w = WireWriter::new();
     w.u8(policy.alg.id())
         .u32(u32::try_from(policy.regions.len()).unwrap_or(u32::MAX));
@@ -222,6 +230,12 @@ pub fn encode_pages(policy: &Policy, pages: &HashMap<String, Vec<Digest>>) -> Ve
             .u32(u32::try_from(list.len()).unwrap_or(u32::MAX));
         for d in list {
             w.raw(d.as_bytes());
+        }
+    }
+    if !sites.is_empty() {
+        w.u32(u32::try_from(sites.len()).unwrap_or(u32::MAX));
+        for s in sites {
+            w.u64(s.addr.0).u8(s.len).u64(s.target.0);
         }
     }
     w.finish()
@@ -266,6 +280,23 @@ fn decode_baseline(policy: &Policy, row: crate::db::BaselineRow) -> Result<Basel
             );
         }
     }
+    let mut sites = Vec::new();
+    if r.remaining() > 0 {
+        let n = r
+            .len32("patch sites", MAX_REPORT_SITES)
+            .map_err(|e| corrupt(e.to_string()))?;
+        for _ in 0..n {
+            let site = (|| {
+                Ok::<_, vmattest_core::wire::WireError>(PatchSite {
+                    addr: GuestAddr(r.u64("site address")?),
+                    len: r.u8("site length")?,
+                    target: GuestAddr(r.u64("site target")?),
+                })
+            })()
+            .map_err(|e| corrupt(e.to_string()))?;
+            sites.push(site);
+        }
+    }
     let provenance =
         from_stored(&row.provenance, "snapshot_time").map_err(|e| corrupt(e.to_string()))?;
     Ok(Baseline {
@@ -275,6 +306,7 @@ fn decode_baseline(policy: &Policy, row: crate::db::BaselineRow) -> Result<Basel
         created: row.created,
         pages,
         full,
+        sites,
     })
 }
 

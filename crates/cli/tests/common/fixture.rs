@@ -197,15 +197,14 @@ pub fn evidence_for(f: &Fixture, key: &dyn Signer) -> Vec<u8> {
     let c = f.agent.challenge("vm1").unwrap();
     let (policy, nonce) = check_challenge("vm1", &c).unwrap();
     let ram = std::fs::read(&f.ram).unwrap();
-    let (regions, kernel_code) = vmattest_agent::measure(&ram, &policy, &c.subset, &nonce).unwrap();
+    let measurement = vmattest_agent::measure(&ram, &policy, &c.subset, &nonce).unwrap();
     evidence_bytes(
         Measured {
             vm: "vm1",
             nonce: &nonce,
             policy: &policy,
             subset: &c.subset,
-            regions,
-            kernel_code,
+            measurement,
         },
         key,
     )

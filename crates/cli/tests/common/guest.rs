@@ -32,6 +32,11 @@ pub struct Guest {
 
 impl Guest {
     pub fn new(dir: &Path, name: &str) -> Guest {
+        Guest::with_cmdline(dir, name, "")
+    }
+
+    /// A guest whose kernel command line also holds `extra` (such as `flipkeys=3`).
+    pub fn with_cmdline(dir: &Path, name: &str, extra: &str) -> Guest {
         let g = guest_dir();
         let disk = dir.join(format!("{name}-disk0.raw"));
         std::fs::write(&disk, vec![0u8; 4 << 20]).unwrap();
@@ -48,7 +53,7 @@ run_dir = "run-{name}"
 [boot]
 kernel = "{kernel}"
 initrd = "{initrd}"
-cmdline = "console=ttyS0 quiet panic=-1"
+cmdline = "console=ttyS0 quiet panic=-1{extra}"
 
 [[disk]]
 name = "disk0"
@@ -57,6 +62,11 @@ format = "raw"
 "#,
                 kernel = g.join("vmlinuz").display(),
                 initrd = g.join("initramfs.cpio.gz").display(),
+                extra = if extra.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {extra}")
+                },
             ),
         )
         .unwrap();

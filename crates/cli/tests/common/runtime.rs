@@ -56,6 +56,9 @@ pub struct Attested {
     guest: Vec<String>,
 }
 
+/// `sys_call_table` of the test guest's x86-64 kernel: 451 entries of 8 bytes.
+pub const SYSCALL_TABLE_BYTES: u64 = 451 * 8;
+
 /// Writes System.map, policy.toml and resolved.toml in `dir` for the test guest whose console
 /// printed `console`; returns the resolved policy.
 pub fn write_policy(dir: &Path, console: &str) -> String {
@@ -69,6 +72,9 @@ hash = "sha256"
 schedule_secs = 2
 kernel_load = {load:#x}
 
+[jump_table]
+symbols = ["__start___jump_table", "__stop___jump_table"]
+
 [[region]]
 name = "kernel-text"
 symbols = ["_stext", "_etext"]
@@ -80,7 +86,21 @@ kernel_code = true
 name = "rodata"
 symbols = ["__start_rodata", "__end_rodata"]
 weight = 2
-sample = 64
+critical = true
+
+[[region]]
+name = "syscalls"
+symbol = "sys_call_table"
+len = {SYSCALL_TABLE_BYTES}
+weight = 2
+critical = true
+
+[[region]]
+name = "idt"
+symbol = "idt_table"
+len = 4096
+weight = 2
+critical = true
 "#
         ),
     )
@@ -255,6 +275,13 @@ impl Attested {
 
     /// One agent round (`--once`), with `extra` arguments.
     pub fn agent(&self, extra: &[&str]) -> Run {
+        let mut once = vec!["--once"];
+        once.extend_from_slice(extra);
+        self.agent_rounds(&once)
+    }
+
+    /// The agent, with `extra` arguments (`--count N`, `--interval S`, ...).
+    pub fn agent_rounds(&self, extra: &[&str]) -> Run {
         let mut args = vec![
             "--json".to_string(),
             "agent".into(),
@@ -264,7 +291,6 @@ impl Attested {
             s(&self.token_file),
             "--key".into(),
             s(&self.dir.join("host.key")),
-            "--once".into(),
         ];
         args.extend(self.guest.iter().cloned());
         args.extend(extra.iter().map(|a| (*a).to_string()));
@@ -290,21 +316,20 @@ impl Attested {
 /// Changes one never-executed byte of the kernel text that the `resolved` policy names, in
 /// the guest RAM file `ram_path`.
 pub fn patch_kernel_text(resolved: &str, ram_path: &Path) {
-    use std::os::unix::fs::FileExt as _;
+    poke(ram_path, padding_addr(resolved, ram_path), &[0x90]);
+}
+
+/// The guest-physical address of a never-executed byte (int3 padding) of the kernel text that
+/// the `resolved` policy names.
+pub fn padding_addr(resolved: &str, ram_path: &Path) -> u64 {
     let text = vmattest_core::attest::Policy::parse(resolved, None).unwrap();
     let region = text.region("kernel-text").unwrap().clone();
     let ram = std::fs::read(ram_path).unwrap();
-    let at = padding_byte(
+    padding_byte(
         &ram,
         usize::try_from(region.start.0).unwrap(),
         usize::try_from(region.end()).unwrap(),
-    );
-    drop(ram);
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(ram_path)
-        .unwrap();
-    f.write_at(&[0x90], at as u64).unwrap();
+    ) as u64
 }
 
 /// Every JSON line of a run's standard output.
@@ -313,4 +338,37 @@ pub fn json_lines(run: &Run) -> Vec<serde_json::Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
+}
+
+/// The jump-label sites of the `resolved` policy's regions in the guest RAM file `ram_path`,
+/// from the guest's own jump table, with the bytes each holds now.
+pub fn live_sites(
+    resolved: &str,
+    ram_path: &Path,
+) -> Vec<(vmattest_core::attest::PatchSite, Vec<u8>)> {
+    let policy = vmattest_core::attest::Policy::parse(resolved, None).unwrap();
+    let ram = std::fs::read(ram_path).unwrap();
+    let sites = vmattest_agent::patch_sites(&ram, &policy).unwrap();
+    sites
+        .into_iter()
+        .map(|s| {
+            let at = usize::try_from(s.addr.0).unwrap();
+            (s, ram[at..at + usize::from(s.len)].to_vec())
+        })
+        .collect()
+}
+
+/// Writes `bytes` at guest-physical `addr` of the guest RAM file `ram_path`; returns the bytes
+/// that were there.
+pub fn poke(ram_path: &Path, addr: u64, bytes: &[u8]) -> Vec<u8> {
+    use std::os::unix::fs::FileExt as _;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(ram_path)
+        .unwrap();
+    let mut old = vec![0u8; bytes.len()];
+    f.read_exact_at(&mut old, addr).unwrap();
+    f.write_all_at(bytes, addr).unwrap();
+    old
 }

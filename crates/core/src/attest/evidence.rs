@@ -9,17 +9,23 @@ use crate::sig::KeyId;
 use crate::tree::read_alg;
 use crate::wire::{Kind, Reader, WireError, Writer};
 
+use super::patch::{MAX_SITE_LEN, SiteReport, SiteState};
 use super::policy::MAX_REGIONS;
 
 pub const MIN_NONCE_LEN: usize = 16;
 pub const MAX_NONCE_LEN: usize = 64;
+/// Sites all reports of one evidence may cover together (the jump table's limit).
+pub const MAX_REPORT_SITES: usize = 1 << 20;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RegionDigest {
     pub name: String,
     /// Pages the digest covers (all of the region, or the nonce's sample).
     pub pages: u64,
+    /// With patch sites: the digest of the pages with every site's bytes zeroed.
     pub digest: Digest,
+    /// The patch sites of the covered pages, when the policy has a jump table.
+    pub sites: Option<SiteReport>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,6 +40,8 @@ pub struct Evidence {
     pub regions: Vec<RegionDigest>,
     /// Digest of every page of the policy's kernel-code region, if it has one.
     pub kernel_code: Option<Digest>,
+    /// The patch sites of the whole kernel-code region.
+    pub kernel_code_sites: Option<SiteReport>,
     pub agent_version: String,
     pub key_ids: Vec<KeyId>,
 }
@@ -51,6 +59,89 @@ fn read_optional_digest(r: &mut Reader<'_>, alg: HashAlg) -> Result<Option<Diges
         )?)),
         v => Err(r.bad("kernel code flag", at, "expected 0 or 1", v)),
     }
+}
+
+/// `u8 flag`, then: `u32 runs, (u8 state, u32 count)*, u32 others, (bytes)*, digest`.
+fn write_sites(w: &mut Writer, sites: Option<&SiteReport>) {
+    let Some(r) = sites else {
+        w.u8(0);
+        return;
+    };
+    let mut runs: Vec<(SiteState, u32)> = Vec::new();
+    for st in &r.states {
+        match runs.last_mut() {
+            Some((last, n)) if last == st && *n < u32::MAX => *n += 1,
+            _ => runs.push((*st, 1)),
+        }
+    }
+    w.u8(1).u32(u32::try_from(runs.len()).unwrap_or(u32::MAX));
+    for (st, n) in runs {
+        w.u8(st.id()).u32(n);
+    }
+    w.u32(u32::try_from(r.others.len()).unwrap_or(u32::MAX));
+    for o in &r.others {
+        w.bytes(o);
+    }
+    w.raw(r.digest.as_bytes());
+}
+
+/// `budget`: sites the evidence may still report, so that a small body cannot make large ones.
+fn read_sites(
+    r: &mut Reader<'_>,
+    alg: HashAlg,
+    budget: &mut usize,
+) -> Result<Option<SiteReport>, WireError> {
+    let at = r.offset();
+    match r.u8("patch sites flag")? {
+        0 => return Ok(None),
+        1 => {}
+        v => return Err(r.bad("patch sites flag", at, "expected 0 or 1", v)),
+    }
+    let runs = r.len32("patch site runs", MAX_REPORT_SITES)?;
+    let mut states = Vec::new();
+    let mut others_expected = 0usize;
+    for _ in 0..runs {
+        let at = r.offset();
+        let id = r.u8("patch site state")?;
+        let st = SiteState::from_id(id)
+            .ok_or_else(|| r.bad("patch site state", at, "expected 0-3 or 255", id))?;
+        let at = r.offset();
+        let n = r.u32("patch site run")? as usize;
+        let total = states.len().checked_add(n).filter(|t| *t <= *budget);
+        let Some(total) = total.filter(|_| n > 0) else {
+            return Err(r.bad(
+                "patch site run",
+                at,
+                "expected 1 or more sites, at most 2^20 in the evidence",
+                n,
+            ));
+        };
+        if st == SiteState::Other {
+            others_expected += n;
+        }
+        states.resize(total, st);
+    }
+    let at = r.offset();
+    let n = r.len32("patch site others", MAX_REPORT_SITES)?;
+    if n != others_expected {
+        return Err(r.bad(
+            "patch site others",
+            at,
+            "expected one per site in state other",
+            n,
+        ));
+    }
+    let mut others = Vec::with_capacity(n);
+    for _ in 0..n {
+        others.push(r.bytes("patch site bytes", MAX_SITE_LEN)?.to_vec());
+    }
+    let digest = crate::chain::read_digest(r, alg, "patch sites digest")?;
+    *budget -= states.len();
+    Ok(Some(SiteReport {
+        states,
+        others,
+        digest,
+    }))
 }
 
 impl Signable for Evidence {
@@ -85,18 +176,22 @@ impl Signable for Evidence {
             w.bytes(r.name.as_bytes())
                 .u64(r.pages)
                 .raw(r.digest.as_bytes());
+            write_sites(&mut w, r.sites.as_ref());
         }
         match &self.kernel_code {
             Some(d) => w.u8(1).raw(d.as_bytes()),
             None => w.u8(0),
         };
+        write_sites(&mut w, self.kernel_code_sites.as_ref());
         w.bytes(self.agent_version.as_bytes());
         write_key_ids(&mut w, &self.key_ids);
         Ok(w.envelope(Kind::Evidence))
     }
 
     fn decode(bytes: &[u8]) -> Result<Evidence, RecordError> {
-        let mut r = crate::wire::open(bytes, Kind::Evidence)?;
+        let (mut r, version) = crate::wire::open_versioned(bytes, Kind::Evidence)?;
+        let v2 = version >= 2;
+        let mut budget = MAX_REPORT_SITES;
         let vm = r.string("vm", MAX_NAME_LEN)?.to_owned();
         let time = read_time(&mut r)?;
         let at = r.offset();
@@ -115,13 +210,24 @@ impl Signable for Evidence {
             let name = r.string("region name", MAX_NAME_LEN)?.to_owned();
             let pages = r.u64("region pages")?;
             let digest = crate::chain::read_digest(&mut r, alg, "region digest")?;
+            let sites = if v2 {
+                read_sites(&mut r, alg, &mut budget)?
+            } else {
+                None
+            };
             regions.push(RegionDigest {
                 name,
                 pages,
                 digest,
+                sites,
             });
         }
         let kernel_code = read_optional_digest(&mut r, alg)?;
+        let kernel_code_sites = if v2 {
+            read_sites(&mut r, alg, &mut budget)?
+        } else {
+            None
+        };
         let agent_version = r.string("agent version", MAX_NAME_LEN)?.to_owned();
         let key_ids = read_key_ids(&mut r)?;
         r.finish(Kind::Evidence)?;
@@ -134,6 +240,7 @@ impl Signable for Evidence {
             subset,
             regions,
             kernel_code,
+            kernel_code_sites,
             agent_version,
             key_ids,
         })

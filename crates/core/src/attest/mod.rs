@@ -2,12 +2,15 @@
 //! reports. Pure: agents read memory and servers store results elsewhere.
 
 pub mod evidence;
+pub mod patch;
 pub mod policy;
 pub mod report;
 pub mod sample;
 pub mod score;
 pub mod symbols;
 
+#[cfg(test)]
+mod patch_tests;
 #[cfg(test)]
 mod tests;
 
@@ -16,7 +19,8 @@ use core::fmt;
 use crate::class::{Classify, ErrorClass};
 
 pub use evidence::{Evidence, RegionDigest, SignedEvidence};
-pub use policy::{Policy, PolicyFile, Region, Subset};
+pub use patch::{PatchSite, SiteReport, SiteState};
+pub use policy::{JumpTable, Policy, PolicyFile, Region, Subset};
 pub use report::{ComponentCheck, SignedSnapshotReport, SnapshotReport};
 pub use sample::{page_digest, region_digest, sample_pages};
 pub use score::{Appraisal, RegionOutcome, Status, TrustVector, appraise};
@@ -46,6 +50,12 @@ pub enum AttestError {
     SystemMap { line: usize, reason: String },
     #[error("System.map has no symbol {0}")]
     UnknownSymbol(String),
+    #[error("jump table entry {entry}: expected {expected}, found {found}")]
+    PatchTable {
+        entry: u64,
+        expected: String,
+        found: String,
+    },
 }
 
 /// Policies and System.map files are the caller's input.

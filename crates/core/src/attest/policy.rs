@@ -32,6 +32,8 @@ pub struct PolicyFile {
     pub schedule_secs: u64,
     /// Guest-physical address of the kernel symbol `_text` (needed by symbol regions).
     pub kernel_load: Option<u64>,
+    /// The kernel's jump table, whose sites may change (docs/POLICY.md).
+    pub jump_table: Option<TableFile>,
     #[serde(rename = "region", default)]
     pub regions: Vec<RegionFile>,
     #[serde(rename = "subset", default)]
@@ -54,6 +56,8 @@ pub struct RegionFile {
     pub len: Option<u64>,
     /// `[first, end]`: from the first symbol's page to the page holding the byte before `end`.
     pub symbols: Option<[String; 2]>,
+    /// One symbol and `len` bytes from it (a table such as `sys_call_table`).
+    pub symbol: Option<String>,
     #[serde(default = "default_weight")]
     pub weight: u32,
     #[serde(default)]
@@ -68,6 +72,22 @@ pub struct RegionFile {
 
 fn default_weight() -> u32 {
     1
+}
+
+/// A byte range given as `start` and `len` or as a pair of symbols.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableFile {
+    pub start: Option<u64>,
+    pub len: Option<u64>,
+    pub symbols: Option<[String; 2]>,
+}
+
+/// The guest-physical bytes of the kernel's `__jump_table`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JumpTable {
+    pub start: GuestAddr,
+    pub len: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -115,6 +135,7 @@ pub struct Policy {
     pub name: String,
     pub alg: HashAlg,
     pub schedule_secs: u64,
+    pub jump_table: Option<JumpTable>,
     pub regions: Vec<Region>,
     pub subsets: Vec<Subset>,
 }
@@ -168,12 +189,79 @@ impl PolicyFile {
             return Err(bad("kernel_code", "at most one region", "several"));
         }
         let subsets = self.subsets(&regions)?;
+        let jump_table = match &self.jump_table {
+            Some(t) => Some(self.resolve_table(t, map)?),
+            None => None,
+        };
         Ok(Policy {
             name: self.name.clone(),
             alg,
             schedule_secs: self.schedule_secs,
+            jump_table,
             regions,
             subsets,
+        })
+    }
+
+    /// `[start, end)` of a range given by two symbols, or by one symbol and a length.
+    fn symbol_range(
+        &self,
+        field: &str,
+        names: (&str, Option<&str>),
+        len: Option<u64>,
+        map: Option<&SystemMap>,
+    ) -> Result<(u64, u64), AttestError> {
+        let map = map.ok_or_else(|| bad(field, "a System.map", "none given"))?;
+        let load = self
+            .kernel_load
+            .ok_or_else(|| bad("kernel_load", "the physical address of _text", "none"))?;
+        let start = map.phys(names.0, load)?;
+        let end = match (names.1, len) {
+            (Some(last), None) => map.phys(last, load)?,
+            (None, Some(len)) => start
+                .checked_add(len)
+                .ok_or_else(|| bad(field, "start + len below 2^64", len))?,
+            _ => return Err(bad(field, "symbols, or symbol and len", "neither or both")),
+        };
+        Ok((start, end))
+    }
+
+    fn resolve_table(
+        &self,
+        t: &TableFile,
+        map: Option<&SystemMap>,
+    ) -> Result<JumpTable, AttestError> {
+        let (start, end) = match (&t.symbols, t.start, t.len) {
+            (Some([a, b]), None, None) => {
+                self.symbol_range("jump_table.symbols", (a, Some(b)), None, map)?
+            }
+            (None, Some(start), Some(len)) => (start, start.saturating_add(len)),
+            _ => {
+                return Err(bad(
+                    "jump_table",
+                    "start and len, symbols, or symbol and len",
+                    "neither or both",
+                ));
+            }
+        };
+        let len = end.saturating_sub(start);
+        if len == 0 || len % super::patch::JUMP_ENTRY_BYTES != 0 {
+            return Err(bad(
+                "jump_table.len",
+                "a positive multiple of 16 bytes",
+                len,
+            ));
+        }
+        if len > super::patch::MAX_JUMP_TABLE_BYTES {
+            return Err(bad(
+                "jump_table.len",
+                &format!("at most {} bytes", super::patch::MAX_JUMP_TABLE_BYTES),
+                len,
+            ));
+        }
+        Ok(JumpTable {
+            start: GuestAddr(start),
+            len,
         })
     }
 
@@ -186,15 +274,14 @@ impl PolicyFile {
         if !is_valid_name(&r.name, 64) {
             return Err(bad("region.name", "1-64 of [A-Za-z0-9._-]", &r.name));
         }
-        let (start, end) = match (&r.symbols, r.start, r.len) {
-            (Some([first, last]), None, None) => {
-                let map = map.ok_or_else(|| bad(field("symbols"), "a System.map", "none given"))?;
-                let load = self
-                    .kernel_load
-                    .ok_or_else(|| bad("kernel_load", "the physical address of _text", "none"))?;
-                (map.phys(first, load)?, map.phys(last, load)?)
+        let (start, end) = match (&r.symbols, &r.symbol, r.start, r.len) {
+            (Some([first, last]), None, None, None) => {
+                self.symbol_range(&field("symbols"), (first, Some(last)), None, map)?
             }
-            (None, Some(start), Some(len)) => {
+            (None, Some(sym), None, Some(len)) => {
+                self.symbol_range(&field("symbol"), (sym, None), Some(len), map)?
+            }
+            (None, None, Some(start), Some(len)) => {
                 let end = start
                     .checked_add(len)
                     .ok_or_else(|| bad(field("len"), "start + len below 2^64", len))?;
@@ -203,7 +290,7 @@ impl PolicyFile {
             _ => {
                 return Err(bad(
                     field("start"),
-                    "either start and len, or symbols",
+                    "start and len, symbols, or symbol and len",
                     "neither or both",
                 ));
             }
@@ -330,6 +417,10 @@ impl Policy {
                 w.bytes(n.as_bytes());
             }
         }
+        // Appended only when present, so that the ids of policies without one stay as they were.
+        if let Some(t) = &self.jump_table {
+            w.u8(1).u64(t.start.0).u64(t.len);
+        }
         w.finish()
     }
 
@@ -353,6 +444,13 @@ impl Policy {
         let _ = writeln!(s, "name = {:?}", self.name);
         let _ = writeln!(s, "hash = {:?}", self.alg.name());
         let _ = writeln!(s, "schedule_secs = {}", self.schedule_secs);
+        if let Some(t) = &self.jump_table {
+            let _ = writeln!(
+                s,
+                "\n[jump_table]\nstart = {:#x}\nlen = {:#x}",
+                t.start.0, t.len
+            );
+        }
         for r in &self.regions {
             let _ = write!(
                 s,

@@ -85,6 +85,8 @@ pub struct RegionOutcome {
     pub critical: bool,
     pub kernel_code: bool,
     pub matched: bool,
+    /// Why it did not match, where that is known.
+    pub detail: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -137,7 +137,7 @@ fn region_digest_binds_name_index_and_content() {
     );
 }
 
-fn evidence() -> Evidence {
+pub(super) fn evidence() -> Evidence {
     let p = policy();
     Evidence {
         vm: "vm1".into(),
@@ -150,8 +150,19 @@ fn evidence() -> Evidence {
             name: "text".into(),
             pages: 2560,
             digest: HashAlg::Sha256.hash(&[b"x"]),
+            sites: Some(SiteReport {
+                states: vec![
+                    SiteState::Nop,
+                    SiteState::Nop,
+                    SiteState::Other,
+                    SiteState::Jump,
+                ],
+                others: vec![vec![0xcc, 0x90]],
+                digest: HashAlg::Sha256.hash(&[b"s"]),
+            }),
         }],
         kernel_code: Some(HashAlg::Sha256.hash(&[b"k"])),
+        kernel_code_sites: None,
         agent_version: "0.1.0".into(),
         key_ids: vec![KeyId([3; 32])],
     }
@@ -214,6 +225,7 @@ fn appraisal_scores_by_weight_and_zeroes_on_critical_miss() {
         critical,
         kernel_code,
         matched,
+        detail: None,
     };
     let all = appraise(
         &[o("t", 10, true, true, true), o("d", 1, false, false, true)],
