@@ -10,6 +10,9 @@
 #   BASELINE=REV scripts/bench-server.sh: also measures commit REV's server, with its own load
 #        generator, on SQLite in the same run: ROUNDS (3) alternating runs of each, then the
 #        ratio of the means. REV is built once into the user's cache directory.
+#   PATCH_SITES=6300 scripts/bench-server.sh: also ROUNDS alternating SQLite runs of this build
+#        with patch-site appraisal (a kernel-code region of that many jump-label sites, whose
+#        reports every evidence carries) and without, and the ratio of the means.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 ensure_deps
@@ -20,6 +23,7 @@ DATABASES=${DATABASES:-sqlite postgres}
 PG_FSYNC=${PG_FSYNC:-on}
 BASELINE=${BASELINE:-}
 ROUNDS=${ROUNDS:-3}
+PATCH_SITES=${PATCH_SITES:-0}
 
 cd "$ROOT"
 cargo build --release --quiet -p vmattest-cli -p vmattest-loadgen >&2
@@ -103,9 +107,10 @@ start_postgres() {
 }
 
 # One measurement: a fresh server of binary $3 on database $1, loaded by $4; the report goes to
-# $2/report.json.
-measure() { # db dir vmattest loadgen
+# $2/report.json. Further arguments go to the load generator.
+measure() { # db dir vmattest loadgen [loadgen args...]
   local db=$1 dir=$2 vm=$3 loadgen=$4 url port pid started=
+  shift 4
   mkdir -p "$dir/state"
   case $db in
     sqlite) url="sqlite://$dir/vmattest.db" ;;
@@ -125,7 +130,7 @@ measure() { # db dir vmattest loadgen
   for _ in $(seq 100); do [ -s "$dir/admin-token" ] && break; sleep 0.05; done
   echo "bench-server: $db: $AGENTS agents, ${DURATION}s or $MAX_REQUESTS rounds" >&2
   "$loadgen" --server "http://127.0.0.1:$port" --admin-token-file "$dir/admin-token" \
-    --agents "$AGENTS" --duration "$DURATION" --max-requests "$MAX_REQUESTS" --json \
+    --agents "$AGENTS" --duration "$DURATION" --max-requests "$MAX_REQUESTS" --json "$@" \
     >"$dir/report.json" || { echo "bench-server: load generator failed on $db" >&2; tail -20 "$dir/serve.log" >&2; exit 1; }
   # Stop this server (and cluster) before the next one runs.
   for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do stop_pid "${PIDS[$i]%:*}" "${PIDS[$i]#*:}"; done
@@ -165,11 +170,20 @@ if [ -n "$BASELINE" ]; then
     results+=("sqlite-baseline-$r=$W/baseline-$r/report.json")
   done
 fi
+if [ "$PATCH_SITES" -gt 0 ]; then
+  for r in $(seq "$ROUNDS"); do
+    measure sqlite "$W/sites-$r" "$VM" "$LOADGEN" --patch-sites "$PATCH_SITES"
+    results+=("sqlite-sites-$r=$W/sites-$r/report.json")
+    measure sqlite "$W/nosites-$r" "$VM" "$LOADGEN"
+    results+=("sqlite-nosites-$r=$W/nosites-$r/report.json")
+  done
+fi
 
-python3 - "$TARGET/bench/server.json" "${results[@]}" <<'PY'
+python3 - "$TARGET/bench/server.json" "$PATCH_SITES" "${results[@]}" <<'PY'
 import json, sys
 out = {}
-for arg in sys.argv[2:]:
+sites = int(sys.argv[2])
+for arg in sys.argv[3:]:
     name, path = arg.split("=", 1)
     out[name] = json.load(open(path))
 hdr = f"{'database':<10} {'agents':>6} {'rounds':>8} {'evidence/s':>11} {'ev p50 ms':>10} {'ev p99 ms':>10} {'ev max ms':>10} {'round p50':>10} {'round p99':>10} {'errors':>7}"
@@ -188,5 +202,11 @@ if cur and base:
     out["baseline_ratio"] = ratio
     print(f"SQLite, same run: current {sum(cur) / len(cur):.0f}/s, baseline {sum(base) / len(base):.0f}/s "
           f"(mean of {len(cur)}), ratio {ratio:.3f}x")
+with_, without = mean("sites"), mean("nosites")
+if with_ and without:
+    ratio = (sum(with_) / len(with_)) / (sum(without) / len(without))
+    out["patch_sites_ratio"] = ratio
+    print(f"SQLite, same run: with {sites} patch sites {sum(with_) / len(with_):.0f}/s, without "
+          f"{sum(without) / len(without):.0f}/s (mean of {len(with_)}), ratio {ratio:.3f}x")
 json.dump(out, open(sys.argv[1], "w"), indent=1)
 PY

@@ -516,3 +516,89 @@ fn tls_serves_https_only() {
     let plain = ureq::get(&format!("http://{}/v1/health", server.addr)).call();
     assert!(plain.is_err());
 }
+
+/// A baseline's patch sites: refused without a jump table in the policy, and with one refused
+/// when a length, a place or the order is wrong; accepted when all are right.
+#[test]
+fn baseline_patch_sites_are_checked() {
+    use vmattest_api::{NewBaseline, NewPolicy, NewVm, RegionPages};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("state"), None);
+    let f = setup(&server);
+    let zero = "00".repeat(32);
+    let baseline =
+        |policy: &vmattest_core::attest::Policy, sites: Vec<(u64, u8, u64)>| NewBaseline {
+            policy_id: policy.id().to_hex(),
+            regions: policy
+                .regions
+                .iter()
+                .map(|r| RegionPages {
+                    name: r.name.clone(),
+                    pages: vec![zero.clone(); usize::try_from(r.pages).unwrap()],
+                })
+                .collect(),
+            patch_sites: sites,
+            provenance: vmattest_api::Provenance {
+                store_vm_id: "vm".into(),
+                seq: 0,
+                link_digest: zero.clone(),
+                state_root: zero.clone(),
+                signer_key_ids: vec![],
+                snapshot_time: vmattest_api::time::from_secs(1),
+                component: "ram".into(),
+            },
+        };
+    let e = f
+        .admin
+        .set_baseline("vm1", &baseline(&f.policy, vec![(0x100, 5, 0x200)]))
+        .unwrap_err();
+    assert!(e.to_string().contains("no jump_table"), "{e}");
+
+    let toml = "name = \"jt\"\n[jump_table]\nstart = 0x9000\nlen = 0x100\n[[region]]\nname = \"text\"\nstart = 0x1000\nlen = 0x2000\nkernel_code = true\n";
+    let policy = vmattest_core::attest::Policy::parse(toml, None).unwrap();
+    let p = f
+        .admin
+        .add_policy(&NewPolicy {
+            toml: policy.to_toml(),
+        })
+        .unwrap();
+    assert_eq!(p.id, policy.id().to_hex());
+    f.admin
+        .add_vm(&NewVm {
+            name: "vm2".into(),
+            host: "host1".into(),
+            policy_id: p.id,
+            approved_subsets: vec!["all".into()],
+            threshold: 90,
+            webhook: None,
+            on_alert: Default::default(),
+        })
+        .unwrap();
+    for (sites, needle) in [
+        (
+            vec![(0x1100, 3, 0x1200)],
+            "patch_sites[0]: expected a length of 2 or 5",
+        ),
+        (
+            vec![(0x100, 5, 0x200)],
+            "patch_sites[0]: expected a site within a region",
+        ),
+        (
+            vec![(0x1100, 5, 0x1200), (0x1102, 2, 0x1200)],
+            "patch_sites[1]: expected sites sorted and apart",
+        ),
+    ] {
+        let e = f
+            .admin
+            .set_baseline("vm2", &baseline(&policy, sites))
+            .unwrap_err();
+        assert_eq!(e.code(), Some(&ErrorCode::Regions), "{e}");
+        assert!(e.to_string().contains(needle), "{needle}: {e}");
+    }
+    f.admin
+        .set_baseline(
+            "vm2",
+            &baseline(&policy, vec![(0x1100, 5, 0x1200), (0x2ffe, 2, 0x1000)]),
+        )
+        .unwrap();
+}

@@ -1,12 +1,14 @@
 //! The simulated VM every agent attests: a one-region policy over four deterministic fake RAM
-//! pages, its golden baseline, and signed evidence for a challenge.
+//! pages (or, with patch sites, a kernel-sized code region with a jump table), its golden
+//! baseline, and signed evidence for a challenge.
 
 use std::time::SystemTime;
 
 use vmattest_api::{Provenance, RegionPages};
 use vmattest_core::alg::{Digest, HashAlg, PAGE_SIZE, PageIndex};
+use vmattest_core::attest::patch::{self, MAX_SITE_LEN, SiteReport, SiteState};
 use vmattest_core::attest::{
-    Evidence, Policy, RegionDigest, page_digest, region_digest, sample_pages,
+    Evidence, GuestAddr, PatchSite, Policy, RegionDigest, page_digest, region_digest, sample_pages,
 };
 use vmattest_core::record::UnixTime;
 use vmattest_sign::{SecretKey, Signer};
@@ -19,14 +21,49 @@ const REGION_START: u64 = 0x0100_0000;
 pub const AGENT_VERSION: &str = concat!("vmattest-loadgen/", env!("CARGO_PKG_VERSION"));
 
 /// The resolved policy the benchmark registers: one region of 4 pages, every page hashed
-/// (`sample = 0`) with SHA-256.
-pub fn policy(name: &str) -> Result<Policy, String> {
+/// (`sample = 0`) with SHA-256. With `sites` patch sites, the region is kernel code of one page
+/// per 1.75 sites (as in a distribution kernel: 6,300 sites in 3,600 pages), with a jump table.
+pub fn policy(name: &str, sites: u32) -> Result<Policy, String> {
+    let pages = region_pages(sites);
+    let table = if sites == 0 {
+        String::new()
+    } else {
+        format!(
+            "\n[jump_table]\nstart = {:#x}\nlen = {:#x}\n",
+            REGION_START + pages * PAGE_SIZE as u64,
+            u64::from(sites) * patch::JUMP_ENTRY_BYTES
+        )
+    };
     let text = format!(
-        "name = {name:?}\nhash = \"sha256\"\nschedule_secs = 60\n\n[[region]]\nname = {REGION:?}\n\
-         start = {REGION_START:#x}\nlen = {:#x}\nweight = 10\ncritical = true\nsample = 0\n",
-        REGION_PAGES * PAGE_SIZE as u64
+        "name = {name:?}\nhash = \"sha256\"\nschedule_secs = 60\n{table}\n[[region]]\n\
+         name = {REGION:?}\nstart = {REGION_START:#x}\nlen = {:#x}\nweight = 10\n\
+         critical = true\nkernel_code = {}\nsample = 0\n",
+        pages * PAGE_SIZE as u64,
+        sites > 0
     );
     Policy::parse(&text, None).map_err(|e| format!("benchmark policy: {e}"))
+}
+
+fn region_pages(sites: u32) -> u64 {
+    REGION_PAGES.max(u64::from(sites) * 4 / 7)
+}
+
+/// `n` sites spread evenly over `region` (5 bytes each, jumping 0x40 bytes on).
+fn fake_sites(policy: &Policy, n: u32) -> Vec<PatchSite> {
+    let Some(region) = policy.regions.first() else {
+        return Vec::new();
+    };
+    let step = region.len() / u64::from(n.max(1));
+    (0..u64::from(n))
+        .map(|i| {
+            let addr = region.start.0 + i * step;
+            PatchSite {
+                addr: GuestAddr(addr),
+                len: 5,
+                target: GuestAddr(addr + 0x40),
+            }
+        })
+        .collect()
 }
 
 /// Page `index` of region `region` of the fake RAM: the same bytes on every run.
@@ -48,20 +85,73 @@ pub struct FakeVm {
     policy: Policy,
     /// Per policy region, in policy order: one digest per page.
     pages: Vec<Vec<Digest>>,
+    sites: Vec<PatchSite>,
+    /// The report of every site (one in 16 jumping), when there are sites.
+    report: Option<SiteReport>,
+    /// Digest over every page of each region, for regions hashed whole.
+    full: Vec<Digest>,
 }
 
 impl FakeVm {
-    pub fn new(policy: Policy) -> FakeVm {
-        let pages = policy
+    pub fn new(policy: Policy, sites: u32) -> FakeVm {
+        let sites = fake_sites(&policy, sites);
+        let pages: Vec<Vec<Digest>> = policy
             .regions
             .iter()
             .map(|r| {
                 (0..r.pages)
-                    .map(|i| page_digest(policy.alg, &fake_page(&r.name, i)))
+                    .map(|i| {
+                        let mut page = fake_page(&r.name, i);
+                        patch::mask_page(&mut page, r.start.0 + i * PAGE_SIZE as u64, &sites);
+                        page_digest(policy.alg, &page)
+                    })
                     .collect()
             })
             .collect();
-        FakeVm { policy, pages }
+        let full = policy
+            .regions
+            .iter()
+            .zip(&pages)
+            .map(|(r, list)| {
+                let all: Vec<(PageIndex, Digest)> = list
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| (PageIndex(i as u64), *d))
+                    .collect();
+                region_digest(policy.alg, &r.name, &all)
+            })
+            .collect();
+        let report = (!sites.is_empty()).then(|| {
+            let read: Vec<Vec<u8>> = sites
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let st = if i % 16 == 0 {
+                        SiteState::Jump
+                    } else {
+                        SiteState::Nop
+                    };
+                    let e = s.encoding(st).unwrap_or([0; MAX_SITE_LEN]);
+                    e[..usize::from(s.len)].to_vec()
+                })
+                .collect();
+            patch::report(policy.alg, &sites, &read)
+        });
+        FakeVm {
+            policy,
+            pages,
+            sites,
+            report,
+            full,
+        }
+    }
+
+    /// The baseline's patch sites, as the API takes them.
+    pub fn patch_sites(&self) -> Vec<(u64, u8, u64)> {
+        self.sites
+            .iter()
+            .map(|s| (s.addr.0, s.len, s.target.0))
+            .collect()
     }
 
     #[cfg(test)]
@@ -126,20 +216,27 @@ impl FakeVm {
                 .enumerate()
                 .find(|(_, r)| &r.name == name)
                 .ok_or_else(|| format!("subset {subset} names unknown region {name}"))?;
-            let picked: Vec<(PageIndex, Digest)> = sample_pages(nonce, region)
-                .into_iter()
-                .filter_map(|p| {
-                    let d = self.pages[i].get(usize::try_from(p.0).ok()?)?;
-                    Some((p, *d))
-                })
-                .collect();
+            let sample = sample_pages(nonce, region);
+            let digest = if sample.len() as u64 == region.pages {
+                self.full[i]
+            } else {
+                let picked: Vec<(PageIndex, Digest)> = sample
+                    .iter()
+                    .filter_map(|p| {
+                        let d = self.pages[i].get(usize::try_from(p.0).ok()?)?;
+                        Some((*p, *d))
+                    })
+                    .collect();
+                region_digest(self.policy.alg, name, &picked)
+            };
             regions.push(RegionDigest {
                 name: name.clone(),
-                pages: picked.len() as u64,
-                digest: region_digest(self.policy.alg, name, &picked),
-                sites: None,
+                pages: sample.len() as u64,
+                digest,
+                sites: self.report.clone(),
             });
         }
+        let kernel = self.policy.regions.iter().position(|r| r.kernel_code);
         Ok(Evidence {
             vm: vm.to_string(),
             time,
@@ -148,7 +245,8 @@ impl FakeVm {
             policy_id: self.policy.id(),
             subset: subset.to_string(),
             regions,
-            kernel_code: None,
+            kernel_code: kernel.map(|i| self.full[i]),
+            // The region is hashed whole in every subset: its report stands for kernel code.
             kernel_code_sites: None,
             agent_version: AGENT_VERSION.into(),
             key_ids: vec![key.key_id()],
@@ -184,7 +282,7 @@ mod tests {
 
     #[test]
     fn policy_is_resolved_and_round_trips() {
-        let p = policy("loadgen-test").unwrap();
+        let p = policy("loadgen-test", 0).unwrap();
         assert_eq!(p.regions.len(), 1);
         assert_eq!(p.regions[0].pages, REGION_PAGES);
         assert_eq!(p.regions[0].sample, 0);
@@ -204,7 +302,7 @@ mod tests {
 
     #[test]
     fn evidence_signs_verifies_and_matches_the_baseline() {
-        let vm = FakeVm::new(policy("loadgen-test").unwrap());
+        let vm = FakeVm::new(policy("loadgen-test", 0).unwrap(), 0);
         let key = SecretKey::generate(SigAlg::Ed25519).unwrap();
         let nonce = [7u8; 32];
         let ev = vm.evidence("vm-1", &nonce, "all", &key, now()).unwrap();
@@ -242,15 +340,32 @@ mod tests {
     }
 
     #[test]
+    fn evidence_with_patch_sites_passes_the_server_check() {
+        let vm = FakeVm::new(policy("loadgen-test", 6300).unwrap(), 6300);
+        let region = vm.policy().regions[0].clone();
+        assert_eq!(region.pages, 3600);
+        assert!(region.kernel_code && vm.policy().jump_table.is_some());
+        let key = SecretKey::generate(SigAlg::Ed25519).unwrap();
+        let ev = vm.evidence("vm-1", &[7u8; 32], "all", &key, now()).unwrap();
+        let report = ev.regions[0].sites.clone().unwrap();
+        assert_eq!(report.states.len(), 6300);
+        patch::check_report(HashAlg::Sha256, &vm.sites, &report).unwrap();
+        assert!(ev.kernel_code_sites.is_none());
+        // Run-length coded, the evidence stays small.
+        let bytes = sign(ev, &key).unwrap();
+        assert!(bytes.len() < 8 * 1024, "{} bytes", bytes.len());
+    }
+
+    #[test]
     fn unknown_subset_is_refused() {
-        let vm = FakeVm::new(policy("loadgen-test").unwrap());
+        let vm = FakeVm::new(policy("loadgen-test", 0).unwrap(), 0);
         let key = SecretKey::generate(SigAlg::Ed25519).unwrap();
         assert!(vm.evidence("vm-1", &[1; 16], "nope", &key, now()).is_err());
     }
 
     #[test]
     fn provenance_is_hex() {
-        let vm = FakeVm::new(policy("loadgen-test").unwrap());
+        let vm = FakeVm::new(policy("loadgen-test", 0).unwrap(), 0);
         let key = SecretKey::generate(SigAlg::Ed25519).unwrap();
         let p = vm.provenance("vm-1", &key);
         for h in [&p.store_vm_id, &p.link_digest, &p.state_root] {

@@ -59,6 +59,10 @@ struct Args {
     /// Seconds before one request counts as timed out.
     #[arg(long, default_value_t = 30.0)]
     timeout: f64,
+    /// Jump-label sites in the VM's kernel-code region (6,300 in a distribution kernel): the
+    /// evidence then carries site reports, which the server checks. 0 = no jump table.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1 << 20))]
+    patch_sites: u32,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -145,7 +149,7 @@ async fn run(args: &Args) -> Result<Report, String> {
         .map_err(|e| format!("GET /v1/health: {e}"))?;
 
     let started = Instant::now();
-    let (vm, agents) = setup(&api, &admin, agents).await?;
+    let (vm, agents) = setup(&api, &admin, agents, args.patch_sites).await?;
     let setup_time = started.elapsed();
     eprintln!(
         "vmattest-loadgen: set up {} agents in {:.2} s; load for {} s or {} rounds",
@@ -184,11 +188,16 @@ async fn run(args: &Args) -> Result<Report, String> {
 }
 
 /// Registers the policy, then every agent's host, VM, baseline and token.
-async fn setup(api: &Api, admin: &str, n: usize) -> Result<(FakeVm, Vec<Agent>), String> {
+async fn setup(
+    api: &Api,
+    admin: &str,
+    n: usize,
+    sites: u32,
+) -> Result<(FakeVm, Vec<Agent>), String> {
     let mut tag = [0u8; 4];
     getrandom::fill(&mut tag).map_err(|e| format!("randomness: {e}"))?;
     let tag = hex::encode(tag);
-    let policy = fake::policy(&format!("loadgen-{tag}"))?;
+    let policy = fake::policy(&format!("loadgen-{tag}"), sites)?;
     let info: PolicyInfo = api
         .post_json(
             "/policies",
@@ -206,7 +215,7 @@ async fn setup(api: &Api, admin: &str, n: usize) -> Result<(FakeVm, Vec<Agent>),
             policy.id().to_hex()
         );
     }
-    let vm = FakeVm::new(policy);
+    let vm = FakeVm::new(policy, sites);
     let limit = Arc::new(Semaphore::new(SETUP_CONCURRENCY));
     let mut tasks = JoinSet::new();
     for i in 0..n {
@@ -275,7 +284,7 @@ async fn setup_agent(
             &NewBaseline {
                 policy_id: policy_id.to_string(),
                 regions: fake.baseline_regions(),
-                patch_sites: Vec::new(),
+                patch_sites: fake.patch_sites(),
                 provenance: fake.provenance(&vm, &key),
             },
         )

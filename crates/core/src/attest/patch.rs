@@ -177,7 +177,7 @@ pub fn parse_jump_table(
     read: &dyn Fn(GuestAddr) -> [u8; MAX_SITE_LEN],
 ) -> Result<Vec<PatchSite>, AttestError> {
     let len = table.len() as u64;
-    if len > MAX_JUMP_TABLE_BYTES || len % JUMP_ENTRY_BYTES != 0 {
+    if len > MAX_JUMP_TABLE_BYTES || !len.is_multiple_of(JUMP_ENTRY_BYTES) {
         return Err(bad(
             0,
             &format!("a multiple of 16 bytes, at most {MAX_JUMP_TABLE_BYTES}"),
@@ -249,21 +249,24 @@ pub fn mask_page(page: &mut [u8], page_addr: u64, sites: &[PatchSite]) {
     }
 }
 
-/// Digest of the bytes at each reported site, in address order:
-/// `H(domain || u64 count || (u64 addr || u8 len || bytes)*)`.
-pub fn sites_digest<'a>(
-    alg: HashAlg,
-    sites: impl ExactSizeIterator<Item = (&'a PatchSite, &'a [u8])>,
-) -> Digest {
-    let mut buf = Vec::with_capacity(SITES_DOMAIN.len() + 8 + sites.len() * 14);
-    buf.extend_from_slice(SITES_DOMAIN);
-    buf.extend_from_slice(&(sites.len() as u64).to_be_bytes());
-    for (s, bytes) in sites {
-        buf.extend_from_slice(&s.addr.0.to_be_bytes());
-        buf.push(s.len);
-        buf.extend_from_slice(bytes);
+/// Whether a state's bytes depend on the site's target (and so on a jump table the server
+/// must not take from the guest).
+fn names_target(state: SiteState) -> bool {
+    matches!(state, SiteState::Jump | SiteState::Int3Jump)
+}
+
+/// Digest of the bytes of the reported sites whose state holds a jump, each with its index
+/// in the report: `H(domain || u64 count || (u32 index || bytes)*)`. NOPs need no digest:
+/// their bytes do not depend on the table, and any other bytes are state other.
+pub fn sites_digest<'a>(alg: HashAlg, jumps: impl Iterator<Item = (u32, &'a [u8])>) -> Digest {
+    let mut body = Vec::new();
+    let mut count = 0u64;
+    for (i, bytes) in jumps {
+        body.extend_from_slice(&i.to_be_bytes());
+        body.extend_from_slice(bytes);
+        count += 1;
     }
-    alg.hash(&[&buf])
+    alg.hash(&[SITES_DOMAIN, &count.to_be_bytes()[..], &body[..]])
 }
 
 /// What evidence says about the patch sites of the pages it covers.
@@ -273,7 +276,7 @@ pub struct SiteReport {
     pub states: Vec<SiteState>,
     /// The bytes of each site in state [`SiteState::Other`], in order.
     pub others: Vec<Vec<u8>>,
-    /// [`sites_digest`] over the bytes the agent read.
+    /// [`sites_digest`] over the bytes the agent read at sites in a jump state.
     pub digest: Digest,
 }
 
@@ -288,10 +291,19 @@ pub fn report(alg: HashAlg, sites: &[PatchSite], read: &[Vec<u8>]) -> SiteReport
         }
         states.push(st);
     }
+    let digest = sites_digest(
+        alg,
+        states
+            .iter()
+            .zip(read)
+            .enumerate()
+            .filter(|(_, (st, _))| names_target(**st))
+            .map(|(i, (_, b))| (u32::try_from(i).unwrap_or(u32::MAX), b.as_slice())),
+    );
     SiteReport {
         states,
         others,
-        digest: sites_digest(alg, sites.iter().zip(read.iter().map(Vec::as_slice))),
+        digest,
     }
 }
 
@@ -320,25 +332,25 @@ pub fn check_report(
         });
     }
     let mut others = report.others.iter();
-    let mut bytes: Vec<[u8; MAX_SITE_LEN]> = Vec::with_capacity(sites.len());
-    for (s, st) in sites.iter().zip(&report.states) {
+    let mut jumps: Vec<(u32, [u8; MAX_SITE_LEN], usize)> = Vec::new();
+    for (i, (s, st)) in sites.iter().zip(&report.states).enumerate() {
         match s.encoding(*st) {
-            Some(e) => bytes.push(e),
+            Some(e) if names_target(*st) => {
+                jumps.push((u32::try_from(i).unwrap_or(u32::MAX), e, usize::from(s.len)));
+            }
+            Some(_) => {}
             None => {
-                return Err(SiteFinding::Disallowed {
-                    site: *s,
-                    bytes: others.next().cloned().unwrap_or_default(),
-                });
+                // The first site without an encoding; only state other carries its bytes.
+                let bytes = if *st == SiteState::Other {
+                    others.next().cloned().unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                return Err(SiteFinding::Disallowed { site: *s, bytes });
             }
         }
     }
-    let want = sites_digest(
-        alg,
-        sites
-            .iter()
-            .zip(&bytes)
-            .map(|(s, b)| (s, &b[..usize::from(s.len)])),
-    );
+    let want = sites_digest(alg, jumps.iter().map(|(i, e, n)| (*i, &e[..*n])));
     if want.ct_eq(&report.digest) {
         Ok(())
     } else {

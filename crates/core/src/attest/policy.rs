@@ -245,7 +245,7 @@ impl PolicyFile {
             }
         };
         let len = end.saturating_sub(start);
-        if len == 0 || len % super::patch::JUMP_ENTRY_BYTES != 0 {
+        if len == 0 || !len.is_multiple_of(super::patch::JUMP_ENTRY_BYTES) {
             return Err(bad(
                 "jump_table.len",
                 "a positive multiple of 16 bytes",
