@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use vmattest_core::alg::{Digest, PAGE_SIZE, PageIndex};
-use vmattest_core::attest::patch::{self, MAX_SITE_LEN, PatchSite, SiteReport};
+use vmattest_core::attest::patch::{self, MAX_SITE_LEN, PatchSite, SiteReport, SiteState};
 use vmattest_core::attest::{
     GuestAddr, JumpTable, Policy, Region, RegionDigest, page_digest, region_digest, sample_pages,
 };
@@ -178,8 +178,19 @@ pub struct Measurement {
 /// does not parse gives no sites: the pages are then hashed whole and the reports are empty,
 /// which the server refuses against its baseline's sites.
 pub fn live_sites<R: Ram + ?Sized>(ram: &R, policy: &Policy, table: JumpTable) -> Vec<PatchSite> {
+    for _ in 0..REREADS {
+        if let Ok(sites) = table_sites(ram, policy, table) {
+            return sites;
+        }
+        std::thread::sleep(REREAD_GAP);
+    }
     table_sites(ram, policy, table).unwrap_or_default()
 }
+
+/// How often, and how far apart, a site caught in an unexpected state is read again: the
+/// kernel finishes a patch within microseconds, while a changed site stays as it is.
+const REREADS: u32 = 5;
+const REREAD_GAP: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// The patch sites of every region of `policy`, or why the jump table gives none.
 pub fn table_sites<R: Ram + ?Sized>(
@@ -225,15 +236,22 @@ fn site_report<R: Ram + ?Sized>(
     sites: &[PatchSite],
 ) -> SiteReport {
     let covered = patch::sites_of_pages(sites, region.start, region.pages, pages);
-    let bytes: Vec<Vec<u8>> = covered
-        .iter()
-        .map(|s| {
-            let mut b = vec![0u8; usize::from(s.len)];
-            let n = ram.copy_at(s.addr.0, &mut b);
-            b.truncate(n);
-            b
-        })
-        .collect();
+    let read = |s: &PatchSite| {
+        let mut b = vec![0u8; usize::from(s.len)];
+        let n = ram.copy_at(s.addr.0, &mut b);
+        b.truncate(n);
+        b
+    };
+    let mut bytes: Vec<Vec<u8>> = covered.iter().map(read).collect();
+    for (s, b) in covered.iter().zip(bytes.iter_mut()) {
+        for _ in 0..REREADS {
+            if s.classify(b) != SiteState::Other {
+                break;
+            }
+            std::thread::sleep(REREAD_GAP);
+            *b = read(s);
+        }
+    }
     patch::report(policy.alg, &covered, &bytes)
 }
 

@@ -152,17 +152,25 @@ fn bad(entry: u64, expected: &str, found: impl ToString) -> AttestError {
     }
 }
 
-/// The site length the bytes at a site imply: a jump or NOP of 2 or 5 bytes, possibly with an
-/// INT3 over its first byte.
-fn site_len(code: &[u8; MAX_SITE_LEN]) -> Option<u8> {
-    let tail5 = |b: &[u8]| b[1..5] == NOP5[1..];
+/// The site length the bytes at a site imply: a jump or NOP of 2 or 5 bytes, or either with an
+/// INT3 over its first byte (mid-patch), whose tail is then the NOP's or the jump's to `target`.
+fn site_len(code: &[u8; MAX_SITE_LEN], addr: u64, target: u64) -> Option<u8> {
     match code[0] {
         JMP8 => Some(2),
         JMP32 => Some(5),
         _ if *code == NOP5 => Some(5),
         _ if code[..2] == NOP2 => Some(2),
-        INT3 if tail5(code) => Some(5),
-        INT3 if code[1] == NOP2[1] => Some(2),
+        INT3 => [5u8, 2].into_iter().find(|&len| {
+            let site = PatchSite {
+                addr: GuestAddr(addr),
+                len,
+                target: GuestAddr(target),
+            };
+            matches!(
+                site.classify(&code[..usize::from(len)]),
+                SiteState::Int3Nop | SiteState::Int3Jump
+            )
+        }),
         _ => None,
     }
 }
@@ -206,7 +214,7 @@ pub fn parse_jump_table(
         }
         let target = rel(i, at + 4, &e[4..8])?;
         let bytes = read(GuestAddr(code));
-        let len = site_len(&bytes).ok_or_else(|| {
+        let len = site_len(&bytes, code, target).ok_or_else(|| {
             bad(
                 i,
                 &format!("a jump or NOP of 2 or 5 bytes at {code:#x}"),

@@ -191,6 +191,19 @@ fn a_report_checks_against_the_baseline_sites_and_names_a_bad_one() {
     );
 }
 
+/// Regression (a 600-round run): a site read while the kernel patched it, an INT3 followed by
+/// the tail of the jump it was becoming, made the whole table unreadable.
+#[test]
+fn regression_a_site_caught_mid_patch_keeps_its_length() {
+    let mut mid = jmp32(0x1100, 0x1180);
+    mid[0] = 0xcc;
+    let k = kernel(&[(0x1100, 0x1180, &mid), (0x1200, 0x1280, &[0xcc, 0x7e])]);
+    let sites = k.sites().unwrap();
+    assert_eq!((sites[0].len, sites[1].len), (5, 2));
+    assert_eq!(sites[0].classify(&k.bytes(&sites[0])), SiteState::Int3Jump);
+    assert_eq!(sites[1].classify(&k.bytes(&sites[1])), SiteState::Int3Jump);
+}
+
 #[test]
 fn a_bad_jump_table_is_refused_naming_the_entry() {
     // A site that holds neither a jump nor a nop.

@@ -1,0 +1,44 @@
+//! Jump tables read from guest memory: the first 16 bytes choose the table's address and the
+//! ranges kept, the rest is both the table and the memory its entries point into. Every site
+//! that comes back is sorted, apart, of 2 or 5 bytes, and classifies its own bytes.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use vmattest_core::attest::GuestAddr;
+use vmattest_core::attest::patch::{MAX_SITE_LEN, SiteState, parse_jump_table};
+
+fuzz_target!(|data: &[u8]| {
+    if data.len() < 16 {
+        return;
+    }
+    let (head, mem) = data.split_at(16);
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&head[..8]);
+    let start = u64::from_le_bytes(word) % 0x1_0000;
+    word.copy_from_slice(&head[8..]);
+    let span = u64::from_le_bytes(word) % 0x2_0000;
+    let table = &mem[..mem.len() / 16 * 16];
+    let read = |a: GuestAddr| {
+        let mut b = [0u8; MAX_SITE_LEN];
+        for (i, x) in b.iter_mut().enumerate() {
+            let at = a.0.wrapping_sub(start).wrapping_add(i as u64);
+            *x = usize::try_from(at).ok().and_then(|at| mem.get(at)).copied().unwrap_or(0);
+        }
+        b
+    };
+    let Ok(sites) = parse_jump_table(table, GuestAddr(start), &[(0, span)], &read) else {
+        return;
+    };
+    for w in sites.windows(2) {
+        assert!(w[0].end() <= w[1].addr.0, "overlapping sites");
+    }
+    for s in &sites {
+        assert!(s.len == 2 || s.len == 5);
+        let bytes = read(s.addr);
+        let st = s.classify(&bytes[..usize::from(s.len)]);
+        if st != SiteState::Other {
+            let e = s.encoding(st).expect("a state it classifies has an encoding");
+            assert_eq!(&e[..usize::from(s.len)], &bytes[..usize::from(s.len)]);
+        }
+    }
+});
