@@ -15,7 +15,29 @@ cargo clippy -p vmattest-store -p vmattest-qemu -p vmattest-cli --all-targets --
 # libvirt domains (`--domain`) link libvirt only with their feature; the tests start private
 # session daemons (crates/testkit/src/libvirt.rs).
 cargo clippy -p vmattest-libvirt -p vmattest-host -p vmattest-cli --all-targets --features vmattest-cli/libvirt --quiet -- -D warnings
-cargo test --workspace --release --features vmattest-cli/fault-injection,vmattest-cli/libvirt
+FEATURES=vmattest-cli/fault-injection,vmattest-cli/libvirt
+# The 600-round run of a guest that patches its own code lasts over 10 minutes and mostly
+# waits: it runs beside the rest of the suite, from the same build.
+SOAK=a_guest_that_patches_its_own_code_stays_affirming_for_600_rounds
+soak_bin=$(cargo test --workspace --release --features "$FEATURES" --no-run --message-format=json |
+  python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "runtime" and m.get("executable"):
+        print(m["executable"])')
+[ -x "$soak_bin" ] || { echo "test: no runtime test binary" >&2; exit 1; }
+soak_log=$(mktemp "${TMPDIR:-/tmp}/vmattest-soak.XXXXXX")
+(cd crates/cli && exec "$soak_bin" --exact "$SOAK") >"$soak_log" 2>&1 &
+soak_pid=$!
+cargo test --workspace --release --features "$FEATURES" -- --skip "$SOAK"
+if ! wait "$soak_pid"; then
+  cat "$soak_log" >&2
+  echo "test: $SOAK failed" >&2
+  exit 1
+fi
+tail -3 "$soak_log"
+rm -f "$soak_log"
 cargo test -p vmattest-cli --release --test snapshot regression_crash_hooks_are_not_in_default_builds
 cargo test -p vmattest-tpm --release --features tpm
 cargo test -p vmattest-cli --release --features tpm --test tpm

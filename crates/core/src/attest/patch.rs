@@ -206,10 +206,12 @@ pub fn parse_jump_table(
         let i = i as u64;
         let at = i * JUMP_ENTRY_BYTES;
         let code = rel(i, at, &e[0..4])?;
-        if !ranges
-            .iter()
-            .any(|&(lo, hi)| code < hi && code.saturating_add(MAX_SITE_LEN as u64) > lo)
-        {
+        let touches = |len: u64| {
+            ranges
+                .iter()
+                .any(|&(lo, hi)| code < hi && code.saturating_add(len) > lo)
+        };
+        if !touches(MAX_SITE_LEN as u64) {
             continue;
         }
         let target = rel(i, at + 4, &e[4..8])?;
@@ -221,11 +223,13 @@ pub fn parse_jump_table(
                 hex::encode(bytes),
             )
         })?;
-        sites.push(PatchSite {
-            addr: GuestAddr(code),
-            len,
-            target: GuestAddr(target),
-        });
+        if touches(u64::from(len)) {
+            sites.push(PatchSite {
+                addr: GuestAddr(code),
+                len,
+                target: GuestAddr(target),
+            });
+        }
     }
     sites.sort_unstable();
     if let Some(w) = sites.windows(2).find(|w| w[0].end() > w[1].addr.0) {

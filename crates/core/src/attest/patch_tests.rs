@@ -74,6 +74,7 @@ fn sample() -> Kernel {
         (0x2100, 0x2400, &jmp32(0x2100, 0x2400)),
         (0x2200, 0x2210, &[0x66, 0x90]), // nop2
         (0x0800, 0x0900, NOP5),          // outside the ranges: skipped
+        (0x0ffc, 0x0f00, &[0x66, 0x90]), // ends just before the ranges: skipped
     ])
 }
 
