@@ -351,9 +351,9 @@ mod tests {
         assert_eq!(report.states.len(), 6300);
         patch::check_report(HashAlg::Sha256, &vm.sites, &report).unwrap();
         assert!(ev.kernel_code_sites.is_none());
-        // Run-length coded, the evidence stays small.
+        // Only the jumping sites are listed: the evidence stays small.
         let bytes = sign(ev, &key).unwrap();
-        assert!(bytes.len() < 8 * 1024, "{} bytes", bytes.len());
+        assert!(bytes.len() < 3 * 1024, "{} bytes", bytes.len());
     }
 
     #[test]

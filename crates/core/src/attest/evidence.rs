@@ -61,26 +61,25 @@ fn read_optional_digest(r: &mut Reader<'_>, alg: HashAlg) -> Result<Option<Diges
     }
 }
 
-/// `u8 flag`, then: `u32 runs, (u8 state, u32 count)*, u32 others, (bytes)*, digest`.
+/// `u8 flag`, then: `u32 count, u32 exceptions, (u32 index, u8 state [, bytes])*, digest`:
+/// every site is a NOP but the exceptions, and a site in state other carries its bytes.
 fn write_sites(w: &mut Writer, sites: Option<&SiteReport>) {
     let Some(r) = sites else {
         w.u8(0);
         return;
     };
-    let mut runs: Vec<(SiteState, u32)> = Vec::new();
-    for st in &r.states {
-        match runs.last_mut() {
-            Some((last, n)) if last == st && *n < u32::MAX => *n += 1,
-            _ => runs.push((*st, 1)),
+    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    let exceptions = r.states.iter().filter(|s| **s != SiteState::Nop).count();
+    w.u8(1).u32(count(r.states.len())).u32(count(exceptions));
+    let mut others = r.others.iter();
+    for (i, st) in r.states.iter().enumerate() {
+        if *st == SiteState::Nop {
+            continue;
         }
-    }
-    w.u8(1).u32(u32::try_from(runs.len()).unwrap_or(u32::MAX));
-    for (st, n) in runs {
-        w.u8(st.id()).u32(n);
-    }
-    w.u32(u32::try_from(r.others.len()).unwrap_or(u32::MAX));
-    for o in &r.others {
-        w.bytes(o);
+        w.u32(count(i)).u8(st.id());
+        if *st == SiteState::Other {
+            w.bytes(others.next().map(Vec::as_slice).unwrap_or(&[]));
+        }
     }
     w.raw(r.digest.as_bytes());
 }
@@ -97,43 +96,46 @@ fn read_sites(
         1 => {}
         v => return Err(r.bad("patch sites flag", at, "expected 0 or 1", v)),
     }
-    let runs = r.len32("patch site runs", MAX_REPORT_SITES)?;
-    let mut states = Vec::new();
-    let mut others_expected = 0usize;
-    for _ in 0..runs {
+    let at = r.offset();
+    let count = r.u32("patch site count")? as usize;
+    if count > *budget {
+        return Err(r.bad(
+            "patch site count",
+            at,
+            "expected at most 2^20 sites in the evidence",
+            count,
+        ));
+    }
+    let exceptions = r.len32("patch site exceptions", count)?;
+    let mut states = vec![SiteState::Nop; count];
+    let mut others = Vec::new();
+    let mut next = 0usize;
+    for _ in 0..exceptions {
+        let at = r.offset();
+        let i = r.u32("patch site index")? as usize;
+        if i < next || i >= count {
+            return Err(r.bad(
+                "patch site index",
+                at,
+                "expected indices increasing and below the count",
+                i,
+            ));
+        }
+        next = i + 1;
         let at = r.offset();
         let id = r.u8("patch site state")?;
         let st = SiteState::from_id(id)
-            .ok_or_else(|| r.bad("patch site state", at, "expected 0-3 or 255", id))?;
-        let at = r.offset();
-        let n = r.u32("patch site run")? as usize;
-        let total = states.len().checked_add(n).filter(|t| *t <= *budget);
-        let Some(total) = total.filter(|_| n > 0) else {
-            return Err(r.bad(
-                "patch site run",
-                at,
-                "expected 1 or more sites, at most 2^20 in the evidence",
-                n,
-            ));
-        };
+            .filter(|s| *s != SiteState::Nop)
+            .ok_or_else(|| r.bad("patch site state", at, "expected 1, 2, 3 or 255", id))?;
         if st == SiteState::Other {
-            others_expected += n;
+            let at = r.offset();
+            let b = r.bytes("patch site bytes", MAX_SITE_LEN)?;
+            if b.is_empty() {
+                return Err(r.bad("patch site bytes", at, "expected 1 to 5 bytes", 0));
+            }
+            others.push(b.to_vec());
         }
-        states.resize(total, st);
-    }
-    let at = r.offset();
-    let n = r.len32("patch site others", MAX_REPORT_SITES)?;
-    if n != others_expected {
-        return Err(r.bad(
-            "patch site others",
-            at,
-            "expected one per site in state other",
-            n,
-        ));
-    }
-    let mut others = Vec::with_capacity(n);
-    for _ in 0..n {
-        others.push(r.bytes("patch site bytes", MAX_SITE_LEN)?.to_vec());
+        states[i] = st;
     }
     let digest = crate::chain::read_digest(r, alg, "patch sites digest")?;
     *budget -= states.len();

@@ -346,6 +346,10 @@ pub fn check_report(
     let mut others = report.others.iter();
     let mut jumps: Vec<(u32, [u8; MAX_SITE_LEN], usize)> = Vec::new();
     for (i, (s, st)) in sites.iter().zip(&report.states).enumerate() {
+        // A NOP of the site's length: the baseline's sites are 2 or 5 bytes.
+        if *st == SiteState::Nop && (s.len == 2 || s.len == 5) {
+            continue;
+        }
         match s.encoding(*st) {
             Some(e) if names_target(*st) => {
                 jumps.push((u32::try_from(i).unwrap_or(u32::MAX), e, usize::from(s.len)));

@@ -244,13 +244,18 @@ fn site_reports_round_trip_in_evidence_and_refuse_bad_runs() {
     for n in 0..bytes.len() {
         assert!(Evidence::decode(&bytes[..n]).is_err(), "prefix {n}");
     }
-    // Bytes for a site that is not in state other are refused.
-    let mut bad = e.clone();
-    bad.kernel_code_sites.as_mut().unwrap().others = vec![vec![1, 2, 3, 4, 5, 6]];
-    assert!(
-        bad.encode()
-            .ok()
-            .and_then(|b| Evidence::decode(&b).ok())
-            .is_none()
-    );
+    // The report sits before the agent version and key ids; its two exceptions (sites 0 and
+    // 2 jump) before its digest. Each corruption is refused.
+    let ex = bytes.len() - (1 + 32) - (4 + 5) - 32 - 2 * 5;
+    assert_eq!(&bytes[ex..ex + 5], &[0, 0, 0, 0, 1]);
+    let bad = |at: usize, v: &[u8]| {
+        let mut b = bytes.clone();
+        b[at..at + v.len()].copy_from_slice(v);
+        Evidence::decode(&b).unwrap_err().to_string()
+    };
+    assert!(bad(ex + 5, &[0, 0, 0, 0]).contains("increasing"));
+    assert!(bad(ex + 4, &[0]).contains("expected 1, 2, 3 or 255"));
+    assert!(bad(ex - 8, &[0, 0, 0, 2]).contains("below the count"));
+    assert!(bad(ex - 8, &[0x7f, 0, 0, 0]).contains("at most 2^20"));
+    assert!(bad(ex - 4, &[0, 0, 0, 5]).contains("exceptions"));
 }
