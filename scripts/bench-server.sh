@@ -196,17 +196,16 @@ for name, r in out.items():
     for kind, n in r["errors"].items():
         print(f"  {name}: {kind}: {n}")
 mean = lambda kind: [r["evidence_per_s"] for n, r in out.items() if n.startswith(f"sqlite-{kind}-")]
-cur, base = mean("current"), mean("baseline")
-if cur and base:
-    ratio = (sum(cur) / len(cur)) / (sum(base) / len(base))
-    out["baseline_ratio"] = ratio
-    print(f"SQLite, same run: current {sum(cur) / len(cur):.0f}/s, baseline {sum(base) / len(base):.0f}/s "
-          f"(mean of {len(cur)}), ratio {ratio:.3f}x")
-with_, without = mean("sites"), mean("nosites")
-if with_ and without:
-    ratio = (sum(with_) / len(with_)) / (sum(without) / len(without))
-    out["patch_sites_ratio"] = ratio
-    print(f"SQLite, same run: with {sites} patch sites {sum(with_) / len(with_):.0f}/s, without "
-          f"{sum(without) / len(without):.0f}/s (mean of {len(with_)}), ratio {ratio:.3f}x")
+def compare(key, a, b, label_a, label_b):
+    """The ratio of the means of runs named sqlite-A-* and sqlite-B-*, when there are both."""
+    xs, ys = mean(a), mean(b)
+    if not (xs and ys):
+        return
+    ratio = (sum(xs) / len(xs)) / (sum(ys) / len(ys))
+    out[key] = ratio
+    print(f"SQLite, same run: {label_a} {sum(xs) / len(xs):.0f}/s, {label_b} {sum(ys) / len(ys):.0f}/s "
+          f"(mean of {len(xs)}), ratio {ratio:.3f}x")
+compare("baseline_ratio", "current", "baseline", "current", "baseline")
+compare("patch_sites_ratio", "sites", "nosites", f"with {sites} patch sites", "without")
 json.dump(out, open(sys.argv[1], "w"), indent=1)
 PY

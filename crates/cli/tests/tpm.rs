@@ -590,8 +590,7 @@ fn tpm_resident_agent_key_earns_the_hardware_claim() {
     let agent = Client::new(&server.url(), Some(token)).unwrap();
     let ch = agent.challenge("vm1").unwrap();
     let (policy, nonce) = vmattest_agent::run::check_challenge("vm1", &ch).unwrap();
-    let (regions, kernel_code) =
-        vmattest_agent::measure(&ram, &policy, &ch.subset, &nonce).unwrap();
+    let measurement = vmattest_agent::measure(&ram, &policy, &ch.subset, &nonce).unwrap();
     let signer = vmattest_tpm::TpmSigner::open(&vmattest_tpm::TpmConfig::tcti(tpm.tcti())).unwrap();
     let bytes = evidence_bytes(
         Measured {
@@ -599,8 +598,7 @@ fn tpm_resident_agent_key_earns_the_hardware_claim() {
             nonce: &nonce,
             policy: &policy,
             subset: &ch.subset,
-            regions,
-            kernel_code,
+            measurement,
         },
         &signer,
     )
