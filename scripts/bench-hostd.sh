@@ -39,18 +39,7 @@ mkdir -p "$ROOT/target/bench"
 cd "$W"
 
 spec() { # name
-  cat <<TOML
-name = "$1"
-memory_mib = 128
-vcpus = 1
-accel = "tcg"
-run_dir = "run-$1"
-
-[boot]
-kernel = "$GUEST/vmlinuz"
-initrd = "$GUEST/initramfs.cpio.gz"
-cmdline = "console=ttyS0 quiet panic=-1"
-TOML
+  guest_spec "$1" 128 tcg "run-$1"
 }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 

@@ -18,10 +18,7 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 [ "$(id -u)" -eq 0 ] || { echo "bench-libvirt: run as root (it starts a private libvirtd as another user)" >&2; exit 2; }
-ensure_deps
-VM=$(build_release)
-"$ROOT/scripts/build-guest.sh" >/dev/null
-GUEST=$CACHE/guest
+prepare_guest
 MEMS=${MEMS:-256 1024}
 DELTAS=${DELTAS:-5}
 GAP=${GAP:-2}

@@ -7,10 +7,7 @@
 #   scripts/bench-store-size.sh        (results also in target/bench/store-size.json)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
-ensure_deps
-VM=$(build_release)
-"$ROOT/scripts/build-guest.sh" >/dev/null
-GUEST=$CACHE/guest
+prepare_guest
 MEM=${MEM:-256}
 DELTAS=${DELTAS:-3}
 GAP=${GAP:-2}
@@ -21,18 +18,7 @@ cleanup() {
 }
 trap cleanup EXIT
 mkdir -p "$ROOT/target/bench"
-cat >"$W/vm.toml" <<TOML
-name = "size"
-memory_mib = $MEM
-vcpus = 1
-accel = "auto"
-run_dir = "run"
-
-[boot]
-kernel = "$GUEST/vmlinuz"
-initrd = "$GUEST/initramfs.cpio.gz"
-cmdline = "console=ttyS0 quiet panic=-1"
-TOML
+guest_spec size "$MEM" auto run >"$W/vm.toml"
 "$VM" keygen --alg ed25519 --out "$W/key" >/dev/null
 "$VM" snapshot init --store "$W/on" --vm-id size --alg sha256 >/dev/null
 "$VM" snapshot init --store "$W/off" --vm-id size --alg sha256 --no-head-cache >/dev/null

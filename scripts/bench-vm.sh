@@ -21,10 +21,7 @@
 # migrate it is stop -> migration completed -> cont. Results also go to target/bench/vm.json.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
-ensure_deps
-VM=$(build_release)
-"$ROOT/scripts/build-guest.sh" >/dev/null
-GUEST=$CACHE/guest
+prepare_guest
 MEMS=${MEMS:-256 1024}
 ALGS=${ALGS:-sha256 blake3}
 DELTAS=${DELTAS:-5}
@@ -48,17 +45,9 @@ for MEM in $MEMS; do
   D=$W/$ALG-m$MEM; mkdir -p "$D"
   truncate -s 64M "$D/data.raw"
   qemu-img create -q -f qcow2 "$D/state.qcow2" 64M
-  cat > "$D/vm.toml" <<TOML
-name = "bench-$ALG-$MEM"
-memory_mib = $MEM
-vcpus = 1
-accel = "auto"
-run_dir = "run"
-
-[boot]
-kernel = "$GUEST/vmlinuz"
-initrd = "$GUEST/initramfs.cpio.gz"
-cmdline = "console=ttyS0 quiet panic=-1 fill=$((MEM * FILL / 100))"
+  {
+    guest_spec "bench-$ALG-$MEM" "$MEM" auto run "fill=$((MEM * FILL / 100))"
+    cat <<TOML
 
 [[disk]]
 name = "data"
@@ -70,6 +59,7 @@ name = "state"
 path = "state.qcow2"
 format = "qcow2"
 TOML
+  } >"$D/vm.toml"
   SPECS+=("$D/vm.toml")
   "$VM" snapshot init --store "$D/store" --vm-id "bench-$ALG-$MEM" --alg "$ALG" >/dev/null
   # Random bytes fill at a few MiB/s under TCG.

@@ -5,10 +5,7 @@
 # kernel to a verifier server, which detects a patched byte and has the agent roll it back.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
-ensure_deps
-VM=$(build_release)
-"$ROOT/scripts/build-guest.sh" >/dev/null
-GUEST=$CACHE/guest
+prepare_guest
 W=$(mktemp -d "${TMPDIR:-/tmp}/vmattest-demo.XXXXXX")
 SERVER_PID=
 cleanup() {
@@ -28,17 +25,8 @@ wait_tick() { # wait for a tick newer than $2 in console $1
   echo "no new tick in $1" >&2; exit 1
 }
 spec() { # name run_dir disk
+  guest_spec "$1" 256 auto "$2"
   cat <<TOML
-name = "$1"
-memory_mib = 256
-vcpus = 1
-accel = "auto"
-run_dir = "$2"
-
-[boot]
-kernel = "$GUEST/vmlinuz"
-initrd = "$GUEST/initramfs.cpio.gz"
-cmdline = "console=ttyS0 quiet panic=-1"
 
 [[disk]]
 name = "disk0"

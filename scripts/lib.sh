@@ -20,3 +20,29 @@ build_release() {
   (cd "$ROOT" && cargo build --release --quiet -p vmattest-cli --features tpm,libvirt) >&2
   echo "$ROOT/target/release/vmattest"
 }
+
+# Installs what is needed, builds the release binary and the test guest: sets VM (the binary)
+# and GUEST (the guest's kernel and initramfs directory).
+prepare_guest() {
+  ensure_deps
+  VM=$(build_release)
+  "$ROOT/scripts/build-guest.sh" >/dev/null
+  GUEST=$CACHE/guest
+}
+
+# Prints the head of a VM spec for the test guest (set GUEST first):
+#   guest_spec NAME MEMORY_MIB ACCEL RUN_DIR [EXTRA KERNEL ARGUMENTS]
+guest_spec() {
+  cat <<TOML
+name = "$1"
+memory_mib = $2
+vcpus = 1
+accel = "$3"
+run_dir = "$4"
+
+[boot]
+kernel = "$GUEST/vmlinuz"
+initrd = "$GUEST/initramfs.cpio.gz"
+cmdline = "console=ttyS0 quiet panic=-1${5:+ $5}"
+TOML
+}
