@@ -5,7 +5,8 @@ use std::path::Path;
 use vmattest_core::class::{Classify, ErrorClass};
 
 use vmattest_api::{NewBaseline, Provenance, RegionPages};
-use vmattest_core::alg::PageIndex;
+use vmattest_core::alg::{PAGE_SIZE, PageIndex};
+use vmattest_core::attest::locate::MAX_KEPT_REGION_BYTES;
 use vmattest_core::attest::{PatchSite, Policy};
 use vmattest_core::chain::SeqNo;
 use vmattest_image::{ImageError, MappedImage};
@@ -76,6 +77,36 @@ pub fn region_pages(
     Ok(out)
 }
 
+/// The bytes of each region of `policy` a baseline keeps (whole pages from its start, cut at
+/// the end of `memory`), zstd-compressed; regions over the limit are left out.
+pub fn region_bytes_zstd(memory: &[u8], policy: &Policy) -> Vec<(String, Vec<u8>)> {
+    policy
+        .regions
+        .iter()
+        .filter_map(|r| {
+            let len = r.pages.checked_mul(PAGE_SIZE as u64)?;
+            if len > MAX_KEPT_REGION_BYTES {
+                return None;
+            }
+            let start = usize::try_from(r.start.0).ok()?.min(memory.len());
+            let end = usize::try_from(r.start.0.checked_add(len)?)
+                .ok()?
+                .min(memory.len());
+            let z = zstd::bulk::compress(&memory[start..end], 3).ok()?;
+            Some((r.name.clone(), z))
+        })
+        .collect()
+}
+
+/// A golden baseline: the server's request, and the bytes of its regions for naming
+/// differences by offset later.
+#[derive(Debug, Clone)]
+pub struct Golden {
+    pub request: NewBaseline,
+    /// `(region, zstd bytes)` per [`region_bytes_zstd`].
+    pub bytes: Vec<(String, Vec<u8>)>,
+}
+
 /// The patch sites of `policy`'s regions in `memory`, from its jump table (none without one).
 pub fn patch_sites(memory: &[u8], policy: &Policy) -> Result<Vec<PatchSite>, MeasureError> {
     match policy.jump_table {
@@ -86,7 +117,8 @@ pub fn patch_sites(memory: &[u8], policy: &Policy) -> Result<Vec<PatchSite>, Mea
 
 /// Verifies the chain of the store at `store_dir` up to `seq` against `keys`, rebuilds the
 /// snapshot in a scratch directory under the store's `tmp/` (removed afterwards) and computes
-/// the baseline of `policy` from its `component` (see [`DEFAULT_COMPONENT`]).
+/// the baseline of `policy` from its `component` (see [`DEFAULT_COMPONENT`]), with the bytes
+/// of its regions.
 pub fn baseline_from_store(
     store_dir: &Path,
     seq: u64,
@@ -94,7 +126,7 @@ pub fn baseline_from_store(
     secret: Option<&StoreSecret>,
     policy: &Policy,
     component: &str,
-) -> Result<NewBaseline, BaselineError> {
+) -> Result<Golden, BaselineError> {
     let store = Store::open(store_dir)?;
     let tmp = store.root().join("tmp");
     let scratch_err = |source| BaselineError::Scratch {
@@ -126,7 +158,8 @@ pub fn baseline_from_store(
     let sites = patch_sites(image.bytes(), policy).map_err(region_err)?;
     let regions = region_pages(image.bytes(), policy, &sites).map_err(region_err)?;
     let link = store.read_link(verified.seq)?;
-    Ok(NewBaseline {
+    let bytes = region_bytes_zstd(image.bytes(), policy);
+    let request = NewBaseline {
         policy_id: policy.id().to_hex(),
         regions,
         patch_sites: sites
@@ -142,5 +175,6 @@ pub fn baseline_from_store(
             snapshot_time: verified.time,
             component: component.to_owned(),
         },
-    })
+    };
+    Ok(Golden { request, bytes })
 }

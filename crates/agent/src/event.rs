@@ -27,7 +27,9 @@ impl Event {
             } => json!({
                 "round": round, "vm": vm, "snapshot_request": request, "seq": seq, "verdict": verdict,
             }),
-            Event::RollbackSkipped { .. } | Event::Failed { .. } => return None,
+            Event::RollbackSkipped { .. } | Event::Failed { .. } | Event::LocateFailed { .. } => {
+                return None;
+            }
         })
     }
 
@@ -57,6 +59,9 @@ impl Event {
                 "{vm} round {round}: the server asks for a rollback to seq {seq}, but no --store was given"
             ),
             Event::Failed { round, error } => format!("{vm} round {round}: {error}"),
+            Event::LocateFailed { round, error } => format!(
+                "{vm} round {round}: the result stands, but naming where its regions differ failed: {error}"
+            ),
         }
     }
 }

@@ -12,11 +12,14 @@ pub mod baseline;
 mod event;
 pub mod evidence;
 pub mod guest;
+pub mod locate;
 pub mod measure;
 pub mod report;
 pub mod run;
 
-pub use baseline::{BaselineError, baseline_from_store, patch_sites, region_pages};
+pub use baseline::{
+    BaselineError, Golden, baseline_from_store, patch_sites, region_bytes_zstd, region_pages,
+};
 pub use evidence::{EvidenceError, Measured, evidence_bytes, sign_evidence};
 pub use guest::Guest;
 pub use measure::{MeasureError, Measurement, measure, measure_vm};

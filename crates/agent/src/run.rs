@@ -81,10 +81,13 @@ impl Classify for RunError {
 }
 
 /// One challenge answered: the server's result and the policy's schedule.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Answered {
+    /// With what the server named of its differing regions when they could be located.
     pub result: AttestationResult,
     pub schedule_secs: u64,
+    /// Why the differing regions could not be located; the result stands.
+    pub locate_error: Option<RunError>,
 }
 
 /// Checks a challenge and returns its policy and nonce.
@@ -139,10 +142,19 @@ pub fn answer_challenge(
         },
         signer,
     )?;
-    let result = client.evidence(&bytes)?;
+    let mut result = client.evidence(&bytes)?;
+    let mut locate_error = None;
+    if result.regions.iter().any(|r| !r.matched) {
+        match crate::locate::locate_vm(client, guest, &policy, &result) {
+            Ok(Some(r)) => result = r,
+            Ok(None) => {}
+            Err(e) => locate_error = Some(e),
+        }
+    }
     Ok(Answered {
         result,
         schedule_secs: policy.schedule_secs,
+        locate_error,
     })
 }
 
@@ -215,6 +227,11 @@ pub enum Event {
         round: u64,
         error: RunError,
     },
+    /// A result did not match, and naming where failed; the result stands.
+    LocateFailed {
+        round: u64,
+        error: RunError,
+    },
 }
 
 /// Used between rounds until a policy has been seen.
@@ -243,6 +260,9 @@ pub fn run_loop(
                     round,
                     result: a.result,
                 });
+                if let Some(error) = a.locate_error {
+                    on_event(Event::LocateFailed { round, error });
+                }
                 match (rollback_seq, &opts.rollback) {
                     (Some(seq), Some(from)) => match roll_back(guest, from, seq) {
                         Ok(report) => on_event(Event::RolledBack { round, seq, report }),

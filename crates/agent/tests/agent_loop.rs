@@ -204,6 +204,7 @@ fn the_loop_reports_results_refusals_and_rollback_requests() {
             Event::RolledBack { round, .. } => format!("rolled back {round}"),
             Event::Reported { round, seq, .. } => format!("reported {round} {seq}"),
             Event::Failed { round, error } => format!("failed {round} {error}"),
+            Event::LocateFailed { round, error } => format!("locate failed {round} {error}"),
         })
         .collect();
     assert_eq!(

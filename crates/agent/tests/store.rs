@@ -107,7 +107,9 @@ fn a_baseline_is_the_page_digests_of_the_snapshot_memory() {
 
     let policy = Policy::parse(POLICY, None).unwrap();
     let keys = PinnedKeys::new(vec![f.key.public_key()]).unwrap();
-    let b = baseline_from_store(&f.store(), 0, &keys, None, &policy, DEFAULT_COMPONENT).unwrap();
+    let golden =
+        baseline_from_store(&f.store(), 0, &keys, None, &policy, DEFAULT_COMPONENT).unwrap();
+    let b = &golden.request;
     assert_eq!(b.policy_id, policy.id().to_hex());
     let expect = |bytes: &[u8], start: usize, pages: usize| -> Vec<String> {
         (0..pages)
@@ -123,6 +125,14 @@ fn a_baseline_is_the_page_digests_of_the_snapshot_memory() {
     assert_eq!(b.regions[0].pages, expect(&first, 0x1000, 2));
     assert_eq!(b.regions[1].name, "high");
     assert_eq!(b.regions[1].pages, expect(&first, 0x10000, 3));
+    // The bytes the server keeps to name differences by offset.
+    let kept: Vec<(&str, Vec<u8>)> = golden
+        .bytes
+        .iter()
+        .map(|(n, z)| (n.as_str(), zstd::decode_all(&z[..]).unwrap()))
+        .collect();
+    assert_eq!(kept[0], ("low", first[0x1000..0x3000].to_vec()));
+    assert_eq!(kept[1], ("high", first[0x10000..0x13000].to_vec()));
     let store = Store::open(&f.store()).unwrap();
     assert_eq!(b.provenance.seq, 0);
     assert_eq!(b.provenance.store_vm_id, "web1");
@@ -141,7 +151,9 @@ fn a_baseline_is_the_page_digests_of_the_snapshot_memory() {
     );
 
     // Seq 1 holds the second image.
-    let b1 = baseline_from_store(&f.store(), 1, &keys, None, &policy, "ram").unwrap();
+    let b1 = baseline_from_store(&f.store(), 1, &keys, None, &policy, "ram")
+        .unwrap()
+        .request;
     assert_eq!(b1.regions[1].pages, expect(&ram(2), 0x10000, 3));
     assert_ne!(b1.provenance.state_root, b.provenance.state_root);
     // The scratch copy is gone.

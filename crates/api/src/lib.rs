@@ -233,6 +233,36 @@ pub struct RegionResult {
     pub detail: Option<String>,
 }
 
+/// An agent's digests of every page of one region (hex, in page order), read after a result
+/// that did not match it; the server answers with the pages that differ from the baseline.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LocateRequest {
+    pub region: String,
+    pub digests: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Located {
+    pub region: String,
+    /// At most 16, relative to the region's start.
+    pub pages: Vec<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PageBytes {
+    pub index: u64,
+    /// The page's bytes in hex, as read now.
+    pub data: String,
+}
+
+/// The bytes of pages a [`Located`] named; the server answers with the result, its region's
+/// detail naming each differing byte run by page and offset.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PagesRequest {
+    pub region: String,
+    pub pages: Vec<PageBytes>,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AttestationResult {
     pub id: i64,

@@ -82,11 +82,14 @@ impl AttestationResult {
     pub fn regions_line(&self) -> String {
         let matched = self.regions.iter().filter(|r| r.matched).count();
         let mut out = format!("{matched}/{} region(s) matched", self.regions.len());
-        let differ: Vec<&str> = self
+        let differ: Vec<String> = self
             .regions
             .iter()
             .filter(|r| !r.matched)
-            .map(|r| r.name.as_str())
+            .map(|r| match &r.detail {
+                Some(d) => format!("{} [{d}]", r.name),
+                None => r.name.clone(),
+            })
             .collect();
         if !differ.is_empty() {
             out += &format!(" (differ: {})", differ.join(", "));

@@ -602,3 +602,136 @@ fn baseline_patch_sites_are_checked() {
         )
         .unwrap();
 }
+
+/// A kernel-code byte changed: the agent's follow-up names its page, offset and both values
+/// in the result and the alert; misuse of the exchange and bad baseline bytes are refused.
+#[test]
+fn a_difference_is_named_by_page_and_offset() {
+    use vmattest_api::{LocateRequest, PageBytes, PagesRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("state"), None);
+    let f = setup(&server);
+    let clean = f.agent.evidence(&evidence_for(&f, &f.host_key)).unwrap();
+    let e = f
+        .agent
+        .locate(
+            clean.id,
+            &LocateRequest {
+                region: "code".into(),
+                digests: vec![],
+            },
+        )
+        .unwrap_err();
+    assert_eq!(e.code(), Some(&ErrorCode::Invalid), "{e}");
+    assert!(e.to_string().contains("matched the baseline"), "{e}");
+
+    let before = std::fs::read(&f.ram).unwrap()[3 * 4096 + 100];
+    flip_code_byte(&f.ram);
+    let r = f.agent.evidence(&evidence_for(&f, &f.host_key)).unwrap();
+    assert!(r.alert, "{r:?}");
+    let ram = std::fs::read(&f.ram).unwrap();
+    let located = vmattest_agent::locate::locate(&f.agent, &ram, &f.policy, &r)
+        .unwrap()
+        .expect("a page differs");
+    let want = format!(
+        "page 3 offset 0x64: holds {:02x}, baseline {before:02x}",
+        before ^ 0x5a
+    );
+    let detail = |res: &AttestationResult| {
+        res.regions
+            .iter()
+            .find(|x| x.name == "code")
+            .and_then(|x| x.detail.clone())
+            .unwrap_or_default()
+    };
+    assert!(detail(&located).contains(&want), "{located:?}");
+    // Stored with the result, and added to the alert the result raised.
+    assert!(detail(&f.auditor.result(r.id).unwrap()).contains(&want));
+    let alert = &f.auditor.alerts(Some("vm1"), false).unwrap()[0];
+    assert!(alert.message.contains(&want), "{}", alert.message);
+
+    // A region is located once; pages are bounded, in range and hex.
+    let page = |index: u64, data: &str| PageBytes {
+        index,
+        data: data.into(),
+    };
+    let pages = |v: Vec<PageBytes>| PagesRequest {
+        region: "code".into(),
+        pages: v,
+    };
+    let e = f
+        .agent
+        .page_diff(r.id, &pages(vec![page(3, "00")]))
+        .unwrap_err();
+    assert!(e.to_string().contains("already located"), "{e}");
+    let r2 = f.agent.evidence(&evidence_for(&f, &f.host_key)).unwrap();
+    for (req, code, needle) in [
+        (pages(vec![]), ErrorCode::Regions, "expected 1 to 16 pages"),
+        (
+            pages((0..17).map(|i| page(i, "00")).collect()),
+            ErrorCode::Regions,
+            "found 17",
+        ),
+        (
+            pages(vec![page(8, "00")]),
+            ErrorCode::Malformed,
+            "index 8 of 8",
+        ),
+        (pages(vec![page(1, "zz")]), ErrorCode::Malformed, "page 1"),
+        (
+            pages(vec![page(1, &"00".repeat(4097))]),
+            ErrorCode::Malformed,
+            "4097 bytes",
+        ),
+    ] {
+        let e = f.agent.page_diff(r2.id, &req).unwrap_err();
+        assert_eq!(e.code(), Some(&code), "{needle}: {e}");
+        assert!(e.to_string().contains(needle), "{needle}: {e}");
+    }
+    let e = f
+        .agent
+        .locate(
+            r2.id,
+            &LocateRequest {
+                region: "code".into(),
+                digests: vec!["00".into(); 3],
+            },
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("3 page digests, expected 8"), "{e}");
+    // Only an agent calls it.
+    let (status, body) = http(
+        "POST",
+        &format!("{}/v1/results/{}/locate", server.url(), r2.id),
+        Some(&f.auditor_token),
+        Some(("application/json", b"{}".to_vec())),
+    );
+    assert_eq!(status, 403, "{body}");
+
+    // Baseline bytes must be the baseline's, of the current baseline, and not a zstd bomb.
+    let base_id = f.admin.vm("vm1").unwrap().baseline.unwrap().id;
+    let put = |id: i64, body: &[u8]| f.admin.put_baseline_bytes("vm1", id, "code", body);
+    let e = put(base_id, &zstd::encode_all(&ram[..0x8000], 3).unwrap()).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("code page 3: the bytes do not hash to the baseline's page digest"),
+        "{e}"
+    );
+    let e = put(base_id + 1, &zstd::encode_all(&ram[..0x8000], 3).unwrap()).unwrap_err();
+    assert!(
+        e.to_string().contains("not VM vm1's current baseline"),
+        "{e}"
+    );
+    let e = put(
+        base_id,
+        &zstd::encode_all(&vec![0u8; 1 << 20][..], 19).unwrap(),
+    )
+    .unwrap_err();
+    assert_eq!(e.code(), Some(&ErrorCode::Malformed), "{e}");
+    assert!(e.to_string().contains("more than 32768 bytes"), "{e}");
+    let e = put(base_id, &zstd::encode_all(&ram[..0x1000], 3).unwrap()).unwrap_err();
+    assert!(
+        e.to_string().contains("4096 bytes, expected 28673..=32768"),
+        "{e}"
+    );
+}

@@ -14,9 +14,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use vmattest_api::{
     API_PREFIX, Alert, AttestationResult, BaselineInfo, Challenge, ConfigCheckRequest,
-    ConfigCheckResult, EarKey, ErrorBody, ErrorCode, Health, Host, NewBaseline, NewHost, NewPolicy,
-    NewReferenceConfig, NewSnapshotRequest, NewToken, NewVm, PolicyInfo, ReferenceConfigInfo,
-    ReportReceipt, SnapshotRequest, StoredReport, TokenInfo, TokenIssued, Vm,
+    ConfigCheckResult, EarKey, ErrorBody, ErrorCode, Health, Host, LocateRequest, Located,
+    NewBaseline, NewHost, NewPolicy, NewReferenceConfig, NewSnapshotRequest, NewToken, NewVm,
+    PagesRequest, PolicyInfo, ReferenceConfigInfo, ReportReceipt, SnapshotRequest, StoredReport,
+    TokenInfo, TokenIssued, Vm,
 };
 use vmattest_core::class::{Classify, ErrorClass};
 
@@ -371,6 +372,33 @@ impl Client {
     /// Posts signed evidence (its canonical bytes).
     pub fn evidence(&self, signed: &[u8]) -> Result<AttestationResult, ClientError> {
         self.post_bytes("/evidence", signed)
+    }
+
+    /// The bytes of one region of the VM's current baseline `id`, zstd-compressed.
+    pub fn put_baseline_bytes(
+        &self,
+        vm: &str,
+        id: i64,
+        region: &str,
+        zstd: &[u8],
+    ) -> Result<BaselineInfo, ClientError> {
+        let path = format!(
+            "/vms/{}/baseline/{id}/bytes/{}",
+            seg("vm", vm)?,
+            seg("region", region)?
+        );
+        let bytes = self.request("PUT", &path, Some(("application/zstd", zstd)))?;
+        self.decode(&path, &bytes)
+    }
+
+    /// Which pages of a region of result `id` differ from the baseline.
+    pub fn locate(&self, id: i64, req: &LocateRequest) -> Result<Located, ClientError> {
+        self.post_json(&format!("/results/{id}/locate"), req)
+    }
+
+    /// Names the differing bytes of pages of result `id`; returns the result with them.
+    pub fn page_diff(&self, id: i64, req: &PagesRequest) -> Result<AttestationResult, ClientError> {
+        self.post_json(&format!("/results/{id}/pages"), req)
     }
 
     /// Newest first; at most `limit` when given.

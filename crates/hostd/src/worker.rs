@@ -177,6 +177,7 @@ impl Ctx<'_> {
                 );
             }
             Event::Failed { error, .. } => self.failed("report", &error),
+            Event::LocateFailed { error, .. } => self.failed("locate", &error),
             Event::Answered { .. } => {}
         }
     }
@@ -277,6 +278,9 @@ fn attest(
     match answer_challenge(client, guest, signer, &t.name, t.paused) {
         Ok(a) => {
             schedule = Duration::from_secs(a.schedule_secs.max(1));
+            if let Some(e) = &a.locate_error {
+                ctx.failed("locate", e);
+            }
             let r = &a.result;
             tracing::info!(vm = %t.name, round, result = r.id, score = r.score, status = %r.status, alert = r.alert, "attested");
             ctx.shared.board.update(&t.name, &ctx.label, |s| {

@@ -13,6 +13,7 @@ pub mod ear;
 pub mod earkeys;
 pub mod error;
 pub mod listen;
+mod locate;
 mod metrics;
 pub mod nonce;
 pub mod openapi;
@@ -66,7 +67,13 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/vms/{vm}/challenge", post(routes::challenge))
         .route("/v1/evidence", post(routes::evidence))
         .route("/v1/vms/{vm}/results", get(routes::results))
+        .route(
+            "/v1/vms/{vm}/baseline/{id}/bytes/{region}",
+            put(locate::put_baseline_bytes).layer(DefaultBodyLimit::max(locate::MAX_BYTES_BODY)),
+        )
         .route("/v1/results/{id}", get(routes::result))
+        .route("/v1/results/{id}/locate", post(locate::locate))
+        .route("/v1/results/{id}/pages", post(locate::pages))
         .route("/v1/alerts", get(alerts::alerts))
         .route("/v1/alerts/{id}/ack", post(alerts::ack))
         .route(

@@ -526,7 +526,7 @@ pub async fn evidence(
     crate::appraise::submit(&s, &caller, &body).await.map(Json)
 }
 
-fn parse_result(id: i64, body: &str) -> Result<AttestationResult, ApiError> {
+pub(crate) fn parse_result(id: i64, body: &str) -> Result<AttestationResult, ApiError> {
     let mut r: AttestationResult = crate::state::from_stored(body, "time").map_err(|e| {
         ApiError::from(crate::error::ServerError::Corrupt(format!(
             "result {id}: {e}"

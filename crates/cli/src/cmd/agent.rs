@@ -19,7 +19,7 @@ use crate::output;
 
 /// What one event of the loop prints: results on stdout, a skipped rollback on stderr.
 fn print_event(name: &str, event: &Event, json: bool) -> anyhow::Result<()> {
-    if let Event::RollbackSkipped { .. } = event {
+    if let Event::RollbackSkipped { .. } | Event::LocateFailed { .. } = event {
         let _ = writeln!(std::io::stderr(), "vmattest: {}", event.text(name));
     } else if let Some(j) = event.to_json(name) {
         output::show(json, &j, |_| event.text(name))?;

@@ -143,7 +143,7 @@ pub fn run(args: RemoteArgs, json: bool) -> anyhow::Result<()> {
         } => {
             let policy = vmattest_host::policy::load(&policy, None)?;
             let v = verifier(&verify)?;
-            let baseline = vmattest_agent::baseline_from_store(
+            let golden = vmattest_agent::baseline_from_store(
                 &store.store,
                 seq,
                 v.pinned(),
@@ -151,13 +151,16 @@ pub fn run(args: RemoteArgs, json: bool) -> anyhow::Result<()> {
                 &policy,
                 &component,
             )?;
-            let info = c.set_baseline(&vm, &baseline)?;
+            let info = c.set_baseline(&vm, &golden.request)?;
+            for (region, zstd) in &golden.bytes {
+                c.put_baseline_bytes(&vm, info.id, region, zstd)?;
+            }
             show(json, &info, |b| {
                 format!(
                     "baseline {} for {vm}: policy {}, {} region(s) from {} seq {} (link {})",
                     b.id,
                     b.policy_id,
-                    baseline.regions.len(),
+                    golden.request.regions.len(),
                     b.provenance.store_vm_id,
                     b.provenance.seq,
                     b.provenance.link_digest

@@ -2,6 +2,7 @@
 //! reports. Pure: agents read memory and servers store results elsewhere.
 
 pub mod evidence;
+pub mod locate;
 pub mod patch;
 pub mod policy;
 pub mod report;

@@ -4,6 +4,7 @@
 //! backends read the same way. Each backend has its own versioned migrations.
 
 mod exec;
+mod locate;
 mod writer;
 
 use std::path::PathBuf;

@@ -1,0 +1,92 @@
+//! After a result that did not match: asking the server where (docs/API.md, "Locating a
+//! difference"). The agent sends the digests of every page of each differing region, then
+//! the bytes of the pages the server names; the server compares them with its baseline.
+//! Read while the guest runs: a diagnosis, not evidence, and it never changes the verdict.
+
+use vmattest_api::{AttestationResult, LocateRequest, PageBytes, PagesRequest};
+use vmattest_client::Client;
+use vmattest_core::alg::{PAGE_SIZE, PageIndex};
+use vmattest_core::attest::Policy;
+use vmattest_core::attest::locate::MAX_KEPT_REGION_BYTES;
+
+use crate::guest::Guest;
+use crate::measure::{Ram, live_sites, map_ram, page_digests};
+use crate::run::RunError;
+
+/// Locates each region `result` did not match in `ram`; returns the result as the server
+/// last updated it, or `None` when no page differed any more.
+pub fn locate<R: Ram + ?Sized>(
+    client: &Client,
+    ram: &R,
+    policy: &Policy,
+    result: &AttestationResult,
+) -> Result<Option<AttestationResult>, RunError> {
+    let sites = policy
+        .jump_table
+        .map(|t| live_sites(ram, policy, t))
+        .unwrap_or_default();
+    let mut out = None;
+    for differ in result.regions.iter().filter(|r| !r.matched) {
+        let Some(region) = policy.region(&differ.name) else {
+            continue;
+        };
+        if region.pages.saturating_mul(PAGE_SIZE as u64) > MAX_KEPT_REGION_BYTES {
+            continue;
+        }
+        let all: Vec<PageIndex> = (0..region.pages).map(PageIndex).collect();
+        let digests = page_digests(policy, ram, region, &all, &sites)
+            .into_iter()
+            .map(|(_, d)| d.to_hex())
+            .collect();
+        let located = client.locate(
+            result.id,
+            &LocateRequest {
+                region: region.name.clone(),
+                digests,
+            },
+        )?;
+        if located.pages.is_empty() {
+            continue;
+        }
+        let pages = located
+            .pages
+            .iter()
+            .map(|&i| {
+                let mut buf = vec![0u8; PAGE_SIZE];
+                let at = region
+                    .start
+                    .0
+                    .saturating_add(i.saturating_mul(PAGE_SIZE as u64));
+                let n = if i < region.pages {
+                    ram.copy_at(at, &mut buf)
+                } else {
+                    0
+                };
+                buf.truncate(n);
+                PageBytes {
+                    index: i,
+                    data: hex::encode(buf),
+                }
+            })
+            .collect();
+        out = Some(client.page_diff(
+            result.id,
+            &PagesRequest {
+                region: region.name.clone(),
+                pages,
+            },
+        )?);
+    }
+    Ok(out)
+}
+
+/// [`locate`] in the running guest's RAM.
+pub fn locate_vm(
+    client: &Client,
+    guest: &Guest<'_>,
+    policy: &Policy,
+    result: &AttestationResult,
+) -> Result<Option<AttestationResult>, RunError> {
+    let ram = map_ram(&guest.layout()?.ram)?;
+    locate(client, &ram, policy, result)
+}
