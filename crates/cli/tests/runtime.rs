@@ -150,12 +150,28 @@ fn phys(dir: &Path, resolved_load: u64, sym: &str) -> u64 {
 }
 
 /// Writes `bytes` at `addr`, runs one round, checks that `region` is named as differing (with
-/// `detail` in its detail when given), writes the old bytes back and checks the guest is
-/// affirming again.
+/// `detail` in its detail when given; outside patch sites, its page, offset and both values
+/// from the agent's follow-up), writes the old bytes back and checks the guest is affirming
+/// again.
 fn caught(rt: &Attested, ram: &Path, addr: u64, bytes: &[u8], region: &str, detail: &[&str]) {
     let old = poke(ram, addr, bytes);
     let run = rt.agent(&[]);
     poke(ram, addr, &old);
+    let start = Policy::parse(&rt.resolved, None)
+        .unwrap()
+        .region(region)
+        .unwrap()
+        .start
+        .0;
+    let off = addr - start;
+    let located = format!(
+        "bytes differ: page {} offset {:#x}: holds {}, baseline {}",
+        off / 4096,
+        off % 4096,
+        hex::encode(bytes),
+        hex::encode(&old)
+    );
+    let site = !detail.is_empty();
     let result = &json_lines(&run)[0];
     assert_eq!(result["status"], "contraindicated", "{region}: {result}");
     let r = result["regions"]
@@ -169,6 +185,12 @@ fn caught(rt: &Attested, ram: &Path, addr: u64, bytes: &[u8], region: &str, deta
     for d in detail {
         assert!(text.contains(d), "{region}: {d:?} not in {text:?}");
     }
+    // A patch site's bytes are masked from page digests: its page does not differ.
+    assert_eq!(
+        text.contains(&located),
+        !site,
+        "{region}: {located:?} in {text:?}"
+    );
     let again = rt.agent(&[]).ok().json();
     assert_eq!(again["status"], "affirming", "after {region}: {again}");
 }
