@@ -170,6 +170,14 @@ pub struct Vm {
     pub baseline: Option<BaselineInfo>,
 }
 
+/// Moves a registered VM to another registered policy; its approved subsets stay unless given.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VmPolicy {
+    pub policy_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_subsets: Option<Vec<String>>,
+}
+
 /// Where a golden baseline came from: a verified snapshot link.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Provenance {

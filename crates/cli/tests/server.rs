@@ -718,10 +718,8 @@ fn a_difference_is_named_by_page_and_offset() {
         "{e}"
     );
     let e = put(base_id + 1, &zstd::encode_all(&ram[..0x8000], 3).unwrap()).unwrap_err();
-    assert!(
-        e.to_string().contains("not VM vm1's current baseline"),
-        "{e}"
-    );
+    assert_eq!(e.code(), Some(&ErrorCode::NotFound), "{e}");
+    assert!(e.to_string().contains("VM vm1 has no baseline"), "{e}");
     let e = put(
         base_id,
         &zstd::encode_all(&vec![0u8; 1 << 20][..], 19).unwrap(),
@@ -734,4 +732,139 @@ fn a_difference_is_named_by_page_and_offset() {
         e.to_string().contains("4096 bytes, expected 28673..=32768"),
         "{e}"
     );
+}
+
+/// A VM moves to another policy without a gap: its baseline for the new policy is staged
+/// first (the old one keeps attesting), the move switches both at once, and moving back finds
+/// the old baseline again. Unknown policies and subsets are refused.
+#[test]
+fn a_vm_moves_to_another_policy_with_a_staged_baseline() {
+    use vmattest_api::NewPolicy;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("state"), None);
+    let f = setup(&server);
+    let old = f.admin.vm("vm1").unwrap();
+    let toml = common::fixture::POLICY.replace("file-guest", "file-guest-2");
+    let next = vmattest_core::attest::Policy::parse(&toml, None).unwrap();
+    let p = f
+        .admin
+        .add_policy(&NewPolicy {
+            toml: next.to_toml(),
+        })
+        .unwrap();
+    let next_file = f.dir.join("next.toml");
+    std::fs::write(&next_file, next.to_toml()).unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let staged = server
+        .remote(
+            &f.admin_token,
+            &[
+                "--json",
+                "baseline",
+                "--vm",
+                "vm1",
+                "--store",
+                &s(&f.dir.join("store")),
+                "--seq",
+                "0",
+                "--policy",
+                &s(&next_file),
+                "--pubkey",
+                &s(&f.dir.join("chain.key.pub")),
+            ],
+        )
+        .ok()
+        .json();
+    assert_eq!(staged["policy_id"], p.id.as_str());
+    // Staged: the VM still attests under its policy and baseline.
+    let r = f.agent.evidence(&evidence_for(&f, &f.host_key)).unwrap();
+    assert_eq!(r.status, "affirming", "{r:?}");
+    assert_eq!(
+        f.admin.vm("vm1").unwrap().baseline.unwrap().id,
+        old.baseline.as_ref().unwrap().id
+    );
+
+    let moved = server
+        .remote(
+            &f.admin_token,
+            &[
+                "--json",
+                "vm",
+                "set-policy",
+                "--name",
+                "vm1",
+                "--policy-id",
+                &p.id,
+            ],
+        )
+        .ok()
+        .json();
+    assert_eq!(moved["policy_id"], p.id.as_str());
+    assert_eq!(moved["baseline"]["id"], staged["id"]);
+    let c = f.agent.challenge("vm1").unwrap();
+    assert_eq!(c.policy_id, p.id);
+    let r = f.agent.evidence(&evidence_for(&f, &f.host_key)).unwrap();
+    assert_eq!(r.status, "affirming", "{r:?}");
+    let claims = verify_jwt(&server, &r.ear);
+    assert_eq!(
+        claims["submods"]["vm1"]["ear.appraisal-policy-id"],
+        format!("vmattest:policy:{}", p.id)
+    );
+
+    // Back again: the old baseline is the newest for the old policy.
+    let back = server
+        .remote(
+            &f.admin_token,
+            &[
+                "--json",
+                "vm",
+                "set-policy",
+                "--name",
+                "vm1",
+                "--policy-id",
+                &old.policy_id,
+            ],
+        )
+        .ok()
+        .json();
+    assert_eq!(back["baseline"]["id"], old.baseline.as_ref().unwrap().id);
+    server
+        .remote(
+            &f.admin_token,
+            &[
+                "vm",
+                "set-policy",
+                "--name",
+                "vm1",
+                "--policy-id",
+                &"ab".repeat(32),
+            ],
+        )
+        .fails(2, "policy");
+    server
+        .remote(
+            &f.admin_token,
+            &[
+                "vm",
+                "set-policy",
+                "--name",
+                "vm1",
+                "--policy-id",
+                &p.id,
+                "--subset",
+                "nope",
+            ],
+        )
+        .fails(2, "has no subset \"nope\"");
+    let (status, body) = http(
+        "PUT",
+        &format!("{}/v1/vms/vm1/policy", server.url()),
+        Some(&f.agent_token),
+        Some((
+            "application/json",
+            format!("{{\"policy_id\":\"{}\"}}", p.id).into_bytes(),
+        )),
+    );
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(f.admin.vm("vm1").unwrap().policy_id, old.policy_id);
 }

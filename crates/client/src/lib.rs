@@ -17,7 +17,7 @@ use vmattest_api::{
     ConfigCheckResult, EarKey, ErrorBody, ErrorCode, Health, Host, LocateRequest, Located,
     NewBaseline, NewHost, NewPolicy, NewReferenceConfig, NewSnapshotRequest, NewToken, NewVm,
     PagesRequest, PolicyInfo, ReferenceConfigInfo, ReportReceipt, SnapshotRequest, StoredReport,
-    TokenInfo, TokenIssued, Vm,
+    TokenInfo, TokenIssued, Vm, VmPolicy,
 };
 use vmattest_core::class::{Classify, ErrorClass};
 
@@ -357,6 +357,11 @@ impl Client {
 
     pub fn vm(&self, name: &str) -> Result<Vm, ClientError> {
         self.get(&format!("/vms/{}", seg("vm", name)?))
+    }
+
+    /// Moves a VM to another registered policy.
+    pub fn set_vm_policy(&self, name: &str, req: &VmPolicy) -> Result<Vm, ClientError> {
+        self.put_json(&format!("/vms/{}/policy", seg("vm", name)?), req)
     }
 
     pub fn set_baseline(&self, vm: &str, req: &NewBaseline) -> Result<BaselineInfo, ClientError> {

@@ -63,6 +63,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/policies/{id}", get(routes::policy))
         .route("/v1/vms", post(routes::new_vm))
         .route("/v1/vms/{vm}", get(routes::vm))
+        .route("/v1/vms/{vm}/policy", put(routes::set_vm_policy))
         .route("/v1/vms/{vm}/baseline", post(routes::new_baseline))
         .route("/v1/vms/{vm}/challenge", post(routes::challenge))
         .route("/v1/evidence", post(routes::evidence))

@@ -13,18 +13,18 @@ use axum::extract::{Path, State};
 use vmattest_api::{
     AttestationResult, BaselineInfo, ErrorCode, LocateRequest, Located, PagesRequest, Role,
 };
-use vmattest_core::alg::{Digest, PAGE_SIZE, PageIndex};
+use vmattest_core::alg::{Digest, HashAlg, PAGE_SIZE, PageIndex};
 use vmattest_core::attest::locate::{
     MAX_KEPT_REGION_BYTES as MAX_REGION_BYTES, MAX_LOCATED_PAGES, describe, diff_page,
     differing_pages,
 };
 use vmattest_core::attest::patch::mask_page;
-use vmattest_core::attest::{Region, page_digest};
+use vmattest_core::attest::{Policy, Region, page_digest};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::routes::{json_body, parse_id, parse_result};
-use crate::state::{AppState, Baseline, VmEntry};
+use crate::state::{AppState, Baseline, VmEntry, decode_baseline};
 
 /// Request limit of the compressed bytes of one region.
 pub const MAX_BYTES_BODY: usize = 64 << 20;
@@ -71,19 +71,19 @@ fn region_len(region: &Region) -> Result<u64, ApiError> {
 }
 
 /// The page digest a baseline holds for bytes `page` of `region` at page `i`.
-fn masked_digest(vm: &VmEntry, base: &Baseline, region: &Region, i: u64, page: &[u8]) -> Digest {
+fn masked_digest(alg: HashAlg, base: &Baseline, region: &Region, i: u64, page: &[u8]) -> Digest {
     let at = region
         .start
         .0
         .saturating_add(i.saturating_mul(PAGE_SIZE as u64));
     let mut buf = page.to_vec();
     mask_page(&mut buf, at, &base.sites);
-    page_digest(vm.policy.alg, &buf)
+    page_digest(alg, &buf)
 }
 
 /// Checks `bytes` against the page digests of the baseline: they must be its region.
 fn check_region_bytes(
-    vm: &VmEntry,
+    alg: HashAlg,
     base: &Baseline,
     region: &Region,
     bytes: &[u8],
@@ -110,7 +110,7 @@ fn check_region_bytes(
     for (i, page) in bytes.chunks(PAGE_SIZE).enumerate() {
         let ok = want
             .get(i)
-            .is_some_and(|w| w.ct_eq(&masked_digest(vm, base, region, i as u64, page)));
+            .is_some_and(|w| w.ct_eq(&masked_digest(alg, base, region, i as u64, page)));
         if !ok {
             return Err(ApiError::new(
                 ErrorCode::Regions,
@@ -133,17 +133,17 @@ fn current_baseline(vm: &VmEntry) -> Result<&Baseline, ApiError> {
     })
 }
 
-fn policy_region<'a>(vm: &'a VmEntry, name: &str) -> Result<&'a Region, ApiError> {
-    vm.policy.region(name).ok_or_else(|| {
+fn policy_region<'a>(policy: &'a Policy, vm: &str, name: &str) -> Result<&'a Region, ApiError> {
+    policy.region(name).ok_or_else(|| {
         ApiError::new(
             ErrorCode::Regions,
-            format!("region {name:?}: not in VM {}'s policy", vm.row.name),
+            format!("region {name:?}: not in VM {vm}'s policy {}", policy.name),
         )
     })
 }
 
-/// `PUT /v1/vms/{vm}/baseline/{id}/bytes/{region}`: the bytes of one region of the VM's
-/// current baseline, zstd-compressed; they must hash to the baseline's page digests.
+/// `PUT /v1/vms/{vm}/baseline/{id}/bytes/{region}`: the bytes of one region of one of the
+/// VM's baselines, zstd-compressed; they must hash to the baseline's page digests.
 pub async fn put_baseline_bytes(
     State(s): State<AppState>,
     caller: Caller,
@@ -152,42 +152,38 @@ pub async fn put_baseline_bytes(
 ) -> Result<Json<BaselineInfo>, ApiError> {
     caller.require(&[Role::Admin])?;
     let id = parse_id("baseline", &id)?;
-    let vm = s.vm(&name).await?;
-    let base = current_baseline(&vm)?;
-    if base.id != id {
-        return Err(ApiError::new(
-            ErrorCode::Invalid,
-            format!(
-                "baseline {id} is not VM {name}'s current baseline, which is {}",
-                base.id
-            ),
-        ));
-    }
-    let r = policy_region(&vm, &region)?;
-    let max = region_len(r)?;
-    let checked = {
-        let vm = Arc::clone(&vm);
-        let body = body.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
-            let bytes = unzstd(&body, max).map_err(|e| {
-                ApiError::new(
-                    ErrorCode::Malformed,
-                    format!(
-                        "region {region} bytes: expected a zstd frame of at most {max} bytes: {e}"
-                    ),
-                )
-            })?;
-            let base = current_baseline(&vm)?;
-            check_region_bytes(&vm, base, policy_region(&vm, &region)?, &bytes)
-        })
-    };
-    checked.await.map_err(blocking_err)??;
-    s.db.put_baseline_bytes(id, &r.name, &body).await?;
-    tracing::info!(vm = %name, baseline = id, region = %r.name, bytes = body.len(), "baseline region bytes stored");
+    s.vm(&name).await?;
+    let row = s.db.baseline(&name, id).await?.ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::NotFound,
+            format!("VM {name} has no baseline {id}"),
+        )
+    })?;
+    let policy = s.policy(&row.policy_id).await?;
+    let base = decode_baseline(&policy, row)?;
+    let r = policy_region(&policy, &name, &region)?.clone();
+    let max = region_len(&r)?;
+    let (base, body) = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+        let bytes = unzstd(&body, max).map_err(|e| {
+            ApiError::new(
+                ErrorCode::Malformed,
+                format!(
+                    "region {} bytes: expected a zstd frame of at most {max} bytes: {e}",
+                    r.name
+                ),
+            )
+        })?;
+        check_region_bytes(policy.alg, &base, &r, &bytes)?;
+        Ok((base, body))
+    })
+    .await
+    .map_err(blocking_err)??;
+    s.db.put_baseline_bytes(id, &region, &body).await?;
+    tracing::info!(vm = %name, baseline = id, region = %region, bytes = body.len(), "baseline region bytes stored");
     Ok(Json(BaselineInfo {
         id,
-        policy_id: base.policy_id.clone(),
-        provenance: base.provenance.clone(),
+        policy_id: base.policy_id,
+        provenance: base.provenance,
         created: vmattest_api::time::from_secs(base.created),
     }))
 }
@@ -231,7 +227,7 @@ pub async fn locate(
     let req: LocateRequest = json_body(&body)?;
     let (_, vm) = failing_region(&s, &caller, &id, &req.region).await?;
     let base = current_baseline(&vm)?;
-    let region = policy_region(&vm, &req.region)?;
+    let region = policy_region(&vm.policy, &vm.row.name, &req.region)?;
     if req.digests.len() as u64 != region.pages {
         return Err(ApiError::new(
             ErrorCode::Regions,
@@ -325,7 +321,7 @@ fn located_text(
         let matches = usize::try_from(p.index)
             .ok()
             .and_then(|i| want_digests.get(i))
-            .is_some_and(|w| w.ct_eq(&masked_digest(vm, base, region, p.index, &got)));
+            .is_some_and(|w| w.ct_eq(&masked_digest(vm.policy.alg, base, region, p.index, &got)));
         let at = region.start.0 + p.index * PAGE_SIZE as u64;
         lines.push(match (&baseline_bytes, matches) {
             (_, true) => describe(page, &[]),
@@ -367,7 +363,7 @@ pub async fn pages(
     }
     let (mut result, vm) = failing_region(&s, &caller, &id, &req.region).await?;
     let base = current_baseline(&vm)?;
-    let region = policy_region(&vm, &req.region)?;
+    let region = policy_region(&vm.policy, &vm.row.name, &req.region)?;
     let Some(slot) = result.regions.iter_mut().find(|r| r.name == region.name) else {
         return Err(ApiError::not_found("region", &region.name));
     };
@@ -389,7 +385,7 @@ pub async fn pages(
             located_text(
                 &vm,
                 base,
-                policy_region(&vm, &region)?,
+                policy_region(&vm.policy, &vm.row.name, &region)?,
                 &req,
                 stored.as_deref(),
             )

@@ -142,6 +142,22 @@ pub const ROUTES: &[Route] = &[
         "BaselineInfo",
     ),
     (
+        "put",
+        "/v1/vms/{vm}/baseline/{id}/bytes/{region}",
+        "admin",
+        "The bytes of one region of a baseline, zstd, checked against its page digests",
+        Some("zstd"),
+        "BaselineInfo",
+    ),
+    (
+        "put",
+        "/v1/vms/{vm}/policy",
+        "admin",
+        "Move a VM to another registered policy",
+        Some("VmPolicy"),
+        "Vm",
+    ),
+    (
         "post",
         "/v1/vms/{vm}/challenge",
         "agent (own host), admin",
@@ -171,6 +187,22 @@ pub const ROUTES: &[Route] = &[
         "admin, auditor",
         "One result",
         None,
+        "AttestationResult",
+    ),
+    (
+        "post",
+        "/v1/results/{id}/locate",
+        "agent (own host)",
+        "Which pages of a region that did not match differ from the baseline",
+        Some("LocateRequest"),
+        "Located",
+    ),
+    (
+        "post",
+        "/v1/results/{id}/pages",
+        "agent (own host)",
+        "Name the differing bytes of those pages in the result and its alert",
+        Some("PagesRequest"),
         "AttestationResult",
     ),
     (
@@ -251,7 +283,7 @@ fn schema_ref(name: &str) -> Value {
     match name {
         "object" => json!({ "type": "object" }),
         "text" => json!({ "type": "string" }),
-        "octet-stream" => json!({ "type": "string", "format": "binary" }),
+        "octet-stream" | "zstd" => json!({ "type": "string", "format": "binary" }),
         list if list.ends_with("List") => json!({
             "type": "array",
             "items": { "$ref": format!("#/components/schemas/{}", list.trim_end_matches("List")) }
@@ -294,6 +326,10 @@ fn schemas() -> Value {
         "NewVm": obj(&[("name", "string"), ("host", "string"), ("policy_id", "string"), ("approved_subsets", "string[]"), ("threshold", "integer"), ("webhook", "object"), ("on_alert", "string")]),
         "Vm": obj(&[("name", "string"), ("host", "string"), ("policy_id", "string"), ("approved_subsets", "string[]"), ("threshold", "integer"), ("on_alert", "string"), ("has_webhook", "boolean"), ("baseline", "object")]),
         "NewBaseline": obj(&[("policy_id", "string"), ("regions", "object"), ("provenance", "object")]),
+        "VmPolicy": obj(&[("policy_id", "string"), ("approved_subsets", "string[]")]),
+        "LocateRequest": obj(&[("region", "string"), ("digests", "string[]")]),
+        "Located": obj(&[("region", "string"), ("pages", "object[]")]),
+        "PagesRequest": obj(&[("region", "string"), ("pages", "object[]")]),
         "BaselineInfo": obj(&[("id", "integer"), ("policy_id", "string"), ("provenance", "object"), ("created", "time")]),
         "Challenge": obj(&[("vm", "string"), ("nonce", "string"), ("policy_id", "string"), ("policy_toml", "string"), ("subset", "string"), ("expires", "time")]),
         "AttestationResult": obj(&[("id", "integer"), ("vm", "string"), ("time", "time"), ("score", "integer"), ("status", "string"), ("trust_vector", "object"), ("regions", "object"), ("alert", "boolean"), ("rollback_seq", "integer?"), ("ear", "string")]),
@@ -329,10 +365,10 @@ pub fn document() -> Value {
             op.insert("parameters".into(), json!(params));
         }
         if let Some(b) = body {
-            let media = if *b == "octet-stream" {
-                "application/octet-stream"
-            } else {
-                "application/json"
+            let media = match *b {
+                "octet-stream" => "application/octet-stream",
+                "zstd" => "application/zstd",
+                _ => "application/json",
             };
             op.insert(
                 "requestBody".into(),

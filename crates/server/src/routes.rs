@@ -8,7 +8,7 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 use vmattest_api::{
     AlertAction, AttestationResult, BaselineInfo, Challenge, EarKey, Health, Host, NewBaseline,
-    NewHost, NewPolicy, NewVm, PolicyInfo, Role, Vm,
+    NewHost, NewPolicy, NewVm, PolicyInfo, Role, Vm, VmPolicy,
 };
 use vmattest_core::alg::Digest;
 use vmattest_core::attest::evidence::MAX_REPORT_SITES;
@@ -219,6 +219,49 @@ pub async fn policy(
     Ok(Json(PolicyInfo { id, name, toml }))
 }
 
+/// At least one subset, each of them `policy`'s.
+fn check_subsets(policy: &Policy, subsets: &[String]) -> Result<(), ApiError> {
+    if subsets.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::Invalid,
+            "approved_subsets: expected at least one subset",
+        ));
+    }
+    match subsets.iter().find(|sub| policy.subset(sub).is_none()) {
+        Some(sub) => Err(ApiError::new(
+            ErrorCode::Invalid,
+            format!(
+                "approved_subsets: policy {} has no subset {sub:?}",
+                policy.name
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// `PUT /v1/vms/{vm}/policy`: moves a VM to another registered policy. Its baseline is then
+/// the newest one taken for that policy (posted beforehand, or next); its results and alerts
+/// stay.
+pub async fn set_vm_policy(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<Vm>, ApiError> {
+    caller.require(&[Admin])?;
+    let req: VmPolicy = json_body(&body)?;
+    let vm = s.vm(&name).await?;
+    let policy = s.policy(&req.policy_id).await?;
+    let subsets = req
+        .approved_subsets
+        .unwrap_or_else(|| vm.row.subsets.clone());
+    check_subsets(&policy, &subsets)?;
+    s.db.set_vm_policy(&name, &req.policy_id, &subsets).await?;
+    s.forget_vm(&name).await;
+    tracing::info!(vm = %name, from = %vm.row.policy_id, to = %req.policy_id, "VM moved to another policy");
+    vm_view(&s, &name).await.map(Json)
+}
+
 pub async fn new_vm(
     State(s): State<AppState>,
     caller: Caller,
@@ -230,29 +273,8 @@ pub async fn new_vm(
     if s.db.hosts(Some(&req.host)).await?.is_empty() {
         return Err(ApiError::not_found("host", &req.host));
     }
-    let (_, toml) =
-        s.db.policy(&req.policy_id)
-            .await?
-            .ok_or_else(|| ApiError::not_found("policy", &req.policy_id))?;
-    let policy =
-        Policy::parse(&toml, None).map_err(|e| ApiError::new(ErrorCode::Invalid, e.to_string()))?;
-    if req.approved_subsets.is_empty() {
-        return Err(ApiError::new(
-            ErrorCode::Invalid,
-            "approved_subsets: expected at least one subset",
-        ));
-    }
-    for sub in &req.approved_subsets {
-        if policy.subset(sub).is_none() {
-            return Err(ApiError::new(
-                ErrorCode::Invalid,
-                format!(
-                    "approved_subsets: policy {} has no subset {sub:?}",
-                    policy.name
-                ),
-            ));
-        }
-    }
+    let policy = s.policy(&req.policy_id).await?;
+    check_subsets(&policy, &req.approved_subsets)?;
     if req.threshold > 100 {
         return Err(ApiError::new(
             ErrorCode::Invalid,
@@ -392,18 +414,29 @@ pub async fn new_baseline(
     caller.require(&[Admin])?;
     let req: NewBaseline = json_body(&body)?;
     let vm = s.vm(&name).await?;
-    if req.policy_id != vm.row.policy_id {
-        return Err(ApiError::new(
-            ErrorCode::PolicyMismatch,
-            format!(
-                "baseline is for policy {}, VM {name} uses {}",
-                req.policy_id, vm.row.policy_id
-            ),
-        ));
-    }
-    let alg = vm.policy.alg;
+    // A baseline for another registered policy is staged: used once the VM moves to it.
+    let staged;
+    let policy = if req.policy_id == vm.row.policy_id {
+        &vm.policy
+    } else {
+        staged = s.policy(&req.policy_id).await.map_err(|e| {
+            if e.code == ErrorCode::NotFound {
+                ApiError::new(
+                    ErrorCode::PolicyMismatch,
+                    format!(
+                        "baseline is for policy {}, which is not registered; VM {name} uses {}",
+                        req.policy_id, vm.row.policy_id
+                    ),
+                )
+            } else {
+                e
+            }
+        })?;
+        &staged
+    };
+    let alg = policy.alg;
     let mut pages = std::collections::HashMap::new();
-    for region in &vm.policy.regions {
+    for region in &policy.regions {
         let got = req
             .regions
             .iter()
@@ -447,13 +480,13 @@ pub async fn new_baseline(
             .collect::<Result<Vec<_>, _>>()?;
         pages.insert(region.name.clone(), list);
     }
-    if req.regions.len() != vm.policy.regions.len() {
+    if req.regions.len() != policy.regions.len() {
         return Err(ApiError::new(
             ErrorCode::Regions,
             "baseline has regions the policy does not",
         ));
     }
-    let sites = baseline_sites(&vm.policy, &req.patch_sites)?;
+    let sites = baseline_sites(policy, &req.patch_sites)?;
     let provenance = serde_json::to_string(&req.provenance)
         .map_err(|e| ApiError::new(ErrorCode::Invalid, e.to_string()))?;
     let now = now_secs();
@@ -461,13 +494,13 @@ pub async fn new_baseline(
         s.db.insert_baseline(
             &name,
             &req.policy_id,
-            &encode_pages(&vm.policy, &pages, &sites),
+            &encode_pages(policy, &pages, &sites),
             &provenance,
             now,
         )
         .await?;
     s.forget_vm(&name).await;
-    tracing::info!(vm = %name, baseline = id, seq = req.provenance.seq, "golden baseline stored");
+    tracing::info!(vm = %name, baseline = id, seq = req.provenance.seq, staged = (req.policy_id != vm.row.policy_id), "golden baseline stored");
     Ok(Json(BaselineInfo {
         id,
         policy_id: req.policy_id,

@@ -175,6 +175,17 @@ impl AppState {
         Ok(entry)
     }
 
+    /// Registered policy `id`, parsed.
+    pub async fn policy(&self, id: &str) -> Result<Policy, ApiError> {
+        let (_, toml) = self
+            .db
+            .policy(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("policy", id))?;
+        Policy::parse(&toml, None)
+            .map_err(|e| ServerError::Corrupt(format!("policy {id}: {e}")).into())
+    }
+
     async fn load_vm(&self, name: &str) -> Result<VmEntry, ApiError> {
         let row = self
             .db
@@ -193,9 +204,9 @@ impl AppState {
             .ok_or_else(|| ServerError::Corrupt(format!("VM {name} names unknown policy")))?;
         let policy = Policy::parse(&policy_toml, None)
             .map_err(|e| ServerError::Corrupt(format!("policy {}: {e}", row.policy_id)))?;
-        let baseline = match self.db.latest_baseline(name).await? {
-            Some(b) if b.policy_id == row.policy_id => Some(decode_baseline(&policy, b)?),
-            _ => None,
+        let baseline = match self.db.latest_baseline(name, &row.policy_id).await? {
+            Some(b) => Some(decode_baseline(&policy, b)?),
+            None => None,
         };
         let on_alert = match row.on_alert.as_str() {
             "rollback" => AlertAction::Rollback,
@@ -241,7 +252,10 @@ pub fn encode_pages(
     w.finish()
 }
 
-fn decode_baseline(policy: &Policy, row: crate::db::BaselineRow) -> Result<Baseline, ServerError> {
+pub(crate) fn decode_baseline(
+    policy: &Policy,
+    row: crate::db::BaselineRow,
+) -> Result<Baseline, ServerError> {
     let corrupt = |what: String| ServerError::Corrupt(format!("baseline {}: {what}", row.id));
     let mut r = Reader::new(&row.pages);
     let alg = r

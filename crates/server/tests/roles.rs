@@ -206,6 +206,18 @@ async fn every_endpoint_checks_token_and_role() {
             vec![&agent, &auditor],
         ),
         (
+            "PUT",
+            "/v1/vms/vm1/baseline/1/bytes/code".into(),
+            octets(),
+            vec![&agent, &auditor],
+        ),
+        (
+            "PUT",
+            "/v1/vms/vm1/policy".into(),
+            json(serde_json::json!({"policy_id": pid})),
+            vec![&agent, &auditor],
+        ),
+        (
             "POST",
             "/v1/vms/vm1/challenge".into(),
             None,
@@ -219,6 +231,18 @@ async fn every_endpoint_checks_token_and_role() {
         ),
         ("GET", "/v1/vms/vm1/results".into(), None, vec![&agent]),
         ("GET", "/v1/results/1".into(), None, vec![&agent]),
+        (
+            "POST",
+            "/v1/results/1/locate".into(),
+            json(serde_json::json!({})),
+            vec![&admin, &auditor],
+        ),
+        (
+            "POST",
+            "/v1/results/1/pages".into(),
+            json(serde_json::json!({})),
+            vec![&admin, &auditor],
+        ),
         ("GET", "/v1/alerts".into(), None, vec![&agent]),
         (
             "POST",

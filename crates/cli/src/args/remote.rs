@@ -280,6 +280,19 @@ pub enum RemoteVmCommand {
         #[arg(long, value_parser = ["none", "rollback"], default_value = "none")]
         on_alert: String,
     },
+    /// Move a registered VM to another registered policy. Its baseline is then the newest one
+    /// taken for that policy: take it first (`remote baseline --policy NEW`) to attest on.
+    SetPolicy {
+        /// The VM's name.
+        #[arg(long)]
+        name: String,
+        /// Id of the policy to move to (`remote policy add`).
+        #[arg(long)]
+        policy_id: String,
+        /// Subset ids the VM may be challenged with, replacing the current ones; repeatable.
+        #[arg(long = "subset")]
+        subsets: Vec<String>,
+    },
     /// A registered VM, its policy, threshold and baseline.
     Show {
         /// The VM's name.

@@ -133,6 +133,29 @@ pub fn run(args: RemoteArgs, json: bool) -> anyhow::Result<()> {
             })
         }
         RemoteCommand::Vm(RemoteVmCommand::Show { name }) => report(json, &c.vm(&name)?),
+        RemoteCommand::Vm(RemoteVmCommand::SetPolicy {
+            name,
+            policy_id,
+            subsets,
+        }) => {
+            let vm = c.set_vm_policy(
+                &name,
+                &vmattest_api::VmPolicy {
+                    policy_id,
+                    approved_subsets: (!subsets.is_empty()).then_some(subsets),
+                },
+            )?;
+            show(json, &vm, |v| match &v.baseline {
+                Some(b) => format!(
+                    "vm {} moved to policy {}; baseline {} (seq {})",
+                    v.name, v.policy_id, b.id, b.provenance.seq
+                ),
+                None => format!(
+                    "vm {} moved to policy {}; it has no baseline for it yet: evidence is refused until `remote baseline` stores one",
+                    v.name, v.policy_id
+                ),
+            })
+        }
         RemoteCommand::Baseline {
             vm,
             store,

@@ -3,8 +3,8 @@
 //! Queries use `$N` placeholders and only BIGINT, TEXT and BLOB/BYTEA columns, which both
 //! backends read the same way. Each backend has its own versioned migrations.
 
+mod baselines;
 mod exec;
-mod locate;
 mod writer;
 
 use std::path::PathBuf;
@@ -296,6 +296,22 @@ impl Db {
         Ok(r.rows_affected() == 1)
     }
 
+    /// Moves VM `name` to policy `policy_id` with `subsets` approved.
+    pub async fn set_vm_policy(
+        &self,
+        name: &str,
+        policy_id: &str,
+        subsets: &[String],
+    ) -> Result<(), ServerError> {
+        sqlx::query("UPDATE vms SET policy_id = $1, subsets = $2 WHERE name = $3")
+            .bind(policy_id.to_string())
+            .bind(subsets.join(","))
+            .bind(name.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     pub async fn vm(&self, name: &str) -> Result<Option<VmRow>, ServerError> {
         let row = sqlx::query(
             "SELECT name, host, policy_id, subsets, threshold, on_alert, webhook_url, \
@@ -319,47 +335,6 @@ impl Db {
             on_alert: r.try_get(5)?,
             webhook_url: r.try_get(6)?,
             webhook_secret: r.try_get(7)?,
-        }))
-    }
-
-    pub async fn insert_baseline(
-        &self,
-        vm: &str,
-        policy_id: &str,
-        pages: &[u8],
-        provenance: &str,
-        now: i64,
-    ) -> Result<i64, ServerError> {
-        let row = sqlx::query(
-            "INSERT INTO baselines (vm, policy_id, pages, provenance, created) \
-             VALUES ($1, $2, $3, $4, $5) RETURNING id",
-        )
-        .bind(vm.to_string())
-        .bind(policy_id.to_string())
-        .bind(pages.to_vec())
-        .bind(provenance.to_string())
-        .bind(now)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(row.try_get(0)?)
-    }
-
-    /// The newest baseline of `vm` (any policy).
-    pub async fn latest_baseline(&self, vm: &str) -> Result<Option<BaselineRow>, ServerError> {
-        let row = sqlx::query(
-            "SELECT id, policy_id, pages, provenance, created FROM baselines WHERE vm = $1 \
-             ORDER BY id DESC LIMIT 1",
-        )
-        .bind(vm.to_string())
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(r) = row else { return Ok(None) };
-        Ok(Some(BaselineRow {
-            id: r.try_get(0)?,
-            policy_id: r.try_get(1)?,
-            pages: r.try_get(2)?,
-            provenance: r.try_get(3)?,
-            created: r.try_get(4)?,
         }))
     }
 
