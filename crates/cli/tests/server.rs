@@ -784,21 +784,13 @@ fn a_vm_moves_to_another_policy_with_a_staged_baseline() {
         old.baseline.as_ref().unwrap().id
     );
 
-    let moved = server
-        .remote(
-            &f.admin_token,
-            &[
-                "--json",
-                "vm",
-                "set-policy",
-                "--name",
-                "vm1",
-                "--policy-id",
-                &p.id,
-            ],
-        )
-        .ok()
-        .json();
+    let set_policy = |more: &[&str]| {
+        let mut args = vec!["--json", "vm", "set-policy", "--name", "vm1"];
+        args.extend_from_slice(more);
+        server.remote(&f.admin_token, &args)
+    };
+    let move_to = |id: &str| set_policy(&["--policy-id", id]).ok().json();
+    let moved = move_to(&p.id);
     assert_eq!(moved["policy_id"], p.id.as_str());
     assert_eq!(moved["baseline"]["id"], staged["id"]);
     let c = f.agent.challenge("vm1").unwrap();
@@ -812,50 +804,10 @@ fn a_vm_moves_to_another_policy_with_a_staged_baseline() {
     );
 
     // Back again: the old baseline is the newest for the old policy.
-    let back = server
-        .remote(
-            &f.admin_token,
-            &[
-                "--json",
-                "vm",
-                "set-policy",
-                "--name",
-                "vm1",
-                "--policy-id",
-                &old.policy_id,
-            ],
-        )
-        .ok()
-        .json();
+    let back = move_to(&old.policy_id);
     assert_eq!(back["baseline"]["id"], old.baseline.as_ref().unwrap().id);
-    server
-        .remote(
-            &f.admin_token,
-            &[
-                "vm",
-                "set-policy",
-                "--name",
-                "vm1",
-                "--policy-id",
-                &"ab".repeat(32),
-            ],
-        )
-        .fails(2, "policy");
-    server
-        .remote(
-            &f.admin_token,
-            &[
-                "vm",
-                "set-policy",
-                "--name",
-                "vm1",
-                "--policy-id",
-                &p.id,
-                "--subset",
-                "nope",
-            ],
-        )
-        .fails(2, "has no subset \"nope\"");
+    set_policy(&["--policy-id", &"ab".repeat(32)]).fails(2, "policy");
+    set_policy(&["--policy-id", &p.id, "--subset", "nope"]).fails(2, "has no subset \"nope\"");
     let (status, body) = http(
         "PUT",
         &format!("{}/v1/vms/vm1/policy", server.url()),

@@ -23,7 +23,7 @@ use vmattest_core::attest::{Policy, Region, page_digest};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::routes::{json_body, parse_id, parse_result};
+use crate::routes::{hex_digests, json_body, parse_id, parse_result};
 use crate::state::{AppState, Baseline, VmEntry, decode_baseline};
 
 /// Request limit of the compressed bytes of one region.
@@ -228,37 +228,8 @@ pub async fn locate(
     let (_, vm) = failing_region(&s, &caller, &id, &req.region).await?;
     let base = current_baseline(&vm)?;
     let region = policy_region(&vm.policy, &vm.row.name, &req.region)?;
-    if req.digests.len() as u64 != region.pages {
-        return Err(ApiError::new(
-            ErrorCode::Regions,
-            format!(
-                "region {}: {} page digests, expected {}",
-                region.name,
-                req.digests.len(),
-                region.pages
-            ),
-        ));
-    }
     let alg = vm.policy.alg;
-    let got = req
-        .digests
-        .iter()
-        .enumerate()
-        .map(|(i, h)| {
-            hex::decode(h)
-                .ok()
-                .and_then(|b| Digest::new(alg, &b))
-                .ok_or_else(|| {
-                    ApiError::new(
-                        ErrorCode::Malformed,
-                        format!(
-                            "region {} page {i}: expected a {alg} digest in hex",
-                            region.name
-                        ),
-                    )
-                })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let got = hex_digests(alg, region, &req.digests, ErrorCode::Malformed)?;
     let want = base
         .pages
         .get(&region.name)

@@ -10,9 +10,9 @@ use vmattest_api::{
     AlertAction, AttestationResult, BaselineInfo, Challenge, EarKey, Health, Host, NewBaseline,
     NewHost, NewPolicy, NewVm, PolicyInfo, Role, Vm, VmPolicy,
 };
-use vmattest_core::alg::Digest;
+use vmattest_core::alg::{Digest, HashAlg};
 use vmattest_core::attest::evidence::MAX_REPORT_SITES;
-use vmattest_core::attest::{GuestAddr, PatchSite, Policy};
+use vmattest_core::attest::{GuestAddr, PatchSite, Policy, Region};
 use vmattest_core::chain::is_valid_name;
 use vmattest_sign::PublicKey;
 
@@ -356,6 +356,46 @@ pub async fn vm(
     vm_view(&s, &name).await.map(Json)
 }
 
+/// One digest per page of `region` from hex: another count is refused (`regions`), a digest
+/// that does not decode with `code`, naming its page.
+pub(crate) fn hex_digests(
+    alg: HashAlg,
+    region: &Region,
+    hex_list: &[String],
+    code: ErrorCode,
+) -> Result<Vec<Digest>, ApiError> {
+    if hex_list.len() as u64 != region.pages {
+        return Err(ApiError::new(
+            ErrorCode::Regions,
+            format!(
+                "region {}: {} page digests, expected {}",
+                region.name,
+                hex_list.len(),
+                region.pages
+            ),
+        ));
+    }
+    hex_list
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            hex::decode(h)
+                .ok()
+                .and_then(|b| Digest::new(alg, &b))
+                .filter(|d| d.as_bytes().len() == alg.digest_len())
+                .ok_or_else(|| {
+                    ApiError::new(
+                        code.clone(),
+                        format!(
+                            "region {} page {i}: expected a {alg} digest in hex",
+                            region.name
+                        ),
+                    )
+                })
+        })
+        .collect()
+}
+
 /// A baseline's patch sites: only with a jump table in the policy, each of 2 or 5 bytes within
 /// a region, sorted and not overlapping.
 fn baseline_sites(policy: &Policy, given: &[(u64, u8, u64)]) -> Result<Vec<PatchSite>, ApiError> {
@@ -447,37 +487,7 @@ pub async fn new_baseline(
                     format!("baseline lacks region {}", region.name),
                 )
             })?;
-        if got.pages.len() as u64 != region.pages {
-            return Err(ApiError::new(
-                ErrorCode::Regions,
-                format!(
-                    "region {}: {} page digests, expected {}",
-                    region.name,
-                    got.pages.len(),
-                    region.pages
-                ),
-            ));
-        }
-        let list = got
-            .pages
-            .iter()
-            .enumerate()
-            .map(|(i, h)| {
-                hex::decode(h)
-                    .ok()
-                    .and_then(|b| Digest::new(alg, &b))
-                    .filter(|d| d.as_bytes().len() == alg.digest_len())
-                    .ok_or_else(|| {
-                        ApiError::new(
-                            ErrorCode::Regions,
-                            format!(
-                                "region {} page {i}: expected a {alg} digest in hex",
-                                region.name
-                            ),
-                        )
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let list = hex_digests(alg, region, &got.pages, ErrorCode::Regions)?;
         pages.insert(region.name.clone(), list);
     }
     if req.regions.len() != policy.regions.len() {
