@@ -88,6 +88,17 @@ t_zstd=$(best 'rm -f "$WORK/m.zst"' ':' zstd -3 -T0 -q "$MUT" -o "$WORK/m.zst")
 zstd_bytes=$(stat -c %s "$WORK/m.zst")
 rm -f "$WORK/m.zst"
 
+# --- 1b. a baseline take, with and without the head cache, vs zstd -3 -T0 of the same image ----
+base_take() { # $1: extra `snapshot init` option
+  best "rm -rf \"\$STORE\"; \"\$VM\" snapshot init --store \"\$STORE\" --vm-id bench $1 > /dev/null" ':' \
+    "$VM" snapshot take --store "$STORE" --key "$WORK/key" --memory "$IMG" --json
+}
+t_base_on=$(base_take "")
+t_base_off=$(base_take --no-head-cache)
+rm -rf "$STORE"
+t_zstd_img=$(best 'rm -f "$WORK/i.zst"' ':' zstd -3 -T0 -q "$IMG" -o "$WORK/i.zst")
+rm -f "$WORK/i.zst"
+
 # --- 2. a DELTAS-delta chain: restore at seq DELTAS vs cp ---------------------------------------
 cp "$IMG" "$MUT"
 t0=$(now)
@@ -159,6 +170,9 @@ printf '%-44s %9.3f %8s %12s\n' "vmattest snapshot take (delta)" "$t_take" "$(gb
 printf '%-44s %9s %8s %12s\n' "  of which page batches (stored_bytes)" "" "" "$(mib "$batch_bytes")"
 printf '%-44s %9.3f %8s %12s\n' "xdelta3 -e -s (default options)" "$t_xd" "$(gbs "$t_xd")" "$(mib "$xd_bytes")"
 printf '%-44s %9.3f %8s %12s\n' "zstd -3 -T0 (full image)" "$t_zstd" "$(gbs "$t_zstd")" "$(mib "$zstd_bytes")"
+printf '%-44s %9.3f %8s\n' "baseline take, head cache on" "$t_base_on" "$(gbs "$t_base_on")"
+printf '%-44s %9.3f %8s\n' "baseline take, --no-head-cache" "$t_base_off" "$(gbs "$t_base_off")"
+printf '%-44s %9.3f %8s\n' "zstd -3 -T0 (the baseline's image)" "$t_zstd_img" "$(gbs "$t_zstd_img")"
 printf '%-44s %9.3f %8s %12s\n' "chain build: baseline + $DELTAS deltas (once)" "$t_build" "" "$(mib "$chain_bytes")"
 printf '%-44s %9.3f\n' "  of which mutate.py" "$t_mutate"
 printf '%-44s %9.3f %8s %12s\n' "  baseline take alone (stored_bytes)" "$(json_field "$WORK/base.json" seconds)" "" "$(mib "$base_bytes")"
@@ -171,6 +185,8 @@ line "take speed / xdelta3:" "${r_speed}x" "(target >= 10x)" "$(verdict "$r_spee
 line "delta size / xdelta3 size:" "$r_size" "(target <= 1.05)" "$(verdict "$r_size <= 1.05")"
 line "take speed / zstd:" "${r_zstd_speed}x"
 line "delta size / zstd size:" "$r_zstd_size"
+line "baseline take / zstd, cache on:" "$(ratio "$t_base_on" "$t_zstd_img")x" "(target <= 1.2x)" "$(verdict "$t_base_on <= 1.2 * $t_zstd_img")"
+line "baseline take / zstd, cache off:" "$(ratio "$t_base_off" "$t_zstd_img")x" "(target <= 1.2x)" "$(verdict "$t_base_off <= 1.2 * $t_zstd_img")"
 line "restore seq $DELTAS time / cp time:" "${r_restore}x" "(target <= 2x)" "$(verdict "$r_restore <= 2")"
 line "restore seq $((DELTAS - 1)) time / cp time:" "$(ratio "$t_restore_mid" "$t_cp")x" "(decoded from the chain)"
 t_peer=$(num "$t_peer_restore + $t_peer_take" 6)
@@ -185,7 +201,7 @@ cat > "$ROOT/target/bench/chain.json" <<JSON
 {"image_mib": $MIB, "total_pages": $total_pages, "threads": $threads, "runs": $RUNS, "deltas": $DELTAS,
  "mutate_percent": $PERCENT, "changed_pages": $changed,
  "seconds": {"take_delta": $t_take, "xdelta3": $t_xd, "zstd_3": $t_zstd, "restore": $t_restore, "restore_seq0": $t_restore0, "restore_not_head": $t_restore_mid, "cp": $t_cp,
-             "baseline_take": $(json_field "$WORK/base.json" seconds), "chain_build": $t_build, "chain_build_mutate": $t_mutate, "chain_build_per_take": $per_take,
+             "baseline_take": $(json_field "$WORK/base.json" seconds), "baseline_take_cache_on": $t_base_on, "baseline_take_cache_off": $t_base_off, "zstd_3_baseline_image": $t_zstd_img, "chain_build": $t_build, "chain_build_mutate": $t_mutate, "chain_build_per_take": $per_take,
              "prune": $t_prune, "prune_peer": $t_peer, "restore_not_head_after_prune": $t_restore_mid_pruned},
  "bytes": {"delta": $delta_bytes, "delta_batches": $batch_bytes, "xdelta3": $xd_bytes, "zstd_3": $zstd_bytes,
            "baseline_batches": $base_bytes, "chain": $chain_bytes, "chain_after_prune": $pruned_bytes},

@@ -18,7 +18,7 @@ use vmattest_core::chain::{ComponentRoot, DeltaEntry, Manifest, SeqNo};
 use vmattest_core::tree::ImageTree;
 use vmattest_image::MappedImage;
 
-use crate::cachefiles::Stamp;
+use crate::cachefiles::{BaseDiff, Stamp, base_diff, encode_base_diff, parse_base_diff};
 use crate::crypt::{CacheKey, StoreSecret};
 use crate::dir::Access;
 use crate::pages::{idx, page_of};
@@ -62,6 +62,18 @@ fn stored_digests<'a>(zero: Option<&[u8]>, digests: &'a [u8]) -> Cow<'a, [u8]> {
         }
     }
     Cow::Owned(out)
+}
+
+/// Ascending page indices as runs of consecutive pages, each written in one go.
+fn page_runs(pages: impl Iterator<Item = usize>) -> Vec<std::ops::Range<usize>> {
+    let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
+    for p in pages {
+        match runs.last_mut() {
+            Some(r) if r.end == p => r.end += 1,
+            _ => runs.push(p..p.saturating_add(1)),
+        }
+    }
+    runs
 }
 
 fn read_versions(bytes: &[u8]) -> Vec<u64> {
@@ -109,15 +121,61 @@ impl StoreWriter {
     }
 
     /// Keeps the baseline's page digests, so that replays need not hash the baseline's zero
-    /// pages again (half of a typical guest's pages, every offset hashing differently).
+    /// pages again (half of a typical guest's pages, every offset hashing differently): as
+    /// their differences from the head's digests, which at a baseline are none.
     pub(crate) fn keep_base_digests(&self, trees: &[ImageTree]) -> Result<(), StoreError> {
         for (i, t) in trees.iter().enumerate() {
-            self.write_sparse(
-                &self.cache_base_digests(i),
-                &stored_digests(self.zero_leaf().as_deref(), t.page_digests()),
+            let head = self
+                .read_digests(&self.cache_digests(i))
+                .unwrap_or_default();
+            self.write_base_diff(
+                i,
+                Some(&base_diff(t.page_digests(), &head, t.alg().digest_len())),
             )?;
         }
         Ok(())
+    }
+
+    /// Replaces component `i`'s base diff (`None`: the base is not known; it is recomputed
+    /// when needed), dropping a whole kept list from before base diffs.
+    fn write_base_diff(&self, i: usize, diff: Option<&BaseDiff>) -> Result<(), StoreError> {
+        self.dir.remove_file(&self.cache_base_digests(i))?;
+        match diff {
+            // Replaced by a rename: at every moment the file names a base, or is absent.
+            Some(d) => self
+                .dir
+                .write_file(&self.cache_base_diff(i), &encode_base_diff(d), false),
+            None => self.dir.remove_file(&self.cache_base_diff(i)),
+        }
+    }
+
+    /// Adds to `kept` the digests pages `first..end` of `file` held before they change, for
+    /// those that had not changed since the base; `false` when they cannot be read.
+    fn keep_old_digests(
+        &self,
+        file: &std::fs::File,
+        (n, kept): &mut BaseDiff,
+        first: usize,
+        end: usize,
+        dlen: usize,
+    ) -> bool {
+        let (lo, hi) = (first.min(*n), end.min(*n));
+        if (lo..hi).all(|p| kept.contains_key(&p)) {
+            return true;
+        }
+        let mut old = vec![0u8; (hi - lo) * dlen];
+        if file.read_exact_at(&mut old, (lo * dlen) as u64).is_err() {
+            return false;
+        }
+        let zero = self.zero_leaf();
+        for (k, d) in old.chunks_exact(dlen).enumerate() {
+            let real = match &zero {
+                Some(z) if d.iter().all(|&b| b == 0) => z.clone(),
+                _ => d.to_vec(),
+            };
+            kept.entry(lo + k).or_insert(real);
+        }
+        true
     }
 
     /// Marks the cache stale before it is modified.
@@ -130,8 +188,9 @@ impl StoreWriter {
         Ok(())
     }
 
-    /// Writes every component's digests, then the stamp. With `changed`, the digest files
-    /// already hold the previous head's and only the digests of those entries are rewritten.
+    /// Writes every component's digests and base diff, then the stamp. With `changed`, the
+    /// digest files already hold the previous head's and only the digests of those entries
+    /// are rewritten, after the base diff has taken the old digests of those first changed.
     pub(crate) fn cache_commit(
         &self,
         head: &Head,
@@ -141,42 +200,56 @@ impl StoreWriter {
         let zero = self.zero_leaf();
         for (i, t) in trees.iter().enumerate() {
             let path = self.cache_digests(i);
-            let Some(entries) = changed else {
-                self.write_sparse(&path, &stored_digests(zero.as_deref(), t.page_digests()))?;
-                continue;
-            };
-            let f = self.dir.open_file(&path, Access::Write)?;
             let dlen = t.alg().digest_len();
-            let component = u16::try_from(i).unwrap_or(u16::MAX);
-            let mut pages = entries
-                .iter()
-                .filter(|e| e.component == component)
-                .map(|e| idx(e.page.0));
-            // Consecutive pages go out in one write.
-            let Some(mut first) = pages.next() else {
+            let Some(entries) = changed else {
+                // Replaced whole: the base (as far as it is known) is kept against the new head.
+                let base = self.base_digests(i);
+                self.write_sparse(&path, &stored_digests(zero.as_deref(), t.page_digests()))?;
+                let diff = base.map(|b| base_diff(&b, t.page_digests(), dlen));
+                self.write_base_diff(i, diff.as_ref())?;
                 continue;
             };
-            let mut end = first + 1;
-            for p in pages.chain(std::iter::once(usize::MAX)) {
-                if p == end {
-                    end += 1;
-                    continue;
-                }
+            let component = u16::try_from(i).unwrap_or(u16::MAX);
+            let runs = page_runs(
+                entries
+                    .iter()
+                    .filter(|e| e.component == component)
+                    .map(|e| idx(e.page.0)),
+            );
+            if runs.is_empty() {
+                continue;
+            }
+            let f = self.dir.open_file(&path, Access::Write)?;
+            // The digests of pages changing now that had not changed since the base join its
+            // diff first, which then gives the base both before and after they are rewritten.
+            let diff = match self.dir.read_capped(&self.cache_base_diff(i), 1 << 30) {
+                Ok(d) => parse_base_diff(&d, dlen),
+                // A store from before base diffs: its whole kept list, against this head.
+                Err(_) => self
+                    .base_digests(i)
+                    .map(|b| base_diff(&b, &self.read_digests(&path).unwrap_or_default(), dlen)),
+            };
+            let diff = diff.and_then(|mut d| {
+                runs.iter()
+                    .all(|r| self.keep_old_digests(&f, &mut d, r.start, r.end, dlen))
+                    .then_some(d)
+            });
+            self.write_base_diff(i, diff.as_ref())?;
+            for r in runs {
                 let bytes = t
                     .page_digests()
-                    .get(first * dlen..end * dlen)
+                    .get(r.start * dlen..r.end * dlen)
                     .ok_or_else(|| {
-                        StoreError::Input(format!("page {first}: beyond component {i}"))
+                        StoreError::Input(format!("page {}: beyond component {i}", r.start))
                     })?;
                 f.write_all_at(
                     &stored_digests(zero.as_deref(), bytes),
-                    (first * dlen) as u64,
+                    (r.start * dlen) as u64,
                 )
                 .map_err(|error| StoreError::Io {
                     path: self.dir.display(&path),
                     error,
                 })?;
-                (first, end) = (p, p.saturating_add(1));
             }
         }
         let stamp = serde_json::to_vec(&Stamp {

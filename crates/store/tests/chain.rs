@@ -225,7 +225,7 @@ fn head_restore_survives_a_damaged_cache() {
     bytes[zero * PAGE + 11] = 0xee;
     std::fs::write(&cache, &bytes).unwrap();
     // The kept baseline digests are derived data too: damaged, they are recomputed.
-    let base = fx.store.join("head").join("0.base-digests");
+    let base = fx.store.join("head").join("0.base-diff");
     let mut d = std::fs::read(&base).unwrap();
     d[100] ^= 1;
     std::fs::write(&base, &d).unwrap();

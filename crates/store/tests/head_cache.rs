@@ -93,15 +93,22 @@ fn digest_files_of_zero_pages_are_holes() {
     mem[..16 * PAGE].fill(7);
     std::fs::write(&path, &mem).unwrap();
     fx.take(&[("mem", ComponentKind::Memory, &path)]);
-    for f in ["head/0.digests", "head/0.base-digests"] {
-        let m = std::fs::metadata(fx.store.join(f)).unwrap();
-        assert_eq!(m.len(), 4096 * 32, "{f}");
-        assert!(m.blocks() * 512 < m.len() / 4, "{f}: {} blocks", m.blocks());
-    }
+    let m = std::fs::metadata(fx.store.join("head/0.digests")).unwrap();
+    assert_eq!(m.len(), 4096 * 32);
+    assert!(m.blocks() * 512 < m.len() / 4, "{} blocks", m.blocks());
+    // The baseline's digests are kept as their differences from the head's: none yet.
+    let head_dir = fx.store.join("head");
+    let diff = || std::fs::read(head_dir.join("0.base-diff")).unwrap();
+    assert_eq!(diff(), 4096u64.to_le_bytes());
+    assert!(!head_dir.join("0.base-digests").exists());
     mem[100 * PAGE] = 1;
     std::fs::write(&path, &mem).unwrap();
     let t = fx.take(&[("mem", ComponentKind::Memory, &path)]);
     assert_eq!(t.changed_pages, 1);
+    // One entry: page 100, with the digest it had at the baseline.
+    let d = diff();
+    assert_eq!(d.len(), 8 + 8 + 32);
+    assert_eq!(d[8..16], 100u64.to_le_bytes());
     assert!(
         Store::open(&fx.store)
             .unwrap()
@@ -109,4 +116,32 @@ fn digest_files_of_zero_pages_are_holes() {
             .unwrap()
             .cache_current
     );
+}
+
+/// A store from before base diffs keeps the baseline's digests whole: still used, and turned
+/// into a diff at the next take.
+#[test]
+fn a_whole_kept_base_list_becomes_a_diff() {
+    let mut fx = Fixture::new("sha256", false);
+    let path = fx.path("mem.img");
+    let mut mem = vm_like(600 * PAGE, 3);
+    std::fs::write(&path, &mem).unwrap();
+    fx.take(&[("mem", ComponentKind::Memory, &path)]);
+    let head = fx.store.join("head");
+    std::fs::copy(head.join("0.digests"), head.join("0.base-digests")).unwrap();
+    std::fs::remove_file(head.join("0.base-diff")).unwrap();
+    mem[7 * PAGE] ^= 1;
+    mem[9 * PAGE] ^= 1;
+    std::fs::write(&path, &mem).unwrap();
+    fx.take(&[("mem", ComponentKind::Memory, &path)]);
+    assert!(!head.join("0.base-digests").exists());
+    let d = std::fs::read(head.join("0.base-diff")).unwrap();
+    assert_eq!(d.len(), 8 + 2 * (8 + 32));
+    assert_eq!(d[8..16], 7u64.to_le_bytes());
+    let store = Store::open(&fx.store).unwrap();
+    let keys = fx.public();
+    for seq in [0, 1] {
+        let out = fx.path(&format!("out-{seq}"));
+        store.restore(&fx.opts(&keys, Some(seq)), &out).unwrap();
+    }
 }
