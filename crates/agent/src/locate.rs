@@ -3,7 +3,7 @@
 //! the bytes of the pages the server names; the server compares them with its baseline.
 //! Read while the guest runs: a diagnosis, not evidence, and it never changes the verdict.
 
-use vmattest_api::{AttestationResult, LocateRequest, PageBytes, PagesRequest};
+use vmattest_api::{AttestationResult, ErrorCode, LocateRequest, PageBytes, PagesRequest};
 use vmattest_client::Client;
 use vmattest_core::alg::{PAGE_SIZE, PageIndex};
 use vmattest_core::attest::Policy;
@@ -38,13 +38,18 @@ pub fn locate<R: Ram + ?Sized>(
             .into_iter()
             .map(|(_, d)| d.to_hex())
             .collect();
-        let located = client.locate(
+        let located = match client.locate(
             result.id,
             &LocateRequest {
                 region: region.name.clone(),
                 digests,
             },
-        )?;
+        ) {
+            Ok(l) => l,
+            // A server from before the exchange (no such route): nothing to name.
+            Err(e) if e.code() == Some(&ErrorCode::NotFound) => return Ok(out),
+            Err(e) => return Err(e.into()),
+        };
         if located.pages.is_empty() {
             continue;
         }

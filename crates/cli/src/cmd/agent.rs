@@ -17,9 +17,15 @@ use super::{LoadedGuest, connect, signer_choice, verifier};
 use crate::args::{AgentArgs, AttestCommand, ServerArgs, VerifyArgs};
 use crate::output;
 
-/// What one event of the loop prints: results on stdout, a skipped rollback on stderr.
-fn print_event(name: &str, event: &Event, json: bool) -> anyhow::Result<()> {
-    if let Event::RollbackSkipped { .. } | Event::LocateFailed { .. } = event {
+/// What one event of the loop prints: results on stdout, a skipped rollback on stderr, and a
+/// failed locate there too when the loop runs on (with `--once` the result's exit code says
+/// enough, and an error stays one line).
+fn print_event(name: &str, event: &Event, json: bool, once: bool) -> anyhow::Result<()> {
+    if let Event::LocateFailed { .. } = event {
+        if !once {
+            let _ = writeln!(std::io::stderr(), "vmattest: {}", event.text(name));
+        }
+    } else if let Event::RollbackSkipped { .. } = event {
         let _ = writeln!(std::io::stderr(), "vmattest: {}", event.text(name));
     } else if let Some(j) = event.to_json(name) {
         output::show(json, &j, |_| event.text(name))?;
@@ -80,7 +86,7 @@ pub fn run(args: AgentArgs, json: bool) -> anyhow::Result<()> {
         &opts,
         &stop,
         &mut |event| {
-            if let Err(e) = print_event(&name, &event, json) {
+            if let Err(e) = print_event(&name, &event, json, args.once) {
                 // Nobody reads the output any more: stop after this round.
                 stop.store(true, Ordering::SeqCst);
                 print_failed.get_or_insert(e);
