@@ -5,8 +5,8 @@ use std::path::Path;
 use vmattest_core::class::{Classify, ErrorClass};
 
 use vmattest_api::{NewBaseline, Provenance, RegionPages};
-use vmattest_core::alg::{PAGE_SIZE, PageIndex};
-use vmattest_core::attest::locate::MAX_KEPT_REGION_BYTES;
+use vmattest_core::alg::PageIndex;
+use vmattest_core::attest::locate::kept_len;
 use vmattest_core::attest::{PatchSite, Policy};
 use vmattest_core::chain::SeqNo;
 use vmattest_image::{ImageError, MappedImage};
@@ -84,10 +84,7 @@ pub fn region_bytes_zstd(memory: &[u8], policy: &Policy) -> Vec<(String, Vec<u8>
         .regions
         .iter()
         .filter_map(|r| {
-            let len = r.pages.checked_mul(PAGE_SIZE as u64)?;
-            if len > MAX_KEPT_REGION_BYTES {
-                return None;
-            }
+            let len = kept_len(r)?;
             let start = usize::try_from(r.start.0).ok()?.min(memory.len());
             let end = usize::try_from(r.start.0.checked_add(len)?)
                 .ok()?

@@ -7,10 +7,10 @@ use vmattest_api::{AttestationResult, ErrorCode, LocateRequest, PageBytes, Pages
 use vmattest_client::Client;
 use vmattest_core::alg::{PAGE_SIZE, PageIndex};
 use vmattest_core::attest::Policy;
-use vmattest_core::attest::locate::MAX_KEPT_REGION_BYTES;
+use vmattest_core::attest::locate::kept_len;
 
 use crate::guest::Guest;
-use crate::measure::{Ram, live_sites, map_ram, page_digests};
+use crate::measure::{Ram, copy_page, live_sites, map_ram, page_digests};
 use crate::run::RunError;
 
 /// Locates each region `result` did not match in `ram`; returns the result as the server
@@ -30,7 +30,7 @@ pub fn locate<R: Ram + ?Sized>(
         let Some(region) = policy.region(&differ.name) else {
             continue;
         };
-        if region.pages.saturating_mul(PAGE_SIZE as u64) > MAX_KEPT_REGION_BYTES {
+        if kept_len(region).is_none() {
             continue;
         }
         let all: Vec<PageIndex> = (0..region.pages).map(PageIndex).collect();
@@ -57,20 +57,11 @@ pub fn locate<R: Ram + ?Sized>(
             .pages
             .iter()
             .map(|&i| {
-                let mut buf = vec![0u8; PAGE_SIZE];
-                let at = region
-                    .start
-                    .0
-                    .saturating_add(i.saturating_mul(PAGE_SIZE as u64));
-                let n = if i < region.pages {
-                    ram.copy_at(at, &mut buf)
-                } else {
-                    0
-                };
-                buf.truncate(n);
+                let mut buf = [0u8; PAGE_SIZE];
+                let n = copy_page(ram, region, PageIndex(i), &mut buf);
                 PageBytes {
                     index: i,
-                    data: hex::encode(buf),
+                    data: hex::encode(&buf[..n]),
                 }
             })
             .collect();

@@ -141,6 +141,21 @@ pub fn region_bytes<'a>(ram: &'a [u8], region: &Region) -> Result<&'a [u8], Meas
     Ok(&ram[usize::try_from(s).unwrap_or(0)..usize::try_from(e).unwrap_or(0)])
 }
 
+/// Copies page `i` of `region` out of `ram` into `buf`; returns how many bytes there were
+/// (none for a page beyond the region).
+pub(crate) fn copy_page<R: Ram + ?Sized>(
+    ram: &R,
+    region: &Region,
+    i: PageIndex,
+    buf: &mut [u8; PAGE_SIZE],
+) -> usize {
+    if i.0 < region.pages {
+        ram.copy_at(region.page_addr(i), buf)
+    } else {
+        0
+    }
+}
+
 /// Digests of the given pages (indices relative to the region) of a region of `ram`, each
 /// copied out first, with the bytes of patch sites zeroed.
 pub(crate) fn page_digests<R: Ram + ?Sized>(
@@ -154,13 +169,8 @@ pub(crate) fn page_digests<R: Ram + ?Sized>(
     pages
         .iter()
         .map(|&i| {
-            let at = region.start.0 + i.0 * PAGE_SIZE as u64;
-            let n = if i.0 < region.pages {
-                ram.copy_at(at, &mut buf)
-            } else {
-                0
-            };
-            patch::mask_page(&mut buf[..n], at, sites);
+            let n = copy_page(ram, region, i, &mut buf);
+            patch::mask_page(&mut buf[..n], region.page_addr(i), sites);
             (i, page_digest(policy.alg, &buf[..n]))
         })
         .collect()

@@ -102,7 +102,7 @@ impl FakeVm {
                 (0..r.pages)
                     .map(|i| {
                         let mut page = fake_page(&r.name, i);
-                        patch::mask_page(&mut page, r.start.0 + i * PAGE_SIZE as u64, &sites);
+                        patch::mask_page(&mut page, r.page_addr(PageIndex(i)), &sites);
                         page_digest(policy.alg, &page)
                     })
                     .collect()

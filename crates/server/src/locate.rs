@@ -15,8 +15,7 @@ use vmattest_api::{
 };
 use vmattest_core::alg::{Digest, HashAlg, PAGE_SIZE, PageIndex};
 use vmattest_core::attest::locate::{
-    MAX_KEPT_REGION_BYTES as MAX_REGION_BYTES, MAX_LOCATED_PAGES, describe, diff_page,
-    differing_pages,
+    MAX_KEPT_REGION_BYTES, MAX_LOCATED_PAGES, describe, diff_page, differing_pages, kept_len,
 };
 use vmattest_core::attest::patch::mask_page;
 use vmattest_core::attest::{Policy, Region, page_digest};
@@ -53,31 +52,23 @@ fn unzstd(body: &[u8], max: u64) -> Result<Vec<u8>, String> {
 /// The bytes a baseline keeps of `region`: full pages from its start, the last one cut at
 /// the end of guest RAM if it must be.
 fn region_len(region: &Region) -> Result<u64, ApiError> {
-    region
-        .pages
-        .checked_mul(PAGE_SIZE as u64)
-        .filter(|n| *n <= MAX_REGION_BYTES)
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::TooLarge,
-                format!(
-                    "region {}: {} pages; baselines keep the bytes of regions up to {} MiB",
-                    region.name,
-                    region.pages,
-                    MAX_REGION_BYTES >> 20
-                ),
-            )
-        })
+    kept_len(region).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::TooLarge,
+            format!(
+                "region {}: {} pages; baselines keep the bytes of regions up to {} MiB",
+                region.name,
+                region.pages,
+                MAX_KEPT_REGION_BYTES >> 20
+            ),
+        )
+    })
 }
 
 /// The page digest a baseline holds for bytes `page` of `region` at page `i`.
 fn masked_digest(alg: HashAlg, base: &Baseline, region: &Region, i: u64, page: &[u8]) -> Digest {
-    let at = region
-        .start
-        .0
-        .saturating_add(i.saturating_mul(PAGE_SIZE as u64));
     let mut buf = page.to_vec();
-    mask_page(&mut buf, at, &base.sites);
+    mask_page(&mut buf, region.page_addr(PageIndex(i)), &base.sites);
     page_digest(alg, &buf)
 }
 
@@ -293,7 +284,6 @@ fn located_text(
             .ok()
             .and_then(|i| want_digests.get(i))
             .is_some_and(|w| w.ct_eq(&masked_digest(vm.policy.alg, base, region, p.index, &got)));
-        let at = region.start.0 + p.index * PAGE_SIZE as u64;
         lines.push(match (&baseline_bytes, matches) {
             (_, true) => describe(page, &[]),
             (Some(all), false) => {
@@ -302,7 +292,10 @@ fn located_text(
                     .saturating_mul(PAGE_SIZE);
                 let want = all.get(lo..).unwrap_or(&[]);
                 let want = &want[..want.len().min(PAGE_SIZE)];
-                describe(page, &diff_page(at, &got, want, &base.sites))
+                describe(
+                    page,
+                    &diff_page(region.page_addr(page), &got, want, &base.sites),
+                )
             }
             (None, false) => format!(
                 "page {page} differs (the baseline keeps no bytes of this region to compare)"

@@ -122,16 +122,26 @@ impl StoreWriter {
 
     /// Keeps the baseline's page digests, so that replays need not hash the baseline's zero
     /// pages again (half of a typical guest's pages, every offset hashing differently): as
-    /// their differences from the head's digests, which at a baseline are none.
-    pub(crate) fn keep_base_digests(&self, trees: &[ImageTree]) -> Result<(), StoreError> {
-        for (i, t) in trees.iter().enumerate() {
-            let head = self
-                .read_digests(&self.cache_digests(i))
-                .unwrap_or_default();
-            self.write_base_diff(
-                i,
-                Some(&base_diff(t.page_digests(), &head, t.alg().digest_len())),
-            )?;
+    /// their differences from the head's digests, given as `head` when the caller has them
+    /// (at a baseline they are the base's own), else read from the cache.
+    pub(crate) fn keep_base_digests(
+        &self,
+        base: &[ImageTree],
+        head: Option<&[ImageTree]>,
+    ) -> Result<(), StoreError> {
+        for (i, t) in base.iter().enumerate() {
+            let read;
+            let head = match head.and_then(|h| h.get(i)) {
+                Some(h) => h.page_digests(),
+                None => {
+                    read = self
+                        .read_digests(&self.cache_digests(i))
+                        .unwrap_or_default();
+                    &read
+                }
+            };
+            let diff = base_diff(t.page_digests(), head, t.alg().digest_len());
+            self.write_base_diff(i, Some(&diff))?;
         }
         Ok(())
     }

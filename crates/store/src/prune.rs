@@ -209,7 +209,7 @@ impl StoreWriter {
         fail_point("prune-after-head");
         summary.base = target.0;
         summary.folded = target.0 - head.base.0;
-        self.keep_base_digests(&trees)?;
+        self.keep_base_digests(&trees, None)?;
 
         let (files, bytes) = self.remove_folded(&Head {
             base: target,

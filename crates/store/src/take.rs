@@ -452,7 +452,7 @@ impl StoreWriter {
         let changed = cache.is_some().then_some(&manifest.entries[..]);
         self.cache_commit(&new_head, &trees, changed)?;
         if seq == SeqNo(0) {
-            self.keep_base_digests(&trees)?;
+            self.keep_base_digests(&trees, Some(&trees))?;
         }
 
         let zero_pages = manifest

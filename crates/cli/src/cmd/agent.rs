@@ -21,14 +21,16 @@ use crate::output;
 /// failed locate there too when the loop runs on (with `--once` the result's exit code says
 /// enough, and an error stays one line).
 fn print_event(name: &str, event: &Event, json: bool, once: bool) -> anyhow::Result<()> {
-    if let Event::LocateFailed { .. } = event {
-        if !once {
+    match event {
+        Event::LocateFailed { .. } if once => {}
+        Event::LocateFailed { .. } | Event::RollbackSkipped { .. } => {
             let _ = writeln!(std::io::stderr(), "vmattest: {}", event.text(name));
         }
-    } else if let Event::RollbackSkipped { .. } = event {
-        let _ = writeln!(std::io::stderr(), "vmattest: {}", event.text(name));
-    } else if let Some(j) = event.to_json(name) {
-        output::show(json, &j, |_| event.text(name))?;
+        _ => {
+            if let Some(j) = event.to_json(name) {
+                output::show(json, &j, |_| event.text(name))?;
+            }
+        }
     }
     Ok(())
 }

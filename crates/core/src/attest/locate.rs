@@ -4,10 +4,20 @@
 
 use crate::alg::{Digest, PAGE_SIZE, PageIndex};
 
+use super::Region;
 use super::patch::{PatchSite, mask_page};
 
 /// Largest region whose bytes a baseline keeps (a kernel's text is a few tens of MiB).
 pub const MAX_KEPT_REGION_BYTES: u64 = 256 << 20;
+/// The length of the bytes a baseline keeps of `region` (whole pages from its start), or
+/// `None` for a region over [`MAX_KEPT_REGION_BYTES`].
+pub fn kept_len(region: &Region) -> Option<u64> {
+    region
+        .pages
+        .checked_mul(PAGE_SIZE as u64)
+        .filter(|n| *n <= MAX_KEPT_REGION_BYTES)
+}
+
 /// Pages named per region and exchange: enough to show an attack, small enough to ship.
 pub const MAX_LOCATED_PAGES: usize = 16;
 /// Runs of differing bytes named per page; the rest are counted.

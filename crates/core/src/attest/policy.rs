@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::symbols::SystemMap;
 use super::{AttestError, GuestAddr};
-use crate::alg::{Digest, HashAlg, PAGE_SIZE};
+use crate::alg::{Digest, HashAlg, PAGE_SIZE, PageIndex};
 use crate::chain::is_valid_name;
 use crate::wire::Writer;
 
@@ -120,6 +120,13 @@ impl Region {
 
     pub fn end(&self) -> u64 {
         self.start.0 + self.len()
+    }
+
+    /// Guest-physical address of page `i` of the region.
+    pub fn page_addr(&self, i: PageIndex) -> u64 {
+        self.start
+            .0
+            .saturating_add(i.0.saturating_mul(PAGE_SIZE as u64))
     }
 }
 
