@@ -18,7 +18,9 @@ use vmattest_core::chain::{ComponentRoot, DeltaEntry, Manifest, SeqNo};
 use vmattest_core::tree::ImageTree;
 use vmattest_image::MappedImage;
 
-use crate::cachefiles::{BaseDiff, Stamp, base_diff, encode_base_diff, parse_base_diff};
+use crate::cachefiles::{
+    BaseDiff, MAX_DIGEST_FILE, Stamp, base_diff, encode_base_diff, parse_base_diff,
+};
 use crate::crypt::{CacheKey, StoreSecret};
 use crate::dir::Access;
 use crate::pages::{idx, page_of};
@@ -232,7 +234,10 @@ impl StoreWriter {
             let f = self.dir.open_file(&path, Access::Write)?;
             // The digests of pages changing now that had not changed since the base join its
             // diff first, which then gives the base both before and after they are rewritten.
-            let diff = match self.dir.read_capped(&self.cache_base_diff(i), 1 << 30) {
+            let diff = match self
+                .dir
+                .read_capped(&self.cache_base_diff(i), MAX_DIGEST_FILE)
+            {
                 Ok(d) => parse_base_diff(&d, dlen),
                 // A store from before base diffs: its whole kept list, against this head.
                 Err(_) => self

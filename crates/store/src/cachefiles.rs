@@ -72,7 +72,7 @@ impl Store {
 
     /// A digest file's page digests, the zero page's put back (see [`Store::zero_leaf`]).
     pub(crate) fn read_digests(&self, rel: &Path) -> Result<Vec<u8>, StoreError> {
-        let mut digests = self.dir.read_capped(rel, 1 << 30)?;
+        let mut digests = self.dir.read_capped(rel, MAX_DIGEST_FILE)?;
         if let Some(z) = self.zero_leaf() {
             for d in digests.chunks_exact_mut(z.len()) {
                 if d.iter().all(|&b| b == 0) {
@@ -87,7 +87,10 @@ impl Store {
     /// put back (a store from before base diffs keeps them whole); `None` when missing or
     /// malformed. Callers check them against the signed root.
     pub(crate) fn base_digests(&self, i: usize) -> Option<Vec<u8>> {
-        match self.dir.read_capped(&self.cache_base_diff(i), 1 << 30) {
+        match self
+            .dir
+            .read_capped(&self.cache_base_diff(i), MAX_DIGEST_FILE)
+        {
             Ok(diff) => {
                 let head = self.read_digests(&self.cache_digests(i)).ok()?;
                 apply_base_diff(head, &diff, self.params.alg().digest_len())
@@ -121,10 +124,13 @@ impl Store {
     }
 }
 
+/// Largest digest file, or base diff, read (a 32 TiB component of SHA-256 pages).
+pub(crate) const MAX_DIGEST_FILE: usize = 1 << 30;
+
 /// A base diff: `u64 LE` count of the baseline's page digests, then `(u64 LE page, digest)`
 /// for each page whose baseline digest is not the head's, pages ascending. Every digest is the
 /// real one (the zero page's too).
-pub(crate) type BaseDiff = (usize, BTreeMap<usize, Vec<u8>>);
+pub type BaseDiff = (usize, BTreeMap<usize, Vec<u8>>);
 
 /// The entries of a base `base` against head digests `head`.
 pub(crate) fn base_diff(base: &[u8], head: &[u8], dlen: usize) -> BaseDiff {
@@ -138,7 +144,7 @@ pub(crate) fn base_diff(base: &[u8], head: &[u8], dlen: usize) -> BaseDiff {
     (base.len() / dlen, kept)
 }
 
-pub(crate) fn encode_base_diff((n, kept): &BaseDiff) -> Vec<u8> {
+pub fn encode_base_diff((n, kept): &BaseDiff) -> Vec<u8> {
     let mut out = (*n as u64).to_le_bytes().to_vec();
     for (p, d) in kept {
         out.extend_from_slice(&(*p as u64).to_le_bytes());
@@ -148,7 +154,7 @@ pub(crate) fn encode_base_diff((n, kept): &BaseDiff) -> Vec<u8> {
 }
 
 /// `None` when malformed: a partial entry, a page beyond the count or out of order.
-pub(crate) fn parse_base_diff(diff: &[u8], dlen: usize) -> Option<BaseDiff> {
+pub fn parse_base_diff(diff: &[u8], dlen: usize) -> Option<BaseDiff> {
     let n = usize::try_from(u64::from_le_bytes(diff.get(..8)?.try_into().ok()?)).ok()?;
     let body = &diff[8..];
     let entry = 8usize.checked_add(dlen)?;
@@ -168,10 +174,12 @@ pub(crate) fn parse_base_diff(diff: &[u8], dlen: usize) -> Option<BaseDiff> {
     Some((n, kept))
 }
 
-/// The baseline's page digests from the head's and an encoded [`BaseDiff`].
-pub(crate) fn apply_base_diff(mut head: Vec<u8>, diff: &[u8], dlen: usize) -> Option<Vec<u8>> {
+/// The baseline's page digests from the head's and an encoded [`BaseDiff`]; `None` also for
+/// a count beyond what a digest file may hold.
+pub fn apply_base_diff(mut head: Vec<u8>, diff: &[u8], dlen: usize) -> Option<Vec<u8>> {
     let (n, kept) = parse_base_diff(diff, dlen)?;
-    head.resize(n.checked_mul(dlen)?, 0);
+    let len = n.checked_mul(dlen).filter(|l| *l <= MAX_DIGEST_FILE)?;
+    head.resize(len, 0);
     for (p, d) in kept {
         head.get_mut(p * dlen..(p + 1) * dlen)?.copy_from_slice(&d);
     }
@@ -213,6 +221,9 @@ mod tests {
         let mut beyond = diff.clone();
         beyond[8..16].copy_from_slice(&99u64.to_le_bytes());
         assert!(apply_base_diff(head.clone(), &beyond, 4).is_none());
+        let mut huge = diff.clone();
+        huge[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(apply_base_diff(head.clone(), &huge, 4).is_none());
         let mut unordered = diff.clone();
         unordered[20..28].copy_from_slice(&0u64.to_le_bytes());
         assert!(apply_base_diff(head, &unordered, 4).is_none());

@@ -50,6 +50,8 @@ use vmattest_core::wire::{HEADER_LEN, Kind};
 
 pub use batch::{BATCH_PAGES, BatchCodec, decode_plain as decode_plain_batch};
 pub use bundle::{BundleHeader, BundleReader, Frame, ImportSummary};
+/// The head cache's base diff codec, for fuzzing (docs/FORMAT.md).
+pub use cachefiles::{BaseDiff, apply_base_diff, encode_base_diff, parse_base_diff};
 pub use crypt::StoreSecret;
 pub use error::{Broken, StoreError};
 pub use fsck::FsckReport;
