@@ -1,16 +1,20 @@
 //! JSON request bodies of the attestation server (crates/api), deserialized as the server
 //! does (`serde_json::from_slice`) and fed to what the server decodes from them: PEM keys and
 //! TPM key certifications, policies, baseline digests, config check openings and statements,
-//! reference configurations. The first byte picks the body type. Evidence and report bodies
+//! reference configurations, the locate exchange's page digests and page bytes (named against
+//! a baseline page, patch sites zeroed). The first byte picks the body type. Evidence and report bodies
 //! are binary: see the `evidence` and `report` targets.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use serde::de::DeserializeOwned;
 use vmattest_api::{
-    CertifyDoc, ConfigCheckRequest, NewBaseline, NewHost, NewPolicy, NewReferenceConfig,
-    NewSnapshotRequest, NewToken, NewVm, Role,
+    CertifyDoc, ConfigCheckRequest, LocateRequest, NewBaseline, NewHost, NewPolicy,
+    NewReferenceConfig, NewSnapshotRequest, NewToken, NewVm, PagesRequest, Role, VmPolicy,
 };
+use vmattest_core::alg::{PAGE_SIZE, PageIndex};
+use vmattest_core::attest::locate::{describe, diff_page, differing_pages};
+use vmattest_core::attest::{GuestAddr, PatchSite};
 use vmattest_core::alg::{Digest, HashAlg};
 use vmattest_core::attest::Policy;
 use vmattest_core::config::{ConfigOpening, Reference, SignedConfigStatement};
@@ -39,7 +43,7 @@ fn certify(key_sec1: &[u8], ak_hex: &str, doc: &CertifyDoc) {
 
 fuzz_target!(|data: &[u8]| {
     let (case, rest) = select(data);
-    match case % 9 {
+    match case % 12 {
         0 => {
             if let Some(t) = body::<NewToken>(rest) {
                 assert_eq!(Role::parse(t.role.name()), Some(t.role));
@@ -103,6 +107,40 @@ fuzz_target!(|data: &[u8]| {
         }
         7 => {
             let _ = body::<NewSnapshotRequest>(rest);
+        }
+        9 => {
+            let Some(req) = body::<LocateRequest>(rest) else {
+                return;
+            };
+            let got: Vec<Digest> = req
+                .digests
+                .iter()
+                .filter_map(|h| Digest::new(HashAlg::Sha256, &hex::decode(h).ok()?))
+                .collect();
+            assert!(differing_pages(&got, &got).is_empty());
+        }
+        10 => {
+            let Some(req) = body::<PagesRequest>(rest) else {
+                return;
+            };
+            let want = [0xccu8; PAGE_SIZE];
+            let site = PatchSite {
+                addr: GuestAddr(0x1010),
+                len: 5,
+                target: GuestAddr(0x1040),
+            };
+            for p in &req.pages {
+                let Ok(got) = hex::decode(&p.data) else {
+                    continue;
+                };
+                if got.len() <= PAGE_SIZE {
+                    let runs = diff_page(0x1000, &got, &want, &[site]);
+                    let _ = describe(PageIndex(p.index), &runs);
+                }
+            }
+        }
+        11 => {
+            let _ = body::<VmPolicy>(rest);
         }
         _ => {
             // The certify file of `tpm keygen` (`tpm verify-key`), checked for its own key.
