@@ -12,11 +12,11 @@ use vmattest_api::{
     CertifyDoc, ConfigCheckRequest, LocateRequest, NewBaseline, NewHost, NewPolicy,
     NewReferenceConfig, NewSnapshotRequest, NewToken, NewVm, PagesRequest, Role, VmPolicy,
 };
+use vmattest_core::alg::{Digest, HashAlg};
 use vmattest_core::alg::{PAGE_SIZE, PageIndex};
+use vmattest_core::attest::Policy;
 use vmattest_core::attest::locate::{describe, diff_page, differing_pages};
 use vmattest_core::attest::{GuestAddr, PatchSite};
-use vmattest_core::alg::{Digest, HashAlg};
-use vmattest_core::attest::Policy;
 use vmattest_core::config::{ConfigOpening, Reference, SignedConfigStatement};
 use vmattest_fuzz::select;
 use vmattest_quote::{KeyCertification, check_key_certification, parse_ecc_public};

@@ -12,8 +12,8 @@ use vmattest_fuzz::same_bytes;
 fuzz_target!(|data: &[u8]| {
     if let Ok(e) = <Evidence as Signable>::decode(data) {
         let again = Signable::encode(&e).expect("decoded evidence encodes");
-        let current = open_versioned(data, Kind::Evidence)
-            .is_ok_and(|(_, v)| v == Kind::Evidence.version());
+        let current =
+            open_versioned(data, Kind::Evidence).is_ok_and(|(_, v)| v == Kind::Evidence.version());
         if current {
             same_bytes("evidence", data, &again);
         } else {

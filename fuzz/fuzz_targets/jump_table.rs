@@ -22,7 +22,11 @@ fuzz_target!(|data: &[u8]| {
         let mut b = [0u8; MAX_SITE_LEN];
         for (i, x) in b.iter_mut().enumerate() {
             let at = a.0.wrapping_sub(start).wrapping_add(i as u64);
-            *x = usize::try_from(at).ok().and_then(|at| mem.get(at)).copied().unwrap_or(0);
+            *x = usize::try_from(at)
+                .ok()
+                .and_then(|at| mem.get(at))
+                .copied()
+                .unwrap_or(0);
         }
         b
     };
@@ -37,7 +41,9 @@ fuzz_target!(|data: &[u8]| {
         let bytes = read(s.addr);
         let st = s.classify(&bytes[..usize::from(s.len)]);
         if st != SiteState::Other {
-            let e = s.encoding(st).expect("a state it classifies has an encoding");
+            let e = s
+                .encoding(st)
+                .expect("a state it classifies has an encoding");
             assert_eq!(&e[..usize::from(s.len)], &bytes[..usize::from(s.len)]);
         }
     }
