@@ -7,7 +7,7 @@ use vmattest_core::class::{Classify, ErrorClass};
 use vmattest_api::{NewBaseline, Provenance, RegionPages};
 use vmattest_core::alg::PageIndex;
 use vmattest_core::attest::locate::kept_len;
-use vmattest_core::attest::{PatchSite, Policy};
+use vmattest_core::attest::{PatchSite, Policy, SiteKind};
 use vmattest_core::chain::SeqNo;
 use vmattest_image::{ImageError, MappedImage};
 use vmattest_store::{PinnedKeys, ReplayOptions, Store, StoreError, StoreSecret};
@@ -104,12 +104,10 @@ pub struct Golden {
     pub bytes: Vec<(String, Vec<u8>)>,
 }
 
-/// The patch sites of `policy`'s regions in `memory`, from its jump table (none without one).
+/// The patch sites of `policy`'s regions in `memory`, from its jump table and static-call
+/// tables (none without them).
 pub fn patch_sites(memory: &[u8], policy: &Policy) -> Result<Vec<PatchSite>, MeasureError> {
-    match policy.jump_table {
-        Some(t) => table_sites(memory, policy, t),
-        None => Ok(Vec::new()),
-    }
+    table_sites(memory, policy)
 }
 
 /// Verifies the chain of the store at `store_dir` up to `seq` against `keys`, rebuilds the
@@ -161,7 +159,13 @@ pub fn baseline_from_store(
         regions,
         patch_sites: sites
             .iter()
+            .filter(|s| s.kind == SiteKind::Label)
             .map(|s| (s.addr.0, s.len, s.target.0))
+            .collect(),
+        call_sites: sites
+            .iter()
+            .filter(|s| s.kind != SiteKind::Label)
+            .map(|s| (s.addr.0, s.kind.id(), s.target.0))
             .collect(),
         provenance: Provenance {
             store_vm_id: store.meta().vm_id.clone(),

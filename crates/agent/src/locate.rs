@@ -21,10 +21,7 @@ pub fn locate<R: Ram + ?Sized>(
     policy: &Policy,
     result: &AttestationResult,
 ) -> Result<Option<AttestationResult>, RunError> {
-    let sites = policy
-        .jump_table
-        .map(|t| live_sites(ram, policy, t))
-        .unwrap_or_default();
+    let sites = live_sites(ram, policy);
     let mut out = None;
     for differ in result.regions.iter().filter(|r| !r.matched) {
         let Some(region) = policy.region(&differ.name) else {

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use vmattest_core::alg::{Digest, PAGE_SIZE, PageIndex};
 use vmattest_core::attest::patch::{self, MAX_SITE_LEN, PatchSite, SiteReport, SiteState};
+use vmattest_core::attest::static_call;
 use vmattest_core::attest::{
     GuestAddr, JumpTable, Policy, Region, RegionDigest, page_digest, region_digest, sample_pages,
 };
@@ -184,17 +185,17 @@ pub struct Measurement {
     pub kernel_code_sites: Option<SiteReport>,
 }
 
-/// The patch sites of every region of `policy`, from the guest's own jump table. A table that
-/// does not parse gives no sites: the pages are then hashed whole and the reports are empty,
-/// which the server refuses against its baseline's sites.
-pub fn live_sites<R: Ram + ?Sized>(ram: &R, policy: &Policy, table: JumpTable) -> Vec<PatchSite> {
+/// The patch sites of every region of `policy`, from the guest's own jump table and
+/// static-call tables. Tables that do not parse give no sites: the pages are then hashed
+/// whole and the reports are empty, which the server refuses against its baseline's sites.
+pub fn live_sites<R: Ram + ?Sized>(ram: &R, policy: &Policy) -> Vec<PatchSite> {
     for _ in 0..REREADS {
-        if let Ok(sites) = table_sites(ram, policy, table) {
+        if let Ok(sites) = table_sites(ram, policy) {
             return sites;
         }
         std::thread::sleep(REREAD_GAP);
     }
-    table_sites(ram, policy, table).unwrap_or_default()
+    table_sites(ram, policy).unwrap_or_default()
 }
 
 /// How often, and how far apart, a site caught in an unexpected state is read again: the
@@ -202,14 +203,14 @@ pub fn live_sites<R: Ram + ?Sized>(ram: &R, policy: &Policy, table: JumpTable) -
 const REREADS: u32 = 5;
 const REREAD_GAP: std::time::Duration = std::time::Duration::from_millis(2);
 
-/// The patch sites of every region of `policy`, or why the jump table gives none.
-pub fn table_sites<R: Ram + ?Sized>(
+/// The bytes of a kernel table named `what`.
+fn table_bytes<R: Ram + ?Sized>(
     ram: &R,
-    policy: &Policy,
+    what: &str,
     table: JumpTable,
-) -> Result<Vec<PatchSite>, MeasureError> {
+) -> Result<Vec<u8>, MeasureError> {
     let beyond = || MeasureError::BeyondRam {
-        region: "jump_table".into(),
+        region: what.into(),
         start: table.start.0,
         end: table.start.0.saturating_add(table.len),
         ram_bytes: ram.len(),
@@ -219,6 +220,15 @@ pub fn table_sites<R: Ram + ?Sized>(
     if ram.copy_at(table.start.0, &mut bytes) != len {
         return Err(beyond());
     }
+    Ok(bytes)
+}
+
+/// The patch sites of every region of `policy` (none without tables), or why its tables
+/// give none.
+pub fn table_sites<R: Ram + ?Sized>(
+    ram: &R,
+    policy: &Policy,
+) -> Result<Vec<PatchSite>, MeasureError> {
     let ranges: Vec<(u64, u64)> = policy
         .regions
         .iter()
@@ -229,11 +239,31 @@ pub fn table_sites<R: Ram + ?Sized>(
         ram.copy_at(at.0, &mut b);
         b
     };
-    Ok(patch::parse_jump_table(
-        &bytes,
-        table.start,
+    let labels = match policy.jump_table {
+        Some(t) => patch::parse_jump_table(
+            &table_bytes(ram, "jump_table", t)?,
+            t.start,
+            &ranges,
+            &read,
+        )?,
+        None => Vec::new(),
+    };
+    let Some(sc) = policy.static_calls else {
+        return Ok(labels);
+    };
+    let sites = static_call::parse_sites(
+        &table_bytes(ram, "static_calls.sites", sc.sites)?,
+        sc.sites.start,
         &ranges,
-        &read,
+    )?;
+    let trampolines = static_call::parse_trampolines(
+        &table_bytes(ram, "static_calls.trampolines", sc.trampolines)?,
+        sc.trampolines.start,
+        &ranges,
+    )?;
+    Ok(static_call::merge(
+        static_call::merge(labels, sites)?,
+        trampolines,
     )?)
 }
 
@@ -307,7 +337,7 @@ pub fn measure<R: Ram + ?Sized>(
     if let Some(r) = kernel {
         check_range(ram.len(), r)?;
     }
-    let sites = policy.jump_table.map(|t| live_sites(ram, policy, t));
+    let sites = policy.has_sites().then(|| live_sites(ram, policy));
     let sites = sites.as_deref();
     let mut out = Vec::with_capacity(regions.len());
     for region in regions {

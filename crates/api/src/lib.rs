@@ -206,6 +206,10 @@ pub struct NewBaseline {
     /// snapshot's own jump table; their bytes are zeroed in the page digests.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub patch_sites: Vec<(u64, u8, u64)>,
+    /// Static-call sites as `[address, kind, key]`: kind 1 an inline call, 2 an inline tail
+    /// call (key: the static call's key), 3 a trampoline (key 0); each 5 bytes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub call_sites: Vec<(u64, u8, u64)>,
     pub provenance: Provenance,
 }
 

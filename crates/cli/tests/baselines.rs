@@ -32,6 +32,7 @@ fn baseline_patch_sites_are_checked() {
                 })
                 .collect(),
             patch_sites: sites,
+            call_sites: Vec::new(),
             provenance: vmattest_api::Provenance {
                 store_vm_id: "vm".into(),
                 seq: 0,

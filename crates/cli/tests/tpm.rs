@@ -574,6 +574,7 @@ fn tpm_resident_agent_key_earns_the_hardware_claim() {
             policy_id: pid,
             regions: vmattest_agent::region_pages(&ram, &policy, &[]).unwrap(),
             patch_sites: Vec::new(),
+            call_sites: Vec::new(),
             provenance: Provenance {
                 store_vm_id: "vm1".into(),
                 seq: 0,

@@ -74,8 +74,8 @@ impl Kind {
         match self {
             // 2: BLAKE3 delta digests key their leaves and parents.
             Kind::Link => 2,
-            // 2: patch-site reports.
-            Kind::Evidence => 2,
+            // 2: patch-site reports; 3: static-call targets in them.
+            Kind::Evidence => 3,
             _ => 1,
         }
     }
@@ -98,7 +98,7 @@ impl Kind {
             Kind::Link => 4096,
             Kind::Batch => 2 << 20,
             Kind::Bundle => 64 * 1024,
-            Kind::Evidence => 64 * 1024,
+            Kind::Evidence => 256 * 1024,
             Kind::SnapshotReport => 64 * 1024,
             Kind::ConfigStatement => 4096,
             Kind::ConfigDisclosure => 256 * 1024,

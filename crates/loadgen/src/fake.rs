@@ -8,7 +8,8 @@ use vmattest_api::{Provenance, RegionPages};
 use vmattest_core::alg::{Digest, HashAlg, PAGE_SIZE, PageIndex};
 use vmattest_core::attest::patch::{self, MAX_SITE_LEN, SiteReport, SiteState};
 use vmattest_core::attest::{
-    Evidence, GuestAddr, PatchSite, Policy, RegionDigest, page_digest, region_digest, sample_pages,
+    Evidence, GuestAddr, PatchSite, Policy, RegionDigest, SiteKind, page_digest, region_digest,
+    sample_pages,
 };
 use vmattest_core::record::UnixTime;
 use vmattest_sign::{SecretKey, Signer};
@@ -61,6 +62,7 @@ fn fake_sites(policy: &Policy, n: u32) -> Vec<PatchSite> {
                 addr: GuestAddr(addr),
                 len: 5,
                 target: GuestAddr(addr + 0x40),
+                kind: SiteKind::Label,
             }
         })
         .collect()
@@ -349,7 +351,7 @@ mod tests {
         let ev = vm.evidence("vm-1", &[7u8; 32], "all", &key, now()).unwrap();
         let report = ev.regions[0].sites.clone().unwrap();
         assert_eq!(report.states.len(), 6300);
-        patch::check_report(HashAlg::Sha256, &vm.sites, &report).unwrap();
+        patch::check_report(HashAlg::Sha256, &vm.sites, &report, None).unwrap();
         assert!(ev.kernel_code_sites.is_none());
         // Only the jumping sites are listed: the evidence stays small.
         let bytes = sign(ev, &key).unwrap();

@@ -285,6 +285,7 @@ async fn setup_agent(
                 policy_id: policy_id.to_string(),
                 regions: fake.baseline_regions(),
                 patch_sites: fake.patch_sites(),
+                call_sites: Vec::new(),
                 provenance: fake.provenance(&vm, &key),
             },
         )

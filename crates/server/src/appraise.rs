@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use vmattest_api::{AlertAction, AttestationResult, RegionResult, Role};
 use vmattest_core::alg::{Digest, PAGE_SIZE, PageIndex};
-use vmattest_core::attest::patch::{self, SiteFinding};
+use vmattest_core::attest::patch;
 use vmattest_core::attest::{
     Evidence, Region, RegionOutcome, SignedEvidence, SiteReport, appraise, region_digest,
     sample_pages,
@@ -101,37 +101,27 @@ fn site_detail(
     base: &Baseline,
     got: Option<&SiteReport>,
 ) -> Option<String> {
-    vm.policy.jump_table?;
+    if !vm.policy.has_sites() {
+        return None;
+    }
     let expected = patch::sites_of_pages(&base.sites, region.start, region.pages, pages);
     let Some(report) = got else {
-        return Some("no patch-site report, and the policy has a jump table".into());
+        return Some("no patch-site report, and the policy has patch-site tables".into());
     };
-    match patch::check_report(vm.policy.alg, &expected, report) {
-        Ok(()) => None,
-        Err(SiteFinding::Count { expected, found }) => Some(format!(
-            "patch sites: expected {expected} in these pages as in the baseline, found {found} \
-             (the guest's jump table differs)"
-        )),
-        Err(SiteFinding::Disallowed { site, bytes }) => {
+    let finding = patch::check_report(vm.policy.alg, &expected, report, vm.policy.text()).err()?;
+    Some(match finding.site() {
+        Some(site) => {
             let off = site.addr.0.saturating_sub(region.start.0);
             let page = PAGE_SIZE as u64;
-            Some(format!(
-                "page {} offset {:#x}: patch site at {} holds {}; expected a {}-byte nop or \
-                 jump to {}",
+            format!(
+                "page {} offset {:#x}: {}",
                 off / page,
                 off % page,
-                site.addr,
-                hex::encode(bytes),
-                site.len,
-                site.target
-            ))
+                finding.describe()
+            )
         }
-        Err(SiteFinding::Digest) => Some(
-            "patch sites: the bytes read are not the encodings their states name (a site \
-             jumps where its baseline entry does not)"
-                .into(),
-        ),
-    }
+        None => finding.describe(),
+    })
 }
 
 /// Compares each region with the baseline; returns the outcome of every region considered.

@@ -12,7 +12,8 @@ use vmattest_api::{
 };
 use vmattest_core::alg::{Digest, HashAlg};
 use vmattest_core::attest::evidence::MAX_REPORT_SITES;
-use vmattest_core::attest::{GuestAddr, PatchSite, Policy, Region};
+use vmattest_core::attest::patch::MAX_SITE_LEN;
+use vmattest_core::attest::{GuestAddr, PatchSite, Policy, Region, SiteKind};
 use vmattest_core::chain::is_valid_name;
 use vmattest_sign::PublicKey;
 
@@ -396,51 +397,109 @@ pub(crate) fn hex_digests(
         .collect()
 }
 
-/// A baseline's patch sites: only with a jump table in the policy, each of 2 or 5 bytes within
-/// a region, sorted and not overlapping.
-fn baseline_sites(policy: &Policy, given: &[(u64, u8, u64)]) -> Result<Vec<PatchSite>, ApiError> {
-    let bad = |i: usize, what: String| {
-        ApiError::new(ErrorCode::Regions, format!("patch_sites[{i}]: {what}"))
+/// A baseline's patch sites: jump labels (2 or 5 bytes) only with a jump table in the policy
+/// and static-call sites (5 bytes) only with static calls, each within a region; all sorted
+/// by address and not overlapping.
+fn baseline_sites(
+    policy: &Policy,
+    labels: &[(u64, u8, u64)],
+    calls: &[(u64, u8, u64)],
+) -> Result<Vec<PatchSite>, ApiError> {
+    let bad = |field: &str, i: usize, what: String| {
+        ApiError::new(ErrorCode::Regions, format!("{field}[{i}]: {what}"))
     };
-    if policy.jump_table.is_none() && !given.is_empty() {
-        return Err(bad(0, "expected none: the policy has no jump_table".into()));
-    }
-    if given.len() > MAX_REPORT_SITES {
+    if policy.jump_table.is_none() && !labels.is_empty() {
         return Err(bad(
-            MAX_REPORT_SITES,
-            format!(
-                "expected at most {MAX_REPORT_SITES} sites, found {}",
-                given.len()
-            ),
+            "patch_sites",
+            0,
+            "expected none: the policy has no jump_table".into(),
         ));
     }
-    let mut out: Vec<PatchSite> = Vec::with_capacity(given.len());
-    for (i, &(addr, len, target)) in given.iter().enumerate() {
-        let site = PatchSite {
+    if policy.static_calls.is_none() && !calls.is_empty() {
+        return Err(bad(
+            "call_sites",
+            0,
+            "expected none: the policy has no static_calls".into(),
+        ));
+    }
+    let total = labels.len().saturating_add(calls.len());
+    if total > MAX_REPORT_SITES {
+        return Err(bad(
+            "patch_sites",
+            MAX_REPORT_SITES,
+            format!("expected at most {MAX_REPORT_SITES} sites, found {total}"),
+        ));
+    }
+    let mut out: Vec<PatchSite> = Vec::with_capacity(total);
+    for (i, &(addr, len, target)) in labels.iter().enumerate() {
+        if len != 2 && len != 5 {
+            return Err(bad(
+                "patch_sites",
+                i,
+                format!("expected a length of 2 or 5, found {len}"),
+            ));
+        }
+        out.push(PatchSite {
             addr: GuestAddr(addr),
             len,
             target: GuestAddr(target),
+            kind: SiteKind::Label,
+        });
+    }
+    for (i, &(addr, kind, key)) in calls.iter().enumerate() {
+        let kind = SiteKind::from_id(kind)
+            .filter(|k| *k != SiteKind::Label)
+            .ok_or_else(|| {
+                bad(
+                    "call_sites",
+                    i,
+                    format!("expected kind 1, 2 or 3, found {kind}"),
+                )
+            })?;
+        out.push(PatchSite {
+            addr: GuestAddr(addr),
+            len: MAX_SITE_LEN as u8,
+            target: GuestAddr(key),
+            kind,
+        });
+    }
+    for (i, site) in out.iter().enumerate() {
+        let (field, at, prev) = match i.checked_sub(labels.len()) {
+            None => ("patch_sites", i, i.checked_sub(1)),
+            Some(at) => ("call_sites", at, at.checked_sub(1).map(|p| p + labels.len())),
         };
-        if len != 2 && len != 5 {
-            return Err(bad(i, format!("expected a length of 2 or 5, found {len}")));
-        }
         if !policy
             .regions
             .iter()
-            .any(|r| addr < r.end() && site.end() > r.start.0)
+            .any(|r| site.addr.0 < r.end() && site.end() > r.start.0)
         {
             return Err(bad(
-                i,
-                format!("expected a site within a region, found {addr:#x}"),
+                field,
+                at,
+                format!("expected a site within a region, found {}", site.addr),
             ));
         }
-        if out.last().is_some_and(|p| p.end() > addr) {
+        if prev
+            .and_then(|p| out.get(p))
+            .is_some_and(|p| p.end() > site.addr.0)
+        {
             return Err(bad(
-                i,
-                format!("expected sites sorted and apart, found {addr:#x} after the previous"),
+                field,
+                at,
+                format!(
+                    "expected sites sorted and apart, found {} after the previous",
+                    site.addr
+                ),
             ));
         }
-        out.push(site);
+    }
+    out.sort_unstable();
+    if let Some(w) = out.windows(2).find(|w| w[0].end() > w[1].addr.0) {
+        return Err(bad(
+            "call_sites",
+            0,
+            format!("expected sites apart, found {} and {}", w[0].addr, w[1].addr),
+        ));
     }
     Ok(out)
 }
@@ -496,7 +555,7 @@ pub async fn new_baseline(
             "baseline has regions the policy does not",
         ));
     }
-    let sites = baseline_sites(policy, &req.patch_sites)?;
+    let sites = baseline_sites(policy, &req.patch_sites, &req.call_sites)?;
     let provenance = serde_json::to_string(&req.provenance)
         .map_err(|e| ApiError::new(ErrorCode::Invalid, e.to_string()))?;
     let now = now_secs();

@@ -9,7 +9,8 @@ use tokio::sync::{Notify, RwLock};
 use vmattest_api::{AlertAction, Provenance, Role};
 use vmattest_core::alg::{Digest, HashAlg, PageIndex};
 use vmattest_core::attest::evidence::MAX_REPORT_SITES;
-use vmattest_core::attest::{GuestAddr, PatchSite, Policy, region_digest};
+use vmattest_core::attest::patch::MAX_SITE_LEN;
+use vmattest_core::attest::{GuestAddr, PatchSite, Policy, SiteKind, region_digest};
 use vmattest_core::wire::{Reader, Writer as WireWriter};
 use vmattest_sign::PublicKey;
 
@@ -246,7 +247,12 @@ pub fn encode_pages(
     if !sites.is_empty() {
         w.u32(u32::try_from(sites.len()).unwrap_or(u32::MAX));
         for s in sites {
-            w.u64(s.addr.0).u8(s.len).u64(s.target.0);
+            // A jump label's length (2 or 5), or 0x80 | kind for a static-call site.
+            let b = match s.kind {
+                SiteKind::Label => s.len,
+                k => 0x80 | k.id(),
+            };
+            w.u64(s.addr.0).u8(b).u64(s.target.0);
         }
     }
     w.finish()
@@ -301,10 +307,22 @@ pub(crate) fn decode_baseline(
             .map_err(|e| corrupt(e.to_string()))?;
         for _ in 0..n {
             let site = (|| {
-                Ok::<_, vmattest_core::wire::WireError>(PatchSite {
-                    addr: GuestAddr(r.u64("site address")?),
-                    len: r.u8("site length")?,
-                    target: GuestAddr(r.u64("site target")?),
+                let addr = GuestAddr(r.u64("site address")?);
+                let b = r.u8("site length")?;
+                let target = GuestAddr(r.u64("site target")?);
+                Ok::<_, vmattest_core::wire::WireError>(match b {
+                    0x81..=0x83 => PatchSite {
+                        addr,
+                        len: MAX_SITE_LEN as u8,
+                        target,
+                        kind: SiteKind::from_id(b & 0x7f).unwrap_or(SiteKind::Trampoline),
+                    },
+                    len => PatchSite {
+                        addr,
+                        len,
+                        target,
+                        kind: SiteKind::Label,
+                    },
                 })
             })()
             .map_err(|e| corrupt(e.to_string()))?;

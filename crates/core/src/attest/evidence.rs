@@ -61,8 +61,9 @@ fn read_optional_digest(r: &mut Reader<'_>, alg: HashAlg) -> Result<Option<Diges
     }
 }
 
-/// `u8 flag`, then: `u32 count, u32 exceptions, (u32 index, u8 state [, bytes])*, digest`:
-/// every site is a NOP but the exceptions, and a site in state other carries its bytes.
+/// `u8 flag`, then: `u32 count, u32 exceptions, (u32 index, u8 state [, bytes])*, digest,
+/// u32 groups, (u8 flag [, i32 target])*`: every site is a NOP but the exceptions, a site in
+/// state other carries its bytes, and each static-call group its target if it has one.
 fn write_sites(w: &mut Writer, sites: Option<&SiteReport>) {
     let Some(r) = sites else {
         w.u8(0);
@@ -82,6 +83,13 @@ fn write_sites(w: &mut Writer, sites: Option<&SiteReport>) {
         }
     }
     w.raw(r.digest.as_bytes());
+    w.u32(count(r.targets.len()));
+    for t in &r.targets {
+        match t {
+            Some(t) => w.u8(1).u32(u32::from_ne_bytes(t.to_ne_bytes())),
+            None => w.u8(0),
+        };
+    }
 }
 
 /// `budget`: sites the evidence may still report, so that a small body cannot make large ones.
@@ -89,6 +97,7 @@ fn read_sites(
     r: &mut Reader<'_>,
     alg: HashAlg,
     budget: &mut usize,
+    version: u16,
 ) -> Result<Option<SiteReport>, WireError> {
     let at = r.offset();
     match r.u8("patch sites flag")? {
@@ -126,7 +135,7 @@ fn read_sites(
         let id = r.u8("patch site state")?;
         let st = SiteState::from_id(id)
             .filter(|s| *s != SiteState::Nop)
-            .ok_or_else(|| r.bad("patch site state", at, "expected 1, 2, 3 or 255", id))?;
+            .ok_or_else(|| r.bad("patch site state", at, "expected 1 to 9 or 255", id))?;
         if st == SiteState::Other {
             let at = r.offset();
             let b = r.bytes("patch site bytes", MAX_SITE_LEN)?;
@@ -138,10 +147,25 @@ fn read_sites(
         states[i] = st;
     }
     let digest = crate::chain::read_digest(r, alg, "patch sites digest")?;
+    let mut targets = Vec::new();
+    if version >= 3 {
+        // A group has at least one site.
+        let n = r.len32("static-call groups", count)?;
+        targets.reserve(n);
+        for _ in 0..n {
+            let at = r.offset();
+            targets.push(match r.u8("static-call target flag")? {
+                0 => None,
+                1 => Some(i32::from_ne_bytes(r.u32("static-call target")?.to_ne_bytes())),
+                v => return Err(r.bad("static-call target flag", at, "expected 0 or 1", v)),
+            });
+        }
+    }
     *budget -= states.len();
     Ok(Some(SiteReport {
         states,
         others,
+        targets,
         digest,
     }))
 }
@@ -213,7 +237,7 @@ impl Signable for Evidence {
             let pages = r.u64("region pages")?;
             let digest = crate::chain::read_digest(&mut r, alg, "region digest")?;
             let sites = if v2 {
-                read_sites(&mut r, alg, &mut budget)?
+                read_sites(&mut r, alg, &mut budget, version)?
             } else {
                 None
             };
@@ -226,7 +250,7 @@ impl Signable for Evidence {
         }
         let kernel_code = read_optional_digest(&mut r, alg)?;
         let kernel_code_sites = if v2 {
-            read_sites(&mut r, alg, &mut budget)?
+            read_sites(&mut r, alg, &mut budget, version)?
         } else {
             None
         };

@@ -131,6 +131,7 @@ mod tests {
             addr: GuestAddr(addr),
             len: 5,
             target: GuestAddr(addr + 0x40),
+            kind: crate::attest::SiteKind::Label,
         }
     }
 

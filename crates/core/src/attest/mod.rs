@@ -8,10 +8,13 @@ pub mod policy;
 pub mod report;
 pub mod sample;
 pub mod score;
+pub mod static_call;
 pub mod symbols;
 
 #[cfg(test)]
 mod patch_tests;
+#[cfg(test)]
+mod static_call_tests;
 #[cfg(test)]
 mod tests;
 
@@ -20,8 +23,8 @@ use core::fmt;
 use crate::class::{Classify, ErrorClass};
 
 pub use evidence::{Evidence, RegionDigest, SignedEvidence};
-pub use patch::{PatchSite, SiteReport, SiteState};
-pub use policy::{JumpTable, Policy, PolicyFile, Region, Subset};
+pub use patch::{PatchSite, SiteKind, SiteReport, SiteState};
+pub use policy::{JumpTable, Policy, PolicyFile, Region, StaticCalls, Subset};
 pub use report::{ComponentCheck, SignedSnapshotReport, SnapshotReport};
 pub use sample::{page_digest, region_digest, sample_pages};
 pub use score::{Appraisal, RegionOutcome, Status, TrustVector, appraise};
@@ -53,6 +56,13 @@ pub enum AttestError {
     UnknownSymbol(String),
     #[error("jump table entry {entry}: expected {expected}, found {found}")]
     PatchTable {
+        entry: u64,
+        expected: String,
+        found: String,
+    },
+    #[error("{table} entry {entry}: expected {expected}, found {found}")]
+    StaticCallTable {
+        table: &'static str,
         entry: u64,
         expected: String,
         found: String,

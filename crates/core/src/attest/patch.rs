@@ -1,6 +1,7 @@
 //! Kernel code that patches itself: jump-label (static key) sites read from the guest kernel's
-//! own `__jump_table`, the encodings each site may legitimately hold, page masking and the
-//! per-site report that evidence carries instead of the pages.
+//! own `__jump_table`, static-call sites and trampolines (`static_call`), the encodings each
+//! site may legitimately hold, page masking and the per-site report that evidence carries
+//! instead of the pages.
 //!
 //! An x86-64 jump entry is 16 bytes: `s32 code`, `s32 target` (each relative to its own field)
 //! and `s64 key` (relative, low bits flags). The kernel switches a site between a NOP and a
@@ -21,6 +22,11 @@ const NOP5: [u8; 5] = [0x0f, 0x1f, 0x44, 0x00, 0x00];
 const JMP8: u8 = 0xeb;
 const JMP32: u8 = 0xe9;
 const INT3: u8 = 0xcc;
+const CALL32: u8 = 0xe8;
+/// `xor %eax,%eax` padded to 5 bytes: a static call to `__static_call_return0`.
+const XOR5RAX: [u8; 5] = [0x2e, 0x2e, 0x2e, 0x31, 0xc0];
+/// `ret; int3 x4`: a static tail call (or trampoline) of a NULL function.
+const RET5: [u8; 5] = [0xc3, INT3, INT3, INT3, INT3];
 const SITES_DOMAIN: &[u8] = b"vmattest patch-sites v1\0";
 
 /// What a site holds, as the agent classifies it against its jump entry.
@@ -32,6 +38,16 @@ pub enum SiteState {
     Int3Nop,
     /// Mid-patch: INT3, then the jump's tail.
     Int3Jump,
+    /// A static call's `call` to its target.
+    Call,
+    /// A static call of `__static_call_return0`: `xor %eax,%eax`.
+    Xor,
+    /// A static tail call or trampoline of no function: `ret`.
+    Ret,
+    /// Mid-patch forms of the three above.
+    Int3Call,
+    Int3Xor,
+    Int3Ret,
     /// None of the above; the evidence carries the bytes.
     Other,
 }
@@ -43,6 +59,12 @@ impl SiteState {
             SiteState::Jump => 1,
             SiteState::Int3Nop => 2,
             SiteState::Int3Jump => 3,
+            SiteState::Call => 4,
+            SiteState::Xor => 5,
+            SiteState::Ret => 6,
+            SiteState::Int3Call => 7,
+            SiteState::Int3Xor => 8,
+            SiteState::Int3Ret => 9,
             SiteState::Other => 0xff,
         }
     }
@@ -53,6 +75,12 @@ impl SiteState {
             1 => SiteState::Jump,
             2 => SiteState::Int3Nop,
             3 => SiteState::Int3Jump,
+            4 => SiteState::Call,
+            5 => SiteState::Xor,
+            6 => SiteState::Ret,
+            7 => SiteState::Int3Call,
+            8 => SiteState::Int3Xor,
+            9 => SiteState::Int3Ret,
             0xff => SiteState::Other,
             _ => return None,
         })
@@ -64,17 +92,108 @@ impl SiteState {
             SiteState::Jump => "jump",
             SiteState::Int3Nop => "int3+nop",
             SiteState::Int3Jump => "int3+jump",
+            SiteState::Call => "call",
+            SiteState::Xor => "xor",
+            SiteState::Ret => "ret",
+            SiteState::Int3Call => "int3+call",
+            SiteState::Int3Xor => "int3+xor",
+            SiteState::Int3Ret => "int3+ret",
             SiteState::Other => "other",
         }
     }
 }
 
-/// One jump-label site: `len` bytes at `addr` that jump to `target` or do nothing.
+/// What patches a site, and so which encodings it may hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SiteKind {
+    /// A jump label: a NOP or a jump to the site's `target`.
+    Label,
+    /// A static call's inline call: `call` to its key's function, a NOP (no function) or
+    /// `xor %eax,%eax` (`__static_call_return0`).
+    Call,
+    /// A static call's inline tail call: `jmp` to its key's function, or `ret`.
+    Tail,
+    /// A static call's trampoline (`__SCT__*`): `jmp` to its function, or `ret`.
+    Trampoline,
+}
+
+impl SiteKind {
+    pub fn id(self) -> u8 {
+        match self {
+            SiteKind::Label => 0,
+            SiteKind::Call => 1,
+            SiteKind::Tail => 2,
+            SiteKind::Trampoline => 3,
+        }
+    }
+
+    pub fn from_id(id: u8) -> Option<SiteKind> {
+        Some(match id {
+            0 => SiteKind::Label,
+            1 => SiteKind::Call,
+            2 => SiteKind::Tail,
+            3 => SiteKind::Trampoline,
+            _ => return None,
+        })
+    }
+
+    /// Whether the site's target is free (any function in kernel text) rather than fixed by
+    /// its table; such sites are grouped, and every site of a group has one target.
+    pub fn free_target(self) -> bool {
+        self != SiteKind::Label
+    }
+
+    /// The states a site of this kind may legitimately hold.
+    pub fn allows(self, state: SiteState) -> bool {
+        use SiteState::*;
+        match self {
+            SiteKind::Label => matches!(state, Nop | Jump | Int3Nop | Int3Jump),
+            SiteKind::Call => matches!(state, Call | Nop | Xor | Int3Call | Int3Nop | Int3Xor),
+            SiteKind::Tail | SiteKind::Trampoline => matches!(state, Jump | Ret | Int3Jump | Int3Ret),
+        }
+    }
+
+    /// What a site of this kind may hold, for a finding; `to` is a jump label's target.
+    fn expected(self, len: u8, to: GuestAddr) -> String {
+        match self {
+            SiteKind::Label => format!("a {len}-byte nop or jump to {to}"),
+            SiteKind::Call => {
+                "a call to its static call's one target in kernel text, a nop or an xor".into()
+            }
+            SiteKind::Tail | SiteKind::Trampoline => {
+                "a jmp to its static call's one target in kernel text, or a ret".into()
+            }
+        }
+    }
+}
+
+/// One patch site: `len` bytes at `addr`. For a jump label, `target` is where its jump goes;
+/// for a static-call site it is the static call's key (what groups its sites), and 0 for a
+/// trampoline, which is a group of its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PatchSite {
     pub addr: GuestAddr,
     pub len: u8,
     pub target: GuestAddr,
+    pub kind: SiteKind,
+}
+
+/// A 5-byte `op rel32` from `addr` to `to`.
+fn rel32(op: u8, addr: u64, to: u64) -> Option<[u8; MAX_SITE_LEN]> {
+    let next = addr.checked_add(MAX_SITE_LEN as u64)?;
+    let rel = i64::try_from(to).ok()?.checked_sub(i64::try_from(next).ok()?)?;
+    let mut out = [0u8; MAX_SITE_LEN];
+    out[0] = op;
+    out[1..].copy_from_slice(&i32::try_from(rel).ok()?.to_le_bytes());
+    Some(out)
+}
+
+/// Where the rel32 of the 5 bytes at `addr` goes.
+fn rel32_target(addr: u64, bytes: &[u8]) -> Option<u64> {
+    let mut word = [0u8; 4];
+    word.copy_from_slice(bytes.get(1..5)?);
+    addr.checked_add(MAX_SITE_LEN as u64)?
+        .checked_add_signed(i64::from(i32::from_le_bytes(word)))
 }
 
 impl PatchSite {
@@ -82,24 +201,16 @@ impl PatchSite {
         self.addr.0.saturating_add(u64::from(self.len))
     }
 
-    fn jump(&self) -> Option<[u8; MAX_SITE_LEN]> {
-        let next = self.addr.0.checked_add(u64::from(self.len))?;
-        let rel = i64::try_from(self.target.0)
-            .ok()?
-            .checked_sub(i64::try_from(next).ok()?)?;
-        let mut out = [0u8; MAX_SITE_LEN];
-        match self.len {
-            2 => {
-                out[0] = JMP8;
-                out[1] = i8::try_from(rel).ok()?.to_le_bytes()[0];
-            }
-            5 => {
-                out[0] = JMP32;
-                out[1..].copy_from_slice(&i32::try_from(rel).ok()?.to_le_bytes());
-            }
-            _ => return None,
+    fn jump(&self, to: u64) -> Option<[u8; MAX_SITE_LEN]> {
+        if self.len == 5 {
+            return rel32(JMP32, self.addr.0, to);
         }
-        Some(out)
+        let next = self.addr.0.checked_add(u64::from(self.len))?;
+        let rel = i64::try_from(to).ok()?.checked_sub(i64::try_from(next).ok()?)?;
+        let mut out = [0u8; MAX_SITE_LEN];
+        out[0] = JMP8;
+        out[1] = i8::try_from(rel).ok()?.to_le_bytes()[0];
+        (self.len == 2).then_some(out)
     }
 
     fn nop(&self) -> &'static [u8] {
@@ -107,27 +218,75 @@ impl PatchSite {
     }
 
     /// The bytes a site in `state` holds; `None` for [`SiteState::Other`] or a jump whose
-    /// target does not fit the site.
-    pub fn encoding(&self, state: SiteState) -> Option<[u8; MAX_SITE_LEN]> {
+    /// target does not fit the site. A jump label's jump goes to its own target; a static
+    /// call's call or jump to `to`.
+    pub fn encoding_to(&self, state: SiteState, to: u64) -> Option<[u8; MAX_SITE_LEN]> {
         let mut out = [0u8; MAX_SITE_LEN];
         let n = usize::from(self.len);
-        match state {
-            SiteState::Nop => out[..n].copy_from_slice(self.nop()),
-            SiteState::Jump => out = self.jump()?,
-            SiteState::Int3Nop => {
+        let five = |b: &[u8; 5]| (n == MAX_SITE_LEN).then_some(*b);
+        out = match state {
+            SiteState::Nop | SiteState::Int3Nop => {
                 out[..n].copy_from_slice(self.nop());
-                out[0] = INT3;
+                out
             }
-            SiteState::Int3Jump => {
-                out = self.jump()?;
-                out[0] = INT3;
-            }
+            SiteState::Jump | SiteState::Int3Jump => self.jump(to)?,
+            SiteState::Call | SiteState::Int3Call => five(&rel32(CALL32, self.addr.0, to)?)?,
+            SiteState::Xor | SiteState::Int3Xor => five(&XOR5RAX)?,
+            SiteState::Ret | SiteState::Int3Ret => five(&RET5)?,
             SiteState::Other => return None,
+        };
+        if matches!(
+            state,
+            SiteState::Int3Nop | SiteState::Int3Jump | SiteState::Int3Call | SiteState::Int3Xor | SiteState::Int3Ret
+        ) {
+            out[0] = INT3;
         }
         Some(out)
     }
 
+    /// [`PatchSite::encoding_to`] with a jump label's own target.
+    pub fn encoding(&self, state: SiteState) -> Option<[u8; MAX_SITE_LEN]> {
+        self.encoding_to(state, self.target.0)
+    }
+
+    /// The state of `bytes` read at the site, and for a static-call state that names one,
+    /// where it calls or jumps.
+    pub fn read_state(&self, bytes: &[u8]) -> (SiteState, Option<u64>) {
+        let n = usize::from(self.len);
+        if bytes.len() != n {
+            return (SiteState::Other, None);
+        }
+        if !self.kind.free_target() {
+            return (self.classify(bytes), None);
+        }
+        let to = rel32_target(self.addr.0, bytes);
+        [
+            SiteState::Call,
+            SiteState::Jump,
+            SiteState::Nop,
+            SiteState::Xor,
+            SiteState::Ret,
+            SiteState::Int3Nop,
+            SiteState::Int3Xor,
+            SiteState::Int3Ret,
+            SiteState::Int3Call,
+            SiteState::Int3Jump,
+        ]
+        .into_iter()
+        .filter(|s| self.kind.allows(*s))
+        .find_map(|s| {
+            let to = if names_target(s) { to? } else { 0 };
+            let e = self.encoding_to(s, to)?;
+            (e[..n] == *bytes).then_some((s, names_target(s).then_some(to)))
+        })
+        .unwrap_or((SiteState::Other, None))
+    }
+
+    /// The state of a jump label's `bytes` (its encodings to its own target).
     pub fn classify(&self, bytes: &[u8]) -> SiteState {
+        if self.kind.free_target() {
+            return self.read_state(bytes).0;
+        }
         let n = usize::from(self.len);
         [
             SiteState::Nop,
@@ -165,6 +324,7 @@ fn site_len(code: &[u8; MAX_SITE_LEN], addr: u64, target: u64) -> Option<u8> {
                 addr: GuestAddr(addr),
                 len,
                 target: GuestAddr(target),
+                kind: SiteKind::Label,
             };
             matches!(
                 site.classify(&code[..usize::from(len)]),
@@ -228,6 +388,7 @@ pub fn parse_jump_table(
                 addr: GuestAddr(code),
                 len,
                 target: GuestAddr(target),
+                kind: SiteKind::Label,
             });
         }
     }
@@ -261,15 +422,17 @@ pub fn mask_page(page: &mut [u8], page_addr: u64, sites: &[PatchSite]) {
     }
 }
 
-/// Whether a state's bytes depend on the site's target (and so on a jump table the server
-/// must not take from the guest).
+/// Whether a state's bytes depend on where the site calls or jumps.
 fn names_target(state: SiteState) -> bool {
-    matches!(state, SiteState::Jump | SiteState::Int3Jump)
+    matches!(
+        state,
+        SiteState::Jump | SiteState::Int3Jump | SiteState::Call | SiteState::Int3Call
+    )
 }
 
-/// Digest of the bytes of the reported sites whose state holds a jump, each with its index
-/// in the report: `H(domain || u64 count || (u32 index || bytes)*)`. NOPs need no digest:
-/// their bytes do not depend on the table, and any other bytes are state other.
+/// Digest of the bytes of the reported sites whose state holds a jump or call, each with its
+/// index in the report: `H(domain || u64 count || (u32 index || bytes)*)`. Other states need
+/// no digest: their bytes do not depend on any table, and any other bytes are state other.
 pub fn sites_digest<'a>(alg: HashAlg, jumps: impl Iterator<Item = (u32, &'a [u8])>) -> Digest {
     let mut body = Vec::new();
     let mut count = 0u64;
@@ -281,6 +444,29 @@ pub fn sites_digest<'a>(alg: HashAlg, jumps: impl Iterator<Item = (u32, &'a [u8]
     alg.hash(&[SITES_DOMAIN, &count.to_be_bytes()[..], &body[..]])
 }
 
+/// The group of each site (`None` for jump labels), numbered in order of first appearance:
+/// the static-call sites of one key and kind share a group, and each trampoline is its own.
+pub fn site_groups(sites: &[PatchSite]) -> (Vec<Option<usize>>, Vec<usize>) {
+    let mut seen: std::collections::HashMap<(SiteKind, u64), usize> = Default::default();
+    let mut firsts = Vec::new();
+    let groups = sites
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let key = match s.kind {
+                SiteKind::Label => return None,
+                SiteKind::Trampoline => s.addr.0,
+                SiteKind::Call | SiteKind::Tail => s.target.0,
+            };
+            Some(*seen.entry((s.kind, key)).or_insert_with(|| {
+                firsts.push(i);
+                firsts.len() - 1
+            }))
+        })
+        .collect();
+    (groups, firsts)
+}
+
 /// What evidence says about the patch sites of the pages it covers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SiteReport {
@@ -288,21 +474,42 @@ pub struct SiteReport {
     pub states: Vec<SiteState>,
     /// The bytes of each site in state [`SiteState::Other`], in order.
     pub others: Vec<Vec<u8>>,
-    /// [`sites_digest`] over the bytes the agent read at sites in a jump state.
+    /// One per static-call group ([`site_groups`]): where its calls or jumps go, relative to
+    /// the end of the group's first site; `None` when none of its sites calls or jumps.
+    pub targets: Vec<Option<i32>>,
+    /// [`sites_digest`] over the bytes the agent read at sites in a jump or call state.
     pub digest: Digest,
 }
 
-/// The report an agent makes of `sites`, whose bytes are `read`.
+/// The report an agent makes of `sites`, whose bytes are `read`. A static-call site whose
+/// target differs from its group's first is reported as state other.
 pub fn report(alg: HashAlg, sites: &[PatchSite], read: &[Vec<u8>]) -> SiteReport {
+    let (groups, firsts) = site_groups(sites);
+    let mut to: Vec<Option<u64>> = vec![None; firsts.len()];
     let mut states = Vec::with_capacity(sites.len());
     let mut others = Vec::new();
-    for (s, b) in sites.iter().zip(read) {
-        let st = s.classify(b);
+    for ((s, b), g) in sites.iter().zip(read).zip(&groups) {
+        let (mut st, t) = s.read_state(b);
+        if let (Some(g), Some(t)) = (g, t) {
+            match to[*g] {
+                None => to[*g] = Some(t),
+                Some(have) if have != t => st = SiteState::Other,
+                Some(_) => {}
+            }
+        }
         if st == SiteState::Other {
             others.push(b.clone());
         }
         states.push(st);
     }
+    let targets = to
+        .iter()
+        .zip(&firsts)
+        .map(|(t, &first)| {
+            let from = sites[first].end();
+            t.and_then(|t| i32::try_from(i128::from(t) - i128::from(from)).ok())
+        })
+        .collect();
     let digest = sites_digest(
         alg,
         states
@@ -315,6 +522,7 @@ pub fn report(alg: HashAlg, sites: &[PatchSite], read: &[Vec<u8>]) -> SiteReport
     SiteReport {
         states,
         others,
+        targets,
         digest,
     }
 }
@@ -322,35 +530,112 @@ pub fn report(alg: HashAlg, sites: &[PatchSite], read: &[Vec<u8>]) -> SiteReport
 /// Why a site report does not fit the baseline's sites.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SiteFinding {
-    /// The report covers another number of sites than the baseline has there.
-    Count { expected: usize, found: usize },
+    /// The report covers another number of sites (or static-call groups) than the baseline
+    /// has there.
+    Count {
+        what: &'static str,
+        expected: usize,
+        found: usize,
+    },
     /// A site holds bytes none of its encodings has.
     Disallowed { site: PatchSite, bytes: Vec<u8> },
+    /// A static call goes outside kernel text.
+    Target { site: PatchSite, target: u64 },
     /// The states do not reproduce the bytes the agent read (its table differs).
     Digest,
 }
 
-/// Checks a report against the baseline's `sites`: every state an allowed encoding, and the
-/// bytes those encodings give hash to the reported digest.
+impl SiteFinding {
+    /// The site a finding is about, if one.
+    pub fn site(&self) -> Option<&PatchSite> {
+        match self {
+            SiteFinding::Disallowed { site, .. } | SiteFinding::Target { site, .. } => Some(site),
+            _ => None,
+        }
+    }
+
+    /// What the finding says, for a region's detail.
+    pub fn describe(&self) -> String {
+        match self {
+            SiteFinding::Count {
+                what,
+                expected,
+                found,
+            } => format!(
+                "{what}: expected {expected} in these pages as in the baseline, found {found} \
+                 (the guest's tables differ)"
+            ),
+            SiteFinding::Disallowed { site, bytes } => format!(
+                "patch site at {} holds {}; expected {}",
+                site.addr,
+                if bytes.is_empty() {
+                    "another state".into()
+                } else {
+                    hex::encode(bytes)
+                },
+                site.kind.expected(site.len, site.target)
+            ),
+            SiteFinding::Target { site, target } => format!(
+                "static call at {} goes to {target:#x}, outside kernel text",
+                site.addr
+            ),
+            SiteFinding::Digest => "patch sites: the bytes read are not the encodings their \
+                 states name (a site jumps where its baseline entry does not)"
+                .into(),
+        }
+    }
+}
+
+/// Checks a report against the baseline's `sites`: every state an allowed encoding, every
+/// static call into `text` (`[start, end)`; none allowed without it), and the bytes those
+/// encodings give hash to the reported digest.
 pub fn check_report(
     alg: HashAlg,
     sites: &[PatchSite],
     report: &SiteReport,
+    text: Option<(u64, u64)>,
 ) -> Result<(), SiteFinding> {
     if report.states.len() != sites.len() {
         return Err(SiteFinding::Count {
+            what: "patch sites",
             expected: sites.len(),
             found: report.states.len(),
         });
     }
-    let mut others = report.others.iter();
+    let (groups, firsts) = site_groups(sites);
+    if report.targets.len() != firsts.len() {
+        return Err(SiteFinding::Count {
+            what: "static-call groups",
+            expected: firsts.len(),
+            found: report.targets.len(),
+        });
+    }
+    let to: Vec<Option<u64>> = report
+        .targets
+        .iter()
+        .zip(&firsts)
+        .map(|(t, &first)| t.and_then(|t| sites[first].end().checked_add_signed(i64::from(t))))
+        .collect();
     let mut jumps: Vec<(u32, [u8; MAX_SITE_LEN], usize)> = Vec::new();
-    for (i, (s, st)) in sites.iter().zip(&report.states).enumerate() {
-        // A NOP of the site's length: the baseline's sites are 2 or 5 bytes.
-        if *st == SiteState::Nop && (s.len == 2 || s.len == 5) {
+    for (i, ((s, st), g)) in sites.iter().zip(&report.states).zip(&groups).enumerate() {
+        // A NOP of a jump label's length: the baseline's sites are 2 or 5 bytes.
+        if *st == SiteState::Nop && s.kind == SiteKind::Label && (s.len == 2 || s.len == 5) {
             continue;
         }
-        match s.encoding(*st) {
+        let target = match g {
+            Some(g) if names_target(*st) => to.get(*g).copied().flatten(),
+            Some(_) => Some(0),
+            None => Some(s.target.0),
+        };
+        if let (Some(t), true) = (target, s.kind.free_target() && names_target(*st)) {
+            if !text.is_some_and(|(lo, hi)| (lo..hi).contains(&t)) {
+                return Err(SiteFinding::Target { site: *s, target: t });
+            }
+        }
+        let encoding = target
+            .filter(|_| s.kind.allows(*st))
+            .and_then(|t| s.encoding_to(*st, t));
+        match encoding {
             Some(e) if names_target(*st) => {
                 jumps.push((u32::try_from(i).unwrap_or(u32::MAX), e, usize::from(s.len)));
             }
@@ -358,7 +643,11 @@ pub fn check_report(
             None => {
                 // The first site without an encoding; only state other carries its bytes.
                 let bytes = if *st == SiteState::Other {
-                    others.next().cloned().unwrap_or_default()
+                    report
+                        .others
+                        .get(count_others(&report.states[..i]))
+                        .cloned()
+                        .unwrap_or_default()
                 } else {
                     Vec::new()
                 };
@@ -372,6 +661,10 @@ pub fn check_report(
     } else {
         Err(SiteFinding::Digest)
     }
+}
+
+fn count_others(states: &[SiteState]) -> usize {
+    states.iter().filter(|s| **s == SiteState::Other).count()
 }
 
 /// The sites with a byte in one of `pages` (indices from `region_start`, ascending), once each.

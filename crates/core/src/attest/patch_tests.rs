@@ -152,7 +152,7 @@ fn a_report_checks_against_the_baseline_sites_and_names_a_bad_one() {
     let k = sample();
     let sites = k.sites().unwrap();
     let r = k.report(&sites);
-    assert_eq!(check_report(HashAlg::Sha256, &sites, &r), Ok(()));
+    assert_eq!(check_report(HashAlg::Sha256, &sites, &r, None), Ok(()));
     // A site flipped to its other encoding is still fine.
     let mut flipped = kernel(&[
         (0x1ffe, 0x1200, &jmp32(0x1ffe, 0x1200)),
@@ -161,12 +161,12 @@ fn a_report_checks_against_the_baseline_sites_and_names_a_bad_one() {
         (0x2200, 0x2210, &[0xeb, 0x0e]),
     ]);
     let r = flipped.report(&sites);
-    assert_eq!(check_report(HashAlg::Sha256, &sites, &r), Ok(()));
+    assert_eq!(check_report(HashAlg::Sha256, &sites, &r, None), Ok(()));
     // A jump to a target the table does not give is named with its bytes.
     let evil = jmp32(0x2100, 0x2800);
     flipped.ram[0x2100..0x2105].copy_from_slice(&evil);
     let r = flipped.report(&sites);
-    match check_report(HashAlg::Sha256, &sites, &r) {
+    match check_report(HashAlg::Sha256, &sites, &r, None) {
         Err(SiteFinding::Disallowed { site, bytes }) => {
             assert_eq!(site.addr, GuestAddr(0x2100));
             assert_eq!(bytes, evil);
@@ -178,14 +178,15 @@ fn a_report_checks_against_the_baseline_sites_and_names_a_bad_one() {
     moved[2].target = GuestAddr(0x2800);
     let r = flipped.report(&moved);
     assert_eq!(
-        check_report(HashAlg::Sha256, &sites, &r),
+        check_report(HashAlg::Sha256, &sites, &r, None),
         Err(SiteFinding::Digest)
     );
     // A site fewer is a count mismatch.
     let r = k.report(&sites[1..]);
     assert_eq!(
-        check_report(HashAlg::Sha256, &sites, &r),
+        check_report(HashAlg::Sha256, &sites, &r, None),
         Err(SiteFinding::Count {
+            what: "patch sites",
             expected: 4,
             found: 3
         })
@@ -245,8 +246,8 @@ fn site_reports_round_trip_in_evidence_and_refuse_bad_runs() {
         assert!(Evidence::decode(&bytes[..n]).is_err(), "prefix {n}");
     }
     // The report sits before the agent version and key ids; its two exceptions (sites 0 and
-    // 2 jump) before its digest. Each corruption is refused.
-    let ex = bytes.len() - (1 + 32) - (4 + 5) - 32 - 2 * 5;
+    // 2 jump) before its digest and its (empty) static-call groups. Each corruption is refused.
+    let ex = bytes.len() - (1 + 32) - (4 + 5) - 4 - 32 - 2 * 5;
     assert_eq!(&bytes[ex..ex + 5], &[0, 0, 0, 0, 1]);
     let bad = |at: usize, v: &[u8]| {
         let mut b = bytes.clone();
@@ -254,7 +255,7 @@ fn site_reports_round_trip_in_evidence_and_refuse_bad_runs() {
         Evidence::decode(&b).unwrap_err().to_string()
     };
     assert!(bad(ex + 5, &[0, 0, 0, 0]).contains("increasing"));
-    assert!(bad(ex + 4, &[0]).contains("expected 1, 2, 3 or 255"));
+    assert!(bad(ex + 4, &[0]).contains("expected 1 to 9 or 255"));
     assert!(bad(ex - 8, &[0, 0, 0, 2]).contains("below the count"));
     assert!(bad(ex - 8, &[0x7f, 0, 0, 0]).contains("at most 2^20"));
     assert!(bad(ex - 4, &[0, 0, 0, 5]).contains("exceptions"));

@@ -34,6 +34,8 @@ pub struct PolicyFile {
     pub kernel_load: Option<u64>,
     /// The kernel's jump table, whose sites may change (docs/POLICY.md).
     pub jump_table: Option<TableFile>,
+    /// The kernel's static-call sites and trampolines, whose targets may change.
+    pub static_calls: Option<StaticCallsFile>,
     #[serde(rename = "region", default)]
     pub regions: Vec<RegionFile>,
     #[serde(rename = "subset", default)]
@@ -83,7 +85,27 @@ pub struct TableFile {
     pub symbols: Option<[String; 2]>,
 }
 
-/// The guest-physical bytes of the kernel's `__jump_table`.
+/// `[static_calls]`: the site table and the trampolines' text, each as a pair of symbols or
+/// as start and len.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticCallsFile {
+    pub sites: Option<[String; 2]>,
+    pub sites_start: Option<u64>,
+    pub sites_len: Option<u64>,
+    pub trampolines: Option<[String; 2]>,
+    pub trampolines_start: Option<u64>,
+    pub trampolines_len: Option<u64>,
+}
+
+/// The guest-physical bytes of the kernel's `.static_call_sites` and `.static_call.text`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StaticCalls {
+    pub sites: JumpTable,
+    pub trampolines: JumpTable,
+}
+
+/// The guest-physical bytes of a kernel table (`__jump_table` and the static-call tables).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct JumpTable {
     pub start: GuestAddr,
@@ -143,6 +165,7 @@ pub struct Policy {
     pub alg: HashAlg,
     pub schedule_secs: u64,
     pub jump_table: Option<JumpTable>,
+    pub static_calls: Option<StaticCalls>,
     pub regions: Vec<Region>,
     pub subsets: Vec<Subset>,
 }
@@ -197,7 +220,17 @@ impl PolicyFile {
         }
         let subsets = self.subsets(&regions)?;
         let jump_table = match &self.jump_table {
-            Some(t) => Some(self.resolve_table(t, map)?),
+            Some(t) => Some(self.resolve_table(
+                "jump_table",
+                (&t.symbols, t.start, t.len),
+                super::patch::JUMP_ENTRY_BYTES,
+                super::patch::MAX_JUMP_TABLE_BYTES,
+                map,
+            )?),
+            None => None,
+        };
+        let static_calls = match &self.static_calls {
+            Some(t) => Some(self.resolve_static_calls(t, &regions, map)?),
             None => None,
         };
         Ok(Policy {
@@ -205,6 +238,7 @@ impl PolicyFile {
             alg,
             schedule_secs: self.schedule_secs,
             jump_table,
+            static_calls,
             regions,
             subsets,
         })
@@ -233,36 +267,40 @@ impl PolicyFile {
         Ok((start, end))
     }
 
+    /// A table given by `(symbols, start, len)`, a positive multiple of `unit` bytes.
     fn resolve_table(
         &self,
-        t: &TableFile,
+        field: &str,
+        given: (&Option<[String; 2]>, Option<u64>, Option<u64>),
+        unit: u64,
+        max: u64,
         map: Option<&SystemMap>,
     ) -> Result<JumpTable, AttestError> {
-        let (start, end) = match (&t.symbols, t.start, t.len) {
+        let (start, end) = match given {
             (Some([a, b]), None, None) => {
-                self.symbol_range("jump_table.symbols", (a, Some(b)), None, map)?
+                self.symbol_range(&format!("{field}.symbols"), (a, Some(b)), None, map)?
             }
             (None, Some(start), Some(len)) => (start, start.saturating_add(len)),
             _ => {
                 return Err(bad(
-                    "jump_table",
-                    "start and len, symbols, or symbol and len",
+                    field,
+                    "start and len, or symbols",
                     "neither or both",
                 ));
             }
         };
         let len = end.saturating_sub(start);
-        if len == 0 || !len.is_multiple_of(super::patch::JUMP_ENTRY_BYTES) {
+        if len == 0 || !len.is_multiple_of(unit) {
             return Err(bad(
-                "jump_table.len",
-                "a positive multiple of 16 bytes",
+                format!("{field}.len"),
+                &format!("a positive multiple of {unit} bytes"),
                 len,
             ));
         }
-        if len > super::patch::MAX_JUMP_TABLE_BYTES {
+        if len > max {
             return Err(bad(
-                "jump_table.len",
-                &format!("at most {} bytes", super::patch::MAX_JUMP_TABLE_BYTES),
+                format!("{field}.len"),
+                &format!("at most {max} bytes"),
                 len,
             ));
         }
@@ -270,6 +308,38 @@ impl PolicyFile {
             start: GuestAddr(start),
             len,
         })
+    }
+
+    /// Static calls need the kernel-code region: their targets must lie in it.
+    fn resolve_static_calls(
+        &self,
+        t: &StaticCallsFile,
+        regions: &[Region],
+        map: Option<&SystemMap>,
+    ) -> Result<StaticCalls, AttestError> {
+        use super::static_call::{MAX_TABLE_BYTES, SITE_ENTRY_BYTES, TRAMPOLINE_BYTES};
+        if !regions.iter().any(|r| r.kernel_code) {
+            return Err(bad(
+                "static_calls",
+                "a kernel_code region (static calls must go into it)",
+                "none",
+            ));
+        }
+        let sites = self.resolve_table(
+            "static_calls.sites",
+            (&t.sites, t.sites_start, t.sites_len),
+            SITE_ENTRY_BYTES,
+            MAX_TABLE_BYTES,
+            map,
+        )?;
+        let trampolines = self.resolve_table(
+            "static_calls.trampolines",
+            (&t.trampolines, t.trampolines_start, t.trampolines_len),
+            TRAMPOLINE_BYTES,
+            MAX_TABLE_BYTES,
+            map,
+        )?;
+        Ok(StaticCalls { sites, trampolines })
     }
 
     fn resolve_region(
@@ -428,12 +498,32 @@ impl Policy {
         if let Some(t) = &self.jump_table {
             w.u8(1).u64(t.start.0).u64(t.len);
         }
+        if let Some(t) = &self.static_calls {
+            w.u8(2)
+                .u64(t.sites.start.0)
+                .u64(t.sites.len)
+                .u64(t.trampolines.start.0)
+                .u64(t.trampolines.len);
+        }
         w.finish()
     }
 
     /// SHA-256 of the canonical encoding.
     pub fn id(&self) -> Digest {
         HashAlg::Sha256.hash(&[&self.canonical()])
+    }
+
+    /// Whether evidence reports patch sites (a jump table or static calls).
+    pub fn has_sites(&self) -> bool {
+        self.jump_table.is_some() || self.static_calls.is_some()
+    }
+
+    /// `[start, end)` of the kernel-code region, where static calls may go.
+    pub fn text(&self) -> Option<(u64, u64)> {
+        self.regions
+            .iter()
+            .find(|r| r.kernel_code)
+            .map(|r| (r.start.0, r.end()))
     }
 
     pub fn subset(&self, id: &str) -> Option<&Subset> {
@@ -456,6 +546,13 @@ impl Policy {
                 s,
                 "\n[jump_table]\nstart = {:#x}\nlen = {:#x}",
                 t.start.0, t.len
+            );
+        }
+        if let Some(t) = &self.static_calls {
+            let _ = writeln!(
+                s,
+                "\n[static_calls]\nsites_start = {:#x}\nsites_len = {:#x}\ntrampolines_start = {:#x}\ntrampolines_len = {:#x}",
+                t.sites.start.0, t.sites.len, t.trampolines.start.0, t.trampolines.len
             );
         }
         for r in &self.regions {

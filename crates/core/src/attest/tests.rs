@@ -158,6 +158,7 @@ pub(super) fn evidence() -> Evidence {
                     SiteState::Jump,
                 ],
                 others: vec![vec![0xcc, 0x90]],
+                targets: vec![Some(-5), None],
                 digest: HashAlg::Sha256.hash(&[b"s"]),
             }),
         }],
