@@ -100,8 +100,9 @@ for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_p
   [ -f /lib/modules/$m.ko ] && insmod /lib/modules/$m.ko
 done
 # snapdirty=N on the kernel command line: rewrite N KiB of tmpfs every tick. flipkeys=N: every
-# N ticks, flip the kernel's own code (the sched_schedstats static key, and loading or unloading
-# the dummy module), printing "flip K". fill=MIB: hold
+# N ticks, flip the kernel's own code (the sched_schedstats static key, loading or unloading the
+# dummy module, a tracepoint's first probe and the preemption mode, which retarget static
+# calls), printing "flip K". fill=MIB: hold
 # MIB MiB of random bytes in tmpfs from before READY on, so that benchmarks see populated RAM;
 # "filled N MiB" says how much it could.
 dirty=0
@@ -130,7 +131,9 @@ if [ "$fill" -gt 0 ]; then
 fi
 # Kernel symbols and the physical load address, for region policies: Debian ships only a
 # placeholder System.map, so the guest reports its own.
-grep -E ' (_text|_stext|_etext|__start_rodata|__end_rodata|__start___jump_table|__stop___jump_table|sys_call_table|idt_table)$' /proc/kallsyms |
+mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
+grep -E ' (_text|_stext|_etext|__start_rodata|__end_rodata|__start___jump_table|__stop___jump_table|__start_static_call_sites|__stop_static_call_sites|__static_call_text_start|__static_call_text_end|__static_call_return0|__SCK__tp_func_kmalloc|sys_call_table|idt_table)$' /proc/kallsyms |
   while read -r a t n; do echo "ksym $a $t $n"; done >/dev/ttyS0
 grep 'Kernel code' /proc/iomem | while read -r range rest; do echo "kcode $range"; done >/dev/ttyS0
 echo READY >/dev/ttyS0
@@ -150,6 +153,11 @@ while :; do
     k=$(((i / flip) % 2))
     echo "$k" >/proc/sys/kernel/sched_schedstats
     if [ "$k" = 1 ]; then insmod /lib/modules/dummy.ko; else rmmod dummy; fi
+    event=/sys/kernel/tracing/events/sched/sched_process_exec/enable
+    [ -w $event ] && echo "$k" >$event
+    if [ -w /sys/kernel/debug/sched/preempt ]; then
+      if [ "$k" = 1 ]; then echo full; else echo voluntary; fi >/sys/kernel/debug/sched/preempt
+    fi
     echo "flip $k" >/dev/ttyS0
   fi
   sleep 1

@@ -116,6 +116,13 @@ name = "guest-kernel"
 hash = "sha256"
 kernel_load = 0x$load
 
+[jump_table]
+symbols = ["__start___jump_table", "__stop___jump_table"]
+
+[static_calls]
+sites = ["__start_static_call_sites", "__stop_static_call_sites"]
+trampolines = ["__static_call_text_start", "__static_call_text_end"]
+
 [[region]]
 name = "kernel-text"
 symbols = ["_stext", "_etext"]

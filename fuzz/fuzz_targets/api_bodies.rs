@@ -128,6 +128,7 @@ fuzz_target!(|data: &[u8]| {
                 addr: GuestAddr(0x1010),
                 len: 5,
                 target: GuestAddr(0x1040),
+                kind: vmattest_core::attest::SiteKind::Label,
             };
             for p in &req.pages {
                 let Ok(got) = hex::decode(&p.data) else {

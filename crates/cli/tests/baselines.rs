@@ -11,8 +11,9 @@ use common::fixture::{evidence_for, flip_code_byte, setup};
 use common::server::{Server, http, verify_jwt};
 use vmattest_api::{AttestationResult, ErrorCode};
 
-/// A baseline's patch sites: refused without a jump table in the policy, and with one refused
-/// when a length, a place or the order is wrong; accepted when all are right.
+/// A baseline's patch sites: refused without a jump table (or static calls) in the policy, and
+/// with them refused when a length, a kind, a place or the order is wrong or sites overlap;
+/// accepted when all are right.
 #[test]
 fn baseline_patch_sites_are_checked() {
     use vmattest_api::{NewBaseline, NewPolicy, NewVm, RegionPages};
@@ -21,7 +22,8 @@ fn baseline_patch_sites_are_checked() {
     let f = setup(&server);
     let zero = "00".repeat(32);
     let baseline =
-        |policy: &vmattest_core::attest::Policy, sites: Vec<(u64, u8, u64)>| NewBaseline {
+        |policy: &vmattest_core::attest::Policy,
+         (sites, calls): (Vec<(u64, u8, u64)>, Vec<(u64, u8, u64)>)| NewBaseline {
             policy_id: policy.id().to_hex(),
             regions: policy
                 .regions
@@ -32,7 +34,7 @@ fn baseline_patch_sites_are_checked() {
                 })
                 .collect(),
             patch_sites: sites,
-            call_sites: Vec::new(),
+            call_sites: calls,
             provenance: vmattest_api::Provenance {
                 store_vm_id: "vm".into(),
                 seq: 0,
@@ -45,11 +47,16 @@ fn baseline_patch_sites_are_checked() {
         };
     let e = f
         .admin
-        .set_baseline("vm1", &baseline(&f.policy, vec![(0x100, 5, 0x200)]))
+        .set_baseline("vm1", &baseline(&f.policy, (vec![(0x100, 5, 0x200)], vec![])))
         .unwrap_err();
     assert!(e.to_string().contains("no jump_table"), "{e}");
+    let e = f
+        .admin
+        .set_baseline("vm1", &baseline(&f.policy, (vec![], vec![(0x100, 1, 0x200)])))
+        .unwrap_err();
+    assert!(e.to_string().contains("no static_calls"), "{e}");
 
-    let toml = "name = \"jt\"\n[jump_table]\nstart = 0x9000\nlen = 0x100\n[[region]]\nname = \"text\"\nstart = 0x1000\nlen = 0x2000\nkernel_code = true\n";
+    let toml = "name = \"jt\"\n[jump_table]\nstart = 0x9000\nlen = 0x100\n[static_calls]\nsites_start = 0xa000\nsites_len = 0x80\ntrampolines_start = 0x2f00\ntrampolines_len = 0x10\n[[region]]\nname = \"text\"\nstart = 0x1000\nlen = 0x2000\nkernel_code = true\n";
     let policy = vmattest_core::attest::Policy::parse(toml, None).unwrap();
     let p = f
         .admin
@@ -69,18 +76,35 @@ fn baseline_patch_sites_are_checked() {
             on_alert: Default::default(),
         })
         .unwrap();
+    let calls = |c: Vec<(u64, u8, u64)>| (vec![(0x1100, 5, 0x1200)], c);
     for (sites, needle) in [
         (
-            vec![(0x1100, 3, 0x1200)],
+            (vec![(0x1100, 3, 0x1200)], vec![]),
             "patch_sites[0]: expected a length of 2 or 5",
         ),
         (
-            vec![(0x100, 5, 0x200)],
+            (vec![(0x100, 5, 0x200)], vec![]),
             "patch_sites[0]: expected a site within a region",
         ),
         (
-            vec![(0x1100, 5, 0x1200), (0x1102, 2, 0x1200)],
+            (vec![(0x1100, 5, 0x1200), (0x1102, 2, 0x1200)], vec![]),
             "patch_sites[1]: expected sites sorted and apart",
+        ),
+        (
+            calls(vec![(0x1200, 7, 0xa100)]),
+            "call_sites[0]: expected kind 1, 2 or 3, found 7",
+        ),
+        (
+            calls(vec![(0x1200, 1, 0xa100), (0x100, 1, 0xa100)]),
+            "call_sites[1]: expected a site within a region",
+        ),
+        (
+            calls(vec![(0x1300, 1, 0xa100), (0x1200, 2, 0xa100)]),
+            "call_sites[1]: expected sites sorted and apart",
+        ),
+        (
+            calls(vec![(0x1102, 1, 0xa100)]),
+            "expected sites apart, found 0x1100 and 0x1102",
         ),
     ] {
         let e = f
@@ -93,7 +117,13 @@ fn baseline_patch_sites_are_checked() {
     f.admin
         .set_baseline(
             "vm2",
-            &baseline(&policy, vec![(0x1100, 5, 0x1200), (0x2ffe, 2, 0x1000)]),
+            &baseline(
+                &policy,
+                (
+                    vec![(0x1100, 5, 0x1200), (0x2ffe, 2, 0x1000)],
+                    vec![(0x1200, 1, 0xa100), (0x1300, 2, 0xa100), (0x2f00, 3, 0)],
+                ),
+            ),
         )
         .unwrap();
 }

@@ -2,8 +2,9 @@
 //! RAM file and the server appraises them against a golden baseline from a verified snapshot.
 //! Changing kernel text through the RAM file gives a contraindicated result, an alert, a
 //! webhook, and (with the rollback action) a rollback to the attested snapshot. A guest whose
-//! kernel patches its own code (static keys, module loads) stays affirming, while changes to
-//! code, patch sites, the syscall table and read-only data are caught and named.
+//! kernel patches its own code (static keys, module loads, static calls) stays affirming,
+//! while changes to code, patch sites, static calls, the syscall table and read-only data are
+//! caught and named.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::guest::Guest;
 use common::runtime::{Attested, json_lines, live_sites, padding_addr, poke};
-use vmattest_core::attest::{Policy, SystemMap};
+use vmattest_core::attest::{PatchSite, Policy, SiteKind, SystemMap};
 
 const NOP5: [u8; 5] = [0x0f, 0x1f, 0x44, 0x00, 0x00];
 
@@ -100,9 +101,11 @@ fn runtime_attestation_of_a_real_guest() {
     assert_eq!(after["status"], "affirming", "{after}");
 }
 
-/// A guest that flips a static key every 3 s and loads or unloads a module with it, attested
-/// once a second for 610 rounds, over 10 minutes: every result is affirming, although
-/// its kernel text differs from the baseline's at the sites the kernel patched.
+/// A guest that every 3 s flips a static key, loads or unloads a module, gives a tracepoint
+/// its first probe or takes it away and switches its preemption mode (which retargets static
+/// calls at about 450 sites), attested once a second for 610 rounds, over 10 minutes: every
+/// result is affirming, although its kernel text differs from the baseline's at the sites the
+/// kernel patched.
 #[test]
 fn a_guest_that_patches_its_own_code_stays_affirming_for_600_rounds() {
     let tmp = tempfile::tempdir().unwrap();
@@ -112,7 +115,9 @@ fn a_guest_that_patches_its_own_code_stays_affirming_for_600_rounds() {
     let rt = Attested::set_up(dir, "soak", &guest.console(), &["--vm", guest.arg()]);
     let ram = dir.join("run-soak/ram");
     let before = live_sites(&rt.resolved, &ram);
-    assert!(before.len() > 1000, "{} jump-label sites", before.len());
+    let calls = before.iter().filter(|(s, _)| s.kind != SiteKind::Label).count();
+    assert!(before.len() - calls > 1000, "{} jump-label sites", before.len() - calls);
+    assert!(calls > 1000, "{calls} static-call sites and trampolines");
     let started = Instant::now();
     // 610 rounds a second apart: 600 would span 599 s.
     let run = rt.agent_rounds(&["--count", "610", "--interval", "1"]).ok();
@@ -141,6 +146,17 @@ fn a_guest_that_patches_its_own_code_stays_affirming_for_600_rounds() {
     }
     let next = live_sites(&rt.resolved, &ram);
     assert!(now != before || next != before, "no site changed");
+    // Static calls among them: the preemption mode moves cond_resched between a call and xor.
+    let calls = |v: &[(PatchSite, Vec<u8>)]| -> Vec<Vec<u8>> {
+        v.iter()
+            .filter(|(s, _)| s.kind == SiteKind::Call)
+            .map(|(_, b)| b.clone())
+            .collect()
+    };
+    assert!(
+        calls(&now) != calls(&before) || calls(&next) != calls(&before),
+        "no static call changed"
+    );
 }
 
 /// The physical address of `sym` in the guest whose policy files are in `dir`.
@@ -216,7 +232,9 @@ fn each_injected_change_is_caught_and_named() {
     // harmless if run. The detail names page, offset and bytes.
     let (site, _) = live_sites(&rt.resolved, &ram)
         .into_iter()
-        .find(|(s, b)| s.len == 5 && *b == NOP5 && s.addr.0 >= text.start.0)
+        .find(|(s, b)| {
+            s.kind == SiteKind::Label && s.len == 5 && *b == NOP5 && s.addr.0 >= text.start.0
+        })
         .expect("a 5-byte nop site in kernel text");
     let off = site.addr.0 - text.start.0;
     caught(
@@ -231,8 +249,35 @@ fn each_injected_change_is_caught_and_named() {
         ],
     );
 
-    // A syscall-table entry (the last one, which the guest never calls).
+    // A static call that leaves its key: one of kmalloc's tracepoint calls (never run, the
+    // tracepoint is off) goes to __static_call_return0 while its other calls stay. The
+    // detail names the site and its bytes.
     let kload = kernel_load(dir);
+    let key = phys(dir, kload, "__SCK__tp_func_kmalloc");
+    let (site, _) = live_sites(&rt.resolved, &ram)
+        .into_iter()
+        .filter(|(s, b)| s.kind == SiteKind::Call && s.target.0 == key && b[0] == 0xe8)
+        .nth(1)
+        .expect("a second call of kmalloc's tracepoint");
+    let to = phys(dir, kload, "__static_call_return0");
+    let rel = i32::try_from(i128::from(to) - i128::from(site.addr.0 + 5)).unwrap();
+    let mut call = vec![0xe8];
+    call.extend_from_slice(&rel.to_le_bytes());
+    let off = site.addr.0 - text.start.0;
+    caught(
+        &rt,
+        &ram,
+        site.addr.0,
+        &call,
+        "kernel-text",
+        &[
+            &format!("page {} offset {:#x}", off / 4096, off % 4096),
+            &format!("holds {}", hex::encode(&call)),
+            "its static call's one target",
+        ],
+    );
+
+    // A syscall-table entry (the last one, which the guest never calls).
     let entry = phys(dir, kload, "sys_call_table") + 450 * 8 + 1;
     let old = std::fs::read(&ram).unwrap()[usize::try_from(entry).unwrap()];
     caught(&rt, &ram, entry, &[old ^ 0x10], "syscalls", &[]);

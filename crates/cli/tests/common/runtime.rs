@@ -75,6 +75,10 @@ kernel_load = {load:#x}
 [jump_table]
 symbols = ["__start___jump_table", "__stop___jump_table"]
 
+[static_calls]
+sites = ["__start_static_call_sites", "__stop_static_call_sites"]
+trampolines = ["__static_call_text_start", "__static_call_text_end"]
+
 [[region]]
 name = "kernel-text"
 symbols = ["_stext", "_etext"]

@@ -61,9 +61,16 @@ fn read_optional_digest(r: &mut Reader<'_>, alg: HashAlg) -> Result<Option<Diges
     }
 }
 
-/// `u8 flag`, then: `u32 count, u32 exceptions, (u32 index, u8 state [, bytes])*, digest,
-/// u32 groups, (u8 flag [, i32 target])*`: every site is a NOP but the exceptions, a site in
-/// state other carries its bytes, and each static-call group its target if it has one.
+/// A state as a nibble of the packed form: its id, and 15 for other.
+fn nibble(st: SiteState) -> u8 {
+    if st == SiteState::Other { 15 } else { st.id() }
+}
+
+/// `u8 form` (0 none), then `u32 count` and the states: form 1 lists the exceptions to NOP as
+/// `u32 exceptions, (u32 index, u8 state)*`; form 2 packs every state into 4 bits (two per
+/// byte, low first). The bytes of each site in state other follow its state (form 1) or the
+/// packed states (form 2). Then `digest, u32 groups, (u8 flag [, i32 target])*`. The writer
+/// takes the smaller form: exceptions for a few jumping labels, packed for static calls.
 fn write_sites(w: &mut Writer, sites: Option<&SiteReport>) {
     let Some(r) = sites else {
         w.u8(0);
@@ -71,15 +78,29 @@ fn write_sites(w: &mut Writer, sites: Option<&SiteReport>) {
     };
     let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
     let exceptions = r.states.iter().filter(|s| **s != SiteState::Nop).count();
-    w.u8(1).u32(count(r.states.len())).u32(count(exceptions));
     let mut others = r.others.iter();
-    for (i, st) in r.states.iter().enumerate() {
-        if *st == SiteState::Nop {
-            continue;
+    let mut other = |w: &mut Writer| {
+        w.bytes(others.next().map(Vec::as_slice).unwrap_or(&[]));
+    };
+    if exceptions.saturating_mul(5).saturating_add(4) <= r.states.len().div_ceil(2) {
+        w.u8(1).u32(count(r.states.len())).u32(count(exceptions));
+        for (i, st) in r.states.iter().enumerate() {
+            if *st == SiteState::Nop {
+                continue;
+            }
+            w.u32(count(i)).u8(st.id());
+            if *st == SiteState::Other {
+                other(w);
+            }
         }
-        w.u32(count(i)).u8(st.id());
-        if *st == SiteState::Other {
-            w.bytes(others.next().map(Vec::as_slice).unwrap_or(&[]));
+    } else {
+        w.u8(2).u32(count(r.states.len()));
+        for pair in r.states.chunks(2) {
+            let hi = pair.get(1).map_or(0, |s| nibble(*s));
+            w.u8(nibble(pair[0]) | hi << 4);
+        }
+        for _ in r.states.iter().filter(|s| **s == SiteState::Other) {
+            other(w);
         }
     }
     w.raw(r.digest.as_bytes());
@@ -92,29 +113,20 @@ fn write_sites(w: &mut Writer, sites: Option<&SiteReport>) {
     }
 }
 
-/// `budget`: sites the evidence may still report, so that a small body cannot make large ones.
-fn read_sites(
+fn read_other(r: &mut Reader<'_>) -> Result<Vec<u8>, WireError> {
+    let at = r.offset();
+    let b = r.bytes("patch site bytes", MAX_SITE_LEN)?;
+    if b.is_empty() {
+        return Err(r.bad("patch site bytes", at, "expected 1 to 5 bytes", 0));
+    }
+    Ok(b.to_vec())
+}
+
+/// Form 1: the exceptions to NOP, each with its bytes if other.
+fn read_exceptions(
     r: &mut Reader<'_>,
-    alg: HashAlg,
-    budget: &mut usize,
-    version: u16,
-) -> Result<Option<SiteReport>, WireError> {
-    let at = r.offset();
-    match r.u8("patch sites flag")? {
-        0 => return Ok(None),
-        1 => {}
-        v => return Err(r.bad("patch sites flag", at, "expected 0 or 1", v)),
-    }
-    let at = r.offset();
-    let count = r.u32("patch site count")? as usize;
-    if count > *budget {
-        return Err(r.bad(
-            "patch site count",
-            at,
-            "expected at most 2^20 sites in the evidence",
-            count,
-        ));
-    }
+    count: usize,
+) -> Result<(Vec<SiteState>, Vec<Vec<u8>>), WireError> {
     let exceptions = r.len32("patch site exceptions", count)?;
     let mut states = vec![SiteState::Nop; count];
     let mut others = Vec::new();
@@ -137,15 +149,77 @@ fn read_sites(
             .filter(|s| *s != SiteState::Nop)
             .ok_or_else(|| r.bad("patch site state", at, "expected 1 to 9 or 255", id))?;
         if st == SiteState::Other {
-            let at = r.offset();
-            let b = r.bytes("patch site bytes", MAX_SITE_LEN)?;
-            if b.is_empty() {
-                return Err(r.bad("patch site bytes", at, "expected 1 to 5 bytes", 0));
-            }
-            others.push(b.to_vec());
+            others.push(read_other(r)?);
         }
         states[i] = st;
     }
+    Ok((states, others))
+}
+
+/// Form 2: every state in 4 bits, then the bytes of the others.
+fn read_packed(
+    r: &mut Reader<'_>,
+    count: usize,
+) -> Result<(Vec<SiteState>, Vec<Vec<u8>>), WireError> {
+    let at = r.offset();
+    let packed = r.take("patch site states", count.div_ceil(2))?;
+    let mut states = Vec::with_capacity(count);
+    for (i, byte) in packed.iter().enumerate() {
+        for (j, n) in [byte & 15, byte >> 4].into_iter().enumerate() {
+            let k = 2 * i + j;
+            if k >= count {
+                if n != 0 {
+                    return Err(r.bad("patch site states", at + i, "a zero pad nibble", n));
+                }
+                continue;
+            }
+            let st = if n == 15 {
+                Some(SiteState::Other)
+            } else {
+                SiteState::from_id(n)
+            };
+            states.push(st.ok_or_else(|| {
+                r.bad("patch site state", at + i, "expected 0 to 9 or 15", n)
+            })?);
+        }
+    }
+    let mut others = Vec::new();
+    for _ in states.iter().filter(|s| **s == SiteState::Other) {
+        others.push(read_other(r)?);
+    }
+    Ok((states, others))
+}
+
+/// `budget`: sites the evidence may still report, so that a small body cannot make large ones.
+fn read_sites(
+    r: &mut Reader<'_>,
+    alg: HashAlg,
+    budget: &mut usize,
+    version: u16,
+) -> Result<Option<SiteReport>, WireError> {
+    let at = r.offset();
+    let form = r.u8("patch sites flag")?;
+    match form {
+        0 => return Ok(None),
+        1 => {}
+        2 if version >= 3 => {}
+        v => return Err(r.bad("patch sites flag", at, "expected 0, 1 or 2", v)),
+    }
+    let at = r.offset();
+    let count = r.u32("patch site count")? as usize;
+    if count > *budget {
+        return Err(r.bad(
+            "patch site count",
+            at,
+            "expected at most 2^20 sites in the evidence",
+            count,
+        ));
+    }
+    let (states, others) = if form == 1 {
+        read_exceptions(r, count)?
+    } else {
+        read_packed(r, count)?
+    };
     let digest = crate::chain::read_digest(r, alg, "patch sites digest")?;
     let mut targets = Vec::new();
     if version >= 3 {

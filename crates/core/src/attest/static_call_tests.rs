@@ -185,7 +185,16 @@ fn a_static_call_site_that_leaves_its_group_or_text_is_named() {
             target: 0x5800
         }
     );
-    assert!(err.describe().contains("outside kernel text"));
+    assert!(err.describe().contains("in kernel text"));
+    // A whole key to an address in text that is not a function entry.
+    let mut k = sample();
+    for (at, op) in [(0x1100, 0xe8), (0x2200, 0xe8), (0x1200, 0xe9)] {
+        k.put(at, &op32(op, at, 0x1808));
+    }
+    assert!(matches!(
+        check(&k, &sites),
+        Err(SiteFinding::Target { target: 0x1808, .. })
+    ));
     // A call site holding a jump, a trampoline holding a call.
     let mut k = sample();
     k.put(0x1300, &op32(0xe9, 0x1300, 0x1800));
@@ -298,4 +307,15 @@ fn static_call_targets_round_trip_in_evidence_and_refuse_bad_flags() {
     };
     assert!(bad(groups + 4, &[2]).contains("static-call target flag"));
     assert!(bad(groups, &[0, 0, 0, 6]).contains("static-call groups"));
+    // Five states (call, jump, nop, call, jump): packed two to a byte, low nibble first, after
+    // the form and the count.
+    let packed = groups - 32 - 3;
+    assert_eq!(bytes[packed - 5], 2, "the packed form");
+    assert_eq!(&bytes[packed..packed + 3], &[0x14, 0x40, 0x01]);
+    assert!(bad(packed, &[0x1a]).contains("expected 0 to 9 or 15"));
+    assert!(bad(packed + 2, &[0x11]).contains("a zero pad nibble"));
+    // Version 2 has no packed form.
+    let mut v2 = bytes.clone();
+    v2[10..12].copy_from_slice(&2u16.to_be_bytes());
+    assert!(Evidence::decode(&v2).unwrap_err().to_string().contains("expected 0, 1 or 2"));
 }
