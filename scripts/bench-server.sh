@@ -13,6 +13,8 @@
 #   PATCH_SITES=6300 scripts/bench-server.sh: also ROUNDS alternating SQLite runs of this build
 #        with patch-site appraisal (a kernel-code region of that many jump-label sites, whose
 #        reports every evidence carries) and without, and the ratio of the means.
+#        STATIC_CALLS=4700 adds that many static-call sites and trampolines to the runs with
+#        patch sites (as a distribution kernel has besides its jump labels).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 ensure_deps
@@ -24,6 +26,7 @@ PG_FSYNC=${PG_FSYNC:-on}
 BASELINE=${BASELINE:-}
 ROUNDS=${ROUNDS:-3}
 PATCH_SITES=${PATCH_SITES:-0}
+STATIC_CALLS=${STATIC_CALLS:-0}
 
 cd "$ROOT"
 cargo build --release --quiet -p vmattest-cli -p vmattest-loadgen >&2
@@ -172,18 +175,19 @@ if [ -n "$BASELINE" ]; then
 fi
 if [ "$PATCH_SITES" -gt 0 ]; then
   for r in $(seq "$ROUNDS"); do
-    measure sqlite "$W/sites-$r" "$VM" "$LOADGEN" --patch-sites "$PATCH_SITES"
+    measure sqlite "$W/sites-$r" "$VM" "$LOADGEN" --patch-sites "$PATCH_SITES" --static-calls "$STATIC_CALLS"
     results+=("sqlite-sites-$r=$W/sites-$r/report.json")
     measure sqlite "$W/nosites-$r" "$VM" "$LOADGEN"
     results+=("sqlite-nosites-$r=$W/nosites-$r/report.json")
   done
 fi
 
-python3 - "$TARGET/bench/server.json" "$PATCH_SITES" "${results[@]}" <<'PY'
+python3 - "$TARGET/bench/server.json" "$PATCH_SITES" "$STATIC_CALLS" "${results[@]}" <<'PY'
 import json, sys
 out = {}
 sites = int(sys.argv[2])
-for arg in sys.argv[3:]:
+calls = int(sys.argv[3])
+for arg in sys.argv[4:]:
     name, path = arg.split("=", 1)
     out[name] = json.load(open(path))
 hdr = f"{'database':<10} {'agents':>6} {'rounds':>8} {'evidence/s':>11} {'ev p50 ms':>10} {'ev p99 ms':>10} {'ev max ms':>10} {'round p50':>10} {'round p99':>10} {'errors':>7}"
@@ -206,6 +210,7 @@ def compare(key, a, b, label_a, label_b):
     print(f"SQLite, same run: {label_a} {sum(xs) / len(xs):.0f}/s, {label_b} {sum(ys) / len(ys):.0f}/s "
           f"(mean of {len(xs)}), ratio {ratio:.3f}x")
 compare("baseline_ratio", "current", "baseline", "current", "baseline")
-compare("patch_sites_ratio", "sites", "nosites", f"with {sites} patch sites", "without")
+label = f"with {sites} patch sites" + (f" and {calls} static calls" if calls else "")
+compare("patch_sites_ratio", "sites", "nosites", label, "without")
 json.dump(out, open(sys.argv[1], "w"), indent=1)
 PY

@@ -240,12 +240,9 @@ pub fn table_sites<R: Ram + ?Sized>(
         b
     };
     let labels = match policy.jump_table {
-        Some(t) => patch::parse_jump_table(
-            &table_bytes(ram, "jump_table", t)?,
-            t.start,
-            &ranges,
-            &read,
-        )?,
+        Some(t) => {
+            patch::parse_jump_table(&table_bytes(ram, "jump_table", t)?, t.start, &ranges, &read)?
+        }
         None => Vec::new(),
     };
     let Some(sc) = policy.static_calls else {
@@ -284,17 +281,15 @@ fn site_report<R: Ram + ?Sized>(
     };
     let mut bytes: Vec<Vec<u8>> = covered.iter().map(read).collect();
     let mut report = patch::report(policy.alg, &covered, &bytes);
-    // Only a report with a site in state other is read again (the rare case).
+    // Only a report with a site in state other is read again (the rare case), whole: a static
+    // call caught while the kernel retargets it has sites of both targets, and which of them
+    // reads as other depends on the order.
     for _ in 0..REREADS {
         if !report.states.contains(&SiteState::Other) {
             break;
         }
         std::thread::sleep(REREAD_GAP);
-        for ((s, b), st) in covered.iter().zip(bytes.iter_mut()).zip(&report.states) {
-            if *st == SiteState::Other {
-                *b = read(s);
-            }
-        }
+        bytes = covered.iter().map(read).collect();
         report = patch::report(policy.alg, &covered, &bytes);
     }
     report

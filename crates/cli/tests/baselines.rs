@@ -16,43 +16,50 @@ use vmattest_api::{AttestationResult, ErrorCode};
 /// accepted when all are right.
 #[test]
 fn baseline_patch_sites_are_checked() {
+    /// `[address, length or kind, target or key]`, as the API takes sites.
+    type Site = (u64, u8, u64);
     use vmattest_api::{NewBaseline, NewPolicy, NewVm, RegionPages};
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("state"), None);
     let f = setup(&server);
     let zero = "00".repeat(32);
-    let baseline =
-        |policy: &vmattest_core::attest::Policy,
-         (sites, calls): (Vec<(u64, u8, u64)>, Vec<(u64, u8, u64)>)| NewBaseline {
-            policy_id: policy.id().to_hex(),
-            regions: policy
-                .regions
-                .iter()
-                .map(|r| RegionPages {
-                    name: r.name.clone(),
-                    pages: vec![zero.clone(); usize::try_from(r.pages).unwrap()],
-                })
-                .collect(),
-            patch_sites: sites,
-            call_sites: calls,
-            provenance: vmattest_api::Provenance {
-                store_vm_id: "vm".into(),
-                seq: 0,
-                link_digest: zero.clone(),
-                state_root: zero.clone(),
-                signer_key_ids: vec![],
-                snapshot_time: vmattest_api::time::from_secs(1),
-                component: "ram".into(),
-            },
-        };
+    let baseline = |policy: &vmattest_core::attest::Policy,
+                    (sites, calls): (Vec<Site>, Vec<Site>)| NewBaseline {
+        policy_id: policy.id().to_hex(),
+        regions: policy
+            .regions
+            .iter()
+            .map(|r| RegionPages {
+                name: r.name.clone(),
+                pages: vec![zero.clone(); usize::try_from(r.pages).unwrap()],
+            })
+            .collect(),
+        patch_sites: sites,
+        call_sites: calls,
+        provenance: vmattest_api::Provenance {
+            store_vm_id: "vm".into(),
+            seq: 0,
+            link_digest: zero.clone(),
+            state_root: zero.clone(),
+            signer_key_ids: vec![],
+            snapshot_time: vmattest_api::time::from_secs(1),
+            component: "ram".into(),
+        },
+    };
     let e = f
         .admin
-        .set_baseline("vm1", &baseline(&f.policy, (vec![(0x100, 5, 0x200)], vec![])))
+        .set_baseline(
+            "vm1",
+            &baseline(&f.policy, (vec![(0x100, 5, 0x200)], vec![])),
+        )
         .unwrap_err();
     assert!(e.to_string().contains("no jump_table"), "{e}");
     let e = f
         .admin
-        .set_baseline("vm1", &baseline(&f.policy, (vec![], vec![(0x100, 1, 0x200)])))
+        .set_baseline(
+            "vm1",
+            &baseline(&f.policy, (vec![], vec![(0x100, 1, 0x200)])),
+        )
         .unwrap_err();
     assert!(e.to_string().contains("no static_calls"), "{e}");
 

@@ -115,8 +115,15 @@ fn a_guest_that_patches_its_own_code_stays_affirming_for_600_rounds() {
     let rt = Attested::set_up(dir, "soak", &guest.console(), &["--vm", guest.arg()]);
     let ram = dir.join("run-soak/ram");
     let before = live_sites(&rt.resolved, &ram);
-    let calls = before.iter().filter(|(s, _)| s.kind != SiteKind::Label).count();
-    assert!(before.len() - calls > 1000, "{} jump-label sites", before.len() - calls);
+    let calls = before
+        .iter()
+        .filter(|(s, _)| s.kind != SiteKind::Label)
+        .count();
+    assert!(
+        before.len() - calls > 1000,
+        "{} jump-label sites",
+        before.len() - calls
+    );
     assert!(calls > 1000, "{calls} static-call sites and trampolines");
     let started = Instant::now();
     // 610 rounds a second apart: 600 would span 599 s.

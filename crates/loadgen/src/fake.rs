@@ -1,12 +1,13 @@
 //! The simulated VM every agent attests: a one-region policy over four deterministic fake RAM
-//! pages (or, with patch sites, a kernel-sized code region with a jump table), its golden
-//! baseline, and signed evidence for a challenge.
+//! pages (or, with patch sites, a kernel-sized code region with a jump table and, if asked,
+//! static calls), its golden baseline, and signed evidence for a challenge.
 
 use std::time::SystemTime;
 
 use vmattest_api::{Provenance, RegionPages};
 use vmattest_core::alg::{Digest, HashAlg, PAGE_SIZE, PageIndex};
-use vmattest_core::attest::patch::{self, MAX_SITE_LEN, SiteReport, SiteState};
+use vmattest_core::attest::patch::{self, CALL_SITE_LEN, MAX_SITE_LEN, SiteReport, SiteState};
+use vmattest_core::attest::static_call;
 use vmattest_core::attest::{
     Evidence, GuestAddr, PatchSite, Policy, RegionDigest, SiteKind, page_digest, region_digest,
     sample_pages,
@@ -23,18 +24,29 @@ pub const AGENT_VERSION: &str = concat!("vmattest-loadgen/", env!("CARGO_PKG_VER
 
 /// The resolved policy the benchmark registers: one region of 4 pages, every page hashed
 /// (`sample = 0`) with SHA-256. With `sites` patch sites, the region is kernel code of one page
-/// per 1.75 sites (as in a distribution kernel: 6,300 sites in 3,600 pages), with a jump table.
-pub fn policy(name: &str, sites: u32) -> Result<Policy, String> {
+/// per 1.75 sites (as in a distribution kernel: 6,300 sites in 3,600 pages), with a jump table;
+/// with `calls` static-call sites and trampolines also with static calls.
+pub fn policy(name: &str, sites: u32, calls: u32) -> Result<Policy, String> {
     let pages = region_pages(sites);
-    let table = if sites == 0 {
+    let table_at = REGION_START + pages * PAGE_SIZE as u64;
+    let mut table = if sites == 0 {
         String::new()
     } else {
         format!(
-            "\n[jump_table]\nstart = {:#x}\nlen = {:#x}\n",
-            REGION_START + pages * PAGE_SIZE as u64,
+            "\n[jump_table]\nstart = {table_at:#x}\nlen = {:#x}\n",
             u64::from(sites) * patch::JUMP_ENTRY_BYTES
         )
     };
+    if sites > 0 && calls > 0 {
+        // Where the tables would be; the server reads only the baseline's sites.
+        table.push_str(&format!(
+            "\n[static_calls]\nsites_start = {:#x}\nsites_len = {:#x}\n\
+             trampolines_start = {:#x}\ntrampolines_len = 0x8\n",
+            table_at + 0x10_0000,
+            u64::from(calls) * static_call::SITE_ENTRY_BYTES,
+            table_at + 0x20_0000,
+        ));
+    }
     let text = format!(
         "name = {name:?}\nhash = \"sha256\"\nschedule_secs = 60\n{table}\n[[region]]\n\
          name = {REGION:?}\nstart = {REGION_START:#x}\nlen = {:#x}\nweight = 10\n\
@@ -49,24 +61,40 @@ fn region_pages(sites: u32) -> u64 {
     REGION_PAGES.max(u64::from(sites) * 4 / 7)
 }
 
-/// `n` sites spread evenly over `region` (5 bytes each, jumping 0x40 bytes on).
-fn fake_sites(policy: &Policy, n: u32) -> Vec<PatchSite> {
+/// `n` jump labels spread evenly over `region` (5 bytes each at 16-byte-aligned addresses,
+/// jumping 0x40 bytes on), then `calls` static-call sites 8 bytes past 16-byte-aligned
+/// addresses: one in 7 a trampoline, the rest inline calls in groups of 6 per key.
+fn fake_sites(policy: &Policy, n: u32, calls: u32) -> Vec<PatchSite> {
     let Some(region) = policy.regions.first() else {
         return Vec::new();
     };
-    let step = region.len() / u64::from(n.max(1));
-    (0..u64::from(n))
-        .map(|i| {
-            let addr = region.start.0 + i * step;
-            PatchSite {
-                addr: GuestAddr(addr),
-                len: 5,
-                target: GuestAddr(addr + 0x40),
-                kind: SiteKind::Label,
-            }
-        })
-        .collect()
+    let step = |n: u32| (region.len() / u64::from(n.max(1))) & !15;
+    let labels = (0..u64::from(n)).map(|i| {
+        let addr = region.start.0 + i * step(n);
+        PatchSite {
+            addr: GuestAddr(addr),
+            len: 5,
+            target: GuestAddr(addr + 0x40),
+            kind: SiteKind::Label,
+        }
+    });
+    let calls = (0..u64::from(calls)).map(|i| PatchSite {
+        addr: GuestAddr(region.start.0 + i * step(calls) + 8),
+        len: CALL_SITE_LEN,
+        target: GuestAddr(if i % 7 == 6 { 0 } else { KEYS + i / 6 * 16 }),
+        kind: if i % 7 == 6 {
+            SiteKind::Trampoline
+        } else {
+            SiteKind::Call
+        },
+    });
+    let mut all: Vec<PatchSite> = labels.chain(calls).collect();
+    all.sort_unstable();
+    all
 }
+
+/// Where the fake static calls' keys are.
+const KEYS: u64 = 0x4000_0000;
 
 /// Page `index` of region `region` of the fake RAM: the same bytes on every run.
 pub fn fake_page(region: &str, index: u64) -> Vec<u8> {
@@ -95,8 +123,9 @@ pub struct FakeVm {
 }
 
 impl FakeVm {
-    pub fn new(policy: Policy, sites: u32) -> FakeVm {
-        let sites = fake_sites(&policy, sites);
+    pub fn new(policy: Policy, sites: u32, calls: u32) -> FakeVm {
+        let sites = fake_sites(&policy, sites, calls);
+        let text = policy.text().unwrap_or_default();
         let pages: Vec<Vec<Digest>> = policy
             .regions
             .iter()
@@ -128,13 +157,21 @@ impl FakeVm {
                 .iter()
                 .enumerate()
                 .map(|(i, s)| {
-                    let st = if i % 16 == 0 {
-                        SiteState::Jump
-                    } else {
-                        SiteState::Nop
+                    let e = match s.kind {
+                        SiteKind::Label if i % 16 == 0 => s.encoding(SiteState::Jump),
+                        SiteKind::Label => s.encoding(SiteState::Nop),
+                        // Each call goes to a function entry of its own in the region.
+                        _ => {
+                            let to = text.0 + (s.target.0.max(s.addr.0) * 64) % (text.1 - text.0);
+                            let st = if s.kind == SiteKind::Call {
+                                SiteState::Call
+                            } else {
+                                SiteState::Jump
+                            };
+                            s.encoding_to(st, to & !15)
+                        }
                     };
-                    let e = s.encoding(st).unwrap_or([0; MAX_SITE_LEN]);
-                    e[..usize::from(s.len)].to_vec()
+                    e.unwrap_or([0; MAX_SITE_LEN])[..usize::from(s.len)].to_vec()
                 })
                 .collect();
             patch::report(policy.alg, &sites, &read)
@@ -148,11 +185,21 @@ impl FakeVm {
         }
     }
 
-    /// The baseline's patch sites, as the API takes them.
+    /// The baseline's jump-label sites, as the API takes them.
     pub fn patch_sites(&self) -> Vec<(u64, u8, u64)> {
         self.sites
             .iter()
+            .filter(|s| s.kind == SiteKind::Label)
             .map(|s| (s.addr.0, s.len, s.target.0))
+            .collect()
+    }
+
+    /// The baseline's static-call sites, as the API takes them.
+    pub fn call_sites(&self) -> Vec<(u64, u8, u64)> {
+        self.sites
+            .iter()
+            .filter(|s| s.kind != SiteKind::Label)
+            .map(|s| (s.addr.0, s.kind.id(), s.target.0))
             .collect()
     }
 
@@ -284,7 +331,7 @@ mod tests {
 
     #[test]
     fn policy_is_resolved_and_round_trips() {
-        let p = policy("loadgen-test", 0).unwrap();
+        let p = policy("loadgen-test", 0, 0).unwrap();
         assert_eq!(p.regions.len(), 1);
         assert_eq!(p.regions[0].pages, REGION_PAGES);
         assert_eq!(p.regions[0].sample, 0);
@@ -304,7 +351,7 @@ mod tests {
 
     #[test]
     fn evidence_signs_verifies_and_matches_the_baseline() {
-        let vm = FakeVm::new(policy("loadgen-test", 0).unwrap(), 0);
+        let vm = FakeVm::new(policy("loadgen-test", 0, 0).unwrap(), 0, 0);
         let key = SecretKey::generate(SigAlg::Ed25519).unwrap();
         let nonce = [7u8; 32];
         let ev = vm.evidence("vm-1", &nonce, "all", &key, now()).unwrap();
@@ -343,7 +390,7 @@ mod tests {
 
     #[test]
     fn evidence_with_patch_sites_passes_the_server_check() {
-        let vm = FakeVm::new(policy("loadgen-test", 6300).unwrap(), 6300);
+        let vm = FakeVm::new(policy("loadgen-test", 6300, 0).unwrap(), 6300, 0);
         let region = vm.policy().regions[0].clone();
         assert_eq!(region.pages, 3600);
         assert!(region.kernel_code && vm.policy().jump_table.is_some());
@@ -358,16 +405,35 @@ mod tests {
         assert!(bytes.len() < 3 * 1024, "{} bytes", bytes.len());
     }
 
+    /// As the test guest's kernel: 6,300 jump labels, 4,013 static-call sites and 686
+    /// trampolines. States are packed: the evidence stays near 12 KB.
+    #[test]
+    fn evidence_with_static_calls_passes_the_server_check() {
+        let vm = FakeVm::new(policy("loadgen-test", 6300, 4700).unwrap(), 6300, 4700);
+        let text = vm.policy().text();
+        assert!(vm.policy().static_calls.is_some());
+        let key = SecretKey::generate(SigAlg::Ed25519).unwrap();
+        let ev = vm.evidence("vm-1", &[7u8; 32], "all", &key, now()).unwrap();
+        let report = ev.regions[0].sites.clone().unwrap();
+        assert_eq!(report.states.len(), 11_000);
+        // 671 trampolines (one in 7) and 784 keys (i / 6 for i below 4,700).
+        assert_eq!(report.targets.len(), 671 + 784);
+        assert!(report.targets.iter().all(Option::is_some));
+        patch::check_report(HashAlg::Sha256, &vm.sites, &report, text).unwrap();
+        let bytes = sign(ev, &key).unwrap();
+        assert!(bytes.len() < 16 * 1024, "{} bytes", bytes.len());
+    }
+
     #[test]
     fn unknown_subset_is_refused() {
-        let vm = FakeVm::new(policy("loadgen-test", 0).unwrap(), 0);
+        let vm = FakeVm::new(policy("loadgen-test", 0, 0).unwrap(), 0, 0);
         let key = SecretKey::generate(SigAlg::Ed25519).unwrap();
         assert!(vm.evidence("vm-1", &[1; 16], "nope", &key, now()).is_err());
     }
 
     #[test]
     fn provenance_is_hex() {
-        let vm = FakeVm::new(policy("loadgen-test", 0).unwrap(), 0);
+        let vm = FakeVm::new(policy("loadgen-test", 0, 0).unwrap(), 0, 0);
         let key = SecretKey::generate(SigAlg::Ed25519).unwrap();
         let p = vm.provenance("vm-1", &key);
         for h in [&p.store_vm_id, &p.link_digest, &p.state_root] {

@@ -63,6 +63,10 @@ struct Args {
     /// evidence then carries site reports, which the server checks. 0 = no jump table.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1 << 20))]
     patch_sites: u32,
+    /// Static-call sites and trampolines besides the jump labels (4,700 in a distribution
+    /// kernel); needs --patch-sites. 0 = no static calls.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1 << 19))]
+    static_calls: u32,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -149,7 +153,7 @@ async fn run(args: &Args) -> Result<Report, String> {
         .map_err(|e| format!("GET /v1/health: {e}"))?;
 
     let started = Instant::now();
-    let (vm, agents) = setup(&api, &admin, agents, args.patch_sites).await?;
+    let (vm, agents) = setup(&api, &admin, agents, args.patch_sites, args.static_calls).await?;
     let setup_time = started.elapsed();
     eprintln!(
         "vmattest-loadgen: set up {} agents in {:.2} s; load for {} s or {} rounds",
@@ -193,11 +197,12 @@ async fn setup(
     admin: &str,
     n: usize,
     sites: u32,
+    calls: u32,
 ) -> Result<(FakeVm, Vec<Agent>), String> {
     let mut tag = [0u8; 4];
     getrandom::fill(&mut tag).map_err(|e| format!("randomness: {e}"))?;
     let tag = hex::encode(tag);
-    let policy = fake::policy(&format!("loadgen-{tag}"), sites)?;
+    let policy = fake::policy(&format!("loadgen-{tag}"), sites, calls)?;
     let info: PolicyInfo = api
         .post_json(
             "/policies",
@@ -215,7 +220,7 @@ async fn setup(
             policy.id().to_hex()
         );
     }
-    let vm = FakeVm::new(policy, sites);
+    let vm = FakeVm::new(policy, sites, calls);
     let limit = Arc::new(Semaphore::new(SETUP_CONCURRENCY));
     let mut tasks = JoinSet::new();
     for i in 0..n {
@@ -285,7 +290,7 @@ async fn setup_agent(
                 policy_id: policy_id.to_string(),
                 regions: fake.baseline_regions(),
                 patch_sites: fake.patch_sites(),
-                call_sites: Vec::new(),
+                call_sites: fake.call_sites(),
                 provenance: fake.provenance(&vm, &key),
             },
         )

@@ -12,7 +12,7 @@ use vmattest_api::{
 };
 use vmattest_core::alg::{Digest, HashAlg};
 use vmattest_core::attest::evidence::MAX_REPORT_SITES;
-use vmattest_core::attest::patch::MAX_SITE_LEN;
+use vmattest_core::attest::patch::CALL_SITE_LEN;
 use vmattest_core::attest::{GuestAddr, PatchSite, Policy, Region, SiteKind};
 use vmattest_core::chain::is_valid_name;
 use vmattest_sign::PublicKey;
@@ -458,7 +458,7 @@ fn baseline_sites(
             })?;
         out.push(PatchSite {
             addr: GuestAddr(addr),
-            len: MAX_SITE_LEN as u8,
+            len: CALL_SITE_LEN,
             target: GuestAddr(key),
             kind,
         });
@@ -466,7 +466,11 @@ fn baseline_sites(
     for (i, site) in out.iter().enumerate() {
         let (field, at, prev) = match i.checked_sub(labels.len()) {
             None => ("patch_sites", i, i.checked_sub(1)),
-            Some(at) => ("call_sites", at, at.checked_sub(1).map(|p| p + labels.len())),
+            Some(at) => (
+                "call_sites",
+                at,
+                at.checked_sub(1).map(|p| p + labels.len()),
+            ),
         };
         if !policy
             .regions
@@ -498,7 +502,10 @@ fn baseline_sites(
         return Err(bad(
             "call_sites",
             0,
-            format!("expected sites apart, found {} and {}", w[0].addr, w[1].addr),
+            format!(
+                "expected sites apart, found {} and {}",
+                w[0].addr, w[1].addr
+            ),
         ));
     }
     Ok(out)

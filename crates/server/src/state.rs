@@ -9,7 +9,7 @@ use tokio::sync::{Notify, RwLock};
 use vmattest_api::{AlertAction, Provenance, Role};
 use vmattest_core::alg::{Digest, HashAlg, PageIndex};
 use vmattest_core::attest::evidence::MAX_REPORT_SITES;
-use vmattest_core::attest::patch::MAX_SITE_LEN;
+use vmattest_core::attest::patch::CALL_SITE_LEN;
 use vmattest_core::attest::{GuestAddr, PatchSite, Policy, SiteKind, region_digest};
 use vmattest_core::wire::{Reader, Writer as WireWriter};
 use vmattest_sign::PublicKey;
@@ -313,7 +313,7 @@ pub(crate) fn decode_baseline(
                 Ok::<_, vmattest_core::wire::WireError>(match b {
                     0x81..=0x83 => PatchSite {
                         addr,
-                        len: MAX_SITE_LEN as u8,
+                        len: CALL_SITE_LEN,
                         target,
                         kind: SiteKind::from_id(b & 0x7f).unwrap_or(SiteKind::Trampoline),
                     },

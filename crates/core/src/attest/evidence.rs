@@ -178,9 +178,9 @@ fn read_packed(
             } else {
                 SiteState::from_id(n)
             };
-            states.push(st.ok_or_else(|| {
-                r.bad("patch site state", at + i, "expected 0 to 9 or 15", n)
-            })?);
+            states.push(
+                st.ok_or_else(|| r.bad("patch site state", at + i, "expected 0 to 9 or 15", n))?,
+            );
         }
     }
     let mut others = Vec::new();
@@ -230,7 +230,9 @@ fn read_sites(
             let at = r.offset();
             targets.push(match r.u8("static-call target flag")? {
                 0 => None,
-                1 => Some(i32::from_ne_bytes(r.u32("static-call target")?.to_ne_bytes())),
+                1 => Some(i32::from_ne_bytes(
+                    r.u32("static-call target")?.to_ne_bytes(),
+                )),
                 v => return Err(r.bad("static-call target flag", at, "expected 0 or 1", v)),
             });
         }

@@ -17,6 +17,8 @@ pub const JUMP_ENTRY_BYTES: u64 = 16;
 /// 1 Mi entries; a distribution kernel has about 6,300.
 pub const MAX_JUMP_TABLE_BYTES: u64 = 16 << 20;
 pub const MAX_SITE_LEN: usize = 5;
+/// Static-call sites and trampolines are all 5 bytes.
+pub const CALL_SITE_LEN: u8 = 5;
 const NOP2: [u8; 2] = [0x66, 0x90];
 const NOP5: [u8; 5] = [0x0f, 0x1f, 0x44, 0x00, 0x00];
 const JMP8: u8 = 0xeb;
@@ -149,7 +151,9 @@ impl SiteKind {
         match self {
             SiteKind::Label => matches!(state, Nop | Jump | Int3Nop | Int3Jump),
             SiteKind::Call => matches!(state, Call | Nop | Xor | Int3Call | Int3Nop | Int3Xor),
-            SiteKind::Tail | SiteKind::Trampoline => matches!(state, Jump | Ret | Int3Jump | Int3Ret),
+            SiteKind::Tail | SiteKind::Trampoline => {
+                matches!(state, Jump | Ret | Int3Jump | Int3Ret)
+            }
         }
     }
 
@@ -181,7 +185,9 @@ pub struct PatchSite {
 /// A 5-byte `op rel32` from `addr` to `to`.
 fn rel32(op: u8, addr: u64, to: u64) -> Option<[u8; MAX_SITE_LEN]> {
     let next = addr.checked_add(MAX_SITE_LEN as u64)?;
-    let rel = i64::try_from(to).ok()?.checked_sub(i64::try_from(next).ok()?)?;
+    let rel = i64::try_from(to)
+        .ok()?
+        .checked_sub(i64::try_from(next).ok()?)?;
     let mut out = [0u8; MAX_SITE_LEN];
     out[0] = op;
     out[1..].copy_from_slice(&i32::try_from(rel).ok()?.to_le_bytes());
@@ -206,7 +212,9 @@ impl PatchSite {
             return rel32(JMP32, self.addr.0, to);
         }
         let next = self.addr.0.checked_add(u64::from(self.len))?;
-        let rel = i64::try_from(to).ok()?.checked_sub(i64::try_from(next).ok()?)?;
+        let rel = i64::try_from(to)
+            .ok()?
+            .checked_sub(i64::try_from(next).ok()?)?;
         let mut out = [0u8; MAX_SITE_LEN];
         out[0] = JMP8;
         out[1] = i8::try_from(rel).ok()?.to_le_bytes()[0];
@@ -237,7 +245,11 @@ impl PatchSite {
         };
         if matches!(
             state,
-            SiteState::Int3Nop | SiteState::Int3Jump | SiteState::Int3Call | SiteState::Int3Xor | SiteState::Int3Ret
+            SiteState::Int3Nop
+                | SiteState::Int3Jump
+                | SiteState::Int3Call
+                | SiteState::Int3Xor
+                | SiteState::Int3Ret
         ) {
             out[0] = INT3;
         }
@@ -628,12 +640,14 @@ pub fn check_report(
             Some(_) => Some(0),
             None => Some(s.target.0),
         };
-        if let (Some(t), true) = (target, s.kind.free_target() && names_target(*st)) {
-            if !text.is_some_and(|(lo, hi)| (lo..hi).contains(&t))
-                || !t.is_multiple_of(super::static_call::TARGET_ALIGN)
-            {
-                return Err(SiteFinding::Target { site: *s, target: t });
-            }
+        if let (Some(t), true) = (target, s.kind.free_target() && names_target(*st))
+            && (!text.is_some_and(|(lo, hi)| (lo..hi).contains(&t))
+                || !t.is_multiple_of(super::static_call::TARGET_ALIGN))
+        {
+            return Err(SiteFinding::Target {
+                site: *s,
+                target: t,
+            });
         }
         let encoding = target
             .filter(|_| s.kind.allows(*st))

@@ -282,11 +282,7 @@ impl PolicyFile {
             }
             (None, Some(start), Some(len)) => (start, start.saturating_add(len)),
             _ => {
-                return Err(bad(
-                    field,
-                    "start and len, or symbols",
-                    "neither or both",
-                ));
+                return Err(bad(field, "start and len, or symbols", "neither or both"));
             }
         };
         let len = end.saturating_sub(start);

@@ -7,7 +7,7 @@
 //! jump label, a static call may go to any function, so its sites are grouped by key and
 //! every site of a group must call the same target (docs/POLICY.md).
 
-use super::patch::{MAX_SITE_LEN, PatchSite, SiteKind};
+use super::patch::{CALL_SITE_LEN, MAX_SITE_LEN, PatchSite, SiteKind};
 use super::{AttestError, GuestAddr};
 
 pub const SITE_ENTRY_BYTES: u64 = 8;
@@ -66,7 +66,14 @@ pub fn parse_sites(
             .0
             .checked_add(field)
             .and_then(|f| f.checked_add_signed(i64::from(i32::from_le_bytes(word))))
-            .ok_or_else(|| bad(NAME, entry, "an address within 2^64", "an overflowing offset"))
+            .ok_or_else(|| {
+                bad(
+                    NAME,
+                    entry,
+                    "an address within 2^64",
+                    "an overflowing offset",
+                )
+            })
     };
     let mut sites = Vec::new();
     for (i, e) in table.chunks_exact(8).enumerate() {
@@ -79,7 +86,7 @@ pub fn parse_sites(
         }
         sites.push(PatchSite {
             addr: GuestAddr(addr),
-            len: MAX_SITE_LEN as u8,
+            len: CALL_SITE_LEN,
             target: GuestAddr(key & !FLAGS),
             kind: if key & TAIL != 0 {
                 SiteKind::Tail
@@ -119,7 +126,7 @@ pub fn parse_trampolines(
         if touches(ranges, addr) {
             out.push(PatchSite {
                 addr: GuestAddr(addr),
-                len: MAX_SITE_LEN as u8,
+                len: CALL_SITE_LEN,
                 target: GuestAddr(0),
                 kind: SiteKind::Trampoline,
             });

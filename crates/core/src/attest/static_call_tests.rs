@@ -171,7 +171,10 @@ fn a_static_call_site_that_leaves_its_group_or_text_is_named() {
             bytes: bad.to_vec()
         }
     );
-    assert!(err.describe().contains("call to its static call's one target"));
+    assert!(
+        err.describe()
+            .contains("call to its static call's one target")
+    );
     // The whole key outside kernel text.
     let mut k = sample();
     for (at, op) in [(0x1100, 0xe8), (0x2200, 0xe8), (0x1200, 0xe9)] {
@@ -198,10 +201,16 @@ fn a_static_call_site_that_leaves_its_group_or_text_is_named() {
     // A call site holding a jump, a trampoline holding a call.
     let mut k = sample();
     k.put(0x1300, &op32(0xe9, 0x1300, 0x1800));
-    assert!(matches!(check(&k, &sites), Err(SiteFinding::Disallowed { .. })));
+    assert!(matches!(
+        check(&k, &sites),
+        Err(SiteFinding::Disallowed { .. })
+    ));
     let mut k = sample();
     k.put(TRAMPS, &op32(0xe8, TRAMPS, 0x1800));
-    assert!(matches!(check(&k, &sites), Err(SiteFinding::Disallowed { .. })));
+    assert!(matches!(
+        check(&k, &sites),
+        Err(SiteFinding::Disallowed { .. })
+    ));
 }
 
 #[test]
@@ -266,7 +275,10 @@ fn bad_static_call_tables_are_refused_naming_the_entry() {
         )
     );
     let err = parse_sites(&[0u8; 12], GuestAddr(SITES), &[TEXT]).unwrap_err();
-    assert!(err.to_string().contains("static_call_sites entry 0"), "{err}");
+    assert!(
+        err.to_string().contains("static_call_sites entry 0"),
+        "{err}"
+    );
     let big = vec![0u8; usize::try_from(MAX_TABLE_BYTES + 8).unwrap()];
     assert!(parse_sites(&big, GuestAddr(SITES), &[TEXT]).is_err());
     // An entry whose site would lie below address 0.
@@ -317,5 +329,57 @@ fn static_call_targets_round_trip_in_evidence_and_refuse_bad_flags() {
     // Version 2 has no packed form.
     let mut v2 = bytes.clone();
     v2[10..12].copy_from_slice(&2u16.to_be_bytes());
-    assert!(Evidence::decode(&v2).unwrap_err().to_string().contains("expected 0, 1 or 2"));
+    assert!(
+        Evidence::decode(&v2)
+            .unwrap_err()
+            .to_string()
+            .contains("expected 0, 1 or 2")
+    );
+}
+
+#[test]
+fn a_policy_names_its_static_call_tables_by_symbol_and_round_trips() {
+    use super::{AttestError, Policy, SystemMap};
+    let map = SystemMap::parse(
+        "ffffffff81000000 T _text\nffffffff81001000 T _stext\nffffffff81e00010 T \
+         __static_call_text_start\nffffffff81e01580 T __static_call_text_end\nffffffff81e01d32 \
+         T _etext\nffffffff82451a40 D __start_static_call_sites\nffffffff824599e8 D \
+         __stop_static_call_sites\n",
+    )
+    .unwrap();
+    let text = "name = \"k\"\nkernel_load = 0x1000000\n[static_calls]\nsites = \
+                [\"__start_static_call_sites\", \"__stop_static_call_sites\"]\ntrampolines = \
+                [\"__static_call_text_start\", \"__static_call_text_end\"]\n[[region]]\nname = \
+                \"text\"\nsymbols = [\"_stext\", \"_etext\"]\nkernel_code = true\n";
+    let p = Policy::parse(text, Some(&map)).unwrap();
+    let sc = p.static_calls.unwrap();
+    assert_eq!((sc.sites.start.0, sc.sites.len), (0x2451a40, 0x7fa8));
+    assert_eq!(
+        (sc.trampolines.start.0, sc.trampolines.len),
+        (0x1e00010, 0x1570)
+    );
+    assert_eq!(p.text(), Some((0x1001000, 0x1e02000)));
+    let again = Policy::parse(&p.to_toml(), None).unwrap();
+    assert_eq!(again, p);
+    assert_eq!(again.id(), p.id());
+    let mut without = p.clone();
+    without.static_calls = None;
+    assert_ne!(without.id(), p.id());
+    // Static calls need the kernel-code region; tables come in whole entries.
+    let field = |t: &str| match Policy::parse(t, Some(&map)).unwrap_err() {
+        AttestError::Policy { field, .. } => field,
+        e => panic!("{e:?}"),
+    };
+    assert_eq!(
+        field(&text.replace("kernel_code = true", "")),
+        "static_calls"
+    );
+    assert_eq!(
+        field(&text.replace("__stop_static_call_sites", "_etext")),
+        "static_calls.sites.len"
+    );
+    assert_eq!(
+        field(&text.replace("trampolines = ", "trampolines_start = 1\ntrampolines = ")),
+        "static_calls.trampolines"
+    );
 }
