@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use vmattest_core::alg::{Digest, PAGE_SIZE, PageIndex};
-use vmattest_core::attest::patch::{self, MAX_SITE_LEN, PatchSite, SiteReport, SiteState};
+use vmattest_core::attest::patch::{self, MAX_SITE_LEN, PatchSite, SiteReport};
 use vmattest_core::attest::static_call;
 use vmattest_core::attest::{
     GuestAddr, JumpTable, Policy, Region, RegionDigest, page_digest, region_digest, sample_pages,
@@ -281,11 +281,16 @@ fn site_report<R: Ram + ?Sized>(
     };
     let mut bytes: Vec<Vec<u8>> = covered.iter().map(read).collect();
     let mut report = patch::report(policy.alg, &covered, &bytes);
-    // Only a report with a site in state other is read again (the rare case), whole: a static
-    // call caught while the kernel retargets it has sites of both targets, and which of them
-    // reads as other depends on the order.
+    // A report that the server would refuse, or that caught the kernel patching (an INT3 in
+    // a site, whose tail may be read half written), is read again whole: the rare case. A
+    // static call caught while the kernel retargets it has sites of both targets, and which of
+    // them reads as other depends on the order.
+    let settled = |r: &SiteReport| {
+        !r.states.iter().any(|s| s.mid_patch())
+            && patch::check_report(policy.alg, &covered, r, policy.text()).is_ok()
+    };
     for _ in 0..REREADS {
-        if !report.states.contains(&SiteState::Other) {
+        if settled(&report) {
             break;
         }
         std::thread::sleep(REREAD_GAP);

@@ -88,6 +88,18 @@ impl SiteState {
         })
     }
 
+    /// An INT3 form: the kernel was patching the site when it was read.
+    pub fn mid_patch(self) -> bool {
+        matches!(
+            self,
+            SiteState::Int3Nop
+                | SiteState::Int3Jump
+                | SiteState::Int3Call
+                | SiteState::Int3Xor
+                | SiteState::Int3Ret
+        )
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             SiteState::Nop => "nop",
@@ -243,14 +255,7 @@ impl PatchSite {
             SiteState::Ret | SiteState::Int3Ret => five(&RET5)?,
             SiteState::Other => return None,
         };
-        if matches!(
-            state,
-            SiteState::Int3Nop
-                | SiteState::Int3Jump
-                | SiteState::Int3Call
-                | SiteState::Int3Xor
-                | SiteState::Int3Ret
-        ) {
+        if state.mid_patch() {
             out[0] = INT3;
         }
         Some(out)
