@@ -435,6 +435,7 @@ mod tests {
 
     use super::*;
     use sha2::{Digest as _, Sha256};
+    use vmattest_core::attest::SiteState;
 
     const POLICY: &str = r#"
 name = "t"
@@ -578,6 +579,69 @@ regions = ["data"]
         assert_eq!(
             measure(&image, &policy, "all", &nonce).unwrap(),
             measure(ram.as_slice(), &policy, "all", &nonce).unwrap()
+        );
+    }
+
+    /// RAM in which the kernel is retargeting a static call: the first reads of its one site
+    /// give an INT3 and a half-written tail.
+    struct Retargeting {
+        ram: Vec<u8>,
+        torn: std::cell::Cell<u32>,
+    }
+
+    const CALL_SITE: u64 = 0x2100;
+
+    impl Ram for Retargeting {
+        fn len(&self) -> u64 {
+            self.ram.len() as u64
+        }
+
+        fn copy_at(&self, offset: u64, buf: &mut [u8]) -> usize {
+            let n = self.ram.copy_at(offset, buf);
+            if offset == CALL_SITE && buf.len() == 5 && self.torn.get() > 0 {
+                self.torn.set(self.torn.get() - 1);
+                buf.copy_from_slice(&[0xcc, 0x03, 0x0f, 0x00, 0x00]);
+            }
+            n
+        }
+    }
+
+    /// Regression (a guest switching its preemption mode): a site read while the kernel wrote
+    /// its tail looked like a call to the middle of a function, and the server named it. The
+    /// agent reads such a report again.
+    #[test]
+    fn regression_a_static_call_read_half_written_is_read_again() {
+        let policy = Policy::parse(
+            "name = \"k\"\n[static_calls]\nsites_start = 0x8000\nsites_len = 8\n\
+             trampolines_start = 0x4f00\ntrampolines_len = 8\n[[region]]\nname = \"text\"\n\
+             start = 0x2000\nlen = 0x3000\nkernel_code = true\n",
+            None,
+        )
+        .unwrap();
+        let mut ram = vec![0u8; 0x10000];
+        // One call site at 0x2100 of the key at 0x9000, calling 0x3000; its trampoline too.
+        let rel = |to: u64, from: u64| {
+            i32::try_from(i64::try_from(to).unwrap() - i64::try_from(from).unwrap()).unwrap()
+        };
+        ram[0x8000..0x8004].copy_from_slice(&rel(CALL_SITE, 0x8000).to_le_bytes());
+        ram[0x8004..0x8008].copy_from_slice(&rel(0x9000, 0x8004).to_le_bytes());
+        ram[0x2100] = 0xe8;
+        ram[0x2101..0x2105].copy_from_slice(&rel(0x3000, 0x2105).to_le_bytes());
+        ram[0x4f00] = 0xe9;
+        ram[0x4f01..0x4f05].copy_from_slice(&rel(0x3000, 0x4f05).to_le_bytes());
+        ram[0x4f05..0x4f08].copy_from_slice(&[0x0f, 0xb9, 0xcc]);
+        let guest = Retargeting {
+            ram,
+            torn: std::cell::Cell::new(2),
+        };
+        let m = measure(&guest, &policy, "all", &[1u8; 16]).unwrap();
+        assert_eq!(guest.torn.get(), 0, "the torn reads were made");
+        let report = m.regions[0].sites.clone().unwrap();
+        assert_eq!(report.states, [SiteState::Call, SiteState::Jump]);
+        let sites = table_sites(guest.ram.as_slice(), &policy).unwrap();
+        assert_eq!(
+            patch::check_report(policy.alg, &sites, &report, policy.text()),
+            Ok(())
         );
     }
 }
