@@ -1,8 +1,8 @@
 //! Static-call tables read from guest memory: the first 16 bytes choose where the tables sit
 //! and the ranges kept, the rest is the site table, the trampolines' text and the memory the
 //! sites point into. Sites come back sorted and apart; a report of their own bytes round-trips
-//! through evidence and passes its check unless a site is other or a target is not a function
-//! entry.
+//! through evidence and passes its check unless a site is other or a target lies outside
+//! kernel text.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -606,11 +606,10 @@ regions = ["data"]
         }
     }
 
-    /// Regression (a guest switching its preemption mode): a site read while the kernel wrote
-    /// its tail looked like a call to the middle of a function, and the server named it. The
-    /// agent reads such a report again.
+    /// A site read while the kernel writes its tail holds an INT3 and any target: the agent
+    /// reads such a report again rather than send a target the kernel never wrote.
     #[test]
-    fn regression_a_static_call_read_half_written_is_read_again() {
+    fn a_static_call_read_half_written_is_read_again() {
         let policy = Policy::parse(
             "name = \"k\"\n[static_calls]\nsites_start = 0x8000\nsites_len = 8\n\
              trampolines_start = 0x4f00\ntrampolines_len = 8\n[[region]]\nname = \"text\"\n\

@@ -160,7 +160,7 @@ impl FakeVm {
                     let e = match s.kind {
                         SiteKind::Label if i % 16 == 0 => s.encoding(SiteState::Jump),
                         SiteKind::Label => s.encoding(SiteState::Nop),
-                        // Each call goes to a function entry of its own in the region.
+                        // Each call goes to a place of its own in the region.
                         _ => {
                             let to = text.0 + (s.target.0.max(s.addr.0) * 64) % (text.1 - text.0);
                             let st = if s.kind == SiteKind::Call {

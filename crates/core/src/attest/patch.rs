@@ -556,7 +556,7 @@ pub enum SiteFinding {
     },
     /// A site holds bytes none of its encodings has.
     Disallowed { site: PatchSite, bytes: Vec<u8> },
-    /// A static call goes outside kernel text, or not to a 16-byte-aligned address in it.
+    /// A static call goes outside kernel text.
     Target { site: PatchSite, target: u64 },
     /// The states do not reproduce the bytes the agent read (its table differs).
     Digest,
@@ -593,8 +593,7 @@ impl SiteFinding {
                 site.kind.expected(site.len, site.target)
             ),
             SiteFinding::Target { site, target } => format!(
-                "static call at {} goes to {target:#x}, not a function entry (16-byte \
-                 aligned) in kernel text",
+                "static call at {} goes to {target:#x}, outside kernel text",
                 site.addr
             ),
             SiteFinding::Digest => "patch sites: the bytes read are not the encodings their \
@@ -605,8 +604,7 @@ impl SiteFinding {
 }
 
 /// Checks a report against the baseline's `sites`: every state an allowed encoding, every
-/// static call to a 16-byte-aligned address in `text` (`[start, end)`; none allowed without
-/// it), and the bytes those encodings give hash to the reported digest.
+/// static call into `text` (`[start, end)`; none allowed without it), and the bytes those encodings give hash to the reported digest.
 pub fn check_report(
     alg: HashAlg,
     sites: &[PatchSite],
@@ -646,8 +644,7 @@ pub fn check_report(
             None => Some(s.target.0),
         };
         if let (Some(t), true) = (target, s.kind.free_target() && names_target(*st))
-            && (!text.is_some_and(|(lo, hi)| (lo..hi).contains(&t))
-                || !t.is_multiple_of(super::static_call::TARGET_ALIGN))
+            && !text.is_some_and(|(lo, hi)| (lo..hi).contains(&t))
         {
             return Err(SiteFinding::Target {
                 site: *s,

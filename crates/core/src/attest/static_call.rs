@@ -15,9 +15,6 @@ pub const TRAMPOLINE_BYTES: u64 = 8;
 /// 1 Mi entries (or trampolines); a distribution kernel has about 4,100 sites and 700
 /// trampolines.
 pub const MAX_TABLE_BYTES: u64 = 8 << 20;
-/// Where a static call may go: x86-64 kernels align every function to 16 bytes (GCC's default
-/// at -O2, and the kernel's `CONFIG_FUNCTION_ALIGNMENT` from 6.2 on).
-pub const TARGET_ALIGN: u64 = 16;
 const TAIL: u64 = 1;
 const INIT: u64 = 2;
 const FLAGS: u64 = 3;

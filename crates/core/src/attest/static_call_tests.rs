@@ -188,16 +188,7 @@ fn a_static_call_site_that_leaves_its_group_or_text_is_named() {
             target: 0x5800
         }
     );
-    assert!(err.describe().contains("in kernel text"));
-    // A whole key to an address in text that is not a function entry.
-    let mut k = sample();
-    for (at, op) in [(0x1100, 0xe8), (0x2200, 0xe8), (0x1200, 0xe9)] {
-        k.put(at, &op32(op, at, 0x1808));
-    }
-    assert!(matches!(
-        check(&k, &sites),
-        Err(SiteFinding::Target { target: 0x1808, .. })
-    ));
+    assert!(err.describe().contains("outside kernel text"));
     // A call site holding a jump, a trampoline holding a call.
     let mut k = sample();
     k.put(0x1300, &op32(0xe9, 0x1300, 0x1800));
@@ -211,6 +202,19 @@ fn a_static_call_site_that_leaves_its_group_or_text_is_named() {
         check(&k, &sites),
         Err(SiteFinding::Disallowed { .. })
     ));
+}
+
+/// Regression (the test guest under full preemption): `preempt_schedule` went to
+/// `preempt_schedule_thunk`, an assembly thunk 8 bytes past a multiple of 16, and a rule that
+/// targets be 16-byte aligned named it. Any place in kernel text is a legitimate target.
+#[test]
+fn regression_a_static_call_to_an_unaligned_thunk_is_legitimate() {
+    let mut k = sample();
+    let sites = k.sites().unwrap();
+    for (at, op) in [(0x1100, 0xe8), (0x2200, 0xe8), (0x1200, 0xe9)] {
+        k.put(at, &op32(op, at, 0x1808));
+    }
+    assert_eq!(check(&k, &sites), Ok(()));
 }
 
 #[test]
