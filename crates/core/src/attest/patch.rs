@@ -320,6 +320,16 @@ impl PatchSite {
     }
 }
 
+/// The address an `s32le` field (`bytes`, at offset `at` of a table at `start`) holds, relative
+/// to the field itself; `None` beyond 2^64 or below 0.
+pub(crate) fn relative(start: GuestAddr, at: u64, bytes: &[u8]) -> Option<u64> {
+    let word: [u8; 4] = bytes.try_into().ok()?;
+    start
+        .0
+        .checked_add(at)?
+        .checked_add_signed(i64::from(i32::from_le_bytes(word)))
+}
+
 fn bad(entry: u64, expected: &str, found: impl ToString) -> AttestError {
     AttestError::PatchTable {
         entry,
@@ -369,13 +379,8 @@ pub fn parse_jump_table(
             format!("{len} bytes"),
         ));
     }
-    let rel = |entry: u64, at: u64, bytes: &[u8]| -> Result<u64, AttestError> {
-        let mut word = [0u8; 4];
-        word.copy_from_slice(bytes);
-        start
-            .0
-            .checked_add(at)
-            .and_then(|field| field.checked_add_signed(i64::from(i32::from_le_bytes(word))))
+    let rel = |entry: u64, at: u64, bytes: &[u8]| {
+        relative(start, at, bytes)
             .ok_or_else(|| bad(entry, "an address within 2^64", "an overflowing offset"))
     };
     let mut sites = Vec::new();

@@ -7,7 +7,7 @@
 //! jump label, a static call may go to any function, so its sites are grouped by key and
 //! every site of a group must call the same target (docs/POLICY.md).
 
-use super::patch::{CALL_SITE_LEN, MAX_SITE_LEN, PatchSite, SiteKind};
+use super::patch::{CALL_SITE_LEN, MAX_SITE_LEN, PatchSite, SiteKind, relative};
 use super::{AttestError, GuestAddr};
 
 pub const SITE_ENTRY_BYTES: u64 = 8;
@@ -56,21 +56,15 @@ pub fn parse_sites(
 ) -> Result<Vec<PatchSite>, AttestError> {
     const NAME: &str = "static_call_sites";
     check_len(NAME, table.len() as u64, SITE_ENTRY_BYTES)?;
-    let rel = |entry: u64, field: u64, bytes: &[u8]| -> Result<u64, AttestError> {
-        let mut word = [0u8; 4];
-        word.copy_from_slice(bytes);
-        start
-            .0
-            .checked_add(field)
-            .and_then(|f| f.checked_add_signed(i64::from(i32::from_le_bytes(word))))
-            .ok_or_else(|| {
-                bad(
-                    NAME,
-                    entry,
-                    "an address within 2^64",
-                    "an overflowing offset",
-                )
-            })
+    let rel = |entry: u64, field: u64, bytes: &[u8]| {
+        relative(start, field, bytes).ok_or_else(|| {
+            bad(
+                NAME,
+                entry,
+                "an address within 2^64",
+                "an overflowing offset",
+            )
+        })
     };
     let mut sites = Vec::new();
     for (i, e) in table.chunks_exact(8).enumerate() {
