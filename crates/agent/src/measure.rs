@@ -189,19 +189,23 @@ pub struct Measurement {
 /// static-call tables. Tables that do not parse give no sites: the pages are then hashed
 /// whole and the reports are empty, which the server refuses against its baseline's sites.
 pub fn live_sites<R: Ram + ?Sized>(ram: &R, policy: &Policy) -> Vec<PatchSite> {
-    for _ in 0..REREADS {
+    for gap in reread_gaps() {
         if let Ok(sites) = table_sites(ram, policy) {
             return sites;
         }
-        std::thread::sleep(REREAD_GAP);
+        std::thread::sleep(gap);
     }
     table_sites(ram, policy).unwrap_or_default()
 }
 
 /// How often, and how far apart, a site caught in an unexpected state is read again: the
 /// kernel finishes a patch within microseconds, while a changed site stays as it is.
-const REREADS: u32 = 5;
-const REREAD_GAP: std::time::Duration = std::time::Duration::from_millis(2);
+/// 2, 4, ... 1024 ms (about 2 s in all): a jump label is patched within microseconds, but the
+/// kernel retargets a static call one site at a time, and under emulation (TCG) a call of 450
+/// sites takes hundreds of milliseconds, during which its sites hold two targets.
+fn reread_gaps() -> impl Iterator<Item = std::time::Duration> {
+    (1..=10).map(|k| std::time::Duration::from_millis(1 << k))
+}
 
 /// The bytes of a kernel table named `what`.
 fn table_bytes<R: Ram + ?Sized>(
@@ -289,11 +293,11 @@ fn site_report<R: Ram + ?Sized>(
         !r.states.iter().any(|s| s.mid_patch())
             && patch::check_report(policy.alg, &covered, r, policy.text()).is_ok()
     };
-    for _ in 0..REREADS {
+    for gap in reread_gaps() {
         if settled(&report) {
             break;
         }
-        std::thread::sleep(REREAD_GAP);
+        std::thread::sleep(gap);
         bytes = covered.iter().map(read).collect();
         report = patch::report(policy.alg, &covered, &bytes);
     }
