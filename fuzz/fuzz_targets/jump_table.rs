@@ -3,20 +3,17 @@
 //! that comes back is sorted, apart, of 2 or 5 bytes, and classifies its own bytes.
 #![no_main]
 
+#[path = "common/guest_memory.rs"]
+mod guest_memory;
+
 use libfuzzer_sys::fuzz_target;
 use vmattest_core::attest::GuestAddr;
 use vmattest_core::attest::patch::{MAX_SITE_LEN, SiteState, parse_jump_table};
 
 fuzz_target!(|data: &[u8]| {
-    if data.len() < 16 {
+    let Some((start, span, mem)) = guest_memory::split(data) else {
         return;
-    }
-    let (head, mem) = data.split_at(16);
-    let mut word = [0u8; 8];
-    word.copy_from_slice(&head[..8]);
-    let start = u64::from_le_bytes(word) % 0x1_0000;
-    word.copy_from_slice(&head[8..]);
-    let span = u64::from_le_bytes(word) % 0x2_0000;
+    };
     let table = &mem[..mem.len() / 16 * 16];
     let read = |a: GuestAddr| {
         let mut b = [0u8; MAX_SITE_LEN];

@@ -5,6 +5,9 @@
 //! kernel text.
 #![no_main]
 
+#[path = "common/guest_memory.rs"]
+mod guest_memory;
+
 use libfuzzer_sys::fuzz_target;
 use vmattest_core::alg::HashAlg;
 use vmattest_core::attest::GuestAddr;
@@ -12,17 +15,14 @@ use vmattest_core::attest::patch::{SiteFinding, SiteState, check_report, report}
 use vmattest_core::attest::static_call::{merge, parse_sites, parse_trampolines};
 
 fuzz_target!(|data: &[u8]| {
-    if data.len() < 16 {
+    let Some((start, span, mem)) = guest_memory::split(data) else {
         return;
-    }
-    let (head, mem) = data.split_at(16);
-    let mut word = [0u8; 8];
-    word.copy_from_slice(&head[..8]);
-    let start = u64::from_le_bytes(word) % 0x1_0000;
-    word.copy_from_slice(&head[8..]);
-    let span = u64::from_le_bytes(word) % 0x2_0000;
+    };
     let half = mem.len() / 2;
-    let (sites, tramps) = (&mem[..half / 8 * 8], &mem[half..half + (mem.len() - half) / 8 * 8]);
+    let (sites, tramps) = (
+        &mem[..half / 8 * 8],
+        &mem[half..half + (mem.len() - half) / 8 * 8],
+    );
     let ranges = [(0, span)];
     let Ok(a) = parse_sites(sites, GuestAddr(start), &ranges) else {
         return;
@@ -54,7 +54,10 @@ fuzz_target!(|data: &[u8]| {
     match check_report(HashAlg::Sha256, &all, &r, Some((0, u64::MAX))) {
         Ok(()) | Err(SiteFinding::Target { .. }) => {}
         Err(SiteFinding::Disallowed { .. }) => {
-            assert!(r.states.contains(&SiteState::Other), "a legitimate site refused")
+            assert!(
+                r.states.contains(&SiteState::Other),
+                "a legitimate site refused"
+            )
         }
         Err(e) => panic!("a report of the sites' own bytes fails: {e:?}"),
     }
