@@ -14,7 +14,9 @@
 #        with patch-site appraisal (a kernel-code region of that many jump-label sites, whose
 #        reports every evidence carries) and without, and the ratio of the means.
 #        STATIC_CALLS=4700 adds that many static-call sites and trampolines to the runs with
-#        patch sites (as a distribution kernel has besides its jump labels).
+#        patch sites (as a distribution kernel has besides its jump labels). Agents name an
+#        unchanged site report by the fingerprint the challenge gives; WHOLE_SITE_REPORTS=1
+#        has them send it whole every round (as if the kernel patched between every two).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 ensure_deps
@@ -27,6 +29,8 @@ BASELINE=${BASELINE:-}
 ROUNDS=${ROUNDS:-3}
 PATCH_SITES=${PATCH_SITES:-0}
 STATIC_CALLS=${STATIC_CALLS:-0}
+WHOLE=()
+[ "${WHOLE_SITE_REPORTS:-0}" = 0 ] || WHOLE=(--whole-site-reports)
 
 cd "$ROOT"
 cargo build --release --quiet -p vmattest-cli -p vmattest-loadgen >&2
@@ -175,7 +179,7 @@ if [ -n "$BASELINE" ]; then
 fi
 if [ "$PATCH_SITES" -gt 0 ]; then
   for r in $(seq "$ROUNDS"); do
-    measure sqlite "$W/sites-$r" "$VM" "$LOADGEN" --patch-sites "$PATCH_SITES" --static-calls "$STATIC_CALLS"
+    measure sqlite "$W/sites-$r" "$VM" "$LOADGEN" --patch-sites "$PATCH_SITES" --static-calls "$STATIC_CALLS" "${WHOLE[@]}"
     results+=("sqlite-sites-$r=$W/sites-$r/report.json")
     measure sqlite "$W/nosites-$r" "$VM" "$LOADGEN"
     results+=("sqlite-nosites-$r=$W/nosites-$r/report.json")

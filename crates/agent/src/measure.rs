@@ -12,7 +12,8 @@ use vmattest_core::alg::{Digest, PAGE_SIZE, PageIndex};
 use vmattest_core::attest::patch::{self, MAX_SITE_LEN, PatchSite, SiteReport};
 use vmattest_core::attest::static_call;
 use vmattest_core::attest::{
-    GuestAddr, JumpTable, Policy, Region, RegionDigest, page_digest, region_digest, sample_pages,
+    GuestAddr, JumpTable, Policy, Region, RegionDigest, SiteEvidence, page_digest, region_digest,
+    sample_pages,
 };
 use vmattest_core::class::{Classify, ErrorClass};
 use vmattest_image::{ImageError, LiveImage};
@@ -182,7 +183,7 @@ pub(crate) fn page_digests<R: Ram + ?Sized>(
 pub struct Measurement {
     pub regions: Vec<RegionDigest>,
     pub kernel_code: Option<Digest>,
-    pub kernel_code_sites: Option<SiteReport>,
+    pub kernel_code_sites: Option<SiteEvidence>,
 }
 
 /// The patch sites of every region of `policy`, from the guest's own jump table and
@@ -351,7 +352,7 @@ pub fn measure<R: Ram + ?Sized>(
             name: region.name.clone(),
             pages: pages.len() as u64,
             digest: region_digest(policy.alg, &region.name, &pages),
-            sites: sites.map(|s| site_report(policy, ram, region, &sample, s)),
+            sites: sites.map(|s| SiteEvidence::Whole(site_report(policy, ram, region, &sample, s))),
         });
     }
     // When the subset already hashed every page of the kernel-code region, that digest is it.
@@ -368,7 +369,7 @@ pub fn measure<R: Ram + ?Sized>(
                 let pages = page_digests(policy, ram, region, &all, sites.unwrap_or(&[]));
                 (
                     Some(region_digest(policy.alg, &region.name, &pages)),
-                    sites.map(|s| site_report(policy, ram, region, &all, s)),
+                    sites.map(|s| SiteEvidence::Whole(site_report(policy, ram, region, &all, s))),
                 )
             }
         },
@@ -640,10 +641,11 @@ regions = ["data"]
         let m = measure(&guest, &policy, "all", &[1u8; 16]).unwrap();
         assert_eq!(guest.torn.get(), 0, "the torn reads were made");
         let report = m.regions[0].sites.clone().unwrap();
+        let report = report.whole().unwrap();
         assert_eq!(report.states, [SiteState::Call, SiteState::Jump]);
         let sites = table_sites(guest.ram.as_slice(), &policy).unwrap();
         assert_eq!(
-            patch::check_report(policy.alg, &sites, &report, policy.text()),
+            patch::check_report(policy.alg, &sites, report, policy.text()),
             Ok(())
         );
     }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use vmattest_core::class::{Classify, ErrorClass};
 
-use vmattest_api::{AttestationResult, Challenge};
+use vmattest_api::{AttestationResult, Challenge, ErrorCode};
 use vmattest_client::{Client, ClientError};
 use vmattest_core::attest::{AttestError, Policy};
 use vmattest_host::Verifier;
@@ -14,7 +14,7 @@ use vmattest_host::vm::HostVmError;
 use vmattest_qemu::restore::RestoreReport;
 use vmattest_sign::Signer;
 
-use crate::evidence::{EvidenceError, Measured, evidence_bytes};
+use crate::evidence::{EvidenceError, Measured, evidence_bytes, name_known_reports};
 use crate::guest::Guest;
 use crate::measure::{MeasureError, measure_vm};
 
@@ -121,7 +121,9 @@ pub fn check_challenge(vm: &str, c: &Challenge) -> Result<(Policy, Vec<u8>), Run
     Ok((policy, nonce))
 }
 
-/// Challenge, measure, sign, submit: one round.
+/// Challenge, measure, sign, submit: one round. A site report is named by fingerprint when
+/// the challenge says the server holds it; should the server have lost it since (a restart,
+/// another server), the round is made again with the report whole.
 pub fn answer_challenge(
     client: &Client,
     guest: &Guest<'_>,
@@ -129,9 +131,28 @@ pub fn answer_challenge(
     vm_name: &str,
     paused: bool,
 ) -> Result<Answered, RunError> {
+    match answer(client, guest, signer, vm_name, paused, true) {
+        Err(RunError::Client(e)) if e.code() == Some(&ErrorCode::UnknownSiteReport) => {
+            answer(client, guest, signer, vm_name, paused, false)
+        }
+        r => r,
+    }
+}
+
+fn answer(
+    client: &Client,
+    guest: &Guest<'_>,
+    signer: &dyn Signer,
+    vm_name: &str,
+    paused: bool,
+    by_fingerprint: bool,
+) -> Result<Answered, RunError> {
     let challenge = client.challenge(vm_name)?;
     let (policy, nonce) = check_challenge(vm_name, &challenge)?;
-    let measurement = measure_vm(guest, &policy, &challenge.subset, &nonce, paused)?;
+    let mut measurement = measure_vm(guest, &policy, &challenge.subset, &nonce, paused)?;
+    if by_fingerprint {
+        name_known_reports(&mut measurement, challenge.site_report.as_deref());
+    }
     let bytes = evidence_bytes(
         Measured {
             vm: vm_name,
@@ -360,6 +381,7 @@ mod tests {
             policy_toml: p.to_toml(),
             subset: "all".into(),
             expires: vmattest_api::time::from_secs(0),
+            site_report: None,
         }
     }
 

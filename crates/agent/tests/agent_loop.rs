@@ -85,6 +85,7 @@ fn stub(answer: Answer) -> Stub {
                     policy_toml: policy.to_toml(),
                     subset: "s".into(),
                     expires: vmattest_api::time::from_secs(0),
+                    site_report: None,
                 };
                 respond(&mut stream, 200, &serde_json::to_string(&c).unwrap());
             } else if request.starts_with("POST /v1/evidence ") {

@@ -65,6 +65,9 @@ pub enum ErrorCode {
     Regions,
     /// A configuration opening does not open the signed root.
     RootMismatch,
+    /// Evidence names a patch-site report by fingerprint that the server does not hold;
+    /// the agent sends the whole report instead.
+    UnknownSiteReport,
     /// The request body did not arrive in time.
     BodyTimeout,
     /// The server failed; the details are in its log only.
@@ -75,7 +78,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code this build knows, in documentation order.
-    pub const KNOWN: [ErrorCode; 27] = [
+    pub const KNOWN: [ErrorCode; 28] = [
         ErrorCode::Malformed,
         ErrorCode::Invalid,
         ErrorCode::NotFound,
@@ -101,6 +104,7 @@ impl ErrorCode {
         ErrorCode::ReplayedNonce,
         ErrorCode::Regions,
         ErrorCode::RootMismatch,
+        ErrorCode::UnknownSiteReport,
         ErrorCode::BodyTimeout,
         ErrorCode::Internal,
     ];
@@ -133,6 +137,7 @@ impl ErrorCode {
             ErrorCode::ReplayedNonce => "replayed_nonce",
             ErrorCode::Regions => "regions",
             ErrorCode::RootMismatch => "root_mismatch",
+            ErrorCode::UnknownSiteReport => "unknown_site_report",
             ErrorCode::BodyTimeout => "body_timeout",
             ErrorCode::Internal => "internal",
             ErrorCode::Other(code) => code,
@@ -159,7 +164,8 @@ impl ErrorCode {
             ErrorCode::Exists
             | ErrorCode::LastAdmin
             | ErrorCode::NoBaseline
-            | ErrorCode::NoReference => 409,
+            | ErrorCode::NoReference
+            | ErrorCode::UnknownSiteReport => 409,
             ErrorCode::TooLarge => 413,
             ErrorCode::Internal => 500,
             _ => 400,
@@ -184,7 +190,8 @@ impl ErrorCode {
             | ErrorCode::ExpiredNonce
             | ErrorCode::ReplayedNonce
             | ErrorCode::Regions
-            | ErrorCode::RootMismatch => ErrorClass::Verification,
+            | ErrorCode::RootMismatch
+            | ErrorCode::UnknownSiteReport => ErrorClass::Verification,
             ErrorCode::Unauthorized | ErrorCode::Forbidden => ErrorClass::Denied,
             ErrorCode::BodyTimeout | ErrorCode::Internal => ErrorClass::Environment,
             ErrorCode::Malformed

@@ -232,6 +232,10 @@ pub struct Challenge {
     pub subset: String,
     #[serde(with = "time")]
     pub expires: UnixTime,
+    /// Hex fingerprint of the last whole patch-site report of the VM that passed; evidence
+    /// whose report is the same may name it by this fingerprint instead of carrying it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site_report: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

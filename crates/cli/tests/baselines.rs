@@ -133,6 +133,89 @@ fn baseline_patch_sites_are_checked() {
             ),
         )
         .unwrap();
+    named_by_fingerprint(&f, &policy);
+}
+
+/// Once a whole site report passed, the challenge names its fingerprint and evidence may name
+/// the report by it; any other fingerprint is refused with `unknown_site_report`.
+fn named_by_fingerprint(f: &common::fixture::Fixture, policy: &vmattest_core::attest::Policy) {
+    use vmattest_core::alg::{HashAlg, PageIndex};
+    use vmattest_core::attest::{
+        Evidence, GuestAddr, PatchSite, RegionDigest, SiteEvidence, SiteKind, SiteState, patch,
+        region_digest,
+    };
+    let site = |addr, len, target, kind| PatchSite {
+        addr: GuestAddr(addr),
+        len,
+        target: GuestAddr(target),
+        kind,
+    };
+    let sites = [
+        site(0x1100, 5, 0x1200, SiteKind::Label),
+        site(0x1200, 5, 0xa100, SiteKind::Call),
+        site(0x1300, 5, 0xa100, SiteKind::Tail),
+        site(0x2f00, 5, 0, SiteKind::Trampoline),
+        site(0x2ffe, 2, 0x1000, SiteKind::Label),
+    ];
+    let read: Vec<Vec<u8>> = sites
+        .iter()
+        .map(|s| {
+            let st = match s.kind {
+                SiteKind::Label => SiteState::Nop,
+                SiteKind::Call => SiteState::Call,
+                _ => SiteState::Jump,
+            };
+            s.encoding_to(st, 0x1800).unwrap()[..usize::from(s.len)].to_vec()
+        })
+        .collect();
+    let report = patch::report(policy.alg, &sites, &read);
+    assert_eq!(
+        patch::check_report(policy.alg, &sites, &report, policy.text()),
+        Ok(())
+    );
+    let zero = policy.alg.zero_digest();
+    let digest = region_digest(
+        policy.alg,
+        "text",
+        &[(PageIndex(0), zero), (PageIndex(1), zero)],
+    );
+    let submit = |sites: SiteEvidence| {
+        let c = f.agent.challenge("vm2").unwrap();
+        let ev = Evidence {
+            vm: "vm2".into(),
+            time: vmattest_host::now(),
+            nonce: hex::decode(&c.nonce).unwrap(),
+            alg: policy.alg,
+            policy_id: policy.id(),
+            subset: "all".into(),
+            regions: vec![RegionDigest {
+                name: "text".into(),
+                pages: 2,
+                digest,
+                sites: Some(sites),
+            }],
+            kernel_code: Some(digest),
+            kernel_code_sites: None,
+            agent_version: "test".into(),
+            key_ids: vec![vmattest_sign::Signer::key_id(&f.host_key)],
+        };
+        let signed = vmattest_agent::evidence::sign(ev, &f.host_key).unwrap();
+        (c, f.agent.evidence(&signed.encode().unwrap()))
+    };
+    let (c, r) = submit(SiteEvidence::Whole(report.clone()));
+    assert_eq!(c.site_report, None);
+    assert_eq!(r.unwrap().status, "affirming");
+    let print = report.fingerprint();
+    let (c, r) = submit(SiteEvidence::Same(print));
+    assert_eq!(c.site_report, Some(print.to_hex()));
+    assert_eq!(r.unwrap().status, "affirming");
+    let other = HashAlg::Blake3.hash(&[b"another report"]);
+    let (_, r) = submit(SiteEvidence::Same(other));
+    let e = common::fixture::refused(r, ErrorCode::UnknownSiteReport);
+    assert!(
+        e.contains("which is not the last that passed for VM vm2"),
+        "{e}"
+    );
 }
 
 /// A kernel-code byte changed: the agent's follow-up names its page, offset and both values

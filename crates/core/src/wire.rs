@@ -74,8 +74,8 @@ impl Kind {
         match self {
             // 2: BLAKE3 delta digests key their leaves and parents.
             Kind::Link => 2,
-            // 2: patch-site reports; 3: static-call targets in them.
-            Kind::Evidence => 3,
+            // 2: patch-site reports; 3: static-call targets in them; 4: reports by fingerprint.
+            Kind::Evidence => 4,
             _ => 1,
         }
     }
@@ -364,6 +364,11 @@ impl<'a> Reader<'a> {
 
     pub fn u8(&mut self, field: &'static str) -> Result<u8, WireError> {
         Ok(self.array::<1>(field)?[0])
+    }
+
+    /// The next byte, left unread.
+    pub fn peek_u8(&self) -> Option<u8> {
+        self.buf.get(self.pos).copied()
     }
 
     pub fn u16(&mut self, field: &'static str) -> Result<u16, WireError> {

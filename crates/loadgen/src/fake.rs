@@ -9,8 +9,8 @@ use vmattest_core::alg::{Digest, HashAlg, PAGE_SIZE, PageIndex};
 use vmattest_core::attest::patch::{self, CALL_SITE_LEN, MAX_SITE_LEN, SiteReport, SiteState};
 use vmattest_core::attest::static_call;
 use vmattest_core::attest::{
-    Evidence, GuestAddr, PatchSite, Policy, RegionDigest, SiteKind, page_digest, region_digest,
-    sample_pages,
+    Evidence, GuestAddr, PatchSite, Policy, RegionDigest, SiteEvidence, SiteKind, page_digest,
+    region_digest, sample_pages,
 };
 use vmattest_core::record::UnixTime;
 use vmattest_sign::{SecretKey, Signer};
@@ -118,6 +118,8 @@ pub struct FakeVm {
     sites: Vec<PatchSite>,
     /// The report of every site (one in 16 jumping), when there are sites.
     report: Option<SiteReport>,
+    /// Its fingerprint, hex: a challenge naming it lets evidence name the report.
+    print: Option<String>,
     /// Digest over every page of each region, for regions hashed whole.
     full: Vec<Digest>,
 }
@@ -180,6 +182,7 @@ impl FakeVm {
             policy,
             pages,
             sites,
+            print: report.as_ref().map(|r| r.fingerprint().to_hex()),
             report,
             full,
         }
@@ -243,7 +246,9 @@ impl FakeVm {
         }
     }
 
-    /// Evidence for a challenge's nonce and subset, measured now and naming `key`.
+    /// Evidence for a challenge's nonce and subset, measured now and naming `key`. The site
+    /// report is named by fingerprint when it is the one the challenge says the server holds
+    /// (`known`).
     pub fn evidence(
         &self,
         vm: &str,
@@ -251,7 +256,15 @@ impl FakeVm {
         subset: &str,
         key: &SecretKey,
         time: UnixTime,
+        known: Option<&str>,
     ) -> Result<Evidence, String> {
+        let sites = self.report.as_ref().map(|r| {
+            if known.is_some() && known == self.print.as_deref() {
+                SiteEvidence::Same(r.fingerprint())
+            } else {
+                SiteEvidence::Whole(r.clone())
+            }
+        });
         let sub = self
             .policy
             .subset(subset)
@@ -282,7 +295,7 @@ impl FakeVm {
                 name: name.clone(),
                 pages: sample.len() as u64,
                 digest,
-                sites: self.report.clone(),
+                sites: sites.clone(),
             });
         }
         let kernel = self.policy.regions.iter().position(|r| r.kernel_code);
@@ -354,7 +367,9 @@ mod tests {
         let vm = FakeVm::new(policy("loadgen-test", 0, 0).unwrap(), 0, 0);
         let key = SecretKey::generate(SigAlg::Ed25519).unwrap();
         let nonce = [7u8; 32];
-        let ev = vm.evidence("vm-1", &nonce, "all", &key, now()).unwrap();
+        let ev = vm
+            .evidence("vm-1", &nonce, "all", &key, now(), None)
+            .unwrap();
         let bytes = sign(ev.clone(), &key).unwrap();
 
         let decoded = Signed::<Evidence>::decode(&bytes).unwrap();
@@ -395,10 +410,13 @@ mod tests {
         assert_eq!(region.pages, 3600);
         assert!(region.kernel_code && vm.policy().jump_table.is_some());
         let key = SecretKey::generate(SigAlg::Ed25519).unwrap();
-        let ev = vm.evidence("vm-1", &[7u8; 32], "all", &key, now()).unwrap();
+        let ev = vm
+            .evidence("vm-1", &[7u8; 32], "all", &key, now(), None)
+            .unwrap();
         let report = ev.regions[0].sites.clone().unwrap();
+        let report = report.whole().unwrap();
         assert_eq!(report.states.len(), 6300);
-        patch::check_report(HashAlg::Sha256, &vm.sites, &report, None).unwrap();
+        patch::check_report(HashAlg::Sha256, &vm.sites, report, None).unwrap();
         assert!(ev.kernel_code_sites.is_none());
         // Only the jumping sites are listed: the evidence stays small.
         let bytes = sign(ev, &key).unwrap();
@@ -413,22 +431,41 @@ mod tests {
         let text = vm.policy().text();
         assert!(vm.policy().static_calls.is_some());
         let key = SecretKey::generate(SigAlg::Ed25519).unwrap();
-        let ev = vm.evidence("vm-1", &[7u8; 32], "all", &key, now()).unwrap();
+        let ev = vm
+            .evidence("vm-1", &[7u8; 32], "all", &key, now(), None)
+            .unwrap();
         let report = ev.regions[0].sites.clone().unwrap();
+        let report = report.whole().unwrap();
         assert_eq!(report.states.len(), 11_000);
         // 671 trampolines (one in 7) and 784 keys (i / 6 for i below 4,700).
         assert_eq!(report.targets.len(), 671 + 784);
         assert!(report.targets.iter().all(Option::is_some));
-        patch::check_report(HashAlg::Sha256, &vm.sites, &report, text).unwrap();
+        patch::check_report(HashAlg::Sha256, &vm.sites, report, text).unwrap();
         let bytes = sign(ev, &key).unwrap();
         assert!(bytes.len() < 16 * 1024, "{} bytes", bytes.len());
+        // Named by the fingerprint a challenge gives, the report takes 33 bytes.
+        let print = report.fingerprint();
+        let named = vm.evidence(
+            "vm-1",
+            &[7u8; 32],
+            "all",
+            &key,
+            now(),
+            Some(&print.to_hex()),
+        );
+        let named = named.unwrap();
+        assert_eq!(named.regions[0].sites, Some(SiteEvidence::Same(print)));
+        assert!(sign(named, &key).unwrap().len() < 1024);
     }
 
     #[test]
     fn unknown_subset_is_refused() {
         let vm = FakeVm::new(policy("loadgen-test", 0, 0).unwrap(), 0, 0);
         let key = SecretKey::generate(SigAlg::Ed25519).unwrap();
-        assert!(vm.evidence("vm-1", &[1; 16], "nope", &key, now()).is_err());
+        assert!(
+            vm.evidence("vm-1", &[1; 16], "nope", &key, now(), None)
+                .is_err()
+        );
     }
 
     #[test]

@@ -67,6 +67,10 @@ struct Args {
     /// kernel); needs --patch-sites. 0 = no static calls.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1 << 19))]
     static_calls: u32,
+    /// Send every site report whole, never by the fingerprint a challenge names (the cost of a
+    /// kernel that patched since the last round, every round).
+    #[arg(long)]
+    whole_site_reports: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -170,8 +174,10 @@ async fn run(args: &Args) -> Result<Report, String> {
     let mut tasks = JoinSet::new();
     for agent in agents {
         let (api, vm, budget) = (api.clone(), Arc::clone(&vm), Arc::clone(&budget));
-        let max = args.max_requests;
-        tasks.spawn(async move { agent_loop(&api, &vm, &agent, &budget, max, deadline).await });
+        let (max, whole) = (args.max_requests, args.whole_site_reports);
+        tasks.spawn(
+            async move { agent_loop(&api, &vm, &agent, &budget, max, deadline, whole).await },
+        );
     }
     let mut total = AgentStats::default();
     while let Some(done) = tasks.join_next().await {
@@ -322,11 +328,12 @@ async fn agent_loop(
     budget: &AtomicU64,
     max: u64,
     deadline: Instant,
+    whole: bool,
 ) -> AgentStats {
     let mut stats = AgentStats::default();
     while Instant::now() < deadline && budget.fetch_add(1, Ordering::Relaxed) < max {
         let round = Instant::now();
-        match one_round(api, fake, agent).await {
+        match one_round(api, fake, agent, whole).await {
             Ok(evidence_time) => {
                 stats.ok += 1;
                 stats.evidence_us.push(micros(evidence_time));
@@ -348,7 +355,12 @@ fn micros(d: Duration) -> u64 {
 }
 
 /// Challenge, evidence, result check; the evidence POST's duration, or an error kind.
-async fn one_round(api: &Api, fake: &FakeVm, agent: &Agent) -> Result<Duration, String> {
+async fn one_round(
+    api: &Api,
+    fake: &FakeVm,
+    agent: &Agent,
+    whole: bool,
+) -> Result<Duration, String> {
     let kind = |step: &str, e: CallError| format!("{step}: {}", e.kind());
     let challenge: Challenge = api
         .post_empty(&format!("/vms/{}/challenge", agent.vm), &agent.token)
@@ -363,6 +375,7 @@ async fn one_round(api: &Api, fake: &FakeVm, agent: &Agent) -> Result<Duration, 
             &challenge.subset,
             &agent.key,
             fake::now(),
+            challenge.site_report.as_deref().filter(|_| !whole),
         )
         .map_err(|_| "challenge: unknown subset".to_string())?;
     let body = fake::sign(evidence, &agent.key).map_err(|_| "evidence: encode".to_string())?;

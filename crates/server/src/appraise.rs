@@ -1,14 +1,15 @@
 //! Evidence appraisal: every check of docs/API.md in order, then the comparison with the
 //! golden baseline, the EAR, and one group-committed write that consumes the nonce.
 
+use std::borrow::Cow;
 use std::time::Instant;
 
 use vmattest_api::{AlertAction, AttestationResult, RegionResult, Role};
-use vmattest_core::alg::{Digest, PAGE_SIZE, PageIndex};
-use vmattest_core::attest::patch;
+use vmattest_core::alg::{Digest, HashAlg, PAGE_SIZE, PageIndex};
+use vmattest_core::attest::patch::{self, SiteFinding};
 use vmattest_core::attest::{
-    Evidence, Region, RegionOutcome, SignedEvidence, SiteReport, appraise, region_digest,
-    sample_pages,
+    Evidence, Region, RegionOutcome, SignedEvidence, SiteEvidence, SiteReport, appraise,
+    region_digest, sample_pages,
 };
 use vmattest_core::record::{Signable, Signed};
 use vmattest_sign::record::{RecordSigError, verify_signed};
@@ -92,24 +93,56 @@ fn check_claims(ev: &Evidence, vm: &VmEntry, now: i64, window: i64) -> Result<()
     Ok(())
 }
 
-/// With a jump table in the policy: why the site report of `pages` of `region` does not fit
-/// the baseline's sites there, naming page and offset where it can; `None` when it fits.
+/// With patch-site tables in the policy: why the site report of `pages` of `region` does not
+/// fit the baseline's sites there, naming page and offset where it can; `None` when it fits.
+/// A report named by fingerprint must be the last whole one that passed, or the agent is told
+/// to send it whole.
 fn site_detail(
     vm: &VmEntry,
     region: &Region,
     pages: &[PageIndex],
     base: &Baseline,
-    got: Option<&SiteReport>,
-) -> Option<String> {
+    got: Option<&SiteEvidence>,
+) -> Result<Option<String>, ApiError> {
     if !vm.policy.has_sites() {
-        return None;
+        return Ok(None);
     }
-    let expected = patch::sites_of_pages(&base.sites, region.start, region.pages, pages);
-    let Some(report) = got else {
-        return Some("no patch-site report, and the policy has patch-site tables".into());
+    let all = base.sites.sites();
+    let expected = patch::sites_of_pages(all, region.start, region.pages, pages);
+    // Usually the evidence covers every site of the baseline: its groups are already known.
+    let whole = matches!(expected, Cow::Borrowed(e) if e.len() == all.len());
+    let report = match got {
+        None => {
+            return Ok(Some(
+                "no patch-site report, and the policy has patch-site tables".into(),
+            ));
+        }
+        Some(SiteEvidence::Same(print)) => {
+            return if whole && base.passed(print) {
+                Ok(None)
+            } else {
+                Err(ApiError::new(
+                    ErrorCode::UnknownSiteReport,
+                    format!(
+                        "region {}: evidence names patch-site report {print}, which is not the \
+                         last that passed for VM {}; send it whole",
+                        region.name, vm.row.name
+                    ),
+                ))
+            };
+        }
+        Some(SiteEvidence::Whole(report)) => report,
     };
-    let finding = patch::check_report(vm.policy.alg, &expected, report, vm.policy.text()).err()?;
-    Some(match finding.site() {
+    let (alg, text) = (vm.policy.alg, vm.policy.text());
+    let checked = if whole {
+        check_whole(base, alg, report, text)
+    } else {
+        patch::check_report(alg, &expected, report, text)
+    };
+    let Err(finding) = checked else {
+        return Ok(None);
+    };
+    Ok(Some(match finding.site() {
         Some(site) => {
             let off = site.addr.0.saturating_sub(region.start.0);
             let page = PAGE_SIZE as u64;
@@ -121,7 +154,24 @@ fn site_detail(
             )
         }
         None => finding.describe(),
-    })
+    }))
+}
+
+/// A report of every baseline site; one equal to the last that passed passes again.
+fn check_whole(
+    base: &Baseline,
+    alg: HashAlg,
+    report: &SiteReport,
+    text: Option<(u64, u64)>,
+) -> Result<(), SiteFinding> {
+    // The policy (its algorithm and kernel text) is fixed for the baseline's lifetime.
+    let print = report.fingerprint();
+    if base.passed(&print) {
+        return Ok(());
+    }
+    base.sites.check(alg, report, text)?;
+    base.set_passed(print);
+    Ok(())
 }
 
 /// Compares each region with the baseline; returns the outcome of every region considered.
@@ -187,7 +237,7 @@ fn compare(ev: &Evidence, vm: &VmEntry, base: &Baseline) -> Result<Vec<RegionOut
                 .collect();
             entries.map(|e| region_digest(vm.policy.alg, &region.name, &e))
         };
-        let detail = site_detail(vm, region, &pages, base, got.sites.as_ref());
+        let detail = site_detail(vm, region, &pages, base, got.sites.as_ref())?;
         outcomes.push(RegionOutcome {
             name: region.name.clone(),
             weight: region.weight,
@@ -208,7 +258,7 @@ fn compare(ev: &Evidence, vm: &VmEntry, base: &Baseline) -> Result<Vec<RegionOut
             None
         } else {
             let all: Vec<PageIndex> = (0..kc.pages).map(PageIndex).collect();
-            site_detail(vm, kc, &all, base, ev.kernel_code_sites.as_ref())
+            site_detail(vm, kc, &all, base, ev.kernel_code_sites.as_ref())?
         };
         let matched = detail.is_none()
             && match (&ev.kernel_code, base.full.get(&kc.name)) {

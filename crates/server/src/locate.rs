@@ -68,7 +68,7 @@ fn region_len(region: &Region) -> Result<u64, ApiError> {
 /// The page digest a baseline holds for bytes `page` of `region` at page `i`.
 fn masked_digest(alg: HashAlg, base: &Baseline, region: &Region, i: u64, page: &[u8]) -> Digest {
     let mut buf = page.to_vec();
-    mask_page(&mut buf, region.page_addr(PageIndex(i)), &base.sites);
+    mask_page(&mut buf, region.page_addr(PageIndex(i)), base.sites.sites());
     page_digest(alg, &buf)
 }
 
@@ -294,7 +294,7 @@ fn located_text(
                 let want = &want[..want.len().min(PAGE_SIZE)];
                 describe(
                     page,
-                    &diff_page(region.page_addr(page), &got, want, &base.sites),
+                    &diff_page(region.page_addr(page), &got, want, base.sites.sites()),
                 )
             }
             (None, false) => format!(

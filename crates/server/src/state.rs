@@ -9,7 +9,7 @@ use tokio::sync::{Notify, RwLock};
 use vmattest_api::{AlertAction, Provenance, Role};
 use vmattest_core::alg::{Digest, HashAlg, PageIndex};
 use vmattest_core::attest::evidence::MAX_REPORT_SITES;
-use vmattest_core::attest::patch::CALL_SITE_LEN;
+use vmattest_core::attest::patch::{CALL_SITE_LEN, SiteTable};
 use vmattest_core::attest::{GuestAddr, PatchSite, Policy, SiteKind, region_digest};
 use vmattest_core::wire::{Reader, Writer as WireWriter};
 use vmattest_sign::PublicKey;
@@ -56,8 +56,11 @@ pub struct Baseline {
     pub pages: HashMap<String, Vec<Digest>>,
     /// Region digests over every page, for regions that are not sampled and for kernel code.
     pub full: HashMap<String, Digest>,
-    /// Jump-label sites of the policy's regions, sorted; zeroed in the page digests.
-    pub sites: Vec<PatchSite>,
+    /// Patch sites of the policy's regions, sorted and grouped; zeroed in the page digests.
+    pub sites: SiteTable,
+    /// [`SiteReport::fingerprint`] of the last report of every site that passed: a kernel
+    /// seldom patches, so most evidence repeats it and its sites need not be rebuilt.
+    passed: std::sync::Mutex<Option<Digest>>,
 }
 
 #[derive(Debug)]
@@ -168,7 +171,18 @@ impl AppState {
         {
             return Ok(e.clone());
         }
-        let entry = Arc::new(self.load_vm(name).await?);
+        let mut entry = self.load_vm(name).await?;
+        // The last site report that passed outlives a reload of the same baseline: agents
+        // may be naming it in evidence already.
+        if let Some((_, old)) = self.vms.read().await.get(name)
+            && let (Some(was), Some(now)) = (&old.baseline, &mut entry.baseline)
+            && was.id == now.id
+            && old.policy_id == entry.policy_id
+            && let Ok(p) = was.passed.lock()
+        {
+            now.passed = std::sync::Mutex::new(*p);
+        }
+        let entry = Arc::new(entry);
         self.vms
             .write()
             .await
@@ -338,8 +352,28 @@ pub(crate) fn decode_baseline(
         created: row.created,
         pages,
         full,
-        sites,
+        sites: SiteTable::new(sites),
+        passed: Default::default(),
     })
+}
+
+impl Baseline {
+    /// Whether `print` is the last whole site report that passed.
+    pub fn passed(&self, print: &Digest) -> bool {
+        let last = self.passed.lock().map(|p| *p).unwrap_or(None);
+        last.is_some_and(|p| p.ct_eq(print))
+    }
+
+    pub fn set_passed(&self, print: Digest) {
+        if let Ok(mut p) = self.passed.lock() {
+            *p = Some(print);
+        }
+    }
+
+    /// Hex of the last whole site report that passed, for a challenge.
+    pub fn passed_hex(&self) -> Option<String> {
+        self.passed.lock().ok().and_then(|p| p.map(|d| d.to_hex()))
+    }
 }
 
 /// Decodes an API object stored as JSON in a row (a result's body, a baseline's provenance).

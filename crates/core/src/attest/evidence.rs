@@ -24,8 +24,26 @@ pub struct RegionDigest {
     pub pages: u64,
     /// With patch sites: the digest of the pages with every site's bytes zeroed.
     pub digest: Digest,
-    /// The patch sites of the covered pages, when the policy has a jump table.
-    pub sites: Option<SiteReport>,
+    /// The patch sites of the covered pages, when the policy has patch-site tables.
+    pub sites: Option<SiteEvidence>,
+}
+
+/// A region's patch-site report as evidence carries it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SiteEvidence {
+    Whole(SiteReport),
+    /// The [`SiteReport::fingerprint`] of a whole report that the server's challenge said it
+    /// holds for the VM: a kernel seldom patches, so most rounds repeat the last report.
+    Same(Digest),
+}
+
+impl SiteEvidence {
+    pub fn whole(&self) -> Option<&SiteReport> {
+        match self {
+            SiteEvidence::Whole(r) => Some(r),
+            SiteEvidence::Same(_) => None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,7 +59,7 @@ pub struct Evidence {
     /// Digest of every page of the policy's kernel-code region, if it has one.
     pub kernel_code: Option<Digest>,
     /// The patch sites of the whole kernel-code region.
-    pub kernel_code_sites: Option<SiteReport>,
+    pub kernel_code_sites: Option<SiteEvidence>,
     pub agent_version: String,
     pub key_ids: Vec<KeyId>,
 }
@@ -66,7 +84,8 @@ fn nibble(st: SiteState) -> u8 {
     if st == SiteState::Other { 15 } else { st.id() }
 }
 
-/// `u8 form` (0 none), then `u32 count` and the states: form 1 lists the exceptions to NOP as
+/// `u8 form` (0 none; from evidence v4, 3 and a BLAKE3 fingerprint names a report instead),
+/// then `u32 count` and the states: form 1 lists the exceptions to NOP as
 /// `u32 exceptions, (u32 index, u8 state)*`; form 2 packs every state into 4 bits (two per
 /// byte, low first). The bytes of each site in state other follow its state (form 1) or the
 /// packed states (form 2). Then `digest, u32 groups, (u8 flag [, i32 target])*`. The writer
@@ -163,24 +182,22 @@ fn read_packed(
 ) -> Result<(Vec<SiteState>, Vec<Vec<u8>>), WireError> {
     let at = r.offset();
     let packed = r.take("patch site states", count.div_ceil(2))?;
+    let nibble: [Option<SiteState>; 16] = std::array::from_fn(|n| match n {
+        15 => Some(SiteState::Other),
+        n => u8::try_from(n).ok().and_then(SiteState::from_id),
+    });
     let mut states = Vec::with_capacity(count);
     for (i, byte) in packed.iter().enumerate() {
-        for (j, n) in [byte & 15, byte >> 4].into_iter().enumerate() {
-            let k = 2 * i + j;
-            if k >= count {
+        for n in [byte & 15, byte >> 4] {
+            if states.len() == count {
                 if n != 0 {
                     return Err(r.bad("patch site states", at + i, "a zero pad nibble", n));
                 }
-                continue;
-            }
-            let st = if n == 15 {
-                Some(SiteState::Other)
             } else {
-                SiteState::from_id(n)
-            };
-            states.push(
-                st.ok_or_else(|| r.bad("patch site state", at + i, "expected 0 to 9 or 15", n))?,
-            );
+                states.push(nibble[usize::from(n)].ok_or_else(|| {
+                    r.bad("patch site state", at + i, "expected 0 to 9 or 15", n)
+                })?);
+            }
         }
     }
     let mut others = Vec::new();
@@ -188,6 +205,30 @@ fn read_packed(
         others.push(read_other(r)?);
     }
     Ok((states, others))
+}
+
+fn write_site_evidence(w: &mut Writer, sites: Option<&SiteEvidence>) {
+    match sites {
+        Some(SiteEvidence::Same(print)) => {
+            w.u8(3).raw(print.as_bytes());
+        }
+        Some(SiteEvidence::Whole(report)) => write_sites(w, Some(report)),
+        None => write_sites(w, None),
+    }
+}
+
+fn read_site_evidence(
+    r: &mut Reader<'_>,
+    alg: HashAlg,
+    budget: &mut usize,
+    version: u16,
+) -> Result<Option<SiteEvidence>, WireError> {
+    if version >= 4 && r.peek_u8() == Some(3) {
+        r.u8("patch sites flag")?;
+        let print = crate::chain::read_digest(r, HashAlg::Blake3, "site report fingerprint")?;
+        return Ok(Some(SiteEvidence::Same(print)));
+    }
+    Ok(read_sites(r, alg, budget, version)?.map(SiteEvidence::Whole))
 }
 
 /// `budget`: sites the evidence may still report, so that a small body cannot make large ones.
@@ -203,6 +244,7 @@ fn read_sites(
         0 => return Ok(None),
         1 => {}
         2 if version >= 3 => {}
+        v if version >= 4 => return Err(r.bad("patch sites flag", at, "expected 0 to 3", v)),
         v => return Err(r.bad("patch sites flag", at, "expected 0, 1 or 2", v)),
     }
     let at = r.offset();
@@ -278,13 +320,13 @@ impl Signable for Evidence {
             w.bytes(r.name.as_bytes())
                 .u64(r.pages)
                 .raw(r.digest.as_bytes());
-            write_sites(&mut w, r.sites.as_ref());
+            write_site_evidence(&mut w, r.sites.as_ref());
         }
         match &self.kernel_code {
             Some(d) => w.u8(1).raw(d.as_bytes()),
             None => w.u8(0),
         };
-        write_sites(&mut w, self.kernel_code_sites.as_ref());
+        write_site_evidence(&mut w, self.kernel_code_sites.as_ref());
         w.bytes(self.agent_version.as_bytes());
         write_key_ids(&mut w, &self.key_ids);
         Ok(w.envelope(Kind::Evidence))
@@ -313,7 +355,7 @@ impl Signable for Evidence {
             let pages = r.u64("region pages")?;
             let digest = crate::chain::read_digest(&mut r, alg, "region digest")?;
             let sites = if v2 {
-                read_sites(&mut r, alg, &mut budget, version)?
+                read_site_evidence(&mut r, alg, &mut budget, version)?
             } else {
                 None
             };
@@ -326,7 +368,7 @@ impl Signable for Evidence {
         }
         let kernel_code = read_optional_digest(&mut r, alg)?;
         let kernel_code_sites = if v2 {
-            read_sites(&mut r, alg, &mut budget, version)?
+            read_site_evidence(&mut r, alg, &mut budget, version)?
         } else {
             None
         };

@@ -22,7 +22,7 @@ use core::fmt;
 
 use crate::class::{Classify, ErrorClass};
 
-pub use evidence::{Evidence, RegionDigest, SignedEvidence};
+pub use evidence::{Evidence, RegionDigest, SignedEvidence, SiteEvidence};
 pub use patch::{PatchSite, SiteKind, SiteReport, SiteState};
 pub use policy::{JumpTable, Policy, PolicyFile, Region, StaticCalls, Subset};
 pub use report::{ComponentCheck, SignedSnapshotReport, SnapshotReport};

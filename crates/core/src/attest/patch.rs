@@ -503,6 +503,34 @@ pub struct SiteReport {
     pub digest: Digest,
 }
 
+impl SiteReport {
+    /// BLAKE3 over every field: equal fingerprints mean equal reports, so a verifier may
+    /// remember one that passed instead of rebuilding its sites again.
+    pub fn fingerprint(&self) -> Digest {
+        let mut buf = Vec::with_capacity(self.states.len() + 5 * self.targets.len() + 80);
+        buf.extend(self.states.iter().map(|s| s.id()));
+        for o in &self.others {
+            buf.extend_from_slice(&(o.len() as u64).to_be_bytes());
+            buf.extend_from_slice(o);
+        }
+        for t in &self.targets {
+            match t {
+                None => buf.push(0),
+                Some(t) => {
+                    buf.push(1);
+                    buf.extend_from_slice(&t.to_be_bytes());
+                }
+            }
+        }
+        buf.push(self.digest.alg().id());
+        buf.extend_from_slice(self.digest.as_bytes());
+        let counts = [self.states.len(), self.others.len(), self.targets.len()]
+            .map(|n| (n as u64).to_be_bytes())
+            .concat();
+        HashAlg::Blake3.hash(&[b"vmattest site-report fingerprint v1\0", &counts, &buf])
+    }
+}
+
 /// The report an agent makes of `sites`, whose bytes are `read`. A static-call site whose
 /// target differs from its group's first is reported as state other.
 pub fn report(alg: HashAlg, sites: &[PatchSite], read: &[Vec<u8>]) -> SiteReport {
@@ -616,6 +644,52 @@ pub fn check_report(
     report: &SiteReport,
     text: Option<(u64, u64)>,
 ) -> Result<(), SiteFinding> {
+    let (groups, firsts) = site_groups(sites);
+    check_grouped(alg, sites, &groups, &firsts, report, text)
+}
+
+/// A baseline's sites with their static-call groups ([`site_groups`]), found once: a server
+/// checks every report of a VM against the same table.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SiteTable {
+    sites: Vec<PatchSite>,
+    groups: Vec<Option<usize>>,
+    firsts: Vec<usize>,
+}
+
+impl SiteTable {
+    pub fn new(sites: Vec<PatchSite>) -> Self {
+        let (groups, firsts) = site_groups(&sites);
+        SiteTable {
+            sites,
+            groups,
+            firsts,
+        }
+    }
+
+    pub fn sites(&self) -> &[PatchSite] {
+        &self.sites
+    }
+
+    /// [`check_report`] against the whole table.
+    pub fn check(
+        &self,
+        alg: HashAlg,
+        report: &SiteReport,
+        text: Option<(u64, u64)>,
+    ) -> Result<(), SiteFinding> {
+        check_grouped(alg, &self.sites, &self.groups, &self.firsts, report, text)
+    }
+}
+
+fn check_grouped(
+    alg: HashAlg,
+    sites: &[PatchSite],
+    groups: &[Option<usize>],
+    firsts: &[usize],
+    report: &SiteReport,
+    text: Option<(u64, u64)>,
+) -> Result<(), SiteFinding> {
     if report.states.len() != sites.len() {
         return Err(SiteFinding::Count {
             what: "patch sites",
@@ -623,7 +697,6 @@ pub fn check_report(
             found: report.states.len(),
         });
     }
-    let (groups, firsts) = site_groups(sites);
     if report.targets.len() != firsts.len() {
         return Err(SiteFinding::Count {
             what: "static-call groups",
@@ -634,11 +707,11 @@ pub fn check_report(
     let to: Vec<Option<u64>> = report
         .targets
         .iter()
-        .zip(&firsts)
+        .zip(firsts)
         .map(|(t, &first)| t.and_then(|t| sites[first].end().checked_add_signed(i64::from(t))))
         .collect();
     let mut jumps: Vec<(u32, [u8; MAX_SITE_LEN], usize)> = Vec::new();
-    for (i, ((s, st), g)) in sites.iter().zip(&report.states).zip(&groups).enumerate() {
+    for (i, ((s, st), g)) in sites.iter().zip(&report.states).zip(groups).enumerate() {
         // A NOP of a jump label's length: the baseline's sites are 2 or 5 bytes.
         if *st == SiteState::Nop && s.kind == SiteKind::Label && (s.len == 2 || s.len == 5) {
             continue;

@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use super::GuestAddr;
-use super::evidence::Evidence;
+use super::evidence::{Evidence, SiteEvidence};
 use super::patch::*;
 use super::static_call::*;
 use crate::alg::HashAlg;
@@ -306,7 +306,7 @@ fn static_call_targets_round_trip_in_evidence_and_refuse_bad_flags() {
     let k = sample();
     let sites = k.sites().unwrap();
     let mut e = super::tests::evidence();
-    e.kernel_code_sites = Some(k.report(&sites));
+    e.kernel_code_sites = Some(SiteEvidence::Whole(k.report(&sites)));
     let bytes = e.encode().unwrap();
     assert_eq!(Evidence::decode(&bytes).unwrap(), e);
     for n in 0..bytes.len() {

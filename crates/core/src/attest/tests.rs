@@ -150,7 +150,7 @@ pub(super) fn evidence() -> Evidence {
             name: "text".into(),
             pages: 2560,
             digest: HashAlg::Sha256.hash(&[b"x"]),
-            sites: Some(SiteReport {
+            sites: Some(SiteEvidence::Whole(SiteReport {
                 states: vec![
                     SiteState::Nop,
                     SiteState::Nop,
@@ -160,7 +160,7 @@ pub(super) fn evidence() -> Evidence {
                 others: vec![vec![0xcc, 0x90]],
                 targets: vec![Some(-5), None],
                 digest: HashAlg::Sha256.hash(&[b"s"]),
-            }),
+            })),
         }],
         kernel_code: Some(HashAlg::Sha256.hash(&[b"k"])),
         kernel_code_sites: None,
@@ -180,6 +180,47 @@ fn evidence_round_trips_and_every_truncation_is_refused() {
     let mut short = e.clone();
     short.nonce = vec![1; 8];
     assert!(short.encode().is_err());
+}
+
+#[test]
+fn a_site_report_named_by_fingerprint_round_trips_in_v4_only() {
+    let mut e = evidence();
+    let whole = e.regions[0]
+        .sites
+        .as_ref()
+        .unwrap()
+        .whole()
+        .unwrap()
+        .clone();
+    let print = whole.fingerprint();
+    assert_eq!(print.alg(), HashAlg::Blake3);
+    let mut other = whole.clone();
+    other.targets[0] = Some(-6);
+    assert_ne!(
+        other.fingerprint(),
+        print,
+        "every field is in the fingerprint"
+    );
+    e.regions[0].sites = Some(SiteEvidence::Same(print));
+    let bytes = e.encode().unwrap();
+    assert_eq!(Evidence::decode(&bytes).unwrap(), e);
+    for n in 0..bytes.len() {
+        assert!(Evidence::decode(&bytes[..n]).is_err(), "prefix {n}");
+    }
+    // The form byte follows the region's digest; version 3 has no form 3.
+    assert!(
+        bytes
+            .windows(33)
+            .any(|w| w[0] == 3 && w[1..] == *print.as_bytes())
+    );
+    let mut v3 = bytes.clone();
+    v3[10..12].copy_from_slice(&3u16.to_be_bytes());
+    let err = Evidence::decode(&v3).unwrap_err().to_string();
+    assert!(err.contains("expected 0, 1 or 2"), "{err}");
+    // The kernel-code report may be named so too.
+    let mut k = evidence();
+    k.kernel_code_sites = Some(SiteEvidence::Same(print));
+    assert_eq!(Evidence::decode(&k.encode().unwrap()).unwrap(), k);
 }
 
 #[test]
