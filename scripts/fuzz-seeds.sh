@@ -335,6 +335,31 @@ for i, alg in enumerate(["ed25519", "p384", "ml-dsa-65", "hybrid"]):
     open(os.path.join(out, alg), "wb").write(bytes([i]) + sig_len.to_bytes(2, "big") + sig + msg)
 EOF
 
+# A background snapshot's migration stream (docs/FORMAT.md): configuration, two RAM blocks, a
+# page, a zero page and a page of the second block in two parts, then device state.
+python3 - "$SEEDS/qemu_stream" <<'EOF'
+import os, struct, sys
+out = sys.argv[1]
+os.makedirs(out, exist_ok=True)
+def name(s): return bytes([len(s)]) + s
+def u32(v): return struct.pack(">I", v)
+def u64(v): return struct.pack(">Q", v)
+def page(b): return bytes((b ^ i) & 0xff for i in range(4096))
+s = u32(0x5145564D) + u32(3)
+s += b"\x07" + u32(13) + b"pc-i440fx-9.2"
+s += b"\x05" + name(b"configuration/target-page-bits") + u32(1) + u32(12)
+s += b"\x05" + name(b"configuration/capabilities") + u32(1) + u32(1) + name(b"background-snapshot")
+s += b"\x01" + u32(2) + name(b"ram") + u32(0) + u32(4)
+s += u64(3 * 4096 | 0x04) + name(b"pc.ram") + u64(8192) + name(b"pc.bios") + u64(4096)
+s += u64(0x10) + b"\x7e" + u32(2)
+s += b"\x02" + u32(2) + u64(0x08) + name(b"pc.ram") + page(1)
+s += u64(4096 | 0x02 | 0x20) + b"\x00" + u64(0x10) + b"\x7e" + u32(2)
+s += b"\x08" + struct.pack(">HH", 0x0b, 0)
+s += b"\x03" + u32(2) + u64(0x08) + name(b"pc.bios") + page(2) + u64(0x10) + b"\x7e" + u32(2)
+s += b"\x04" + b"device state" + b"\x00"
+open(os.path.join(out, "background-snapshot"), "wb").write(s)
+EOF
+
 # Evidence, snapshot reports and API request bodies, from the project's own encoders.
 (cd fuzz && cargo run --quiet --release -p vmattest-fuzz-seedgen --target-dir target/seedgen -- "$W" "$SEEDS")
 

@@ -7,6 +7,7 @@ pub mod private;
 pub mod qmp;
 pub mod restore;
 pub mod spec;
+pub mod stream;
 pub mod vm;
 
 pub use qmp::{Qmp, QmpError};

@@ -294,6 +294,76 @@ fn device_state_round_trip_continues_the_guest() {
     running.stop(spec).unwrap();
 }
 
+/// QEMU's background snapshot of a paused guest, read by `stream`: every page it sends is the
+/// RAM file's page, every page it leaves out is zero there, and the device state follows.
+#[test]
+fn a_background_snapshot_stream_holds_the_guests_ram() {
+    use vmattest_qemu::stream::{PAGE_SIZE, Stream};
+    // QEMU tracks writes with userfaultfd, which write-protects shared memory (tmpfs) but not
+    // a file on a disk file system: the RAM file goes to /dev/shm.
+    let shm = tempfile::Builder::new()
+        .prefix("vmattest-bgsnap")
+        .tempdir_in("/dev/shm")
+        .unwrap();
+    let mut test = TestVm::with_args("bgsnap", "vmattest-bgsnap", "fill=8");
+    let spec_path = test.dir.path().join("vm.toml");
+    let toml = std::fs::read_to_string(&spec_path).unwrap().replace(
+        "accel = \"auto\"\n",
+        &format!("accel = \"auto\"\nrun_dir = \"{}\"\n", shm.path().display()),
+    );
+    std::fs::write(&spec_path, toml).unwrap();
+    test.spec = VmSpec::load(&spec_path).unwrap();
+    let spec = &test.spec;
+    assert!(spec.ram_path().starts_with(shm.path()));
+    let out = test.dir.path().join("ram.stream");
+    let mut running = vm::start(spec, false).unwrap();
+    vm::wait_console(spec, "READY", BOOT).unwrap();
+    let qmp = &mut running.qmp;
+    qmp.stop().unwrap();
+    qmp.set_capabilities(&[("x-ignore-shared", false), ("background-snapshot", true)])
+        .unwrap();
+    qmp.set_max_bandwidth(1 << 40).unwrap();
+    qmp.migrate_to_file(&out).unwrap();
+    qmp.wait_migration(Duration::from_secs(120)).unwrap();
+    let ram = std::fs::read(spec.ram_path()).unwrap();
+    running.stop(spec).unwrap();
+
+    let file = std::io::BufReader::new(std::fs::File::open(&out).unwrap());
+    let mut s = Stream::open(file).unwrap();
+    let main = s
+        .blocks()
+        .iter()
+        .position(|b| b.len == ram.len() as u64)
+        .expect("a block the size of the guest's RAM");
+    let mut sent = vec![false; ram.len() / PAGE_SIZE];
+    let mut others = 0;
+    while let Some(p) = s.next_page().unwrap() {
+        if p.block != main {
+            others += 1;
+            continue;
+        }
+        let i = p.index as usize;
+        assert_eq!(&ram[i * PAGE_SIZE..][..PAGE_SIZE], &p.data[..], "page {i}");
+        sent[i] = true;
+    }
+    for (i, _) in sent.iter().enumerate().filter(|(_, s)| !**s) {
+        let page = &ram[i * PAGE_SIZE..][..PAGE_SIZE];
+        assert!(
+            page.iter().all(|b| *b == 0),
+            "page {i} left out but not zero"
+        );
+    }
+    let sent_pages = sent.iter().filter(|s| **s).count();
+    assert!(sent_pages >= 8 * 256, "{sent_pages} pages of RAM sent");
+    assert!(others > 0, "the ROMs are sent too");
+    let device = s.device_state().unwrap();
+    assert_eq!(device[0], 0x04, "device state starts with a full section");
+    eprintln!(
+        "{sent_pages} RAM pages, {others} other pages, {} bytes of device state",
+        device.len()
+    );
+}
+
 #[test]
 fn incoming_start_needs_the_ram_file() {
     let test = TestVm::new("noram", "vmattest-noram");
