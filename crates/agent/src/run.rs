@@ -131,10 +131,16 @@ pub fn answer_challenge(
     vm_name: &str,
     paused: bool,
 ) -> Result<Answered, RunError> {
-    match answer(client, guest, signer, vm_name, paused, true) {
-        Err(RunError::Client(e)) if e.code() == Some(&ErrorCode::UnknownSiteReport) => {
-            answer(client, guest, signer, vm_name, paused, false)
-        }
+    whole_if_unknown(|by_fingerprint| {
+        answer(client, guest, signer, vm_name, paused, by_fingerprint)
+    })
+}
+
+/// `round(true)`; once more as `round(false)` if the server did not hold the site report the
+/// first named.
+fn whole_if_unknown<T>(mut round: impl FnMut(bool) -> Result<T, RunError>) -> Result<T, RunError> {
+    match round(true) {
+        Err(RunError::Client(e)) if e.code() == Some(&ErrorCode::UnknownSiteReport) => round(false),
         r => r,
     }
 }
@@ -371,6 +377,35 @@ mod tests {
     use super::*;
 
     const POLICY: &str = "name = \"p\"\n[[region]]\nname = \"a\"\nstart = 0\nlen = 0x2000\n";
+
+    #[test]
+    fn a_round_whose_site_report_the_server_lost_is_made_again_whole() {
+        let refused = |code: ErrorCode| {
+            RunError::Client(ClientError::Refused {
+                status: code.status(),
+                code,
+                message: "m".into(),
+            })
+        };
+        let mut calls = Vec::new();
+        let r = whole_if_unknown(|by_fingerprint| {
+            calls.push(by_fingerprint);
+            if by_fingerprint {
+                Err(refused(ErrorCode::UnknownSiteReport))
+            } else {
+                Ok(7)
+            }
+        });
+        assert_eq!((r.unwrap(), calls), (7, vec![true, false]));
+        // Any other refusal is the round's outcome; nothing is sent again.
+        let mut calls = 0;
+        let r: Result<(), _> = whole_if_unknown(|_| {
+            calls += 1;
+            Err(refused(ErrorCode::ReplayedNonce))
+        });
+        assert!(r.is_err());
+        assert_eq!(calls, 1);
+    }
 
     fn challenge() -> Challenge {
         let p = Policy::parse(POLICY, None).unwrap();
