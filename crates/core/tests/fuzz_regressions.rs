@@ -3,7 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use vmattest_core::attest::Policy;
+use vmattest_core::attest::{Evidence, Policy};
+use vmattest_core::record::Signable;
 use vmattest_core::tree::PageProof;
 
 /// A page proof whose image length is within 4095 of 2^64: the last page's byte range
@@ -32,4 +33,13 @@ fn resolved_policy_with_64_subsets_prints_as_toml_that_parses_back() {
     let policy = Policy::parse(text, None).unwrap();
     let again = Policy::parse(&policy.to_toml(), None).unwrap();
     assert_eq!(again, policy);
+}
+
+/// A site report of no sites in the exceptions form, where the writer uses the packed form:
+/// two encodings of one evidence (it re-encoded 4 bytes shorter). It must be refused.
+#[test]
+fn regression_a_site_report_in_the_larger_form_is_refused() {
+    let bytes = include_bytes!("../../../fuzz/regressions/evidence/site-report-larger-form");
+    let e = Evidence::decode(bytes).unwrap_err().to_string();
+    assert!(e.contains("the smaller form"), "{e}");
 }

@@ -90,6 +90,17 @@ fn nibble(st: SiteState) -> u8 {
 /// byte, low first). The bytes of each site in state other follow its state (form 1) or the
 /// packed states (form 2). Then `digest, u32 groups, (u8 flag [, i32 target])*`. The writer
 /// takes the smaller form: exceptions for a few jumping labels, packed for static calls.
+/// The form of `count` states of which `exceptions` are not NOP: exceptions (5 bytes each) when
+/// that is no larger than packing every state in 4 bits, else packed. The one encoding of a
+/// report: a reader refuses the other form (from version 3, which has both).
+fn smaller_form(count: usize, exceptions: usize) -> u8 {
+    if exceptions.saturating_mul(5).saturating_add(4) <= count.div_ceil(2) {
+        1
+    } else {
+        2
+    }
+}
+
 fn write_sites(w: &mut Writer, sites: Option<&SiteReport>) {
     let Some(r) = sites else {
         w.u8(0);
@@ -101,7 +112,7 @@ fn write_sites(w: &mut Writer, sites: Option<&SiteReport>) {
     let mut other = |w: &mut Writer| {
         w.bytes(others.next().map(Vec::as_slice).unwrap_or(&[]));
     };
-    if exceptions.saturating_mul(5).saturating_add(4) <= r.states.len().div_ceil(2) {
+    if smaller_form(r.states.len(), exceptions) == 1 {
         w.u8(1).u32(count(r.states.len())).u32(count(exceptions));
         for (i, st) in r.states.iter().enumerate() {
             if *st == SiteState::Nop {
@@ -262,6 +273,15 @@ fn read_sites(
     } else {
         read_packed(r, count)?
     };
+    let exceptions = states.iter().filter(|s| **s != SiteState::Nop).count();
+    if version >= 3 && form != smaller_form(count, exceptions) {
+        return Err(r.bad(
+            "patch sites flag",
+            at - 1,
+            "the smaller form for the number of sites that are not NOPs (one encoding)",
+            form,
+        ));
+    }
     let digest = crate::chain::read_digest(r, alg, "patch sites digest")?;
     let mut targets = Vec::new();
     if version >= 3 {
