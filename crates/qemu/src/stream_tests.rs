@@ -59,13 +59,17 @@ impl W {
         }
         w
     }
-    /// RAM start with blocks `pc.ram` (2 pages) and `pc.bios` (1 page), section id 2.
-    fn ram_start(self) -> W {
+    /// The RAM section's header, section id 2.
+    fn ram_header(self) -> W {
         self.u8(SECTION_START)
             .u32(2)
             .name("ram")
             .u32(0)
             .u32(RAM_VERSION)
+    }
+    /// RAM start with blocks `pc.ram` (2 pages) and `pc.bios` (1 page).
+    fn ram_start(self) -> W {
+        self.ram_header()
             .u64((3 * 4096) | FLAG_MEM_SIZE)
             .name("pc.ram")
             .u64(2 * 4096)
@@ -254,11 +258,7 @@ fn oversize_counts_are_refused_before_use() {
     // A block list longer than the RAM size it announced.
     let bytes = W::default()
         .header()
-        .u8(SECTION_START)
-        .u32(2)
-        .name("ram")
-        .u32(0)
-        .u32(RAM_VERSION)
+        .ram_header()
         .u64(4096 | FLAG_MEM_SIZE)
         .name("pc.ram")
         .u64(1 << 40)
@@ -267,11 +267,7 @@ fn oversize_counts_are_refused_before_use() {
     assert!(e.contains("whole pages within the RAM size"), "{e}");
     let bytes = W::default()
         .header()
-        .u8(SECTION_START)
-        .u32(2)
-        .name("ram")
-        .u32(0)
-        .u32(RAM_VERSION)
+        .ram_header()
         .u64((1 << 50) | FLAG_MEM_SIZE)
         .0;
     let e = Stream::open(&bytes[..]).unwrap_err().to_string();
