@@ -637,7 +637,8 @@ impl SiteFinding {
 }
 
 /// Checks a report against the baseline's `sites`: every state an allowed encoding, every
-/// static call into `text` (`[start, end)`; none allowed without it), and the bytes those encodings give hash to the reported digest.
+/// static call into `text` (`[start, end)`; none allowed without it), and the bytes those
+/// encodings give hash to the reported digest.
 pub fn check_report(
     alg: HashAlg,
     sites: &[PatchSite],
