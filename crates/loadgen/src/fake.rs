@@ -118,8 +118,8 @@ pub struct FakeVm {
     sites: Vec<PatchSite>,
     /// The report of every site (one in 16 jumping), when there are sites.
     report: Option<SiteReport>,
-    /// Its fingerprint, hex: a challenge naming it lets evidence name the report.
-    print: Option<String>,
+    /// Its fingerprint, found once: a challenge naming it lets evidence name the report.
+    print: Option<Digest>,
     /// Digest over every page of each region, for regions hashed whole.
     full: Vec<Digest>,
 }
@@ -182,7 +182,7 @@ impl FakeVm {
             policy,
             pages,
             sites,
-            print: report.as_ref().map(|r| r.fingerprint().to_hex()),
+            print: report.as_ref().map(SiteReport::fingerprint),
             report,
             full,
         }
@@ -258,12 +258,9 @@ impl FakeVm {
         time: UnixTime,
         known: Option<&str>,
     ) -> Result<Evidence, String> {
-        let sites = self.report.as_ref().map(|r| {
-            if known.is_some() && known == self.print.as_deref() {
-                SiteEvidence::Same(r.fingerprint())
-            } else {
-                SiteEvidence::Whole(r.clone())
-            }
+        let sites = self.report.as_ref().map(|r| match self.print {
+            Some(print) if known.is_some_and(|k| k == print.to_hex()) => SiteEvidence::Same(print),
+            _ => SiteEvidence::Whole(r.clone()),
         });
         let sub = self
             .policy

@@ -624,7 +624,11 @@ pub async fn challenge(
         policy_toml: vm.policy_toml.clone(),
         subset,
         expires: vmattest_api::time::from_secs(expires),
-        site_report: vm.baseline.as_ref().and_then(|b| b.passed_hex()),
+        site_report: vm
+            .baseline
+            .as_ref()
+            .and_then(|b| b.last_passed())
+            .map(|d| d.to_hex()),
     }))
 }
 

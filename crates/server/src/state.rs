@@ -171,16 +171,16 @@ impl AppState {
         {
             return Ok(e.clone());
         }
-        let mut entry = self.load_vm(name).await?;
+        let entry = self.load_vm(name).await?;
         // The last site report that passed outlives a reload of the same baseline: agents
         // may be naming it in evidence already.
         if let Some((_, old)) = self.vms.read().await.get(name)
-            && let (Some(was), Some(now)) = (&old.baseline, &mut entry.baseline)
+            && let (Some(was), Some(now)) = (&old.baseline, &entry.baseline)
             && was.id == now.id
             && old.policy_id == entry.policy_id
-            && let Ok(p) = was.passed.lock()
+            && let Some(print) = was.last_passed()
         {
-            now.passed = std::sync::Mutex::new(*p);
+            now.set_passed(print);
         }
         let entry = Arc::new(entry);
         self.vms
@@ -358,21 +358,20 @@ pub(crate) fn decode_baseline(
 }
 
 impl Baseline {
-    /// Whether `print` is the last whole site report that passed.
+    /// The fingerprint of the last whole site report that passed.
+    pub fn last_passed(&self) -> Option<Digest> {
+        self.passed.lock().ok().and_then(|p| *p)
+    }
+
+    /// Whether `print` is [`Baseline::last_passed`].
     pub fn passed(&self, print: &Digest) -> bool {
-        let last = self.passed.lock().map(|p| *p).unwrap_or(None);
-        last.is_some_and(|p| p.ct_eq(print))
+        self.last_passed().is_some_and(|p| p.ct_eq(print))
     }
 
     pub fn set_passed(&self, print: Digest) {
         if let Ok(mut p) = self.passed.lock() {
             *p = Some(print);
         }
-    }
-
-    /// Hex of the last whole site report that passed, for a challenge.
-    pub fn passed_hex(&self) -> Option<String> {
-        self.passed.lock().ok().and_then(|p| p.map(|d| d.to_hex()))
     }
 }
 
