@@ -120,6 +120,8 @@ pub struct TakeJson {
 #[derive(Debug, Serialize)]
 pub struct CaptureJson {
     pub vm: String,
+    /// `paused` or `live`.
+    pub mode: &'static str,
     #[serde(flatten)]
     pub summary: SummaryJson,
     pub device_state_bytes: u64,
@@ -137,6 +139,10 @@ impl CaptureJson {
     pub fn new(vm: &str, r: &vmattest_qemu::capture::CaptureReport) -> CaptureJson {
         CaptureJson {
             vm: vm.to_owned(),
+            mode: match r.mode {
+                vmattest_qemu::Mode::Paused => "paused",
+                vmattest_qemu::Mode::Live => "live",
+            },
             summary: (&r.summary).into(),
             device_state_bytes: r.device_state_bytes,
             downtime_ms: ms(r.downtime),
@@ -170,9 +176,10 @@ impl fmt::Display for CaptureJson {
         let s = &self.summary;
         writeln!(
             f,
-            "{} seq {}: downtime {:.1} ms (device state {:.1} ms, {} bytes; measure {:.1} ms); {} of {} pages changed, {} bytes stored; commit {:.1} ms",
+            "{} seq {} ({}): downtime {:.1} ms (device state {:.1} ms, {} bytes; measure {:.1} ms); {} of {} pages changed, {} bytes stored; commit {:.1} ms",
             self.vm,
             s.seq,
+            self.mode,
             self.downtime_ms,
             self.device_state_ms,
             self.device_state_bytes,

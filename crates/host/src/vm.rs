@@ -13,7 +13,7 @@ use vmattest_qemu::capture::{self, CaptureError, CaptureReport};
 use vmattest_qemu::guard::GuardProgram;
 use vmattest_qemu::restore::RestoreReport;
 use vmattest_qemu::vm::VmError;
-use vmattest_qemu::{SpecError, VmSpec};
+use vmattest_qemu::{Mode, SpecError, VmSpec};
 use vmattest_sign::Signer;
 use vmattest_store::{Store, StoreError, StoreSecret, TakeOptions};
 
@@ -171,13 +171,15 @@ pub fn guard_program() -> Result<GuardProgram, HostVmError> {
 }
 
 /// Captures the running VM as the next link of the store at `root`: paused only while it is
-/// measured, resumed by a guardian should this process die meanwhile.
+/// measured (in live mode, while its snapshot starts), resumed by a guardian should this
+/// process die meanwhile.
 pub fn take(
     root: &Path,
     spec: &VmSpec,
     signers: &[&dyn Signer],
     secret: Option<&StoreSecret>,
     time: UnixTime,
+    mode: Mode,
 ) -> Result<CaptureReport, HostVmError> {
     let store = Store::open_writer(root)?;
     let opts = TakeOptions {
@@ -186,7 +188,7 @@ pub fn take(
         secret,
     };
     let guard = guard_program()?;
-    Ok(capture::capture(spec, &store, &opts, Some(&guard))?)
+    Ok(capture::capture(spec, &store, &opts, mode, Some(&guard))?)
 }
 
 /// Verifies the chain at `root` up to `seq` (the head when `None`) against the verifier's

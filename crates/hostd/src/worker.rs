@@ -378,10 +378,15 @@ fn snapshot(ctx: &Ctx<'_>, guest: &Guest<'_>, conf: &SnapshotConf, chain: &Chain
     let signers: Vec<&dyn Signer> = chain.signers.iter().map(AsRef::as_ref).collect();
     let time = vmattest_host::now();
     let taken = match guest {
-        Guest::Spec(spec) => {
-            vmattest_host::vm::take(store, spec, &signers, chain.secret.as_ref(), time)
-                .map_err(|e| e.to_string())
-        }
+        Guest::Spec(spec) => vmattest_host::vm::take(
+            store,
+            spec,
+            &signers,
+            chain.secret.as_ref(),
+            time,
+            vmattest_qemu::Mode::Paused,
+        )
+        .map_err(|e| e.to_string()),
         Guest::Domain { name, uri } => {
             vmattest_host::domain::take(store, name, *uri, &signers, chain.secret.as_ref(), time)
                 .map_err(|e| e.to_string())

@@ -305,6 +305,7 @@ pub fn capture(
         &mut mon,
         store,
         opts,
+        vmattest_qemu::Mode::Paused,
         Some(&mut arm),
     )?)
 }

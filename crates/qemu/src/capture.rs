@@ -87,15 +87,30 @@ pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CaptureError + u
     move |error| CaptureError::Io { path, error }
 }
 
+/// How a running guest is captured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Paused while its RAM is hashed in place: the pause grows with the guest's RAM.
+    #[default]
+    Paused,
+    /// Paused only while QEMU starts a background snapshot and the disks' backups; RAM is read
+    /// from the snapshot's stream while the guest runs (see [`crate::live`]). Guest RAM must be
+    /// on shared memory (tmpfs), which userfaultfd can write-protect.
+    Live,
+}
+
 /// What a capture measured, with its timings.
 #[derive(Debug, Clone)]
 pub struct CaptureReport {
+    pub mode: Mode,
     pub summary: TakeSummary,
     /// From `stop` to `cont`: the time the guest did not run.
     pub downtime: Duration,
-    /// Within the downtime: writing the device state.
+    /// Paused mode: writing the device state, within the downtime. Live mode: reading the
+    /// stream and waiting for the disks' backups, after it.
     pub device_state: Duration,
-    /// Within the downtime: hashing and copying out the changed pages.
+    /// Hashing and copying out the changed pages: within the downtime in paused mode, after it
+    /// in live mode.
     pub measure: Duration,
     /// After `cont`: compressing, storing and signing.
     pub commit: Duration,
@@ -170,6 +185,7 @@ pub fn capture(
     spec: &VmSpec,
     store: &StoreWriter,
     opts: &TakeOptions<'_>,
+    mode: Mode,
     guard: Option<&GuardProgram>,
 ) -> Result<CaptureReport, CaptureError> {
     let target = Target::of_spec(spec);
@@ -186,7 +202,7 @@ pub fn capture(
             source,
         })
     };
-    capture_target(&target, &mut qmp, store, opts, Some(&mut arm))
+    capture_target(&target, &mut qmp, store, opts, mode, Some(&mut arm))
 }
 
 /// A store holds one VM's chain: another guest's pages must never extend it.
@@ -215,6 +231,7 @@ pub fn capture_target(
     mon: &mut dyn Monitor,
     store: &StoreWriter,
     opts: &TakeOptions<'_>,
+    mode: Mode,
     arm: Option<Arm<'_>>,
 ) -> Result<CaptureReport, CaptureError> {
     let vm = || t.name.to_owned();
@@ -239,11 +256,31 @@ pub fn capture_target(
     };
     let saved = Settings::read(mon).map_err(qmp_err)?;
     // Settings first, so that the pause covers only the capture itself.
-    let result = mon
-        .set_capabilities(&[("x-ignore-shared", true)])
-        .and_then(|()| mon.set_max_bandwidth(u64::MAX >> 2))
-        .map_err(qmp_err)
-        .and_then(|()| capture_paused(t, mon, store, opts, was_running, arm));
+    let caps = match mode {
+        Mode::Paused => [("background-snapshot", false), ("x-ignore-shared", true)],
+        Mode::Live => [("x-ignore-shared", false), ("background-snapshot", true)],
+    };
+    let set = mon
+        .set_capabilities(&caps)
+        .map_err(|source| match (mode, &source) {
+            (Mode::Live, QmpError::Qemu { .. }) => CaptureError::Vm {
+                vm: vm(),
+                detail: format!(
+                    "live capture needs guest RAM on shared memory (tmpfs, such as a run_dir under \
+                 /dev/shm) that userfaultfd can write-protect; QEMU: {source}"
+                ),
+            },
+            _ => qmp_err(source),
+        });
+    let result = set
+        .and_then(|()| mon.set_max_bandwidth(u64::MAX >> 2).map_err(qmp_err))
+        .and_then(|()| {
+            let fit = DeviceStateFit::of(t, store)?;
+            match mode {
+                Mode::Paused => capture_paused(t, mon, store, opts, was_running, arm, &fit),
+                Mode::Live => crate::live::capture(t, mon, store, opts, was_running, arm, &fit),
+            }
+        });
     // Whatever happened, the settings go back as they were.
     let restored = saved.write(mon).map_err(qmp_err);
     let report = result?;
@@ -251,31 +288,87 @@ pub fn capture_target(
     Ok(report)
 }
 
+/// The length a capture pads its device-state stream to. QEMU reads such a stream to its end
+/// mark (and description) and ignores what follows, so zeros after it change nothing; they let
+/// every link of a chain keep the baseline's length, as the store requires, although streams
+/// differ a little from one capture to the next and between the two modes.
+pub(crate) struct DeviceStateFit {
+    vm: String,
+    /// The chain's length; `None` before its baseline.
+    chain: Option<u64>,
+}
+
+impl DeviceStateFit {
+    /// Read before the pause: it reads the head's manifest.
+    fn of(t: &Target<'_>, store: &StoreWriter) -> Result<DeviceStateFit, CaptureError> {
+        let chain = store
+            .head_components()?
+            .into_iter()
+            .find(|c| c.name == DEVICE_STATE)
+            .map(|c| c.len);
+        Ok(DeviceStateFit {
+            vm: t.name.to_owned(),
+            chain,
+        })
+    }
+
+    /// Pads the stream at `path` to the chain's length, or at a baseline to twice its own
+    /// rounded up to 64 KiB; returns its length before.
+    pub(crate) fn pad(&self, path: &Path) -> Result<u64, CaptureError> {
+        let len = std::fs::metadata(path).map_err(io(path))?.len();
+        let want = self
+            .chain
+            .unwrap_or_else(|| len.saturating_mul(2).next_multiple_of(64 << 10));
+        if len > want {
+            return Err(CaptureError::Vm {
+                vm: self.vm.clone(),
+                detail: format!(
+                    "the device state is {len} bytes, more than the {want} its chain holds \
+                     (fixed at the baseline); start a new chain"
+                ),
+            });
+        }
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(io(path))?;
+        f.set_len(want).map_err(io(path))?;
+        Ok(len)
+    }
+}
+
 /// The migration settings a capture changes.
 struct Settings {
     ignore_shared: bool,
+    background_snapshot: bool,
     max_bandwidth: Option<u64>,
 }
 
 impl Settings {
     fn read(mon: &mut dyn Monitor) -> Result<Settings, QmpError> {
         let caps = mon.execute("query-migrate-capabilities", Value::Null)?;
-        let ignore_shared = caps.as_array().is_some_and(|list| {
-            list.iter().any(|c| {
-                c.get("capability").and_then(Value::as_str) == Some("x-ignore-shared")
-                    && c.get("state").and_then(Value::as_bool) == Some(true)
+        let on = |name: &str| {
+            caps.as_array().is_some_and(|list| {
+                list.iter().any(|c| {
+                    c.get("capability").and_then(Value::as_str) == Some(name)
+                        && c.get("state").and_then(Value::as_bool) == Some(true)
+                })
             })
-        });
+        };
         let params = mon.execute("query-migrate-parameters", Value::Null)?;
         let max_bandwidth = params.get("max-bandwidth").and_then(Value::as_u64);
         Ok(Settings {
-            ignore_shared,
+            ignore_shared: on("x-ignore-shared"),
+            background_snapshot: on("background-snapshot"),
             max_bandwidth,
         })
     }
 
     fn write(&self, mon: &mut dyn Monitor) -> Result<(), QmpError> {
-        mon.set_capabilities(&[("x-ignore-shared", self.ignore_shared)])?;
+        mon.set_capabilities(&[
+            ("background-snapshot", self.background_snapshot),
+            ("x-ignore-shared", self.ignore_shared),
+        ])?;
         match self.max_bandwidth {
             Some(b) => mon.set_max_bandwidth(b),
             None => Ok(()),
@@ -290,6 +383,7 @@ fn capture_paused(
     opts: &TakeOptions<'_>,
     was_running: bool,
     arm: Option<Arm<'_>>,
+    fit: &DeviceStateFit,
 ) -> Result<CaptureReport, CaptureError> {
     let vm = || t.name.to_owned();
     let qmp_err = |source| CaptureError::Qmp { vm: vm(), source };
@@ -317,7 +411,7 @@ fn capture_paused(
     let stopped = if was_running { mon.stop() } else { Ok(()) };
     let paused = match stopped {
         // The `Paused` promise ends with this statement, before the `cont` below.
-        Ok(()) => measure(t, store, opts, mon, &files, &Paused(())),
+        Ok(()) => measure(t, store, opts, mon, &files, fit, &Paused(())),
         Err(e) => Err(qmp_err(e)),
     };
     // Whatever happened, the guest runs on as it was.
@@ -344,6 +438,7 @@ fn capture_paused(
     let summary = store.commit(frozen, opts);
     let _ = std::fs::remove_dir_all(&files.work);
     Ok(CaptureReport {
+        mode: Mode::Paused,
         summary: summary?,
         downtime,
         device_state,
@@ -381,6 +476,7 @@ fn measure(
     opts: &TakeOptions<'_>,
     mon: &mut dyn Monitor,
     files: &Scratch,
+    fit: &DeviceStateFit,
     paused: &Paused,
 ) -> Result<Measured, CaptureError> {
     let qmp_err = |source| CaptureError::Qmp {
@@ -415,7 +511,7 @@ fn measure(
     converted?;
     kill_point(t, "after-migrate");
     hold_point("after-migrate");
-    let device_state_bytes = std::fs::metadata(&files.dev).map_err(io(&files.dev))?.len();
+    let device_state_bytes = fit.pad(&files.dev)?;
 
     let t_measure = Instant::now();
     let mut inputs = vec![ComponentInput {
@@ -465,7 +561,7 @@ fn disk_err(t: &Target<'_>, disk: &str, detail: String) -> CaptureError {
 
 /// Private scratch space in `parent`, removed after the capture. `parent` itself is left as
 /// it is: it may be shared (a temporary directory's parent), so it is the caller's to choose.
-fn tempfile_dir(parent: &Path) -> Result<PathBuf, CaptureError> {
+pub(crate) fn tempfile_dir(parent: &Path) -> Result<PathBuf, CaptureError> {
     let dir = parent.join(format!(".capture.{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     crate::private::dir(&dir).map_err(io(&dir))?;
@@ -473,7 +569,7 @@ fn tempfile_dir(parent: &Path) -> Result<PathBuf, CaptureError> {
 }
 
 /// Writes `bytes` into a 0600 file.
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), CaptureError> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), CaptureError> {
     use std::io::Write as _;
     crate::private::create(path, true)
         .and_then(|mut f| f.write_all(bytes))

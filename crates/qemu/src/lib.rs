@@ -3,6 +3,7 @@
 pub mod capture;
 pub mod guard;
 mod img;
+mod live;
 pub mod private;
 pub mod qmp;
 pub mod restore;
@@ -10,6 +11,7 @@ pub mod spec;
 pub mod stream;
 pub mod vm;
 
+pub use capture::Mode;
 pub use qmp::{Qmp, QmpError};
 pub use spec::{Accel, Boot, Disk, DiskFormat, Nic, NicNet, SpecError, VmSpec};
 pub use vm::{Running, Status, VmError};

@@ -146,13 +146,23 @@ pub fn place_disks(vm: &str, disks: &[Disk], staging: &Path) -> Result<(), Captu
 }
 
 /// Loads the device state file into a QEMU started with `-incoming defer` whose RAM already
-/// holds the restored guest (`x-ignore-shared`), and waits until it is paused, ready to run.
+/// holds the restored guest, and waits until it is paused, ready to run. A paused capture's
+/// stream leaves shared RAM out (`x-ignore-shared`); a live capture's lists every block but
+/// holds no page of guest RAM, which the load therefore leaves as the file has it.
 pub fn load_device_state(mon: &mut dyn Monitor, vm: &str, dev: &Path) -> Result<(), CaptureError> {
     let qmp_err = |source| CaptureError::Qmp {
         vm: vm.to_owned(),
         source,
     };
-    mon.set_capabilities(&[("x-ignore-shared", true)])
+    let file = std::fs::File::open(dev).map_err(io(dev))?;
+    let caps = crate::stream::capabilities(std::io::BufReader::new(file)).map_err(|e| {
+        CaptureError::Vm {
+            vm: vm.to_owned(),
+            detail: format!("{}: {e}", dev.display()),
+        }
+    })?;
+    let ignore_shared = caps.iter().any(|c| c == "x-ignore-shared");
+    mon.set_capabilities(&[("x-ignore-shared", ignore_shared)])
         .map_err(qmp_err)?;
     mon.migrate_incoming_file(dev).map_err(qmp_err)?;
     mon.wait_status("paused", INCOMING_TIMEOUT).map_err(qmp_err)

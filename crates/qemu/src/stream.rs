@@ -103,6 +103,8 @@ struct Src<R> {
     r: R,
     offset: u64,
     peeked: Option<u8>,
+    /// Every byte consumed, while set: the stream's head, which a device-state stream repeats.
+    kept: Option<Vec<u8>>,
 }
 
 impl<R: Read> Src<R> {
@@ -122,6 +124,9 @@ impl<R: Read> Src<R> {
             }
         })?;
         self.offset += buf.len() as u64;
+        if let Some(k) = &mut self.kept {
+            k.extend_from_slice(buf);
+        }
         Ok(())
     }
 
@@ -191,10 +196,16 @@ fn hex(b: &[u8]) -> String {
 pub struct Stream<R> {
     src: Src<R>,
     machine: String,
+    /// The configuration's capabilities, with their offsets.
+    caps: Vec<(u64, String)>,
     blocks: Vec<Block>,
     /// One bit per page of each block: sent already.
     seen: Vec<Vec<u64>>,
     ram_section: u32,
+    /// The head: from the start through the block list.
+    head: Vec<u8>,
+    /// QEMU closes each RAM part with a footer (machine types since 2.x do).
+    footers: bool,
     current: Option<usize>,
     /// Inside a RAM part, before its end-of-section flag.
     in_part: bool,
@@ -204,37 +215,72 @@ pub struct Stream<R> {
 }
 
 impl<R: Read> Stream<R> {
-    /// Reads the header, the configuration and the RAM block list.
-    pub fn open(r: R) -> Result<Stream<R>, StreamError> {
-        let mut s = Stream {
+    fn new(r: R) -> Stream<R> {
+        Stream {
             src: Src {
                 r,
                 offset: 0,
                 peeked: None,
+                kept: Some(Vec::new()),
             },
             machine: String::new(),
+            caps: Vec::new(),
             blocks: Vec::new(),
             seen: Vec::new(),
             ram_section: 0,
+            head: Vec::new(),
+            footers: false,
             current: None,
             in_part: false,
             after_ram: None,
             page: Box::new([0; PAGE_SIZE]),
-        };
-        let magic = s.src.u32("magic")?;
+        }
+    }
+
+    fn header(&mut self) -> Result<(), StreamError> {
+        let magic = self.src.u32("magic")?;
         if magic != MAGIC {
             return Err(bad("magic", 0, "QEVM", format!("{magic:#010x}")));
         }
-        let version = s.src.u32("version")?;
+        let version = self.src.u32("version")?;
         if version != VERSION {
             return Err(bad("version", 4, "3", version.to_string()));
         }
+        Ok(())
+    }
+
+    /// Reads the header, the configuration and the RAM block list.
+    pub fn open(r: R) -> Result<Stream<R>, StreamError> {
+        let mut s = Stream::new(r);
+        s.header()?;
         loop {
             let at = s.src.offset;
             match s.src.u8("section type")? {
-                CONFIGURATION => s.configuration()?,
+                CONFIGURATION => {
+                    s.configuration()?;
+                    if let Some((at, cap)) = s
+                        .caps
+                        .iter()
+                        .find(|(_, c)| REFUSED_CAPS.contains(&c.as_str()))
+                    {
+                        return Err(bad(
+                            "capability",
+                            *at,
+                            "none that changes the RAM section",
+                            cap.clone(),
+                        ));
+                    }
+                }
                 SECTION_START => {
                     s.ram_start(at)?;
+                    // The setup part's footer, if QEMU writes footers, ends the head.
+                    if s.src.peek()? == Some(FOOTER) {
+                        let at = s.src.offset;
+                        s.src.u8("section type")?;
+                        s.section_id(at)?;
+                        s.footers = true;
+                    }
+                    s.head = s.src.kept.take().unwrap_or_default();
                     return Ok(s);
                 }
                 t => {
@@ -256,6 +302,11 @@ impl<R: Read> Stream<R> {
 
     pub fn blocks(&self) -> &[Block] {
         &self.blocks
+    }
+
+    /// The stream's first bytes, through the RAM block list (and its part's footer).
+    pub fn head(&self) -> &[u8] {
+        &self.head
     }
 
     /// Bytes read so far.
@@ -318,7 +369,10 @@ impl<R: Read> Stream<R> {
                     self.in_part = true;
                     return Ok(());
                 }
-                FOOTER => self.section_id(at)?,
+                FOOTER => {
+                    self.section_id(at)?;
+                    self.footers = true;
+                }
                 COMMAND => {
                     let cmd = self.src.u16("command")?;
                     let len = self.src.u16("command length")?;
@@ -406,14 +460,7 @@ impl<R: Read> Stream<R> {
             let at = self.src.offset;
             let len = self.src.u8("capability length")?;
             let cap = self.src.string("capability", usize::from(len))?;
-            if REFUSED_CAPS.contains(&cap.as_str()) {
-                return Err(bad(
-                    "capability",
-                    at,
-                    "none that changes the RAM section",
-                    cap,
-                ));
-            }
+            self.caps.push((at, cap));
         }
         Ok(())
     }
@@ -560,6 +607,104 @@ impl<R: Read> Stream<R> {
             }
             return Ok(Some((block, index)));
         }
+    }
+}
+
+/// The capabilities a stream's configuration lists (those both ends must share, such as
+/// `x-ignore-shared`), from its head alone: any QEMU stream, not only a background snapshot's.
+pub fn capabilities<R: Read>(r: R) -> Result<Vec<String>, StreamError> {
+    let mut s = Stream::new(r);
+    s.header()?;
+    if s.src.peek()? == Some(CONFIGURATION) {
+        s.src.u8("section type")?;
+        s.configuration()?;
+    }
+    Ok(s.caps.into_iter().map(|(_, c)| c).collect())
+}
+
+/// The blocks besides guest RAM a device-state stream may hold (a PC's ROMs and video RAM are
+/// well under this).
+pub const MAX_OTHER_BLOCKS: u64 = 256 << 20;
+
+/// A device-state stream made from a background snapshot: its head, every page of the blocks
+/// other than guest RAM (ROMs, video RAM) in one final RAM part, then its device state. Every
+/// page is written whole, in block order, so the stream's length depends only on the block
+/// list and the device state. QEMU loads it with `x-ignore-shared` off into a guest whose RAM
+/// file already holds guest RAM.
+#[derive(Debug)]
+pub struct DeviceStream {
+    head: Vec<u8>,
+    section: u32,
+    footers: bool,
+    /// Each block but guest RAM, with its bytes as the stream sent them (zero if not sent).
+    blocks: Vec<Option<(String, Vec<u8>)>>,
+}
+
+impl DeviceStream {
+    /// For the stream `s`, whose block `ram` is guest RAM.
+    pub fn new<R: Read>(s: &Stream<R>, ram: usize) -> Result<DeviceStream, StreamError> {
+        let other: u64 = (s.blocks.iter().enumerate())
+            .filter(|(i, _)| *i != ram)
+            .map(|(_, b)| b.len)
+            .sum();
+        if other > MAX_OTHER_BLOCKS {
+            return Err(bad(
+                "RAM blocks",
+                s.src.offset,
+                "at most 256 MiB besides guest RAM",
+                other.to_string(),
+            ));
+        }
+        let blocks = (s.blocks.iter().enumerate())
+            .map(|(i, b)| {
+                let len = usize::try_from(b.len).unwrap_or(0);
+                (i != ram).then(|| (b.name.clone(), vec![0; len]))
+            })
+            .collect();
+        Ok(DeviceStream {
+            head: s.head.clone(),
+            section: s.ram_section,
+            footers: s.footers,
+            blocks,
+        })
+    }
+
+    /// Keeps a page of a block other than guest RAM.
+    pub fn page(&mut self, p: &Page<'_>) {
+        if let Some(Some((_, bytes))) = self.blocks.get_mut(p.block) {
+            let at = usize::try_from(p.index).unwrap_or(usize::MAX) * PAGE_SIZE;
+            if let Some(dst) = bytes.get_mut(at..at + PAGE_SIZE) {
+                dst.copy_from_slice(p.data);
+            }
+        }
+    }
+
+    /// The stream: the head, the pages, the part's end (and footer if QEMU wrote footers),
+    /// then `device_state`.
+    pub fn finish(self, device_state: &[u8]) -> Vec<u8> {
+        let mut buf = self.head;
+        buf.push(SECTION_END);
+        buf.extend_from_slice(&self.section.to_be_bytes());
+        for (name, bytes) in self.blocks.into_iter().flatten() {
+            for (i, page) in bytes.chunks(PAGE_SIZE).enumerate() {
+                let addr = (i * PAGE_SIZE) as u64;
+                if i == 0 {
+                    buf.extend_from_slice(&(addr | FLAG_PAGE).to_be_bytes());
+                    buf.push(u8::try_from(name.len()).unwrap_or(u8::MAX));
+                    buf.extend_from_slice(name.as_bytes());
+                } else {
+                    buf.extend_from_slice(&(addr | FLAG_PAGE | FLAG_CONTINUE).to_be_bytes());
+                }
+                buf.extend_from_slice(page);
+            }
+        }
+        buf.extend_from_slice(&FLAG_EOS.to_be_bytes());
+        if self.footers {
+            buf.push(FOOTER);
+            buf.extend_from_slice(&self.section.to_be_bytes());
+        }
+        buf.extend_from_slice(device_state);
+        buf
     }
 }
 

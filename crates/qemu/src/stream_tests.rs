@@ -294,3 +294,71 @@ fn the_fuzz_seed_is_a_whole_stream() {
     assert_eq!(pages.len(), 3);
     assert_eq!(device, b"\x04device state\x00");
 }
+
+/// A live capture's device-state stream: the head as QEMU wrote it, every page of the blocks
+/// other than guest RAM whole and in order, the footer, the device state. Our reader reads it
+/// back; its length does not depend on which pages were zero.
+#[test]
+fn a_device_stream_holds_the_other_blocks_whole_and_the_device_state() {
+    let bytes = stream();
+    let mut s = Stream::open(&bytes[..]).unwrap();
+    let mut d = DeviceStream::new(&s, 0).unwrap();
+    while let Some(p) = s.next_page().unwrap() {
+        d.page(&p);
+    }
+    let head_len = s.head().len();
+    assert_eq!(&bytes[..head_len], s.head(), "the head is QEMU's bytes");
+    let tail = s.device_state().unwrap();
+    let out = d.finish(&tail);
+
+    let (pages, device) = read(&out).unwrap();
+    assert_eq!(pages, [(1, 0, page(2))], "pc.bios only, whole");
+    assert_eq!(device, tail);
+    // The same stream with the BIOS page zero: the same length.
+    let at = find(&page(2));
+    let mut zero_bios = stream();
+    zero_bios[at..at + PAGE_SIZE].fill(0);
+    let mut s = Stream::open(&zero_bios[..]).unwrap();
+    let mut d = DeviceStream::new(&s, 0).unwrap();
+    while let Some(p) = s.next_page().unwrap() {
+        d.page(&p);
+    }
+    let tail = s.device_state().unwrap();
+    assert_eq!(d.finish(&tail).len(), out.len());
+}
+
+#[test]
+fn other_blocks_over_the_cap_are_refused() {
+    let bytes = W::default()
+        .header()
+        .ram_header()
+        .u64((MAX_OTHER_BLOCKS + 8192) | FLAG_MEM_SIZE)
+        .name("pc.ram")
+        .u64(4096)
+        .name("vga.vram")
+        .u64(MAX_OTHER_BLOCKS + 4096)
+        .u64(FLAG_EOS)
+        .0;
+    let s = Stream::open(&bytes[..]).unwrap();
+    let e = DeviceStream::new(&s, 0).unwrap_err().to_string();
+    assert!(e.contains("at most 256 MiB besides guest RAM"), "{e}");
+}
+
+/// A restore reads the capabilities to choose how QEMU loads a device-state stream: those of
+/// a paused capture (which `Stream::open` refuses) and of a live one alike.
+#[test]
+fn capabilities_are_read_from_any_stream_head() {
+    let paused = W::default()
+        .header()
+        .config(&["x-ignore-shared"])
+        .ram_start()
+        .0;
+    assert_eq!(capabilities(&paused[..]).unwrap(), ["x-ignore-shared"]);
+    assert_eq!(
+        capabilities(&stream()[..]).unwrap(),
+        ["background-snapshot"]
+    );
+    let bare = W::default().header().ram_start().0;
+    assert!(capabilities(&bare[..]).unwrap().is_empty());
+    assert!(capabilities(&b"QEV"[..]).is_err());
+}

@@ -408,6 +408,14 @@ impl Store {
         }))
     }
 
+    /// The head's components; empty for a store that holds no link.
+    pub fn head_components(&self) -> Result<Vec<vmattest_core::chain::ComponentRoot>, StoreError> {
+        match self.head()? {
+            Some(h) => Ok(self.manifest_at(&h, h.seq)?.components),
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// The rebase the chain starts with; `None` for a chain that starts at seq 0.
     pub fn rebase(&self, head: &Head) -> Result<Option<SignedRebase>, StoreError> {
         if head.base.0 == 0 {

@@ -97,6 +97,12 @@ pub enum SnapshotCommand {
         /// Secret file of an encrypted store (or a blob sealed to this host's TPM).
         #[arg(long)]
         secret: Option<PathBuf>,
+        /// With --vm: keep the guest running while its RAM is read from a QEMU background
+        /// snapshot; the pause no longer grows with its RAM. Guest RAM must be on shared
+        /// memory (a run_dir under /dev/shm), and the capture needs room there for a second
+        /// copy of the guest's non-zero pages meanwhile.
+        #[arg(long, requires = "vm")]
+        live: bool,
     },
     /// List the links.
     Log {

@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use vmattest_core::chain::{ComponentKind, SeqNo};
 use vmattest_host::verdict::Verdict;
 use vmattest_host::{chain, domain, eventlog, files, keys, tpm, vm};
+use vmattest_qemu::Mode;
 use vmattest_sign::Signer;
 use vmattest_store::{Store, StoreSecret, TakeOptions, TakeSummary};
 
@@ -58,12 +59,16 @@ pub fn run(cmd: SnapshotCommand, json: bool) -> anyhow::Result<()> {
             bind_pcr,
             dirty,
             secret,
+            live,
         } => {
             let signers = keys::signers(&key_files, signer.is_some())?;
             let refs: Vec<&dyn Signer> = signers.iter().map(AsRef::as_ref).collect();
             let secret = secret.as_deref().map(tpm::load_secret).transpose()?;
             let (s, hypervisor) = match (vm, domain) {
-                (Some(vm), _) => take_vm(&store.store, &vm, &refs, secret.as_ref(), json)?,
+                (Some(vm), _) => {
+                    let mode = if live { Mode::Live } else { Mode::Paused };
+                    take_vm(&store.store, &vm, &refs, secret.as_ref(), mode, json)?
+                }
                 (None, Some(name)) => {
                     let time = vmattest_host::now();
                     let r = domain::take(
@@ -361,10 +366,11 @@ fn take_vm(
     spec: &str,
     signers: &[&dyn Signer],
     secret: Option<&StoreSecret>,
+    mode: Mode,
     json: bool,
 ) -> anyhow::Result<(TakeSummary, Option<String>)> {
     let spec = vm::load_spec(spec)?;
-    let r = vm::take(root, &spec, signers, secret, vmattest_host::now())?;
+    let r = vm::take(root, &spec, signers, secret, vmattest_host::now(), mode)?;
     output::report(json, &CaptureJson::new(spec.name(), &r))?;
     Ok((r.summary, Some(spec.qemu().to_owned())))
 }

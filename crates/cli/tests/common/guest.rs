@@ -37,6 +37,11 @@ impl Guest {
 
     /// A guest whose kernel command line also holds `extra` (such as `flipkeys=3`).
     pub fn with_cmdline(dir: &Path, name: &str, extra: &str) -> Guest {
+        Guest::with_run_dir(dir, name, extra, &dir.join(format!("run-{name}")))
+    }
+
+    /// [`Guest::with_cmdline`] with its run directory (and so its RAM file) at `run_dir`.
+    pub fn with_run_dir(dir: &Path, name: &str, extra: &str, run_dir: &Path) -> Guest {
         let g = guest_dir();
         let disk = dir.join(format!("{name}-disk0.raw"));
         std::fs::write(&disk, vec![0u8; 4 << 20]).unwrap();
@@ -48,7 +53,7 @@ impl Guest {
 memory_mib = 128
 vcpus = 1
 accel = "tcg"
-run_dir = "run-{name}"
+run_dir = "{run_dir}"
 
 [boot]
 kernel = "{kernel}"
@@ -60,6 +65,7 @@ name = "disk0"
 path = "{name}-disk0.raw"
 format = "raw"
 "#,
+                run_dir = run_dir.display(),
                 kernel = g.join("vmlinuz").display(),
                 initrd = g.join("initramfs.cpio.gz").display(),
                 extra = if extra.is_empty() {
@@ -72,7 +78,7 @@ format = "raw"
         .unwrap();
         Guest {
             spec,
-            dir: dir.join(format!("run-{name}")),
+            dir: run_dir.to_path_buf(),
         }
     }
 

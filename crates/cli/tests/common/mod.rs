@@ -38,7 +38,16 @@ where
     to_run(out)
 }
 
-/// The vmattest program under test.
+/// [`vmattest`] with `envs` set (test hooks).
+pub fn vmattest_env(args: &[&str], envs: &[(&str, &str)]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_vmattest"))
+        .args(args)
+        .envs(envs.iter().copied())
+        .output()
+        .expect("run vmattest");
+    to_run(out)
+}
+
 /// A temp path as an argument (temp paths are UTF-8).
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
