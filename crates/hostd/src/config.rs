@@ -104,6 +104,9 @@ pub struct SnapshotConf {
     /// Whether a new store keeps the head's images (see `snapshot init --no-head-cache`).
     #[serde(default = "default_head_cache")]
     pub head_cache: bool,
+    /// Capture a spec VM live (`snapshot take --live`): its RAM must be on shared memory.
+    #[serde(default)]
+    pub live: bool,
     /// Retention: keep the newest `keep` seqs ...
     pub keep: Option<u64>,
     /// ... and every seq younger than this; older ones are folded under a signed rebase.
@@ -230,6 +233,20 @@ fn interval(
     }
 }
 
+/// Live capture is built for spec VMs only; a domain asking for it is refused, not captured
+/// paused behind the operator's back.
+fn check_not_live(path: &Path, field: &str, s: &Option<SnapshotConf>) -> Result<(), ConfigError> {
+    match s {
+        Some(s) if s.live => Err(invalid(
+            path,
+            format!("{field}.snapshots.live"),
+            "false: domains are captured paused",
+            "true".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn check_snapshots(path: &Path, field: &str, s: &Option<SnapshotConf>) -> Result<(), ConfigError> {
     let Some(s) = s else { return Ok(()) };
     if s.interval_secs == 0 {
@@ -322,6 +339,7 @@ impl Config {
         for (i, d) in f.domain.into_iter().enumerate() {
             let field = format!("domain[{i}]");
             check_snapshots(path, &field, &d.snapshots)?;
+            check_not_live(path, &field, &d.snapshots)?;
             targets.push(Target {
                 name: d.server_name.unwrap_or_else(|| d.name.clone()),
                 guest: GuestConf::Domain {
@@ -341,6 +359,7 @@ impl Config {
         for (i, s) in f.domains.iter().enumerate() {
             let field = format!("domains[{i}]");
             check_snapshots(path, &field, &s.snapshots)?;
+            check_not_live(path, &field, &s.snapshots)?;
             interval(
                 path,
                 format!("{field}.attest_interval_secs"),
@@ -530,6 +549,10 @@ mod tests {
             (
                 "[defaults]\nattest_interval_secs = 0\n",
                 "defaults.attest_interval_secs",
+            ),
+            (
+                "[[domain]]\nname = \"a\"\n[domain.snapshots]\nstore = \"/s\"\ninterval_secs = 5\nkeys = [\"k\"]\nlive = true\n",
+                "domain[0].snapshots.live",
             ),
         ] {
             let e = Config::parse(Path::new("h.toml"), &format!("{BASE}{extra}"))

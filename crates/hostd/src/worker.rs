@@ -384,7 +384,11 @@ fn snapshot(ctx: &Ctx<'_>, guest: &Guest<'_>, conf: &SnapshotConf, chain: &Chain
             &signers,
             chain.secret.as_ref(),
             time,
-            vmattest_qemu::Mode::Paused,
+            if conf.live {
+                vmattest_qemu::Mode::Live
+            } else {
+                vmattest_qemu::Mode::Paused
+            },
         )
         .map_err(|e| e.to_string()),
         Guest::Domain { name, uri } => {

@@ -106,11 +106,12 @@ pub struct CaptureReport {
     pub summary: TakeSummary,
     /// From `stop` to `cont`: the time the guest did not run.
     pub downtime: Duration,
-    /// Paused mode: writing the device state, within the downtime. Live mode: reading the
-    /// stream and waiting for the disks' backups, after it.
+    /// Within the downtime: writing the device state (live mode: QEMU's start of the
+    /// background snapshot, from `migrate` to its first page, which includes saving the device
+    /// state and write-protecting RAM).
     pub device_state: Duration,
-    /// Hashing and copying out the changed pages: within the downtime in paused mode, after it
-    /// in live mode.
+    /// Hashing and copying out the changed pages, within the downtime (live mode: reading the
+    /// stream, waiting for the disks' backups and hashing, after it).
     pub measure: Duration,
     /// After `cont`: compressing, storing and signing.
     pub commit: Duration,
@@ -574,4 +575,44 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), CaptureErro
     crate::private::create(path, true)
         .and_then(|mut f| f.write_all(bytes))
         .map_err(io(path))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn fit(chain: Option<u64>) -> DeviceStateFit {
+        DeviceStateFit {
+            vm: "web1".into(),
+            chain,
+        }
+    }
+
+    /// A baseline's stream is padded to twice its length (64 KiB steps), a later one to the
+    /// chain's length with zeros after its own bytes; one longer than the chain's is refused.
+    #[test]
+    fn device_state_is_padded_to_the_chains_length_and_refused_beyond_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dev");
+        write_private(&path, &[7; 100_000]).unwrap();
+        assert_eq!(fit(None).pad(&path).unwrap(), 100_000);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 4 * 65536);
+
+        write_private(&path, &[7; 1000]).unwrap();
+        assert_eq!(fit(Some(8192)).pad(&path).unwrap(), 1000);
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len(), 8192);
+        assert!(bytes[..1000].iter().all(|b| *b == 7) && bytes[1000..].iter().all(|b| *b == 0));
+
+        write_private(&path, &[7; 9000]).unwrap();
+        let e = fit(Some(8192)).pad(&path).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "vm web1: the device state is 9000 bytes, more than the 8192 its chain holds \
+             (fixed at the baseline); start a new chain"
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 9000);
+    }
 }

@@ -145,6 +145,7 @@ fn run(
         &work.join("stream.sock"),
         &first_rx,
     );
+    let snapshot_start = paused.as_ref().map_or(Duration::ZERO, |d| *d);
     let resumed = if was_running { resume(mon) } else { Ok(()) };
     let downtime = t0.elapsed();
     if let Some(armed) = armed {
@@ -153,7 +154,7 @@ fn run(
             Err(_) => armed.abandon(),
         }
     }
-    let started = paused.map_err(qmp_err);
+    let started = paused.map(drop).map_err(qmp_err);
     let resumed = resumed.map_err(qmp_err);
     if started.is_err() {
         // A reader still waiting for QEMU gets an empty stream instead, and ends.
@@ -170,7 +171,7 @@ fn run(
     }
     started?;
     resumed?;
-    let t_read = Instant::now();
+    let t_measure = Instant::now();
     let (device, _pages) = read?;
     mon.wait_migration(STREAM_TIMEOUT).map_err(qmp_err)?;
     for b in backups.iter() {
@@ -185,9 +186,7 @@ fn run(
     fit.pad(&device_path)?;
     let config = work.join(CONFIG);
     write_private(&config, &t.config)?;
-    let read_time = t_read.elapsed();
 
-    let t_measure = Instant::now();
     let mut inputs = vec![input(RAM, ComponentKind::Memory, ram_img)];
     for b in backups.iter() {
         inputs.push(input(&b.disk, ComponentKind::Disk, b.path.clone()));
@@ -203,7 +202,7 @@ fn run(
         mode: crate::capture::Mode::Live,
         summary,
         downtime,
-        device_state: read_time,
+        device_state: snapshot_start,
         measure,
         commit: t_commit.elapsed(),
         device_state_bytes: device.len() as u64,
@@ -220,14 +219,15 @@ fn input(name: &str, kind: ComponentKind, path: PathBuf) -> ComponentInput {
 }
 
 /// The pause: the disks' backups and the snapshot start at the same instant, and the guest
-/// stays stopped until QEMU protects its RAM (the first page is on its way).
+/// stays stopped until QEMU protects its RAM (the first page is on its way). Returns how long
+/// QEMU took from `migrate` to that first page.
 fn pause(
     mon: &mut dyn Monitor,
     was_running: bool,
     backups: &[Backup],
     sock: &Path,
     first: &mpsc::Receiver<()>,
-) -> Result<(), QmpError> {
+) -> Result<Duration, QmpError> {
     if was_running {
         mon.stop()?;
     }
@@ -252,6 +252,7 @@ fn pause(
     let path = sock
         .to_str()
         .ok_or_else(|| QmpError::Protocol(format!("{}: not UTF-8", sock.display())))?;
+    let t = Instant::now();
     mon.execute(
         "migrate",
         json!({ "channels": [{
@@ -263,7 +264,7 @@ fn pause(
         // Sent once the protection is on; a reader that failed drops the sender instead.
         let _ = first.recv_timeout(STREAM_TIMEOUT);
     }
-    Ok(())
+    Ok(t.elapsed())
 }
 
 /// Stops a migration that lost its reader and waits (briefly) for it to end, so that the
@@ -323,7 +324,7 @@ fn accept(listener: &UnixListener, sock: &Path) -> Result<UnixStream, CaptureErr
 /// Reads the stream: guest RAM's pages into `image` (zero pages stay holes), the rest into a
 /// device-state stream. `first` hears of the first page.
 fn read_stream(
-    conn: UnixStream,
+    conn: impl std::io::Read,
     image: &File,
     ram_len: u64,
     first: mpsc::Sender<()>,
@@ -497,4 +498,52 @@ fn remove(mon: &mut dyn Monitor, jobs: &[String], nodes: &[String]) -> Result<()
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
+
+    use super::*;
+
+    fn seed() -> Vec<u8> {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../fuzz/seeds/qemu_stream/background-snapshot"
+        );
+        std::fs::read(path).unwrap()
+    }
+
+    /// Guest RAM's pages go to the image at their offsets (zero pages stay holes); the BIOS
+    /// block and the device state go to the device-state stream.
+    #[test]
+    fn the_reader_splits_guest_ram_from_the_device_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = private_file(&dir.path().join("ram"), 8192).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let (device, pages) = read_stream(&seed()[..], &image, 8192, tx).unwrap();
+        assert_eq!(pages, 1);
+        assert!(rx.try_recv().is_ok(), "the first page was announced");
+        let ram = std::fs::read(dir.path().join("ram")).unwrap();
+        let page1: Vec<u8> = (0..PAGE_SIZE).map(|i| 1 ^ (i as u8)).collect();
+        assert_eq!(&ram[..PAGE_SIZE], &page1[..]);
+        assert!(ram[PAGE_SIZE..].iter().all(|b| *b == 0));
+        assert!(device.ends_with(b"device state\x00"));
+        let mut s = Stream::open(&device[..]).unwrap();
+        let bios = s.blocks().iter().position(|b| b.name == "pc.bios");
+        let p = s.next_page().unwrap().unwrap();
+        assert_eq!((Some(p.block), p.index), (bios, 0));
+    }
+
+    #[test]
+    fn a_stream_without_exactly_one_block_of_the_ram_files_size_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = private_file(&dir.path().join("ram"), 1 << 20).unwrap();
+        let (tx, _rx) = mpsc::channel();
+        let e = read_stream(&seed()[..], &image, 1 << 20, tx).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "migration stream: expected one RAM block of 1048576 bytes (the RAM file's), found 0"
+        );
+    }
 }
