@@ -159,10 +159,15 @@ fn hostd_keeps_every_guest_attested_and_survives_reload_stop_and_kill() {
     let lv = PrivateLibvirt::start().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
+    // h3 is captured live, so its RAM is on shared memory.
+    let shm = tempfile::Builder::new()
+        .prefix("vmattest-hostd")
+        .tempdir_in("/dev/shm")
+        .unwrap();
     let (g1, g2, g3) = (
         Guest::new(dir, "h1"),
         Guest::new(dir, "h2"),
-        Guest::new(dir, "h3"),
+        Guest::with_run_dir(dir, "h3", "", &shm.path().join("run-h3")),
     );
     for g in [&g1, &g2, &g3] {
         g.start();
@@ -223,6 +228,7 @@ fn hostd_keeps_every_guest_attested_and_survives_reload_stop_and_kill() {
         if with_h3 {
             c.push_str(&format!("[[vm]]\nspec = \"{}\"\n", g3.arg()));
             c.push_str(&snapshots(&stores[2]));
+            c.push_str("live = true\n");
         }
         c.push_str(&format!(
             "[[domain]]\nname = \"hd\"\nconnect = \"{}\"\n",
