@@ -44,9 +44,9 @@ fn qmp(g: &Guest, cmd: &str) {
     answer(&mut s, &format!(r#"{{"execute":"{cmd}"}}"#));
 }
 
-fn take(store: &Path, key: &Path, g: &Guest, live: bool) -> serde_json::Value {
+/// `snapshot take --vm` of `g` into `store`, live or paused.
+fn take_args<'a>(store: &'a Path, key: &'a Path, g: &'a Guest, live: bool) -> Vec<&'a str> {
     let mut args = vec![
-        "--json",
         "snapshot",
         "take",
         "--store",
@@ -59,11 +59,13 @@ fn take(store: &Path, key: &Path, g: &Guest, live: bool) -> serde_json::Value {
     if live {
         args.push("--live");
     }
-    vmattest(args).ok().json()
+    args
 }
 
-fn live_key(dir: &Path) -> std::path::PathBuf {
-    dir.join("key")
+fn take(store: &Path, key: &Path, g: &Guest, live: bool) -> serde_json::Value {
+    let mut args = vec!["--json"];
+    args.extend(take_args(store, key, g, live));
+    vmattest(args).ok().json()
 }
 
 fn roots(j: &serde_json::Value) -> Vec<(String, String)> {
@@ -126,8 +128,8 @@ fn live_and_paused_captures_of_the_same_instant_give_the_same_roots() {
     std::fs::write(&copy, &ram).unwrap();
     assert_eq!(b3sum(&out.join("ram")), b3sum(&copy));
     // A chain may change mode: the device state is padded to the chain's length.
-    for (store, live) in [(&live.store, false), (&paused_store, true)] {
-        let j = take(store, &live_key(dir), &g, live);
+    for (store, in_live_mode) in [(&live.store, false), (&paused_store, true)] {
+        let j = take(store, &live.key, &g, in_live_mode);
         assert_eq!(j["seq"], 1);
         vmattest([
             "snapshot",
@@ -135,7 +137,7 @@ fn live_and_paused_captures_of_the_same_instant_give_the_same_roots() {
             "--store",
             s(store),
             "--pubkey",
-            s(&dir.join("key.pub")),
+            s(&live.pubkey),
         ])
         .ok();
     }
@@ -172,23 +174,11 @@ fn a_guest_writing_memory_during_a_live_capture_restores_to_the_capture_instant(
     for seq in 0..2u64 {
         let before = g.next_tick(g.ticks().last().copied());
         // The reader slows down, so the guest runs on (and writes) for seconds meanwhile.
-        let j = vmattest_env(
-            &[
-                "--json",
-                "snapshot",
-                "take",
-                "--store",
-                s(&c.store),
-                "--vm",
-                g.arg(),
-                "--key",
-                s(&c.key),
-                "--live",
-            ],
-            &[("VMATTEST_LIVE_THROTTLE_MS", "60")],
-        )
-        .ok()
-        .json();
+        let mut args = vec!["--json"];
+        args.extend(take_args(&c.store, &c.key, &g, true));
+        let j = vmattest_env(&args, &[("VMATTEST_LIVE_THROTTLE_MS", "60")])
+            .ok()
+            .json();
         let after = g.ticks().last().copied().unwrap();
         assert!(
             after >= before + 2,
@@ -242,18 +232,7 @@ fn live_capture_of_ram_on_a_disk_file_system_is_refused() {
     let g = Guest::new(dir, "live-disk");
     let c = chain(dir, "live-disk");
     g.start();
-    let r = vmattest([
-        "snapshot",
-        "take",
-        "--store",
-        s(&c.store),
-        "--vm",
-        g.arg(),
-        "--key",
-        s(&c.key),
-        "--live",
-    ])
-    .fails(2, "shared memory");
+    let r = vmattest(take_args(&c.store, &c.key, &g, true)).fails(2, "shared memory");
     assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
     // Nothing was stored, and the guest runs on.
     let log = vmattest(["snapshot", "log", "--store", s(&c.store)]).ok();

@@ -276,10 +276,16 @@ pub fn capture_target(
     let result = set
         .and_then(|()| mon.set_max_bandwidth(u64::MAX >> 2).map_err(qmp_err))
         .and_then(|()| {
-            let fit = DeviceStateFit::of(t, store)?;
+            let job = Job {
+                t,
+                store,
+                opts,
+                was_running,
+                fit: DeviceStateFit::of(t, store)?,
+            };
             match mode {
-                Mode::Paused => capture_paused(t, mon, store, opts, was_running, arm, &fit),
-                Mode::Live => crate::live::capture(t, mon, store, opts, was_running, arm, &fit),
+                Mode::Paused => capture_paused(&job, mon, arm),
+                Mode::Live => crate::live::capture(&job, mon, arm),
             }
         });
     // Whatever happened, the settings go back as they were.
@@ -287,6 +293,16 @@ pub fn capture_target(
     let report = result?;
     restored?;
     Ok(report)
+}
+
+/// One capture of a target into a store, in either mode.
+pub(crate) struct Job<'a> {
+    pub t: &'a Target<'a>,
+    pub store: &'a StoreWriter,
+    pub opts: &'a TakeOptions<'a>,
+    /// The guest ran when the capture began: it is paused, and resumed after.
+    pub was_running: bool,
+    pub fit: DeviceStateFit,
 }
 
 /// The length a capture pads its device-state stream to. QEMU reads such a stream to its end
@@ -378,14 +394,11 @@ impl Settings {
 }
 
 fn capture_paused(
-    t: &Target<'_>,
+    job: &Job<'_>,
     mon: &mut dyn Monitor,
-    store: &StoreWriter,
-    opts: &TakeOptions<'_>,
-    was_running: bool,
     arm: Option<Arm<'_>>,
-    fit: &DeviceStateFit,
 ) -> Result<CaptureReport, CaptureError> {
+    let (t, was_running) = (job.t, job.was_running);
     let vm = || t.name.to_owned();
     let qmp_err = |source| CaptureError::Qmp { vm: vm(), source };
     let work = tempfile_dir(&t.scratch_in)?;
@@ -412,7 +425,7 @@ fn capture_paused(
     let stopped = if was_running { mon.stop() } else { Ok(()) };
     let paused = match stopped {
         // The `Paused` promise ends with this statement, before the `cont` below.
-        Ok(()) => measure(t, store, opts, mon, &files, fit, &Paused(())),
+        Ok(()) => measure(job, mon, &files, &Paused(())),
         Err(e) => Err(qmp_err(e)),
     };
     // Whatever happened, the guest runs on as it was.
@@ -436,7 +449,7 @@ fn capture_paused(
         }
     };
     let t1 = Instant::now();
-    let summary = store.commit(frozen, opts);
+    let summary = job.store.commit(frozen, job.opts);
     let _ = std::fs::remove_dir_all(&files.work);
     Ok(CaptureReport {
         mode: Mode::Paused,
@@ -472,14 +485,12 @@ unsafe impl vmattest_store::Quiescent for Paused {}
 
 /// The paused part of a capture.
 fn measure(
-    t: &Target<'_>,
-    store: &StoreWriter,
-    opts: &TakeOptions<'_>,
+    job: &Job<'_>,
     mon: &mut dyn Monitor,
     files: &Scratch,
-    fit: &DeviceStateFit,
     paused: &Paused,
 ) -> Result<Measured, CaptureError> {
+    let t = job.t;
     let qmp_err = |source| CaptureError::Qmp {
         vm: t.name.to_owned(),
         source,
@@ -512,7 +523,7 @@ fn measure(
     converted?;
     kill_point(t, "after-migrate");
     hold_point("after-migrate");
-    let device_state_bytes = fit.pad(&files.dev)?;
+    let device_state_bytes = job.fit.pad(&files.dev)?;
 
     let t_measure = Instant::now();
     let mut inputs = vec![ComponentInput {
@@ -543,7 +554,9 @@ fn measure(
             dirty: None,
         });
     }
-    let frozen = store.freeze(&inputs, opts.secret, Hold::WhilePaused(paused))?;
+    let frozen = job
+        .store
+        .freeze(&inputs, job.opts.secret, Hold::WhilePaused(paused))?;
     Ok((
         frozen,
         device_state,

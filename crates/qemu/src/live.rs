@@ -18,11 +18,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use vmattest_core::chain::ComponentKind;
-use vmattest_store::{ComponentInput, Hold, StoreWriter, TakeOptions};
+use vmattest_store::{ComponentInput, Hold};
 
 use crate::capture::{
-    Arm, CONFIG, CaptureError, CaptureReport, DEVICE_STATE, DeviceStateFit, RAM, Target, io,
-    tempfile_dir, write_private,
+    Arm, CONFIG, CaptureError, CaptureReport, DEVICE_STATE, Job, RAM, io, tempfile_dir,
+    write_private,
 };
 use crate::qmp::{Monitor, QmpError};
 use crate::stream::{DeviceStream, PAGE_SIZE, Stream, StreamError};
@@ -49,26 +49,14 @@ type Read = Result<(Vec<u8>, u64), CaptureError>;
 /// The live part of [`crate::capture::capture_target`]: migration settings are already those
 /// of a background snapshot.
 pub(crate) fn capture(
-    t: &Target<'_>,
+    job: &Job<'_>,
     mon: &mut dyn Monitor,
-    store: &StoreWriter,
-    opts: &TakeOptions<'_>,
-    was_running: bool,
     arm: Option<Arm<'_>>,
-    fit: &DeviceStateFit,
 ) -> Result<CaptureReport, CaptureError> {
+    let t = job.t;
     let work = tempfile_dir(&t.scratch_in)?;
     let mut backups = Vec::new();
-    let result = run(
-        t,
-        mon,
-        store,
-        opts,
-        (was_running, arm),
-        fit,
-        &work,
-        &mut backups,
-    );
+    let result = run(job, mon, arm, &work, &mut backups);
     // Whatever happened, QEMU keeps no job or node of this capture.
     let cleaned = cleanup(mon, &backups);
     let _ = std::fs::remove_dir_all(&work);
@@ -80,17 +68,21 @@ pub(crate) fn capture(
     Ok(report)
 }
 
-#[allow(clippy::too_many_arguments)]
 fn run(
-    t: &Target<'_>,
+    job: &Job<'_>,
     mon: &mut dyn Monitor,
-    store: &StoreWriter,
-    opts: &TakeOptions<'_>,
-    (was_running, arm): (bool, Option<Arm<'_>>),
-    fit: &DeviceStateFit,
+    arm: Option<Arm<'_>>,
     work: &Path,
     backups: &mut Vec<Backup>,
 ) -> Result<CaptureReport, CaptureError> {
+    let Job {
+        t,
+        store,
+        opts,
+        was_running,
+        fit,
+    } = job;
+    let was_running = *was_running;
     let vm = || t.name.to_owned();
     let qmp_err = |source| CaptureError::Qmp { vm: vm(), source };
     clear_stale(mon).map_err(qmp_err)?;
