@@ -9,6 +9,9 @@
 # 2. Restore: a chain of a baseline and DELTAS deltas (each after mutating 2% of the pages with
 #    another seed) is built untimed; `snapshot restore --seq DELTAS` is timed against `cp` of the
 #    full image, and the restored image must be byte-identical to the final mutated image.
+#    The chain makes every ANCHOR-th link (default 16) an anchor; a second chain of the same
+#    images without anchors is built beside it, and the seq furthest after an anchor is restored
+#    from both (plus seq DELTAS-1 and seq 0), each against cp.
 # 3. Retention: `snapshot prune --keep KEEP` (default 10) folds the chain's older seqs under a
 #    rebase (once: it changes the store), against a restore of the new first seq plus a
 #    baseline take of it, the work it repeats; then a seq that is not the head is restored again
@@ -23,6 +26,7 @@ MIB=${1:-2048}
 DELTAS=${2:-100}
 RUNS=${RUNS:-5}
 KEEP=${KEEP:-10}
+ANCHOR=${ANCHOR:-16}
 PERCENT=2
 [ "$DELTAS" -ge 1 ] || { echo "DELTAS must be at least 1" >&2; exit 2; }
 for tool in xdelta3 zstd bc cmp python3; do
@@ -62,9 +66,9 @@ store_bytes() { # apparent bytes of everything a chain keeps: objects/ and links
   find "$1/objects" "$1/links" -type f -printf '%s\n' | awk '{s += $1} END {printf "%.0f\n", s}'
 }
 json_field() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$@"; }
-new_store() { # a fresh store holding the baseline of the original image
+new_store() { # a fresh store holding the baseline of the original image; $1: init options
   rm -rf "$STORE"
-  "$VM" snapshot init --store "$STORE" --vm-id bench > /dev/null
+  "$VM" snapshot init --store "$STORE" --vm-id bench ${1:-} > /dev/null
   "$VM" snapshot take --store "$STORE" --key "$WORK/key" --memory "$IMG" --json > "$WORK/base.json"
 }
 
@@ -101,17 +105,32 @@ rm -f "$WORK/i.zst"
 
 # --- 2. a DELTAS-delta chain: restore at seq DELTAS vs cp ---------------------------------------
 cp "$IMG" "$MUT"
+PLAIN=$WORK/plain
+rm -rf "$PLAIN"
+"$VM" snapshot init --store "$PLAIN" --vm-id bench --anchor-every 0 > /dev/null
+"$VM" snapshot take --store "$PLAIN" --key "$WORK/key" --memory "$IMG" --json > /dev/null
 t0=$(now)
-new_store
+new_store "--anchor-every $ANCHOR"
 t_mutate=0
+t_plain=0
 for seq in $(seq "$DELTAS"); do
   m0=$(now)
   python3 "$ROOT/scripts/mutate.py" "$MUT" "$seq" "$PERCENT" 2> /dev/null
   t_mutate=$(printf '%.6f' "$(echo "$t_mutate + $(sub "$(now)" "$m0")" | bc -l)")
   "$VM" snapshot take --store "$STORE" --key "$WORK/key" --memory "$MUT" --json > /dev/null
+  p0=$(now)
+  "$VM" snapshot take --store "$PLAIN" --key "$WORK/key" --memory "$MUT" --json > /dev/null
+  t_plain=$(printf '%.6f' "$(echo "$t_plain + $(sub "$(now)" "$p0")" | bc -l)")
 done
-t_build=$(sub "$(now)" "$t0")
+t_build=$(sub "$(sub "$(now)" "$t0")" "$t_plain")
 chain_bytes=$(store_bytes "$STORE")
+plain_bytes=$(store_bytes "$PLAIN")
+# The seq with the most links after its anchor.
+if [ "$ANCHOR" -gt 1 ] && [ "$DELTAS" -ge "$ANCHOR" ]; then
+  WORST=$(( (DELTAS / ANCHOR) * ANCHOR - 1 ))
+else
+  WORST=$((DELTAS - 1))
+fi
 OUT=$WORK/restored
 cat "$MUT" > /dev/null
 "$VM" snapshot restore --store "$STORE" --pubkey "$WORK/key.pub" --seq "$DELTAS" --out "$OUT" --json > /dev/null
@@ -130,6 +149,14 @@ t_restore0=$(best 'rm -rf "$OUT"' 'rm -rf "$OUT"' \
 # Not the head: decoded from the chain, without the head cache.
 t_restore_mid=$(best 'rm -rf "$OUT"' 'rm -rf "$OUT"' \
   "$VM" snapshot restore --store "$STORE" --pubkey "$WORK/key.pub" --seq $((DELTAS - 1)) --out "$OUT" --json)
+t_restore_worst=$(best 'rm -rf "$OUT"' 'rm -rf "$OUT"' \
+  "$VM" snapshot restore --store "$STORE" --pubkey "$WORK/key.pub" --seq "$WORST" --out "$OUT" --json)
+t_restore_worst_plain=$(best 'rm -rf "$OUT"' 'rm -rf "$OUT"' \
+  "$VM" snapshot restore --store "$PLAIN" --pubkey "$WORK/key.pub" --seq "$WORST" --out "$OUT" --json)
+"$VM" snapshot restore --store "$STORE" --pubkey "$WORK/key.pub" --seq "$WORST" --out "$OUT" --json > /dev/null
+"$VM" snapshot restore --store "$PLAIN" --pubkey "$WORK/key.pub" --seq "$WORST" --out "$WORK/plain-out" --json > /dev/null
+cmp "$OUT/memory" "$WORK/plain-out/memory" || { echo "bench-chain: seq $WORST restores differently with and without anchors" >&2; exit 1; }
+rm -rf "$OUT" "$WORK/plain-out" "$PLAIN"
 
 # --- 3. retention: fold all but the newest KEEP seqs ---------------------------------------------
 sync
@@ -179,6 +206,8 @@ printf '%-44s %9.3f %8s %12s\n' "  baseline take alone (stored_bytes)" "$(json_f
 printf '%-44s %9.3f %8s\n' "vmattest snapshot restore --seq $DELTAS" "$t_restore" "$(gbs "$t_restore")"
 printf '%-44s %9.3f %8s\n' "  restore --seq $((DELTAS - 1)) (not the head: decoded)" "$t_restore_mid" "$(gbs "$t_restore_mid")"
 printf '%-44s %9.3f %8s\n' "  restore --seq 0 (baseline only)" "$t_restore0" "$(gbs "$t_restore0")"
+printf '%-44s %9.3f %8s %12s\n' "  restore --seq $WORST (most links after an anchor)" "$t_restore_worst" "$(gbs "$t_restore_worst")" ""
+printf '%-44s %9.3f %8s %12s\n' "  restore --seq $WORST, chain without anchors" "$t_restore_worst_plain" "$(gbs "$t_restore_worst_plain")" "$(mib "$plain_bytes")"
 printf '%-44s %9.3f %8s\n' "cp (full image)" "$t_cp" "$(gbs "$t_cp")"
 line() { printf '%-34s %-8s %-18s %s\n' "$@" | sed 's/ *$//'; }
 line "take speed / xdelta3:" "${r_speed}x" "(target >= 10x)" "$(verdict "$r_speed >= 10")"
@@ -189,6 +218,9 @@ line "baseline take / zstd, cache on:" "$(ratio "$t_base_on" "$t_zstd_img")x" "(
 line "baseline take / zstd, cache off:" "$(ratio "$t_base_off" "$t_zstd_img")x" "(target <= 1.2x)" "$(verdict "$t_base_off <= 1.2 * $t_zstd_img")"
 line "restore seq $DELTAS time / cp time:" "${r_restore}x" "(target <= 2x)" "$(verdict "$r_restore <= 2")"
 line "restore seq $((DELTAS - 1)) time / cp time:" "$(ratio "$t_restore_mid" "$t_cp")x" "(decoded from the chain)"
+line "restore seq $WORST time / cp time:" "$(ratio "$t_restore_worst" "$t_cp")x" "(target <= 1.5x)" "$(verdict "$t_restore_worst <= 1.5 * $t_cp")"
+line "  without anchors / cp time:" "$(ratio "$t_restore_worst_plain" "$t_cp")x"
+line "chain with / without anchors:" "$(ratio "$chain_bytes" "$plain_bytes" 3)" "(store bytes)"
 t_peer=$(num "$t_peer_restore + $t_peer_take" 6)
 printf '%-44s %9.3f %8s %12s\n' "snapshot prune --keep $KEEP (once)" "$t_prune" "" "$(mib "$pruned_bytes")"
 printf '%-44s %9.3f\n' "  peer: restore new first seq + baseline take" "$t_peer"
@@ -201,10 +233,12 @@ cat > "$ROOT/target/bench/chain.json" <<JSON
 {"image_mib": $MIB, "total_pages": $total_pages, "threads": $threads, "runs": $RUNS, "deltas": $DELTAS,
  "mutate_percent": $PERCENT, "changed_pages": $changed,
  "seconds": {"take_delta": $t_take, "xdelta3": $t_xd, "zstd_3": $t_zstd, "restore": $t_restore, "restore_seq0": $t_restore0, "restore_not_head": $t_restore_mid, "cp": $t_cp,
+             "restore_worst_after_anchor": $t_restore_worst, "restore_worst_without_anchors": $t_restore_worst_plain,
              "baseline_take": $(json_field "$WORK/base.json" seconds), "baseline_take_cache_on": $t_base_on, "baseline_take_cache_off": $t_base_off, "zstd_3_baseline_image": $t_zstd_img, "chain_build": $t_build, "chain_build_mutate": $t_mutate, "chain_build_per_take": $per_take,
              "prune": $t_prune, "prune_peer": $t_peer, "restore_not_head_after_prune": $t_restore_mid_pruned},
  "bytes": {"delta": $delta_bytes, "delta_batches": $batch_bytes, "xdelta3": $xd_bytes, "zstd_3": $zstd_bytes,
-           "baseline_batches": $base_bytes, "chain": $chain_bytes, "chain_after_prune": $pruned_bytes},
+           "baseline_batches": $base_bytes, "chain": $chain_bytes, "chain_without_anchors": $plain_bytes, "chain_after_prune": $pruned_bytes},
+ "anchor_every": $ANCHOR, "worst_seq": $WORST,
  "keep": $KEEP,
  "ratio_take_speed_vs_xdelta3": $r_speed, "ratio_delta_size_vs_xdelta3": $r_size,
  "ratio_take_speed_vs_zstd": $r_zstd_speed, "ratio_delta_size_vs_zstd": $r_zstd_size,

@@ -58,6 +58,7 @@ impl Fixture {
             policy_id: "default".into(),
             encrypted: false,
             head_cache: true,
+            anchor_every: 0,
         };
         Store::init(&dir.path().join("store"), meta).unwrap();
         Fixture {
@@ -90,6 +91,7 @@ impl Fixture {
                 nanos: 0,
             },
             secret: None,
+            anchor: false,
         };
         store.take(&inputs, &opts).unwrap();
     }

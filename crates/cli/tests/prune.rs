@@ -56,20 +56,27 @@ impl Chain {
         c
     }
 
-    fn take(&mut self, seed: u64) {
+    fn take(&mut self, seed: u64) -> serde_json::Value {
+        self.take_with(seed, "")
+    }
+
+    /// [`Chain::take`] with `extra` added to `snapshot take`; returns its JSON.
+    fn take_with(&mut self, seed: u64, extra: &str) -> serde_json::Value {
         for p in 0..64usize {
             let at = (p * 7919 + seed as usize * 104_729) % (self.mem.len() / PAGE) * PAGE;
             self.mem[at..at + 64].fill(seed as u8 ^ p as u8);
         }
         let path = write(self.dir.path(), "mem.img", &self.mem);
-        cli(&format!(
-            "snapshot take --json --store {} --key {} --memory mem={}",
+        let j = cli(&format!(
+            "snapshot take --json --store {} --key {} --memory mem={} {extra}",
             s(&self.store),
             s(&self.key),
             s(&path)
         ))
-        .ok();
+        .ok()
+        .json();
         self.sums.push(b3sum(&path));
+        j
     }
 
     fn prune_line(&self, args: &str) -> String {
@@ -184,6 +191,47 @@ fn a_store_without_head_cache_restores_every_seq_and_prunes() {
     c.assert_restores();
     assert!(!c.store.join("head/0.img").exists());
     c.assert_clean();
+}
+
+/// `snapshot init --anchor-every 3` and `snapshot take --anchor`: anchor links verify, and every
+/// seq restores to what it captured (b3sum), before and after a prune.
+#[test]
+fn anchor_links_verify_and_every_seq_restores() {
+    let mut c = Chain::with_init(8, 2 << 20, "--anchor-every 3");
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(c.store.join("store.json")).unwrap()).unwrap();
+    assert_eq!(meta["anchor_every"], 3, "{meta}");
+    let j = c.take_with(8, "--anchor");
+    assert_eq!(
+        (j["seq"].as_u64(), j["anchor"].as_bool()),
+        (Some(8), Some(true)),
+        "{j}"
+    );
+    assert!(j["carried_pages"].as_u64().unwrap() > 0, "{j}");
+    let j = c.take(9);
+    assert_eq!(
+        (j["anchor"].as_bool(), j["carried_pages"].as_u64()),
+        (Some(true), Some(0)),
+        "{j}"
+    );
+    assert_eq!(c.take(10)["anchor"].as_bool(), Some(false));
+    c.assert_restores();
+    cli(&c.prune_line("--keep 5")).ok();
+    c.take(11);
+    c.take(12);
+    c.assert_restores();
+    c.assert_clean();
+    // Text output names the anchor.
+    let path = c.dir.path().join("mem.img");
+    let text = cli(&format!(
+        "snapshot take --store {} --key {} --memory mem={} --anchor",
+        s(&c.store),
+        s(&c.key),
+        s(&path)
+    ))
+    .ok()
+    .stdout;
+    assert!(text.contains(", anchor ("), "{text}");
 }
 
 #[test]

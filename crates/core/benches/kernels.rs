@@ -114,6 +114,7 @@ fn delta(alg: HashAlg) -> Manifest {
         }],
         entries,
         batches,
+        anchor: false,
     }
 }
 

@@ -74,6 +74,8 @@ impl Kind {
         match self {
             // 2: BLAKE3 delta digests key their leaves and parents.
             Kind::Link => 2,
+            // 2: the anchor flag and carried entries.
+            Kind::Manifest => 2,
             // 2: patch-site reports; 3: static-call targets in them; 4: reports by fingerprint.
             Kind::Evidence => 4,
             _ => 1,
@@ -83,7 +85,7 @@ impl Kind {
     /// Oldest version still read; objects are always written at [`Kind::version`].
     pub fn oldest_version(self) -> u16 {
         match self {
-            Kind::Evidence => 1,
+            Kind::Evidence | Kind::Manifest => 1,
             k => k.version(),
         }
     }

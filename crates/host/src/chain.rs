@@ -89,7 +89,7 @@ pub fn init(
     params: &TreeParams,
     policy_id: String,
     secret: Option<&Path>,
-    head_cache: bool,
+    layout: Layout,
 ) -> Result<StoreMeta, ChainError> {
     if let Some(path) = secret {
         if path.exists() {
@@ -105,10 +105,29 @@ pub fn init(
         salt: hex::encode(params.salt()),
         policy_id,
         encrypted: secret.is_some(),
-        head_cache,
+        head_cache: layout.head_cache,
+        anchor_every: layout.anchor_every,
     };
     Store::init(root, meta.clone())?;
     Ok(meta)
+}
+
+/// How a new store keeps its head and anchors its chain.
+#[derive(Debug, Clone, Copy)]
+pub struct Layout {
+    /// Keep a copy of the head's images (XOR deltas, fast head restores).
+    pub head_cache: bool,
+    /// Every how many seqs a link is an anchor; 0: only on demand.
+    pub anchor_every: u32,
+}
+
+impl Default for Layout {
+    fn default() -> Layout {
+        Layout {
+            head_cache: true,
+            anchor_every: vmattest_store::DEFAULT_ANCHOR_EVERY,
+        }
+    }
 }
 
 /// Takes the next link from component files (`PATH` or `NAME=PATH` by kind, see

@@ -7,14 +7,12 @@ use std::path::Path;
 use serde::Serialize;
 use vmattest_core::chain::SeqNo;
 use vmattest_core::class::{Classify, ErrorClass};
-use vmattest_core::record::UnixTime;
 use vmattest_core::tree::Progress;
 use vmattest_libvirt::{Connection, DomainError, LibvirtError, LiveDomain};
 use vmattest_qemu::capture::CaptureReport;
 use vmattest_qemu::guard::Outcome;
 use vmattest_qemu::restore::RestoreReport;
-use vmattest_sign::Signer;
-use vmattest_store::{Store, StoreError, StoreSecret, TakeOptions};
+use vmattest_store::{Store, StoreError, TakeOptions};
 
 use crate::verifier::Verifier;
 
@@ -50,23 +48,16 @@ pub fn take(
     root: &Path,
     name: &str,
     uri: Option<&str>,
-    signers: &[&dyn Signer],
-    secret: Option<&StoreSecret>,
-    time: UnixTime,
+    opts: &TakeOptions<'_>,
 ) -> Result<CaptureReport, HostDomainError> {
     let store = Store::open_writer(root)?;
-    let opts = TakeOptions {
-        signers,
-        time,
-        secret,
-    };
     let conn = Connection::open(uri)?;
     let guard = crate::vm::guard_program()?;
     Ok(vmattest_libvirt::capture(
         &conn,
         name,
         &store,
-        &opts,
+        opts,
         Some(&guard),
     )?)
 }

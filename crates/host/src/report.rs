@@ -89,7 +89,21 @@ pub struct SummaryJson {
     pub zero_pages: u64,
     pub total_pages: u64,
     pub stored_bytes: u64,
+    /// Whether the link is an anchor, and the unchanged pages it stored for that.
+    pub anchor: bool,
+    pub carried_pages: u64,
     pub components: Vec<ComponentJson>,
+}
+
+impl SummaryJson {
+    /// ", anchor (N pages carried)" for an anchor, nothing otherwise.
+    fn anchor_note(&self) -> String {
+        if self.anchor {
+            format!(", anchor ({} pages carried)", self.carried_pages)
+        } else {
+            String::new()
+        }
+    }
 }
 
 impl From<&TakeSummary> for SummaryJson {
@@ -102,6 +116,8 @@ impl From<&TakeSummary> for SummaryJson {
             zero_pages: s.zero_pages,
             total_pages: s.total_pages,
             stored_bytes: s.stored_bytes,
+            anchor: s.anchor,
+            carried_pages: s.carried_pages,
             components: components_json(&s.components),
         }
     }
@@ -158,13 +174,14 @@ impl fmt::Display for TakeJson {
         let s = &self.summary;
         writeln!(
             f,
-            "seq {}: {} of {} pages changed ({} now zero), {} bytes stored in {} batch(es), {:.2} s",
+            "seq {}: {} of {} pages changed ({} now zero), {} bytes stored in {} batch(es){}, {:.2} s",
             s.seq,
             s.changed_pages,
             s.total_pages,
             s.zero_pages,
             s.stored_bytes,
             self.batches,
+            s.anchor_note(),
             self.seconds
         )?;
         write!(f, "  link {}\n  state root {}", s.link, s.state_root)
@@ -176,7 +193,7 @@ impl fmt::Display for CaptureJson {
         let s = &self.summary;
         writeln!(
             f,
-            "{} seq {} ({}): downtime {:.1} ms (device state {:.1} ms, {} bytes; measure {:.1} ms); {} of {} pages changed, {} bytes stored; commit {:.1} ms",
+            "{} seq {} ({}): downtime {:.1} ms (device state {:.1} ms, {} bytes; measure {:.1} ms); {} of {} pages changed, {} bytes stored{}; commit {:.1} ms",
             self.vm,
             s.seq,
             self.mode,
@@ -187,6 +204,7 @@ impl fmt::Display for CaptureJson {
             s.changed_pages,
             s.total_pages,
             s.stored_bytes,
+            s.anchor_note(),
             self.commit_ms
         )?;
         write!(f, "  link {}\n  state root {}", s.link, s.state_root)

@@ -7,15 +7,13 @@ use std::time::{Duration, Instant};
 
 use vmattest_core::chain::SeqNo;
 use vmattest_core::class::{Classify, ErrorClass};
-use vmattest_core::record::UnixTime;
 use vmattest_core::tree::Progress;
 use vmattest_qemu::capture::{self, CaptureError, CaptureReport};
 use vmattest_qemu::guard::GuardProgram;
 use vmattest_qemu::restore::RestoreReport;
 use vmattest_qemu::vm::VmError;
 use vmattest_qemu::{Mode, SpecError, VmSpec};
-use vmattest_sign::Signer;
-use vmattest_store::{Store, StoreError, StoreSecret, TakeOptions};
+use vmattest_store::{Store, StoreError, TakeOptions};
 
 use crate::verifier::Verifier;
 
@@ -176,19 +174,12 @@ pub fn guard_program() -> Result<GuardProgram, HostVmError> {
 pub fn take(
     root: &Path,
     spec: &VmSpec,
-    signers: &[&dyn Signer],
-    secret: Option<&StoreSecret>,
-    time: UnixTime,
+    opts: &TakeOptions<'_>,
     mode: Mode,
 ) -> Result<CaptureReport, HostVmError> {
     let store = Store::open_writer(root)?;
-    let opts = TakeOptions {
-        signers,
-        time,
-        secret,
-    };
     let guard = guard_program()?;
-    Ok(capture::capture(spec, &store, &opts, mode, Some(&guard))?)
+    Ok(capture::capture(spec, &store, opts, mode, Some(&guard))?)
 }
 
 /// Verifies the chain at `root` up to `seq` (the head when `None`) against the verifier's

@@ -104,6 +104,9 @@ pub struct SnapshotConf {
     /// Whether a new store keeps the head's images (see `snapshot init --no-head-cache`).
     #[serde(default = "default_head_cache")]
     pub head_cache: bool,
+    /// Every how many seqs a new store's link is an anchor (see `snapshot init --anchor-every`).
+    #[serde(default = "default_anchor_every")]
+    pub anchor_every: u32,
     /// Capture a spec VM live (`snapshot take --live`): its RAM must be on shared memory.
     #[serde(default)]
     pub live: bool,
@@ -130,6 +133,10 @@ fn default_alg() -> String {
 
 fn default_head_cache() -> bool {
     true
+}
+
+fn default_anchor_every() -> u32 {
+    vmattest_store::DEFAULT_ANCHOR_EVERY
 }
 
 #[derive(Debug, Deserialize)]

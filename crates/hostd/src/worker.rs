@@ -106,7 +106,10 @@ fn open_chain(name: &str, s: &SnapshotConf) -> Result<Chain, String> {
             &params,
             "default".into(),
             s.secret.as_deref(),
-            s.head_cache,
+            vmattest_host::chain::Layout {
+                head_cache: s.head_cache,
+                anchor_every: s.anchor_every,
+            },
         )
         .map_err(|e| e.to_string())?;
         tracing::info!(vm = name, store = %s.store.display(), "store created");
@@ -376,14 +379,17 @@ fn prune_due(
 fn snapshot(ctx: &Ctx<'_>, guest: &Guest<'_>, conf: &SnapshotConf, chain: &Chain) {
     let store = &conf.store;
     let signers: Vec<&dyn Signer> = chain.signers.iter().map(AsRef::as_ref).collect();
-    let time = vmattest_host::now();
+    let opts = vmattest_store::TakeOptions {
+        signers: &signers,
+        time: vmattest_host::now(),
+        secret: chain.secret.as_ref(),
+        anchor: false,
+    };
     let taken = match guest {
         Guest::Spec(spec) => vmattest_host::vm::take(
             store,
             spec,
-            &signers,
-            chain.secret.as_ref(),
-            time,
+            &opts,
             if conf.live {
                 vmattest_qemu::Mode::Live
             } else {
@@ -392,8 +398,7 @@ fn snapshot(ctx: &Ctx<'_>, guest: &Guest<'_>, conf: &SnapshotConf, chain: &Chain
         )
         .map_err(|e| e.to_string()),
         Guest::Domain { name, uri } => {
-            vmattest_host::domain::take(store, name, *uri, &signers, chain.secret.as_ref(), time)
-                .map_err(|e| e.to_string())
+            vmattest_host::domain::take(store, name, *uri, &opts).map_err(|e| e.to_string())
         }
     };
     match taken {
@@ -404,7 +409,7 @@ fn snapshot(ctx: &Ctx<'_>, guest: &Guest<'_>, conf: &SnapshotConf, chain: &Chain
             ctx.shared.board.update(&ctx.target.name, &ctx.label, |s| {
                 s.snapshots += 1;
                 s.last_snapshot = Some(Snapshotted {
-                    time,
+                    time: opts.time,
                     seq,
                     downtime_ms,
                     changed_pages: r.summary.changed_pages,

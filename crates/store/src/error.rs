@@ -140,6 +140,10 @@ pub enum Broken {
     },
     #[error("page digests: {0}")]
     Tree(TreeError),
+    #[error(
+        "component {component}, page {page}: the anchor carries it as unchanged, but its digest differs from the previous seq's"
+    )]
+    Carried { component: String, page: PageIndex },
     #[error("head is {age} s old, expected at most {max} s")]
     TooOld { age: u64, max: u64 },
     #[error("component {component}, page {page}: batch holds too few bytes")]

@@ -18,6 +18,7 @@
 //! point leaves the previous head intact; leftovers are unreferenced objects that `fsck`
 //! reports and `fsck --repair` removes.
 
+mod anchor;
 mod batch;
 mod bundle;
 mod cache;
@@ -48,6 +49,7 @@ use vmattest_core::record::{Signable, Signed};
 use vmattest_core::tree::{NoProgress, Progress, TreeParams};
 use vmattest_core::wire::{HEADER_LEN, Kind};
 
+pub use anchor::DEFAULT_ANCHOR_EVERY;
 pub use batch::{BATCH_PAGES, BatchCodec, decode_plain as decode_plain_batch};
 pub use bundle::{BundleHeader, BundleReader, Frame, ImportSummary};
 /// The head cache's base diff codec, for fuzzing (docs/FORMAT.md).
@@ -76,6 +78,13 @@ pub struct StoreMeta {
     /// only its page digests. Written only when off, so older stores read as on.
     #[serde(default = "keeps_head_images", skip_serializing_if = "is_on")]
     pub head_cache: bool,
+    /// Every how many seqs a link is an anchor (0: only on demand). Absent in older stores.
+    #[serde(default, skip_serializing_if = "is_zero32")]
+    pub anchor_every: u32,
+}
+
+fn is_zero32(v: &u32) -> bool {
+    *v == 0
 }
 
 fn keeps_head_images() -> bool {

@@ -140,14 +140,20 @@ impl StoreWriter {
             .secret
             .map(|s| s.page_key(origin_root.as_bytes(), &self.meta.vm_id));
         let source = take::Source::Mapped(images);
-        let (batches, stored) =
-            self.write_batches(&mut entries, &source, &[], None, key.as_ref())?;
+        let (batches, stored) = self.write_batches(
+            &mut entries,
+            &crate::anchor::Pages::captured(&source),
+            &[],
+            None,
+            key.as_ref(),
+        )?;
         summary.stored_bytes = stored;
         let manifest = Manifest {
             meta: old.meta,
             components: old.components,
             entries,
             batches,
+            anchor: false,
         };
         if state_root(&manifest.meta, &manifest.components) != link.value().state_root {
             return Err(StoreError::Input(format!(

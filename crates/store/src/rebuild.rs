@@ -62,6 +62,9 @@ pub(crate) struct Rebuild<'a> {
     locs: Vec<Vec<(usize, usize)>>,
     /// Per manifest: each batch's raw length.
     batch_lens: Vec<Vec<usize>>,
+    /// The manifests that make the last seq's bytes: the first, every anchor, and every one
+    /// after the last anchor.
+    apply: Vec<usize>,
 }
 
 impl<'a> Rebuild<'a> {
@@ -92,8 +95,20 @@ impl<'a> Rebuild<'a> {
             object,
             locs,
             batch_lens,
+            apply: replay_plan(&manifests.iter().map(|m| m.anchor).collect::<Vec<_>>()),
         }
     }
+}
+
+/// Positions of the manifests a replay applies, in order: an anchor stands for every link
+/// between it and the previous anchor.
+fn replay_plan(anchor: &[bool]) -> Vec<usize> {
+    let last = anchor.iter().rposition(|&a| a).unwrap_or(0);
+    let anchors = (1..last).filter(|&k| anchor[k]);
+    std::iter::once(0)
+        .chain(anchors)
+        .chain(last.max(1)..anchor.len())
+        .collect()
 }
 
 /// Where a stored entry's bytes are: batch index and byte offset in the batch.
@@ -176,7 +191,7 @@ impl Rebuild<'_> {
                         page: e.page,
                     },
                 })?;
-            if e.change == PageChange::Literal {
+            if matches!(e.change, PageChange::Literal | PageChange::Carried) {
                 page.copy_from_slice(src);
             } else {
                 page.iter_mut().zip(src).for_each(|(d, s)| *d ^= s);
@@ -235,8 +250,9 @@ impl Rebuild<'_> {
         let bytes = (len - start).min(REGION_PAGES * PAGE_SIZE as u64);
         buf.clear();
         buf.resize(idx(bytes), 0);
-        for m in self.manifests {
-            self.apply_region(m.meta.seq, comp, first, buf, dec)?;
+        for &k in &self.apply {
+            let seq = self.manifests[k].meta.seq;
+            self.apply_region(seq, comp, first, buf, dec)?;
         }
         let dlen = self.store.params.alg().digest_len();
         let pages = buf.len().div_ceil(PAGE_SIZE);
@@ -316,5 +332,21 @@ impl Rebuild<'_> {
                 hex::encode(got)
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replay_plan;
+
+    #[test]
+    fn a_replay_skips_the_links_an_anchor_stands_for() {
+        let plan = |flags: &[u8]| replay_plan(&flags.iter().map(|&f| f == 1).collect::<Vec<_>>());
+        assert_eq!(plan(&[0]), [0]);
+        assert_eq!(plan(&[0, 0, 0]), [0, 1, 2]);
+        assert_eq!(plan(&[0, 0, 1, 0, 0, 1, 0]), [0, 2, 5, 6]);
+        assert_eq!(plan(&[0, 0, 0, 1]), [0, 3]);
+        // A first manifest flagged an anchor (never written so) is applied once.
+        assert_eq!(plan(&[1, 0]), [0, 1]);
     }
 }

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use vmattest_core::alg::{Digest, PAGE_SIZE, PageIndex, page_count};
 use vmattest_core::chain::{
-    ComponentRoot, Manifest, ObjectId, SeqNo, SignedLink, SignedRebase, delta_digest, link_digest,
-    state_root,
+    ComponentRoot, Manifest, ObjectId, PageChange, SeqNo, SignedLink, SignedRebase, delta_digest,
+    link_digest, state_root,
 };
 use vmattest_core::record::UnixTime;
 use vmattest_core::tree::ImageTree;
@@ -436,6 +436,21 @@ impl Store {
                     };
                     trees.push(tree);
                 } else if !listed.is_empty() {
+                    // A carried page claims to be unchanged: its digest must say so.
+                    let moved = m.entries.iter().find(|e| {
+                        usize::from(e.component) == i
+                            && e.change == PageChange::Carried
+                            && trees[i].page_digest(e.page) != Some(e.digest)
+                    });
+                    if let Some(e) = moved {
+                        return Err(StoreError::Verification {
+                            seq,
+                            broken: Broken::Carried {
+                                component: c.name.clone(),
+                                page: e.page,
+                            },
+                        });
+                    }
                     trees[i]
                         .set_page_digests(&listed, &small[i])
                         .map_err(verr)?;

@@ -14,6 +14,7 @@ use vmattest_core::tree::{ImageTree, in_hole};
 use vmattest_image::MappedImage;
 use vmattest_sign::Signer;
 
+use crate::anchor::{self, Pages};
 use crate::batch::{self, BATCH_PAGES};
 use crate::cache::{CacheWriter, HeadPages};
 use crate::crypt::{PageKey, StoreSecret};
@@ -34,6 +35,8 @@ pub struct TakeOptions<'a> {
     pub signers: &'a [&'a dyn Signer],
     pub time: UnixTime,
     pub secret: Option<&'a StoreSecret>,
+    /// Make this link an anchor whatever the store's interval.
+    pub anchor: bool,
 }
 
 impl std::fmt::Debug for TakeOptions<'_> {
@@ -57,6 +60,9 @@ pub struct TakeSummary {
     /// Bytes of new batch objects (compressed page deltas).
     pub stored_bytes: u64,
     pub batches: usize,
+    /// Whether the link is an anchor, and how many unchanged pages it stored for that.
+    pub anchor: bool,
+    pub carried_pages: u64,
 }
 
 /// A component name is also a file name on restore.
@@ -128,7 +134,7 @@ impl Source {
     }
 
     /// The new bytes of entry `i` (a full page, or the short last page).
-    fn page(&self, i: usize, e: &DeltaEntry) -> &[u8] {
+    pub(crate) fn page(&self, i: usize, e: &DeltaEntry) -> &[u8] {
         let c = usize::from(e.component);
         match self {
             Source::Mapped(images) => images
@@ -141,6 +147,14 @@ impl Source {
                     &ZERO_PAGE[..usize::try_from(left).unwrap_or(PAGE_SIZE).min(PAGE_SIZE)]
                 }
             },
+        }
+    }
+
+    /// Page `p` of component `c` when the component files stay mapped until the commit.
+    pub(crate) fn mapped_page(&self, c: usize, p: u64) -> Option<&[u8]> {
+        match self {
+            Source::Mapped(images) => images.get(c).map(|m| page_of(m.bytes(), p)),
+            Source::Copied { .. } => None,
         }
     }
 
@@ -307,7 +321,7 @@ impl StoreWriter {
             components: names,
             old_trees,
             trees,
-            mut entries,
+            entries,
             source,
         } = frozen;
         if opts.signers.is_empty() || opts.signers.len() > 8 {
@@ -362,13 +376,32 @@ impl StoreWriter {
             Some(t) => self.open_head_images(t, cache_key.as_ref()),
             None => Ok(Vec::new()),
         };
+        // An anchor also stores every page changed since the previous anchor.
+        let mut carried = match &head {
+            Some(h) if opts.anchor || self.anchor_due(seq) => {
+                let mut pages = self.pages_since_anchor(h)?;
+                pages.retain(|&(c, p)| {
+                    entries
+                        .binary_search_by(|e| (e.component, e.page.0).cmp(&(c, p)))
+                        .is_err()
+                });
+                Some(pages)
+            }
+            _ => None,
+        };
         let mut old_pages = open_old();
         if let (Some(h), Some(old)) = (&head, &old_trees) {
-            // The XOR deltas read these pages' previous bytes from the cache (checked here,
-            // after a VM resumed, rather than in its pause); a missing or wrong cache is rebuilt.
+            // The XOR deltas and an anchor's carried pages read these pages' previous bytes
+            // from the cache (checked here, after a VM resumed, rather than in its pause); a
+            // missing or wrong cache is rebuilt.
             let mut pages = vec![Vec::new(); old.len()];
             for e in entries.iter().filter(|e| e.change == PageChange::Data) {
                 pages[usize::from(e.component)].push(e.page.0);
+            }
+            for &(c, p) in carried.iter().flatten() {
+                if let Some(list) = pages.get_mut(usize::from(c)) {
+                    list.push(p);
+                }
             }
             if !old_pages
                 .as_ref()
@@ -383,6 +416,35 @@ impl StoreWriter {
             }
         }
         let old_pages = old_pages?;
+        if carried
+            .as_ref()
+            .is_some_and(|c| !StoreWriter::can_carry(c, &old_pages, &source))
+        {
+            if opts.anchor {
+                return Err(StoreError::Input(
+                    "an anchor needs the head cache or the component files until the commit; \
+                     this store keeps no images and the capture copied only the changed pages"
+                        .into(),
+                ));
+            }
+            carried = None;
+        }
+        let (mut entries, origin) = match carried {
+            Some(c) => {
+                let (e, o) = anchor::merge(entries, &c, &trees, &source, &old_pages);
+                (e, Some(o))
+            }
+            None => (entries, None),
+        };
+        let pages = match &origin {
+            Some(o) => Pages::carrying(&source, &old_pages, o),
+            None => Pages::captured(&source),
+        };
+        // An anchor stores no XORs: it is applied without the links before it.
+        let xor_from: &[Option<HeadPages<'_>>] = match &origin {
+            Some(_) => &[],
+            None => &old_pages,
+        };
 
         // New pages go into the cache as their batches are built; a take that stops before
         // the stamp leaves the cache to be rebuilt from the chain.
@@ -390,21 +452,23 @@ impl StoreWriter {
             Some(t) => Some(self.cache_writer(t, seq, cache_key.as_ref())?),
             None => None,
         };
-        let (batches, stored_bytes) = self.write_batches(
-            &mut entries,
-            &source,
-            &old_pages,
-            cache.as_ref(),
-            key.as_ref(),
-        )?;
+        let (batches, stored_bytes) =
+            self.write_batches(&mut entries, &pages, xor_from, cache.as_ref(), key.as_ref())?;
+        // The cache and its versions change only for the pages captured at this seq.
+        let captured_only: Option<Vec<DeltaEntry>> = origin.as_ref().map(|_| {
+            (entries.iter().enumerate())
+                .filter(|(i, _)| !pages.is_carried(*i))
+                .map(|(_, e)| e.clone())
+                .collect()
+        });
         if let Some(w) = &cache {
             for (i, e) in entries.iter().enumerate() {
-                if e.change == PageChange::Zero {
-                    w.write(usize::from(e.component), e.page.0, source.page(i, e))?;
+                if e.change == PageChange::Zero && !pages.is_carried(i) {
+                    w.write(usize::from(e.component), e.page.0, &pages.get(i, e))?;
                 }
             }
             if cache_key.is_some() {
-                self.cache_set_versions(&entries, &trees, seq)?;
+                self.cache_set_versions(captured_only.as_deref().unwrap_or(&entries), &trees, seq)?;
             }
         }
         let manifest = Manifest {
@@ -412,7 +476,9 @@ impl StoreWriter {
             components: components.clone(),
             entries,
             batches,
+            anchor: origin.is_some(),
         };
+        let changed = captured_only.as_deref().unwrap_or(&manifest.entries);
         let manifest_id = self.write_object(&manifest.encode())?;
         self.sync_object_dir(&manifest_id)?;
         let link = Link {
@@ -439,6 +505,7 @@ impl StoreWriter {
         fail_point("after-head");
 
         if cache.is_none() {
+            // A baseline (never an anchor): the entries are the captured ones.
             // Only the images the cache keeps are assembled.
             let images: Vec<_> = (0..trees.len())
                 .map(|c| {
@@ -449,14 +516,12 @@ impl StoreWriter {
             self.write_cache_images(&images, seq, cache_key.as_ref())?;
         }
         fail_point("before-stamp");
-        let changed = cache.is_some().then_some(&manifest.entries[..]);
-        self.cache_commit(&new_head, &trees, changed)?;
+        self.cache_commit(&new_head, &trees, cache.is_some().then_some(changed))?;
         if seq == SeqNo(0) {
             self.keep_base_digests(&trees, Some(&trees))?;
         }
 
-        let zero_pages = manifest
-            .entries
+        let zero_pages = changed
             .iter()
             .filter(|e| e.change == PageChange::Zero)
             .count() as u64;
@@ -465,11 +530,13 @@ impl StoreWriter {
             link: new_head.link,
             state_root: root,
             components,
-            changed_pages: manifest.entries.len() as u64,
+            changed_pages: changed.len() as u64,
             zero_pages,
             total_pages: trees.iter().map(ImageTree::pages).sum(),
             stored_bytes,
             batches: manifest.batches.len(),
+            anchor: manifest.anchor,
+            carried_pages: (manifest.entries.len() - changed.len()) as u64,
         })
     }
 
@@ -477,7 +544,7 @@ impl StoreWriter {
     pub(crate) fn write_batches(
         &self,
         entries: &mut [DeltaEntry],
-        source: &Source,
+        pages: &Pages<'_, '_>,
         old: &[Option<HeadPages<'_>>],
         cache: Option<&CacheWriter<'_>>,
         key: Option<&PageKey>,
@@ -506,7 +573,8 @@ impl StoreWriter {
                 for &i in *run {
                     let e = &view[i];
                     let c = usize::from(e.component);
-                    let new = source.page(i, e);
+                    let new = pages.get(i, e);
+                    let new = &new[..];
                     let Some(o) = old.get(c).and_then(Option::as_ref) else {
                         raw.extend_from_slice(new);
                         literal.push(true);
@@ -519,9 +587,9 @@ impl StoreWriter {
                     literal.push(lit);
                 }
                 if let Some(w) = cache {
-                    for &i in *run {
+                    for &i in run.iter().filter(|&&i| !pages.is_carried(i)) {
                         let e = &view[i];
-                        w.write(usize::from(e.component), e.page.0, source.page(i, e))?;
+                        w.write(usize::from(e.component), e.page.0, &pages.get(i, e))?;
                     }
                 }
                 let bytes = batch::encode(&raw, key)?;
@@ -535,6 +603,9 @@ impl StoreWriter {
         for (run, r) in runs.iter().zip(results) {
             let (b, n, literal) = r?;
             for (&i, lit) in run.iter().zip(literal) {
+                if entries[i].change == PageChange::Carried {
+                    continue;
+                }
                 entries[i].change = if lit {
                     PageChange::Literal
                 } else {

@@ -135,6 +135,7 @@ fn damaged_foreign_stale_and_forked_bundles_change_nothing() {
                 nanos: 0,
             },
             secret: None,
+            anchor: false,
         };
         store.take(&inputs, &opts).unwrap();
     }

@@ -176,6 +176,7 @@ fn frozen_copy_commits_the_frozen_instant() {
                     nanos: 0,
                 },
                 secret: fx.secret.as_ref(),
+                anchor: false,
             };
             store.commit(frozen, &opts).unwrap();
         }

@@ -43,6 +43,7 @@ fn take_at(
             signers: &signers,
             time: UnixTime { secs, nanos: 0 },
             secret: None,
+            anchor: false,
         },
     )
 }
@@ -77,6 +78,7 @@ fn second_writer_is_locked_out_until_the_first_is_dropped() {
         signers: &signers,
         time: UnixTime { secs: 1, nanos: 0 },
         secret: None,
+        anchor: false,
     };
     let inputs = [input("mem", ComponentKind::Memory, &mp, None)];
     drop(first);

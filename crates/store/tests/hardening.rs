@@ -306,6 +306,7 @@ fn regression_planted_fifos_never_hang_a_store_command() {
                         nanos: 0,
                     },
                     secret: None,
+                    anchor: false,
                 },
             )
             .map(|_| ())

@@ -63,6 +63,11 @@ pub enum SnapshotCommand {
         /// XOR with its previous bytes, and restoring the head decodes the chain.
         #[arg(long)]
         no_head_cache: bool,
+        /// Make every Nth seq an anchor link, which stores every page changed since the
+        /// previous anchor, so that a restore replays at most N-1 links after the last one;
+        /// 0 makes anchors only on demand (`snapshot take --anchor`).
+        #[arg(long, value_name = "N", default_value_t = vmattest_store::DEFAULT_ANCHOR_EVERY)]
+        anchor_every: u32,
     },
     /// Capture the components as the next link (the first take is the baseline).
     Take {
@@ -103,6 +108,11 @@ pub enum SnapshotCommand {
         /// copy of the guest's non-zero pages meanwhile.
         #[arg(long, requires = "vm")]
         live: bool,
+        /// Make this link an anchor now (the store also makes one every `--anchor-every`
+        /// seqs): it stores every page changed since the previous anchor, so restoring any
+        /// later seq skips the links before it.
+        #[arg(long)]
+        anchor: bool,
     },
     /// List the links.
     Log {

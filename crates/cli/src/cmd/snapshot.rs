@@ -9,7 +9,7 @@ use vmattest_host::verdict::Verdict;
 use vmattest_host::{chain, domain, eventlog, files, keys, tpm, vm};
 use vmattest_qemu::Mode;
 use vmattest_sign::Signer;
-use vmattest_store::{Store, StoreSecret, TakeOptions, TakeSummary};
+use vmattest_store::{Store, TakeOptions, TakeSummary};
 
 use super::{tree_params, verifier};
 use crate::args::{ComponentArgs, SnapshotCommand};
@@ -29,15 +29,20 @@ pub fn run(cmd: SnapshotCommand, json: bool) -> anyhow::Result<()> {
             policy,
             secret,
             no_head_cache,
+            anchor_every,
         } => {
             let params = tree_params(&tree)?;
+            let layout = chain::Layout {
+                head_cache: !no_head_cache,
+                anchor_every,
+            };
             let meta = chain::init(
                 &store.store,
                 vm_id,
                 &params,
                 policy,
                 secret.as_deref(),
-                !no_head_cache,
+                layout,
             )?;
             output::show(json, &meta, |m| {
                 format!(
@@ -60,37 +65,29 @@ pub fn run(cmd: SnapshotCommand, json: bool) -> anyhow::Result<()> {
             dirty,
             secret,
             live,
+            anchor,
         } => {
             let signers = keys::signers(&key_files, signer.is_some())?;
             let refs: Vec<&dyn Signer> = signers.iter().map(AsRef::as_ref).collect();
             let secret = secret.as_deref().map(tpm::load_secret).transpose()?;
+            let opts = TakeOptions {
+                signers: &refs,
+                time: vmattest_host::now(),
+                secret: secret.as_ref(),
+                anchor,
+            };
             let (s, hypervisor) = match (vm, domain) {
                 (Some(vm), _) => {
                     let mode = if live { Mode::Live } else { Mode::Paused };
-                    take_vm(&store.store, &vm, &refs, secret.as_ref(), mode, json)?
+                    take_vm(&store.store, &vm, &opts, mode, json)?
                 }
                 (None, Some(name)) => {
-                    let time = vmattest_host::now();
-                    let r = domain::take(
-                        &store.store,
-                        &name,
-                        connect.as_deref(),
-                        &refs,
-                        secret.as_ref(),
-                        time,
-                    )?;
+                    let r = domain::take(&store.store, &name, connect.as_deref(), &opts)?;
                     output::report(json, &CaptureJson::new(&name, &r))?;
                     (r.summary, None)
                 }
                 (None, None) => (
-                    take_files(
-                        &store.store,
-                        &components,
-                        &dirty,
-                        &refs,
-                        secret.as_ref(),
-                        json,
-                    )?,
+                    take_files(&store.store, &components, &dirty, &opts, json)?,
                     None,
                 ),
             };
@@ -330,8 +327,7 @@ fn take_files(
     root: &Path,
     comps: &ComponentArgs,
     dirty: &[String],
-    signers: &[&dyn Signer],
-    secret: Option<&StoreSecret>,
+    opts: &TakeOptions<'_>,
     json: bool,
 ) -> anyhow::Result<TakeSummary> {
     let by_kind = [
@@ -340,14 +336,9 @@ fn take_files(
         (ComponentKind::DeviceState, &comps.device_state[..]),
         (ComponentKind::Config, &comps.config[..]),
     ];
-    let opts = TakeOptions {
-        signers,
-        time: vmattest_host::now(),
-        secret,
-    };
     let bar = Bar::later("hashing", json);
     let t = Instant::now();
-    let s = chain::take_files(root, &by_kind, dirty, &opts, Box::new(bar.clone()));
+    let s = chain::take_files(root, &by_kind, dirty, opts, Box::new(bar.clone()));
     bar.finish();
     let s = s?;
     let j = TakeJson {
@@ -364,13 +355,12 @@ fn take_files(
 fn take_vm(
     root: &Path,
     spec: &str,
-    signers: &[&dyn Signer],
-    secret: Option<&StoreSecret>,
+    opts: &TakeOptions<'_>,
     mode: Mode,
     json: bool,
 ) -> anyhow::Result<(TakeSummary, Option<String>)> {
     let spec = vm::load_spec(spec)?;
-    let r = vm::take(root, &spec, signers, secret, vmattest_host::now(), mode)?;
+    let r = vm::take(root, &spec, opts, mode)?;
     output::report(json, &CaptureJson::new(spec.name(), &r))?;
     Ok((r.summary, Some(spec.qemu().to_owned())))
 }

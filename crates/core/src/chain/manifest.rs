@@ -4,6 +4,10 @@
 //! with the page's previous content, a `Literal` entry's as they are, in the batch objects listed
 //! in order: batch 0 holds the first `pages` stored entries, batch 1 the next, and so on. A
 //! `Zero` entry means the page is now all zeros and costs no storage.
+//!
+//! An anchor's manifest also lists, as `Carried` (or `Zero`) entries, every page changed since
+//! the previous anchor that did not change at its own seq, and stores no XORs: a replay applies
+//! the chain's first manifest, then its anchors, then only the links after the last anchor.
 
 use rayon::prelude::*;
 
@@ -28,6 +32,8 @@ pub enum PageChange {
     /// The page's new bytes are stored as they are (chosen when they compress better than the
     /// XOR, e.g. a page rewritten with unrelated content).
     Literal,
+    /// An anchor's copy of a page that did not change at its seq, stored as it is.
+    Carried,
 }
 
 impl PageChange {
@@ -59,6 +65,9 @@ pub struct Manifest {
     pub components: Vec<ComponentRoot>,
     pub entries: Vec<DeltaEntry>,
     pub batches: Vec<BatchRef>,
+    /// Whether this seq's bytes follow from the previous anchor's (or the chain's first seq's)
+    /// and this manifest alone.
+    pub anchor: bool,
 }
 
 const LEAF: u8 = 0;
@@ -143,6 +152,14 @@ impl Manifest {
         self.entries.iter().filter(|e| e.change.stored()).count()
     }
 
+    /// Entries for pages that changed at this seq (an anchor's carried pages left out).
+    pub fn changed_pages(&self) -> usize {
+        self.entries
+            .iter()
+            .filter(|e| e.change != PageChange::Carried)
+            .count()
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new();
         self.meta.write(&mut w);
@@ -153,6 +170,7 @@ impl Manifest {
                 PageChange::Zero => 0,
                 PageChange::Data => 1,
                 PageChange::Literal => 2,
+                PageChange::Carried => 3,
             };
             w.u16(e.component)
                 .u64(e.page.0)
@@ -163,11 +181,12 @@ impl Manifest {
         for b in &self.batches {
             w.raw(&b.object.0).u32(b.pages);
         }
+        w.u8(u8::from(self.anchor));
         w.envelope(Kind::Manifest)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Manifest, RecordError> {
-        let mut r = crate::wire::open(bytes, Kind::Manifest)?;
+        let (mut r, version) = crate::wire::open_versioned(bytes, Kind::Manifest)?;
         let meta = StateMeta::read(&mut r)?;
         let alg = meta.params.alg();
         let components = read_components(&mut r, alg)?;
@@ -181,12 +200,13 @@ impl Manifest {
                 0 => PageChange::Zero,
                 1 => PageChange::Data,
                 2 => PageChange::Literal,
+                3 => PageChange::Carried,
                 other => {
                     return Err(r
                         .bad(
                             "entry change",
                             at + 10,
-                            "expected 0 (zero), 1 (xor) or 2 (literal)",
+                            "expected 0 (zero), 1 (xor), 2 (literal) or 3 (carried)",
                             other,
                         )
                         .into());
@@ -250,13 +270,46 @@ impl Manifest {
                 pages,
             });
         }
+        // Version 1 manifests end here and are never anchors.
+        let anchor_at = r.offset();
+        let anchor = match version {
+            1 => false,
+            _ => match r.u8("anchor")? {
+                0 => false,
+                1 => true,
+                other => {
+                    return Err(r.bad("anchor", anchor_at, "0 or 1", other).into());
+                }
+            },
+        };
         let at = r.offset();
         r.finish(Kind::Manifest)?;
+        let wrong = entries.iter().find(|e| {
+            if anchor {
+                e.change == PageChange::Data
+            } else {
+                e.change == PageChange::Carried
+            }
+        });
+        if let Some(e) = wrong {
+            return Err(crate::wire::WireError::BadValue {
+                field: "entry change",
+                offset: anchor_at,
+                expected: if anchor {
+                    "no xor entries in an anchor"
+                } else {
+                    "carried entries only in an anchor"
+                },
+                found: format!("component {} page {}", e.component, e.page.0),
+            }
+            .into());
+        }
         let m = Manifest {
             meta,
             components,
             entries,
             batches,
+            anchor,
         };
         if covered != m.data_pages() as u64 {
             return Err(crate::wire::WireError::BadValue {

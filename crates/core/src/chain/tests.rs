@@ -61,6 +61,7 @@ fn manifest() -> Manifest {
             object: ObjectId([7; 32]),
             pages: 2,
         }],
+        anchor: false,
     }
 }
 
@@ -94,6 +95,47 @@ fn manifest_round_trip_and_checks() {
     for cut in [0, 10, enc.len() / 2, enc.len() - 1] {
         assert!(Manifest::decode(&enc[..cut]).is_err());
     }
+
+    // A version 1 manifest (no anchor byte) still reads, as no anchor.
+    let mut v1 = enc[..enc.len() - 1].to_vec();
+    v1[10..12].copy_from_slice(&1u16.to_be_bytes());
+    let body = u32::try_from(v1.len() - HEADER_LEN).unwrap();
+    v1[12..16].copy_from_slice(&body.to_be_bytes());
+    assert_eq!(Manifest::decode(&v1).unwrap(), m);
+}
+
+#[test]
+fn anchor_manifests_carry_literals_only() {
+    let mut a = manifest();
+    a.anchor = true;
+    a.entries[0].change = PageChange::Carried;
+    a.entries[2].change = PageChange::Literal;
+    let enc = a.encode();
+    assert_eq!(Manifest::decode(&enc).unwrap(), a);
+    assert_eq!(a.changed_pages(), 2);
+
+    // An anchor holding an XOR could not be applied without the links before it.
+    let mut xor = a.clone();
+    xor.entries[2].change = PageChange::Data;
+    assert_eq!(
+        refused_field(&Manifest::decode(&xor.encode()).unwrap_err()),
+        Some("entry change")
+    );
+    // A carried page outside an anchor.
+    let mut stray = a.clone();
+    stray.anchor = false;
+    assert_eq!(
+        refused_field(&Manifest::decode(&stray.encode()).unwrap_err()),
+        Some("entry change")
+    );
+    // An anchor flag other than 0 or 1.
+    let mut bad = enc.clone();
+    let last = bad.len() - 1;
+    bad[last] = 2;
+    assert_eq!(
+        refused_field(&Manifest::decode(&bad).unwrap_err()),
+        Some("anchor")
+    );
 }
 
 #[test]

@@ -36,6 +36,11 @@ impl Fixture {
     /// [`Fixture::new`] for a store that keeps the head's images or, without `head_cache`,
     /// only its digests.
     pub fn with_head_cache(alg: &str, encrypted: bool, head_cache: bool) -> Fixture {
+        Fixture::with_layout(alg, encrypted, head_cache, 0)
+    }
+
+    /// [`Fixture::with_head_cache`] for a store that makes every `anchor_every`th link an anchor.
+    pub fn with_layout(alg: &str, encrypted: bool, head_cache: bool, anchor_every: u32) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().join("store");
         let meta = StoreMeta {
@@ -50,6 +55,7 @@ impl Fixture {
             policy_id: "default".into(),
             encrypted,
             head_cache,
+            anchor_every,
         };
         Store::init(&store, meta).unwrap();
         let secret = encrypted.then(|| StoreSecret::generate(&dir.path().join("secret")).unwrap());
@@ -78,6 +84,15 @@ impl Fixture {
         &mut self,
         comps: &[(&str, ComponentKind, &Path)],
     ) -> Result<TakeSummary, vmattest_store::StoreError> {
+        self.take_as(comps, false)
+    }
+
+    /// A take that is an anchor when `anchor`, whatever the store's interval.
+    pub fn take_as(
+        &mut self,
+        comps: &[(&str, ComponentKind, &Path)],
+        anchor: bool,
+    ) -> Result<TakeSummary, vmattest_store::StoreError> {
         self.time += 5;
         let inputs: Vec<ComponentInput> = comps
             .iter()
@@ -97,6 +112,7 @@ impl Fixture {
                 nanos: 0,
             },
             secret: self.secret.as_ref(),
+            anchor,
         };
         store.take(&inputs, &opts)
     }
