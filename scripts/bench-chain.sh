@@ -9,9 +9,11 @@
 # 2. Restore: a chain of a baseline and DELTAS deltas (each after mutating 2% of the pages with
 #    another seed) is built untimed; `snapshot restore --seq DELTAS` is timed against `cp` of the
 #    full image, and the restored image must be byte-identical to the final mutated image.
-#    The chain makes every ANCHOR-th link (default 16) an anchor; a second chain of the same
-#    images without anchors is built beside it, and the seq furthest after an anchor is restored
-#    from both (plus seq DELTAS-1 and seq 0), each against cp.
+#    The chain considers every ANCHOR-th link (default 16) for an anchor; a second chain of the
+#    same images without anchors is built beside it, and the seq furthest after an anchor is
+#    restored from both (plus seq DELTAS-1 and seq 0), each against cp. WORKING_SET=P (percent,
+#    default 100) draws each delta's pages from the same P% of the image, as a guest keeps
+#    rewriting its working set.
 # 3. Retention: `snapshot prune --keep KEEP` (default 10) folds the chain's older seqs under a
 #    rebase (once: it changes the store), against a restore of the new first seq plus a
 #    baseline take of it, the work it repeats; then a seq that is not the head is restored again
@@ -27,6 +29,7 @@ DELTAS=${2:-100}
 RUNS=${RUNS:-5}
 KEEP=${KEEP:-10}
 ANCHOR=${ANCHOR:-16}
+WORKING_SET=${WORKING_SET:-100}
 PERCENT=2
 [ "$DELTAS" -ge 1 ] || { echo "DELTAS must be at least 1" >&2; exit 2; }
 for tool in xdelta3 zstd bc cmp python3; do
@@ -115,7 +118,7 @@ t_mutate=0
 t_plain=0
 for seq in $(seq "$DELTAS"); do
   m0=$(now)
-  python3 "$ROOT/scripts/mutate.py" "$MUT" "$seq" "$PERCENT" 2> /dev/null
+  python3 "$ROOT/scripts/mutate.py" "$MUT" "$seq" "$PERCENT" "$WORKING_SET" 2> /dev/null
   t_mutate=$(printf '%.6f' "$(echo "$t_mutate + $(sub "$(now)" "$m0")" | bc -l)")
   "$VM" snapshot take --store "$STORE" --key "$WORK/key" --memory "$MUT" --json > /dev/null
   p0=$(now)
@@ -125,6 +128,7 @@ done
 t_build=$(sub "$(sub "$(now)" "$t0")" "$t_plain")
 chain_bytes=$(store_bytes "$STORE")
 plain_bytes=$(store_bytes "$PLAIN")
+anchors=$("$VM" snapshot log --store "$STORE" --json | python3 -c 'import json, sys; print(sum(1 for l in sys.stdin if json.loads(l).get("anchor")))')
 # The seq with the most links after its anchor.
 if [ "$ANCHOR" -gt 1 ] && [ "$DELTAS" -ge "$ANCHOR" ]; then
   WORST=$(( (DELTAS / ANCHOR) * ANCHOR - 1 ))
@@ -191,7 +195,7 @@ r_zstd_size=$(ratio "$delta_bytes" "$zstd_bytes" 4)
 r_restore=$(ratio "$t_restore" "$t_cp")
 per_take=$(num "$t_build / ($DELTAS + 1)" 3)
 
-echo "image $MIB MiB ($total_pages pages), $threads threads, $PERCENT% of pages mutated per delta ($changed changed), best of $RUNS"
+echo "image $MIB MiB ($total_pages pages), $threads threads, $PERCENT% of pages mutated per delta ($changed changed; chain: from a working set of $WORKING_SET%), best of $RUNS"
 printf '%-44s %9s %8s %12s\n' "" "seconds" "GB/s" "MiB"
 printf '%-44s %9.3f %8s %12s\n' "vmattest snapshot take (delta)" "$t_take" "$(gbs "$t_take")" "$(mib "$delta_bytes")"
 printf '%-44s %9s %8s %12s\n' "  of which page batches (stored_bytes)" "" "" "$(mib "$batch_bytes")"
@@ -220,7 +224,7 @@ line "restore seq $DELTAS time / cp time:" "${r_restore}x" "(target <= 2x)" "$(v
 line "restore seq $((DELTAS - 1)) time / cp time:" "$(ratio "$t_restore_mid" "$t_cp")x" "(decoded from the chain)"
 line "restore seq $WORST time / cp time:" "$(ratio "$t_restore_worst" "$t_cp")x" "(target <= 1.5x)" "$(verdict "$t_restore_worst <= 1.5 * $t_cp")"
 line "  without anchors / cp time:" "$(ratio "$t_restore_worst_plain" "$t_cp")x"
-line "chain with / without anchors:" "$(ratio "$chain_bytes" "$plain_bytes" 3)" "(store bytes)"
+line "chain with / without anchors:" "$(ratio "$chain_bytes" "$plain_bytes" 3)" "(store bytes; $anchors anchors)"
 t_peer=$(num "$t_peer_restore + $t_peer_take" 6)
 printf '%-44s %9.3f %8s %12s\n' "snapshot prune --keep $KEEP (once)" "$t_prune" "" "$(mib "$pruned_bytes")"
 printf '%-44s %9.3f\n' "  peer: restore new first seq + baseline take" "$t_peer"
@@ -238,7 +242,8 @@ cat > "$ROOT/target/bench/chain.json" <<JSON
              "prune": $t_prune, "prune_peer": $t_peer, "restore_not_head_after_prune": $t_restore_mid_pruned},
  "bytes": {"delta": $delta_bytes, "delta_batches": $batch_bytes, "xdelta3": $xd_bytes, "zstd_3": $zstd_bytes,
            "baseline_batches": $base_bytes, "chain": $chain_bytes, "chain_without_anchors": $plain_bytes, "chain_after_prune": $pruned_bytes},
- "anchor_every": $ANCHOR, "worst_seq": $WORST,
+ "anchor_every": $ANCHOR, "worst_seq": $WORST, "working_set_percent": $WORKING_SET,
+ "anchors": $anchors,
  "keep": $KEEP,
  "ratio_take_speed_vs_xdelta3": $r_speed, "ratio_delta_size_vs_xdelta3": $r_size,
  "ratio_take_speed_vs_zstd": $r_zstd_speed, "ratio_delta_size_vs_zstd": $r_zstd_size,

@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """Mutate a VM-like image in place, the way a running guest dirties memory between snapshots.
 
-usage: mutate.py IMAGE SEED [PERCENT]     (PERCENT of the 4 KiB pages, default 2)
+usage: mutate.py IMAGE SEED [PERCENT [WORKING_SET]]
+       (PERCENT of the 4 KiB pages, default 2; WORKING_SET a percent of the pages, default 100)
 
-Pages are chosen uniformly at random without replacement. Of the chosen pages about half get a
+Pages are chosen uniformly at random without replacement, from a working set: WORKING_SET
+percent of the pages, the same set for every SEED (chosen with a fixed seed), as a guest keeps
+rewriting the same memory. Of the chosen pages about half get a
 small change (8 to 256 random bytes at a random offset), a quarter are rewritten with new
 random bytes, and a quarter get new low-entropy text content. The same IMAGE contents, SEED and
 PERCENT always give the same result. The file is edited through mmap; its size does not change.
@@ -30,18 +33,24 @@ def text_page(rng):
 
 
 def main():
-    if len(sys.argv) not in (3, 4):
+    if len(sys.argv) not in (3, 4, 5):
         sys.exit(__doc__.strip())
     path, seed = sys.argv[1], int(sys.argv[2])
-    percent = float(sys.argv[3]) if len(sys.argv) == 4 else 2.0
+    percent = float(sys.argv[3]) if len(sys.argv) >= 4 else 2.0
+    working_set = float(sys.argv[4]) if len(sys.argv) == 5 else 100.0
     rng = random.Random(seed)
     with open(path, "r+b") as f:
         size = f.seek(0, 2)
         pages = size // PAGE
         if pages == 0:
             sys.exit(f"{path}: smaller than one page")
-        count = min(pages, max(1, round(pages * percent / 100)))
-        chosen = sorted(rng.sample(range(pages), count))
+        if working_set >= 100:
+            candidates = range(pages)
+        else:
+            size_ws = max(1, round(pages * working_set / 100))
+            candidates = random.Random(0x5E7).sample(range(pages), size_ws)
+        count = min(len(candidates), max(1, round(pages * percent / 100)))
+        chosen = sorted(rng.sample(candidates, count))
         kinds = {"small": 0, "random": 0, "text": 0}
         with mmap.mmap(f.fileno(), pages * PAGE) as m:
             for p in chosen:

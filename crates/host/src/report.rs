@@ -254,6 +254,8 @@ pub struct LinkJson {
     pub state_root: String,
     pub manifest: String,
     pub key_ids: Vec<String>,
+    /// Whether its manifest is an anchor (`snapshot take --anchor`).
+    pub anchor: bool,
 }
 
 impl From<&SignedLink> for LinkJson {
@@ -268,6 +270,7 @@ impl From<&SignedLink> for LinkJson {
             state_root: v.state_root.to_hex(),
             manifest: v.manifest.to_hex(),
             key_ids: v.key_ids.iter().map(|k| k.to_hex()).collect(),
+            anchor: false,
         }
     }
 }
@@ -276,8 +279,12 @@ impl fmt::Display for LinkJson {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "seq {:>4}  {}  link {}  state {}",
-            self.seq, self.time, self.link, self.state_root
+            "seq {:>4}  {}  link {}  state {}{}",
+            self.seq,
+            self.time,
+            self.link,
+            self.state_root,
+            if self.anchor { "  anchor" } else { "" }
         )
     }
 }

@@ -82,6 +82,31 @@ impl StoreWriter {
         every > 0 && seq.0 > 0 && seq.0.is_multiple_of(every)
     }
 
+    /// Whether an anchor due by the interval pays for its bytes: the links since the previous
+    /// one (at most the interval's) and `entries` rewrote the same pages, so that the anchor
+    /// holds at most half the pages a replay would otherwise decode for them. A guest writing
+    /// all over its memory gets no anchors, a guest with a working set gets them.
+    pub(crate) fn anchor_pays(
+        &self,
+        head: &Head,
+        entries: &[DeltaEntry],
+    ) -> Result<bool, StoreError> {
+        let mut pages: Vec<(u16, u64)> = entries.iter().map(|e| (e.component, e.page.0)).collect();
+        let (mut s, mut links) = (head.seq.0, 1u32);
+        while s > head.base.0 && links < self.meta.anchor_every {
+            let m = self.manifest_at(head, SeqNo(s))?;
+            if m.anchor {
+                break;
+            }
+            pages.extend(m.entries.iter().map(|e| (e.component, e.page.0)));
+            (s, links) = (s - 1, links + 1);
+        }
+        let written = pages.len();
+        pages.sort_unstable();
+        pages.dedup();
+        Ok(pages.len() * 2 <= written)
+    }
+
     /// Pages written by the links after the previous anchor (or after the chain's first seq)
     /// up to the head, sorted and unique, as (component, page).
     pub(crate) fn pages_since_anchor(&self, head: &Head) -> Result<Vec<(u16, u64)>, StoreError> {

@@ -378,7 +378,9 @@ impl StoreWriter {
         };
         // An anchor also stores every page changed since the previous anchor.
         let mut carried = match &head {
-            Some(h) if opts.anchor || self.anchor_due(seq) => {
+            Some(h)
+                if opts.anchor || (self.anchor_due(seq) && self.anchor_pays(h, &entries)?) =>
+            {
                 let mut pages = self.pages_since_anchor(h)?;
                 pages.retain(|&(c, p)| {
                     entries

@@ -1,7 +1,7 @@
 //! Anchor links: every seq of a chain with anchors (by interval and on demand) restores to the
 //! bytes it captured, plain and encrypted, with and without the head cache, after a prune too;
-//! an anchor stores the pages changed since the previous one whole; a restore reads only the
-//! first manifest, the anchors, and the links after the last anchor.
+//! an anchor stores the pages changed since the previous one whole; the interval makes one only
+//! where the links rewrote the same pages.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -42,8 +42,8 @@ fn takes(
             .unwrap();
         summaries.push(s);
         history.push((mem.clone(), dev.clone()));
-        mutate(&mut mem[..40 * PAGE], 6, round * 7 + 1);
-        mutate(&mut mem, 3, round * 11 + 2);
+        mutate(&mut mem[..4 * PAGE], 8, round * 7 + 1);
+        mutate(&mut mem, 1, round * 11 + 2);
         dev[0] = dev[0].wrapping_add(1);
     }
     (history, summaries)
@@ -82,9 +82,11 @@ fn anchor_links_restore_every_seq_byte_identical() {
     ] {
         let what = format!("{alg}, encrypted {encrypted}, head cache {head_cache}");
         let mut fx = Fixture::with_layout(alg, encrypted, head_cache, 4);
-        let (history, sums) = takes(&mut fx, 11, 6);
+        let (history, sums) = takes(&mut fx, 14, 6);
+        // By the interval at 4 and 12, on demand at 6; at 8 the anchor would stand for one
+        // link only and hold about as many pages as it and the new ones: none.
         let anchors: Vec<u64> = sums.iter().filter(|s| s.anchor).map(|s| s.seq.0).collect();
-        assert_eq!(anchors, [4, 6, 8], "{what}");
+        assert_eq!(anchors, [4, 6, 12], "{what}");
         // An anchor carries pages the links since the previous anchor changed.
         assert!(sums[4].carried_pages > 0, "{what}");
         assert!(
@@ -109,6 +111,25 @@ fn anchor_links_restore_every_seq_byte_identical() {
             );
         }
         assert!(!store.manifest_at(&head, SeqNo(7)).unwrap().anchor);
+    }
+}
+
+/// A guest that writes all over its memory gets no anchor by the interval: it would hold as many
+/// pages as the links it stands for.
+#[test]
+fn the_interval_makes_no_anchor_that_saves_nothing() {
+    let mut fx = Fixture::with_layout("blake3", false, true, 2);
+    let path = fx.path("mem.img");
+    let mut mem = vm_like(200 * PAGE, 4);
+    for round in 0..6u64 {
+        std::fs::write(&path, &mem).unwrap();
+        let s = fx.take(&[("mem", ComponentKind::Memory, &path)]);
+        assert!(!s.anchor, "round {round}");
+        // Disjoint pages every round.
+        let at = (round as usize * 20 + 10) * PAGE;
+        mem[at..at + 10 * PAGE]
+            .iter_mut()
+            .for_each(|b| *b = b.wrapping_add(1));
     }
 }
 
@@ -157,12 +178,11 @@ fn anchors_after_a_prune_still_restore_every_kept_seq() {
 
 /// A paused guest's capture copies out only its changed pages and the guest runs on before the
 /// commit: an anchor's carried pages come from the head cache, never from the changed files.
-/// Without the cache such an anchor cannot be made: asked for, it is refused and nothing changes;
-/// by interval, the link is an ordinary one.
+/// Without the cache such an anchor cannot be made: asked for, it is refused and nothing changes.
 #[test]
 fn an_anchor_of_a_running_guest_reads_the_head_cache() {
     for head_cache in [true, false] {
-        let mut fx = Fixture::with_layout("blake3", false, head_cache, 2);
+        let mut fx = Fixture::with_layout("blake3", false, head_cache, 0);
         let mem_path = fx.path("mem.img");
         let mut mem = vm_like(120 * PAGE, 5);
         let mut captured = Vec::new();
@@ -201,12 +221,9 @@ fn an_anchor_of_a_running_guest_reads_the_head_cache() {
                 mem = at_freeze;
                 continue;
             }
-            let s = store.commit(frozen, &opts(false)).unwrap();
-            assert_eq!(
-                s.anchor,
-                head_cache && round % 2 == 0 && round > 0,
-                "round {round}"
-            );
+            let anchor = head_cache && round % 2 == 0 && round > 0;
+            let s = store.commit(frozen, &opts(anchor)).unwrap();
+            assert_eq!(s.anchor, anchor, "round {round}");
             captured.push(at_freeze);
         }
         let store = Store::open(&fx.store).unwrap();

@@ -63,9 +63,10 @@ pub enum SnapshotCommand {
         /// XOR with its previous bytes, and restoring the head decodes the chain.
         #[arg(long)]
         no_head_cache: bool,
-        /// Make every Nth seq an anchor link, which stores every page changed since the
-        /// previous anchor, so that a restore replays at most N-1 links after the last one;
-        /// 0 makes anchors only on demand (`snapshot take --anchor`).
+        /// Consider every Nth seq for an anchor link, which stores every page changed since
+        /// the previous anchor so that a restore skips the links before it; it is made when
+        /// those links rewrote the same pages (at least twice as many page writes as distinct
+        /// pages). 0 makes anchors only on demand (`snapshot take --anchor`).
         #[arg(long, value_name = "N", default_value_t = vmattest_store::DEFAULT_ANCHOR_EVERY)]
         anchor_every: u32,
     },

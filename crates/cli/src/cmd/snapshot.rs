@@ -366,10 +366,16 @@ fn take_vm(
 }
 
 fn log(root: &Path, json: bool) -> anyhow::Result<()> {
-    let links: Vec<LinkJson> = Store::open(root)?
-        .log()?
-        .iter()
-        .map(LinkJson::from)
-        .collect();
-    output::report_all(json, &links)
+    let store = Store::open(root)?;
+    let links = store.log()?;
+    let head = store.head()?;
+    let mut out: Vec<LinkJson> = Vec::with_capacity(links.len());
+    for l in &links {
+        let mut j = LinkJson::from(l);
+        if let Some(h) = &head {
+            j.anchor = store.manifest_at(h, l.value().seq)?.anchor;
+        }
+        out.push(j);
+    }
+    output::report_all(json, &out)
 }
