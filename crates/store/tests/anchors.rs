@@ -188,41 +188,21 @@ fn an_anchor_of_a_running_guest_reads_the_head_cache() {
         let mut captured = Vec::new();
         for round in 0..5u64 {
             std::fs::write(&mem_path, &mem).unwrap();
-            let store = Store::open_writer(&fx.store).unwrap();
-            let inputs = [vmattest_store::ComponentInput {
-                name: "mem".into(),
-                kind: ComponentKind::Memory,
-                path: mem_path.clone(),
-                dirty: None,
-            }];
-            let frozen = store
-                .freeze(&inputs, None, vmattest_store::Hold::WhilePaused(&Still))
-                .unwrap();
+            let (store, frozen) = fx.freeze_paused(&mem_path);
             // The guest runs on before the commit.
             let at_freeze = mem.clone();
             mutate(&mut mem, 9, round * 5 + 3);
             std::fs::write(&mem_path, &mem).unwrap();
-            fx.time += 5;
-            let signers: [&dyn vmattest_sign::Signer; 1] = [&fx.key];
-            let opts = |anchor| vmattest_store::TakeOptions {
-                signers: &signers,
-                time: vmattest_core::record::UnixTime {
-                    secs: fx.time,
-                    nanos: 0,
-                },
-                secret: None,
-                anchor,
-            };
             if !head_cache && round == 3 {
                 let before = files(&fx.store.join("links"));
-                let err = store.commit(frozen, &opts(true)).unwrap_err();
+                let err = fx.commit(&store, frozen, true).unwrap_err();
                 assert!(err.to_string().contains("an anchor needs"), "{err}");
                 assert_eq!(files(&fx.store.join("links")), before);
                 mem = at_freeze;
                 continue;
             }
             let anchor = head_cache && round % 2 == 0 && round > 0;
-            let s = store.commit(frozen, &opts(anchor)).unwrap();
+            let s = fx.commit(&store, frozen, anchor).unwrap();
             assert_eq!(s.anchor, anchor, "round {round}");
             captured.push(at_freeze);
         }
@@ -238,11 +218,3 @@ fn an_anchor_of_a_running_guest_reads_the_head_cache() {
         }
     }
 }
-
-/// This test's "paused guest": it writes the image only after `freeze` returned.
-struct Still;
-
-// SAFETY: each `Still` is a temporary of the `freeze` call, and the test writes the image
-// file only after that call returns.
-#[allow(unsafe_code)]
-unsafe impl vmattest_store::Quiescent for Still {}

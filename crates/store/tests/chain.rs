@@ -154,31 +154,12 @@ fn frozen_copy_commits_the_frozen_instant() {
         let mut mem = vm_like(200 * PAGE + 100, 9);
         for round in 0..4u64 {
             std::fs::write(&mem_path, &mem).unwrap();
-            let store = Store::open_writer(&fx.store).unwrap();
-            let inputs = [vmattest_store::ComponentInput {
-                name: "mem".into(),
-                kind: ComponentKind::Memory,
-                path: mem_path.clone(),
-                dirty: None,
-            }];
-            let hold = vmattest_store::Hold::WhilePaused(&Still);
-            let frozen = store.freeze(&inputs, fx.secret.as_ref(), hold).unwrap();
+            let (store, frozen) = fx.freeze_paused(&mem_path);
             frozen_states.push(mem.clone());
             // The "VM" runs on before the commit.
             mutate(&mut mem, 9, round * 7 + 5);
             std::fs::write(&mem_path, &mem).unwrap();
-            fx.time += 5;
-            let signers: [&dyn vmattest_sign::Signer; 1] = [&fx.key];
-            let opts = vmattest_store::TakeOptions {
-                signers: &signers,
-                time: vmattest_core::record::UnixTime {
-                    secs: fx.time,
-                    nanos: 0,
-                },
-                secret: fx.secret.as_ref(),
-                anchor: false,
-            };
-            store.commit(frozen, &opts).unwrap();
+            fx.commit(&store, frozen, false).unwrap();
         }
         let store = Store::open(&fx.store).unwrap();
         let keys = fx.public();
@@ -285,14 +266,6 @@ fn a_damaged_head_cache_is_rebuilt_before_a_take_uses_it() {
     }
     assert_eq!(std::fs::read(fx.path("out2").join("mem")).unwrap(), mem);
 }
-
-/// This test's "paused guest": it writes the image only after `freeze` returned.
-struct Still;
-
-// SAFETY: each `Still` is a temporary of the `freeze` call, and the test writes the image
-// file only after that call returns.
-#[allow(unsafe_code)]
-unsafe impl vmattest_store::Quiescent for Still {}
 
 /// The head cache of an idle guest held every zero page as data: a second full copy of its
 /// memory on disk (277 MiB for a 256 MiB guest).

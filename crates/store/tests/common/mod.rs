@@ -14,8 +14,8 @@ use vmattest_core::record::UnixTime;
 use vmattest_core::sig::SigAlg;
 use vmattest_sign::{SecretKey, Signer};
 use vmattest_store::{
-    ComponentInput, PinnedKeys, ReplayOptions, Store, StoreMeta, StoreSecret, TakeOptions,
-    TakeSummary,
+    ComponentInput, Frozen, Hold, PinnedKeys, ReplayOptions, Store, StoreError, StoreMeta,
+    StoreSecret, StoreWriter, TakeOptions, TakeSummary,
 };
 
 pub const PAGE: usize = 4096;
@@ -83,7 +83,7 @@ impl Fixture {
     pub fn try_take(
         &mut self,
         comps: &[(&str, ComponentKind, &Path)],
-    ) -> Result<TakeSummary, vmattest_store::StoreError> {
+    ) -> Result<TakeSummary, StoreError> {
         self.take_as(comps, false)
     }
 
@@ -92,7 +92,7 @@ impl Fixture {
         &mut self,
         comps: &[(&str, ComponentKind, &Path)],
         anchor: bool,
-    ) -> Result<TakeSummary, vmattest_store::StoreError> {
+    ) -> Result<TakeSummary, StoreError> {
         self.time += 5;
         let inputs: Vec<ComponentInput> = comps
             .iter()
@@ -117,6 +117,43 @@ impl Fixture {
         store.take(&inputs, &opts)
     }
 
+    /// The first half of a paused guest's capture of the memory image `mem`: its changed pages
+    /// are copied out, so the test may write the image before [`Fixture::commit`].
+    pub fn freeze_paused(&self, mem: &Path) -> (StoreWriter, Frozen) {
+        let store = Store::open_writer(&self.store).unwrap();
+        let inputs = [ComponentInput {
+            name: "mem".into(),
+            kind: ComponentKind::Memory,
+            path: mem.to_path_buf(),
+            dirty: None,
+        }];
+        let frozen = store
+            .freeze(&inputs, self.secret.as_ref(), Hold::WhilePaused(&Still))
+            .unwrap();
+        (store, frozen)
+    }
+
+    /// The second half: stores, signs and commits, an anchor when `anchor`.
+    pub fn commit(
+        &mut self,
+        store: &StoreWriter,
+        frozen: Frozen,
+        anchor: bool,
+    ) -> Result<TakeSummary, StoreError> {
+        self.time += 5;
+        let signers: [&dyn Signer; 1] = [&self.key];
+        let opts = TakeOptions {
+            signers: &signers,
+            time: UnixTime {
+                secs: self.time,
+                nanos: 0,
+            },
+            secret: self.secret.as_ref(),
+            anchor,
+        };
+        store.commit(frozen, &opts)
+    }
+
     pub fn opts<'a>(&'a self, keys: &'a PinnedKeys, upto: Option<u64>) -> ReplayOptions<'a> {
         ReplayOptions {
             upto: upto.map(vmattest_core::chain::SeqNo),
@@ -126,6 +163,15 @@ impl Fixture {
         }
     }
 }
+
+/// A "paused guest" for [`Fixture::freeze_paused`]: the tests write the image only after
+/// `freeze` returned.
+struct Still;
+
+// SAFETY: each `Still` is a temporary of a `freeze` call in `Fixture::freeze_paused`, and the
+// tests write the image file only after that call returns.
+#[allow(unsafe_code)]
+unsafe impl vmattest_store::Quiescent for Still {}
 
 pub use vmattest_testkit::images::vm_like;
 
