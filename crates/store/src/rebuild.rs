@@ -5,7 +5,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt as _;
 use std::path::Path;
 
-use vmattest_core::alg::{PAGE_SIZE, PageIndex};
+use vmattest_core::alg::{PAGE_SIZE, PageIndex, page_count};
 use vmattest_core::chain::{Manifest, PageChange, SeqNo};
 use vmattest_core::tree::ImageTree;
 use vmattest_core::wire::{HEADER_LEN, Kind};
@@ -65,6 +65,10 @@ pub(crate) struct Rebuild<'a> {
     /// The manifests that make the last seq's bytes: the first, every anchor, and every one
     /// after the last anchor.
     apply: Vec<usize>,
+    /// Per component and page, the position in `apply` of the last anchor that lists it (0:
+    /// none); empty without anchors. An entry applied before that anchor is overwritten by it,
+    /// so its batch need not be decoded for it.
+    superseded: Vec<Vec<u32>>,
 }
 
 impl<'a> Rebuild<'a> {
@@ -88,6 +92,8 @@ impl<'a> Rebuild<'a> {
                 lens
             })
             .collect();
+        let apply = replay_plan(&manifests.iter().map(|m| m.anchor).collect::<Vec<_>>());
+        let superseded = superseded(manifests, &apply);
         Rebuild {
             store,
             manifests,
@@ -95,7 +101,8 @@ impl<'a> Rebuild<'a> {
             object,
             locs,
             batch_lens,
-            apply: replay_plan(&manifests.iter().map(|m| m.anchor).collect::<Vec<_>>()),
+            apply,
+            superseded,
         }
     }
 }
@@ -109,6 +116,34 @@ fn replay_plan(anchor: &[bool]) -> Vec<usize> {
         .chain(anchors)
         .chain(last.max(1)..anchor.len())
         .collect()
+}
+
+/// For each page, the position in `apply` of the last anchor that lists it.
+fn superseded(manifests: &[Manifest], apply: &[usize]) -> Vec<Vec<u32>> {
+    if !apply.iter().any(|&k| manifests[k].anchor) {
+        return Vec::new();
+    }
+    let Some(first) = manifests.first() else {
+        return Vec::new();
+    };
+    let mut out: Vec<Vec<u32>> = (first.components.iter())
+        .map(|c| vec![0u32; idx(page_count(c.len))])
+        .collect();
+    for (i, &k) in apply
+        .iter()
+        .enumerate()
+        .filter(|&(_, &k)| manifests[k].anchor)
+    {
+        let at = u32::try_from(i).unwrap_or(u32::MAX);
+        for e in &manifests[k].entries {
+            if let Some(slot) = (out.get_mut(usize::from(e.component)))
+                .and_then(|pages| pages.get_mut(idx(e.page.0)))
+            {
+                *slot = at;
+            }
+        }
+    }
+    out
 }
 
 /// Where a stored entry's bytes are: batch index and byte offset in the batch.
@@ -146,14 +181,21 @@ impl Rebuild<'_> {
     }
 
     /// Applies seq `seq`'s changes to `buf`, which holds component `comp` from page `first`.
+    /// With `at`, the manifest's position in the replay plan, pages a later anchor overwrites
+    /// are skipped (and batches holding only such pages not decoded).
     pub fn apply_region(
         &self,
         seq: SeqNo,
+        at: Option<usize>,
         comp: usize,
         first: u64,
         buf: &mut [u8],
         dec: &mut Decoder,
     ) -> Result<(), StoreError> {
+        let later = match at {
+            Some(i) => self.superseded.get(comp).map(|s| (s, i)),
+            None => None,
+        };
         let m = &self.manifests[self.pos(seq)];
         let c = u16::try_from(comp).unwrap_or(u16::MAX);
         let end = first + buf.len().div_ceil(PAGE_SIZE) as u64;
@@ -170,6 +212,11 @@ impl Rebuild<'_> {
         let name = &m.components[comp].name;
         let mut current: Option<usize> = None;
         for (e, &(b, off)) in m.entries[lo..hi].iter().zip(&locs[lo..hi]) {
+            if let Some((s, i)) = later
+                && s.get(idx(e.page.0)).is_some_and(|&j| idx(u64::from(j)) > i)
+            {
+                continue;
+            }
             let at = idx(e.page.0 - first) * PAGE_SIZE;
             let n = page_len(m, e.component, e.page.0);
             let page = &mut buf[at..at + n];
@@ -250,9 +297,9 @@ impl Rebuild<'_> {
         let bytes = (len - start).min(REGION_PAGES * PAGE_SIZE as u64);
         buf.clear();
         buf.resize(idx(bytes), 0);
-        for &k in &self.apply {
+        for (i, &k) in self.apply.iter().enumerate() {
             let seq = self.manifests[k].meta.seq;
-            self.apply_region(seq, comp, first, buf, dec)?;
+            self.apply_region(seq, Some(i), comp, first, buf, dec)?;
         }
         let dlen = self.store.params.alg().digest_len();
         let pages = buf.len().div_ceil(PAGE_SIZE);

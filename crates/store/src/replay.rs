@@ -417,7 +417,7 @@ impl Store {
                     if k == 0 {
                         small[i] = vec![0u8; idx(c.len)];
                     }
-                    rb.apply_region(seq, i, 0, &mut small[i], &mut dec)?;
+                    rb.apply_region(seq, None, i, 0, &mut small[i], &mut dec)?;
                 }
                 let verr = |e| StoreError::Verification {
                     seq,
