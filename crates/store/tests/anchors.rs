@@ -218,3 +218,42 @@ fn an_anchor_of_a_running_guest_reads_the_head_cache() {
         }
     }
 }
+
+/// An anchor whose carried page claims a digest the page did not have at the seq before, signed
+/// by the chain's own key, is refused naming the seq, component and page.
+#[test]
+fn a_carried_page_that_changed_is_refused() {
+    let mut fx = Fixture::with_layout("blake3", false, true, 0);
+    takes(&mut fx, 4, 3);
+    let store = Store::open(&fx.store).unwrap();
+    let signed = store.read_link(SeqNo(3)).unwrap();
+    let mut manifest = store.read_manifest(signed.value()).unwrap();
+    assert!(manifest.anchor);
+    let (k, carried) = (manifest.entries.iter().enumerate())
+        .find(|(_, e)| e.change == PageChange::Carried)
+        .map(|(k, e)| (k, e.clone()))
+        .unwrap();
+    let other = (manifest.entries.iter())
+        .find(|e| e.digest != carried.digest)
+        .unwrap()
+        .digest;
+    manifest.entries[k].digest = other;
+    let link = vmattest_core::chain::Link {
+        manifest: write_object(&fx.store, &manifest.encode()),
+        delta: vmattest_core::chain::delta_digest(other.alg(), &manifest.entries),
+        ..signed.value().clone()
+    };
+    resign_head(&fx.store, &fx.key, link);
+    let keys = fx.public();
+    let e = Store::open(&fx.store)
+        .unwrap()
+        .verify(&fx.opts(&keys, None))
+        .unwrap_err();
+    assert!(
+        matches!(&e, vmattest_store::StoreError::Verification {
+            seq: SeqNo(3),
+            broken: vmattest_store::Broken::Carried { component, page },
+        } if component == "mem" && *page == carried.page),
+        "{e}"
+    );
+}

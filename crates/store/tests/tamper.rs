@@ -11,12 +11,11 @@
 mod common;
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::*;
-use vmattest_core::chain::{ComponentKind, Link, ObjectId, SeqNo, link_digest};
+use vmattest_core::chain::{ComponentKind, Link, ObjectId, SeqNo};
 use vmattest_core::class::{Classify as _, ErrorClass};
-use vmattest_core::record::{SignatureEntry, Signed};
 use vmattest_core::sig::SigAlg;
 use vmattest_core::wire::{Kind, Writer};
 use vmattest_sign::{SecretKey, Signer as _};
@@ -56,15 +55,6 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(e.path(), &target).unwrap();
         }
     }
-}
-
-fn object_path(root: &Path, id: &ObjectId) -> PathBuf {
-    let hex = id.to_hex();
-    root.join("objects").join(&hex[..2]).join(&hex[2..])
-}
-
-fn link_path(root: &Path, seq: u64) -> PathBuf {
-    root.join("links").join(format!("{seq:020}.link"))
 }
 
 fn manifest_id(root: &Path, seq: u64) -> ObjectId {
@@ -378,32 +368,12 @@ fn forge_head_batch(root: &Path, key: &SecretKey) -> u64 {
     w.u8(0)
         .u64(raw_len)
         .raw(&zstd::bulk::compress(&raw, 3).unwrap());
-    let write_obj = |bytes: &[u8]| {
-        let id = ObjectId::of(bytes);
-        let p = object_path(root, &id);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, bytes).unwrap();
-        id
-    };
-    manifest.batches[0].object = write_obj(&w.envelope(Kind::Batch));
+    manifest.batches[0].object = write_object(root, &w.envelope(Kind::Batch));
     let link = Link {
-        manifest: write_obj(&manifest.encode()),
+        manifest: write_object(root, &manifest.encode()),
         ..signed.value().clone()
     };
-    let mut forged = Signed::new(link).unwrap();
-    let sig = key.sign(&forged.message()).unwrap();
-    forged.signatures.push(SignatureEntry {
-        alg: key.alg(),
-        key_id: key.key_id(),
-        signature: sig,
-    });
-    std::fs::write(link_path(root, head.seq.0), forged.encode().unwrap()).unwrap();
-    let head_json = format!(
-        "{{\"seq\":{},\"link\":\"{}\"}}",
-        head.seq.0,
-        link_digest(&forged).to_hex()
-    );
-    std::fs::write(root.join("HEAD"), head_json).unwrap();
+    resign_head(root, key, link);
     page
 }
 

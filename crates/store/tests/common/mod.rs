@@ -175,6 +175,45 @@ unsafe impl vmattest_store::Quiescent for Still {}
 
 pub use vmattest_testkit::images::vm_like;
 
+pub fn object_path(root: &Path, id: &vmattest_core::chain::ObjectId) -> PathBuf {
+    let hex = id.to_hex();
+    root.join("objects").join(&hex[..2]).join(&hex[2..])
+}
+
+pub fn link_path(root: &Path, seq: u64) -> PathBuf {
+    root.join("links").join(format!("{seq:020}.link"))
+}
+
+/// Writes `bytes` as an object of the store at `root`, as a forger with file access would.
+pub fn write_object(root: &Path, bytes: &[u8]) -> vmattest_core::chain::ObjectId {
+    let id = vmattest_core::chain::ObjectId::of(bytes);
+    let p = object_path(root, &id);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, bytes).unwrap();
+    id
+}
+
+/// Signs `link` with `key` (a pinned key: the forger holds it), writes it as the head's link
+/// file and points HEAD at it.
+pub fn resign_head(root: &Path, key: &SecretKey, link: vmattest_core::chain::Link) {
+    use vmattest_core::record::{SignatureEntry, Signed};
+    let seq = link.seq.0;
+    let mut forged = Signed::new(link).unwrap();
+    let signature = key.sign(&forged.message()).unwrap();
+    forged.signatures.push(SignatureEntry {
+        alg: key.alg(),
+        key_id: key.key_id(),
+        signature,
+    });
+    std::fs::write(link_path(root, seq), forged.encode().unwrap()).unwrap();
+    let digest = vmattest_core::chain::link_digest(&forged).to_hex();
+    std::fs::write(
+        root.join("HEAD"),
+        format!("{{\"seq\":{seq},\"link\":\"{digest}\"}}"),
+    )
+    .unwrap();
+}
+
 /// Changes `n` pages: some a few bytes, some rewritten, some zeroed.
 pub fn mutate(data: &mut [u8], n: usize, seed: u64) {
     let pages = data.len().div_ceil(PAGE);
