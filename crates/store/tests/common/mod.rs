@@ -93,7 +93,6 @@ impl Fixture {
         comps: &[(&str, ComponentKind, &Path)],
         anchor: bool,
     ) -> Result<TakeSummary, StoreError> {
-        self.time += 5;
         let inputs: Vec<ComponentInput> = comps
             .iter()
             .map(|(n, k, p)| ComponentInput {
@@ -104,17 +103,8 @@ impl Fixture {
             })
             .collect();
         let store = Store::open_writer(&self.store)?;
-        let signers: [&dyn Signer; 1] = [&self.key];
-        let opts = TakeOptions {
-            signers: &signers,
-            time: UnixTime {
-                secs: self.time,
-                nanos: 0,
-            },
-            secret: self.secret.as_ref(),
-            anchor,
-        };
-        store.take(&inputs, &opts)
+        let frozen = store.freeze(&inputs, self.secret.as_ref(), Hold::UntilCommit)?;
+        self.commit(&store, frozen, anchor)
     }
 
     /// The first half of a paused guest's capture of the memory image `mem`: its changed pages
