@@ -82,6 +82,29 @@ impl StoreWriter {
         every > 0 && seq.0 > 0 && seq.0.is_multiple_of(every)
     }
 
+    /// The pages an anchor at `seq` carries besides `entries` (this seq's changes), or `None`
+    /// when the link is no anchor: asked for, or due by the interval where it pays.
+    pub(crate) fn anchor_pages(
+        &self,
+        head: Option<&Head>,
+        seq: SeqNo,
+        entries: &[DeltaEntry],
+        asked: bool,
+    ) -> Result<Option<Vec<(u16, u64)>>, StoreError> {
+        let Some(h) = head else { return Ok(None) };
+        let due = asked || (self.anchor_due(seq) && self.anchor_pays(h, entries)?);
+        if !due {
+            return Ok(None);
+        }
+        let mut pages = self.pages_since_anchor(h)?;
+        pages.retain(|&(c, p)| {
+            entries
+                .binary_search_by(|e| (e.component, e.page.0).cmp(&(c, p)))
+                .is_err()
+        });
+        Ok(Some(pages))
+    }
+
     /// Whether an anchor due by the interval pays for its bytes: the links since the previous
     /// one (at most the interval's) and `entries` rewrote the same pages, so that the anchor
     /// holds at most half the pages a replay would otherwise decode for them. A guest writing

@@ -376,21 +376,7 @@ impl StoreWriter {
             Some(t) => self.open_head_images(t, cache_key.as_ref()),
             None => Ok(Vec::new()),
         };
-        // An anchor also stores every page changed since the previous anchor.
-        let mut carried = match &head {
-            Some(h)
-                if opts.anchor || (self.anchor_due(seq) && self.anchor_pays(h, &entries)?) =>
-            {
-                let mut pages = self.pages_since_anchor(h)?;
-                pages.retain(|&(c, p)| {
-                    entries
-                        .binary_search_by(|e| (e.component, e.page.0).cmp(&(c, p)))
-                        .is_err()
-                });
-                Some(pages)
-            }
-            _ => None,
-        };
+        let mut carried = self.anchor_pages(head.as_ref(), seq, &entries, opts.anchor)?;
         let mut old_pages = open_old();
         if let (Some(h), Some(old)) = (&head, &old_trees) {
             // The XOR deltas and an anchor's carried pages read these pages' previous bytes
