@@ -12,6 +12,13 @@ use crate::pages::is_zero;
 use crate::take::Source;
 use crate::{Head, StoreError, StoreWriter};
 
+/// A walk back through a chain's links, gathering the pages they wrote.
+struct Walk {
+    /// The next seq to read; `None` past an anchor or the chain's first seq.
+    next: Option<SeqNo>,
+    pages: Vec<(u16, u64)>,
+}
+
 /// Anchor interval of a store made without one (`snapshot init` writes it explicitly).
 pub const DEFAULT_ANCHOR_EVERY: u32 = 16;
 
@@ -83,7 +90,11 @@ impl StoreWriter {
     }
 
     /// The pages an anchor at `seq` carries besides `entries` (this seq's changes), or `None`
-    /// when the link is no anchor: asked for, or due by the interval where it pays.
+    /// when the link is no anchor: asked for, or due by the interval where it pays. It pays when
+    /// the interval's links since the previous anchor and `entries` rewrote the same pages (at
+    /// least twice as many page writes as distinct pages), so that the anchor holds at most half
+    /// of what a replay would otherwise decode for them: a guest writing all over its memory gets
+    /// no anchors, a guest with a working set gets them.
     pub(crate) fn anchor_pages(
         &self,
         head: Option<&Head>,
@@ -92,60 +103,57 @@ impl StoreWriter {
         asked: bool,
     ) -> Result<Option<Vec<(u16, u64)>>, StoreError> {
         let Some(h) = head else { return Ok(None) };
-        let due = asked || (self.anchor_due(seq) && self.anchor_pays(h, entries)?);
-        if !due {
+        if !asked && !self.anchor_due(seq) {
             return Ok(None);
         }
-        let mut pages = self.pages_since_anchor(h)?;
-        pages.retain(|&(c, p)| {
-            entries
-                .binary_search_by(|e| (e.component, e.page.0).cmp(&(c, p)))
-                .is_err()
-        });
+        let key = |c: u16, p: u64| move |e: &DeltaEntry| (e.component, e.page.0).cmp(&(c, p));
+        let mut walk = Walk {
+            next: Some(h.seq),
+            pages: Vec::new(),
+        };
+        if !asked {
+            // The window: this seq and at most `anchor_every - 1` links before it.
+            self.walk_back(h, &mut walk, u64::from(self.meta.anchor_every) - 1)?;
+            let written = walk.pages.len() + entries.len();
+            walk.pages.sort_unstable();
+            walk.pages.dedup();
+            let new = (entries.iter())
+                .filter(|e| walk.pages.binary_search(&(e.component, e.page.0)).is_err())
+                .count();
+            if (walk.pages.len() + new) * 2 > written {
+                return Ok(None);
+            }
+        }
+        // On to the previous anchor, with the window's pages already read.
+        self.walk_back(h, &mut walk, u64::MAX)?;
+        let mut pages = walk.pages;
+        pages.sort_unstable();
+        pages.dedup();
+        pages.retain(|&(c, p)| entries.binary_search_by(key(c, p)).is_err());
         Ok(Some(pages))
     }
 
-    /// Whether an anchor due by the interval pays for its bytes: the links since the previous
-    /// one (at most the interval's) and `entries` rewrote the same pages, so that the anchor
-    /// holds at most half the pages a replay would otherwise decode for them. A guest writing
-    /// all over its memory gets no anchors, a guest with a working set gets them.
-    pub(crate) fn anchor_pays(
-        &self,
-        head: &Head,
-        entries: &[DeltaEntry],
-    ) -> Result<bool, StoreError> {
-        let mut pages: Vec<(u16, u64)> = entries.iter().map(|e| (e.component, e.page.0)).collect();
-        let (mut s, mut links) = (head.seq.0, 1u32);
-        while s > head.base.0 && links < self.meta.anchor_every {
-            let m = self.manifest_at(head, SeqNo(s))?;
-            if m.anchor {
+    /// Adds to `walk` the pages of at most `max` more links, going back from `walk.next` and
+    /// stopping after the chain's first seq or at an anchor (neither of which is read for it).
+    fn walk_back(&self, head: &Head, walk: &mut Walk, max: u64) -> Result<(), StoreError> {
+        let mut read = 0u64;
+        while let Some(s) = walk.next
+            && read < max
+        {
+            if s <= head.base {
+                walk.next = None;
                 break;
             }
-            pages.extend(m.entries.iter().map(|e| (e.component, e.page.0)));
-            (s, links) = (s - 1, links + 1);
-        }
-        let written = pages.len();
-        pages.sort_unstable();
-        pages.dedup();
-        Ok(pages.len() * 2 <= written)
-    }
-
-    /// Pages written by the links after the previous anchor (or after the chain's first seq)
-    /// up to the head, sorted and unique, as (component, page).
-    pub(crate) fn pages_since_anchor(&self, head: &Head) -> Result<Vec<(u16, u64)>, StoreError> {
-        let mut pages: Vec<(u16, u64)> = Vec::new();
-        let mut s = head.seq.0;
-        while s > head.base.0 {
-            let m = self.manifest_at(head, SeqNo(s))?;
+            let m = self.read_manifest(self.read_link(s)?.value())?;
             if m.anchor {
+                walk.next = None;
                 break;
             }
-            pages.extend(m.entries.iter().map(|e| (e.component, e.page.0)));
-            s -= 1;
+            (walk.pages).extend(m.entries.iter().map(|e| (e.component, e.page.0)));
+            walk.next = Some(SeqNo(s.0 - 1));
+            read += 1;
         }
-        pages.sort_unstable();
-        pages.dedup();
-        Ok(pages)
+        Ok(())
     }
 
     /// Whether every page of `carried` can be read at commit time: from the head cache, or
