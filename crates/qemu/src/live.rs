@@ -17,6 +17,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use vmattest_core::alg::is_zero;
 use vmattest_core::chain::ComponentKind;
 use vmattest_store::{ComponentInput, Hold};
 
@@ -112,7 +113,8 @@ fn run(
             path,
         });
     }
-    let sock = work.join("stream.sock");
+    let sock_path = work.join("stream.sock");
+    let sock = sock_path.clone();
     let listener = UnixListener::bind(&sock).map_err(io(&sock))?;
     listener.set_nonblocking(true).map_err(io(&sock))?;
     let (first_tx, first_rx) = mpsc::channel();
@@ -130,13 +132,7 @@ fn run(
         _ => None,
     };
     let t0 = Instant::now();
-    let paused = pause(
-        mon,
-        was_running,
-        backups,
-        &work.join("stream.sock"),
-        &first_rx,
-    );
+    let paused = pause(mon, was_running, backups, &sock_path, &first_rx);
     let snapshot_start = paused.as_ref().map_or(Duration::ZERO, |d| *d);
     let resumed = if was_running { resume(mon) } else { Ok(()) };
     let downtime = t0.elapsed();
@@ -150,7 +146,7 @@ fn run(
     let resumed = resumed.map_err(qmp_err);
     if started.is_err() {
         // A reader still waiting for QEMU gets an empty stream instead, and ends.
-        let _ = UnixStream::connect(work.join("stream.sock"));
+        let _ = UnixStream::connect(&sock_path);
     }
     let read = reader.join().unwrap_or_else(|_| {
         Err(CaptureError::Vm {
@@ -348,7 +344,7 @@ fn read_stream(
             device.page(&p);
             continue;
         }
-        if p.data.iter().any(|b| *b != 0) {
+        if !is_zero(&p.data[..]) {
             let at = p.index * PAGE_SIZE as u64;
             image
                 .write_all_at(&p.data[..], at)
