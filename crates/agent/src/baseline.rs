@@ -136,6 +136,7 @@ pub fn baseline_from_store(
         keys,
         secret,
         max_age: None,
+        revocations: &[],
     };
     let verified = store.restore(&opts, &out)?;
     if !verified.components.iter().any(|c| c.name == component) {

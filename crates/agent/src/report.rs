@@ -154,6 +154,7 @@ pub fn attest_snapshot(
         keys: chain.keys,
         secret: chain.secret,
         max_age: None,
+        revocations: &[],
     };
     let verified = store.verify(&opts)?;
     let components =

@@ -92,6 +92,8 @@ impl Fixture {
             },
             secret: None,
             anchor: false,
+            rotate_to: &[],
+            revokers: &[],
         };
         store.take(&inputs, &opts).unwrap();
     }

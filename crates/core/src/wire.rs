@@ -34,10 +34,11 @@ pub enum Kind {
     ConfigStatement,
     ConfigDisclosure,
     Rebase,
+    Revocation,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 13] = [
         Kind::MeasurementRecord,
         Kind::Signed,
         Kind::PageProof,
@@ -50,6 +51,7 @@ impl Kind {
         Kind::ConfigStatement,
         Kind::ConfigDisclosure,
         Kind::Rebase,
+        Kind::Revocation,
     ];
 
     pub fn id(self) -> u16 {
@@ -66,14 +68,17 @@ impl Kind {
             Kind::ConfigStatement => 10,
             Kind::ConfigDisclosure => 11,
             Kind::Rebase => 12,
+            Kind::Revocation => 13,
         }
     }
 
     /// Current format version of this kind.
     pub fn version(self) -> u16 {
         match self {
-            // 2: BLAKE3 delta digests key their leaves and parents.
-            Kind::Link => 2,
+            // 2: BLAKE3 delta digests key their leaves and parents; 3: key announcements.
+            Kind::Link => 3,
+            // 2: the announcing links of the folded seqs.
+            Kind::Rebase => 2,
             // 2: the anchor flag and carried entries.
             Kind::Manifest => 2,
             // 2: patch-site reports; 3: static-call targets in them; 4: reports by fingerprint.
@@ -85,7 +90,8 @@ impl Kind {
     /// Oldest version still read; objects are always written at [`Kind::version`].
     pub fn oldest_version(self) -> u16 {
         match self {
-            Kind::Evidence | Kind::Manifest => 1,
+            Kind::Evidence | Kind::Manifest | Kind::Rebase => 1,
+            Kind::Link => 2,
             k => k.version(),
         }
     }
@@ -97,14 +103,15 @@ impl Kind {
             Kind::Signed => 5 << 20,
             Kind::PageProof => 20 << 20,
             Kind::Manifest => 1 << 30,
-            Kind::Link => 4096,
+            Kind::Link => 40 * 1024,
             Kind::Batch => 2 << 20,
             Kind::Bundle => 64 * 1024,
             Kind::Evidence => 256 * 1024,
             Kind::SnapshotReport => 64 * 1024,
             Kind::ConfigStatement => 4096,
             Kind::ConfigDisclosure => 256 * 1024,
-            Kind::Rebase => 72 * 1024,
+            Kind::Rebase => 4 << 20,
+            Kind::Revocation => 24 * 1024,
         }
     }
 
@@ -122,6 +129,7 @@ impl Kind {
             Kind::ConfigStatement => "config statement",
             Kind::ConfigDisclosure => "config disclosure",
             Kind::Rebase => "chain rebase",
+            Kind::Revocation => "key revocation",
         }
     }
 }

@@ -72,6 +72,7 @@ impl Verifier {
             keys: &self.keys,
             secret: self.secret.as_ref(),
             max_age,
+            revocations: &[],
         }
     }
 }

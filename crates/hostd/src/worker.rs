@@ -384,6 +384,8 @@ fn snapshot(ctx: &Ctx<'_>, guest: &Guest<'_>, conf: &SnapshotConf, chain: &Chain
         time: vmattest_host::now(),
         secret: chain.secret.as_ref(),
         anchor: false,
+        rotate_to: &[],
+        revokers: &[],
     };
     let taken = match guest {
         Guest::Spec(spec) => vmattest_host::vm::take(

@@ -387,6 +387,7 @@ impl StoreWriter {
             keys: None,
             secret,
             max_age: None,
+            revocations: &[],
         };
         let trees = match key {
             None if self.meta.head_cache => {

@@ -1,9 +1,10 @@
 use std::path::PathBuf;
 
 use vmattest_core::alg::{Digest, PageIndex};
-use vmattest_core::chain::{ObjectId, SeqNo};
+use vmattest_core::chain::{KeyError, ObjectId, SeqNo};
 use vmattest_core::class::{Classify, ErrorClass};
 use vmattest_core::record::{RecordError, UnixTime};
+use vmattest_core::sig::KeyId;
 use vmattest_core::tree::TreeError;
 use vmattest_image::ImageError;
 use vmattest_sign::record::RecordSigError;
@@ -110,6 +111,16 @@ pub enum Broken {
     LinkSeq(SeqNo),
     #[error("link {0}")]
     Signature(RecordSigError),
+    #[error("signing keys: {0}")]
+    Keys(KeyError),
+    #[error("rebase's key link of seq {seq}: {cause}")]
+    KeyLink { seq: SeqNo, cause: Box<Broken> },
+    #[error("rebase {0}")]
+    RebaseSignature(RecordSigError),
+    #[error("announced key {key}: {detail}")]
+    AnnouncedKey { key: KeyId, detail: String },
+    #[error("revocation {file}: {detail}")]
+    Revocation { file: String, detail: String },
     #[error("previous link digest {found}, expected {expected}")]
     Prev { found: Digest, expected: Digest },
     #[error("time {found} is before the previous link's {prev}")]

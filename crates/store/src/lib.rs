@@ -6,6 +6,7 @@
 //! STORE/HEAD                  {"seq": N, "link": "<link digest>"}: the commit point
 //! STORE/links/<seq>.link      signed links, seq zero-padded to 20 digits
 //! STORE/links/<seq>.rebase    the signed rebase the chain starts with, after a prune
+//! STORE/revocations/<id>.rev  signed key revocations, named by the BLAKE3 of their bytes
 //! STORE/objects/ab/cdef...    content-addressed objects (manifests, page batches)
 //! STORE/head/                 derived cache of the head state, rebuilt from the chain if stale
 //! STORE/tmp/                  scratch space for imports and verification
@@ -28,6 +29,7 @@ mod dir;
 mod error;
 mod fsck;
 mod fsio;
+mod keys;
 mod pages;
 mod prune;
 mod rebuild;
@@ -57,6 +59,7 @@ pub use cachefiles::{BaseDiff, apply_base_diff, encode_base_diff, parse_base_dif
 pub use crypt::StoreSecret;
 pub use error::{Broken, StoreError};
 pub use fsck::FsckReport;
+pub use keys::{MAX_REVOCATIONS, NamedRevocation};
 pub use fsio::{write_atomic, write_atomic_private};
 pub use prune::{PruneOptions, PruneSummary};
 pub use replay::{PinnedKeys, ReplayOptions, Verified};

@@ -1,9 +1,9 @@
 //! Retention: folding a chain's oldest seqs under a signed rebase.
 //!
 //! The state at the new first seq is stored again as a full manifest (a delta from all-zero
-//! images, like a baseline), and a rebase signed by the pruner embeds that seq's original
-//! link, whose own signature keeps vouching for its state root and which the next link still
-//! names. Every kept seq's link, manifest and batches stay as they are, so each kept seq
+//! images, like a baseline), and a rebase, signed by the keys in force after that seq, embeds
+//! that seq's original link, whose own signature keeps vouching for its state root and which
+//! the next link still names, and the folded links that announced keys. Every kept seq's link, manifest and batches stay as they are, so each kept seq
 //! restores to the same bytes. The new chain is verified before HEAD names it (the commit);
 //! only then are the folded links and the objects no kept seq needs removed.
 
@@ -11,16 +11,18 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use vmattest_core::chain::{
-    ComponentRoot, DeltaEntry, Manifest, ObjectId, Rebase, SeqNo, delta_digest, link_digest,
-    state_root,
+    ComponentRoot, DeltaEntry, MAX_KEY_LINKS, Manifest, ObjectId, Rebase, SeqNo, SignedLink,
+    SignedRebase, delta_digest, link_digest, state_root,
 };
 use vmattest_core::record::UnixTime;
+use vmattest_core::sig::KeyId;
 use vmattest_image::MappedImage;
 use vmattest_sign::Signer;
 
 use crate::crypt::StoreSecret;
 use crate::dir::{Access, Dir};
 use crate::replay::{NameFn, Outputs, PinnedKeys, Plan, Source};
+use crate::keys;
 use crate::take::{self, fail_point, sign_with};
 use crate::{Head, StoreError, StoreWriter};
 
@@ -107,6 +109,7 @@ impl StoreWriter {
             keys: Some(opts.keys.keys()),
             secret: opts.secret,
             max_age: None,
+            revocations: &[],
         };
         let scratch = self.tmp_dir("prune")?;
         let name = |i: usize, _: &ComponentRoot| format!("{i}.img");
@@ -116,6 +119,18 @@ impl StoreWriter {
         if link_digest(&link) != at.link {
             return Err(StoreError::Input(format!(
                 "seq {target}: its link changed while the chain was read"
+            )));
+        }
+        let key_links = self.folded_key_links(old_rebase.as_ref(), head.base, target)?;
+        let mut want = keys::next_signers(link.value(), &self.revocations()?, &[])?;
+        let mut have: Vec<KeyId> = opts.signers.iter().map(|s| s.key_id()).collect();
+        want.sort();
+        have.sort();
+        if want != have {
+            let ids: Vec<String> = want.iter().map(KeyId::to_hex).collect();
+            return Err(StoreError::Input(format!(
+                "a rebase of seq {target} is signed by the keys in force after it: {}",
+                ids.join(", ")
             )));
         }
         let old = self.read_manifest(link.value())?;
@@ -169,6 +184,7 @@ impl StoreWriter {
                 link: link.clone(),
                 manifest: manifest_id,
                 delta: delta_digest(self.params.alg(), &manifest.entries),
+                key_links,
                 time: opts.time,
                 key_ids: opts.signers.iter().map(|s| s.key_id()).collect(),
             },
@@ -224,6 +240,35 @@ impl StoreWriter {
         summary.removed_files = files;
         summary.removed_bytes = bytes;
         Ok(summary)
+    }
+
+    /// The links below `target` that announce keys, from the chain's first seq `base`: the
+    /// path a verifier walks from its pinned keys to the keys in force at `target`.
+    fn folded_key_links(
+        &self,
+        old: Option<&SignedRebase>,
+        base: SeqNo,
+        target: SeqNo,
+    ) -> Result<Vec<SignedLink>, StoreError> {
+        let mut out: Vec<SignedLink> = match old {
+            Some(r) => {
+                let mut v = r.value().key_links.clone();
+                v.push(r.value().link.clone());
+                v
+            }
+            None => Vec::new(),
+        };
+        for s in base.0 + u64::from(old.is_some())..target.0 {
+            out.push(self.read_link(SeqNo(s))?);
+        }
+        out.retain(|l| !l.value().announce.is_empty());
+        if out.len() > MAX_KEY_LINKS {
+            return Err(StoreError::Input(format!(
+                "seqs below {target} announce keys {} times; a rebase carries at most {MAX_KEY_LINKS}",
+                out.len()
+            )));
+        }
+        Ok(out)
     }
 
     /// Files in `dir` for a replay's images; an encrypted store's plaintext stays in memory.

@@ -21,6 +21,7 @@ use vmattest_image::MappedImage;
 
 use crate::crypt::StoreSecret;
 use crate::dir::{Access, Dir, TempDir, memory_file};
+use crate::keys::{KeyWalk, NamedRevocation};
 use crate::pages::{ObjectFn, idx};
 use crate::rebuild::{Decoder, REGION_PAGES, Rebuild, Scratch};
 use crate::{Broken, Store, StoreError};
@@ -54,6 +55,8 @@ pub struct ReplayOptions<'a> {
     pub secret: Option<&'a StoreSecret>,
     /// Refuse a last link older than `secs` seconds before `now`.
     pub max_age: Option<(UnixTime, u64)>,
+    /// Revocations from outside the store, honoured with the store's own.
+    pub revocations: &'a [NamedRevocation],
 }
 
 impl<'a> ReplayOptions<'a> {
@@ -64,6 +67,7 @@ impl<'a> ReplayOptions<'a> {
             keys,
             secret: None,
             max_age: None,
+            revocations: &[],
         }
     }
 }
@@ -76,6 +80,7 @@ pub(crate) struct Plan<'a> {
     pub keys: Option<&'a [PublicKey]>,
     pub secret: Option<&'a StoreSecret>,
     pub max_age: Option<(UnixTime, u64)>,
+    pub revocations: &'a [NamedRevocation],
 }
 
 impl<'a> From<&ReplayOptions<'a>> for Plan<'a> {
@@ -85,6 +90,7 @@ impl<'a> From<&ReplayOptions<'a>> for Plan<'a> {
             keys: Some(o.keys.keys()),
             secret: o.secret,
             max_age: o.max_age,
+            revocations: o.revocations,
         }
     }
 }
@@ -471,12 +477,48 @@ impl Store {
     }
 
     /// Link-level checks; returns the manifests in seq order.
+    /// The keys each link (and the rebase) must be signed by, from the keys the caller pins
+    /// through the chain's rotations and revocations; none when the caller pins none.
+    fn link_signers(&self, src: &Source<'_>, opts: &Plan<'_>) -> Result<Signers, StoreError> {
+        let mut out = Signers {
+            keys: Vec::new(),
+            rebase: None,
+            failure: None,
+        };
+        let Some(pinned) = opts.keys else {
+            return Ok(out);
+        };
+        let mut revocations = self.revocations()?;
+        revocations.extend(opts.revocations.iter().cloned());
+        let mut walk = KeyWalk::new(pinned, src.rebase.as_ref(), &src.links, &revocations)?;
+        for (k, l) in src.links.iter().enumerate() {
+            match walk.expect(l) {
+                Ok(keys) => out.keys.push(keys),
+                Err(b) => {
+                    out.failure = Some(b);
+                    break;
+                }
+            }
+            if k == 0 && src.rebase.is_some() {
+                match walk.current() {
+                    Ok(keys) => out.rebase = Some(keys),
+                    Err(b) => {
+                        out.failure = Some(b);
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     fn check_links(&self, src: &Source<'_>, opts: &Plan<'_>) -> Result<Vec<Manifest>, StoreError> {
         let alg = self.params.alg();
         let mut prev = alg.zero_digest();
         let mut prev_time = UnixTime { secs: 0, nanos: 0 };
         let mut out: Vec<Manifest> = Vec::with_capacity(src.links.len());
         let base = src.rebase.as_ref().map_or(SeqNo(0), |r| r.value().seq());
+        let mut signers = self.link_signers(src, opts)?;
         // Signatures, manifests and delta digests of all links at once; the checks below
         // still run, and fail, in seq order.
         let heavy: Vec<LinkWork> = src
@@ -485,10 +527,15 @@ impl Store {
             .enumerate()
             .map(|(k, signed)| {
                 let folded = src.rebase.as_ref().filter(|_| k == 0);
-                let signature = match opts.keys {
+                let signature = match signers.keys.get(k) {
                     Some(keys) => verify_signed(signed, keys)
-                        .and_then(|()| folded.map_or(Ok(()), |r| verify_signed(r, keys)))
-                        .map_err(Broken::Signature),
+                        .map_err(Broken::Signature)
+                        .and_then(|()| match (folded, &signers.rebase) {
+                            (Some(r), Some(keys)) => {
+                                verify_signed(r, keys).map_err(Broken::RebaseSignature)
+                            }
+                            _ => Ok(()),
+                        }),
                     None => Ok(()),
                 };
                 // A rebase's full manifest stands in for its link's pruned delta.
@@ -512,6 +559,11 @@ impl Store {
             let l = signed.value();
             if l.seq != seq {
                 return Err(bad(Broken::LinkSeq(l.seq)));
+            }
+            if k == signers.keys.len()
+                && let Some(b) = signers.failure.take()
+            {
+                return Err(bad(b));
             }
             work.signature.map_err(bad)?;
             let folded = src.rebase.as_ref().filter(|_| k == 0).map(|r| r.value());
@@ -593,6 +645,14 @@ impl Store {
 }
 
 /// What [`Store::check_links`] computes for each link in parallel.
+/// What [`Store::link_signers`] found: the keys of each link up to the first one the key
+/// rules refuse (and why), and the rebase's.
+struct Signers {
+    keys: Vec<Vec<PublicKey>>,
+    rebase: Option<Vec<PublicKey>>,
+    failure: Option<Broken>,
+}
+
 struct LinkWork {
     signature: Result<(), Broken>,
     manifest: Result<(Manifest, Digest), Broken>,

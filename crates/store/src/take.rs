@@ -6,18 +6,20 @@ use std::path::PathBuf;
 use rayon::prelude::*;
 use vmattest_core::alg::{PAGE_SIZE, PageIndex};
 use vmattest_core::chain::{
-    BatchRef, ComponentKind, ComponentRoot, DeltaEntry, Link, MAX_COMPONENTS, MAX_NAME_LEN,
-    Manifest, PageChange, SeqNo, StateMeta, delta_digest, is_valid_name, link_digest, state_root,
+    Announce, BatchRef, ComponentKind, ComponentRoot, DeltaEntry, Link, MAX_COMPONENTS,
+    MAX_NAME_LEN, Manifest, PageChange, SeqNo, StateMeta, delta_digest, is_valid_name,
+    link_digest, state_root,
 };
 use vmattest_core::record::{Signable, SignatureEntry, Signed, UnixTime};
 use vmattest_core::tree::{ImageTree, in_hole};
 use vmattest_image::MappedImage;
-use vmattest_sign::Signer;
+use vmattest_sign::{PublicKey, Signer};
 
 use crate::anchor::{self, Pages};
 use crate::batch::{self, BATCH_PAGES};
 use crate::cache::{CacheWriter, HeadPages};
 use crate::crypt::{PageKey, StoreSecret};
+use crate::keys::chain_key;
 use crate::pages::{is_zero, page_of};
 use crate::{Head, StoreError, StoreWriter};
 
@@ -37,6 +39,11 @@ pub struct TakeOptions<'a> {
     pub secret: Option<&'a StoreSecret>,
     /// Make this link an anchor whatever the store's interval.
     pub anchor: bool,
+    /// Keys the chain rotates to: they sign this link beside the keys in force, and sign in
+    /// their place from the next link on.
+    pub rotate_to: &'a [&'a dyn Signer],
+    /// Keys allowed to revoke the chain's keys; announced by the baseline only.
+    pub revokers: &'a [PublicKey],
 }
 
 impl std::fmt::Debug for TakeOptions<'_> {
@@ -337,6 +344,7 @@ impl StoreWriter {
             Some(h) => Some(self.read_link(h.seq)?),
             None => None,
         };
+        let signers = self.link_signers(prev_link.as_ref(), opts)?;
         let seq = SeqNo(head.map_or(0, |h| h.seq.0 + 1));
         if let Some(link) = &prev_link
             && opts.time < link.value().time
@@ -476,9 +484,13 @@ impl StoreWriter {
             state_root: root,
             manifest: manifest_id,
             time: opts.time,
-            key_ids: opts.signers.iter().map(|s| s.key_id()).collect(),
+            key_ids: signers.iter().map(|s| s.key_id()).collect(),
+            announce: Announce {
+                signers: opts.rotate_to.iter().map(|s| chain_key(&s.public_key())).collect(),
+                revokers: opts.revokers.iter().map(chain_key).collect(),
+            },
         };
-        let signed = sign_with(link, opts.signers)?;
+        let signed = sign_with(link, &signers)?;
         let bytes = signed
             .encode()
             .map_err(|e| StoreError::Input(e.to_string()))?;

@@ -136,6 +136,8 @@ fn damaged_foreign_stale_and_forked_bundles_change_nothing() {
             },
             secret: None,
             anchor: false,
+            rotate_to: &[],
+            revokers: &[],
         };
         store.take(&inputs, &opts).unwrap();
     }

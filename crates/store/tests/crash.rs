@@ -44,6 +44,8 @@ fn take_at(
             time: UnixTime { secs, nanos: 0 },
             secret: None,
             anchor: false,
+            rotate_to: &[],
+            revokers: &[],
         },
     )
 }
@@ -79,6 +81,8 @@ fn second_writer_is_locked_out_until_the_first_is_dropped() {
         time: UnixTime { secs: 1, nanos: 0 },
         secret: None,
         anchor: false,
+        rotate_to: &[],
+        revokers: &[],
     };
     let inputs = [input("mem", ComponentKind::Memory, &mp, None)];
     drop(first);

@@ -307,6 +307,8 @@ fn regression_planted_fifos_never_hang_a_store_command() {
                     },
                     secret: None,
                     anchor: false,
+                    rotate_to: &[],
+                    revokers: &[],
                 },
             )
             .map(|_| ())

@@ -14,7 +14,7 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use common::*;
-use vmattest_core::chain::{ComponentKind, Link, ObjectId, SeqNo};
+use vmattest_core::chain::{ComponentKind, KeyError, Link, ObjectId, SeqNo};
 use vmattest_core::class::{Classify as _, ErrorClass};
 use vmattest_core::sig::SigAlg;
 use vmattest_core::wire::{Kind, Writer};
@@ -304,7 +304,7 @@ fn wrong_key_is_named_and_prefixes_before_damage_still_verify() {
             e,
             StoreError::Verification {
                 seq: SeqNo(0),
-                broken: Broken::Signature(_)
+                broken: Broken::Keys(KeyError::Signers { .. })
             }
         ),
         "a signature by an unpinned key fails the first link: {e}"

@@ -75,6 +75,8 @@ pub fn run(cmd: SnapshotCommand, json: bool) -> anyhow::Result<()> {
                 time: vmattest_host::now(),
                 secret: secret.as_ref(),
                 anchor,
+                rotate_to: &[],
+                revokers: &[],
             };
             let (s, hypervisor) = match (vm, domain) {
                 (Some(vm), _) => {

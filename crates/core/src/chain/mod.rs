@@ -6,20 +6,24 @@
 //! and their new digests), the state root and the manifest that says where the pages are stored.
 //! Seq 0 (the baseline) is a delta from all-zero images of the same sizes.
 
+pub mod keys;
 mod manifest;
 
+#[cfg(test)]
+mod keys_tests;
 #[cfg(test)]
 mod tests;
 
 use core::fmt;
 
+pub use keys::{Announce, ChainKey, KeyError, KeySchedule, Revocation, SignedRevocation};
 pub use manifest::{BatchRef, DeltaEntry, MAX_BATCH_PAGES, Manifest, PageChange, delta_digest};
 
 use crate::alg::{Digest, HashAlg};
 use crate::record::{RecordError, Signable, Signed, UnixTime};
 use crate::sig::KeyId;
 use crate::tree::{MAX_SALT_LEN, TreeParams, read_alg};
-use crate::wire::{HEADER_LEN, Kind, Reader, WireError, Writer};
+use crate::wire::{HEADER_LEN, Kind, Reader, WireError, Writer, open_versioned};
 
 pub const MAX_COMPONENTS: usize = 64;
 pub const MAX_NAME_LEN: usize = 255;
@@ -230,7 +234,9 @@ pub struct Link {
     pub state_root: Digest,
     pub manifest: ObjectId,
     pub time: UnixTime,
+    /// The signers, all of whom signed: the keys in force, and those a rotation announces.
     pub key_ids: Vec<KeyId>,
+    pub announce: Announce,
 }
 
 pub type SignedLink = Signed<Link>;
@@ -242,7 +248,7 @@ impl Link {
 }
 
 /// A link or rebase names 1 to [`crate::record::MAX_SIGNATURES`] signers.
-fn check_key_ids(ids: &[KeyId]) -> Result<(), RecordError> {
+pub(crate) fn check_key_ids(ids: &[KeyId]) -> Result<(), RecordError> {
     if ids.is_empty() || ids.len() > crate::record::MAX_SIGNATURES {
         return Err(RecordError::Count {
             what: "key ids",
@@ -276,11 +282,12 @@ impl Signable for Link {
         for k in &self.key_ids {
             w.raw(&k.0);
         }
+        self.announce.write(&mut w);
         Ok(w.envelope(Kind::Link))
     }
 
     fn decode(bytes: &[u8]) -> Result<Link, RecordError> {
-        let mut r = crate::wire::open(bytes, Kind::Link)?;
+        let (mut r, version) = open_versioned(bytes, Kind::Link)?;
         let alg = read_alg(&mut r)?;
         let seq = SeqNo(r.u64("seq")?);
         let prev = read_digest(&mut r, alg, "previous link digest")?;
@@ -291,6 +298,11 @@ impl Signable for Link {
         let secs = r.u64("time seconds")?;
         let nanos = r.u32("time nanoseconds")?;
         let key_ids = crate::record::read_key_ids(&mut r)?;
+        let announce = if version >= 3 {
+            Announce::read(&mut r)?
+        } else {
+            Announce::default()
+        };
         r.finish(Kind::Link)?;
         Ok(Link {
             seq,
@@ -300,6 +312,7 @@ impl Signable for Link {
             manifest: ObjectId(m),
             time: UnixTime { secs, nanos },
             key_ids,
+            announce,
         })
     }
 
@@ -309,7 +322,9 @@ impl Signable for Link {
 }
 
 /// Largest signed link a rebase embeds.
-pub const MAX_EMBEDDED_LINK: usize = 64 * 1024;
+pub const MAX_EMBEDDED_LINK: usize = 96 * 1024;
+/// Most announcing links a rebase carries from the seqs it folds.
+pub const MAX_KEY_LINKS: usize = 32;
 
 /// A fold of seqs `0..seq` of a chain (signed as a [`Signed<Rebase>`]): the chain now starts
 /// at `seq`, whose state a full manifest (a delta from all-zero images) holds. The original
@@ -327,6 +342,9 @@ pub struct Rebase {
     pub manifest: ObjectId,
     /// Its delta digest (from all-zero images).
     pub delta: Digest,
+    /// The folded links that announce keys, in seq order: the verifier's path from the keys
+    /// it pins to the keys in force at `seq`.
+    pub key_links: Vec<SignedLink>,
     /// When the fold was made.
     pub time: UnixTime,
     pub key_ids: Vec<KeyId>,
@@ -362,12 +380,23 @@ impl Signable for Rebase {
                 "rebase digests mix tree algorithms; expected {alg} throughout"
             )));
         }
-        let link = self.link.encode()?;
-        if link.len() > MAX_EMBEDDED_LINK {
+        let embed = |l: &SignedLink| -> Result<Vec<u8>, RecordError> {
+            let bytes = l.encode()?;
+            if bytes.len() > MAX_EMBEDDED_LINK {
+                return Err(RecordError::Count {
+                    what: "bytes of embedded link",
+                    max: MAX_EMBEDDED_LINK,
+                    found: bytes.len(),
+                });
+            }
+            Ok(bytes)
+        };
+        let link = embed(&self.link)?;
+        if self.key_links.len() > MAX_KEY_LINKS {
             return Err(RecordError::Count {
-                what: "bytes of embedded link",
-                max: MAX_EMBEDDED_LINK,
-                found: link.len(),
+                what: "key links",
+                max: MAX_KEY_LINKS,
+                found: self.key_links.len(),
             });
         }
         let mut w = Writer::new();
@@ -378,7 +407,11 @@ impl Signable for Rebase {
             .bytes(&link)
             .raw(&self.manifest.0)
             .raw(self.delta.as_bytes())
-            .u64(self.time.secs)
+            .u8(u8::try_from(self.key_links.len()).unwrap_or(u8::MAX));
+        for l in &self.key_links {
+            w.bytes(&embed(l)?);
+        }
+        w.u64(self.time.secs)
             .u32(self.time.nanos)
             .u8(u8::try_from(self.key_ids.len()).unwrap_or(u8::MAX));
         for k in &self.key_ids {
@@ -388,7 +421,7 @@ impl Signable for Rebase {
     }
 
     fn decode(bytes: &[u8]) -> Result<Rebase, RecordError> {
-        let mut r = crate::wire::open(bytes, Kind::Rebase)?;
+        let (mut r, version) = open_versioned(bytes, Kind::Rebase)?;
         let alg = read_alg(&mut r)?;
         let seq = r.u64("seq")?;
         let origin = read_digest(&mut r, alg, "origin link digest")?;
@@ -415,6 +448,11 @@ impl Signable for Rebase {
         let mut m = [0u8; 32];
         m.copy_from_slice(r.take("manifest id", 32)?);
         let delta = read_digest(&mut r, alg, "delta digest")?;
+        let key_links = if version >= 2 {
+            read_key_links(&mut r, SeqNo(seq), alg)?
+        } else {
+            Vec::new()
+        };
         let secs = r.u64("time seconds")?;
         let nanos = r.u32("time nanoseconds")?;
         let key_ids = crate::record::read_key_ids(&mut r)?;
@@ -425,6 +463,7 @@ impl Signable for Rebase {
             link,
             manifest: ObjectId(m),
             delta,
+            key_links,
             time: UnixTime { secs, nanos },
             key_ids,
         })
@@ -433,4 +472,36 @@ impl Signable for Rebase {
     fn key_ids(&self) -> &[KeyId] {
         &self.key_ids
     }
+}
+
+/// A rebase's key links: announcing links of seqs below `seq`, in increasing seq order.
+fn read_key_links(
+    r: &mut Reader<'_>,
+    seq: SeqNo,
+    alg: HashAlg,
+) -> Result<Vec<SignedLink>, RecordError> {
+    let at = r.offset();
+    let n = usize::from(r.u8("key link count")?);
+    if n > MAX_KEY_LINKS {
+        return Err(r.bad("key link count", at, "expected 0 to 32", n).into());
+    }
+    let mut links: Vec<SignedLink> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let at = r.offset();
+        let link = SignedLink::decode(r.bytes("key link", MAX_EMBEDDED_LINK)?)?;
+        let l = link.value();
+        let after = links.last().map(|p| p.value().seq);
+        if l.seq >= seq || after.is_some_and(|a| l.seq <= a) || l.announce.is_empty() || l.alg() != alg {
+            return Err(r
+                .bad(
+                    "key link",
+                    at,
+                    "an announcing link of a folded seq, in order, with the rebase's tree algorithm",
+                    format!("seq {} with {}", l.seq, l.alg()),
+                )
+                .into());
+        }
+        links.push(link);
+    }
+    Ok(links)
 }

@@ -231,6 +231,7 @@ fn link(seq: u64) -> Link {
         manifest: ObjectId([4; 32]),
         time: UnixTime { secs: 5, nanos: 6 },
         key_ids: vec![KeyId([9; 32])],
+        announce: Announce::default(),
     }
 }
 
@@ -276,6 +277,7 @@ fn rebase(seq: u64) -> Rebase {
         link: signed_link(seq),
         manifest: ObjectId([12; 32]),
         delta: d(13),
+        key_links: Vec::new(),
         time: UnixTime { secs: 7, nanos: 8 },
         key_ids: vec![KeyId([9; 32])],
     }

@@ -140,6 +140,8 @@ impl Fixture {
             },
             secret: self.secret.as_ref(),
             anchor,
+            rotate_to: &[],
+            revokers: &[],
         };
         store.commit(frozen, &opts)
     }
@@ -150,6 +152,7 @@ impl Fixture {
             keys,
             secret: self.secret.as_ref(),
             max_age: None,
+            revocations: &[],
         }
     }
 }
