@@ -79,6 +79,8 @@ impl Kind {
             Kind::Link => 3,
             // 2: the announcing links of the folded seqs.
             Kind::Rebase => 2,
+            // 2: revocation frames.
+            Kind::Bundle => 2,
             // 2: the anchor flag and carried entries.
             Kind::Manifest => 2,
             // 2: patch-site reports; 3: static-call targets in them; 4: reports by fingerprint.
@@ -90,7 +92,7 @@ impl Kind {
     /// Oldest version still read; objects are always written at [`Kind::version`].
     pub fn oldest_version(self) -> u16 {
         match self {
-            Kind::Evidence | Kind::Manifest | Kind::Rebase => 1,
+            Kind::Evidence | Kind::Manifest | Kind::Rebase | Kind::Bundle => 1,
             Kind::Link => 2,
             k => k.version(),
         }

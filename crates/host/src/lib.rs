@@ -19,6 +19,7 @@ pub mod policy;
 pub mod quotefile;
 pub mod record;
 pub mod report;
+pub mod revoke;
 pub mod tpm;
 pub mod verdict;
 pub mod verifier;

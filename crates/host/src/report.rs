@@ -256,6 +256,12 @@ pub struct LinkJson {
     pub key_ids: Vec<String>,
     /// Whether its manifest is an anchor (`snapshot take --anchor`).
     pub anchor: bool,
+    /// The keys that sign from the next link on, when this link rotates.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rotates_to: Vec<String>,
+    /// The keys allowed to revoke, which only a baseline announces.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub revokers: Vec<String>,
 }
 
 impl From<&SignedLink> for LinkJson {
@@ -271,6 +277,8 @@ impl From<&SignedLink> for LinkJson {
             manifest: v.manifest.to_hex(),
             key_ids: v.key_ids.iter().map(|k| k.to_hex()).collect(),
             anchor: false,
+            rotates_to: v.announce.signers.iter().map(|k| k.id().to_hex()).collect(),
+            revokers: v.announce.revokers.iter().map(|k| k.id().to_hex()).collect(),
         }
     }
 }
@@ -285,7 +293,14 @@ impl fmt::Display for LinkJson {
             self.link,
             self.state_root,
             if self.anchor { "  anchor" } else { "" }
-        )
+        )?;
+        if !self.rotates_to.is_empty() {
+            write!(f, "  rotates to {}", self.rotates_to.join(","))?;
+        }
+        if !self.revokers.is_empty() {
+            write!(f, "  revokers {}", self.revokers.join(","))?;
+        }
+        Ok(())
     }
 }
 

@@ -7,9 +7,12 @@ use vmattest_core::chain::SeqNo;
 use vmattest_core::class::{Classify, ErrorClass};
 use vmattest_core::record::UnixTime;
 use vmattest_sign::PublicKey;
-use vmattest_store::{PinnedKeys, ReplayOptions, StoreError, StoreSecret};
+use vmattest_store::{
+    MAX_REVOCATIONS, NamedRevocation, PinnedKeys, ReplayOptions, StoreError, StoreSecret,
+};
 
 use crate::keys::{self, KeyError};
+use crate::revoke::{self, RevokeError};
 use crate::tpm::{self, TpmError};
 
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +23,8 @@ pub enum VerifierError {
     Secret(#[from] TpmError),
     #[error(transparent)]
     Pinned(#[from] StoreError),
+    #[error(transparent)]
+    Revocation(#[from] RevokeError),
 }
 
 impl Classify for VerifierError {
@@ -28,15 +33,18 @@ impl Classify for VerifierError {
             VerifierError::Key(e) => e.class(),
             VerifierError::Secret(e) => e.class(),
             VerifierError::Pinned(e) => e.class(),
+            VerifierError::Revocation(e) => e.class(),
         }
     }
 }
 
-/// Pinned keys (at least one) and the store secret, if any.
+/// Pinned keys (at least one), the store secret if any, and revocations handed in beside
+/// the ones a store keeps.
 #[derive(Debug)]
 pub struct Verifier {
     keys: PinnedKeys,
     secret: Option<StoreSecret>,
+    revocations: Vec<NamedRevocation>,
 }
 
 impl Verifier {
@@ -45,7 +53,25 @@ impl Verifier {
     pub fn load(pubkeys: &[PathBuf], secret: Option<&Path>) -> Result<Verifier, VerifierError> {
         let keys = PinnedKeys::new(keys::pinned(pubkeys)?)?;
         let secret = secret.map(tpm::load_secret).transpose()?;
-        Ok(Verifier { keys, secret })
+        Ok(Verifier {
+            keys,
+            secret,
+            revocations: Vec::new(),
+        })
+    }
+
+    /// Also honours the revocations in `files` (at most [`MAX_REVOCATIONS`]).
+    pub fn with_revocations(mut self, files: &[PathBuf]) -> Result<Verifier, VerifierError> {
+        if files.len() > MAX_REVOCATIONS {
+            return Err(VerifierError::Pinned(StoreError::Input(format!(
+                "{} revocation files, expected at most {MAX_REVOCATIONS}",
+                files.len()
+            ))));
+        }
+        for f in files {
+            self.revocations.push(revoke::read(f)?);
+        }
+        Ok(self)
     }
 
     pub fn keys(&self) -> &[PublicKey] {
@@ -72,7 +98,7 @@ impl Verifier {
             keys: &self.keys,
             secret: self.secret.as_ref(),
             max_age,
-            revocations: &[],
+            revocations: &self.revocations,
         }
     }
 }

@@ -1,13 +1,14 @@
 //! Bundles: one file carrying links a..=b and every object they reference, for migration.
 //!
 //! ```text
-//! header   envelope kind 7 (bundle), version 1, body:
+//! header   envelope kind 7 (bundle), version 2, body:
 //!            store meta (JSON) bytes32 | first seq u64 | last seq u64
-//! frame*   tag u8 (1 link, 2 object, 3 rebase) | len u32 | bytes
+//! frame*   tag u8 (1 link, 2 object, 3 rebase, 4 revocation) | len u32 | bytes
 //! trailer  tag u8 = 0xff | BLAKE3 of every byte before the trailer [32]
 //! ```
 //!
-//! Frames come in export order: a link, its manifest, the manifest's batches, the next link.
+//! Frames come in export order: a link, its manifest, the manifest's batches, the next link;
+//! then the key revocations the store keeps (version 2), which the import honours and keeps.
 //! A bundle of a pruned chain from its first seq opens with the chain's rebase instead of a
 //! link; it imports only into an empty store.
 //! Import streams each object frame to `tmp/` (bounded memory; a frame longer than the object
@@ -19,23 +20,19 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use vmattest_core::chain::{
-    Link, Manifest, ObjectId, SeqNo, SignedLink, SignedRebase, link_digest,
-};
-use vmattest_core::record::Signed;
+use vmattest_core::chain::{Manifest, ObjectId, SeqNo, SignedLink, SignedRebase, link_digest};
 use vmattest_core::wire::{HEADER_LEN, Kind, Writer};
 
 use crate::dir::{Dir, TempDir};
+use crate::frames::{TAG_END, TAG_LINK, TAG_OBJECT, TAG_REBASE, TAG_REVOCATION, frame};
+use crate::keys::NamedRevocation;
+pub use crate::frames::{BundleHeader, BundleReader, Frame};
 use crate::replay::{Outputs, ReplayOptions, Source, Verified};
-use crate::{Head, Store, StoreError, StoreMeta, StoreWriter, fsio};
+use crate::{Head, Store, StoreError, StoreWriter, fsio};
 
-const TAG_LINK: u8 = 1;
-const TAG_OBJECT: u8 = 2;
-const TAG_REBASE: u8 = 3;
-const TAG_END: u8 = 0xff;
 const MAX_FRAME: usize = Kind::Manifest.max_body() + HEADER_LEN;
 /// More links than any real chain between two exports; bounds what a header can ask for.
 const MAX_BUNDLE_LINKS: u64 = 1 << 24;
@@ -153,6 +150,10 @@ impl Store {
                     self.progress().advance(bytes.len() as u64);
                     objects += 1;
                 }
+            }
+            for (_, r) in self.revocations()? {
+                let bytes = r.encode().map_err(|e| StoreError::Input(e.to_string()))?;
+                frame(&mut w, TAG_REVOCATION, &bytes).map_err(wio)?;
             }
             let digest = w.hash.finalize();
             let mut f = w.inner.into_inner().map_err(|e| StoreError::Io {
@@ -273,6 +274,8 @@ impl Store {
         // at once, so nothing unsigned is ever kept.
         let mut links: Vec<SignedLink> = Vec::new();
         let mut rebase: Option<SignedRebase> = None;
+        let mut revocations: Vec<NamedRevocation> = opts.revocations.to_vec();
+        let mut carried: Vec<NamedRevocation> = Vec::new();
         // The writer lock holds HEAD still for the whole import.
         let head = store.head()?;
         let mut expect: VecDeque<(ObjectId, Kind, SeqNo)> = VecDeque::new();
@@ -297,8 +300,21 @@ impl Store {
                     links.push(r.value().link.clone());
                     rebase = Some(*r);
                 }
+                Frame::Revocation(r) => {
+                    if carried.len() >= crate::MAX_REVOCATIONS {
+                        return Err(bad(format!(
+                            "more than {} revocations",
+                            crate::MAX_REVOCATIONS
+                        )));
+                    }
+                    let name = format!("{} (revocation {})", bundle.display(), carried.len());
+                    carried.push((name, *r));
+                }
                 Frame::Link(link) => {
                     let seq = SeqNo(first.0 + links.len() as u64);
+                    if !carried.is_empty() {
+                        return Err(bad(format!("link {seq} after the revocations")));
+                    }
                     if head.is_none() && links.is_empty() && first.0 != 0 {
                         return Err(bad(format!(
                             "starts at seq {first}; an empty store needs a bundle from seq 0 or from a rebase"
@@ -360,6 +376,12 @@ impl Store {
             )));
         }
 
+        revocations.extend(carried.iter().cloned());
+        let opts = &ReplayOptions {
+            revocations: &revocations,
+            ..*opts
+        };
+
         // Chain rules against what is already here.
         if rebase.is_some() && head.is_some() {
             return Err(bad(format!(
@@ -385,6 +407,7 @@ impl Store {
                     )));
                 }
                 let verified = store.verify(opts)?;
+                store.keep_revocations(&carried)?;
                 return Ok(ImportSummary {
                     first,
                     last,
@@ -481,6 +504,7 @@ impl Store {
                 .write_file(&store.link_path(l.value().seq), &bytes, true)?;
             new_links += 1;
         }
+        store.keep_revocations(&carried)?;
         store.cache_invalidate()?;
         store.set_head(Head {
             seq: verified.seq,
@@ -529,7 +553,7 @@ enum Created {
 }
 
 /// The number of links in `first..=last`, refusing an empty or absurd range.
-fn header_count(first: SeqNo, last: SeqNo) -> Result<u64, String> {
+pub(crate) fn header_count(first: SeqNo, last: SeqNo) -> Result<u64, String> {
     let Some(span) = last.0.checked_sub(first.0) else {
         return Err(format!("seq range {first}..={last} is empty"));
     };
@@ -598,220 +622,5 @@ impl Write for StagedObject<'_> {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
-    }
-}
-
-/// What a bundle's header says.
-#[derive(Debug, Clone)]
-pub struct BundleHeader {
-    pub meta: StoreMeta,
-    pub first: SeqNo,
-    pub last: SeqNo,
-}
-
-/// One frame of a bundle.
-#[derive(Debug)]
-pub enum Frame {
-    Link(Box<SignedLink>),
-    Rebase(Box<SignedRebase>),
-    /// An object, streamed into the caller's sink: its content address and length.
-    Object {
-        id: ObjectId,
-        len: u64,
-    },
-}
-
-/// Reads a bundle frame by frame with bounded memory: link frames are small and decoded;
-/// object frames are streamed to a sink while hashed; the trailer is checked at the end.
-pub struct BundleReader<R: Read> {
-    r: HashingReader<R>,
-    path: PathBuf,
-    done: bool,
-}
-
-impl<R: Read> std::fmt::Debug for BundleReader<R> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BundleReader")
-            .field("path", &self.path)
-            .finish()
-    }
-}
-
-impl<R: Read> BundleReader<R> {
-    /// Reads and checks the header; `path` names the bundle in errors.
-    pub fn new(inner: R, path: &Path) -> Result<(BundleReader<R>, BundleHeader), StoreError> {
-        let mut me = BundleReader {
-            r: HashingReader {
-                inner,
-                hash: blake3::Hasher::new(),
-            },
-            path: path.to_path_buf(),
-            done: false,
-        };
-        let mut head16 = [0u8; HEADER_LEN];
-        me.r.read_exact(&mut head16)
-            .map_err(|_| me.bad("truncated header".into()))?;
-        let body_len =
-            u32::from_be_bytes([head16[12], head16[13], head16[14], head16[15]]) as usize;
-        if body_len > Kind::Bundle.max_body() {
-            return Err(me.bad(format!(
-                "header of {body_len} bytes, expected at most {}",
-                Kind::Bundle.max_body()
-            )));
-        }
-        let mut whole = head16.to_vec();
-        whole.resize(HEADER_LEN + body_len, 0);
-        me.r.read_exact(&mut whole[HEADER_LEN..])
-            .map_err(|_| me.bad("truncated header".into()))?;
-        let header = (|| -> Result<BundleHeader, String> {
-            let mut hr =
-                vmattest_core::wire::open(&whole, Kind::Bundle).map_err(|e| e.to_string())?;
-            let meta_json = hr
-                .bytes("store meta", 64 * 1024)
-                .map_err(|e| e.to_string())?;
-            let meta: StoreMeta =
-                serde_json::from_slice(meta_json).map_err(|e| format!("store meta: {e}"))?;
-            let first = SeqNo(hr.u64("first seq").map_err(|e| e.to_string())?);
-            let last = SeqNo(hr.u64("last seq").map_err(|e| e.to_string())?);
-            header_count(first, last)?;
-            Ok(BundleHeader { meta, first, last })
-        })()
-        .map_err(|d| me.bad(d))?;
-        Ok((me, header))
-    }
-
-    fn bad(&self, detail: String) -> StoreError {
-        StoreError::Bundle {
-            path: self.path.clone(),
-            detail,
-        }
-    }
-
-    /// The next frame, or `None` after a valid trailer. An object frame longer than
-    /// `max_object` bytes is refused before any of it is read.
-    pub fn next_frame(
-        &mut self,
-        sink: &mut dyn Write,
-        max_object: usize,
-    ) -> Result<Option<Frame>, StoreError> {
-        if self.done {
-            return Ok(None);
-        }
-        let mut tag = [0u8; 1];
-        let digest_so_far = self.r.hash.clone().finalize();
-        self.r
-            .inner
-            .read_exact(&mut tag)
-            .map_err(|_| self.bad("truncated: no trailer".into()))?;
-        if tag[0] == TAG_END {
-            let mut want = [0u8; 32];
-            self.r
-                .inner
-                .read_exact(&mut want)
-                .map_err(|_| self.bad("truncated trailer".into()))?;
-            if want != *digest_so_far.as_bytes() {
-                return Err(self.bad("trailer digest does not match the bundle's bytes".into()));
-            }
-            let mut extra = [0u8; 1];
-            if self
-                .r
-                .inner
-                .read(&mut extra)
-                .map_err(fsio::io(&self.path))?
-                != 0
-            {
-                return Err(self.bad("bytes after the trailer".into()));
-            }
-            self.done = true;
-            return Ok(None);
-        }
-        self.r.hash.update(&tag);
-        let mut len = [0u8; 4];
-        self.r
-            .read_exact(&mut len)
-            .map_err(|_| self.bad("truncated frame".into()))?;
-        let len = u32::from_be_bytes(len) as usize;
-        match tag[0] {
-            TAG_LINK => {
-                let max = Kind::Signed.max_body() + HEADER_LEN;
-                if len > max {
-                    return Err(
-                        self.bad(format!("link frame of {len} bytes, expected at most {max}"))
-                    );
-                }
-                let mut bytes = vec![0u8; len];
-                self.r
-                    .read_exact(&mut bytes)
-                    .map_err(|_| self.bad("truncated frame".into()))?;
-                let link =
-                    Signed::<Link>::decode(&bytes).map_err(|e| self.bad(format!("link: {e}")))?;
-                Ok(Some(Frame::Link(Box::new(link))))
-            }
-            TAG_REBASE => {
-                let max = Kind::Signed.max_body() + HEADER_LEN;
-                if len > max {
-                    return Err(self.bad(format!(
-                        "rebase frame of {len} bytes, expected at most {max}"
-                    )));
-                }
-                let mut bytes = vec![0u8; len];
-                self.r
-                    .read_exact(&mut bytes)
-                    .map_err(|_| self.bad("truncated frame".into()))?;
-                let r =
-                    SignedRebase::decode(&bytes).map_err(|e| self.bad(format!("rebase: {e}")))?;
-                Ok(Some(Frame::Rebase(Box::new(r))))
-            }
-            TAG_OBJECT => {
-                if max_object == 0 {
-                    return Err(self.bad(format!(
-                        "object frame of {len} bytes is not named by any link"
-                    )));
-                }
-                if len > max_object {
-                    return Err(self.bad(format!(
-                        "object frame of {len} bytes, expected at most {max_object}"
-                    )));
-                }
-                let mut id = blake3::Hasher::new();
-                let mut left = len;
-                let mut buf = vec![0u8; 64 * 1024];
-                while left > 0 {
-                    let n = left.min(buf.len());
-                    self.r
-                        .read_exact(&mut buf[..n])
-                        .map_err(|_| self.bad("truncated frame".into()))?;
-                    id.update(&buf[..n]);
-                    sink.write_all(&buf[..n]).map_err(fsio::io(&self.path))?;
-                    left -= n;
-                }
-                Ok(Some(Frame::Object {
-                    id: ObjectId(*id.finalize().as_bytes()),
-                    len: len as u64,
-                }))
-            }
-            other => Err(self.bad(format!(
-                "frame tag {other}, expected 1 (link), 2 (object) or 3 (rebase)"
-            ))),
-        }
-    }
-}
-
-fn frame<W: Write>(w: &mut W, tag: u8, bytes: &[u8]) -> std::io::Result<()> {
-    w.write_all(&[tag])?;
-    w.write_all(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_be_bytes())?;
-    w.write_all(bytes)
-}
-
-struct HashingReader<R: Read> {
-    inner: R,
-    hash: blake3::Hasher,
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hash.update(&buf[..n]);
-        Ok(n)
     }
 }

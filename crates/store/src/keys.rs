@@ -237,6 +237,17 @@ impl Store {
             .collect()
     }
 
+    /// The chain's identity, which revocations name: its seq-0 link digest.
+    pub fn origin(&self) -> Result<Digest, StoreError> {
+        let head = self
+            .head()?
+            .ok_or_else(|| StoreError::Input("the store has no snapshots yet".into()))?;
+        Ok(match self.rebase(&head)? {
+            Some(r) => r.value().origin,
+            None => link_digest(&self.read_link(SeqNo(0))?),
+        })
+    }
+
     /// The first link of the chain (the rebase's after a prune) up to the head.
     pub(crate) fn all_links(
         &self,
@@ -347,8 +358,36 @@ impl StoreWriter {
         KeyWalk::new(pinned.keys(), rebase.as_ref(), &links, &all).map_err(|e| {
             StoreError::Input(format!("the revocation does not fit this chain: {e}"))
         })?;
-        self.dir.create_dir_all(&PathBuf::from(DIR))?;
-        self.dir.write_file(&PathBuf::from(&name), &bytes, true)?;
+        self.keep_revocations(&all[all.len() - 1..])?;
         Ok(name)
+    }
+
+    /// Writes `revs` (checked by the caller) beside the chain; ones already kept stay.
+    pub(crate) fn keep_revocations(&self, revs: &[NamedRevocation]) -> Result<(), StoreError> {
+        if revs.is_empty() {
+            return Ok(());
+        }
+        let mut kept = self.revocations()?.len();
+        self.dir.create_dir_all(&PathBuf::from(DIR))?;
+        for (_, rev) in revs {
+            let bytes = rev
+                .encode()
+                .map_err(|e| StoreError::Input(e.to_string()))?;
+            let rel = PathBuf::from(format!(
+                "{DIR}/{}.rev",
+                vmattest_core::chain::ObjectId::of(&bytes).to_hex()
+            ));
+            if self.dir.file_exists(&rel)? {
+                continue;
+            }
+            if kept >= MAX_REVOCATIONS {
+                return Err(StoreError::Input(format!(
+                    "the store keeps {MAX_REVOCATIONS} revocations already"
+                )));
+            }
+            self.dir.write_file(&rel, &bytes, true)?;
+            kept += 1;
+        }
+        Ok(())
     }
 }

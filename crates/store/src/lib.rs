@@ -28,6 +28,7 @@ mod crypt;
 mod dir;
 mod error;
 mod fsck;
+mod frames;
 mod fsio;
 mod keys;
 mod pages;

@@ -15,12 +15,17 @@ pub struct StoreArg {
 
 #[derive(Debug, Args, Clone)]
 pub struct VerifyArgs {
-    /// Pinned public key; every link must be signed by these.
+    /// Pinned public key: the chain's first link must be signed by these, and later links
+    /// by the keys its rotations and revocations lead to.
     #[arg(long = "pubkey", required = true)]
     pub pubkeys: Vec<PathBuf>,
     /// Secret file of an encrypted store.
     #[arg(long)]
     pub secret: Option<PathBuf>,
+    /// A key revocation (`snapshot revoke --out`) to honour beside the ones the store keeps;
+    /// repeatable.
+    #[arg(long = "revocation")]
+    pub revocations: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -114,6 +119,44 @@ pub enum SnapshotCommand {
         /// later seq skips the links before it.
         #[arg(long)]
         anchor: bool,
+        /// Rotate the chain's signing key to this private key: it co-signs this link with the
+        /// keys in force, and signs in their place from the next take on; repeatable.
+        #[arg(long = "rotate-key")]
+        rotate_keys: Vec<PathBuf>,
+        /// With the baseline (first) take: a public key allowed to revoke the chain's keys and
+        /// name successors (`snapshot revoke`); repeatable.
+        #[arg(long = "revoker")]
+        revokers: Vec<PathBuf>,
+    },
+    /// Revoke a signing key of the chain from a seq on. Signed by the key itself, or by the
+    /// revokers the baseline announced, who may name keys that sign in its place. Verifiers
+    /// refuse the key's links from that seq.
+    Revoke {
+        #[command(flatten)]
+        store: StoreArg,
+        #[command(flatten)]
+        verify: VerifyArgs,
+        /// Public key to revoke.
+        #[arg(long)]
+        revoke: PathBuf,
+        /// First seq the key may not sign.
+        #[arg(long)]
+        from: u64,
+        /// Private key signing the revocation (the revoked key, or a revoker); repeatable.
+        #[arg(long = "key", required_unless_present = "signer")]
+        keys: Vec<PathBuf>,
+        /// `tpm`: (also) sign with the host TPM's resident key.
+        #[arg(long, value_parser = ["tpm"])]
+        signer: Option<String>,
+        /// Public key that signs in the revoked key's place (revokers only); repeatable.
+        #[arg(long = "successor")]
+        successors: Vec<PathBuf>,
+        /// Why, in at most 256 bytes; kept in the signed revocation.
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Also write the signed revocation here, for verifiers of copies of the chain.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// List the links.
     Log {

@@ -50,6 +50,7 @@ pub fn run(args: AgentArgs, json: bool) -> anyhow::Result<()> {
         Some(_) => Some(verifier(&VerifyArgs {
             pubkeys: args.pubkeys.clone(),
             secret: args.secret.clone(),
+            revocations: Vec::new(),
         })?),
         None => None,
     };

@@ -77,7 +77,7 @@ pub fn signer_choice(s: &EvidenceSigner) -> SignerChoice {
 }
 
 pub fn verifier(v: &VerifyArgs) -> anyhow::Result<Verifier> {
-    Ok(Verifier::load(&v.pubkeys, v.secret.as_deref())?)
+    Ok(Verifier::load(&v.pubkeys, v.secret.as_deref())?.with_revocations(&v.revocations)?)
 }
 
 pub fn packages(p: &PackageSource) -> Packages {

@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use vmattest_core::chain::{ComponentKind, SeqNo};
 use vmattest_host::verdict::Verdict;
-use vmattest_host::{chain, domain, eventlog, files, keys, tpm, vm};
+use vmattest_host::{chain, domain, eventlog, files, keys, revoke, tpm, vm};
 use vmattest_qemu::Mode;
 use vmattest_sign::Signer;
 use vmattest_store::{Store, TakeOptions, TakeSummary};
@@ -66,17 +66,28 @@ pub fn run(cmd: SnapshotCommand, json: bool) -> anyhow::Result<()> {
             secret,
             live,
             anchor,
+            rotate_keys,
+            revokers,
         } => {
             let signers = keys::signers(&key_files, signer.is_some())?;
             let refs: Vec<&dyn Signer> = signers.iter().map(AsRef::as_ref).collect();
+            let rotate = rotate_keys
+                .iter()
+                .map(|p| keys::read_secret(p))
+                .collect::<Result<Vec<_>, _>>()?;
+            let rotate: Vec<&dyn Signer> = rotate.iter().map(|k| k as &dyn Signer).collect();
+            let revokers = revokers
+                .iter()
+                .map(|p| keys::read_public(p))
+                .collect::<Result<Vec<_>, _>>()?;
             let secret = secret.as_deref().map(tpm::load_secret).transpose()?;
             let opts = TakeOptions {
                 signers: &refs,
                 time: vmattest_host::now(),
                 secret: secret.as_ref(),
                 anchor,
-                rotate_to: &[],
-                revokers: &[],
+                rotate_to: &rotate,
+                revokers: &revokers,
             };
             let (s, hypervisor) = match (vm, domain) {
                 (Some(vm), _) => {
@@ -116,6 +127,41 @@ pub fn run(cmd: SnapshotCommand, json: bool) -> anyhow::Result<()> {
             })
         }
         SnapshotCommand::Log { store } => log(&store.store, json),
+        SnapshotCommand::Revoke {
+            store,
+            verify,
+            revoke: revoked,
+            from,
+            keys: key_files,
+            signer,
+            successors,
+            reason,
+            out,
+        } => {
+            let v = verifier(&verify)?;
+            let revoked = keys::read_public(&revoked)?;
+            let successors = successors
+                .iter()
+                .map(|p| keys::read_public(p))
+                .collect::<Result<Vec<_>, _>>()?;
+            let signers = keys::signers(&key_files, signer.is_some())?;
+            let refs: Vec<&dyn Signer> = signers.iter().map(AsRef::as_ref).collect();
+            let spec = revoke::RevokeSpec {
+                key: revoked.key_id(),
+                from: SeqNo(from),
+                successors: &successors,
+                reason,
+                signers: &refs,
+                time: vmattest_host::now(),
+            };
+            let (name, signed) = revoke::revoke(&store.store, v.pinned(), &spec)?;
+            if let Some(out) = &out {
+                let bytes = signed.encode()?;
+                files::write_atomic(out, &bytes, "key revocation")?;
+            }
+            let j = revoke::RevocationJson::new(&name, signed.value(), out.as_deref());
+            output::show(json, &j, |j| j.to_string())
+        }
         SnapshotCommand::Verify {
             store,
             verify,
