@@ -278,7 +278,12 @@ impl From<&SignedLink> for LinkJson {
             key_ids: v.key_ids.iter().map(|k| k.to_hex()).collect(),
             anchor: false,
             rotates_to: v.announce.signers.iter().map(|k| k.id().to_hex()).collect(),
-            revokers: v.announce.revokers.iter().map(|k| k.id().to_hex()).collect(),
+            revokers: v
+                .announce
+                .revokers
+                .iter()
+                .map(|k| k.id().to_hex())
+                .collect(),
         }
     }
 }

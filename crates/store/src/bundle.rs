@@ -27,9 +27,9 @@ use vmattest_core::chain::{Manifest, ObjectId, SeqNo, SignedLink, SignedRebase, 
 use vmattest_core::wire::{HEADER_LEN, Kind, Writer};
 
 use crate::dir::{Dir, TempDir};
+pub use crate::frames::{BundleHeader, BundleReader, Frame};
 use crate::frames::{TAG_END, TAG_LINK, TAG_OBJECT, TAG_REBASE, TAG_REVOCATION, frame};
 use crate::keys::NamedRevocation;
-pub use crate::frames::{BundleHeader, BundleReader, Frame};
 use crate::replay::{Outputs, ReplayOptions, Source, Verified};
 use crate::{Head, Store, StoreError, StoreWriter, fsio};
 

@@ -9,8 +9,8 @@ use vmattest_core::chain::{
 };
 use vmattest_core::sig::KeyId;
 use vmattest_core::wire::{HEADER_LEN, Kind};
-use vmattest_sign::{PublicKey, Signer};
 use vmattest_sign::record::verify_signed;
+use vmattest_sign::{PublicKey, Signer};
 
 use crate::replay::PinnedKeys;
 use crate::take::TakeOptions;
@@ -335,9 +335,7 @@ impl StoreWriter {
                 "the store keeps {MAX_REVOCATIONS} revocations already"
             )));
         }
-        let bytes = rev
-            .encode()
-            .map_err(|e| StoreError::Input(e.to_string()))?;
+        let bytes = rev.encode().map_err(|e| StoreError::Input(e.to_string()))?;
         let name = format!(
             "{DIR}/{}.rev",
             vmattest_core::chain::ObjectId::of(&bytes).to_hex()
@@ -346,8 +344,13 @@ impl StoreWriter {
         let named = |k: &ChainKey| k.id() == r.key;
         let folded: &[SignedLink] = rebase.as_ref().map_or(&[], |b| &b.value().key_links);
         if !(pinned.keys().iter().any(|k| k.key_id() == r.key)
-            || folded.iter().chain(&links).any(|l| l.value().announce.signers.iter().any(named))
-            || all.iter().any(|(_, o)| o.value().successors.iter().any(named)))
+            || folded
+                .iter()
+                .chain(&links)
+                .any(|l| l.value().announce.signers.iter().any(named))
+            || all
+                .iter()
+                .any(|(_, o)| o.value().successors.iter().any(named)))
         {
             return Err(StoreError::Input(format!(
                 "key {}: not a signing key of this chain",
@@ -370,9 +373,7 @@ impl StoreWriter {
         let mut kept = self.revocations()?.len();
         self.dir.create_dir_all(&PathBuf::from(DIR))?;
         for (_, rev) in revs {
-            let bytes = rev
-                .encode()
-                .map_err(|e| StoreError::Input(e.to_string()))?;
+            let bytes = rev.encode().map_err(|e| StoreError::Input(e.to_string()))?;
             let rel = PathBuf::from(format!(
                 "{DIR}/{}.rev",
                 vmattest_core::chain::ObjectId::of(&bytes).to_hex()

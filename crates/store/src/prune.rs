@@ -21,8 +21,8 @@ use vmattest_sign::Signer;
 
 use crate::crypt::StoreSecret;
 use crate::dir::{Access, Dir};
-use crate::replay::{NameFn, Outputs, PinnedKeys, Plan, Source};
 use crate::keys;
+use crate::replay::{NameFn, Outputs, PinnedKeys, Plan, Source};
 use crate::take::{self, fail_point, sign_with};
 use crate::{Head, StoreError, StoreWriter};
 

@@ -7,8 +7,8 @@ use rayon::prelude::*;
 use vmattest_core::alg::{PAGE_SIZE, PageIndex};
 use vmattest_core::chain::{
     Announce, BatchRef, ComponentKind, ComponentRoot, DeltaEntry, Link, MAX_COMPONENTS,
-    MAX_NAME_LEN, Manifest, PageChange, SeqNo, StateMeta, delta_digest, is_valid_name,
-    link_digest, state_root,
+    MAX_NAME_LEN, Manifest, PageChange, SeqNo, StateMeta, delta_digest, is_valid_name, link_digest,
+    state_root,
 };
 use vmattest_core::record::{Signable, SignatureEntry, Signed, UnixTime};
 use vmattest_core::tree::{ImageTree, in_hole};
@@ -486,7 +486,11 @@ impl StoreWriter {
             time: opts.time,
             key_ids: signers.iter().map(|s| s.key_id()).collect(),
             announce: Announce {
-                signers: opts.rotate_to.iter().map(|s| chain_key(&s.public_key())).collect(),
+                signers: opts
+                    .rotate_to
+                    .iter()
+                    .map(|s| chain_key(&s.public_key()))
+                    .collect(),
                 revokers: opts.revokers.iter().map(chain_key).collect(),
             },
         };

@@ -83,9 +83,8 @@ fn read_keys(r: &mut Reader<'_>, field: &'static str) -> Result<Vec<ChainKey>, W
     for _ in 0..n {
         let at = r.offset();
         let id = r.u8("key algorithm")?;
-        let alg = SigAlg::from_id(id).ok_or_else(|| {
-            r.bad("key algorithm", at, "a signature algorithm id (1 to 4)", id)
-        })?;
+        let alg = SigAlg::from_id(id)
+            .ok_or_else(|| r.bad("key algorithm", at, "a signature algorithm id (1 to 4)", id))?;
         let raw = r.bytes("public key", MAX_PUBLIC_KEY_LEN)?.to_vec();
         let key = ChainKey { alg, raw };
         if keys.iter().any(|k| k.id() == key.id()) {
@@ -205,6 +204,8 @@ pub struct KeySchedule {
     revocations: Vec<Revocation>,
     /// How many of them the walk has applied.
     applied: usize,
+    /// The seq from which revocations left no key in force.
+    emptied: Option<SeqNo>,
 }
 
 impl KeySchedule {
@@ -216,6 +217,7 @@ impl KeySchedule {
             revokers,
             revocations: Vec::new(),
             applied: 0,
+            emptied: None,
         }
     }
 
@@ -248,9 +250,10 @@ impl KeySchedule {
                     "signed by the revoked key itself, it may not name successors".into(),
                 ));
             }
-            let key = known.iter().find(|k| k.id() == rev.key).ok_or_else(|| {
-                bad("signed by a key this chain never named as a signer".into())
-            })?;
+            let key = known
+                .iter()
+                .find(|k| k.id() == rev.key)
+                .ok_or_else(|| bad("signed by a key this chain never named as a signer".into()))?;
             return Ok(vec![key.clone()]);
         }
         rev.key_ids
@@ -298,7 +301,7 @@ impl KeySchedule {
                 self.current.remove(i);
                 union(&mut self.current, &r.successors);
                 if self.current.is_empty() {
-                    return Err(KeyError::NoKeys { from: r.from });
+                    self.emptied = Some(r.from);
                 }
             }
         }
@@ -312,6 +315,12 @@ impl KeySchedule {
             return Err(KeyError::Revoked {
                 key: r.key,
                 from: r.from,
+            });
+        }
+        if self.current.is_empty() {
+            // Nobody is left to sign, not even a rotation.
+            return Err(KeyError::NoKeys {
+                from: self.emptied.unwrap_or(seq),
             });
         }
         let mut expected = self.current.clone();

@@ -162,19 +162,21 @@ fn revocation_bars_a_key_from_its_seq_and_successors_take_over() {
     );
     assert_eq!(walk(&mut s, &[link(2, &[&b], Announce::default())]), None);
 
-    // Without successors the chain's only key leaves no signer.
+    // Without successors the chain's only key leaves no signer, not even of a rotation.
     let mut s = KeySchedule::new(vec![a.clone()], Vec::new());
     s.add_revocation(revocation(&a, 1, &[], &[&a]));
-    assert_eq!(
-        walk(
-            &mut s,
-            &[
-                link(0, &[&a], Announce::default()),
-                link(1, &[&a], Announce::default())
-            ]
-        ),
-        Some((1, KeyError::NoKeys { from: SeqNo(1) }))
-    );
+    assert_eq!(walk(&mut s, &[link(0, &[&a], Announce::default())]), None);
+    let mut t = s.clone();
+    assert!(matches!(
+        walk(&mut t, &[link(1, &[&a], Announce::default())]),
+        Some((1, KeyError::Revoked { .. }))
+    ));
+    for seq in [1, 2] {
+        assert_eq!(
+            walk(&mut s, &[link(seq, &[&b], rotate(&[&b]))]),
+            Some((seq, KeyError::NoKeys { from: SeqNo(1) }))
+        );
+    }
     // A revoked key cannot come back by rotation.
     let mut s = KeySchedule::new(vec![b.clone()], Vec::new());
     s.add_revocation(revocation(&a, 0, &[], &[&a]));
@@ -190,9 +192,15 @@ fn revocation_signers_are_the_key_itself_or_the_baseline_revokers() {
     let s = KeySchedule::new(vec![a.clone()], vec![r.clone()]);
     let known = [a.clone(), b.clone()];
     let by_self = revocation(&a, 1, &[], &[&a]);
-    assert_eq!(s.revocation_signers(&by_self, &origin(), &known), Ok(vec![a.clone()]));
+    assert_eq!(
+        s.revocation_signers(&by_self, &origin(), &known),
+        Ok(vec![a.clone()])
+    );
     let by_revoker = revocation(&a, 1, &[&b], &[&r]);
-    assert_eq!(s.revocation_signers(&by_revoker, &origin(), &known), Ok(vec![r.clone()]));
+    assert_eq!(
+        s.revocation_signers(&by_revoker, &origin(), &known),
+        Ok(vec![r.clone()])
+    );
     for bad in [
         revocation(&a, 1, &[&b], &[&a]),
         revocation(&a, 1, &[], &[&x]),

@@ -491,7 +491,11 @@ fn read_key_links(
         let link = SignedLink::decode(r.bytes("key link", MAX_EMBEDDED_LINK)?)?;
         let l = link.value();
         let after = links.last().map(|p| p.value().seq);
-        if l.seq >= seq || after.is_some_and(|a| l.seq <= a) || l.announce.is_empty() || l.alg() != alg {
+        if l.seq >= seq
+            || after.is_some_and(|a| l.seq <= a)
+            || l.announce.is_empty()
+            || l.alg() != alg
+        {
             return Err(r
                 .bad(
                     "key link",

@@ -132,18 +132,36 @@ impl Fixture {
     ) -> Result<TakeSummary, StoreError> {
         self.time += 5;
         let signers: [&dyn Signer; 1] = [&self.key];
-        let opts = TakeOptions {
-            signers: &signers,
-            time: UnixTime {
-                secs: self.time,
-                nanos: 0,
-            },
-            secret: self.secret.as_ref(),
+        let keys = Keys::signers(&signers);
+        commit_at(
+            store,
+            frozen,
             anchor,
-            rotate_to: &[],
-            revokers: &[],
-        };
-        store.commit(frozen, &opts)
+            &keys,
+            self.time,
+            self.secret.as_ref(),
+        )
+    }
+
+    /// A take of `comps` signed as `keys` says.
+    pub fn take_signed(
+        &mut self,
+        comps: &[(&str, ComponentKind, &Path)],
+        keys: &Keys<'_>,
+    ) -> Result<TakeSummary, StoreError> {
+        let inputs: Vec<ComponentInput> = comps
+            .iter()
+            .map(|(n, k, p)| ComponentInput {
+                name: (*n).into(),
+                kind: *k,
+                path: p.to_path_buf(),
+                dirty: None,
+            })
+            .collect();
+        let store = Store::open_writer(&self.store)?;
+        let frozen = store.freeze(&inputs, self.secret.as_ref(), Hold::UntilCommit)?;
+        self.time += 5;
+        commit_at(&store, frozen, false, keys, self.time, self.secret.as_ref())
     }
 
     pub fn opts<'a>(&'a self, keys: &'a PinnedKeys, upto: Option<u64>) -> ReplayOptions<'a> {
@@ -153,6 +171,42 @@ impl Fixture {
             secret: self.secret.as_ref(),
             max_age: None,
             revocations: &[],
+        }
+    }
+}
+
+fn commit_at(
+    store: &StoreWriter,
+    frozen: Frozen,
+    anchor: bool,
+    keys: &Keys<'_>,
+    secs: u64,
+    secret: Option<&StoreSecret>,
+) -> Result<TakeSummary, StoreError> {
+    let opts = TakeOptions {
+        signers: keys.signers,
+        time: UnixTime { secs, nanos: 0 },
+        secret,
+        anchor,
+        rotate_to: keys.rotate_to,
+        revokers: keys.revokers,
+    };
+    store.commit(frozen, &opts)
+}
+
+/// Who signs a take: the keys in force, keys rotated to, and a baseline's revokers.
+pub struct Keys<'a> {
+    pub signers: &'a [&'a dyn Signer],
+    pub rotate_to: &'a [&'a dyn Signer],
+    pub revokers: &'a [vmattest_sign::PublicKey],
+}
+
+impl<'a> Keys<'a> {
+    pub fn signers(signers: &'a [&'a dyn Signer]) -> Keys<'a> {
+        Keys {
+            signers,
+            rotate_to: &[],
+            revokers: &[],
         }
     }
 }
