@@ -46,6 +46,12 @@ fuzz_target!(|data: &[u8]| {
                 again.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
                 again.extend_from_slice(&bytes);
             }
+            Ok(Some(Frame::Revocation(rev))) => {
+                let bytes = rev.encode().expect("a decoded revocation encodes");
+                again.push(4);
+                again.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+                again.extend_from_slice(&bytes);
+            }
             Ok(Some(Frame::Object { id, len })) => {
                 assert_eq!(len, object.len() as u64, "object length");
                 assert_eq!(id, vmattest_core::chain::ObjectId::of(&object), "object id");

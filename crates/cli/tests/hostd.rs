@@ -206,7 +206,7 @@ fn hostd_keeps_every_guest_attested_and_survives_reload_stop_and_kill() {
 
     // Relative key paths are the daemon's working directory's: absolute ones here.
     let chain_key = s(&dir.join("chain.key"));
-    let config_text = |with_h3: bool| {
+    let config_text = |with_h3: bool, rotate: bool| {
         let mut c = format!(
             "state_dir = \"{}\"\n[server]\nurl = \"{}\"\ntoken_file = \"{}\"\n\
              [evidence]\nkey = \"{}\"\n[defaults]\nattest_interval_secs = 2\n",
@@ -235,10 +235,16 @@ fn hostd_keeps_every_guest_attested_and_survives_reload_stop_and_kill() {
             lv.uri()
         ));
         c.push_str(&snapshots(&stores[3]).replace("[vm.", "[domain."));
+        if rotate {
+            c.push_str(&format!(
+                "rotate_keys = [\"{}\"]\n",
+                s(&dir.join("rot.key"))
+            ));
+        }
         c.replace("\"chain.key\"", &format!("\"{chain_key}\""))
     };
     let config = dir.join("host.toml");
-    std::fs::write(&config, config_text(false)).unwrap();
+    std::fs::write(&config, config_text(false, false)).unwrap();
 
     let mut hostd = Hostd::start(&config, &dir.join("hostd.log"), None);
     // Challenges for all three are answered, and each chain grows on schedule.
@@ -272,7 +278,7 @@ fn hostd_keeps_every_guest_attested_and_survives_reload_stop_and_kill() {
     g2.next_tick(None);
 
     // SIGHUP adds h3; the others keep their workers.
-    std::fs::write(&config, config_text(true)).unwrap();
+    std::fs::write(&config, config_text(true, false)).unwrap();
     hostd.signal("-HUP");
     wait_for(&config, "h3", "attested after the reload", |v| {
         v["last_attestation"]["status"] == "affirming" && seq_of(v) >= 1
@@ -316,10 +322,19 @@ fn hostd_keeps_every_guest_attested_and_survives_reload_stop_and_kill() {
     }
     d.next_tick();
 
-    // A restart continues each chain.
+    // A restart continues each chain; hd's rotates to a new key, which then signs alone.
+    vmattest([
+        "keygen",
+        "--alg",
+        "ed25519",
+        "--out",
+        &s(&dir.join("rot.key")),
+    ])
+    .ok();
+    std::fs::write(&config, config_text(true, true)).unwrap();
     let hostd = Hostd::start(&config, &dir.join("hostd2.log"), None);
     for (i, name) in ["h1", "h2", "h3", "hd"].iter().enumerate() {
-        let before = heads[i];
+        let before = heads[i] + u64::from(*name == "hd");
         wait_for(&config, name, "a new link after the restart", |v| {
             seq_of(v) > before
         });
@@ -333,6 +348,20 @@ fn hostd_keeps_every_guest_attested_and_survives_reload_stop_and_kill() {
         ])
         .ok();
     }
+    let links: Vec<serde_json::Value> =
+        vmattest(["--json", "snapshot", "log", "--store", &s(&stores[3])])
+            .ok()
+            .stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    let rotations: Vec<&serde_json::Value> = links
+        .iter()
+        .filter(|l| l["rotates_to"].is_array())
+        .collect();
+    assert_eq!(rotations.len(), 1, "{links:?}");
+    let last = links.last().unwrap();
+    assert_eq!(last["key_ids"], rotations[0]["rotates_to"], "{last}");
     // Retention: h1's chain was folded to its newest seqs under a signed rebase, and verifies.
     let v = vmattest([
         "--json",

@@ -93,6 +93,10 @@ pub struct SnapshotConf {
     pub keys: Vec<PathBuf>,
     #[serde(default)]
     pub tpm: bool,
+    /// Keys the chain rotates to: the next take is co-signed by `keys` and these and
+    /// announces them; from then on these sign alone.
+    #[serde(default)]
+    pub rotate_keys: Vec<PathBuf>,
     /// Pinned public keys a rollback verifies the chain with [default: each key's `.pub`].
     #[serde(default)]
     pub pubkeys: Vec<PathBuf>,

@@ -79,8 +79,37 @@ impl Drop for Permit<'_> {
 /// The chain a worker snapshots into and rolls back from.
 struct Chain {
     signers: Vec<Box<dyn Signer>>,
+    rotate: Vec<Box<dyn Signer>>,
     verifier: Verifier,
     secret: Option<StoreSecret>,
+}
+
+type Signers<'a> = Vec<&'a dyn Signer>;
+
+impl Chain {
+    /// Who signs the next link and who it rotates to: the configured keys until the chain
+    /// has rotated to `rotate_keys`, then those alone.
+    fn signing(&self, store: &std::path::Path) -> Result<(Signers<'_>, Signers<'_>), String> {
+        let keys: Vec<&dyn Signer> = self.signers.iter().map(AsRef::as_ref).collect();
+        let rotate: Vec<&dyn Signer> = self.rotate.iter().map(AsRef::as_ref).collect();
+        if rotate.is_empty() {
+            return Ok((keys, rotate));
+        }
+        let in_force = vmattest_store::Store::open(store)
+            .and_then(|s| s.keys_in_force())
+            .map_err(|e| e.to_string())?;
+        let mut want: Vec<_> = rotate.iter().map(|k| k.key_id()).collect();
+        want.sort();
+        let rotated = in_force.is_some_and(|mut ids| {
+            ids.sort();
+            ids == want
+        });
+        Ok(if rotated {
+            (rotate, Vec::new())
+        } else {
+            (keys, rotate)
+        })
+    }
 }
 
 fn open_chain(name: &str, s: &SnapshotConf) -> Result<Chain, String> {
@@ -90,6 +119,15 @@ fn open_chain(name: &str, s: &SnapshotConf) -> Result<Chain, String> {
         );
     }
     let signers = vmattest_host::keys::signers(&s.keys, s.tpm).map_err(|e| e.to_string())?;
+    let rotate = s
+        .rotate_keys
+        .iter()
+        .map(|k| {
+            vmattest_host::keys::read_secret(k)
+                .map(|k| Box::new(k) as Box<dyn Signer>)
+                .map_err(|e| e.to_string())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let pubkeys = if s.pubkeys.is_empty() {
         s.keys
             .iter()
@@ -123,6 +161,7 @@ fn open_chain(name: &str, s: &SnapshotConf) -> Result<Chain, String> {
         .map_err(|e| e.to_string())?;
     Ok(Chain {
         signers,
+        rotate,
         verifier,
         secret,
     })
@@ -327,7 +366,12 @@ fn retain(ctx: &Ctx<'_>, conf: &SnapshotConf, chain: &Chain) {
         Ok(true) => {}
         Err(e) => return ctx.failed("prune", &e),
     }
-    let signers: Vec<&dyn Signer> = chain.signers.iter().map(AsRef::as_ref).collect();
+    let signers = match chain.signing(&conf.store) {
+        Ok((signers, rotate)) if rotate.is_empty() => signers,
+        // A rebase is signed by the keys in force after it: wait for the rotation.
+        Ok(_) => return,
+        Err(e) => return ctx.failed("prune", &e),
+    };
     let pruned = vmattest_host::chain::prune(
         &conf.store,
         retention,
@@ -378,13 +422,16 @@ fn prune_due(
 
 fn snapshot(ctx: &Ctx<'_>, guest: &Guest<'_>, conf: &SnapshotConf, chain: &Chain) {
     let store = &conf.store;
-    let signers: Vec<&dyn Signer> = chain.signers.iter().map(AsRef::as_ref).collect();
+    let (signers, rotate) = match chain.signing(store) {
+        Ok(s) => s,
+        Err(e) => return ctx.failed("snapshot", &e),
+    };
     let opts = vmattest_store::TakeOptions {
         signers: &signers,
         time: vmattest_host::now(),
         secret: chain.secret.as_ref(),
         anchor: false,
-        rotate_to: &[],
+        rotate_to: &rotate,
         revokers: &[],
     };
     let taken = match guest {

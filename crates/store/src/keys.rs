@@ -237,6 +237,16 @@ impl Store {
             .collect()
     }
 
+    /// The keys that sign the next link, by the id rules of a take; `None` before the
+    /// baseline.
+    pub fn keys_in_force(&self) -> Result<Option<Vec<KeyId>>, StoreError> {
+        let Some(head) = self.head()? else {
+            return Ok(None);
+        };
+        let link = self.read_link(head.seq)?;
+        next_signers(link.value(), &self.revocations()?, &[]).map(Some)
+    }
+
     /// The chain's identity, which revocations name: its seq-0 link digest.
     pub fn origin(&self) -> Result<Digest, StoreError> {
         let head = self
