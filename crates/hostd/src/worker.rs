@@ -366,12 +366,13 @@ fn retain(ctx: &Ctx<'_>, conf: &SnapshotConf, chain: &Chain) {
         Ok(true) => {}
         Err(e) => return ctx.failed("prune", &e),
     }
-    let signers = match chain.signing(&conf.store) {
-        Ok((signers, rotate)) if rotate.is_empty() => signers,
-        // A rebase is signed by the keys in force after it: wait for the rotation.
-        Ok(_) => return,
-        Err(e) => return ctx.failed("prune", &e),
-    };
+    // The store picks the keys in force after the fold's seq, old or rotated to.
+    let signers: Vec<&dyn Signer> = chain
+        .signers
+        .iter()
+        .chain(&chain.rotate)
+        .map(AsRef::as_ref)
+        .collect();
     let pruned = vmattest_host::chain::prune(
         &conf.store,
         retention,

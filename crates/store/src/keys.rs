@@ -132,15 +132,17 @@ impl KeyWalk {
     }
 }
 
-/// The key ids that must sign the link after `head`, by the id rules alone: the signatures
-/// of the store's revocations are checked by verifiers, not here. A forged revocation can
-/// make a take refuse, never make it sign with another key than its caller's.
+/// The key ids in force after `head` with the revocations from `upto` or before applied (the
+/// next link's seq for a take, `head`'s own for a rebase), by the id rules alone: the
+/// signatures of the store's revocations are checked by verifiers, not here. A forged
+/// revocation can make a take refuse, never make it sign with another key than its caller's.
 pub(crate) fn next_signers(
     head: &Link,
     revocations: &[NamedRevocation],
     rotate_to: &[KeyId],
+    upto: SeqNo,
 ) -> Result<Vec<KeyId>, StoreError> {
-    let seq = SeqNo(head.seq.0.saturating_add(1));
+    let seq = upto;
     let revoked = |id: &KeyId, at: SeqNo| {
         revocations
             .iter()
@@ -244,7 +246,8 @@ impl Store {
             return Ok(None);
         };
         let link = self.read_link(head.seq)?;
-        next_signers(link.value(), &self.revocations()?, &[]).map(Some)
+        let next = SeqNo(head.seq.0.saturating_add(1));
+        next_signers(link.value(), &self.revocations()?, &[], next).map(Some)
     }
 
     /// The chain's identity, which revocations name: its seq-0 link digest.
@@ -307,7 +310,8 @@ impl StoreWriter {
         let Some(head) = head else {
             return Ok(all);
         };
-        let mut want = next_signers(head.value(), &self.revocations()?, &rotate)?;
+        let next = SeqNo(head.value().seq.0.saturating_add(1));
+        let mut want = next_signers(head.value(), &self.revocations()?, &rotate, next)?;
         let mut have: Vec<KeyId> = all.iter().map(|s| s.key_id()).collect();
         want.sort();
         have.sort();

@@ -34,6 +34,7 @@ pub struct PruneOptions<'a> {
     pub keep_since: Option<UnixTime>,
     pub keys: &'a PinnedKeys,
     pub secret: Option<&'a StoreSecret>,
+    /// Keys to sign the rebase with: of these, the keys in force after the fold's seq sign.
     pub signers: &'a [&'a dyn Signer],
     /// The rebase's time.
     pub time: UnixTime,
@@ -77,8 +78,8 @@ impl StoreWriter {
                 "keep 0 seqs: expected at least 1 (the head is always kept)".into(),
             ));
         }
-        if opts.signers.is_empty() || opts.signers.len() > 8 {
-            return Err(StoreError::Input("expected 1 to 8 signing keys".into()));
+        if opts.signers.is_empty() || opts.signers.len() > 16 {
+            return Err(StoreError::Input("expected 1 to 16 signing keys".into()));
         }
         let head = self
             .head()?
@@ -122,11 +123,13 @@ impl StoreWriter {
             )));
         }
         let key_links = self.folded_key_links(old_rebase.as_ref(), head.base, target)?;
-        let mut want = keys::next_signers(link.value(), &self.revocations()?, &[])?;
-        let mut have: Vec<KeyId> = opts.signers.iter().map(|s| s.key_id()).collect();
-        want.sort();
-        have.sort();
-        if want != have {
+        let want = keys::next_signers(link.value(), &self.revocations()?, &[], target)?;
+        // Of the keys given, those in force after the target sign; every one of them must be.
+        let signers: Vec<&dyn Signer> = want
+            .iter()
+            .filter_map(|id| opts.signers.iter().find(|s| s.key_id() == *id).copied())
+            .collect();
+        if signers.len() != want.len() {
             let ids: Vec<String> = want.iter().map(KeyId::to_hex).collect();
             return Err(StoreError::Input(format!(
                 "a rebase of seq {target} is signed by the keys in force after it: {}",
@@ -186,9 +189,9 @@ impl StoreWriter {
                 delta: delta_digest(self.params.alg(), &manifest.entries),
                 key_links,
                 time: opts.time,
-                key_ids: opts.signers.iter().map(|s| s.key_id()).collect(),
+                key_ids: signers.iter().map(|s| s.key_id()).collect(),
             },
-            opts.signers,
+            &signers,
         )?;
         let bytes = rebase
             .encode()

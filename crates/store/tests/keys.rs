@@ -300,8 +300,8 @@ fn a_prune_past_rotations_keeps_the_path_from_the_first_key() {
     }
     let keys = pinned(&a);
     let store = Store::open_writer(&ch.fx.store).unwrap();
-    let prune = |signer: &SecretKey| {
-        let signers: [&dyn Signer; 1] = [signer];
+    let prune = |given: &[&SecretKey]| {
+        let signers: Vec<&dyn Signer> = given.iter().map(|k| *k as &dyn Signer).collect();
         store.prune(&PruneOptions {
             keep: Some(2),
             keep_since: None,
@@ -314,10 +314,10 @@ fn a_prune_past_rotations_keeps_the_path_from_the_first_key() {
             },
         })
     };
-    // The rebase is signed by the keys in force after its seq.
-    let e = prune(&a).unwrap_err();
+    // The rebase is signed by the keys in force after its seq; others given are not used.
+    let e = prune(&[&a]).unwrap_err();
     assert!(e.to_string().contains("keys in force"), "{e}");
-    let s = prune(&c).unwrap();
+    let s = prune(&[&a, &c]).unwrap();
     assert_eq!(s.base, 5);
     drop(store);
     let rebase = Store::open(&ch.fx.store)
@@ -357,4 +357,40 @@ fn a_bundle_carries_the_revocations_its_links_need() {
     let copy = Store::open(&target).unwrap();
     assert_eq!(copy.revocations().unwrap().len(), 1);
     copy.verify(&ch.fx.opts(&keys, None)).unwrap();
+}
+
+#[test]
+fn a_rebase_is_signed_by_the_keys_in_force_at_its_seq_not_the_heads() {
+    let (a, b) = (key(), key());
+    let mut ch = Chain::new();
+    for _ in 0..3 {
+        ch.by(&a).unwrap();
+    }
+    ch.rotate(&a, &b);
+    ch.by(&b).unwrap();
+    // Keep 3: the fold's seq is 2, before the rotation; a signs the rebase, b's key is unused.
+    let keys = pinned(&a);
+    let store = Store::open_writer(&ch.fx.store).unwrap();
+    let signers: [&dyn Signer; 2] = [&b, &a];
+    let s = store
+        .prune(&PruneOptions {
+            keep: Some(3),
+            keep_since: None,
+            keys: &keys,
+            secret: None,
+            signers: &signers,
+            time: UnixTime {
+                secs: 1_900_000_000,
+                nanos: 0,
+            },
+        })
+        .unwrap();
+    assert_eq!(s.base, 2);
+    drop(store);
+    let rebase = Store::open(&ch.fx.store)
+        .unwrap()
+        .read_rebase(SeqNo(2))
+        .unwrap();
+    assert_eq!(rebase.value().key_ids, [a.key_id()]);
+    assert_eq!(ch.verify(&keys).unwrap(), SeqNo(4));
 }

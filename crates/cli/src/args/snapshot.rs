@@ -237,7 +237,8 @@ pub enum SnapshotCommand {
         /// effect that long ago.
         #[arg(long)]
         keep_within: Option<String>,
-        /// Private key to sign the rebase; repeat to co-sign (the chain's own keys).
+        /// Private key to sign the rebase; repeatable. Of those given, the chain's keys in
+        /// force after the first kept seq sign (all of them must be given).
         #[arg(long = "key", required_unless_present = "signer")]
         keys: Vec<PathBuf>,
         /// `tpm`: (also) sign with the host TPM's resident key.
