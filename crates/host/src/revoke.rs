@@ -65,10 +65,7 @@ pub fn revoke(
         successors: spec
             .successors
             .iter()
-            .map(|k| vmattest_core::chain::ChainKey {
-                alg: k.alg(),
-                raw: k.raw().to_vec(),
-            })
+            .map(PublicKey::to_chain_key)
             .collect(),
         reason: spec.reason.clone(),
         time: spec.time,

@@ -97,6 +97,14 @@ impl PublicKey {
         KeyId::of_public_key(self.alg, &self.raw)
     }
 
+    /// The key as a chain's links and revocations carry it.
+    pub fn to_chain_key(&self) -> vmattest_core::chain::ChainKey {
+        vmattest_core::chain::ChainKey {
+            alg: self.alg,
+            raw: self.raw.clone(),
+        }
+    }
+
     /// Checks the length and, where the algorithm has any, that the key is a valid point.
     pub fn from_raw(alg: SigAlg, raw: &[u8]) -> Result<Self, SignError> {
         match alg {

@@ -23,13 +23,6 @@ const DIR: &str = "revocations";
 /// A revocation and where it came from (a store file or a file the caller gave).
 pub type NamedRevocation = (String, SignedRevocation);
 
-pub(crate) fn chain_key(k: &PublicKey) -> ChainKey {
-    ChainKey {
-        alg: k.alg(),
-        raw: k.raw().to_vec(),
-    }
-}
-
 fn public_keys(keys: &[ChainKey]) -> Result<Vec<PublicKey>, Broken> {
     keys.iter()
         .map(|k| {
@@ -68,7 +61,7 @@ impl KeyWalk {
             .filter(|l| l.seq == SeqNo(0))
             .map(|l| l.announce.revokers.clone())
             .unwrap_or_default();
-        let mut known: Vec<ChainKey> = pinned.iter().map(chain_key).collect();
+        let mut known: Vec<ChainKey> = pinned.iter().map(PublicKey::to_chain_key).collect();
         let mut schedule = KeySchedule::new(known.clone(), revokers);
         let announced = folded.iter().chain(links).map(|l| &l.value().announce);
         for k in announced

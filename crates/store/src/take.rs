@@ -19,7 +19,6 @@ use crate::anchor::{self, Pages};
 use crate::batch::{self, BATCH_PAGES};
 use crate::cache::{CacheWriter, HeadPages};
 use crate::crypt::{PageKey, StoreSecret};
-use crate::keys::chain_key;
 use crate::pages::{is_zero, page_of};
 use crate::{Head, StoreError, StoreWriter};
 
@@ -489,9 +488,9 @@ impl StoreWriter {
                 signers: opts
                     .rotate_to
                     .iter()
-                    .map(|s| chain_key(&s.public_key()))
+                    .map(|s| s.public_key().to_chain_key())
                     .collect(),
-                revokers: opts.revokers.iter().map(chain_key).collect(),
+                revokers: opts.revokers.iter().map(PublicKey::to_chain_key).collect(),
             },
         };
         let signed = sign_with(link, &signers)?;

@@ -11,9 +11,7 @@
 mod common;
 
 use common::*;
-use vmattest_core::chain::{
-    ChainKey, ComponentKind, KeyError, Revocation, SeqNo, SignedRevocation,
-};
+use vmattest_core::chain::{ComponentKind, KeyError, Revocation, SeqNo, SignedRevocation};
 use vmattest_core::record::UnixTime;
 use vmattest_core::sig::SigAlg;
 use vmattest_sign::{PublicKey, SecretKey, Signer};
@@ -123,10 +121,7 @@ fn revocation(
         from: SeqNo(from),
         successors: successors
             .iter()
-            .map(|k| ChainKey {
-                alg: k.alg(),
-                raw: k.public_key().raw().to_vec(),
-            })
+            .map(|k| k.public_key().to_chain_key())
             .collect(),
         reason: "host retired".into(),
         time: UnixTime {
