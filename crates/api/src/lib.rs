@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use vmattest_core::record::UnixTime;
 
 mod error;
+pub mod host;
 mod text;
 pub mod time;
 
@@ -96,6 +97,9 @@ pub struct NewHost {
     /// Set when the key is TPM-resident and certified by the host's attestation key.
     #[serde(default)]
     pub tpm: Option<TpmBinding>,
+    /// The host group whose host policy appraises the host's quotes [default: `default`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -55,6 +55,7 @@ fn setup(db: Option<&str>) -> Fixture {
                 name: name.into(),
                 public_key_pem: key.to_pem(),
                 tpm: None,
+                group: None,
             })
             .unwrap();
     }

@@ -457,6 +457,7 @@ fn regression_webhook_secret_stored_in_clear() {
             name: "host1".into(),
             public_key_pem: key.public_key().to_pem(),
             tpm: None,
+            group: None,
         })
         .unwrap();
     let pid = register_vms(&admin, "host1", &[]);
@@ -537,6 +538,7 @@ fn reports_answer_requests_once(server: &Server) {
             name: "host1".into(),
             public_key_pem: key.public_key().to_pem(),
             tpm: None,
+            group: None,
         })
         .unwrap();
     register_vms(&admin, "host1", &["vm1"]);

@@ -12,6 +12,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use vmattest_api::host::{
+    HostAttestation, HostChallenge, HostEvidence, HostPolicy, HostPolicyEntry,
+};
 use vmattest_api::{
     API_PREFIX, Alert, AttestationResult, BaselineInfo, Challenge, ConfigCheckRequest,
     ConfigCheckResult, EarKey, ErrorBody, ErrorCode, Health, Host, LocateRequest, Located,
@@ -341,6 +344,43 @@ impl Client {
 
     pub fn hosts(&self) -> Result<Vec<Host>, ClientError> {
         self.get("/hosts")
+    }
+
+    /// A nonce for the host's next TPM quote.
+    pub fn host_challenge(&self, host: &str) -> Result<HostChallenge, ClientError> {
+        let path = format!("/hosts/{}/challenge", seg("host", host)?);
+        let bytes = self.request("POST", &path, None)?;
+        self.decode(&path, &bytes)
+    }
+
+    /// Sends the host's quote; the server's appraisal and host EAR.
+    pub fn host_attest(
+        &self,
+        host: &str,
+        evidence: &HostEvidence,
+    ) -> Result<HostAttestation, ClientError> {
+        self.post_json(&format!("/hosts/{}/attest", seg("host", host)?), evidence)
+    }
+
+    pub fn host_attestations(&self, host: &str) -> Result<Vec<HostAttestation>, ClientError> {
+        self.get(&format!("/hosts/{}/attestations", seg("host", host)?))
+    }
+
+    pub fn host_policies(&self) -> Result<Vec<HostPolicyEntry>, ClientError> {
+        self.get("/host-policies")
+    }
+
+    pub fn put_host_policy(
+        &self,
+        group: &str,
+        policy: &HostPolicy,
+    ) -> Result<HostPolicyEntry, ClientError> {
+        self.put_json(&format!("/host-policies/{}", seg("group", group)?), policy)
+    }
+
+    pub fn delete_host_policy(&self, group: &str) -> Result<(), ClientError> {
+        let path = format!("/host-policies/{}", seg("group", group)?);
+        self.request("DELETE", &path, None).map(drop)
     }
 
     pub fn add_policy(&self, req: &NewPolicy) -> Result<PolicyInfo, ClientError> {

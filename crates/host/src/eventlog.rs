@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use vmattest_core::alg::Digest;
 use vmattest_core::chain::{ComponentKind, ComponentRoot, SeqNo};
@@ -73,64 +72,7 @@ impl Classify for EventLogError {
     }
 }
 
-/// An event whose digest is not the digest of its kind and value.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("event {kind} {value:?}: its digest is not the digest of its kind and value")]
-pub struct BadEventDigest {
-    pub kind: String,
-    pub value: String,
-}
-
-/// One measurement: `digest = SHA-256("vmattest event v1\0" || kind || "\0" || value)`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Event {
-    pub pcr: u32,
-    pub kind: String,
-    pub value: String,
-    pub digest: String,
-}
-
-impl Event {
-    pub fn new(pcr: u32, kind: &str, value: String) -> Event {
-        let digest = hex::encode(event_digest(kind, &value));
-        Event {
-            pcr,
-            kind: kind.into(),
-            value,
-            digest,
-        }
-    }
-}
-
-pub fn event_digest(kind: &str, value: &str) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(b"vmattest event v1\0");
-    h.update(kind.as_bytes());
-    h.update([0]);
-    h.update(value.as_bytes());
-    h.finalize().into()
-}
-
-/// The value a SHA-256 PCR reaches from zeros after extending with `events` of that PCR;
-/// refuses an event whose digest is not that of its kind and value.
-pub fn replay(events: &[Event], pcr: u32) -> Result<[u8; 32], BadEventDigest> {
-    let mut v = [0u8; 32];
-    for e in events.iter().filter(|e| e.pcr == pcr) {
-        let d = event_digest(&e.kind, &e.value);
-        if !hex::decode(&e.digest).is_ok_and(|x| x == d) {
-            return Err(BadEventDigest {
-                kind: e.kind.clone(),
-                value: e.value.clone(),
-            });
-        }
-        let mut h = Sha256::new();
-        h.update(v);
-        h.update(d);
-        v = h.finalize().into();
-    }
-    Ok(v)
-}
+pub use vmattest_api::host::{BadEventDigest, Event, event_digest, replay};
 
 /// The host's event log: `$VMATTEST_EVENT_LOG`, else under the user's state directory.
 pub fn log_path() -> PathBuf {
@@ -250,6 +192,30 @@ pub fn bind_config(
     let (q, events) = measure_and_quote(pcr, wanted, &config_quote_nonce(statement_object))?;
     quotefile::write(out, &q, events)?;
     Ok(())
+}
+
+/// A quote for host attestation over a server's `nonce`: the boot PCRs and, with `pcr`
+/// (16-23), that PCR with vmattest's version measured into it, and its events.
+pub fn quote_host(
+    pcr: Option<u32>,
+    nonce: &[u8],
+) -> Result<(vmattest_tpm::Quote, Vec<Event>), EventLogError> {
+    match pcr {
+        Some(pcr) => {
+            check_pcr(pcr)?;
+            let wanted = vec![Event::new(
+                pcr,
+                "vmattest",
+                env!("CARGO_PKG_VERSION").to_owned(),
+            )];
+            measure_and_quote(pcr, wanted, nonce)
+        }
+        None => {
+            let mut tpm = tpm::open()?;
+            let q = tpm.quote(&BOOT_PCRS, nonce).map_err(TpmError::from)?;
+            Ok((q, Vec::new()))
+        }
+    }
 }
 
 /// Extends `pcr` with the `wanted` events not yet in this boot's log, then quotes the boot PCRs

@@ -117,11 +117,17 @@ pub struct QuoteFile {
     pub events: Vec<Event>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PcrValue {
-    pub index: u32,
-    pub sha256: String,
+pub use vmattest_api::host::PcrValue;
+
+fn pcr_values(q: &vmattest_tpm::Quote) -> Vec<PcrValue> {
+    q.pcrs
+        .iter()
+        .zip(&q.pcr_values)
+        .map(|(&index, v)| PcrValue {
+            index,
+            sha256: hex::encode(v),
+        })
+        .collect()
 }
 
 /// Writes a quote file.
@@ -134,20 +140,38 @@ pub fn write(
         format: QUOTE_FORMAT.into(),
         attest: hex::encode(&q.attest),
         signature: hex::encode(q.signature.to_bytes()),
-        pcrs: q
-            .pcrs
-            .iter()
-            .zip(&q.pcr_values)
-            .map(|(&index, v)| PcrValue {
-                index,
-                sha256: hex::encode(v),
-            })
-            .collect(),
+        pcrs: pcr_values(q),
         events,
     };
     let text = serde_json::to_vec_pretty(&file).map_err(QuoteFileError::Encode)?;
     files::write_atomic(out, &text, "quote")?;
     Ok(())
+}
+
+/// A quote over a server's nonce, as host evidence.
+pub fn host_evidence(
+    nonce: &[u8],
+    q: &vmattest_tpm::Quote,
+    events: Vec<Event>,
+) -> vmattest_api::host::HostEvidence {
+    vmattest_api::host::HostEvidence {
+        nonce: hex::encode(nonce),
+        attest: hex::encode(&q.attest),
+        signature: hex::encode(q.signature.to_bytes()),
+        pcrs: pcr_values(q),
+        events,
+    }
+}
+
+/// The PCR values a quote file lists (not verified: golden values an admin vouches for).
+pub fn listed_pcrs(quote: &Path) -> Result<BTreeMap<u32, String>, QuoteFileError> {
+    let text = files::read_capped(quote, MAX_QUOTE_FILE, "quote")?;
+    let file: QuoteFile = serde_json::from_slice(&text).map_err(|source| QuoteFileError::Json {
+        path: quote.to_path_buf(),
+        what: "quote",
+        source,
+    })?;
+    Ok(file.pcrs.into_iter().map(|p| (p.index, p.sha256)).collect())
 }
 
 /// A quote that verified, with what it covers.

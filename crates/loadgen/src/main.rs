@@ -268,6 +268,7 @@ async fn setup_agent(
                 name: host.clone(),
                 public_key_pem: key.public_key().to_pem(),
                 tpm: None,
+                group: None,
             },
         )
         .await

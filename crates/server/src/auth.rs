@@ -45,6 +45,19 @@ impl Caller {
     }
 }
 
+impl Caller {
+    /// An agent acts only for its own host.
+    pub fn require_own_host(&self, host: &str) -> Result<(), ApiError> {
+        match (&self.role, &self.host) {
+            (Role::Agent, Some(h)) if h != host => Err(ApiError::forbidden(format!(
+                "this agent's token is for host {h}, not {host}"
+            ))),
+            (Role::Agent, None) => Err(ApiError::forbidden("agent token without a host")),
+            _ => Ok(()),
+        }
+    }
+}
+
 pub fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }

@@ -86,6 +86,18 @@ pub struct EarClaims<'a> {
     pub baseline_id: i64,
 }
 
+/// What one host appraisal says, for the host EAR's submodule.
+#[derive(Debug)]
+pub struct HostEarClaims<'a> {
+    pub host: &'a str,
+    pub group: &'a str,
+    pub iat: i64,
+    pub nonce: &'a [u8],
+    pub vector: &'a vmattest_core::attest::TrustVector,
+    pub pcrs: &'a [(u32, [u8; 32])],
+    pub mismatches: &'a [String],
+}
+
 impl EarSigner {
     /// Loads the key at `path`, or makes an Ed25519 (or P-384) key there on first start.
     pub fn load_or_create(
@@ -187,6 +199,42 @@ impl EarSigner {
                     "vmattest.subset": c.subset,
                     "vmattest.baseline-id": c.baseline_id,
                     "vmattest.regions": regions,
+                }
+            }
+        });
+        self.sign_jwt(&claims)
+    }
+
+    /// A host EAR: the submodule `host:NAME` says how the host's quote compared with its
+    /// group's host policy.
+    pub fn host_ear(&self, c: &HostEarClaims<'_>) -> Result<String, ServerError> {
+        let vector: serde_json::Map<String, Value> = c
+            .vector
+            .claims()
+            .iter()
+            .filter(|(_, v)| *v != 0)
+            .map(|(k, v)| ((*k).to_string(), json!(v)))
+            .collect();
+        let pcrs: serde_json::Map<String, Value> = c
+            .pcrs
+            .iter()
+            .map(|(i, v)| (i.to_string(), json!(hex::encode(v))))
+            .collect();
+        let claims = json!({
+            "eat_profile": EAR_PROFILE,
+            "iat": c.iat,
+            "eat_nonce": B64.encode(c.nonce),
+            "ear.verifier-id": {
+                "developer": "vmattest",
+                "build": concat!("vmattest ", env!("CARGO_PKG_VERSION")),
+            },
+            "submods": {
+                format!("host:{}", c.host): {
+                    "ear.status": c.vector.status().name(),
+                    "ear.trustworthiness-vector": vector,
+                    "ear.appraisal-policy-id": format!("vmattest:host-policy:{}", c.group),
+                    "vmattest.pcrs": pcrs,
+                    "vmattest.mismatches": c.mismatches,
                 }
             }
         });

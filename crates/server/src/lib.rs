@@ -12,6 +12,7 @@ pub mod db;
 pub mod ear;
 pub mod earkeys;
 pub mod error;
+pub mod hostattest;
 pub mod listen;
 mod locate;
 mod metrics;
@@ -59,6 +60,17 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/tokens", post(tokens::issue).get(tokens::list))
         .route("/v1/tokens/{id}", delete(tokens::revoke))
         .route("/v1/hosts", post(routes::new_host).get(routes::hosts))
+        .route("/v1/hosts/{host}/challenge", post(hostattest::challenge))
+        .route("/v1/hosts/{host}/attest", post(hostattest::attest))
+        .route(
+            "/v1/hosts/{host}/attestations",
+            get(hostattest::attestations),
+        )
+        .route("/v1/host-policies", get(hostattest::policies))
+        .route(
+            "/v1/host-policies/{group}",
+            put(hostattest::put_policy).delete(hostattest::delete_policy),
+        )
         .route("/v1/policies", post(routes::new_policy))
         .route("/v1/policies/{id}", get(routes::policy))
         .route("/v1/vms", post(routes::new_vm))

@@ -22,6 +22,7 @@ use crate::db::VmRow;
 use crate::error::ApiError;
 use crate::state::{AppState, encode_pages, now_secs};
 use vmattest_api::ErrorCode;
+use vmattest_api::host::DEFAULT_GROUP;
 
 pub(crate) const MAX_LIMIT: i64 = 1000;
 const MIN_WEBHOOK_SECRET: usize = 16;
@@ -44,7 +45,7 @@ pub(crate) fn parse_id(what: &str, text: &str) -> Result<i64, ApiError> {
     })
 }
 
-fn name_ok(what: &str, name: &str) -> Result<(), ApiError> {
+pub(crate) fn name_ok(what: &str, name: &str) -> Result<(), ApiError> {
     if is_valid_name(name, 64) {
         Ok(())
     } else {
@@ -139,22 +140,25 @@ pub async fn new_host(
             format!("host {} public key: {e}", req.name),
         )
     })?;
-    let tpm_backed = match &req.tpm {
-        Some(binding) => {
-            crate::tpm::check_binding(&key, binding).map_err(|e| {
-                ApiError::new(ErrorCode::TpmBinding, format!("host {}: {e}", req.name))
-            })?;
-            true
-        }
-        None => false,
+    let ak = match &req.tpm {
+        Some(binding) => Some(crate::tpm::check_binding(&key, binding).map_err(|e| {
+            ApiError::new(ErrorCode::TpmBinding, format!("host {}: {e}", req.name))
+        })?),
+        None => None,
     };
+    let tpm_backed = ak.is_some();
+    let group = req.group.as_deref().unwrap_or(DEFAULT_GROUP);
+    name_ok("group", group)?;
     let now = now_secs();
     let key_id = key.key_id().to_hex();
-    if !s
-        .db
-        .insert_host(&req.name, &key.to_pem(), &key_id, tpm_backed, now)
-        .await?
-    {
+    let row = crate::db::NewHostRow {
+        name: &req.name,
+        pem: &key.to_pem(),
+        key_id: &key_id,
+        ak: ak.as_deref(),
+        group,
+    };
+    if !s.db.insert_host(&row, now).await? {
         return Err(ApiError::new(
             ErrorCode::Exists,
             format!("host {} is already registered", req.name),

@@ -3,7 +3,8 @@
 use vmattest_api::TpmBinding;
 use vmattest_sign::PublicKey;
 
-pub fn check_binding(key: &PublicKey, binding: &TpmBinding) -> Result<(), String> {
+/// Checks that the AK certified `key`; returns the AK's TPMT_PUBLIC.
+pub fn check_binding(key: &PublicKey, binding: &TpmBinding) -> Result<Vec<u8>, String> {
     let ak = hex::decode(&binding.ak).map_err(|_| "tpm.ak is not hex".to_string())?;
     let [tpmt, attest, signature, nonce] = binding.certify.decode()?;
     let cert = vmattest_quote::KeyCertification {
@@ -13,6 +14,6 @@ pub fn check_binding(key: &PublicKey, binding: &TpmBinding) -> Result<(), String
         nonce: &nonce,
     };
     vmattest_quote::check_key_certification(key.raw(), &ak, &cert)
-        .map(|_| ())
+        .map(|_| ak.clone())
         .map_err(|e| e.to_string())
 }

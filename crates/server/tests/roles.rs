@@ -184,6 +184,37 @@ async fn every_endpoint_checks_token_and_role() {
         ("GET", "/v1/hosts".into(), None, vec![&agent]),
         (
             "POST",
+            "/v1/hosts/host1/challenge".into(),
+            None,
+            vec![&auditor, &other_agent],
+        ),
+        (
+            "POST",
+            "/v1/hosts/host1/attest".into(),
+            json(serde_json::json!({})),
+            vec![&admin, &auditor, &other_agent],
+        ),
+        (
+            "GET",
+            "/v1/hosts/host1/attestations".into(),
+            None,
+            vec![&other_agent],
+        ),
+        ("GET", "/v1/host-policies".into(), None, vec![&agent]),
+        (
+            "PUT",
+            "/v1/host-policies/g".into(),
+            json(serde_json::json!({"pcrs": {}})),
+            vec![&agent, &auditor],
+        ),
+        (
+            "DELETE",
+            "/v1/host-policies/g".into(),
+            None,
+            vec![&agent, &auditor],
+        ),
+        (
+            "POST",
             "/v1/policies".into(),
             json(serde_json::json!({"toml": POLICY})),
             vec![&agent, &auditor],

@@ -129,6 +129,9 @@ pub enum RemoteCommand {
     /// Hosts and their evidence-signing keys.
     #[command(subcommand)]
     Host(RemoteHostCommand),
+    /// Host policies: what the hosts of a group must quote.
+    #[command(subcommand)]
+    HostPolicy(RemoteHostPolicyCommand),
     /// Resolved region policies.
     #[command(subcommand)]
     Policy(RemotePolicyCommand),
@@ -231,9 +234,54 @@ pub enum RemoteHostCommand {
         /// The certification `tpm keygen` wrote [default: PUBKEY.certify].
         #[arg(long, requires = "ak")]
         certify: Option<PathBuf>,
+        /// The host group whose host policy appraises the host's quotes [default: default].
+        #[arg(long)]
+        group: Option<String>,
     },
     /// Registered hosts and their keys.
     List,
+    /// Quote this host's TPM (`VMATTEST_TPM_TCTI`) over a server nonce and have the server
+    /// appraise it against the host policy of the host's group (an agent token of the host).
+    Attest {
+        /// The host's name, as registered.
+        #[arg(long)]
+        name: String,
+        /// Also quote this PCR (16-23), with vmattest's version measured into it and its event
+        /// log.
+        #[arg(long)]
+        pcr: Option<u32>,
+    },
+    /// A host's appraisals, newest first.
+    Attestations {
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RemoteHostPolicyCommand {
+    /// Create or replace a host group's policy: golden PCR values and required events.
+    Set {
+        /// The host group.
+        #[arg(long)]
+        group: String,
+        /// `N=HEX`: PCR N must have this SHA-256 value; repeatable.
+        #[arg(long = "pcr")]
+        pcrs: Vec<String>,
+        /// Take every PCR value listed in this quote file (`tpm quote`) as golden.
+        #[arg(long)]
+        quote: Option<PathBuf>,
+        /// `PCR:KIND=VALUE`: the host's event log must hold this event; repeatable.
+        #[arg(long = "event")]
+        events: Vec<String>,
+    },
+    /// Host policies by group.
+    List,
+    /// Delete a host group's policy.
+    Delete {
+        #[arg(long)]
+        group: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

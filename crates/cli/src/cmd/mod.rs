@@ -4,6 +4,7 @@
 
 mod agent;
 mod config;
+mod hostattest;
 mod hostd;
 mod image;
 mod libvirt;

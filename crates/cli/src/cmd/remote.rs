@@ -59,6 +59,7 @@ pub fn run(args: RemoteArgs, json: bool) -> anyhow::Result<()> {
             pubkey,
             ak,
             certify,
+            group,
         }) => {
             let key = keys::read_public(&pubkey)?;
             let tpm = match ak {
@@ -72,12 +73,15 @@ pub fn run(args: RemoteArgs, json: bool) -> anyhow::Result<()> {
                 name,
                 public_key_pem: key.to_pem(),
                 tpm,
+                group,
             })?;
             show(json, &host, |h| {
                 format!("host {} registered, key {}", h.name, h.key_id)
             })
         }
         RemoteCommand::Host(RemoteHostCommand::List) => report_all(json, &c.hosts()?),
+        RemoteCommand::Host(cmd) => super::hostattest::host(&c, cmd, json),
+        RemoteCommand::HostPolicy(cmd) => super::hostattest::policy(&c, cmd, json),
         RemoteCommand::Policy(RemotePolicyCommand::Add { policy }) => {
             // Checked here first, so that a policy with symbols is refused with a clear error.
             let p = vmattest_host::policy::load(&policy, None)?;

@@ -119,6 +119,7 @@ pub fn setup_with(server: &Server, webhook: bool) -> Fixture {
             name: "host1".into(),
             public_key_pem: host_key.public_key().to_pem(),
             tpm: None,
+            group: None,
         })
         .unwrap();
     let p = admin

@@ -5,6 +5,7 @@
 
 mod baselines;
 mod exec;
+mod hosts;
 mod writer;
 
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ use sqlx::{AnyPool, AssertSqlSafe, Executor, Row};
 pub use writer::{AlertDraft, AlertRef, EvidenceCommit, NonceOutcome, Writer};
 
 use crate::error::ServerError;
+pub use hosts::{HostResultRow, NewHostRow};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -197,24 +199,20 @@ impl Db {
         })
     }
 
-    /// Inserts a row; false when the primary key already exists.
-    pub async fn insert_host(
-        &self,
-        name: &str,
-        pem: &str,
-        key_id: &str,
-        tpm_backed: bool,
-        now: i64,
-    ) -> Result<bool, ServerError> {
+    /// Inserts a row; false when the primary key already exists. `ak`: the attestation key of
+    /// a TPM-backed host.
+    pub async fn insert_host(&self, host: &NewHostRow<'_>, now: i64) -> Result<bool, ServerError> {
         let r = sqlx::query(
-            "INSERT INTO hosts (name, public_key_pem, key_id, tpm_backed, created) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO NOTHING",
+            "INSERT INTO hosts (name, public_key_pem, key_id, tpm_backed, created, ak, host_group) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO NOTHING",
         )
-        .bind(name.to_string())
-        .bind(pem.to_string())
-        .bind(key_id.to_string())
-        .bind(i64::from(tpm_backed))
+        .bind(host.name.to_string())
+        .bind(host.pem.to_string())
+        .bind(host.key_id.to_string())
+        .bind(i64::from(host.ak.is_some()))
         .bind(now)
+        .bind(host.ak.map(<[u8]>::to_vec))
+        .bind(host.group.to_string())
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected() == 1)

@@ -1,0 +1,20 @@
+-- vmattest server schema v6: host attestation. A host registered with a TPM binding keeps its
+-- attestation key (TPMT_PUBLIC) and belongs to a group; each group may have a host policy; every
+-- appraisal of a host's quote is kept with its EAR.
+ALTER TABLE hosts ADD COLUMN ak BLOB;
+ALTER TABLE hosts ADD COLUMN host_group TEXT NOT NULL DEFAULT 'default';
+CREATE TABLE host_policies (
+    host_group TEXT PRIMARY KEY,
+    body TEXT NOT NULL,
+    created BIGINT NOT NULL
+);
+CREATE TABLE host_results (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    host TEXT NOT NULL REFERENCES hosts(name),
+    host_group TEXT NOT NULL,
+    time BIGINT NOT NULL,
+    status TEXT NOT NULL,
+    mismatches TEXT NOT NULL,
+    ear TEXT NOT NULL
+);
+CREATE INDEX host_results_host ON host_results(host, id);
