@@ -40,7 +40,7 @@ tail -3 "$soak_log"
 rm -f "$soak_log"
 cargo test -p vmattest-cli --release --test snapshot regression_crash_hooks_are_not_in_default_builds
 cargo test -p vmattest-tpm --release --features tpm
-cargo test -p vmattest-cli --release --features tpm --test tpm
+cargo test -p vmattest-cli --release --features tpm --test tpm --test host_attest
 
 # Fuzzing: every target briefly (docs/FUZZING.md; scripts/fuzz.sh SECONDS for a longer run).
 "$ROOT/scripts/fuzz.sh" 5

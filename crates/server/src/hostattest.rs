@@ -405,3 +405,101 @@ pub async fn attestations(
         .collect::<Result<Vec<_>, _>>()
         .map(Json)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmattest_api::host::EventRule;
+
+    fn pcrs() -> Vec<(u32, [u8; 32])> {
+        (0..8)
+            .map(|i| (i, [i as u8; 32]))
+            .chain([(23, [9; 32])])
+            .collect()
+    }
+
+    #[test]
+    fn appraisal_names_each_difference_and_rates_it() {
+        let events = vec![Event::new(23, "vmattest", "1.0".into())];
+        let mut policy = HostPolicy::default();
+        for (i, v) in pcrs() {
+            policy.pcrs.insert(i, hex::encode(v));
+        }
+        policy.events.push(EventRule {
+            pcr: 23,
+            kind: "vmattest".into(),
+            value: "1.0".into(),
+        });
+        let (v, m) = appraise(Some(&policy), "g", &pcrs(), &events);
+        assert!(m.is_empty(), "{m:?}");
+        assert_eq!(v.status().name(), "affirming");
+
+        let mut boot = pcrs();
+        boot[4].1 = [0xee; 32];
+        let (v, m) = appraise(Some(&policy), "g", &boot, &events);
+        assert_eq!(m.len(), 1);
+        assert!(
+            m[0].starts_with(&format!("PCR 4: {}", "ee".repeat(32))),
+            "{m:?}"
+        );
+        assert_eq!((v.executables, v.configuration), (96, 2));
+        assert_eq!(v.status().name(), "contraindicated");
+
+        let (v, m) = appraise(Some(&policy), "g", &pcrs()[..8], &[]);
+        assert_eq!(m.len(), 2, "{m:?}");
+        assert!(m[0].starts_with("PCR 23: not quoted"), "{m:?}");
+        assert!(m[1].starts_with("PCR 23: no event vmattest"), "{m:?}");
+        assert_eq!((v.executables, v.configuration), (2, 96));
+
+        let (v, m) = appraise(None, "g", &pcrs(), &events);
+        assert_eq!(m, ["no host policy for group g"]);
+        assert_eq!(v.status().name(), "warning");
+    }
+
+    #[test]
+    fn policies_and_quotes_out_of_range_are_refused() {
+        let mut p = HostPolicy::default();
+        assert!(check_policy("g", &p).is_err());
+        p.pcrs.insert(24, "00".repeat(32));
+        assert!(check_policy("g", &p).is_err());
+        p.pcrs.clear();
+        p.pcrs.insert(3, "zz".into());
+        assert!(check_policy("g", &p).is_err());
+        p.pcrs.clear();
+        p.events.push(EventRule {
+            pcr: 7,
+            kind: "k".into(),
+            value: "v".into(),
+        });
+        assert!(check_policy("g", &p).is_err());
+
+        let ev = |pcrs: Vec<u32>| HostEvidence {
+            nonce: String::new(),
+            attest: String::new(),
+            signature: String::new(),
+            pcrs: pcrs
+                .into_iter()
+                .map(|index| vmattest_api::host::PcrValue {
+                    index,
+                    sha256: "00".repeat(32),
+                })
+                .collect(),
+            events: Vec::new(),
+        };
+        assert!(quoted_pcrs(&ev((0..8).collect())).is_ok());
+        assert!(quoted_pcrs(&ev((1..8).collect())).is_err(), "PCR 0 missing");
+        assert!(
+            quoted_pcrs(&ev(vec![0, 1, 2, 3, 4, 5, 7, 6])).is_err(),
+            "order"
+        );
+        assert!(
+            quoted_pcrs(&ev((0..8).chain([24]).collect())).is_err(),
+            "range"
+        );
+        let stray = vec![Event::new(16, "k", "v".into())];
+        assert!(
+            check_events(&stray, &pcrs()).is_err(),
+            "event of an unquoted PCR"
+        );
+    }
+}
