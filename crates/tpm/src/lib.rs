@@ -283,6 +283,18 @@ impl Tpm {
         self.backend.ek_public()
     }
 
+    /// Recovers a credential made for this TPM's EK and its attestation key
+    /// (`vmattest_quote::make_credential`): `TPM2_ActivateCredential` refuses one made for
+    /// another TPM or another key.
+    pub fn activate_credential(
+        &mut self,
+        id_object: &[u8],
+        encrypted_secret: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, TpmError> {
+        self.backend
+            .activate_credential(id_object, encrypted_secret)
+    }
+
     /// The EK certificate (DER) the manufacturer provisioned in NV, if any.
     pub fn ek_certificate(&mut self) -> Option<Vec<u8>> {
         self.backend.ek_certificate()

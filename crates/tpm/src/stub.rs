@@ -46,6 +46,14 @@ impl Backend {
         match *self {}
     }
 
+    pub(crate) fn activate_credential(
+        &mut self,
+        _id_object: &[u8],
+        _encrypted_secret: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, TpmError> {
+        match *self {}
+    }
+
     pub(crate) fn pcr_read(&mut self, _pcrs: &[u32]) -> Result<Vec<[u8; 32]>, TpmError> {
         match *self {}
     }

@@ -15,15 +15,15 @@ use tss_esapi::constants::SessionType;
 use tss_esapi::constants::capabilities::CapabilityType;
 use tss_esapi::constants::property_tag::PropertyTag;
 use tss_esapi::constants::tss::{TPM2_PT_MANUFACTURER, TPM2_RH_NULL, TPM2_ST_HASHCHECK};
-use tss_esapi::handles::{KeyHandle, ObjectHandle, PcrHandle, SessionHandle};
+use tss_esapi::handles::{AuthHandle, KeyHandle, ObjectHandle, PcrHandle, SessionHandle};
 use tss_esapi::interface_types::algorithm::HashingAlgorithm;
 use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::resource_handles::Hierarchy;
 use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::{
-    AttestInfo, CapabilityData, Data, Digest, DigestValues, HashcheckTicket, PcrSelectionList,
-    PcrSelectionListBuilder, PcrSlot, Private, Public, SensitiveData, Signature, SignatureScheme,
-    SymmetricDefinition,
+    AttestInfo, CapabilityData, Data, Digest, DigestValues, EncryptedSecret, HashcheckTicket,
+    IdObject, Nonce, PcrSelectionList, PcrSelectionListBuilder, PcrSlot, Private, Public,
+    SensitiveData, Signature, SignatureScheme, SymmetricDefinition,
 };
 use tss_esapi::tcti_ldr::{DeviceConfig, TctiNameConf};
 use tss_esapi::traits::{Marshall, UnMarshall};
@@ -496,6 +496,57 @@ impl Backend {
 
     pub(crate) fn pcr_read(&mut self, pcrs: &[u32]) -> Result<Vec<[u8; 32]>, TpmError> {
         read_pcrs(&mut self.ctx, pcrs)
+    }
+
+    /// `TPM2_ActivateCredential` with the attestation key and the ECC P-256 EK (whose default
+    /// policy is `PolicySecret(TPM_RH_ENDORSEMENT)`, with the empty endorsement auth).
+    pub(crate) fn activate_credential(
+        &mut self,
+        id_object: &[u8],
+        encrypted_secret: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, TpmError> {
+        const OP: &str = "ActivateCredential";
+        let blob = IdObject::try_from(id_object.to_vec()).map_err(|e| TpmError::Input {
+            what: "credential blob",
+            detail: e.to_string(),
+        })?;
+        let secret =
+            EncryptedSecret::try_from(encrypted_secret.to_vec()).map_err(|e| TpmError::Input {
+                what: "credential secret",
+                detail: e.to_string(),
+            })?;
+        let ctx = &mut self.ctx;
+        let ek = create_ek_object_2(
+            ctx,
+            AsymmetricAlgorithmSelection::Ecc(EccCurve::NistP256),
+            None,
+        )
+        .map_err(cmd("CreatePrimary (endorsement key)"))?;
+        let digest = flushing(ctx, ek.into(), |c| {
+            with_primary(c, templates::attestation_key(), |c, ak, _| {
+                let session = start_session(c, SessionType::Policy)?;
+                flushing(c, session_object(session), |c| {
+                    let policy = PolicySession::try_from(session).map_err(cmd("PolicySecret"))?;
+                    c.execute_with_session(Some(AuthSession::Password), |c| {
+                        c.policy_secret(
+                            policy,
+                            AuthHandle::Endorsement,
+                            Nonce::default(),
+                            Digest::default(),
+                            Nonce::default(),
+                            None,
+                        )
+                    })
+                    .map_err(cmd("PolicySecret"))?;
+                    c.execute_with_sessions(
+                        (Some(AuthSession::Password), Some(session), None),
+                        |c| c.activate_credential(ak, ek, blob, secret),
+                    )
+                    .map_err(cmd(OP))
+                })
+            })
+        })?;
+        Ok(Zeroizing::new(digest.value().to_vec()))
     }
 
     pub(crate) fn pcr_extend(&mut self, index: u32, digest: &[u8; 32]) -> Result<(), TpmError> {
