@@ -68,6 +68,10 @@ pub enum ErrorCode {
     /// Evidence names a patch-site report by fingerprint that the server does not hold;
     /// the agent sends the whole report instead.
     UnknownSiteReport,
+    /// A host's quote does not satisfy its group's host policy, so nothing is released to it.
+    HostUntrusted,
+    /// No key of the VM is held for release, or none for this host.
+    NoKey,
     /// The request body did not arrive in time.
     BodyTimeout,
     /// The server failed; the details are in its log only.
@@ -78,7 +82,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code this build knows, in documentation order.
-    pub const KNOWN: [ErrorCode; 28] = [
+    pub const KNOWN: [ErrorCode; 30] = [
         ErrorCode::Malformed,
         ErrorCode::Invalid,
         ErrorCode::NotFound,
@@ -105,6 +109,8 @@ impl ErrorCode {
         ErrorCode::Regions,
         ErrorCode::RootMismatch,
         ErrorCode::UnknownSiteReport,
+        ErrorCode::HostUntrusted,
+        ErrorCode::NoKey,
         ErrorCode::BodyTimeout,
         ErrorCode::Internal,
     ];
@@ -138,6 +144,8 @@ impl ErrorCode {
             ErrorCode::Regions => "regions",
             ErrorCode::RootMismatch => "root_mismatch",
             ErrorCode::UnknownSiteReport => "unknown_site_report",
+            ErrorCode::HostUntrusted => "host_untrusted",
+            ErrorCode::NoKey => "no_key",
             ErrorCode::BodyTimeout => "body_timeout",
             ErrorCode::Internal => "internal",
             ErrorCode::Other(code) => code,
@@ -165,6 +173,8 @@ impl ErrorCode {
             | ErrorCode::LastAdmin
             | ErrorCode::NoBaseline
             | ErrorCode::NoReference
+            | ErrorCode::NoKey
+            | ErrorCode::HostUntrusted
             | ErrorCode::UnknownSiteReport => 409,
             ErrorCode::TooLarge => 413,
             ErrorCode::Internal => 500,
@@ -191,6 +201,7 @@ impl ErrorCode {
             | ErrorCode::ReplayedNonce
             | ErrorCode::Regions
             | ErrorCode::RootMismatch
+            | ErrorCode::HostUntrusted
             | ErrorCode::UnknownSiteReport => ErrorClass::Verification,
             ErrorCode::Unauthorized | ErrorCode::Forbidden => ErrorClass::Denied,
             ErrorCode::BodyTimeout | ErrorCode::Internal => ErrorClass::Environment,
@@ -202,6 +213,7 @@ impl ErrorCode {
             | ErrorCode::LastAdmin
             | ErrorCode::NoBaseline
             | ErrorCode::NoReference
+            | ErrorCode::NoKey
             | ErrorCode::TooLarge
             | ErrorCode::MethodNotAllowed
             | ErrorCode::Other(_) => ErrorClass::Input,

@@ -140,6 +140,68 @@ pub struct HostEvidence {
     pub events: Vec<Event>,
 }
 
+/// `PUT /v1/vms/{vm}/key`: a VM chain's secret for the server to hold (sealed) and release to
+/// the named hosts, each only while its quote satisfies its host policy.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmKey {
+    /// Hex, 16 to 64 bytes.
+    pub secret: String,
+    /// Hosts the key may be released to besides the VM's own.
+    #[serde(default)]
+    pub release_to: Vec<String>,
+}
+
+impl std::fmt::Debug for VmKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmKey")
+            .field("release_to", &self.release_to)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A held key, without the key.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VmKeyInfo {
+    pub vm: String,
+    pub release_to: Vec<String>,
+    #[serde(with = "time")]
+    pub updated: UnixTime,
+}
+
+/// `POST /v1/vms/{vm}/key/release`: the caller's host asks for the key with a fresh quote.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRelease {
+    pub evidence: HostEvidence,
+}
+
+/// The key, for the destination's TPM only: `TPM2_ActivateCredential` with its EK and
+/// attestation key recovers the 32-byte key that opens `ciphertext` (ChaCha20-Poly1305 with
+/// `nonce`, associated data `"vmattest key release v1\0" || vm || "\0" || host`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReleasedKey {
+    pub vm: String,
+    pub host: String,
+    /// `TPM2B_ID_OBJECT` contents, hex.
+    pub id_object: String,
+    /// `TPM2B_ENCRYPTED_SECRET` contents, hex.
+    pub encrypted_secret: String,
+    pub nonce: String,
+    pub ciphertext: String,
+    /// The appraisal that allowed the release.
+    pub attestation: HostAttestation,
+}
+
+/// Associated data of a released key's ciphertext.
+pub fn release_aad(vm: &str, host: &str) -> Vec<u8> {
+    let mut aad = b"vmattest key release v1\0".to_vec();
+    aad.extend_from_slice(vm.as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(host.as_bytes());
+    aad
+}
+
 /// A host's appraisal.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct HostAttestation {

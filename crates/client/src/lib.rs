@@ -13,7 +13,8 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use vmattest_api::host::{
-    HostAttestation, HostChallenge, HostEvidence, HostPolicy, HostPolicyEntry,
+    HostAttestation, HostChallenge, HostEvidence, HostPolicy, HostPolicyEntry, KeyRelease,
+    ReleasedKey, VmKey, VmKeyInfo,
 };
 use vmattest_api::{
     API_PREFIX, Alert, AttestationResult, BaselineInfo, Challenge, ConfigCheckRequest,
@@ -364,6 +365,16 @@ impl Client {
 
     pub fn host_attestations(&self, host: &str) -> Result<Vec<HostAttestation>, ClientError> {
         self.get(&format!("/hosts/{}/attestations", seg("host", host)?))
+    }
+
+    /// Has the server hold a VM chain's secret for attested release.
+    pub fn put_vm_key(&self, vm: &str, key: &VmKey) -> Result<VmKeyInfo, ClientError> {
+        self.put_json(&format!("/vms/{}/key", seg("vm", vm)?), key)
+    }
+
+    /// Asks for a VM's key with a fresh quote of this host.
+    pub fn release_key(&self, vm: &str, req: &KeyRelease) -> Result<ReleasedKey, ClientError> {
+        self.post_json(&format!("/vms/{}/key/release", seg("vm", vm)?), req)
     }
 
     pub fn host_policies(&self) -> Result<Vec<HostPolicyEntry>, ClientError> {

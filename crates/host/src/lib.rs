@@ -18,6 +18,7 @@ pub mod measurement;
 pub mod policy;
 pub mod quotefile;
 pub mod record;
+pub mod release;
 pub mod report;
 pub mod revoke;
 pub mod tpm;

@@ -12,7 +12,7 @@ use vmattest_api::{ErrorCode, Role};
 use vmattest_core::attest::TrustVector;
 
 use crate::auth::Caller;
-use crate::db::HostResultRow;
+use crate::db::{HostResultRow, HostTpmRow};
 use crate::ear::HostEarClaims;
 use crate::error::ApiError;
 use crate::nonce::NonceError;
@@ -134,19 +134,19 @@ pub async fn delete_policy(
     Ok(Json(serde_json::json!({ "deleted": group })))
 }
 
-/// The host's attestation key and group; refused for a host registered without a TPM.
-async fn host_ak(s: &AppState, host: &str) -> Result<(Vec<u8>, String), ApiError> {
-    let (ak, group) =
-        s.db.host_ak(host)
+/// The host's TPM keys and group; refused for a host registered without a TPM.
+pub(crate) async fn host_tpm(s: &AppState, host: &str) -> Result<(Vec<u8>, HostTpmRow), ApiError> {
+    let row =
+        s.db.host_tpm(host)
             .await?
             .ok_or_else(|| ApiError::not_found("host", host))?;
-    let ak = ak.ok_or_else(|| {
+    let ak = row.ak.clone().ok_or_else(|| {
         ApiError::new(
             ErrorCode::TpmBinding,
             format!("host {host} has no attestation key: register it with a TPM-resident key (remote host add --ak)"),
         )
     })?;
-    Ok((ak, group))
+    Ok((ak, row))
 }
 
 /// `POST /v1/hosts/{host}/challenge`: a nonce for the host's next quote.
@@ -157,7 +157,7 @@ pub async fn challenge(
 ) -> Result<Json<HostChallenge>, ApiError> {
     caller.require(&[Agent, Admin])?;
     caller.require_own_host(&host)?;
-    host_ak(&s, &host).await?;
+    host_tpm(&s, &host).await?;
     let expires = now_secs() + s.settings.nonce_ttl_secs;
     let nonce = s.nonces.issue(&subject(&host), "", expires)?;
     Ok(Json(HostChallenge {
@@ -317,13 +317,24 @@ pub async fn attest(
     caller.require(&[Agent])?;
     caller.require_own_host(&host)?;
     let ev: HostEvidence = json_body(&body)?;
-    let (ak_bytes, group) = host_ak(&s, &host).await?;
+    appraise_host(&s, &host, &ev).await.map(Json)
+}
+
+/// Checks `ev` (a quote of `host` over a nonce of this server), appraises it against the
+/// host's group policy, spends the nonce and stores the appraisal.
+pub(crate) async fn appraise_host(
+    s: &AppState,
+    host: &str,
+    ev: &HostEvidence,
+) -> Result<HostAttestation, ApiError> {
+    let (ak_bytes, tpm) = host_tpm(s, host).await?;
+    let group = tpm.group;
     let nonce = hex::decode(&ev.nonce)
         .map_err(|_| invalid(format!("nonce: expected hex, found {:?}", ev.nonce)))?;
     let now = now_secs();
     let expires = s
         .nonces
-        .check(&nonce, &subject(&host), "", now)
+        .check(&nonce, &subject(host), "", now)
         .map_err(|e| match e {
             NonceError::Unknown => ApiError::new(
                 ErrorCode::UnknownNonce,
@@ -337,7 +348,7 @@ pub async fn attest(
                 format!("nonce expired at {expires}, {}s ago", now - expires),
             ),
         })?;
-    let pcrs = quoted_pcrs(&ev)?;
+    let pcrs = quoted_pcrs(ev)?;
     let attest = hex::decode(&ev.attest).map_err(|_| invalid("attest: expected hex".into()))?;
     let mut raw_sig = [0u8; 64];
     hex::decode_to_slice(&ev.signature, &mut raw_sig)
@@ -360,7 +371,7 @@ pub async fn attest(
     };
     let (vector, mismatches) = appraise(policy.as_ref(), &group, &pcrs, &ev.events);
     let ear = s.ear.current().host_ear(&HostEarClaims {
-        host: &host,
+        host,
         group: &group,
         iat: now,
         nonce: &nonce,
@@ -370,7 +381,7 @@ pub async fn attest(
     })?;
     let mut row = HostResultRow {
         id: 0,
-        host: host.clone(),
+        host: host.to_owned(),
         group,
         time: now,
         status: vector.status().name().to_string(),
@@ -387,7 +398,7 @@ pub async fn attest(
                 )
             })?;
     tracing::info!(host = %host, status = %row.status, mismatches = mismatches.len(), "host appraised");
-    result_json(&row).map(Json)
+    result_json(&row)
 }
 
 /// `GET /v1/hosts/{host}/attestations`: the host's appraisals, newest first.
@@ -413,7 +424,7 @@ mod tests {
 
     fn pcrs() -> Vec<(u32, [u8; 32])> {
         (0..8)
-            .map(|i| (i, [i as u8; 32]))
+            .map(|i| (i, [u8::try_from(i).unwrap(); 32]))
             .chain([(23, [9; 32])])
             .collect()
     }

@@ -13,6 +13,7 @@ pub mod ear;
 pub mod earkeys;
 pub mod error;
 pub mod hostattest;
+mod keyrelease;
 pub mod listen;
 mod locate;
 mod metrics;
@@ -78,6 +79,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/vms/{vm}/policy", put(routes::set_vm_policy))
         .route("/v1/vms/{vm}/baseline", post(routes::new_baseline))
         .route("/v1/vms/{vm}/challenge", post(routes::challenge))
+        .route("/v1/vms/{vm}/key", put(keyrelease::put_key))
+        .route("/v1/vms/{vm}/key/release", post(keyrelease::release))
         .route("/v1/evidence", post(routes::evidence))
         .route("/v1/vms/{vm}/results", get(routes::results))
         .route(

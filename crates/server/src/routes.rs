@@ -140,11 +140,26 @@ pub async fn new_host(
             format!("host {} public key: {e}", req.name),
         )
     })?;
-    let ak = match &req.tpm {
-        Some(binding) => Some(crate::tpm::check_binding(&key, binding).map_err(|e| {
-            ApiError::new(ErrorCode::TpmBinding, format!("host {}: {e}", req.name))
-        })?),
-        None => None,
+    let (ak, ek) = match &req.tpm {
+        Some(binding) => {
+            let ak = crate::tpm::check_binding(&key, binding).map_err(|e| {
+                ApiError::new(ErrorCode::TpmBinding, format!("host {}: {e}", req.name))
+            })?;
+            let ek = hex::decode(&binding.certify.ek)
+                .ok()
+                .filter(|ek| ek.len() == 65 && ek[0] == 4)
+                .ok_or_else(|| {
+                    ApiError::new(
+                        ErrorCode::TpmBinding,
+                        format!(
+                            "host {}: certify.ek: expected an uncompressed P-256 point (130 hex digits)",
+                            req.name
+                        ),
+                    )
+                })?;
+            (Some(ak), Some(ek))
+        }
+        None => (None, None),
     };
     let tpm_backed = ak.is_some();
     let group = req.group.as_deref().unwrap_or(DEFAULT_GROUP);
@@ -156,6 +171,7 @@ pub async fn new_host(
         pem: &key.to_pem(),
         key_id: &key_id,
         ak: ak.as_deref(),
+        ek: ek.as_deref(),
         group,
     };
     if !s.db.insert_host(&row, now).await? {

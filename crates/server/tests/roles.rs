@@ -203,6 +203,18 @@ async fn every_endpoint_checks_token_and_role() {
         ("GET", "/v1/host-policies".into(), None, vec![&agent]),
         (
             "PUT",
+            "/v1/vms/vm1/key".into(),
+            json(serde_json::json!({"secret": "00"})),
+            vec![&auditor, &other_agent],
+        ),
+        (
+            "POST",
+            "/v1/vms/vm1/key/release".into(),
+            json(serde_json::json!({})),
+            vec![&admin, &auditor],
+        ),
+        (
+            "PUT",
             "/v1/host-policies/g".into(),
             json(serde_json::json!({"pcrs": {}})),
             vec![&agent, &auditor],

@@ -75,6 +75,11 @@ impl StoreSecret {
         Ok(StoreSecret(raw))
     }
 
+    /// The secret as a secret file holds it (64 hex digits), to hand it to another holder.
+    pub fn to_hex(&self) -> Zeroizing<String> {
+        Zeroizing::new(hex::encode(self.0.as_ref()))
+    }
+
     /// The chain's page key.
     pub(crate) fn page_key(&self, baseline_root: &[u8], vm_id: &str) -> PageKey {
         let hk = Hkdf::<Sha256>::new(Some(baseline_root), self.0.as_ref());

@@ -346,4 +346,34 @@ pub enum RemoteVmCommand {
         /// The VM's name.
         name: String,
     },
+    /// Have the server hold the VM chain's store secret (sealed at rest) and release it only to
+    /// the VM's host and the hosts named, each while its quote satisfies its host policy.
+    PutKey {
+        #[arg(long)]
+        name: String,
+        /// The store secret: a secret file, or a blob sealed to this host's TPM.
+        #[arg(long)]
+        secret: PathBuf,
+        /// A host the key may be released to; repeatable.
+        #[arg(long = "release-to")]
+        release_to: Vec<String>,
+    },
+    /// On a destination host: quote this host's TPM, receive the VM's key wrapped for it,
+    /// unwrap it in the TPM and seal it to this host's PCRs into a new file for `--secret`.
+    ReleaseKey {
+        #[arg(long)]
+        name: String,
+        /// This host's name, as registered (its agent token's host).
+        #[arg(long)]
+        host: String,
+        /// The sealed secret to write (a new file, mode 0600).
+        #[arg(long)]
+        out: PathBuf,
+        /// Also quote this PCR (16-23), with vmattest's version measured into it.
+        #[arg(long)]
+        pcr: Option<u32>,
+        /// The PCRs the secret is sealed to on this host.
+        #[arg(long, default_value = "0,1,2,3,4,5,6,7")]
+        seal_pcr: String,
+    },
 }

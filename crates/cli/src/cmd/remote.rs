@@ -137,6 +137,40 @@ pub fn run(args: RemoteArgs, json: bool) -> anyhow::Result<()> {
             })
         }
         RemoteCommand::Vm(RemoteVmCommand::Show { name }) => report(json, &c.vm(&name)?),
+        RemoteCommand::Vm(RemoteVmCommand::PutKey {
+            name,
+            secret,
+            release_to,
+        }) => {
+            let held = vmattest_host::release::put_key(&c, &name, &secret, release_to)?;
+            show(json, &held, |h| {
+                format!(
+                    "the key of VM {} is held for release to its host{}",
+                    h.vm,
+                    if h.release_to.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" and {}", h.release_to.join(", "))
+                    }
+                )
+            })
+        }
+        RemoteCommand::Vm(RemoteVmCommand::ReleaseKey {
+            name,
+            host,
+            out,
+            pcr,
+            seal_pcr,
+        }) => {
+            let pcrs = tpm::pcr_list(&seal_pcr)?;
+            let r = vmattest_host::release::release_key(&c, &name, &host, pcr, &pcrs, &out)?;
+            show(json, &r, |r| {
+                format!(
+                    "the key of VM {} was released to host {} and sealed to its PCRs {:?} -> {}",
+                    r.vm, r.host, r.sealed_to, r.out
+                )
+            })
+        }
         RemoteCommand::Vm(RemoteVmCommand::SetPolicy {
             name,
             policy_id,

@@ -14,7 +14,17 @@ pub struct NewHostRow<'a> {
     pub key_id: &'a str,
     /// The TPMT_PUBLIC of the attestation key that certified a TPM-resident host key.
     pub ak: Option<&'a [u8]>,
+    /// The TPM's endorsement key (uncompressed P-256), as registered with the AK.
+    pub ek: Option<&'a [u8]>,
     pub group: &'a str,
+}
+
+/// A host's TPM keys and group.
+#[derive(Debug, Clone)]
+pub struct HostTpmRow {
+    pub ak: Option<Vec<u8>>,
+    pub ek: Option<Vec<u8>>,
+    pub group: String,
 }
 
 /// A stored host appraisal.
@@ -31,17 +41,18 @@ pub struct HostResultRow {
 }
 
 impl Db {
-    /// A host's attestation key (none when registered without a TPM) and group.
-    pub async fn host_ak(
-        &self,
-        host: &str,
-    ) -> Result<Option<(Option<Vec<u8>>, String)>, ServerError> {
-        let row = sqlx::query("SELECT ak, host_group FROM hosts WHERE name = $1")
+    /// A host's TPM keys (none when registered without a TPM) and group.
+    pub async fn host_tpm(&self, host: &str) -> Result<Option<HostTpmRow>, ServerError> {
+        let row = sqlx::query("SELECT ak, ek, host_group FROM hosts WHERE name = $1")
             .bind(host.to_string())
             .fetch_optional(&self.pool)
             .await?;
         Ok(match row {
-            Some(r) => Some((r.try_get(0)?, r.try_get(1)?)),
+            Some(r) => Some(HostTpmRow {
+                ak: r.try_get(0)?,
+                ek: r.try_get(1)?,
+                group: r.try_get(2)?,
+            }),
             None => None,
         })
     }

@@ -6,6 +6,7 @@
 mod baselines;
 mod exec;
 mod hosts;
+mod keys;
 mod writer;
 
 use std::path::PathBuf;
@@ -18,7 +19,7 @@ use sqlx::{AnyPool, AssertSqlSafe, Executor, Row};
 pub use writer::{AlertDraft, AlertRef, EvidenceCommit, NonceOutcome, Writer};
 
 use crate::error::ServerError;
-pub use hosts::{HostResultRow, NewHostRow};
+pub use hosts::{HostResultRow, HostTpmRow, NewHostRow};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -203,8 +204,8 @@ impl Db {
     /// a TPM-backed host.
     pub async fn insert_host(&self, host: &NewHostRow<'_>, now: i64) -> Result<bool, ServerError> {
         let r = sqlx::query(
-            "INSERT INTO hosts (name, public_key_pem, key_id, tpm_backed, created, ak, host_group) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO NOTHING",
+            "INSERT INTO hosts (name, public_key_pem, key_id, tpm_backed, created, ak, ek, host_group) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (name) DO NOTHING",
         )
         .bind(host.name.to_string())
         .bind(host.pem.to_string())
@@ -212,6 +213,7 @@ impl Db {
         .bind(i64::from(host.ak.is_some()))
         .bind(now)
         .bind(host.ak.map(<[u8]>::to_vec))
+        .bind(host.ek.map(<[u8]>::to_vec))
         .bind(host.group.to_string())
         .execute(&self.pool)
         .await?;
