@@ -205,3 +205,231 @@ fn host_quotes_are_appraised_against_their_groups_policy_on_postgres() {
         .expect("PostgreSQL (scripts/install-deps.sh installs it)");
     scenario(Some(&pg.url()));
 }
+
+/// A host with its own swtpm, registered with its attestation key in group `lab`, and a file
+/// holding its agent token.
+struct TpmHost {
+    name: &'static str,
+    tpm: Swtpm,
+    token_file: String,
+}
+
+impl TpmHost {
+    fn new(name: &'static str, dir: &Path, server: &Server, admin: &Client) -> TpmHost {
+        let tpm = Swtpm::start();
+        let log = dir.join(format!("{name}.events"));
+        let p = |n: &str| dir.join(format!("{name}.{n}")).to_str().unwrap().to_owned();
+        run(&tpm.tcti(), &log, &["tpm", "keygen", "--out", &p("pub")]).ok();
+        run(&tpm.tcti(), &log, &["tpm", "ak", "--out", &p("ak")]).ok();
+        server
+            .remote(
+                &server.admin_token(),
+                &[
+                    "host",
+                    "add",
+                    "--name",
+                    name,
+                    "--pubkey",
+                    &p("pub"),
+                    "--ak",
+                    &p("ak"),
+                    "--group",
+                    "lab",
+                ],
+            )
+            .ok();
+        std::fs::write(p("token"), token(admin, Role::Agent, Some(name))).unwrap();
+        TpmHost {
+            name,
+            tpm,
+            token_file: p("token"),
+        }
+    }
+
+    /// `vmattest ARGS` on this host's TPM; `remote` commands with its agent token.
+    fn run(&self, dir: &Path, server: &Server, args: &[&str]) -> Run {
+        let log = dir.join(format!("{}.events", self.name));
+        let url = server.url();
+        let mut all: Vec<&str> = Vec::new();
+        if args[0] == "remote" {
+            all.extend_from_slice(&["remote", "--server", &url, "--token-file", &self.token_file]);
+            all.extend_from_slice(&args[1..]);
+        } else {
+            all.extend_from_slice(args);
+        }
+        run(&self.tpm.tcti(), &log, &all)
+    }
+}
+
+#[test]
+fn a_chain_key_is_released_only_to_a_host_whose_quote_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let p = |n: &str| d.join(n).to_str().unwrap().to_owned();
+    let server = Server::start(&d.join("state"), None);
+    let admin = Client::new(&server.url(), Some(server.admin_token())).unwrap();
+    let (a, b, c) = (
+        TpmHost::new("a", d, &server, &admin),
+        TpmHost::new("b", d, &server, &admin),
+        TpmHost::new("c", d, &server, &admin),
+    );
+    common::server::register_vms(&admin, "a", &["vm1"]);
+    b.run(
+        d,
+        &server,
+        &[
+            "tpm",
+            "quote",
+            "--pcr",
+            "0,1,2,3,4,5,6,7",
+            "--nonce",
+            "00",
+            "--out",
+            &p("good.quote"),
+        ],
+    )
+    .ok();
+    server
+        .remote(
+            &server.admin_token(),
+            &[
+                "host-policy",
+                "set",
+                "--group",
+                "lab",
+                "--quote",
+                &p("good.quote"),
+            ],
+        )
+        .ok();
+
+    // An encrypted chain on a.
+    common::vmattest(["keygen", "--alg", "ed25519", "--out", &p("k.key")]).ok();
+    std::fs::write(p("mem"), common::vm_like(8 * 4096, 5)).unwrap();
+    let store = p("store");
+    common::vmattest([
+        "snapshot",
+        "init",
+        "--store",
+        &store,
+        "--vm-id",
+        "vm1",
+        "--secret",
+        &p("secret"),
+    ])
+    .ok();
+    common::vmattest([
+        "snapshot",
+        "take",
+        "--store",
+        &store,
+        "--key",
+        &p("k.key"),
+        "--memory",
+        &p("mem"),
+        "--secret",
+        &p("secret"),
+    ])
+    .ok();
+    a.run(
+        d,
+        &server,
+        &[
+            "remote",
+            "vm",
+            "put-key",
+            "--name",
+            "vm1",
+            "--secret",
+            &p("secret"),
+            "--release-to",
+            "b",
+        ],
+    )
+    .ok();
+
+    // b's quote passes: the key reaches b's TPM, sealed to b's PCRs, and opens the chain there.
+    b.run(
+        d,
+        &server,
+        &[
+            "remote",
+            "--json",
+            "vm",
+            "release-key",
+            "--name",
+            "vm1",
+            "--host",
+            "b",
+            "--out",
+            &p("b.sealed"),
+        ],
+    )
+    .ok();
+    let verify = |h: &TpmHost| {
+        h.run(
+            d,
+            &server,
+            &[
+                "snapshot",
+                "verify",
+                "--store",
+                &store,
+                "--pubkey",
+                &p("k.key.pub"),
+                "--secret",
+                &p("b.sealed"),
+            ],
+        )
+    };
+    verify(&b).ok();
+    // Another TPM cannot unseal what b sealed.
+    assert_ne!(verify(&c).code, 0);
+    // c was not named: nothing for it.
+    c.run(
+        d,
+        &server,
+        &[
+            "remote",
+            "vm",
+            "release-key",
+            "--name",
+            "vm1",
+            "--host",
+            "c",
+            "--out",
+            &p("c.sealed"),
+        ],
+    )
+    .fails(2, "no key of VM vm1 is held for host c");
+    assert!(!Path::new(&p("c.sealed")).exists());
+    // b's boot chain changes: refused, naming the PCR.
+    vmattest_tpm::Tpm::open(&vmattest_tpm::TpmConfig::tcti(b.tpm.tcti()))
+        .unwrap()
+        .pcr_extend(4, &[1u8; 32])
+        .unwrap();
+    b.run(
+        d,
+        &server,
+        &[
+            "remote",
+            "vm",
+            "release-key",
+            "--name",
+            "vm1",
+            "--host",
+            "b",
+            "--out",
+            &p("b2.sealed"),
+        ],
+    )
+    .fails(1, "host b is contraindicated: PCR 4:");
+    assert!(!Path::new(&p("b2.sealed")).exists());
+
+    // The key is not in the server's database in clear.
+    let secret_hex = std::fs::read_to_string(p("secret")).unwrap();
+    let raw = hex::decode(secret_hex.trim()).unwrap();
+    let db = std::fs::read(d.join("state").join("server.db")).unwrap();
+    assert!(!db.windows(raw.len()).any(|w| w == raw.as_slice()));
+    assert!(!db.windows(64).any(|w| w == secret_hex.trim().as_bytes()));
+}

@@ -34,6 +34,15 @@ pub enum CredentialError {
     Random(String),
 }
 
+impl vmattest_core::class::Classify for CredentialError {
+    fn class(&self) -> vmattest_core::class::ErrorClass {
+        match self {
+            CredentialError::Random(_) => vmattest_core::class::ErrorClass::Environment,
+            _ => vmattest_core::class::ErrorClass::Input,
+        }
+    }
+}
+
 /// What `TPM2_ActivateCredential` takes: the contents of `TPM2B_ID_OBJECT` and of
 /// `TPM2B_ENCRYPTED_SECRET` (without their own size fields).
 #[derive(Debug, Clone, PartialEq, Eq)]
