@@ -349,23 +349,24 @@ fn a_chain_key_is_released_only_to_a_host_whose_quote_passes() {
     .ok();
 
     // b's quote passes: the key reaches b's TPM, sealed to b's PCRs, and opens the chain there.
-    b.run(
-        d,
-        &server,
-        &[
-            "remote",
-            "--json",
-            "vm",
-            "release-key",
-            "--name",
-            "vm1",
-            "--host",
-            "b",
-            "--out",
-            &p("b.sealed"),
-        ],
-    )
-    .ok();
+    let release = |h: &TpmHost, out: &str| {
+        h.run(
+            d,
+            &server,
+            &[
+                "remote",
+                "vm",
+                "release-key",
+                "--name",
+                "vm1",
+                "--host",
+                h.name,
+                "--out",
+                &p(out),
+            ],
+        )
+    };
+    release(&b, "b.sealed").ok();
     let verify = |h: &TpmHost| {
         h.run(
             d,
@@ -386,44 +387,14 @@ fn a_chain_key_is_released_only_to_a_host_whose_quote_passes() {
     // Another TPM cannot unseal what b sealed.
     assert_ne!(verify(&c).code, 0);
     // c was not named: nothing for it.
-    c.run(
-        d,
-        &server,
-        &[
-            "remote",
-            "vm",
-            "release-key",
-            "--name",
-            "vm1",
-            "--host",
-            "c",
-            "--out",
-            &p("c.sealed"),
-        ],
-    )
-    .fails(2, "no key of VM vm1 is held for host c");
+    release(&c, "c.sealed").fails(2, "no key of VM vm1 is held for host c");
     assert!(!Path::new(&p("c.sealed")).exists());
     // b's boot chain changes: refused, naming the PCR.
     vmattest_tpm::Tpm::open(&vmattest_tpm::TpmConfig::tcti(b.tpm.tcti()))
         .unwrap()
         .pcr_extend(4, &[1u8; 32])
         .unwrap();
-    b.run(
-        d,
-        &server,
-        &[
-            "remote",
-            "vm",
-            "release-key",
-            "--name",
-            "vm1",
-            "--host",
-            "b",
-            "--out",
-            &p("b2.sealed"),
-        ],
-    )
-    .fails(1, "host b is contraindicated: PCR 4:");
+    release(&b, "b2.sealed").fails(1, "host b is contraindicated: PCR 4:");
     assert!(!Path::new(&p("b2.sealed")).exists());
 
     // The key is not in the server's database in clear.

@@ -163,14 +163,19 @@ pub fn host_evidence(
     }
 }
 
-/// The PCR values a quote file lists (not verified: golden values an admin vouches for).
-pub fn listed_pcrs(quote: &Path) -> Result<BTreeMap<u32, String>, QuoteFileError> {
+/// A quote file, parsed (capped; nothing checked beyond its JSON shape).
+fn read_quote_file(quote: &Path) -> Result<QuoteFile, QuoteFileError> {
     let text = files::read_capped(quote, MAX_QUOTE_FILE, "quote")?;
-    let file: QuoteFile = serde_json::from_slice(&text).map_err(|source| QuoteFileError::Json {
+    serde_json::from_slice(&text).map_err(|source| QuoteFileError::Json {
         path: quote.to_path_buf(),
         what: "quote",
         source,
-    })?;
+    })
+}
+
+/// The PCR values a quote file lists (not verified: golden values an admin vouches for).
+pub fn listed_pcrs(quote: &Path) -> Result<BTreeMap<u32, String>, QuoteFileError> {
+    let file = read_quote_file(quote)?;
     Ok(file.pcrs.into_iter().map(|p| (p.index, p.sha256)).collect())
 }
 
@@ -216,12 +221,7 @@ pub fn read_ak(path: &Path) -> Result<(Vec<u8>, vmattest_quote::PublicKey), Quot
 /// and every bound PCR's events replaying to its quoted value.
 pub fn verify(quote: &Path, ak: &Path, nonce: &[u8]) -> Result<VerifiedQuote, QuoteFileError> {
     let (_, ak) = read_ak(ak)?;
-    let text = files::read_capped(quote, MAX_QUOTE_FILE, "quote")?;
-    let file: QuoteFile = serde_json::from_slice(&text).map_err(|source| QuoteFileError::Json {
-        path: quote.to_path_buf(),
-        what: "quote",
-        source,
-    })?;
+    let file = read_quote_file(quote)?;
     let bad = |detail: String| QuoteFileError::Malformed {
         path: quote.to_path_buf(),
         detail,

@@ -86,6 +86,29 @@ pub struct EarClaims<'a> {
     pub baseline_id: i64,
 }
 
+/// The trust vector's claims that were made (not 0), by AR4SI name.
+fn vector_claims(v: &vmattest_core::attest::TrustVector) -> serde_json::Map<String, Value> {
+    v.claims()
+        .iter()
+        .filter(|(_, v)| *v != 0)
+        .map(|(k, v)| ((*k).to_string(), json!(v)))
+        .collect()
+}
+
+/// An EAR with one submodule, `name`.
+fn ear_claims(iat: i64, nonce: &[u8], name: &str, submod: Value) -> Value {
+    json!({
+        "eat_profile": EAR_PROFILE,
+        "iat": iat,
+        "eat_nonce": B64.encode(nonce),
+        "ear.verifier-id": {
+            "developer": "vmattest",
+            "build": concat!("vmattest ", env!("CARGO_PKG_VERSION")),
+        },
+        "submods": { name: submod },
+    })
+}
+
 /// What one host appraisal says, for the host EAR's submodule.
 #[derive(Debug)]
 pub struct HostEarClaims<'a> {
@@ -169,76 +192,42 @@ impl EarSigner {
     }
 
     pub fn ear(&self, c: &EarClaims<'_>) -> Result<String, ServerError> {
-        let vector: serde_json::Map<String, Value> = c
-            .appraisal
-            .vector
-            .claims()
-            .iter()
-            .filter(|(_, v)| *v != 0)
-            .map(|(k, v)| ((*k).to_string(), json!(v)))
-            .collect();
+        let vector = vector_claims(&c.appraisal.vector);
         let regions: serde_json::Map<String, Value> = c
             .regions
             .iter()
             .map(|(n, m)| (n.clone(), json!(m)))
             .collect();
-        let claims = json!({
-            "eat_profile": EAR_PROFILE,
-            "iat": c.iat,
-            "eat_nonce": B64.encode(c.nonce),
-            "ear.verifier-id": {
-                "developer": "vmattest",
-                "build": concat!("vmattest ", env!("CARGO_PKG_VERSION")),
-            },
-            "submods": {
-                c.vm: {
-                    "ear.status": c.appraisal.status.name(),
-                    "ear.trustworthiness-vector": vector,
-                    "ear.appraisal-policy-id": format!("vmattest:policy:{}", c.policy_id),
-                    "vmattest.score": c.appraisal.score,
-                    "vmattest.subset": c.subset,
-                    "vmattest.baseline-id": c.baseline_id,
-                    "vmattest.regions": regions,
-                }
-            }
+        let submod = json!({
+            "ear.status": c.appraisal.status.name(),
+            "ear.trustworthiness-vector": vector,
+            "ear.appraisal-policy-id": format!("vmattest:policy:{}", c.policy_id),
+            "vmattest.score": c.appraisal.score,
+            "vmattest.subset": c.subset,
+            "vmattest.baseline-id": c.baseline_id,
+            "vmattest.regions": regions,
         });
-        self.sign_jwt(&claims)
+        self.sign_jwt(&ear_claims(c.iat, c.nonce, c.vm, submod))
     }
 
     /// A host EAR: the submodule `host:NAME` says how the host's quote compared with its
     /// group's host policy.
     pub fn host_ear(&self, c: &HostEarClaims<'_>) -> Result<String, ServerError> {
-        let vector: serde_json::Map<String, Value> = c
-            .vector
-            .claims()
-            .iter()
-            .filter(|(_, v)| *v != 0)
-            .map(|(k, v)| ((*k).to_string(), json!(v)))
-            .collect();
+        let vector = vector_claims(c.vector);
         let pcrs: serde_json::Map<String, Value> = c
             .pcrs
             .iter()
             .map(|(i, v)| (i.to_string(), json!(hex::encode(v))))
             .collect();
-        let claims = json!({
-            "eat_profile": EAR_PROFILE,
-            "iat": c.iat,
-            "eat_nonce": B64.encode(c.nonce),
-            "ear.verifier-id": {
-                "developer": "vmattest",
-                "build": concat!("vmattest ", env!("CARGO_PKG_VERSION")),
-            },
-            "submods": {
-                format!("host:{}", c.host): {
-                    "ear.status": c.vector.status().name(),
-                    "ear.trustworthiness-vector": vector,
-                    "ear.appraisal-policy-id": format!("vmattest:host-policy:{}", c.group),
-                    "vmattest.pcrs": pcrs,
-                    "vmattest.mismatches": c.mismatches,
-                }
-            }
+        let submod = json!({
+            "ear.status": c.vector.status().name(),
+            "ear.trustworthiness-vector": vector,
+            "ear.appraisal-policy-id": format!("vmattest:host-policy:{}", c.group),
+            "vmattest.pcrs": pcrs,
+            "vmattest.mismatches": c.mismatches,
         });
-        self.sign_jwt(&claims)
+        let name = format!("host:{}", c.host);
+        self.sign_jwt(&ear_claims(c.iat, c.nonce, &name, submod))
     }
 
     /// Signature over a webhook body: base64url of the key's signature of domain || body.

@@ -76,12 +76,17 @@ fn check_policy(group: &str, p: &HostPolicy) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// JSON this server stored; a row that does not parse is a corrupt database.
+pub(crate) fn stored<T: serde::de::DeserializeOwned>(
+    what: &str,
+    text: &str,
+) -> Result<T, ApiError> {
+    serde_json::from_str(text)
+        .map_err(|e| ApiError::from(crate::error::ServerError::Corrupt(format!("{what}: {e}"))))
+}
+
 fn entry(group: String, body: &str, created: i64) -> Result<HostPolicyEntry, ApiError> {
-    let policy: HostPolicy = serde_json::from_str(body).map_err(|e| {
-        ApiError::from(crate::error::ServerError::Corrupt(format!(
-            "host policy {group}: {e}"
-        )))
-    })?;
+    let policy: HostPolicy = stored(&format!("host policy {group}"), body)?;
     Ok(HostPolicyEntry {
         group,
         policy,
@@ -290,12 +295,7 @@ pub fn appraise(
 }
 
 fn result_json(row: &HostResultRow) -> Result<HostAttestation, ApiError> {
-    let mismatches: Vec<String> = serde_json::from_str(&row.mismatches).map_err(|e| {
-        ApiError::from(crate::error::ServerError::Corrupt(format!(
-            "host result {}: {e}",
-            row.id
-        )))
-    })?;
+    let mismatches: Vec<String> = stored(&format!("host result {}", row.id), &row.mismatches)?;
     Ok(HostAttestation {
         id: row.id,
         host: row.host.clone(),

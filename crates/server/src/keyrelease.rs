@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ServerError};
-use crate::hostattest::{appraise_host, host_tpm};
+use crate::hostattest::{appraise_host, host_tpm, stored};
 use crate::routes::{json_body, name_ok};
 use crate::state::{AppState, now_secs};
 
@@ -38,11 +38,7 @@ async fn vm_host(s: &AppState, vm: &str) -> Result<String, ApiError> {
 }
 
 fn info(vm: String, release_to: &str, updated: i64) -> Result<VmKeyInfo, ApiError> {
-    let release_to: Vec<String> = serde_json::from_str(release_to).map_err(|e| {
-        ApiError::from(ServerError::Corrupt(format!(
-            "key of VM {vm}: release_to: {e}"
-        )))
-    })?;
+    let release_to: Vec<String> = stored(&format!("key of VM {vm}: release_to"), release_to)?;
     Ok(VmKeyInfo {
         vm,
         release_to,

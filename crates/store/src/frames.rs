@@ -104,6 +104,21 @@ impl<R: Read> BundleReader<R> {
         }
     }
 
+    /// The `len` bytes of a signed object's frame, capped before they are read.
+    fn small_frame(&mut self, len: usize, what: &str) -> Result<Vec<u8>, StoreError> {
+        let max = Kind::Signed.max_body() + HEADER_LEN;
+        if len > max {
+            return Err(self.bad(format!(
+                "{what} frame of {len} bytes, expected at most {max}"
+            )));
+        }
+        let mut bytes = vec![0u8; len];
+        self.r
+            .read_exact(&mut bytes)
+            .map_err(|_| self.bad("truncated frame".into()))?;
+        Ok(bytes)
+    }
+
     /// The next frame, or `None` after a valid trailer. An object frame longer than
     /// `max_object` bytes is refused before any of it is read.
     pub fn next_frame(
@@ -150,46 +165,19 @@ impl<R: Read> BundleReader<R> {
         let len = u32::from_be_bytes(len) as usize;
         match tag[0] {
             TAG_LINK => {
-                let max = Kind::Signed.max_body() + HEADER_LEN;
-                if len > max {
-                    return Err(
-                        self.bad(format!("link frame of {len} bytes, expected at most {max}"))
-                    );
-                }
-                let mut bytes = vec![0u8; len];
-                self.r
-                    .read_exact(&mut bytes)
-                    .map_err(|_| self.bad("truncated frame".into()))?;
+                let bytes = self.small_frame(len, "link")?;
                 let link =
                     Signed::<Link>::decode(&bytes).map_err(|e| self.bad(format!("link: {e}")))?;
                 Ok(Some(Frame::Link(Box::new(link))))
             }
             TAG_REBASE => {
-                let max = Kind::Signed.max_body() + HEADER_LEN;
-                if len > max {
-                    return Err(self.bad(format!(
-                        "rebase frame of {len} bytes, expected at most {max}"
-                    )));
-                }
-                let mut bytes = vec![0u8; len];
-                self.r
-                    .read_exact(&mut bytes)
-                    .map_err(|_| self.bad("truncated frame".into()))?;
+                let bytes = self.small_frame(len, "rebase")?;
                 let r =
                     SignedRebase::decode(&bytes).map_err(|e| self.bad(format!("rebase: {e}")))?;
                 Ok(Some(Frame::Rebase(Box::new(r))))
             }
             TAG_REVOCATION => {
-                let max = Kind::Signed.max_body() + HEADER_LEN;
-                if len > max {
-                    return Err(self.bad(format!(
-                        "revocation frame of {len} bytes, expected at most {max}"
-                    )));
-                }
-                let mut bytes = vec![0u8; len];
-                self.r
-                    .read_exact(&mut bytes)
-                    .map_err(|_| self.bad("truncated frame".into()))?;
+                let bytes = self.small_frame(len, "revocation")?;
                 let r = SignedRevocation::decode(&bytes)
                     .map_err(|e| self.bad(format!("revocation: {e}")))?;
                 Ok(Some(Frame::Revocation(Box::new(r))))

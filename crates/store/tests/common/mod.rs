@@ -93,15 +93,7 @@ impl Fixture {
         comps: &[(&str, ComponentKind, &Path)],
         anchor: bool,
     ) -> Result<TakeSummary, StoreError> {
-        let inputs: Vec<ComponentInput> = comps
-            .iter()
-            .map(|(n, k, p)| ComponentInput {
-                name: (*n).into(),
-                kind: *k,
-                path: p.to_path_buf(),
-                dirty: None,
-            })
-            .collect();
+        let inputs = inputs(comps);
         let store = Store::open_writer(&self.store)?;
         let frozen = store.freeze(&inputs, self.secret.as_ref(), Hold::UntilCommit)?;
         self.commit(&store, frozen, anchor)
@@ -149,15 +141,7 @@ impl Fixture {
         comps: &[(&str, ComponentKind, &Path)],
         keys: &Keys<'_>,
     ) -> Result<TakeSummary, StoreError> {
-        let inputs: Vec<ComponentInput> = comps
-            .iter()
-            .map(|(n, k, p)| ComponentInput {
-                name: (*n).into(),
-                kind: *k,
-                path: p.to_path_buf(),
-                dirty: None,
-            })
-            .collect();
+        let inputs = inputs(comps);
         let store = Store::open_writer(&self.store)?;
         let frozen = store.freeze(&inputs, self.secret.as_ref(), Hold::UntilCommit)?;
         self.time += 5;
@@ -173,6 +157,18 @@ impl Fixture {
             revocations: &[],
         }
     }
+}
+
+fn inputs(comps: &[(&str, ComponentKind, &Path)]) -> Vec<ComponentInput> {
+    comps
+        .iter()
+        .map(|(n, k, p)| ComponentInput {
+            name: (*n).into(),
+            kind: *k,
+            path: p.to_path_buf(),
+            dirty: None,
+        })
+        .collect()
 }
 
 fn commit_at(
