@@ -253,6 +253,7 @@ pub enum RemoteHostCommand {
     },
     /// A host's appraisals, newest first.
     Attestations {
+        /// The host's name, as registered.
         #[arg(long)]
         name: String,
     },
@@ -279,6 +280,7 @@ pub enum RemoteHostPolicyCommand {
     List,
     /// Delete a host group's policy.
     Delete {
+        /// The host group.
         #[arg(long)]
         group: String,
     },
@@ -349,6 +351,7 @@ pub enum RemoteVmCommand {
     /// Have the server hold the VM chain's store secret (sealed at rest) and release it only to
     /// the VM's host and the hosts named, each while its quote satisfies its host policy.
     PutKey {
+        /// The VM whose chain the key opens.
         #[arg(long)]
         name: String,
         /// The store secret: a secret file, or a blob sealed to this host's TPM.
@@ -361,6 +364,7 @@ pub enum RemoteVmCommand {
     /// On a destination host: quote this host's TPM, receive the VM's key wrapped for it,
     /// unwrap it in the TPM and seal it to this host's PCRs into a new file for `--secret`.
     ReleaseKey {
+        /// The VM whose key to receive.
         #[arg(long)]
         name: String,
         /// This host's name, as registered (its agent token's host).
