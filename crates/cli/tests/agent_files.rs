@@ -377,7 +377,7 @@ fn attest_snapshot_compares_a_real_guest_with_its_snapshot() {
         "--key",
         s(&key),
     ])
-    .fails(1, "expected one of the given public keys");
+    .fails(1, "expected signatures by the keys in force at this seq");
 }
 
 /// A stub server: challenges for VM `vm` under `policy` (resolved TOML), and `answer` (status,
