@@ -249,7 +249,8 @@ fn bad_prune_arguments_are_refused_and_change_nothing() {
     cli(&c.prune_line("--keep 0")).fails(2, "keep 0 seqs: expected at least 1");
     cli(&c.prune_line("--keep-within 7x"))
         .fails(2, "--keep-within \"7x\": expected a whole number");
-    // Another key than the chain's: the rebase would not verify, so nothing is committed.
+    // Another key than the chain's: refused before anything is written (a rebase is signed by
+    // the keys in force after its seq).
     let other = c.dir.path().join("o.key");
     cli(&format!("keygen --alg ed25519 --out {}", s(&other))).ok();
     cli(&format!(
@@ -258,7 +259,7 @@ fn bad_prune_arguments_are_refused_and_change_nothing() {
         s(&c.public),
         s(&other)
     ))
-    .fails(1, "seq 2");
+    .fails(2, "a rebase of seq 2 is signed by the keys in force after it");
     assert_eq!(std::fs::read(c.store.join("HEAD")).unwrap(), before);
     c.assert_restores();
     c.assert_clean();
