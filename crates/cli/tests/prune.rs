@@ -259,7 +259,10 @@ fn bad_prune_arguments_are_refused_and_change_nothing() {
         s(&c.public),
         s(&other)
     ))
-    .fails(2, "a rebase of seq 2 is signed by the keys in force after it");
+    .fails(
+        2,
+        "a rebase of seq 2 is signed by the keys in force after it",
+    );
     assert_eq!(std::fs::read(c.store.join("HEAD")).unwrap(), before);
     c.assert_restores();
     c.assert_clean();
