@@ -317,7 +317,17 @@ pub async fn attest(
     caller.require(&[Agent])?;
     caller.require_own_host(&host)?;
     let ev: HostEvidence = json_body(&body)?;
-    appraise_host(&s, &host, &ev).await.map(Json)
+    appraise_host(&s, &host, &ev)
+        .await
+        .map(|a| Json(a.attestation))
+}
+
+/// A stored appraisal, with the keys of the TPM that made the quote.
+pub(crate) struct Appraised {
+    pub attestation: HostAttestation,
+    /// The attestation key's TPM name.
+    pub ak_name: Vec<u8>,
+    pub ek: Option<Vec<u8>>,
 }
 
 /// Checks `ev` (a quote of `host` over a nonce of this server), appraises it against the
@@ -326,7 +336,7 @@ pub(crate) async fn appraise_host(
     s: &AppState,
     host: &str,
     ev: &HostEvidence,
-) -> Result<HostAttestation, ApiError> {
+) -> Result<Appraised, ApiError> {
     let (ak_bytes, tpm) = host_tpm(s, host).await?;
     let group = tpm.group;
     let nonce = hex::decode(&ev.nonce)
@@ -398,7 +408,11 @@ pub(crate) async fn appraise_host(
                 )
             })?;
     tracing::info!(host = %host, status = %row.status, mismatches = mismatches.len(), "host appraised");
-    result_json(&row)
+    Ok(Appraised {
+        attestation: result_json(&row)?,
+        ak_name: ak.name().map(<[u8]>::to_vec).unwrap_or_default(),
+        ek: tpm.ek,
+    })
 }
 
 /// `GET /v1/hosts/{host}/attestations`: the host's appraisals, newest first.

@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ServerError};
-use crate::hostattest::{appraise_host, host_tpm, stored};
+use crate::hostattest::{Appraised, appraise_host, host_tpm, stored};
 use crate::routes::{json_body, name_ok};
 use crate::state::{AppState, now_secs};
 
@@ -119,7 +119,11 @@ pub async fn release(
     if host != own && !allowed.contains(&host) {
         return Err(no_key());
     }
-    let attestation = appraise_host(&s, &host, &req.evidence).await?;
+    let Appraised {
+        attestation,
+        ak_name,
+        ek,
+    } = appraise_host(&s, &host, &req.evidence).await?;
     if attestation.status != "affirming" {
         return Err(ApiError::new(
             ErrorCode::HostUntrusted,
@@ -130,17 +134,12 @@ pub async fn release(
             ),
         ));
     }
-    let (ak, tpm) = host_tpm(&s, &host).await?;
-    let ek = tpm.ek.ok_or_else(|| {
+    let ek = ek.ok_or_else(|| {
         ApiError::new(
             ErrorCode::TpmBinding,
             format!("host {host} has no endorsement key on record: register it again"),
         )
     })?;
-    let name = vmattest_quote::parse_public_ecc_p256(&ak)
-        .ok()
-        .and_then(|k| k.name().map(<[u8]>::to_vec))
-        .ok_or_else(|| ApiError::from(ServerError::Corrupt(format!("host {host} AK"))))?;
     let secret = s
         .secrets
         .open(&sealed_for(&vm), &sealed)
@@ -150,7 +149,7 @@ pub async fn release(
     getrandom::fill(kek.as_mut_slice())
         .and_then(|()| getrandom::fill(&mut nonce))
         .map_err(|e| ApiError::from(ServerError::Corrupt(format!("randomness: {e}"))))?;
-    let made = vmattest_quote::make_credential(&ek, &name, kek.as_slice())
+    let made = vmattest_quote::make_credential(&ek, &ak_name, kek.as_slice())
         .map_err(|e| ApiError::new(ErrorCode::TpmBinding, format!("host {host}: {e}")))?;
     let aad = release_aad(&vm, &host);
     let ciphertext = ChaCha20Poly1305::new(Key::from_slice(kek.as_slice()))

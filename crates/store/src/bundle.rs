@@ -274,7 +274,6 @@ impl Store {
         // at once, so nothing unsigned is ever kept.
         let mut links: Vec<SignedLink> = Vec::new();
         let mut rebase: Option<SignedRebase> = None;
-        let mut revocations: Vec<NamedRevocation> = opts.revocations.to_vec();
         let mut carried: Vec<NamedRevocation> = Vec::new();
         // The writer lock holds HEAD still for the whole import.
         let head = store.head()?;
@@ -376,7 +375,8 @@ impl Store {
             )));
         }
 
-        revocations.extend(carried.iter().cloned());
+        let revocations: Vec<NamedRevocation> =
+            opts.revocations.iter().chain(&carried).cloned().collect();
         let opts = &ReplayOptions {
             revocations: &revocations,
             ..*opts

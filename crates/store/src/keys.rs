@@ -20,6 +20,19 @@ use crate::{Broken, Head, Store, StoreError, StoreWriter};
 pub const MAX_REVOCATIONS: usize = 1024;
 const DIR: &str = "revocations";
 
+/// Where a store keeps a revocation of these bytes: named by their BLAKE3, so a copy is kept
+/// once.
+fn revocation_path(bytes: &[u8]) -> PathBuf {
+    PathBuf::from(format!(
+        "{DIR}/{}.rev",
+        vmattest_core::chain::ObjectId::of(bytes).to_hex()
+    ))
+}
+
+fn encoded(rev: &SignedRevocation) -> Result<Vec<u8>, StoreError> {
+    rev.encode().map_err(|e| StoreError::Input(e.to_string()))
+}
+
 /// A revocation and where it came from (a store file or a file the caller gave).
 pub type NamedRevocation = (String, SignedRevocation);
 
@@ -125,7 +138,7 @@ impl KeyWalk {
     }
 }
 
-/// The key ids in force after `head` with the revocations from `upto` or before applied (the
+/// The key ids in force after `head` with the revocations from `seq` or before applied (the
 /// next link's seq for a take, `head`'s own for a rebase), by the id rules alone: the
 /// signatures of the store's revocations are checked by verifiers, not here. A forged
 /// revocation can make a take refuse, never make it sign with another key than its caller's.
@@ -133,9 +146,8 @@ pub(crate) fn next_signers(
     head: &Link,
     revocations: &[NamedRevocation],
     rotate_to: &[KeyId],
-    upto: SeqNo,
+    seq: SeqNo,
 ) -> Result<Vec<KeyId>, StoreError> {
-    let seq = upto;
     let revoked = |id: &KeyId, at: SeqNo| {
         revocations
             .iter()
@@ -195,31 +207,10 @@ pub(crate) fn next_signers(
 impl Store {
     /// The revocations kept beside the chain, by file name.
     pub fn revocations(&self) -> Result<Vec<NamedRevocation>, StoreError> {
-        let rel = PathBuf::from(DIR);
-        if self.dir.kind(&rel)?.is_none() {
-            return Ok(Vec::new());
-        }
-        let dir = self.dir.open_dir(&rel)?;
-        let mut names: Vec<String> = dir
-            .entries()?
-            .into_iter()
-            .map(|(name, _)| name)
-            .filter(|n| n.ends_with(".rev"))
-            .collect();
-        if names.len() > MAX_REVOCATIONS {
-            return Err(StoreError::Corrupt {
-                file: rel,
-                detail: format!(
-                    "{} revocations, expected at most {MAX_REVOCATIONS}",
-                    names.len()
-                ),
-            });
-        }
-        names.sort();
-        names
+        self.revocation_names()?
             .into_iter()
             .map(|name| {
-                let path = rel.join(&name);
+                let path = PathBuf::from(DIR).join(&name);
                 let bytes = self
                     .dir
                     .read_capped(&path, Kind::Signed.max_body() + HEADER_LEN)?;
@@ -254,20 +245,50 @@ impl Store {
         })
     }
 
-    /// The first link of the chain (the rebase's after a prune) up to the head.
-    pub(crate) fn all_links(
+    /// The chain's rebase, if pruned, and its links from the first seq (the rebase's link after
+    /// a prune) up to `upto`.
+    pub(crate) fn links_upto(
         &self,
         head: &Head,
+        upto: SeqNo,
     ) -> Result<(Option<SignedRebase>, Vec<SignedLink>), StoreError> {
         let rebase = self.rebase(head)?;
-        let mut links = Vec::new();
+        let n = usize::try_from(upto.0.saturating_sub(head.base.0)).unwrap_or(0);
+        let mut links = Vec::with_capacity(n.saturating_add(1));
         if let Some(r) = &rebase {
             links.push(r.value().link.clone());
         }
-        for s in head.base.0 + u64::from(rebase.is_some())..=head.seq.0 {
+        for s in head.base.0 + u64::from(rebase.is_some())..=upto.0 {
             links.push(self.read_link(SeqNo(s))?);
         }
         Ok((rebase, links))
+    }
+
+    /// The revocation files' names, sorted and counted against the cap.
+    fn revocation_names(&self) -> Result<Vec<String>, StoreError> {
+        let rel = PathBuf::from(DIR);
+        if self.dir.kind(&rel)?.is_none() {
+            return Ok(Vec::new());
+        }
+        let mut names: Vec<String> = self
+            .dir
+            .open_dir(&rel)?
+            .entries()?
+            .into_iter()
+            .map(|(name, _)| name)
+            .filter(|n| n.ends_with(".rev"))
+            .collect();
+        if names.len() > MAX_REVOCATIONS {
+            return Err(StoreError::Corrupt {
+                file: rel,
+                detail: format!(
+                    "{} revocations, expected at most {MAX_REVOCATIONS}",
+                    names.len()
+                ),
+            });
+        }
+        names.sort();
+        Ok(names)
     }
 }
 
@@ -335,18 +356,14 @@ impl StoreWriter {
         let head = self
             .head()?
             .ok_or_else(|| StoreError::Input("the store has no snapshots yet".into()))?;
-        let (rebase, links) = self.all_links(&head)?;
+        let (rebase, links) = self.links_upto(&head, head.seq)?;
         let mut all = self.revocations()?;
         if all.len() >= MAX_REVOCATIONS {
             return Err(StoreError::Input(format!(
                 "the store keeps {MAX_REVOCATIONS} revocations already"
             )));
         }
-        let bytes = rev.encode().map_err(|e| StoreError::Input(e.to_string()))?;
-        let name = format!(
-            "{DIR}/{}.rev",
-            vmattest_core::chain::ObjectId::of(&bytes).to_hex()
-        );
+        let name = revocation_path(&encoded(rev)?).display().to_string();
         let r = rev.value();
         let named = |k: &ChainKey| k.id() == r.key;
         let folded: &[SignedLink] = rebase.as_ref().map_or(&[], |b| &b.value().key_links);
@@ -377,14 +394,11 @@ impl StoreWriter {
         if revs.is_empty() {
             return Ok(());
         }
-        let mut kept = self.revocations()?.len();
+        let mut kept = self.revocation_names()?.len();
         self.dir.create_dir_all(&PathBuf::from(DIR))?;
         for (_, rev) in revs {
-            let bytes = rev.encode().map_err(|e| StoreError::Input(e.to_string()))?;
-            let rel = PathBuf::from(format!(
-                "{DIR}/{}.rev",
-                vmattest_core::chain::ObjectId::of(&bytes).to_hex()
-            ));
+            let bytes = encoded(rev)?;
+            let rel = revocation_path(&bytes);
             if self.dir.file_exists(&rel)? {
                 continue;
             }

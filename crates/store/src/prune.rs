@@ -98,10 +98,7 @@ impl StoreWriter {
             return Ok(summary);
         }
         let old_rebase = self.rebase(&head)?;
-        let origin = match &old_rebase {
-            Some(r) => r.value().origin,
-            None => link_digest(&self.read_link(SeqNo(0))?),
-        };
+        let origin = self.origin()?;
         let origin_root = self.origin_root(&head)?;
 
         // The state at the target, verified from the chain's first seq.

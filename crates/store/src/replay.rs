@@ -212,14 +212,7 @@ impl Store {
                 head.base
             )));
         }
-        let rebase = self.rebase(&head)?;
-        let mut links = Vec::with_capacity(idx(upto.0 - head.base.0) + 1);
-        if let Some(r) = &rebase {
-            links.push(r.value().link.clone());
-        }
-        for s in head.base.0 + u64::from(rebase.is_some())..=upto.0 {
-            links.push(self.read_link(SeqNo(s))?);
-        }
+        let (rebase, links) = self.links_upto(&head, upto)?;
         if upto == head.seq && link_digest(&links[links.len() - 1]) != head.link {
             return Err(StoreError::Verification {
                 seq: upto,
