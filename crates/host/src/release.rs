@@ -92,7 +92,8 @@ pub fn release_key(
     let evidence = quotefile::host_evidence(&nonce, &quote, events);
     let r = c.release_key(vm, &KeyRelease { evidence })?;
     let field = |name: &str, v: &str| hex::decode(v).map_err(|_| bad(format!("{name} is not hex")));
-    let kek = tpm::open()?
+    let mut local = tpm::open()?;
+    let kek = local
         .activate_credential(
             &field("id_object", &r.id_object)?,
             &field("encrypted_secret", &r.encrypted_secret)?,
@@ -121,7 +122,7 @@ pub fn release_key(
             .map_err(|_| bad("it does not decrypt under the unwrapped key".into()))?,
     );
     let text = Zeroizing::new(format!("{}\n", hex::encode(secret.as_slice())));
-    let blob = tpm::open()?
+    let blob = local
         .seal(text.as_bytes(), seal_pcrs)
         .map_err(TpmError::from)?;
     let bytes = blob

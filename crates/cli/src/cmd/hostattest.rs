@@ -5,26 +5,18 @@ use vmattest_api::host::{EventRule, HostPolicy};
 use vmattest_client::Client;
 use vmattest_host::{eventlog, quotefile};
 
-use crate::args::{RemoteHostCommand, RemoteHostPolicyCommand};
+use crate::args::RemoteHostPolicyCommand;
 use crate::output::{report_all, show};
 
-/// `remote host attest` and `remote host attestations`.
-pub fn host(c: &Client, cmd: RemoteHostCommand, json: bool) -> anyhow::Result<()> {
-    match cmd {
-        RemoteHostCommand::Attest { name, pcr } => {
-            let challenge = c.host_challenge(&name)?;
-            let nonce = hex::decode(&challenge.nonce)
-                .with_context(|| format!("the server's nonce {:?}", challenge.nonce))?;
-            let (quote, events) = eventlog::quote_host(pcr, &nonce)?;
-            let evidence = quotefile::host_evidence(&nonce, &quote, events);
-            let r = c.host_attest(&name, &evidence)?;
-            show(json, &r, ToString::to_string)
-        }
-        RemoteHostCommand::Attestations { name } => report_all(json, &c.host_attestations(&name)?),
-        RemoteHostCommand::Add { .. } | RemoteHostCommand::List => {
-            unreachable!("handled by remote::run")
-        }
-    }
+/// `remote host attest`: a quote of this host over a server nonce, appraised by the server.
+pub fn attest(c: &Client, name: &str, pcr: Option<u32>, json: bool) -> anyhow::Result<()> {
+    let challenge = c.host_challenge(name)?;
+    let nonce = hex::decode(&challenge.nonce)
+        .with_context(|| format!("the server's nonce {:?}", challenge.nonce))?;
+    let (quote, events) = eventlog::quote_host(pcr, &nonce)?;
+    let evidence = quotefile::host_evidence(&nonce, &quote, events);
+    let r = c.host_attest(name, &evidence)?;
+    show(json, &r, ToString::to_string)
 }
 
 /// `N=HEX`.

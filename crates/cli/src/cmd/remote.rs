@@ -80,7 +80,12 @@ pub fn run(args: RemoteArgs, json: bool) -> anyhow::Result<()> {
             })
         }
         RemoteCommand::Host(RemoteHostCommand::List) => report_all(json, &c.hosts()?),
-        RemoteCommand::Host(cmd) => super::hostattest::host(&c, cmd, json),
+        RemoteCommand::Host(RemoteHostCommand::Attest { name, pcr }) => {
+            super::hostattest::attest(&c, &name, pcr, json)
+        }
+        RemoteCommand::Host(RemoteHostCommand::Attestations { name }) => {
+            report_all(json, &c.host_attestations(&name)?)
+        }
         RemoteCommand::HostPolicy(cmd) => super::hostattest::policy(&c, cmd, json),
         RemoteCommand::Policy(RemotePolicyCommand::Add { policy }) => {
             // Checked here first, so that a policy with symbols is refused with a clear error.
