@@ -2,12 +2,14 @@
 //! does (`serde_json::from_slice`) and fed to what the server decodes from them: PEM keys and
 //! TPM key certifications, policies, baseline digests, config check openings and statements,
 //! reference configurations, the locate exchange's page digests and page bytes (named against
-//! a baseline page, patch sites zeroed). The first byte picks the body type. Evidence and report bodies
+//! a baseline page, patch sites zeroed), host quotes with their event logs, host policies, held
+//! keys and key release requests. The first byte picks the body type. Evidence and report bodies
 //! are binary: see the `evidence` and `report` targets.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use serde::de::DeserializeOwned;
+use vmattest_api::host::{HostEvidence, HostPolicy, KeyRelease, VmKey, replay};
 use vmattest_api::{
     CertifyDoc, ConfigCheckRequest, LocateRequest, NewBaseline, NewHost, NewPolicy,
     NewReferenceConfig, NewSnapshotRequest, NewToken, NewVm, PagesRequest, Role, VmPolicy,
@@ -19,7 +21,9 @@ use vmattest_core::attest::locate::{describe, diff_page, differing_pages};
 use vmattest_core::attest::{GuestAddr, PatchSite};
 use vmattest_core::config::{ConfigOpening, Reference, SignedConfigStatement};
 use vmattest_fuzz::select;
-use vmattest_quote::{KeyCertification, check_key_certification, parse_ecc_public};
+use vmattest_quote::{
+    KeyCertification, Signature, check_key_certification, parse_attest, parse_ecc_public,
+};
 use vmattest_sign::PublicKey;
 
 fn body<T: DeserializeOwned>(bytes: &[u8]) -> Option<T> {
@@ -43,7 +47,7 @@ fn certify(key_sec1: &[u8], ak_hex: &str, doc: &CertifyDoc) {
 
 fuzz_target!(|data: &[u8]| {
     let (case, rest) = select(data);
-    match case % 12 {
+    match case % 14 {
         0 => {
             if let Some(t) = body::<NewToken>(rest) {
                 assert_eq!(Role::parse(t.role.name()), Some(t.role));
@@ -142,6 +146,29 @@ fuzz_target!(|data: &[u8]| {
         }
         11 => {
             let _ = body::<VmPolicy>(rest);
+        }
+        12 => {
+            // A host quote: its hex fields and its event log, replayed per PCR.
+            let Some(ev) = body::<HostEvidence>(rest) else {
+                return;
+            };
+            if let Ok(attest) = hex::decode(&ev.attest) {
+                let _ = parse_attest(&attest);
+            }
+            if let Ok(sig) = hex::decode(&ev.signature) {
+                let _ = Signature::from_raw(&sig);
+            }
+            for p in &ev.pcrs {
+                let _ = replay(&ev.events, p.index);
+            }
+        }
+        13 => {
+            // Host policies, held keys and key release requests.
+            let _ = body::<HostPolicy>(rest);
+            let _ = body::<VmKey>(rest);
+            if let Some(r) = body::<KeyRelease>(rest) {
+                let _ = replay(&r.evidence.events, 23);
+            }
         }
         _ => {
             // The certify file of `tpm keygen` (`tpm verify-key`), checked for its own key.

@@ -42,7 +42,9 @@ fuzz_target!(|data: &[u8]| {
         same_bytes("revocation", data, &again);
     }
     if let Ok(signed) = Signed::<Revocation>::decode(data) {
-        let again = signed.encode().expect("a decoded signed revocation encodes");
+        let again = signed
+            .encode()
+            .expect("a decoded signed revocation encodes");
         same_bytes("signed revocation", data, &again);
     }
 });
